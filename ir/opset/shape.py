@@ -1,0 +1,183 @@
+"""Shape and data-movement ops. Shape attributes may hold symbolic dims."""
+import torch
+
+from .. import symbolic as S
+from ..registry import Attr, register_op
+from ..types import TensorType
+from . import infer as I
+
+
+def _reshape_type(ts, a):
+    x, shape = ts[0], list(a["shape"])
+    if shape.count(-1) > 1:
+        raise I.ShapeError("reshape: at most one -1")
+    if -1 in shape:
+        known = S.product(d for d in shape if d != -1)
+        shape[shape.index(-1)] = S.floordiv(x.numel(), known)
+    return x.with_shape(shape)
+
+
+@register_op("reshape", inputs="x", attrs={"shape": Attr("dims")}, infer=_reshape_type)
+def reshape(x, shape):
+    return x.reshape(shape)
+
+
+@register_op("permute", inputs="x", attrs={"dims": Attr("ints")},
+             infer=lambda ts, a: ts[0].with_shape(tuple(ts[0].shape[I.norm_dim(d, ts[0].rank)] for d in a["dims"])))
+def permute(x, dims):
+    return x.permute(dims)
+
+
+def _expand_type(ts, a):
+    x, shape = ts[0], list(a["shape"])
+    lead = len(shape) - x.rank
+    return x.with_shape(tuple(x.shape[i - lead] if d == -1 else d for i, d in enumerate(shape)))
+
+
+@register_op("expand", inputs="x", attrs={"shape": Attr("dims")}, infer=_expand_type)
+def expand(x, shape):
+    return x.expand(shape)
+
+
+def _slice_len(size, start, end, step):
+    if all(isinstance(v, int) for v in (size, start, end)):
+        s, e, _ = slice(start, end, step).indices(size)
+        return max(0, -(-(e - s) // step))
+    # Symbolic: assume in-range bounds (torch.export guarantees them); end may be a clamp sentinel.
+    end = size if (isinstance(end, int) and end >= 2 ** 62) else end
+    if isinstance(start, int) and start < 0:
+        start = S.add(size, start)
+    if isinstance(end, int) and end < 0:
+        end = S.add(size, end)
+    n = S.canon(f"({end})-({start})")
+    return n if step == 1 else S.canon(f"ceiling(({n})/{step})")
+
+
+def _slice_type(ts, a):
+    x = ts[0]
+    d = I.norm_dim(a["dim"], x.rank)
+    shape = list(x.shape)
+    shape[d] = _slice_len(x.shape[d], a["start"], a["end"], a["step"])
+    return x.with_shape(shape)
+
+
+@register_op("slice", inputs="x", attrs={"dim": Attr("int"), "start": Attr("dim", 0),
+                                         "end": Attr("dim", 2 ** 63 - 1), "step": Attr("int", 1)},
+             infer=_slice_type)
+def slice_(x, dim, start, end, step):
+    idx = [slice(None)] * x.dim()
+    idx[dim] = slice(start, end, step)
+    return x[tuple(idx)]
+
+
+@register_op("select", inputs="x", attrs={"dim": Attr("int"), "index": Attr("dim")},
+             infer=lambda ts, a: ts[0].with_shape(
+                 tuple(d for i, d in enumerate(ts[0].shape) if i != I.norm_dim(a["dim"], ts[0].rank))))
+def select(x, dim, index):
+    return x.select(dim, index)
+
+
+def _concat_type(ts, a):
+    ts = [t for t in ts if not (t.rank == 1 and t.shape[0] == 0)] or ts[:1]  # torch skips empty 1-d
+    d = I.norm_dim(a["dim"], ts[0].rank)
+    shape = list(ts[0].shape)
+    shape[d] = 0
+    for t in ts:
+        shape[d] = S.add(shape[d], t.shape[d])
+    from ..dtypes import promote
+    return TensorType(promote(*[(t.dtype, 1) for t in ts]), shape)
+
+
+@register_op("concat", inputs="xs*", attrs={"dim": Attr("int")}, infer=_concat_type)
+def concat(*xs, dim):
+    return torch.cat(xs, dim)
+
+
+def _split_type(ts, a):
+    x = ts[0]
+    d = I.norm_dim(a["dim"], x.rank)
+    return [x.with_shape(x.shape[:d] + (s,) + x.shape[d + 1:]) for s in a["sizes"]]
+
+
+@register_op("split", inputs="x", attrs={"dim": Attr("int"), "sizes": Attr("dims")}, infer=_split_type)
+def split(x, dim, sizes):
+    return tuple(torch.split(x, list(sizes), dim))
+
+
+def _unsqueeze_type(ts, a):
+    x = ts[0]
+    d = a["dim"] % (x.rank + 1)
+    return x.with_shape(x.shape[:d] + (1,) + x.shape[d:])
+
+
+@register_op("unsqueeze", inputs="x", attrs={"dim": Attr("int")}, infer=_unsqueeze_type)
+def unsqueeze(x, dim):
+    return x.unsqueeze(dim)
+
+
+def _squeeze_type(ts, a):
+    x = ts[0]
+    dims = {I.norm_dim(d, x.rank) for d in a["dims"]}
+    return x.with_shape(tuple(s for i, s in enumerate(x.shape) if not (i in dims and s == 1)))
+
+
+@register_op("squeeze", inputs="x", attrs={"dims": Attr("ints")}, infer=_squeeze_type)
+def squeeze(x, dims):
+    return x.squeeze(tuple(dims))
+
+
+@register_op("gather", inputs="x index", attrs={"dim": Attr("int")},
+             infer=lambda ts, a: ts[1].with_dtype(ts[0].dtype))
+def gather(x, index, dim):
+    return torch.gather(x, dim, index)
+
+
+def _index_select_type(ts, a):
+    x, idx = ts
+    d = I.norm_dim(a["dim"], x.rank)
+    return x.with_shape(x.shape[:d] + idx.shape + x.shape[d + 1:])
+
+
+@register_op("index_select", inputs="x index", attrs={"dim": Attr("int")}, infer=_index_select_type)
+def index_select(x, index, dim):
+    """x indexed along `dim` by an integer tensor of any shape (like x[:, idx] for dim=1)."""
+    idx = [slice(None)] * x.dim()
+    idx[dim] = index
+    return x[tuple(idx)]
+
+
+@register_op("tril", inputs="x", attrs={"diagonal": Attr("int", 0)}, infer=I.same)
+def tril(x, diagonal):
+    return torch.tril(x, diagonal)
+
+
+@register_op("triu", inputs="x", attrs={"diagonal": Attr("int", 0)}, infer=I.same)
+def triu(x, diagonal):
+    return torch.triu(x, diagonal)
+
+
+@register_op("cumsum", inputs="x", attrs={"dim": Attr("int"), "dtype": Attr("dtype", None)},
+             infer=lambda ts, a: ts[0].with_dtype(a["dtype"] or ("i64" if ts[0].dtype in ("bool", "i8", "u8", "i16", "i32") else ts[0].dtype)))
+def cumsum(x, dim, dtype):
+    from ..dtypes import to_torch
+    return torch.cumsum(x, dim, dtype=to_torch(dtype) if dtype else None)
+
+
+@register_op("flip", inputs="x", attrs={"dims": Attr("ints")}, infer=I.same)
+def flip(x, dims):
+    return torch.flip(x, dims)
+
+
+@register_op("pad", inputs="x", attrs={"pads": Attr("ints"), "value": Attr("float", 0.0)},
+             infer=lambda ts, a: ts[0].with_shape(_pad_shape(ts[0].shape, a["pads"])))
+def pad(x, pads, value):
+    """Constant padding; `pads` as torch.nn.functional.pad (last dim first, (before, after) pairs)."""
+    return torch.nn.functional.pad(x, pads, value=value)
+
+
+def _pad_shape(shape, pads):
+    shape = list(shape)
+    for i in range(len(pads) // 2):
+        d = len(shape) - 1 - i
+        shape[d] = S.add(shape[d], pads[2 * i] + pads[2 * i + 1])
+    return shape

@@ -1,0 +1,77 @@
+"""Symbolic dimensions.
+
+A dim is an `int` or a canonical expression string over named symbols (`"seq"`, `"past+seq"`).
+Symbols are bound at run time from the shapes of the graph inputs. sympy does the algebra.
+"""
+from functools import lru_cache
+import sympy
+
+Dim = int | str
+
+
+@lru_cache(maxsize=4096)
+def _expr(s: str) -> sympy.Expr:
+    return sympy.sympify(s, locals={n: sympy.Symbol(n, integer=True) for n in _names(s)})
+
+
+def _names(s: str) -> list[str]:
+    import re
+    return [n for n in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s)
+            if n not in ("Max", "Min", "floor", "ceiling", "Mod", "FloorDiv")]
+
+
+def canon(d) -> Dim:
+    """Canonical form: plain ints stay ints, expressions become a space-free sympy string."""
+    if isinstance(d, bool):
+        raise TypeError("a dim cannot be a bool")
+    if isinstance(d, int):
+        return d
+    e = d if isinstance(d, sympy.Basic) else _expr(str(d))
+    e = sympy.simplify(e) if not e.is_Symbol else e
+    if e.is_Integer:
+        return int(e)
+    return str(e).replace(" ", "")
+
+
+def free_symbols(d: Dim) -> set[str]:
+    return set() if isinstance(d, int) else {str(s) for s in _expr(d).free_symbols}
+
+
+def evaluate(d: Dim, env: dict[str, int]) -> int:
+    if isinstance(d, int):
+        return d
+    if d in env:
+        return env[d]
+    return int(_compiled(d)(**{k: env[k] for k in free_symbols(d)}))
+
+
+@lru_cache(maxsize=4096)
+def _compiled(d: str):
+    e = _expr(d)
+    args = sorted(str(s) for s in e.free_symbols)
+    return sympy.lambdify([sympy.Symbol(a, integer=True) for a in args], e, modules="math")
+
+
+def equal(a: Dim, b: Dim) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return sympy.simplify(_expr(str(a)) - _expr(str(b))) == 0
+
+
+def add(a: Dim, b: Dim) -> Dim:
+    return a + b if isinstance(a, int) and isinstance(b, int) else canon(f"({a})+({b})")
+
+
+def mul(a: Dim, b: Dim) -> Dim:
+    return a * b if isinstance(a, int) and isinstance(b, int) else canon(f"({a})*({b})")
+
+
+def floordiv(a: Dim, b: Dim) -> Dim:
+    return a // b if isinstance(a, int) and isinstance(b, int) else canon(f"floor(({a})/({b}))")
+
+
+def product(dims) -> Dim:
+    out: Dim = 1
+    for d in dims:
+        out = mul(out, d)
+    return out

@@ -1,0 +1,1 @@
+"""slimgraph.targets"""
