@@ -1,0 +1,24 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _zoo(name):
+    from slimgraph import zoo
+    if not zoo.available(name):
+        pytest.skip(f"zoo model {name} not installed ({zoo.MODELS[name].install})")
+    return zoo.load(name)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) for the real SmolLM2-135M-Instruct, loaded once per test session."""
+    return _zoo("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _zoo("minilm-l6")
