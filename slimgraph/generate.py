@@ -1,0 +1,154 @@
+"""Token generation for compiled causal LMs: prefill once, then one decode step per token.
+
+    ids = slimgraph.generate.generate(compiled, input_ids, max_new_tokens=64, eos_token_id=2)
+    compiled.last_generate_stats.decode_tokens_per_s
+
+The compiled graph's signature is the contract (see DESIGN.md): inputs
+`input_ids, past_key_0, past_value_0, ...` and outputs `logits, present_key_0, ...`, each
+cache tensor [batch, kv_heads, past, head_dim]. Prefill runs with empty caches (past 0);
+each decode step feeds the presents back. Greedy output matches `model.generate(...,
+do_sample=False)` of the source model (same argmax, same eos handling).
+"""
+from __future__ import annotations
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GenerateStats:
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        # the first new token comes from prefill; decode steps produce the rest
+        steps = self.new_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else float("nan")
+
+    @property
+    def prefill_ms(self) -> float:
+        return self.prefill_s * 1e3
+
+
+class GenerateError(ValueError):
+    pass
+
+
+def empty_cache(kv, batch: int, device) -> list[torch.Tensor]:
+    """Past-length-0 key/value tensors for every layer, in graph-input order."""
+    dtype = kv.dtype if isinstance(kv.dtype, torch.dtype) else _to_torch(kv.dtype)
+    empty = torch.empty(batch, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype, device=device)
+    return [empty] * (2 * kv.num_layers)  # read-only: one tensor can stand for all of them
+
+
+def _to_torch(name: str) -> torch.dtype:
+    from slimgraph.ir.dtypes import to_torch
+    return to_torch(name)
+
+
+def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, eos_token_id=None, streamer=None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return prompt + new token ids ([batch, prompt + n], n <= max_new_tokens), like HF generate.
+
+    Generation stops early once every sequence has produced an eos token; sequences that
+    finished earlier are padded with the (first) eos id, as HF does when pad = eos.
+    `streamer` follows HF's protocol: `put(prompt)`, `put(token)` per step, then `end()`.
+    Timing is stored on `compiled.last_generate_stats` (a GenerateStats).
+    """
+    kv = _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
+    eos = _eos_tensor(eos_token_id, input_ids.device)
+    batch, prompt_len = input_ids.shape
+    ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
+    ids[:, :prompt_len] = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    pick = _sampler(do_sample, temperature, top_k, generator)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        past = empty_cache(kv, batch, input_ids.device)
+        n, t1 = 0, t0
+        for n in range(1, max_new_tokens + 1):
+            step_in = ids[:, :prompt_len] if n == 1 else ids[:, prompt_len + n - 2:prompt_len + n - 1]
+            out = compiled.run(step_in, *past)
+            past = out[1:]
+            token = pick(out[0][:, -1] if out[0].dim() == 3 else out[0])
+            if eos is not None:
+                token = torch.where(finished, eos[0], token)
+                finished |= torch.isin(token, eos)
+            ids[:, prompt_len + n - 1] = token
+            if n == 1:
+                t1 = time.perf_counter()
+            if streamer is not None:
+                streamer.put(token.cpu())
+            if eos is not None and bool(finished.all()):
+                break
+        t2 = time.perf_counter()
+    if streamer is not None:
+        streamer.end()
+    n_new = n if max_new_tokens > 0 else 0
+    stats = GenerateStats(prompt_len, n_new, t1 - t0, t2 - t1)
+    try:
+        compiled.last_generate_stats = stats
+    except AttributeError:  # a slotted/frozen object: stats stay reachable via last_stats()
+        pass
+    global _LAST
+    _LAST = stats
+    return ids[:, :prompt_len + n_new]
+
+
+_LAST: GenerateStats | None = None
+
+
+def last_stats() -> GenerateStats | None:
+    """Stats of the most recent generate() call in this process."""
+    return _LAST
+
+
+def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
+    kv = getattr(compiled, "kv", None)
+    if kv is None:
+        raise GenerateError("generate() needs a compiled causal LM (its .kv layout is None): optimize a "
+                            "model whose graph takes input_ids plus past_key_i/past_value_i caches")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        got = (f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
+               if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__)
+        raise GenerateError(f"generate(): input_ids must be an int64 tensor [batch, seq], got {got}; "
+                            "use tokenizer(..., return_tensors='pt').input_ids")
+    if input_ids.shape[1] == 0:
+        raise GenerateError("generate(): the prompt is empty; pass at least one token")
+    if max_new_tokens < 0:
+        raise GenerateError(f"generate(): max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature <= 0:
+        raise GenerateError(f"generate(): temperature must be > 0, got {temperature}; "
+                            "use do_sample=False for greedy decoding")
+    if top_k is not None and top_k < 1:
+        raise GenerateError(f"generate(): top_k must be >= 1 or None, got {top_k}")
+    return kv
+
+
+def _eos_tensor(eos_token_id, device):
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
+def _sampler(do_sample, temperature, top_k, generator):
+    if not do_sample:
+        return lambda logits: logits.argmax(-1)
+
+    def sample(logits):
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample
