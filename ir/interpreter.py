@@ -68,7 +68,9 @@ def last_uses(graph) -> dict[int, list]:
     for i, n in enumerate(graph.nodes):
         for v in n.inputs:
             if last.get(id(v)) == i and id(v) not in keep and not v.is_weight:
-                out.setdefault(i, []).append(v)
+                dead = out.setdefault(i, [])
+                if not any(d is v for d in dead):  # a node may use a value twice: free it once
+                    dead.append(v)
     return out
 
 

@@ -181,3 +181,25 @@ def _pad_shape(shape, pads):
         d = len(shape) - 1 - i
         shape[d] = S.add(shape[d], pads[2 * i] + pads[2 * i + 1])
     return shape
+
+
+def _index_type(ts, a):
+    x, idx, axes = ts[0], ts[1:], [I.norm_dim(d, ts[0].rank) for d in a["axes"]]
+    if len(idx) != len(axes) or not axes:
+        raise I.ShapeError(f"index: {len(idx)} index tensors for axes {a['axes']}")
+    picked = I.broadcast(*[t.shape for t in idx])
+    if axes == list(range(axes[0], axes[0] + len(axes))):  # adjacent: result dims go in place
+        shape = x.shape[:axes[0]] + picked + x.shape[axes[-1] + 1:]
+    else:  # torch/numpy rule: separated advanced indices move the result dims to the front
+        shape = picked + tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return x.with_shape(shape)
+
+
+@register_op("index", inputs="x indices*", attrs={"axes": Attr("ints")}, infer=_index_type)
+def index(x, *indices, axes):
+    """Advanced indexing x[..., i0, ..., i1, ...]: integer tensor `indices[k]` indexes dim `axes[k]`
+    (torch's `x[idx]` / aten.index.Tensor with the None entries left out)."""
+    idx = [slice(None)] * x.dim()
+    for ax, t in zip(axes, indices):
+        idx[ax] = t
+    return x[tuple(idx)]
