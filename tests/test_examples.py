@@ -1,0 +1,37 @@
+"""The example scripts run as a user runs them (a subprocess, from the repository root)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name, *args, timeout=600):
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=timeout)
+    assert p.returncode == 0, f"examples/{name} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    return p.stdout
+
+
+def test_tiny_mlp():
+    out = run_example("tiny_mlp.py")
+    assert "ok: optimized, checked against torch, saved and reloaded" in out
+    err = float(out.split("max |slimgraph - torch| = ")[1].split()[0])
+    assert err <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_smollm2_demo():
+    from slimgraph import zoo
+    if not zoo.available("smollm2-135m"):  # CI installs the models: there a missing one fails
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(zoo.MODELS["smollm2-135m"].install)
+    out = run_example("smollm2_demo.py", "--new-tokens", "24")
+    assert "greedy tokens identical to transformers: True" in out
+    speeds = next(line for line in out.splitlines() if line.startswith("decode tokens/s"))
+    hf, ours = (float(part.split()[-1]) for part in speeds.split(":", 1)[1].split("|"))
+    assert hf > 0 and ours > 0
+    assert "\nA: " in out and len(out.split("\nA: ")[1].splitlines()[0]) > 5  # some text was generated
