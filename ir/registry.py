@@ -86,6 +86,8 @@ def _check_attr(op, k, kind, v):
     if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
         bad()
     if kind == "float":
+        if v is None:  # optional float attrs (e.g. attention scale) default to None
+            return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             bad()
         return float(v)
