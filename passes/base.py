@@ -14,6 +14,7 @@ Passes mutate the graph in place and must report whether they changed it.
 from __future__ import annotations
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +32,12 @@ class Pass:
     def run(self, graph) -> PassResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """Option name -> its resolved type annotation (what the pipeline parser converts to)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -42,15 +49,17 @@ class Pass:
 
 
 def _fmt(v):
+    if v is None:
+        return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(map(str, v)) + "]"
+        return "[" + ",".join(map(_fmt, v)) + "]"
     return str(v)
 
 
 class PassError(ValueError):
-    pass
+    """A pass failed, or a pipeline/option is invalid. The message names the pass."""
 
 
 PASSES: dict[str, type[Pass]] = {}
@@ -61,7 +70,8 @@ def register_pass(name: str):
         if name in PASSES:
             raise ValueError(f"pass {name!r} is registered twice")
         cls.name = name
-        PASSES[name] = dataclass(cls) if not dataclasses.is_dataclass(cls) else cls
+        # a subclass of a dataclass inherits __dataclass_fields__; only its own dict says it was processed
+        PASSES[name] = cls if "__dataclass_fields__" in cls.__dict__ else dataclass(cls)
         return PASSES[name]
     return deco
 

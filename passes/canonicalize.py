@@ -1,0 +1,155 @@
+"""canonicalize: local simplifications and op recognition, run to a fixed point.
+
+Identities (only when the result type equals the operand's type, so broadcasting or promotion
+is never dropped):
+    reshape(x) / expand(x) / cast(x) to x's own type     -> x
+    permute(x, [0,1,..])  /  slice(x, start=0, step=1) over the whole dim -> x
+    x+0, 0+x, x-0, x*1, 1*x, x/1                          -> x   (x+0 turns -0.0 into 0.0: equal)
+Folds:
+    permute(permute(x, p), q)     -> permute(x, p[q])    (identity removed next)
+    reshape(reshape(x), s)        -> reshape(x, s)
+    cast(cast(x, a), b)           -> cast(x, b)          when x -> a is exact (a widening cast)
+Recognition (the chains torch.export produces):
+    mul(x, rsqrt(add(mean(pow(x, 2), [-1], keepdim), eps)))   -> rms_norm(x){eps}   (f32 x)
+    cast(rms_norm(cast(x, f32)), x.dtype)                     -> rms_norm(x)   (f16/bf16: HF Llama)
+    mul(rms_norm(x), w)   with w: [hidden], same dtype        -> rms_norm(x, w)
+    mul(x, sigmoid(x))                                        -> silu(x)
+    mul(mul(x, 0.5), add(erf(div(x, sqrt 2)), 1))             -> gelu(x)   (also x * (1/sqrt 2))
+"""
+from __future__ import annotations
+import math
+
+from .base import Pass, PassResult, register_pass
+from .rewrite import C, P, RuleSet, apply_rules, const_value
+
+X, Y = P.var("x"), P.var("y")
+FLOATS = ("f16", "bf16", "f32", "f64")
+
+
+def _same_type(root, x):
+    return x if root.output.type.matches(x.type) else None
+
+
+# ---- identities ---------------------------------------------------------------------------------
+def _noop_permute(root, x):
+    rank = x.type.rank
+    return x if [d % max(rank, 1) for d in root.attrs["dims"]] == list(range(rank)) else None
+
+
+def _noop_slice(root, x):
+    a = root.attrs
+    return _same_type(root, x) if a["start"] == 0 and a["step"] == 1 else None
+
+
+identities = RuleSet([
+    (P(("reshape", "expand", "cast"), X), _same_type, "noop-reshape-expand-cast"),
+    (P("permute", X), _noop_permute, "noop-permute"),
+    (P("slice", X), _noop_slice, "noop-slice"),
+    (P("add", X, C(0)), _same_type, "add-zero"),
+    (P("sub", X, C(0)), _same_type, "sub-zero"),
+    (P("mul", X, C(1)), _same_type, "mul-one"),
+    (P("div", X, C(1)), _same_type, "div-one"),
+], name="identities")
+
+
+# ---- folds of op pairs --------------------------------------------------------------------------
+def _permute_permute(g, root, inner, x):
+    p, q = inner.producer.attrs["dims"], root.attrs["dims"]
+    rank = x.type.rank
+    return g.op("permute", x, dims=[p[d % rank] % rank for d in q])
+
+
+def _reshape_reshape(g, root, x):
+    new = g.op("reshape", x, shape=root.attrs["shape"])
+    return new if new.type.matches(root.output.type) else None
+
+
+# x.dtype -> dtypes that hold every value of x exactly (so a later cast sees the original value).
+EXACT_CASTS = {
+    "bool": {"u8", "i8", "i16", "i32", "i64", "f16", "bf16", "f32", "f64"},
+    "u8": {"i16", "i32", "i64", "f16", "bf16", "f32", "f64"},
+    "i8": {"i16", "i32", "i64", "f16", "bf16", "f32", "f64"},
+    "i16": {"i32", "i64", "f32", "f64"},
+    "i32": {"i64", "f64"},
+    "f16": {"f32", "f64"},
+    "bf16": {"f32", "f64"},
+    "f32": {"f64"},
+}
+
+
+def _cast_cast(g, root, inner, x):
+    if inner.type.dtype not in EXACT_CASTS.get(x.type.dtype, ()):
+        return None
+    return g.op("cast", x, dtype=root.attrs["dtype"])
+
+
+folds = RuleSet([
+    (P("permute", P("permute", X, name="inner")), _permute_permute),
+    (P("reshape", P("reshape", X)), _reshape_reshape),
+    (P("cast", P("cast", X, name="inner")), _cast_cast),
+], name="folds")
+
+
+# ---- recognition --------------------------------------------------------------------------------
+def _last_dim_only(dims):
+    return dims is not None and len(dims) == 1
+
+
+_MEAN_SQ = P("mean", P("pow", X, C(2)), name="ms", attrs={"keepdim": True, "dims": _last_dim_only})
+_RMS_CORE = P("mul", X, P("rsqrt", P("add", _MEAN_SQ, C(name="eps"))))
+
+
+def _rms_core(g, x, ms, eps):
+    if x.type.dtype != "f32" or ms.producer.attrs["dims"][0] not in (-1, x.type.rank - 1):
+        return None
+    return g.op("rms_norm", x, eps=float(const_value(eps)))
+
+
+def _rms_upcast(g, root, x, n):
+    if x.type.dtype not in ("f16", "bf16") or root.attrs["dtype"] != x.type.dtype:
+        return None
+    return g.op("rms_norm", x, eps=n.producer.attrs["eps"])
+
+
+def _rms_weight(g, root, x, n, w):
+    hidden = x.type.shape[-1] if x.type.rank else None
+    if (len(n.uses) != 1 or w.type.rank != 1 or w.type.dtype != x.type.dtype
+            or not isinstance(hidden, int) or w.type.shape[0] != hidden):
+        return None
+    out = g.op("rms_norm", x, w, eps=n.producer.attrs["eps"])
+    return out if out.type.matches(root.output.type) else None
+
+
+def _silu(g, root, x):
+    return g.op("silu", x) if x.type.dtype in FLOATS and root.output.type.matches(x.type) else None
+
+
+_GELU = P("mul", P("mul", X, C(0.5)), P("add", P("erf", P(("div", "mul"), X, C(name="s"), name="arg")), C(1)))
+
+
+def _gelu(g, root, x, s, arg):
+    want = math.sqrt(2.0) if arg.producer.op == "div" else 1 / math.sqrt(2.0)
+    if not math.isclose(const_value(s), want, rel_tol=1e-6) or x.type.dtype not in FLOATS:
+        return None
+    return g.op("gelu", x) if root.output.type.matches(x.type) else None
+
+
+recognize = RuleSet([
+    (_RMS_CORE, _rms_core),
+    (P("cast", P("rms_norm", P("cast", X, attrs={"dtype": "f32"}), name="n")), _rms_upcast),
+    (P("mul", P("rms_norm", X, name="n"), P.var("w")), _rms_weight),
+    (P("mul", X, P("sigmoid", X)), _silu),
+    (_GELU, _gelu),
+], name="recognize")
+
+RULES = identities + folds + recognize
+
+
+@register_pass("canonicalize")
+class Canonicalize(Pass):
+    """Simplify identities, fold op pairs, recognize rms_norm/silu/gelu chains."""
+    max_rewrites: int = 0  # 0: the driver's default cap (10 x nodes + 100)
+
+    def run(self, graph) -> PassResult:
+        stats = apply_rules(graph, RULES, name="canonicalize", max_rewrites=self.max_rewrites or None)
+        return PassResult(bool(stats), stats)
