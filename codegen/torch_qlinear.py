@@ -1,0 +1,67 @@
+"""Torch kernels for `qlinear` that compute from packed weights (no float weight kept).
+
+- int8, per-channel, symmetric: `aten._weight_int8pack_mm` (scales prepacked to [out]).
+- int4, group in {32, 64, 128, 256}, out % 16 == 0: `aten._weight_int4pack_mm_for_cpu`; the
+  weight is repacked once at build time by `_convert_weight_to_int4pack_for_cpu` and the
+  scales/zeros folded into its [in/group, out, 2] table, w = (q - 8) * scale + (8 - zero) * scale.
+- anything else: dequantize on the fly inside the call (transient float weight, freed after).
+
+Each path is chosen at prepack time and recognized by the prepacked tensors' shapes, so the
+kernel keeps the reference signature qlinear(x, qweight, scales, zeros?, bias?, bits, group).
+"""
+from __future__ import annotations
+import torch
+import torch.nn.functional as F
+
+from ..ir import quant_format as Q
+from .torch_kernels import torch_kernel
+
+INT4_GROUPS = (32, 64, 128, 256)
+
+
+def _split_zeros_bias(zeros, bias):
+    if zeros is not None and zeros.is_floating_point():   # symmetric with a bias: 4th input is the bias
+        return None, zeros
+    return zeros, bias
+
+
+def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    bits, group = node.attrs["bits"], node.attrs["group"]
+    if 1 not in const or 2 not in const:
+        return {}
+    qweight, scales = const[1], const[2]
+    zeros = const.get(3)
+    zeros = zeros if zeros is not None and not zeros.is_floating_point() else None
+    out, k = qweight.shape[0], Q.logical_in_dim(qweight.shape, bits)
+    if bits == 8 and group in (0, k) and zeros is None:
+        return {2: scales.reshape(-1).float().contiguous()}
+    if bits == 4 and Q.group_size(group, k) in INT4_GROUPS and out % 16 == 0:
+        try:
+            return _prepack_int4(qweight, scales, zeros, Q.group_size(group, k))
+        except RuntimeError:  # a shape this torch build's int4 kernel rejects: dequantize on the fly
+            return {}
+    return {}
+
+
+def _prepack_int4(qweight, scales, zeros, g):
+    codes = Q.unpack(qweight, 4)
+    z = zeros.float() if zeros is not None else torch.full_like(scales, 8, dtype=torch.float32)
+    s = scales.float()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+    table = torch.stack([s.t(), ((8 - z) * s).t()], -1).contiguous()  # [in/group, out, 2]
+    return {1: packed, 2: table}
+
+
+@torch_kernel("qlinear", prepack=prepack_qlinear)
+def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
+    zeros, bias = _split_zeros_bias(zeros, bias)
+    lead, k = x.shape[:-1], x.shape[-1]
+    if bits == 4 and scales.dim() == 3:          # prepacked for the int4 CPU kernel
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, k), qweight, k // scales.shape[0],
+                                                       scales.to(x.dtype))
+    elif bits == 8 and scales.dim() == 1:        # prepacked for the int8 per-channel kernel
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, k), qweight, scales.to(x.dtype))
+    else:
+        return F.linear(x, Q.dequantize(qweight, scales, zeros, bits, group, x.dtype), bias)
+    y = y.reshape(*lead, y.shape[-1])
+    return y + bias if bias is not None else y

@@ -1,0 +1,72 @@
+"""Weight-quantization ops: `dequantize` (packed integer weight -> float) and `qlinear`
+(= linear(x, dequantize(...)) in one op, so codegens can run it from packed weights).
+
+Storage layout (see ir/quant_format.py), for a logical weight W[out, in]:
+  qweight  int8: i8[out, in];  int4: u8[out, in/2], column 2k in the low nibble, 2k+1 in the high
+  scales   f32|f16[out, in/group]  (group=0: one group per row, i.e. per-channel)
+  zeros    optional, [out, in/group], u8 (int4) or i8 (int8) integer zero points;
+           absent = symmetric (int4 implied zero 8, int8 zero 0)
+  W[o, k] = (q[o, k] - zero[o, k // group]) * scale[o, k // group]
+Groups run along the input dim K, as ONNX MatMulNBits blocks them.
+"""
+import torch.nn.functional as F
+
+from .. import quant_format as Q
+from ..dtypes import FLOAT_DTYPES
+from ..registry import Attr, register_op
+from ..types import TensorType
+from . import infer as I
+
+QATTRS = {"bits": Attr("int"), "group": Attr("int", 0)}
+
+
+def _check_packed(op, ts, attrs):
+    """Validate qweight/scales/zeros types; return the logical (out, in) shape."""
+    qw, sc = ts[0], ts[1]
+    zs = ts[2] if len(ts) > 2 else None
+    bits, group = attrs["bits"], attrs["group"]
+    Q.check_bits(bits, f"{op}: ")
+    want = "u8" if bits == 4 else "i8"
+    if qw.rank != 2 or qw.dtype != want:
+        raise I.ShapeError(f"{op}: int{bits} qweight must be {want}[out, in{'/2' if bits == 4 else ''}], got {qw}")
+    if sc.dtype not in FLOAT_DTYPES or sc.rank != 2:
+        raise I.ShapeError(f"{op}: scales must be float [out, in/group], got {sc}")
+    out, k = qw.shape[0], Q.logical_in_dim(qw.shape, bits)
+    if isinstance(k, int) and isinstance(sc.shape[1], int):
+        g = Q.group_size(group, k)
+        if k % g or sc.shape[1] != k // g:
+            raise I.ShapeError(f"{op}: scales {sc} do not match in={k} with group={group}")
+    if zs is not None and (zs.dtype != want or zs.shape != sc.shape):
+        raise I.ShapeError(f"{op}: zeros must be {want} shaped like scales {sc}, got {zs}")
+    return out, k
+
+
+def _dequantize_type(ts, attrs):
+    out, k = _check_packed("dequantize", ts, attrs)
+    return TensorType(attrs["dtype"], (out, k))
+
+
+@register_op("dequantize", inputs="qweight scales zeros?",
+             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_dequantize_type)
+def dequantize(qweight, scales, zeros=None, *, bits, group, dtype):
+    """Unpack a quantized weight to float W[out, in] (layout in the module docstring)."""
+    from ..dtypes import to_torch
+    return Q.dequantize(qweight, scales, zeros, bits, group, to_torch(dtype))
+
+
+def _qlinear_type(ts, attrs):
+    x, rest = ts[0], ts[1:]
+    packed = rest[:3] if len(rest) >= 3 and rest[2].dtype in ("u8", "i8") else rest[:2]
+    out, k = _check_packed("qlinear", packed, attrs)
+    if isinstance(x.shape[-1], int) and isinstance(k, int) and x.shape[-1] != k:
+        raise I.ShapeError(f"qlinear: input {x} does not match weight in={k}")
+    return TensorType(x.dtype, x.shape[:-1] + (out,))
+
+
+@register_op("qlinear", inputs="x qweight scales zeros? bias?", attrs=QATTRS, infer=_qlinear_type)
+def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
+    """linear(x, dequantize(qweight, scales, zeros), bias). Symmetric with a bias has no zeros:
+    a float 4th input is the bias."""
+    if zeros is not None and zeros.is_floating_point():
+        zeros, bias = None, zeros
+    return F.linear(x, Q.dequantize(qweight, scales, zeros, bits, group, x.dtype), bias)

@@ -1,0 +1,110 @@
+"""Packed low-bit weight storage shared by the `dequantize`/`qlinear` ops, the quantize passes
+and the codegens.
+
+Layout of a weight W[out, in] quantized with `bits` and `group` (0 = one group per row):
+
+- qweight: int8 -> i8[out, in] (q in -128..127); int4 -> u8[out, in/2], two values per byte,
+  column 2k in the low nibble and 2k+1 in the high nibble (q in 0..15).
+- scales:  f32 or f16 [out, in/group]; groups run along the input dim (K), as ONNX
+  MatMulNBits and torch's int4 kernels block them.
+- zeros:   optional, same shape as scales, integer zero points stored as u8 (int4) or i8 (int8).
+  Without zeros the code is symmetric: int4 uses the implied zero point 8, int8 uses 0.
+
+    W[o, k] = (q[o, k] - zero[o, k // group]) * scale[o, k // group]
+"""
+from __future__ import annotations
+import torch
+
+SUPPORTED_BITS = (4, 8)
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """Range of the stored integer codes."""
+    return (0, 15) if bits == 4 else (-128, 127)
+
+
+def implied_zero(bits: int) -> int:
+    return 8 if bits == 4 else 0
+
+
+def check_bits(bits: int, where: str = ""):
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"{where}bits={bits} is not supported; use 8 (int8) or 4 (int4, two per byte)")
+
+
+def group_size(group: int, in_dim: int) -> int:
+    return in_dim if group == 0 else group
+
+
+def groups_that_fit(in_dim: int) -> list[int]:
+    return [g for g in (16, 32, 64, 128, 256) if in_dim % g == 0]
+
+
+def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes [out, in] (any int dtype, already in `qrange`) -> stored qweight."""
+    if bits == 8:
+        return q.to(torch.int8)
+    if q.shape[-1] % 2:
+        raise ValueError(f"int4 packing needs an even input dim, got {tuple(q.shape)}")
+    q = q.to(torch.uint8)
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored qweight -> integer codes [out, in] as int32."""
+    if bits == 8:
+        return qweight.to(torch.int32)
+    lo, hi = qweight & 0xF, qweight >> 4
+    return torch.stack([lo, hi], -1).flatten(-2).to(torch.int32)
+
+
+def logical_in_dim(qweight_shape, bits: int):
+    return qweight_shape[-1] * 2 if bits == 4 else qweight_shape[-1]
+
+
+def dequantize(qweight, scales, zeros, bits: int, group: int, dtype=torch.float32) -> torch.Tensor:
+    q = unpack(qweight, bits)
+    out, k = q.shape
+    g = group_size(group, k)
+    z = zeros.to(torch.float32) if zeros is not None else torch.full_like(scales, implied_zero(bits),
+                                                                          dtype=torch.float32)
+    w = (q.view(out, k // g, g).float() - z.unsqueeze(-1)) * scales.float().unsqueeze(-1)
+    return w.view(out, k).to(dtype)
+
+
+def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, clip: torch.Tensor | float = 1.0):
+    """Round-to-nearest with min/max scales per (row, group). `clip` (scalar or [out, groups])
+    shrinks the range, as AWQ's clip search and GPTQ's mse grid do. Returns codes, scales, zeros."""
+    out, k = w.shape
+    g = group_size(group, k)
+    wg = w.float().view(out, k // g, g)
+    scales, zeros = qparams(wg.amin(-1), wg.amax(-1), bits, sym, clip)
+    q = fake_codes(wg, scales, zeros, bits)
+    return q.view(out, k), scales, zeros
+
+
+def qparams(wmin, wmax, bits: int, sym: bool, clip=1.0):
+    """Scales and integer zero points (as float) for ranges [wmin, wmax] (any shape)."""
+    lo, hi = qrange(bits)
+    wmin, wmax = wmin * clip, wmax * clip
+    if sym:
+        amax = torch.maximum(wmin.abs(), wmax.abs()).clamp_min(1e-8)
+        # int4 symmetric: codes 0..15 around the implied zero 8 (GPTQ's convention)
+        scales = amax * 2 / 15 if bits == 4 else amax / 127
+        zeros = torch.full_like(scales, implied_zero(bits))
+    else:
+        wmin, wmax = wmin.clamp_max(0), wmax.clamp_min(0)
+        scales = ((wmax - wmin) / (hi - lo)).clamp_min(1e-8)
+        zeros = (lo - torch.round(wmin / scales)).clamp(lo, hi)
+    return scales, zeros
+
+
+def fake_codes(wg, scales, zeros, bits: int):
+    lo, hi = qrange(bits)
+    return torch.clamp(torch.round(wg / scales.unsqueeze(-1)) + zeros.unsqueeze(-1), lo, hi)
+
+
+def store(q, scales, zeros, bits: int, sym: bool, scale_dtype=torch.float32):
+    """Codes/scales/zeros from a quantizer -> (qweight, scales, zeros or None) as stored."""
+    zdt = torch.uint8 if bits == 4 else torch.int8
+    return pack(q.to(torch.int32), bits), scales.to(scale_dtype), (None if sym else zeros.to(zdt))
