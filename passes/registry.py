@@ -1,2 +1,4 @@
 """Imports every pass module so that they register themselves. Add new pass files here."""
 from . import canonicalize, cse, dce, fold_constants, verify  # noqa: F401  (cleanup passes)
+from . import quantize  # noqa: F401,E402
+from . import fuse_dequant_matmul  # noqa: F401,E402
