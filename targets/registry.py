@@ -9,3 +9,12 @@ def _reference(graph):
 
 register_target(Target("reference", _reference, default_pipeline="",
                        description="the reference interpreter: slow, exact, runs anywhere"))
+
+
+def _torch(graph):
+    from ..codegen.torch_fx import build_runner
+    return build_runner(graph)
+
+
+register_target(Target("torch", _torch, default_pipeline="canonicalize,cse,dce",
+                       description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs"))

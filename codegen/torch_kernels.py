@@ -1,0 +1,187 @@
+"""Fast torch kernels for the `torch` target, keyed by op name.
+
+The fx codegen calls an op's registered reference implementation unless a kernel is
+registered here. A kernel has the reference impl's signature, `fn(*inputs, **attrs)`, and
+must compute the same thing; it exists to cut per-call Python overhead (direct torch calls,
+no wrapper lambdas) or to use a faster algorithm (SDPA with native GQA, fused norms).
+
+    @torch_kernel("qlinear", prepack=repack_int4)
+    def qlinear_int4(x, packed, scales, ..., **attrs): ...
+
+`prepack(node, const_inputs) -> dict[int, Tensor]` runs ONCE at build time on the node's
+weight inputs (input index -> tensor) and returns replacements for some of them (e.g. int4
+weights repacked for `torch.ops.aten._weight_int4pack_mm_for_cpu`); it must not mutate the
+graph or its tensors. `scalars=True` declares that the kernel accepts Python numbers in
+place of 0-d tensors, so the codegen may inline literal `constant` inputs.
+
+Other modules register kernels on import: list them in KERNEL_MODULES.
+"""
+from __future__ import annotations
+import importlib
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
+KERNEL_MODULES: list[str] = []
+
+
+@dataclass(frozen=True)
+class TorchKernel:
+    op: str
+    fn: Callable
+    prepack: Callable | None = None
+    scalars: bool = False  # accepts Python scalars for 0-d constant inputs
+
+
+KERNELS: dict[str, TorchKernel] = {}
+
+
+def register_kernel(op: str, fn: Callable, *, prepack: Callable | None = None, scalars: bool = False):
+    if op in KERNELS:
+        raise ValueError(f"torch kernel for op {op!r} is registered twice "
+                         f"({KERNELS[op].fn!r} and {fn!r})")
+    KERNELS[op] = TorchKernel(op, fn, prepack, scalars)
+    return fn
+
+
+def torch_kernel(op: str, *, prepack: Callable | None = None, scalars: bool = False):
+    """Decorator form of register_kernel."""
+    return lambda fn: register_kernel(op, fn, prepack=prepack, scalars=scalars)
+
+
+_loaded = False
+
+
+def get_kernel(op: str) -> TorchKernel | None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for mod in KERNEL_MODULES:
+            importlib.import_module(mod)
+    return KERNELS.get(op)
+
+
+# ---- elementwise: operator forms accept scalars on either side and skip wrapper lambdas -------
+for _op, _fn in {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+                 "pow": operator.pow, "remainder": operator.mod, "floor_divide": operator.floordiv,
+                 "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+                 "gt": operator.gt, "ge": operator.ge}.items():
+    register_kernel(_op, _fn, scalars=True)
+
+for _op, _fn in {"maximum": torch.maximum, "minimum": torch.minimum, "neg": torch.neg, "abs": torch.abs,
+                 "relu": torch.relu, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
+                 "rsqrt": torch.rsqrt, "sin": torch.sin, "cos": torch.cos, "tanh": torch.tanh,
+                 "sigmoid": torch.sigmoid, "silu": torch._C._nn.silu, "erf": torch.erf,
+                 "reciprocal": torch.reciprocal, "logical_not": torch.logical_not,
+                 "matmul": torch.matmul, "linear": torch._C._nn.linear,
+                 "logical_and": torch.logical_and, "logical_or": torch.logical_or}.items():
+    register_kernel(_op, _fn)
+
+register_kernel("where", torch.where, scalars=True)
+
+
+@torch_kernel("embedding")
+def embedding(weight, ids):
+    return torch.embedding(weight, ids)
+
+
+@torch_kernel("gelu")
+def gelu(x, approximate):
+    return torch._C._nn.gelu(x, approximate=approximate)
+
+
+@torch_kernel("cast")
+def cast(x, dtype):
+    from ..ir.dtypes import TORCH_DTYPES
+    return x.to(TORCH_DTYPES[dtype])
+
+
+# ---- shape ops: direct tensor methods ----------------------------------------------------------
+@torch_kernel("reshape")
+def reshape(x, shape):
+    return x.reshape(shape)
+
+
+@torch_kernel("permute")
+def permute(x, dims):
+    return x.permute(dims)
+
+
+@torch_kernel("expand")
+def expand(x, shape):
+    return x.expand(shape)
+
+
+@torch_kernel("unsqueeze")
+def unsqueeze(x, dim):
+    return x.unsqueeze(dim)
+
+
+@torch_kernel("select")
+def select(x, dim, index):
+    return x.select(dim, index)
+
+
+@torch_kernel("slice")
+def slice_(x, dim, start, end, step):
+    if step == 1 and start >= 0 and 0 <= end < 2 ** 62:  # the common case: one narrow, no index tuple
+        size = x.shape[dim]
+        start, end = min(start, size), min(end, size)
+        return x.narrow(dim, start, max(end - start, 0))
+    return torch.ops.aten.slice.Tensor(x, dim, start, end, step)
+
+
+@torch_kernel("concat")
+def concat(*xs, dim):
+    return torch.cat(xs, dim)
+
+
+@torch_kernel("split")
+def split(x, dim, sizes):
+    return x.split(sizes, dim)
+
+
+# ---- reductions and nn ---------------------------------------------------------------------
+@torch_kernel("softmax")
+def softmax(x, dim):
+    return torch.softmax(x, dim)
+
+
+@torch_kernel("mean")
+def mean(x, dims, keepdim):
+    return x.mean(dims, keepdim=keepdim) if dims else x.mean(tuple(range(x.dim())), keepdim=keepdim)
+
+
+@torch_kernel("rms_norm")
+def rms_norm(x, weight=None, *, eps):
+    # f32 (and f64) need no round trip through f32; other dtypes keep the reference's upcast
+    if x.dtype not in (torch.float32, torch.float64):
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        return y * weight if weight is not None else y
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y * weight if weight is not None else y
+
+
+@torch_kernel("layer_norm")
+def layer_norm(x, weight=None, bias=None, *, axes, eps):
+    return torch.layer_norm(x, x.shape[-axes:], weight, bias, eps)
+
+
+@torch_kernel("attention")
+def attention(q, k, v, mask=None, *, causal, scale):
+    """Same semantics as the reference `attention`, with SDPA's native GQA (no repeat_interleave)
+    and no mask at all where causality is trivial (decode: one query sees every key)."""
+    gqa = q.shape[-3] != k.shape[-3]
+    lq, lk = q.shape[-2], k.shape[-2]
+    if causal and lq > 1:
+        if mask is None and lq == lk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
+                                          else mask.masked_fill(~keep, float("-inf")))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)

@@ -1,0 +1,181 @@
+"""`slimgraph.optimize`: import a model, run a pass pipeline, build a target's runner.
+
+    fast = slimgraph.optimize(model, (x,), target="torch", pipeline="canonicalize,cse,dce")
+
+`model` is an `nn.Module`, a transformers model, or an already-imported `ir.Graph`:
+- a transformers causal LM (has `generate`, not encoder-decoder, has an LM head) is exported
+  with its KV cache (frontends.hf.export_causal_lm) so the result can `.generate()`; called
+  with `input_ids` it runs with empty caches and returns an object with `.logits`;
+- other transformers models (BERT, ...) go through torch.export with batch and sequence
+  dynamic by default and keep the HF output class (`.last_hidden_state`, `.pooler_output`);
+- plain modules go through torch.export with `dynamic_shapes` as given (static by default).
+"""
+from __future__ import annotations
+import inspect
+import time
+
+from .compiled import CompiledModel, OptimizeReport
+from .signature import Signature
+
+
+class OptimizeError(RuntimeError):
+    pass
+
+
+def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "torch", pipeline=None,
+             dynamic_shapes=None, verify=False, allow_fallback: bool = False) -> CompiledModel:
+    """Compile `model` for `target`; see the module docstring. `pipeline=None` uses the target's default.
+    `verify`: False, True (verify the IR after each pass) or "numerics" (also check every pass and the
+    compiled runner against the interpreter on the example inputs)."""
+    from .targets.base import get_target
+    t0 = time.perf_counter()
+    tgt = get_target(target)
+    tgt.check_available()
+    example_inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    graph, signature, kv, flat_example = _import(model, tuple(example_inputs), dict(example_kwargs or {}),
+                                                 dynamic_shapes)
+    report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
+    spec, report.notes = _pipeline(tgt, pipeline)
+    report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
+    runner = _compile(tgt, graph, allow_fallback, report)
+    if verify == "numerics" and flat_example is not None:
+        _check_runner(graph, runner, flat_example, report.target)
+    report.weight_bytes_after, report.ops_after = graph.weight_bytes(), graph.op_counts()
+    report.seconds = time.perf_counter() - t0
+    return CompiledModel(graph, report.target, report.pipeline, runner, signature=signature, kv=kv, report=report)
+
+
+# ---- import ----------------------------------------------------------------------------------
+def _import(model, args, kwargs, dynamic_shapes):
+    """(graph, signature, kv layout or None, flat example tensors or None)."""
+    from .ir.graph import Graph
+    if isinstance(model, Graph):
+        sig = Signature("flat", input_names=[v.name for v in model.inputs])
+        return model.copy(), sig, None, (list(args) if args else None)
+    if _is_causal_lm(model):
+        from .frontends.hf import export_causal_lm
+        imported, kv = export_causal_lm(model)
+        sig = Signature("causal-lm", input_names=list(imported.input_names))
+        flat = sig.flatten_call(args, kwargs, kv) if (args or kwargs) else None
+        return imported.graph, sig, kv, flat
+    if _is_hf(model):
+        if not args and not kwargs:
+            kwargs = _hf_example(model)
+        if dynamic_shapes is None:
+            dynamic_shapes = _hf_dynamic_shapes(model, args, kwargs)
+    from .frontends.torch_export import import_module
+    imported = import_module(model, args, kwargs, dynamic_shapes)
+    sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
+                    list(imported.input_names))
+    return imported.graph, sig, None, sig.flatten_call(args, kwargs)
+
+
+def _is_hf(model) -> bool:
+    return hasattr(model, "config") and any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+
+
+def _is_causal_lm(model) -> bool:
+    if not _is_hf(model) or not callable(getattr(model, "generate", None)):
+        return False
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    return head is not None
+
+
+def _param_names(model) -> list[str]:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _hf_example(model) -> dict:
+    import torch
+    vocab = getattr(model.config, "vocab_size", 100)
+    ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _hf_dynamic_shapes(model, args, kwargs) -> dict:
+    """Batch and sequence dynamic for every [batch, seq, ...] tensor argument, where the example allows
+    (torch.export specializes dims of size 0 or 1)."""
+    import torch
+    from torch.export import Dim
+    bound = dict(zip(_param_names(model), args), **kwargs)
+    tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
+    ref = tensors.get("input_ids", next(iter(tensors.values()), None))
+    if ref is None or ref.dim() < 2:
+        return None
+    batch, seq = ref.shape[:2]
+    dims = {0: Dim("batch") if batch > 1 else None, 1: Dim("seq", max=_max_positions(model)) if seq > 1 else None}
+    dims = {i: d for i, d in dims.items() if d is not None}
+    out = {}
+    for k, v in bound.items():
+        same = isinstance(v, torch.Tensor) and v.dim() >= 2 and tuple(v.shape[:2]) == (batch, seq)
+        out[k] = dict(dims) if same and dims else None
+    return out
+
+
+def _max_positions(model) -> int | None:
+    n = getattr(model.config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+# ---- passes and codegen -------------------------------------------------------------------------
+def _pipeline(tgt, pipeline) -> tuple[object, list[str]]:
+    """The user's pipeline as given; the target's default keeps only the passes registered so far."""
+    if pipeline is not None:
+        return pipeline, []
+    from .ir.parser import split_top
+    from .passes.base import all_passes
+    items = split_top(tgt.default_pipeline)
+    known = all_passes()
+    missing = [i for i in items if i.split("{")[0].strip() not in known]
+    notes = [f"default pipeline passes not available, skipped: {', '.join(missing)}"] if missing else []
+    return ",".join(i for i in items if i not in missing), notes
+
+
+def _run_passes(graph, spec, verify, flat_example, report) -> str:
+    if not spec:
+        return ""
+    from .passes.manager import PassManager
+    pm = PassManager(spec, verify=verify, example_inputs=flat_example if verify == "numerics" else None)
+    result = pm.run(graph)
+    report.passes = result.to_dict()["passes"]
+    return pm.pipeline
+
+
+def _compile(tgt, graph, allow_fallback, report):
+    kwargs = {"allow_fallback": True} if allow_fallback and _accepts(tgt.codegen, "allow_fallback") else {}
+    try:
+        return tgt.codegen(graph, **kwargs)
+    except Exception as e:
+        if not allow_fallback or tgt.name == "torch":
+            raise OptimizeError(f"target {tgt.name!r} could not compile graph @{graph.name}: "
+                                f"{type(e).__name__}: {e}" + ("" if tgt.name == "torch" else
+                                                              "\n  pass allow_fallback=True to run on the "
+                                                              "'torch' target instead")) from e
+        from .targets.base import get_target
+        report.notes.append(f"target {tgt.name!r} failed ({type(e).__name__}: {e}); fell back to 'torch'")
+        report.target = "torch"
+        return get_target("torch").codegen(graph)
+
+
+def _accepts(fn, name) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_runner(graph, runner, flat, target):
+    import torch
+    from .ir.interpreter import run
+    ref, got = run(graph, *flat), runner(*flat)
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if a.shape != b.shape or not torch.allclose(a.double(), b.double(), atol=1e-4, rtol=1e-4):
+            err = (a.double() - b.double()).abs().max().item() if a.shape == b.shape else "shape"
+            raise OptimizeError(f"target {target!r}: output {i} ({graph.outputs[i].name}) differs from the "
+                                f"interpreter on the example inputs (max abs err {err})")

@@ -1,0 +1,92 @@
+"""`CompiledModel`: an optimized graph plus a target's runner, callable like the source model.
+
+    fast = slimgraph.optimize(model, (x,))
+    fast(x)                  # the source model's call signature and output structure
+    fast.run(x)              # raw graph call: flat tensors in, list of tensors out
+    fast.report              # what optimize did (passes, times, sizes, op counts)
+    fast.save("out/model.sg"); fast.generate(ids, max_new_tokens=32)   # (causal LMs)
+"""
+from __future__ import annotations
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .signature import Signature
+
+
+@dataclass
+class OptimizeReport:
+    target: str
+    pipeline: str
+    passes: list[dict] = field(default_factory=list)   # name, spec, seconds, changed, stats, ...
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0                                # optimize() wall time
+    notes: list[str] = field(default_factory=list)      # skipped passes, fallbacks, ...
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> OptimizeReport:
+        return OptimizeReport(**{k: d[k] for k in OptimizeReport.__dataclass_fields__ if k in d})
+
+    def __str__(self) -> str:
+        lines = [f"target {self.target!r}, pipeline {self.pipeline or '(none)'!r}, optimized in {self.seconds:.2f} s"]
+        for p in self.passes:
+            stats = ", ".join(f"{k}={v}" for k, v in p.get("stats", {}).items())
+            lines.append(f"  {p['spec']:<40} {p['seconds'] * 1e3:8.1f} ms  {'changed' if p['changed'] else '-':<7} {stats}")
+        n0, n1 = sum(self.ops_before.values()), sum(self.ops_after.values())
+        lines.append(f"  nodes {n0} -> {n1}; weights {_fmt_bytes(self.weight_bytes_before)} -> "
+                     f"{_fmt_bytes(self.weight_bytes_after)}")
+        diff = {op: (self.ops_before.get(op, 0), self.ops_after.get(op, 0))
+                for op in {**self.ops_before, **self.ops_after}}
+        changed = [f"{op} {a}->{b}" for op, (a, b) in sorted(diff.items()) if a != b]
+        if changed:
+            lines.append("  ops changed: " + ", ".join(changed))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+class CompiledModel:
+    def __init__(self, graph, target: str, pipeline: str, runner, *, signature: Signature | None = None,
+                 kv=None, report: OptimizeReport | None = None):
+        self.graph, self.target, self.pipeline = graph, target, pipeline
+        self.signature = signature or Signature("flat", input_names=[v.name for v in graph.inputs])
+        self.kv = kv
+        self.report = report or OptimizeReport(target, pipeline)
+        self.last_generate_stats = None
+        self._runner = runner
+
+    def run(self, *tensors) -> list:
+        """Raw graph call: graph inputs in order -> graph outputs in order (no checks, no structure)."""
+        return self._runner(*tensors)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        flat = self.signature.flatten_call(args, kwargs, self.kv)
+        from .ir.interpreter import bind_symbols
+        bind_symbols(self.graph, flat)  # dtype/rank/shape check with a message naming the input
+        return self.signature.unflatten_outputs(self.run(*flat))
+
+    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs):
+        """Greedy (or sampled) decoding with the KV cache; see slimgraph.generate.generate."""
+        from .generate import generate
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def save(self, path) -> None:
+        from .artifact import save
+        save(self, path)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"%{v.name}: {v.type}" for v in self.graph.inputs[:4])
+        more = f", ... ({len(self.graph.inputs)} inputs)" if len(self.graph.inputs) > 4 else ""
+        return f"CompiledModel(target={self.target!r}, pipeline={self.pipeline!r}, inputs=({ins}{more}))"

@@ -1,0 +1,191 @@
+"""Calling conventions of a compiled model, and their JSON form (no pickle).
+
+A `Signature` maps the source model's call (`*args, **kwargs`) to the graph's flat tensor
+inputs, and the graph's flat outputs back to the source's output structure:
+
+- "flat":      the graph's own signature; one output -> a tensor, several -> a tuple.
+- "pytree":    torch.export's in_spec/out_spec (args and kwargs, nested tuples, dicts,
+               namedtuples, transformers ModelOutputs); positional/keyword binding by the
+               forward's parameter names.
+- "causal-lm": `model(input_ids)` runs with empty KV caches and returns an object with
+               `.logits` (and `.past_key_values`, the presents as (key, value) pairs).
+
+Pytree specs are stored as JSON trees; a class (ModelOutput, namedtuple) is recorded by import
+path and field names and rebuilt by importing it, falling back to a dict (fields) or a
+namedtuple when the class is not importable in the loading process.
+"""
+from __future__ import annotations
+import collections
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+
+class SignatureError(TypeError):
+    pass
+
+
+@dataclass
+class Signature:
+    kind: str = "flat"                        # "flat" | "pytree" | "causal-lm"
+    in_spec: Any = None                       # TreeSpec of (args, kwargs)
+    out_spec: Any = None                      # TreeSpec of the outputs
+    param_names: list[str] = field(default_factory=list)  # forward's parameters, for keyword binding
+    input_names: list[str] = field(default_factory=list)  # graph input names (for messages)
+
+    # ---- calls ---------------------------------------------------------------------------------
+    def flatten_call(self, args: tuple, kwargs: dict, kv=None) -> list[torch.Tensor]:
+        if self.kind == "causal-lm":
+            return _causal_lm_inputs(args, kwargs, kv)
+        if self.kind == "flat":
+            if kwargs:
+                raise SignatureError(f"this compiled graph takes positional tensors ({', '.join(self.input_names)}),"
+                                     f" got keyword arguments {sorted(kwargs)}")
+            return list(args)
+        args, kwargs = self._bind(args, kwargs)
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            raise SignatureError(f"call structure does not match the exported one:\n  expected {self.in_spec}\n"
+                                 f"  got      {spec}\nCall the compiled model like the model was exported.")
+        return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+    def unflatten_outputs(self, outs: list[torch.Tensor]):
+        if self.kind == "causal-lm":
+            return _causal_lm_output(outs)
+        if self.kind == "flat" or self.out_spec is None:
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        return pytree.tree_unflatten(outs, self.out_spec)
+
+    def _bind(self, args, kwargs):
+        exported_args, exported_kwargs = self.in_spec.children()
+        n_args, keys = exported_args.num_children, list(exported_kwargs.context or [])
+        if len(args) == n_args and set(kwargs) == set(keys):
+            return tuple(args), {k: kwargs[k] for k in keys}
+        if not self.param_names:
+            raise SignatureError(f"expected {n_args} positional argument(s) and keywords {keys}, "
+                                 f"got {len(args)} positional and {sorted(kwargs)}")
+        bound = dict(zip(self.param_names, args))
+        for k, v in kwargs.items():
+            if k in bound:
+                raise SignatureError(f"argument {k!r} given both positionally and by keyword")
+            bound[k] = v
+        positional = self.param_names[:n_args]
+        missing = [k for k in positional + keys if k not in bound]
+        extra = [k for k, v in bound.items() if k not in positional and k not in keys and v is not None]
+        if missing or extra:
+            raise SignatureError(f"the model was exported with arguments {positional + keys}; "
+                                 f"missing {missing}, unexpected {extra}")
+        return tuple(bound[k] for k in positional), {k: bound[k] for k in keys}
+
+    # ---- JSON ----------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "param_names": list(self.param_names), "input_names": list(self.input_names),
+                "in_spec": spec_to_json(self.in_spec) if self.in_spec is not None else None,
+                "out_spec": spec_to_json(self.out_spec) if self.out_spec is not None else None}
+
+    @staticmethod
+    def from_json(d: dict) -> Signature:
+        return Signature(d["kind"], spec_from_json(d["in_spec"]) if d.get("in_spec") else None,
+                         spec_from_json(d["out_spec"]) if d.get("out_spec") else None,
+                         list(d.get("param_names", [])), list(d.get("input_names", [])))
+
+
+# ---- causal LMs: input_ids in, logits (+ presents) out --------------------------------------------
+def _causal_lm_inputs(args, kwargs, kv):
+    kwargs = dict(kwargs)
+    ids = args[0] if args else kwargs.pop("input_ids", None)
+    if len(args) > 1 or ids is None:
+        raise SignatureError("a compiled causal LM is called as model(input_ids) (int64 [batch, seq]); "
+                             "use .generate() for decoding and .run() for explicit KV caches")
+    mask = kwargs.pop("attention_mask", None)
+    if mask is not None and not bool((mask == 1).all()):
+        raise SignatureError("attention_mask with padding is not supported by a compiled causal LM; "
+                             "pass unpadded input_ids (one sequence length per batch)")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
+    if kwargs:
+        raise SignatureError(f"unsupported arguments for a compiled causal LM: {sorted(kwargs)}")
+    from .generate import empty_cache
+    return [ids, *empty_cache(kv, ids.shape[0], ids.device)]
+
+
+def _causal_lm_output(outs):
+    presents = tuple((outs[i], outs[i + 1]) for i in range(1, len(outs) - 1, 2))
+    try:
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+    except ImportError:
+        return collections.namedtuple("CausalLMOutput", "logits past_key_values")(outs[0], presents)
+    return CausalLMOutputWithPast(logits=outs[0], past_key_values=presents)
+
+
+# ---- pytree specs <-> JSON ---------------------------------------------------------------------
+def spec_to_json(spec) -> dict:
+    if spec.is_leaf():
+        return {"type": "leaf"}
+    t, ctx = spec.type, spec.context
+    children = [spec_to_json(c) for c in spec.children()]
+    if t in (tuple, list):
+        return {"type": t.__name__, "children": children}
+    if t in (dict, collections.OrderedDict):
+        return {"type": "dict", "keys": _json_keys(ctx), "children": children}
+    if t is type(None):
+        return {"type": "none"}
+    if isinstance(ctx, type) and issubclass(ctx, tuple) and hasattr(ctx, "_fields"):  # namedtuple
+        return {"type": "namedtuple", "class": _path(ctx), "fields": list(ctx._fields), "children": children}
+    if isinstance(ctx, (list, tuple)) and all(isinstance(k, str) for k in ctx):  # e.g. transformers ModelOutput
+        return {"type": "class", "class": _path(t), "fields": list(ctx), "children": children}
+    raise SignatureError(f"cannot describe pytree node {_path(t)} (context {ctx!r}) as JSON; "
+                         "return tuples, lists, dicts, namedtuples or ModelOutputs from the model")
+
+
+def spec_from_json(d: dict):
+    kind = d["type"]
+    if kind == "leaf":
+        return pytree.treespec_leaf()
+    if kind == "none":
+        return pytree.TreeSpec(type(None), None, [])
+    children = [spec_from_json(c) for c in d["children"]]
+    if kind in ("tuple", "list"):
+        return pytree.TreeSpec(tuple if kind == "tuple" else list, None, children)
+    if kind == "dict":
+        return pytree.TreeSpec(dict, list(d["keys"]), children)
+    if kind == "namedtuple":
+        cls = _import(d["class"])
+        if not (isinstance(cls, type) and issubclass(cls, tuple)):
+            cls = collections.namedtuple(d["class"].rsplit(".", 1)[-1], d["fields"])
+        return pytree.TreeSpec(_namedtuple_type(), cls, children)
+    if kind == "class":
+        cls = _import(d["class"])
+        if cls is not None and cls in pytree.SUPPORTED_NODES:
+            return pytree.TreeSpec(cls, list(d["fields"]), children)
+        return pytree.TreeSpec(dict, list(d["fields"]), children)  # class unavailable: a dict of its fields
+    raise SignatureError(f"unknown pytree node kind {kind!r} in the signature")
+
+
+def _json_keys(ctx) -> list:
+    keys = list(ctx)
+    if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in keys):
+        raise SignatureError(f"dict keys {keys!r} cannot be stored as JSON; use str or int keys")
+    return keys
+
+
+def _path(t) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _import(path: str):
+    module, _, name = path.rpartition(".")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError):
+        return None
+
+
+def _namedtuple_type():
+    _, spec = pytree.tree_flatten(collections.namedtuple("_Probe", "a")(0))
+    return spec.type
