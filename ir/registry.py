@@ -63,7 +63,9 @@ class OpDef:
                             f"valid: {sorted(self.attrs) or 'none'}")
         out = {}
         for k, spec in self.attrs.items():
-            if k in attrs:
+            if k in attrs and attrs[k] is None and spec.default is None:
+                out[k] = None  # an optional attribute left unset
+            elif k in attrs:
                 out[k] = _check_attr(self.name, k, spec.kind, attrs[k])
             elif spec.default is REQUIRED:
                 raise TypeError(f"op {self.name}: missing required attribute {k!r} ({spec.kind})")
