@@ -1,0 +1,535 @@
+"""ATen -> IR conversion rules, one small function per ATen op family.
+
+Each rule gets the conversion context `cx` (see torch_export.Converter) and the op's arguments
+bound by name from the ATen schema (defaults filled in), and returns the IR value(s) that
+stand for the FX node's result. Shapes that torch already knows (reshape/expand targets,
+constructor sizes, split sizes) are read from the node's FakeTensor metadata, so symbolic
+sizes arrive as dim expressions instead of chains of `sym_size` arithmetic.
+
+    add.Tensor(x, 1.0)                      -> add(%x, constant 1.0)
+    view(x, [1, s0, -1, 16])                -> reshape(%x) {shape=[1,"seq",4,16]}
+    transpose(x, 1, 2)                      -> permute(%x) {dims=[0,2,1,3]}
+    scaled_dot_product_attention(q,k,v,m)   -> attention(%q, %k, %v, %m) {scale=...}
+    clone / alias / detach / to.device / _assert_*          -> (dropped)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+RULES: dict[str, Callable] = {}
+# ATen ops that do nothing for inference: the node's value is its first argument.
+IDENTITY = {
+    "aten.alias.default", "aten.clone.default", "aten.contiguous.default", "aten.detach.default",
+    "aten.detach_.default", "aten.lift_fresh_copy.default", "aten.lift_fresh.default",
+}
+# Side-effect-only nodes (checks, hints) that produce nothing the graph uses.
+IGNORED = {
+    "aten._assert_tensor_metadata.default", "aten._assert_async.msg", "aten._assert_async.default",
+    "aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default",
+    "aten.sym_constrain_range.default", "aten._functional_sym_constrain_range.default",
+}
+
+
+def rule(*names: str):
+    """Register `fn` for the ATen overloads `names` ("add.Tensor"); names this torch lacks are skipped."""
+    def deco(fn):
+        for n in names:
+            packet, overload = n.rsplit(".", 1)
+            if hasattr(getattr(torch.ops.aten, packet, None), overload):
+                RULES["aten." + n] = fn
+        return fn
+    return deco
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+_BINARY = {
+    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "maximum": "maximum", "minimum": "minimum",
+    "remainder": "remainder", "floor_divide": "floor_divide", "pow": "pow", "eq": "eq", "ne": "ne",
+    "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "logical_and": "logical_and",
+    "logical_or": "logical_or", "logical_xor": "logical_xor", "bitwise_and": "bitwise_and",
+    "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor", "__and__": "bitwise_and",
+    "__or__": "bitwise_or", "__xor__": "bitwise_xor", "fmod": "fmod",
+}
+_IDENTITY_OPERAND = {"add": 0, "sub": 0, "mul": 1, "div": 1}  # x op c == x
+
+
+def _binary_rule(ir_op):
+    def convert(cx, a):
+        x, y = a["self"], a.get("other", a.get("exponent"))
+        alpha = a.get("alpha", 1)
+        if alpha != 1:
+            y = cx.scaled(y, alpha)
+        if _IDENTITY_OPERAND.get(ir_op) is not None and cx.is_number(y, _IDENTITY_OPERAND[ir_op]):
+            same = cx.same_as_output(x)
+            if same is not None:
+                return same
+        return cx.op(ir_op, cx.value(x), cx.value(y))
+    return convert
+
+
+for _aten, _ir in _BINARY.items():
+    rule(*(f"{_aten}.{ov}" for ov in ("Tensor", "Scalar", "Tensor_Tensor", "Tensor_Scalar", "default")))(
+        _binary_rule(_ir))
+
+
+@rule("pow.Scalar")
+def _pow_scalar(cx, a):
+    return cx.op("pow", cx.value(a["self"]), cx.value(a["exponent"]))
+
+
+@rule("rsub.Scalar", "rsub.Tensor")
+def _rsub(cx, a):
+    x = cx.scaled(a["self"], a["alpha"]) if a["alpha"] != 1 else a["self"]
+    return cx.op("sub", cx.value(a["other"]), cx.value(x))
+
+
+@rule("div.Tensor_mode", "div.Scalar_mode")
+def _div_mode(cx, a):
+    x, y = cx.value(a["self"]), cx.value(a["other"])
+    if a["rounding_mode"] is None:
+        return cx.op("div", x, y)
+    if a["rounding_mode"] == "floor":
+        return cx.op("floor_divide", x, y)
+    raise cx.unsupported("div with rounding_mode='trunc'")
+
+
+_UNARY = ["neg", "abs", "relu", "sign", "floor", "ceil", "bitwise_not", "exp", "log", "sqrt", "rsqrt",
+          "sin", "cos", "tanh", "sigmoid", "silu", "erf", "reciprocal", "hardswish", "hardsigmoid",
+          "log1p", "expm1", "tan", "atan", "mish", "logical_not", "isnan"]
+for _name in _UNARY:
+    rule(f"{_name}.default")(lambda cx, a, _name=_name: cx.op(_name, cx.value(a["self"])))
+
+
+@rule("round.default")
+def _round(cx, a):
+    return cx.op("round", cx.value(a["self"]))
+
+
+@rule("gelu.default")
+def _gelu(cx, a):
+    return cx.op("gelu", cx.value(a["self"]), approximate=a["approximate"])
+
+
+@rule("leaky_relu.default")
+def _leaky_relu(cx, a):
+    return cx.op("leaky_relu", cx.value(a["self"]), slope=float(a["negative_slope"]))
+
+
+@rule("softplus.default")
+def _softplus(cx, a):
+    if a["beta"] != 1 or a["threshold"] != 20:
+        raise cx.unsupported("softplus with non-default beta/threshold")
+    return cx.op("softplus", cx.value(a["self"]))
+
+
+@rule("elu.default")
+def _elu(cx, a):
+    if a["alpha"] != 1 or a["scale"] != 1 or a["input_scale"] != 1:
+        raise cx.unsupported("elu with non-default alpha/scale")
+    return cx.op("elu", cx.value(a["self"]))
+
+
+@rule("clamp.default", "clamp_min.default", "clamp_max.default", "hardtanh.default", "relu6.default")
+def _clamp(cx, a):
+    lo = a.get("min", a.get("min_val", 0 if "relu6" in cx.target else None))
+    hi = a.get("max", a.get("max_val", 6 if "relu6" in cx.target else None))
+    return cx.op("clamp", cx.value(a["self"]), min=lo, max=hi)
+
+
+@rule("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor")
+def _clamp_tensor(cx, a):
+    x = cx.value(a["self"])
+    if a.get("min") is not None:
+        x = cx.op("maximum", x, cx.value(a["min"]))
+    if a.get("max") is not None:
+        x = cx.op("minimum", x, cx.value(a["max"]))
+    return x
+
+
+@rule("where.self", "where.ScalarOther", "where.ScalarSelf", "where.Scalar")
+def _where(cx, a):
+    return cx.op("where", cx.value(a["condition"]), cx.value(a["self"]), cx.value(a["other"]))
+
+
+@rule("masked_fill.Scalar", "masked_fill.Tensor")
+def _masked_fill(cx, a):
+    x = cx.value(a["self"])
+    fill = cx.value(a["value"], dtype=x.type.dtype)
+    if fill.type.dtype != x.type.dtype:
+        fill = cx.op("cast", fill, dtype=x.type.dtype)
+    return cx.op("where", cx.value(a["mask"]), fill, x)
+
+
+@rule("dropout.default", "feature_dropout.default", "alpha_dropout.default")
+def _dropout(cx, a):
+    if a["train"] and a["p"] > 0:
+        raise cx.unsupported(f"{cx.target} in training mode (call model.eval() before exporting)")
+    return cx.value(a["input"])
+
+
+@rule("to.dtype", "to.dtype_layout", "to.device", "to.other", "_to_copy.default", "type_as.default",
+      "_to_dim_order_copy.default")
+def _to(cx, a):
+    return cx.cast(cx.value(a["self"]), cx.out_dtype())
+
+
+# ---- reductions -------------------------------------------------------------------------------
+def _reduce_dims(a):
+    d = a.get("dim")
+    return None if d is None or d == [] else ([d] if isinstance(d, int) else list(d))
+
+
+@rule("sum.dim_IntList", "sum.default", "mean.dim", "mean.default", "amax.default", "amin.default",
+      "prod.dim_int", "prod.default")
+def _reduce(cx, a):
+    op = cx.target.split(".")[1]
+    x = cx.value(a["self"])
+    if a.get("dtype") is not None:
+        x = cx.cast(x, cx.out_dtype())
+    return cx.op(op, x, dims=_reduce_dims(a), keepdim=bool(a.get("keepdim", False)))
+
+
+@rule("var.correction", "var.dim", "std.correction", "std.dim")
+def _var(cx, a):
+    corr = a.get("correction", None)
+    corr = (1 if a.get("unbiased", True) else 0) if corr is None else int(corr)
+    v = cx.op("var", cx.value(a["self"]), dims=_reduce_dims(a), keepdim=bool(a["keepdim"]), correction=corr)
+    return cx.op("sqrt", v) if cx.target.startswith("aten.std") else v
+
+
+@rule("max.dim", "min.dim")
+def _max_dim(cx, a):
+    x, kw = cx.value(a["self"]), dict(dim=a["dim"], keepdim=bool(a["keepdim"]))
+    best = "amax" if cx.target == "aten.max.dim" else "amin"
+    return (cx.op(best, x, dims=[a["dim"]], keepdim=kw["keepdim"]),
+            cx.op("argmax" if best == "amax" else "argmin", x, **kw))
+
+
+@rule("max.default", "min.default")
+def _max_all(cx, a):
+    return cx.op("amax" if cx.target == "aten.max.default" else "amin", cx.value(a["self"]))
+
+
+@rule("argmax.default", "argmin.default")
+def _argmax(cx, a):
+    if a["dim"] is None:
+        raise cx.unsupported(f"{cx.target} without dim")
+    return cx.op(cx.target.split(".")[1], cx.value(a["self"]), dim=a["dim"], keepdim=bool(a["keepdim"]))
+
+
+@rule("cumsum.default")
+def _cumsum(cx, a):
+    extra = {"dtype": cx.out_dtype()} if a["dtype"] is not None else {}
+    return cx.op("cumsum", cx.value(a["self"]), dim=a["dim"], **extra)
+
+
+# ---- linear algebra and nn ----------------------------------------------------------------------
+@rule("linear.default")
+def _linear(cx, a):
+    ins = [cx.value(a["input"]), cx.value(a["weight"])] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
+    return cx.op("linear", *ins)
+
+
+@rule("matmul.default", "mm.default", "bmm.default")
+def _matmul(cx, a):
+    return cx.op("matmul", cx.value(a["self"]), cx.value(a["other"] if "other" in a else a["mat2"]))
+
+
+@rule("addmm.default", "baddbmm.default")
+def _addmm(cx, a):
+    """beta*self + alpha*(mat1 @ mat2); GPT-2's Conv1D emits this with a [in, out] weight."""
+    m1, m2 = (a["mat1"], a["mat2"]) if "mat1" in a else (a["batch1"], a["batch2"])
+    prod = cx.op("matmul", cx.value(m1), cx.value(m2))
+    if a["alpha"] != 1:
+        prod = cx.op("mul", prod, cx.value(a["alpha"]))
+    bias = cx.value(a["self"]) if a["beta"] == 1 else cx.op("mul", cx.value(a["self"]), cx.value(a["beta"]))
+    return cx.op("add", prod, bias)
+
+
+@rule("embedding.default")
+def _embedding(cx, a):
+    return cx.op("embedding", cx.value(a["weight"]), cx.value(a["indices"]))
+
+
+@rule("softmax.int", "_softmax.default", "log_softmax.int", "_log_softmax.default", "_safe_softmax.default")
+def _softmax(cx, a):
+    op = "log_softmax" if "log_softmax" in cx.target else "softmax"
+    x = cx.value(a["self"])
+    if a.get("dtype") is not None:
+        x = cx.cast(x, cx.out_dtype())
+    return cx.cast(cx.op(op, x, dim=a["dim"]), cx.out_dtype())
+
+
+@rule("layer_norm.default")
+def _layer_norm(cx, a):
+    w, b = a["weight"], a["bias"]
+    if w is None and b is not None:
+        raise cx.unsupported("layer_norm with a bias but no weight")
+    ins = [cx.value(v) for v in (a["input"], w, b) if v is not None]
+    return cx.op("layer_norm", *ins, axes=len(a["normalized_shape"]), eps=float(a["eps"]))
+
+
+@rule("rms_norm.default")
+def _rms_norm(cx, a):
+    if len(a["normalized_shape"]) != 1 or a["eps"] is None:
+        raise cx.unsupported("rms_norm over several dims or without eps")
+    ins = [cx.value(v) for v in (a["input"], a["weight"]) if v is not None]
+    return cx.op("rms_norm", *ins, eps=float(a["eps"]))
+
+
+@rule("_native_batch_norm_legit_no_training.default")
+def _batch_norm(cx, a):
+    if a["weight"] is None or a["bias"] is None:
+        raise cx.unsupported("batch_norm without affine weight and bias")
+    y = cx.op("batch_norm", *(cx.value(a[k]) for k in ("input", "running_mean", "running_var", "weight", "bias")),
+              eps=float(a["eps"]))
+    return (y, None, None)
+
+
+@rule("scaled_dot_product_attention.default")
+def _sdpa(cx, a):
+    if a["dropout_p"]:
+        raise cx.unsupported("scaled_dot_product_attention with dropout_p > 0 (export in eval mode)")
+    q, k, v = cx.value(a["query"]), cx.value(a["key"]), cx.value(a["value"])
+    ins = [q, k, v] + ([cx.value(a["attn_mask"])] if a["attn_mask"] is not None else [])
+    causal = bool(a["is_causal"])
+    if causal and not cx.dims_equal(q.type.shape[-2], k.type.shape[-2]):
+        # torch's is_causal is top-left aligned; the IR's `causal` is bottom-right: spell it out
+        keep = cx.op("full", shape=[q.type.shape[-2], k.type.shape[-2]], value=True, dtype="bool")
+        ins.append(cx.op("tril", keep))
+        causal = False
+    scale = None if a["scale"] is None else float(a["scale"])
+    return cx.op("attention", *ins, causal=causal, scale=scale)
+
+
+@rule("conv2d.default", "convolution.default")
+def _conv2d(cx, a):
+    if a.get("transposed") or len(a["stride"]) != 2:
+        raise cx.unsupported(f"{cx.target} other than a plain 2-d convolution")
+    pad = a["padding"]
+    if isinstance(pad, str):
+        if pad != "valid":
+            raise cx.unsupported(f"conv2d padding={pad!r}")
+        pad = [0, 0]
+    ins = [cx.value(a["input"]), cx.value(a["weight"])] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
+    two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
+    return cx.op("conv2d", *ins, stride=two(a["stride"]), padding=two(pad), dilation=two(a["dilation"]),
+                 groups=a["groups"])
+
+
+def _pair(v):
+    v = [v] if isinstance(v, int) else list(v)
+    return v * 2 if len(v) == 1 else v
+
+
+@rule("max_pool2d.default", "max_pool2d_with_indices.default")
+def _max_pool(cx, a):
+    if _pair(a["dilation"]) != [1, 1]:
+        raise cx.unsupported("max_pool2d with dilation")
+    y = cx.op("max_pool2d", cx.value(a["self"]), kernel=_pair(a["kernel_size"]),
+              stride=_pair(a["stride"]) if a["stride"] else None, padding=_pair(a["padding"]),
+              ceil_mode=bool(a["ceil_mode"]))
+    return (y, None) if cx.target.endswith("with_indices.default") else y
+
+
+@rule("avg_pool2d.default")
+def _avg_pool(cx, a):
+    if a["divisor_override"] is not None:
+        raise cx.unsupported("avg_pool2d with divisor_override")
+    return cx.op("avg_pool2d", cx.value(a["self"]), kernel=_pair(a["kernel_size"]),
+                 stride=_pair(a["stride"]) if a["stride"] else None, padding=_pair(a["padding"]),
+                 ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
+
+
+@rule("adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
+def _adaptive_avg_pool(cx, a):
+    return cx.op("adaptive_avg_pool2d", cx.value(a["self"]), output_size=_pair(a["output_size"]))
+
+
+# ---- shapes and data movement -------------------------------------------------------------------
+@rule("view.default", "reshape.default", "_unsafe_view.default", "flatten.using_ints", "unflatten.int",
+      "view_as.default", "reshape_as.default")
+def _reshape(cx, a):
+    x = cx.value(a["self"])
+    shape = cx.out_shape()
+    return x if cx.dims_equal_all(x.type.shape, shape) else cx.op("reshape", x, shape=list(shape))
+
+
+@rule("expand.default", "expand_as.default", "broadcast_to.default")
+def _expand(cx, a):
+    x = cx.value(a["self"])
+    shape = cx.out_shape()
+    return x if cx.dims_equal_all(x.type.shape, shape) else cx.op("expand", x, shape=list(shape))
+
+
+@rule("permute.default")
+def _permute(cx, a):
+    x = cx.value(a["self"])
+    dims = [d % max(x.type.rank, 1) for d in a["dims"]]
+    return x if dims == sorted(dims) else cx.op("permute", x, dims=dims)
+
+
+@rule("transpose.int", "t.default", "swapaxes.default")
+def _transpose(cx, a):
+    x = cx.value(a["self"])
+    if x.type.rank < 2:
+        return x
+    d0, d1 = (a["dim0"], a["dim1"]) if "dim0" in a else (a.get("axis0", 0), a.get("axis1", 1))
+    d0, d1 = d0 % x.type.rank, d1 % x.type.rank
+    if d0 == d1:
+        return x
+    dims = list(range(x.type.rank))
+    dims[d0], dims[d1] = d1, d0
+    return cx.op("permute", x, dims=dims)
+
+
+@rule("unsqueeze.default")
+def _unsqueeze(cx, a):
+    return cx.op("unsqueeze", cx.value(a["self"]), dim=a["dim"])
+
+
+@rule("squeeze.dim", "squeeze.dims", "squeeze.default")
+def _squeeze(cx, a):
+    x = cx.value(a["self"])
+    dims = a.get("dim", None)
+    dims = list(range(x.type.rank)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    dims = [d for d in dims if x.type.shape[d % x.type.rank] == 1]
+    return cx.op("squeeze", x, dims=dims) if dims else x
+
+
+@rule("slice.Tensor")
+def _slice(cx, a):
+    x = cx.value(a["self"])
+    dim = a["dim"] % x.type.rank
+    start = 0 if a["start"] is None else cx.dim(a["start"])
+    end = 2 ** 63 - 1 if a["end"] is None else cx.dim(a["end"])
+    if start == 0 and a["step"] == 1 and (end == 2 ** 63 - 1 or cx.dims_equal(end, x.type.shape[dim])):
+        return x
+    return cx.op("slice", x, dim=dim, start=start, end=end, step=a["step"])
+
+
+@rule("diff.default")
+def _diff(cx, a):
+    if a["n"] != 1:
+        raise cx.unsupported("diff with n > 1")
+    parts = [a["prepend"], a["self"], a["append"]]
+    xs = [cx.value(t) for t in parts if t is not None]
+    x = xs[0] if len(xs) == 1 else cx.op("concat", *xs, dim=a["dim"])
+    hi = cx.op("slice", x, dim=a["dim"], start=1)
+    lo = cx.op("slice", x, dim=a["dim"], start=0, end=-1)
+    return cx.op("ne" if x.type.dtype == "bool" else "sub", hi, lo)
+
+
+@rule("narrow.default")
+def _narrow(cx, a):
+    start, length = cx.dim(a["start"]), cx.dim(a["length"])
+    return cx.op("slice", cx.value(a["self"]), dim=a["dim"], start=start, end=cx.dim_add(start, length))
+
+
+@rule("select.int")
+def _select(cx, a):
+    return cx.op("select", cx.value(a["self"]), dim=a["dim"], index=cx.dim(a["index"]))
+
+
+@rule("cat.default", "concat.default")
+def _cat(cx, a):
+    # torch.cat skips 1-d empty tensors (transformers' DynamicCache starts from them)
+    xs = [cx.value(t) for t in a["tensors"] if not cx.is_empty_1d(t)]
+    if len(xs) == 1 and cx.same_type_as_output(xs[0]):
+        return xs[0]
+    return cx.op("concat", *xs, dim=a["dim"])
+
+
+@rule("stack.default")
+def _stack(cx, a):
+    xs = [cx.op("unsqueeze", cx.value(t), dim=a["dim"]) for t in a["tensors"]]
+    return cx.op("concat", *xs, dim=a["dim"])
+
+
+@rule("split.Tensor", "split_with_sizes.default", "chunk.default", "tensor_split.sections")
+def _split(cx, a):
+    x = cx.value(a["self"])
+    dim = a["dim"] % x.type.rank
+    sizes = [shape[dim] for shape in cx.out_shapes()]
+    return cx.op("split", x, dim=dim, sizes=sizes) if len(sizes) > 1 else (x,)
+
+
+@rule("unbind.int")
+def _unbind(cx, a):
+    x = cx.value(a["self"])
+    n = x.type.shape[a["dim"]]
+    if not isinstance(n, int):
+        raise cx.unsupported("unbind over a symbolic dim")
+    return tuple(cx.op("select", x, dim=a["dim"], index=i) for i in range(n))
+
+
+@rule("index.Tensor")
+def _index(cx, a):
+    axes = [i for i, t in enumerate(a["indices"]) if t is not None]
+    idx = [cx.value(a["indices"][i]) for i in axes]
+    if any(t.type.dtype in ("bool", "u8") for t in idx):
+        raise cx.unsupported("index.Tensor with a boolean mask (its result size depends on the data)")
+    return cx.op("index", cx.value(a["self"]), *idx, axes=axes)
+
+
+@rule("index_select.default")
+def _index_select(cx, a):
+    return cx.op("index_select", cx.value(a["self"]), cx.value(a["index"]), dim=a["dim"])
+
+
+@rule("gather.default")
+def _gather(cx, a):
+    return cx.op("gather", cx.value(a["self"]), cx.value(a["index"]), dim=a["dim"])
+
+
+@rule("tril.default", "triu.default")
+def _tri(cx, a):
+    return cx.op(cx.target.split(".")[1], cx.value(a["self"]), diagonal=a["diagonal"])
+
+
+@rule("flip.default")
+def _flip(cx, a):
+    return cx.op("flip", cx.value(a["self"]), dims=list(a["dims"]))
+
+
+@rule("constant_pad_nd.default", "pad.default")
+def _pad(cx, a):
+    if a.get("mode", "constant") != "constant":
+        raise cx.unsupported(f"pad mode {a['mode']!r}")
+    return cx.op("pad", cx.value(a["self"]), pads=list(a["pad"]), value=float(a["value"] or 0.0))
+
+
+@rule("repeat.default")
+def _repeat(cx, a):
+    x, reps = cx.value(a["self"]), list(a["repeats"])
+    if x.type.rank < len(reps):
+        x = cx.op("reshape", x, shape=[1] * (len(reps) - x.type.rank) + list(x.type.shape))
+    lead = [d for r, d in zip(reps, x.type.shape) for d in (r, d)]
+    y = cx.op("expand", cx.op("reshape", x, shape=[v for d in x.type.shape for v in (1, d)]), shape=lead)
+    return cx.op("reshape", y, shape=list(cx.out_shape()))
+
+
+# ---- constructors (shapes from the node's metadata) --------------------------------------------
+@rule("full.default", "new_full.default", "full_like.default")
+def _full(cx, a):
+    return cx.op("full", shape=list(cx.out_shape()), value=cx.number(a["fill_value"]), dtype=cx.out_dtype())
+
+
+@rule("zeros.default", "new_zeros.default", "zeros_like.default", "empty.memory_format", "new_empty.default",
+      "empty_like.default", "ones.default", "new_ones.default", "ones_like.default")
+def _zeros_ones(cx, a):
+    value = 1 if "ones" in cx.target else 0
+    return cx.op("full", shape=list(cx.out_shape()), value=value, dtype=cx.out_dtype())
+
+
+@rule("scalar_tensor.default")
+def _scalar_tensor(cx, a):
+    return cx.value(a["s"], dtype=cx.out_dtype())
+
+
+@rule("arange.default", "arange.start", "arange.start_step")
+def _arange(cx, a):
+    start, end, step = (cx.dim(a.get("start", 0)), cx.dim(a["end"]), cx.dim(a.get("step", 1)))
+    return cx.op("arange", start=start, end=end, step=step, dtype=cx.out_dtype())
