@@ -96,11 +96,16 @@ class _Builder:
         """An int attribute value, or an fx node computing a symbolic one at run time."""
         if not isinstance(d, str):
             return d
-        if d not in self.exprs:
-            self.exprs[d] = self._sym_expr(symbolic._expr(d), d)
-        return self.exprs[d]
+        return self._sym_expr(symbolic._expr(d), d)
 
     def _sym_expr(self, e, text: str):
+        """Cached per (sub)expression, so `2*seq` and `2*seq-1` share the product."""
+        key = str(e).replace(" ", "")
+        if key not in self.exprs:
+            self.exprs[key] = self._sym_expr_uncached(e, text)
+        return self.exprs[key]
+
+    def _sym_expr_uncached(self, e, text: str):
         if e.is_Integer:
             return int(e)
         if e.is_Symbol:
@@ -121,7 +126,7 @@ class _Builder:
         # anything else (floor, ceiling, rationals, Max, ...): one call to the compiled expression
         names = sorted(str(s) for s in e.free_symbols)
         args = tuple(self._sym_expr(sympy.Symbol(n, integer=True), text) for n in names)
-        return self.fx.call_function(_int_expr(text), args)
+        return self.fx.call_function(_int_expr(str(e).replace(" ", "")), args)
 
     # ---- nodes -----------------------------------------------------------------------------
     def _emit(self, node):

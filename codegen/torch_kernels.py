@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 # Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
-KERNEL_MODULES: list[str] = []
+KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear"]
 
 
 @dataclass(frozen=True)
