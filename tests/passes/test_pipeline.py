@@ -1,0 +1,90 @@
+"""Pipeline strings: parsing, typed option conversion, errors that list the alternatives, round trip."""
+from typing import Literal, Optional
+
+import pytest
+
+from slimgraph.passes import Pass, PassError, PassResult, format_pipeline, get_pass, parse_pipeline, register_pass
+
+
+@register_pass("test-options")
+class OptionsPass(Pass):
+    bits: int = 4
+    ratio: float = 0.5
+    sym: bool = True
+    method: Literal["rtn", "awq"] = "rtn"
+    label: str = "x"
+    dims: list[int] = None
+    limit: Optional[int] = None
+
+    def run(self, graph):
+        return PassResult(False)
+
+
+def test_parse_names_and_defaults():
+    ps = parse_pipeline("canonicalize, cse ,dce")
+    assert [p.name for p in ps] == ["canonicalize", "cse", "dce"]
+    assert parse_pipeline("") == [] and parse_pipeline(None) == []
+
+
+def test_options_are_converted_to_field_types():
+    (p,) = parse_pipeline("test-options{bits=8,ratio=0.25,sym=false,method=awq,label=hi,dims=[1,-2],limit=7}")
+    assert (p.bits, p.ratio, p.sym, p.method, p.label, p.dims, p.limit) == (8, 0.25, False, "awq", "hi", [1, -2], 7)
+    assert type(p.bits) is int and type(p.ratio) is float
+    (p,) = parse_pipeline("test-options{limit=none,dims=[]}")
+    assert p.limit is None and p.dims == []
+
+
+def test_list_of_specs_and_pass_objects():
+    obj = get_pass("fold-constants")(max_elements=8)
+    ps = parse_pipeline(["canonicalize", obj, "cse,dce"])
+    assert [p.name for p in ps] == ["canonicalize", "fold-constants", "cse", "dce"] and ps[1] is obj
+    with pytest.raises(PassError, match="pass specs or Pass objects"):
+        parse_pipeline([42])
+
+
+def test_unknown_pass_lists_valid_passes_and_suggests():
+    with pytest.raises(PassError) as e:
+        parse_pipeline("canonicalise,dce")
+    assert "unknown pass 'canonicalise'" in str(e.value) and "Did you mean canonicalize" in str(e.value)
+    assert "Valid passes:" in str(e.value) and "fold-constants" in str(e.value)
+
+
+def test_unknown_option_lists_options_with_types():
+    with pytest.raises(PassError) as e:
+        parse_pipeline("test-options{bitz=3}")
+    msg = str(e.value)
+    assert "no option 'bitz'" in msg and "bits: int = 4" in msg and "sym: bool = True" in msg
+    assert "method: Literal['rtn', 'awq']" in msg
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("test-options{bits=four}", "option 'bits': expected int, got 'four'"),
+    ("test-options{sym=maybe}", "option 'sym': expected bool"),
+    ("test-options{method=gptq}", "'gptq' is not one of ['rtn', 'awq']"),
+    ("test-options{dims=3}", "expected a list like [a,b]"),
+    ("test-options{limit=x}", "option 'limit': cannot convert 'x' to Optional[int]"),
+    ("test-options{bits}", "must be written key=value"),
+    ("test-options{bits=4", "unbalanced"),
+    ("cse,,dce", "empty entry"),
+])
+def test_bad_values_name_pass_option_and_type(spec, expected):
+    with pytest.raises(PassError) as e:
+        parse_pipeline(spec)
+    assert expected in str(e.value)
+    if "option" in expected:
+        assert "test-options" in str(e.value)
+
+
+@pytest.mark.parametrize("spec", [
+    "canonicalize,cse,dce",
+    "test-options{bits=8,sym=false,method=awq,dims=[1,2],limit=3},fold-constants{max_elements=16}",
+    "test-options{ratio=0.1,label=abc}",
+])
+def test_format_round_trips(spec):
+    ps = parse_pipeline(spec)
+    assert format_pipeline(ps) == spec
+    assert format_pipeline(parse_pipeline(format_pipeline(ps))) == spec
+
+
+def test_defaults_are_omitted_from_spec():
+    assert format_pipeline(parse_pipeline("test-options{bits=4,sym=true}")) == "test-options"
