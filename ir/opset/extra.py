@@ -1,0 +1,71 @@
+"""Ops that ONNX models need and no other family declares: the rest of the elementwise math,
+shape values as tensors, einsum and tile."""
+import re
+
+import torch
+
+from .. import symbolic as S
+from ..registry import Attr, register_op
+from ..types import TensorType
+from . import infer as I
+
+_UNARY_FLOAT = {
+    "asin": torch.asin, "acos": torch.acos, "sinh": torch.sinh, "cosh": torch.cosh,
+    "asinh": torch.asinh, "acosh": torch.acosh, "atanh": torch.atanh,
+}
+for _name, _fn in _UNARY_FLOAT.items():
+    register_op(_name, inputs="x", infer=I.unary_float)(lambda x, _fn=_fn: _fn(x))
+
+
+@register_op("isinf", inputs="x", attrs={"pos": Attr("bool", True), "neg": Attr("bool", True)},
+             infer=lambda ts, a: ts[0].with_dtype("bool"))
+def isinf(x, pos, neg):
+    """Which elements are +inf (when `pos`) or -inf (when `neg`)."""
+    return (torch.isposinf(x) & pos) | (torch.isneginf(x) & neg)
+
+
+@register_op("fmod", inputs="a b", infer=I.elementwise)
+def fmod(a, b):
+    """C-style remainder: the sign follows the dividend (`remainder` follows the divisor)."""
+    return torch.fmod(a, b)
+
+
+@register_op("shape_tensor", attrs={"dims": Attr("dims")},
+             infer=lambda ts, a: TensorType("i64", (len(a["dims"]),)))
+def shape_tensor(dims):
+    """A 1-d i64 tensor of (possibly symbolic) dims, e.g. a shape computed at import time."""
+    return torch.tensor(dims, dtype=torch.int64)
+
+
+def _einsum_type(ts, a):
+    lhs, _, out = a["equation"].replace(" ", "").partition("->")
+    sizes = {}
+    for spec, t in zip(lhs.split(","), ts):
+        letters = spec.replace("...", "")
+        if len(letters) != t.rank and "..." not in spec:
+            raise I.ShapeError(f"einsum {a['equation']!r}: operand {t} does not have {len(letters)} dims")
+        lead = t.rank - len(letters)
+        ell = t.shape[spec.index("..."):spec.index("...") + lead] if "..." in spec else ()
+        sizes.setdefault("...", ell)
+        rest = t.shape[:spec.index("...")] + t.shape[spec.index("...") + lead:] if "..." in spec else t.shape
+        for c, d in zip(letters, rest):
+            sizes[c] = d if sizes.get(c, 1) == 1 else sizes[c]
+    if "->" not in a["equation"]:  # implicit form: letters seen once, in alphabetical order
+        out = "..." * ("..." in lhs) + "".join(sorted(c for c in set(re.sub(r"[.,]", "", lhs))
+                                                      if lhs.count(c) == 1))
+    shape = []
+    for tok in re.findall(r"\.\.\.|[A-Za-z]", out):
+        shape.extend(sizes.get("...", ()) if tok == "..." else [sizes[tok]])
+    from ..dtypes import promote
+    return TensorType(promote(*[(t.dtype, 1) for t in ts]), tuple(shape))
+
+
+@register_op("einsum", inputs="xs*", attrs={"equation": Attr("str")}, infer=_einsum_type)
+def einsum(*xs, equation):
+    return torch.einsum(equation, *xs)
+
+
+@register_op("tile", inputs="x", attrs={"repeats": Attr("ints")},
+             infer=lambda ts, a: ts[0].with_shape(tuple(S.mul(d, r) for d, r in zip(ts[0].shape, a["repeats"]))))
+def tile(x, repeats):
+    return x.repeat(repeats)
