@@ -198,8 +198,9 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
             if caps is None:
                 continue
             new_vals, new_nodes = _call(graph, rule, node, caps, name)
-            if new_vals is None:
-                erased += sum(erase_dead(graph, n) for n in new_nodes)
+            if new_vals is None:  # rejected: drop whatever the fn built
+                for n in reversed(new_nodes):
+                    erase_dead(graph, n)
                 continue
             counts[rule.name] = counts.get(rule.name, 0) + 1
             if sum(counts.values()) > cap:
