@@ -97,6 +97,9 @@ def parse_graph(text: str, weights: dict | None = None) -> Graph:
                 if not nm:
                     raise ParseError("expected '%out: type = op(%a, ...) {attrs}'")
                 outs = [_typed_name(o) for o in split_top(nm.group(1))]
+                for n, _ in outs:  # add_node would silently rename a clash; in text that is an error
+                    if "%" + n in env or "@" + n in env:
+                        raise ParseError(f"%{n} is already defined")
                 args = [_lookup(env, a) for a in split_top(nm.group(3))]
                 node = g.add_node(nm.group(2), args, parse_attrs(nm.group(4) or ""),
                                   out_types=[t for _, t in outs], names=[n for n, _ in outs])
