@@ -17,8 +17,11 @@ def format_attr_value(v) -> str:
 
 
 def format_attrs(op: str, attrs: dict) -> str:
-    opdef = get_op(op)
-    shown = {k: v for k, v in attrs.items() if k not in opdef.attrs or v != opdef.attrs[k].default}
+    try:
+        schema = get_op(op).attrs
+    except KeyError:  # an unknown op must still print (the verifier reports it with this text)
+        schema = {}
+    shown = {k: v for k, v in attrs.items() if k not in schema or v != schema[k].default}
     if not shown:
         return ""
     return " {" + ", ".join(f"{k}={format_attr_value(v)}" for k, v in shown.items()) + "}"
