@@ -81,7 +81,10 @@ def user_dim_names(model, args, kwargs, dynamic_shapes) -> list[dict[int, str]]:
             items = spec.items() if isinstance(spec, dict) else enumerate(spec)
             by_id[id(t)] = {i: d.__name__ for i, d in items if d is not None and hasattr(d, "__name__")}
 
-    _tree_map_with_path(visit, _combine_args(model, args, kwargs), dynamic_shapes)
+    combined = _combine_args(model, args, kwargs)
+    if isinstance(dynamic_shapes, (tuple, list)):  # positional specs line up with the bound arguments
+        combined = type(dynamic_shapes)(combined.values())
+    _tree_map_with_path(visit, combined, dynamic_shapes, tree_name="inputs")
     return [by_id.get(id(t), {}) for t in leaves]
 
 
@@ -92,11 +95,20 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
     cv = Converter(ep, dim_names, input_names, strip_prefix, graph_name)
     cv.run()
     g = cv.graph
+    _drop_dead(g)
     out_names = output_names or _output_names(ep.call_spec.out_spec, len(g.outputs))
     for v, name in zip(g.outputs, out_names):
         _rename(g, v, name)
     return Imported(g, ep.call_spec.in_spec, ep.call_spec.out_spec, [v.name for v in g.inputs],
                     [v.name for v in g.outputs], cv.tensor_leaves)
+
+
+def _drop_dead(g: Graph):
+    """Erase nodes nothing uses (export keeps e.g. mask-building steps whose result is dropped)."""
+    outs = {id(v) for v in g.outputs}
+    for node in reversed(list(g.nodes)):
+        if all(not o.uses and id(o) not in outs for o in node.outputs):
+            g.erase(node)
 
 
 # ---- naming ---------------------------------------------------------------------------------------
@@ -187,17 +199,22 @@ class Converter:
         name = self.input_names[len(self.tensor_leaves)] if self.input_names else node.name
         for i, d in enumerate(val.shape):
             if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol):
-                self._name_symbol(str(d.node.expr), names.get(i) or f"{name}_d{i}")
+                self._name_symbol(str(d.node.expr), names.get(i), f"{name}_d{i}")
         self.tensor_leaves.append(index)
         return self.graph.add_input(name, self.tensor_type(val))
 
-    def _name_symbol(self, sym, want):
+    def _name_symbol(self, sym, dim_name, fallback):
+        """Dims with the same Dim name are one dimension (torch.export's rule), even where export
+        made several symbols for it: they share the name. Unnamed ones get a unique fallback."""
         if sym in self.symbols:
             return
-        taken, name, k = set(self.symbols.values()), want, 0
-        while name in taken:  # export made several symbols for one Dim name: suffix them
+        if dim_name:
+            self.symbols[sym] = dim_name
+            return
+        taken, name, k = set(self.symbols.values()), fallback, 0
+        while name in taken:
             k += 1
-            name = f"{want}_{k}"
+            name = f"{fallback}_{k}"
         self.symbols[sym] = name
 
     def _convert(self, node):
@@ -211,8 +228,9 @@ class Converter:
             return self._getitem(node)
         if target in aten.IGNORED:
             return None
-        if target in aten.IDENTITY:
-            return self.value(node.args[0])
+        if target in aten.IDENTITY:  # pass the operand through untouched (a weight stays lazy)
+            src = node.args[0]
+            return self.env[src] if isinstance(src, torch.fx.Node) else self.value(src)
         fn = aten.RULES.get(target)
         if fn is None:
             raise self.unsupported(f"unsupported ATen op {target}")
@@ -324,7 +342,7 @@ class Converter:
         t = w.tensor
         key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else (id(t),)
         if key not in self.weights:
-            self.weights[key] = self.graph.add_weight(w.name, t)
+            self.weights[key] = self.graph.add_weight(w.name, t)  # shared storage, no copy
         return self.weights[key]
 
     def _const(self, v, dtype) -> Value:

@@ -1,0 +1,105 @@
+"""Hugging Face causal LMs -> an IR graph over flat KV-cache tensors.
+
+    imp, kv = export_causal_lm(model)
+    # inputs:  input_ids: i64[batch,seq], past_key_{i}, past_value_{i}: f32[batch,kv_heads,past,head_dim]
+    # outputs: logits: f32[batch,seq,vocab], present_key_{i}, present_value_{i}: [..., past+seq, ...]
+
+Prefill passes caches with past = 0; each decode step feeds the presents back. The wrapper
+rebuilds a `transformers.DynamicCache` from the flat tensors inside `forward`, so the model's
+own cache code (Llama, Qwen2, Mistral, GPT-2, ...) is what gets exported.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .torch_export import Imported, import_module
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Shape of the flat KV cache: per layer a key and a value tensor [batch, num_kv_heads, past, head_dim]."""
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str = "f32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KVLayout":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"KVLayout: unknown field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    def empty_cache(self, batch: int = 1) -> list[torch.Tensor]:
+        """Prefill caches (past = 0) in graph-input order: key_0, value_0, key_1, ..."""
+        from ..ir import to_torch
+        shape = (batch, self.num_kv_heads, 0, self.head_dim)
+        return [torch.zeros(shape, dtype=to_torch(self.dtype)) for _ in range(2 * self.num_layers)]
+
+
+def kv_layout(config, dtype: torch.dtype = torch.float32) -> KVLayout:
+    from ..ir import from_torch
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = _first(cfg, "num_attention_heads", "n_head")
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or _first(cfg, "hidden_size", "n_embd") // heads
+    return KVLayout(_first(cfg, "num_hidden_layers", "n_layer"), kv_heads, head_dim, from_torch(dtype))
+
+
+def _first(cfg, *names):
+    for n in names:
+        if getattr(cfg, n, None) is not None:
+            return getattr(cfg, n)
+    raise ValueError(f"{type(cfg).__name__} has none of {names}; cannot derive the KV-cache layout")
+
+
+class FlatCacheLM(torch.nn.Module):
+    """forward(input_ids, *past) -> (logits, *presents), past/presents interleaved key_0, value_0, ..."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, *past):
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.model.config)
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        presents = []
+        for layer in out.past_key_values.layers:
+            presents += [layer.keys, layer.values]
+        return (out.logits, *presents)
+
+
+def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
+                     example_past: int = 3) -> tuple[Imported, KVLayout]:
+    """Export a transformers causal LM to an IR graph over flat caches (see the module docstring)."""
+    try:
+        from transformers import DynamicCache  # noqa: F401
+    except ImportError as e:
+        raise ImportError("export_causal_lm needs transformers: pip install 'slimgraph[hf]'") from e
+    from torch.export import Dim
+    model = model.eval()
+    dtype = next(model.parameters()).dtype
+    kv = kv_layout(model.config, dtype)
+    # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
+    batch = 2 if dynamic_batch else 1
+    ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))
+    past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype) for _ in range(2 * kv.num_layers)]
+    # a sliding-window model's cache stops growing at the window: export only the growing regime
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    cap = {"max": window // 2} if isinstance(window, int) and window > 0 else {}
+    seq_dim, past_dim = Dim("seq", **cap), Dim("past", min=0, **cap)
+    ids_dims = {1: seq_dim} | ({0: Dim("batch")} if dynamic_batch else {})
+    past_dims = tuple({2: past_dim} | ({0: ids_dims[0]} if dynamic_batch else {}) for _ in past)
+    names = [f"past_{kind}_{i}" for i in range(kv.num_layers) for kind in ("key", "value")]
+    out_names = ["logits"] + [n.replace("past_", "present_") for n in names]
+    imp = import_module(FlatCacheLM(model), (ids, *past), dynamic_shapes=(ids_dims, past_dims),
+                        input_names=["input_ids", *names], output_names=out_names, strip_prefix="model.")
+    return imp, kv
