@@ -1,0 +1,520 @@
+"""Per-op ONNX lowerings for the exporter: `emit(ex, node, inputs) -> [output names]`."""
+from __future__ import annotations
+import math
+
+import numpy as np
+
+from ..ir import symbolic as S
+from ..ir.dtypes import FLOAT_DTYPES, promote
+from .onnx_export import EMITTERS, INT64_MAX, INT64_MIN, MS_DOMAIN, ONNX_DTYPES, OnnxExportError, emitter
+
+
+def _out(node):
+    return node.outputs[0].type
+
+
+def _cast_ins(ex, node, ins, dtype):
+    return [ex.cast(n, v.type.dtype, dtype) for n, v in zip(ins, node.inputs)]
+
+
+# ---- elementwise -----------------------------------------------------------------------------------
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "maximum": "Max",
+           "minimum": "Min", "bitwise_and": "BitwiseAnd", "bitwise_or": "BitwiseOr", "bitwise_xor": "BitwiseXor"}
+_PREDICATES = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
+               "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor"}
+
+
+def _binary(op_type):
+    def emit(ex, node, ins):
+        dtype = _out(node).dtype
+        if op_type == "Pow":  # ONNX Pow allows a different exponent type
+            return [ex.one("Pow", ex.cast(ins[0], node.inputs[0].type.dtype, dtype), ins[1])]
+        return [ex.one(op_type, *_cast_ins(ex, node, ins, dtype))]
+    return emit
+
+
+def _predicate(op_type):
+    def emit(ex, node, ins):
+        dtype = promote(*[(v.type.dtype, v.type.rank) for v in node.inputs])
+        out = ex.one(op_type if op_type != "NotEqual" else "Equal", *_cast_ins(ex, node, ins, dtype))
+        return [ex.one("Not", out) if op_type == "NotEqual" else out]
+    return emit
+
+
+for _k, _v in _BINARY.items():
+    emitter(_k)(_binary(_v))
+for _k, _v in {**_PREDICATES, "ne": "NotEqual"}.items():
+    emitter(_k)(_predicate(_v))
+
+
+@emitter("remainder", "fmod")
+def _mod(ex, node, ins):
+    dtype = _out(node).dtype
+    a, b = _cast_ins(ex, node, ins, dtype)
+    if node.op == "remainder" and dtype in FLOAT_DTYPES:  # floor-mod of floats needs Mod from opset 28
+        return [ex.one("Sub", a, ex.one("Mul", ex.one("Floor", ex.one("Div", a, b)), b))]
+    return [ex.one("Mod", a, b, fmod=int(node.op == "fmod"))]
+
+
+@emitter("floor_divide")
+def _floor_divide(ex, node, ins):
+    dtype = _out(node).dtype
+    a, b = _cast_ins(ex, node, ins, dtype)
+    if dtype in FLOAT_DTYPES:
+        return [ex.one("Floor", ex.one("Div", a, b))]
+    q = ex.one("Div", a, b)  # truncates; step down where the signs differ and there is a remainder
+    fix = ex.one("And", ex.one("Not", ex.one("Equal", ex.one("Mod", a, b, fmod=1), ex.scalar(0, dtype))),
+                 ex.one("Xor", ex.one("Less", a, ex.scalar(0, dtype)), ex.one("Less", b, ex.scalar(0, dtype))))
+    return [ex.one("Sub", q, ex.cast(ex.one("Cast", fix, to=ONNX_DTYPES[dtype]), dtype, dtype))]
+
+
+_UNARY = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
+          "round": "Round", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "sin": "Sin", "cos": "Cos", "tan": "Tan",
+          "atan": "Atan", "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "reciprocal": "Reciprocal",
+          "softplus": "Softplus", "hardswish": "HardSwish", "mish": "Mish", "elu": "Elu", "selu": "Selu",
+          "logical_not": "Not", "isnan": "IsNaN", "bitwise_not": "BitwiseNot", "asin": "Asin", "acos": "Acos",
+          "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh"}
+
+
+def _unary(op_type):
+    def emit(ex, node, ins):
+        dtype = _out(node).dtype
+        x = ins[0] if op_type in ("Not", "IsNaN") else ex.cast(ins[0], node.inputs[0].type.dtype, dtype)
+        return [ex.one(op_type, x)]
+    return emit
+
+
+for _k, _v in _UNARY.items():
+    emitter(_k)(_unary(_v))
+
+
+def _float_in(ex, node, ins):
+    return ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
+
+
+@emitter("rsqrt")
+def _rsqrt(ex, node, ins):
+    return [ex.one("Reciprocal", ex.one("Sqrt", _float_in(ex, node, ins)))]
+
+
+@emitter("silu")
+def _silu(ex, node, ins):
+    x = _float_in(ex, node, ins)
+    return [ex.one("Mul", x, ex.one("Sigmoid", x))]
+
+
+@emitter("log1p", "expm1")
+def _log1p(ex, node, ins):
+    x, one = _float_in(ex, node, ins), ex.scalar(1.0, _out(node).dtype)
+    return [ex.one("Log", ex.one("Add", x, one)) if node.op == "log1p" else ex.one("Sub", ex.one("Exp", x), one)]
+
+
+@emitter("hardsigmoid")
+def _hardsigmoid(ex, node, ins):
+    return [ex.one("HardSigmoid", _float_in(ex, node, ins), alpha=1 / 6, beta=0.5)]
+
+
+@emitter("isinf")
+def _isinf(ex, node, ins):
+    return [ex.one("IsInf", ins[0], detect_positive=int(node.attrs["pos"]), detect_negative=int(node.attrs["neg"]))]
+
+
+@emitter("gelu")
+def _gelu(ex, node, ins):
+    dtype, x = _out(node).dtype, _float_in(ex, node, ins)
+    c = lambda v: ex.scalar(v, dtype)  # noqa: E731
+    if node.attrs["approximate"] == "tanh":
+        inner = ex.one("Mul", c(math.sqrt(2 / math.pi)),
+                       ex.one("Add", x, ex.one("Mul", c(0.044715), ex.one("Mul", x, ex.one("Mul", x, x)))))
+        t = ex.one("Tanh", inner)
+    else:
+        t = ex.one("Erf", ex.one("Div", x, c(math.sqrt(2.0))))
+    return [ex.one("Mul", ex.one("Mul", x, c(0.5)), ex.one("Add", t, c(1.0)))]
+
+
+@emitter("leaky_relu")
+def _leaky_relu(ex, node, ins):
+    return [ex.one("LeakyRelu", _float_in(ex, node, ins), alpha=node.attrs["slope"])]
+
+
+@emitter("clamp")
+def _clamp(ex, node, ins):
+    dtype = _out(node).dtype
+    lo, hi = node.attrs["min"], node.attrs["max"]
+    return [ex.one("Clip", ins[0], ex.scalar(lo, dtype) if lo is not None else "",
+                   ex.scalar(hi, dtype) if hi is not None else "")]
+
+
+@emitter("where")
+def _where(ex, node, ins):
+    dtype = _out(node).dtype
+    return [ex.one("Where", ins[0], *_cast_ins(ex, node, ins, dtype)[1:])]
+
+
+@emitter("cast")
+def _cast(ex, node, ins):
+    return [ex.one("Cast", ins[0], to=ONNX_DTYPES[node.attrs["dtype"]])]
+
+
+# ---- constants and generators -------------------------------------------------------------------------
+@emitter("constant")
+def _constant(ex, node, ins):
+    return [ex.one("Identity", ex.scalar(node.attrs["value"], node.attrs["dtype"]))]
+
+
+@emitter("dim_value")
+def _dim_value(ex, node, ins):
+    return [ex.one("Reshape", ex.dim(node.attrs["expr"]), ex.ints([]))]
+
+
+@emitter("shape_tensor")
+def _shape_tensor(ex, node, ins):
+    return [ex.one("Identity", ex.dims(node.attrs["dims"]))]
+
+
+@emitter("full")
+def _full(ex, node, ins):
+    a = node.attrs
+    value = ex.onnx.numpy_helper.from_array(np.asarray(_np_value(a["value"], a["dtype"])).reshape(1))
+    return [ex.one("ConstantOfShape", ex.dims(a["shape"]), value=value)]
+
+
+def _np_value(value, dtype):
+    from ..ir.dtypes import to_torch
+    import torch
+    return torch.tensor(value, dtype=to_torch(dtype)).numpy()
+
+
+@emitter("arange")
+def _arange(ex, node, ins):
+    a, dtype = node.attrs, node.attrs["dtype"]
+
+    def bound(d):
+        return ex.cast(ex.one("Reshape", ex.dim(d), ex.ints([])), "i64", dtype)
+    return [ex.one("Range", bound(a["start"]), bound(a["end"]), bound(a["step"]))]
+
+
+# ---- linear algebra and nn ---------------------------------------------------------------------------
+@emitter("matmul")
+def _matmul(ex, node, ins):
+    return [ex.one("MatMul", *_cast_ins(ex, node, ins, _out(node).dtype))]
+
+
+@emitter("linear")
+def _linear(ex, node, ins):
+    w = node.inputs[1]
+    wt = (ex.const(w.tensor.detach().t().contiguous().numpy(), f"{w.name}_t")
+          if w.is_weight and w.type.dtype != "bf16" else ex.one("Transpose", ins[1], perm=[1, 0]))
+    y = ex.one("MatMul", ins[0], wt)
+    return [ex.one("Add", y, ins[2]) if len(ins) > 2 else y]
+
+
+@emitter("embedding")
+def _embedding(ex, node, ins):
+    return [ex.one("Gather", ins[0], ins[1], axis=0)]
+
+
+@emitter("softmax", "log_softmax")
+def _softmax(ex, node, ins):
+    return [ex.one("Softmax" if node.op == "softmax" else "LogSoftmax", _float_in(ex, node, ins),
+                   axis=node.attrs["dim"])]
+
+
+@emitter("layer_norm")
+def _layer_norm(ex, node, ins):
+    x = node.inputs[0].type
+    axes, dtype = node.attrs["axes"], x.dtype
+    norm_shape = x.shape[-axes:]
+    if len(ins) < 2:
+        if not all(isinstance(d, int) for d in norm_shape):
+            raise OnnxExportError(f"layer_norm without a weight over symbolic dims {norm_shape} ({node!r})")
+        ins = [ins[0], ex.const(_np_value(1.0, dtype) * np.ones(norm_shape, _np_value(1.0, dtype).dtype), "ones")]
+    return [ex.one("LayerNormalization", *ins, axis=-axes, epsilon=node.attrs["eps"])]
+
+
+@emitter("rms_norm")
+def _rms_norm(ex, node, ins):
+    dtype = _out(node).dtype
+    x = ex.cast(ins[0], dtype, "f32")
+    ms = ex.one("ReduceMean", ex.one("Mul", x, x), ex.ints([-1]), keepdims=1)
+    y = ex.one("Div", x, ex.one("Sqrt", ex.one("Add", ms, ex.scalar(node.attrs["eps"], "f32"))))
+    y = ex.cast(y, "f32", dtype)
+    return [ex.one("Mul", y, ins[1]) if len(ins) > 1 else y]
+
+
+@emitter("batch_norm")
+def _batch_norm(ex, node, ins):
+    c = node.inputs[1].type.shape[0]
+    dtype = node.inputs[0].type.dtype
+    if not isinstance(c, int) and len(ins) < 5:
+        raise OnnxExportError(f"batch_norm without weight/bias needs a static channel count ({node!r})")
+    scale = ins[3] if len(ins) > 3 else ex.const(np.ones(c, _np_value(1.0, dtype).dtype), "ones")
+    bias = ins[4] if len(ins) > 4 else ex.const(np.zeros(c, _np_value(1.0, dtype).dtype), "zeros")
+    return [ex.one("BatchNormalization", ins[0], scale, bias, ins[1], ins[2], epsilon=node.attrs["eps"])]
+
+
+@emitter("attention")
+def _attention(ex, node, ins):
+    q, k, v = node.inputs[:3]
+    dtype = q.type.dtype
+    hq, hk = q.type.shape[-3], k.type.shape[-3]
+    kn, vn = ins[1], ins[2]
+    if hq != hk:
+        if not (isinstance(hq, int) and isinstance(hk, int)) or q.type.rank != 4:
+            raise OnnxExportError(f"GQA attention needs static head counts and 4-d q/k/v ({node!r})")
+        kn, vn = (_repeat_heads(ex, t, val.type.shape, hq // hk) for t, val in ((kn, k), (vn, v)))
+    scale = node.attrs["scale"] or 1.0 / math.sqrt(q.type.shape[-1])
+    perm = list(range(k.type.rank - 2)) + [k.type.rank - 1, k.type.rank - 2]
+    scores = ex.one("Mul", ex.one("MatMul", ins[0], ex.one("Transpose", kn, perm=perm)), ex.scalar(scale, dtype))
+    neg_inf = ex.scalar(-math.inf, dtype)
+    if len(ins) > 3:
+        mask = node.inputs[3]
+        scores = (ex.one("Where", ins[3], scores, neg_inf) if mask.type.dtype == "bool"
+                  else ex.one("Add", scores, ex.cast(ins[3], mask.type.dtype, dtype)))
+    if node.attrs["causal"]:
+        lq, lk = q.type.shape[-2], k.type.shape[-2]
+        ones = ex.one("ConstantOfShape", ex.dims([lq, lk]),
+                      value=ex.onnx.numpy_helper.from_array(np.ones(1, np.float32)))
+        offset = ex.one("Reshape", ex.dim(S.add(lk, S.mul(lq, -1))), ex.ints([]))
+        keep = ex.one("Cast", ex.one("Trilu", ones, offset, upper=0), to=ONNX_DTYPES["bool"])
+        scores = ex.one("Where", keep, scores, neg_inf)
+    return [ex.one("MatMul", ex.one("Softmax", scores, axis=-1), vn)]
+
+
+def _repeat_heads(ex, name, shape, reps):
+    b, h, s, d = shape
+    x = ex.one("Unsqueeze", name, ex.ints([2]))
+    x = ex.one("Expand", x, ex.dims([1, 1, reps, 1, 1]))
+    return ex.one("Reshape", x, ex.dims([b, h * reps, s, d]))
+
+
+@emitter("conv2d")
+def _conv2d(ex, node, ins):
+    a = node.attrs
+    return [ex.one("Conv", *ins, strides=a["stride"], pads=a["padding"] * 2, dilations=a["dilation"],
+                   group=a["groups"])]
+
+
+@emitter("max_pool2d", "avg_pool2d")
+def _pool(ex, node, ins):
+    a = node.attrs
+    kw = dict(kernel_shape=a["kernel"], strides=a["stride"] or a["kernel"], pads=a["padding"] * 2,
+              ceil_mode=int(a["ceil_mode"]))
+    if node.op == "avg_pool2d":
+        return [ex.one("AveragePool", ins[0], count_include_pad=int(a["count_include_pad"]), **kw)]
+    return [ex.one("MaxPool", ins[0], **kw)]
+
+
+@emitter("adaptive_avg_pool2d")
+def _adaptive_avg_pool(ex, node, ins):
+    if list(node.attrs["output_size"]) != [1, 1]:
+        raise OnnxExportError(f"adaptive_avg_pool2d exports only output_size [1, 1] ({node!r})")
+    return [ex.one("GlobalAveragePool", ins[0])]
+
+
+# ---- reductions ---------------------------------------------------------------------------------------
+_REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "amax": "ReduceMax", "amin": "ReduceMin", "prod": "ReduceProd"}
+
+
+def _reduce_axes(ex, node):
+    dims = node.attrs["dims"]
+    return ex.ints(dims if dims else list(range(node.inputs[0].type.rank)))
+
+
+@emitter(*_REDUCE)
+def _reduce(ex, node, ins):
+    x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
+    return [ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))]
+
+
+@emitter("var")
+def _var(ex, node, ins):
+    x, t = ins[0], node.inputs[0].type
+    axes = _reduce_axes(ex, node)
+    dims = node.attrs["dims"] or list(range(t.rank))
+    n = S.product(t.shape[d] for d in dims)
+    centered = ex.one("Sub", x, ex.one("ReduceMean", x, axes, keepdims=1))
+    ss = ex.one("ReduceSum", ex.one("Mul", centered, centered), axes, keepdims=int(node.attrs["keepdim"]))
+    denom = ex.cast(ex.one("Reshape", ex.dim(S.add(n, -node.attrs["correction"])), ex.ints([])), "i64", t.dtype)
+    return [ex.one("Div", ss, denom)]
+
+
+@emitter("argmax", "argmin")
+def _arg(ex, node, ins):
+    return [ex.one("ArgMax" if node.op == "argmax" else "ArgMin", ins[0], axis=node.attrs["dim"],
+                   keepdims=int(node.attrs["keepdim"]))]
+
+
+# ---- shapes ---------------------------------------------------------------------------------------------
+@emitter("reshape")
+def _reshape(ex, node, ins):
+    shape = node.attrs["shape"]
+    return [ex.one("Reshape", ins[0], ex.dims(shape), allowzero=int(0 in shape))]  # torch: 0 is a real 0
+
+
+@emitter("permute")
+def _permute(ex, node, ins):
+    return [ex.one("Transpose", ins[0], perm=node.attrs["dims"])]
+
+
+@emitter("expand")
+def _expand(ex, node, ins):
+    return [ex.one("Expand", ins[0], ex.dims(_out(node).shape))]
+
+
+@emitter("slice")
+def _slice(ex, node, ins):
+    a = node.attrs
+    end = a["end"]
+    end = INT64_MAX if isinstance(end, int) and end >= 2 ** 62 else end
+    return [ex.one("Slice", ins[0], ex.dims([a["start"]]), ex.dims([end]), ex.ints([a["dim"]]), ex.ints([a["step"]]))]
+
+
+@emitter("select")
+def _select(ex, node, ins):
+    idx = ex.one("Reshape", ex.dim(node.attrs["index"]), ex.ints([]))
+    return [ex.one("Gather", ins[0], idx, axis=node.attrs["dim"])]
+
+
+@emitter("concat")
+def _concat(ex, node, ins):
+    dtype = _out(node).dtype
+    keep = [(n, v) for n, v in zip(ins, node.inputs) if not (v.type.rank == 1 and v.type.shape[0] == 0)] \
+        or list(zip(ins, node.inputs))[:1]  # torch skips empty 1-d operands
+    return [ex.one("Concat", *[ex.cast(n, v.type.dtype, dtype) for n, v in keep], axis=node.attrs["dim"])]
+
+
+@emitter("split")
+def _split(ex, node, ins):
+    return ex.node("Split", [ins[0], ex.dims(node.attrs["sizes"])], n_out=len(node.outputs), axis=node.attrs["dim"])
+
+
+@emitter("unsqueeze")
+def _unsqueeze(ex, node, ins):
+    return [ex.one("Unsqueeze", ins[0], ex.ints([node.attrs["dim"]]))]
+
+
+@emitter("squeeze")
+def _squeeze(ex, node, ins):
+    t = node.inputs[0].type
+    dims = [d % t.rank for d in node.attrs["dims"] if t.shape[d] == 1]  # torch ignores non-1 dims
+    return [ex.one("Squeeze", ins[0], ex.ints(dims)) if dims else ex.one("Identity", ins[0])]
+
+
+@emitter("gather")
+def _gather(ex, node, ins):
+    return [ex.one("GatherElements", *ins, axis=node.attrs["dim"])]
+
+
+@emitter("index_select")
+def _index_select(ex, node, ins):
+    return [ex.one("Gather", *ins, axis=node.attrs["dim"])]
+
+
+@emitter("tril", "triu")
+def _trilu(ex, node, ins):
+    return [ex.one("Trilu", ins[0], ex.const(np.asarray(node.attrs["diagonal"], np.int64)), upper=int(node.op == "triu"))]
+
+
+@emitter("cumsum")
+def _cumsum(ex, node, ins):
+    x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
+    return [ex.one("CumSum", x, ex.const(np.asarray(node.attrs["dim"], np.int64)))]
+
+
+@emitter("flip")
+def _flip(ex, node, ins):
+    dims = node.attrs["dims"]
+    n = len(dims)
+    return [ex.one("Slice", ins[0], ex.ints([-1] * n), ex.ints([INT64_MIN] * n), ex.ints(dims), ex.ints([-1] * n))]
+
+
+@emitter("pad")
+def _pad(ex, node, ins):
+    t = node.inputs[0].type
+    pads = node.attrs["pads"]
+    begin, end = [0] * t.rank, [0] * t.rank
+    for i in range(len(pads) // 2):  # torch order: last dim first
+        begin[t.rank - 1 - i], end[t.rank - 1 - i] = pads[2 * i], pads[2 * i + 1]
+    return [ex.one("Pad", ins[0], ex.ints(begin + end), ex.scalar(node.attrs["value"], t.dtype))]
+
+
+@emitter("einsum")
+def _einsum(ex, node, ins):
+    return [ex.one("Einsum", *_cast_ins(ex, node, ins, _out(node).dtype), equation=node.attrs["equation"])]
+
+
+@emitter("tile")
+def _tile(ex, node, ins):
+    return [ex.one("Tile", ins[0], ex.ints(node.attrs["repeats"]))]
+
+
+# ---- quantized weights -------------------------------------------------------------------------------------
+@emitter("qlinear")
+def _qlinear(ex, node, ins):
+    """int4 -> com.microsoft MatMulNBits (same nibble order and K-blocking); int8 -> DequantizeLinear + MatMul."""
+    a, x = node.attrs, node.inputs[0]
+    qw, sc = node.inputs[1], node.inputs[2]
+    rest = node.inputs[3:]
+    zeros = rest[0] if rest and rest[0].type.dtype in ("u8", "i8") else None
+    bias = rest[-1] if rest and rest[-1].type.dtype in FLOAT_DTYPES else None
+    bias_name = ins[len(node.inputs) - 1] if bias is not None else None
+    n, k = qw.type.shape[0], x.type.shape[-1]
+    if a["bits"] == 4:
+        return [_matmul_nbits(ex, node, ins, qw, sc, zeros, bias_name, n, k)]
+    w = _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k)
+    y = ex.one("MatMul", ins[0], ex.one("Transpose", w, perm=[1, 0]))
+    return [ex.one("Add", y, bias_name) if bias_name else y]
+
+
+def _group(a, k):
+    return a["group"] or k
+
+
+def _matmul_nbits(ex, node, ins, qw, sc, zeros, bias_name, n, k):
+    if not all(isinstance(d, int) for d in (n, k)) or not (qw.is_weight and sc.is_weight):
+        raise OnnxExportError(f"MatMulNBits needs static, constant packed weights ({node!r})")
+    g = _group(node.attrs, k)
+    if g < 16 or g & (g - 1):
+        raise OnnxExportError(f"MatMulNBits needs a power-of-two block size >= 16, got group={g} ({node!r})")
+    blocks = -(-k // g)
+    packed = qw.tensor.numpy().reshape(n, k // 2)
+    if k % g:
+        raise OnnxExportError(f"in={k} is not a multiple of group={g} ({node!r})")
+    b = ex.const(packed.reshape(n, blocks, g // 2), f"{qw.name}_nbits")
+    scales = ex.const(sc.tensor.float().numpy().astype(_np_float(node.inputs[0].type.dtype)).reshape(-1), f"{sc.name}_nbits")
+    inputs = [ins[0], b, scales]
+    if zeros is not None:  # one u8 per (row, block): pack two 4-bit zero points per byte, low nibble first
+        z = zeros.tensor.numpy().astype(np.uint8).reshape(n, blocks)
+        if blocks % 2:
+            z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
+        inputs.append(ex.const((z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1), f"{zeros.name}_nbits"))
+    elif bias_name:
+        inputs.append("")
+    if bias_name:
+        inputs += ["", "", bias_name]
+    ex.uses_ms = True
+    return ex.one("MatMulNBits", *inputs, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=g)
+
+
+def _np_float(dtype):
+    return {"f16": np.float16, "f64": np.float64}.get(dtype, np.float32)
+
+
+def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k):
+    """W[out, in] = (q - zero) * scale with block_size along `in` (opset 21 blocked quantization
+    is not in opset 18, so the scales are expanded per element here)."""
+    g = _group(node.attrs, k)
+    scale = ex.one("Reshape", ex.one("Expand", ex.one("Unsqueeze", ins[2], ex.ints([2])), ex.dims([n, k // g, g])),
+                   ex.dims([n, k]))
+    q = ex.one("Cast", ins[1], to=ONNX_DTYPES[sc.type.dtype])
+    if zeros is not None:
+        z = ex.one("Cast", ins[3], to=ONNX_DTYPES[sc.type.dtype])
+        z = ex.one("Reshape", ex.one("Expand", ex.one("Unsqueeze", z, ex.ints([2])), ex.dims([n, k // g, g])),
+                   ex.dims([n, k]))
+        q = ex.one("Sub", q, z)
+    w = ex.one("Mul", q, scale)
+    return ex.cast(w, sc.type.dtype, node.inputs[0].type.dtype)
+
+
+__all__ = ["EMITTERS"]

@@ -1,0 +1,221 @@
+"""slimgraph IR -> ONNX ModelProto (default domain opset 18; int4 `qlinear` as com.microsoft MatMulNBits).
+
+    model = export_onnx(graph)            # onnx.ModelProto, passes onnx.checker
+    save_onnx(graph, "out/model.onnx")    # written atomically (temp file + rename)
+
+Each IR op has an emitter in `EMITTERS` that appends ONNX nodes. IR ops promote dtypes the
+way torch does while ONNX wants equal operand types, so emitters cast operands to the IR
+result type. Symbolic dims in attributes (a `reshape` to `[b, seq, 64]`) become run-time
+shape arithmetic: each symbol is read once from the graph input that binds it (`Shape`),
+and expressions such as `past+seq` are built from sympy's tree. Symbolic input/output dims
+become `dim_param`s; weights become initializers.
+"""
+from __future__ import annotations
+import math
+import os
+import tempfile
+
+import numpy as np
+import sympy
+
+from ..ir import symbolic as S
+from ..ir.dtypes import promote
+
+OPSET = 18
+MS_DOMAIN = "com.microsoft"
+INSTALL_HINT = "pip install 'slimgraph[onnx]'"
+ONNX_DTYPES = {"f32": 1, "u8": 2, "i8": 3, "i16": 5, "i32": 6, "i64": 7, "bool": 9, "f16": 10, "f64": 11,
+               "bf16": 16}
+INT64_MAX, INT64_MIN = 2 ** 63 - 1, -2 ** 63
+
+EMITTERS: dict = {}
+
+
+class OnnxExportError(ValueError):
+    pass
+
+
+def emitter(*ops):
+    def deco(fn):
+        for op in ops:
+            EMITTERS[op] = fn
+        return fn
+    return deco
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError(f"ONNX export needs the 'onnx' package: {INSTALL_HINT}") from e
+    return onnx
+
+
+class Exporter:
+    def __init__(self, graph):
+        self.onnx = _onnx()
+        self.graph = graph
+        self.nodes, self.inits = [], []
+        self.names: dict[int, str] = {}  # id(Value) -> ONNX name
+        self._used: set[str] = set()
+        self._consts: dict = {}
+        self._symbols: dict[str, str] = {}  # symbol -> name of a 1-element i64 tensor
+        self.uses_ms = False
+
+    # ---- names and constants ---------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 0
+        while name in self._used:
+            i += 1
+            name = f"{hint}_{i}"
+        self._used.add(name)
+        return name
+
+    def name(self, v) -> str:
+        if id(v) not in self.names:
+            self.names[id(v)] = self.fresh(v.name)
+        return self.names[id(v)]
+
+    def const(self, array, hint="const") -> str:
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh(hint)
+            self.inits.append(self.onnx.numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), "ints")
+
+    def scalar(self, value, dtype: str) -> str:
+        from ..ir.dtypes import to_torch
+        import torch
+        return self.const(torch.tensor(value, dtype=to_torch(dtype)).numpy() if dtype != "bf16" else
+                          np.asarray(value, dtype=np.float32), f"c_{dtype}")
+
+    def node(self, op_type: str, inputs, n_out: int = 1, domain: str = "", **attrs) -> list[str]:
+        outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), outs, domain=domain or None,
+                                                     name=self.fresh(f"n_{op_type}"), **attrs))
+        return outs
+
+    def one(self, op_type: str, *inputs, **attrs) -> str:
+        return self.node(op_type, inputs, **attrs)[0]
+
+    def cast(self, name: str, src: str, dst: str) -> str:
+        return name if src == dst else self.one("Cast", name, to=ONNX_DTYPES[dst])
+
+    # ---- symbolic dims -> run-time tensors -------------------------------------------------------------
+    def dims(self, dims) -> str:
+        """A 1-d i64 tensor of (possibly symbolic) dims."""
+        if all(isinstance(d, int) for d in dims):
+            return self.ints(list(dims))
+        parts = [self.ints([d]) if isinstance(d, int) else self.dim(d) for d in dims]
+        return parts[0] if len(parts) == 1 else self.one("Concat", *parts, axis=0)
+
+    def dim(self, d) -> str:
+        """A 1-element i64 tensor holding dim `d` at run time."""
+        if isinstance(d, int):
+            return self.ints([d])
+        return self._expr(S._expr(d))
+
+    def _expr(self, e) -> str:
+        if e.is_Integer:
+            return self.ints([int(e)])
+        if e.is_Symbol:
+            return self._symbol(str(e))
+        args = [self._expr(a) for a in e.args]
+        if e.is_Add or e.is_Mul:
+            acc = args[0]
+            for a in args[1:]:
+                acc = self.one("Add" if e.is_Add else "Mul", acc, a)
+            return acc
+        if isinstance(e, sympy.floor) and e.args[0].is_Mul:  # floor(a/b): integer division
+            num, den = e.args[0].as_numer_denom()
+            return self.one("Div", self._expr(num), self._expr(den))
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            return self.one("Max" if isinstance(e, sympy.Max) else "Min", *args)
+        raise OnnxExportError(f"cannot export symbolic dim expression {e} (unsupported {type(e).__name__})")
+
+    def _symbol(self, sym: str) -> str:
+        if sym not in self._symbols:
+            for v in self.graph.inputs:
+                for i, d in enumerate(v.type.shape):
+                    if d == sym:
+                        self._symbols[sym] = self.one("Shape", self.name(v), start=i, end=i + 1)
+                        return self._symbols[sym]
+            raise OnnxExportError(f"symbolic dim {sym!r} is bound by no graph input")
+        return self._symbols[sym]
+
+    # ---- the model -------------------------------------------------------------------------------------
+    def value_info(self, v, name: str):
+        shape = [d if isinstance(d, int) else (d if S.free_symbols(d) == {d} else None) for d in v.type.shape]
+        return self.onnx.helper.make_tensor_value_info(name, ONNX_DTYPES[v.type.dtype], shape)
+
+    def run(self):
+        onnx, g = self.onnx, self.graph
+        inputs = [self.value_info(v, self.name(v)) for v in g.inputs]
+        for w in g.weights.values():
+            if w.uses or any(o is w for o in g.outputs):
+                self.inits.append(_tensor_proto(onnx, w.tensor, self.name(w)))
+        for node in g.nodes:
+            if node.op not in EMITTERS:
+                raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
+                                      f"{', '.join(sorted(EMITTERS))}")
+            outs = EMITTERS[node.op](self, node, [self.name(v) for v in node.inputs])
+            for v, o in zip(node.outputs, outs):
+                self.names[id(v)] = o
+        outputs = []
+        for v in g.outputs:
+            name = self.names.get(id(v)) or self.name(v)
+            out_name = self.fresh(f"out_{v.name}") if name in {i.name for i in inputs} or name in \
+                {o.name for o in outputs} or v.is_weight else name
+            if out_name != name:
+                self.nodes.append(onnx.helper.make_node("Identity", [name], [out_name]))
+            outputs.append(self.value_info(v, out_name))
+        used = {i for n in self.nodes for i in n.input} | {o.name for o in outputs}
+        self.inits = [t for t in self.inits if t.name in used]  # e.g. a weight only read pre-transposed
+        opsets = [onnx.helper.make_opsetid("", OPSET)] + ([onnx.helper.make_opsetid(MS_DOMAIN, 1)] if self.uses_ms else [])
+        graph = onnx.helper.make_graph(self.nodes, g.name, inputs, outputs, self.inits)
+        return onnx.helper.make_model(graph, opset_imports=opsets, producer_name="slimgraph")
+
+
+def _tensor_proto(onnx, t, name):
+    import torch
+    if t.dtype == torch.bfloat16:
+        arr = t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+        tp = onnx.helper.make_tensor(name, ONNX_DTYPES["bf16"], list(t.shape), arr.tobytes(), raw=True)
+        return tp
+    return onnx.numpy_helper.from_array(t.detach().contiguous().numpy(), name)
+
+
+def export_onnx(graph, check: bool = True):
+    """Export `graph` as an onnx.ModelProto; `check` runs onnx.checker on it."""
+    model = Exporter(graph).run()
+    if check:
+        onnx = _onnx()
+        try:
+            onnx.checker.check_model(model, full_check=False)
+        except onnx.checker.ValidationError as e:
+            raise OnnxExportError(f"exported model of graph @{graph.name} fails onnx.checker: {e}") from e
+    return model
+
+
+def save_onnx(graph, path: str):
+    """Write the exported model to `path` atomically: a failed export leaves nothing behind."""
+    data = export_onnx(graph).SerializeToString()
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".onnx.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+from . import onnx_emitters  # noqa: E402,F401  (fills EMITTERS)
