@@ -18,3 +18,13 @@ def _torch(graph):
 
 register_target(Target("torch", _torch, default_pipeline="canonicalize,cse,dce",
                        description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs"))
+
+
+def _onnx(graph):
+    from ..codegen.onnx_runtime import build_ort_runner
+    return build_ort_runner(graph)
+
+
+register_target(Target("onnx", _onnx, default_pipeline="canonicalize,cse,dce",
+                       description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
+                       requires=(("onnxruntime", "onnx"), ("onnx", "onnx"))))
