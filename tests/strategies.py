@@ -35,9 +35,10 @@ def _static(v) -> bool:
 
 
 def _step(draw, g, pool, gen):
-    """Append one random op to `g` using values from `pool`; returns the new value or None."""
+    """Append random op(s) to `g` using values from `pool`; returns the new value(s) or None."""
     kind = draw(st.sampled_from(["unary", "binary", "binary", "const", "identity", "permute", "reshape",
-                                 "reduce", "matmul", "dup", "rms", "silu", "fold", "softmax", "slice"]))
+                                 "reduce", "matmul", "dup", "rms", "silu", "fold", "softmax", "slice",
+                                 "split", "concat", "unsqueeze", "expand"]))
     x = draw(st.sampled_from(pool))
     t = x.type
     if kind == "unary":
@@ -100,6 +101,17 @@ def _step(draw, g, pool, gen):
         if draw(st.booleans()):
             start = 0
         return g.op("slice", x, dim=-1, start=start, end=n if draw(st.booleans()) else 2 ** 63 - 1)
+    if kind == "split" and t.rank >= 1 and isinstance(t.shape[-1], int) and t.shape[-1] >= 2:
+        k = draw(st.integers(1, t.shape[-1] - 1))
+        return list(g.op("split", x, dim=-1, sizes=[k, t.shape[-1] - k]))
+    if kind == "concat" and t.rank >= 1:
+        return g.op("concat", x, *[v for v in pool if v.type.matches(t)][:2], dim=-1)
+    if kind == "unsqueeze":
+        u = g.op("unsqueeze", x, dim=draw(st.integers(0, t.rank)))
+        return g.op("squeeze", u, dims=[u.type.shape.index(1)]) if draw(st.booleans()) else u
+    if kind == "expand":
+        u = g.op("unsqueeze", x, dim=0)
+        return g.op("expand", u, shape=[draw(st.integers(1, 2))] + [-1] * t.rank)
     return None
 
 
@@ -120,7 +132,7 @@ def graphs(draw, max_ops: int = 10, symbolic: bool | None = None):
     for _ in range(draw(st.integers(1, max_ops))):
         v = _step(draw, g, pool, gen)
         if v is not None:
-            pool.append(v)
+            pool.extend(v if isinstance(v, list) else [v])
     computed = [v for v in pool if v.producer is not None] or pool[:1]
     outs = [computed[-1]] + draw(st.lists(st.sampled_from(computed), max_size=2))
     g.set_outputs(list(dict.fromkeys(outs)))
