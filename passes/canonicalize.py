@@ -100,24 +100,26 @@ _RMS_CORE = P("mul", X, P("rsqrt", P("add", _MEAN_SQ, C(name="eps"))))
 
 
 def _rms_core(g, x, ms, eps):
-    if x.type.dtype != "f32" or ms.producer.attrs["dims"][0] not in (-1, x.type.rank - 1):
-        return None
+    if x.type.dtype != "f32":
+        return f"rms_norm computes in f32; this chain is {x.type.dtype} (casts around it are matched separately)"
+    if ms.producer.attrs["dims"][0] not in (-1, x.type.rank - 1):
+        return "mean is not over the last dim"
     return g.op("rms_norm", x, eps=float(const_value(eps)))
 
 
 def _rms_upcast(g, root, x, n):
     if x.type.dtype not in ("f16", "bf16") or root.attrs["dtype"] != x.type.dtype:
-        return None
+        return f"not a {x.type.dtype} -> f32 -> {x.type.dtype} round trip of a half-precision input"
     return g.op("rms_norm", x, eps=n.producer.attrs["eps"])
 
 
 def _rms_weight(g, root, x, n, w):
     hidden = x.type.shape[-1] if x.type.rank else None
-    if (len(n.uses) != 1 or w.type.rank != 1 or w.type.dtype != x.type.dtype
-            or not isinstance(hidden, int) or w.type.shape[0] != hidden):
-        return None
-    out = g.op("rms_norm", x, w, eps=n.producer.attrs["eps"])
-    return out if out.type.matches(root.output.type) else None
+    if len(n.uses) != 1:
+        return "the unweighted rms_norm has other users"
+    if w.type.rank != 1 or not isinstance(hidden, int) or w.type.shape[0] != hidden or w.type.dtype != x.type.dtype:
+        return f"scale {w.type} is not a [{hidden}] vector of the input dtype {x.type.dtype}"
+    return g.op("rms_norm", x, w, eps=n.producer.attrs["eps"])
 
 
 def _silu(g, root, x):

@@ -8,8 +8,8 @@ bisects numerics against the interpreter.
 - `verify`: None = on under pytest or `SLIMGRAPH_DEBUG=1`; True = structural verifier after
   every pass; "numerics" = also run the interpreter on `example_inputs` before the pipeline
   and after every pass, and raise `NumericsError` naming the first pass whose outputs deviate.
-- `print_ir_after`: "all", a pass name or a list of names (default: `SLIMGRAPH_PRINT_IR_AFTER`);
-  the IR goes to stderr.
+- `print_ir_after`: "all", "changed" (passes that report a change), a pass name, or a comma list
+  / list of those (default: `SLIMGRAPH_PRINT_IR_AFTER`); the IR goes to stderr.
 - A pass that throws is re-raised as `PassError` naming it and the passes that ran before it.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ class PassManager:
             rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
                              dict(result.stats), len(graph.nodes))
             report.records.append(rec)
-            self._dump(graph, p, i)
+            self._dump(graph, p, i, rec.changed)
             if self.verify:
                 self._verify(graph, p, i)
             if reference is not None:
@@ -149,8 +149,9 @@ class PassManager:
     def _before(self, i: int) -> str:
         return format_pipeline(self.passes[:i]) or "(none)"
 
-    def _dump(self, graph, p: Pass, i: int):
-        if "all" in self.print_ir_after or p.name in self.print_ir_after:
+    def _dump(self, graph, p: Pass, i: int, changed: bool):
+        want = self.print_ir_after
+        if "all" in want or p.name in want or ("changed" in want and changed):
             print(f"// ----- IR after pass {p.spec()!r} (#{i}) -----\n{graph}", file=sys.stderr, flush=True)
 
     def _verify(self, graph, p: Pass, i: int):

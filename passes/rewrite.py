@@ -14,22 +14,27 @@ must bind the same Value (that is how `x * rsqrt(mean(x^2))` ties both uses of x
 
 `fn` receives the captures whose names it declares as parameters, plus optionally `g` (the
 graph) and `root` (the anchor node). New nodes it builds are inserted before the anchor.
-It returns the replacement Value (or a list, one per anchor output), or None for "no match".
+It returns the replacement Value (or a list, one per anchor output), or None for "no match", or
+a string saying why it declined (recorded by the trace, so a test can assert why a rule did not fire).
 Replacements must have the anchor outputs' types; a rule that breaks this is a bug and raises.
 
 `apply_rules` runs a worklist to a fixed point (users of replaced values are revisited), erases
-the pure nodes that become dead, counts rewrites per rule and stops runaway rule sets.
+the pure nodes that become dead, counts rewrites per rule and stops runaway rule sets. Pass
+`trace=[]` (or set `SLIMGRAPH_TRACE_REWRITES=1` to print to stderr) to record every fired or
+declined rule as a `RewriteEvent`.
 Matching is local (no subgraph isomorphism): cost is O(nodes x rules-per-op x pattern size).
 """
 from __future__ import annotations
 import inspect
 import math
+import os
+import sys
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ..ir.registry import get_op
 
-__all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "apply_rules", "const_value", "erase_dead"]
+__all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value", "erase_dead"]
 
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"})
@@ -174,9 +179,22 @@ class RuleSet:
         return iter(self.rules)
 
 
-def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rewrites: int | None = None) -> dict:
+class RewriteEvent(NamedTuple):
+    stage: str    # the apply_rules name, e.g. "canonicalize"
+    rule: str
+    anchor: str   # the anchor node as printed before the rewrite
+    outcome: str  # "applied", or why the rule declined
+
+    def __str__(self):
+        return f"[{self.stage}] {self.rule} {self.outcome}: {self.anchor}"
+
+
+def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rewrites: int | None = None,
+                trace: list | None = None) -> dict:
     """Rewrite `graph` to a fixed point; returns {rule name: count, ..., "erased": dead nodes removed}."""
     rules = rules if isinstance(rules, RuleSet) else RuleSet(rules)
+    if trace is None and os.environ.get("SLIMGRAPH_TRACE_REWRITES") == "1":
+        trace = _StderrTrace()
     cap = max_rewrites if max_rewrites is not None else 10 * len(graph.nodes) + 100
     counts: dict[str, int] = {}
     erased = 0
@@ -197,11 +215,16 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
             caps = rule.match(node)
             if caps is None:
                 continue
+            anchor = repr(node) if trace is not None else ""
             new_vals, new_nodes = _call(graph, rule, node, caps, name)
-            if new_vals is None:  # rejected: drop whatever the fn built
+            if not isinstance(new_vals, list):  # declined: drop whatever the fn built
                 for n in reversed(new_nodes):
                     erase_dead(graph, n)
+                if trace is not None and new_vals is not None:
+                    trace.append(RewriteEvent(name, rule.name, anchor, f"declined ({new_vals})"))
                 continue
+            if trace is not None:
+                trace.append(RewriteEvent(name, rule.name, anchor, "applied"))
             counts[rule.name] = counts.get(rule.name, 0) + 1
             if sum(counts.values()) > cap:
                 top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
@@ -222,13 +245,14 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
 
 
 def _call(graph, rule: Rule, node, caps, name):
-    """Run a rule's fn with the insertion point before the anchor; returns (values|None, new nodes)."""
+    """Run a rule's fn with the insertion point before the anchor; returns (list of values, or None,
+    or the reason it declined; the nodes the fn built)."""
     before, idx = len(graph.nodes), graph.nodes.index(node)
     with graph.inserting_before(node):
         res = rule.call(graph, node, caps)
     new_nodes = graph.nodes[idx: idx + len(graph.nodes) - before]
-    if res is None:
-        return None, new_nodes
+    if res is None or isinstance(res, str):
+        return res, new_nodes
     vals = [res] if not isinstance(res, (list, tuple)) else list(res)
     if len(vals) != len(node.outputs):
         raise RewriteError(f"{name}: rule {rule.name} returned {len(vals)} values for {node!r} "
@@ -240,6 +264,11 @@ def _call(graph, rule: Rule, node, caps, name):
             raise RewriteError(f"{name}: rule {rule.name} replaced %{old.name}: {old.type} by %{new.name}: "
                                f"{new.type} at {node!r}; a rewrite must preserve types")
     return vals, new_nodes
+
+
+class _StderrTrace(list):
+    def append(self, event):
+        print(event, file=sys.stderr)
 
 
 def erase_dead(graph, node) -> int:

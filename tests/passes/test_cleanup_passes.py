@@ -298,3 +298,15 @@ def test_canonicalize_preserves_numerics_on_a_llama_like_graph():
     PassManager("canonicalize,cse,fold-constants,dce", verify="numerics", atol=1e-5,
                 example_inputs=random_inputs(g, {"seq": 5})).run(g)
     assert "rms_norm" in g.op_counts()
+
+
+def test_canonicalize_explains_why_an_rms_chain_was_not_fused():
+    from slimgraph.passes import apply_rules
+    from slimgraph.passes.canonicalize import RULES
+    g = parse_graph(RMS_BF16.replace("weight @w: bf16[8]", "weight @w: f32[8]")
+                    .replace("%y: bf16[b,seq,8] = mul(@w, %hc)", "%y: f32[b,seq,8] = mul(@w, %hc)"))
+    trace = []
+    apply_rules(g, RULES, name="canonicalize", trace=trace)
+    declined = [e.outcome for e in trace if e.outcome.startswith("declined")]
+    assert declined == ["declined (scale f32[8] is not a [8] vector of the input dtype bf16)"]
+    assert "rms_norm(%x) {eps=1e-05}" in str(g)  # the unweighted part still fused

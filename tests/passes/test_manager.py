@@ -147,3 +147,9 @@ def test_numerics_needs_inputs_and_valid_mode():
 def test_progress_bar_renders_when_forced(capsys):
     PassManager("cse,dce", progress=True).run(graph())
     assert "slimgraph passes" in capsys.readouterr().err
+
+
+def test_print_ir_after_changed_skips_passes_that_changed_nothing(capsys):
+    PassManager("canonicalize,dce,cse,dce", print_ir_after="changed").run(graph())
+    err = capsys.readouterr().err
+    assert [ln.split("'")[1] for ln in err.splitlines() if "IR after pass" in ln] == ["canonicalize", "dce", "cse"]

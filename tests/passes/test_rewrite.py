@@ -117,3 +117,31 @@ def test_matching_is_fast_on_thousands_of_nodes():
     t = time.perf_counter()
     stats = apply_rules(g, rules)
     assert stats["mul-rule"] == 30 and time.perf_counter() - t < 1.0
+
+
+def test_trace_records_applied_and_declined_rules_with_reasons():
+    g = parse_graph("""
+graph @main(%x: f32[4], %h: f16[4]) {
+  %s: f32[4] = sigmoid(%x)
+  %a: f32[4] = mul(%x, %s)
+  %t: f16[4] = sigmoid(%h)
+  %b: f16[4] = mul(%h, %t)
+  return %a, %b
+}""")
+
+    def silu_f32(g, x):
+        return g.op("silu", x) if x.type.dtype == "f32" else f"{x.type.dtype} is not f32"
+    trace = []
+    stats = apply_rules(g, RuleSet([(P("mul", X, P("sigmoid", X)), silu_f32)]), name="demo", trace=trace)
+    assert stats["silu-f32"] == 1
+    assert [(e.rule, e.outcome) for e in trace] == [("silu-f32", "applied"), ("silu-f32", "declined (f16 is not f32)")]
+    assert trace[1].anchor == "%b: f16[4] = mul(%h, %t)" and str(trace[0]).startswith("[demo] silu-f32 applied")
+
+
+def test_trace_to_stderr_from_env(monkeypatch, capsys):
+    from slimgraph.passes import PassManager
+    monkeypatch.setenv("SLIMGRAPH_TRACE_REWRITES", "1")
+    g = parse_graph(TEXT)
+    PassManager("canonicalize").run(g)
+    err = capsys.readouterr().err
+    assert "[canonicalize] silu applied: %a: f32[4] = mul(%s, %x)" in err
