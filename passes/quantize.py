@@ -119,7 +119,8 @@ class QuantizeWeights(Pass):
             raise PassError(f"quantize-weights: method={self.method} needs calibration data: pass "
                             f"calibration=Calibration.from_token_ids(graph, ids) (slimgraph.passes.calibration)")
         linears = [n for users in targets.values() for n in users]
-        linears.sort(key={id(n): i for i, n in enumerate(graph.nodes)}.__getitem__)
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        linears.sort(key=lambda n: order[id(n)])
         stats = {}
         if self.method in ("awq", "awq-gptq"):
             stats = self.apply_awq(graph, targets, linears)
