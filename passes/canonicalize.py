@@ -15,10 +15,12 @@ Recognition (the chains torch.export produces):
     mul(rms_norm(x), w)   with w: [hidden], same dtype        -> rms_norm(x, w)
     mul(x, sigmoid(x))                                        -> silu(x)
     mul(mul(x, 0.5), add(erf(div(x, sqrt 2)), 1))             -> gelu(x)   (also x * (1/sqrt 2))
+    attention(q, repeat_kv(k), repeat_kv(v))                  -> attention(q, k, v)   (GQA is native)
 """
 from __future__ import annotations
 import math
 
+from ..ir import symbolic
 from .base import Pass, PassResult, register_pass
 from .rewrite import C, P, RuleSet, apply_rules, const_value
 
@@ -136,7 +138,31 @@ def _gelu(g, root, x, s, arg):
     return g.op("gelu", x) if root.output.type.matches(x.type) else None
 
 
+# HF `repeat_kv`: k[:, :, None].expand(b, hk, rep, s, d).reshape(b, hk*rep, s, d) == repeat_interleave(rep,
+# dim=1), which `attention` already does for k/v with fewer heads (GQA): feed it the unrepeated k/v.
+_REPEAT_KV = P("reshape", P("expand", P("unsqueeze", X, attrs={"dim": lambda d: d in (2, -3)}), name="e"))
+
+
+def _unrepeated(v):
+    caps: dict = {}
+    if not _REPEAT_KV.match(v, caps) or caps["x"].type.rank != 4 or caps["e"].type.rank != 5 or v.type.rank != 4:
+        return None
+    x, (b, hk, rep, s, d) = caps["x"], caps["e"].type.shape
+    pairs = [(b, x.type.shape[0]), (hk, x.type.shape[1]), (s, x.type.shape[2]), (d, x.type.shape[3]),
+             (v.type.shape[0], b), (v.type.shape[1], symbolic.mul(hk, rep)), (v.type.shape[2], s), (v.type.shape[3], d)]
+    return x if all(symbolic.equal(a, c) for a, c in pairs) else None
+
+
+def _attention_gqa(g, root):
+    q, k, v, *mask = root.inputs
+    k2, v2 = _unrepeated(k), _unrepeated(v)
+    if k2 is None or v2 is None:  # attention repeats k and v by the same factor: both or neither
+        return None if k2 is v2 else "only one of k/v is a repeat_kv"
+    return g.op("attention", q, k2, v2, *mask, **root.attrs)
+
+
 recognize = RuleSet([
+    (P("attention", any_inputs=True), _attention_gqa, "attention-gqa"),
     (_RMS_CORE, _rms_core),
     (P("cast", P("rms_norm", P("cast", X, attrs={"dtype": "f32"}), name="n")), _rms_upcast),
     (P("mul", P("rms_norm", X, name="n"), P.var("w")), _rms_weight),

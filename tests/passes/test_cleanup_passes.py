@@ -310,3 +310,27 @@ def test_canonicalize_explains_why_an_rms_chain_was_not_fused():
     declined = [e.outcome for e in trace if e.outcome.startswith("declined")]
     assert declined == ["declined (scale f32[8] is not a [8] vector of the input dtype bf16)"]
     assert "rms_norm(%x) {eps=1e-05}" in str(g)  # the unweighted part still fused
+
+
+def test_canonicalize_feeds_unrepeated_kv_to_gqa_attention():
+    text = """
+graph @main(%q: f32[b,4,seq,8], %k: f32[b,2,past,8], %v: f32[b,2,past,8]) {
+  %ku: f32[b,2,1,past,8] = unsqueeze(%k) {dim=2}
+  %ke: f32[b,2,2,past,8] = expand(%ku) {shape=["b",2,2,"past",8]}
+  %kr: f32[b,4,past,8] = reshape(%ke) {shape=["b",4,"past",8]}
+  %vu: f32[b,2,1,past,8] = unsqueeze(%v) {dim=2}
+  %ve: f32[b,2,2,past,8] = expand(%vu) {shape=["b",2,2,"past",8]}
+  %vr: f32[b,4,past,8] = reshape(%ve) {shape=["b",4,"past",8]}
+  %a: f32[b,4,seq,8] = attention(%q, %kr, %vr) {causal=true}
+  %wrong: f32[b,2,2,past,8] = expand(%vu) {shape=["b",2,2,"past",8]}
+  %interleaved: f32[b,2,2,past,8] = permute(%wrong) {dims=[0,2,1,3,4]}
+  %vr2: f32[b,4,past,8] = reshape(%interleaved) {shape=["b",4,"past",8]}
+  %a2: f32[b,4,seq,8] = attention(%q, %kr, %vr2)
+  return %a, %a2
+}"""
+    g, rep = run_passes(text, "canonicalize,dce", sizes={"past": 5, "seq": 3})
+    filecheck(str(g), """
+        CHECK: attention(%q, %k, %v) {causal=true}
+        CHECK: attention(%q, %kr, %vr2)
+    """)
+    assert rep[0].stats["attention-gqa"] == 1
