@@ -23,7 +23,23 @@ import numpy as np
 
 # Supported-op cases that fail for a reason we document rather than hide. The conformance test
 # checks that each one still fails, so fixing one forces removing it from here.
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {  # fnmatch pattern -> reason
+    "test_attention_*bf16*": "bf16 attention: rounding differs from the numpy reference beyond rtol 1e-3",
+    "test_attention_4d_causal_fp16_expanded": "f16 attention graph: f16 accumulation differs from the reference",
+    "test_attention_*nonpad*": "Attention nonpad_kv_seqlen (external KV cache) is rejected",
+    "test_attention_*padded_kv*": "Attention nonpad_kv_seqlen (external KV cache) is rejected",
+    "test_attention_*window*": "Attention sliding windows are rejected",
+    "test_averagepool_3d_*": "3-d pooling is rejected", "test_maxpool_3d_*": "3-d pooling is rejected",
+    "test_*pool_2d_ceil*": "ceil_mode pooling is rejected", "test_*pool_2d_dilations": "dilated pooling is rejected",
+    "test_maxpool_with_argmax_*": "MaxPool Indices output is rejected",
+    "test_batchnorm_*training_mode": "training-mode BatchNormalization is rejected",
+    "test_training_dropout*": "training-mode (random) Dropout is rejected",
+    "test_*window*_expanded": "window size is a graph input cast to float before Range: data-dependent shape",
+    "test_center_crop_pad_*_expanded": "pads come from a data-dependent Max/Min chain the folder cannot decide",
+    "test_edge_pad": "Pad modes other than constant are rejected", "test_reflect_pad": "Pad modes other than constant are rejected",
+    "test_wrap_pad": "Pad modes other than constant are rejected",
+    "test_reduce_max_empty_set_bool": "ReduceMax of an empty bool set has no identity value",
+}
 
 
 @dataclass
@@ -96,6 +112,11 @@ def _cases_from_files(root):
                 return out
             sets.append((read("input"), read("output")))
         yield Case(os.path.basename(d), model, sets)
+
+
+def known_failure(name: str) -> str | None:
+    import fnmatch
+    return next((why for pat, why in KNOWN_FAILURES.items() if fnmatch.fnmatch(name, pat)), None)
 
 
 def case_ops(model) -> tuple:

@@ -411,6 +411,11 @@ def _index_select(ex, node, ins):
     return [ex.one("Gather", *ins, axis=node.attrs["dim"])]
 
 
+@emitter("gather_nd")
+def _gather_nd(ex, node, ins):
+    return [ex.one("GatherND", *ins, batch_dims=node.attrs["batch_dims"])]
+
+
 @emitter("tril", "triu")
 def _trilu(ex, node, ins):
     return [ex.one("Trilu", ins[0], ex.const(np.asarray(node.attrs["diagonal"], np.int64)), upper=int(node.op == "triu"))]

@@ -179,11 +179,8 @@ def _clean(name: str) -> str:
 def _default_opset(model) -> int:
     version = None
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
+        if imp.domain in ("", "ai.onnx"):  # other domains are checked per node, where one is used
             version = imp.version
-        elif imp.domain not in ("com.microsoft", "ai.onnx.ml"):
-            raise OnnxImportError(f"model imports unknown operator domain {imp.domain!r}; "
-                                  f"supported: ai.onnx (default), com.microsoft")
     if version is None:
         raise OnnxImportError("model does not import the default ONNX opset")
     if version < MIN_OPSET:

@@ -49,8 +49,8 @@ def lower_node(imp: Importer, node) -> list:
     if all(isinstance(k, Known) for k in ins) and should_fold(node.op_type, ins):
         try:
             out = fold(node.op_type, ins, a)
-        except (ValueError, IndexError, TypeError) as e:
-            raise imp.error(f"cannot evaluate on constant inputs: {e}") from e
+        except (ValueError, IndexError, TypeError):
+            out = None  # e.g. a symbolic dim where the folder needs an int: lower to run-time ops
         if out is not None:
             return out
     out = ONNX_OPS[op](imp, a)
@@ -439,6 +439,11 @@ def _gather_elements(imp, a):
     size = _same_dtype(imp, imp.op("dim_value", expr=x.type.shape[ax]), idx.type.dtype)
     idx = imp.op("where", imp.op("lt", idx, _scalar(imp, 0, idx.type.dtype)), imp.op("add", idx, size), idx)
     return imp.op("gather", x, idx, dim=ax)  # torch.gather wants non-negative indices
+
+
+@onnx_op("GatherND")
+def _gather_nd(imp, a):
+    return imp.op("gather_nd", imp.value(0), imp.value(1), batch_dims=a.get("batch_dims", 0))
 
 
 @onnx_op("Tile")

@@ -69,3 +69,27 @@ def einsum(*xs, equation):
              infer=lambda ts, a: ts[0].with_shape(tuple(S.mul(d, r) for d, r in zip(ts[0].shape, a["repeats"]))))
 def tile(x, repeats):
     return x.repeat(repeats)
+
+
+def _gather_nd_type(ts, a):
+    x, idx, b = ts[0], ts[1], a["batch_dims"]
+    k = idx.shape[-1]
+    if not isinstance(k, int):
+        raise I.ShapeError(f"gather_nd: the index depth (last dim of {idx}) must be static")
+    return x.with_shape(idx.shape[:-1] + x.shape[b + k:])
+
+
+@register_op("gather_nd", inputs="x index", attrs={"batch_dims": Attr("int", 0)}, infer=_gather_nd_type)
+def gather_nd(x, index, batch_dims):
+    """ONNX GatherND: index[..., :k] addresses x's dims batch_dims..batch_dims+k-1, after
+    `batch_dims` leading dims shared by x and index."""
+    lead = x.shape[:batch_dims]
+    nb = 1
+    for d in lead:
+        nb *= d
+    k = index.shape[-1]
+    xs = x.reshape(nb, *x.shape[batch_dims:])
+    ix = index.reshape(nb, -1, k)
+    rows = torch.arange(nb, device=x.device).view(nb, 1)
+    out = xs[(rows,) + tuple(ix[..., j] for j in range(k))]
+    return out.reshape(*index.shape[:-1], *x.shape[batch_dims + k:])
