@@ -66,7 +66,7 @@ def _import(model, args, kwargs, dynamic_shapes):
     from .frontends.torch_export import import_module
     imported = import_module(model, args, kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
-                    list(imported.input_names))
+                    list(imported.input_names), list(imported.tensor_leaves))
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
 
 

@@ -35,6 +35,7 @@ class Signature:
     out_spec: Any = None                      # TreeSpec of the outputs
     param_names: list[str] = field(default_factory=list)  # forward's parameters, for keyword binding
     input_names: list[str] = field(default_factory=list)  # graph input names (for messages)
+    tensor_leaves: list[int] | None = None    # flat-leaf positions that are graph inputs (None: all tensors)
 
     # ---- calls ---------------------------------------------------------------------------------
     def flatten_call(self, args: tuple, kwargs: dict, kv=None) -> list[torch.Tensor]:
@@ -50,6 +51,8 @@ class Signature:
         if spec != self.in_spec:
             raise SignatureError(f"call structure does not match the exported one:\n  expected {self.in_spec}\n"
                                  f"  got      {spec}\nCall the compiled model like the model was exported.")
+        if self.tensor_leaves is not None:
+            return [leaves[i] for i in self.tensor_leaves]
         return [x for x in leaves if isinstance(x, torch.Tensor)]
 
     def unflatten_outputs(self, outs: list[torch.Tensor]):
@@ -83,6 +86,7 @@ class Signature:
     # ---- JSON ----------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"kind": self.kind, "param_names": list(self.param_names), "input_names": list(self.input_names),
+                "tensor_leaves": self.tensor_leaves,
                 "in_spec": spec_to_json(self.in_spec) if self.in_spec is not None else None,
                 "out_spec": spec_to_json(self.out_spec) if self.out_spec is not None else None}
 
@@ -90,7 +94,7 @@ class Signature:
     def from_json(d: dict) -> Signature:
         return Signature(d["kind"], spec_from_json(d["in_spec"]) if d.get("in_spec") else None,
                          spec_from_json(d["out_spec"]) if d.get("out_spec") else None,
-                         list(d.get("param_names", [])), list(d.get("input_names", [])))
+                         list(d.get("param_names", [])), list(d.get("input_names", [])), d.get("tensor_leaves"))
 
 
 # ---- causal LMs: input_ids in, logits (+ presents) out --------------------------------------------
