@@ -472,6 +472,28 @@ def _qlinear(ex, node, ins):
     return [ex.one("Add", y, bias_name) if bias_name else y]
 
 
+@emitter("dequantize")
+def _dequantize(ex, node, ins):
+    qw, sc = node.inputs[0], node.inputs[1]
+    zeros = node.inputs[2] if len(node.inputs) > 2 else None
+    n, k = _out(node).shape
+    if node.attrs["bits"] == 4:  # unpack nibbles: low = even columns, high = odd columns
+        q = ex.one("Cast", ins[0], to=ONNX_DTYPES["i32"])
+        lo = ex.one("BitwiseAnd", q, ex.scalar(15, "i32"))
+        hi = ex.one("BitwiseAnd", ex.one("Div", q, ex.scalar(16, "i32")), ex.scalar(15, "i32"))
+        both = ex.one("Concat", ex.one("Unsqueeze", lo, ex.ints([2])), ex.one("Unsqueeze", hi, ex.ints([2])), axis=2)
+        ins = [ex.one("Reshape", both, ex.dims([n, k])), *ins[1:]]
+    w = _dequantize_linear(ex, node, [None, *ins], qw, sc, zeros, n, k, node.attrs["dtype"])
+    return [w]
+
+
+@emitter("index")
+def _index(ex, node, ins):
+    if len(ins) != 2:
+        raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
+    return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
+
+
 def _group(a, k):
     return a["group"] or k
 
@@ -494,10 +516,8 @@ def _matmul_nbits(ex, node, ins, qw, sc, zeros, bias_name, n, k):
         if blocks % 2:
             z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
         inputs.append(ex.const((z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1), f"{zeros.name}_nbits"))
-    elif bias_name:
-        inputs.append("")
-    if bias_name:
-        inputs += ["", "", bias_name]
+    if bias_name:  # inputs: A, B, scales, zero_points?, g_idx?, bias?
+        inputs += [""] * (5 - len(inputs)) + [bias_name]
     ex.uses_ms = True
     return ex.one("MatMulNBits", *inputs, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=g)
 
@@ -506,10 +526,15 @@ def _np_float(dtype):
     return {"f16": np.float16, "f64": np.float64}.get(dtype, np.float32)
 
 
-def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k):
-    """W[out, in] = (q - zero) * scale with block_size along `in` (opset 21 blocked quantization
-    is not in opset 18, so the scales are expanded per element here)."""
+def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
+    """W[out, in] = (q - zero) * scale, `ins` = [x, codes, scales, zeros?]. Groups run along
+    `in`; opset 18 DequantizeLinear has no blocked form, so the scales are expanded per element
+    and the arithmetic is Cast/Sub/Mul (which ORT folds at load time for constant weights)."""
     g = _group(node.attrs, k)
+    if zeros is None and node.attrs["bits"] == 4:  # symmetric int4: the implied zero point 8
+        zeros_name = ex.scalar(8.0, sc.type.dtype)
+    else:
+        zeros_name = None
     scale = ex.one("Reshape", ex.one("Expand", ex.one("Unsqueeze", ins[2], ex.ints([2])), ex.dims([n, k // g, g])),
                    ex.dims([n, k]))
     q = ex.one("Cast", ins[1], to=ONNX_DTYPES[sc.type.dtype])
@@ -518,8 +543,10 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k):
         z = ex.one("Reshape", ex.one("Expand", ex.one("Unsqueeze", z, ex.ints([2])), ex.dims([n, k // g, g])),
                    ex.dims([n, k]))
         q = ex.one("Sub", q, z)
+    elif zeros_name is not None:
+        q = ex.one("Sub", q, zeros_name)
     w = ex.one("Mul", q, scale)
-    return ex.cast(w, sc.type.dtype, node.inputs[0].type.dtype)
+    return ex.cast(w, sc.type.dtype, dtype or node.inputs[0].type.dtype)
 
 
 __all__ = ["EMITTERS"]

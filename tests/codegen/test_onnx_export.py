@@ -1,0 +1,175 @@
+"""ONNX exporter and the `onnx` target: exported models pass onnx.checker and ONNX Runtime
+matches the reference interpreter; ONNX -> IR -> ONNX round trips; int4/int8 weights."""
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="needs pip install 'slimgraph[onnx]'")
+ort = pytest.importorskip("onnxruntime", reason="needs pip install 'slimgraph[onnx]'")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from slimgraph.codegen.onnx_export import OnnxExportError, export_onnx, save_onnx  # noqa: E402
+from slimgraph.codegen.onnx_runtime import build_ort_runner  # noqa: E402
+from slimgraph.frontends.onnx_import import import_onnx  # noqa: E402
+from slimgraph.ir import Graph, TensorType, run  # noqa: E402
+from slimgraph.targets.base import get_target  # noqa: E402
+
+
+def assert_ort_matches_interpreter(g, *inputs, atol=1e-5):
+    runner = build_ort_runner(g, ["CPUExecutionProvider"])
+    for got, want in zip(runner(*inputs), run(g, *inputs), strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=atol)
+
+
+def transformer_block():
+    """A llama-like block over symbolic [b, seq]: rms_norm, GQA causal attention, SiLU MLP."""
+    torch.manual_seed(0)
+    g = Graph("block")
+    x = g.add_input("x", TensorType("f32", ("b", "seq", 32)))
+    w = lambda name, *shape: g.add_weight(name, torch.randn(*shape) * 0.2)  # noqa: E731
+    h = g.op("rms_norm", x, w("norm", 32), eps=1e-6)
+    q = g.op("permute", g.op("reshape", g.op("linear", h, w("wq", 32, 32)), shape=["b", "seq", 4, 8]), dims=[0, 2, 1, 3])
+    k = g.op("permute", g.op("reshape", g.op("linear", h, w("wk", 16, 32)), shape=["b", "seq", 2, 8]), dims=[0, 2, 1, 3])
+    v = g.op("permute", g.op("reshape", g.op("linear", h, w("wv", 16, 32)), shape=["b", "seq", 2, 8]), dims=[0, 2, 1, 3])
+    a = g.op("attention", q, k, v, causal=True)
+    a = g.op("reshape", g.op("permute", a, dims=[0, 2, 1, 3]), shape=["b", "seq", 32])
+    x = g.op("add", x, g.op("linear", a, w("wo", 32, 32)))
+    mlp = g.op("mul", g.op("silu", g.op("linear", x, w("wg", 64, 32))), g.op("linear", x, w("wu", 64, 32)))
+    y = g.op("add", x, g.op("linear", mlp, w("wd", 32, 64)))
+    g.set_outputs([g.op("layer_norm", y, w("ln", 32), w("lb", 32), axes=1)])
+    return g
+
+
+@pytest.mark.parametrize("seq", [1, 6])
+def test_transformer_block_runs_in_ort_with_symbolic_dims(seq):
+    g = transformer_block()
+    model = export_onnx(g)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["b", "seq", 32]
+    assert_ort_matches_interpreter(g, torch.randn(2, seq, 32))
+
+
+def test_shape_ops_and_generators_with_symbolic_dims():
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 4)))
+    ids = g.add_input("ids", TensorType("i64", ("n",)))
+    table = g.add_weight("table", torch.randn(10, 4))
+    pos = g.op("cast", g.op("arange", end="n", dtype="i64"), dtype="f32")
+    e = g.op("add", g.op("embedding", table, ids), g.op("unsqueeze", pos, dim=1))
+    s = g.op("slice", e, dim=0, start=1, end="n")
+    c = g.op("concat", s, g.op("full", shape=[1, 4], value=2.0, dtype="f32"), dim=0)
+    m = g.op("where", g.op("gt", c, x), g.op("flip", c, dims=[0]), g.op("cumsum", x, dim=0))
+    p = g.op("pad", g.op("softmax", m, dim=-1), pads=[1, 2], value=-1.0)
+    r = g.op("floor_divide", g.op("dim_value", expr="n*2+1"), g.op("constant", value=2, dtype="i64"))
+    g.set_outputs([p, g.op("var", m, dims=[1], keepdim=True), g.op("amax", x, dims=None), r,
+                   g.op("remainder", x, g.op("constant", value=0.7, dtype="f32"))])
+    for n in (3, 5):
+        assert_ort_matches_interpreter(g, torch.randn(n, 4), torch.randint(0, 10, (n,)))
+
+
+def roundtrip_models():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")
+    conv = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("GlobalAveragePool", ["p"], ["gp"]), helper.make_node("Flatten", ["gp"], ["y"])],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
+    shapes = numpy_helper.from_array(np.array([0, -1, 2], np.int64), "shape")
+    reshape = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"], start=1, end=2), helper.make_node("Reshape", ["x", "shape"], ["r"]),
+         helper.make_node("Softmax", ["r"], ["y"], axis=1), helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["y", "sf"], ["z"])],
+        "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "seq", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", None, 2])], [shapes])
+    return [(helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)]), (2, 2, 8, 8)),
+            (helper.make_model(reshape, opset_imports=[helper.make_opsetid("", 17)]), (2, 3, 4))]
+
+
+@pytest.mark.parametrize("case", range(2))
+def test_roundtrip_onnx_ir_onnx_matches_original_in_ort(case):
+    model, shape = roundtrip_models()[case]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = build_ort_runner(import_onnx(model), ["CPUExecutionProvider"])(torch.from_numpy(x))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_roundtrip_torch_exported_mlp():
+    import io
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).eval()
+    f = io.BytesIO()
+    torch.onnx.export(m, (torch.randn(2, 8),), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    x = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    want = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = build_ort_runner(import_onnx(f.getvalue()), ["CPUExecutionProvider"])(torch.from_numpy(x))[0]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def quantized_linear(bits, sym, group=32, bias=True):
+    from slimgraph.ir import quant_format as Q
+    torch.manual_seed(0)
+    w = torch.randn(24, 64)
+    q, scales, zeros = Q.quantize_rtn(w, bits, group, sym)
+    qweight, scales, zeros = Q.store(q, scales, zeros, bits, sym)
+    g = Graph("q")
+    x = g.add_input("x", TensorType("f32", ("n", 64)))
+    ins = [x, g.add_weight("qw", qweight), g.add_weight("sc", scales)]
+    if zeros is not None:
+        ins.append(g.add_weight("zp", zeros))
+    if bias:
+        ins.append(g.add_weight("bias", torch.randn(24)))
+    g.set_outputs([g.op("qlinear", *ins, bits=bits, group=group)])
+    return g
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_int4_qlinear_exports_as_matmulnbits(sym):
+    pytest.importorskip("slimgraph.ir.opset.quant")
+    g = quantized_linear(4, sym)
+    model = export_onnx(g)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and nbits[0].domain == "com.microsoft"
+    assert {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}["block_size"] == 32
+    assert_ort_matches_interpreter(g, torch.randn(3, 64), atol=1e-4)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_int8_qlinear_and_dequantize_export(sym):
+    pytest.importorskip("slimgraph.ir.opset.quant")
+    g = quantized_linear(8, sym, bias=False)
+    assert_ort_matches_interpreter(g, torch.randn(3, 64), atol=1e-4)
+    g4 = quantized_linear(4, sym, bias=False)
+    n = g4.nodes[0]
+    with g4.inserting_before(n):
+        w = g4.op("dequantize", *n.inputs[1:], bits=4, group=32)
+    g4.set_outputs([g4.op("matmul", g4.inputs[0], g4.op("permute", w, dims=[1, 0]))])
+    assert_ort_matches_interpreter(g4, torch.randn(2, 64), atol=1e-4)
+
+
+def test_unexportable_graph_names_the_node_and_writes_nothing(tmp_path):
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", (2, 3)))
+    g.set_outputs([g.op("adaptive_avg_pool2d", g.op("reshape", x, shape=[1, 1, 2, 3]), output_size=[2, 2])])
+    path = tmp_path / "m.onnx"
+    with pytest.raises(OnnxExportError, match="adaptive_avg_pool2d"):
+        save_onnx(g, str(path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_writes_a_loadable_model(tmp_path):
+    g = transformer_block()
+    path = save_onnx(g, str(tmp_path / "out" / "block.onnx"))
+    x = torch.randn(1, 3, 32)
+    g2 = import_onnx(path)
+    torch.testing.assert_close(run(g2, x)[0], run(g, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_target_compiles_and_checks_signature():
+    runner = get_target("onnx").compile(transformer_block())
+    assert runner(torch.randn(1, 4, 32))[0].shape == (1, 4, 32)
+    with pytest.raises(TypeError, match="rank"):
+        runner(torch.randn(4, 32))
