@@ -416,6 +416,12 @@ def _gather_nd(ex, node, ins):
     return [ex.one("GatherND", *ins, batch_dims=node.attrs["batch_dims"])]
 
 
+@emitter("topk")
+def _topk(ex, node, ins):
+    a = node.attrs
+    return ex.node("TopK", [ins[0], ex.dim(a["k"])], n_out=2, axis=a["dim"], largest=int(a["largest"]), sorted=1)
+
+
 @emitter("tril", "triu")
 def _trilu(ex, node, ins):
     return [ex.one("Trilu", ins[0], ex.const(np.asarray(node.attrs["diagonal"], np.int64)), upper=int(node.op == "triu"))]

@@ -697,3 +697,4 @@ __all__ = ["ONNX_OPS", "lower_node", "supported", "OnnxImportError", "ONNX_DTYPE
 
 
 from . import onnx_attention  # noqa: E402,F401  (registers Attention, RMSNormalization)
+from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot, CumProd, ...)

@@ -93,3 +93,24 @@ def gather_nd(x, index, batch_dims):
     rows = torch.arange(nb, device=x.device).view(nb, 1)
     out = xs[(rows,) + tuple(ix[..., j] for j in range(k))]
     return out.reshape(*index.shape[:-1], *x.shape[batch_dims + k:])
+
+
+def _topk_type(ts, a):
+    x = ts[0]
+    d = I.norm_dim(a["dim"], x.rank)
+    shape = x.shape[:d] + (a["k"],) + x.shape[d + 1:]
+    return [x.with_shape(shape), TensorType("i64", shape)]
+
+
+@register_op("topk", inputs="x", attrs={"k": Attr("dim"), "dim": Attr("int", -1), "largest": Attr("bool", True)},
+             infer=_topk_type)
+def topk(x, k, dim, largest):
+    """The k largest (or smallest) values along `dim`, sorted, and their indices; ties keep the
+    lower index first (as ONNX TopK does)."""
+    order = torch.sort(x, dim=dim, descending=largest, stable=True)
+    return order.values.narrow(dim, 0, k), order.indices.narrow(dim, 0, k)
+
+
+@register_op("cumprod", inputs="x", attrs={"dim": Attr("int")}, infer=I.same)
+def cumprod(x, dim):
+    return torch.cumprod(x, dim, dtype=x.dtype)  # torch would widen small ints to i64
