@@ -9,8 +9,9 @@ Pass modules register themselves when `passes/registry.py` imports them (done la
 from .base import Pass, PassError, PassResult, all_passes, get_pass, register_pass
 from .manager import NumericsError, PassManager, PassRecord, PipelineReport, run_pipeline
 from .pipeline import format_pipeline, parse_pipeline
-from .rewrite import C, P, RewriteError, Rule, RuleSet, apply_rules, const_value
+from .rewrite import C, P, RewriteError, RewriteEvent, Rule, RuleSet, apply_rules, const_value
 
-__all__ = ["Pass", "PassResult", "PassError", "register_pass", "get_pass", "all_passes", "PassManager",
-           "PipelineReport", "PassRecord", "NumericsError", "run_pipeline", "parse_pipeline", "format_pipeline",
-           "P", "C", "Rule", "RuleSet", "RewriteError", "apply_rules", "const_value"]
+__all__ = ["Pass", "PassResult", "PassError", "register_pass", "get_pass", "all_passes",
+           "PassManager", "PipelineReport", "PassRecord", "NumericsError", "run_pipeline",
+           "parse_pipeline", "format_pipeline",
+           "P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value"]

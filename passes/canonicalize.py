@@ -103,7 +103,7 @@ _RMS_CORE = P("mul", X, P("rsqrt", P("add", _MEAN_SQ, C(name="eps"))))
 
 def _rms_core(g, x, ms, eps):
     if x.type.dtype != "f32":
-        return f"rms_norm computes in f32; this chain is {x.type.dtype} (casts around it are matched separately)"
+        return f"rms_norm computes in f32; this chain is {x.type.dtype} (surrounding casts match separately)"
     if ms.producer.attrs["dims"][0] not in (-1, x.type.rank - 1):
         return "mean is not over the last dim"
     return g.op("rms_norm", x, eps=float(const_value(eps)))
@@ -119,7 +119,8 @@ def _rms_weight(g, root, x, n, w):
     hidden = x.type.shape[-1] if x.type.rank else None
     if len(n.uses) != 1:
         return "the unweighted rms_norm has other users"
-    if w.type.rank != 1 or not isinstance(hidden, int) or w.type.shape[0] != hidden or w.type.dtype != x.type.dtype:
+    if (w.type.rank != 1 or not isinstance(hidden, int) or w.type.shape[0] != hidden
+            or w.type.dtype != x.type.dtype):
         return f"scale {w.type} is not a [{hidden}] vector of the input dtype {x.type.dtype}"
     return g.op("rms_norm", x, w, eps=n.producer.attrs["eps"])
 
@@ -145,12 +146,12 @@ _REPEAT_KV = P("reshape", P("expand", P("unsqueeze", X, attrs={"dim": lambda d: 
 
 def _unrepeated(v):
     caps: dict = {}
-    if not _REPEAT_KV.match(v, caps) or caps["x"].type.rank != 4 or caps["e"].type.rank != 5 or v.type.rank != 4:
+    if not _REPEAT_KV.match(v, caps) or caps["x"].type.rank != 4 or caps["e"].type.rank != 5:
         return None
     x, (b, hk, rep, s, d) = caps["x"], caps["e"].type.shape
-    pairs = [(b, x.type.shape[0]), (hk, x.type.shape[1]), (s, x.type.shape[2]), (d, x.type.shape[3]),
-             (v.type.shape[0], b), (v.type.shape[1], symbolic.mul(hk, rep)), (v.type.shape[2], s), (v.type.shape[3], d)]
-    return x if all(symbolic.equal(a, c) for a, c in pairs) else None
+    want_x, want_v = (b, hk, s, d), (b, symbolic.mul(hk, rep), s, d)
+    pairs = list(zip(x.type.shape, want_x)) + list(zip(v.type.shape, want_v))
+    return x if len(pairs) == 8 and all(symbolic.equal(a, c) for a, c in pairs) else None
 
 
 def _attention_gqa(g, root):

@@ -42,8 +42,9 @@ class PassRecord:
     max_abs_err: float | None = None  # set under verify="numerics"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "spec": self.spec, "seconds": round(self.seconds, 6), "changed": self.changed,
-                "stats": _jsonable(self.stats), "nodes_after": self.nodes_after, "max_abs_err": self.max_abs_err}
+        return {"name": self.name, "spec": self.spec, "seconds": round(self.seconds, 6),
+                "changed": self.changed, "stats": _jsonable(self.stats), "nodes_after": self.nodes_after,
+                "max_abs_err": self.max_abs_err}
 
 
 @dataclass
@@ -67,14 +68,16 @@ class PipelineReport:
         return len(self.records)
 
     def to_dict(self) -> dict:
-        return {"pipeline": self.pipeline, "seconds": round(self.seconds, 6), "nodes_before": self.nodes_before,
+        return {"pipeline": self.pipeline, "seconds": round(self.seconds, 6),
+                "nodes_before": self.nodes_before,
                 "passes": [r.to_dict() for r in self.records]}
 
     def __str__(self) -> str:
         rows = [("pass", "time ms", "changed", "nodes", "stats")]
         for r in self.records:
             stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
-            rows.append((r.spec, f"{r.seconds * 1e3:.1f}", "yes" if r.changed else "no", str(r.nodes_after), stats))
+            changed = "yes" if r.changed else "no"
+            rows.append((r.spec, f"{r.seconds * 1e3:.1f}", changed, str(r.nodes_after), stats))
         rows.append(("total", f"{self.seconds * 1e3:.1f}", "", "", f"nodes before: {self.nodes_before}"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
@@ -128,7 +131,8 @@ class PassManager:
                 raise PassError(f"pass {p.spec()!r} (#{i} in pipeline) failed: {type(e).__name__}: {e}\n"
                                 f"  passes that ran before it: {self._before(i)}") from e
             if result is None or not hasattr(result, "changed"):
-                raise PassError(f"pass {p.name!r} returned {result!r}; pass developer: run() must return PassResult")
+                raise PassError(f"pass {p.name!r} returned {result!r}; "
+                                "pass developer: run() must return PassResult")
             rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
                              dict(result.stats), len(graph.nodes))
             report.records.append(rec)
@@ -180,8 +184,7 @@ class PassManager:
                 raise NumericsError(f"{where} changed output {k} from {ref.dtype}{list(ref.shape)} "
                                     f"to {out.dtype}{list(out.shape)}")
             err = _max_abs_err(ref, out)
-            tol_ok = torch.allclose(out.double(), ref.double(), atol=self.atol, rtol=self.rtol, equal_nan=True)
-            if not tol_ok:
+            if not torch.allclose(out.double(), ref.double(), atol=self.atol, rtol=self.rtol, equal_nan=True):
                 raise NumericsError(f"{where} broke numerics: output {k} deviates from the input graph's, "
                                     f"max abs error {err:.3g} (atol={self.atol}, rtol={self.rtol})")
             worst = max(worst, err)

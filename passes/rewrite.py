@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from ..ir.registry import get_op
 
-__all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value", "erase_dead"]
+__all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value",
+           "erase_dead"]
 
 COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
                          "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"})
@@ -140,7 +141,8 @@ class Rule:
         unknown = set(self.params) - pattern.captures() - set(SPECIAL_PARAMS)
         if unknown:
             raise ValueError(f"rule {self.name}: fn parameters {sorted(unknown)} are not captured by the "
-                             f"pattern (captures: {sorted(pattern.captures())}; also allowed: {SPECIAL_PARAMS})")
+                             f"pattern (captures: {sorted(pattern.captures())}; "
+                             f"also allowed: {SPECIAL_PARAMS})")
 
     def match(self, node) -> dict | None:
         caps: dict = {}

@@ -67,7 +67,9 @@ def _step(draw, g, pool, gen):
     if kind == "permute" and t.rank >= 2:
         perm = draw(st.permutations(range(t.rank)))
         y = g.op("permute", x, dims=list(perm))
-        return g.op("permute", y, dims=list(draw(st.permutations(range(t.rank))))) if draw(st.booleans()) else y
+        if draw(st.booleans()):  # permute of permute
+            return g.op("permute", y, dims=list(draw(st.permutations(range(t.rank)))))
+        return y
     if kind == "reshape" and t.rank >= 2 and all(isinstance(d, int) for d in t.shape[1:]):
         flat = g.op("reshape", x, shape=[t.shape[0], -1])
         return g.op("reshape", flat, shape=list(t.shape)) if draw(st.booleans()) else flat

@@ -28,7 +28,8 @@ def test_runs_and_matches_torch_with_symbols_bound_from_inputs():
 
 @pytest.mark.parametrize("args, msg", [
     (lambda: (torch.randn(2, 5, 4),), "takes 2 inputs (%x: f32[b,seq,4], %ids: i64[seq]), got 1"),
-    (lambda: (torch.randn(2, 5, 4).double(), torch.arange(5)), "input %x expects dtype f32, got torch.float64"),
+    (lambda: (torch.randn(2, 5, 4).double(), torch.arange(5)),
+     "input %x expects dtype f32, got torch.float64"),
     (lambda: (torch.randn(5, 4), torch.arange(5)), "input %x expects rank 3"),
     (lambda: (torch.randn(2, 5, 3), torch.arange(5)), "input %x expects shape f32[b,seq,4] (dim 2 = 4 here)"),
     (lambda: (torch.randn(2, 5, 4), torch.arange(6)), "input %ids expects shape i64[seq] (dim 0 = 5 here)"),

@@ -13,7 +13,8 @@ def rms_chain(g, x, w, eps=1e-5):
     return g.op("mul", w, g.op("cast", h, dtype=x.type.dtype))
 
 
-def llama_like(layers: int = 2, hidden: int = 16, heads: int = 2, dtype: str = "bf16", seed: int = 0) -> Graph:
+def llama_like(layers: int = 2, hidden: int = 16, heads: int = 2, dtype: str = "bf16",
+               seed: int = 0) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     tdt = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
 

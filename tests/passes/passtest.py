@@ -14,7 +14,10 @@ def random_inputs(graph, sizes: dict[str, int] | None = None, seed: int = 0) -> 
     for v in graph.inputs:
         shape = [symbolic.evaluate(d, sizes) for d in v.type.shape]
         dt = to_torch(v.type.dtype)
-        t = torch.randn(shape, generator=gen) if dt.is_floating_point else torch.randint(0, 4, shape, generator=gen)
+        if dt.is_floating_point:
+            t = torch.randn(shape, generator=gen)
+        else:
+            t = torch.randint(0, 4, shape, generator=gen)
         out.append(t.to(dt))
     return out
 
@@ -30,5 +33,6 @@ def random_weights(text: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def run_passes(text: str, pipeline: str, atol: float = 1e-5, sizes=None, weights=None):
     """Parse `text`, run `pipeline` with verify='numerics'; returns (graph, report)."""
     g = parse_graph(text, weights=weights if weights is not None else random_weights(text))
-    pm = PassManager(pipeline, verify="numerics", example_inputs=random_inputs(g, sizes), atol=atol, rtol=atol)
+    pm = PassManager(pipeline, verify="numerics", example_inputs=random_inputs(g, sizes),
+                     atol=atol, rtol=atol)
     return g, pm.run(g)

@@ -133,7 +133,8 @@ def test_numerics_bisection_finds_the_broken_pass():
 
 def test_numerics_records_errors_for_good_passes():
     g = graph()
-    rep = run_pipeline(g, "canonicalize,cse,fold-constants,dce", verify="numerics", example_inputs=random_inputs(g))
+    rep = run_pipeline(g, "canonicalize,cse,fold-constants,dce", verify="numerics",
+                       example_inputs=random_inputs(g))
     assert all(r.max_abs_err is not None and r.max_abs_err <= 1e-5 for r in rep)
 
 
@@ -152,4 +153,5 @@ def test_progress_bar_renders_when_forced(capsys):
 def test_print_ir_after_changed_skips_passes_that_changed_nothing(capsys):
     PassManager("canonicalize,dce,cse,dce", print_ir_after="changed").run(graph())
     err = capsys.readouterr().err
-    assert [ln.split("'")[1] for ln in err.splitlines() if "IR after pass" in ln] == ["canonicalize", "dce", "cse"]
+    dumped = [ln.split("'")[1] for ln in err.splitlines() if "IR after pass" in ln]
+    assert dumped == ["canonicalize", "dce", "cse"]

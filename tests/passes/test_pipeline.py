@@ -3,7 +3,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from slimgraph.passes import Pass, PassError, PassResult, format_pipeline, get_pass, parse_pipeline, register_pass
+from slimgraph.passes import (Pass, PassError, PassResult, format_pipeline, get_pass, parse_pipeline,
+                              register_pass)
 
 
 @register_pass("test-options")
@@ -28,7 +29,8 @@ def test_parse_names_and_defaults():
 
 def test_options_are_converted_to_field_types():
     (p,) = parse_pipeline("test-options{bits=8,ratio=0.25,sym=false,method=awq,label=hi,dims=[1,-2],limit=7}")
-    assert (p.bits, p.ratio, p.sym, p.method, p.label, p.dims, p.limit) == (8, 0.25, False, "awq", "hi", [1, -2], 7)
+    got = (p.bits, p.ratio, p.sym, p.method, p.label, p.dims, p.limit)
+    assert got == (8, 0.25, False, "awq", "hi", [1, -2], 7)
     assert type(p.bits) is int and type(p.ratio) is float
     (p,) = parse_pipeline("test-options{limit=none,dims=[]}")
     assert p.limit is None and p.dims == []
