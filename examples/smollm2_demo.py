@@ -37,12 +37,13 @@ def chat_prompt(tokenizer, question):
     return enc["input_ids"] if not isinstance(enc, torch.Tensor) else enc
 
 
-def perplexity_lines(model, compiled):
+def perplexity_lines(model, compiled, tokenizer):
     try:
         from slimgraph import evaluate
     except ImportError:
         return ["perplexity: skipped (slimgraph.evaluate is not available in this build)"]
-    ref, ours = evaluate.perplexity(model), evaluate.perplexity(compiled)
+    with torch.inference_mode():
+        ref, ours = evaluate.perplexity(model, tokenizer), evaluate.perplexity(compiled, tokenizer)
     return [f"perplexity: transformers {ref:.3f}, slimgraph {ours:.3f} ({(ours / ref - 1) * 100:+.2f}%)"]
 
 
@@ -76,7 +77,7 @@ def main():
     print(f"greedy tokens identical to transformers: {same}")
     print(f"decode tokens/s ({ours.new_tokens} tokens): transformers eager {clock.decode_tokens_per_s():.1f}"
           f" | slimgraph torch {ours.decode_tokens_per_s:.1f}")
-    for line in perplexity_lines(model, fast):
+    for line in perplexity_lines(model, fast, tok):
         print(line)
 
 

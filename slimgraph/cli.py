@@ -217,10 +217,25 @@ def cmd_passes(args) -> None:
     if not passes:
         print("(no passes registered)")
     for name, cls in sorted(passes.items()):
-        opts = ", ".join(f"{k}={v!r}" for k, v in cls().options().items())
         doc = (cls.__doc__ or "").strip().splitlines()
-        line = doc[0] if doc and not doc[0].startswith(cls.__name__ + "(") else ""
-        print(f"{name}" + (f"{{{opts}}}" if opts else "") + (f"  -- {line}" if line else ""))
+        summary = doc[0] if doc and not doc[0].startswith(cls.__name__ + "(") else ""
+        print(name + (f"  -- {summary}" if summary else ""))
+        types = cls.option_types() if hasattr(cls, "option_types") else {}
+        for k, v in cls().options().items():
+            t = types.get(k)
+            kind = t.__name__ if isinstance(t, type) else str(t or "").replace("typing.", "")
+            print(f"    {k}" + (f": {kind}" if kind else "") + f" = {_pipeline_value(v)}")
+
+
+def _pipeline_value(v) -> str:
+    """An option value as written in a pipeline string (true/false/none, lists in brackets)."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(map(_pipeline_value, v)) + "]"
+    return str(v)
 
 
 # --- entry point ------------------------------------------------------------------------------
