@@ -48,6 +48,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
 # ---- import ----------------------------------------------------------------------------------
 def _import(model, args, kwargs, dynamic_shapes):
     """(graph, signature, kv layout or None, flat example tensors or None)."""
+    import torch
     from .ir.graph import Graph
     if isinstance(model, Graph):
         sig = Signature("flat", input_names=[v.name for v in model.inputs])
@@ -58,15 +59,21 @@ def _import(model, args, kwargs, dynamic_shapes):
         sig = Signature("causal-lm", input_names=list(imported.input_names))
         flat = sig.flatten_call(args, kwargs, kv) if (args or kwargs) else None
         return imported.graph, sig, kv, flat
+    zeros_like = {}
     if _is_hf(model):
         if not args and not kwargs:
             kwargs = _hf_example(model)
+        if "token_type_ids" in _param_names(model) and getattr(model.config, "type_vocab_size", 0):
+            zeros_like = {"token_type_ids": "input_ids"}  # HF's default when absent; tokenizers pass it
+            bound = dict(zip(_param_names(model), args))
+            if bound.get("token_type_ids") is None and kwargs.get("token_type_ids") is None:
+                kwargs = {**kwargs, "token_type_ids": torch.zeros_like(bound.get("input_ids", kwargs.get("input_ids")))}
         if dynamic_shapes is None:
             dynamic_shapes = _hf_dynamic_shapes(model, args, kwargs)
     from .frontends.torch_export import import_module
     imported = import_module(model, args, kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
-                    list(imported.input_names), list(imported.tensor_leaves))
+                    list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
 
 

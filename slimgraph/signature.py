@@ -36,6 +36,7 @@ class Signature:
     param_names: list[str] = field(default_factory=list)  # forward's parameters, for keyword binding
     input_names: list[str] = field(default_factory=list)  # graph input names (for messages)
     tensor_leaves: list[int] | None = None    # flat-leaf positions that are graph inputs (None: all tensors)
+    zeros_like: dict[str, str] = field(default_factory=dict)  # arg -> arg whose zeros it defaults to
 
     # ---- calls ---------------------------------------------------------------------------------
     def flatten_call(self, args: tuple, kwargs: dict, kv=None) -> list[torch.Tensor]:
@@ -76,6 +77,9 @@ class Signature:
                 raise SignatureError(f"argument {k!r} given both positionally and by keyword")
             bound[k] = v
         positional = self.param_names[:n_args]
+        for k, like in self.zeros_like.items():  # e.g. BERT's token_type_ids: absent means zeros, as in HF
+            if bound.get(k) is None and isinstance(bound.get(like), torch.Tensor):
+                bound[k] = torch.zeros_like(bound[like])
         missing = [k for k in positional + keys if k not in bound]
         extra = [k for k, v in bound.items() if k not in positional and k not in keys and v is not None]
         if missing or extra:
@@ -86,7 +90,7 @@ class Signature:
     # ---- JSON ----------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"kind": self.kind, "param_names": list(self.param_names), "input_names": list(self.input_names),
-                "tensor_leaves": self.tensor_leaves,
+                "tensor_leaves": self.tensor_leaves, "zeros_like": dict(self.zeros_like),
                 "in_spec": spec_to_json(self.in_spec) if self.in_spec is not None else None,
                 "out_spec": spec_to_json(self.out_spec) if self.out_spec is not None else None}
 
@@ -94,7 +98,8 @@ class Signature:
     def from_json(d: dict) -> Signature:
         return Signature(d["kind"], spec_from_json(d["in_spec"]) if d.get("in_spec") else None,
                          spec_from_json(d["out_spec"]) if d.get("out_spec") else None,
-                         list(d.get("param_names", [])), list(d.get("input_names", [])), d.get("tensor_leaves"))
+                         list(d.get("param_names", [])), list(d.get("input_names", [])), d.get("tensor_leaves"),
+                         dict(d.get("zeros_like", {})))
 
 
 # ---- causal LMs: input_ids in, logits (+ presents) out --------------------------------------------
