@@ -11,6 +11,8 @@ bisects numerics against the interpreter.
 - `print_ir_after`: "all", "changed" (passes that report a change), a pass name, or a comma list
   / list of those (default: `SLIMGRAPH_PRINT_IR_AFTER`); the IR goes to stderr.
 - A pass that throws is re-raised as `PassError` naming it and the passes that ran before it.
+- `reproducer` (default: `SLIMGRAPH_REPRODUCER`): a file path; when a pass fails, the IR it received
+  is written there with a replay line, so the failure can be rerun on its own.
 """
 from __future__ import annotations
 import os
@@ -21,6 +23,7 @@ from typing import Any, Iterable
 
 import torch
 
+from ..ir.printer import print_graph
 from .base import Pass, PassError
 from .pipeline import format_pipeline, parse_pipeline
 
@@ -102,7 +105,8 @@ def debug_default() -> bool:
 class PassManager:
     def __init__(self, passes: str | Iterable[str | Pass], verify: bool | str | None = None,
                  example_inputs: Iterable[torch.Tensor] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
-                 print_ir_after: str | Iterable[str] | None = None, progress: bool | None = None):
+                 print_ir_after: str | Iterable[str] | None = None, progress: bool | None = None,
+                 reproducer: str | None = None):
         self.passes = parse_pipeline(passes)
         self.verify = debug_default() if verify is None else verify
         if self.verify not in (True, False, "numerics"):
@@ -115,6 +119,7 @@ class PassManager:
         spec = print_ir_after if print_ir_after is not None else env
         self.print_ir_after = set(spec.split(",")) if isinstance(spec, str) else set(spec or ())
         self.progress = progress
+        self.reproducer = reproducer if reproducer is not None else os.environ.get("SLIMGRAPH_REPRODUCER")
 
     @property
     def pipeline(self) -> str:
@@ -124,24 +129,43 @@ class PassManager:
         report = PipelineReport(self.pipeline, nodes_before=len(graph.nodes))
         reference = self._interpret(graph, "the input graph") if self.verify == "numerics" else None
         for i, p in enumerate(self._iter()):
-            start = time.perf_counter()
+            before = print_graph(graph) if self.reproducer else None
             try:
-                result = p.run(graph)
-            except Exception as e:
-                raise PassError(f"pass {p.spec()!r} (#{i} in pipeline) failed: {type(e).__name__}: {e}\n"
-                                f"  passes that ran before it: {self._before(i)}") from e
-            if result is None or not hasattr(result, "changed"):
-                raise PassError(f"pass {p.name!r} returned {result!r}; "
-                                "pass developer: run() must return PassResult")
-            rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
-                             dict(result.stats), len(graph.nodes))
-            report.records.append(rec)
-            self._dump(graph, p, i, rec.changed)
-            if self.verify:
-                self._verify(graph, p, i)
-            if reference is not None:
-                rec.max_abs_err = self._compare(graph, reference, p, i)
+                report.records.append(self._run_one(graph, p, i, reference))
+            except PassError as e:
+                if before is not None:
+                    e.args = (f"{e}\n  reproducer (the IR this pass got): {self._save(before, p, i)}",)
+                raise
         return report
+
+    def _run_one(self, graph, p: Pass, i: int, reference) -> PassRecord:
+        start = time.perf_counter()
+        try:
+            result = p.run(graph)
+        except Exception as e:
+            raise PassError(f"pass {p.spec()!r} (#{i} in pipeline) failed: {type(e).__name__}: {e}\n"
+                            f"  passes that ran before it: {self._before(i)}") from e
+        if result is None or not hasattr(result, "changed"):
+            raise PassError(f"pass {p.name!r} returned {result!r}; "
+                            "pass developer: run() must return PassResult")
+        rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
+                         dict(result.stats), len(graph.nodes))
+        self._dump(graph, p, i, rec.changed)
+        if self.verify:
+            self._verify(graph, p, i)
+        if reference is not None:
+            rec.max_abs_err = self._compare(graph, reference, p, i)
+        return rec
+
+    def _save(self, ir_text: str, p: Pass, i: int) -> str:
+        """Write the IR a failing pass received, with the command that replays it (MLIR-style)."""
+        path = self.reproducer
+        header = (f"# slimgraph reproducer: pass {p.spec()!r} (#{i} of {self.pipeline!r}) failed on this graph.\n"
+                  f"# replay: PassManager({p.spec()!r}, verify=True)"
+                  f".run(parse_graph(open({path!r}).read(), weights=...))\n")
+        with open(path, "w") as f:
+            f.write(header + ir_text)
+        return path
 
     def _iter(self):
         show = self.progress if self.progress is not None else (sys.stderr.isatty() and len(self.passes) > 3)

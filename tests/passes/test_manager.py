@@ -155,3 +155,17 @@ def test_print_ir_after_changed_skips_passes_that_changed_nothing(capsys):
     err = capsys.readouterr().err
     dumped = [ln.split("'")[1] for ln in err.splitlines() if "IR after pass" in ln]
     assert dumped == ["canonicalize", "dce", "cse"]
+
+
+def test_reproducer_holds_the_ir_the_failing_pass_received(tmp_path):
+    path = tmp_path / "repro.sgir"
+    g = graph()
+    with pytest.raises(PassError) as e:
+        PassManager("canonicalize,cse,test-corrupt-uses,dce", verify=True, reproducer=str(path)).run(g)
+    assert f"reproducer (the IR this pass got): {path}" in str(e.value)
+    text = path.read_text()
+    assert text.startswith("# slimgraph reproducer: pass 'test-corrupt-uses' (#2 of")
+    replay = parse_graph(text)  # comment lines are skipped: the file parses as-is
+    assert replay.op_counts() == {"exp": 1, "add": 2, "neg": 1}  # after canonicalize+cse, before the bad pass
+    with pytest.raises(PassError, match="test-corrupt-uses"):
+        PassManager("test-corrupt-uses", verify=True).run(replay)
