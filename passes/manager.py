@@ -160,7 +160,8 @@ class PassManager:
     def _save(self, ir_text: str, p: Pass, i: int) -> str:
         """Write the IR a failing pass received, with the command that replays it (MLIR-style)."""
         path = self.reproducer
-        header = (f"# slimgraph reproducer: pass {p.spec()!r} (#{i} of {self.pipeline!r}) failed on this graph.\n"
+        header = (f"# slimgraph reproducer: pass {p.spec()!r} (#{i} of {self.pipeline!r}) failed on this "
+                  "graph.\n"
                   f"# replay: PassManager({p.spec()!r}, verify=True)"
                   f".run(parse_graph(open({path!r}).read(), weights=...))\n")
         with open(path, "w") as f:
