@@ -26,7 +26,18 @@ def canon(d) -> Dim:
         raise TypeError("a dim cannot be a bool")
     if isinstance(d, int):
         return d
-    e = d if isinstance(d, sympy.Basic) else _expr(str(d))
+    if isinstance(d, str):
+        return _canon_str(d)
+    return _canon_expr(d if isinstance(d, sympy.Basic) else _expr(str(d)))
+
+
+@lru_cache(maxsize=16384)
+def _canon_str(s: str) -> Dim:
+    # memoized: the same few dims ("seq", "past+seq") are canonicalized thousands of times per model
+    return _canon_expr(_expr(s))
+
+
+def _canon_expr(e) -> Dim:
     e = sympy.simplify(e) if not e.is_Symbol else e
     if e.is_Integer:
         return int(e)
@@ -55,7 +66,12 @@ def _compiled(d: str):
 def equal(a: Dim, b: Dim) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return sympy.simplify(_expr(str(a)) - _expr(str(b))) == 0
+    return a == b or _equal_str(str(a), str(b))
+
+
+@lru_cache(maxsize=16384)
+def _equal_str(a: str, b: str) -> bool:
+    return sympy.simplify(_expr(a) - _expr(b)) == 0
 
 
 def add(a: Dim, b: Dim) -> Dim:

@@ -17,7 +17,13 @@ for _name, _fn in _BINARY.items():
     register_op(_name, inputs="a b", infer=I.elementwise)(lambda a, b, _fn=_fn: _fn(a, b))
 
 register_op("div", inputs="a b", infer=I.float_elementwise)(lambda a, b: torch.div(a, b))
-register_op("pow", inputs="a b", infer=I.elementwise)(lambda a, b: torch.pow(a, b))
+@register_op("pow", inputs="a b", infer=I.elementwise)
+def pow_(a, b):
+    # a 0-d exponent is a scalar of the source program: torch's scalar kernel special-cases
+    # x**2 as x*x (the tensor-exponent kernel calls pow and can differ by an ulp)
+    if b.dim() == 0 and a.dim() > 0:
+        return torch.pow(a, b.item())
+    return torch.pow(a, b)
 
 _PREDICATES = {
     "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
