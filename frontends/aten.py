@@ -279,13 +279,15 @@ def _rms_norm(cx, a):
     return cx.op("rms_norm", *ins, eps=float(a["eps"]))
 
 
-@rule("_native_batch_norm_legit_no_training.default")
+@rule("_native_batch_norm_legit_no_training.default", "batch_norm.default")
 def _batch_norm(cx, a):
+    if a.get("training"):
+        raise cx.unsupported("batch_norm in training mode (call model.eval() before exporting)")
     if a["weight"] is None or a["bias"] is None:
         raise cx.unsupported("batch_norm without affine weight and bias")
     y = cx.op("batch_norm", *(cx.value(a[k]) for k in ("input", "running_mean", "running_var", "weight", "bias")),
               eps=float(a["eps"]))
-    return (y, None, None)
+    return y if cx.target == "aten.batch_norm.default" else (y, None, None)
 
 
 @rule("scaled_dot_product_attention.default")

@@ -115,7 +115,7 @@ def _drop_dead(g: Graph):
 def _output_names(spec, n) -> list[str]:
     paths = [p for p, _ in pytree.tree_flatten_with_path(pytree.tree_unflatten(list(range(n)), spec))[0]]
     names = [re.sub(r"[^A-Za-z0-9_]+", "_", pytree.keystr(p)).strip("_") for p in paths]
-    return [("output_" + s) if not s or s[0].isdigit() else s for s in names]
+    return [("output_" + s) if s[:1].isdigit() else (s or "output") for s in names]
 
 
 def _rename(g: Graph, v: Value, name: str):
@@ -158,6 +158,7 @@ class Converter:
         self.symbols: dict[str, str] = {}       # torch symbol -> IR symbol name
         self.weights: dict[tuple, Value] = {}   # tensor identity -> weight (tied weights share one)
         self.consts: dict[tuple, Value] = {}
+        self._dims: dict[Any, int | str] = {}   # torch size expression -> IR dim
         self.tensor_leaves: list[int] = []
         self.node: torch.fx.Node | None = None
 
@@ -292,6 +293,11 @@ class Converter:
         expr = d.node.expr
         if expr.is_number:
             return int(expr)
+        if expr not in self._dims:
+            self._dims[expr] = self._expr_to_dim(expr)
+        return self._dims[expr]
+
+    def _expr_to_dim(self, expr) -> str:
         subs = {}
         for s in expr.free_symbols:
             if str(s) not in self.symbols:

@@ -1,0 +1,226 @@
+"""torch.export frontend: every imported graph verifies, round-trips through the text form, and
+matches eager PyTorch through the reference interpreter (fp32, max abs error <= 1e-5)."""
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+
+from slimgraph import ir
+from slimgraph.frontends.torch_export import ConversionError, UnsupportedOpError, import_module
+
+TOL = 1e-5
+
+
+def check_graph(imp):
+    g = imp.graph
+    ir.verify(g)
+    text = str(g)
+    assert str(ir.parse_graph(text, {k: w.tensor for k, w in g.weights.items()})) == text
+    return g
+
+
+def run(imp, *args, **kwargs):
+    return imp.unflatten_outputs(ir.run(imp.graph, *imp.flatten_inputs(*args, **kwargs)))
+
+
+def max_err(a, b):
+    return (a - b).abs().max().item()
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.drop(torch.relu(self.fc1(x)))
+        x = nn.functional.gelu(self.fc2(x), approximate="tanh") * 0.5 + 1
+        return torch.softmax(self.fc3(x), dim=-1), x.sum(-1)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.fc = nn.Conv2d(8, 16, 3, stride=2), nn.Linear(16 * 3 * 3, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.bn(self.c1(x))), 2)
+        x = nn.functional.avg_pool2d(torch.relu(self.c2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_mlp_dynamic_batch_and_output_structure():
+    torch.manual_seed(0)
+    m = MLP().eval()
+    imp = import_module(m, (torch.randn(3, 16),), dynamic_shapes=({0: Dim("batch")},))
+    g = check_graph(imp)
+    assert str(g.inputs[0].type) == "f32[batch,16]"
+    assert "dropout" not in str(g) and g.op_counts()["linear"] == 3
+    for n in (3, 7):
+        x = torch.randn(n, 16)
+        probs, total = run(imp, x)
+        ref = m(x)
+        assert max_err(probs, ref[0]) <= TOL and max_err(total, ref[1]) <= TOL
+
+
+def test_cnn_conv_bn_pool_flatten():
+    torch.manual_seed(0)
+    m = CNN().eval()
+    m.bn.running_mean.normal_()
+    m.bn.running_var.uniform_(0.5, 2.0)
+    imp = import_module(m, (torch.randn(2, 3, 28, 28),), dynamic_shapes=({0: Dim("batch")},))
+    g = check_graph(imp)
+    ops = g.op_counts()
+    for op in ("conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "reshape", "linear"):
+        assert op in ops, op
+    for n in (2, 5):
+        x = torch.randn(n, 3, 28, 28)
+        assert max_err(run(imp, x), m(x)) <= TOL
+
+
+def test_weights_are_shared_and_tied_weights_appear_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+            self.register_buffer("scale", torch.tensor(2.0))
+
+        def forward(self, ids):
+            return self.head(self.emb(ids) * self.scale)
+
+    m = Tied().eval()
+    g = check_graph(import_module(m, (torch.tensor([[1, 2, 3]]),)))
+    tied = [w for w in g.weights.values() if w.tensor.data_ptr() == m.emb.weight.data_ptr()]
+    assert len(tied) == 1 and len(tied[0].uses) == 2
+    assert "scale" in g.weights and g.weights["scale"].tensor.data_ptr() == m.scale.data_ptr()
+
+
+def test_scalars_become_typed_constants_and_promotion_matches_torch():
+    class Scalars(nn.Module):
+        def forward(self, x, i, b):
+            return x * 2 + 0.5, i + 3, i * 1.5, (b + 1), x.pow(2), 1.0 - x, i // 2
+
+    imp = import_module(Scalars(), (torch.randn(4), torch.arange(4, dtype=torch.int32),
+                                    torch.tensor([True, False, True, True])))
+    g = check_graph(imp)
+    consts = {(n.attrs["value"], n.attrs["dtype"]) for n in g.nodes if n.op == "constant"}
+    assert {(2, "i64"), (0.5, "f32"), (3, "i64"), (1.5, "f32")} <= consts
+    x, i, b = torch.randn(4), torch.arange(4, dtype=torch.int32), torch.tensor([True, False, False, True])
+    for got, want in zip(run(imp, x, i, b), Scalars()(x, i, b)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_symbolic_arithmetic_on_sizes():
+    class Sizes(nn.Module):
+        def forward(self, x, y):
+            z = torch.cat([x, y], dim=1)
+            pos = torch.arange(x.shape[1], x.shape[1] + y.shape[1])
+            return z.view(z.shape[0], -1, 2), pos + x.shape[1], z.new_ones(z.shape[1]).cumsum(0)
+
+    a, b = Dim("a"), Dim("b")
+    imp = import_module(Sizes(), (torch.randn(2, 6), torch.randn(2, 4)), dynamic_shapes=({1: a}, {1: b}))
+    g = check_graph(imp)
+    assert str(g.inputs[0].type) == "f32[2,a]" and str(g.outputs[1].type) == "i64[b]"
+    arange = next(n for n in g.nodes if n.op == "arange")
+    assert (arange.attrs["start"], arange.attrs["end"]) == ("a", "a+b")  # sizes became dim expressions
+    assert not any(n.op == "dim_value" and n.attrs["expr"] != "a" for n in g.nodes)
+    x, y = torch.randn(2, 8), torch.randn(2, 2)
+    for got, want in zip(run(imp, x, y), Sizes()(x, y)):
+        assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_unsupported_op_names_the_aten_op_and_source_line():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.special.bessel_j0(x)  # no IR op for this
+
+    with pytest.raises(UnsupportedOpError) as err:
+        import_module(Odd(), (torch.randn(3),))
+    msg = str(err.value)
+    assert "aten.special_bessel_j0" in msg
+    assert f"{__file__}:" in msg and "bessel_j0(x)" in msg
+    assert "aten.linear.default" in msg  # the supported set is listed
+
+
+def test_training_mode_dropout_is_refused():
+    m = MLP().train()
+    with pytest.raises(ConversionError, match="model.eval"):
+        import_module(m, (torch.randn(3, 16),))
+
+
+# ---- transformers models (tiny random configs) ---------------------------------------------------
+def _tiny(name):
+    import transformers as tf
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4)
+    if name == "bert":
+        return tf.BertModel(tf.BertConfig(**common, max_position_embeddings=64)).eval()
+    if name == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
+                                                bos_token_id=0, eos_token_id=0)).eval()
+    cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+           "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[name]
+    return cls[1](cls[0](**common, num_key_value_heads=2)).eval()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "gpt2"])
+def test_causal_lm_without_cache(name):
+    pytest.importorskip("transformers")
+    m = _tiny(name)
+    ids = torch.randint(0, 128, (2, 7))
+    imp = import_module(m, (ids,), {"use_cache": False},
+                        dynamic_shapes={"input_ids": {0: Dim("batch"), 1: Dim("seq", max=64)}, "use_cache": None})
+    g = check_graph(imp)
+    assert imp.input_names == ["input_ids"] and imp.output_names == ["logits"]
+    assert str(g.inputs[0].type) == "i64[batch,seq]"
+    assert "attention" in g.op_counts()
+    for shape in [(2, 7), (3, 12)]:
+        ids = torch.randint(0, 128, shape)
+        out = run(imp, ids, use_cache=False)
+        assert type(out).__name__.startswith("CausalLMOutputWith")  # the model's own output class
+        assert max_err(out.logits, m(ids, use_cache=False).logits) <= TOL
+
+
+def _bert_inputs(shape):
+    ids = torch.randint(0, 128, shape)
+    mask = torch.ones(shape, dtype=torch.long)
+    mask[0, -2:] = 0  # padding exercises the attention mask
+    return ids, mask
+
+
+def test_bert_with_padding_mask():
+    pytest.importorskip("transformers")
+    m = _tiny("bert")
+    ids, mask = _bert_inputs((2, 7))
+    b, s = Dim("batch"), Dim("seq", max=64)
+    imp = import_module(m, (), {"input_ids": ids, "attention_mask": mask},
+                        dynamic_shapes={"input_ids": {0: b, 1: s}, "attention_mask": {0: b, 1: s}})
+    check_graph(imp)
+    assert imp.output_names == ["last_hidden_state", "pooler_output"]
+    for shape in [(2, 7), (3, 11)]:
+        ids, mask = _bert_inputs(shape)
+        out, ref = run(imp, input_ids=ids, attention_mask=mask), m(input_ids=ids, attention_mask=mask)
+        assert max_err(out.last_hidden_state, ref.last_hidden_state) <= TOL
+        assert max_err(out.pooler_output, ref.pooler_output) <= TOL
+
+
+@pytest.mark.real_model
+def test_real_minilm_on_tokenized_text(minilm):
+    model, tok = minilm
+    batch = tok(["slimgraph compiles neural networks.", "A short one."], padding=True, return_tensors="pt")
+    b, s = Dim("batch"), Dim("seq", max=512)
+    imp = import_module(model, (), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+                        dynamic_shapes={"input_ids": {0: b, 1: s}, "attention_mask": {0: b, 1: s}})
+    g = check_graph(imp)
+    assert g.op_counts()["attention"] == 6
+    texts = ["Different lengths work too, because seq is symbolic in the graph.", "Yes.", "A third sentence."]
+    for t in (batch, tok(texts, padding=True, return_tensors="pt")):
+        kw = {"input_ids": t.input_ids, "attention_mask": t.attention_mask}
+        with torch.no_grad():
+            ref = model(**kw)
+        assert max_err(run(imp, **kw).last_hidden_state, ref.last_hidden_state) <= TOL
