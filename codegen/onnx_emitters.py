@@ -116,7 +116,8 @@ def _hardsigmoid(ex, node, ins):
 
 @emitter("isinf")
 def _isinf(ex, node, ins):
-    return [ex.one("IsInf", ins[0], detect_positive=int(node.attrs["pos"]), detect_negative=int(node.attrs["neg"]))]
+    x = ex.cast(ins[0], node.inputs[0].type.dtype, "f32") if node.inputs[0].type.dtype in ("f16", "bf16") else ins[0]
+    return [ex.one("IsInf", x, detect_positive=int(node.attrs["pos"]), detect_negative=int(node.attrs["neg"]))]
 
 
 @emitter("gelu")
