@@ -10,6 +10,7 @@ own cache code (Llama, Qwen2, Mistral, GPT-2, ...) is what gets exported.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,15 +65,17 @@ class FlatCacheLM(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(self, input_ids, *past):
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache})
         presents = []
-        for layer in out.past_key_values.layers:
+        for layer in getattr(out, self._cache_arg).layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
 

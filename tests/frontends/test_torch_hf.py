@@ -1,5 +1,6 @@
 """frontends.hf: causal LMs exported over flat KV caches; prefill + decode steps through the
 interpreter match Hugging Face's own cached forward (fp32, max abs error <= 1e-5)."""
+import inspect
 import json
 import time
 
@@ -36,16 +37,17 @@ def check_graph(g):
 def decode_matches_hf(model, imp, kv, ids, steps=3):
     """Prefill on `ids` with empty caches, then `steps` greedy decode steps feeding the presents back."""
     errs = []
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         ref = model(ids, use_cache=True)
         outs = ir.run(imp.graph, ids, *kv.empty_cache(ids.shape[0]))
         errs.append((outs[0] - ref.logits).abs().max().item())
-        hf_cache, cache, nxt = ref.past_key_values, outs[1:], ref.logits[:, -1:].argmax(-1)
+        hf_cache, cache, nxt = getattr(ref, arg), outs[1:], ref.logits[:, -1:].argmax(-1)
         for _ in range(steps):
-            ref = model(nxt, past_key_values=hf_cache, use_cache=True)
+            ref = model(nxt, use_cache=True, **{arg: hf_cache})
             outs = ir.run(imp.graph, nxt, *cache)
             errs.append((outs[0] - ref.logits).abs().max().item())
-            hf_cache, cache, nxt = ref.past_key_values, outs[1:], ref.logits[:, -1:].argmax(-1)
+            hf_cache, cache, nxt = getattr(ref, arg), outs[1:], ref.logits[:, -1:].argmax(-1)
     assert cache[0].shape[2] == ids.shape[1] + steps  # the presents grew by one per step
     return errs
 
