@@ -29,7 +29,7 @@ MANIFEST, GRAPH, WEIGHTS = "manifest.json", "graph.sgir", "weights.safetensors"
 # manifest key -> JSON type(s) it must have
 SCHEMA = {"format": str, "format_version": int, "slimgraph_version": str, "torch_version": str,
           "target": str, "pipeline": str, "inputs": list, "outputs": list, "signature": dict,
-          "kv": (dict, type(None)), "weight_aliases": dict, "report": dict, "files": dict, "checksum": str}
+          "kv": (dict, type(None)), "weight_aliases": dict, "weight_layouts": dict, "report": dict, "files": dict, "checksum": str}
 
 
 class ArtifactError(ValueError):
@@ -56,7 +56,7 @@ def _write(compiled, d: Path):
     import slimgraph
     graph = compiled.graph
     (d / GRAPH).write_text(graph.__str__(), encoding="utf-8")
-    tensors, aliases = _weights_to_store(graph)
+    tensors, aliases, layouts = _weights_to_store(graph)
     save_file(tensors, str(d / WEIGHTS), metadata={"format": "pt"})
     kv = compiled.kv.to_dict() if compiled.kv is not None else None
     manifest = {
@@ -65,6 +65,7 @@ def _write(compiled, d: Path):
         "target": compiled.target, "pipeline": compiled.pipeline or "",
         "inputs": [_sig(v) for v in graph.inputs], "outputs": [_sig(v) for v in graph.outputs],
         "signature": compiled.signature.to_json(), "kv": kv, "weight_aliases": aliases,
+        "weight_layouts": layouts,
         "report": compiled.report.to_dict(),
         "files": {name: _file_info(d / name) for name in (GRAPH, WEIGHTS)},
     }
@@ -73,22 +74,28 @@ def _write(compiled, d: Path):
 
 
 def _weights_to_store(graph):
-    """Contiguous tensors to write, plus aliases: a weight that is the very same view as an earlier
-    one (tied embeddings) is stored once; other views sharing memory are copied."""
-    tensors, aliases, seen, storages = {}, {}, {}, set()
+    """Tensors to write, aliases and layouts. A weight that is the very same view as an earlier one
+    (tied embeddings) is stored once; a permuted view (e.g. a transposed parameter) is stored in its
+    memory order with the permutation recorded, so it loads with the same strides (and matmuls sum
+    in the same order); any other view sharing memory is copied."""
+    tensors, aliases, layouts, seen, storages = {}, {}, {}, {}, set()
     for name, w in graph.weights.items():
-        t = w.tensor
+        t = w.tensor.detach()
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         if key in seen:
             aliases[name] = seen[key]
             continue
         seen[key] = name
-        t = t.detach().contiguous()
+        perm = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+        if not t.is_contiguous() and t.permute(perm).is_contiguous():
+            t = t.permute(perm)
+            layouts[name] = perm
+        t = t.contiguous()
         if t.untyped_storage().data_ptr() in storages:  # overlaps a stored tensor: safetensors refuses
             t = t.clone()
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
-    return tensors, aliases
+    return tensors, aliases, layouts
 
 
 def _replace_dir(new: Path, path: Path):
@@ -197,7 +204,9 @@ def _read_graph(path: Path, manifest: dict):
     stored, aliases = set(f.keys()), manifest["weight_aliases"]
     loaders = {}
     for name in stored:
-        loaders[name] = (lambda n=name: f.get_tensor(n))
+        perm = manifest["weight_layouts"].get(name)
+        inverse = sorted(range(len(perm)), key=perm.__getitem__) if perm else None
+        loaders[name] = (lambda n=name, inv=inverse: f.get_tensor(n) if inv is None else f.get_tensor(n).permute(inv))
     for name, target in aliases.items():
         loaders[name] = loaders.get(target)
     try:
