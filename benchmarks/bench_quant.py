@@ -116,8 +116,10 @@ def quantize_model(model, bits, group, sym, method, ids=None, damp=0.01):
         hooks.append(m.register_forward_pre_hook(pre))
     from tqdm.auto import tqdm
     bar = tqdm(total=len(hooks), desc=f"{method}", unit="layer", file=sys.stderr)
+    def tick(*_):
+        bar.update(1)   # returns None: the layer's output is kept
     for m in linears(model).values():
-        hooks.append(m.register_forward_hook(lambda *a: bar.update(1)))
+        hooks.append(m.register_forward_hook(tick))
     try:
         model.model(ids)
     finally:
@@ -147,7 +149,7 @@ def main():
     base = evaluate.perplexity(model, tok, max_tokens=args.max_tokens)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, calib {n}x{seq} tokens")
-    print(f"fp32 ppl {base:.4f} (eval {time.perf_counter() - t:.1f} s)")
+    print(f"fp32 ppl {base:.4f} (eval {time.perf_counter() - t:.1f} s)", flush=True)
     print("| config | ppl | ppl change | quantize time (s) | linear bytes vs fp16 |")
     print("|---|---|---|---|---|")
     for name in args.only.split(","):

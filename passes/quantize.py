@@ -8,7 +8,8 @@ runnable by the interpreter at every step. Methods:
   gptq      GPTQ error compensation, sequential over the calibration run (passes/gptq.py)
   awq       AWQ scales folded into the producers of the inputs, then clip search + RTN (passes/awq.py)
   awq-gptq  AWQ scales, then GPTQ rounding
-gptq/awq need `calibration=Calibration(...)` (passes/calibration.py), set from Python.
+gptq/awq need `calibration=` token ids i64[n, seq] of real text (e.g. slimgraph.evaluate.token_ids)
+or a Calibration (passes/calibration.py), set from Python.
 Selection: every linear weight except embeddings and `lm_head` (a weight an `embedding` op also
 reads, e.g. tied heads); `include`/`exclude` are fnmatch patterns on weight names.
 """
@@ -43,7 +44,7 @@ class QuantizeWeights(Pass):
     scale_dtype: Literal["f32", "f16"] = "f32"
     damp: float = 0.01
     act_order: bool = True
-    calibration: Any = None         # Calibration, needed by gptq/awq (not settable from text)
+    calibration: Any = None         # Calibration or token ids i64[n, seq]; gptq/awq need it (set from Python)
     layer_overrides: Any = None     # {weight name: (bits, group)} from select-precision
 
     def run(self, graph) -> PassResult:
@@ -115,6 +116,8 @@ class QuantizeWeights(Pass):
         return Q.quantize_rtn(w, bits, group, sym, clip)
 
     def calibrated(self, graph, targets) -> dict:
+        if isinstance(self.calibration, torch.Tensor):
+            self.calibration = Calibration.from_token_ids(graph, self.calibration)
         if not isinstance(self.calibration, Calibration):
             raise PassError(f"quantize-weights: method={self.method} needs calibration data: pass "
                             f"calibration=Calibration.from_token_ids(graph, ids) (slimgraph.passes.calibration)")

@@ -96,3 +96,36 @@ def test_calibration_inputs_for_kv_cache_graph():
     g.add_input("past_key_0", TensorType("f32", ("batch", 3, "past", 8)))
     c = Calibration.from_token_ids(g, torch.zeros(4, 16, dtype=torch.long))
     assert c.inputs[1].shape == (4, 3, 0, 8) and c.tokens == 64
+
+
+def model_text(g, n, seq=32, seed=3):
+    """Token ids sampled from the tiny model itself (each position depends only on the previous token),
+    so the float model predicts them well and quantization measurably hurts."""
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.softmax(ir.run(g, torch.arange(VOCAB)[None])[0][0], -1)
+    out = [torch.randint(0, VOCAB, (n,), generator=gen)]
+    for _ in range(seq - 1):
+        out.append(torch.multinomial(P[out[-1]], 1, generator=gen)[:, 0])
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("target", [0.002, 0.5])
+def test_select_precision_meets_target_with_fewest_high_layers(target):
+    g = tiny_lm()
+    g.weights["lm_head.weight"].tensor *= 2
+    calib = model_text(g, 16)
+    res = get_pass("select-precision")(target_ppl=target, bits=4, group=0, calibration=calib).run(g)
+    ir.verify(g)
+    st = res.stats
+    high, limit = st["high_precision_layers"], st["calib_ppl_float"] * (1 + target)
+    assert st["calib_ppl_rtn_choice"] <= limit
+    assert set(st["choice"]) == {"mlp.gate.weight", "mlp.up.weight", "mlp.down.weight", "proj.weight", "out.weight"}
+    assert sorted(n for n, c in st["choice"].items() if c == "int8") == high
+    assert sum(c == "int4" for c in st["choice"].values()) == 5 - len(high)
+    assert g.op_counts()["dequantize"] == 5
+    if target == 0.5:
+        assert high == []                        # a loose target keeps everything at 4 bits
+    else:
+        assert st["searched"][0] > limit         # all-4-bit misses this target ...
+        assert 0 < len(high) < 5                 # ... and not every layer is needed at 8 bits
+        assert st["searched"][len(high) - 1] > limit   # one layer fewer misses it (minimality)

@@ -1,0 +1,130 @@
+"""select-precision: mixed-precision weight quantization chosen against a quality target.
+
+    select-precision{target_ppl=0.05, bits=4, group=64, high_bits=8, high_group=0, method=gptq}
+
+1. One calibration run gives each linear's input statistics H; a layer's sensitivity is the
+   output error its low-precision RTN weight causes, tr(E H E^T), per byte that keeping it at
+   high precision costs.
+2. Layers are ranked by that ratio; a binary search finds the fewest top-ranked layers to keep at
+   `high_bits`/`high_group` such that the calibration perplexity (RTN for every layer, measured
+   with the interpreter; the graph's first output must be the logits) stays within
+   (1 + target_ppl) x the float model's.
+3. quantize-weights runs with that per-layer choice and `method` (GPTQ/AWQ only improve on the
+   RTN the choice was made with). The stats list the choice per layer.
+"""
+from __future__ import annotations
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..ir import quant_format as Q
+from ..ir.interpreter import run
+from .base import Pass, PassError, PassResult, register_pass
+from .calibration import Calibration, collect_stats
+from .quantize import QuantizeWeights
+
+
+@register_pass("select-precision")
+@dataclass
+class SelectPrecision(Pass):
+    """Keep the most sensitive layers at high precision so calibration perplexity meets target_ppl."""
+    target_ppl: float = 0.05
+    bits: int = 4
+    group: int = 64
+    high_bits: int = 8
+    high_group: int = 0
+    method: Literal["rtn", "gptq", "awq", "awq-gptq"] = "rtn"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    calibration: Any = None        # token ids i64[n, seq] (or a Calibration) of real text; set from Python
+
+    def run(self, graph) -> PassResult:
+        calib = self.calibration
+        if isinstance(calib, torch.Tensor):
+            calib = Calibration.from_token_ids(graph, calib)
+        if not isinstance(calib, Calibration):
+            raise PassError("select-precision needs calibration token ids: pass calibration=ids (i64[n, seq], "
+                            "e.g. slimgraph.evaluate.token_ids(tokenizer, 'calib', 8, 256))")
+        low = QuantizeWeights(bits=self.bits, group=self.group, include=self.include, exclude=self.exclude)
+        targets = low.select(graph)
+        for name in targets:
+            low.check_layer(graph.weights[name])
+            QuantizeWeights(bits=self.high_bits, group=self.high_group).check_layer(graph.weights[name])
+        ranked = self.rank(graph, targets, calib)
+        fake = {n: {p: self.fake(graph.weights[n].tensor, *p) for p in (self.low, self.high)} for n in targets}
+        base = self.perplexity(graph, calib, {})
+        limit = base * (1 + self.target_ppl)
+
+        def ppl_keeping(k):
+            return self.perplexity(graph, calib, {n: fake[n][self.high if i < k else self.low]
+                                                  for i, n in enumerate(ranked)})
+        lo, hi = 0, len(ranked)            # invariant: keeping `hi` layers high meets the target
+        measured = {0: ppl_keeping(0)}
+        if measured[0] > limit:
+            measured[hi] = ppl_keeping(hi)
+            if measured[hi] > limit:
+                raise PassError(f"select-precision: even with every layer at {self.high_bits} bits the calibration "
+                                f"perplexity is {measured[hi]:.3f} > {limit:.3f} (float {base:.3f} x (1+{self.target_ppl})): "
+                                f"raise target_ppl or high_bits")
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                measured[mid] = ppl_keeping(mid)
+                lo, hi = (lo, mid) if measured[mid] <= limit else (mid, hi)
+        else:
+            hi = 0
+        keep = set(ranked[:hi])
+        overrides = {n: (self.high if n in keep else self.low) for n in targets}
+        res = QuantizeWeights(bits=self.bits, group=self.group, method=self.method, include=self.include,
+                              exclude=self.exclude, calibration=calib, layer_overrides=overrides).run(graph)
+        res.stats.update({"high_precision_layers": sorted(keep), "calib_ppl_float": base,
+                          "calib_ppl_rtn_choice": measured[hi], "searched": dict(sorted(measured.items())),
+                          "choice": {n: f"int{b}" + (f"-g{g}" if g else "") for n, (b, g) in overrides.items()}})
+        return res
+
+    @property
+    def low(self):
+        return (self.bits, self.group)
+
+    @property
+    def high(self):
+        return (self.high_bits, self.high_group)
+
+    def sym(self, bits):
+        return bits == 8
+
+    def fake(self, w, bits, group):
+        q, s, z = Q.quantize_rtn(w, bits, group, self.sym(bits))
+        return Q.dequantize(*Q.store(q, s, z, bits, self.sym(bits)), bits, group, w.dtype)
+
+    def rank(self, graph, targets, calib) -> list[str]:
+        """Weight names, most sensitive per extra byte first."""
+        linears = sorted((n for users in targets.values() for n in users), key=graph.nodes.index)
+        stats = collect_stats(graph, calib, linears, "select-precision: calibrating")
+        score = {}
+        for name, users in targets.items():
+            w = graph.weights[name].tensor.float()
+            H = stats[id(users[0].inputs[0])].hessian
+            e = self.fake(w, *self.low) - w
+            extra = _bytes(w.shape, *self.high) - _bytes(w.shape, *self.low)
+            score[name] = float(((e @ H) * e).sum()) / max(extra, 1)
+        return sorted(score, key=score.get, reverse=True)
+
+    def perplexity(self, graph, calib, swapped: dict) -> float:
+        saved = {n: graph.weights[n].tensor for n in swapped}
+        try:
+            for n, t in swapped.items():
+                graph.weights[n].tensor = t
+            logits = run(graph, *calib.inputs)[0].float()
+        finally:
+            for n, t in saved.items():
+                graph.weights[n].tensor = t
+        ids = calib.inputs[0]
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        return math.exp(float(nll))
+
+
+def _bytes(shape, bits, group):
+    out, k = shape
+    return out * k * bits // 8 + out * (k // Q.group_size(group, k)) * 5
