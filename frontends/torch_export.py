@@ -165,14 +165,36 @@ class Converter:
     # -- driver
     def run(self):
         self._placeholders()
-        for node in self.ep.graph.nodes:
+        outs = self._walk(self.ep.graph_module)
+        self.graph.set_outputs([self.value(a) for a in outs])
+
+    def _walk(self, module):
+        """Convert `module`'s call_function nodes; returns its output arguments."""
+        for node in module.graph.nodes:
             if node.op == "call_function":
                 self.node = node
                 self.env[node] = self._convert(node)
+            elif node.op == "get_attr":  # a submodule that a higher-order op runs
+                self.env[node] = getattr(module, node.target)
             elif node.op == "output":
-                self.graph.set_outputs([self.value(a) for a in node.args[0]])
-            elif node.op == "get_attr":
-                raise self.unsupported_at(node, f"get_attr {node.target} (higher-order ops are not supported)")
+                return node.args[0]
+        return ()
+
+    def _inline(self, node):
+        """torch.export wraps regions under `torch.enable_grad()`/`autocast(enabled=False)` in a
+        higher-order op over a submodule: for inference both just run the submodule."""
+        name = node.target.name()
+        if name not in ("wrap_with_set_grad_enabled", "wrap_with_autocast") or (
+                name == "wrap_with_autocast" and node.args[2]):
+            raise self.unsupported(f"higher-order op {name} (only grad-mode and disabled-autocast regions inline)")
+        i = next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
+        sub = self.env[node.args[i]]
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        for ph, arg in zip(placeholders, node.args[i + 1:], strict=True):
+            self.env[ph] = self.env[arg] if isinstance(arg, torch.fx.Node) else arg
+        outs = self._walk(sub)
+        self.node = node
+        return tuple(self.env[o] if isinstance(o, torch.fx.Node) else o for o in outs)
 
     def _placeholders(self):
         from torch.export.graph_signature import InputKind
@@ -227,6 +249,8 @@ class Converter:
             return None  # guards and scalar arithmetic that only feed asserts
         if node.target is operator.getitem:
             return self._getitem(node)
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            return self._inline(node)
         if target in aten.IGNORED:
             return None
         if target in aten.IDENTITY:  # pass the operand through untouched (a weight stays lazy)

@@ -224,3 +224,20 @@ def test_real_minilm_on_tokenized_text(minilm):
         with torch.no_grad():
             ref = model(**kw)
         assert max_err(run(imp, **kw).last_hidden_state, ref.last_hidden_state) <= TOL
+
+
+def test_grad_mode_and_disabled_autocast_regions_are_inlined():
+    class Regions(nn.Module):
+        def forward(self, x):
+            y = x + 1
+            with torch.autocast("cpu", enabled=False):
+                z = y.float() * 2
+            with torch.enable_grad():
+                w = z.sin()
+            return w
+
+    imp = import_module(Regions(), (torch.randn(3, 4),))
+    g = check_graph(imp)
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["add", "mul", "sin"]
+    x = torch.randn(3, 4)
+    assert torch.equal(run(imp, x), Regions()(x))
