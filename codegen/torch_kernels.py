@@ -172,23 +172,25 @@ def layer_norm(x, weight=None, bias=None, *, axes, eps):
 
 @torch_kernel("attention")
 def attention(q, k, v, mask=None, *, causal, scale):
-    """The reference `attention`, faster: GQA folds each group of query heads into the rows of its
-    key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower on CPU), and
-    no mask is built where causality is trivial (decode: one query sees every key)."""
+    """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
+    of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
+    the mask is shared by the heads; no mask is built where causality is trivial (one query)."""
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
-    keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq) if causal and lq > 1 else None
-    if hq != hk and mask is None:
-        g = hq // hk
-        rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
-        out = F.scaled_dot_product_attention(rows, k, v, attn_mask=None if keep is None else keep.repeat(g, 1),
-                                             scale=scale)
-        return out.reshape(*q.shape[:-1], v.shape[-1])
-    if hq != hk:
-        k, v = k.repeat_interleave(hq // hk, dim=-3), v.repeat_interleave(hq // hk, dim=-3)
-    if keep is not None:
-        if mask is None and lq == lk:
+    if causal and lq > 1:
+        if mask is None and lq == lk and hq == hk:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
         mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
                                           else mask.masked_fill(~keep, float("-inf")))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if hq == hk:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    g = hq // hk
+    if mask is not None and mask.dim() >= 3 and mask.shape[-3] != 1:  # a per-head mask: repeat k/v
+        k, v = k.repeat_interleave(g, dim=-3), v.repeat_interleave(g, dim=-3)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
+    if mask is not None:
+        mask = mask.repeat(*[1] * (mask.dim() - 2), g, 1)
+    out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(*q.shape[:-1], v.shape[-1])

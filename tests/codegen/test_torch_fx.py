@@ -188,6 +188,7 @@ def test_graph_is_not_modified():
 @pytest.mark.parametrize("hq,hk,lq,lk,causal,mask", [
     (4, 2, 3, 7, True, None), (4, 1, 1, 6, True, None), (6, 2, 4, 4, True, None), (6, 3, 2, 5, False, None),
     (2, 2, 5, 5, True, None), (2, 2, 5, 5, True, "bool"), (4, 2, 3, 3, False, "float"), (4, 2, 2, 6, True, "bool"),
+    (6, 2, 3, 5, True, "bool4d"), (6, 2, 1, 5, True, "float4d"), (4, 2, 3, 3, False, "perhead"),
 ])
 def test_attention_kernel(hq, hk, lq, lk, causal, mask):
     gen = torch.Generator().manual_seed(hq * 10 + lq)
@@ -198,6 +199,13 @@ def test_attention_kernel(hq, hk, lq, lk, causal, mask):
         m[:, 0] = True
     elif mask == "float":
         m = torch.randn(lq, lk, generator=gen)
+    elif mask == "bool4d":  # HF's [batch, 1, q, k] padding+causal mask
+        m = torch.rand(2, 1, lq, lk, generator=gen) > 0.3
+        m[..., 0] = True
+    elif mask == "float4d":
+        m = torch.randn(2, 1, lq, lk, generator=gen)
+    elif mask == "perhead":
+        m = torch.randn(2, hq, lq, lk, generator=gen)
     ref = ir.get_op("attention").impl(q, k, v, m, causal=causal, scale=None)
     got = torch_kernels.attention(q, k, v, m, causal=causal, scale=None)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
