@@ -533,5 +533,10 @@ def _scalar_tensor(cx, a):
 
 @rule("arange.default", "arange.start", "arange.start_step")
 def _arange(cx, a):
-    start, end, step = (cx.dim(a.get("start", 0)), cx.dim(a["end"]), cx.dim(a.get("step", 1)))
+    bounds = [a.get("start", 0), a["end"], a.get("step", 1)]
+    if any(isinstance(b, float) for b in bounds):  # torch.arange(3.0): integral floats count exactly
+        if not all(isinstance(b, (int, float)) and float(b).is_integer() for b in bounds):
+            raise cx.unsupported("arange with fractional bounds")
+        bounds = [int(b) for b in bounds]
+    start, end, step = (cx.dim(b) for b in bounds)
     return cx.op("arange", start=start, end=end, step=step, dtype=cx.out_dtype())

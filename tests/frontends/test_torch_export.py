@@ -241,3 +241,55 @@ def test_grad_mode_and_disabled_autocast_regions_are_inlined():
     assert [n.op for n in g.nodes if n.op != "constant"] == ["add", "mul", "sin"]
     x = torch.randn(3, 4)
     assert torch.equal(run(imp, x), Regions()(x))
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
+
+
+_F = nn.functional
+OP_CASES = {
+    "masked_fill_where": lambda x: torch.where(x > 0, x, 0.0).masked_fill(x < -1, float("-inf")),
+    "index_and_gather": lambda x: (x[torch.tensor([2, 0])], x[:, torch.tensor([[1, 3]])],
+                                   torch.gather(x, 1, torch.tensor([[0, 1], [1, 2], [2, 3], [0, 0]]))),
+    "stack_split_chunk_unbind": lambda x: (torch.stack([x, x * 2], 1), *x.split([1, 5], 1), *x.chunk(2, 0),
+                                          *x.unbind(0)),
+    "narrow_select_flip_tri": lambda x: (x.narrow(1, 1, 2), x[1], x.flip(0), x.tril(-1), x.triu(1)),
+    "reductions": lambda x: (x.amax(1), x.max(1), x.min(0).values, x.var(1), x.std(0, keepdim=True),
+                             x.argmax(1), x.mean(), x.sum(0, dtype=torch.float64), x.cumsum(1)),
+    "norms_and_activations": lambda x: (_F.layer_norm(x, (6,)), _F.log_softmax(x, 1), _F.hardtanh(x),
+                                        _F.relu6(x), _F.leaky_relu(x, 0.2), x.clamp(min=-0.5), _F.elu(x),
+                                        _F.silu(x), _F.gelu(x), torch.erf(x), x.sigmoid()),
+    "constructors": lambda x: (x.new_zeros(2, 3), torch.full_like(x, 7), torch.ones_like(x, dtype=torch.int32),
+                               torch.arange(1, 9, 3), x + torch.arange(6)),
+    "reshapes_and_pads": lambda x: (x.t(), x.reshape(3, 8).transpose(0, 1), x.unflatten(1, (2, 3)),
+                                    x.unsqueeze(0).expand(2, 4, 6), x.repeat(2, 1), _F.pad(x, (1, 2)),
+                                    x.view(-1), x[:, None, 1:5:2]),
+    "matmuls": lambda x: (x @ x.t(), torch.bmm(x.view(2, 2, 6), x.view(2, 6, 2)),
+                          torch.addmm(torch.ones(6), x, torch.ones(6, 6).tril())),
+    "int_math": lambda x: ((x * 10).long() // 3, (x * 10).long() % 4, (x > 0) & (x < 1), ~(x > 0),
+                           torch.div((x * 10).long(), 3, rounding_mode="floor")),
+    # is_causal with 3 queries over 5 keys: torch aligns the diagonal top-left, the IR bottom-right
+    "sdpa_causal_and_gqa": lambda x: _F.scaled_dot_product_attention(
+        x.view(1, 4, 1, 6).expand(1, 4, 3, 6) * torch.arange(3.0).view(3, 1), x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6),
+        x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6) * torch.arange(5.0).view(5, 1), is_causal=True, enable_gqa=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_aten_rules_match_eager(name):
+    torch.manual_seed(0)
+    m = Fn(OP_CASES[name])
+    imp = import_module(m, (torch.randn(4, 6),))
+    check_graph(imp)
+    x = torch.randn(4, 6)
+    got, want = torch.utils._pytree.tree_leaves(run(imp, x)), torch.utils._pytree.tree_leaves(m(x))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=TOL, rtol=0, equal_nan=True)
