@@ -70,11 +70,22 @@ def _import(model, args, kwargs, dynamic_shapes):
                 kwargs = {**kwargs, "token_type_ids": torch.zeros_like(bound.get("input_ids", kwargs.get("input_ids")))}
         if dynamic_shapes is None:
             dynamic_shapes = _hf_dynamic_shapes(model, args, kwargs)
+    elif not args and not kwargs and _needs_inputs(model):
+        raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
+                            "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
     imported = import_module(model, args, kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
+
+
+def _needs_inputs(model) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _is_hf(model) -> bool:

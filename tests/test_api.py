@@ -97,6 +97,11 @@ def test_unknown_target_and_pass_are_clear_errors(mlp):
         slimgraph.optimize(mlp, (torch.randn(1, 16),), pipeline="dcee")
 
 
+def test_plain_module_needs_example_inputs(mlp):
+    with pytest.raises(OptimizeError, match="optimize\\(MLP\\): pass example_inputs"):
+        slimgraph.optimize(mlp)
+
+
 def test_verify_numerics_and_explicit_pipeline(mlp):
     fast = slimgraph.optimize(mlp, (torch.randn(2, 16),), pipeline="dce", verify="numerics")
     assert fast.pipeline == "dce" and [p["name"] for p in fast.report.passes] == ["dce"]
