@@ -225,11 +225,15 @@ def _cumsum(cx, a):
     return cx.op("cumsum", cx.value(a["self"]), dim=a["dim"], **extra)
 
 
+def _present(cx, *args):
+    """IR values for the given operands, leaving out trailing optional ones that are None."""
+    return [cx.value(v) for v in args if v is not None]
+
+
 # ---- linear algebra and nn ----------------------------------------------------------------------
 @rule("linear.default")
 def _linear(cx, a):
-    ins = [cx.value(a["input"]), cx.value(a["weight"])] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
-    return cx.op("linear", *ins)
+    return cx.op("linear", *_present(cx, a["input"], a["weight"], a["bias"]))
 
 
 @rule("matmul.default", "mm.default", "bmm.default")
@@ -285,8 +289,8 @@ def _batch_norm(cx, a):
         raise cx.unsupported("batch_norm in training mode (call model.eval() before exporting)")
     if a["weight"] is None or a["bias"] is None:
         raise cx.unsupported("batch_norm without affine weight and bias")
-    y = cx.op("batch_norm", *(cx.value(a[k]) for k in ("input", "running_mean", "running_var", "weight", "bias")),
-              eps=float(a["eps"]))
+    keys = ("input", "running_mean", "running_var", "weight", "bias")
+    y = cx.op("batch_norm", *(cx.value(a[k]) for k in keys), eps=float(a["eps"]))
     return y if cx.target == "aten.batch_norm.default" else (y, None, None)
 
 
@@ -315,7 +319,7 @@ def _conv2d(cx, a):
         if pad != "valid":
             raise cx.unsupported(f"conv2d padding={pad!r}")
         pad = [0, 0]
-    ins = [cx.value(a["input"]), cx.value(a["weight"])] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
+    ins = _present(cx, a["input"], a["weight"], a["bias"])
     two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
     return cx.op("conv2d", *ins, stride=two(a["stride"]), padding=two(pad), dilation=two(a["dilation"]),
                  groups=a["groups"])
@@ -407,7 +411,7 @@ def _slice(cx, a):
     dim = a["dim"] % x.type.rank
     start = 0 if a["start"] is None else cx.dim(a["start"])
     end = 2 ** 63 - 1 if a["end"] is None else cx.dim(a["end"])
-    if a["step"] == 1 and cx.same_type_as_output(x):  # a no-op slice (possibly by clamping, which the IR lacks)
+    if a["step"] == 1 and cx.same_type_as_output(x):  # a no-op slice (maybe by clamping, which the IR lacks)
         return x
     return cx.op("slice", x, dim=dim, start=start, end=end, step=a["step"])
 

@@ -20,7 +20,7 @@ from .torch_export import Imported, import_module
 
 @dataclass(frozen=True)
 class KVLayout:
-    """Shape of the flat KV cache: per layer a key and a value tensor [batch, num_kv_heads, past, head_dim]."""
+    """The flat KV cache: per layer a key and a value tensor [batch, num_kv_heads, past, head_dim]."""
     num_layers: int
     num_kv_heads: int
     head_dim: int
@@ -33,7 +33,8 @@ class KVLayout:
     def from_dict(cls, d: dict) -> "KVLayout":
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"KVLayout: unknown field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(f"KVLayout: unknown field(s) {sorted(unknown)}; "
+                             f"valid: {sorted(cls.__dataclass_fields__)}")
         return cls(**d)
 
     def empty_cache(self, batch: int = 1) -> list[torch.Tensor]:
@@ -66,7 +67,8 @@ class FlatCacheLM(torch.nn.Module):
         super().__init__()
         self.model = model
         # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, input_ids, *past):
         from transformers import DynamicCache
@@ -94,7 +96,8 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
     batch = 2 if dynamic_batch else 1
     ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))
-    past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype) for _ in range(2 * kv.num_layers)]
+    past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
+            for _ in range(2 * kv.num_layers)]
     # a sliding-window model's cache stops growing at the window: export only the growing regime
     window = getattr(model.config.get_text_config(), "sliding_window", None)
     cap = {"max": window // 2} if isinstance(window, int) and window > 0 else {}

@@ -50,7 +50,8 @@ class Imported:
         kwargs = {k: kwargs[k] for k in order if k in kwargs} | kwargs
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if spec != self.in_spec:
-            raise TypeError(f"the call's argument structure {spec} differs from the exported one {self.in_spec}")
+            raise TypeError(f"the call's argument structure {spec} differs from the exported one "
+                            f"{self.in_spec}")
         return [leaves[i] for i in self.tensor_leaves]
 
     def unflatten_outputs(self, outputs) -> Any:
@@ -63,7 +64,8 @@ def import_module(model: torch.nn.Module, args=(), kwargs=None, dynamic_shapes=N
     `import_exported_program` (input_names, output_names, strip_prefix)."""
     kwargs = kwargs or {}
     with torch.no_grad():
-        ep = torch.export.export(model, tuple(args), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
+        ep = torch.export.export(model, tuple(args), kwargs=kwargs, dynamic_shapes=dynamic_shapes,
+                                 strict=strict)
     names = user_dim_names(model, tuple(args), kwargs, dynamic_shapes)
     return import_exported_program(ep, dim_names=names, **options)
 
@@ -186,7 +188,8 @@ class Converter:
         name = node.target.name()
         if name not in ("wrap_with_set_grad_enabled", "wrap_with_autocast") or (
                 name == "wrap_with_autocast" and node.args[2]):
-            raise self.unsupported(f"higher-order op {name} (only grad-mode and disabled-autocast regions inline)")
+            raise self.unsupported(f"higher-order op {name} "
+                                   "(only grad-mode and disabled-autocast regions are inlined)")
         i = next(i for i, a in enumerate(node.args) if isinstance(a, torch.fx.Node) and a.op == "get_attr")
         sub = self.env[node.args[i]]
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
@@ -208,11 +211,12 @@ class Converter:
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 t = self.ep.state_dict.get(spec.target)
                 t = self.ep.constants[spec.target] if t is None else t
-                name = spec.target[len(self.strip_prefix):] if spec.target.startswith(self.strip_prefix) else spec.target
+                name = spec.target.removeprefix(self.strip_prefix) if self.strip_prefix else spec.target
                 self.env[node] = LazyWeight(name, t.detach())
             else:
-                raise ConversionError(f"torch.export frontend: input {spec.arg.name} of kind {spec.kind.name} "
-                                      "is not supported (custom objects and tokens have no IR equivalent)")
+                raise ConversionError(f"torch.export frontend: input {spec.arg.name} of kind "
+                                      f"{spec.kind.name} is not supported (custom objects and tokens "
+                                      "have no IR equivalent)")
 
     def _user_input(self, node, index):
         val = node.meta.get("val")
@@ -243,7 +247,8 @@ class Converter:
     def _convert(self, node):
         val = node.meta.get("val")
         target = self.target
-        if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool) and node.target is not operator.getitem:
+        is_size = isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool)
+        if is_size and node.target is not operator.getitem:
             return SymDim(self.to_dim(val))
         if isinstance(val, (torch.SymBool, torch.SymFloat, bool, float)) and not target.startswith("aten."):
             return None  # guards and scalar arithmetic that only feed asserts
@@ -264,8 +269,8 @@ class Converter:
         except ConversionError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raise any rule failure with the node and source
-            raise ConversionError(f"torch.export frontend: converting {target} (FX node %{node.name}) failed: "
-                                  f"{type(e).__name__}: {e}\n  from: {_source_line(node)}") from e
+            raise ConversionError(f"torch.export frontend: converting {target} (FX node %{node.name}) "
+                                  f"failed: {type(e).__name__}: {e}\n  from: {_source_line(node)}") from e
         self._check(node, out)
         return out
 
@@ -286,8 +291,9 @@ class Converter:
                 continue
             t = self.tensor_type(want)
             if not isinstance(got, Value) or not got.type.matches(t):
-                raise ConversionError(f"torch.export frontend: {self.target} (FX node %{node.name}) converted to "
-                                      f"{got!r} but torch says {t}\n  from: {_source_line(node)}")
+                raise ConversionError(f"torch.export frontend: {self.target} (FX node %{node.name}) "
+                                      f"converted to {got!r} but torch says {t}\n"
+                                      f"  from: {_source_line(node)}")
 
     # -- helpers used by the rules
     @property
@@ -435,7 +441,7 @@ class Converter:
 
     def is_empty_1d(self, arg) -> bool:
         t = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
-        return isinstance(t, torch.Tensor) and t.dim() == 1 and isinstance(t.shape[0], int) and t.shape[0] == 0
+        return isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == 0
 
     @staticmethod
     def dims_equal(a, b) -> bool:

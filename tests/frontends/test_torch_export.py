@@ -174,7 +174,8 @@ def test_causal_lm_without_cache(name):
     m = _tiny(name)
     ids = torch.randint(0, 128, (2, 7))
     imp = import_module(m, (ids,), {"use_cache": False},
-                        dynamic_shapes={"input_ids": {0: Dim("batch"), 1: Dim("seq", max=64)}, "use_cache": None})
+                        dynamic_shapes={"input_ids": {0: Dim("batch"), 1: Dim("seq", max=64)},
+                                        "use_cache": None})
     g = check_graph(imp)
     assert imp.input_names == ["input_ids"] and imp.output_names == ["logits"]
     assert str(g.inputs[0].type) == "i64[batch,seq]"
@@ -265,8 +266,9 @@ OP_CASES = {
     "norms_and_activations": lambda x: (_F.layer_norm(x, (6,)), _F.log_softmax(x, 1), _F.hardtanh(x),
                                         _F.relu6(x), _F.leaky_relu(x, 0.2), x.clamp(min=-0.5), _F.elu(x),
                                         _F.silu(x), _F.gelu(x), torch.erf(x), x.sigmoid()),
-    "constructors": lambda x: (x.new_zeros(2, 3), torch.full_like(x, 7), torch.ones_like(x, dtype=torch.int32),
-                               torch.arange(1, 9, 3), x + torch.arange(6)),
+    "constructors": lambda x: (x.new_zeros(2, 3), torch.full_like(x, 7),
+                               torch.ones_like(x, dtype=torch.int32), torch.arange(1, 9, 3),
+                               x + torch.arange(6)),
     "reshapes_and_pads": lambda x: (x.t(), x.reshape(3, 8).transpose(0, 1), x.unflatten(1, (2, 3)),
                                     x.unsqueeze(0).expand(2, 4, 6), x.repeat(2, 1), _F.pad(x, (1, 2)),
                                     x.view(-1), x[:, None, 1:5:2]),
@@ -276,8 +278,10 @@ OP_CASES = {
                            torch.div((x * 10).long(), 3, rounding_mode="floor")),
     # is_causal with 3 queries over 5 keys: torch aligns the diagonal top-left, the IR bottom-right
     "sdpa_causal_and_gqa": lambda x: _F.scaled_dot_product_attention(
-        x.view(1, 4, 1, 6).expand(1, 4, 3, 6) * torch.arange(3.0).view(3, 1), x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6),
-        x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6) * torch.arange(5.0).view(5, 1), is_causal=True, enable_gqa=True),
+        x.view(1, 4, 1, 6).expand(1, 4, 3, 6) * torch.arange(3.0).view(3, 1),
+        x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6),
+        x.view(1, 4, 1, 6)[:, :2].expand(1, 2, 5, 6) * torch.arange(5.0).view(5, 1), is_causal=True,
+        enable_gqa=True),
 }
 
 

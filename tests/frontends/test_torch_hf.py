@@ -23,7 +23,8 @@ def tiny(name):
     if name == "gpt2":
         return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
                                                 bos_token_id=0, eos_token_id=0)).eval()
-    cfg, cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+    cfg, cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+                "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
                 "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[name]
     return cls(cfg(**common)).eval()
 
