@@ -43,6 +43,7 @@ class Imported:
     input_names: list[str]
     output_names: list[str] = field(default_factory=list)
     tensor_leaves: list[int] = field(default_factory=list)  # flat-input positions that are graph inputs
+    constant_leaves: dict[int, Any] = field(default_factory=dict)  # flat-input position -> baked-in value
 
     def flatten_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The graph inputs for the call `model(*args, **kwargs)`; non-tensor arguments were baked in."""
@@ -52,6 +53,10 @@ class Imported:
         if spec != self.in_spec:
             raise TypeError(f"the call's argument structure {spec} differs from the exported one "
                             f"{self.in_spec}")
+        for i, v in self.constant_leaves.items():
+            if leaves[i] != v:
+                raise ValueError(f"input #{i} was {v!r} when the graph was exported (it is baked in), "
+                                 f"got {leaves[i]!r}: export again with this value")
         return [leaves[i] for i in self.tensor_leaves]
 
     def unflatten_outputs(self, outputs) -> Any:
@@ -102,15 +107,19 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
     for v, name in zip(g.outputs, out_names):
         _rename(g, v, name)
     return Imported(g, ep.call_spec.in_spec, ep.call_spec.out_spec, [v.name for v in g.inputs],
-                    [v.name for v in g.outputs], cv.tensor_leaves)
+                    [v.name for v in g.outputs], cv.tensor_leaves, cv.constant_leaves)
 
 
 def _drop_dead(g: Graph):
-    """Erase nodes nothing uses (export keeps e.g. mask-building steps whose result is dropped)."""
+    """Erase nodes and weights nothing uses (export keeps e.g. mask-building steps whose result
+    is dropped)."""
     outs = {id(v) for v in g.outputs}
     for node in reversed(list(g.nodes)):
         if all(not o.uses and id(o) not in outs for o in node.outputs):
             g.erase(node)
+    for name, w in list(g.weights.items()):
+        if not w.uses and id(w) not in outs:
+            g.remove_weight(name)
 
 
 # ---- naming ---------------------------------------------------------------------------------------
@@ -162,6 +171,7 @@ class Converter:
         self.consts: dict[tuple, Value] = {}
         self._dims: dict[Any, int | str] = {}   # torch size expression -> IR dim
         self.tensor_leaves: list[int] = []
+        self.constant_leaves: dict[int, Any] = {}
         self.node: torch.fx.Node | None = None
 
     # -- driver
@@ -221,7 +231,8 @@ class Converter:
     def _user_input(self, node, index):
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
-            return val  # a constant argument (e.g. use_cache=False): baked into the graph
+            self.constant_leaves[index] = val  # e.g. use_cache=False: baked into the graph
+            return val
         names = self.dim_names[index] if self.dim_names and index < len(self.dim_names) else {}
         name = self.input_names[len(self.tensor_leaves)] if self.input_names else node.name
         for i, d in enumerate(val.shape):

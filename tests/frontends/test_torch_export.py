@@ -185,6 +185,8 @@ def test_causal_lm_without_cache(name):
         out = run(imp, ids, use_cache=False)
         assert type(out).__name__.startswith("CausalLMOutputWith")  # the model's own output class
         assert max_err(out.logits, m(ids, use_cache=False).logits) <= TOL
+    with pytest.raises(ValueError, match="baked in"):
+        imp.flatten_inputs(ids, use_cache=True)
 
 
 def _bert_inputs(shape):
