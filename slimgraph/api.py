@@ -26,7 +26,11 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
              dynamic_shapes=None, verify=False, allow_fallback: bool = False) -> CompiledModel:
     """Compile `model` for `target`; see the module docstring. `pipeline=None` uses the target's default.
     `verify`: False, True (verify the IR after each pass) or "numerics" (also check every pass and the
-    compiled runner against the interpreter on the example inputs)."""
+    compiled runner against the interpreter on the example inputs). `allow_fallback=True` lets a target
+    whose codegen supports it run unsupported ops with their torch reference implementation, and runs the
+    whole graph on the `torch` target if the requested target cannot compile it; the report says so.
+    (On the `torch` target itself every registered op runs: ops without a fast kernel in
+    codegen/torch_kernels.py call the op registry's torch implementation.)"""
     from .targets.base import get_target
     t0 = time.perf_counter()
     tgt = get_target(target)
