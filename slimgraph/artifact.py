@@ -106,7 +106,11 @@ def _replace_dir(new: Path, path: Path):
         raise ArtifactError(f"{path} exists and is not a slimgraph artifact; refusing to overwrite it")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     os.rename(path, old)
-    os.rename(new, path)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)  # put the previous artifact back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
