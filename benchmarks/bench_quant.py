@@ -52,17 +52,21 @@ def stored_bytes(out, k, bits, group, sym, scale_bytes=4):
     return out * k * bits // 8 + out * (k // g) * (scale_bytes + (0 if sym else 1))
 
 
+def shared_stats(cache: dict, x) -> Stats:
+    """Stats of x, computed once for the linears that read the same tensor (q/k/v, gate/up).
+    The cache holds x itself: comparing ids alone would match a new tensor at a freed address."""
+    if cache.get("x") is not x:
+        cache.update(x=x, stats=Stats.of(x))
+    return cache["stats"]
+
+
 @torch.no_grad()
 def collect_stats(model, ids) -> dict[str, Stats]:
     """Input statistics of every linear, one forward of the decoder body (lm_head skipped)."""
     stats, cache, hooks = {}, {}, []
     for name, m in linears(model).items():
         def pre(mod, args, name=name):
-            x = args[0]
-            if id(x) not in cache:
-                cache.clear()
-                cache[id(x)] = Stats.of(x)
-            stats[name] = cache[id(x)]
+            stats[name] = shared_stats(cache, args[0])
         hooks.append(m.register_forward_pre_hook(pre))
     try:
         model.model(ids)
@@ -107,12 +111,8 @@ def quantize_model(model, bits, group, sym, method, ids=None, damp=0.01):
     cache, hooks = {}, []
     for name, m in linears(model).items():
         def pre(mod, args):
-            x = args[0]
-            if id(x) not in cache:
-                cache.clear()
-                cache[id(x)] = Stats.of(x)
-            mod.weight.copy_(dequant(*gptq_quantize(mod.weight, cache[id(x)].hessian, bits, group, sym,
-                                                    damp=damp), group))
+            st = shared_stats(cache, args[0])
+            mod.weight.copy_(dequant(*gptq_quantize(mod.weight, st.hessian, bits, group, sym, damp=damp), group))
         hooks.append(m.register_forward_pre_hook(pre))
     from tqdm.auto import tqdm
     bar = tqdm(total=len(hooks), desc=f"{method}", unit="layer", file=sys.stderr)
@@ -134,19 +134,35 @@ def linear_bytes_ratio(model, bits, group, sym):
     return q / fp16
 
 
+def minilm_cosine():
+    """all-MiniLM-L6-v2: mean embedding cosine vs fp32 on 200 eval sentences, RTN int8 and int4 g32."""
+    import copy
+    model, tok = zoo.load("minilm-l6")
+    texts = evaluate.sentences(200)
+    print("| MiniLM-L6 config | mean embedding cosine vs fp32 (200 sentences) |\n|---|---|")
+    for name, (bits, group, sym) in {"rtn-int8": (8, 0, True), "rtn-int4-g32": (4, 32, False)}.items():
+        q = copy.deepcopy(model)
+        quantize_model(q, bits, group, sym, "rtn")
+        print(f"| {name} | {evaluate.embedding_cosine(model, q, tok, texts):.5f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(CONFIGS))
     ap.add_argument("--calib", default="32x256", help="calibration windows x tokens (calib split)")
     ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--base-ppl", type=float, help="fp32 perplexity from an earlier run (skips measuring it)")
+    ap.add_argument("--minilm", action="store_true", help="only the MiniLM embedding-cosine table")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.minilm:
+        return minilm_cosine()
     model, tok = zoo.load("smollm2-135m")
     original = {k: v.clone() for k, v in model.state_dict().items()}
     n, seq = map(int, args.calib.split("x"))
     ids = evaluate.token_ids(tok, "calib", n, seq)
     t = time.perf_counter()
-    base = evaluate.perplexity(model, tok, max_tokens=args.max_tokens)
+    base = args.base_ppl or evaluate.perplexity(model, tok, max_tokens=args.max_tokens)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, calib {n}x{seq} tokens")
     print(f"fp32 ppl {base:.4f} (eval {time.perf_counter() - t:.1f} s)", flush=True)
