@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .ir.dtypes import to_torch
+
 
 @dataclass
 class GenerateStats:
@@ -40,14 +42,9 @@ class GenerateError(ValueError):
 
 def empty_cache(kv, batch: int, device) -> list[torch.Tensor]:
     """Past-length-0 key/value tensors for every layer, in graph-input order."""
-    dtype = kv.dtype if isinstance(kv.dtype, torch.dtype) else _to_torch(kv.dtype)
+    dtype = kv.dtype if isinstance(kv.dtype, torch.dtype) else to_torch(kv.dtype)
     empty = torch.empty(batch, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype, device=device)
     return [empty] * (2 * kv.num_layers)  # read-only: one tensor can stand for all of them
-
-
-def _to_torch(name: str) -> torch.dtype:
-    from slimgraph.ir.dtypes import to_torch
-    return to_torch(name)
 
 
 def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
@@ -92,23 +89,9 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
         t2 = time.perf_counter()
     if streamer is not None:
         streamer.end()
-    n_new = n if max_new_tokens > 0 else 0
-    stats = GenerateStats(prompt_len, n_new, t1 - t0, t2 - t1)
-    try:
-        compiled.last_generate_stats = stats
-    except AttributeError:  # a slotted/frozen object: stats stay reachable via last_stats()
-        pass
-    global _LAST
-    _LAST = stats
-    return ids[:, :prompt_len + n_new]
-
-
-_LAST: GenerateStats | None = None
-
-
-def last_stats() -> GenerateStats | None:
-    """Stats of the most recent generate() call in this process."""
-    return _LAST
+    stats = GenerateStats(prompt_len, n, t1 - t0, t2 - t1)
+    compiled.last_generate_stats = stats
+    return ids[:, :prompt_len + n].contiguous()  # a copy only when stopped early with batch > 1
 
 
 def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
