@@ -173,3 +173,20 @@ def test_onnx_target_compiles_and_checks_signature():
     assert runner(torch.randn(1, 4, 32))[0].shape == (1, 4, 32)
     with pytest.raises(TypeError, match="rank"):
         runner(torch.randn(4, 32))
+
+
+@pytest.mark.slow
+def test_int4_llama_generates_like_the_reference_target_on_ort():
+    transformers = pytest.importorskip("transformers")
+    import slimgraph
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(cfg).eval()
+    pipe = "canonicalize,quantize-weights{bits=4,group=32},fuse-dequant-matmul,cse,dce"
+    ref = slimgraph.optimize(lm, target="reference", pipeline=pipe)
+    onx = slimgraph.optimize(lm, target="onnx", pipeline=pipe)
+    assert any(n.op_type == "MatMulNBits" for n in export_onnx(onx.graph).graph.node)
+    ids = torch.randint(0, 128, (1, 6))
+    torch.testing.assert_close(onx(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(onx.generate(ids, max_new_tokens=12), ref.generate(ids, max_new_tokens=12))
