@@ -153,8 +153,6 @@ def import_specialized(case: Case):
 
 
 def run_case(case: Case) -> Outcome:
-    import torch
-    from slimgraph.frontends.onnx_import import import_onnx
     from slimgraph.ir import run
     t0 = time.perf_counter()
     out = Outcome(case.name, case_ops(case.model), is_supported(case), False)
@@ -199,7 +197,6 @@ def run_all(name_filter: str = "", roundtrip: bool = False) -> list[Outcome]:
 
 def roundtrip_case(case: Case) -> bool:
     """Import -> export -> ONNX Runtime still matches the expected outputs."""
-    import torch
     from slimgraph.codegen.onnx_runtime import build_ort_runner
     try:
         graph, bound = import_specialized(case)

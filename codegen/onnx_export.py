@@ -11,7 +11,6 @@ and expressions such as `past+seq` are built from sympy's tree. Symbolic input/o
 become `dim_param`s; weights become initializers.
 """
 from __future__ import annotations
-import math
 import os
 import tempfile
 
@@ -19,7 +18,6 @@ import numpy as np
 import sympy
 
 from ..ir import symbolic as S
-from ..ir.dtypes import promote
 
 OPSET = 18
 MS_DOMAIN = "com.microsoft"

@@ -98,6 +98,7 @@ class Importer:
         self.opset = _default_opset(model)
         self.graph = Graph(_clean(model.graph.name or "main"))
         self.env: dict[str, Value | Known] = {}
+        self._materialized: dict[str, Value] = {}  # known values that run-time ops consumed
         self.node = None  # the ONNX node being lowered (for error messages)
 
     # ---- errors -------------------------------------------------------------------------------------
@@ -140,7 +141,12 @@ class Importer:
         return k.array.reshape(-1)[0].item()
 
     def value(self, i: int) -> Value:
-        return self.as_value(self.get(i), self.node.input[i])
+        name, v = self.node.input[i], self.get(i)
+        if isinstance(v, Value):
+            return v
+        if name not in self._materialized:  # one graph weight per initializer, however many users
+            self._materialized[name] = self.as_value(v, name)
+        return self._materialized[name]
 
     def as_value(self, v: Value | Known, hint: str = "const") -> Value:
         if isinstance(v, Value):
@@ -151,7 +157,11 @@ class Importer:
                    else self.graph.op("reshape", self.graph.op("shape_tensor", dims=dims),
                                       shape=list(v.array.shape)))
             return out if v.dtype == "i64" else self.graph.op("cast", out, dtype=v.dtype)
-        t = torch.from_numpy(np.array(v.array)).to(_torch_dtype(v.dtype))  # np.array keeps 0-d
+        arr = v.array if v.array.flags.writeable and v.array.flags.c_contiguous else np.array(v.array)
+        if arr.dtype.name == "bfloat16":  # ml_dtypes bf16: torch reads it through int16
+            t = torch.from_numpy(np.array(arr).view(np.int16)).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(arr).to(_torch_dtype(v.dtype))
         return self.graph.add_weight(self.graph.fresh_name(_clean(hint)), t)
 
     def type(self, i: int) -> TensorType:

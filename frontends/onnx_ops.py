@@ -148,7 +148,7 @@ def _where(imp, a):
 
 @onnx_op("Cast")
 def _cast(imp, a):
-    return imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], f"Cast to"))
+    return imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], "Cast to"))
 
 
 @onnx_op("CastLike")
@@ -689,12 +689,9 @@ def _global_pool(imp, a):
                   dims=list(range(2, x.type.rank)), keepdim=True)
 
 
-def supported() -> list[str]:
-    return sorted(k for k in ONNX_OPS if isinstance(k, str))
-
-
-__all__ = ["ONNX_OPS", "lower_node", "supported", "OnnxImportError", "ONNX_DTYPES"]
+__all__ = ["ONNX_OPS", "lower_node", "OnnxImportError", "ONNX_DTYPES"]
 
 
 from . import onnx_attention  # noqa: E402,F401  (registers Attention, RMSNormalization)
 from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot, CumProd, ...)
+from . import onnx_ms  # noqa: E402,F401  (registers com.microsoft contrib ops)

@@ -188,3 +188,41 @@ def test_torch_onnx_export_tiny_llama_matches_torch_at_two_lengths():
     for n in (5, 11):
         ids = torch.randint(0, 64, (1, n))
         torch.testing.assert_close(run(g, ids)[0], model(ids).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_matmulnbits_imports_as_qlinear_with_the_same_numbers():
+    pytest.importorskip("slimgraph.ir.opset.quant")
+    from slimgraph.codegen.onnx_export import export_onnx
+    from slimgraph.ir import Graph, TensorType
+    from slimgraph.ir import quant_format as Q
+    torch.manual_seed(0)
+    for sym in (True, False):
+        qweight, scales, zeros = Q.store(*Q.quantize_rtn(torch.randn(16, 64), 4, 32, sym), 4, sym)
+        g = Graph()
+        x = g.add_input("x", TensorType("f32", ("n", 64)))
+        packed = [g.add_weight("qw", qweight), g.add_weight("sc", scales)]
+        packed += [g.add_weight("zp", zeros)] if zeros is not None else []
+        g.set_outputs([g.op("qlinear", x, *packed, g.add_weight("b", torch.randn(16)), bits=4, group=32)])
+        back = import_onnx(export_onnx(g))
+        assert [n.op for n in back.nodes] == ["qlinear"]
+        xs = torch.randn(3, 64)
+        torch.testing.assert_close(run(back, xs)[0], run(g, xs)[0])
+
+
+def test_ort_fused_ops_import():
+    rng = np.random.default_rng(0)
+    init = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["ln", "", "", "sum"],
+                              domain="com.microsoft", epsilon=1e-5),
+             helper.make_node("FusedMatMul", ["ln", "w"], ["mm"], domain="com.microsoft", transB=1, alpha=0.5),
+             helper.make_node("FastGelu", ["mm", "bias"], ["y"], domain="com.microsoft")]
+    model = make_model(nodes, [vi("x", TensorProto.FLOAT, [2, 8]), vi("skip", TensorProto.FLOAT, [2, 8])],
+                       [vi("y", TensorProto.FLOAT, [2, 4]), vi("sum", TensorProto.FLOAT, [2, 8])],
+                       [init("gamma", 8), init("beta", 8), init("w", 4, 8), init("bias", 4)], domains=["com.microsoft"])
+    x, skip = torch.randn(2, 8), torch.randn(2, 8)
+    y, s = run(import_onnx(model), x, skip)
+    arr = {t.name: torch.from_numpy(numpy_helper.to_array(t)) for t in model.graph.initializer}
+    ln = torch.nn.functional.layer_norm(x + skip, (8,), arr["gamma"], arr["beta"], 1e-5)
+    want = torch.nn.functional.gelu(0.5 * ln @ arr["w"].T + arr["bias"], approximate="tanh")
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(s, x + skip)
