@@ -2,7 +2,8 @@
 
     runner = build_ort_runner(graph)      # CUDA provider when ORT has it, else CPU
     outs = runner(*torch_tensors)          # list of torch tensors, like every Runner
-    runner.model                           # the exported onnx.ModelProto (for artifacts)
+    runner.model                           # the exported onnx.ModelProto
+    runner.artifact_files()                # {"model.onnx": bytes} for an artifact directory
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class OrtRunner:
         self.session = ort.InferenceSession(self.model.SerializeToString(), opts, providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.graph = graph
+
+    def artifact_files(self) -> dict[str, bytes]:
+        """Build products for the artifact directory: the exported model ORT runs."""
+        return {"model.onnx": self.model.SerializeToString()}
 
     def __call__(self, *tensors):
         import torch

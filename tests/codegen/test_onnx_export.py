@@ -190,3 +190,18 @@ def test_int4_llama_generates_like_the_reference_target_on_ort():
     ids = torch.randint(0, 128, (1, 6))
     torch.testing.assert_close(onx(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(onx.generate(ids, max_new_tokens=12), ref.generate(ids, max_new_tokens=12))
+
+
+def test_missing_onnx_package_names_the_extra(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'slimgraph\[onnx\]'"):
+        export_onnx(transformer_block())
+    with pytest.raises(ImportError, match=r"pip install 'slimgraph\[onnx\]'"):
+        import_onnx(b"")
+
+
+def test_runner_provides_the_model_file_for_artifacts():
+    runner = build_ort_runner(transformer_block(), ["CPUExecutionProvider"])
+    data = runner.artifact_files()["model.onnx"]
+    onnx.checker.check_model(onnx.load_from_string(data))
