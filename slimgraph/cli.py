@@ -116,8 +116,11 @@ def weight_bytes(graph) -> int:
     return sum(v.tensor.numel() * v.tensor.element_size() for v in graph.weights.values())
 
 
-def _signature(values) -> str:
-    return ", ".join(f"%{v.name}: {v.type}" for v in values)
+def _signature(values, limit: int = 6) -> str:
+    parts = [f"%{v.name}: {v.type}" for v in values]
+    if len(parts) > limit:  # a 30-layer KV cache: the first few, a count, and the last
+        parts = parts[:3] + [f"... {len(parts) - 4} more ..."] + parts[-1:]
+    return ", ".join(parts)
 
 
 def _fmt_bytes(n: int) -> str:
