@@ -25,6 +25,7 @@ class KVLayout:
     num_kv_heads: int
     head_dim: int
     dtype: str = "f32"
+    eos_token_ids: tuple[int, ...] = ()  # the model's generation-config eos: generate() stops there by default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +36,8 @@ class KVLayout:
         if unknown:
             raise ValueError(f"KVLayout: unknown field(s) {sorted(unknown)}; "
                              f"valid: {sorted(cls.__dataclass_fields__)}")
+        d = dict(d)
+        d["eos_token_ids"] = tuple(d.get("eos_token_ids", ()))
         return cls(**d)
 
     def empty_cache(self, batch: int = 1) -> list[torch.Tensor]:
@@ -44,13 +47,21 @@ class KVLayout:
         return [torch.zeros(shape, dtype=to_torch(self.dtype)) for _ in range(2 * self.num_layers)]
 
 
-def kv_layout(config, dtype: torch.dtype = torch.float32) -> KVLayout:
+def kv_layout(config, dtype: torch.dtype = torch.float32, generation_config=None) -> KVLayout:
     from ..ir import from_torch
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = _first(cfg, "num_attention_heads", "n_head")
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or _first(cfg, "hidden_size", "n_embd") // heads
-    return KVLayout(_first(cfg, "num_hidden_layers", "n_layer"), kv_heads, head_dim, from_torch(dtype))
+    return KVLayout(_first(cfg, "num_hidden_layers", "n_layer"), kv_heads, head_dim, from_torch(dtype),
+                    _eos_ids(generation_config))
+
+
+def _eos_ids(generation_config) -> tuple[int, ...]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
 def _first(cfg, *names):
@@ -92,7 +103,7 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     from torch.export import Dim
     model = model.eval()
     dtype = next(model.parameters()).dtype
-    kv = kv_layout(model.config, dtype)
+    kv = kv_layout(model.config, dtype, getattr(model, "generation_config", None))
     # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
     batch = 2 if dynamic_batch else 1
     ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))

@@ -78,8 +78,11 @@ class CompiledModel:
         return self.signature.unflatten_outputs(self.run(*flat))
 
     def generate(self, input_ids, max_new_tokens: int = 32, **kwargs):
-        """Greedy (or sampled) decoding with the KV cache; see slimgraph.generate.generate."""
+        """Greedy (or sampled) decoding with the KV cache; see slimgraph.generate.generate.
+        Stops at the source model's eos tokens (its generation config) unless `eos_token_id` is given."""
         from .generate import generate
+        if "eos_token_id" not in kwargs and self.kv is not None and self.kv.eos_token_ids:
+            kwargs["eos_token_id"] = list(self.kv.eos_token_ids)
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def save(self, path) -> None:

@@ -139,3 +139,22 @@ def test_smollm2_greedy_64_tokens_identical(smollm2):
         ref = model.generate(ids, max_new_tokens=64, do_sample=False)
     got = compiled.generate(ids, max_new_tokens=64, eos_token_id=model.generation_config.eos_token_id)
     assert got.tolist() == ref.tolist()
+
+
+def test_compiled_generate_defaults_to_the_models_eos():
+    """Like HF, `compiled.generate` stops at the generation config's eos without being told."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
+                                   eos_token_id=None, pad_token_id=None)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = prompt()
+    eos = hf_greedy(model, ids, 12)[0, PROMPT_LEN + 3].item()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    compiled = slimgraph.optimize(model, (ids,), target="torch")
+    assert compiled.kv.eos_token_ids == (eos,)
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=12, do_sample=False)
+    got = compiled.generate(ids, max_new_tokens=12)
+    assert got.tolist() == ref.tolist() and got.shape[1] < PROMPT_LEN + 12
