@@ -144,6 +144,19 @@ def minilm_cosine():
         q = copy.deepcopy(model)
         quantize_model(q, bits, group, sym, "rtn")
         print(f"| {name} | {evaluate.embedding_cosine(model, q, tok, texts):.5f} |", flush=True)
+    q = copy.deepcopy(model)
+    batch = tok(evaluate.sentences(128, "calib"), padding=True, return_tensors="pt")
+    cache, hooks = {}, []
+
+    def pre(mod, args):
+        st = shared_stats(cache, args[0])
+        mod.weight.copy_(dequant(*gptq_quantize(mod.weight, st.hessian, 4, 32, False), 32))
+    hooks = [m.register_forward_pre_hook(pre) for m in q.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        q(**batch)
+    for h in hooks:
+        h.remove()
+    print(f"| gptq-int4-g32 (128 calib sentences) | {evaluate.embedding_cosine(model, q, tok, texts):.5f} |")
 
 
 def main():
