@@ -129,14 +129,20 @@ def register_op(name: str, *, inputs: str = "", attrs: dict[str, Attr] | None = 
     return deco
 
 
+def lookup(table: dict, name: str, what: str, error: type[Exception] = KeyError):
+    """`table[name]`, or `error` naming the closest matches and every valid name (ops, passes, targets)."""
+    try:
+        return table[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, table, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        plural = what + ("es" if what.endswith("s") else "s")
+        raise error(f"unknown {what} {name!r}.{hint} Valid {plural}: {', '.join(sorted(table))}") from None
+
+
 def get_op(name: str) -> OpDef:
     _load_opset()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown op {name!r}.{hint} Registered ops: {', '.join(sorted(REGISTRY))}") from None
+    return lookup(REGISTRY, name, "op")
 
 
 def all_ops() -> dict[str, OpDef]:

@@ -13,10 +13,11 @@ Passes mutate the graph in place and must report whether they changed it.
 """
 from __future__ import annotations
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from ..ir.registry import lookup
 
 
 @dataclass
@@ -78,12 +79,7 @@ def register_pass(name: str):
 
 def get_pass(name: str) -> type[Pass]:
     _load_passes()
-    try:
-        return PASSES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, PASSES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PassError(f"unknown pass {name!r}.{hint} Valid passes: {', '.join(sorted(PASSES))}") from None
+    return lookup(PASSES, name, "pass", PassError)
 
 
 def all_passes() -> dict[str, type[Pass]]:

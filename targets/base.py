@@ -8,9 +8,9 @@ order, graph outputs in order). Codegen never changes the graph. `requires` name
 packages and the extra that installs them, checked lazily so `import slimgraph` needs torch only.
 """
 from __future__ import annotations
-import difflib
 import importlib.util
 from dataclasses import dataclass, field
+from ..ir.registry import lookup
 from typing import Callable
 
 Runner = Callable[..., list]
@@ -51,9 +51,4 @@ def register_target(t: Target) -> Target:
 
 def get_target(name: str) -> Target:
     from . import registry  # noqa: F401
-    try:
-        return TARGETS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, TARGETS, n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown target {name!r}.{hint} Valid targets: {', '.join(sorted(TARGETS))}") from None
+    return lookup(TARGETS, name, "target", ValueError)

@@ -96,7 +96,7 @@ def test_real_smollm2_kv_graph(smollm2):
     export_s = time.perf_counter() - t0
     g = imp.graph
     check_graph(g)
-    assert kv == KVLayout(num_layers=30, num_kv_heads=3, head_dim=64, dtype="f32")
+    assert kv == KVLayout(num_layers=30, num_kv_heads=3, head_dim=64, dtype="f32", eos_token_ids=(2,))
     ops = g.op_counts()
     # lean: one attention and 7 projections per layer, the lm_head, a single cast (positions -> f32)
     assert ops["attention"] == 30 and ops["linear"] == 30 * 7 + 1 and ops.get("cast", 0) <= 1
