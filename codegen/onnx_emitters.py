@@ -237,7 +237,8 @@ def _layer_norm(ex, node, ins):
 def _rms_norm(ex, node, ins):
     dtype = _out(node).dtype
     x = ex.cast(ins[0], dtype, "f32")
-    ms = ex.one("ReduceMean", ex.one("Mul", x, x), ex.ints([-1]), keepdims=1)
+    # Pow(x, 2) (not Mul(x, x)): the form ORT's optimizer fuses into SimplifiedLayerNormalization
+    ms = ex.one("ReduceMean", ex.one("Pow", x, ex.scalar(2.0, "f32")), ex.ints([-1]), keepdims=1)
     y = ex.one("Div", x, ex.one("Sqrt", ex.one("Add", ms, ex.scalar(node.attrs["eps"], "f32"))))
     y = ex.cast(y, "f32", dtype)
     return [ex.one("Mul", y, ins[1]) if len(ins) > 1 else y]
@@ -254,8 +255,46 @@ def _batch_norm(ex, node, ins):
     return [ex.one("BatchNormalization", ins[0], scale, bias, ins[1], ins[2], epsilon=node.attrs["eps"])]
 
 
+def _causal_keep(ex, q, k):
+    """bool [lq, lk]: query i sees keys <= i + lk - lq (the causal diagonal aligned to the end)."""
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
+    ones = ex.one("ConstantOfShape", ex.dims([lq, lk]), value=ex.onnx.numpy_helper.from_array(np.ones(1, np.float32)))
+    offset = ex.one("Reshape", ex.dim(S.add(lk, S.mul(lq, -1))), ex.ints([]))
+    return ex.one("Cast", ex.one("Trilu", ones, offset, upper=0), to=ONNX_DTYPES["bool"])
+
+
+def _fused_attention(ex, node, ins):
+    """One ONNX opset-23 `Attention` node (GQA, mask and causal offset included) where it fits:
+    f32/f16 4-d q/k/v with static head counts. ORT runs it as one kernel instead of ~20 ops."""
+    q, k, v = node.inputs[:3]
+    hq, hk = q.type.shape[-3], k.type.shape[-3]
+    if not (q.type.rank == k.type.rank == v.type.rank == 4 and q.type.dtype in ("f32", "f16")
+            and k.type.dtype == v.type.dtype == q.type.dtype and isinstance(hq, int) and isinstance(hk, int)
+            and hq % hk == 0 and (len(ins) < 4 or 2 <= node.inputs[3].type.rank <= 4)):
+        return None
+    dtype = q.type.dtype
+    mask = None
+    if len(ins) > 3:
+        mt = node.inputs[3].type
+        mask = ins[3] if mt.dtype == "bool" else ex.cast(ins[3], mt.dtype, dtype)
+    if node.attrs["causal"]:
+        keep = _causal_keep(ex, q, k)
+        if mask is None:
+            mask = keep
+        elif node.inputs[3].type.dtype == "bool":
+            mask = ex.one("And", mask, keep)
+        else:
+            mask = ex.one("Where", keep, mask, ex.scalar(-math.inf, dtype))
+    scale = node.attrs["scale"] or 1.0 / math.sqrt(q.type.shape[-1])
+    ex.opset = max(ex.opset, 23)
+    return ex.one("Attention", ins[0], ins[1], ins[2], *([mask] if mask is not None else []), scale=float(scale))
+
+
 @emitter("attention")
 def _attention(ex, node, ins):
+    fused = _fused_attention(ex, node, ins) if ex.fuse else None
+    if fused is not None:
+        return [fused]
     q, k, v = node.inputs[:3]
     dtype = q.type.dtype
     hq, hk = q.type.shape[-3], k.type.shape[-3]
@@ -273,12 +312,7 @@ def _attention(ex, node, ins):
         scores = (ex.one("Where", ins[3], scores, neg_inf) if mask.type.dtype == "bool"
                   else ex.one("Add", scores, ex.cast(ins[3], mask.type.dtype, dtype)))
     if node.attrs["causal"]:
-        lq, lk = q.type.shape[-2], k.type.shape[-2]
-        ones = ex.one("ConstantOfShape", ex.dims([lq, lk]),
-                      value=ex.onnx.numpy_helper.from_array(np.ones(1, np.float32)))
-        offset = ex.one("Reshape", ex.dim(S.add(lk, S.mul(lq, -1))), ex.ints([]))
-        keep = ex.one("Cast", ex.one("Trilu", ones, offset, upper=0), to=ONNX_DTYPES["bool"])
-        scores = ex.one("Where", keep, scores, neg_inf)
+        scores = ex.one("Where", _causal_keep(ex, q, k), scores, neg_inf)
     return [ex.one("MatMul", ex.one("Softmax", scores, axis=-1), vn)]
 
 
@@ -350,7 +384,17 @@ def _arg(ex, node, ins):
 @emitter("reshape")
 def _reshape(ex, node, ins):
     shape = node.attrs["shape"]
-    return [ex.one("Reshape", ins[0], ex.dims(shape), allowzero=int(0 in shape))]  # torch: 0 is a real 0
+    if 0 in shape:  # torch: 0 is a real 0
+        return [ex.one("Reshape", ins[0], ex.dims(shape), allowzero=1)]
+    # Symbolic dims become 0 ("copy the input's dim") where the input has the same dim at that
+    # position; a single symbolic dim among positive static ones becomes -1 (never next to a copied
+    # dim, which may be 0 at run time). Either way a constant shape: no per-run shape arithmetic.
+    src = node.inputs[0].type.shape
+    spec = [0 if not isinstance(d, int) and i < len(src) and src[i] == d else d for i, d in enumerate(shape)]
+    sym = [i for i, d in enumerate(spec) if not isinstance(d, int)]
+    if len(sym) == 1 and all(d > 0 for i, d in enumerate(spec) if i != sym[0]):
+        spec[sym[0]] = -1
+    return [ex.one("Reshape", ins[0], ex.dims(spec))]
 
 
 @emitter("permute")
@@ -526,7 +570,8 @@ def _matmul_nbits(ex, node, ins, qw, sc, zeros, bias_name, n, k):
     if bias_name:  # inputs: A, B, scales, zero_points?, g_idx?, bias?
         inputs += [""] * (5 - len(inputs)) + [bias_name]
     ex.uses_ms = True
-    return ex.one("MatMulNBits", *inputs, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=g)
+    acc = {"accuracy_level": ex.int4_accuracy_level} if ex.int4_accuracy_level else {}
+    return ex.one("MatMulNBits", *inputs, domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=g, **acc)
 
 
 def _np_float(dtype):

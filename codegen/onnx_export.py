@@ -1,4 +1,4 @@
-"""slimgraph IR -> ONNX ModelProto (default domain opset 18; int4 `qlinear` as com.microsoft MatMulNBits).
+"""slimgraph IR -> ONNX ModelProto (default domain opset 18, 23 with fused Attention; int4 `qlinear` as com.microsoft MatMulNBits).
 
     model = export_onnx(graph)            # onnx.ModelProto, passes onnx.checker
     save_onnx(graph, "out/model.onnx")    # written atomically (temp file + rename)
@@ -50,14 +50,18 @@ def _onnx():
 
 
 class Exporter:
-    def __init__(self, graph):
+    def __init__(self, graph, fuse: bool = True, int4_accuracy_level: int = 0):
         self.onnx = _onnx()
+        self.fuse = fuse  # emit fused standard ops (opset-23 Attention) where they fit
+        self.int4_accuracy_level = int4_accuracy_level  # MatMulNBits accuracy_level (0: f32 compute)
+        self.opset = OPSET  # raised by an emitter that needs a newer op
         self.graph = graph
         self.nodes, self.inits = [], []
         self.names: dict[int, str] = {}  # id(Value) -> ONNX name
         self._used: set[str] = set()
         self._consts: dict = {}
         self._symbols: dict[str, str] = {}  # symbol -> name of a 1-element i64 tensor
+        self._dim_cache: dict = {}  # dims tuple / sympy expr -> name: shape arithmetic is emitted once
         self.uses_ms = False
 
     # ---- names and constants ---------------------------------------------------------------------
@@ -109,8 +113,11 @@ class Exporter:
         """A 1-d i64 tensor of (possibly symbolic) dims."""
         if all(isinstance(d, int) for d in dims):
             return self.ints(list(dims))
-        parts = [self.ints([d]) if isinstance(d, int) else self.dim(d) for d in dims]
-        return parts[0] if len(parts) == 1 else self.one("Concat", *parts, axis=0)
+        key = ("dims", tuple(dims))
+        if key not in self._dim_cache:
+            parts = [self.ints([d]) if isinstance(d, int) else self.dim(d) for d in dims]
+            self._dim_cache[key] = parts[0] if len(parts) == 1 else self.one("Concat", *parts, axis=0)
+        return self._dim_cache[key]
 
     def dim(self, d) -> str:
         """A 1-element i64 tensor holding dim `d` at run time."""
@@ -119,6 +126,11 @@ class Exporter:
         return self._expr(S._expr(d))
 
     def _expr(self, e) -> str:
+        if e not in self._dim_cache:
+            self._dim_cache[e] = self._expr_uncached(e)
+        return self._dim_cache[e]
+
+    def _expr_uncached(self, e) -> str:
         if e.is_Integer:
             return self.ints([int(e)])
         if e.is_Symbol:
@@ -174,7 +186,7 @@ class Exporter:
             outputs.append(self.value_info(v, out_name))
         used = {i for n in self.nodes for i in n.input} | {o.name for o in outputs}
         self.inits = [t for t in self.inits if t.name in used]  # e.g. a weight only read pre-transposed
-        opsets = [onnx.helper.make_opsetid("", OPSET)] + ([onnx.helper.make_opsetid(MS_DOMAIN, 1)] if self.uses_ms else [])
+        opsets = [onnx.helper.make_opsetid("", self.opset)] + ([onnx.helper.make_opsetid(MS_DOMAIN, 1)] if self.uses_ms else [])
         graph = onnx.helper.make_graph(self.nodes, g.name, inputs, outputs, self.inits)
         return onnx.helper.make_model(graph, opset_imports=opsets, producer_name="slimgraph")
 
@@ -188,9 +200,15 @@ def _tensor_proto(onnx, t, name):
     return onnx.numpy_helper.from_array(t.detach().contiguous().numpy(), name)
 
 
-def export_onnx(graph, check: bool = True):
-    """Export `graph` as an onnx.ModelProto; `check` runs onnx.checker on it."""
-    model = Exporter(graph).run()
+def export_onnx(graph, check: bool = True, fuse: bool = True, int4_accuracy_level: int = 0):
+    """Export `graph` as an onnx.ModelProto; `check` runs onnx.checker on it. `fuse` emits
+    `attention` as one opset-23 ONNX `Attention` node where it fits (the model's opset becomes
+    23); fuse=False keeps opset 18 and the decomposed MatMul/Softmax form. `int4_accuracy_level`
+    is MatMulNBits' accuracy_level: 0 computes in f32 like the IR; 4 lets ORT quantize the
+    activations to int8 (faster, lossier)."""
+    if int4_accuracy_level not in (0, 1, 2, 3, 4):
+        raise OnnxExportError(f"int4_accuracy_level must be 0-4, got {int4_accuracy_level}")
+    model = Exporter(graph, fuse=fuse, int4_accuracy_level=int4_accuracy_level).run()
     if check:
         onnx = _onnx()
         try:

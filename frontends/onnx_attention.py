@@ -9,7 +9,8 @@ Sliding windows and `nonpad_kv_seqlen` are rejected.
 from __future__ import annotations
 import math
 
-from .onnx_ops import _c, _same_dtype, onnx_op
+from ..ir import symbolic as S
+from .onnx_ops import _c, _same_dtype, onnx_op, reference_sum
 
 
 @onnx_op("RMSNormalization")
@@ -42,7 +43,7 @@ def _safe_softmax(imp, x):
     m = imp.op("amax", x, dims=[-1], keepdim=True)
     m = imp.op("where", imp.op("isinf", m, pos=False, neg=True), _c(imp, m, 0), m)
     e = imp.op("exp", imp.op("sub", x, m))
-    s = imp.op("sum", e, dims=[-1], keepdim=True)
+    s = reference_sum(imp, e, x.type.rank - 1)
     s = imp.op("where", imp.op("eq", s, _c(imp, s, 0)), _c(imp, s, 1), s)
     return imp.op("div", e, s)
 
@@ -52,9 +53,9 @@ def _bias(imp, q_len, kv_len, past_len, dtype, a):
     bias = None
     if imp.has(3):
         mask = imp.value(3)
-        pad = kv_len - mask.type.shape[-1]
+        pad = S.add(kv_len, S.mul(mask.type.shape[-1], -1))  # dims may be symbolic ('seq')
         if not isinstance(pad, int):
-            raise imp.error("attn_mask shorter than the key length by a symbolic amount is not supported")
+            raise imp.unsupported("attn_mask shorter than the key length by a symbolic amount is not supported")
         if pad > 0:
             fill = 0.0 if mask.type.dtype == "bool" else -math.inf
             mask = imp.op("pad", mask, pads=[0, pad], value=fill)
@@ -73,12 +74,17 @@ def _bias(imp, q_len, kv_len, past_len, dtype, a):
 @onnx_op("Attention")
 def _attention(imp, a):
     if imp.has(6) or a.get("left_window_size", -1) != -1 or a.get("right_window_size", -1) != -1:
-        raise imp.error("nonpad_kv_seqlen and sliding windows are not supported")
+        raise imp.unsupported("nonpad_kv_seqlen and sliding windows are not supported")
     if a.get("softmax_precision") not in (None, 1):
-        raise imp.error("softmax_precision other than float is not supported")
+        raise imp.unsupported("softmax_precision other than float is not supported")
     q, k, v = imp.value(0), imp.value(1), imp.value(2)
     out_dtype = q.type.dtype
-    q, k, v = (_same_dtype(imp, t, "f32") for t in (q, k, v))  # f16/bf16 attention accumulates in f32
+    # f16/bf16: compute like the ONNX reference (and the op's function body) does, in the input
+    # dtype with a rounding after each step and sqrt(scale) applied to q and to k, so the result
+    # matches it to the last bit instead of differing by one rounding (> rtol for bf16).
+    low = out_dtype in ("f16", "bf16") and k.type.dtype == v.type.dtype == out_dtype
+    if not low:
+        q, k, v = (_same_dtype(imp, t, "f32") for t in (q, k, v))
     rank3 = q.type.rank == 3
     if rank3:
         q, k, v = (_heads(imp, q, a["q_num_heads"]), _heads(imp, k, a["kv_num_heads"]),
@@ -86,13 +92,17 @@ def _attention(imp, a):
     past_len = 0
     if imp.has(4):
         past_len = imp.type(4).shape[2]
-        k = imp.op("concat", _same_dtype(imp, imp.value(4), "f32"), k, dim=2)
-        v = imp.op("concat", _same_dtype(imp, imp.value(5), "f32"), v, dim=2)
+        k = imp.op("concat", _same_dtype(imp, imp.value(4), k.type.dtype), k, dim=2)
+        v = imp.op("concat", _same_dtype(imp, imp.value(5), v.type.dtype), v, dim=2)
     present_k, present_v = k, v
     scale = a.get("scale") or 1.0 / math.sqrt(q.type.shape[3])
     hq, hk = q.type.shape[1], k.type.shape[1]
     k, v = _repeat_heads(imp, k, hq // hk), _repeat_heads(imp, v, hq // hk)
-    scores = imp.op("mul", imp.op("matmul", q, imp.op("permute", k, dims=[0, 1, 3, 2])), _c(imp, q, scale))
+    if low:
+        root = _c(imp, q, math.sqrt(scale))
+        scores = imp.op("matmul", imp.op("mul", q, root), imp.op("permute", imp.op("mul", k, root), dims=[0, 1, 3, 2]))
+    else:
+        scores = imp.op("mul", imp.op("matmul", q, imp.op("permute", k, dims=[0, 1, 3, 2])), _c(imp, q, scale))
     softcap = a.get("softcap", 0.0)
     if softcap > 0:
         scores = imp.op("mul", imp.op("tanh", imp.op("div", scores, _c(imp, scores, softcap))),
@@ -103,7 +113,10 @@ def _attention(imp, a):
     mode = a.get("qk_matmul_output_mode", 0)
     if mode == 2:
         qk_out = biased
-    probs = _safe_softmax(imp, biased)
+    if low and a.get("softmax_precision") == 1:  # softmax in f32, then back to the input dtype
+        probs = _same_dtype(imp, _safe_softmax(imp, _same_dtype(imp, biased, "f32")), out_dtype)
+    else:
+        probs = _safe_softmax(imp, biased)
     if bias is not None:  # rows the bias masks entirely attend to nothing
         row_masked = imp.op("isinf", imp.op("amax", bias, dims=[-1], keepdim=True), pos=False, neg=True)
         probs = imp.op("where", row_masked, _c(imp, probs, 0), probs)

@@ -35,7 +35,14 @@ class OnnxImportError(ValueError):
     pass
 
 
-class NeedsConstantError(OnnxImportError):
+class UnsupportedOnnxFeature(OnnxImportError):
+    """The op is supported but this use of it is not: an attribute value (3-d or ceil_mode
+    pooling, a Pad mode, training mode, attention windows...), an optional output, or a parameter
+    computed from run-time data. Part of the importer's declaration of what it supports: the
+    conformance runner counts such a case as unsupported, every other import error as a failure."""
+
+
+class NeedsConstantError(UnsupportedOnnxFeature):
     """An op parameter (axes, pads, a shape...) is computed from data; `name` is the ONNX value.
     If it is a graph input, `import_onnx(model, bind={name: array})` specializes the model on it."""
 
@@ -106,6 +113,9 @@ class Importer:
         n = self.node
         where = f"node {n.name or n.output[0]!r} ({n.op_type})" if n is not None else "model"
         return OnnxImportError(f"{where}: {msg}")
+
+    def unsupported(self, msg: str) -> UnsupportedOnnxFeature:
+        return UnsupportedOnnxFeature(str(self.error(msg)))
 
     # ---- reading inputs -----------------------------------------------------------------------------
     def has(self, i: int) -> bool:

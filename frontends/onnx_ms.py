@@ -14,7 +14,7 @@ MS = "com.microsoft"
 def _const(imp, i, what):
     k = imp.known(i)
     if k is None or k.symbolic:
-        raise imp.error(f"{what} (input {i}) must be an initializer")
+        raise imp.unsupported(f"{what} (input {i}) must be an initializer")
     return k.array
 
 
@@ -24,9 +24,9 @@ def _matmul_nbits(imp, a):
     int4 layout once reshaped; zero points [N, ceil(blocks/2)] u8 are unpacked to one per block."""
     bits, k, n, block = a.get("bits", 4), a["K"], a["N"], a["block_size"]
     if bits != 4:
-        raise imp.error(f"MatMulNBits bits={bits} is not supported (only 4)")
+        raise imp.unsupported(f"MatMulNBits bits={bits} is not supported (only 4)")
     if imp.has(4):
-        raise imp.error("MatMulNBits with g_idx (act-order) is not supported")
+        raise imp.unsupported("MatMulNBits with g_idx (act-order) is not supported")
     if k % block:
         raise imp.error(f"K={k} is not a multiple of block_size={block}")
     blocks = k // block
@@ -37,7 +37,7 @@ def _matmul_nbits(imp, a):
     if imp.has(3):
         zp = _const(imp, 3, "zero_points")
         if zp.dtype != np.uint8:
-            raise imp.error("float zero points are not supported (only packed uint8)")
+            raise imp.unsupported("float zero points are not supported (only packed uint8)")
         zp = zp.reshape(n, -1)
         zeros = np.stack([zp & 15, zp >> 4], axis=-1).reshape(n, -1)[:, :blocks]
         ins.append(imp.as_value(Known(np.ascontiguousarray(zeros), "u8"), "zeros"))
@@ -95,7 +95,7 @@ def _skip_outputs(imp, y, s):
     """Outputs: y, mean (unsupported), inv_std (unsupported), input+skip+bias."""
     names = list(imp.node.output)
     if any(names[i] for i in (1, 2) if i < len(names)):
-        raise imp.error("the mean/inv_std_var outputs are not supported")
+        raise imp.unsupported("the mean/inv_std_var outputs are not supported")
     return [y, None, None, s][:len(names)]
 
 
@@ -103,5 +103,5 @@ def _skip_outputs(imp, y, s):
 def _simplified_layer_norm(imp, a):
     x = imp.value(0)
     if a.get("axis", -1) not in (-1, x.type.rank - 1):
-        raise imp.error("SimplifiedLayerNormalization over more than the last axis is not supported")
+        raise imp.unsupported("SimplifiedLayerNormalization over more than the last axis is not supported")
     return imp.op("rms_norm", x, imp.value(1), eps=a.get("epsilon", 1e-5))

@@ -174,7 +174,7 @@ def _dropout(imp, a):
     """Inference: the identity, with an all-true mask. Training-mode dropout is random: rejected."""
     ratio = imp.scalar(1, "ratio") if imp.has(1) else 0.5
     if imp.has(2) and imp.scalar(2, "training_mode") and ratio != 0:
-        raise imp.error("training-mode Dropout (random) is not supported; export the model in eval mode")
+        raise imp.unsupported("training-mode Dropout (random) is not supported; export the model in eval mode")
     x = imp.value(0)
     return [x, imp.op("full", shape=list(x.type.shape), value=True, dtype="bool")]
 
@@ -244,7 +244,30 @@ def _gelu(imp, a):
 @onnx_op("Softmax", "LogSoftmax")
 def _softmax(imp, a):
     x = imp.value(0)
-    return imp.op("softmax" if imp.node.op_type == "Softmax" else "log_softmax", x, dim=_axis(a, "axis", x.type.rank, -1))
+    dim = _axis(a, "axis", x.type.rank, -1)
+    if imp.node.op_type == "Softmax" and x.type.dtype in ("f16", "bf16"):
+        return low_precision_softmax(imp, x, dim)
+    return imp.op("softmax" if imp.node.op_type == "Softmax" else "log_softmax", x, dim=dim)
+
+
+def low_precision_softmax(imp, x, dim):
+    """f16/bf16 softmax computed as ONNX's reference does: exp(x - max) / sum in the input dtype,
+    each step rounded (a fused softmax rounds once and differs by an ulp, > rtol in bf16)."""
+    e = imp.op("exp", imp.op("sub", x, imp.op("amax", x, dims=[dim], keepdim=True)))
+    return imp.op("div", e, reference_sum(imp, e, dim))
+
+
+def reference_sum(imp, x, dim):
+    """Sum over `dim` (keepdim) rounded like numpy: for bf16 (an ml_dtypes type numpy reduces
+    element by element) a left-to-right chain of rounded adds when the length is small and
+    static; otherwise the IR `sum` (f32 accumulation, one rounding; numpy does so for f16)."""
+    n = x.type.shape[dim]
+    if x.type.dtype != "bf16" or not isinstance(n, int) or not 1 <= n <= 64:
+        return imp.op("sum", x, dims=[dim], keepdim=True)
+    acc = imp.op("slice", x, dim=dim, start=0, end=1)
+    for j in range(1, n):
+        acc = imp.op("add", acc, imp.op("slice", x, dim=dim, start=j, end=j + 1))
+    return acc
 
 
 # ---- linear algebra ----------------------------------------------------------------------------------
@@ -303,7 +326,7 @@ def _constant(imp, a):
                                  ("value_int", "i64", np.int64), ("value_ints", "i64", np.int64)):
         if key in a:
             return Known(np.asarray(a[key], dtype=np_dtype), dtype)
-    raise imp.error(f"Constant with attribute {sorted(a)} is not supported")
+    raise imp.unsupported(f"Constant with attribute {sorted(a)} is not supported")
 
 
 @onnx_op("ConstantOfShape")
@@ -393,7 +416,7 @@ def _split(imp, a):
     else:
         size = x.type.shape[ax]
         if not isinstance(size, int):
-            raise imp.error(f"splitting symbolic dim {size} needs explicit sizes")
+            raise imp.unsupported(f"splitting symbolic dim {size} needs explicit sizes")
         chunk = -(-size // n_out)
         sizes = [min(chunk, size - i * chunk) for i in range(n_out)]
     outs = imp.op("split", x, dim=ax, sizes=sizes)
@@ -418,7 +441,7 @@ def _reverse_slice(imp, x, ax, s, e, st):
     """A negative-step slice as flip + positive-step slice (torch slices forward only)."""
     size = x.type.shape[ax]
     if not all(isinstance(v, int) for v in (size, s, e)):
-        raise imp.error("a negative-step Slice needs static bounds")
+        raise imp.unsupported("a negative-step Slice needs static bounds")
     idx = range(size)[slice(s, e, st)]
     x = imp.op("flip", x, dims=[ax])
     if not idx:
@@ -456,7 +479,7 @@ def _range(imp, a):
     start, limit, delta = (imp.dims(i, "Range bound")[0] for i in range(3))
     dtype = imp.type(0).dtype
     if dtype not in ("i64", "i32", "i16") and not all(isinstance(v, int) for v in (start, limit, delta)):
-        raise imp.error("a float Range needs constant bounds")
+        raise imp.unsupported("a float Range needs constant bounds")
     if dtype in ("f32", "f64", "f16"):
         k = [imp.known(i).array.item() for i in range(3)]
         n = max(int(math.ceil((k[1] - k[0]) / k[2])), 0)
@@ -486,15 +509,23 @@ def _cumsum(imp, a):
 def _pad(imp, a):
     x = imp.value(0)
     if a.get("mode", "constant") != "constant":
-        raise imp.error(f"Pad mode {a['mode']!r} is not supported (only 'constant')")
+        raise imp.unsupported(f"Pad mode {a['mode']!r} is not supported (only 'constant')")
     pads = imp.dims(1, "pads")
-    value = imp.scalar(2, "constant_value") if imp.has(2) else 0.0
+    runtime_value = imp.has(2) and imp.known(2) is None  # e.g. CastLike(-inf, x) to bf16: not folded
+    value = imp.scalar(2, "constant_value") if imp.has(2) and not runtime_value else 0.0
     axes = [I.norm_dim(d, x.type.rank) for d in imp.dims(3, "axes")] if imp.has(3) else list(range(x.type.rank))
     n = len(axes)
     per_dim = {ax: (pads[i], pads[i + n]) for i, ax in enumerate(axes)}
     torch_pads = []
     for d in reversed(range(x.type.rank)):  # torch order: last dim first
         torch_pads += list(per_dim.get(d, (0, 0)))
+    if runtime_value:  # a run-time scalar fill: pad, then select it where the padding went
+        v = imp.value(2)
+        if v.type.shape not in ((), (1,)):
+            raise imp.error(f"constant_value must be a scalar, got shape {list(v.type.shape)}")
+        inside = imp.op("pad", imp.op("full", shape=list(x.type.shape), value=True, dtype="bool"),
+                        pads=torch_pads, value=0.0)
+        return imp.op("where", inside, imp.op("pad", x, pads=torch_pads, value=0.0), v)
     return imp.op("pad", x, pads=torch_pads, value=float(value))
 
 
@@ -516,9 +547,11 @@ def _reduce(imp, a):
     keep = bool(a.get("keepdims", 1))
     axes = [I.norm_dim(d, x.type.rank) for d in axes]
     if op in ("ReduceMax", "ReduceMin", "ReduceLogSumExp") and any(x.type.shape[d] == 0 for d in axes):
-        if x.type.dtype not in ("f16", "bf16", "f32", "f64"):
-            raise imp.error(f"{op} over an empty dim of a {x.type.dtype} tensor has no identity value")
         shape = I.reduce_shape(x.type.shape, axes, keep)  # the identity of max/min: -inf/+inf
+        if x.type.dtype == "bool" and op != "ReduceLogSumExp":  # max of nothing: False, min: True
+            return imp.op("full", shape=list(shape), value=op == "ReduceMin", dtype="bool")
+        if x.type.dtype not in ("f16", "bf16", "f32", "f64"):
+            raise imp.unsupported(f"{op} over an empty dim of a {x.type.dtype} tensor has no identity value")
         return imp.op("full", shape=list(shape), value=math.inf if op == "ReduceMin" else -math.inf, dtype=x.type.dtype)
     pre = {"ReduceL1": lambda v: imp.op("abs", v), "ReduceL2": lambda v: imp.op("mul", v, v),
            "ReduceSumSquare": lambda v: imp.op("mul", v, v)}
@@ -552,7 +585,7 @@ def _arg(imp, a):
 @onnx_op("BatchNormalization")
 def _batch_norm(imp, a):
     if a.get("training_mode", 0):
-        raise imp.error("training_mode=1 is not supported (inference only)")
+        raise imp.unsupported("training_mode=1 is not supported (inference only)")
     return imp.op("batch_norm", imp.value(0), imp.value(3), imp.value(4), imp.value(1), imp.value(2),
                   eps=a.get("epsilon", 1e-5))
 
@@ -594,7 +627,7 @@ def _pads_2d(imp, a, x_shape, kernel, strides, dilations):
         pads_b, pads_e = [], []
         for size, k, s, d in zip(x_shape[-n:], kernel, strides, dilations):
             if not isinstance(size, int):
-                raise imp.error("auto_pad SAME needs static spatial dims")
+                raise imp.unsupported("auto_pad SAME needs static spatial dims")
             total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
             small, big = total // 2, total - total // 2
             pads_b.append(small if auto == "SAME_UPPER" else big)
@@ -622,7 +655,7 @@ def _conv(imp, a):
     x, w = imp.value(0), imp.value(1)
     n = x.type.rank - 2
     if n not in (1, 2):
-        raise imp.error(f"only 1-d and 2-d convolution is supported, got {n}-d")
+        raise imp.unsupported(f"only 1-d and 2-d convolution is supported, got {n}-d")
     kernel = a.get("kernel_shape", list(w.type.shape[2:]))
     strides, dil = a.get("strides", [1] * n), a.get("dilations", [1] * n)
     pad, asym = _pads_2d(imp, a, x.type.shape, kernel, strides, dil)
@@ -641,14 +674,14 @@ def _pool(imp, a):
     x = imp.value(0)
     n = x.type.rank - 2
     if n not in (1, 2):
-        raise imp.error(f"only 1-d and 2-d pooling is supported, got {n}-d")
+        raise imp.unsupported(f"only 1-d and 2-d pooling is supported, got {n}-d")
     if len([o for o in imp.node.output if o]) > 1:
-        raise imp.error("MaxPool's Indices output is not supported")
+        raise imp.unsupported("MaxPool's Indices output is not supported")
     kernel, strides = a["kernel_shape"], a.get("strides", [1] * n)
     if any(d != 1 for d in a.get("dilations", [1] * n)):
-        raise imp.error("dilated pooling is not supported")
+        raise imp.unsupported("dilated pooling is not supported")
     if a.get("ceil_mode", 0):
-        raise imp.error("ceil_mode=1 pooling is not supported")
+        raise imp.unsupported("ceil_mode=1 pooling is not supported")
     pad, asym = _pads_2d(imp, a, x.type.shape, kernel, strides, [1] * n)
     is_max = imp.node.op_type == "MaxPool"
     if asym is None and any(p > k // 2 for p, k in zip(pad, kernel)):  # torch allows pad <= kernel/2 only

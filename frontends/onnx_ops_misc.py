@@ -81,7 +81,7 @@ def _topk(imp, a):
     x = imp.value(0)
     k = imp.dims(1, "k")[0]
     if not a.get("sorted", 1):
-        raise imp.error("TopK with sorted=0 is not supported")
+        raise imp.unsupported("TopK with sorted=0 is not supported")
     return imp.op("topk", x, k=k, dim=_axis(a, "axis", x.type.rank, -1), largest=bool(a.get("largest", 1)))
 
 

@@ -205,3 +205,59 @@ def test_runner_provides_the_model_file_for_artifacts():
     runner = build_ort_runner(transformer_block(), ["CPUExecutionProvider"])
     data = runner.artifact_files()["model.onnx"]
     onnx.checker.check_model(onnx.load_from_string(data))
+
+
+def kv_attention_block(mask: bool):
+    """Decode-style GQA attention over a KV cache: past [b, 2, past, 8] ++ new [b, 2, seq, 8]."""
+    g = Graph("kv")
+    q = g.add_input("q", TensorType("f32", ("b", 4, "seq", 8)))
+    k = g.add_input("k", TensorType("f32", ("b", 2, "seq", 8)))
+    v = g.add_input("v", TensorType("f32", ("b", 2, "seq", 8)))
+    pk = g.add_input("pk", TensorType("f32", ("b", 2, "past", 8)))
+    pv = g.add_input("pv", TensorType("f32", ("b", 2, "past", 8)))
+    k, v = g.op("concat", pk, k, dim=2), g.op("concat", pv, v, dim=2)
+    extra = [g.op("full", shape=["b", 1, "seq", "past+seq"], value=True, dtype="bool")] if mask else []
+    a = g.op("attention", q, k, v, *extra, causal=True)
+    g.set_outputs([g.op("reshape", g.op("permute", a, dims=[0, 2, 1, 3]), shape=["b", "seq", 32]), k, v])
+    return g
+
+
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("past,seq", [(0, 5), (4, 1), (3, 2)])
+def test_attention_exports_as_one_opset23_attention_node(mask, past, seq):
+    g = kv_attention_block(mask)
+    model = export_onnx(g)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Attention") == 1 and "Softmax" not in ops and "Expand" not in ops
+    assert {o.domain: o.version for o in model.opset_import}[""] == 23
+    b = 2
+    ins = [torch.randn(b, 4, seq, 8), torch.randn(b, 2, seq, 8), torch.randn(b, 2, seq, 8),
+           torch.randn(b, 2, past, 8), torch.randn(b, 2, past, 8)]
+    assert_ort_matches_interpreter(g, *ins)
+
+
+def test_unfused_export_keeps_opset18_and_decomposed_attention():
+    model = export_onnx(kv_attention_block(False), fuse=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Attention" not in ops and "Softmax" in ops
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+
+
+def test_reshape_and_rms_norm_export_in_ort_fusable_form():
+    """Reshapes to symbolic shapes use 0/-1 (a constant shape, no per-run Shape/Concat); rms_norm
+    uses Pow(x, 2), the pattern ORT fuses into SimplifiedLayerNormalization."""
+    model = export_onnx(transformer_block())
+    ops = [n.op_type for n in model.graph.node]
+    assert "Pow" in ops and "Attention" in ops, ops
+    reshape_shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
+    assert reshape_shapes <= {t.name for t in model.graph.initializer}
+
+
+def test_int4_accuracy_level_is_opt_in():
+    g = quantized_linear(4, True)
+    plain = [n for n in export_onnx(g).graph.node if n.op_type == "MatMulNBits"]
+    assert plain and not any(a.name == "accuracy_level" for a in plain[0].attribute)
+    fast = [n for n in export_onnx(g, int4_accuracy_level=4).graph.node if n.op_type == "MatMulNBits"]
+    assert {a.name: a.i for a in fast[0].attribute}["accuracy_level"] == 4
+    with pytest.raises(OnnxExportError, match="accuracy_level"):
+        export_onnx(g, int4_accuracy_level=7)
