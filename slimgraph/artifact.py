@@ -58,6 +58,7 @@ def _write(compiled, d: Path):
     (d / GRAPH).write_text(graph.__str__(), encoding="utf-8")
     tensors, aliases, layouts = _weights_to_store(graph)
     save_file(tensors, str(d / WEIGHTS), metadata={"format": "pt"})
+    products = _build_products(compiled, d)
     kv = compiled.kv.to_dict() if compiled.kv is not None else None
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -67,10 +68,22 @@ def _write(compiled, d: Path):
         "signature": compiled.signature.to_json(), "kv": kv, "weight_aliases": aliases,
         "weight_layouts": layouts,
         "report": compiled.report.to_dict(),
-        "files": {name: _file_info(d / name) for name in (GRAPH, WEIGHTS)},
+        "files": {name: _file_info(d / name) for name in (GRAPH, WEIGHTS, *products)},
     }
     manifest["checksum"] = _checksum(manifest)
     (d / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def _build_products(compiled, d: Path) -> list[str]:
+    """The target's own build products (e.g. the `onnx` target's model.onnx), usable without
+    slimgraph; hashed like every other file. `load` rebuilds the runner from the graph."""
+    files = getattr(compiled._runner, "artifact_files", None)
+    products = files() if callable(files) else {}
+    for name, data in products.items():
+        if name in (GRAPH, WEIGHTS, MANIFEST) or "/" in name:
+            raise ArtifactError(f"target {compiled.target!r} build product {name!r} clashes with the artifact layout")
+        (d / name).write_bytes(data)
+    return sorted(products)
 
 
 def _weights_to_store(graph):

@@ -244,3 +244,21 @@ def test_graph_only_model_round_trip(tmp_path):
     a, b = m(t)
     assert torch.equal(a, fast(t)[0]) and torch.equal(b, t.relu())
     assert pickle  # the module is imported only to prove loading never needs it
+
+
+def test_onnx_target_ships_its_model_file(tmp_path):
+    """The `onnx` target's build product (model.onnx) is in the artifact, hashed, and runs in plain ORT."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(3, 8)
+    fast = slimgraph.optimize(mlp, (x,), target="onnx")
+    fast.save(tmp_path / "m.sg")
+    manifest = json.loads((tmp_path / "m.sg" / "manifest.json").read_text())
+    assert "model.onnx" in manifest["files"]
+    sess = ort.InferenceSession(str(tmp_path / "m.sg" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), mlp(x).detach(), atol=1e-5, rtol=1e-5)
+    (tmp_path / "m.sg" / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="model.onnx"):
+        slimgraph.load(tmp_path / "m.sg")
