@@ -226,3 +226,32 @@ def test_ort_fused_ops_import():
     want = torch.nn.functional.gelu(0.5 * ln @ arr["w"].T + arr["bias"], approximate="tanh")
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(s, x + skip)
+
+
+@pytest.mark.slow
+def test_torch_onnx_export_real_minilm_matches_torch(minilm):
+    """The real all-MiniLM-L6-v2, exported by torch.onnx (dynamo exporter), imports and matches torch."""
+    model, tok = minilm
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = model
+
+        def forward(self, ids, mask):
+            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    wrapped = Hidden().eval()
+    batch = tok(["The quick brown fox jumps over the lazy dog.", "slimgraph compiles models."],
+                padding=True, return_tensors="pt")
+    pytest.importorskip("onnxscript", reason="torch.onnx dynamo exporter needs onnxscript")
+    dims = {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("seq", max=512)}
+    prog = torch.onnx.export(wrapped, (batch.input_ids, batch.attention_mask), dynamo=True,
+                             input_names=["ids", "mask"], dynamic_shapes=(dims, dims), verbose=False)
+    g = import_onnx(prog.model_proto)
+    verify(g)
+    other = tok(["A different, somewhat longer sentence about compilers and inference speed."], return_tensors="pt")
+    for b in (batch, other):
+        with torch.no_grad():
+            want = wrapped(b.input_ids, b.attention_mask)
+        torch.testing.assert_close(run(g, b.input_ids, b.attention_mask)[0], want, rtol=1e-4, atol=1e-4)
