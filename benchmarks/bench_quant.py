@@ -1,6 +1,10 @@
 """Weight-quantization quality and cost on SmolLM2-135M-Instruct (zoo): perplexity change vs
 fp32 on the shipped eval text (4096 tokens, 512-token windows), quantize time, and
-linear-weight bytes vs fp16, for RTN int8 / int4 g64 / g32, GPTQ, AWQ, AWQ+GPTQ.
+linear-weight bytes vs fp16, for RTN int8 / int4 g64 / g32, GPTQ, AWQ, AWQ+GPTQ, torchao's
+IntxWeightOnlyConfig int4 g64 (benchmark-only extra: `pip install --no-deps torchao`; its row is
+skipped when torchao cannot be imported), and through `slimgraph.optimize` pipelines
+(`--only pipeline-gptq-int4-g64,pipeline-select-precision`: the IR passes with the default
+calibration, evaluated from the torch target's packed weights).
 
     python benchmarks/bench_quant.py [--only rtn-int4-g64,gptq-g64] [--calib 32x256]
 
@@ -17,6 +21,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,6 +39,13 @@ CONFIGS = {  # name: (bits, group, sym, method)
     "gptq-int4-g64": (4, 64, False, "gptq"),
     "awq-int4-g64": (4, 64, False, "awq"),
     "awq-gptq-int4-g64": (4, 64, False, "awq-gptq"),
+    "torchao-int4-g64": (4, 64, False, "torchao"),   # torchao IntxWeightOnlyConfig, side by side with RTN
+}
+# through slimgraph.optimize on the torch target (IR passes, packed weights, default calibration)
+PIPELINES = {
+    "pipeline-gptq-int4-g64": "quantize-weights{bits=4,group=64,method=gptq},fuse-dequant-matmul",
+    "pipeline-select-precision": "select-precision{target_ppl=0.05,bits=4,group=64,high_bits=8,method=gptq},"
+                                 "fuse-dequant-matmul",
 }
 
 
@@ -79,9 +91,12 @@ def collect_stats(model, ids) -> dict[str, Stats]:
 @torch.no_grad()
 def apply_awq(model, ids, bits, group, sym) -> dict[str, Stats]:
     """Search AWQ scales per input group and fold them (norm weights / up_proj rows)."""
+    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
     raw = collect_stats(model, ids)
+    print(f"  awq: calibration forward {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = dict(raw)
-    for i, layer in enumerate(model.model.layers):
+    for i, layer in enumerate(tqdm(model.model.layers, desc="awq: scale search", unit="block", file=sys.stderr)):
         p = f"model.layers.{i}."
         a, m = layer.self_attn, layer.mlp
         for fold, names in [((layer.input_layernorm.weight, None), ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
@@ -103,7 +118,8 @@ def quantize_model(model, bits, group, sym, method, ids=None, damp=0.01):
     """Replace every linear weight (lm_head/embeddings excluded) by its quantized value."""
     stats = apply_awq(model, ids, bits, group, sym) if method.startswith("awq") else {}
     if method in ("rtn", "awq"):
-        for name, m in linears(model).items():
+        from tqdm.auto import tqdm
+        for name, m in tqdm(linears(model).items(), desc=f"{method}: rounding", unit="layer", file=sys.stderr):
             st = stats.get(name)
             clip = search_clip(m.weight, st.hessian, bits, group, sym) if st is not None else 1.0
             m.weight.copy_(dequant(*Q.quantize_rtn(m.weight, bits, group, sym, clip), group))
@@ -126,6 +142,44 @@ def quantize_model(model, bits, group, sym, method, ids=None, damp=0.01):
         for h in hooks:
             h.remove()
         bar.close()
+
+
+def torchao_int4(model, group):
+    """torchao's IntxWeightOnlyConfig int4 asymmetric per-group on the same linears (None if unavailable)."""
+    try:
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType, quantize_
+        from torchao.quantization.granularity import PerGroup
+    except Exception as e:   # benchmark-only extra: pip install --no-deps torchao
+        print(f"torchao unavailable ({type(e).__name__}: {e}); skipping its row", file=sys.stderr)
+        return None
+    cfg = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group),
+                               mapping_type=MappingType.ASYMMETRIC)
+    quantize_(model, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn)
+    return model
+
+
+def run_pipeline(model, tok, pipeline, max_tokens):
+    """slimgraph.optimize on the torch target (calibration: the default, the shipped calib split)."""
+    import slimgraph
+    ids = tok(evaluate.load_text("eval")[:2000], return_tensors="pt").input_ids[:, :64]
+    t = time.perf_counter()
+    fast = slimgraph.optimize(model, (ids,), target="torch", pipeline=pipeline)
+    dt = time.perf_counter() - t
+    ppl = evaluate.perplexity(fast, tok, max_tokens=max_tokens)
+    fp16 = sum(m.weight.numel() * 2 for m in linears(model).values())
+    # packed codes + scales + zeros of every quantized linear, as the quantizing pass reports them
+    packed = sum((rec.get("stats") or {}).get("weight_bytes_after", 0) for rec in fast.report.passes)
+    for rec in fast.report.passes:
+        choice = (rec.get("stats") or {}).get("choice")
+        if choice:
+            counts = {}
+            for v in choice.values():
+                counts[v] = counts.get(v, 0) + 1
+            print(f"  per-layer choice ({counts}):", file=sys.stderr)
+            for n, v in choice.items():
+                print(f"    {n}: {v}", file=sys.stderr)
+            print(f"  searched (layers kept high -> calib ppl): {rec['stats'].get('searched')}", file=sys.stderr)
+    return ppl, dt, packed / fp16
 
 
 def linear_bytes_ratio(model, bits, group, sym):
@@ -159,17 +213,82 @@ def minilm_cosine():
     print(f"| gptq-int4-g32 (128 calib sentences) | {evaluate.embedding_cosine(model, q, tok, texts):.5f} |")
 
 
+DECODE = {  # name: pipeline on the torch target (None: the target's default)
+    "fp32": None,
+    "int8": "canonicalize,quantize-weights{bits=8,group=0},fuse-dequant-matmul,cse,dce",
+    "int4-g64": "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce",
+}
+RSS_CHILD = """
+import resource, sys, torch, slimgraph
+torch.set_num_threads(2)
+fast = slimgraph.load(sys.argv[1])
+fast.generate(torch.ones(1, 32, dtype=torch.long), max_new_tokens=16)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def decode_bench(repeat):
+    """Decode tok/s of fp32 / int8 / int4 SmolLM2 on the torch target and transformers eager fp32, the
+    runs alternating in one process (medians), then each artifact's peak RSS when loaded alone."""
+    import statistics
+    import subprocess
+    import tempfile
+    import slimgraph
+    from bench_torch_target import NEW_TOKENS, PROMPT_TOKENS, TEXT, cpu_name, hf_run, slimgraph_run
+    model, tok = zoo.load("smollm2-135m")
+    ids = tok(TEXT, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
+    tmp = Path(tempfile.mkdtemp(prefix="sg-decode-"))
+    fast = {}
+    for name, pipe in DECODE.items():
+        t = time.perf_counter()
+        fast[name] = slimgraph.optimize(model, (ids,), target="torch", pipeline=pipe)
+        fast[name].save(tmp / f"{name}.sg")
+        print(f"{name}: optimize {time.perf_counter() - t:.1f} s, pipeline {fast[name].pipeline}", file=sys.stderr)
+    hf_run(model, ids[:, :8])
+    for f in fast.values():
+        f.generate(ids[:, :8], max_new_tokens=8)
+    runs = {"hf": [], **{n: [] for n in fast}}
+    for _ in range(repeat):
+        runs["hf"].append(hf_run(model, ids)[1])
+        for n, f in fast.items():
+            runs[n].append(slimgraph_run(f, ids)[1])
+    med = {n: statistics.median(r) for n, r in runs.items()}
+    rss = {}
+    base = int(subprocess.run([sys.executable, "-c", "import resource, torch, slimgraph; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+                              capture_output=True, text=True, check=True).stdout.split()[-1])
+    for n in fast:
+        rss[n] = int(subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp / f"{n}.sg")], capture_output=True,
+                                    text=True, check=True).stdout.split()[-1])
+    files = {n: sum(f.stat().st_size for f in (tmp / f"{n}.sg").rglob("*") if f.is_file()) for n in fast}
+    print(f"# {cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads; prompt {PROMPT_TOKENS}, "
+          f"{NEW_TOKENS} greedy new tokens, median of {repeat} alternating runs")
+    print("per-run tok/s:", {n: [round(x, 1) for x in r] for n, r in runs.items()})
+    print(f"peak RSS of `import torch, slimgraph` alone: {base / 2**20:.0f} MiB")
+    print("| model | decode tok/s | vs transformers eager fp32 | artifact MiB | peak RSS MiB (load + generate, own process) |")
+    print("|---|---|---|---|---|")
+    print(f"| transformers eager fp32 | {med['hf']:.1f} | 1.00x | | |")
+    for n in fast:
+        print(f"| slimgraph torch {n} | {med[n]:.1f} | {med[n] / med['hf']:.2f}x | {files[n] / 2**20:.0f} | "
+              f"{rss[n] / 2**20:.0f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default=",".join(CONFIGS))
+    ap.add_argument("--only", default=",".join(CONFIGS), help=f"of {', '.join([*CONFIGS, *PIPELINES])}")
     ap.add_argument("--calib", default="32x256", help="calibration windows x tokens (calib split)")
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--base-ppl", type=float, help="fp32 perplexity from an earlier run (skips measuring it)")
     ap.add_argument("--minilm", action="store_true", help="only the MiniLM embedding-cosine table")
+    ap.add_argument("--decode", action="store_true",
+                    help="only decode tok/s + peak RSS of fp32/int8/int4 on the torch target vs transformers")
+    ap.add_argument("--repeat", type=int, default=3, help="for --decode: alternating runs per model")
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.minilm:
         return minilm_cosine()
+    if args.decode:
+        return decode_bench(args.repeat)
     model, tok = zoo.load("smollm2-135m")
     original = {k: v.clone() for k, v in model.state_dict().items()}
     n, seq = map(int, args.calib.split("x"))
@@ -182,12 +301,24 @@ def main():
     print("| config | ppl | ppl change | quantize time (s) | linear bytes vs fp16 |")
     print("|---|---|---|---|---|")
     for name in args.only.split(","):
-        bits, group, sym, method = CONFIGS[name]
         model.load_state_dict(original)
+        if name in PIPELINES:
+            ppl, dt, ratio = run_pipeline(model, tok, PIPELINES[name], args.max_tokens)
+            print(f"| {name} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% | {dt:.1f} (whole optimize) | "
+                  f"{ratio:.3f} |", flush=True)
+            continue
+        bits, group, sym, method = CONFIGS[name]
         t = time.perf_counter()
-        quantize_model(model, bits, group, sym, method, ids)
+        if method == "torchao":
+            import copy
+            q = torchao_int4(copy.deepcopy(model), group)
+            if q is None:
+                continue
+        else:
+            q = model
+            quantize_model(model, bits, group, sym, method, ids)
         dt = time.perf_counter() - t
-        ppl = evaluate.perplexity(model, tok, max_tokens=args.max_tokens)
+        ppl = evaluate.perplexity(q, tok, max_tokens=args.max_tokens)
         print(f"| {name} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% | {dt:.1f} | "
               f"{linear_bytes_ratio(model, bits, group, sym):.3f} |", flush=True)
 
