@@ -219,11 +219,13 @@ DECODE = {  # name: pipeline on the torch target (None: the target's default)
     "int4-g64": "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce",
 }
 RSS_CHILD = """
-import resource, sys, torch, slimgraph
+import sys, torch, slimgraph
 torch.set_num_threads(2)
-fast = slimgraph.load(sys.argv[1])
-fast.generate(torch.ones(1, 32, dtype=torch.long), max_new_tokens=16)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+if sys.argv[1] != "none":
+    fast = slimgraph.load(sys.argv[1])
+    fast.generate(torch.ones(1, 32, dtype=torch.long), max_new_tokens=16)
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (this parent holds the fp32 model)
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024)
 """
 
 
@@ -254,9 +256,8 @@ def decode_bench(repeat):
             runs[n].append(slimgraph_run(f, ids)[1])
     med = {n: statistics.median(r) for n, r in runs.items()}
     rss = {}
-    base = int(subprocess.run([sys.executable, "-c", "import resource, torch, slimgraph; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
-                              capture_output=True, text=True, check=True).stdout.split()[-1])
+    base = int(subprocess.run([sys.executable, "-c", RSS_CHILD, "none"], capture_output=True, text=True,
+                              check=True).stdout.split()[-1])
     for n in fast:
         rss[n] = int(subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp / f"{n}.sg")], capture_output=True,
                                     text=True, check=True).stdout.split()[-1])
