@@ -263,7 +263,8 @@ def test_qlinear_kernel_via_codegen():
     assert "qlinear" in run.graph_module.code and "quant_qlinear" not in run.graph_module.code  # ...not the ref
     for batch in (1, 3):
         xs = torch.randn(batch, 64)
-        torch.testing.assert_close(run(xs)[0], ir.run(g, xs)[0], rtol=1e-4, atol=1e-3)
+        ref = ir.run(g, xs)[0]  # the int4 kernel runs in bf16 (codegen/torch_qlinear.py)
+        torch.testing.assert_close(run(xs)[0], ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
 
 
 def test_torch_target_is_registered():

