@@ -8,7 +8,7 @@ times in one process and the median decode speed of each is reported, so that no
 jobs on a shared machine hits all alike. Rows:
 - fp32 / int4 export as the `onnx` target builds it now (fused opset-23 Attention, ORT-fusable
   RMS norm, constant reshape shapes, ORT_ENABLE_ALL, torch's thread count);
-- int4 with intra-op threads spin-waiting (ORT's default; off in slimgraph's sessions);
+- int4 with intra-op spin-waiting off (SLIMGRAPH_ORT_SPIN=0, for machines shared with other jobs);
 - int4 with MatMulNBits accuracy_level=4 (int8 activations; opt-in, lossier), with its own
   greedy-identity check;
 - with --baseline-rev REV: the same graphs exported by the exporter of git revision REV and run
@@ -93,7 +93,7 @@ def main(argv=None):
     ids = tok(TEXT, return_tensors="pt").input_ids[:, :32]
     int4 = slimgraph.optimize(model, target="onnx", pipeline=INT4)
     fp32 = slimgraph.optimize(model, target="onnx", pipeline=FP32)
-    runs = {"fp32": fp32, "int4": int4, "int4 spin": with_runner(int4, spin=True),
+    runs = {"fp32": fp32, "int4": int4, "int4 nospin": with_runner(int4, spin=False),
             "int4 acc4": with_runner(int4, int4_accuracy_level=4)}
     if args.baseline_rev:
         export_old = baseline_exporter(args.baseline_rev)
@@ -117,13 +117,13 @@ def main(argv=None):
     rows = [("fp32 base", f"fp32 export at {args.baseline_rev} (before)"),
             ("int4 base", f"int4 g32 export at {args.baseline_rev} (before)"),
             ("fp32", "fp32 export (now)"), ("int4", f"int4 g32 export, {n_nbits} MatMulNBits (now)"),
-            ("int4 spin", "int4 g32 export, intra-op threads spin-waiting (SLIMGRAPH_ORT_SPIN=1)"),
+            ("int4 nospin", "int4 g32 export, no intra-op spin-waiting (SLIMGRAPH_ORT_SPIN=0)"),
             ("int4 acc4", "int4 g32, MatMulNBits accuracy_level=4 (opt-in)")]
     for k, label in rows:
         if k not in med:
             continue
         ratios = [f"{med[k] / med['fp32']:.2f}x fp32 now"] if k != "fp32" else []
-        if args.baseline_rev and k in ("fp32", "int4", "int4 spin", "int4 acc4"):
+        if args.baseline_rev and k in ("fp32", "int4", "int4 nospin", "int4 acc4"):
             ratios.append(f"{med[k] / med[k.split()[0] + ' base']:.2f}x before")
         extra = f" ({', '.join(ratios)})" if ratios else ""
         print(f"| {label} | {med[k]:.1f}{extra} | {same.get(k, '')} |")

@@ -5,8 +5,8 @@
     runner.model                           # the exported onnx.ModelProto
     runner.artifact_files()                # {"model.onnx": bytes} for an artifact directory
 
-Sessions run with ORT_ENABLE_ALL, torch's intra-op thread count and no spin-waiting
-(SLIMGRAPH_ORT_SPIN=1 turns it on). int4 MatMulNBits computes
+Sessions run with ORT_ENABLE_ALL, torch's intra-op thread count and ORT's default spin-waiting
+(SLIMGRAPH_ORT_SPIN=0 turns it off for machines shared with other jobs). int4 MatMulNBits computes
 in f32 (accuracy_level 0, the IR's semantics); SLIMGRAPH_ORT_INT4_ACCURACY=4 (or
 int4_accuracy_level=4) lets ORT quantize activations to int8 per block: faster on CPUs with
 VNNI, numerically lossier, so opt-in.
@@ -23,9 +23,10 @@ def session_options(threads: int | None = None, spin: bool | None = None):
     """ORT session options for slimgraph's exports: all graph optimizations (ORT fuses the
     Pow/ReduceMean/Sqrt/Div RMS norm into SimplifiedLayerNormalization, MatMul+Transpose into
     FusedMatMul, ...), `threads` intra-op threads (default: torch's thread count, as the other
-    CPU targets use), sequential execution. Intra-op threads do not spin-wait between ops unless
-    `spin` (or SLIMGRAPH_ORT_SPIN=1): on a machine shared with other jobs spinning threads steal
-    each other's cores (SmolLM2 int4 decode 1.5x slower here); on an idle one spinning can win."""
+    CPU targets use), sequential execution. Intra-op threads spin-wait between ops (ORT's default)
+    unless `spin=False` (or SLIMGRAPH_ORT_SPIN=0): on an idle 2-core machine spinning made SmolLM2
+    int4 decode 1.25x faster; on one shared with other jobs spinning threads steal each other's
+    cores (1.5x slower there)."""
     import onnxruntime as ort
     import torch
     opts = ort.SessionOptions()
@@ -35,7 +36,7 @@ def session_options(threads: int | None = None, spin: bool | None = None):
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     if spin is None:
-        spin = os.environ.get("SLIMGRAPH_ORT_SPIN", "0") == "1"
+        spin = os.environ.get("SLIMGRAPH_ORT_SPIN", "1") != "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return opts
 
