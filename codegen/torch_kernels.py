@@ -100,32 +100,7 @@ def cast(x, dtype):
     return x.to(TORCH_DTYPES[dtype])
 
 
-# ---- shape ops: direct tensor methods ----------------------------------------------------------
-@torch_kernel("reshape")
-def reshape(x, shape):
-    return x.reshape(shape)
-
-
-@torch_kernel("permute")
-def permute(x, dims):
-    return x.permute(dims)
-
-
-@torch_kernel("expand")
-def expand(x, shape):
-    return x.expand(shape)
-
-
-@torch_kernel("unsqueeze")
-def unsqueeze(x, dim):
-    return x.unsqueeze(dim)
-
-
-@torch_kernel("select")
-def select(x, dim, index):
-    return x.select(dim, index)
-
-
+# ---- shape ops (reshape, permute, expand, ... run their reference impls, already direct calls)
 @torch_kernel("slice")
 def slice_(x, dim, start, end, step):
     if step == 1 and start >= 0 and 0 <= end < 2 ** 62:  # the common case: one narrow, no index tuple
@@ -133,11 +108,6 @@ def slice_(x, dim, start, end, step):
         start, end = min(start, size), min(end, size)
         return x.narrow(dim, start, max(end - start, 0))
     return torch.ops.aten.slice.Tensor(x, dim, start, end, step)
-
-
-@torch_kernel("concat")
-def concat(*xs, dim):
-    return torch.cat(xs, dim)
 
 
 @torch_kernel("split")
