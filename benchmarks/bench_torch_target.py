@@ -15,6 +15,7 @@ import torch
 
 import slimgraph
 from slimgraph import zoo
+from slimgraph.generate import TokenClock
 
 PROMPT_TOKENS, NEW_TOKENS = 32, 128
 TEXT = ("The history of computing is a story of abstraction: each generation of engineers builds tools that "
@@ -22,32 +23,15 @@ TEXT = ("The history of computing is a story of abstraction: each generation of 
         "from machine code to compilers to the frameworks that train today's neural networks.")
 
 
-class TokenClock:
-    """HF streamer that timestamps each token, so decode speed is measured inside model.generate()."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, _):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        self.times.append(time.perf_counter())
-
-    def stats(self):
-        # times: [prompt, token 1 (end of prefill), ..., token n, end]
-        return self.times[1] - self.times[0], (len(self.times) - 3) / (self.times[-1] - self.times[1])
-
-
 def hf_run(model, ids):
     clock = TokenClock()
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, streamer=clock)
-    return clock.stats()
+    return clock.prefill_s(), clock.decode_tokens_per_s()
 
 
 def slimgraph_run(fast, ids):
-    fast.generate(ids, max_new_tokens=NEW_TOKENS)  # no eos: always NEW_TOKENS tokens
+    fast.generate(ids, max_new_tokens=NEW_TOKENS, eos_token_id=None)  # no eos: always NEW_TOKENS tokens
     s = fast.last_generate_stats
     return s.prefill_s, s.decode_tokens_per_s
 

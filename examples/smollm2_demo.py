@@ -10,25 +10,9 @@ import torch
 
 import slimgraph
 from slimgraph import zoo
+from slimgraph.generate import TokenClock
 
 QUESTION = "What is the capital of France? Answer in two sentences."
-
-
-class TokenClock:
-    """An HF streamer that timestamps tokens: decode speed measured inside model.generate()."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, _):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        self.times.append(time.perf_counter())
-
-    def decode_tokens_per_s(self):
-        first, last = self.times[1], self.times[-1]  # times[0] is the prompt, [1] the prefill's token
-        return (len(self.times) - 3) / (last - first)
 
 
 def chat_prompt(tokenizer, question):

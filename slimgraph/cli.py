@@ -190,7 +190,7 @@ def _bench_causal_lm(compiled, args) -> None:
     compiled.generate(ids, max_new_tokens=min(4, args.new_tokens))  # warm-up
     runs = []
     for _ in range(args.repeat):
-        compiled.generate(ids, max_new_tokens=args.new_tokens)
+        compiled.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=None)  # fixed length: no eos stop
         runs.append(compiled.last_generate_stats)
     prefill = statistics.median(s.prefill_ms for s in runs)
     decode = statistics.median(s.decode_tokens_per_s for s in runs)

@@ -135,3 +135,23 @@ def _sampler(do_sample, temperature, top_k, generator):
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return sample
+
+
+class TokenClock:
+    """An HF-style streamer (`put`/`end`) that timestamps tokens, so decode speed can be measured inside
+    `model.generate(..., streamer=clock)` of transformers exactly as for slimgraph's generate."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, _):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        self.times.append(time.perf_counter())
+
+    def prefill_s(self) -> float:
+        return self.times[1] - self.times[0]  # times: [prompt, token 1 (end of prefill), ..., token n, end]
+
+    def decode_tokens_per_s(self) -> float:
+        return (len(self.times) - 3) / (self.times[-1] - self.times[1])
