@@ -72,6 +72,15 @@ def shared_stats(cache: dict, x) -> Stats:
     return cache["stats"]
 
 
+def run_body(model, ids, hooks):
+    """One forward of the decoder body (lm_head skipped) with `hooks` attached; removes them after."""
+    try:
+        model.model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def collect_stats(model, ids) -> dict[str, Stats]:
     """Input statistics of every linear, one forward of the decoder body (lm_head skipped)."""
@@ -80,11 +89,7 @@ def collect_stats(model, ids) -> dict[str, Stats]:
         def pre(mod, args, name=name):
             stats[name] = shared_stats(cache, args[0])
         hooks.append(m.register_forward_pre_hook(pre))
-    try:
-        model.model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_body(model, ids, hooks)
     return stats
 
 
@@ -137,10 +142,8 @@ def quantize_model(model, bits, group, sym, method, ids=None, damp=0.01):
     for m in linears(model).values():
         hooks.append(m.register_forward_hook(tick))
     try:
-        model.model(ids)
+        run_body(model, ids, hooks)
     finally:
-        for h in hooks:
-            h.remove()
         bar.close()
 
 
