@@ -14,8 +14,12 @@ Recognition (the chains torch.export produces):
     cast(rms_norm(cast(x, f32)), x.dtype)                     -> rms_norm(x)   (f16/bf16: HF Llama)
     mul(rms_norm(x), w)   with w: [hidden], same dtype        -> rms_norm(x, w)
     mul(x, sigmoid(x))                                        -> silu(x)
+    add(mul(x, cos), mul(concat(neg(x[..., h:]), x[..., :h]), sin)) -> rope(x, cos, sin)   (h = d/2)
     mul(mul(x, 0.5), add(erf(div(x, sqrt 2)), 1))             -> gelu(x)   (also x * (1/sqrt 2))
     attention(q, repeat_kv(k), repeat_kv(v))                  -> attention(q, k, v)   (GQA is native)
+    attention(q, k, v, key_pos <= query_pos)                  -> attention{causal}(q, k, v)
+        when the mask compares aranges of key and query positions whose offset is kv_len - q_len
+        (the causal mask HF builds from cache positions); kernels then skip building the mask.
 """
 from __future__ import annotations
 import math
@@ -139,6 +143,26 @@ def _gelu(g, root, x, s, arg):
     return g.op("gelu", x) if root.output.type.matches(x.type) else None
 
 
+_HALF = lambda which: P("slice", X, name=which)  # noqa: E731
+_ROPE = P("add", P("mul", X, P.var("cos")),
+          P("mul", P("concat", P("neg", _HALF("hi")), _HALF("lo"), name="rot", commutative=False), P.var("sin")))
+
+
+def _rope(g, root, x, cos, sin, rot, hi, lo):
+    d = x.type.shape[-1] if x.type.rank else None
+    if not isinstance(d, int) or d % 2 or rot.producer.attrs["dim"] not in (-1, x.type.rank - 1):
+        return "not a rotate-half over the last dim"
+    h, last = d // 2, (-1, x.type.rank - 1)
+    a, b = hi.producer.attrs, lo.producer.attrs
+    if not (a["dim"] in last and b["dim"] in last and a["step"] == 1 and b["step"] == 1
+            and a["start"] == h and a["end"] >= d and b["start"] == 0 and b["end"] == h):
+        return f"the halves are not x[..., {h}:] and x[..., :{h}]"
+    if x.type.dtype not in FLOATS or cos.type.dtype != x.type.dtype or sin.type.dtype != x.type.dtype:
+        return "cos/sin/x dtypes differ"
+    out = g.op("rope", x, cos, sin)
+    return out if out.type.matches(root.output.type) else "cos/sin broadcast x to another shape"
+
+
 # HF `repeat_kv`: k[:, :, None].expand(b, hk, rep, s, d).reshape(b, hk*rep, s, d) == repeat_interleave(rep,
 # dim=1), which `attention` already does for k/v with fewer heads (GQA): feed it the unrepeated k/v.
 _REPEAT_KV = P("reshape", P("expand", P("unsqueeze", X, attrs={"dim": lambda d: d in (2, -3)}), name="e"))
@@ -162,12 +186,82 @@ def _attention_gqa(g, root):
     return g.op("attention", q, k2, v2, *mask, **root.attrs)
 
 
+def _positions(v):
+    """(offset, length) when v holds offset + arange(length) along its single non-1 axis (an
+    arange, shifted by constants or `dim_value`s, unsqueezed), else None."""
+    node = v.producer
+    if node is None:
+        return None
+    if node.op == "arange" and node.attrs["step"] == 1:
+        start = node.attrs["start"]
+        return start, symbolic.add(node.attrs["end"], -start if isinstance(start, int) else f"-({start})")
+    if node.op == "unsqueeze":
+        return _positions(node.inputs[0])
+    if node.op == "add":
+        for a, b in (node.inputs, node.inputs[::-1]):
+            pos, shift = _positions(a), _shift(b)
+            if pos is not None and shift is not None and a.type.shape == v.type.shape:
+                return symbolic.add(pos[0], shift), pos[1]
+    return None
+
+
+def _shift(v):
+    node = v.producer
+    if node is not None and node.op == "dim_value":
+        return node.attrs["expr"]
+    c = const_value(v)
+    return c if isinstance(c, int) and not isinstance(c, bool) else None
+
+
+def _along(v, axis, length) -> bool:
+    """v varies only along `axis` (from the end), which has `length` entries: every other dim is 1."""
+    shape = v.type.shape
+    if len(shape) < -axis:
+        return False
+    return symbolic.equal(shape[axis], length) and all(
+        isinstance(d, int) and d == 1 for i, d in enumerate(shape) if i != len(shape) + axis)
+
+
+def _causal_offset(mask):
+    """(kv_len, q_len, offset) if `mask` keeps the keys at positions <= each query's position, where
+    queries sit at offset + arange(q_len) and keys at arange(kv_len); else None."""
+    node = mask.producer
+    while node is not None and node.op == "expand":
+        node = node.inputs[0].producer
+    if node is None or node.op not in ("le", "ge"):
+        return None
+    key, query = node.inputs if node.op == "le" else node.inputs[::-1]
+    kp, qp = _positions(key), _positions(query)
+    if kp is None or qp is None or not _along(key, -1, kp[1]) or not _along(query, -2, qp[1]):
+        return None
+    return kp[1], qp[1], symbolic.add(qp[0], f"-({kp[0]})")
+
+
+def _attention_causal(g, root):
+    q, k, v, *mask = root.inputs
+    if not mask or mask[0].type.dtype != "bool":
+        return None
+    found = _causal_offset(mask[0])
+    if found is None:
+        return "the mask is not a comparison of key and query positions"
+    k_len, q_len, offset = found
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
+    if not (symbolic.equal(k_len, lk) and symbolic.equal(q_len, lq) and symbolic.equal(offset, symbolic.add(lk, f"-({lq})"))):
+        return f"positions (keys {k_len}, queries {q_len}, offset {offset}) are not causal for q_len {lq}, kv_len {lk}"
+    if any(not (isinstance(d, int) and d == 1) and not symbolic.equal(d, b)
+           for d, b in zip(mask[0].type.shape[:-2], q.type.shape[:-2])):
+        return "the mask does not broadcast over the batch/head dims"
+    return g.op("attention", q, k, v, **{**root.attrs, "causal": True})
+
+
 recognize = RuleSet([
     (P("attention", any_inputs=True), _attention_gqa, "attention-gqa"),
+    (P("attention", any_inputs=True), _attention_causal, "attention-causal-mask"),
     (_RMS_CORE, _rms_core),
     (P("cast", P("rms_norm", P("cast", X, attrs={"dtype": "f32"}), name="n")), _rms_upcast),
     (P("mul", P("rms_norm", X, name="n"), P.var("w")), _rms_weight),
     (P("mul", X, P("sigmoid", X)), _silu),
+    (_ROPE, _rope),
     (_GELU, _gelu),
 ], name="recognize")
 

@@ -32,5 +32,6 @@ def test_canonicalize_recognizes_exported_llama_rms_norm(tiny_llama, dtype, atol
     after = g.op_counts()
     assert after["rms_norm"] == 5 and not {"rsqrt", "pow", "mean"} & set(after)
     assert rep[0].stats["rms-weight"] == 5
-    assert rep[0].stats["attention-gqa"] == 2 and after["expand"] == before["expand"] - 4  # repeat_kv gone
+    assert rep[0].stats["attention-gqa"] == 2 and rep[0].stats["attention-causal-mask"] == 2
+    assert after.get("expand", 0) == before["expand"] - 5 and "le" not in after  # repeat_kv and the mask gone
     assert sum(after.values()) < sum(before.values()) - 30
