@@ -135,6 +135,21 @@ def rms_norm(x, weight=None, *, eps):
     return y * weight if weight is not None else y
 
 
+_ROPE_SIGNS: dict = {}
+
+
+@torch_kernel("rope")
+def rope(x, cos, sin):
+    """x * cos + rotate_half(x) * sin as 4 ops instead of 7: rotate_half(x) = roll(x, d/2) * [-1.., +1..]."""
+    h = x.shape[-1] // 2
+    key = (h, sin.dtype, sin.device)
+    sign = _ROPE_SIGNS.get(key)
+    if sign is None:
+        sign = _ROPE_SIGNS[key] = torch.cat([-torch.ones(h, dtype=sin.dtype, device=sin.device),
+                                             torch.ones(h, dtype=sin.dtype, device=sin.device)])
+    return torch.addcmul(x * cos, x.roll(h, -1), sin * sign)
+
+
 @torch_kernel("layer_norm")
 def layer_norm(x, weight=None, bias=None, *, axes, eps):
     return torch.layer_norm(x, x.shape[-axes:], weight, bias, eps)

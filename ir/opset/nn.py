@@ -77,6 +77,22 @@ def rms_norm(x, weight=None, *, eps):
     return y * weight if weight is not None else y
 
 
+def _rope_type(ts, attrs):
+    x, cos, sin = ts
+    if cos.shape[-1:] != x.shape[-1:] or sin.shape[-1:] != x.shape[-1:] or not isinstance(x.shape[-1], int) \
+            or x.shape[-1] % 2:
+        raise I.ShapeError(f"rope: cos {cos} / sin {sin} must match the even last dim of x {x}")
+    return TensorType(x.dtype, I.broadcast(x.shape, cos.shape, sin.shape))
+
+
+@register_op("rope", inputs="x cos sin", infer=_rope_type)
+def rope(x, cos, sin):
+    """Rotary position embedding, rotate-half form (Llama/Qwen/Mistral): x * cos + rotate_half(x) * sin
+    with rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2]); cos/sin broadcast against x."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+
+
 @register_op("batch_norm", inputs="x mean var weight? bias?", attrs={"eps": Attr("float", 1e-5)}, infer=I.same)
 def batch_norm(x, mean, var, weight=None, bias=None, *, eps):
     """Inference batch norm over dim 1 with running statistics."""

@@ -55,6 +55,7 @@ CASES = {
     "argmin": lambda g, x, i, b, n: g.op("argmin", x, dim=-1, keepdim=True),
     "arange": lambda g, x, i, b, n: g.op("arange", start=1, end="seq+2"),
     "attention": lambda g, x, i, b, n: g.op("attention", x, x, x, causal=True),
+    "rope": lambda g, x, i, b, n: g.op("rope", x, g.op("cos", x), g.op("sin", x)),
     "avg_pool2d": lambda g, x, i, b, n: g.op("avg_pool2d", _nchw(g, x), kernel=[1, 2]),
     "max_pool2d": lambda g, x, i, b, n: g.op("max_pool2d", _nchw(g, x), kernel=[1, 2]),
     "batch_norm": lambda g, x, i, b, n: g.op("batch_norm", g.op("permute", x, dims=[0, 2, 1]), _w(g, "m", 4),
@@ -96,7 +97,7 @@ CASES = {
 }
 INT_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not"}
 BOOL_OPS = {"logical_and", "logical_or", "logical_xor", "logical_not"}
-NEEDS_QUANT_PASS = {"dequantize", "qlinear"}  # packed inputs: covered by test_qlinear_kernel_via_codegen
+NEEDS_QUANT_PASS = {"dequantize", "qlinear", "qembedding"}  # packed inputs: test_qlinear_kernel_via_codegen, tests/passes/test_quant.py
 
 
 def build_case(op):

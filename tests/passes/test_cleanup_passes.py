@@ -334,3 +334,63 @@ graph @main(%q: f32[b,4,seq,8], %k: f32[b,2,past,8], %v: f32[b,2,past,8]) {
         CHECK: attention(%q, %kr, %vr2)
     """)
     assert rep[0].stats["attention-gqa"] == 1
+
+
+CAUSAL_MASK = """
+graph @main(%q: f32[b,4,seq,8], %k: f32[b,2,past+seq,8], %v: f32[b,2,past+seq,8], %past_key: f32[b,2,past,8]) {
+  %qa: i64[seq] = arange() {end="seq"}
+  %p: i64[] = dim_value() {expr="past"}
+  %qpos: i64[seq] = add(%qa, %p)
+  %q1: i64[1,seq] = unsqueeze(%qpos) {dim=0}
+  %q2: i64[1,1,seq] = unsqueeze(%q1) {dim=1}
+  %q3: i64[1,1,seq,1] = unsqueeze(%q2) {dim=3}
+  %ka: i64[past+seq] = arange() {end="past+seq"}
+  %k1: i64[1,past+seq] = unsqueeze(%ka) {dim=0}
+  %k2: i64[1,1,past+seq] = unsqueeze(%k1) {dim=1}
+  %k3: i64[1,1,1,past+seq] = unsqueeze(%k2) {dim=2}
+  %keep: bool[1,1,seq,past+seq] = le(%k3, %q3)
+  %mask: bool[b,1,seq,past+seq] = expand(%keep) {shape=["b",1,"seq","past+seq"]}
+  %a: f32[b,4,seq,8] = attention(%q, %k, %v, %mask) {scale=0.125}
+  %one: i64[] = constant() {dtype="i64", value=1}
+  %later: i64[1,1,seq,1] = add(%q3, %one)
+  %shifted: bool[1,1,seq,past+seq] = le(%k3, %later)
+  %a2: f32[b,4,seq,8] = attention(%q, %k, %v, %shifted) {scale=0.125}
+  return %a, %a2
+}"""
+
+
+def test_canonicalize_turns_a_position_mask_into_causal_attention():
+    # keys at arange(past+seq) <= queries at past + arange(seq) is causal attention aligned to the end;
+    # one position later (a query sees its next key) is not, and keeps its mask
+    g, rep = run_passes(CAUSAL_MASK, "canonicalize,dce", sizes={"past": 3, "seq": 4})
+    filecheck(str(g), """
+        CHECK: attention(%q, %k, %v) {causal=true, scale=0.125}
+        CHECK: attention(%q, %k, %v, %shifted) {scale=0.125}
+    """)
+    assert rep[0].stats["attention-causal-mask"] == 1 and "expand" not in g.op_counts()
+
+
+ROPE = """
+graph @main(%x: f32[b,9,seq,64], %cos: f32[1,1,seq,64], %sin: f32[1,1,seq,64]) {
+  %a: f32[b,9,seq,64] = mul(%x, %cos)
+  %lo: f32[b,9,seq,32] = slice(%x) {dim=3, end=32}
+  %hi: f32[b,9,seq,32] = slice(%x) {dim=3, start=32}
+  %n: f32[b,9,seq,32] = neg(%hi)
+  %rot: f32[b,9,seq,64] = concat(%n, %lo) {dim=-1}
+  %c: f32[b,9,seq,64] = mul(%rot, %sin)
+  %y: f32[b,9,seq,64] = add(%a, %c)
+  %wrong: f32[b,9,seq,64] = concat(%lo, %n) {dim=-1}
+  %d: f32[b,9,seq,64] = mul(%wrong, %sin)
+  %z: f32[b,9,seq,64] = add(%a, %d)
+  return %y, %z
+}"""
+
+
+def test_canonicalize_recognizes_rotate_half_rope():
+    # concat(-x2, x1) is rotate_half; concat(x1, -x2) is not and stays as it is
+    g, rep = run_passes(ROPE, "canonicalize,dce", sizes={"seq": 3})
+    filecheck(str(g), """
+        CHECK: rope(%x, %cos, %sin)
+        CHECK: concat(%lo, %n) {dim=-1}
+    """)
+    assert rep[0].stats["rope"] == 1 and g.op_counts()["rope"] == 1
