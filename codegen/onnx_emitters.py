@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from ..ir import symbolic as S
+from ..ir import quant_format as Q, symbolic as S
 from ..ir.dtypes import FLOAT_DTYPES, promote
 from .onnx_export import EMITTERS, INT64_MAX, INT64_MIN, MS_DOMAIN, ONNX_DTYPES, OnnxExportError, emitter
 
@@ -242,6 +242,17 @@ def _rms_norm(ex, node, ins):
     y = ex.one("Div", x, ex.one("Sqrt", ex.one("Add", ms, ex.scalar(node.attrs["eps"], "f32"))))
     y = ex.cast(y, "f32", dtype)
     return [ex.one("Mul", y, ins[1]) if len(ins) > 1 else y]
+
+
+@emitter("rope")
+def _rope(ex, node, ins):
+    """x * cos + concat(-x[..., h:], x[..., :h]) * sin (ORT fuses the pattern where it can)."""
+    h = node.inputs[0].type.shape[-1] // 2
+    last = ex.ints([-1])
+    lo = ex.one("Slice", ins[0], ex.ints([0]), ex.ints([h]), last)
+    hi = ex.one("Slice", ins[0], ex.ints([h]), ex.ints([2 * h]), last)
+    rot = ex.one("Concat", ex.one("Neg", hi), lo, axis=-1)
+    return [ex.one("Add", ex.one("Mul", ins[0], ins[1]), ex.one("Mul", rot, ins[2]))]
 
 
 @emitter("batch_norm")
@@ -525,17 +536,27 @@ def _qlinear(ex, node, ins):
 
 @emitter("dequantize")
 def _dequantize(ex, node, ins):
-    qw, sc = node.inputs[0], node.inputs[1]
-    zeros = node.inputs[2] if len(node.inputs) > 2 else None
-    n, k = _out(node).shape
+    return [_dequantized(ex, node, node.inputs, ins)]
+
+
+@emitter("qembedding")
+def _qembedding(ex, node, ins):
+    """Gather rows of the dequantized table (ORT folds the constant table at load time)."""
+    return [ex.one("Gather", _dequantized(ex, node, node.inputs[1:], ins[1:]), ins[0], axis=0)]
+
+
+def _dequantized(ex, node, packed, ins):
+    """W[out, in] from packed = [qweight, scales, zeros?] (IR values) and their ONNX names `ins`."""
+    qw, sc = packed[0], packed[1]
+    zeros = packed[2] if len(packed) > 2 else None
+    n, k = qw.type.shape[0], Q.logical_in_dim(qw.type.shape, node.attrs["bits"])
     if node.attrs["bits"] == 4:  # unpack nibbles: low = even columns, high = odd columns
         q = ex.one("Cast", ins[0], to=ONNX_DTYPES["i32"])
         lo = ex.one("BitwiseAnd", q, ex.scalar(15, "i32"))
         hi = ex.one("BitwiseAnd", ex.one("Div", q, ex.scalar(16, "i32")), ex.scalar(15, "i32"))
         both = ex.one("Concat", ex.one("Unsqueeze", lo, ex.ints([2])), ex.one("Unsqueeze", hi, ex.ints([2])), axis=2)
         ins = [ex.one("Reshape", both, ex.dims([n, k])), *ins[1:]]
-    w = _dequantize_linear(ex, node, [None, *ins], qw, sc, zeros, n, k, node.attrs["dtype"])
-    return [w]
+    return _dequantize_linear(ex, node, [None, *ins], qw, sc, zeros, n, k, node.attrs["dtype"])
 
 
 @emitter("index")

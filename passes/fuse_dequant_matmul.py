@@ -1,6 +1,7 @@
 """fuse-dequant-matmul: one `qlinear` op in place of a dequantize feeding a linear.
 
     linear(x, dequantize(qw, scales, zeros?) {bits, group}, bias?)  ->  qlinear(x, qw, scales, zeros?, bias?) {bits, group}
+    embedding(dequantize(qw, scales, zeros?) {bits, group, dtype}, ids)  ->  qembedding(ids, qw, scales, zeros?) {...}
 
 Codegens then run the matmul from the packed weights (torch: codegen/torch_qlinear.py), so no
 float copy of the weight exists at run time. Put it after `quantize-weights`. A dequantize
@@ -12,20 +13,36 @@ from .base import Pass, PassResult, register_pass
 
 @register_pass("fuse-dequant-matmul")
 class FuseDequantMatmul(Pass):
-    """Rewrite linear(x, dequantize(...)) into qlinear."""
+    """Rewrite linear(x, dequantize(...)) into qlinear, embedding(dequantize(...), ids) into qembedding."""
 
     def run(self, graph) -> PassResult:
         fused = 0
         for node in list(graph.nodes):
-            dq = node.inputs[1].producer if node.op == "linear" else None
-            if dq is None or dq.op != "dequantize" or dq.attrs["dtype"] != node.inputs[0].type.dtype:
+            fused_op = _fused(node)
+            if fused_op is None:
                 continue
+            dq = node.inputs[1 if node.op == "linear" else 0].producer
             attrs = {"bits": dq.attrs["bits"], "group": dq.attrs["group"]}
+            if node.op == "linear":
+                inputs = [node.inputs[0], *dq.inputs, *node.inputs[2:]]
+            else:
+                inputs, attrs["dtype"] = [node.inputs[1], *dq.inputs], dq.attrs["dtype"]
             with graph.inserting_before(node):
-                q = graph.add_node("qlinear", [node.inputs[0], *dq.inputs, *node.inputs[2:]], attrs,
-                                   names=[graph.fresh_name(node.output.name)])
+                q = graph.add_node(fused_op, inputs, attrs, names=[graph.fresh_name(node.output.name)])
             graph.replace_node(node, [q.output])
             if not dq.output.uses and not any(o is dq.output for o in graph.outputs):
                 graph.erase(dq)
             fused += 1
         return PassResult(fused > 0, {"fused": fused})
+
+
+def _fused(node) -> str | None:
+    """The fused op for `node` when it reads a dequantized weight: qlinear or qembedding."""
+    if node.op == "linear":
+        dq = node.inputs[1].producer
+        ok = dq is not None and dq.op == "dequantize" and dq.attrs["dtype"] == node.inputs[0].type.dtype
+        return "qlinear" if ok else None
+    if node.op == "embedding":
+        dq = node.inputs[0].producer
+        return "qembedding" if dq is not None and dq.op == "dequantize" else None
+    return None

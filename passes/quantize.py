@@ -13,7 +13,9 @@ for a transformers causal LM the shipped calibration split tokenized with the mo
 from Python, `calibration=` token ids i64[n, seq] of real text (slimgraph.evaluate.token_ids) or a
 Calibration (passes/calibration.py).
 Selection: every linear weight except embeddings and `lm_head` (a weight an `embedding` op also
-reads, e.g. tied heads); `include`/`exclude` are fnmatch patterns on weight names.
+reads, e.g. tied heads); `include`/`exclude` are fnmatch patterns on weight names. An included
+tied head (e.g. include=[lm_head.weight] on SmolLM2) is quantized once: its embedding lookups read
+the same packed table.
 """
 from __future__ import annotations
 import fnmatch
@@ -204,12 +206,16 @@ class QuantizeWeights(Pass):
                   graph.add_weight(graph.fresh_name(f"{name}.scales"), scales)]
         if zeros is not None:
             packed.append(graph.add_weight(graph.fresh_name(f"{name}.zeros"), zeros))
-        first = min(users, key=graph.nodes.index)
+        # a tied head's embedding lookups read the same quantized table (fuse-dequant-matmul: qembedding)
+        lookups = [u for u in w.users if u.op == "embedding" and u.inputs[0] is w]
+        first = min([*users, *lookups], key=graph.nodes.index)
         with graph.inserting_before(first):
             node = graph.add_node("dequantize", packed, {"bits": bits, "group": group, "dtype": w.type.dtype},
                                   names=[graph.fresh_name(f"{name}.dq")])
         for u in users:
             u.set_input(1, node.output)
+        for u in lookups:
+            u.set_input(0, node.output)
         if not w.uses:
             graph.remove_weight(name)
         return sum(v.type.nbytes() for v in packed)

@@ -3,3 +3,4 @@ from . import canonicalize, cse, dce, fold_constants, verify  # noqa: F401  (cle
 from . import quantize  # noqa: F401,E402
 from . import fuse_dequant_matmul  # noqa: F401,E402
 from . import select_precision  # noqa: F401,E402
+from . import merge_siblings  # noqa: F401,E402

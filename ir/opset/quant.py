@@ -1,5 +1,6 @@
-"""Weight-quantization ops: `dequantize` (packed integer weight -> float) and `qlinear`
-(= linear(x, dequantize(...)) in one op, so codegens can run it from packed weights).
+"""Weight-quantization ops: `dequantize` (packed integer weight -> float), `qlinear`
+(= linear(x, dequantize(...)) in one op, so codegens can run it from packed weights) and
+`qembedding` (= embedding(dequantize(...), ids): only the looked-up rows are unpacked).
 
 Storage layout (see ir/quant_format.py), for a logical weight W[out, in]:
   qweight  int8: i8[out, in];  int4: u8[out, in/2], column 2k in the low nibble, 2k+1 in the high
@@ -70,3 +71,22 @@ def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
     if zeros is not None and zeros.is_floating_point():
         zeros, bias = None, zeros
     return F.linear(x, Q.dequantize(qweight, scales, zeros, bits, group, x.dtype), bias)
+
+
+def _qembedding_type(ts, attrs):
+    ids, packed = ts[0], ts[1:]
+    if ids.dtype not in ("i32", "i64"):
+        raise I.ShapeError(f"qembedding: ids must be i32/i64, got {ids}")
+    _, k = _check_packed("qembedding", packed, attrs)
+    return TensorType(attrs["dtype"], ids.shape + (k,))
+
+
+@register_op("qembedding", inputs="ids qweight scales zeros?",
+             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_qembedding_type)
+def qembedding(ids, qweight, scales, zeros=None, *, bits, group, dtype):
+    """embedding(dequantize(qweight, scales, zeros), ids): the rows of `ids`, unpacked."""
+    from ..dtypes import to_torch
+    flat = ids.reshape(-1)
+    rows = Q.dequantize(qweight[flat], scales[flat], zeros[flat] if zeros is not None else None,
+                        bits, group, to_torch(dtype))
+    return rows.reshape(*ids.shape, rows.shape[-1])

@@ -150,6 +150,28 @@ def test_int8_qlinear_and_dequantize_export(sym):
     assert_ort_matches_interpreter(g4, torch.randn(2, 64), atol=1e-4)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_tied_head_exports_qembedding(bits):
+    from slimgraph.passes.base import get_pass
+    torch.manual_seed(0)
+    g = Graph("tied")
+    ids = g.add_input("ids", TensorType("i64", ("b", "s")))
+    emb = g.add_weight("lm_head.weight", torch.randn(40, 32))
+    g.set_outputs([g.op("linear", g.op("embedding", emb, ids), emb)])
+    get_pass("quantize-weights")(bits=bits, group=16 if bits == 4 else 0, include=["lm_head.weight"]).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    assert g.op_counts()["qembedding"] == 1
+    assert_ort_matches_interpreter(g, torch.randint(0, 40, (2, 3)), atol=1e-3)
+
+
+def test_rope_exports():
+    g = Graph("rope")
+    x = g.add_input("x", TensorType("f32", ("b", 3, "s", 8)))
+    cs = g.add_input("angles", TensorType("f32", (1, 1, "s", 8)))
+    g.set_outputs([g.op("rope", x, g.op("cos", cs), g.op("sin", cs))])
+    assert_ort_matches_interpreter(g, torch.randn(2, 3, 5, 8), torch.randn(1, 1, 5, 8))
+
+
 def test_unexportable_graph_names_the_node_and_writes_nothing(tmp_path):
     g = Graph()
     x = g.add_input("x", TensorType("f32", (2, 3)))

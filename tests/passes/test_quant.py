@@ -150,3 +150,68 @@ def test_fuse_keeps_dequantize_with_other_users():
     get_pass("fuse-dequant-matmul")().run(g)
     ir.verify(g)
     assert g.op_counts()["dequantize"] == 1 and g.op_counts()["qlinear"] == 2
+
+
+@pytest.mark.parametrize("bits,group", [(8, 0), (4, 16)])
+def test_tied_head_is_quantized_once_and_lookups_read_packed_rows(bits, group):
+    """include=[the tied weight]: the head's linear and the embedding lookup share one packed table;
+    after fusion the lookup is a qembedding that unpacks only the rows it reads, exactly."""
+    torch.manual_seed(0)
+    g = ir.Graph()
+    ids = g.add_input("ids", TensorType("i64", ("batch", "seq")))
+    emb = g.add_weight("lm_head.weight", torch.randn(50, 32))
+    h = g.op("embedding", emb, ids)
+    h = g.op("linear", h, g.add_weight("proj.weight", torch.randn(32, 32) / 6))
+    g.set_outputs([g.op("linear", h, emb)])
+    x = torch.randint(0, 50, (2, 5))
+    ref = ir.run(g, x)[0]
+    res = quantize(g, bits=bits, group=group, include=["lm_head.weight"])
+    assert res.stats["quantized"] == 1 and "weight @lm_head.weight:" not in str(g)
+    before = ir.run(g, x)[0]
+    assert rel_err(before, ref) < (0.01 if bits == 8 else 0.15)
+    get_pass("fuse-dequant-matmul")().run(g)
+    ir.verify(g)
+    text = str(g)
+    assert g.op_counts()["qembedding"] == 1 and g.op_counts()["qlinear"] == 1 and "dequantize" not in text
+    assert f"qembedding(%ids, @lm_head.weight.qweight, @lm_head.weight.scales" in text
+    assert torch.equal(ir.run(g, x)[0], before)
+    from slimgraph.codegen.torch_fx import build_runner
+    torch.testing.assert_close(build_runner(g)(x)[0], before, rtol=2e-2, atol=2e-2 * float(before.abs().max()))
+
+
+SIBLINGS = """
+graph @main(%x: f32[b,s,32]) {
+  weight @wq: f32[32,32]
+  weight @wk: f32[16,32]
+  weight @wv: f32[16,32]
+  weight @bv: f32[16]
+  weight @wo: f32[32,32]
+  %q: f32[b,s,32] = linear(%x, @wq)
+  %k: f32[b,s,16] = linear(%x, @wk)
+  %v: f32[b,s,16] = linear(%x, @wv, @bv)
+  %o: f32[b,s,32] = linear(%q, @wo)
+  %y: f32[b,s,16] = add(%k, %k)
+  return %o, %y, %v
+}"""
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_merge_sibling_linears(quantized):
+    """q/k share x and their form (no bias) and merge; v has a bias and o reads another input. Quantized
+    siblings (qweight, scales, zeros all indexed by output channel) merge the same way, exactly."""
+    from passtest import random_weights
+    from slimgraph.ir import parse_graph
+    g = parse_graph(SIBLINGS, weights=random_weights(SIBLINGS))
+    if quantized:
+        quantize(g, bits=4, group=16)
+        get_pass("fuse-dequant-matmul")().run(g)
+    x = torch.randn(2, 3, 32)
+    before = ir.run(g, x)
+    res = get_pass("merge-sibling-linears")().run(g)
+    ir.verify(g)
+    op = "qlinear" if quantized else "linear"
+    assert res.stats["merged"] == 2 and g.op_counts()[op] == 3 and g.op_counts()["split"] == 1
+    assert "_merged) {dim=-1, sizes=[32,16]}" in str(g)
+    for a, b in zip(ir.run(g, x), before):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not any(n.startswith(("wq", "wk")) and ".merged" not in n for n in g.weights)  # separate weights gone
