@@ -6,11 +6,11 @@
   scales/zeros folded into its [in/group, out, 2] table, w = (q - 8) * scale + (8 - zero) * scale.
 - anything else: dequantize on the fly inside the call (transient float weight, freed after).
 
-The int4 kernel takes activations and its table in bf16 (output cast back): on CPU its f32 path
-measured 320 us vs 13-18 us in bf16 at 576x576 (torch 2.13, this 2-core Zen). The cost is bf16
-rounding of x and of the scales (~3 significant digits), far inside int4's own quantization error;
-tests bound it against that error. (The int8 kernel's f32 path is also ~12x slower than bf16, 143 vs
-12 us, but there bf16 rounding is as large as int8's error, so it stays f32 until that is measured.)
+Both kernels take activations and scales in bf16 (output cast back): on CPU their f32 paths
+measured 320 us (int4) and 143-300 us (int8) vs 13-18 us in bf16 at 576x576, and 25.7 vs 4.0 ms
+for int8 at SmolLM2's 49152x576 head (torch 2.13, this 2-core Zen). The cost is bf16 rounding of x
+and of the scales (~3 significant digits): inside int4's own quantization error, and for int8
+per-channel measured on SmolLM2 perplexity (benchmarks/RESULTS.md); tests bound it.
 
 Each path is chosen at prepack time and recognized by the prepacked tensors' shapes, so the
 kernel keeps the reference signature qlinear(x, qweight, scales, zeros?, bias?, bits, group).
@@ -40,7 +40,7 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
     zeros = zeros if zeros is not None and not zeros.is_floating_point() else None
     out, k = qweight.shape[0], Q.logical_in_dim(qweight.shape, bits)
     if bits == 8 and group in (0, k) and zeros is None:
-        return {2: scales.reshape(-1).float().contiguous()}
+        return {2: scales.reshape(-1).to(torch.bfloat16).contiguous()}
     if bits == 4 and Q.group_size(group, k) in INT4_GROUPS and out % 16 == 0:
         try:
             return _prepack_int4(qweight, scales, zeros, Q.group_size(group, k))
@@ -67,7 +67,7 @@ def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, k).to(torch.bfloat16), qweight,
                                                        k // scales.shape[0], scales).to(x.dtype)
     elif bits == 8 and scales.dim() == 1:        # prepacked for the int8 per-channel kernel
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, k), qweight, scales.to(x.dtype))
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, k).to(torch.bfloat16), qweight, scales).to(x.dtype)
     else:
         return F.linear(x, Q.dequantize(qweight, scales, zeros, bits, group, x.dtype), bias)
     y = y.reshape(*lead, y.shape[-1])
