@@ -6,7 +6,8 @@
 - Each node calls its op's fast kernel from `torch_kernels` if one is registered, else the op
   registry's reference implementation (so every registered op runs). Kernels with a
   `prepack` get their weight inputs transformed once, here, at build time.
-- Weights become buffers of the module and share the graph's tensors (no copies).
+- Weights become buffers of the module and share the graph's tensors (no copies); a weight that
+  only prepacked kernels read is not kept (the module holds the packed form alone).
 - Symbolic attributes (`dim`/`dims`) are computed at run time: one `x.size(i)` per symbol at
   entry, then small int arithmetic per distinct expression (cached).
 - 0-d literal `constant`s are evaluated once; a consumer whose kernel accepts Python scalars
@@ -64,8 +65,6 @@ class _Builder:
         for v in self.ir.inputs:
             self.env[id(v)] = self.fx.placeholder(_ident(v.name))
         self._bind_symbols()
-        for w in self.ir.weights.values():
-            self.env[id(w)] = self._buffer(w.name, w.tensor)
         for node in self.ir.nodes:
             self._emit(node)
         self.fx.output(tuple(self._arg(v, None) for v in self.ir.outputs))
@@ -165,6 +164,8 @@ class _Builder:
                 return self.scalars[id(v)]
             if id(v) not in self.env:  # materialize the constant once, as a buffer
                 self.env[id(v)] = self._buffer(v.name, self.consts[id(v)])
+        if v.is_weight and id(v) not in self.env:  # on first use: a weight read only by prepack is never kept
+            self.env[id(v)] = self._buffer(v.name, v.tensor)
         return self.env[id(v)]
 
     def _prepack(self, node, kernel) -> dict[int, fx.Node]:

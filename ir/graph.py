@@ -18,12 +18,13 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 class Value:
-    __slots__ = ("name", "type", "producer", "uses", "kind", "_data", "graph", "__weakref__")
+    __slots__ = ("name", "type", "producer", "uses", "kind", "_data", "_loader", "graph", "__weakref__")
 
     def __init__(self, name: str, type: TensorType, kind: str, producer: Node | None = None, data=None):
         self.name, self.type, self.kind, self.producer = name, type, kind, producer
         self.uses: list[tuple[Node, int]] = []
         self._data = data  # weights only: a tensor, or a zero-argument loader
+        self._loader = data if callable(data) else None
         self.graph: Graph | None = None
 
     @property
@@ -40,7 +41,13 @@ class Value:
 
     @tensor.setter
     def tensor(self, t: torch.Tensor):
-        self._data = t
+        self._data, self._loader = t, None
+
+    def release(self) -> None:
+        """Drop the loaded tensor of a lazily loaded weight (the next `.tensor` loads it again), so that
+        a runtime holding its own (e.g. repacked) copy does not keep the stored one alive too."""
+        if self._loader is not None:
+            self._data = self._loader
 
     @property
     def users(self) -> list[Node]:

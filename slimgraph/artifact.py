@@ -163,6 +163,8 @@ def load(path):
     except ValueError as e:
         raise ArtifactError(f"{path / MANIFEST}: {e}") from None
     runner = target.compile(graph)
+    for w in graph.weights.values():  # the runner holds what it runs; stored tensors reload on demand (save)
+        w.release()
     return CompiledModel(graph, manifest["target"], manifest["pipeline"], runner,
                          signature=Signature.from_json(manifest["signature"]), kv=_kv(manifest["kv"]),
                          report=OptimizeReport.from_dict(manifest["report"]))

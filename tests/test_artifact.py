@@ -75,6 +75,24 @@ def test_load_in_process_restores_report(compiled, tmp_path):
     assert str(m.graph) == str(compiled.graph)
 
 
+def test_loaded_int4_model_keeps_only_the_packed_weights(tmp_path):
+    """After load, the torch runner holds int4 weights in the kernel's packed form only: the stored
+    qweight is neither a module buffer nor kept by the graph (it reloads on demand, e.g. to save again)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.SiLU(), torch.nn.Linear(32, 16)).eval()
+    x = torch.randn(3, 64)
+    fast = slimgraph.optimize(model, (x,), pipeline="quantize-weights{bits=4,group=32},fuse-dequant-matmul")
+    fast.save(tmp_path / "q.sg")
+    m = slimgraph.load(tmp_path / "q.sg")
+    torch.testing.assert_close(m(x), fast(x))
+    buffers = dict(m._runner.graph_module.named_buffers())
+    assert any(n.endswith("qlinear_packed") for n in buffers)
+    assert not any(n.endswith("qweight") for n in buffers), sorted(buffers)
+    assert all(callable(w._data) for w in m.graph.weights.values())
+    m.save(tmp_path / "again.sg")
+    torch.testing.assert_close(slimgraph.load(tmp_path / "again.sg")(x), fast(x))
+
+
 def test_tied_overlapping_and_strided_weights(tmp_path):
     base = torch.randn(6, 4)
     g = ir.Graph()
