@@ -42,10 +42,18 @@ CONFIGS = {  # name: (bits, group, sym, method)
     "torchao-int4-g64": (4, 64, False, "torchao"),   # torchao IntxWeightOnlyConfig, side by side with RTN
 }
 # through slimgraph.optimize on the torch target (IR passes, packed weights, default calibration)
+HEAD8 = "quantize-weights{bits=8,group=0,include=[lm_head.weight]},"   # the tied head/embedding at int8
 PIPELINES = {
+    "pipeline-rtn-int8": "quantize-weights{bits=8,group=0},fuse-dequant-matmul",
+    "pipeline-rtn-int8-head8": "quantize-weights{bits=8,group=0}," + HEAD8 + "fuse-dequant-matmul",
+    "pipeline-rtn-int4-g64": "quantize-weights{bits=4,group=64},fuse-dequant-matmul",
+    "pipeline-rtn-int4-g64-head8": "quantize-weights{bits=4,group=64}," + HEAD8 + "fuse-dequant-matmul",
     "pipeline-gptq-int4-g64": "quantize-weights{bits=4,group=64,method=gptq},fuse-dequant-matmul",
+    "pipeline-gptq-int4-g64-head8": "quantize-weights{bits=4,group=64,method=gptq}," + HEAD8 + "fuse-dequant-matmul",
     "pipeline-select-precision": "select-precision{target_ppl=0.05,bits=4,group=64,high_bits=8,method=gptq},"
                                  "fuse-dequant-matmul",
+    "pipeline-select-precision-head8": "select-precision{target_ppl=0.05,bits=4,group=64,high_bits=8,method=gptq},"
+                                       + HEAD8 + "fuse-dequant-matmul",
 }
 
 
@@ -170,8 +178,9 @@ def run_pipeline(model, tok, pipeline, max_tokens):
     dt = time.perf_counter() - t
     ppl = evaluate.perplexity(fast, tok, max_tokens=max_tokens)
     fp16 = sum(m.weight.numel() * 2 for m in linears(model).values())
-    # packed codes + scales + zeros of every quantized linear, as the quantizing pass reports them
-    packed = sum((rec.get("stats") or {}).get("weight_bytes_after", 0) for rec in fast.report.passes)
+    # packed codes + scales + zeros of the decoder linears, as the quantizing pass reports them (not the head)
+    packed = sum((rec.get("stats") or {}).get("weight_bytes_after", 0) for rec in fast.report.passes
+                 if "lm_head" not in rec["spec"])
     for rec in fast.report.passes:
         choice = (rec.get("stats") or {}).get("choice")
         if choice:
@@ -181,7 +190,8 @@ def run_pipeline(model, tok, pipeline, max_tokens):
             print(f"  per-layer choice ({counts}):", file=sys.stderr)
             for n, v in choice.items():
                 print(f"    {n}: {v}", file=sys.stderr)
-            print(f"  searched (layers kept high -> calib ppl): {rec['stats'].get('searched')}", file=sys.stderr)
+            print(f"  searched (layers kept high -> estimated ppl increase): {rec['stats'].get('searched')}",
+                  file=sys.stderr)
     return ppl, dt, packed / fp16
 
 
@@ -220,6 +230,8 @@ DECODE = {  # name: pipeline on the torch target (None: the target's default)
     "fp32": None,
     "int8": "canonicalize,quantize-weights{bits=8,group=0},fuse-dequant-matmul,cse,dce",
     "int4-g64": "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce",
+    "int8 + int8 head": "canonicalize,quantize-weights{bits=8,group=0}," + HEAD8 + "fuse-dequant-matmul,cse,dce",
+    "int4-g64 + int8 head": "canonicalize,quantize-weights{bits=4,group=64}," + HEAD8 + "fuse-dequant-matmul,cse,dce",
 }
 RSS_CHILD = """
 import sys, torch, slimgraph
@@ -243,11 +255,12 @@ def decode_bench(repeat):
     model, tok = zoo.load("smollm2-135m")
     ids = tok(TEXT, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
     tmp = Path(tempfile.mkdtemp(prefix="sg-decode-"))
+    artifact = lambda name: tmp / (name.replace(" ", "") + ".sg")   # noqa: E731
     fast = {}
     for name, pipe in DECODE.items():
         t = time.perf_counter()
         fast[name] = slimgraph.optimize(model, (ids,), target="torch", pipeline=pipe)
-        fast[name].save(tmp / f"{name}.sg")
+        fast[name].save(artifact(name))
         print(f"{name}: optimize {time.perf_counter() - t:.1f} s, pipeline {fast[name].pipeline}", file=sys.stderr)
     hf_run(model, ids[:, :8])
     for f in fast.values():
@@ -262,9 +275,9 @@ def decode_bench(repeat):
     base = int(subprocess.run([sys.executable, "-c", RSS_CHILD, "none"], capture_output=True, text=True,
                               check=True).stdout.split()[-1])
     for n in fast:
-        rss[n] = int(subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp / f"{n}.sg")], capture_output=True,
+        rss[n] = int(subprocess.run([sys.executable, "-c", RSS_CHILD, str(artifact(n))], capture_output=True,
                                     text=True, check=True).stdout.split()[-1])
-    files = {n: sum(f.stat().st_size for f in (tmp / f"{n}.sg").rglob("*") if f.is_file()) for n in fast}
+    files = {n: sum(f.stat().st_size for f in artifact(n).rglob("*") if f.is_file()) for n in fast}
     print(f"# {cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads; prompt {PROMPT_TOKENS}, "
           f"{NEW_TOKENS} greedy new tokens, median of {repeat} alternating runs")
     print("per-run tok/s:", {n: [round(x, 1) for x in r] for n, r in runs.items()})
