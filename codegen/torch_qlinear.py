@@ -40,13 +40,19 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
     zeros = zeros if zeros is not None and not zeros.is_floating_point() else None
     out, k = qweight.shape[0], Q.logical_in_dim(qweight.shape, bits)
     if bits == 8 and group in (0, k) and zeros is None:
-        return {2: scales.reshape(-1).to(torch.bfloat16).contiguous()}
+        return {1: _aligned(qweight), 2: scales.reshape(-1).to(torch.bfloat16).contiguous()}
     if bits == 4 and Q.group_size(group, k) in INT4_GROUPS and out % 16 == 0:
         try:
             return _prepack_int4(qweight, scales, zeros, Q.group_size(group, k))
         except RuntimeError:  # a shape this torch build's int4 kernel rejects: dequantize on the fly
             return {}
     return {}
+
+
+def _aligned(t):
+    """t itself if 64-byte aligned and contiguous, else an aligned copy: the int8 kernel's multi-row path
+    (oneDNN) segfaults on a weight at an unaligned address, e.g. one read from a safetensors file."""
+    return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
 def _prepack_int4(qweight, scales, zeros, g):

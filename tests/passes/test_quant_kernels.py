@@ -53,3 +53,18 @@ def test_int4_prepack_keeps_packed_size():
     g, node = qlinear_graph(64, 128, 4, 32, False, False)
     _, packed = run_kernel(node, torch.randn(1, 1, 128))
     assert packed[1].dtype == torch.uint8 and packed[1].numel() == 64 * 128 // 2
+
+
+def test_int8_kernel_runs_from_an_unaligned_weight():
+    """A weight loaded from a file can start at any byte (safetensors aligns to 8): prepack hands the
+    int8 kernel an aligned copy (torch's multi-row int8 path segfaulted on the unaligned one)."""
+    g, node = qlinear_graph(64, 128, 8, 0, True, False)
+    w = node.inputs[1].tensor
+    buf = torch.empty(w.numel() + 64, dtype=torch.int8)
+    start = (-buf.data_ptr()) % 64 + 8                  # 8 bytes past a 64-byte boundary
+    node.inputs[1].tensor = unaligned = buf[start:start + w.numel()].view_as(w).copy_(w)
+    assert unaligned.data_ptr() % 64 == 8
+    x = torch.randn(1, 32, 128)
+    y, packed = run_kernel(node, x)
+    assert packed[1].data_ptr() % 64 == 0
+    torch.testing.assert_close(y, ir.run(g, x)[0], rtol=1e-2, atol=1e-2 * float(y.abs().max()))
