@@ -20,6 +20,11 @@ from ..ir import symbolic
 from ..ir.dtypes import to_torch
 from ..ir.interpreter import last_uses
 from ..ir.registry import get_op
+from .base import PassError
+
+
+class CalibrationError(PassError):
+    pass
 
 
 @dataclass
@@ -30,11 +35,33 @@ class Calibration:
     @staticmethod
     def from_token_ids(graph, ids: torch.Tensor) -> "Calibration":
         """Inputs for a language-model graph whose first input is token ids [batch, seq]; every
-        other input (e.g. past KV caches) gets a zero-length symbolic dim and zeros elsewhere."""
+        other input must be one that can be empty (e.g. past KV caches, whose `past` dim is 0).
+        Any other input (an attention mask, token type ids) cannot be made up: pass all inputs."""
         first = graph.inputs[0]
         env = {d: n for d, n in zip(first.type.shape, ids.shape) if isinstance(d, str)}
         rest = [_empty_input(v, env) for v in graph.inputs[1:]]
+        for v, t in zip(graph.inputs[1:], rest):
+            if t.numel():
+                raise CalibrationError(
+                    f"calibration token ids cannot fill graph input %{v.name}: {v.type} (only inputs with an "
+                    f"empty dim, such as past KV caches, can be derived); pass calibration as a tuple with one "
+                    f"batch per graph input ({', '.join('%' + x.name for x in graph.inputs)})")
         return Calibration((ids.to(to_torch(first.type.dtype)), *rest))
+
+    @staticmethod
+    def of(graph, data) -> "Calibration | None":
+        """`data` as a Calibration: a Calibration, token ids (from_token_ids), or a tuple/list of
+        tensors, one batch per graph input; None for anything else."""
+        if isinstance(data, Calibration):
+            return data
+        if isinstance(data, torch.Tensor):
+            return Calibration.from_token_ids(graph, data)
+        if isinstance(data, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in data):
+            if len(data) != len(graph.inputs):
+                raise CalibrationError(f"calibration has {len(data)} tensors; the graph has {len(graph.inputs)} "
+                                       f"inputs ({', '.join('%' + x.name for x in graph.inputs)})")
+            return Calibration(tuple(data))
+        return None
 
     @property
     def tokens(self) -> int:

@@ -128,13 +128,13 @@ class QuantizeWeights(Pass):
         return Q.quantize_rtn(w, bits, group, sym, clip)
 
     def calibrated(self, graph, targets) -> dict:
-        if isinstance(self.calibration, torch.Tensor):
-            self.calibration = Calibration.from_token_ids(graph, self.calibration)
-        if not isinstance(self.calibration, Calibration):
+        self.calibration = Calibration.of(graph, self.calibration)
+        if self.calibration is None:
             raise PassError(f"quantize-weights: method={self.method} needs calibration data: "
                             f"slimgraph.optimize(model, ..., calibration=ids or text) (a transformers causal LM "
                             f"with a loadable tokenizer gets the shipped calibration text by default), or from "
-                            f"Python QuantizeWeights(..., calibration=ids i64[n, seq])")
+                            f"Python QuantizeWeights(..., calibration=ids i64[n, seq], or a tuple with one batch "
+                            f"per graph input)")
         linears = [n for users in targets.values() for n in users]
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         linears.sort(key=lambda n: order[id(n)])

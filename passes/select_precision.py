@@ -55,10 +55,8 @@ class SelectPrecision(Pass):
         return self.calibration is None
 
     def run(self, graph) -> PassResult:
-        calib = self.calibration
-        if isinstance(calib, torch.Tensor):
-            calib = Calibration.from_token_ids(graph, calib)
-        if not isinstance(calib, Calibration):
+        calib = Calibration.of(graph, self.calibration)
+        if calib is None:
             raise PassError("select-precision needs calibration data: slimgraph.optimize(model, ..., calibration=ids "
                             "or text) (a transformers causal LM with a loadable tokenizer gets the shipped "
                             "calibration text by default), or from Python calibration=ids (i64[n, seq], e.g. "

@@ -30,7 +30,9 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     whose codegen supports it run unsupported ops with their torch reference implementation, and runs the
     whole graph on the `torch` target if the requested target cannot compile it; the report says so.
     `calibration`: data for passes that need it (quantize-weights with method=gptq/awq, select-precision):
-    token ids i64[n, seq] or text (tokenized with the model's tokenizer). When omitted and such a pass
+    token ids i64[n, seq] or text (tokenized with the model's tokenizer) for models whose other inputs can
+    be empty (a causal LM's past KV), or a tuple with one batch per graph input (an encoder's ids and
+    attention mask: token ids alone are refused there rather than guessed). When omitted and such a pass
     runs on a transformers causal LM, the shipped calibration split (slimgraph/data/calib.txt, 32 x 256
     tokens) is tokenized with the model's tokenizer (loaded offline from `model.name_or_path`).
     (On the `torch` target itself every registered op runs: ops without a fast kernel in

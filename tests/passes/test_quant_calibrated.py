@@ -165,3 +165,26 @@ def test_select_precision_with_gptq_candidates():
     k = len(st["high_precision_layers"])
     assert st["searched"][k] <= 0.005
     assert res.stats["method"] == "gptq" and g.op_counts()["dequantize"] == 5
+
+
+def masked_encoder():
+    """An encoder-like graph with a second data input (a mask) that token ids alone cannot supply."""
+    torch.manual_seed(0)
+    g = ir.Graph()
+    x_ids = g.add_input("ids", TensorType("i64", ("batch", "seq")))
+    mask = g.add_input("attention_mask", TensorType("f32", ("batch", "seq")))
+    h = g.op("embedding", g.add_weight("embed.weight", torch.randn(VOCAB, D)), x_ids)
+    h = g.op("mul", h, g.op("unsqueeze", mask, dim=-1))
+    g.set_outputs([g.op("linear", h, g.add_weight("dense.weight", torch.randn(D, D) / 8))])
+    return g
+
+
+def test_calibration_ids_cannot_make_up_a_mask_input():
+    g = masked_encoder()
+    with pytest.raises(PassError, match=r"cannot fill graph input %attention_mask.*one batch per graph input"):
+        get_pass("quantize-weights")(bits=4, group=32, method="gptq", calibration=ids(4)).run(g)
+    with pytest.raises(PassError, match="calibration has 1 tensors; the graph has 2 inputs"):
+        get_pass("quantize-weights")(bits=4, group=32, method="gptq", calibration=(ids(4),)).run(g)
+    calib = (ids(4), torch.ones(4, 32))
+    res = get_pass("quantize-weights")(bits=4, group=32, method="gptq", calibration=calib).run(g)
+    assert res.stats["quantized"] == 1
