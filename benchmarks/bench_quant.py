@@ -226,12 +226,13 @@ def minilm_cosine():
     print(f"| gptq-int4-g32 (128 calib sentences) | {evaluate.embedding_cosine(model, q, tok, texts):.5f} |")
 
 
+FUSE = "fuse-dequant-matmul,merge-sibling-linears,cse,dce"
 DECODE = {  # name: pipeline on the torch target (None: the target's default)
     "fp32": None,
-    "int8": "canonicalize,quantize-weights{bits=8,group=0},fuse-dequant-matmul,cse,dce",
-    "int4-g64": "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce",
-    "int8 + int8 head": "canonicalize,quantize-weights{bits=8,group=0}," + HEAD8 + "fuse-dequant-matmul,cse,dce",
-    "int4-g64 + int8 head": "canonicalize,quantize-weights{bits=4,group=64}," + HEAD8 + "fuse-dequant-matmul,cse,dce",
+    "int8": "canonicalize,quantize-weights{bits=8,group=0}," + FUSE,
+    "int4-g64": "canonicalize,quantize-weights{bits=4,group=64}," + FUSE,
+    "int8 + int8 head": "canonicalize,quantize-weights{bits=8,group=0}," + HEAD8 + FUSE,
+    "int4-g64 + int8 head": "canonicalize,quantize-weights{bits=4,group=64}," + HEAD8 + FUSE,
 }
 RSS_CHILD = """
 import sys, torch, slimgraph
