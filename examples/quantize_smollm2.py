@@ -32,7 +32,7 @@ def decode_tok_s(generate, ids, n) -> float:
     generate(ids, 4)                                  # warm-up
     clock = TokenClock()
     generate(ids, n, clock)
-    return clock.decode_tokens_per_s
+    return clock.decode_tokens_per_s()
 
 
 def main():
