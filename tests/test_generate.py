@@ -158,3 +158,35 @@ def test_compiled_generate_defaults_to_the_models_eos():
         ref = model.generate(ids, max_new_tokens=12, do_sample=False)
     got = compiled.generate(ids, max_new_tokens=12)
     assert got.tolist() == ref.tolist() and got.shape[1] < PROMPT_LEN + 12
+
+
+DECODE_PIPELINE = ("canonicalize,quantize-weights{bits=4,group=16},"
+                   "quantize-weights{bits=8,group=0,include=[lm_head.weight]},"   # tied: also the embedding
+                   "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
+
+
+@pytest.mark.parametrize("target", ["torch", "onnx"])
+def test_quantized_decode_pipeline_matches_reference(target):
+    """The decode pipeline of benchmarks/bench_quant.py on a tied tiny Llama: rope and causal attention
+    recognized, int4 linears + int8 tied head/embedding, merged siblings; prefill and a decode step
+    agree with the reference interpreter running the same graph."""
+    if target == "onnx":
+        pytest.importorskip("onnxruntime")
+    from slimgraph.generate import empty_cache
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = prompt()
+    ref = slimgraph.optimize(model, (ids,), target="reference", pipeline=DECODE_PIPELINE)
+    fast = slimgraph.optimize(model, (ids,), target=target, pipeline=DECODE_PIPELINE)
+    ops = fast.graph.op_counts()
+    assert ops["rope"] == 4 and ops["qembedding"] == 1 and ops["qlinear"] == 2 * 4 + 1 and ops["split"] == 4
+    assert all(n.attrs["causal"] and len(n.inputs) == 3 for n in fast.graph.nodes if n.op == "attention")
+    past = empty_cache(fast.kv, 1, ids.device)
+    for step in (ids, ids[:, -1:]):
+        want, got = ref.run(step, *past), fast.run(step, *past)
+        for w, g in zip(want, got, strict=True):
+            torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * float(w.abs().max()))
+        past = want[1:]
