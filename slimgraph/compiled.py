@@ -35,7 +35,7 @@ class OptimizeReport:
     def __str__(self) -> str:
         lines = [f"target {self.target!r}, pipeline {self.pipeline or '(none)'!r}, optimized in {self.seconds:.2f} s"]
         for p in self.passes:
-            stats = ", ".join(f"{k}={v}" for k, v in p.get("stats", {}).items())
+            stats = ", ".join(f"{k}={_fmt_stat(v)}" for k, v in p.get("stats", {}).items())
             lines.append(f"  {p['spec']:<40} {p['seconds'] * 1e3:8.1f} ms  {'changed' if p['changed'] else '-':<7} {stats}")
         n0, n1 = sum(self.ops_before.values()), sum(self.ops_after.values())
         lines.append(f"  nodes {n0} -> {n1}; weights {_fmt_bytes(self.weight_bytes_before)} -> "
@@ -47,6 +47,23 @@ class OptimizeReport:
             lines.append("  ops changed: " + ", ".join(changed))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _fmt_stat(v, most: int = 6) -> str:
+    """A pass statistic for one report line: long per-layer maps and lists are summarized (the full
+    values stay in `report.to_dict()` and the artifact's manifest)."""
+    if isinstance(v, dict) and len(v) > most:
+        if all(isinstance(x, str) for x in v.values()):          # e.g. select-precision's choice per layer
+            counts: dict[str, int] = {}
+            for x in v.values():
+                counts[x] = counts.get(x, 0) + 1
+            return "{" + ", ".join(f"{k}: {n} layers" for k, n in sorted(counts.items())) + "}"
+        return f"{{{len(v)} entries}}"
+    if isinstance(v, (list, tuple)) and len(v) > most:
+        return f"[{len(v)} items]"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def _fmt_bytes(n: float) -> str:

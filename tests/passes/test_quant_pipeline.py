@@ -71,6 +71,9 @@ def test_calibration_text_and_select_precision(llama, monkeypatch):
                               pipeline="select-precision{target_ppl=0.5,group=16},fuse-dequant-matmul")
     stats = fast.report.passes[0]["stats"]
     assert len(stats["choice"]) == 14 and set(stats["choice"].values()) <= {"int4-g16", "int8"}
+    line = next(x for x in str(fast.report).splitlines() if "select-precision" in x and "choice=" in x)
+    n_low = sum(v == "int4-g16" for v in stats["choice"].values())
+    assert f"int4-g16: {n_low} layers" in line and len(line) < 600   # per-layer maps summarized on one line
 
 
 @pytest.mark.slow
