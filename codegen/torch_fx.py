@@ -26,7 +26,7 @@ import torch.fx as fx
 from ..ir import symbolic
 from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
-from .torch_kernels import get_kernel
+from .torch_kernels import SlowPath, get_kernel
 
 
 class CodegenError(RuntimeError):
@@ -35,13 +35,15 @@ class CodegenError(RuntimeError):
 
 def build_runner(graph):
     """The `torch` target's codegen: a runner `(*tensors) -> list[Tensor]`."""
-    gm = build_graph_module(graph)
+    builder = _Builder(graph)
+    gm = builder.build()
     forward = gm.forward
 
     def run(*tensors):
         with torch.no_grad():
             return list(forward(*tensors))
     run.graph_module = gm
+    run.notes = [f"{n} node{'s' if n > 1 else ''}: {why}" for why, n in builder.slow.items()]
     return run
 
 
@@ -60,6 +62,7 @@ class _Builder:
         self.symbols: dict[str, fx.Node] = {}   # symbol -> size node
         self.exprs: dict[str, object] = {}      # canonical dim expr -> fx node or int
         self.attr_names: set[str] = set()
+        self.slow: dict[str, int] = {}          # SlowPath reason -> nodes
 
     def build(self) -> fx.GraphModule:
         for v in self.ir.inputs:
@@ -172,6 +175,9 @@ class _Builder:
         consts = {i: v.tensor for i, v in enumerate(node.inputs) if v.is_weight}
         try:
             packed = kernel.prepack(node, consts)
+        except SlowPath as e:
+            self.slow[str(e)] = self.slow.get(str(e), 0) + 1
+            return {}
         except Exception as e:
             raise CodegenError(f"prepack for {node.op} failed at node {node!r}: {type(e).__name__}: {e}") from e
         bad = set(packed) - set(consts)

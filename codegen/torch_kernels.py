@@ -11,7 +11,9 @@ no wrapper lambdas) or to use a faster algorithm (SDPA with native GQA, fused no
 `prepack(node, const_inputs) -> dict[int, Tensor]` runs ONCE at build time on the node's
 weight inputs (input index -> tensor) and returns replacements for some of them (e.g. int4
 weights repacked for `torch.ops.aten._weight_int4pack_mm_for_cpu`); it must not mutate the
-graph or its tensors. `scalars=True` declares that the kernel accepts Python numbers in
+graph or its tensors. It raises `SlowPath(reason)` when the node can only take the kernel's slow
+generic path: the codegen then keeps the inputs as they are and reports the reason (counted per
+reason) in `runner.notes`, which optimize() puts in the report and warns about. `scalars=True` declares that the kernel accepts Python numbers in
 place of 0-d tensors, so the codegen may inline literal `constant` inputs.
 
 Other modules register kernels on import: list them in KERNEL_MODULES.
@@ -27,6 +29,10 @@ import torch.nn.functional as F
 
 # Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
 KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear"]
+
+
+class SlowPath(Exception):
+    """Raised by a prepack hook: this node runs the kernel's slow generic path (the message says why)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 - int4, group in {32, 64, 128, 256}, out % 16 == 0: `aten._weight_int4pack_mm_for_cpu`; the
   weight is repacked once at build time by `_convert_weight_to_int4pack_for_cpu` and the
   scales/zeros folded into its [in/group, out, 2] table, w = (q - 8) * scale + (8 - zero) * scale.
-- anything else: dequantize on the fly inside the call (transient float weight, freed after).
+- anything else: dequantize on the fly inside the call (transient float weight, freed after); prepack
+  raises SlowPath so the report says which nodes run this way and why.
 
 Both kernels take activations and scales in bf16 (output cast back): on CPU their f32 paths
 measured 320 us (int4) and 143-300 us (int8) vs 13-18 us in bf16 at 576x576, and 25.7 vs 4.0 ms
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import quant_format as Q
-from .torch_kernels import torch_kernel
+from .torch_kernels import SlowPath, torch_kernel
 
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -34,7 +35,7 @@ def _split_zeros_bias(zeros, bias):
 def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     bits, group = node.attrs["bits"], node.attrs["group"]
     if 1 not in const or 2 not in const:
-        return {}
+        raise SlowPath("qlinear with computed (non-weight) packed inputs dequantizes them on every call")
     qweight, scales = const[1], const[2]
     zeros = const.get(3)
     zeros = zeros if zeros is not None and not zeros.is_floating_point() else None
@@ -44,9 +45,15 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
     if bits == 4 and Q.group_size(group, k) in INT4_GROUPS and out % 16 == 0:
         try:
             return _prepack_int4(qweight, scales, zeros, Q.group_size(group, k))
-        except RuntimeError:  # a shape this torch build's int4 kernel rejects: dequantize on the fly
-            return {}
-    return {}
+        except RuntimeError as e:  # a shape this torch build's int4 kernel rejects
+            raise SlowPath(f"int4 qlinear rejected by torch's int4 kernel ({e}) dequantizes its weight on every "
+                           f"call") from None
+    if bits == 8:
+        raise SlowPath("int8 qlinear with groups or zero points dequantizes its weight on every call (torch's "
+                       "packed int8 kernel is per-channel symmetric: quantize-weights{bits=8,group=0})")
+    raise SlowPath(f"int4 qlinear with group {Q.group_size(group, k)} or out % 16 != 0 dequantizes its weight on "
+                   f"every call (torch's packed int4 kernel takes groups {'/'.join(map(str, INT4_GROUPS))} and "
+                   f"out % 16 == 0)")
 
 
 def _aligned(t):

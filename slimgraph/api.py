@@ -13,6 +13,7 @@
 from __future__ import annotations
 import inspect
 import time
+import warnings
 
 from .compiled import CompiledModel, OptimizeReport
 from .signature import Signature
@@ -232,6 +233,14 @@ def _run_passes(graph, spec, verify, flat_example, report) -> str:
 
 
 def _compile(tgt, graph, allow_fallback, report):
+    runner = _codegen(tgt, graph, allow_fallback, report)
+    for note in getattr(runner, "notes", []):   # e.g. nodes on a slow generic kernel path: say so
+        report.notes.append(note)
+        warnings.warn(f"slimgraph target {report.target!r}: {note}", stacklevel=3)
+    return runner
+
+
+def _codegen(tgt, graph, allow_fallback, report):
     kwargs = {"allow_fallback": True} if allow_fallback and _accepts(tgt.codegen, "allow_fallback") else {}
     try:
         return tgt.codegen(graph, **kwargs)

@@ -4,6 +4,7 @@ import torch
 
 from slimgraph import ir
 from slimgraph.codegen import torch_qlinear
+from slimgraph.codegen.torch_kernels import SlowPath
 from slimgraph.ir import TensorType
 from slimgraph.passes.base import get_pass
 
@@ -21,7 +22,10 @@ def qlinear_graph(out, k, bits, group, sym, bias):
 
 def run_kernel(node, x):
     const = {i: v.tensor for i, v in enumerate(node.inputs) if v.is_weight}
-    packed = torch_qlinear.prepack_qlinear(node, const)
+    try:
+        packed = torch_qlinear.prepack_qlinear(node, const)
+    except SlowPath:
+        packed = {}
     args = [x] + [packed.get(i, const[i]) for i in range(1, len(node.inputs))]
     return torch_qlinear.qlinear(*args, **node.attrs), packed
 
@@ -68,3 +72,17 @@ def test_int8_kernel_runs_from_an_unaligned_weight():
     y, packed = run_kernel(node, x)
     assert packed[1].data_ptr() % 64 == 0
     torch.testing.assert_close(y, ir.run(g, x)[0], rtol=1e-2, atol=1e-2 * float(y.abs().max()))
+
+
+def test_slow_paths_are_reported_and_warned():
+    """A qlinear without a packed torch kernel still runs (dequantize per call), and optimize() says so."""
+    import slimgraph
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 24)).eval()
+    x = torch.randn(3, 64)
+    with pytest.warns(UserWarning, match="2 nodes: int8 qlinear with groups"):
+        fast = slimgraph.optimize(model, (x,), pipeline="quantize-weights{bits=8,group=32,sym=false},fuse-dequant-matmul")
+    assert any("quantize-weights{bits=8,group=0}" in n for n in fast.report.notes)
+    torch.testing.assert_close(fast(x), model(x), rtol=0.05, atol=0.05)
+    with pytest.warns(UserWarning, match="1 node: int4 qlinear with group 32 or out % 16 != 0"):
+        slimgraph.optimize(model, (x,), pipeline="quantize-weights{bits=4,group=32},fuse-dequant-matmul")
