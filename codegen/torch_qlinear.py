@@ -51,9 +51,10 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
     if bits == 8:
         raise SlowPath("int8 qlinear with groups or zero points dequantizes its weight on every call (torch's "
                        "packed int8 kernel is per-channel symmetric: quantize-weights{bits=8,group=0})")
-    raise SlowPath(f"int4 qlinear with group {Q.group_size(group, k)} or out % 16 != 0 dequantizes its weight on "
-                   f"every call (torch's packed int4 kernel takes groups {'/'.join(map(str, INT4_GROUPS))} and "
-                   f"out % 16 == 0)")
+    g = Q.group_size(group, k)
+    why = f"group {g}" if g not in INT4_GROUPS else "an output dim not a multiple of 16"
+    raise SlowPath(f"int4 qlinear with {why} dequantizes its weight on every call (torch's packed int4 kernel "
+                   f"takes groups {'/'.join(map(str, INT4_GROUPS))} and output dims that are multiples of 16)")
 
 
 def _aligned(t):
