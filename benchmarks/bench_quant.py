@@ -291,6 +291,47 @@ def decode_bench(repeat):
               f"{rss[n] / 2**20:.0f} |", flush=True)
 
 
+@torch.no_grad()
+def quality_proxies(max_tokens):
+    """Which calibration-side number predicts the eval-text perplexity change (select-precision's search
+    criterion)? GPTQ int4 g64 fitted on 24 calib rows; on 8 held-out calib rows: their perplexity change and
+    exp(KL(float || quantized)) - 1; on the eval text: the perplexity change. All-int4, then with the top
+    fraction of layers (tr(E H E^T) per extra byte, as select-precision ranks) swapped to RTN int8."""
+    import math
+    model, tok = zoo.load("smollm2-135m")
+    ids = evaluate.token_ids(tok, "calib", 40, 256)
+    held, fit = ids[:8], ids[8:]
+    lin = linears(model)
+    W = {n: m.weight.detach().clone() for n, m in lin.items()}
+
+    def held_out():
+        logp = torch.log_softmax(torch.cat([model(held[i:i + 4]).logits.float() for i in (0, 4)]), -1)
+        nll = -logp[:, :-1].gather(-1, held[:, 1:, None]).mean()
+        return logp, math.exp(float(nll))
+    ref, base = held_out()
+    base_eval = evaluate.perplexity(model, tok, max_tokens=max_tokens)
+    stats = collect_stats(model, fit)
+    quantize_model(model, 4, 64, False, "gptq", fit)
+    low = {n: m.weight.detach().clone() for n, m in lin.items()}
+    high = {n: dequant(*Q.quantize_rtn(w, 8, 0, True), 0) for n, w in W.items()}
+    extra = {n: stored_bytes(*w.shape, 8, 0, True) - stored_bytes(*w.shape, 4, 64, False) for n, w in W.items()}
+    score = {n: float(((low[n] - w) @ stats[n].hessian * (low[n] - w)).sum()) / extra[n] for n, w in W.items()}
+    ranked = sorted(score, key=score.get, reverse=True)
+    fp16 = sum(w.numel() * 2 for w in W.values())
+    print("| layers at int8 | linear bytes vs fp16 | held-out calib ppl change | exp(KL) - 1 on held-out calib | "
+          "eval ppl change |\n|---|---|---|---|---|")
+    for frac in (0.0, 0.2, 0.4, 0.5):
+        keep = set(ranked[:int(frac * len(ranked))])
+        for n, m in lin.items():
+            m.weight.copy_(high[n] if n in keep else low[n])
+        logp, ppl = held_out()
+        kl = float((ref.exp() * (ref - logp)).sum(-1).mean())
+        size = sum(stored_bytes(*W[n].shape, *((8, 0, True) if n in keep else (4, 64, False))) for n in W) / fp16
+        ev = evaluate.perplexity(model, tok, max_tokens=max_tokens)
+        print(f"| {len(keep)} | {size:.3f} | {100 * (ppl / base - 1):+.2f}% | {100 * math.expm1(kl):+.2f}% | "
+              f"{100 * (ev / base_eval - 1):+.2f}% |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(CONFIGS), help=f"of {', '.join([*CONFIGS, *PIPELINES])}")
@@ -301,12 +342,16 @@ def main():
     ap.add_argument("--decode", action="store_true",
                     help="only decode tok/s + peak RSS of fp32/int8/int4 on the torch target vs transformers")
     ap.add_argument("--repeat", type=int, default=3, help="for --decode: alternating runs per model")
+    ap.add_argument("--proxies", action="store_true",
+                    help="only: which calibration-side quality measure predicts the eval perplexity change")
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.minilm:
         return minilm_cosine()
     if args.decode:
         return decode_bench(args.repeat)
+    if args.proxies:
+        return quality_proxies(args.max_tokens)
     model, tok = zoo.load("smollm2-135m")
     original = {k: v.clone() for k, v in model.state_dict().items()}
     n, seq = map(int, args.calib.split("x"))
