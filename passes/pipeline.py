@@ -125,6 +125,8 @@ def convert(raw: str, t, where: str) -> Any:
         raise PassError(f"{where}: expected bool (true/false), got {raw!r}")
     if t in (int, float):
         try:
+            if t is float and raw.endswith("%"):   # target_ppl=+5% means 0.05
+                return float(raw[:-1]) / 100
             return t(raw)
         except ValueError:
             raise PassError(f"{where}: expected {t.__name__}, got {raw!r}") from None

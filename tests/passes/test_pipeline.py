@@ -34,6 +34,10 @@ def test_options_are_converted_to_field_types():
     assert type(p.bits) is int and type(p.ratio) is float
     (p,) = parse_pipeline("test-options{limit=none,dims=[]}")
     assert p.limit is None and p.dims == []
+    (p,) = parse_pipeline("select-precision{target_ppl=+5%}")     # a percentage, as the docs write it
+    assert p.target_ppl == pytest.approx(0.05)
+    (p,) = parse_pipeline("test-options{ratio=2.5%}")
+    assert p.ratio == pytest.approx(0.025) and format_pipeline([p]) == "test-options{ratio=0.025}"
 
 
 def test_list_of_specs_and_pass_objects():
@@ -61,6 +65,8 @@ def test_unknown_option_lists_options_with_types():
 
 @pytest.mark.parametrize("spec, expected", [
     ("test-options{bits=four}", "option 'bits': expected int, got 'four'"),
+    ("test-options{bits=5%}", "option 'bits': expected int, got '5%'"),
+    ("test-options{ratio=five%}", "option 'ratio': expected float, got 'five%'"),
     ("test-options{sym=maybe}", "option 'sym': expected bool"),
     ("test-options{method=gptq}", "'gptq' is not one of ['rtn', 'awq']"),
     ("test-options{dims=3}", "expected a list like [a,b]"),
