@@ -10,6 +10,8 @@
   only prepacked kernels read is not kept (the module holds the packed form alone).
 - Symbolic attributes (`dim`/`dims`) are computed at run time: one `x.size(i)` per symbol at
   entry, then small int arithmetic per distinct expression (cached).
+- A concat that appends to a graph input and is returned (a KV cache step) writes into spare rows of
+  a growing buffer instead of copying the cache (codegen/torch_kv.py).
 - 0-d literal `constant`s are evaluated once; a consumer whose kernel accepts Python scalars
   gets the number inlined when that gives the same result dtype, others get a buffer.
 The IR graph is never changed.
@@ -26,6 +28,7 @@ import torch.fx as fx
 from ..ir import symbolic
 from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
+from . import torch_kv
 from .torch_kernels import SlowPath, get_kernel
 
 
@@ -140,6 +143,8 @@ class _Builder:
             return
         kernel = get_kernel(node.op)
         fn = kernel.fn if kernel else opdef.impl
+        if self._appends_state(node):
+            kernel, fn = None, torch_kv.append
         inputs = list(node.inputs)
         prepacked = self._prepack(node, kernel) if kernel and kernel.prepack else {}
         args = tuple(prepacked[i] if i in prepacked else
@@ -152,6 +157,14 @@ class _Builder:
             return
         for i, o in enumerate(node.outputs):
             self.env[id(o)] = self.fx.create_node("call_function", operator.getitem, (out, i), name=_ident(o.name))
+
+    def _appends_state(self, node) -> bool:
+        """concat(graph input, x) returned as a graph output: a KV cache growing by a step (torch_kv)."""
+        if node.op != "concat" or len(node.inputs) != 2:
+            return False
+        first = node.inputs[0]
+        return (first.producer is None and not first.is_weight and any(v is first for v in self.ir.inputs)
+                and any(o is node.output for o in self.ir.outputs))
 
     def _attr(self, opdef, key, value):
         if key not in opdef.symbolic_attrs:
