@@ -163,8 +163,7 @@ class _Builder:
         if node.op != "concat" or len(node.inputs) != 2:
             return False
         first = node.inputs[0]
-        return (first.producer is None and not first.is_weight and any(v is first for v in self.ir.inputs)
-                and any(o is node.output for o in self.ir.outputs))
+        return any(v is first for v in self.ir.inputs) and any(o is node.output for o in self.ir.outputs)
 
     def _attr(self, opdef, key, value):
         if key not in opdef.symbolic_attrs:
