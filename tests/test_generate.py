@@ -12,14 +12,19 @@ transformers = pytest.importorskip("transformers")
 PROMPT_LEN = 7
 
 
+def tiny_lm(**config):
+    """A random 2-layer GQA Llama (seeded), with no special tokens unless `config` says otherwise."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**{**dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                             bos_token_id=None, eos_token_id=None, pad_token_id=None), **config})
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
 @pytest.fixture(scope="module")
 def tiny_llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, PROMPT_LEN))
+    model = tiny_lm()
+    ids = torch.randint(0, model.config.vocab_size, (1, PROMPT_LEN))
     return model, slimgraph.optimize(model, (ids,), target="torch")
 
 
@@ -173,11 +178,7 @@ def test_quantized_decode_pipeline_matches_reference(target):
     if target == "onnx":
         pytest.importorskip("onnxruntime")
     from slimgraph.generate import empty_cache
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_lm(tie_word_embeddings=True)
     ids = prompt()
     ref = slimgraph.optimize(model, (ids,), target="reference", pipeline=DECODE_PIPELINE)
     fast = slimgraph.optimize(model, (ids,), target=target, pipeline=DECODE_PIPELINE)
