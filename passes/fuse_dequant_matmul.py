@@ -18,10 +18,9 @@ class FuseDequantMatmul(Pass):
     def run(self, graph) -> PassResult:
         fused = 0
         for node in list(graph.nodes):
-            fused_op = _fused(node)
+            fused_op, dq = _fused(node)
             if fused_op is None:
                 continue
-            dq = node.inputs[1 if node.op == "linear" else 0].producer
             attrs = {"bits": dq.attrs["bits"], "group": dq.attrs["group"]}
             if node.op == "linear":
                 inputs = [node.inputs[0], *dq.inputs, *node.inputs[2:]]
@@ -36,13 +35,12 @@ class FuseDequantMatmul(Pass):
         return PassResult(fused > 0, {"fused": fused})
 
 
-def _fused(node) -> str | None:
-    """The fused op for `node` when it reads a dequantized weight: qlinear or qembedding."""
-    if node.op == "linear":
-        dq = node.inputs[1].producer
-        ok = dq is not None and dq.op == "dequantize" and dq.attrs["dtype"] == node.inputs[0].type.dtype
-        return "qlinear" if ok else None
+def _fused(node):
+    """(fused op, its dequantize) when `node` reads a dequantized weight: qlinear or qembedding; else (None, None)."""
+    weight = {"linear": 1, "embedding": 0}.get(node.op)
+    dq = node.inputs[weight].producer if weight is not None else None
+    if dq is None or dq.op != "dequantize":
+        return None, None
     if node.op == "embedding":
-        dq = node.inputs[0].producer
-        return "qembedding" if dq is not None and dq.op == "dequantize" else None
-    return None
+        return "qembedding", dq
+    return ("qlinear", dq) if dq.attrs["dtype"] == node.inputs[0].type.dtype else (None, None)
