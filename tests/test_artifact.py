@@ -85,7 +85,7 @@ def test_loaded_int4_model_keeps_only_the_packed_weights(tmp_path):
     fast.save(tmp_path / "q.sg")
     m = slimgraph.load(tmp_path / "q.sg")
     torch.testing.assert_close(m(x), fast(x))
-    buffers = dict(m._runner.graph_module.named_buffers())
+    buffers = dict(m.runner.module.named_buffers())
     assert any(n.endswith("qlinear_packed") for n in buffers)
     assert not any(n.endswith("qweight") for n in buffers), sorted(buffers)
     assert all(callable(w._data) for w in m.graph.weights.values())
