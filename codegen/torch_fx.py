@@ -83,7 +83,7 @@ def build(graph) -> Products:
             globals_[name], live[name] = {"live": repr(obj)}, obj
             unstorable.append(str(e))
     buffers, stored = {}, {}
-    for name, t in gm.named_buffers():
+    for name, t in gm.named_buffers(remove_duplicate=False):
         origin = builder.origin.get(name)
         if origin is not None and graph.weights[origin].tensor is t:
             buffers[name] = {"weight": origin}
