@@ -167,7 +167,7 @@ class Exporter:
         onnx, g = self.onnx, self.graph
         inputs = [self.value_info(v, self.name(v)) for v in g.inputs]
         for w in g.weights.values():
-            if w.uses or any(o is w for o in g.outputs):
+            if not w.unused:
                 self.inits.append(_tensor_proto(onnx, w.tensor, self.name(w)))
         for node in g.nodes:
             if node.op not in EMITTERS:

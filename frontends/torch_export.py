@@ -113,12 +113,11 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
 def _drop_dead(g: Graph):
     """Erase nodes and weights nothing uses (export keeps e.g. mask-building steps whose result
     is dropped)."""
-    outs = {id(v) for v in g.outputs}
-    for node in reversed(list(g.nodes)):
-        if all(not o.uses and id(o) not in outs for o in node.outputs):
+    for node in reversed(g.nodes):
+        if all(o.unused for o in node.outputs):
             g.erase(node)
     for name, w in list(g.weights.items()):
-        if not w.uses and id(w) not in outs:
+        if w.unused:
             g.remove_weight(name)
 
 
@@ -130,11 +129,10 @@ def _output_names(spec, n) -> list[str]:
 
 
 def _rename(g: Graph, v: Value, name: str):
-    """Give a graph output a readable name (Graph has no public rename yet)."""
-    if v.kind != "node" or name in g._names or v.name == name:
+    """Give a graph output a readable name, unless another value already has it."""
+    if v.kind != "node" or v.name == name or g.has_name(name):
         return
-    g._names.discard(v.name)
-    v.name = g._claim(name)
+    g.rename(v, name)
 
 
 def _source_line(node) -> str:

@@ -29,7 +29,7 @@ class FuseDequantMatmul(Pass):
             with graph.inserting_before(node):
                 q = graph.add_node(fused_op, inputs, attrs, names=[graph.fresh_name(node.output.name)])
             graph.replace_node(node, [q.output])
-            if not dq.output.uses and not any(o is dq.output for o in graph.outputs):
+            if dq.output.unused:
                 graph.erase(dq)
             fused += 1
         return PassResult(fused > 0, {"fused": fused})

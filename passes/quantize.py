@@ -71,7 +71,8 @@ class QuantizeWeights(Pass):
         else:
             codes = self.calibrated(graph, targets)
         before = sum(graph.weights[n].type.nbytes() for n in targets)
-        after = sum(self.rewrite(graph, n, targets[n], *codes[n]) for n in targets)
+        pos = graph.nodes.positions()  # the rewrite inserts before existing nodes only
+        after = sum(self.rewrite(graph, n, targets[n], *codes[n], pos) for n in targets)
         return PassResult(True, {"quantized": len(targets), "method": self.method,
                                  "weight_bytes_before": before, "weight_bytes_after": after})
 
@@ -197,7 +198,7 @@ class QuantizeWeights(Pass):
         return done
 
     # ---- rewrite -----------------------------------------------------------------------------
-    def rewrite(self, graph, name, users, codes, scales, zeros) -> int:
+    def rewrite(self, graph, name, users, codes, scales, zeros, pos) -> int:
         bits, group = self.layer_bits_group(name)
         w = graph.weights[name]
         qweight, scales, zeros = Q.store(codes, scales, zeros, bits, self.layer_sym(bits),
@@ -208,7 +209,7 @@ class QuantizeWeights(Pass):
             packed.append(graph.add_weight(graph.fresh_name(f"{name}.zeros"), zeros))
         # a tied head's embedding lookups read the same quantized table (fuse-dequant-matmul: qembedding)
         lookups = [u for u in w.users if u.op == "embedding" and u.inputs[0] is w]
-        first = min([*users, *lookups], key=graph.nodes.index)
+        first = min([*users, *lookups], key=pos.__getitem__)
         with graph.inserting_before(first):
             node = graph.add_node("dequantize", packed, {"bits": bits, "group": group, "dtype": w.type.dtype},
                                   names=[graph.fresh_name(f"{name}.dq")])
@@ -216,7 +217,7 @@ class QuantizeWeights(Pass):
             u.set_input(1, node.output)
         for u in lookups:
             u.set_input(0, node.output)
-        if not w.uses:
+        if w.unused:
             graph.remove_weight(name)
         return sum(v.type.nbytes() for v in packed)
 

@@ -249,10 +249,10 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
 def _call(graph, rule: Rule, node, caps, name):
     """Run a rule's fn with the insertion point before the anchor; returns (list of values, or None,
     or the reason it declined; the nodes the fn built)."""
-    before, idx = len(graph.nodes), graph.nodes.index(node)
+    prev = graph.nodes.prev(node)
     with graph.inserting_before(node):
         res = rule.call(graph, node, caps)
-    new_nodes = graph.nodes[idx: idx + len(graph.nodes) - before]
+    new_nodes = graph.nodes.between(prev, node)
     if res is None or isinstance(res, str):
         return res, new_nodes
     vals = [res] if not isinstance(res, (list, tuple)) else list(res)
@@ -288,6 +288,4 @@ def erase_dead(graph, node) -> int:
 
 
 def _is_dead(graph, node) -> bool:
-    if not get_op(node.op).pure:
-        return False
-    return not any(o.uses or any(o is x for x in graph.outputs) for o in node.outputs)
+    return graph.is_dead(node)

@@ -143,7 +143,8 @@ class SelectPrecision(Pass):
 
     def rank(self, graph, targets, calib, lows) -> list[str]:
         """Weight names, most sensitive per extra byte first."""
-        linears = sorted((n for users in targets.values() for n in users), key=graph.nodes.index)
+        pos = graph.nodes.positions()
+        linears = sorted((n for users in targets.values() for n in users), key=pos.__getitem__)
         stats = collect_stats(graph, calib, linears, "select-precision: calibrating")
         score = {}
         for name, users in targets.items():
