@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pass_scaling.py                 # 2, 8, 24 layers, hidden 2048
     python benchmarks/bench_pass_scaling.py --layers 2 8 --repeats 1
+    python benchmarks/bench_pass_scaling.py --against /tmp/base/.venv/bin/python   # vs another tree
 
 Each model is a transformers `LlamaForCausalLM` with random weights (seed 0): hidden 2048, 16 query
 heads / 4 KV heads, a small MLP (intermediate 256) and vocabulary (256) so that 24 layers fit in
@@ -11,10 +12,16 @@ graph, with the verifier off, and the fastest repeat is reported. The figure of 
 node of the imported graph: linear scaling keeps it flat across sizes (the must-show: within 2x).
 RTN's arithmetic on the weights is proportional to the number of layers too, so it does not
 bend the curve; the `canonicalize` column is graph work alone.
+`--against PYTHON` runs the same measurement under another interpreter (e.g. a venv whose editable
+slimgraph is the tree before a change) and this one, alternating (A B A B), and prints both tables.
 """
 from __future__ import annotations
 import argparse
+import gc
+import json
 import platform
+import subprocess
+import sys
 import time
 
 
@@ -43,6 +50,7 @@ def build(layers: int, hidden: int, seed: int = 0):
 def run_once(graph):
     from slimgraph.passes.manager import PassManager
     g = graph.copy()
+    gc.collect()
     t0 = time.perf_counter()
     canon = PassManager("canonicalize", verify=False, progress=False).run(g)
     t1 = time.perf_counter()
@@ -51,37 +59,70 @@ def run_once(graph):
     return t1 - t0, t2 - t1, canon
 
 
+def measure(layer_counts, hidden, repeats, log=print):
+    graphs = {}
+    for layers in layer_counts:
+        t0 = time.perf_counter()
+        graphs[layers] = build(layers, hidden)
+        log(f"built {layers} layers: {len(graphs[layers].nodes)} nodes in {time.perf_counter() - t0:.1f}s")
+    best: dict[int, tuple] = {}
+    for r in range(repeats):
+        for layers, graph in graphs.items():
+            canon, quant, _ = run_once(graph)
+            if layers not in best or canon + quant < sum(best[layers]):
+                best[layers] = (canon, quant)
+            log(f"  repeat {r}: layers={layers} canonicalize={canon * 1e3:.1f}ms quantize={quant * 1e3:.1f}ms")
+    return [(layers, len(graphs[layers].nodes), *best[layers]) for layers in layer_counts]
+
+
+def table(rows, title):
+    per_node = [(c + q) / n for _, n, c, q in rows]
+    canon_node = [c / n for _, n, c, _ in rows]
+    lines = [f"\n{title}",
+             "| layers | nodes | canonicalize ms | quantize-weights (RTN) ms | total us/node | canonicalize us/node |",
+             "|---|---|---|---|---|---|"]
+    for (layers, nodes, c, q), pn, cn in zip(rows, per_node, canon_node):
+        lines.append(f"| {layers} | {nodes} | {c * 1e3:.1f} | {q * 1e3:.1f} | {pn * 1e6:.1f} | {cn * 1e6:.1f} |")
+    lines.append(f"max/min time per node: total {max(per_node) / min(per_node):.2f}x, "
+                 f"canonicalize {max(canon_node) / min(canon_node):.2f}x (must-show: within 2x)")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 8, 24])
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--against", metavar="PYTHON", help="also run under this interpreter, alternating")
+    ap.add_argument("--rounds", type=int, default=2, help="with --against: A/B rounds")
+    ap.add_argument("--json", action="store_true", help="print the rows as one JSON line (for --against)")
     args = ap.parse_args(argv)
     import torch
     import transformers
-    print(f"python {platform.python_version()}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, {torch.get_num_threads()} torch threads, {platform.machine()}")
-    rows = []
-    for layers in args.layers:
-        t0 = time.perf_counter()
-        graph = build(layers, args.hidden)
-        imported = time.perf_counter() - t0
-        nodes = len(graph.nodes)
-        best = min((run_once(graph) for _ in range(args.repeats)), key=lambda r: r[0] + r[1])
-        canon, quant, _ = best
-        rows.append((layers, nodes, canon, quant))
-        print(f"layers={layers:3d} nodes={nodes:5d} import={imported:6.1f}s canonicalize={canon * 1e3:8.1f}ms "
-              f"quantize={quant * 1e3:8.1f}ms total/node={(canon + quant) / nodes * 1e6:7.1f}us "
-              f"canonicalize/node={canon / nodes * 1e6:6.1f}us", flush=True)
-        del graph
-    per_node = [(c + q) / n for _, n, c, q in rows]
-    canon_node = [c / n for _, n, c, _ in rows]
-    print("\n| layers | nodes | canonicalize ms | quantize-weights (RTN) ms | total us/node | canonicalize us/node |")
-    print("|---|---|---|---|---|---|")
-    for (layers, nodes, c, q), pn, cn in zip(rows, per_node, canon_node):
-        print(f"| {layers} | {nodes} | {c * 1e3:.1f} | {q * 1e3:.1f} | {pn * 1e6:.1f} | {cn * 1e6:.1f} |")
-    print(f"\nmax/min time per node: total {max(per_node) / min(per_node):.2f}x, "
-          f"canonicalize {max(canon_node) / min(canon_node):.2f}x (must-show: within 2x)")
+    versions = (f"python {platform.python_version()}, torch {torch.__version__}, transformers "
+                f"{transformers.__version__}, {torch.get_num_threads()} torch threads, {platform.machine()}")
+    if args.json:
+        rows = measure(args.layers, args.hidden, args.repeats, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(rows))
+        return
+    print(versions)
+    if not args.against:
+        print(table(measure(args.layers, args.hidden, args.repeats), "this tree"))
+        return
+    cmd = [__file__, "--json", "--hidden", str(args.hidden), "--repeats", str(args.repeats),
+           "--layers", *map(str, args.layers)]
+    best: dict[str, dict] = {"against": {}, "this": {}}
+    for r in range(args.rounds):
+        for who, py in (("against", args.against), ("this", sys.executable)):
+            out = subprocess.run([py, *cmd], check=True, capture_output=True, text=True).stdout
+            for layers, nodes, c, q in json.loads(out.strip().splitlines()[-1]):
+                old = best[who].get(layers)
+                if old is None or c + q < old[2] + old[3]:
+                    best[who][layers] = (layers, nodes, c, q)
+            print(f"round {r} {who}: " + ", ".join(f"{k}L {v[2] + v[3]:.2f}s" for k, v in best[who].items()),
+                  flush=True)
+    print(table([best["against"][k] for k in args.layers], f"against: {args.against}"))
+    print(table([best["this"][k] for k in args.layers], f"this tree: {sys.executable}"))
 
 
 if __name__ == "__main__":

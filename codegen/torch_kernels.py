@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..ir.opset import nn as nn_ref  # the reference arithmetic (causal mask, GQA repeat, rms_norm)
+
 # Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
 KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear"]
 
@@ -136,9 +138,7 @@ def mean(x, dims, keepdim):
 def rms_norm(x, weight=None, *, eps):
     if x.dtype == torch.float32:  # torch's kernel: one call, same f32 math as the reference
         return torch.rms_norm(x, (x.shape[-1],), weight, eps)
-    xf = x.float()  # other dtypes keep the reference's upcast, cast back, then weight multiply
-    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return y * weight if weight is not None else y
+    return nn_ref.rms_norm(x, weight, eps=eps)  # other dtypes: the reference's upcast and cast back
 
 
 _ROPE_SIGNS: dict = {}
@@ -171,14 +171,12 @@ def attention(q, k, v, mask=None, *, causal, scale):
     if causal and lq > 1:
         if mask is None and lq == lk and hq == hk:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
-                                          else mask.masked_fill(~keep, float("-inf")))
+        mask = nn_ref.and_mask(mask, nn_ref.causal_keep(lq, lk, q.device))
     if hq == hk:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     g = hq // hk
     if mask is not None and mask.dim() >= 3 and mask.shape[-3] != 1:  # a per-head mask: repeat k/v
-        k, v = k.repeat_interleave(g, dim=-3), v.repeat_interleave(g, dim=-3)
+        k, v = nn_ref.repeat_kv(k, g), nn_ref.repeat_kv(v, g)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
     if mask is not None:

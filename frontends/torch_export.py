@@ -22,6 +22,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from ..ir import Graph, TensorType, Value, from_torch, symbolic
+from ..ir.dtypes import FLOAT_DTYPES
 from . import aten
 
 __all__ = ["Imported", "import_module", "import_exported_program", "ConversionError", "UnsupportedOpError"]
@@ -378,9 +379,9 @@ class Converter:
         if isinstance(arg, bool):
             return self._const(arg, "bool")
         if isinstance(arg, int):
-            return self._const(arg, dtype if dtype and dtype not in ("f32", "f64", "f16", "bf16") else "i64")
+            return self._const(arg, dtype if dtype and dtype not in FLOAT_DTYPES else "i64")
         if isinstance(arg, float):
-            return self._const(arg, dtype if dtype in ("f32", "f64", "f16", "bf16") else "f32")
+            return self._const(arg, dtype if dtype in FLOAT_DTYPES else "f32")
         raise self.unsupported(f"operand {arg!r} of type {type(arg).__name__}")
 
     def _weight(self, w: LazyWeight) -> Value:

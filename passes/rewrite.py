@@ -37,13 +37,19 @@ from ..ir.registry import get_op
 __all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value",
            "erase_dead"]
 
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
-                         "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"})
 SPECIAL_PARAMS = ("g", "root")
 
 
 class RewriteError(RuntimeError):
     pass
+
+
+def _commutative(op: str) -> bool:
+    """The op's registry traits say its two operands may be swapped (an unknown op: no)."""
+    try:
+        return get_op(op).has("commutative")
+    except KeyError:
+        return False  # RuleSet reports the typo with the rule's name
 
 
 class P:
@@ -57,7 +63,7 @@ class P:
         self.srcs = None if any_inputs or (self.ops is None and not srcs) else srcs
         self.name, self.attrs, self.where = name, attrs or {}, where
         if commutative is None:
-            commutative = self.ops is not None and len(srcs) == 2 and all(o in COMMUTATIVE for o in self.ops)
+            commutative = self.ops is not None and len(srcs) == 2 and all(_commutative(o) for o in self.ops)
         self.commutative = commutative
 
     @staticmethod
