@@ -29,7 +29,8 @@ from ..ir import symbolic
 from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
 from . import torch_kv
-from .torch_kernels import SlowPath, get_kernel
+from .lowering import get_lowering
+from .torch_kernels import SlowPath
 
 
 class CodegenError(RuntimeError):
@@ -141,7 +142,7 @@ class _Builder:
             self.consts[id(node.output)] = t
             self.scalars[id(node.output)] = t.item()
             return
-        kernel = get_kernel(node.op)
+        kernel = get_lowering("torch", node.op)
         fn = kernel.fn if kernel else opdef.impl
         if self._appends_state(node):
             kernel, fn = None, torch_kv.append

@@ -11,6 +11,7 @@ from .base import Pass, PassResult, register_pass
 @register_pass("dce")
 class DeadCodeElimination(Pass):
     """Remove dead nodes and unused weights."""
+    ensures = ("no-dead-nodes",)
     remove_weights: bool = True
 
     def run(self, graph) -> PassResult:

@@ -18,6 +18,7 @@ tied head (e.g. include=[lm_head.weight] on SmolLM2) is quantized once: its embe
 the same packed table.
 """
 from __future__ import annotations
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -39,6 +40,7 @@ DEFAULT_EXCLUDE = ("*lm_head*", "*embed*")
 @dataclass
 class QuantizeWeights(Pass):
     """Quantize linear weights to int8/int4 (packed) with RTN, GPTQ or AWQ."""
+    ensures = ("quantized",)
     bits: int = 4
     group: int = 64                 # 0 = per output channel
     sym: Optional[bool] = None      # None: symmetric for int8, asymmetric for int4
@@ -59,7 +61,10 @@ class QuantizeWeights(Pass):
     def needs_calibration(self) -> bool:
         return self.method != "rtn" and self.calibration is None
 
-    def run(self, graph) -> PassResult:
+    def run(self, graph, ctx=None) -> PassResult:
+        """`ctx.calibration` (the pipeline's PassContext) is used when `calibration` is not set."""
+        if self.calibration is None and ctx is not None and ctx.calibration is not None:
+            return dataclasses.replace(self, calibration=ctx.calibration).run(graph)
         Q.check_bits(self.bits, "quantize-weights: ")
         targets = self.select(graph)
         if not targets:

@@ -37,6 +37,7 @@ from .quantize import QuantizeWeights
 @dataclass
 class SelectPrecision(Pass):
     """Keep the most sensitive layers at high precision so the estimated perplexity increase meets target_ppl."""
+    ensures = ("quantized",)
     target_ppl: float = 0.05
     bits: int = 4
     group: int = 64
@@ -54,8 +55,10 @@ class SelectPrecision(Pass):
     def needs_calibration(self) -> bool:
         return self.calibration is None
 
-    def run(self, graph) -> PassResult:
-        calib = Calibration.of(graph, self.calibration)
+    def run(self, graph, ctx=None) -> PassResult:
+        """`ctx.calibration` (the pipeline's PassContext) is used when `calibration` is not set."""
+        data = self.calibration if self.calibration is not None or ctx is None else ctx.calibration
+        calib = Calibration.of(graph, data)
         if calib is None:
             raise PassError("select-precision needs calibration data: slimgraph.optimize(model, ..., calibration=ids "
                             "or text) (a transformers causal LM with a loadable tokenizer gets the shipped "

@@ -240,10 +240,26 @@ def peak_rss_bytes() -> int:
 
 # --- listings ---------------------------------------------------------------------------------
 def cmd_ops(args) -> None:
+    """Every op with its signature and traits; with --target, how that target runs each op:
+    native (its own lowering), reference (the op's reference impl) or unsupported."""
     from slimgraph.ir import all_ops
+    tgt = None
+    if getattr(args, "target", None):
+        from slimgraph.targets.base import get_target
+        tgt = get_target(args.target)
+    counts: dict[str, int] = {}
     for name, op in sorted(all_ops().items()):
         attrs = ", ".join(f"{k}: {a.kind}" for k, a in op.attrs.items())
-        print(f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else ""))
+        traits = f"  [{', '.join(sorted(op.traits))}]" if op.traits else ""
+        line = f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else "") + traits
+        if tgt is not None:
+            how = tgt.support(name) or "unsupported"
+            counts[how] = counts.get(how, 0) + 1
+            line = f"{how:<12} {line}"
+        print(line)
+    if tgt is not None:
+        print(f"target {tgt.name}: " + ", ".join(f"{counts.get(k, 0)} {k}"
+                                                for k in ("native", "reference", "unsupported")))
 
 
 def cmd_passes(args) -> None:
@@ -302,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-tokens", type=int, default=4096, help="for --eval ppl: tokens of eval text")
     b.set_defaults(fn=cmd_bench)
 
-    sub.add_parser("ops", help="list registered ops").set_defaults(fn=cmd_ops)
+    o = sub.add_parser("ops", help="list registered ops (with --target: how that target lowers each)")
+    o.add_argument("--target", help="a target name: mark each op native / reference / unsupported")
+    o.set_defaults(fn=cmd_ops)
     sub.add_parser("passes", help="list registered passes and their options").set_defaults(fn=cmd_passes)
     return p
 

@@ -8,7 +8,8 @@ def _reference(graph):
 
 
 register_target(Target("reference", _reference, default_pipeline="",
-                       description="the reference interpreter: slow, exact, runs anywhere"))
+                       description="the reference interpreter: slow, exact, runs anywhere",
+                       reference_fallback=True))
 
 
 def _torch(graph):
@@ -17,7 +18,8 @@ def _torch(graph):
 
 
 register_target(Target("torch", _torch, default_pipeline="canonicalize,cse,dce",
-                       description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs"))
+                       description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs",
+                       lowers="torch", reference_fallback=True))
 
 
 def _onnx(graph):
@@ -27,4 +29,4 @@ def _onnx(graph):
 
 register_target(Target("onnx", _onnx, default_pipeline="canonicalize,cse,dce",
                        description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
-                       requires=(("onnxruntime", "onnx"), ("onnx", "onnx"))))
+                       requires=(("onnxruntime", "onnx"), ("onnx", "onnx")), lowers="onnx"))
