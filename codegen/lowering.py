@@ -42,7 +42,7 @@ class Lowering:
 
 # target -> modules that register its lowerings when imported
 LOWERING_MODULES: dict[str, list[str]] = {
-    "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear"],
+    "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
 }
 

@@ -79,6 +79,9 @@ class Value:
             n += 1
         if self.graph is not None:
             self.graph.outputs = [new if o is self else o for o in self.graph.outputs]
+            for st in self.graph.states:
+                if st.output is self:
+                    st.output = new
         return n
 
     def __repr__(self):
@@ -124,6 +127,7 @@ class Graph:
         self.outputs: list[Value] = []
         self.weights: dict[str, Value] = {}
         self._nodes = NodeList()
+        self.states: list = []  # ir.state.State: declared state (a causal LM's cache), see ir/state.py
         self._names: set[str] = set()
         self._counter = itertools.count()
         self._insert: tuple[str, Node] | None = None  # ("before"|"after", node); None = append
@@ -233,6 +237,19 @@ class Graph:
     def set_outputs(self, values: Iterable[Value]):
         self.outputs = list(values)
 
+    def declare_state(self, name: str, input: Value, output: Value, kind: str, **attrs):
+        """Declare that graph input `input` and graph output `output` are one state (ir/state.py)."""
+        from .state import State
+        if any(s.name == name for s in self.states):
+            raise ValueError(f"state {name!r} is declared twice in graph @{self.name}")
+        st = State(name, input, output, kind, dict(attrs))
+        self.states.append(st)
+        return st
+
+    def state_of(self, v: Value):
+        """The declared state whose input or output is `v`, or None."""
+        return next((s for s in self.states if s.input is v or s.output is v), None)
+
     @contextmanager
     def inserting_before(self, node: Node):
         """New nodes go right before `node` (in the order they are added). O(1)."""
@@ -285,6 +302,8 @@ class Graph:
         self._names.discard(name)
 
     def remove_input(self, v: Value):
+        if self.state_of(v) is not None:
+            raise ValueError(f"cannot remove input %{v.name}: it is declared state")
         if v.uses:
             raise ValueError(f"cannot remove input %{v.name}: it is still used")
         self.inputs.remove(v)
