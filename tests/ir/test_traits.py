@@ -21,6 +21,7 @@ def test_every_trait_is_from_the_vocabulary_and_ops_are_annotated():
     assert {"reshape", "permute", "slice", "concat", "split", "tile"} <= ops_with("view")
     assert {"qlinear", "dequantize", "qembedding", "linear", "embedding"} <= ops_with("reads_weight")
     assert {"constant", "full", "arange"} <= ops_with("generator")
+    assert {"cache_append", "cache_window"} <= ops_with("state")
     # no op is both arithmetic-free and elementwise-arithmetic or a reduction
     assert not ops_with("view") & (ops_with("elementwise") | ops_with("reduction"))
     assert get_op("add").has("commutative") and not get_op("matmul").traits
