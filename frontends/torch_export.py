@@ -285,8 +285,10 @@ class Converter:
         fn = aten.RULES.get(target)
         if fn is None:
             raise self.unsupported(f"unsupported ATen op {target}")
+        source = {"source": _source_line(node)} if node.meta.get("stack_trace") else {}
         try:
-            out = fn(self, self.bind(node))
+            with self.graph.meta_scope(**source):   # node.meta["source"]: the user's line
+                out = fn(self, self.bind(node))
         except ConversionError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raise any rule failure with the node and source
