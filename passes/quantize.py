@@ -71,13 +71,14 @@ class QuantizeWeights(Pass):
             return PassResult(False, {"quantized": 0})
         for name, users in targets.items():
             self.check_layer(graph.weights[name])
-        if self.method == "rtn":
-            codes = {n: self.quantize(graph.weights[n].tensor, n, None) for n in targets}
-        else:
-            codes = self.calibrated(graph, targets)
         before = sum(graph.weights[n].type.nbytes() for n in targets)
         pos = graph.nodes.positions()  # the rewrite inserts before existing nodes only
-        after = sum(self.rewrite(graph, n, targets[n], *codes[n], pos) for n in targets)
+        if self.method == "rtn":  # one weight at a time: its float codes are freed once it is packed
+            after = sum(self.rewrite(graph, n, targets[n], *self.quantize(graph.weights[n].tensor, n, None), pos)
+                        for n in targets)
+        else:
+            codes = self.calibrated(graph, targets)
+            after = sum(self.rewrite(graph, n, targets[n], *codes.pop(n), pos) for n in targets)
         return PassResult(True, {"quantized": len(targets), "method": self.method,
                                  "weight_bytes_before": before, "weight_bytes_after": after})
 
