@@ -20,7 +20,8 @@ properties it `requires` and `ensures` (names registered with `register_property
         ensures = ("dequant-fused",)   # checked after the pass (under verify), when it changed the graph
 
 The pass manager checks them: a requirement holds when the property's check passes on the graph
-or an earlier pass of the same run ensured it; otherwise it raises PassError naming the pass, the
+or an earlier pass of the same run ensured it (and, unless the property is `stable`, no pass has
+changed the graph since); otherwise it raises PassError naming the pass, the
 property and the passes that ensure it (so "fuse-dequant-matmul,quantize-weights" fails instead
 of silently leaving every dequantize unfused). A pass run directly (`p.run(graph)`) is unchecked.
 Shared data (calibration tokens) reaches passes through the run's `PassContext`: a pass whose
@@ -55,24 +56,27 @@ class PassContext:
 
 @dataclass(frozen=True)
 class Property:
-    """A graph property passes can require/ensure. `check(graph) -> bool` tests it on a graph."""
+    """A graph property passes can require/ensure. `check(graph) -> bool` tests it on a graph.
+    `stable`: no pass undoes it once ensured (weights stay quantized); an unstable one (no dead
+    nodes) counts as ensured only until the next pass that changes the graph."""
     name: str
     doc: str
     check: Callable[[Any], bool]
+    stable: bool = False
 
 
 PROPERTIES: dict[str, Property] = {}
 
 
-def register_property(name: str, doc: str, check: Callable[[Any], bool]) -> Property:
+def register_property(name: str, doc: str, check: Callable[[Any], bool], stable: bool = False) -> Property:
     if name in PROPERTIES:
         raise ValueError(f"pass property {name!r} is registered twice")
-    PROPERTIES[name] = Property(name, doc, check)
+    PROPERTIES[name] = Property(name, doc, check, stable)
     return PROPERTIES[name]
 
 
 register_property("quantized", "weights are quantized: the graph has dequantize ops",
-                  lambda g: any(n.op == "dequantize" for n in g.nodes))
+                  lambda g: any(n.op == "dequantize" for n in g.nodes), stable=True)
 register_property("no-dead-nodes", "no pure node's outputs go unused",
                   lambda g: not any(g.is_dead(n) for n in g.nodes))
 

@@ -157,6 +157,8 @@ class PassManager:
         rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
                          dict(result.stats), len(graph.nodes))
         ctx.ran.append(p.name)
+        if rec.changed:  # a change may undo what earlier passes ensured, unless it is stable
+            ctx.ensured = {q for q in ctx.ensured if PROPERTIES[q].stable}
         ctx.ensured.update(p.ensures)
         self._dump(graph, p, i, rec.changed)
         if self.verify:

@@ -42,6 +42,11 @@ def test_requirement_met_by_an_earlier_pass_or_by_the_graph():
     rep = PassManager("quantize-weights{exclude=[fc.*]},fuse-dequant-matmul").run(g, ctx)
     assert not rep.changed and ctx.ran == ["quantize-weights", "fuse-dequant-matmul"]
     assert {"quantized", "dequant-fused"} <= ctx.ensured
+    # a changing pass drops unstable properties ensured before it; stable ones stay
+    g = linear_graph()
+    ctx = PassContext()
+    PassManager("quantize-weights{bits=4,group=32},dce,fuse-dequant-matmul").run(g, ctx)
+    assert "no-dead-nodes" not in ctx.ensured and {"quantized", "dequant-fused"} <= ctx.ensured
 
 
 def test_ensures_are_checked_after_a_changing_pass():
