@@ -153,6 +153,5 @@ def declare_kv_states(graph, num_layers: int, axis: int = 2) -> None:
                                  f"(it is {node!r}); this model's cache is not a plain append cache")
             with graph.inserting_before(node):
                 new = graph.op("cache_append", past, node.inputs[1], axis=axis)
-            graph.replace_node(node, [new])
-            graph.rename(new, present.name)
+            graph.replace_node(node, [new])      # the output keeps its name (Value.replace_all_uses_with)
             graph.declare_state(f"{kind}_{i}", past, new, "append", axis=axis)

@@ -73,15 +73,24 @@ class Value:
         return ("@" if self.is_weight else "%") + self.name
 
     def replace_all_uses_with(self, new: Value) -> int:
+        """Route every use of this value (nodes, graph outputs, state outputs) to `new`. A graph output keeps
+        its name: outputs are addressed by name (`logits`, `present_key_0`), so `new` takes this value's
+        name when `new` is a plain node value that names no other output."""
         n = 0
         for node, i in list(self.uses):
             node.set_input(i, new)
             n += 1
-        if self.graph is not None:
-            self.graph.outputs = [new if o is self else o for o in self.graph.outputs]
-            for st in self.graph.states:
+        g = self.graph
+        if g is not None and any(o is self for o in g.outputs):
+            g.outputs = [new if o is self else o for o in g.outputs]
+            for st in g.states:
                 if st.output is self:
                     st.output = new
+            if new.kind == "node" and new.graph is g and sum(o is new for o in g.outputs) == 1 \
+                    and not any(o.name == self.name for o in g.outputs if o is not new):
+                name = self.name
+                g.rename(self, g.fresh_name(name + ".replaced"))
+                g.rename(new, name)
         return n
 
     def __repr__(self):

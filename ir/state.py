@@ -22,6 +22,10 @@ sinks and the last `window` tokens (StreamingLLM, Xiao et al. 2023, arXiv:2309.1
 from __future__ import annotations
 from dataclasses import dataclass, field
 
+import torch
+
+from .dtypes import to_torch
+
 KINDS = ("append", "ring", "fixed")
 
 
@@ -94,3 +98,20 @@ def check_states(graph) -> None:
 
 def _axis(node, rank):
     return node.attrs["axis"] % rank
+
+
+def initial_state(graph, s, batch: int, device=None) -> torch.Tensor:
+    """Zeros of state `s`'s input type, its state axis empty and the batch dim (input_ids' dim 0) = `batch`."""
+    t = s.input.type
+    shape = []
+    for i, d in enumerate(t.shape):
+        if s.axis is not None and i == s.axis % t.rank:
+            shape.append(0)
+        elif isinstance(d, int):
+            shape.append(d)
+        elif d == graph.inputs[0].type.shape[0]:
+            shape.append(batch)
+        else:
+            raise StateError(f"state {s.name}: dim {i} ({d}) of {t} is neither the batch nor the state axis; "
+                               "cannot size its initial value")
+    return torch.zeros(shape, dtype=to_torch(t.dtype), device=device)

@@ -50,6 +50,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
     report.notes = notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
+    _check_state(graph, report.pipeline)
     runner = _compile(tgt, graph, allow_fallback, report)
     if verify == "numerics" and flat_example is not None:
         _check_runner(graph, runner, flat_example, report.target)
@@ -229,6 +230,16 @@ def _run_passes(graph, spec, verify, flat_example, report) -> str:
     result = pm.run(graph, ctx)
     report.passes = result.to_dict()["passes"]
     return pm.pipeline
+
+
+def _check_state(graph, pipeline):
+    """Declared state must survive the pipeline (the decoder runtime reads it): a cheap check, always on."""
+    from .ir.state import StateError, check_states
+    try:
+        check_states(graph)
+    except StateError as e:
+        raise OptimizeError(f"after pipeline {pipeline!r}: {e}; a pass broke the graph's declared state "
+                            "(run with verify=True to find which)") from None
 
 
 def _compile(tgt, graph, allow_fallback, report):

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir.dtypes import to_torch
+from .ir.causal_lm import INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask
+from .ir.state import initial_state
 
-INPUTS = ("input_ids", "position_ids", "attention_mask")
+__all__ = ["Decoder", "DecoderError", "causal_lm_inputs"]
 
 
-class DecoderError(ValueError):
-    pass
+DecoderError = CausalLMInputError   # one error type for the runtime and the graph's input convention
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Decoder:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
         """Run the prompt `input_ids` [batch, seq] (int64) from empty state. `attention_mask` [batch, seq]
         (1 = token, 0 = left pad) lets prompts of different lengths share a batch. Returns the outputs by name."""
-        ids = _ids(input_ids)
+        ids = check_ids(input_ids)
         self.reset(ids.shape[0])
         valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
         if valid.shape != ids.shape:
@@ -98,7 +98,7 @@ class Decoder:
 
     def step(self, tokens: torch.Tensor) -> dict:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""
-        ids = _ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1))
+        ids = check_ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1))
         n = ids.shape[1]
         positions = self.next_pos[:, None] + torch.arange(n, device=ids.device)
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
@@ -110,7 +110,7 @@ class Decoder:
         Without `tree_mask` the candidates are a chain (each follows the previous one). With `tree_mask`
         ([k, k] bool, row i True at i and its ancestors) they are a tree: candidate i sits at depth
         (ancestors) and sees only its ancestors. Call `accept` next: the cache holds all k until then."""
-        ids = _ids(candidates)
+        ids = check_ids(candidates)
         k = ids.shape[1]
         if tree_mask is None:
             local = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril()
@@ -191,52 +191,3 @@ class Decoder:
         self.next_pos = self.next_pos + new_valid.sum(1)
         state_outs = set(self._state_out)
         return {name: outs[j] for name, j in self._out_index.items() if j not in state_outs}
-
-
-def _ids(t) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.long:
-        got = (f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__)
-        raise DecoderError(f"token ids must be an int64 tensor [batch, seq], got {got}")
-    if t.shape[1] == 0:
-        raise DecoderError("no tokens given (sequence length 0)")
-    return t
-
-
-def initial_state(graph, s, batch: int, device=None) -> torch.Tensor:
-    """Zeros of state `s`'s input type, its state axis empty and the batch dim (input_ids' dim 0) = `batch`."""
-    t = s.input.type
-    shape = []
-    for i, d in enumerate(t.shape):
-        if s.axis is not None and i == s.axis % t.rank:
-            shape.append(0)
-        elif isinstance(d, int):
-            shape.append(d)
-        elif d == graph.inputs[0].type.shape[0]:
-            shape.append(batch)
-        else:
-            raise DecoderError(f"state {s.name}: dim {i} ({d}) of {t} is neither the batch nor the state axis; "
-                               "cannot size its initial value")
-    return torch.zeros(shape, dtype=to_torch(t.dtype), device=device)
-
-
-def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a left-padded prompt (`valid` [batch, n] bool, False = pad): position ids [batch, n] counting real
-    tokens, and the causal mask [batch, n, n] in which nobody attends to a pad and a pad attends to itself."""
-    n = valid.shape[1]
-    positions = (valid.cumsum(1) - 1).clamp_min(0)
-    eye = torch.eye(n, dtype=torch.bool, device=valid.device)
-    local = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril() & (valid[:, None, :] | eye)
-    return positions, local
-
-
-def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
-    """The graph inputs of one forward over `input_ids` [batch, seq] from empty state: `model(input_ids)`."""
-    ids = _ids(input_ids)
-    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
-    positions, local = prompt_positions_and_mask(valid)
-    feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": local[:, None]}
-    feeds |= {s.input.name: initial_state(graph, s, ids.shape[0], ids.device) for s in graph.states}
-    missing = [v.name for v in graph.inputs if v.name not in feeds]
-    if missing:
-        raise DecoderError(f"graph @{graph.name} has inputs {missing} that a causal-LM call cannot fill")
-    return [feeds[v.name] for v in graph.inputs]

@@ -141,3 +141,16 @@ def test_smollm2_verify_equals_steps_and_accept_continues(smollm2):
     fast = slimgraph.optimize(model, (prompt,), target="torch")
     cands = tok(" red, yellow and blue. They cannot be made by mixing", return_tensors="pt").input_ids[:, :16]
     check_verify_equals_steps(fast, prompt, cands, 1e-4)
+
+
+def test_output_names_survive_a_rewriting_pipeline():
+    """Outputs are addressed by name: passes that replace the producer of `logits` keep the name."""
+    pipeline = ("canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,"
+                "include=[lm_head.weight]},fuse-dequant-matmul,merge-sibling-linears,cse,dce")
+    model = tiny_llama()
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=pipeline)
+    names = [v.name for v in fast.graph.outputs]
+    assert names[0] == "logits" and fast.graph.outputs[0].producer.op == "qlinear"
+    assert names[1:] == [s.output.name for s in fast.graph.states] == \
+        [f"present_{k}_{i}" for i in range(2) for k in ("key", "value")]
+    assert fast.generate(ids(5), max_new_tokens=4).shape == (1, 9)
