@@ -1,4 +1,5 @@
-"""Per-op ONNX lowerings for the exporter: `emit(ex, node, inputs) -> [output names]`."""
+"""Per-op ONNX lowerings for the exporter (codegen/lowering.py, target "onnx"):
+`@lowering("onnx", op)` on `emit(ex, node, input names) -> [output names]`."""
 from __future__ import annotations
 import math
 
@@ -6,7 +7,8 @@ import numpy as np
 
 from ..ir import quant_format as Q, symbolic as S
 from ..ir.dtypes import FLOAT_DTYPES, promote
-from .onnx_export import EMITTERS, INT64_MAX, INT64_MIN, MS_DOMAIN, ONNX_DTYPES, OnnxExportError, emitter
+from .lowering import lowering, register_lowering
+from .onnx_export import INT64_MAX, INT64_MIN, MS_DOMAIN, ONNX_DTYPES, OnnxExportError
 
 
 def _out(node):
@@ -42,12 +44,13 @@ def _predicate(op_type):
 
 
 for _k, _v in _BINARY.items():
-    emitter(_k)(_binary(_v))
+    register_lowering("onnx", _k, _binary(_v))
 for _k, _v in {**_PREDICATES, "ne": "NotEqual"}.items():
-    emitter(_k)(_predicate(_v))
+    register_lowering("onnx", _k, _predicate(_v))
 
 
-@emitter("remainder", "fmod")
+@lowering("onnx", "remainder")
+@lowering("onnx", "fmod")
 def _mod(ex, node, ins):
     dtype = _out(node).dtype
     a, b = _cast_ins(ex, node, ins, dtype)
@@ -56,7 +59,7 @@ def _mod(ex, node, ins):
     return [ex.one("Mod", a, b, fmod=int(node.op == "fmod"))]
 
 
-@emitter("floor_divide")
+@lowering("onnx", "floor_divide")
 def _floor_divide(ex, node, ins):
     dtype = _out(node).dtype
     a, b = _cast_ins(ex, node, ins, dtype)
@@ -85,42 +88,43 @@ def _unary(op_type):
 
 
 for _k, _v in _UNARY.items():
-    emitter(_k)(_unary(_v))
+    register_lowering("onnx", _k, _unary(_v))
 
 
 def _float_in(ex, node, ins):
     return ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
 
 
-@emitter("rsqrt")
+@lowering("onnx", "rsqrt")
 def _rsqrt(ex, node, ins):
     return [ex.one("Reciprocal", ex.one("Sqrt", _float_in(ex, node, ins)))]
 
 
-@emitter("silu")
+@lowering("onnx", "silu")
 def _silu(ex, node, ins):
     x = _float_in(ex, node, ins)
     return [ex.one("Mul", x, ex.one("Sigmoid", x))]
 
 
-@emitter("log1p", "expm1")
+@lowering("onnx", "log1p")
+@lowering("onnx", "expm1")
 def _log1p(ex, node, ins):
     x, one = _float_in(ex, node, ins), ex.scalar(1.0, _out(node).dtype)
     return [ex.one("Log", ex.one("Add", x, one)) if node.op == "log1p" else ex.one("Sub", ex.one("Exp", x), one)]
 
 
-@emitter("hardsigmoid")
+@lowering("onnx", "hardsigmoid")
 def _hardsigmoid(ex, node, ins):
     return [ex.one("HardSigmoid", _float_in(ex, node, ins), alpha=1 / 6, beta=0.5)]
 
 
-@emitter("isinf")
+@lowering("onnx", "isinf")
 def _isinf(ex, node, ins):
     x = ex.cast(ins[0], node.inputs[0].type.dtype, "f32") if node.inputs[0].type.dtype in ("f16", "bf16") else ins[0]
     return [ex.one("IsInf", x, detect_positive=int(node.attrs["pos"]), detect_negative=int(node.attrs["neg"]))]
 
 
-@emitter("gelu")
+@lowering("onnx", "gelu")
 def _gelu(ex, node, ins):
     dtype, x = _out(node).dtype, _float_in(ex, node, ins)
     c = lambda v: ex.scalar(v, dtype)  # noqa: E731
@@ -133,12 +137,12 @@ def _gelu(ex, node, ins):
     return [ex.one("Mul", ex.one("Mul", x, c(0.5)), ex.one("Add", t, c(1.0)))]
 
 
-@emitter("leaky_relu")
+@lowering("onnx", "leaky_relu")
 def _leaky_relu(ex, node, ins):
     return [ex.one("LeakyRelu", _float_in(ex, node, ins), alpha=node.attrs["slope"])]
 
 
-@emitter("clamp")
+@lowering("onnx", "clamp")
 def _clamp(ex, node, ins):
     dtype = _out(node).dtype
     lo, hi = node.attrs["min"], node.attrs["max"]
@@ -146,34 +150,34 @@ def _clamp(ex, node, ins):
                    ex.scalar(hi, dtype) if hi is not None else "")]
 
 
-@emitter("where")
+@lowering("onnx", "where")
 def _where(ex, node, ins):
     dtype = _out(node).dtype
     return [ex.one("Where", ins[0], *_cast_ins(ex, node, ins, dtype)[1:])]
 
 
-@emitter("cast")
+@lowering("onnx", "cast")
 def _cast(ex, node, ins):
     return [ex.one("Cast", ins[0], to=ONNX_DTYPES[node.attrs["dtype"]])]
 
 
 # ---- constants and generators -------------------------------------------------------------------------
-@emitter("constant")
+@lowering("onnx", "constant")
 def _constant(ex, node, ins):
     return [ex.one("Identity", ex.scalar(node.attrs["value"], node.attrs["dtype"]))]
 
 
-@emitter("dim_value")
+@lowering("onnx", "dim_value")
 def _dim_value(ex, node, ins):
     return [ex.one("Reshape", ex.dim(node.attrs["expr"]), ex.ints([]))]
 
 
-@emitter("shape_tensor")
+@lowering("onnx", "shape_tensor")
 def _shape_tensor(ex, node, ins):
     return [ex.one("Identity", ex.dims(node.attrs["dims"]))]
 
 
-@emitter("full")
+@lowering("onnx", "full")
 def _full(ex, node, ins):
     a = node.attrs
     value = ex.onnx.numpy_helper.from_array(np.asarray(_np_value(a["value"], a["dtype"])).reshape(1))
@@ -186,7 +190,7 @@ def _np_value(value, dtype):
     return torch.tensor(value, dtype=to_torch(dtype)).numpy()
 
 
-@emitter("arange")
+@lowering("onnx", "arange")
 def _arange(ex, node, ins):
     a, dtype = node.attrs, node.attrs["dtype"]
 
@@ -196,12 +200,12 @@ def _arange(ex, node, ins):
 
 
 # ---- linear algebra and nn ---------------------------------------------------------------------------
-@emitter("matmul")
+@lowering("onnx", "matmul")
 def _matmul(ex, node, ins):
     return [ex.one("MatMul", *_cast_ins(ex, node, ins, _out(node).dtype))]
 
 
-@emitter("linear")
+@lowering("onnx", "linear")
 def _linear(ex, node, ins):
     w = node.inputs[1]
     wt = (ex.const(w.tensor.detach().t().contiguous().numpy(), f"{w.name}_t")
@@ -210,18 +214,19 @@ def _linear(ex, node, ins):
     return [ex.one("Add", y, ins[2]) if len(ins) > 2 else y]
 
 
-@emitter("embedding")
+@lowering("onnx", "embedding")
 def _embedding(ex, node, ins):
     return [ex.one("Gather", ins[0], ins[1], axis=0)]
 
 
-@emitter("softmax", "log_softmax")
+@lowering("onnx", "softmax")
+@lowering("onnx", "log_softmax")
 def _softmax(ex, node, ins):
     return [ex.one("Softmax" if node.op == "softmax" else "LogSoftmax", _float_in(ex, node, ins),
                    axis=node.attrs["dim"])]
 
 
-@emitter("layer_norm")
+@lowering("onnx", "layer_norm")
 def _layer_norm(ex, node, ins):
     x = node.inputs[0].type
     axes, dtype = node.attrs["axes"], x.dtype
@@ -233,7 +238,7 @@ def _layer_norm(ex, node, ins):
     return [ex.one("LayerNormalization", *ins, axis=-axes, epsilon=node.attrs["eps"])]
 
 
-@emitter("rms_norm")
+@lowering("onnx", "rms_norm")
 def _rms_norm(ex, node, ins):
     dtype = _out(node).dtype
     x = ex.cast(ins[0], dtype, "f32")
@@ -244,7 +249,7 @@ def _rms_norm(ex, node, ins):
     return [ex.one("Mul", y, ins[1]) if len(ins) > 1 else y]
 
 
-@emitter("rope")
+@lowering("onnx", "rope")
 def _rope(ex, node, ins):
     """x * cos + concat(-x[..., h:], x[..., :h]) * sin (ORT fuses the pattern where it can)."""
     h = node.inputs[0].type.shape[-1] // 2
@@ -255,7 +260,7 @@ def _rope(ex, node, ins):
     return [ex.one("Add", ex.one("Mul", ins[0], ins[1]), ex.one("Mul", rot, ins[2]))]
 
 
-@emitter("batch_norm")
+@lowering("onnx", "batch_norm")
 def _batch_norm(ex, node, ins):
     c = node.inputs[1].type.shape[0]
     dtype = node.inputs[0].type.dtype
@@ -301,7 +306,7 @@ def _fused_attention(ex, node, ins):
     return ex.one("Attention", ins[0], ins[1], ins[2], *([mask] if mask is not None else []), scale=float(scale))
 
 
-@emitter("attention")
+@lowering("onnx", "attention")
 def _attention(ex, node, ins):
     fused = _fused_attention(ex, node, ins) if ex.fuse else None
     if fused is not None:
@@ -334,14 +339,15 @@ def _repeat_heads(ex, name, shape, reps):
     return ex.one("Reshape", x, ex.dims([b, h * reps, s, d]))
 
 
-@emitter("conv2d")
+@lowering("onnx", "conv2d")
 def _conv2d(ex, node, ins):
     a = node.attrs
     return [ex.one("Conv", *ins, strides=a["stride"], pads=a["padding"] * 2, dilations=a["dilation"],
                    group=a["groups"])]
 
 
-@emitter("max_pool2d", "avg_pool2d")
+@lowering("onnx", "max_pool2d")
+@lowering("onnx", "avg_pool2d")
 def _pool(ex, node, ins):
     a = node.attrs
     kw = dict(kernel_shape=a["kernel"], strides=a["stride"] or a["kernel"], pads=a["padding"] * 2,
@@ -351,7 +357,7 @@ def _pool(ex, node, ins):
     return [ex.one("MaxPool", ins[0], **kw)]
 
 
-@emitter("adaptive_avg_pool2d")
+@lowering("onnx", "adaptive_avg_pool2d")
 def _adaptive_avg_pool(ex, node, ins):
     if list(node.attrs["output_size"]) != [1, 1]:
         raise OnnxExportError(f"adaptive_avg_pool2d exports only output_size [1, 1] ({node!r})")
@@ -367,13 +373,16 @@ def _reduce_axes(ex, node):
     return ex.ints(dims if dims else list(range(node.inputs[0].type.rank)))
 
 
-@emitter(*_REDUCE)
 def _reduce(ex, node, ins):
     x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
     return [ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))]
 
 
-@emitter("var")
+for _k in _REDUCE:
+    register_lowering("onnx", _k, _reduce)
+
+
+@lowering("onnx", "var")
 def _var(ex, node, ins):
     x, t = ins[0], node.inputs[0].type
     axes = _reduce_axes(ex, node)
@@ -385,14 +394,15 @@ def _var(ex, node, ins):
     return [ex.one("Div", ss, denom)]
 
 
-@emitter("argmax", "argmin")
+@lowering("onnx", "argmax")
+@lowering("onnx", "argmin")
 def _arg(ex, node, ins):
     return [ex.one("ArgMax" if node.op == "argmax" else "ArgMin", ins[0], axis=node.attrs["dim"],
                    keepdims=int(node.attrs["keepdim"]))]
 
 
 # ---- shapes ---------------------------------------------------------------------------------------------
-@emitter("reshape")
+@lowering("onnx", "reshape")
 def _reshape(ex, node, ins):
     shape = node.attrs["shape"]
     if 0 in shape:  # torch: 0 is a real 0
@@ -408,17 +418,17 @@ def _reshape(ex, node, ins):
     return [ex.one("Reshape", ins[0], ex.dims(spec))]
 
 
-@emitter("permute")
+@lowering("onnx", "permute")
 def _permute(ex, node, ins):
     return [ex.one("Transpose", ins[0], perm=node.attrs["dims"])]
 
 
-@emitter("expand")
+@lowering("onnx", "expand")
 def _expand(ex, node, ins):
     return [ex.one("Expand", ins[0], ex.dims(_out(node).shape))]
 
 
-@emitter("slice")
+@lowering("onnx", "slice")
 def _slice(ex, node, ins):
     a = node.attrs
     end = a["end"]
@@ -426,13 +436,13 @@ def _slice(ex, node, ins):
     return [ex.one("Slice", ins[0], ex.dims([a["start"]]), ex.dims([end]), ex.ints([a["dim"]]), ex.ints([a["step"]]))]
 
 
-@emitter("select")
+@lowering("onnx", "select")
 def _select(ex, node, ins):
     idx = ex.one("Reshape", ex.dim(node.attrs["index"]), ex.ints([]))
     return [ex.one("Gather", ins[0], idx, axis=node.attrs["dim"])]
 
 
-@emitter("concat")
+@lowering("onnx", "concat")
 def _concat(ex, node, ins):
     dtype = _out(node).dtype
     keep = [(n, v) for n, v in zip(ins, node.inputs) if not (v.type.rank == 1 and v.type.shape[0] == 0)] \
@@ -440,14 +450,14 @@ def _concat(ex, node, ins):
     return [ex.one("Concat", *[ex.cast(n, v.type.dtype, dtype) for n, v in keep], axis=node.attrs["dim"])]
 
 
-@emitter("cache_append")
+@lowering("onnx", "cache_append")
 def _cache_append(ex, node, ins):
     """An `append` state: ONNX Runtime returns a new tensor (a copy of the cache) every call."""
     return [ex.one("Concat", ins[0], ex.cast(ins[1], node.inputs[1].type.dtype, _out(node).dtype),
                    axis=node.attrs["axis"])]
 
 
-@emitter("cache_window")
+@lowering("onnx", "cache_window")
 def _cache_window(ex, node, ins):
     """First `sinks` rows + last `window` rows along `axis` (all of them when fewer)."""
     a, w, s = node.attrs["axis"], node.attrs["window"], node.attrs["sinks"]
@@ -459,63 +469,64 @@ def _cache_window(ex, node, ins):
     return [ex.one("Concat", head, tail, axis=a)]
 
 
-@emitter("split")
+@lowering("onnx", "split")
 def _split(ex, node, ins):
     return ex.node("Split", [ins[0], ex.dims(node.attrs["sizes"])], n_out=len(node.outputs), axis=node.attrs["dim"])
 
 
-@emitter("unsqueeze")
+@lowering("onnx", "unsqueeze")
 def _unsqueeze(ex, node, ins):
     return [ex.one("Unsqueeze", ins[0], ex.ints([node.attrs["dim"]]))]
 
 
-@emitter("squeeze")
+@lowering("onnx", "squeeze")
 def _squeeze(ex, node, ins):
     t = node.inputs[0].type
     dims = [d % t.rank for d in node.attrs["dims"] if t.shape[d] == 1]  # torch ignores non-1 dims
     return [ex.one("Squeeze", ins[0], ex.ints(dims)) if dims else ex.one("Identity", ins[0])]
 
 
-@emitter("gather")
+@lowering("onnx", "gather")
 def _gather(ex, node, ins):
     return [ex.one("GatherElements", *ins, axis=node.attrs["dim"])]
 
 
-@emitter("index_select")
+@lowering("onnx", "index_select")
 def _index_select(ex, node, ins):
     return [ex.one("Gather", *ins, axis=node.attrs["dim"])]
 
 
-@emitter("gather_nd")
+@lowering("onnx", "gather_nd")
 def _gather_nd(ex, node, ins):
     return [ex.one("GatherND", *ins, batch_dims=node.attrs["batch_dims"])]
 
 
-@emitter("topk")
+@lowering("onnx", "topk")
 def _topk(ex, node, ins):
     a = node.attrs
     return ex.node("TopK", [ins[0], ex.dim(a["k"])], n_out=2, axis=a["dim"], largest=int(a["largest"]), sorted=1)
 
 
-@emitter("tril", "triu")
+@lowering("onnx", "tril")
+@lowering("onnx", "triu")
 def _trilu(ex, node, ins):
     return [ex.one("Trilu", ins[0], ex.const(np.asarray(node.attrs["diagonal"], np.int64)), upper=int(node.op == "triu"))]
 
 
-@emitter("cumsum")
+@lowering("onnx", "cumsum")
 def _cumsum(ex, node, ins):
     x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
     return [ex.one("CumSum", x, ex.const(np.asarray(node.attrs["dim"], np.int64)))]
 
 
-@emitter("flip")
+@lowering("onnx", "flip")
 def _flip(ex, node, ins):
     dims = node.attrs["dims"]
     n = len(dims)
     return [ex.one("Slice", ins[0], ex.ints([-1] * n), ex.ints([INT64_MIN] * n), ex.ints(dims), ex.ints([-1] * n))]
 
 
-@emitter("pad")
+@lowering("onnx", "pad")
 def _pad(ex, node, ins):
     t = node.inputs[0].type
     pads = node.attrs["pads"]
@@ -525,18 +536,18 @@ def _pad(ex, node, ins):
     return [ex.one("Pad", ins[0], ex.ints(begin + end), ex.scalar(node.attrs["value"], t.dtype))]
 
 
-@emitter("einsum")
+@lowering("onnx", "einsum")
 def _einsum(ex, node, ins):
     return [ex.one("Einsum", *_cast_ins(ex, node, ins, _out(node).dtype), equation=node.attrs["equation"])]
 
 
-@emitter("tile")
+@lowering("onnx", "tile")
 def _tile(ex, node, ins):
     return [ex.one("Tile", ins[0], ex.ints(node.attrs["repeats"]))]
 
 
 # ---- quantized weights -------------------------------------------------------------------------------------
-@emitter("qlinear")
+@lowering("onnx", "qlinear")
 def _qlinear(ex, node, ins):
     """int4 -> com.microsoft MatMulNBits (same nibble order and K-blocking); int8 -> DequantizeLinear + MatMul."""
     a, x = node.attrs, node.inputs[0]
@@ -553,12 +564,12 @@ def _qlinear(ex, node, ins):
     return [ex.one("Add", y, bias_name) if bias_name else y]
 
 
-@emitter("dequantize")
+@lowering("onnx", "dequantize")
 def _dequantize(ex, node, ins):
     return [_dequantized(ex, node, node.inputs, ins)]
 
 
-@emitter("qembedding")
+@lowering("onnx", "qembedding")
 def _qembedding(ex, node, ins):
     """Gather rows of the dequantized table (ORT folds the constant table at load time)."""
     return [ex.one("Gather", _dequantized(ex, node, node.inputs[1:], ins[1:]), ins[0], axis=0)]
@@ -578,7 +589,7 @@ def _dequantized(ex, node, packed, ins):
     return _dequantize_linear(ex, node, [None, *ins], qw, sc, zeros, n, k, node.attrs["dtype"])
 
 
-@emitter("index")
+@lowering("onnx", "index")
 def _index(ex, node, ins):
     if len(ins) != 2:
         raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
@@ -640,5 +651,3 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
     w = ex.one("Mul", q, scale)
     return ex.cast(w, sc.type.dtype, dtype or node.inputs[0].type.dtype)
 
-
-__all__ = ["EMITTERS"]

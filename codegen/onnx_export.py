@@ -3,7 +3,8 @@
     model = export_onnx(graph)            # onnx.ModelProto, passes onnx.checker
     save_onnx(graph, "out/model.onnx")    # written atomically (temp file + rename)
 
-Each IR op has an emitter in `EMITTERS` that appends ONNX nodes. IR ops promote dtypes the
+Each IR op has an emitter, its "onnx" lowering (codegen/lowering.py; the emitters are in
+codegen/onnx_emitters.py), that appends ONNX nodes. IR ops promote dtypes the
 way torch does while ONNX wants equal operand types, so emitters cast operands to the IR
 result type. Symbolic dims in attributes (a `reshape` to `[b, seq, 64]`) become run-time
 shape arithmetic: each symbol is read once from the graph input that binds it (`Shape`),
@@ -18,6 +19,7 @@ import numpy as np
 import sympy
 
 from ..ir import symbolic as S
+from .lowering import get_lowering, lowerings
 
 OPSET = 18
 MS_DOMAIN = "com.microsoft"
@@ -26,19 +28,10 @@ ONNX_DTYPES = {"f32": 1, "u8": 2, "i8": 3, "i16": 5, "i32": 6, "i64": 7, "bool":
                "bf16": 16}
 INT64_MAX, INT64_MIN = 2 ** 63 - 1, -2 ** 63
 
-EMITTERS: dict = {}
 
 
 class OnnxExportError(ValueError):
     pass
-
-
-def emitter(*ops):
-    def deco(fn):
-        for op in ops:
-            EMITTERS[op] = fn
-        return fn
-    return deco
 
 
 def _onnx():
@@ -167,13 +160,14 @@ class Exporter:
         onnx, g = self.onnx, self.graph
         inputs = [self.value_info(v, self.name(v)) for v in g.inputs]
         for w in g.weights.values():
-            if w.uses or any(o is w for o in g.outputs):
+            if not w.unused:
                 self.inits.append(_tensor_proto(onnx, w.tensor, self.name(w)))
         for node in g.nodes:
-            if node.op not in EMITTERS:
+            low = get_lowering("onnx", node.op)
+            if low is None:
                 raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
-                                      f"{', '.join(sorted(EMITTERS))}")
-            outs = EMITTERS[node.op](self, node, [self.name(v) for v in node.inputs])
+                                      f"{', '.join(sorted(lowerings('onnx')))}")
+            outs = low.fn(self, node, [self.name(v) for v in node.inputs])
             for v, o in zip(node.outputs, outs):
                 self.names[id(v)] = o
         outputs = []
@@ -233,5 +227,3 @@ def save_onnx(graph, path: str):
         raise
     return path
 
-
-from . import onnx_emitters  # noqa: E402,F401  (fills EMITTERS)

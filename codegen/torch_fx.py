@@ -11,7 +11,7 @@ literal constants; meta: how to import each global the source names, which buffe
 weight, the host it was built for (torch version, CPU capability: packed layouts depend on both).
 `load` executes the source and binds the buffers: no codegen and no prepacking on load.
 
-- Each node calls its op's fast kernel from `torch_kernels` if one is registered, else the op
+- Each node calls its op's "torch" lowering (codegen/lowering.py: torch_kernels, ...) if one exists, else the op
   registry's reference implementation (so every registered op runs). Kernels with a
   `prepack` get their weight inputs transformed once, here, at build time.
 - Weights become buffers of the module and share the graph's tensors (no copies); a weight that
@@ -41,7 +41,8 @@ from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
 from . import torch_kv
 from .contract import Products, ProductsError, Runner
-from .torch_kernels import SlowPath, get_kernel
+from .lowering import get_lowering
+from .torch_kernels import SlowPath
 
 SOURCE, BUFFERS = "torch_forward.py", "torch_buffers.safetensors"
 
@@ -286,7 +287,7 @@ class _Builder:
             self.consts[id(node.output)] = t
             self.scalars[id(node.output)] = t.item()
             return
-        kernel = get_kernel(node.op)
+        kernel = get_lowering("torch", node.op)
         fn = kernel.fn if kernel else opdef.impl
         inputs = list(node.inputs)
         prepacked = self._prepack(node, kernel) if kernel and kernel.prepack else {}

@@ -1,11 +1,11 @@
-"""Fast torch kernels for the `torch` target, keyed by op name.
+"""Fast torch kernels for the `torch` target: its lowerings (codegen/lowering.py, target "torch").
 
 The fx codegen calls an op's registered reference implementation unless a kernel is
-registered here. A kernel has the reference impl's signature, `fn(*inputs, **attrs)`, and
+registered for it. A kernel has the reference impl's signature, `fn(*inputs, **attrs)`, and
 must compute the same thing; it exists to cut per-call Python overhead (direct torch calls,
 no wrapper lambdas) or to use a faster algorithm (SDPA with native GQA, fused norms).
 
-    @torch_kernel("qlinear", prepack=repack_int4)
+    @lowering("torch", "qlinear", prepack=repack_int4)
     def qlinear_int4(x, packed, scales, ..., **attrs): ...
 
 `prepack(node, const_inputs) -> dict[int, Tensor]` runs ONCE at build time on the node's
@@ -16,59 +16,19 @@ generic path: the codegen then keeps the inputs as they are and reports the reas
 reason) in `runner.notes`, which optimize() puts in the report and warns about. `scalars=True` declares that the kernel accepts Python numbers in
 place of 0-d tensors, so the codegen may inline literal `constant` inputs.
 
-Other modules register kernels on import: list them in KERNEL_MODULES.
+Other modules register kernels on import: list them in `LOWERING_MODULES["torch"]`.
 """
 from __future__ import annotations
-import importlib
 import operator
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-# Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
-KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"]
-
+from ..ir.opset import nn as nn_ref  # the reference arithmetic (causal mask, GQA repeat, rms_norm)
+from .lowering import lowering, register_lowering
 
 class SlowPath(Exception):
     """Raised by a prepack hook: this node runs the kernel's slow generic path (the message says why)."""
-
-
-@dataclass(frozen=True)
-class TorchKernel:
-    op: str
-    fn: Callable
-    prepack: Callable | None = None
-    scalars: bool = False  # accepts Python scalars for 0-d constant inputs
-
-
-KERNELS: dict[str, TorchKernel] = {}
-
-
-def register_kernel(op: str, fn: Callable, *, prepack: Callable | None = None, scalars: bool = False):
-    if op in KERNELS:
-        raise ValueError(f"torch kernel for op {op!r} is registered twice "
-                         f"({KERNELS[op].fn!r} and {fn!r})")
-    KERNELS[op] = TorchKernel(op, fn, prepack, scalars)
-    return fn
-
-
-def torch_kernel(op: str, *, prepack: Callable | None = None, scalars: bool = False):
-    """Decorator form of register_kernel."""
-    return lambda fn: register_kernel(op, fn, prepack=prepack, scalars=scalars)
-
-
-_loaded = False
-
-
-def get_kernel(op: str) -> TorchKernel | None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for mod in KERNEL_MODULES:
-            importlib.import_module(mod)
-    return KERNELS.get(op)
 
 
 # ---- elementwise: operator forms accept scalars on either side and skip wrapper lambdas -------
@@ -76,7 +36,7 @@ for _op, _fn in {"add": operator.add, "sub": operator.sub, "mul": operator.mul, 
                  "pow": operator.pow, "remainder": operator.mod, "floor_divide": operator.floordiv,
                  "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
                  "gt": operator.gt, "ge": operator.ge}.items():
-    register_kernel(_op, _fn, scalars=True)
+    register_lowering("torch", _op, _fn, scalars=True)
 
 for _op, _fn in {"maximum": torch.maximum, "minimum": torch.minimum, "neg": torch.neg, "abs": torch.abs,
                  "relu": torch.relu, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
@@ -85,29 +45,29 @@ for _op, _fn in {"maximum": torch.maximum, "minimum": torch.minimum, "neg": torc
                  "reciprocal": torch.reciprocal, "logical_not": torch.logical_not,
                  "matmul": torch.matmul, "linear": torch._C._nn.linear,
                  "logical_and": torch.logical_and, "logical_or": torch.logical_or}.items():
-    register_kernel(_op, _fn)
+    register_lowering("torch", _op, _fn)
 
-register_kernel("where", torch.where, scalars=True)
+register_lowering("torch", "where", torch.where, scalars=True)
 
 
-@torch_kernel("embedding")
+@lowering("torch", "embedding")
 def embedding(weight, ids):
     return torch.embedding(weight, ids)
 
 
-@torch_kernel("gelu")
+@lowering("torch", "gelu")
 def gelu(x, approximate):
     return torch._C._nn.gelu(x, approximate=approximate)
 
 
-@torch_kernel("cast")
+@lowering("torch", "cast")
 def cast(x, dtype):
     from ..ir.dtypes import TORCH_DTYPES
     return x.to(TORCH_DTYPES[dtype])
 
 
 # ---- shape ops (reshape, permute, expand, ... run their reference impls, already direct calls)
-@torch_kernel("slice")
+@lowering("torch", "slice")
 def slice_(x, dim, start, end, step):
     if step == 1 and start >= 0 and 0 <= end < 2 ** 62:  # the common case: one narrow, no index tuple
         size = x.shape[dim]
@@ -116,35 +76,33 @@ def slice_(x, dim, start, end, step):
     return torch.ops.aten.slice.Tensor(x, dim, start, end, step)
 
 
-@torch_kernel("split")
+@lowering("torch", "split")
 def split(x, dim, sizes):
     return x.split(sizes, dim)
 
 
 # ---- reductions and nn ---------------------------------------------------------------------
-@torch_kernel("softmax")
+@lowering("torch", "softmax")
 def softmax(x, dim):
     return torch.softmax(x, dim)
 
 
-@torch_kernel("mean")
+@lowering("torch", "mean")
 def mean(x, dims, keepdim):
     return x.mean(dims, keepdim=keepdim) if dims else x.mean(tuple(range(x.dim())), keepdim=keepdim)
 
 
-@torch_kernel("rms_norm")
+@lowering("torch", "rms_norm")
 def rms_norm(x, weight=None, *, eps):
     if x.dtype == torch.float32:  # torch's kernel: one call, same f32 math as the reference
         return torch.rms_norm(x, (x.shape[-1],), weight, eps)
-    xf = x.float()  # other dtypes keep the reference's upcast, cast back, then weight multiply
-    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return y * weight if weight is not None else y
+    return nn_ref.rms_norm(x, weight, eps=eps)  # other dtypes: the reference's upcast and cast back
 
 
 _ROPE_SIGNS: dict = {}
 
 
-@torch_kernel("rope")
+@lowering("torch", "rope")
 def rope(x, cos, sin):
     """x * cos + rotate_half(x) * sin as 4 ops instead of 7: rotate_half(x) = roll(x, d/2) * [-1.., +1..]."""
     h = x.shape[-1] // 2
@@ -156,12 +114,12 @@ def rope(x, cos, sin):
     return torch.addcmul(x * cos, x.roll(h, -1), sin * sign)
 
 
-@torch_kernel("layer_norm")
+@lowering("torch", "layer_norm")
 def layer_norm(x, weight=None, bias=None, *, axes, eps):
     return torch.layer_norm(x, x.shape[-axes:], weight, bias, eps)
 
 
-@torch_kernel("attention")
+@lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale):
     """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
     of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
@@ -171,14 +129,12 @@ def attention(q, k, v, mask=None, *, causal, scale):
     if causal and lq > 1:
         if mask is None and lq == lk and hq == hk:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
-                                          else mask.masked_fill(~keep, float("-inf")))
+        mask = nn_ref.and_mask(mask, nn_ref.causal_keep(lq, lk, q.device))
     if hq == hk:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     g = hq // hk
     if mask is not None and mask.dim() >= 3 and mask.shape[-3] != 1:  # a per-head mask: repeat k/v
-        k, v = k.repeat_interleave(g, dim=-3), v.repeat_interleave(g, dim=-3)
+        k, v = nn_ref.repeat_kv(k, g), nn_ref.repeat_kv(v, g)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
     if mask is not None:

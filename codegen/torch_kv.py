@@ -13,7 +13,7 @@ past the new end become free for the next append: no copy).
 from __future__ import annotations
 import torch
 
-from .torch_kernels import torch_kernel
+from .lowering import lowering
 
 HEADROOM = 128      # spare rows of a new buffer, at least; it grows by 1.5x when full
 
@@ -25,7 +25,7 @@ class _Buffer:
         self.data, self.filled = data, filled
 
 
-@torch_kernel("cache_append")
+@lowering("torch", "cache_append")
 def append(past: torch.Tensor, new: torch.Tensor, *, axis: int) -> torch.Tensor:
     """torch.cat((past, new), axis), returned as a view into a buffer with room for more rows."""
     dim = d = axis % past.dim()

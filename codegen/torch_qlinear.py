@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import quant_format as Q
-from .torch_kernels import SlowPath, torch_kernel
+from .lowering import lowering
+from .torch_kernels import SlowPath
 
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -74,7 +75,7 @@ def _prepack_int4(qweight, scales, zeros, g):
     return {1: packed, 2: table}
 
 
-@torch_kernel("qlinear", prepack=prepack_qlinear)
+@lowering("torch", "qlinear", prepack=prepack_qlinear)
 def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
     zeros, bias = _split_zeros_bias(zeros, bias)
     lead, k = x.shape[:-1], x.shape[-1]

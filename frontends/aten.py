@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from ..ir import compose
+
 RULES: dict[str, Callable] = {}
 # ATen ops that do nothing for inference: the node's value is its first argument.
 IDENTITY = {
@@ -303,8 +305,7 @@ def _sdpa(cx, a):
     causal = bool(a["is_causal"])
     if causal and not cx.dims_equal(q.type.shape[-2], k.type.shape[-2]):
         # torch's is_causal is top-left aligned; the IR's `causal` is bottom-right: spell it out
-        keep = cx.op("full", shape=[q.type.shape[-2], k.type.shape[-2]], value=True, dtype="bool")
-        ins.append(cx.op("tril", keep))
+        ins.append(compose.causal_keep(cx.op, q.type.shape[-2], k.type.shape[-2]))
         causal = False
     scale = None if a["scale"] is None else float(a["scale"])
     return cx.op("attention", *ins, causal=causal, scale=scale)

@@ -9,7 +9,7 @@ Sliding windows and `nonpad_kv_seqlen` are rejected.
 from __future__ import annotations
 import math
 
-from ..ir import symbolic as S
+from ..ir import compose, symbolic as S
 from .onnx_ops import _c, _same_dtype, onnx_op, reference_sum
 
 
@@ -17,9 +17,12 @@ from .onnx_ops import _c, _same_dtype, onnx_op, reference_sum
 def _rms_norm(imp, a):
     x, scale = imp.value(0), imp.value(1)
     axis = a.get("axis", -1) % x.type.rank
+    eps = a.get("epsilon", 1e-5)
+    if axis == x.type.rank - 1 and scale.type.dtype == x.type.dtype and scale.type.rank <= 1:
+        return imp.op("rms_norm", x, scale, eps=eps)  # the IR op: same f32 statistics, cast back, scale
     xf = _same_dtype(imp, x, "f32")  # stash_type: the statistics are computed in f32
     ms = imp.op("mean", imp.op("mul", xf, xf), dims=list(range(axis, x.type.rank)), keepdim=True)
-    y = imp.op("mul", xf, imp.op("rsqrt", imp.op("add", ms, _c(imp, ms, a.get("epsilon", 1e-5)))))
+    y = imp.op("mul", xf, imp.op("rsqrt", imp.op("add", ms, _c(imp, ms, eps))))
     return imp.op("mul", _same_dtype(imp, y, x.type.dtype), scale)
 
 
@@ -27,15 +30,6 @@ def _heads(imp, x, n_heads):
     """[B, S, H*D] -> [B, H, S, D]."""
     b, s, hd = x.type.shape
     return imp.op("permute", imp.op("reshape", x, shape=[b, s, n_heads, -1]), dims=[0, 2, 1, 3])
-
-
-def _repeat_heads(imp, x, reps):
-    """[B, Hkv, S, D] -> [B, Hkv*reps, S, D], each head repeated `reps` times in place (GQA)."""
-    if reps == 1:
-        return x
-    b, h, s, d = x.type.shape
-    x = imp.op("expand", imp.op("unsqueeze", x, dim=2), shape=[b, h, reps, s, d])
-    return imp.op("reshape", x, shape=[b, h * reps, s, d])
 
 
 def _safe_softmax(imp, x):
@@ -64,8 +58,7 @@ def _bias(imp, q_len, kv_len, past_len, dtype, a):
             mask = imp.op("where", mask, zero, imp.op("constant", value=-math.inf, dtype=dtype))
         bias = mask
     if a.get("is_causal", 0):
-        allowed = imp.op("tril", imp.op("full", shape=[q_len, kv_len], value=True, dtype="bool"),
-                         diagonal=past_len)
+        allowed = compose.causal_keep(imp.op, q_len, kv_len, diagonal=past_len)
         base = bias if bias is not None else imp.op("full", shape=[q_len, kv_len], value=0.0, dtype=dtype)
         bias = imp.op("where", allowed, base, imp.op("constant", value=-math.inf, dtype=dtype))
     return bias
@@ -97,7 +90,7 @@ def _attention(imp, a):
     present_k, present_v = k, v
     scale = a.get("scale") or 1.0 / math.sqrt(q.type.shape[3])
     hq, hk = q.type.shape[1], k.type.shape[1]
-    k, v = _repeat_heads(imp, k, hq // hk), _repeat_heads(imp, v, hq // hk)
+    k, v = compose.repeat_heads(imp.op, k, hq // hk), compose.repeat_heads(imp.op, v, hq // hk)
     if low:
         root = _c(imp, q, math.sqrt(scale))
         scores = imp.op("matmul", imp.op("mul", q, root), imp.op("permute", imp.op("mul", k, root), dims=[0, 1, 3, 2]))

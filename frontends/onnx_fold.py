@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
+from ..ir.dtypes import FLOAT_DTYPES
 from .onnx_import import Known
 
 FOLDERS: dict = {}
-FLOAT_DTYPES = ("f16", "bf16", "f32", "f64")
 MAX_FOLD_ELEMENTS = 1024
 
 
@@ -62,7 +62,7 @@ def _identity(ins, a):
 def _cast(ins, a):
     from .onnx_import import ONNX_DTYPES
     to = ONNX_DTYPES.get(a["to"])
-    if to is None or to == "bf16" or (ins[0].symbolic and to in FLOAT_DTYPES + ("bool",)):
+    if to is None or to == "bf16" or (ins[0].symbolic and (to in FLOAT_DTYPES or to == "bool")):
         return None
     if ins[0].symbolic:
         return Known(ins[0].array, to)

@@ -22,6 +22,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from ..ir import Graph, TensorType, Value, from_torch, symbolic
+from ..ir.dtypes import FLOAT_DTYPES
 from . import aten
 
 __all__ = ["Imported", "import_module", "import_exported_program", "ConversionError", "UnsupportedOpError"]
@@ -113,12 +114,11 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
 def _drop_dead(g: Graph):
     """Erase nodes and weights nothing uses (export keeps e.g. mask-building steps whose result
     is dropped)."""
-    outs = {id(v) for v in g.outputs}
-    for node in reversed(list(g.nodes)):
-        if all(not o.uses and id(o) not in outs for o in node.outputs):
+    for node in reversed(g.nodes):
+        if all(o.unused for o in node.outputs):
             g.erase(node)
     for name, w in list(g.weights.items()):
-        if not w.uses and id(w) not in outs:
+        if w.unused:
             g.remove_weight(name)
 
 
@@ -130,11 +130,10 @@ def _output_names(spec, n) -> list[str]:
 
 
 def _rename(g: Graph, v: Value, name: str):
-    """Give a graph output a readable name (Graph has no public rename yet)."""
-    if v.kind != "node" or name in g._names or v.name == name:
+    """Give a graph output a readable name, unless another value already has it."""
+    if v.kind != "node" or v.name == name or g.has_name(name):
         return
-    g._names.discard(v.name)
-    v.name = g._claim(name)
+    g.rename(v, name)
 
 
 def _source_line(node) -> str:
@@ -286,8 +285,10 @@ class Converter:
         fn = aten.RULES.get(target)
         if fn is None:
             raise self.unsupported(f"unsupported ATen op {target}")
+        source = {"source": _source_line(node)} if node.meta.get("stack_trace") else {}
         try:
-            out = fn(self, self.bind(node))
+            with self.graph.meta_scope(**source):   # node.meta["source"]: the user's line
+                out = fn(self, self.bind(node))
         except ConversionError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raise any rule failure with the node and source
@@ -391,9 +392,9 @@ class Converter:
         if isinstance(arg, bool):
             return self._const(arg, "bool")
         if isinstance(arg, int):
-            return self._const(arg, dtype if dtype and dtype not in ("f32", "f64", "f16", "bf16") else "i64")
+            return self._const(arg, dtype if dtype and dtype not in FLOAT_DTYPES else "i64")
         if isinstance(arg, float):
-            return self._const(arg, dtype if dtype in ("f32", "f64", "f16", "bf16") else "f32")
+            return self._const(arg, dtype if dtype in FLOAT_DTYPES else "f32")
         raise self.unsupported(f"operand {arg!r} of type {type(arg).__name__}")
 
     def _weight(self, w: LazyWeight) -> Value:

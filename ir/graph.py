@@ -3,6 +3,16 @@
 Values and nodes compare by identity. Weights are named constant values backed by tensors
 (loaded lazily); graph inputs are values with no producer. All mutation goes through the
 methods here so that use lists stay consistent.
+
+Storage (ir/node_list.py): `graph.nodes` is a doubly linked list, so adding a node at the
+insertion point, `erase` and `inserting_before/after` are O(1); `value.uses` is an ordered set of
+(node, input index) pairs with O(1) add/remove. Each node has a `meta` dict (not part of the
+printed IR) for provenance: `source` (the frontend's source line), `pass` (the pass that created
+it; the pass manager sets it through `graph.meta_scope(pass=...)`).
+
+    with graph.meta_scope(source="model.py:12"):
+        y = graph.op("relu", x)          # y.producer.meta == {"source": "model.py:12"}
+    graph.rename(y, "act")               # a value's name is unique in its graph
 """
 from __future__ import annotations
 import itertools
@@ -12,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from .node_list import NodeList, Uses
 from .types import TensorType
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -22,7 +33,7 @@ class Value:
 
     def __init__(self, name: str, type: TensorType, kind: str, producer: Node | None = None, data=None):
         self.name, self.type, self.kind, self.producer = name, type, kind, producer
-        self.uses: list[tuple[Node, int]] = []
+        self.uses: Uses = Uses()  # (node, input index) pairs, read like a list
         self._data = data  # weights only: a tensor, or a zero-argument loader
         self._loader = data if callable(data) else None
         self.graph: Graph | None = None
@@ -53,6 +64,11 @@ class Value:
     def users(self) -> list[Node]:
         return list(dict.fromkeys(n for n, _ in self.uses))
 
+    @property
+    def unused(self) -> bool:
+        """No node reads this value and it is not a graph output (dead unless it has side effects)."""
+        return not self.uses and not (self.graph is not None and self.graph.is_output(self))
+
     def ref(self) -> str:
         return ("@" if self.is_weight else "%") + self.name
 
@@ -82,13 +98,17 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "outputs", "attrs", "graph", "__weakref__")
+    __slots__ = ("op", "inputs", "outputs", "attrs", "graph", "meta", "_prev", "_next", "_owner",
+                 "__weakref__")
 
-    def __init__(self, op: str, inputs: list[Value], outputs: list[Value], attrs: dict[str, Any]):
+    def __init__(self, op: str, inputs: list[Value], outputs: list[Value], attrs: dict[str, Any],
+                 meta: dict[str, Any] | None = None):
         self.op, self.inputs, self.outputs, self.attrs = op, list(inputs), list(outputs), dict(attrs)
         self.graph: Graph | None = None
+        self.meta: dict[str, Any] = dict(meta or {})  # provenance etc.; not printed, not compared
+        self._prev = self._next = self._owner = None  # NodeList links
         for i, v in enumerate(self.inputs):
-            v.uses.append((self, i))
+            v.uses.add(self, i)
         for o in self.outputs:
             o.producer = self
 
@@ -102,7 +122,7 @@ class Node:
         old = self.inputs[i]
         old.uses.remove((self, i))
         self.inputs[i] = v
-        v.uses.append((self, i))
+        v.uses.add(self, i)
 
     def __repr__(self):
         from .printer import format_node
@@ -115,11 +135,30 @@ class Graph:
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.weights: dict[str, Value] = {}
-        self.nodes: list[Node] = []
+        self._nodes = NodeList()
         self.states: list = []  # ir.state.State: declared state (a causal LM's cache), see ir/state.py
         self._names: set[str] = set()
         self._counter = itertools.count()
-        self._insert_at: int | None = None  # None = append
+        self._insert: tuple[str, Node] | None = None  # ("before"|"after", node); None = append
+        self._meta: dict[str, Any] = {}                # merged into each new node's meta
+
+    @property
+    def nodes(self) -> NodeList:
+        """The nodes in program order (a linked list: iterate, `len`, `in`; see ir/node_list.py)."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, order: Iterable[Node]):
+        """Reorder: `order` must hold exactly this graph's nodes (e.g. a topological order)."""
+        order = list(order)
+        if len(order) != len(self._nodes) or any(n not in self._nodes for n in order) \
+                or len(set(map(id, order))) != len(order):
+            raise ValueError(f"graph @{self.name}: a new node order must list each of its "
+                             f"{len(self._nodes)} nodes once")
+        for n in order:
+            self._nodes.remove(n)
+        for n in order:
+            self._nodes.append(n)
 
     # --- naming -------------------------------------------------------------------------------
     def fresh_name(self, hint: str = "v") -> str:
@@ -136,6 +175,24 @@ class Graph:
             raise ValueError(f"value name {name!r} is already defined in graph @{self.name}")
         self._names.add(name)
         return name
+
+    def has_name(self, name: str) -> bool:
+        """Some input, weight or node output of this graph is called `name`."""
+        return name in self._names
+
+    def rename(self, value: Value, name: str) -> Value:
+        """Give `value` (an input, weight or node output of this graph) the unique name `name`."""
+        if value.graph is not self:
+            raise ValueError(f"cannot rename {value.ref()}: it is not a value of graph @{self.name}")
+        if name == value.name:
+            return value
+        old = value.name
+        self._claim(name)
+        self._names.discard(old)
+        value.name = name
+        if value.is_weight:
+            self.weights = {(name if k == old else k): w for k, w in self.weights.items()}
+        return value
 
     def _new_value(self, name, type, kind, data=None) -> Value:
         v = Value(self._claim(name), type, kind, data=data)
@@ -170,13 +227,15 @@ class Graph:
         names = names or [self.fresh_name(op) for _ in out_types]
         outs = [self._new_value(self.fresh_name(n) if n in self._names else n, t, "node")
                 for n, t in zip(names, out_types)]
-        node = Node(op, inputs, outs, attrs)
+        node = Node(op, inputs, outs, attrs, self._meta)
         node.graph = self
-        if self._insert_at is None:
-            self.nodes.append(node)
-        else:
-            self.nodes.insert(self._insert_at, node)
-            self._insert_at += 1
+        if self._insert is None:
+            self._nodes.append(node)
+        elif self._insert[0] == "before":
+            self._nodes.insert_before(self._insert[1], node)
+        else:  # after: each new node goes after the previous one, so they keep their order
+            self._nodes.insert_after(self._insert[1], node)
+            self._insert = ("after", node)
         return node
 
     def op(self, op: str, *inputs: Value, **attrs) -> Value | tuple[Value, ...]:
@@ -202,47 +261,51 @@ class Graph:
 
     @contextmanager
     def inserting_before(self, node: Node):
-        saved, self._insert_at = self._insert_at, self.nodes.index(node)
-        try:
-            yield
-        finally:
-            self._insert_at = saved
+        """New nodes go right before `node` (in the order they are added). O(1)."""
+        yield from self._inserting("before", node)
 
     @contextmanager
     def inserting_after(self, node: Node):
-        saved, self._insert_at = self._insert_at, self.nodes.index(node) + 1
+        """New nodes go right after `node` (in the order they are added). O(1)."""
+        yield from self._inserting("after", node)
+
+    def _inserting(self, where, node):
+        if node not in self._nodes:
+            raise ValueError(f"cannot insert {where} {node!r}: it is not a node of graph @{self.name}")
+        saved, self._insert = self._insert, (where, node)
         try:
             yield
         finally:
-            self._insert_at = saved
+            self._insert = saved
+
+    @contextmanager
+    def meta_scope(self, **meta):
+        """Nodes created inside get these `meta` entries (e.g. pass="cse", source="model.py:3")."""
+        saved, self._meta = self._meta, {**self._meta, **meta}
+        try:
+            yield
+        finally:
+            self._meta = saved
 
     # --- mutation ------------------------------------------------------------------------------
     def erase(self, node: Node):
         """Remove a node whose outputs are unused."""
         for o in node.outputs:
-            if o.uses or any(x is o for x in self.outputs):
+            if not o.unused:
                 users = ", ".join(repr(u) for u in o.users) or "graph outputs"
                 raise ValueError(f"cannot erase {node!r}: %{o.name} is still used by {users}")
+        if self._insert is not None and self._insert[1] is node:
+            raise ValueError(f"cannot erase {node!r}: it is the current insertion point")
         for i, v in enumerate(node.inputs):
             v.uses.remove((node, i))
-        self.nodes.remove(node)
+        self._nodes.remove(node)
         for o in node.outputs:
             self._names.discard(o.name)
         node.graph = None
 
-    def rename(self, value: Value, new_name: str) -> None:
-        """Give `value` the name `new_name` (free, or `value`'s own)."""
-        if new_name == value.name:
-            return
-        self._claim(new_name)
-        self._names.discard(value.name)
-        if value.is_weight:
-            self.weights = {(new_name if k == value.name else k): w for k, w in self.weights.items()}
-        value.name = new_name
-
     def remove_weight(self, name: str):
         w = self.weights[name]
-        if w.uses or any(x is w for x in self.outputs):
+        if not w.unused:
             raise ValueError(f"cannot remove weight @{name}: it is still used")
         del self.weights[name]
         self._names.discard(name)
@@ -262,6 +325,14 @@ class Graph:
         self.erase(node)
 
     # --- queries -------------------------------------------------------------------------------
+    def is_output(self, v: Value) -> bool:
+        return any(o is v for o in self.outputs)
+
+    def is_dead(self, node: Node) -> bool:
+        """`node` is pure (registry `pure=True`) and none of its outputs is used: safe to erase."""
+        from .registry import get_op
+        return get_op(node.op).pure and all(o.unused for o in node.outputs)
+
     def values(self) -> Iterable[Value]:
         yield from self.inputs
         yield from self.weights.values()
@@ -274,7 +345,7 @@ class Graph:
         g = nx.DiGraph()
         g.add_nodes_from(range(len(self.nodes)))
         index = {id(n): i for i, n in enumerate(self.nodes)}
-        for i, n in enumerate(self.nodes):
+        for n, i in zip(self.nodes, range(len(index))):
             for v in n.inputs:
                 if v.producer is not None and id(v.producer) in index:
                     g.add_edge(index[id(v.producer)], i)
@@ -284,7 +355,8 @@ class Graph:
         """Reorder nodes topologically (stable: keeps the current order where it can)."""
         import networkx as nx
         order = list(nx.lexicographical_topological_sort(self.nx_graph()))
-        self.nodes = [self.nodes[i] for i in order]
+        nodes = list(self.nodes)
+        self.nodes = [nodes[i] for i in order]
 
     def weight_bytes(self) -> int:
         return sum(w.type.nbytes() for w in self.weights.values() if w.type.is_static)
@@ -300,6 +372,8 @@ class Graph:
         from .printer import print_graph
         from .parser import parse_graph
         g = parse_graph(print_graph(self), weights={k: w._data for k, w in self.weights.items()})
+        for mine, theirs in zip(self.nodes, g.nodes):
+            theirs.meta = dict(mine.meta)
         return g
 
     def __str__(self):

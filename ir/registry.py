@@ -8,6 +8,13 @@ type inference and a torch reference implementation (the oracle for every pass a
 `inputs` names the operands; a trailing `?` marks an optional one (only at the end) and a
 trailing `*` a variadic one. `attrs` maps names to `Attr(kind, default)`; kinds are
 int, float, bool, str, dtype, dim (int or symbolic expr), ints, dims, any.
+
+`traits` say what kind of computation an op is, once, for every pass, partitioner and target
+(cf. tinygrad's `GroupOp` sets, TVM's per-op attributes); the vocabulary is `TRAITS`:
+
+    @register_op("add", inputs="a b", infer=infer_broadcast, traits=("elementwise", "commutative"))
+    get_op("add").traits == frozenset({"elementwise", "commutative"})
+    ops_with("view")     # names of every op with that trait
 """
 from __future__ import annotations
 import difflib
@@ -18,6 +25,19 @@ from . import symbolic
 from .types import TensorType
 
 REQUIRED = object()
+
+# The trait vocabulary: an unknown name in register_op(..., traits=) is an error.
+TRAITS: dict[str, str] = {
+    "elementwise": "each output element depends only on the input elements at its (broadcast) index",
+    "reduction": "reduces along `dims`/`dim` (sum, mean, max, argmax, ...)",
+    "view": "moves or selects elements without arithmetic (reshape, permute, slice, concat, ...)",
+    "commutative": "two operands that may be swapped without changing the result",
+    "reads_weight": "an operand is normally a (possibly packed) constant weight: linear, qlinear, "
+                    "dequantize, embedding, qembedding, conv2d",
+    "generator": "no tensor inputs: the result comes from attributes alone (constant, full, arange)",
+    "state": "reads or updates state carried across calls (a KV cache); reserved for state ops",
+    "random": "draws random numbers (not reproducible by value); reserved, no such op yet",
+}
 ATTR_KINDS = ("int", "float", "bool", "str", "dtype", "dim", "ints", "dims", "any", "floats")
 
 
@@ -41,6 +61,13 @@ class OpDef:
     pure: bool = True           # no side effects: dce/cse may remove or merge it
     doc: str = ""
     symbolic_attrs: tuple[str, ...] = field(default=())  # attrs that may hold symbolic dims
+    traits: frozenset[str] = frozenset()                 # names from TRAITS
+
+    def has(self, trait: str) -> bool:
+        """Whether this op has `trait` (a name from TRAITS; an unknown name is an error)."""
+        if trait not in TRAITS:
+            raise ValueError(f"unknown op trait {trait!r}; valid: {', '.join(TRAITS)}")
+        return trait in self.traits
 
     @property
     def min_inputs(self) -> int:
@@ -116,17 +143,32 @@ REGISTRY: dict[str, OpDef] = {}
 
 
 def register_op(name: str, *, inputs: str = "", attrs: dict[str, Attr] | None = None,
-                infer: Callable, pure: bool = True):
-    """Decorator: declare op `name` whose reference implementation is the decorated function."""
+                infer: Callable, pure: bool = True, traits: tuple[str, ...] | str = ()):
+    """Decorator: declare op `name` whose reference implementation is the decorated function.
+    `traits`: names from TRAITS (a tuple, or one string); an unknown one raises ValueError."""
+    traits_ = frozenset((traits,) if isinstance(traits, str) else traits)
+    unknown = traits_ - set(TRAITS)
+    if unknown:
+        raise ValueError(f"op {name!r}: unknown trait(s) {sorted(unknown)}; valid: {', '.join(TRAITS)}")
+    if "commutative" in traits_ and len(inputs.split()) != 2:
+        raise ValueError(f"op {name!r}: 'commutative' needs exactly two inputs, it has {inputs!r}")
+
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"op {name!r} is declared twice")
         attrs_ = attrs or {}
         REGISTRY[name] = OpDef(name, tuple(inputs.split()), attrs_, infer, fn, pure,
                                (fn.__doc__ or "").strip(),
-                               tuple(k for k, a in attrs_.items() if a.kind in ("dim", "dims")))
+                               tuple(k for k, a in attrs_.items() if a.kind in ("dim", "dims")), traits_)
         return fn
     return deco
+
+
+def ops_with(trait: str) -> frozenset[str]:
+    """Names of every op that has `trait` (a name from TRAITS)."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown op trait {trait!r}; valid: {', '.join(TRAITS)}")
+    return frozenset(n for n, d in all_ops().items() if trait in d.traits)
 
 
 def lookup(table: dict, name: str, what: str, error: type[Exception] = KeyError):

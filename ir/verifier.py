@@ -83,6 +83,7 @@ def _key(use):
 
 def _context(graph, node, radius=3):
     from .printer import format_node
-    i = graph.nodes.index(node) if node in graph.nodes else 0
-    lo, hi = max(0, i - radius), min(len(graph.nodes), i + radius + 1)
-    return "\n".join(("> " if j == i else "  ") + format_node(graph.nodes[j]) for j in range(lo, hi))
+    nodes = list(graph.nodes)
+    i = next((j for j, n in enumerate(nodes) if n is node), 0)
+    lo, hi = max(0, i - radius), min(len(nodes), i + radius + 1)
+    return "\n".join(("> " if j == i else "  ") + format_node(nodes[j]) for j in range(lo, hi))

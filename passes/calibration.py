@@ -11,6 +11,7 @@ sequential GPTQ does. The run stops after the last hooked node.
     QuantizeWeights(bits=4, group=64, method="gptq", calibration=calib).run(graph)
 """
 from __future__ import annotations
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -111,7 +112,7 @@ def run_hooked(graph, calib: Calibration, hooked: list, hook: Hook, progress: st
     env = {id(v): t for v, t in zip(graph.inputs, calib.inputs)}
     bar = _progress(len(hooked), progress)
     with torch.no_grad():
-        for i, node in enumerate(graph.nodes[:stop + 1]):
+        for i, node in enumerate(itertools.islice(graph.nodes, stop + 1)):
             # weights are read per node: a hook may have rescaled one (AWQ folding)
             args = [v.tensor if v.is_weight else env[id(v)] for v in node.inputs]
             if id(node) in wanted:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 
 from ..ir import symbolic
+from ..ir.dtypes import FLOAT_DTYPES
 from .base import Pass, PassResult, register_pass
 from .rewrite import C, P, RuleSet, apply_rules, const_value
 
 X, Y = P.var("x"), P.var("y")
-FLOATS = ("f16", "bf16", "f32", "f64")
 
 
 def _same_type(root, x):
@@ -130,7 +130,7 @@ def _rms_weight(g, root, x, n, w):
 
 
 def _silu(g, root, x):
-    return g.op("silu", x) if x.type.dtype in FLOATS and root.output.type.matches(x.type) else None
+    return g.op("silu", x) if x.type.dtype in FLOAT_DTYPES and root.output.type.matches(x.type) else None
 
 
 _GELU = P("mul", P("mul", X, C(0.5)), P("add", P("erf", P(("div", "mul"), X, C(name="s"), name="arg")), C(1)))
@@ -138,7 +138,7 @@ _GELU = P("mul", P("mul", X, C(0.5)), P("add", P("erf", P(("div", "mul"), X, C(n
 
 def _gelu(g, root, x, s, arg):
     want = math.sqrt(2.0) if arg.producer.op == "div" else 1 / math.sqrt(2.0)
-    if not math.isclose(const_value(s), want, rel_tol=1e-6) or x.type.dtype not in FLOATS:
+    if not math.isclose(const_value(s), want, rel_tol=1e-6) or x.type.dtype not in FLOAT_DTYPES:
         return None
     return g.op("gelu", x) if root.output.type.matches(x.type) else None
 
@@ -157,7 +157,7 @@ def _rope(g, root, x, cos, sin, rot, hi, lo):
     if not (a["dim"] in last and b["dim"] in last and a["step"] == 1 and b["step"] == 1
             and a["start"] == h and a["end"] >= d and b["start"] == 0 and b["end"] == h):
         return f"the halves are not x[..., {h}:] and x[..., :{h}]"
-    if x.type.dtype not in FLOATS or cos.type.dtype != x.type.dtype or sin.type.dtype != x.type.dtype:
+    if x.type.dtype not in FLOAT_DTYPES or cos.type.dtype != x.type.dtype or sin.type.dtype != x.type.dtype:
         return "cos/sin/x dtypes differ"
     out = g.op("rope", x, cos, sin)
     return out if out.type.matches(root.output.type) else "cos/sin broadcast x to another shape"

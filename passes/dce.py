@@ -5,27 +5,25 @@ One reverse sweep suffices: a node's users come after it, so they are visited fi
 """
 from __future__ import annotations
 
-from ..ir.registry import get_op
 from .base import Pass, PassResult, register_pass
 
 
 @register_pass("dce")
 class DeadCodeElimination(Pass):
     """Remove dead nodes and unused weights."""
+    ensures = ("no-dead-nodes",)
     remove_weights: bool = True
 
     def run(self, graph) -> PassResult:
-        outputs = {id(v) for v in graph.outputs}
         removed = 0
-        for node in reversed(list(graph.nodes)):
-            used = any(o.uses or id(o) in outputs for o in node.outputs)
-            if not used and get_op(node.op).pure:
+        for node in reversed(graph.nodes):  # erasing the current node is safe while iterating
+            if graph.is_dead(node):
                 graph.erase(node)
                 removed += 1
         weights = 0
         if self.remove_weights:
             for name, w in list(graph.weights.items()):
-                if not w.uses and id(w) not in outputs:
+                if w.unused:
                     graph.remove_weight(name)
                     weights += 1
         return PassResult(removed + weights > 0, {"nodes": removed, "weights": weights})

@@ -4,16 +4,25 @@
     embedding(dequantize(qw, scales, zeros?) {bits, group, dtype}, ids)  ->  qembedding(ids, qw, scales, zeros?) {...}
 
 Codegens then run the matmul from the packed weights (torch: codegen/torch_qlinear.py), so no
-float copy of the weight exists at run time. Put it after `quantize-weights`. A dequantize
-whose output is also read by other ops stays for them.
+float copy of the weight exists at run time. A dequantize whose output is also read by other
+ops stays for them.
+
+Contract: requires "quantized" (dequantize ops in the graph, or quantize-weights / select-precision
+ran earlier in the pipeline; else the pass manager raises PassError saying so: the pass would do
+nothing); ensures "dequant-fused" (no fusible dequantize -> linear/embedding pair is left).
 """
 from __future__ import annotations
-from .base import Pass, PassResult, register_pass
+from .base import Pass, PassResult, register_pass, register_property
+
+register_property("dequant-fused", "no linear/embedding reads a dequantize that fuse-dequant-matmul fuses",
+                  lambda g: not any(_fused(n)[0] for n in g.nodes))
 
 
 @register_pass("fuse-dequant-matmul")
 class FuseDequantMatmul(Pass):
     """Rewrite linear(x, dequantize(...)) into qlinear, embedding(dequantize(...), ids) into qembedding."""
+    requires = ("quantized",)
+    ensures = ("dequant-fused",)
 
     def run(self, graph) -> PassResult:
         fused = 0
@@ -29,7 +38,7 @@ class FuseDequantMatmul(Pass):
             with graph.inserting_before(node):
                 q = graph.add_node(fused_op, inputs, attrs, names=[graph.fresh_name(node.output.name)])
             graph.replace_node(node, [q.output])
-            if not dq.output.uses and not any(o is dq.output for o in graph.outputs):
+            if dq.output.unused:
                 graph.erase(dq)
             fused += 1
         return PassResult(fused > 0, {"fused": fused})

@@ -13,6 +13,9 @@ bisects numerics against the interpreter.
 - A pass that throws is re-raised as `PassError` naming it and the passes that ran before it.
 - `reproducer` (default: `SLIMGRAPH_REPRODUCER`): a file path; when a pass fails, the IR it received
   is written there with a replay line, so the failure can be rerun on its own.
+- `run(graph, ctx)`: `ctx` is the run's `PassContext` (calibration data, properties ensured so far);
+  each pass's `requires` are checked before it runs and its `ensures` after it (under `verify`, when
+  it changed the graph); see passes/base.py. Nodes a pass creates carry `meta["pass"]` = its name.
 """
 from __future__ import annotations
 import os
@@ -24,7 +27,7 @@ from typing import Any, Iterable
 import torch
 
 from ..ir.printer import print_graph
-from .base import Pass, PassError
+from .base import PROPERTIES, Pass, PassContext, PassError, ensured_by
 from .pipeline import format_pipeline, parse_pipeline
 
 __all__ = ["PassManager", "PipelineReport", "PassRecord", "NumericsError", "run_pipeline"]
@@ -125,23 +128,26 @@ class PassManager:
     def pipeline(self) -> str:
         return format_pipeline(self.passes)
 
-    def run(self, graph) -> PipelineReport:
+    def run(self, graph, ctx: PassContext | None = None) -> PipelineReport:
+        ctx = ctx if ctx is not None else PassContext()
         report = PipelineReport(self.pipeline, nodes_before=len(graph.nodes))
         reference = self._interpret(graph, "the input graph") if self.verify == "numerics" else None
         for i, p in enumerate(self._iter()):
             before = print_graph(graph) if self.reproducer else None
             try:
-                report.records.append(self._run_one(graph, p, i, reference))
+                report.records.append(self._run_one(graph, p, i, reference, ctx))
             except PassError as e:
                 if before is not None:
                     e.args = (f"{e}\n  reproducer (the IR this pass got): {self._save(before, p, i)}",)
                 raise
         return report
 
-    def _run_one(self, graph, p: Pass, i: int, reference) -> PassRecord:
+    def _run_one(self, graph, p: Pass, i: int, reference, ctx: PassContext) -> PassRecord:
+        self._check_requires(graph, p, i, ctx)
         start = time.perf_counter()
         try:
-            result = p.run(graph)
+            with graph.meta_scope(**{"pass": p.name}):
+                result = p.run_with(graph, ctx)
         except Exception as e:
             raise PassError(f"pass {p.spec()!r} (#{i + 1} in pipeline) failed: {type(e).__name__}: {e}\n"
                             f"  passes that ran before it: {self._before(i)}") from e
@@ -150,12 +156,35 @@ class PassManager:
                             "pass developer: run() must return PassResult")
         rec = PassRecord(p.name, p.spec(), time.perf_counter() - start, bool(result.changed),
                          dict(result.stats), len(graph.nodes))
+        ctx.ran.append(p.name)
+        if rec.changed:  # a change may undo what earlier passes ensured, unless it is stable
+            ctx.ensured = {q for q in ctx.ensured if PROPERTIES[q].stable}
+        ctx.ensured.update(p.ensures)
         self._dump(graph, p, i, rec.changed)
         if self.verify:
             self._verify(graph, p, i)
+            if rec.changed:
+                self._check_ensures(graph, p, i)
         if reference is not None:
             rec.max_abs_err = self._compare(graph, reference, p, i)
         return rec
+
+    def _check_requires(self, graph, p: Pass, i: int, ctx: PassContext):
+        for prop in p.requires:
+            if prop in ctx.ensured or PROPERTIES[prop].check(graph):
+                continue
+            by = ensured_by(prop)
+            fix = f"run {' or '.join(by)} before it" if by else "no registered pass ensures it"
+            raise PassError(f"pass {p.spec()!r} (#{i} in pipeline; before it: {self._before(i)}) requires "
+                            f"{prop!r} ({PROPERTIES[prop].doc}), which the graph does not satisfy and no "
+                            f"earlier pass ensured: {fix}")
+
+    def _check_ensures(self, graph, p: Pass, i: int):
+        for prop in p.ensures:
+            if not PROPERTIES[prop].check(graph):
+                raise PassError(f"pass {p.spec()!r} (#{i} in pipeline) declares it ensures {prop!r} "
+                                f"({PROPERTIES[prop].doc}), but the graph after it does not satisfy it "
+                                f"(a bug in the pass)")
 
     def _save(self, ir_text: str, p: Pass, i: int) -> str:
         """Write the IR a failing pass received, with the command that replays it (MLIR-style)."""

@@ -49,7 +49,7 @@ def _key(node):
 
 
 def _merge(graph, nodes):
-    first = min(nodes, key=graph.nodes.index)
+    first = nodes[0]  # groups are collected in program order
     params = []
     for i in range(1, len(first.inputs)):
         parts = [n.inputs[i] for n in nodes]
@@ -65,5 +65,5 @@ def _merge(graph, nodes):
     for n, out in zip(nodes, split.outputs):
         graph.replace_node(n, [out])
     for name in old:
-        if not graph.weights[name].uses and not any(o is graph.weights[name] for o in graph.outputs):
+        if graph.weights[name].unused:
             graph.remove_weight(name)

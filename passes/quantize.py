@@ -18,6 +18,7 @@ tied head (e.g. include=[lm_head.weight] on SmolLM2) is quantized once: its embe
 the same packed table.
 """
 from __future__ import annotations
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -39,6 +40,7 @@ DEFAULT_EXCLUDE = ("*lm_head*", "*embed*")
 @dataclass
 class QuantizeWeights(Pass):
     """Quantize linear weights to int8/int4 (packed) with RTN, GPTQ or AWQ."""
+    ensures = ("quantized",)
     bits: int = 4
     group: int = 64                 # 0 = per output channel
     sym: Optional[bool] = None      # None: symmetric for int8, asymmetric for int4
@@ -65,19 +67,24 @@ class QuantizeWeights(Pass):
             raise PassError(f"damp={self.damp} must be in (0, 1) (GPTQ's diagonal damping, a fraction of the "
                             f"mean Hessian diagonal; default 0.01)")
 
-    def run(self, graph) -> PassResult:
+    def run(self, graph, ctx=None) -> PassResult:
+        """`ctx.calibration` (the pipeline's PassContext) is used when `calibration` is not set."""
+        if self.calibration is None and ctx is not None and ctx.calibration is not None:
+            return dataclasses.replace(self, calibration=ctx.calibration).run(graph)
         Q.check_bits(self.bits, "quantize-weights: ")
         targets = self.select(graph)
         if not targets:
             return PassResult(False, {"quantized": 0})
         for name, users in targets.items():
             self.check_layer(graph.weights[name])
-        if self.method == "rtn":
-            codes = {n: self.quantize(graph.weights[n].tensor, n, None) for n in targets}
+        before = sum(graph.weights[n].type.nbytes() for n in targets)
+        pos = graph.nodes.positions()  # the rewrite inserts before existing nodes only
+        if self.method == "rtn":  # one weight at a time: its float codes are freed once it is packed
+            after = sum(self.rewrite(graph, n, targets[n], *self.quantize(graph.weights[n].tensor, n, None), pos)
+                        for n in targets)
         else:
             codes = self.calibrated(graph, targets)
-        before = sum(graph.weights[n].type.nbytes() for n in targets)
-        after = sum(self.rewrite(graph, n, targets[n], *codes[n]) for n in targets)
+            after = sum(self.rewrite(graph, n, targets[n], *codes.pop(n), pos) for n in targets)
         return PassResult(True, {"quantized": len(targets), "method": self.method,
                                  "weight_bytes_before": before, "weight_bytes_after": after})
 
@@ -204,7 +211,7 @@ class QuantizeWeights(Pass):
         return done
 
     # ---- rewrite -----------------------------------------------------------------------------
-    def rewrite(self, graph, name, users, codes, scales, zeros) -> int:
+    def rewrite(self, graph, name, users, codes, scales, zeros, pos) -> int:
         bits, group = self.layer_bits_group(name)
         w = graph.weights[name]
         qweight, scales, zeros = Q.store(codes, scales, zeros, bits, self.layer_sym(bits),
@@ -215,7 +222,7 @@ class QuantizeWeights(Pass):
             packed.append(graph.add_weight(graph.fresh_name(f"{name}.zeros"), zeros))
         # a tied head's embedding lookups read the same quantized table (fuse-dequant-matmul: qembedding)
         lookups = [u for u in w.users if u.op == "embedding" and u.inputs[0] is w]
-        first = min([*users, *lookups], key=graph.nodes.index)
+        first = min([*users, *lookups], key=pos.__getitem__)
         with graph.inserting_before(first):
             node = graph.add_node("dequantize", packed, {"bits": bits, "group": group, "dtype": w.type.dtype},
                                   names=[graph.fresh_name(f"{name}.dq")])
@@ -223,7 +230,7 @@ class QuantizeWeights(Pass):
             u.set_input(1, node.output)
         for u in lookups:
             u.set_input(0, node.output)
-        if not w.uses:
+        if w.unused:
             graph.remove_weight(name)
         return sum(v.type.nbytes() for v in packed)
 

@@ -37,13 +37,19 @@ from ..ir.registry import get_op
 __all__ = ["P", "C", "Rule", "RuleSet", "RewriteError", "RewriteEvent", "apply_rules", "const_value",
            "erase_dead"]
 
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
-                         "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor"})
 SPECIAL_PARAMS = ("g", "root")
 
 
 class RewriteError(RuntimeError):
     pass
+
+
+def _commutative(op: str) -> bool:
+    """The op's registry traits say its two operands may be swapped (an unknown op: no)."""
+    try:
+        return get_op(op).has("commutative")
+    except KeyError:
+        return False  # RuleSet reports the typo with the rule's name
 
 
 class P:
@@ -57,7 +63,7 @@ class P:
         self.srcs = None if any_inputs or (self.ops is None and not srcs) else srcs
         self.name, self.attrs, self.where = name, attrs or {}, where
         if commutative is None:
-            commutative = self.ops is not None and len(srcs) == 2 and all(o in COMMUTATIVE for o in self.ops)
+            commutative = self.ops is not None and len(srcs) == 2 and all(_commutative(o) for o in self.ops)
         self.commutative = commutative
 
     @staticmethod
@@ -249,10 +255,10 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
 def _call(graph, rule: Rule, node, caps, name):
     """Run a rule's fn with the insertion point before the anchor; returns (list of values, or None,
     or the reason it declined; the nodes the fn built)."""
-    before, idx = len(graph.nodes), graph.nodes.index(node)
+    prev = graph.nodes.prev(node)
     with graph.inserting_before(node):
         res = rule.call(graph, node, caps)
-    new_nodes = graph.nodes[idx: idx + len(graph.nodes) - before]
+    new_nodes = graph.nodes.between(prev, node)
     if res is None or isinstance(res, str):
         return res, new_nodes
     vals = [res] if not isinstance(res, (list, tuple)) else list(res)
@@ -288,6 +294,4 @@ def erase_dead(graph, node) -> int:
 
 
 def _is_dead(graph, node) -> bool:
-    if not get_op(node.op).pure:
-        return False
-    return not any(o.uses or any(o is x for x in graph.outputs) for o in node.outputs)
+    return graph.is_dead(node)

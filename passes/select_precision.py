@@ -37,6 +37,7 @@ from .quantize import QuantizeWeights, check_options
 @dataclass
 class SelectPrecision(Pass):
     """Keep the most sensitive layers at high precision so the estimated perplexity increase meets target_ppl."""
+    ensures = ("quantized",)
     target_ppl: float = 0.05
     bits: int = 4
     group: int = 64
@@ -68,8 +69,10 @@ class SelectPrecision(Pass):
         if self.search_rows < 1:
             raise PassError(f"search_rows={self.search_rows} must be >= 1 (held-out calibration sequences)")
 
-    def run(self, graph) -> PassResult:
-        calib = Calibration.of(graph, self.calibration)
+    def run(self, graph, ctx=None) -> PassResult:
+        """`ctx.calibration` (the pipeline's PassContext) is used when `calibration` is not set."""
+        data = self.calibration if self.calibration is not None or ctx is None else ctx.calibration
+        calib = Calibration.of(graph, data)
         if calib is None:
             raise PassError("select-precision needs calibration data: slimgraph.optimize(model, ..., calibration=ids "
                             "or text) (a transformers causal LM with a loadable tokenizer gets the shipped "
@@ -158,7 +161,8 @@ class SelectPrecision(Pass):
 
     def rank(self, graph, targets, calib, lows) -> list[str]:
         """Weight names, most sensitive per extra byte first."""
-        linears = sorted((n for users in targets.values() for n in users), key=graph.nodes.index)
+        pos = graph.nodes.positions()
+        linears = sorted((n for users in targets.values() for n in users), key=pos.__getitem__)
         stats = collect_stats(graph, calib, linears, "select-precision: calibrating")
         score = {}
         for name, users in targets.items():

@@ -170,19 +170,17 @@ def _pipeline(tgt, pipeline) -> tuple[object, list[str]]:
 
 
 def _with_calibration(spec, model, calibration):
-    """Parse the pipeline; give every pass that needs calibration data (`needs_calibration()`) the
-    user's `calibration`, or the shipped calibration text tokenized with the model's tokenizer."""
+    """Parse the pipeline -> (passes, PassContext). When a pass needs calibration data
+    (`needs_calibration()`), the context carries the user's `calibration`, or the shipped
+    calibration text tokenized with the model's tokenizer."""
     if not spec:
         return spec
+    from .passes.base import PassContext
     from .passes.pipeline import parse_pipeline
     passes = parse_pipeline(spec)
     needy = [p for p in passes if getattr(p, "needs_calibration", lambda: False)()]
-    if not needy:
-        return passes
-    ids = _calibration_ids(model, calibration, needy[0].name)
-    for p in needy:
-        p.calibration = ids
-    return passes
+    ctx = PassContext(calibration=_calibration_ids(model, calibration, needy[0].name) if needy else None)
+    return passes, ctx
 
 
 def _calibration_ids(model, calibration, who):
@@ -228,8 +226,9 @@ def _run_passes(graph, spec, verify, flat_example, report) -> str:
     if not spec:
         return ""
     from .passes.manager import PassManager
-    pm = PassManager(spec, verify=verify, example_inputs=flat_example if verify == "numerics" else None)
-    result = pm.run(graph)
+    passes, ctx = spec   # from _with_calibration
+    pm = PassManager(passes, verify=verify, example_inputs=flat_example if verify == "numerics" else None)
+    result = pm.run(graph, ctx)
     report.passes = result.to_dict()["passes"]
     return pm.pipeline
 

@@ -351,19 +351,37 @@ def peak_rss_bytes() -> int:
 
 # --- listings ---------------------------------------------------------------------------------
 def cmd_ops(args) -> None:
-    print(_cached_listing("ops", ops_text), end="")
+    """Every op with its signature and traits; with --target, how that target runs each op:
+    native (its own lowering), reference (the op's reference impl) or unsupported."""
+    if getattr(args, "target", None):
+        print(ops_text(args.target), end="")
+    else:
+        print(_cached_listing("ops", ops_text), end="")
 
 
 def cmd_passes(args) -> None:
     print(_cached_listing("passes", passes_text), end="")
 
 
-def ops_text() -> str:
+def ops_text(target: str | None = None) -> str:
     from slimgraph.ir import all_ops
-    lines = []
+    tgt = None
+    if target:
+        from slimgraph.targets.base import get_target
+        tgt = get_target(target)
+    lines, counts = [], {}
     for name, op in sorted(all_ops().items()):
         attrs = ", ".join(f"{k}: {a.kind}" for k, a in op.attrs.items())
-        lines.append(f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else ""))
+        traits = f"  [{', '.join(sorted(op.traits))}]" if op.traits else ""
+        line = f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else "") + traits
+        if tgt is not None:
+            how = tgt.support(name) or "unsupported"
+            counts[how] = counts.get(how, 0) + 1
+            line = f"{how:<12} {line}"
+        lines.append(line)
+    if tgt is not None:
+        lines.append(f"target {tgt.name}: " + ", ".join(f"{counts.get(k, 0)} {k}"
+                                                      for k in ("native", "reference", "unsupported")))
     return "".join(line + "\n" for line in lines)
 
 
@@ -470,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-tokens", type=int, default=4096, help="for --eval ppl: tokens of eval text")
     b.set_defaults(fn=cmd_bench)
 
-    sub.add_parser("ops", parents=[debug], help="list registered ops").set_defaults(fn=cmd_ops)
+    o = sub.add_parser("ops", parents=[debug], help="list registered ops (with --target: how that target lowers each)")
+    o.add_argument("--target", help="a target name: mark each op native / reference / unsupported")
+    o.set_defaults(fn=cmd_ops)
     sub.add_parser("passes", parents=[debug],
                    help="list registered passes and their options").set_defaults(fn=cmd_passes)
     return p

@@ -8,6 +8,13 @@ turns products into something that runs, without codegen (codegen/contract.py). 
 what products depend on besides the graph (versions, CPU capability); `slimgraph.load` builds again
 when the stored host differs from this one. Codegen never changes the graph. `requires` names
 optional packages and the extra that installs them, checked lazily so `import slimgraph` needs torch only.
+
+What a target can run: `lowers` names its lowering table (codegen/lowering.py) and
+`reference_fallback` says whether an op without a lowering runs its registry reference impl.
+
+    get_target("torch").supports(node)      # True: a lowering, or the reference impl
+    get_target("torch").native(node)        # True only where a "torch" lowering exists
+    get_target("onnx").support("rope")      # "native" | "reference" | None
 """
 from __future__ import annotations
 import importlib.util
@@ -35,6 +42,28 @@ class Target:
     description: str = ""
     requires: tuple[tuple[str, str], ...] = field(default=())  # (import name, pip extra)
     host: Callable[[], dict] = _no_host
+    lowers: str | None = None          # the lowering table it reads (codegen/lowering.py), if any
+    reference_fallback: bool = False   # ops without a lowering run their reference impl
+
+    def support(self, node_or_op) -> str | None:
+        """How this target runs an op (a Node or an op name): "native" (it has a lowering),
+        "reference" (the op's reference impl, e.g. the torch target's generic path) or None."""
+        op = node_or_op if isinstance(node_or_op, str) else node_or_op.op
+        from ..ir.registry import get_op
+        get_op(op)  # an unknown op is an error, not "unsupported"
+        if self.lowers is not None:
+            from ..codegen.lowering import get_lowering
+            if get_lowering(self.lowers, op) is not None:
+                return "native"
+        return "reference" if self.reference_fallback else None
+
+    def supports(self, node_or_op) -> bool:
+        """This target can run the node (natively or through the op's reference impl)."""
+        return self.support(node_or_op) is not None
+
+    def native(self, node_or_op) -> bool:
+        """This target has its own lowering for the node's op (not a reference fallback)."""
+        return self.support(node_or_op) == "native"
 
     def check_available(self):
         for module, extra in self.requires:

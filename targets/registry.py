@@ -14,7 +14,8 @@ class _InterpreterRunner(Runner):
 
 
 register_target(Target("reference", build=lambda graph: Products(), load=_InterpreterRunner, default_pipeline="",
-                       description="the reference interpreter: slow, exact, runs anywhere"))
+                       description="the reference interpreter: slow, exact, runs anywhere",
+                       reference_fallback=True))
 
 
 def _torch(fn):
@@ -26,7 +27,8 @@ def _torch(fn):
 
 register_target(Target("torch", build=_torch("build"), load=_torch("load"), host=_torch("host"),
                        default_pipeline="canonicalize,cse,dce",
-                       description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs"))
+                       description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs",
+                       lowers="torch", reference_fallback=True))
 
 
 def _onnx(fn):
@@ -38,4 +40,4 @@ def _onnx(fn):
 
 register_target(Target("onnx", build=_onnx("build"), load=_onnx("load"), default_pipeline="canonicalize,cse,dce",
                        description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
-                       requires=(("onnxruntime", "onnx"), ("onnx", "onnx"))))
+                       requires=(("onnxruntime", "onnx"), ("onnx", "onnx")), lowers="onnx"))

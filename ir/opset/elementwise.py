@@ -7,6 +7,11 @@ from ..registry import Attr, register_op
 from ..types import TensorType
 from . import infer as I
 
+EW = ("elementwise",)
+COMM = ("elementwise", "commutative")
+_COMMUTATIVE = {"add", "mul", "maximum", "minimum", "bitwise_and", "bitwise_or", "bitwise_xor",
+                "eq", "ne", "logical_and", "logical_or", "logical_xor"}
+
 # ---- binary, with torch broadcasting and type promotion -----------------------------------------
 _BINARY = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "maximum": torch.maximum,
@@ -14,10 +19,11 @@ _BINARY = {
     "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or, "bitwise_xor": torch.bitwise_xor,
 }
 for _name, _fn in _BINARY.items():
-    register_op(_name, inputs="a b", infer=I.elementwise)(lambda a, b, _fn=_fn: _fn(a, b))
+    register_op(_name, inputs="a b", infer=I.elementwise,
+                traits=COMM if _name in _COMMUTATIVE else EW)(lambda a, b, _fn=_fn: _fn(a, b))
 
-register_op("div", inputs="a b", infer=I.float_elementwise)(lambda a, b: torch.div(a, b))
-@register_op("pow", inputs="a b", infer=I.elementwise)
+register_op("div", inputs="a b", infer=I.float_elementwise, traits=EW)(lambda a, b: torch.div(a, b))
+@register_op("pow", inputs="a b", infer=I.elementwise, traits=EW)
 def pow_(a, b):
     # a 0-d exponent is a scalar of the source program: torch's scalar kernel special-cases
     # x**2 as x*x (the tensor-exponent kernel calls pow and can differ by an ulp)
@@ -30,7 +36,8 @@ _PREDICATES = {
     "logical_and": torch.logical_and, "logical_or": torch.logical_or, "logical_xor": torch.logical_xor,
 }
 for _name, _fn in _PREDICATES.items():
-    register_op(_name, inputs="a b", infer=I.predicate)(lambda a, b, _fn=_fn: _fn(a, b))
+    register_op(_name, inputs="a b", infer=I.predicate,
+                traits=COMM if _name in _COMMUTATIVE else EW)(lambda a, b, _fn=_fn: _fn(a, b))
 
 # ---- unary -----------------------------------------------------------------------------------
 _UNARY_SAME = {
@@ -38,7 +45,7 @@ _UNARY_SAME = {
     "floor": torch.floor, "ceil": torch.ceil, "round": torch.round, "bitwise_not": torch.bitwise_not,
 }
 for _name, _fn in _UNARY_SAME.items():
-    register_op(_name, inputs="x", infer=I.same)(lambda x, _fn=_fn: _fn(x))
+    register_op(_name, inputs="x", infer=I.same, traits=EW)(lambda x, _fn=_fn: _fn(x))
 
 _UNARY_FLOAT = {
     "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
@@ -48,54 +55,58 @@ _UNARY_FLOAT = {
     "tan": torch.tan, "atan": torch.atan, "mish": F.mish, "elu": F.elu, "selu": F.selu,
 }
 for _name, _fn in _UNARY_FLOAT.items():
-    register_op(_name, inputs="x", infer=I.unary_float)(lambda x, _fn=_fn: _fn(x))
+    register_op(_name, inputs="x", infer=I.unary_float, traits=EW)(lambda x, _fn=_fn: _fn(x))
 
-register_op("logical_not", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"))(torch.logical_not)
-register_op("isnan", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"))(torch.isnan)
+register_op("logical_not", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"), traits=EW)(torch.logical_not)
+register_op("isnan", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"), traits=EW)(torch.isnan)
 
 
-@register_op("gelu", inputs="x", attrs={"approximate": Attr("str", "none")}, infer=I.unary_float)
+@register_op("gelu", inputs="x", attrs={"approximate": Attr("str", "none")}, infer=I.unary_float, traits=EW)
 def gelu(x, approximate):
     return F.gelu(x, approximate=approximate)
 
 
-@register_op("leaky_relu", inputs="x", attrs={"slope": Attr("float", 0.01)}, infer=I.unary_float)
+@register_op("leaky_relu", inputs="x", attrs={"slope": Attr("float", 0.01)}, infer=I.unary_float, traits=EW)
 def leaky_relu(x, slope):
     return F.leaky_relu(x, slope)
 
 
-@register_op("clamp", inputs="x", attrs={"min": Attr("any", None), "max": Attr("any", None)}, infer=I.same)
+@register_op("clamp", inputs="x", attrs={"min": Attr("any", None), "max": Attr("any", None)}, infer=I.same,
+             traits=EW)
 def clamp(x, min, max):
     return torch.clamp(x, min, max)
 
 
 @register_op("where", inputs="cond a b",
-             infer=lambda ts, a: TensorType(I.elementwise(ts[1:], a).dtype, I.broadcast(*[t.shape for t in ts])))
+             infer=lambda ts, a: TensorType(I.elementwise(ts[1:], a).dtype, I.broadcast(*[t.shape for t in ts])),
+             traits=EW)
 def where(cond, a, b):
     return torch.where(cond, a, b)
 
 
-@register_op("cast", inputs="x", attrs={"dtype": Attr("dtype")}, infer=lambda ts, a: ts[0].with_dtype(a["dtype"]))
+@register_op("cast", inputs="x", attrs={"dtype": Attr("dtype")}, infer=lambda ts, a: ts[0].with_dtype(a["dtype"]),
+             traits=EW)
 def cast(x, dtype):
     return x.to(to_torch(dtype))
 
 
 # ---- constants and generators (no tensor inputs; shapes may be symbolic) ------------------------------
 @register_op("constant", attrs={"value": Attr("any"), "dtype": Attr("dtype")},
-             infer=lambda ts, a: TensorType(a["dtype"], ()))
+             infer=lambda ts, a: TensorType(a["dtype"], ()), traits="generator")
 def constant(value, dtype):
     """A 0-d tensor; `value` is a number (scalars of the source program become these)."""
     return torch.tensor(value, dtype=to_torch(dtype))
 
 
-@register_op("dim_value", attrs={"expr": Attr("dim")}, infer=lambda ts, a: TensorType("i64", ()))
+@register_op("dim_value", attrs={"expr": Attr("dim")}, infer=lambda ts, a: TensorType("i64", ()),
+             traits="generator")
 def dim_value(expr):
     """A 0-d i64 tensor holding a symbolic dim's run-time value (e.g. `past+seq`)."""
     return torch.tensor(expr, dtype=torch.int64)
 
 
 @register_op("full", attrs={"shape": Attr("dims"), "value": Attr("any"), "dtype": Attr("dtype")},
-             infer=lambda ts, a: TensorType(a["dtype"], tuple(a["shape"])))
+             infer=lambda ts, a: TensorType(a["dtype"], tuple(a["shape"])), traits="generator")
 def full(shape, value, dtype):
     return torch.full(tuple(shape), value, dtype=to_torch(dtype))
 
@@ -112,6 +123,6 @@ def _arange_len(a):
 
 @register_op("arange", attrs={"start": Attr("dim", 0), "end": Attr("dim"), "step": Attr("dim", 1),
                               "dtype": Attr("dtype", "i64")},
-             infer=lambda ts, a: TensorType(a["dtype"], (_arange_len(a),)))
+             infer=lambda ts, a: TensorType(a["dtype"], (_arange_len(a),)), traits="generator")
 def arange(start, end, step, dtype):
     return torch.arange(start, end, step, dtype=to_torch(dtype))

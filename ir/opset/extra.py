@@ -14,24 +14,24 @@ _UNARY_FLOAT = {
     "asinh": torch.asinh, "acosh": torch.acosh, "atanh": torch.atanh,
 }
 for _name, _fn in _UNARY_FLOAT.items():
-    register_op(_name, inputs="x", infer=I.unary_float)(lambda x, _fn=_fn: _fn(x))
+    register_op(_name, inputs="x", infer=I.unary_float, traits="elementwise")(lambda x, _fn=_fn: _fn(x))
 
 
 @register_op("isinf", inputs="x", attrs={"pos": Attr("bool", True), "neg": Attr("bool", True)},
-             infer=lambda ts, a: ts[0].with_dtype("bool"))
+             infer=lambda ts, a: ts[0].with_dtype("bool"), traits="elementwise")
 def isinf(x, pos, neg):
     """Which elements are +inf (when `pos`) or -inf (when `neg`)."""
     return (torch.isposinf(x) & pos) | (torch.isneginf(x) & neg)
 
 
-@register_op("fmod", inputs="a b", infer=I.elementwise)
+@register_op("fmod", inputs="a b", infer=I.elementwise, traits="elementwise")
 def fmod(a, b):
     """C-style remainder: the sign follows the dividend (`remainder` follows the divisor)."""
     return torch.fmod(a, b)
 
 
 @register_op("shape_tensor", attrs={"dims": Attr("dims")},
-             infer=lambda ts, a: TensorType("i64", (len(a["dims"]),)))
+             infer=lambda ts, a: TensorType("i64", (len(a["dims"]),)), traits="generator")
 def shape_tensor(dims):
     """A 1-d i64 tensor of (possibly symbolic) dims, e.g. a shape computed at import time."""
     return torch.tensor(dims, dtype=torch.int64)
@@ -66,7 +66,7 @@ def einsum(*xs, equation):
 
 
 @register_op("tile", inputs="x", attrs={"repeats": Attr("ints")},
-             infer=lambda ts, a: ts[0].with_shape(tuple(S.mul(d, r) for d, r in zip(ts[0].shape, a["repeats"]))))
+             infer=lambda ts, a: ts[0].with_shape(tuple(S.mul(d, r) for d, r in zip(ts[0].shape, a["repeats"]))), traits="view")
 def tile(x, repeats):
     return x.repeat(repeats)
 

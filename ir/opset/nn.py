@@ -40,14 +40,14 @@ def _linear_type(ts, attrs):
     return TensorType(x.dtype, x.shape[:-1] + (w.shape[0],))
 
 
-@register_op("linear", inputs="x weight bias?", infer=_linear_type)
+@register_op("linear", inputs="x weight bias?", infer=_linear_type, traits="reads_weight")
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias, weight laid out [out, in] as in torch.nn.Linear."""
     return F.linear(x, weight, bias)
 
 
 @register_op("embedding", inputs="weight ids",
-             infer=lambda ts, a: TensorType(ts[0].dtype, ts[1].shape + ts[0].shape[1:]))
+             infer=lambda ts, a: TensorType(ts[0].dtype, ts[1].shape + ts[0].shape[1:]), traits="reads_weight")
 def embedding(weight, ids):
     return F.embedding(ids, weight)
 
@@ -71,7 +71,8 @@ def layer_norm(x, weight=None, bias=None, *, axes, eps):
 
 @register_op("rms_norm", inputs="x weight?", attrs={"eps": Attr("float", 1e-6)}, infer=I.same)
 def rms_norm(x, weight=None, *, eps):
-    """x * rsqrt(mean(x^2, -1) + eps) * weight, computed in f32 and cast back (as Llama does)."""
+    """x * rsqrt(mean(x^2, -1) + eps) * weight, computed in f32 and cast back (as Llama does).
+    The one definition: torch kernels call it for the dtypes their fast path does not cover."""
     xf = x.float()
     y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     return y * weight if weight is not None else y
@@ -99,6 +100,26 @@ def batch_norm(x, mean, var, weight=None, bias=None, *, eps):
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
 
+def causal_keep(lq: int, lk: int, device=None) -> torch.Tensor:
+    """bool [lq, lk]: query i may see key j iff j <= i + lk - lq (the causal diagonal aligned to the
+    end, so with a cache of lk - lq past keys the last query sees every key)."""
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+
+
+def and_mask(mask: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
+    """Restrict an attention mask to `keep` (bool): a bool mask is and-ed, an additive (float)
+    mask gets -inf where `keep` is False; no mask becomes `keep` itself."""
+    if mask is None:
+        return keep
+    return mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """GQA: [..., hk, seq, d] -> [..., hk * groups, seq, d], each key/value head repeated `groups`
+    times in place (head h serves query heads h*groups .. h*groups + groups-1)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=-3)
+
+
 def _attention_type(ts, attrs):
     q, k, v = ts[:3]
     return TensorType(q.dtype, q.shape[:-1] + v.shape[-1:])
@@ -109,15 +130,10 @@ def _attention_type(ts, attrs):
 def attention(q, k, v, mask=None, *, causal, scale):
     """softmax(q k^T * scale + mask) v over [..., heads, seq, dim]; k/v may have fewer heads (GQA).
     `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len)."""
-    hq, hk = q.shape[-3], k.shape[-3]
-    if hq != hk:
-        k = k.repeat_interleave(hq // hk, dim=-3)
-        v = v.repeat_interleave(hq // hk, dim=-3)
+    groups = q.shape[-3] // k.shape[-3]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     if causal:
-        lq, lk = q.shape[-2], k.shape[-2]
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
-                                          else mask.masked_fill(~keep, float("-inf")))
+        mask = and_mask(mask, causal_keep(q.shape[-2], k.shape[-2], q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -139,7 +155,7 @@ _CONV_ATTRS = {"stride": Attr("ints", [1, 1]), "padding": Attr("ints", [0, 0]),
                "dilation": Attr("ints", [1, 1]), "groups": Attr("int", 1)}
 
 
-@register_op("conv2d", inputs="x weight bias?", attrs=_CONV_ATTRS, infer=_conv2d_type)
+@register_op("conv2d", inputs="x weight bias?", attrs=_CONV_ATTRS, infer=_conv2d_type, traits="reads_weight")
 def conv2d(x, weight, bias=None, *, stride, padding, dilation, groups):
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 

@@ -48,7 +48,7 @@ def _dequantize_type(ts, attrs):
 
 
 @register_op("dequantize", inputs="qweight scales zeros?",
-             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_dequantize_type)
+             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_dequantize_type, traits="reads_weight")
 def dequantize(qweight, scales, zeros=None, *, bits, group, dtype):
     """Unpack a quantized weight to float W[out, in] (layout in the module docstring)."""
     from ..dtypes import to_torch
@@ -64,7 +64,7 @@ def _qlinear_type(ts, attrs):
     return TensorType(x.dtype, x.shape[:-1] + (out,))
 
 
-@register_op("qlinear", inputs="x qweight scales zeros? bias?", attrs=QATTRS, infer=_qlinear_type)
+@register_op("qlinear", inputs="x qweight scales zeros? bias?", attrs=QATTRS, infer=_qlinear_type, traits="reads_weight")
 def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
     """linear(x, dequantize(qweight, scales, zeros), bias). Symmetric with a bias has no zeros:
     a float 4th input is the bias."""
@@ -82,7 +82,7 @@ def _qembedding_type(ts, attrs):
 
 
 @register_op("qembedding", inputs="ids qweight scales zeros?",
-             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_qembedding_type)
+             attrs={**QATTRS, "dtype": Attr("dtype", "f32")}, infer=_qembedding_type, traits="reads_weight")
 def qembedding(ids, qweight, scales, zeros=None, *, bits, group, dtype):
     """embedding(dequantize(qweight, scales, zeros), ids): the rows of `ids`, unpacked."""
     from ..dtypes import to_torch

@@ -17,13 +17,13 @@ def _reshape_type(ts, a):
     return x.with_shape(shape)
 
 
-@register_op("reshape", inputs="x", attrs={"shape": Attr("dims")}, infer=_reshape_type)
+@register_op("reshape", inputs="x", attrs={"shape": Attr("dims")}, infer=_reshape_type, traits="view")
 def reshape(x, shape):
     return x.reshape(shape)
 
 
 @register_op("permute", inputs="x", attrs={"dims": Attr("ints")},
-             infer=lambda ts, a: ts[0].with_shape(tuple(ts[0].shape[I.norm_dim(d, ts[0].rank)] for d in a["dims"])))
+             infer=lambda ts, a: ts[0].with_shape(tuple(ts[0].shape[I.norm_dim(d, ts[0].rank)] for d in a["dims"])), traits="view")
 def permute(x, dims):
     return x.permute(dims)
 
@@ -34,7 +34,7 @@ def _expand_type(ts, a):
     return x.with_shape(tuple(x.shape[i - lead] if d == -1 else d for i, d in enumerate(shape)))
 
 
-@register_op("expand", inputs="x", attrs={"shape": Attr("dims")}, infer=_expand_type)
+@register_op("expand", inputs="x", attrs={"shape": Attr("dims")}, infer=_expand_type, traits="view")
 def expand(x, shape):
     return x.expand(shape)
 
@@ -63,7 +63,7 @@ def _slice_type(ts, a):
 
 @register_op("slice", inputs="x", attrs={"dim": Attr("int"), "start": Attr("dim", 0),
                                          "end": Attr("dim", 2 ** 63 - 1), "step": Attr("int", 1)},
-             infer=_slice_type)
+             infer=_slice_type, traits="view")
 def slice_(x, dim, start, end, step):
     idx = [slice(None)] * x.dim()
     idx[dim] = slice(start, end, step)
@@ -72,7 +72,7 @@ def slice_(x, dim, start, end, step):
 
 @register_op("select", inputs="x", attrs={"dim": Attr("int"), "index": Attr("dim")},
              infer=lambda ts, a: ts[0].with_shape(
-                 tuple(d for i, d in enumerate(ts[0].shape) if i != I.norm_dim(a["dim"], ts[0].rank))))
+                 tuple(d for i, d in enumerate(ts[0].shape) if i != I.norm_dim(a["dim"], ts[0].rank))), traits="view")
 def select(x, dim, index):
     return x.select(dim, index)
 
@@ -88,7 +88,7 @@ def _concat_type(ts, a):
     return TensorType(promote(*[(t.dtype, 1) for t in ts]), shape)
 
 
-@register_op("concat", inputs="xs*", attrs={"dim": Attr("int")}, infer=_concat_type)
+@register_op("concat", inputs="xs*", attrs={"dim": Attr("int")}, infer=_concat_type, traits="view")
 def concat(*xs, dim):
     return torch.cat(xs, dim)
 
@@ -99,7 +99,7 @@ def _split_type(ts, a):
     return [x.with_shape(x.shape[:d] + (s,) + x.shape[d + 1:]) for s in a["sizes"]]
 
 
-@register_op("split", inputs="x", attrs={"dim": Attr("int"), "sizes": Attr("dims")}, infer=_split_type)
+@register_op("split", inputs="x", attrs={"dim": Attr("int"), "sizes": Attr("dims")}, infer=_split_type, traits="view")
 def split(x, dim, sizes):
     return tuple(torch.split(x, list(sizes), dim))
 
@@ -110,7 +110,7 @@ def _unsqueeze_type(ts, a):
     return x.with_shape(x.shape[:d] + (1,) + x.shape[d:])
 
 
-@register_op("unsqueeze", inputs="x", attrs={"dim": Attr("int")}, infer=_unsqueeze_type)
+@register_op("unsqueeze", inputs="x", attrs={"dim": Attr("int")}, infer=_unsqueeze_type, traits="view")
 def unsqueeze(x, dim):
     return x.unsqueeze(dim)
 
@@ -121,7 +121,7 @@ def _squeeze_type(ts, a):
     return x.with_shape(tuple(s for i, s in enumerate(x.shape) if not (i in dims and s == 1)))
 
 
-@register_op("squeeze", inputs="x", attrs={"dims": Attr("ints")}, infer=_squeeze_type)
+@register_op("squeeze", inputs="x", attrs={"dims": Attr("ints")}, infer=_squeeze_type, traits="view")
 def squeeze(x, dims):
     return x.squeeze(tuple(dims))
 
@@ -163,7 +163,7 @@ def cumsum(x, dim, dtype):
     return torch.cumsum(x, dim, dtype=to_torch(dtype) if dtype else None)
 
 
-@register_op("flip", inputs="x", attrs={"dims": Attr("ints")}, infer=I.same)
+@register_op("flip", inputs="x", attrs={"dims": Attr("ints")}, infer=I.same, traits="view")
 def flip(x, dims):
     return torch.flip(x, dims)
 

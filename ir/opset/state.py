@@ -21,7 +21,8 @@ def _append_type(ts, a):
     return TensorType(past.dtype, shape)
 
 
-@register_op("cache_append", inputs="past new", attrs={"axis": Attr("int")}, infer=_append_type)
+@register_op("cache_append", inputs="past new", attrs={"axis": Attr("int")}, infer=_append_type,
+             traits="state")
 def cache_append(past, new, *, axis):
     """`cat((past, new), axis)`: past [.., T, ..] + new [.., n, ..] -> [.., T + n, ..]. The `torch`
     codegen writes `new` into spare rows of a growing buffer instead of copying `past`."""
@@ -38,7 +39,7 @@ def _window_type(ts, a):
 
 
 @register_op("cache_window", inputs="x", attrs={"axis": Attr("int"), "window": Attr("int"), "sinks": Attr("int")},
-             infer=_window_type)
+             infer=_window_type, traits="state")
 def cache_window(x, *, axis, window, sinks):
     """The first `sinks` rows and the last `window` rows along `axis` (all rows when there are fewer than
     window + sinks): a StreamingLLM ring cache (arXiv:2309.17453)."""

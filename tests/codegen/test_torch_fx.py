@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from slimgraph import ir
-from slimgraph.codegen import torch_kernels
+from slimgraph.codegen import lowering
+from slimgraph.codegen.lowering import Lowering
 from slimgraph.codegen.torch_fx import CodegenError, build_graph_module, build_runner
-from slimgraph.codegen.torch_kernels import TorchKernel
 from slimgraph.ir import TensorType
 from slimgraph.targets.base import get_target
 
@@ -213,7 +213,7 @@ def test_attention_kernel(hq, hk, lq, lk, causal, mask):
     elif mask == "perhead":
         m = torch.randn(2, hq, lq, lk, generator=gen)
     ref = ir.get_op("attention").impl(q, k, v, m, causal=causal, scale=None)
-    got = torch_kernels.attention(q, k, v, m, causal=causal, scale=None)
+    got = lowering.get_lowering("torch", "attention").fn(q, k, v, m, causal=causal, scale=None)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -229,7 +229,7 @@ def test_kernel_hook_prepacks_weights_once(monkeypatch):
         y = x @ wt
         return y + bias if bias is not None else y
 
-    monkeypatch.setitem(torch_kernels.KERNELS, "linear", TorchKernel("linear", linear_t, prepack))
+    _patch_lowering(monkeypatch, Lowering("torch", "linear", linear_t, prepack))
     g, x, *_ = std_graph()
     w, bias = _w(g, "w", 3, 4), _w(g, "bias", 3)
     g.set_outputs([g.op("linear", x, w, bias)])
@@ -244,9 +244,14 @@ def test_kernel_hook_prepacks_weights_once(monkeypatch):
     assert len(calls) == 1  # not at run time
 
 
+def _patch_lowering(monkeypatch, low):
+    lowering.lowerings(low.target)  # load the table, then swap one entry for this test
+    monkeypatch.setitem(lowering._TABLES[low.target], low.op, low)
+
+
 def test_prepack_may_only_replace_weights(monkeypatch):
-    kernel = TorchKernel("linear", torch.nn.functional.linear, lambda node, const: {0: torch.zeros(1)})
-    monkeypatch.setitem(torch_kernels.KERNELS, "linear", kernel)
+    _patch_lowering(monkeypatch, Lowering("torch", "linear", torch.nn.functional.linear,
+                                          lambda node, const: {0: torch.zeros(1)}))
     g, x, *_ = std_graph()
     g.set_outputs([g.op("linear", x, _w(g, "w", 3, 4))])
     with pytest.raises(CodegenError, match=r"prepack for linear returned inputs \[0\]"):

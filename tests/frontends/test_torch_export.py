@@ -299,3 +299,9 @@ def test_aten_rules_match_eager(name):
     for a, b in zip(got, want):
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, atol=TOL, rtol=0, equal_nan=True)
+
+
+def test_nodes_record_the_source_line_they_came_from():
+    imp = import_module(MLP().eval(), (torch.randn(3, 16),))
+    softmax = next(n for n in imp.graph.nodes if n.op == "softmax")
+    assert "test_torch_export.py" in softmax.meta["source"] and "torch.softmax" in softmax.meta["source"]

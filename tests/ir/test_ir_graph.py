@@ -106,7 +106,7 @@ def test_copy_is_structural_and_independent():
 
 def test_topo_sort_restores_order():
     g, x, w, a, b, c = build()
-    g.nodes.reverse()
+    g.nodes = list(reversed(g.nodes))  # reorder through the public setter
     g.topo_sort()
     assert [n.op for n in g.nodes] == ["add", "exp", "mul"]
     verify(g)

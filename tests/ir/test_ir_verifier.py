@@ -33,7 +33,7 @@ def check(g, *fragments):
 
 def test_use_before_def():
     g = graph()
-    g.nodes[0], g.nodes[1] = g.nodes[1], g.nodes[0]
+    g.nodes = [g.nodes[1], g.nodes[0], *list(g.nodes)[2:]]
     msg = check(g, "input 0 (%a) is used before it is defined", "at node: %s: f32[b,4] = softmax(%a)")
     assert "> %s: f32[b,4] = softmax" in msg  # the context listing marks the node
 
