@@ -97,9 +97,139 @@ def _div_mode(cx, a):
 
 _UNARY = ["neg", "abs", "relu", "sign", "floor", "ceil", "bitwise_not", "exp", "log", "sqrt", "rsqrt",
           "sin", "cos", "tanh", "sigmoid", "silu", "erf", "reciprocal", "hardswish", "hardsigmoid",
-          "log1p", "expm1", "tan", "atan", "mish", "logical_not", "isnan"]
+          "log1p", "expm1", "tan", "atan", "mish", "logical_not", "isnan", "asin", "acos", "sinh", "cosh",
+          "asinh", "acosh", "atanh", "isinf", "selu"]
 for _name in _UNARY:
     rule(f"{_name}.default")(lambda cx, a, _name=_name: cx.op(_name, cx.value(a["self"])))
+
+
+@rule("min.other", "max.other", "fmin.default", "fmax.default")
+def _min_max_other(cx, a):
+    """Elementwise min/max of two tensors; NaN propagates (torch.minimum). fmin/fmax ignore a NaN
+    operand: where(isnan(b), a, minimum(a, b)) also covers NaN in `a` (minimum gives NaN, then a's
+    NaN only stays when b is NaN too)."""
+    kind = cx.target.split(".")[1]
+    op = "minimum" if kind in ("min", "fmin") else "maximum"
+    x, y = cx.value(a["self"]), cx.value(a["other"])
+    out = cx.op(op, x, y)
+    if kind.startswith("f") and out.type.dtype in ("f16", "bf16", "f32", "f64"):
+        out = cx.op("where", cx.op("isnan", y), x, cx.op("where", cx.op("isnan", x), y, out))
+    return out
+
+
+@rule("trunc.default", "fix.default")
+def _trunc(cx, a):
+    x = cx.value(a["self"])
+    return cx.op("where", cx.op("lt", x, cx.value(0.0, x.type.dtype)), cx.op("ceil", x), cx.op("floor", x))
+
+
+@rule("log2.default", "log10.default")
+def _log_base(cx, a):
+    import math
+    x = cx.value(a["self"])
+    y = cx.op("log", x)
+    base = 2.0 if "log2" in cx.target else 10.0
+    return cx.op("div", y, cx.value(math.log(base), y.type.dtype))
+
+
+@rule("atan2.default", "arctan2.default")
+def _atan2(cx, a):
+    """atan(y / x) moved to the right quadrant: +pi when x < 0 and y >= 0, -pi when x < 0 and y < 0;
+    0 for y = x = 0 (torch.atan2)."""
+    import math
+    y, x = cx.value(a["self"]), cx.value(a["other"])
+    f = cx.out_dtype()
+    y, x = cx.cast(y, f), cx.cast(x, f)
+    zero = cx.value(0.0, f)
+    base = cx.op("atan", cx.op("div", y, x))
+    shift = cx.op("where", cx.op("ge", y, zero), cx.value(math.pi, f), cx.value(-math.pi, f))
+    out = cx.op("add", base, cx.op("where", cx.op("lt", x, zero), shift, zero))
+    both_zero = cx.op("logical_and", cx.op("eq", x, zero), cx.op("eq", y, zero))
+    # atan2(+-0, x<0) = +-pi, atan2(+-0, x>=0) = +-0: keep y's sign via y itself
+    return cx.op("where", both_zero, cx.op("where", cx.op("lt", x, zero), shift, y), out)
+
+
+@rule("any.default", "any.dim", "any.dims", "all.default", "all.dim", "all.dims")
+def _any_all(cx, a):
+    """any: some element is non-zero (NaN counts as non-zero); all: every element is."""
+    x = cx.value(a["self"])
+    nz = x if x.type.dtype == "bool" else cx.op("ne", x, cx.value(0, x.type.dtype))
+    dims = _reduce_dims(a)
+    keep = bool(a.get("keepdim", False))
+    if cx.target.startswith("aten.any"):
+        total = cx.op("sum", cx.cast(nz, "i64"), dims=dims, keepdim=keep)
+        return cx.op("gt", total, cx.value(0, "i64"))
+    bad = cx.op("sum", cx.cast(cx.op("logical_not", nz), "i64"), dims=dims, keepdim=keep)
+    return cx.op("eq", bad, cx.value(0, "i64"))
+
+
+@rule("copy.default")
+def _copy(cx, a):
+    """The functional form of `self.copy_(src)`: src broadcast to self's shape, in self's dtype."""
+    src = cx.cast(cx.value(a["src"]), cx.out_dtype())
+    shape = cx.out_shape()
+    return src if cx.dims_equal_all(src.type.shape, shape) else cx.op("expand", src, shape=list(shape))
+
+
+@rule("fill.Scalar", "fill.Tensor")
+def _fill(cx, a):
+    v = a["value"]
+    if isinstance(v, torch.fx.Node) and not isinstance(cx.env[v], type(None)) and not _is_scalar_like(cx, v):
+        val = cx.cast(cx.value(v), cx.out_dtype())
+        return cx.op("expand", val, shape=list(cx.out_shape())) if cx.out_shape() else val
+    return cx.op("full", shape=list(cx.out_shape()), value=cx.number(v), dtype=cx.out_dtype())
+
+
+def _is_scalar_like(cx, node):
+    from .torch_export import SymDim
+    return isinstance(cx.env[node], SymDim)
+
+
+@rule("native_dropout.default")
+def _native_dropout(cx, a):
+    if a["train"] and a["p"] > 0:
+        raise cx.unsupported("native_dropout in training mode (call model.eval() before exporting)")
+    return cx.value(a["input"]), None
+
+
+@rule("native_layer_norm.default")
+def _native_layer_norm(cx, a):
+    return _layer_norm(cx, a), None, None
+
+
+@rule("topk.default")
+def _topk(cx, a):
+    if not a["sorted"]:
+        raise cx.unsupported("topk(sorted=False): the order of its result is unspecified")
+    x = cx.value(a["self"])
+    return tuple(cx.op("topk", x, k=cx.dim(a["k"]), dim=a["dim"] % x.type.rank,
+                                   largest=bool(a["largest"])))
+
+
+@rule("sort.default", "sort.stable")
+def _sort(cx, a):
+    x = cx.value(a["self"])
+    dim = a["dim"] % max(x.type.rank, 1)
+    return tuple(cx.op("topk", x, k=x.type.shape[dim], dim=dim, largest=bool(a["descending"])))
+
+
+@rule("_cdist_forward.default", "cdist.default")
+def _cdist(cx, a):
+    """Pairwise p-norm distances between rows of x1 [..., P, M] and x2 [..., R, M] -> [..., P, R]."""
+    x1, x2, p = cx.value(a["x1"]), cx.value(a["x2"]), float(a["p"])
+    diff = cx.op("sub", cx.op("unsqueeze", x1, dim=-2), cx.op("unsqueeze", x2, dim=-3))
+    mag = cx.op("abs", diff)
+    f = mag.type.dtype
+    if p == float("inf"):
+        return cx.op("amax", mag, dims=[-1])
+    if p == 0:
+        return cx.op("sum", cx.cast(cx.op("ne", mag, cx.value(0.0, f)), f), dims=[-1])
+    if p == 1:
+        return cx.op("sum", mag, dims=[-1])
+    if p == 2:
+        return cx.op("sqrt", cx.op("sum", cx.op("mul", diff, diff), dims=[-1]))
+    total = cx.op("sum", cx.op("pow", mag, cx.value(p, f)), dims=[-1])
+    return cx.op("pow", total, cx.value(1.0 / p, f))
 
 
 @rule("round.default")
@@ -283,7 +413,7 @@ def _rms_norm(cx, a):
     return cx.op("rms_norm", *ins, eps=float(a["eps"]))
 
 
-@rule("_native_batch_norm_legit_no_training.default", "batch_norm.default")
+@rule("_native_batch_norm_legit_no_training.default", "_native_batch_norm_legit.default", "batch_norm.default")
 def _batch_norm(cx, a):
     if a.get("training"):
         raise cx.unsupported("batch_norm in training mode (call model.eval() before exporting)")
