@@ -33,7 +33,8 @@ def has_rule(name: str) -> bool:
 
 
 def missing_ops(ep) -> list[str]:
-    """The ATen ops in `ep` (its submodules included) that have no conversion rule."""
+    """The ATen ops in `ep` (its submodules included) that have no conversion rule, or whose rule
+    declines one of its nodes (`aten.DECLINE`, e.g. a reflect-mode pad)."""
     seen: set[str] = set()
     for module in ep.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
@@ -41,7 +42,8 @@ def missing_ops(ep) -> list[str]:
         for n in module.graph.nodes:
             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
                 name = str(n.target)
-                if name.startswith("aten.") and not has_rule(name):
+                declines = aten.DECLINE.get(name)
+                if name.startswith("aten.") and (not has_rule(name) or declines is not None and declines(n)):
                     seen.add(name)
     return sorted(seen)
 
@@ -58,10 +60,11 @@ def decomposition_table(ep):
     """torch.export's default table without the ops that have rules, plus ATen-level
     decompositions of the rule-less (core) ops present in `ep`."""
     table = torch.export.default_decompositions()
+    missing = missing_ops(ep)
     for op in list(table.keys()):
-        if has_rule(str(op)):
+        if has_rule(str(op)) and str(op) not in missing:
             table.pop(op)
-    for name in missing_ops(ep):
+    for name in missing:
         op = _overload(name)
         if op is not None and op not in table:
             fn = aten_level_decomposition(op)
@@ -75,9 +78,15 @@ def decompose_unsupported(ep):
     missing = missing_ops(ep)
     if not missing:
         return ep, []
-    out = ep.run_decompositions(decomposition_table(ep))
+    seen, out = list(missing), ep
+    for _ in range(4):   # a decomposition may produce other rule-less ops (grid_sample -> grid_sampler_2d)
+        out = out.run_decompositions(decomposition_table(out))
+        now = missing_ops(out)
+        seen += [m for m in now if m not in seen]
+        if not any(_overload(m) is not None and aten_level_decomposition(_overload(m)) for m in now):
+            break
     left = set(missing_ops(out))
-    return out, [m for m in missing if m not in left]
+    return out, [m for m in seen if m not in left]
 
 
 def _overload(name: str):
