@@ -442,19 +442,30 @@ def _sdpa(cx, a):
     return cx.op("attention", *ins, causal=causal, scale=scale)
 
 
-@rule("conv2d.default", "convolution.default")
+@rule("conv2d.default", "convolution.default", "conv1d.default")
 def _conv2d(cx, a):
-    if a.get("transposed") or len(a["stride"]) != 2:
-        raise cx.unsupported(f"{cx.target} other than a plain 2-d convolution")
+    """2-d convolution; a 1-d one ([N, C, L], wav2vec2's feature encoder, Whisper) runs as a 2-d one
+    over [N, C, 1, L] with a [O, C/g, 1, K] weight."""
+    if a.get("transposed") or len(a["stride"]) not in (1, 2):
+        raise cx.unsupported(f"{cx.target} other than a plain 1-d or 2-d convolution")
     pad = a["padding"]
+    one_d = cx.value(a["input"]).type.rank == 3
     if isinstance(pad, str):
         if pad != "valid":
-            raise cx.unsupported(f"conv2d padding={pad!r}")
-        pad = [0, 0]
-    ins = _present(cx, a["input"], a["weight"], a["bias"])
-    two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
-    return cx.op("conv2d", *ins, stride=two(a["stride"]), padding=two(pad), dilation=two(a["dilation"]),
-                 groups=a["groups"])
+            raise cx.unsupported(f"conv padding={pad!r}")
+        pad = [0]
+    x, w = cx.value(a["input"]), cx.value(a["weight"])
+    if one_d:
+        x = cx.op("unsqueeze", x, dim=2)
+        w = cx.op("unsqueeze", w, dim=2)
+        lift = lambda v, fill: [fill] + list(v)[-1:]  # noqa: E731
+        stride, pad, dil = lift(a["stride"], 1), lift(pad, 0), lift(a["dilation"], 1)
+    else:
+        two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
+        stride, pad, dil = two(a["stride"]), two(pad), two(a["dilation"])
+    ins = [x, w] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
+    y = cx.op("conv2d", *ins, stride=stride, padding=pad, dilation=dil, groups=a["groups"])
+    return cx.op("squeeze", y, dims=[2]) if one_d else y
 
 
 def _pair(v):
@@ -645,7 +656,7 @@ def _pad(cx, a):
 
 @rule("repeat.default")
 def _repeat(cx, a):
-    x, reps = cx.value(a["self"]), list(a["repeats"])
+    x, reps = cx.value(a["self"]), [cx.dim(r) for r in a["repeats"]]   # a repeat count may be a size
     if x.type.rank < len(reps):
         x = cx.op("reshape", x, shape=[1] * (len(reps) - x.type.rank) + list(x.type.shape))
     lead = [d for r, d in zip(reps, x.type.shape) for d in (r, d)]
@@ -910,3 +921,26 @@ def _resize(cx, a):
     if not cx.dims_equal_all(x.type.shape, cx.out_shape()):
         raise cx.unsupported("resize_ to another shape (in-place storage reallocation)")
     return x
+
+
+@rule("linalg_vector_norm.default", "norm.ScalarOpt_dim", "norm.Scalar")
+def _vector_norm(cx, a):
+    """The p-norm over `dim` (all dims when None): wav2vec2's weight-norm convolution computes it."""
+    x = cx.value(a["self"])
+    if a.get("dtype") is not None:
+        x = cx.cast(x, cx.out_dtype())
+    p = a.get("ord", a.get("p", 2))
+    p = 2.0 if p is None else float(p)
+    dims, keep = _reduce_dims(a), bool(a.get("keepdim", False))
+    mag = cx.op("abs", x)
+    f = mag.type.dtype
+    if p == float("inf"):
+        return cx.op("amax", mag, dims=dims, keepdim=keep)
+    if p == 1:
+        return cx.op("sum", mag, dims=dims, keepdim=keep)
+    if p == 2:
+        return cx.op("sqrt", cx.op("sum", cx.op("mul", x, x), dims=dims, keepdim=keep))
+    if p == 0:
+        return cx.op("sum", cx.cast(cx.op("ne", mag, cx.value(0.0, f)), f), dims=dims, keepdim=keep)
+    total = cx.op("sum", cx.op("pow", mag, cx.value(p, f)), dims=dims, keepdim=keep)
+    return cx.op("pow", total, cx.value(1.0 / p, f))

@@ -87,7 +87,8 @@ def _import(model, args, kwargs, dynamic_shapes):
         raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
-    imported = import_module(model, args, kwargs, dynamic_shapes)
+    ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model) if _is_hf(model) else (args, kwargs)
+    imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
@@ -130,23 +131,47 @@ def _hf_example(model) -> dict:
 
 
 def _hf_dynamic_shapes(model, args, kwargs) -> dict:
-    """Batch and sequence dynamic for every [batch, seq, ...] tensor argument, where the example allows
-    (torch.export specializes dims of size 0 or 1)."""
+    """Batch dynamic for every tensor argument that shares the first one's batch; sequence dynamic for
+    the [batch, seq] token arguments (integer ids, masks, token types). Image, audio and feature inputs
+    keep their other dims as in the example. A size-1 dim is made dynamic too: `_export_copies` traces
+    with size-2 copies, since torch.export specializes dims of size 0 or 1."""
     import torch
     from torch.export import Dim
     bound = dict(zip(_param_names(model), args), **kwargs)
-    tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
     ref = tensors.get("input_ids", next(iter(tensors.values()), None))
-    if ref is None or ref.dim() < 2:
+    if ref is None:
         return None
-    batch, seq = ref.shape[:2]
-    dims = {0: Dim("batch") if batch > 1 else None, 1: Dim("seq", max=_max_positions(model)) if seq > 1 else None}
-    dims = {i: d for i, d in dims.items() if d is not None}
+    batch = ref.shape[0]
+    tokens = ref.dim() == 2 and not ref.is_floating_point()
+    seq = ref.shape[1] if tokens else None
+    seq_dim = Dim("seq", max=_max_positions(model)) if tokens and seq > 1 else None
     out = {}
     for k, v in bound.items():
-        same = isinstance(v, torch.Tensor) and v.dim() >= 2 and tuple(v.shape[:2]) == (batch, seq)
-        out[k] = dict(dims) if same and dims else None
+        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != batch:
+            out[k] = None
+            continue
+        dims = {0: Dim("batch")}
+        if seq_dim is not None and v.dim() == 2 and v.shape[1] == seq and not v.is_floating_point():
+            dims[1] = seq_dim
+        out[k] = dims
     return out
+
+
+def _export_copies(args, kwargs, dynamic_shapes, model):
+    """The example with each tensor whose dynamic batch dim has size 1 repeated to size 2 (export
+    specializes size-1 dims; a batch-1 example must still give a dynamic batch)."""
+    import torch
+    names = _param_names(model)
+    spec = dynamic_shapes if isinstance(dynamic_shapes, dict) else {}
+
+    def widen(name, v):
+        dims = spec.get(name) or {}
+        if isinstance(v, torch.Tensor) and 0 in dims and v.dim() and v.shape[0] == 1:
+            return torch.cat([v, v])
+        return v
+    return (tuple(widen(n, v) for n, v in zip(names, args)) + tuple(args[len(names):]),
+            {k: widen(k, v) for k, v in kwargs.items()})
 
 
 def _max_positions(model) -> int | None:

@@ -33,7 +33,7 @@ ARCHS: dict[str, tuple] = {
     "mistral": ("decoder", "MistralConfig", "MistralForCausalLM", _DEC, "ids"),
     "gemma": ("decoder", "GemmaConfig", "GemmaForCausalLM", dict(_DEC, head_dim=16), "ids"),
     "gemma3": ("decoder", "Gemma3TextConfig", "Gemma3ForCausalLM",
-               dict(_DEC, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+               dict(_DEC, head_dim=16, sliding_window=32, layer_types=["sliding_attention", "full_attention"]),
                "ids"),
     "phi": ("decoder", "PhiConfig", "PhiForCausalLM", dict(_TEXT, partial_rotary_factor=0.5), "ids"),
     "phi3": ("decoder", "Phi3Config", "Phi3ForCausalLM", dict(_DEC, pad_token_id=0), "ids"),
@@ -96,8 +96,6 @@ def build(name: str, seed: int = 0):
     family, cfg_cls, model_cls, kw, kind = ARCHS[name]
     torch.manual_seed(seed)
     cfg = getattr(tf, cfg_cls)(**kw)
-    if hasattr(cfg, "_attn_implementation"):
-        cfg._attn_implementation = "sdpa" if name not in ("t5", "deberta-v2", "mpnet", "albert") else "eager"
     cls = getattr(tf, model_cls, None)
     if cls is None:  # e.g. WhisperEncoder lives in its model module only
         import importlib
@@ -120,7 +118,7 @@ def inputs(name: str, batch: int = 2, seq: int = 7, seed: int = 1) -> dict:
         return {"input_ids": torch.randint(2, VOCAB, (batch, seq), generator=g)}
     if kind == "seq2seq":
         return {"input_ids": torch.randint(2, VOCAB, (batch, seq), generator=g),
-                "decoder_input_ids": torch.randint(2, VOCAB, (batch, 5), generator=g)}
+                "decoder_input_ids": torch.randint(2, VOCAB, (batch, 5), generator=g), "use_cache": False}
     if kind == "image":
         return {"pixel_values": torch.randn(batch, 3, 32, 32, generator=g)}
     if kind == "audio":
