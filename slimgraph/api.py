@@ -91,6 +91,10 @@ def _import(model, args, kwargs, dynamic_shapes):
     imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
+    from .guards import Guards
+    leaves = sig.leaves(args, kwargs)
+    sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
+                           [v.type for v in imported.graph.inputs])
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
 
 
