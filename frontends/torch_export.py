@@ -7,7 +7,7 @@
 
 The exported ATen graph is walked once; `aten.py` holds one rule per ATen op. Ops without a rule
 (in-place ops, composites, rarer core ops) are first decomposed by torch's own decompositions
-(`aten_decomp.py`; the report's `decomposed` lists them); the rest keep their exported form.
+(`aten_decomp.py`; `Imported.decomposed` lists them); the rest keep their exported form.
 SymInts become symbolic dims named after the user's `torch.export.Dim`s; parameters, buffers and
 lifted constants become weights named by their FQN (the tensors are shared, not copied).
 """
