@@ -6,9 +6,13 @@
 - a transformers causal LM (has `generate`, not encoder-decoder, has an LM head) is exported
   with its KV cache (frontends.hf.export_causal_lm) so the result can `.generate()`; called
   with `input_ids` it runs with empty caches and returns an object with `.logits`;
-- other transformers models (BERT, ...) go through torch.export with batch and sequence
-  dynamic by default and keep the HF output class (`.last_hidden_state`, `.pooler_output`);
+- other transformers models (BERT, ViT, Whisper's encoder, T5, ...) go through torch.export with the
+  batch dynamic by default (also from a batch-1 example: export traces a batch-2 copy) and the
+  sequence of token inputs (ids, masks) dynamic; image/audio dims stay as in the example. They keep
+  the HF output class (`.last_hidden_state`, `.pooler_output`);
 - plain modules go through torch.export with `dynamic_shapes` as given (static by default).
+Whatever the export specialized on (non-tensor arguments, static dims, dtypes) is guarded: a call that
+differs raises slimgraph.guards.GuardError naming the argument and how to compile for it.
 """
 from __future__ import annotations
 import inspect
