@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 
 RULES: dict[str, Callable] = {}
+# ops whose scalar result (.item()) stays a 0-d tensor value instead of becoming a size expression
+SCALAR_TENSOR_OPS = {"aten._local_scalar_dense.default", "aten.item.default"}
 # op name -> predicate(fx node): the rule cannot convert this node; torch's decomposition is used instead
 DECLINE: dict[str, Callable] = {}
 # ATen ops that do nothing for inference: the node's value is its first argument.
@@ -944,3 +946,12 @@ def _vector_norm(cx, a):
         return cx.op("sum", cx.cast(cx.op("ne", mag, cx.value(0.0, f)), f), dims=dims, keepdim=keep)
     total = cx.op("sum", cx.op("pow", mag, cx.value(p, f)), dims=dims, keepdim=keep)
     return cx.op("pow", total, cx.value(1.0 / p, f))
+
+
+@rule("_local_scalar_dense.default", "item.default")
+def _item(cx, a):
+    """`t.item()` whose value only feeds tensor math (`y * x.sum().item()`): the one-element tensor itself,
+    as a 0-d operand (torch promotes a 0-d tensor like a Python scalar). A value used as a size or in
+    Python control flow is data-dependent: refused where it is used."""
+    x = cx.value(a["self"])
+    return x if x.type.rank == 0 else cx.op("reshape", x, shape=[])

@@ -280,7 +280,7 @@ class Converter:
         val = node.meta.get("val")
         target = self.target
         is_size = isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool)
-        if is_size and node.target is not operator.getitem:
+        if is_size and node.target is not operator.getitem and target not in aten.SCALAR_TENSOR_OPS:
             return SymDim(self.to_dim(val))
         if isinstance(val, (torch.SymBool, torch.SymFloat, bool, float)) and not target.startswith("aten."):
             return None  # guards and scalar arithmetic that only feed asserts
@@ -318,7 +318,9 @@ class Converter:
         vals, outs = node.meta.get("val"), out
         if isinstance(vals, torch.Tensor):
             vals, outs = [vals], [out]
-        for want, got in zip(vals or [], outs if isinstance(outs, (list, tuple)) else [outs]):
+        elif not isinstance(vals, (list, tuple)):   # a scalar (e.g. .item()'s SymFloat): nothing to compare
+            return
+        for want, got in zip(vals, outs if isinstance(outs, (list, tuple)) else [outs]):
             if not isinstance(want, torch.Tensor) or got is None:
                 continue
             t = self.tensor_type(want)

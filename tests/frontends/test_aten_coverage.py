@@ -43,6 +43,7 @@ def _inplace(x):
 FAMILIES = {
     "inplace": _inplace,
     "setitem": _setitem,
+    "item_as_scalar": lambda x: (x * x.sum().item() + x.amax().item(), x - (x[0] > 0).sum().item()),
     "min_max_other": lambda x: (torch.min(x, x.flip(0)), torch.max(x, 0.5 * x), torch.fmin(x, x.flip(1)),
                                 torch.fmax(x, x.flip(1))),
     "unary_math": lambda x: (torch.asin(x.tanh()), torch.acos(x.tanh()), torch.sinh(x), torch.cosh(x),
@@ -114,7 +115,7 @@ def test_input_mutation_is_warned_and_outputs_still_match():
     assert torch.equal(ir.run(imp.graph, x.clone())[0], x * 2 + 1)
 
 
-def test_coverage_table_at_least_94_percent_and_every_gap_has_a_reason():
+def test_coverage_table_at_least_95_percent_and_every_gap_has_a_reason():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "aten_coverage.py"
     spec = importlib.util.spec_from_file_location("aten_coverage", path)
     cov = importlib.util.module_from_spec(spec)
@@ -122,6 +123,6 @@ def test_coverage_table_at_least_94_percent_and_every_gap_has_a_reason():
     table = torch.export.default_decompositions()
     rows = [(str(op), *cov.classify(op, table)) for op in cov.core_ops()]
     handled = sum(1 for _, kind, _ in rows if kind != "unsupported")
-    assert len(rows) > 150 and handled / len(rows) >= 0.94
+    assert len(rows) > 150 and handled / len(rows) >= 0.95
     gaps = [(n, why) for n, kind, why in rows if kind == "unsupported"]
     assert all(why != cov.REASONS["other"] for _, why in gaps), gaps
