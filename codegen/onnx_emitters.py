@@ -490,6 +490,21 @@ def _gather(ex, node, ins):
     return [ex.one("GatherElements", *ins, axis=node.attrs["dim"])]
 
 
+_SCATTER_REDUCTION = {"none": "none", "sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
+
+
+@emitter("scatter")
+def _scatter(ex, node, ins):
+    reduce = node.attrs["reduce"]
+    if reduce not in _SCATTER_REDUCTION or (reduce != "none" and not node.attrs["include_self"]):
+        raise OnnxExportError(f"scatter with reduce={reduce!r}, include_self={node.attrs['include_self']} has no "
+                              f"ONNX ScatterElements form ({node!r})")
+    dtype = node.inputs[0].type.dtype
+    src = ex.cast(ins[2], node.inputs[2].type.dtype, dtype)
+    return [ex.one("ScatterElements", ins[0], ins[1], src, axis=node.attrs["dim"],
+                   reduction=_SCATTER_REDUCTION[reduce])]
+
+
 @emitter("index_select")
 def _index_select(ex, node, ins):
     return [ex.one("Gather", *ins, axis=node.attrs["dim"])]

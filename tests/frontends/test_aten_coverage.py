@@ -126,3 +126,18 @@ def test_coverage_table_at_least_95_percent_and_every_gap_has_a_reason():
     assert len(rows) > 150 and handled / len(rows) >= 0.95
     gaps = [(n, why) for n, kind, why in rows if kind == "unsupported"]
     assert all(why != cov.REASONS["other"] for _, why in gaps), gaps
+
+
+@pytest.mark.parametrize("target", ["torch", "onnx"])
+def test_scatter_family_runs_on_targets(target):
+    """scatter (none/sum/amax) lowers to the torch target and to ONNX ScatterElements."""
+    if target == "onnx":
+        pytest.importorskip("onnxruntime")
+    import slimgraph
+    m = Fn(lambda x: FAMILIES["scatter"](x)[:3])
+    x = torch.randn(4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = slimgraph.optimize(m, (x,), target=target)
+    for a, b in zip(fast(x), m(x)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
