@@ -60,7 +60,7 @@ def test_tiny_gpt2_conv1d_layers_are_quantized():
     assert fast.graph.op_counts().get("qlinear", 0) >= 8
     ids = kw["input_ids"]
     got = fast(ids).logits
-    ref = ir.run(fast.graph, *fast.signature.flatten_call((ids,), {}, fast.kv))[0]
+    ref = ir.run(fast.graph, *fast.signature.flatten_call((ids,), {}, fast.graph))[0]
     torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)    # bf16 activations in the int8 kernel
     with torch.no_grad():
         assert (got - model(ids).logits).abs().max() < 0.05
