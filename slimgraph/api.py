@@ -91,7 +91,7 @@ def _import(model, args, kwargs, dynamic_shapes):
         raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
-    ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model) if _is_hf(model) else (args, kwargs)
+    ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
     imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
@@ -167,17 +167,27 @@ def _hf_dynamic_shapes(model, args, kwargs) -> dict:
 
 
 def _export_copies(args, kwargs, dynamic_shapes, model):
-    """The example with each tensor whose dynamic batch dim has size 1 repeated to size 2 (export
-    specializes size-1 dims; a batch-1 example must still give a dynamic batch)."""
+    """The example with every dim that `dynamic_shapes` marks dynamic but has size 1 doubled (the
+    tensor concatenated with itself along it): torch.export specializes dims of size 0 or 1, so a
+    batch-1 example would otherwise fix the batch. Only the traced copy changes; `dynamic_shapes` is
+    given by argument name (a dict) or by position (a tuple/list over the positional arguments)."""
     import torch
-    names = _param_names(model)
-    spec = dynamic_shapes if isinstance(dynamic_shapes, dict) else {}
+    if isinstance(dynamic_shapes, dict):
+        by_name = dynamic_shapes
+    elif isinstance(dynamic_shapes, (tuple, list)):
+        by_name = dict(zip(_param_names(model), dynamic_shapes))
+    else:
+        return args, kwargs
 
     def widen(name, v):
-        dims = spec.get(name) or {}
-        if isinstance(v, torch.Tensor) and 0 in dims and v.dim() and v.shape[0] == 1:
-            return torch.cat([v, v])
+        dims = by_name.get(name)
+        if not isinstance(v, torch.Tensor) or not isinstance(dims, dict):
+            return v
+        for d, spec in dims.items():
+            if spec is not None and -v.dim() <= d < v.dim() and v.shape[d] == 1:
+                v = torch.cat([v, v], dim=d)
         return v
+    names = _param_names(model)
     return (tuple(widen(n, v) for n, v in zip(names, args)) + tuple(args[len(names):]),
             {k: widen(k, v) for k, v in kwargs.items()})
 

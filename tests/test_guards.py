@@ -56,6 +56,17 @@ def test_dims_and_dtypes_are_guarded_with_the_fix(compiled):
         one(torch.randn(2, 4))
 
 
+def test_a_dynamic_dim_from_a_size_1_example():
+    """dynamic_shapes on a dim whose example size is 1 works (export traces a size-2 copy)."""
+    from torch.export import Dim
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    for spec in ({"input": {0: Dim("batch")}}, ({0: Dim("batch")},)):
+        fast = slimgraph.optimize(m, (torch.randn(1, 4),), dynamic_shapes=spec)
+        assert str(fast.graph.inputs[0].type) == "f32[batch,4]"
+        x = torch.randn(5, 4)
+        torch.testing.assert_close(fast(x), m(x))
+
+
 def test_guards_survive_save_and_load(compiled, tmp_path):
     fast, x = compiled
     fast.save(tmp_path / "m.sg")
