@@ -153,7 +153,7 @@ def _hf_dynamic_shapes(model, args, kwargs) -> dict:
     batch = ref.shape[0]
     tokens = ref.dim() == 2 and not ref.is_floating_point()
     seq = ref.shape[1] if tokens else None
-    seq_dim = Dim("seq", max=_max_positions(model)) if tokens and seq > 1 else None
+    seq_dim = Dim("seq", max=_max_positions(model)) if tokens else None
     out = {}
     for k, v in bound.items():
         if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != batch:

@@ -82,10 +82,21 @@ def test_hf_encoder_keeps_a_dynamic_batch_from_a_batch_1_example():
     one = hf_tiny.inputs("bert", batch=1)
     fast = slimgraph.optimize(model, example_kwargs=one, target="torch")
     assert str(fast.graph.inputs[0].type) == "i64[batch,seq]"
-    for call in (one, hf_tiny.inputs("bert", batch=3, seq=9, seed=3)):
+    for call in (one, hf_tiny.inputs("bert", batch=3, seq=9, seed=3), hf_tiny.inputs("bert", batch=2, seq=1)):
         with torch.no_grad():
             want = model(**call).last_hidden_state
         assert (fast(**call).last_hidden_state - want).abs().max() <= 1e-5
+
+
+def test_hf_encoder_from_a_batch_1_length_1_example_keeps_both_dims():
+    import hf_tiny
+    model, _ = hf_tiny.build("bert")
+    fast = slimgraph.optimize(model, example_kwargs=hf_tiny.inputs("bert", batch=1, seq=1), target="torch")
+    assert str(fast.graph.inputs[0].type) == "i64[batch,seq]"
+    call = hf_tiny.inputs("bert", batch=3, seq=6, seed=4)
+    with torch.no_grad():
+        want = model(**call).last_hidden_state
+    assert (fast(**call).last_hidden_state - want).abs().max() <= 1e-5
 
 
 def test_gptq_calibration_with_another_batch_than_the_example():
