@@ -71,7 +71,7 @@ def _floor_divide(ex, node, ins):
     return [ex.one("Sub", q, ex.cast(ex.one("Cast", fix, to=ONNX_DTYPES[dtype]), dtype, dtype))]
 
 
-_UNARY = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
+_UNARY = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "floor": "Floor", "ceil": "Ceil",
           "round": "Round", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "sin": "Sin", "cos": "Cos", "tan": "Tan",
           "atan": "Atan", "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "reciprocal": "Reciprocal",
           "softplus": "Softplus", "hardswish": "HardSwish", "mish": "Mish", "elu": "Elu", "selu": "Selu",
@@ -89,6 +89,15 @@ def _unary(op_type):
 
 for _k, _v in _UNARY.items():
     register_lowering("onnx", _k, _unary(_v))
+
+
+@lowering("onnx", "sign")
+def _sign(ex, node, ins):
+    """The IR's sign is torch.sign: sign(NaN) = 0, where ONNX Sign gives NaN."""
+    dtype = _out(node).dtype
+    x = ex.cast(ins[0], node.inputs[0].type.dtype, dtype)
+    y = ex.one("Sign", x)
+    return [ex.one("Where", ex.one("IsNaN", x), ex.scalar(0, dtype), y) if dtype in FLOAT_DTYPES else y]
 
 
 def _float_in(ex, node, ins):
@@ -146,8 +155,11 @@ def _leaky_relu(ex, node, ins):
 def _clamp(ex, node, ins):
     dtype = _out(node).dtype
     lo, hi = node.attrs["min"], node.attrs["max"]
-    return [ex.one("Clip", ins[0], ex.scalar(lo, dtype) if lo is not None else "",
-                   ex.scalar(hi, dtype) if hi is not None else "")]
+    if lo is None or hi is None:   # Clip's missing bound is the dtype's max, not infinity: +inf would clip
+        bound = ex.scalar(lo if hi is None else hi, dtype)
+        past = ex.one("Less" if hi is None else "Greater", ins[0], bound)   # false for NaN: NaN stays
+        return [ex.one("Where", past, bound, ins[0])]
+    return [ex.one("Clip", ins[0], ex.scalar(lo, dtype), ex.scalar(hi, dtype))]
 
 
 @lowering("onnx", "where")
@@ -375,7 +387,17 @@ def _reduce_axes(ex, node):
 
 def _reduce(ex, node, ins):
     x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
-    return [ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))]
+    out = ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))
+    if node.op in ("amax", "amin") and _out(node).dtype in FLOAT_DTYPES:   # torch: NaN propagates
+        has_nan = _any_nan(ex, node, x, _reduce_axes(ex, node), node.attrs["keepdim"])
+        out = ex.one("Where", has_nan, ex.scalar(float("nan"), _out(node).dtype), out)
+    return [out]
+
+
+def _any_nan(ex, node, x, axes, keepdim) -> str:
+    """bool: some element along `axes` is NaN (ONNX Runtime's ReduceMax/ArgMax skip NaN; torch does not)."""
+    nan = ex.one("Cast", ex.one("IsNaN", x), to=ONNX_DTYPES["f32"])
+    return ex.one("Cast", ex.one("ReduceMax", nan, axes, keepdims=int(keepdim)), to=ONNX_DTYPES["bool"])
 
 
 for _k in _REDUCE:
@@ -397,8 +419,14 @@ def _var(ex, node, ins):
 @lowering("onnx", "argmax")
 @lowering("onnx", "argmin")
 def _arg(ex, node, ins):
-    return [ex.one("ArgMax" if node.op == "argmax" else "ArgMin", ins[0], axis=node.attrs["dim"],
-                   keepdims=int(node.attrs["keepdim"]))]
+    keep = int(node.attrs["keepdim"])
+    out = ex.one("ArgMax" if node.op == "argmax" else "ArgMin", ins[0], axis=node.attrs["dim"], keepdims=keep)
+    if node.inputs[0].type.dtype in FLOAT_DTYPES:   # torch: the first NaN wins (for argmin too)
+        nan = ex.one("Cast", ex.one("IsNaN", ins[0]), to=ONNX_DTYPES["f32"])
+        first_nan = ex.one("ArgMax", nan, axis=node.attrs["dim"], keepdims=keep)
+        has_nan = _any_nan(ex, node, ins[0], ex.ints([node.attrs["dim"]]), keep)
+        out = ex.one("Where", has_nan, first_nan, out)
+    return [out]
 
 
 # ---- shapes ---------------------------------------------------------------------------------------------
@@ -489,6 +517,21 @@ def _squeeze(ex, node, ins):
 @lowering("onnx", "gather")
 def _gather(ex, node, ins):
     return [ex.one("GatherElements", *ins, axis=node.attrs["dim"])]
+
+
+_SCATTER_REDUCTION = {"none": "none", "sum": "add", "prod": "mul", "amax": "max", "amin": "min"}
+
+
+@lowering("onnx", "scatter")
+def _scatter(ex, node, ins):
+    reduce = node.attrs["reduce"]
+    if reduce not in _SCATTER_REDUCTION or (reduce != "none" and not node.attrs["include_self"]):
+        raise OnnxExportError(f"scatter with reduce={reduce!r}, include_self={node.attrs['include_self']} has no "
+                              f"ONNX ScatterElements form ({node!r})")
+    dtype = node.inputs[0].type.dtype
+    src = ex.cast(ins[2], node.inputs[2].type.dtype, dtype)
+    return [ex.one("ScatterElements", ins[0], ins[1], src, axis=node.attrs["dim"],
+                   reduction=_SCATTER_REDUCTION[reduce])]
 
 
 @lowering("onnx", "index_select")

@@ -21,6 +21,10 @@ import torch
 from ..ir import compose
 
 RULES: dict[str, Callable] = {}
+# ops whose scalar result (.item()) stays a 0-d tensor value instead of becoming a size expression
+SCALAR_TENSOR_OPS = {"aten._local_scalar_dense.default", "aten.item.default"}
+# op name -> predicate(fx node): the rule cannot convert this node; torch's decomposition is used instead
+DECLINE: dict[str, Callable] = {}
 # ATen ops that do nothing for inference: the node's value is its first argument.
 IDENTITY = {
     "aten.alias.default", "aten.clone.default", "aten.contiguous.default", "aten.detach.default",
@@ -99,9 +103,139 @@ def _div_mode(cx, a):
 
 _UNARY = ["neg", "abs", "relu", "sign", "floor", "ceil", "bitwise_not", "exp", "log", "sqrt", "rsqrt",
           "sin", "cos", "tanh", "sigmoid", "silu", "erf", "reciprocal", "hardswish", "hardsigmoid",
-          "log1p", "expm1", "tan", "atan", "mish", "logical_not", "isnan"]
+          "log1p", "expm1", "tan", "atan", "mish", "logical_not", "isnan", "asin", "acos", "sinh", "cosh",
+          "asinh", "acosh", "atanh", "isinf", "selu"]
 for _name in _UNARY:
     rule(f"{_name}.default")(lambda cx, a, _name=_name: cx.op(_name, cx.value(a["self"])))
+
+
+@rule("min.other", "max.other", "fmin.default", "fmax.default")
+def _min_max_other(cx, a):
+    """Elementwise min/max of two tensors; NaN propagates (torch.minimum). fmin/fmax ignore a NaN
+    operand: where(isnan(b), a, minimum(a, b)) also covers NaN in `a` (minimum gives NaN, then a's
+    NaN only stays when b is NaN too)."""
+    kind = cx.target.split(".")[1]
+    op = "minimum" if kind in ("min", "fmin") else "maximum"
+    x, y = cx.value(a["self"]), cx.value(a["other"])
+    out = cx.op(op, x, y)
+    if kind.startswith("f") and out.type.dtype in ("f16", "bf16", "f32", "f64"):
+        out = cx.op("where", cx.op("isnan", y), x, cx.op("where", cx.op("isnan", x), y, out))
+    return out
+
+
+@rule("trunc.default", "fix.default")
+def _trunc(cx, a):
+    x = cx.value(a["self"])
+    return cx.op("where", cx.op("lt", x, cx.value(0.0, x.type.dtype)), cx.op("ceil", x), cx.op("floor", x))
+
+
+@rule("log2.default", "log10.default")
+def _log_base(cx, a):
+    import math
+    x = cx.value(a["self"])
+    y = cx.op("log", x)
+    base = 2.0 if "log2" in cx.target else 10.0
+    return cx.op("div", y, cx.value(math.log(base), y.type.dtype))
+
+
+@rule("atan2.default", "arctan2.default", "atan2.out")
+def _atan2(cx, a):
+    """atan(y / x) moved to the right quadrant: +pi when x < 0 and y >= 0, -pi when x < 0 and y < 0;
+    0 for y = x = 0 (torch.atan2)."""
+    import math
+    y, x = cx.value(a["self"]), cx.value(a["other"])
+    f = cx.out_dtype()
+    y, x = cx.cast(y, f), cx.cast(x, f)
+    zero = cx.value(0.0, f)
+    base = cx.op("atan", cx.op("div", y, x))
+    shift = cx.op("where", cx.op("ge", y, zero), cx.value(math.pi, f), cx.value(-math.pi, f))
+    out = cx.op("add", base, cx.op("where", cx.op("lt", x, zero), shift, zero))
+    both_zero = cx.op("logical_and", cx.op("eq", x, zero), cx.op("eq", y, zero))
+    # atan2(+-0, x<0) = +-pi, atan2(+-0, x>=0) = +-0: keep y's sign via y itself
+    return cx.op("where", both_zero, cx.op("where", cx.op("lt", x, zero), shift, y), out)
+
+
+@rule("any.default", "any.dim", "any.dims", "all.default", "all.dim", "all.dims")
+def _any_all(cx, a):
+    """any: some element is non-zero (NaN counts as non-zero); all: every element is."""
+    x = cx.value(a["self"])
+    nz = x if x.type.dtype == "bool" else cx.op("ne", x, cx.value(0, x.type.dtype))
+    dims = reduce_dims(a)
+    keep = bool(a.get("keepdim", False))
+    if cx.target.startswith("aten.any"):
+        total = cx.op("sum", cx.cast(nz, "i64"), dims=dims, keepdim=keep)
+        return cx.op("gt", total, cx.value(0, "i64"))
+    bad = cx.op("sum", cx.cast(cx.op("logical_not", nz), "i64"), dims=dims, keepdim=keep)
+    return cx.op("eq", bad, cx.value(0, "i64"))
+
+
+@rule("copy.default")
+def _copy(cx, a):
+    """The functional form of `self.copy_(src)`: src broadcast to self's shape, in self's dtype."""
+    src = cx.cast(cx.value(a["src"]), cx.out_dtype())
+    shape = cx.out_shape()
+    return src if cx.dims_equal_all(src.type.shape, shape) else cx.op("expand", src, shape=list(shape))
+
+
+@rule("fill.Scalar", "fill.Tensor")
+def _fill(cx, a):
+    v = a["value"]
+    if isinstance(v, torch.fx.Node) and not isinstance(cx.env[v], type(None)) and not _is_scalar_like(cx, v):
+        val = cx.cast(cx.value(v), cx.out_dtype())
+        return cx.op("expand", val, shape=list(cx.out_shape())) if cx.out_shape() else val
+    return cx.op("full", shape=list(cx.out_shape()), value=cx.number(v), dtype=cx.out_dtype())
+
+
+def _is_scalar_like(cx, node):
+    from .torch_export import SymDim
+    return isinstance(cx.env[node], SymDim)
+
+
+@rule("native_dropout.default")
+def _native_dropout(cx, a):
+    if a["train"] and a["p"] > 0:
+        raise cx.unsupported("native_dropout in training mode (call model.eval() before exporting)")
+    return cx.value(a["input"]), None
+
+
+@rule("native_layer_norm.default")
+def _native_layer_norm(cx, a):
+    return _layer_norm(cx, a), None, None
+
+
+@rule("topk.default")
+def _topk(cx, a):
+    if not a["sorted"]:
+        raise cx.unsupported("topk(sorted=False): the order of its result is unspecified")
+    x = cx.value(a["self"])
+    return tuple(cx.op("topk", x, k=cx.dim(a["k"]), dim=a["dim"] % x.type.rank,
+                                   largest=bool(a["largest"])))
+
+
+@rule("sort.default", "sort.stable")
+def _sort(cx, a):
+    x = cx.value(a["self"])
+    dim = a["dim"] % max(x.type.rank, 1)
+    return tuple(cx.op("topk", x, k=x.type.shape[dim], dim=dim, largest=bool(a["descending"])))
+
+
+@rule("_cdist_forward.default", "cdist.default")
+def _cdist(cx, a):
+    """Pairwise p-norm distances between rows of x1 [..., P, M] and x2 [..., R, M] -> [..., P, R]."""
+    x1, x2, p = cx.value(a["x1"]), cx.value(a["x2"]), float(a["p"])
+    diff = cx.op("sub", cx.op("unsqueeze", x1, dim=-2), cx.op("unsqueeze", x2, dim=-3))
+    mag = cx.op("abs", diff)
+    f = mag.type.dtype
+    if p == float("inf"):
+        return cx.op("amax", mag, dims=[-1])
+    if p == 0:
+        return cx.op("sum", cx.cast(cx.op("ne", mag, cx.value(0.0, f)), f), dims=[-1])
+    if p == 1:
+        return cx.op("sum", mag, dims=[-1])
+    if p == 2:
+        return cx.op("sqrt", cx.op("sum", cx.op("mul", diff, diff), dims=[-1]))
+    total = cx.op("sum", cx.op("pow", mag, cx.value(p, f)), dims=[-1])
+    return cx.op("pow", total, cx.value(1.0 / p, f))
 
 
 @rule("round.default")
@@ -178,7 +312,7 @@ def _to(cx, a):
 
 
 # ---- reductions -------------------------------------------------------------------------------
-def _reduce_dims(a):
+def reduce_dims(a):
     d = a.get("dim")
     return None if d is None or d == [] else ([d] if isinstance(d, int) else list(d))
 
@@ -190,14 +324,14 @@ def _reduce(cx, a):
     x = cx.value(a["self"])
     if a.get("dtype") is not None:
         x = cx.cast(x, cx.out_dtype())
-    return cx.op(op, x, dims=_reduce_dims(a), keepdim=bool(a.get("keepdim", False)))
+    return cx.op(op, x, dims=reduce_dims(a), keepdim=bool(a.get("keepdim", False)))
 
 
 @rule("var.correction", "var.dim", "std.correction", "std.dim")
 def _var(cx, a):
     corr = a.get("correction", None)
     corr = (1 if a.get("unbiased", True) else 0) if corr is None else int(corr)
-    v = cx.op("var", cx.value(a["self"]), dims=_reduce_dims(a), keepdim=bool(a["keepdim"]), correction=corr)
+    v = cx.op("var", cx.value(a["self"]), dims=reduce_dims(a), keepdim=bool(a["keepdim"]), correction=corr)
     return cx.op("sqrt", v) if cx.target.startswith("aten.std") else v
 
 
@@ -285,7 +419,7 @@ def _rms_norm(cx, a):
     return cx.op("rms_norm", *ins, eps=float(a["eps"]))
 
 
-@rule("_native_batch_norm_legit_no_training.default", "batch_norm.default")
+@rule("_native_batch_norm_legit_no_training.default", "_native_batch_norm_legit.default", "batch_norm.default")
 def _batch_norm(cx, a):
     if a.get("training"):
         raise cx.unsupported("batch_norm in training mode (call model.eval() before exporting)")
@@ -311,19 +445,30 @@ def _sdpa(cx, a):
     return cx.op("attention", *ins, causal=causal, scale=scale)
 
 
-@rule("conv2d.default", "convolution.default")
+@rule("conv2d.default", "convolution.default", "conv1d.default")
 def _conv2d(cx, a):
-    if a.get("transposed") or len(a["stride"]) != 2:
-        raise cx.unsupported(f"{cx.target} other than a plain 2-d convolution")
+    """2-d convolution; a 1-d one ([N, C, L], wav2vec2's feature encoder, Whisper) runs as a 2-d one
+    over [N, C, 1, L] with a [O, C/g, 1, K] weight."""
+    if a.get("transposed") or len(a["stride"]) not in (1, 2):
+        raise cx.unsupported(f"{cx.target} other than a plain 1-d or 2-d convolution")
     pad = a["padding"]
+    one_d = cx.value(a["input"]).type.rank == 3
     if isinstance(pad, str):
         if pad != "valid":
-            raise cx.unsupported(f"conv2d padding={pad!r}")
-        pad = [0, 0]
-    ins = _present(cx, a["input"], a["weight"], a["bias"])
-    two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
-    return cx.op("conv2d", *ins, stride=two(a["stride"]), padding=two(pad), dilation=two(a["dilation"]),
-                 groups=a["groups"])
+            raise cx.unsupported(f"conv padding={pad!r}")
+        pad = [0]
+    x, w = cx.value(a["input"]), cx.value(a["weight"])
+    if one_d:
+        x = cx.op("unsqueeze", x, dim=2)
+        w = cx.op("unsqueeze", w, dim=2)
+        lift = lambda v, fill: [fill] + list(v)[-1:]  # noqa: E731
+        stride, pad, dil = lift(a["stride"], 1), lift(pad, 0), lift(a["dilation"], 1)
+    else:
+        two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
+        stride, pad, dil = two(a["stride"]), two(pad), two(a["dilation"])
+    ins = [x, w] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
+    y = cx.op("conv2d", *ins, stride=stride, padding=pad, dilation=dil, groups=a["groups"])
+    return cx.op("squeeze", y, dims=[2]) if one_d else y
 
 
 def _pair(v):
@@ -501,6 +646,10 @@ def _flip(cx, a):
     return cx.op("flip", cx.value(a["self"]), dims=list(a["dims"]))
 
 
+DECLINE["aten.pad.default"] = lambda node: (node.args[2] if len(node.args) > 2
+                                            else node.kwargs.get("mode", "constant")) != "constant"
+
+
 @rule("constant_pad_nd.default", "pad.default")
 def _pad(cx, a):
     if a.get("mode", "constant") != "constant":
@@ -510,7 +659,7 @@ def _pad(cx, a):
 
 @rule("repeat.default")
 def _repeat(cx, a):
-    x, reps = cx.value(a["self"]), list(a["repeats"])
+    x, reps = cx.value(a["self"]), [cx.dim(r) for r in a["repeats"]]   # a repeat count may be a size
     if x.type.rank < len(reps):
         x = cx.op("reshape", x, shape=[1] * (len(reps) - x.type.rank) + list(x.type.shape))
     lead = [d for r, d in zip(reps, x.type.shape) for d in (r, d)]
@@ -545,3 +694,6 @@ def _arange(cx, a):
         bounds = [int(b) for b in bounds]
     start, end, step = (cx.dim(b) for b in bounds)
     return cx.op("arange", start=start, end=end, step=step, dtype=cx.out_dtype())
+
+
+from . import aten_core  # noqa: E402,F401  - registers the rules for the rarer core ATen ops

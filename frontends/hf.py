@@ -63,6 +63,19 @@ def kv_layout(config, dtype: torch.dtype = torch.float32, generation_config=None
                     _eos_ids(generation_config))
 
 
+def _checked_layout(model, kv: KVLayout) -> KVLayout:
+    """The config's KV layout, corrected by the cache one eager token writes (Falcon's multi_query
+    and other configs spell the KV head count their own way)."""
+    with torch.no_grad():
+        one = torch.zeros(1, 1, dtype=torch.long)
+        presents = FlatCacheLM(model)(one, one, torch.ones(1, 1, 1, 1, dtype=torch.bool))[1:]
+    if presents and presents[0].dim() == 4:
+        import dataclasses
+        kv = dataclasses.replace(kv, num_layers=len(presents) // 2, num_kv_heads=presents[0].shape[1],
+                                 head_dim=presents[0].shape[3])
+    return kv
+
+
 def _eos_ids(generation_config) -> tuple[int, ...]:
     eos = getattr(generation_config, "eos_token_id", None)
     if eos is None:
@@ -111,7 +124,7 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     from torch.export import Dim
     model = model.eval()
     dtype = next(model.parameters()).dtype
-    kv = kv_layout(model.config, dtype, getattr(model, "generation_config", None))
+    kv = _checked_layout(model, kv_layout(model.config, dtype, getattr(model, "generation_config", None)))
     # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
     batch = 2 if dynamic_batch else 1
     ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))

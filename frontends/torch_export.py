@@ -5,7 +5,9 @@
     flat = imp.flatten_inputs(ids)             # the same call the model takes
     out = imp.unflatten_outputs(ir.run(imp.graph, *flat))   # the model's output structure
 
-The exported (non-decomposed) ATen graph is walked once; `aten.py` holds one rule per ATen op.
+The exported ATen graph is walked once; `aten.py` holds one rule per ATen op. Ops without a rule
+(in-place ops, composites, rarer core ops) are first decomposed by torch's own decompositions
+(`aten_decomp.py`; `Imported.decomposed` lists them); the rest keep their exported form.
 SymInts become symbolic dims named after the user's `torch.export.Dim`s; parameters, buffers and
 lifted constants become weights named by their FQN (the tensors are shared, not copied).
 """
@@ -24,6 +26,7 @@ from torch.utils import _pytree as pytree
 from ..ir import Graph, TensorType, Value, from_torch, symbolic
 from ..ir.dtypes import FLOAT_DTYPES
 from . import aten
+from .aten_decomp import decompose_unsupported
 
 __all__ = ["Imported", "import_module", "import_exported_program", "ConversionError", "UnsupportedOpError"]
 
@@ -45,6 +48,8 @@ class Imported:
     output_names: list[str] = field(default_factory=list)
     tensor_leaves: list[int] = field(default_factory=list)  # flat-input positions that are graph inputs
     constant_leaves: dict[int, Any] = field(default_factory=dict)  # flat-input position -> baked-in value
+    decomposed: list[str] = field(default_factory=list)  # ATen ops without a rule, decomposed by torch
+    notes: list[str] = field(default_factory=list)       # what the import changed (dropped mutations)
 
     def flatten_inputs(self, *args, **kwargs) -> list[torch.Tensor]:
         """The graph inputs for the call `model(*args, **kwargs)`; non-tensor arguments were baked in."""
@@ -100,6 +105,7 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
                             output_names=None, strip_prefix: str = "", graph_name: str = "main") -> Imported:
     """Convert an ExportedProgram. `dim_names` names the symbolic dims of each flat user input
     (unnamed ones become `<input>_d<i>`); `strip_prefix` is removed from weight FQNs."""
+    ep, decomposed = decompose_unsupported(ep)
     cv = Converter(ep, dim_names, input_names, strip_prefix, graph_name)
     cv.run()
     g = cv.graph
@@ -108,7 +114,7 @@ def import_exported_program(ep, *, dim_names: list[dict[int, str]] | None = None
     for v, name in zip(g.outputs, out_names):
         _rename(g, v, name)
     return Imported(g, ep.call_spec.in_spec, ep.call_spec.out_spec, [v.name for v in g.inputs],
-                    [v.name for v in g.outputs], cv.tensor_leaves, cv.constant_leaves)
+                    [v.name for v in g.outputs], cv.tensor_leaves, cv.constant_leaves, decomposed, cv.notes)
 
 
 def _drop_dead(g: Graph):
@@ -172,12 +178,27 @@ class Converter:
         self.tensor_leaves: list[int] = []
         self.constant_leaves: dict[int, Any] = {}
         self.node: torch.fx.Node | None = None
+        self.notes: list[str] = []
 
     # -- driver
     def run(self):
         self._placeholders()
         outs = self._walk(self.ep.graph_module)
-        self.graph.set_outputs([self.value(a) for a in outs])
+        self.graph.set_outputs([self.value(a) for a in self._user_outputs(outs)])
+
+    def _user_outputs(self, outs):
+        """The model's own outputs. A functionalized program also returns the new values of inputs and
+        buffers the model mutated in place; the compiled graph does not write them back (warned)."""
+        import warnings
+        from torch.export.graph_signature import OutputKind
+        specs = self.ep.graph_signature.output_specs
+        mutated = [f"{s.kind.name.lower()} {s.target}" for s in specs if s.kind != OutputKind.USER_OUTPUT]
+        if mutated:
+            note = (f"the model mutates {', '.join(mutated)} in place; the compiled graph computes the same "
+                    "outputs but does not write those values back")
+            self.notes.append(note)
+            warnings.warn(f"torch.export frontend: {note}", stacklevel=4)
+        return [o for o, s in zip(outs, specs, strict=True) if s.kind == OutputKind.USER_OUTPUT]
 
     def _walk(self, module):
         """Convert `module`'s call_function nodes; returns its output arguments."""
@@ -269,7 +290,7 @@ class Converter:
         val = node.meta.get("val")
         target = self.target
         is_size = isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool)
-        if is_size and node.target is not operator.getitem:
+        if is_size and node.target is not operator.getitem and target not in aten.SCALAR_TENSOR_OPS:
             return SymDim(self.to_dim(val))
         if isinstance(val, (torch.SymBool, torch.SymFloat, bool, float)) and not target.startswith("aten."):
             return None  # guards and scalar arithmetic that only feed asserts
@@ -309,7 +330,9 @@ class Converter:
         vals, outs = node.meta.get("val"), out
         if isinstance(vals, torch.Tensor):
             vals, outs = [vals], [out]
-        for want, got in zip(vals or [], outs if isinstance(outs, (list, tuple)) else [outs]):
+        elif not isinstance(vals, (list, tuple)):   # a scalar (e.g. .item()'s SymFloat): nothing to compare
+            return
+        for want, got in zip(vals, outs if isinstance(outs, (list, tuple)) else [outs]):
             if not isinstance(want, torch.Tensor) or got is None:
                 continue
             t = self.tensor_type(want)

@@ -12,14 +12,19 @@ gptq/awq need calibration data: `slimgraph.optimize` fills it in (its `calibrati
 for a transformers causal LM the shipped calibration split tokenized with the model's tokenizer);
 from Python, `calibration=` token ids i64[n, seq] of real text (slimgraph.evaluate.token_ids) or a
 Calibration (passes/calibration.py).
-Selection: every linear weight except embeddings and `lm_head` (a weight an `embedding` op also
-reads, e.g. tied heads); `include`/`exclude` are fnmatch patterns on weight names. An included
+Selection (passes/quant_layers.py): every weight-times-activation layer: `linear`, `matmul` by a
+constant weight in either orientation (rewritten to `linear` first: GPT-2's Conv1D), `conv2d`
+(per output channel, groups along input channels x kernel taps; method=rtn), and embeddings when
+`include` names them. By default embeddings and `lm_head` (a weight an `embedding` op also reads,
+e.g. tied heads) are left out; `include`/`exclude` are fnmatch patterns on weight names. An included
 tied head (e.g. include=[lm_head.weight] on SmolLM2) is quantized once: its embedding lookups read
-the same packed table.
+the same packed table. The stats list every quantized layer (`layers`) and every skipped one with
+the reason (`skipped`); a run that quantizes nothing warns.
 """
 from __future__ import annotations
 import dataclasses
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -32,6 +37,7 @@ from .base import Pass, PassError, PassResult, register_pass
 from .calibration import Calibration, Stats, collect_stats, run_hooked
 from .clip import search_clip
 from .gptq import gptq_quantize
+from .quant_layers import layer_kind, matrix_shape, normalize_matmuls, readers
 
 DEFAULT_EXCLUDE = ("*lm_head*", "*embed*")
 
@@ -72,20 +78,26 @@ class QuantizeWeights(Pass):
         if self.calibration is None and ctx is not None and ctx.calibration is not None:
             return dataclasses.replace(self, calibration=ctx.calibration).run(graph)
         Q.check_bits(self.bits, "quantize-weights: ")
+        as_linear = normalize_matmuls(graph)
         targets = self.select(graph)
+        for name in list(targets):
+            self.check_layer(graph.weights[name], targets)
         if not targets:
-            return PassResult(False, {"quantized": 0})
-        for name, users in targets.items():
-            self.check_layer(graph.weights[name])
+            why = "; ".join(f"@{k}: {v}" for k, v in list(self.skipped.items())[:5]) or "no weight-times-activation ops"
+            warnings.warn(f"quantize-weights quantized nothing ({why})", stacklevel=2)
+            return PassResult(as_linear > 0, {"quantized": 0, "skipped": self.skipped,
+                                              "matmuls_as_linear": as_linear})
+        kinds = {n: layer_kind(graph.weights[n].users) for n in targets}
         before = sum(graph.weights[n].type.nbytes() for n in targets)
         pos = graph.nodes.positions()  # the rewrite inserts before existing nodes only
         if self.method == "rtn":  # one weight at a time: its float codes are freed once it is packed
-            after = sum(self.rewrite(graph, n, targets[n], *self.quantize(graph.weights[n].tensor, n, None), pos)
-                        for n in targets)
+            after = sum(self.rewrite(graph, n, targets[n], *self.quantize(_matrix(graph.weights[n].tensor), n, None),
+                                     pos) for n in targets)
         else:
             codes = self.calibrated(graph, targets)
             after = sum(self.rewrite(graph, n, targets[n], *codes.pop(n), pos) for n in targets)
-        return PassResult(True, {"quantized": len(targets), "method": self.method,
+        return PassResult(True, {"quantized": len(targets), "method": self.method, "layers": kinds,
+                                 "skipped": self.skipped, "matmuls_as_linear": as_linear,
                                  "weight_bytes_before": before, "weight_bytes_after": after})
 
     # ---- selection and checks ----------------------------------------------------------------
@@ -96,40 +108,63 @@ class QuantizeWeights(Pass):
         return self.sym if self.sym is not None else bits == 8
 
     def select(self, graph) -> dict[str, list]:
-        """weight name -> the linear nodes that read it as their weight."""
-        linear_users: dict[str, list] = {}
-        for n in graph.nodes:
-            if n.op == "linear" and n.inputs[1].is_weight:
-                linear_users.setdefault(n.inputs[1].name, []).append(n)
-        match = lambda name, pats: any(fnmatch.fnmatch(name, p) for p in pats)
-        if self.include:
-            chosen = [w for w in graph.weights if match(w, self.include)]
-            for w in chosen:
-                if w not in linear_users:
-                    t = graph.weights[w].type
-                    raise PassError(f"quantize-weights: weight @{w} ({t}, used by "
-                                    f"{', '.join(u.op for u in graph.weights[w].users) or 'nothing'}) "
-                                    f"is not a 2-D linear weight; only linear weights can be quantized: "
-                                    f"exclude it or narrow include={self.include}")
-        else:
-            embedded = {n.inputs[0].name for n in graph.nodes if n.op == "embedding"}
-            chosen = [w for w in linear_users if w not in embedded and not match(w, DEFAULT_EXCLUDE)]
-        return {w: linear_users[w] for w in chosen if not match(w, self.exclude)}
+        """weight name -> the nodes that read it as their weight (linear, conv2d or embedding);
+        every weight-reading layer left out goes into `self.skipped` with the reason."""
+        self.skipped: dict[str, str] = {}
+        users = readers(graph)
+        match = lambda name, pats: any(fnmatch.fnmatch(name, p) for p in pats)  # noqa: E731
+        chosen: dict[str, list] = {}
+        for w, nodes in users.items():
+            kind = layer_kind(graph.weights[w].users)
+            included = bool(self.include) and match(w, self.include)
+            if self.include and not included:
+                self.skipped[w] = f"not in include={self.include}"
+            elif match(w, self.exclude):
+                self.skipped[w] = f"excluded by exclude={self.exclude}"
+            elif kind == "mixed":
+                others = sorted({u.op for u in graph.weights[w].users} - {"linear", "conv2d", "embedding"})
+                self.skipped[w] = f"also read by {', '.join(others) or 'several layer kinds'}"
+            elif kind == "embedding" and not included:
+                self.skipped[w] = "an embedding table (quantize it with include=[...])"
+            elif kind == "tied" and not included:
+                self.skipped[w] = "a head tied to the embedding table (quantize both with include=[...])"
+            elif not included and match(w, DEFAULT_EXCLUDE):
+                self.skipped[w] = f"excluded by default ({', '.join(DEFAULT_EXCLUDE)}; include it to quantize)"
+            elif kind == "conv2d" and self.method != "rtn":
+                self.skipped[w] = f"conv2d: method={self.method} covers linear layers (use method=rtn for convs)"
+            elif kind == "embedding" and self.method != "rtn":
+                self.skipped[w] = f"embedding: method={self.method} covers linear layers (use method=rtn)"
+            else:
+                chosen[w] = [n for n in nodes if n.op != "embedding"] if kind == "tied" else nodes
+        for w in (graph.weights if self.include else ()):
+            if match(w, self.include) and w not in users:
+                t = graph.weights[w].type
+                raise PassError(f"quantize-weights: weight @{w} ({t}, used by "
+                                f"{', '.join(u.op for u in graph.weights[w].users) or 'nothing'}) "
+                                f"is not a 2-D linear weight (nor a matmul, conv2d or embedding weight); only those "
+                                f"can be quantized: exclude it or narrow include={self.include}")
+        return chosen
 
-    def check_layer(self, w):
+    def check_layer(self, w, targets=None):
         bits, group = self.layer_bits_group(w.name)
         Q.check_bits(bits, f"quantize-weights @{w.name}: ")
-        if w.type.rank != 2 or not w.type.is_static:
+        kind = layer_kind(w.users)
+        if w.type.rank not in (2, 4) or not w.type.is_static or (w.type.rank == 4) != (kind == "conv2d"):
             raise PassError(f"quantize-weights: weight @{w.name} is {w.type}; only static 2-D [out, in] "
-                            f"weights can be quantized")
-        k = w.type.shape[1]
+                            f"weights and 4-D conv2d weights can be quantized")
+        k = matrix_shape(w)[1]
+        problem = None
         if group and k % group:
-            raise PassError(f"quantize-weights: group={group} does not divide the input dim {k} of layer "
-                            f"@{w.name}; groups that fit: {Q.groups_that_fit(k) or 'none'} (or group=0, "
-                            f"per-channel), or exclude the layer")
-        if bits == 4 and k % 2:
-            raise PassError(f"quantize-weights: int4 packs two values per byte; layer @{w.name} has an odd "
-                            f"input dim {k}: use bits=8 or exclude it")
+            problem = (f"group={group} does not divide the input dim {k} of layer @{w.name}; groups that fit: "
+                       f"{Q.groups_that_fit(k) or 'none'} (or group=0, per-channel), or exclude the layer")
+        elif bits == 4 and k % 2:
+            problem = (f"int4 packs two values per byte; layer @{w.name} has an odd input dim {k}: use bits=8 "
+                       f"or exclude it")
+        if problem and (kind in ("linear", "tied") or targets is None):
+            raise PassError(f"quantize-weights: {problem}")
+        if problem:   # a conv or embedding layer: skipped and reported (a 3-channel stem rarely fits a group)
+            self.skipped[w.name] = problem
+            targets.pop(w.name)
 
     # ---- quantization ------------------------------------------------------------------------
     def quantize(self, w, name, stats: Stats | None):
@@ -226,8 +261,12 @@ class QuantizeWeights(Pass):
         with graph.inserting_before(first):
             node = graph.add_node("dequantize", packed, {"bits": bits, "group": group, "dtype": w.type.dtype},
                                   names=[graph.fresh_name(f"{name}.dq")])
+            full = node.output
+            if w.type.rank != 2:   # a conv weight: quantized as [O, C/g*kh*kw], read back in its shape
+                full = graph.op("reshape", node.output, shape=list(w.type.shape))
         for u in users:
-            u.set_input(1, node.output)
+            if u.op != "embedding":
+                u.set_input(1, full)
         for u in lookups:
             u.set_input(0, node.output)
         if w.unused:
@@ -243,6 +282,11 @@ def check_options(bits: int, group: int, prefix: str) -> None:
     if group < 0:
         raise PassError(f"{prefix}group={group} must be 0 (one group per output row) or a positive group "
                         f"size dividing the input dim; 32, 64 and 128 have fast int4 kernels")
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """A weight as the 2-D [out, in] matrix the quantizer works on (conv: [O, C/g*kh*kw])."""
+    return t if t.dim() == 2 else t.reshape(t.shape[0], -1)
 
 
 def _only_users(x, nodes) -> bool:

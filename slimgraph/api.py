@@ -6,9 +6,13 @@
 - a transformers causal LM (has `generate`, not encoder-decoder, has an LM head) is exported
   with its KV cache (frontends.hf.export_causal_lm) so the result can `.generate()`; called
   with `input_ids` it runs with empty caches and returns an object with `.logits`;
-- other transformers models (BERT, ...) go through torch.export with batch and sequence
-  dynamic by default and keep the HF output class (`.last_hidden_state`, `.pooler_output`);
+- other transformers models (BERT, ViT, Whisper's encoder, T5, ...) go through torch.export with the
+  batch dynamic by default (also from a batch-1 example: export traces a batch-2 copy) and the
+  sequence of token inputs (ids, masks) dynamic; image/audio dims stay as in the example. They keep
+  the HF output class (`.last_hidden_state`, `.pooler_output`);
 - plain modules go through torch.export with `dynamic_shapes` as given (static by default).
+Whatever the export specialized on (non-tensor arguments, static dims, dtypes) is guarded: a call that
+differs raises slimgraph.guards.GuardError naming the argument and how to compile for it.
 """
 from __future__ import annotations
 import inspect
@@ -88,9 +92,14 @@ def _import(model, args, kwargs, dynamic_shapes):
         raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
-    imported = import_module(model, args, kwargs, dynamic_shapes)
+    ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
+    imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
+    from .guards import Guards
+    leaves = sig.leaves(args, kwargs)
+    sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
+                           [v.type for v in imported.graph.inputs])
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
 
 
@@ -131,23 +140,57 @@ def _hf_example(model) -> dict:
 
 
 def _hf_dynamic_shapes(model, args, kwargs) -> dict:
-    """Batch and sequence dynamic for every [batch, seq, ...] tensor argument, where the example allows
-    (torch.export specializes dims of size 0 or 1)."""
+    """Batch dynamic for every tensor argument that shares the first one's batch; sequence dynamic for
+    the [batch, seq] token arguments (integer ids, masks, token types). Image, audio and feature inputs
+    keep their other dims as in the example. A size-1 dim is made dynamic too: `_export_copies` traces
+    with size-2 copies, since torch.export specializes dims of size 0 or 1."""
     import torch
     from torch.export import Dim
     bound = dict(zip(_param_names(model), args), **kwargs)
-    tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
     ref = tensors.get("input_ids", next(iter(tensors.values()), None))
-    if ref is None or ref.dim() < 2:
+    if ref is None:
         return None
-    batch, seq = ref.shape[:2]
-    dims = {0: Dim("batch") if batch > 1 else None, 1: Dim("seq", max=_max_positions(model)) if seq > 1 else None}
-    dims = {i: d for i, d in dims.items() if d is not None}
+    batch = ref.shape[0]
+    tokens = ref.dim() == 2 and not ref.is_floating_point()
+    seq = ref.shape[1] if tokens else None
+    seq_dim = Dim("seq", max=_max_positions(model)) if tokens else None
     out = {}
     for k, v in bound.items():
-        same = isinstance(v, torch.Tensor) and v.dim() >= 2 and tuple(v.shape[:2]) == (batch, seq)
-        out[k] = dict(dims) if same and dims else None
+        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != batch:
+            out[k] = None
+            continue
+        dims = {0: Dim("batch")}
+        if seq_dim is not None and v.dim() == 2 and v.shape[1] == seq and not v.is_floating_point():
+            dims[1] = seq_dim
+        out[k] = dims
     return out
+
+
+def _export_copies(args, kwargs, dynamic_shapes, model):
+    """The example with every dim that `dynamic_shapes` marks dynamic but has size 1 doubled (the
+    tensor concatenated with itself along it): torch.export specializes dims of size 0 or 1, so a
+    batch-1 example would otherwise fix the batch. Only the traced copy changes; `dynamic_shapes` is
+    given by argument name (a dict) or by position (a tuple/list over the positional arguments)."""
+    import torch
+    if isinstance(dynamic_shapes, dict):
+        by_name = dynamic_shapes
+    elif isinstance(dynamic_shapes, (tuple, list)):
+        by_name = dict(zip(_param_names(model), dynamic_shapes))
+    else:
+        return args, kwargs
+
+    def widen(name, v):
+        dims = by_name.get(name)
+        if not isinstance(v, torch.Tensor) or not isinstance(dims, dict):
+            return v
+        for d, spec in dims.items():
+            if spec is not None and -v.dim() <= d < v.dim() and v.shape[d] == 1:
+                v = torch.cat([v, v], dim=d)
+        return v
+    names = _param_names(model)
+    return (tuple(widen(n, v) for n, v in zip(names, args)) + tuple(args[len(names):]),
+            {k: widen(k, v) for k, v in kwargs.items()})
 
 
 def _max_positions(model) -> int | None:

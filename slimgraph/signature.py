@@ -35,6 +35,8 @@ class _Lazy:
 torch = _Lazy("torch")
 pytree = _Lazy("torch.utils._pytree")
 
+from .guards import Guards, leaf_names
+
 
 class SignatureError(TypeError):
     pass
@@ -118,6 +120,7 @@ class Signature:
     input_names: list[str] = field(default_factory=list)  # graph input names (for messages)
     tensor_leaves: list[int] | None = None    # flat-leaf positions that are graph inputs (None: all tensors)
     zeros_like: dict[str, str] = field(default_factory=dict)  # arg -> arg whose zeros it defaults to
+    guards: Guards | None = None              # what the export specialized on (slimgraph/guards.py)
 
     # ---- calls ---------------------------------------------------------------------------------
     def flatten_call(self, args: tuple, kwargs: dict, graph=None) -> list[torch.Tensor]:
@@ -128,14 +131,25 @@ class Signature:
                 raise SignatureError(f"this compiled graph takes positional tensors ({', '.join(self.input_names)}),"
                                      f" got keyword arguments {sorted(kwargs)}")
             return list(args)
+        leaves = self.leaves(args, kwargs)
+        if self.guards is not None:
+            self.guards.check(leaves)
+        if self.tensor_leaves is not None:
+            return [leaves[i] for i in self.tensor_leaves]
+        return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+    def leaves(self, args: tuple, kwargs: dict) -> list:
+        """The call bound to the exported (args, kwargs) structure, flattened ("pytree" signatures)."""
         args, kwargs = self._bind(args, kwargs)
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if spec != self.in_spec:
             raise SignatureError(f"call structure does not match the exported one:\n  expected {self.in_spec}\n"
                                  f"  got      {spec}\nCall the compiled model like the model was exported.")
-        if self.tensor_leaves is not None:
-            return [leaves[i] for i in self.tensor_leaves]
-        return [x for x in leaves if isinstance(x, torch.Tensor)]
+        return leaves
+
+    def leaf_names(self, args: tuple, kwargs: dict) -> list[str]:
+        """A readable name for each leaf of `leaves(args, kwargs)` (for guard messages)."""
+        return leaf_names(*self._bind(args, kwargs), self.param_names)
 
     def unflatten_outputs(self, outs: list[torch.Tensor]):
         if self.kind == "causal-lm":
@@ -164,14 +178,17 @@ class Signature:
         missing = [k for k in positional + keys if k not in bound]
         extra = [k for k, v in bound.items() if k not in positional and k not in keys and v is not None]
         if missing or extra:
+            hint = (f" (the export ran without {extra}: their defaults are baked into the graph; compile again "
+                    f"passing them in example_inputs/example_kwargs)") if extra else ""
             raise SignatureError(f"the model was exported with arguments {positional + keys}; "
-                                 f"missing {missing}, unexpected {extra}")
+                                 f"missing {missing}, unexpected {extra}{hint}")
         return tuple(bound[k] for k in positional), {k: bound[k] for k in keys}
 
     # ---- JSON ----------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"kind": self.kind, "param_names": list(self.param_names), "input_names": list(self.input_names),
                 "tensor_leaves": self.tensor_leaves, "zeros_like": dict(self.zeros_like),
+                "guards": self.guards.to_json() if self.guards is not None else None,
                 "in_spec": spec_to_json(self.in_spec) if self.in_spec is not None else None,
                 "out_spec": spec_to_json(self.out_spec) if self.out_spec is not None else None}
 
@@ -180,7 +197,8 @@ class Signature:
         return Signature(d["kind"], spec_from_json(d["in_spec"]) if d.get("in_spec") else None,
                          spec_from_json(d["out_spec"]) if d.get("out_spec") else None,
                          list(d.get("param_names", [])), list(d.get("input_names", [])), d.get("tensor_leaves"),
-                         dict(d.get("zeros_like", {})))
+                         dict(d.get("zeros_like", {})),
+                         Guards.from_json(d["guards"]) if d.get("guards") is not None else None)
 
 
 # ---- causal LMs: input_ids in, logits (+ presents) out --------------------------------------------

@@ -96,6 +96,10 @@ CASES = {
     "cache_append": lambda g, x, i, b, n: g.op("cache_append", x, g.op("neg", x), axis=1),
     "cache_window": lambda g, x, i, b, n: g.op("cache_window", g.op("concat", x, x, dim=1), axis=1, window=3, sinks=1),
     "gather_nd": lambda g, x, i, b, n: g.op("gather_nd", x, g.op("unsqueeze", g.op("clamp", i, min=0, max=1), dim=-1)),
+    "scatter": lambda g, x, i, b, n: g.op("scatter", x, g.op("unsqueeze", i, dim=2),
+                                          g.op("slice", x, dim=2, start=0, end=1), dim=2, reduce="sum"),
+    "index_put": lambda g, x, i, b, n: g.op("index_put", x, g.op("constant", value=1.5, dtype="f32"),
+                                            g.op("select", i, dim=0, index=0), axes=[2], accumulate=True),
 }
 INT_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not"}
 BOOL_OPS = {"logical_and", "logical_or", "logical_xor", "logical_not"}
