@@ -7,7 +7,7 @@ Cases come from `onnx/backend/test/data/node/*/` (model.onnx + test_data_set_*/*
 installed onnx ships them; otherwise they are generated in memory from the same generators
 (`onnx.backend.test.case.node.collect_testcases`), which is how recent onnx wheels ship them.
 A case is *supported* when every op it uses is in the importer's supported-op list, its opset
-is >= 13, all its inputs/outputs have IR dtypes, and the importer does not reject a feature it
+is >= 7 (older opsets are up-converted by the importer), all its inputs/outputs have IR dtypes, and the importer does not reject a feature it
 uses (`UnsupportedOnnxFeature`: an attribute value such as 3-d or ceil_mode pooling, an optional
 output, a parameter computed from run-time data) with its clear error. Every supported case must
 pass: there is no list of tolerated failures.
@@ -107,11 +107,11 @@ def case_ops(model) -> tuple:
 def is_supported(case: Case) -> bool:
     """The op-level part of the declaration (ops, opset, dtypes); `run_case` adds the
     per-feature part (an `UnsupportedOnnxFeature` raised at import)."""
-    from slimgraph.frontends.onnx_import import MIN_OPSET, ONNX_DTYPES, supported_ops
+    from slimgraph.frontends.onnx_import import MIN_SOURCE_OPSET, ONNX_DTYPES, supported_ops
     ops = set(supported_ops())
     opset = max((i.version for i in case.model.opset_import if i.domain in ("", "ai.onnx")), default=0)
     io = list(case.model.graph.input) + list(case.model.graph.output)
-    return (opset >= MIN_OPSET and all(o in ops for o in case_ops(case.model))
+    return (opset >= MIN_SOURCE_OPSET and all(o in ops for o in case_ops(case.model))
             and all(v.type.HasField("tensor_type") and v.type.tensor_type.elem_type in ONNX_DTYPES for v in io))
 
 

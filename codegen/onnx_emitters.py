@@ -503,6 +503,9 @@ def _pad(ex, node, ins):
     begin, end = [0] * t.rank, [0] * t.rank
     for i in range(len(pads) // 2):  # torch order: last dim first
         begin[t.rank - 1 - i], end[t.rank - 1 - i] = pads[2 * i], pads[2 * i + 1]
+    mode = node.attrs.get("mode", "constant")
+    if mode != "constant":
+        return [ex.one("Pad", ins[0], ex.ints(begin + end), mode=mode)]
     return [ex.one("Pad", ins[0], ex.ints(begin + end), ex.scalar(node.attrs["value"], t.dtype))]
 
 

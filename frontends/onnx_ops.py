@@ -15,7 +15,7 @@ from .onnx_fold import fold, should_fold
 from .onnx_import import Importer, Known, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
 
 ONNX_OPS: dict = {}
-CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
+CONTROL_FLOW = ("Loop", "Scan", "SequenceMap")  # If is inlined when its condition is known (_if)
 
 
 def onnx_op(*op_types):
@@ -55,6 +55,31 @@ def lower_node(imp: Importer, node) -> list:
             return out
     out = ONNX_OPS[op](imp, a)
     return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@onnx_op("If")
+def _if(imp, a):
+    """An If whose condition is known at import time (a constant, or decided from shapes) is
+    replaced by the chosen branch's nodes; a data-dependent condition is refused."""
+    k = imp.known(0)
+    if k is None or k.symbolic or k.array.size != 1:
+        raise imp.unsupported("control flow (If) on a run-time condition is not supported; export the model "
+                              "with the branch constant-folded")
+    branch = a["then_branch"] if bool(k.array.reshape(-1)[0]) else a["else_branch"]
+    outer = imp.node
+    try:
+        for node in branch.node:
+            imp.node = node
+            outs = lower_node(imp, node)
+            for name, v in zip(node.output, outs):
+                if name:
+                    imp.env[name] = v
+    finally:
+        imp.node = outer
+    missing = [o.name for o in branch.output if o.name not in imp.env]
+    if missing:
+        raise imp.error(f"If branch output(s) {missing} are produced by no node")
+    return [imp.env[o.name] for o in branch.output]
 
 
 def _axis(a, key, rank, default=0):
@@ -395,6 +420,11 @@ def _squeeze(imp, a):
     axes = _axes(imp, a, 1)
     if axes is None:
         axes = [i for i, d in enumerate(x.type.shape) if d == 1]
+    axes = [I.norm_dim(d, x.type.rank) for d in axes]
+    if any(not isinstance(x.type.shape[d], int) for d in axes):
+        # ONNX requires a squeezed dim to be 1: a symbolic one (e.g. a height pooled down to 1) is
+        # dropped by a reshape (torch's squeeze would keep it when it is not 1 and the rank would lie)
+        return imp.op("reshape", x, shape=[d for i, d in enumerate(x.type.shape) if i not in axes])
     return imp.op("squeeze", x, dims=list(axes))
 
 
@@ -508,8 +538,9 @@ def _cumsum(imp, a):
 @onnx_op("Pad")
 def _pad(imp, a):
     x = imp.value(0)
-    if a.get("mode", "constant") != "constant":
-        raise imp.unsupported(f"Pad mode {a['mode']!r} is not supported (only 'constant')")
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise imp.unsupported(f"Pad mode {mode!r} is not supported (constant, reflect, edge, wrap)")
     pads = imp.dims(1, "pads")
     runtime_value = imp.has(2) and imp.known(2) is None  # e.g. CastLike(-inf, x) to bf16: not folded
     value = imp.scalar(2, "constant_value") if imp.has(2) and not runtime_value else 0.0
@@ -519,6 +550,8 @@ def _pad(imp, a):
     torch_pads = []
     for d in reversed(range(x.type.rank)):  # torch order: last dim first
         torch_pads += list(per_dim.get(d, (0, 0)))
+    if mode != "constant":
+        return imp.op("pad", x, pads=torch_pads, mode=mode)
     if runtime_value:  # a run-time scalar fill: pad, then select it where the padding went
         v = imp.value(2)
         if v.type.shape not in ((), (1,)):
@@ -728,3 +761,4 @@ __all__ = ["ONNX_OPS", "lower_node", "OnnxImportError", "ONNX_DTYPES"]
 from . import onnx_attention  # noqa: E402,F401  (registers Attention, RMSNormalization)
 from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot, CumProd, ...)
 from . import onnx_ms  # noqa: E402,F401  (registers com.microsoft contrib ops)
+from . import onnx_ops_vision  # noqa: E402,F401  (registers Resize, ConvTranspose, LSTM, Scatter*, QDQ, ...)
