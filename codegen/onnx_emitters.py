@@ -626,3 +626,4 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
 
 
 __all__ = ["EMITTERS"]
+from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, scatter)

@@ -135,6 +135,13 @@ class Exporter:
             return self.ints([int(e)])
         if e.is_Symbol:
             return self._symbol(str(e))
+        if isinstance(e, (sympy.floor, sympy.ceiling)):  # floor(n/d), n/d possibly with rational terms
+            num, den = sympy.together(e.args[0]).as_numer_denom()
+            if den.is_Integer and int(den) > 0:
+                sign = 1 if isinstance(e, sympy.floor) else -1
+                n, d = self._expr(sympy.expand(sign * num)), self.ints([int(den)])
+                q = self.one("Div", self.one("Sub", n, self.one("Mod", n, d)), d)  # exact floor division
+                return q if sign == 1 else self.one("Neg", q)
         args = [self._expr(a) for a in e.args]
         if e.is_Add or e.is_Mul:
             acc = args[0]

@@ -1,0 +1,58 @@
+"""ONNX lowerings of the spatial ops (ir/opset/spatial.py: resize, conv_transpose2d, grid_sample,
+lstm) and scatter / scatter_nd: each maps to its ONNX operator with the same attributes."""
+from __future__ import annotations
+
+import numpy as np
+
+from .onnx_export import emitter
+
+
+@emitter("resize")
+def _resize(ex, node, ins):
+    a = node.attrs
+    t = node.inputs[0].type
+    kw = dict(mode=a["mode"], coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
+              cubic_coeff_a=float(a["cubic_a"]), exclude_outside=int(a["exclude_outside"]),
+              extrapolation_value=float(a["extrapolation"]), antialias=int(a["antialias"]))
+    if a["coord"] == "half_pixel_symmetric":
+        ex.opset = max(ex.opset, 19)
+    roi = ex.const(np.asarray(a["roi"] if a["roi"] is not None else [], "float32"), "roi")
+    if a["scales"] is not None:  # the scales drive the coordinate mapping: export them, not sizes
+        scales = ex.const(np.asarray(a["scales"], "float32"), "scales")
+        return [ex.one("Resize", ins[0], roi, scales, **kw)]
+    assert len(a["shape"]) == t.rank
+    return [ex.one("Resize", ins[0], roi, "", ex.dims(a["shape"]), **kw)]
+
+
+@emitter("conv_transpose2d")
+def _conv_transpose(ex, node, ins):
+    a = node.attrs
+    return [ex.one("ConvTranspose", *ins, strides=a["stride"], pads=list(a["padding"]) * 2, dilations=a["dilation"],
+                   output_padding=a["output_padding"], group=a["groups"])]
+
+
+@emitter("grid_sample")
+def _grid_sample(ex, node, ins):
+    a = node.attrs
+    ex.opset = max(ex.opset, 20)  # linear/cubic mode names (opset 16 spells them bilinear/bicubic)
+    mode = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}[a["mode"]]
+    return [ex.one("GridSample", *ins, mode=mode, padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))]
+
+
+@emitter("lstm")
+def _lstm(ex, node, ins):
+    x, w, r, b, h0, c0 = ins
+    return ex.node("LSTM", [x, w, r, b, "", h0, c0], n_out=3, direction=node.attrs["direction"],
+                   hidden_size=int(node.inputs[2].type.shape[2]))
+
+
+@emitter("scatter")
+def _scatter(ex, node, ins):
+    kw = {} if node.attrs["reduce"] == "none" else {"reduction": node.attrs["reduce"]}
+    return [ex.one("ScatterElements", *ins, axis=node.attrs["dim"], **kw)]
+
+
+@emitter("scatter_nd")
+def _scatter_nd(ex, node, ins):
+    kw = {} if node.attrs["reduce"] == "none" else {"reduction": node.attrs["reduce"]}
+    return [ex.one("ScatterND", ins[0], ex.cast(ins[1], node.inputs[1].type.dtype, "i64"), ins[2], **kw)]
