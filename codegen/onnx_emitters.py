@@ -79,6 +79,8 @@ _UNARY = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "sign": "Sign", "floor": "
 def _unary(op_type):
     def emit(ex, node, ins):
         dtype = _out(node).dtype
+        if op_type == "BitwiseNot" and dtype == "bool":  # ~mask: ONNX BitwiseNot has no bool kernel
+            return [ex.one("Not", ins[0])]
         x = ins[0] if op_type in ("Not", "IsNaN") else ex.cast(ins[0], node.inputs[0].type.dtype, dtype)
         return [ex.one(op_type, x)]
     return emit
@@ -370,7 +372,18 @@ def _reduce_axes(ex, node):
 @emitter(*_REDUCE)
 def _reduce(ex, node, ins):
     x = ex.cast(ins[0], node.inputs[0].type.dtype, _out(node).dtype)
-    return [ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))]
+    y = ex.one(_REDUCE[node.op], x, _reduce_axes(ex, node), keepdims=int(node.attrs["keepdim"]))
+    if node.op in ("amax", "amin") and _out(node).dtype in FLOAT_DTYPES:  # ORT's ReduceMax/Min skip NaN
+        y = ex.one("Where", _any_nan(ex, node, x, node.attrs["dims"], node.attrs["keepdim"]),
+                   ex.scalar(float("nan"), _out(node).dtype), y)
+    return [y]
+
+
+def _any_nan(ex, node, x, dims, keepdim):
+    """bool: does the reduced slice hold a NaN (torch/numpy propagate it; ONNX Runtime does not)."""
+    dims = dims if dims else list(range(node.inputs[0].type.rank))
+    nan = ex.one("Cast", ex.one("IsNaN", x), to=ONNX_DTYPES["f32"])
+    return ex.one("Cast", ex.one("ReduceMax", nan, ex.ints(list(dims)), keepdims=int(keepdim)), to=ONNX_DTYPES["bool"])
 
 
 @emitter("var")
@@ -387,8 +400,12 @@ def _var(ex, node, ins):
 
 @emitter("argmax", "argmin")
 def _arg(ex, node, ins):
-    return [ex.one("ArgMax" if node.op == "argmax" else "ArgMin", ins[0], axis=node.attrs["dim"],
-                   keepdims=int(node.attrs["keepdim"]))]
+    op, dim, keep = "ArgMax" if node.op == "argmax" else "ArgMin", node.attrs["dim"], int(node.attrs["keepdim"])
+    y = ex.one(op, ins[0], axis=dim, keepdims=keep)
+    if node.inputs[0].type.dtype in FLOAT_DTYPES:  # torch/numpy: the first NaN wins; ORT skips NaN
+        nan = ex.one("Cast", ex.one("IsNaN", ins[0]), to=ONNX_DTYPES["f32"])
+        y = ex.one("Where", _any_nan(ex, node, ins[0], [dim], keep), ex.one("ArgMax", nan, axis=dim, keepdims=keep), y)
+    return [y]
 
 
 # ---- shapes ---------------------------------------------------------------------------------------------
@@ -566,6 +583,13 @@ def _dequantized(ex, node, packed, ins):
 def _index(ex, node, ins):
     if len(ins) != 2:
         raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
+    idx = node.inputs[1].type
+    if idx.dtype == "bool":  # x[mask]: the True positions (NonZero), gathered
+        if idx.rank != 1:
+            raise OnnxExportError(f"op index with a {idx.rank}-d bool mask (dtype bool) has no ONNX lowering; "
+                                  f"only a 1-d mask exports ({node!r}); use target='torch'")
+        return [ex.one("Gather", ins[0], ex.one("Reshape", ex.one("NonZero", ins[1]), ex.ints([-1])),
+                       axis=node.attrs["axes"][0])]
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
 
 

@@ -574,8 +574,8 @@ def _reduce(imp, a):
     x = imp.value(0)
     axes = _axes(imp, a, 1)
     if not axes:
-        if a.get("noop_with_empty_axes", 0):
-            return x
+        if a.get("noop_with_empty_axes", 0):  # no reduction, but the elementwise part still applies
+            return _reduce_elementwise(imp, op, x)
         axes = list(range(x.type.rank))
     keep = bool(a.get("keepdims", 1))
     axes = [I.norm_dim(d, x.type.rank) for d in axes]
@@ -599,6 +599,18 @@ def _reduce(imp, a):
     if op == "ReduceLogSum":
         y = imp.op("log", y)
     return _same_dtype(imp, y, x.type.dtype)
+
+
+def _reduce_elementwise(imp, op, x):
+    """A reduction over no axes (noop_with_empty_axes=1): each element reduced alone, i.e. the
+    op's elementwise part (ReduceSumSquare([-2, 3]) = [4, 9], ReduceL1 = |x|, ReduceLogSum = log x,
+    ReduceLogSumExp = log(exp(x)) = x, the others = x)."""
+    if op in ("ReduceSumSquare", "ReduceL2") or op == "ReduceL1":
+        y = imp.op("abs", x) if op in ("ReduceL1", "ReduceL2") else imp.op("mul", x, x)
+        return y
+    if op == "ReduceLogSum":
+        return imp.op("log", x)
+    return x
 
 
 @onnx_op("ArgMax", "ArgMin")

@@ -112,17 +112,22 @@ def _conv_transpose(imp, a):
     else:
         pads = a.get("pads", [0] * 2 * n)
         begin, end = list(pads[:n]), list(pads[n:])
-    sym = [min(b, e) for b, e in zip(begin, end)]  # torch pads both sides equally; crop the rest
+    sym = [max(min(b, e), 0) for b, e in zip(begin, end)]  # torch pads both sides equally; crop/pad the rest
     if n == 1:
         x, w = _to_2d(imp, x, 1), _to_2d(imp, w, 1)
         strides, dil, out_pad, sym, begin, end = [1] + strides, [1] + dil, [0] + out_pad, [0] + sym, [0] + begin, [0] + end
-    bias = [imp.value(2)] if imp.has(2) else []
+    rest = [(b - p, e - p) for b, e, p in zip(begin, end, sym)]  # > 0 crops, < 0 pads with zeros
+    late_bias = any(r < 0 for pair in rest for r in pair)  # zero-padded borders get the bias too
+    bias = [imp.value(2)] if imp.has(2) and not late_bias else []
     y = imp.op("conv_transpose2d", x, w, *bias, stride=strides, padding=sym, output_padding=out_pad,
                dilation=dil, groups=a.get("group", 1))
-    for d, (b, e, p) in enumerate(zip(begin, end, sym)):
-        if b != p or e != p:
-            size = y.type.shape[2 + d]
-            y = imp.op("slice", y, dim=2 + d, start=b - p, end=S.add(size, -(e - p)))
+    if any(r != 0 for pair in rest for r in pair):
+        torch_pads = []
+        for b, e in reversed(rest):
+            torch_pads += [-b, -e]
+        y = imp.op("pad", y, pads=torch_pads, value=0.0)
+    if late_bias and imp.has(2):
+        y = imp.op("add", y, imp.op("reshape", imp.value(2), shape=[-1, 1, 1]))
     return imp.op("squeeze", y, dims=[2]) if n == 1 else y
 
 
@@ -210,6 +215,8 @@ def _lp_pool(imp, a):
     p = float(a.get("p", 2))
     pad, asym = _pads_2d(imp, a, x.type.shape, kernel, strides, [1] * n)
     xp = imp.op("pow", imp.op("abs", x), _c(imp, x, p))
+    if asym is None and any(pd > 0 for pd in pad):  # torch's avg_pool2d allows pad <= kernel/2 only
+        asym = [v for i in reversed(range(n)) for v in (pad[i], pad[i])]
     if asym is not None:
         xp, pad = imp.op("pad", xp, pads=asym, value=0.0), [0] * n
     if n == 1:

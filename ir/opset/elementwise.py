@@ -34,7 +34,7 @@ for _name, _fn in _PREDICATES.items():
 
 # ---- unary -----------------------------------------------------------------------------------
 _UNARY_SAME = {
-    "neg": torch.neg, "abs": torch.abs, "relu": torch.relu, "sign": torch.sign,
+    "neg": torch.neg, "abs": torch.abs, "relu": torch.relu,
     "floor": torch.floor, "ceil": torch.ceil, "round": torch.round, "bitwise_not": torch.bitwise_not,
 }
 for _name, _fn in _UNARY_SAME.items():
@@ -49,6 +49,13 @@ _UNARY_FLOAT = {
 }
 for _name, _fn in _UNARY_FLOAT.items():
     register_op(_name, inputs="x", infer=I.unary_float)(lambda x, _fn=_fn: _fn(x))
+
+@register_op("sign", inputs="x", infer=I.same)
+def sign(x):
+    """-1, 0 or 1; NaN stays NaN (ONNX Sign, numpy; torch.sign gives 0)."""
+    y = torch.sign(x)
+    return torch.where(torch.isnan(x), x, y) if x.is_floating_point() else y
+
 
 register_op("logical_not", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"))(torch.logical_not)
 register_op("isnan", inputs="x", infer=lambda ts, a: ts[0].with_dtype("bool"))(torch.isnan)
