@@ -773,4 +773,5 @@ __all__ = ["ONNX_OPS", "lower_node", "OnnxImportError", "ONNX_DTYPES"]
 from . import onnx_attention  # noqa: E402,F401  (registers Attention, RMSNormalization)
 from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot, CumProd, ...)
 from . import onnx_ms  # noqa: E402,F401  (registers com.microsoft contrib ops)
-from . import onnx_ops_vision  # noqa: E402,F401  (registers Resize, ConvTranspose, LSTM, Scatter*, QDQ, ...)
+from . import onnx_ops_vision  # noqa: E402,F401  (registers Resize, ConvTranspose, LSTM, Scatter*, ...)
+from . import onnx_ops_quant  # noqa: E402,F401  (registers QuantizeLinear, DequantizeLinear, QLinear*, *Integer)
