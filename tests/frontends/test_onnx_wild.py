@@ -221,3 +221,22 @@ def test_every_pad_mode_matches_the_spec():
         node = helper.make_node("Pad", ["x", "p"], ["y"], mode=mode)
         model = _model([node], [_vi("x", shape=[3, 4])], [_vi("y")], inits=inits)
         _check(model, {"x": x}, targets=("reference", "onnx"))
+
+
+# ---- random graphs with NaN/inf inputs: every target agrees with the reference -----------------------
+def test_random_graphs_with_nan_and_inf_agree_across_targets():
+    from hypothesis import HealthCheck, given, settings
+    from strategies import graphs
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(graphs(max_ops=6, symbolic=False, special_values=True))
+    def check(case):
+        g, inputs = case
+        want = run(g, *inputs)
+        for target in ("torch", "onnx"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = slimgraph.optimize(g, target=target).run(*inputs)
+            for w, o in zip(want, got):
+                torch.testing.assert_close(o, w, equal_nan=True, atol=1e-4, rtol=1e-4, msg=lambda m: f"{target}: {m}")
+    check()
