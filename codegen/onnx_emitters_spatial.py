@@ -56,3 +56,12 @@ def _scatter(ex, node, ins):
 def _scatter_nd(ex, node, ins):
     kw = {} if node.attrs["reduce"] == "none" else {"reduction": node.attrs["reduce"]}
     return [ex.one("ScatterND", ins[0], ex.cast(ins[1], node.inputs[1].type.dtype, "i64"), ins[2], **kw)]
+
+
+@emitter("recurrent")
+def _recurrent(ex, node, ins):
+    x, w, r, b, h0 = ins
+    op = "GRU" if node.attrs["cell"] == "gru" else "RNN"
+    kw = {"linear_before_reset": int(node.attrs["linear_before_reset"])} if op == "GRU" else {}
+    return ex.node(op, [x, w, r, b, "", h0], n_out=2, direction=node.attrs["direction"],
+                   hidden_size=int(node.inputs[2].type.shape[2]), **kw)

@@ -200,6 +200,38 @@ def _lstm(imp, a):
     return [y, hn, cn]
 
 
+@onnx_op("GRU", "RNN")
+def _gru_rnn(imp, a):
+    op = imp.node.op_type
+    cell = op.lower()
+    x, w, r = imp.value(0), imp.value(1), imp.value(2)
+    layout = a.get("layout", 0)
+    if layout:
+        x = imp.op("permute", x, dims=[1, 0, 2])
+    if imp.has(4):
+        raise imp.unsupported(f"{op} sequence_lens (per-batch lengths) is not supported")
+    want = ["sigmoid", "tanh"] if cell == "gru" else ["tanh"]
+    acts = a.get("activations")
+    if acts and any(f.lower() != g for f, g in zip(acts, want * 2)):
+        raise imp.unsupported(f"{op} activations {acts} are not supported (only {', '.join(want)})")
+    if "clip" in a:
+        raise imp.unsupported(f"{op} clip is not supported")
+    dirs, hidden, batch = w.type.shape[0], r.type.shape[-1], x.type.shape[1]
+    gates = 3 if cell == "gru" else 1
+    b = imp.value(3) if imp.has(3) else imp.op("full", shape=[dirs, 2 * gates * hidden], value=0.0, dtype=x.type.dtype)
+    h0 = imp.value(5) if imp.has(5) else None
+    if h0 is not None and layout:
+        h0 = imp.op("permute", h0, dims=[1, 0, 2])
+    if h0 is None:
+        h0 = imp.op("full", shape=[dirs, batch, hidden], value=0.0, dtype=x.type.dtype)
+    y, hn = imp.op("recurrent", x, w, r, b, h0, cell=cell, direction=a.get("direction", "forward"),
+                   linear_before_reset=bool(a.get("linear_before_reset", 0)))
+    if layout:
+        y = imp.op("permute", y, dims=[2, 0, 1, 3])
+        hn = imp.op("permute", hn, dims=[1, 0, 2])
+    return [y, hn]
+
+
 # ---- pooling ---------------------------------------------------------------------------------------
 @onnx_op("LpPool")
 def _lp_pool(imp, a):

@@ -265,3 +265,52 @@ def lstm(x, w, r, b, h0, c0, *, direction):
         hs.append(h)
         cs.append(c)
     return torch.stack(outs, 1), torch.stack(hs, 0), torch.stack(cs, 0)
+
+
+# ---- GRU / simple RNN --------------------------------------------------------------------------------
+def _recurrent_type(ts, a):
+    x, w, r = ts[0], ts[1], ts[2]
+    if x.rank != 3 or w.rank != 3 or r.rank != 3:
+        raise I.ShapeError(f"recurrent: x [seq, batch, in], w [dirs, g*h, in], r [dirs, g*h, h]; got {x}, {w}, {r}")
+    if a["cell"] not in ("gru", "rnn") or a["direction"] not in ("forward", "reverse", "bidirectional"):
+        raise I.ShapeError(f"recurrent: cell {a['cell']!r} / direction {a['direction']!r}")
+    dirs, h = w.shape[0], r.shape[2]
+    return [x.with_shape((x.shape[0], dirs, x.shape[1], h)), x.with_shape((dirs, x.shape[1], h))]
+
+
+@register_op("recurrent", inputs="x w r b h0",
+             attrs={"cell": Attr("str"), "direction": Attr("str", "forward"), "linear_before_reset": Attr("bool", False)},
+             infer=_recurrent_type)
+def recurrent(x, w, r, b, h0, *, cell, direction, linear_before_reset):
+    """One ONNX GRU (gates z, r, h; https://onnx.ai/onnx/operators/onnx__GRU.html) or RNN (tanh)
+    layer. x [seq, batch, in]; w [dirs, g*h, in]; r [dirs, g*h, h]; b [dirs, 2*g*h] (Wb then Rb);
+    h0 [dirs, batch, h]. Returns Y [seq, dirs, batch, h] and Y_h."""
+    seq = x.shape[0]
+    outs, hs = [], []
+    for d in range(w.shape[0]):
+        reverse = direction == "reverse" or d == 1
+        wd, rd = w[d], r[d]
+        n = wd.shape[0]
+        wb, rb = b[d, :n], b[d, n:]
+        h = h0[d]
+        xw = torch.matmul(x, wd.t()) + wb
+        ys = [None] * seq
+        for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+            if cell == "rnn":
+                h = torch.tanh(xw[t] + torch.matmul(h, rd.t()) + rb)
+            else:
+                hh = n // 3
+                xz, xr, xh = xw[t].split(hh, dim=-1)
+                rz, rr, rh = rd.split(hh, dim=0)
+                bz, br, bh = rb.split(hh)
+                z = torch.sigmoid(xz + torch.matmul(h, rz.t()) + bz)
+                rg = torch.sigmoid(xr + torch.matmul(h, rr.t()) + br)
+                if linear_before_reset:
+                    cand = torch.tanh(xh + rg * (torch.matmul(h, rh.t()) + bh))
+                else:
+                    cand = torch.tanh(xh + torch.matmul(rg * h, rh.t()) + bh)
+                h = (1 - z) * cand + z * h
+            ys[t] = h
+        outs.append(torch.stack(ys, 0) if seq else x.new_zeros((0,) + tuple(h.shape)))
+        hs.append(h)
+    return torch.stack(outs, 1), torch.stack(hs, 0)
