@@ -65,3 +65,13 @@ def _recurrent(ex, node, ins):
     kw = {"linear_before_reset": int(node.attrs["linear_before_reset"])} if op == "GRU" else {}
     return ex.node(op, [x, w, r, b, "", h0], n_out=2, direction=node.attrs["direction"],
                    hidden_size=int(node.inputs[2].type.shape[2]), **kw)
+
+
+@emitter("bit_shift")
+def _bit_shift(ex, node, ins):
+    from .onnx_export import OnnxExportError
+    dtype = node.inputs[0].type.dtype
+    if dtype != "u8":  # ONNX Runtime implements BitShift for unsigned types only
+        raise OnnxExportError(f"op bit_shift on dtype {dtype} has no ONNX Runtime kernel (BitShift is unsigned-only "
+                              f"there) ({node!r}); use target='torch'")
+    return [ex.one("BitShift", *ins, direction="LEFT" if node.attrs["left"] else "RIGHT")]

@@ -232,6 +232,11 @@ def _gru_rnn(imp, a):
     return [y, hn]
 
 
+@onnx_op("BitShift")
+def _bit_shift(imp, a):
+    return imp.op("bit_shift", imp.value(0), imp.value(1), left=a["direction"] == "LEFT")
+
+
 # ---- pooling ---------------------------------------------------------------------------------------
 @onnx_op("LpPool")
 def _lp_pool(imp, a):
