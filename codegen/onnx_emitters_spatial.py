@@ -75,3 +75,14 @@ def _bit_shift(ex, node, ins):
         raise OnnxExportError(f"op bit_shift on dtype {dtype} has no ONNX Runtime kernel (BitShift is unsigned-only "
                               f"there) ({node!r}); use target='torch'")
     return [ex.one("BitShift", *ins, direction="LEFT" if node.attrs["left"] else "RIGHT")]
+
+
+@emitter("pool_nd")
+def _pool_nd(ex, node, ins):
+    a = node.attrs
+    kw = dict(kernel_shape=a["kernel"], strides=a["stride"], pads=a["pads"], dilations=a["dilation"])
+    if a["kind"] == "lp":
+        return [ex.one("LpPool", ins[0], p=int(a["p"]), ceil_mode=int(a["ceil_mode"]), **kw)]
+    if a["kind"] == "max":
+        return [ex.one("MaxPool", ins[0], ceil_mode=int(a["ceil_mode"]), **kw)]
+    return [ex.one("AveragePool", ins[0], ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]), **kw)]

@@ -718,15 +718,11 @@ def _conv(imp, a):
 def _pool(imp, a):
     x = imp.value(0)
     n = x.type.rank - 2
-    if n not in (1, 2):
-        raise imp.unsupported(f"only 1-d and 2-d pooling is supported, got {n}-d")
     if len([o for o in imp.node.output if o]) > 1:
         raise imp.unsupported("MaxPool's Indices output is not supported")
     kernel, strides = a["kernel_shape"], a.get("strides", [1] * n)
-    if any(d != 1 for d in a.get("dilations", [1] * n)):
-        raise imp.unsupported("dilated pooling is not supported")
-    if a.get("ceil_mode", 0):
-        raise imp.unsupported("ceil_mode=1 pooling is not supported")
+    if n not in (1, 2) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1] * n)):
+        return general_pool(imp, a, x, "max" if imp.node.op_type == "MaxPool" else "avg")
     pad, asym = _pads_2d(imp, a, x.type.shape, kernel, strides, [1] * n)
     is_max = imp.node.op_type == "MaxPool"
     if asym is None and any(p > k // 2 for p, k in zip(pad, kernel)):  # torch allows pad <= kernel/2 only
@@ -745,6 +741,30 @@ def _pool(imp, a):
         y = imp.op("avg_pool2d", x2, kernel=kernel, stride=strides, padding=pad,
                    count_include_pad=bool(a.get("count_include_pad", 0)))
     return imp.op("squeeze", y, dims=[2]) if n == 1 else y
+
+
+def general_pool(imp, a, x, kind, p=2.0):
+    """Any-rank pooling with dilation and ceil_mode: the `pool_nd` op (ONNX semantics)."""
+    n = x.type.rank - 2
+    kernel, strides, dil = a["kernel_shape"], a.get("strides", [1] * n), a.get("dilations", [1] * n)
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if a.get("ceil_mode", 0):
+            raise imp.unsupported("auto_pad SAME with ceil_mode is not supported")
+        begin, end = [], []
+        for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dil):
+            if not isinstance(size, int):
+                raise imp.unsupported("auto_pad SAME needs static spatial dims")
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        pads = begin + end
+    else:
+        pads = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
+    return imp.op("pool_nd", x, kind=kind, kernel=list(kernel), stride=list(strides), pads=pads, dilation=list(dil),
+                  ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=bool(a.get("count_include_pad", 0)),
+                  p=float(p))
 
 
 def _avg_pool_exclude_pad(imp, x, n, kernel, strides, pads):

@@ -243,10 +243,9 @@ def _lp_pool(imp, a):
     """(sum over the window of |x|^p)^(1/p), as avg_pool(|x|^p) * window size."""
     x = imp.value(0)
     n = x.type.rank - 2
-    if n not in (1, 2):
-        raise imp.unsupported(f"only 1-d and 2-d LpPool is supported, got {n}-d")
-    if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1] * n)):
-        raise imp.unsupported("ceil_mode / dilated LpPool is not supported")
+    if n not in (1, 2) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1] * n)):
+        from .onnx_ops import general_pool
+        return general_pool(imp, a, x, "lp", p=float(a.get("p", 2)))
     from .onnx_ops import _pads_2d
     kernel, strides = a["kernel_shape"], a.get("strides", [1] * n)
     p = float(a.get("p", 2))

@@ -314,3 +314,67 @@ def recurrent(x, w, r, b, h0, *, cell, direction, linear_before_reset):
         outs.append(torch.stack(ys, 0) if seq else x.new_zeros((0,) + tuple(h.shape)))
         hs.append(h)
     return torch.stack(outs, 1), torch.stack(hs, 0)
+
+
+# ---- N-d pooling with ONNX semantics ---------------------------------------------------------------
+def _pool_out(size, k, s, pb, pe, d, ceil):
+    from .. import symbolic as S
+    span = (k - 1) * d + 1
+    if isinstance(size, int):
+        total = size + pb + pe - span
+        o = (-(-total // s) if ceil else total // s) + 1
+        if ceil and (o - 1) * s >= size + pb:  # the last window may not start in the end padding
+            o -= 1
+        return o
+    if ceil:
+        raise I.ShapeError("pool: ceil_mode needs static spatial dims")
+    return S.canon(f"floor((({size})+{pb + pe - span})/{s})+1")
+
+
+def _pool_nd_type(ts, a):
+    x = ts[0]
+    n = len(a["kernel"])
+    if x.rank != n + 2 or a["kind"] not in ("max", "avg", "lp"):
+        raise I.ShapeError(f"pool: {n}-d {a['kind']} pooling of {x}")
+    pads, strides, dil = a["pads"], a["stride"], a["dilation"]
+    return x.with_shape(x.shape[:2] + tuple(_pool_out(x.shape[2 + i], a["kernel"][i], strides[i], pads[i], pads[n + i],
+                                                      dil[i], a["ceil_mode"]) for i in range(n)))
+
+
+@register_op("pool_nd", inputs="x",
+             attrs={"kind": Attr("str"), "kernel": Attr("ints"), "stride": Attr("ints"), "pads": Attr("ints"),
+                    "dilation": Attr("ints"), "ceil_mode": Attr("bool", False),
+                    "count_include_pad": Attr("bool", False), "p": Attr("float", 2.0)}, infer=_pool_nd_type)
+def pool_nd(x, *, kind, kernel, stride, pads, dilation, ceil_mode, count_include_pad, p):
+    """ONNX MaxPool / AveragePool / LpPool over the trailing len(kernel) dims (any n), with
+    begin/end `pads` ([b1..bn, e1..en]), dilation and ceil_mode (a last window starting in the end
+    padding is dropped). Average: explicit pads count only with count_include_pad; the extra
+    ceil_mode border never counts. Windows are gathered with unfold; the result is exact."""
+    n = len(kernel)
+    spatial = list(x.shape[2:])
+    outs = [_pool_out(spatial[i], kernel[i], stride[i], pads[i], pads[n + i], dilation[i], ceil_mode) for i in range(n)]
+    extra = [max((outs[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 - (spatial[i] + pads[i] + pads[n + i]), 0)
+             for i in range(n)]
+    torch_pads, explicit = [], []
+    for i in reversed(range(n)):
+        torch_pads += [pads[i], pads[n + i] + extra[i]]
+        explicit += [pads[i], pads[n + i]]
+    fill = float("-inf") if kind == "max" else 0.0
+    xf = x if kind != "lp" else x.abs().pow(p)
+    xp = F.pad(xf, torch_pads, value=fill)
+    # weights: 1 inside the input, count_include_pad on explicit pads, 0 on the ceil_mode border
+    w = torch.ones([1, 1] + spatial, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    w = F.pad(w, explicit, value=1.0 if count_include_pad else 0.0)
+    w = F.pad(w, [v for i in reversed(range(n)) for v in (0, extra[i])], value=0.0)
+
+    def windows(t):
+        for i in range(n):
+            span = (kernel[i] - 1) * dilation[i] + 1
+            t = t.unfold(2 + i, span, stride[i])[..., ::dilation[i]]
+        return t.reshape(t.shape[: 2 + n] + (-1,))
+    if kind == "max":
+        return windows(xp).amax(dim=-1)
+    s = windows(xp).sum(dim=-1)
+    if kind == "lp":
+        return s.pow(1.0 / p)
+    return (s / windows(w).sum(dim=-1)).to(x.dtype)
