@@ -795,3 +795,4 @@ from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot,
 from . import onnx_ms  # noqa: E402,F401  (registers com.microsoft contrib ops)
 from . import onnx_ops_vision  # noqa: E402,F401  (registers Resize, ConvTranspose, LSTM, Scatter*, ...)
 from . import onnx_ops_quant  # noqa: E402,F401  (registers QuantizeLinear, DequantizeLinear, QLinear*, *Integer)
+from . import onnx_ops_signal  # noqa: E402,F401  (registers DFT, windows, LRN, ReverseSequence, AffineGrid, SwiGLU, RotaryEmbedding, TensorScatter)
