@@ -116,8 +116,9 @@ def is_supported(case: Case) -> bool:
 
 
 def import_specialized(case: Case):
-    """Import; when a parameter (axes, pads, ...) is a graph input, bind it to the test's value
-    (as exporters emit such parameters as initializers) and retry. Returns (graph, bound names)."""
+    """Import; when a parameter (axes, pads, ...) is a graph input or computed from graph inputs,
+    bind those inputs to the test's values (as exporters emit such parameters as initializers) and
+    retry. Returns (graph, bound names)."""
     from slimgraph.frontends.onnx_import import NeedsConstantError, import_onnx
     names = [vi.name for vi in case.model.graph.input]
     bind: dict = {}
@@ -125,12 +126,33 @@ def import_specialized(case: Case):
         try:
             return import_onnx(case.model, bind=bind, notes=[]), set(bind)
         except NeedsConstantError as e:
-            if e.name not in names or e.name in bind:
+            new = [n for n in _input_ancestors(case.model, e.name, names) if n not in bind]
+            if not new:
                 raise
-            values = [np.asarray(ins[names.index(e.name)]) for ins, _ in case.data_sets]
-            if any(not np.array_equal(v, values[0]) for v in values):
-                raise
-            bind[e.name] = values[0]
+            for name in new:
+                values = [np.asarray(ins[names.index(name)]) for ins, _ in case.data_sets]
+                if values[0].dtype.kind not in "iu" and values[0].size > 8:  # data, not a parameter
+                    raise
+                if any(not np.array_equal(v, values[0]) for v in values):
+                    raise
+                bind[name] = values[0]
+
+
+def _input_ancestors(model, name: str, inputs: list[str]) -> list[str]:
+    """The graph inputs a value is computed from (itself when it is one), walking node inputs back
+    (also through the nodes of If/Loop bodies' outer-scope references, which the walk does not see)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen, stack, found = set(), [name], []
+    while stack:
+        v = stack.pop()
+        if v in seen or not v:
+            continue
+        seen.add(v)
+        if v in inputs:
+            found.append(v)
+        elif v in producer:
+            stack.extend(producer[v].input)
+    return [n for n in inputs if n in found]
 
 
 def run_case(case: Case) -> Outcome:
