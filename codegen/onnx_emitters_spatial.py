@@ -86,3 +86,15 @@ def _pool_nd(ex, node, ins):
     if a["kind"] == "max":
         return [ex.one("MaxPool", ins[0], ceil_mode=int(a["ceil_mode"]), **kw)]
     return [ex.one("AveragePool", ins[0], ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]), **kw)]
+
+
+@emitter("col2im")
+def _col2im(ex, node, ins):
+    a = node.attrs
+    return [ex.one("Col2Im", ins[0], ex.ints(a["image"]), ex.ints(a["block"]), dilations=a["dilation"],
+                   pads=list(a["padding"]) * 2, strides=a["stride"])]
+
+
+@emitter("det")
+def _det(ex, node, ins):
+    return [ex.one("Det", ins[0])]

@@ -1,8 +1,8 @@
 """ONNX quantization ops (QDQ and QOperator formats) as float-equivalent IR sequences:
 QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearMatMul, QLinearConv, MatMulInteger,
-ConvInteger. Integer arithmetic is reproduced exactly where the values fit f32/f64 (products of
+ConvInteger (per-tensor, per-axis and blocked scales). Integer arithmetic is reproduced exactly where the values fit f32/f64 (products of
 8-bit values summed: exact in f64); rounding is half-to-even and results saturate to the integer
-type, as the ONNX spec and ONNX Runtime do. Blocked quantization (block_size > 0) is refused."""
+type, as the ONNX spec and ONNX Runtime do."""
 from __future__ import annotations
 
 from ..ir.dtypes import to_torch
@@ -40,8 +40,29 @@ def dequantize(imp, q, scale, zp, dtype="f32"):
 
 
 def _check_block(imp, a):
-    if a.get("block_size", 0):
-        raise imp.unsupported("blocked quantization (block_size > 0) is not supported")
+    pass
+
+
+def _blocked(imp, v, like, axis, block):
+    """A blocked parameter [.., ceil(n/block), ..] repeated `block` times along `axis` to x's shape."""
+    rank = like.type.rank
+    ax = axis % rank
+    shape = list(v.type.shape)
+    if v.type.rank != rank or not all(isinstance(d, int) for d in shape + [like.type.shape[ax]]):
+        raise imp.unsupported("blocked quantization needs static shapes and a parameter of the input's rank")
+    u = imp.op("unsqueeze", v, dim=ax + 1)
+    u = imp.op("expand", u, shape=shape[:ax + 1] + [block] + shape[ax + 1:])
+    u = imp.op("reshape", u, shape=shape[:ax] + [shape[ax] * block] + shape[ax + 1:])
+    return imp.op("slice", u, dim=ax, start=0, end=like.type.shape[ax])
+
+
+def _param(imp, v, like, a):
+    axis, block = a.get("axis", 1), a.get("block_size", 0)
+    if v is None:
+        return None
+    if block:
+        return _blocked(imp, v, like, axis, block)
+    return _per_axis(imp, v, like.type.rank, axis)
 
 
 @onnx_op("QuantizeLinear")
@@ -53,9 +74,7 @@ def _quantize_linear(imp, a):
     dtype = zp.type.dtype if zp is not None else ir_dtype(a.get("output_dtype", 2) or 2, "QuantizeLinear output_dtype")
     if dtype not in _RANGE or dtype == "i32":
         raise imp.unsupported(f"QuantizeLinear to {dtype} is not supported (u8, i8, i16)")
-    rank, axis = x.type.rank, a.get("axis", 1)
-    return quantize(imp, x, _per_axis(imp, scale, rank, axis),
-                    _per_axis(imp, zp, rank, axis) if zp is not None else None, dtype)
+    return quantize(imp, x, _param(imp, scale, x, a), _param(imp, zp, x, a), dtype)
 
 
 @onnx_op("DequantizeLinear")
@@ -65,9 +84,7 @@ def _dequantize_linear(imp, a):
     zp = imp.value(2) if imp.has(2) else None
     if q.type.dtype not in _RANGE:
         raise imp.unsupported(f"DequantizeLinear from {q.type.dtype} is not supported (u8, i8, i16, i32)")
-    rank, axis = q.type.rank, a.get("axis", 1)
-    return dequantize(imp, q, _per_axis(imp, scale, rank, axis),
-                      _per_axis(imp, zp, rank, axis) if zp is not None else None, scale.type.dtype)
+    return dequantize(imp, q, _param(imp, scale, q, a), _param(imp, zp, q, a), scale.type.dtype)
 
 
 @onnx_op("DynamicQuantizeLinear")

@@ -135,8 +135,10 @@ def _conv_transpose(imp, a):
 @onnx_op("GridSample")
 def _grid_sample(imp, a):
     x, grid = imp.value(0), imp.value(1)
-    if x.type.rank != 4:
-        raise imp.unsupported(f"only 2-d GridSample is supported, got {x.type.rank - 2}-d")
+    if x.type.rank not in (4, 5):
+        raise imp.unsupported(f"only 2-d and 3-d GridSample is supported, got {x.type.rank - 2}-d")
+    if x.type.rank == 5 and a.get("mode", "linear") in ("cubic", "bicubic"):
+        raise imp.unsupported("cubic 3-d GridSample is not supported")
     mode = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic",
             "bicubic": "bicubic"}[a.get("mode", "linear")]
     if mode == "nearest":  # torch rounds half to even; ONNX's nearest rounds half to even as well (np.rint)
@@ -235,6 +237,25 @@ def _gru_rnn(imp, a):
 @onnx_op("BitShift")
 def _bit_shift(imp, a):
     return imp.op("bit_shift", imp.value(0), imp.value(1), left=a["direction"] == "LEFT")
+
+
+@onnx_op("Col2Im")
+def _col2im(imp, a):
+    x = imp.value(0)
+    image, block = imp.dims(1, "image_shape"), imp.dims(2, "block_shape")
+    n = len(image)
+    if n != 2:
+        raise imp.unsupported(f"only 2-d Col2Im is supported, got {n}-d")
+    pads = a.get("pads", [0] * 2 * n)
+    if pads[:n] != pads[n:]:
+        raise imp.unsupported("asymmetric Col2Im pads are not supported")
+    return imp.op("col2im", x, image=image, block=block, dilation=a.get("dilations", [1] * n),
+                  padding=list(pads[:n]), stride=a.get("strides", [1] * n))
+
+
+@onnx_op("Det")
+def _det(imp, a):
+    return imp.op("det", imp.value(0))
 
 
 # ---- pooling ---------------------------------------------------------------------------------------

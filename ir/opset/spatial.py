@@ -216,9 +216,9 @@ def conv_transpose2d(x, weight, bias=None, *, stride, padding, output_padding, d
 # ---- grid sample ----------------------------------------------------------------------------------
 def _grid_sample_type(ts, a):
     x, grid = ts[0], ts[1]
-    if x.rank != 4 or grid.rank != 4:
-        raise I.ShapeError(f"grid_sample: 2-d sampling only (4-d input and grid), got {x} and {grid}")
-    return x.with_shape((x.shape[0], x.shape[1], grid.shape[1], grid.shape[2]))
+    if x.rank not in (4, 5) or grid.rank != x.rank:
+        raise I.ShapeError(f"grid_sample: 2-d or 3-d sampling (4-d/5-d input and grid), got {x} and {grid}")
+    return x.with_shape(x.shape[:2] + grid.shape[1:-1])
 
 
 @register_op("grid_sample", inputs="x grid",
@@ -378,3 +378,26 @@ def pool_nd(x, *, kind, kernel, stride, pads, dilation, ceil_mode, count_include
     if kind == "lp":
         return s.pow(1.0 / p)
     return (s / windows(w).sum(dim=-1)).to(x.dtype)
+
+
+# ---- Col2Im / determinant ---------------------------------------------------------------------------
+def _col2im_type(ts, a):
+    x = ts[0]
+    k = a["block"]
+    if x.rank != 3 or len(a["image"]) != 2 or len(k) != 2:
+        raise I.ShapeError(f"col2im: 2-d images only: x [N, C*kh*kw, L], got {x}")
+    c = x.shape[1] // (k[0] * k[1]) if isinstance(x.shape[1], int) else x.shape[1]
+    return x.with_shape((x.shape[0], c) + tuple(a["image"]))
+
+
+@register_op("col2im", inputs="x", attrs={"image": Attr("ints"), "block": Attr("ints"), "dilation": Attr("ints"),
+                                        "padding": Attr("ints"), "stride": Attr("ints")}, infer=_col2im_type)
+def col2im(x, *, image, block, dilation, padding, stride):
+    """torch.nn.functional.fold (= ONNX Col2Im for 2-d images, symmetric pads)."""
+    return F.fold(x, tuple(image), tuple(block), dilation=tuple(dilation), padding=tuple(padding), stride=tuple(stride))
+
+
+@register_op("det", inputs="x", infer=lambda ts, a: ts[0].with_shape(ts[0].shape[:-2]))
+def det(x):
+    """Determinant of the trailing square matrices (torch.linalg.det)."""
+    return torch.linalg.det(x)
