@@ -197,8 +197,7 @@ def _identity(imp, a):
 @onnx_op("Dropout")
 def _dropout(imp, a):
     """Inference: the identity, with an all-true mask. Training-mode dropout is random: rejected."""
-    ratio = imp.scalar(1, "ratio") if imp.has(1) else 0.5
-    if imp.has(2) and imp.scalar(2, "training_mode") and ratio != 0:
+    if imp.has(2) and imp.scalar(2, "training_mode") and (imp.scalar(1, "ratio") if imp.has(1) else 0.5) != 0:
         raise imp.unsupported("training-mode Dropout (random) is not supported; export the model in eval mode")
     x = imp.value(0)
     return [x, imp.op("full", shape=list(x.type.shape), value=True, dtype="bool")]
@@ -520,19 +519,46 @@ def _range(imp, a):
 
 @onnx_op("Trilu")
 def _trilu(imp, a):
-    k = imp.dims(1, "k")[0] if imp.has(1) else 0
-    return imp.op("triu" if a.get("upper", 1) else "tril", imp.value(0), diagonal=k)
+    upper = a.get("upper", 1)
+    if not imp.has(1) or imp.known(1) is not None:
+        k = imp.dims(1, "k")[0] if imp.has(1) else 0
+        return imp.op("triu" if upper else "tril", imp.value(0), diagonal=k)
+    # k from data: keep where (col - row) >= k (upper) / <= k (lower); the shape does not depend on k
+    x = imp.value(0)
+    m, n = x.type.shape[-2], x.type.shape[-1]
+    diff = imp.op("sub", imp.op("reshape", imp.op("arange", end=n, dtype="i64"), shape=[1, n]),
+                  imp.op("reshape", imp.op("arange", end=m, dtype="i64"), shape=[m, 1]))
+    k = imp.op("reshape", imp.op("cast", imp.value(1), dtype="i64"), shape=[])
+    keep = imp.op("ge" if upper else "le", diff, k)
+    return imp.op("where", keep, x, _scalar(imp, 0, x.type.dtype))
+
+
+def runtime_axis(imp, i, rank, build):
+    """`build(axis)` for an axis given by input i: directly when it is known at import time;
+    otherwise built for every axis and selected at run time by the input's value (the op keeps
+    the input's shape whatever the axis, so every candidate has the same type)."""
+    k = imp.known(i)
+    if k is not None:
+        return build(I.norm_dim(imp.dims(i, "axis")[0], rank))
+    ax = imp.op("reshape", imp.op("cast", imp.value(i), dtype="i64"), shape=[])
+    ax = imp.op("where", imp.op("lt", ax, _scalar(imp, 0, "i64")), imp.op("add", ax, _scalar(imp, rank, "i64")), ax)
+    out = build(rank - 1)
+    for d in range(rank - 2, -1, -1):
+        out = imp.op("where", imp.op("eq", ax, _scalar(imp, d, "i64")), build(d), out)
+    return out
 
 
 @onnx_op("CumSum")
 def _cumsum(imp, a):
     x = imp.value(0)
-    ax = I.norm_dim(imp.dims(1, "axis")[0], x.type.rank)
-    xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
-    y = imp.op("cumsum", xr, dim=ax, dtype=x.type.dtype)
-    if a.get("exclusive"):
-        y = imp.op("sub", y, xr)
-    return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+
+    def build(ax):
+        xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
+        y = imp.op("cumsum", xr, dim=ax, dtype=x.type.dtype)
+        if a.get("exclusive"):
+            y = imp.op("sub", y, xr)
+        return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+    return runtime_axis(imp, 1, x.type.rank, build)
 
 
 @onnx_op("Pad")
