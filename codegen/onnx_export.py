@@ -180,7 +180,10 @@ class Exporter:
             if node.op not in EMITTERS:
                 raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
                                       f"{', '.join(sorted(EMITTERS))}")
+            start = len(self.nodes)
             outs = EMITTERS[node.op](self, node, [self.name(v) for v in node.inputs])
+            for n in self.nodes[start:]:  # which IR op each ONNX node lowers (errors name it)
+                n.doc_string = f"IR op {node.op} on {'/'.join(dict.fromkeys(v.type.dtype for v in node.inputs)) or '-'}"
             for v, o in zip(node.outputs, outs):
                 self.names[id(v)] = o
         outputs = []

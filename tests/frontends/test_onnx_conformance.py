@@ -42,7 +42,9 @@ def test_rejections_are_clear_feature_errors(outcomes):
 @pytest.mark.slow
 def test_overall_pass_rate_does_not_regress(outcomes):
     rate = sum(o.passed for o in outcomes) / len(outcomes)
-    assert len(outcomes) > 1000 and rate >= 0.68, conf.summary(outcomes)
+    assert len(outcomes) > 1000 and rate >= 0.75, conf.summary(outcomes)
+    unbound = sum(o.passed and not o.specialized for o in outcomes) / len(outcomes)
+    assert unbound >= 0.60, conf.summary(outcomes)  # without binding parameter inputs as constants
 
 
 def test_unsupported_feature_is_not_a_supported_failure():

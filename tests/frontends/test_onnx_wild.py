@@ -240,3 +240,21 @@ def test_random_graphs_with_nan_and_inf_agree_across_targets():
             for w, o in zip(want, got):
                 torch.testing.assert_close(o, w, equal_nan=True, atol=1e-4, rtol=1e-4, msg=lambda m: f"{target}: {m}")
     check()
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "tanh", "exp", "erf"])
+def test_bf16_on_the_onnx_target_is_refused_at_optimize_time_naming_op_and_dtype(op):
+    from slimgraph.ir.graph import Graph
+    from slimgraph.ir.types import TensorType
+    g = Graph("g")
+    x = g.add_input("x", TensorType("bf16", (4, 4)))
+    g.set_outputs([g.op(op, x)])
+    with pytest.raises(Exception, match=rf"IR op {op} on bf16.*target='torch'"):
+        slimgraph.optimize(g, target="onnx")
+    # the same graph in f16 exports and runs
+    g16 = Graph("g")
+    x16 = g16.add_input("x", TensorType("f16", (4, 4)))
+    g16.set_outputs([g16.op(op, x16)])
+    xs = torch.randn(4, 4).half()
+    torch.testing.assert_close(slimgraph.optimize(g16, target="onnx").run(xs)[0].float(),
+                               run(g16, xs)[0].float(), atol=2e-3, rtol=2e-3)
