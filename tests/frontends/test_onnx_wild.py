@@ -258,3 +258,52 @@ def test_bf16_on_the_onnx_target_is_refused_at_optimize_time_naming_op_and_dtype
     xs = torch.randn(4, 4).half()
     torch.testing.assert_close(slimgraph.optimize(g16, target="onnx").run(xs)[0].float(),
                                run(g16, xs)[0].float(), atol=2e-3, rtol=2e-3)
+
+
+# ---- negative indices, int64 extremes, empty tensors: every target agrees with the spec ----------------
+def _init(name, arr):
+    return onnx.numpy_helper.from_array(arr, name)
+
+
+_X = np.arange(12, dtype=np.float32).reshape(3, 4)
+_EDGE = {
+    "gather_negative_const": ([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], {"x": _X},
+                              [_init("i", np.array([-1, 0, -4], np.int64))], T.FLOAT),
+    "gather_negative_runtime": ([helper.make_node("Gather", ["x", "i"], ["y"], axis=0)],
+                                {"x": _X, "i": np.array([-1, 1], np.int64)}, [], T.FLOAT),
+    "gather_elements_negative": ([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)],
+                                 {"x": _X, "i": np.array([[-1], [0], [-4]], np.int64)}, [], T.FLOAT),
+    "gather_nd_negative": ([helper.make_node("GatherND", ["x", "i"], ["y"])],
+                           {"x": _X, "i": np.array([[-1, -2], [0, 1]], np.int64)}, [], T.FLOAT),
+    "scatter_elements_negative": ([helper.make_node("ScatterElements", ["x", "i", "u"], ["y"], axis=1)],
+                                  {"x": _X, "i": np.array([[-1], [0], [-2]], np.int64),
+                                   "u": np.ones((3, 1), np.float32)}, [], T.FLOAT),
+    "scatter_nd_negative": ([helper.make_node("ScatterND", ["x", "i", "u"], ["y"])],
+                            {"x": _X, "i": np.array([[-1]], np.int64), "u": np.ones((1, 4), np.float32)}, [], T.FLOAT),
+    "slice_int64_extremes": ([helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"])], {"x": _X},
+                             [_init("s", np.array([-2 ** 63, 2 ** 63 - 1], np.int64)),
+                              _init("e", np.array([2 ** 63 - 1, -2 ** 63], np.int64)),
+                              _init("a", np.array([0, 1], np.int64)), _init("st", np.array([1, -1], np.int64))], T.FLOAT),
+    "add_int64_extremes": ([helper.make_node("Add", ["x", "z"], ["y"])],
+                           {"x": np.array([2 ** 63 - 1, -2 ** 63], np.int64), "z": np.zeros(2, np.int64)}, [], T.INT64),
+    "add_empty": ([helper.make_node("Add", ["x", "z"], ["y"])],
+                  {"x": np.zeros((0, 4), np.float32), "z": np.ones((1, 4), np.float32)}, [], T.FLOAT),
+    "reduce_sum_empty": ([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+                         {"x": np.zeros((0, 4), np.float32)}, [], T.FLOAT),
+    "reduce_max_empty_axis": ([helper.make_node("ReduceMax", ["x", "a"], ["y"], keepdims=0)],
+                              {"x": np.zeros((3, 0), np.float32)}, [_init("a", np.array([1], np.int64))], T.FLOAT),
+    "concat_empty": ([helper.make_node("Concat", ["x", "z"], ["y"], axis=0)],
+                     {"x": np.zeros((0, 4), np.float32), "z": np.ones((2, 4), np.float32)}, [], T.FLOAT),
+    "matmul_empty": ([helper.make_node("MatMul", ["x", "z"], ["y"])],
+                     {"x": np.zeros((0, 4), np.float32), "z": np.ones((4, 2), np.float32)}, [], T.FLOAT),
+    "argmax_inf_and_nan": ([helper.make_node("ArgMax", ["x"], ["y"], axis=1)],
+                           {"x": np.array([[np.inf, -np.inf, np.nan]], np.float32)}, [], T.INT64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_EDGE))
+def test_negative_indices_extremes_and_empty_tensors(case):
+    nodes, feeds, inits, out_type = _EDGE[case]
+    ins = [_vi(k, T.FLOAT if v.dtype == np.float32 else T.INT64, list(v.shape)) for k, v in feeds.items()]
+    model = _model(nodes, ins, [_vi("y", out_type)], inits=inits)
+    _check(model, feeds, targets=("reference", "torch", "onnx"))
