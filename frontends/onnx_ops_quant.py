@@ -1,11 +1,16 @@
-"""ONNX quantization ops (QDQ and QOperator formats) as float-equivalent IR sequences:
+"""ONNX quantization ops (QDQ and QOperator formats). A constant int8 weight's DequantizeLinear
+(per tensor or per output column) becomes slimgraph's own `dequantize` op (ir/opset/quant.py);
+everything else becomes float-equivalent IR sequences:
 QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear, QLinearMatMul, QLinearConv, MatMulInteger,
 ConvInteger (per-tensor, per-axis and blocked scales). Integer arithmetic is reproduced exactly where the values fit f32/f64 (products of
 8-bit values summed: exact in f64); rounding is half-to-even and results saturate to the integer
 type, as the ONNX spec and ONNX Runtime do."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir.dtypes import to_torch
+from .onnx_import import Known
 from .onnx_ops import _c, onnx_op
 
 _RANGE = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767), "i32": (-2 ** 31, 2 ** 31 - 1)}
@@ -77,9 +82,39 @@ def _quantize_linear(imp, a):
     return quantize(imp, x, _param(imp, scale, x, a), _param(imp, zp, x, a), dtype)
 
 
+def _as_weight_dequantize(imp, a):
+    """A constant int8 weight W[K, N] dequantized per tensor or per column (axis 1) is slimgraph's own
+    `dequantize` op on W^T (its [out, in] layout, one scale row per output), transposed back: the
+    packed weight stays int8 in the graph and fuse-dequant-matmul / the codegens see a quantized weight.
+    None when the node does not fit (run-time input, other dtypes or layouts, blocked scales)."""
+    qk, sk = imp.known(0), imp.known(1)
+    zk = imp.known(2) if imp.has(2) else None
+    if qk is None or sk is None or (imp.has(2) and zk is None) or a.get("block_size", 0):
+        return None
+    if qk.dtype != "i8" or qk.array.ndim != 2 or sk.dtype not in ("f32", "f16", "bf16") or sk.symbolic:
+        return None
+    k, n = qk.array.shape
+    axis = a.get("axis", 1) % 2
+    if sk.array.size != 1 and (axis != 1 or sk.array.shape != (n,)):
+        return None
+    if zk is not None and (zk.dtype != "i8" or zk.array.size not in (1, n)):
+        return None
+    scales = np.broadcast_to(np.asarray(sk.array).reshape(-1, 1), (n, 1)).copy()
+    qw = imp.as_value(Known(np.ascontiguousarray(qk.array.T), "i8"), imp.node.input[0] + "_qT")
+    inputs = [qw, imp.as_value(Known(scales, sk.dtype), imp.node.input[1] + "_rows")]
+    if zk is not None and np.any(zk.array != 0):
+        zeros = np.broadcast_to(np.asarray(zk.array, np.int8).reshape(-1, 1), (n, 1)).copy()
+        inputs.append(imp.as_value(Known(zeros, "i8"), imp.node.input[2] + "_rows"))
+    w = imp.op("dequantize", *inputs, bits=8, group=0, dtype=sk.dtype)
+    return imp.op("permute", w, dims=[1, 0])
+
+
 @onnx_op("DequantizeLinear")
 def _dequantize_linear(imp, a):
     _check_block(imp, a)
+    fitted = _as_weight_dequantize(imp, a)
+    if fitted is not None:
+        return fitted
     q, scale = imp.value(0), imp.value(1)
     zp = imp.value(2) if imp.has(2) else None
     if q.type.dtype not in _RANGE:
