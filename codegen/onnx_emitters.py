@@ -457,6 +457,25 @@ def _concat(ex, node, ins):
     return [ex.one("Concat", *[ex.cast(n, v.type.dtype, dtype) for n, v in keep], axis=node.attrs["dim"])]
 
 
+@emitter("cache_append")
+def _cache_append(ex, node, ins):
+    """An `append` state: ONNX Runtime returns a new tensor (a copy of the cache) every call."""
+    return [ex.one("Concat", ins[0], ex.cast(ins[1], node.inputs[1].type.dtype, _out(node).dtype),
+                   axis=node.attrs["axis"])]
+
+
+@emitter("cache_window")
+def _cache_window(ex, node, ins):
+    """First `sinks` rows + last `window` rows along `axis` (all of them when fewer)."""
+    a, w, s = node.attrs["axis"], node.attrs["window"], node.attrs["sinks"]
+    axis = ex.ints([a])
+    n = ex.one("Gather", ex.one("Shape", ins[0]), ex.ints([a % node.inputs[0].type.rank]), axis=0)
+    start = ex.one("Max", ex.one("Sub", n, ex.ints([w])), ex.ints([s]))
+    head = ex.one("Slice", ins[0], ex.ints([0]), ex.ints([s]), axis)
+    tail = ex.one("Slice", ins[0], start, n, axis)
+    return [ex.one("Concat", head, tail, axis=a)]
+
+
 @emitter("split")
 def _split(ex, node, ins):
     return ex.node("Split", [ins[0], ex.dims(node.attrs["sizes"])], n_out=len(node.outputs), axis=node.attrs["dim"])

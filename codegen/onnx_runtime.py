@@ -1,9 +1,9 @@
-"""Run an IR graph in ONNX Runtime: export it, open an InferenceSession, wrap it as a Runner.
+"""Run an IR graph in ONNX Runtime: the `onnx` target's build (export) and load (open a session).
 
-    runner = build_ort_runner(graph)      # CUDA provider when ORT has it, else CPU
+    products = build(graph)               # {"model.onnx": bytes}: usable by ONNX Runtime without slimgraph
+    runner = load(graph, products)        # an OrtRunner; CUDA provider when ORT has it, else CPU
+    runner = build_ort_runner(graph)      # both at once (options: providers, threads, spin, ...)
     outs = runner(*torch_tensors)          # list of torch tensors, like every Runner
-    runner.model                           # the exported onnx.ModelProto
-    runner.artifact_files()                # {"model.onnx": bytes} for an artifact directory
 
 Sessions run with ORT_ENABLE_ALL, torch's intra-op thread count and ORT's default spin-waiting
 (SLIMGRAPH_ORT_SPIN=0 turns it off for machines shared with other jobs). int4 MatMulNBits computes
@@ -16,7 +16,10 @@ import os
 
 import numpy as np
 
+from .contract import Products, Runner
 from .onnx_export import INSTALL_HINT, export_onnx
+
+MODEL = "model.onnx"
 
 
 def session_options(threads: int | None = None, spin: bool | None = None):
@@ -41,20 +44,30 @@ def session_options(threads: int | None = None, spin: bool | None = None):
     return opts
 
 
-class OrtRunner:
-    def __init__(self, graph, providers=None, *, fuse: bool = True, int4_accuracy_level: int | None = None,
-                 threads: int | None = None, spin: bool | None = None):
+def build(graph, *, fuse: bool = True, int4_accuracy_level: int | None = None) -> Products:
+    """Export the graph to ONNX (the `onnx` target's codegen)."""
+    if int4_accuracy_level is None:  # opt-in: 4 quantizes activations to int8 inside MatMulNBits
+        int4_accuracy_level = int(os.environ.get("SLIMGRAPH_ORT_INT4_ACCURACY", "0"))
+    model = export_onnx(graph, fuse=fuse, int4_accuracy_level=int4_accuracy_level)
+    return Products({MODEL: model.SerializeToString()})
+
+
+def load(graph, products: Products, providers=None, **kwargs) -> "OrtRunner":
+    return OrtRunner(graph, products, providers, **kwargs)
+
+
+class OrtRunner(Runner):
+    def __init__(self, graph, products: Products, providers=None, *, threads: int | None = None,
+                 spin: bool | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise ImportError(f"the 'onnx' target needs onnxruntime: {INSTALL_HINT}") from e
-        if int4_accuracy_level is None:  # opt-in: 4 quantizes activations to int8 inside MatMulNBits
-            int4_accuracy_level = int(os.environ.get("SLIMGRAPH_ORT_INT4_ACCURACY", "0"))
-        self.model = export_onnx(graph, fuse=fuse, int4_accuracy_level=int4_accuracy_level)
         available = ort.get_available_providers()
         self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        super().__init__(products, device="cuda" if self.providers[0].startswith("CUDA") else "cpu")
         try:
-            self.session = ort.InferenceSession(self.model.SerializeToString(), session_options(threads, spin),
+            self.session = ort.InferenceSession(products.read_bytes(MODEL), session_options(threads, spin),
                                                 providers=self.providers)
         except Exception as e:  # noqa: BLE001 - ORT's kernel lookup errors name only its own node
             from .onnx_kernels import explain_session_error
@@ -62,9 +75,11 @@ class OrtRunner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.graph = graph
 
-    def artifact_files(self) -> dict[str, bytes]:
-        """Build products for the artifact directory: the exported model ORT runs."""
-        return {"model.onnx": self.model.SerializeToString()}
+    @property
+    def model(self):
+        """The exported onnx.ModelProto."""
+        import onnx
+        return onnx.load_from_string(self.products.read_bytes(MODEL))
 
     def __call__(self, *tensors):
         import torch
@@ -82,5 +97,7 @@ def _to_numpy(t):
     return t.numpy()
 
 
-def build_ort_runner(graph, providers=None, **kwargs) -> OrtRunner:
-    return OrtRunner(graph, providers, **kwargs)
+def build_ort_runner(graph, providers=None, *, fuse: bool = True, int4_accuracy_level: int | None = None,
+                     **kwargs) -> OrtRunner:
+    """build + load, with the exporter's and the session's options."""
+    return OrtRunner(graph, build(graph, fuse=fuse, int4_accuracy_level=int4_accuracy_level), providers, **kwargs)

@@ -1,7 +1,15 @@
 """IR -> torch.fx GraphModule: straight-line torch code, one call per IR node.
 
-    gm = build_graph_module(graph)        # forward(*inputs) -> tuple of graph outputs
-    run = build_runner(graph)             # (*tensors) -> list[Tensor], under no_grad
+    products = build(graph)               # the `torch` target's build: Python source + packed weights
+    run = load(graph, products)           # a TorchRunner: (*tensors) -> list[Tensor], under no_grad
+    run = build_runner(graph)             # both at once
+    gm = build_graph_module(graph)        # the fx GraphModule itself (tests, debugging)
+
+Build products (codegen/contract.py): `torch_forward.py`, the generated `forward(self, *inputs)`;
+`torch_buffers.safetensors`, the tensors that prepack hooks made (packed int4 weights, ...) and
+literal constants; meta: how to import each global the source names, which buffer is which graph
+weight, the host it was built for (torch version, CPU capability: packed layouts depend on both).
+`load` executes the source and binds the buffers: no codegen and no prepacking on load.
 
 - Each node calls its op's fast kernel from `torch_kernels` if one is registered, else the op
   registry's reference implementation (so every registered op runs). Kernels with a
@@ -10,16 +18,19 @@
   only prepacked kernels read is not kept (the module holds the packed form alone).
 - Symbolic attributes (`dim`/`dims`) are computed at run time: one `x.size(i)` per symbol at
   entry, then small int arithmetic per distinct expression (cached).
-- A concat that appends to a graph input and is returned (a KV cache step) writes into spare rows of
-  a growing buffer instead of copying the cache (codegen/torch_kv.py).
+- `cache_append` (an `append` state) writes into spare rows of a growing buffer instead of copying the
+  cache (codegen/torch_kv.py); the runner's `truncate_state` rolls it back without a copy.
 - 0-d literal `constant`s are evaluated once; a consumer whose kernel accepts Python scalars
   gets the number inlined when that gives the same result dtype, others get a buffer.
 The IR graph is never changed.
 """
 from __future__ import annotations
+import importlib
 import keyword
+import math
 import operator
 import re
+import types
 
 import sympy
 import torch
@@ -29,25 +40,153 @@ from ..ir import symbolic
 from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
 from . import torch_kv
+from .contract import Products, ProductsError, Runner
 from .torch_kernels import SlowPath, get_kernel
+
+SOURCE, BUFFERS = "torch_forward.py", "torch_buffers.safetensors"
 
 
 class CodegenError(RuntimeError):
     pass
 
 
-def build_runner(graph):
-    """The `torch` target's codegen: a runner `(*tensors) -> list[Tensor]`."""
+def host() -> dict:
+    """What a build depends on besides the graph: packed layouts follow torch's version and CPU kernels."""
+    import slimgraph
+    return {"slimgraph": slimgraph.__version__, "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+class TorchRunner(Runner):
+    def __init__(self, forward, module, code: str, products: Products, notes):
+        super().__init__(products, notes, device="cpu")
+        self.forward, self.module, self.code = forward, module, code
+
+    def __call__(self, *tensors):
+        with torch.no_grad():
+            return list(self.forward(*tensors))
+
+    def truncate_state(self, t, axis, length):
+        return torch_kv.truncate(t, axis, length)
+
+
+def build(graph) -> Products:
+    """The `torch` target's build: generate the forward's source and run the prepack hooks (once)."""
     builder = _Builder(graph)
     gm = builder.build()
-    forward = gm.forward
+    code = gm.graph.python_code(root_module="self")
+    globals_, live, unstorable = {}, {}, []
+    for name, obj in code.globals.items():
+        try:
+            globals_[name] = _recipe(name, obj)
+        except CodegenError as e:   # runs in this process; saving it is refused with this reason
+            globals_[name], live[name] = {"live": repr(obj)}, obj
+            unstorable.append(str(e))
+    buffers, stored = {}, {}
+    for name, t in gm.named_buffers(remove_duplicate=False):
+        origin = builder.origin.get(name)
+        if origin is not None and graph.weights[origin].tensor is t:
+            buffers[name] = {"weight": origin}
+        else:
+            buffers[name] = {"stored": name}
+            stored[name] = t
+        if name in builder.prepacked:
+            buffers[name]["aligned"] = True
+    notes = [f"{n} node{'s' if n > 1 else ''}: {why}" for why, n in builder.slow.items()]
+    meta = {"host": host(), "globals": globals_, "buffers": buffers, "notes": notes}
+    return Products({SOURCE: code.src.encode(), BUFFERS: stored}, meta, live, unstorable)
 
-    def run(*tensors):
-        with torch.no_grad():
-            return list(forward(*tensors))
-    run.graph_module = gm
-    run.notes = [f"{n} node{'s' if n > 1 else ''}: {why}" for why, n in builder.slow.items()]
-    return run
+
+def load(graph, products: Products) -> TorchRunner:
+    """Execute the stored source and bind its buffers (graph weights, stored packed tensors): no codegen."""
+    meta = products.meta
+    src = products.read_bytes(SOURCE).decode()
+    try:
+        ns = {name: products.live[name] if "live" in recipe else _resolve(recipe)
+              for name, recipe in meta["globals"].items()}
+    except (ImportError, AttributeError, KeyError) as e:
+        raise ProductsError(f"torch build products: cannot resolve a global of {SOURCE} ({type(e).__name__}: {e}); "
+                            "they were built by another slimgraph/torch version: rebuild the model") from None
+    exec(compile(src, f"<slimgraph {SOURCE} @{graph.name}>", "exec"), ns)
+    stored = products.read_tensors(BUFFERS) if any("stored" in b for b in meta["buffers"].values()) else {}
+    module = torch.nn.Module()
+    for name, spec in meta["buffers"].items():
+        t = graph.weights[spec["weight"]].tensor if "weight" in spec else stored[spec["stored"]]
+        module.register_buffer(name, _aligned(t) if spec.get("aligned") else t, persistent=False)
+    return TorchRunner(types.MethodType(ns["forward"], module), module, src, products, meta.get("notes", []))
+
+
+def build_runner(graph) -> TorchRunner:
+    """build + load: a runner `(*tensors) -> list[Tensor]`."""
+    return load(graph, build(graph))
+
+
+def _aligned(t):
+    """t itself if 64-byte aligned and contiguous, else an aligned copy: torch's int8 kernel (oneDNN) segfaults
+    on a weight at an unaligned address, e.g. one read from a safetensors file."""
+    return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
+_FLOATS = {"inf": math.inf, "nan": math.nan, "-inf": -math.inf}
+
+
+def _recipe(name, obj) -> dict:
+    """How load() gets back a global that the generated source names (import path, not pickle)."""
+    if isinstance(obj, types.ModuleType):
+        return {"module": obj.__name__}
+    if isinstance(obj, float):
+        return {"float": str(obj)}
+    if obj is type(None):
+        return {"none_type": True}
+    if hasattr(obj, "_slimgraph_recipe"):
+        return dict(obj._slimgraph_recipe)
+    if isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return {"torch_op": str(obj)}       # e.g. "aten.add.Tensor"
+    op = _impl_ops().get(id(obj))
+    if op is not None:                  # an op's reference implementation (may be a lambda)
+        return {"op_impl": op}
+    mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if mod and qual and "<" not in qual:
+        try:
+            found = _import(mod, qual)
+        except (ImportError, AttributeError):
+            found = None
+        if found is obj:
+            return {"import": f"{mod}:{qual}"}
+    raise CodegenError(f"torch codegen: global {name} = {obj!r} of the generated source cannot be stored by import "
+                       "path (kernels that artifacts can store are module-level functions)")
+
+
+def _impl_ops() -> dict[int, str]:
+    from ..ir.registry import all_ops
+    return {id(d.impl): name for name, d in all_ops().items()}
+
+
+def _import(mod, qual):
+    obj = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resolve(recipe: dict):
+    if "module" in recipe:
+        return importlib.import_module(recipe["module"])
+    if "float" in recipe:
+        return float(recipe["float"])
+    if "none_type" in recipe:
+        return type(None)
+    if "dim_expr" in recipe:
+        return _int_expr(recipe["dim_expr"])
+    if "op_impl" in recipe:
+        return get_op(recipe["op_impl"]).impl
+    if "torch_op" in recipe:
+        obj = torch.ops
+        for part in recipe["torch_op"].split("."):
+            obj = getattr(obj, part)
+        return obj
+    mod, qual = recipe["import"].split(":")
+    return _import(mod, qual)
 
 
 def build_graph_module(graph) -> fx.GraphModule:
@@ -66,6 +205,8 @@ class _Builder:
         self.exprs: dict[str, object] = {}      # canonical dim expr -> fx node or int
         self.attr_names: set[str] = set()
         self.slow: dict[str, int] = {}          # SlowPath reason -> nodes
+        self.origin: dict[str, str] = {}        # buffer name -> the graph weight it holds
+        self.prepacked: set[str] = set()        # buffers made by prepack hooks
 
     def build(self) -> fx.GraphModule:
         for v in self.ir.inputs:
@@ -81,7 +222,7 @@ class _Builder:
         return gm
 
     # ---- entry: weights, symbols ------------------------------------------------------------
-    def _buffer(self, hint: str, tensor: torch.Tensor) -> fx.Node:
+    def _buffer(self, hint: str, tensor: torch.Tensor, weight: str | None = None, packed: bool = False) -> fx.Node:
         name = base = _ident(hint)
         i = 0
         while name in self.attr_names or hasattr(self.root, name):
@@ -89,6 +230,10 @@ class _Builder:
             name = f"{base}_{i}"
         self.attr_names.add(name)
         self.root.register_buffer(name, tensor, persistent=False)
+        if weight is not None:
+            self.origin[name] = weight
+        if packed:
+            self.prepacked.add(name)
         return self.fx.get_attr(name)
 
     def _bind_symbols(self):
@@ -143,8 +288,6 @@ class _Builder:
             return
         kernel = get_kernel(node.op)
         fn = kernel.fn if kernel else opdef.impl
-        if self._appends_state(node):
-            kernel, fn = None, torch_kv.append
         inputs = list(node.inputs)
         prepacked = self._prepack(node, kernel) if kernel and kernel.prepack else {}
         args = tuple(prepacked[i] if i in prepacked else
@@ -157,13 +300,6 @@ class _Builder:
             return
         for i, o in enumerate(node.outputs):
             self.env[id(o)] = self.fx.create_node("call_function", operator.getitem, (out, i), name=_ident(o.name))
-
-    def _appends_state(self, node) -> bool:
-        """concat(graph input, x) returned as a graph output: a KV cache growing by a step (torch_kv)."""
-        if node.op != "concat" or len(node.inputs) != 2:
-            return False
-        first = node.inputs[0]
-        return any(v is first for v in self.ir.inputs) and any(o is node.output for o in self.ir.outputs)
 
     def _attr(self, opdef, key, value):
         if key not in opdef.symbolic_attrs:
@@ -180,7 +316,7 @@ class _Builder:
             if id(v) not in self.env:  # materialize the constant once, as a buffer
                 self.env[id(v)] = self._buffer(v.name, self.consts[id(v)])
         if v.is_weight and id(v) not in self.env:  # on first use: a weight read only by prepack is never kept
-            self.env[id(v)] = self._buffer(v.name, v.tensor)
+            self.env[id(v)] = self._buffer(v.name, v.tensor, weight=v.name)
         return self.env[id(v)]
 
     def _prepack(self, node, kernel) -> dict[int, fx.Node]:
@@ -196,7 +332,9 @@ class _Builder:
         if bad:
             raise CodegenError(f"prepack for {node.op} returned inputs {sorted(bad)}, which are not weights "
                                f"of node {node!r}; it may only replace {sorted(consts)}")
-        return {i: self._buffer(f"{node.inputs[i].name}.{node.op}_packed", t) for i, t in packed.items()}
+        return {i: self._buffer(f"{node.inputs[i].name}.{node.op}_packed", t,
+                                weight=node.inputs[i].name if t is consts[i] else None, packed=True)
+                for i, t in packed.items()}
 
 
 def _int_expr(text: str):
@@ -205,6 +343,7 @@ def _int_expr(text: str):
     def dim_expr(*args) -> int:
         return int(fn(*args))
     dim_expr.__qualname__ = dim_expr.__name__ = "dim_expr"
+    dim_expr._slimgraph_recipe = {"dim_expr": text}
     return dim_expr
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 # Modules (besides this one) that register kernels when imported, e.g. quantized kernels.
-KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear"]
+KERNEL_MODULES: list[str] = ["slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"]
 
 
 class SlowPath(Exception):

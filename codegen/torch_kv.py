@@ -1,18 +1,19 @@
-"""Growing state (a KV cache) without copying it every step.
+"""The `torch` lowering of `cache_append` (an `append` state, ir/state.py): a KV cache that grows
+without being copied every step.
 
-A causal LM graph takes `past_key_i` as an input and returns `concat(past_key_i, new, dim=-2)` as an
-output; decoding feeds that output back as the next step's input. `torch.cat` copies the whole cache
-each step (O(length) per token). The `torch` codegen runs such a concat (first operand a graph input,
-result a graph output) with `append` instead: the result is a view into a larger buffer with spare
-rows, so the next append writes only the new rows, in place.
+`torch.cat` copies the whole cache each step (O(length) per token). `append` returns a view into a
+larger buffer with spare rows instead, so the next append writes only the new rows, in place.
 
 Safety: an append writes only past the end of the view it was given, so every tensor a caller holds
 keeps its values. The buffer remembers how many rows are filled; appending to a view shorter than
-that (a second branch from the same past, e.g. after a rejected speculative draft) copies into a new
-buffer instead of overwriting rows that another view shows.
+that (a second branch from the same past) copies into a new buffer instead of overwriting rows that
+another view shows. The decoder runtime, which owns the state, rolls back with `truncate` (the rows
+past the new end become free for the next append: no copy).
 """
 from __future__ import annotations
 import torch
+
+from .torch_kernels import torch_kernel
 
 HEADROOM = 128      # spare rows of a new buffer, at least; it grows by 1.5x when full
 
@@ -24,9 +25,10 @@ class _Buffer:
         self.data, self.filled = data, filled
 
 
-def append(past: torch.Tensor, new: torch.Tensor, *, dim: int) -> torch.Tensor:
-    """torch.cat((past, new), dim), returned as a view into a buffer with room for more rows."""
-    d = dim % past.dim()
+@torch_kernel("cache_append")
+def append(past: torch.Tensor, new: torch.Tensor, *, axis: int) -> torch.Tensor:
+    """torch.cat((past, new), axis), returned as a view into a buffer with room for more rows."""
+    dim = d = axis % past.dim()
     n_past, n = past.shape[d], new.shape[d]
     buf = getattr(past, "_slimgraph_kv", None)
     if not _can_extend(buf, past, new, d, n_past, n):
@@ -50,3 +52,15 @@ def _can_extend(buf, past, new, d, n_past, n) -> bool:
     data = buf.data
     return (past.data_ptr() == data.data_ptr() and past.stride() == data.stride() and new.dtype == data.dtype
             and new.device == data.device and new.shape[:d] + new.shape[d + 1:] == data.shape[:d] + data.shape[d + 1:])
+
+
+def truncate(t: torch.Tensor, axis: int, length: int) -> torch.Tensor:
+    """`t` narrowed to `length` rows along `axis`; if `t` views an append buffer, the rows past `length`
+    become free (the caller promises not to read the longer view again)."""
+    d = axis % t.dim()
+    out = t.narrow(d, 0, length)
+    buf = getattr(t, "_slimgraph_kv", None)
+    if buf is not None and buf.filled == t.shape[d] and t.data_ptr() == buf.data.data_ptr():
+        buf.filled = length
+        out._slimgraph_kv = buf
+    return out

@@ -59,7 +59,8 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
 
 def _aligned(t):
     """t itself if 64-byte aligned and contiguous, else an aligned copy: the int8 kernel's multi-row path
-    (oneDNN) segfaults on a weight at an unaligned address, e.g. one read from a safetensors file."""
+    (oneDNN) segfaults on a weight at an unaligned address, e.g. one read from a safetensors file
+    (buffers made here are aligned again when a build is loaded: codegen/torch_fx.py)."""
     return t if t.is_contiguous() and t.data_ptr() % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 

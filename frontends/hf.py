@@ -1,12 +1,18 @@
-"""Hugging Face causal LMs -> an IR graph over flat KV-cache tensors.
+"""Hugging Face causal LMs -> an IR graph over flat KV-cache tensors, with the cache declared as state.
 
     imp, kv = export_causal_lm(model)
-    # inputs:  input_ids: i64[batch,seq], past_key_{i}, past_value_{i}: f32[batch,kv_heads,past,head_dim]
+    # inputs:  input_ids: i64[batch,seq], position_ids: i64[batch,seq],
+    #          attention_mask: b8[batch,1,seq,past+seq] (True = may attend),
+    #          past_key_{i}, past_value_{i}: f32[batch,kv_heads,past,head_dim]
     # outputs: logits: f32[batch,seq,vocab], present_key_{i}, present_value_{i}: [..., past+seq, ...]
+    # states:  key_{i}: %past_key_{i} -> %present_key_{i} append{axis=2} (and value_{i})
 
-Prefill passes caches with past = 0; each decode step feeds the presents back. The wrapper
-rebuilds a `transformers.DynamicCache` from the flat tensors inside `forward`, so the model's
-own cache code (Llama, Qwen2, Mistral, GPT-2, ...) is what gets exported.
+Prefill passes caches with past = 0; each decode step feeds the presents back. Positions and the
+mask are inputs, so one graph serves prefill, decode, left-padded batches and the verification of a
+tree of candidate tokens (slimgraph.decoder builds them). The wrapper rebuilds a
+`transformers.DynamicCache` from the flat tensors inside `forward`, so the model's own cache code
+(Llama, Qwen2, Mistral, GPT-2, ...) is what gets exported; the cache's concatenation becomes the
+`cache_append` op of a declared `append` state (ir/state.py).
 """
 from __future__ import annotations
 
@@ -72,7 +78,8 @@ def _first(cfg, *names):
 
 
 class FlatCacheLM(torch.nn.Module):
-    """forward(input_ids, *past) -> (logits, *presents), past/presents interleaved key_0, value_0, ..."""
+    """forward(input_ids, position_ids, attention_mask, *past) -> (logits, *presents), past/presents
+    interleaved key_0, value_0, ...; attention_mask is 4-D bool [batch, 1, seq, past + seq]."""
 
     def __init__(self, model):
         super().__init__()
@@ -81,12 +88,13 @@ class FlatCacheLM(torch.nn.Module):
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
-    def forward(self, input_ids, *past):
+    def forward(self, input_ids, position_ids, attention_mask, *past):
         from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache})
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                         use_cache=True, **{self._cache_arg: cache})
         presents = []
         for layer in getattr(out, self._cache_arg).layers:
             presents += [layer.keys, layer.values]
@@ -107,6 +115,8 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
     batch = 2 if dynamic_batch else 1
     ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))
+    positions = torch.arange(example_past, example_past + example_seq).expand(batch, -1)
+    mask = torch.ones(batch, 1, example_seq, example_past + example_seq, dtype=torch.bool)
     past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
             for _ in range(2 * kv.num_layers)]
     # a sliding-window model's cache stops growing at the window: export only the growing regime
@@ -115,8 +125,33 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     seq_dim, past_dim = Dim("seq", **cap), Dim("past", min=0, **cap)
     ids_dims = {1: seq_dim} | ({0: Dim("batch")} if dynamic_batch else {})
     past_dims = tuple({2: past_dim} | ({0: ids_dims[0]} if dynamic_batch else {}) for _ in past)
+    mask_dims = {2: seq_dim, 3: Dim.AUTO} | ({0: ids_dims[0]} if dynamic_batch else {})  # 3: past + seq
     names = [f"past_{kind}_{i}" for i in range(kv.num_layers) for kind in ("key", "value")]
     out_names = ["logits"] + [n.replace("past_", "present_") for n in names]
-    imp = import_module(FlatCacheLM(model), (ids, *past), dynamic_shapes=(ids_dims, past_dims),
-                        input_names=["input_ids", *names], output_names=out_names, strip_prefix="model.")
+    imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
+                        dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
+                        input_names=["input_ids", "position_ids", "attention_mask", *names],
+                        output_names=out_names, strip_prefix="model.")
+    declare_kv_states(imp.graph, kv.num_layers)
     return imp, kv
+
+
+def declare_kv_states(graph, num_layers: int, axis: int = 2) -> None:
+    """Declare each past_{key,value}_i -> present_{key,value}_i pair as an `append` state, turning the
+    concatenation that DynamicCache.update exported into `cache_append` (the op codegens lower in
+    place). Raises ValueError naming the layer when a present is not past + new along `axis`."""
+    by_name = {v.name: v for v in graph.inputs}
+    outs = {v.name: v for v in graph.outputs}
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            past, present = by_name[f"past_{kind}_{i}"], outs[f"present_{kind}_{i}"]
+            node = present.producer
+            rank = past.type.rank
+            if node is None or node.op != "concat" or len(node.inputs) != 2 or node.inputs[0] is not past \
+                    or node.attrs["dim"] % rank != axis % rank:
+                raise ValueError(f"layer {i}: %{present.name} is not concat(%{past.name}, new) along axis {axis} "
+                                 f"(it is {node!r}); this model's cache is not a plain append cache")
+            with graph.inserting_before(node):
+                new = graph.op("cache_append", past, node.inputs[1], axis=axis)
+            graph.replace_node(node, [new])      # the output keeps its name (Value.replace_all_uses_with)
+            graph.declare_state(f"{kind}_{i}", past, new, "append", axis=axis)

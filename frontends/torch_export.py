@@ -212,6 +212,10 @@ class Converter:
     def _placeholders(self):
         from torch.export.graph_signature import InputKind
         nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        users = [nodes[s.arg.name] for s in self.ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+        self._user_nodes = users
+        for index, node in enumerate(users):  # name every input's symbols first: a later input may define
+            self._name_input_symbols(node, index)   # a symbol that an earlier one's shape uses (mask: past+seq)
         user = 0
         for spec in self.ep.graph_signature.input_specs:
             node = nodes[spec.arg.name]
@@ -233,13 +237,20 @@ class Converter:
         if not isinstance(val, torch.Tensor):
             self.constant_leaves[index] = val  # e.g. use_cache=False: baked into the graph
             return val
-        names = self.dim_names[index] if self.dim_names and index < len(self.dim_names) else {}
         name = self.input_names[len(self.tensor_leaves)] if self.input_names else node.name
+        self.tensor_leaves.append(index)
+        return self.graph.add_input(name, self.tensor_type(val))
+
+    def _name_input_symbols(self, node, index):
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return
+        names = self.dim_names[index] if self.dim_names and index < len(self.dim_names) else {}
+        tensors_before = sum(isinstance(n.meta.get("val"), torch.Tensor) for n in self._user_nodes[:index])
+        name = self.input_names[tensors_before] if self.input_names else node.name
         for i, d in enumerate(val.shape):
             if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol):
                 self._name_symbol(str(d.node.expr), names.get(i), f"{name}_d{i}")
-        self.tensor_leaves.append(index)
-        return self.graph.add_input(name, self.tensor_type(val))
 
     def _name_symbol(self, sym, dim_name, fallback):
         """Dims with the same Dim name are one dimension (torch.export's rule), even where export

@@ -57,12 +57,24 @@ class Value:
         return ("@" if self.is_weight else "%") + self.name
 
     def replace_all_uses_with(self, new: Value) -> int:
+        """Route every use of this value (nodes, graph outputs, state outputs) to `new`. A graph output keeps
+        its name: outputs are addressed by name (`logits`, `present_key_0`), so `new` takes this value's
+        name when `new` is a plain node value that names no other output."""
         n = 0
         for node, i in list(self.uses):
             node.set_input(i, new)
             n += 1
-        if self.graph is not None:
-            self.graph.outputs = [new if o is self else o for o in self.graph.outputs]
+        g = self.graph
+        if g is not None and any(o is self for o in g.outputs):
+            g.outputs = [new if o is self else o for o in g.outputs]
+            for st in g.states:
+                if st.output is self:
+                    st.output = new
+            if new.kind == "node" and new.graph is g and sum(o is new for o in g.outputs) == 1 \
+                    and not any(o.name == self.name for o in g.outputs if o is not new):
+                name = self.name
+                g.rename(self, g.fresh_name(name + ".replaced"))
+                g.rename(new, name)
         return n
 
     def __repr__(self):
@@ -104,6 +116,7 @@ class Graph:
         self.outputs: list[Value] = []
         self.weights: dict[str, Value] = {}
         self.nodes: list[Node] = []
+        self.states: list = []  # ir.state.State: declared state (a causal LM's cache), see ir/state.py
         self._names: set[str] = set()
         self._counter = itertools.count()
         self._insert_at: int | None = None  # None = append
@@ -174,6 +187,19 @@ class Graph:
     def set_outputs(self, values: Iterable[Value]):
         self.outputs = list(values)
 
+    def declare_state(self, name: str, input: Value, output: Value, kind: str, **attrs):
+        """Declare that graph input `input` and graph output `output` are one state (ir/state.py)."""
+        from .state import State
+        if any(s.name == name for s in self.states):
+            raise ValueError(f"state {name!r} is declared twice in graph @{self.name}")
+        st = State(name, input, output, kind, dict(attrs))
+        self.states.append(st)
+        return st
+
+    def state_of(self, v: Value):
+        """The declared state whose input or output is `v`, or None."""
+        return next((s for s in self.states if s.input is v or s.output is v), None)
+
     @contextmanager
     def inserting_before(self, node: Node):
         saved, self._insert_at = self._insert_at, self.nodes.index(node)
@@ -204,6 +230,16 @@ class Graph:
             self._names.discard(o.name)
         node.graph = None
 
+    def rename(self, value: Value, new_name: str) -> None:
+        """Give `value` the name `new_name` (free, or `value`'s own)."""
+        if new_name == value.name:
+            return
+        self._claim(new_name)
+        self._names.discard(value.name)
+        if value.is_weight:
+            self.weights = {(new_name if k == value.name else k): w for k, w in self.weights.items()}
+        value.name = new_name
+
     def remove_weight(self, name: str):
         w = self.weights[name]
         if w.uses or any(x is w for x in self.outputs):
@@ -212,6 +248,8 @@ class Graph:
         self._names.discard(name)
 
     def remove_input(self, v: Value):
+        if self.state_of(v) is not None:
+            raise ValueError(f"cannot remove input %{v.name}: it is declared state")
         if v.uses:
             raise ValueError(f"cannot remove input %{v.name}: it is still used")
         self.inputs.remove(v)

@@ -14,6 +14,7 @@ _HEADER = re.compile(r"graph @([\w.\-]+)\((.*)\) \{$")
 _WEIGHT = re.compile(r"weight @([\w.\-]+): (.+)$")
 _NODE = re.compile(r"(.+?) = ([\w.]+)\((.*?)\)(?: \{(.*)\})?$")
 _TYPE = re.compile(r"(\w+)\[(.*)\]$")
+_STATE = re.compile(r"state ([\w.\-]+): (%[\w.\-]+) -> (%[\w.\-]+) (\w+)(?:\{(.*)\})?$")
 
 
 def split_top(s: str, sep: str = ",") -> list[str]:
@@ -90,6 +91,12 @@ def parse_graph(text: str, weights: dict | None = None) -> Graph:
                 name, t = wm.group(1), parse_type(wm.group(2))
                 data = weights.get(name, _missing(name))
                 env["@" + name] = g.add_weight(name, data, type=t)
+            elif line.startswith("state "):
+                sm = _STATE.match(line)
+                if not sm:
+                    raise ParseError("expected 'state NAME: %input -> %output KIND{attrs}'")
+                g.declare_state(sm.group(1), _lookup(env, sm.group(2)), _lookup(env, sm.group(3)), sm.group(4),
+                                **parse_attrs(sm.group(5) or ""))
             elif line.startswith("return"):
                 g.set_outputs([_lookup(env, r) for r in split_top(line[len("return"):])])
             else:

@@ -39,5 +39,6 @@ def print_graph(graph) -> str:
     lines += [f"  weight @{w.name}: {w.type}" for w in graph.weights.values()]
     lines += [f"  {format_node(n)}" for n in graph.nodes]
     lines.append("  return " + ", ".join(v.ref() for v in graph.outputs))
+    lines += [f"  {st.format()}" for st in graph.states]
     lines.append("}")
     return "\n".join(lines) + "\n"

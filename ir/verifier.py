@@ -70,6 +70,11 @@ def verify(graph, check_types: bool = True):
     for o in graph.outputs:
         if id(o) not in defined:
             fail(f"graph output %{o.name} is not defined")
+    from .state import StateError, check_states
+    try:
+        check_states(graph)
+    except StateError as e:
+        fail(str(e))
 
 
 def _key(use):

@@ -37,6 +37,9 @@ class Calibration:
         """Inputs for a language-model graph whose first input is token ids [batch, seq]; every
         other input must be one that can be empty (e.g. past KV caches, whose `past` dim is 0).
         Any other input (an attention mask, token type ids) cannot be made up: pass all inputs."""
+        from ..ir.causal_lm import causal_lm_inputs, is_causal_lm
+        if is_causal_lm(graph):   # positions, mask and empty state, as for model(input_ids)
+            return Calibration(tuple(causal_lm_inputs(graph, ids.to(torch.long))))
         first = graph.inputs[0]
         env = {d: n for d, n in zip(first.type.shape, ids.shape) if isinstance(d, str)}
         rest = [_empty_input(v, env) for v in graph.inputs[1:]]

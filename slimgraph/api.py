@@ -52,6 +52,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
     report.notes = import_notes + notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
+    _check_state(graph, report.pipeline)
     runner = _compile(tgt, graph, allow_fallback, report)
     if verify == "numerics" and flat_example is not None:
         _check_runner(graph, runner, flat_example, report.target)
@@ -75,7 +76,7 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
         from .frontends.hf import export_causal_lm
         imported, kv = export_causal_lm(model)
         sig = Signature("causal-lm", input_names=list(imported.input_names))
-        flat = sig.flatten_call(args, kwargs, kv) if (args or kwargs) else None
+        flat = sig.flatten_call(args, kwargs, imported.graph) if (args or kwargs) else None
         return imported.graph, sig, kv, flat
     zeros_like = {}
     if _is_hf(model):
@@ -244,18 +245,20 @@ def _run_passes(graph, spec, verify, flat_example, report) -> str:
     return pm.pipeline
 
 
-def _compile(tgt, graph, allow_fallback, report):
-    runner = _codegen(tgt, graph, allow_fallback, report)
-    for note in getattr(runner, "notes", []):   # e.g. nodes on a slow generic kernel path: say so
-        report.notes.append(note)
-        warnings.warn(f"slimgraph target {report.target!r}: {note}", stacklevel=3)
-    return runner
-
-
-def _codegen(tgt, graph, allow_fallback, report):
-    kwargs = {"allow_fallback": True} if allow_fallback and _accepts(tgt.codegen, "allow_fallback") else {}
+def _check_state(graph, pipeline):
+    """Declared state must survive the pipeline (the decoder runtime reads it): a cheap check, always on."""
+    from .ir.state import StateError, check_states
     try:
-        return tgt.codegen(graph, **kwargs)
+        check_states(graph)
+    except StateError as e:
+        raise OptimizeError(f"after pipeline {pipeline!r}: {e}; a pass broke the graph's declared state "
+                            "(run with verify=True to find which)") from None
+
+
+def _compile(tgt, graph, allow_fallback, report):
+    """Build and load the target's runner; its notes (slow paths, ...) go into the report and are warned about."""
+    try:
+        runner = tgt.compile(graph)
     except Exception as e:
         if not allow_fallback or tgt.name == "torch":
             raise OptimizeError(f"target {tgt.name!r} could not compile graph @{graph.name}: "
@@ -265,14 +268,11 @@ def _codegen(tgt, graph, allow_fallback, report):
         from .targets.base import get_target
         report.notes.append(f"target {tgt.name!r} failed ({type(e).__name__}: {e}); fell back to 'torch'")
         report.target = "torch"
-        return get_target("torch").codegen(graph)
-
-
-def _accepts(fn, name) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+        runner = get_target("torch").compile(graph)
+    for note in runner.notes:
+        report.notes.append(note)
+        warnings.warn(f"slimgraph target {report.target!r}: {note}", stacklevel=3)
+    return runner
 
 
 def _check_runner(graph, runner, flat, target):

@@ -4,14 +4,21 @@
       manifest.json          format version, versions, target, pipeline, call signature (JSON
                              pytree specs), KV layout, report, sha256 + size of every file,
                              and a checksum of the manifest itself
-      graph.sgir             the optimized graph as IR text
+      graph.sgir             the optimized graph as IR text (with its declared state)
       weights.safetensors    every weight as stored (tied tensors once, see weight_aliases)
+      <build products>       the target's build (codegen/contract.py): e.g. torch_forward.py and
+                             torch_buffers.safetensors (packed kernels' weights), or model.onnx
 
 `save` writes into a temporary sibling directory and renames it into place, so a failure
 leaves nothing half-written. `load` needs no model code and no pickle: it checks the format
 version, the manifest's schema and checksum, each file's size and sha256, and the graph's
 signature against the manifest, then parses the graph, opens the weights lazily
-(safetensors `safe_open`) and builds the recorded target's runner.
+(safetensors `safe_open`) and loads the target's build products: no codegen, unless the products were
+built for another host (torch version, CPU capability, ...), in which case it builds again from the
+stored graph and says so (a warning and a report note).
+
+Format versions: 2 (this one) adds build products and graph state (causal LMs take position ids and a
+mask); version 1 artifacts are refused with a message saying how to re-create them.
 """
 from __future__ import annotations
 import hashlib
@@ -22,14 +29,14 @@ import tempfile
 from pathlib import Path
 
 FORMAT = "slimgraph-artifact"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 MANIFEST, GRAPH, WEIGHTS = "manifest.json", "graph.sgir", "weights.safetensors"
 
 # manifest key -> JSON type(s) it must have
 SCHEMA = {"format": str, "format_version": int, "slimgraph_version": str, "torch_version": str,
           "target": str, "pipeline": str, "inputs": list, "outputs": list, "signature": dict,
-          "kv": (dict, type(None)), "weight_aliases": dict, "weight_layouts": dict, "report": dict, "files": dict, "checksum": str}
+          "kv": (dict, type(None)), "weight_aliases": dict, "weight_layouts": dict, "report": dict, "products": dict, "files": dict, "checksum": str}
 
 
 class ArtifactError(ValueError):
@@ -58,7 +65,14 @@ def _write(compiled, d: Path):
     (d / GRAPH).write_text(graph.__str__(), encoding="utf-8")
     tensors, aliases, layouts = _weights_to_store(graph)
     save_file(tensors, str(d / WEIGHTS), metadata={"format": "pt"})
-    products = _build_products(compiled, d)
+    from .codegen.contract import ProductsError
+    try:
+        products = compiled.runner.products.write(d)
+    except ProductsError as e:
+        raise ArtifactError(f"target {compiled.target!r}: {e}") from None
+    for name in products:
+        if name in (GRAPH, WEIGHTS, MANIFEST):
+            raise ArtifactError(f"target {compiled.target!r} build product {name!r} clashes with the artifact layout")
     kv = compiled.kv.to_dict() if compiled.kv is not None else None
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -68,22 +82,11 @@ def _write(compiled, d: Path):
         "signature": compiled.signature.to_json(), "kv": kv, "weight_aliases": aliases,
         "weight_layouts": layouts,
         "report": compiled.report.to_dict(),
+        "products": {"files": products, "meta": compiled.runner.products.meta},
         "files": {name: _file_info(d / name) for name in (GRAPH, WEIGHTS, *products)},
     }
     manifest["checksum"] = _checksum(manifest)
     (d / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-
-
-def _build_products(compiled, d: Path) -> list[str]:
-    """The target's own build products (e.g. the `onnx` target's model.onnx), usable without
-    slimgraph; hashed like every other file. `load` rebuilds the runner from the graph."""
-    files = getattr(compiled._runner, "artifact_files", None)
-    products = files() if callable(files) else {}
-    for name, data in products.items():
-        if name in (GRAPH, WEIGHTS, MANIFEST) or "/" in name:
-            raise ArtifactError(f"target {compiled.target!r} build product {name!r} clashes with the artifact layout")
-        (d / name).write_bytes(data)
-    return sorted(products)
 
 
 def _weights_to_store(graph):
@@ -162,12 +165,25 @@ def load(path):
         target = get_target(manifest["target"])
     except ValueError as e:
         raise ArtifactError(f"{path / MANIFEST}: {e}") from None
-    runner = target.compile(graph)
+    from .codegen.contract import Products, ProductsError
+    unlisted = [n for n in manifest["products"].get("files", []) if n not in manifest["files"]]
+    if unlisted:
+        raise ArtifactError(f"{path / MANIFEST}: build products {unlisted} have no hashed entry in 'files'")
+    products = Products({n: path / n for n in manifest["products"].get("files", [])}, manifest["products"].get("meta", {}))
+    try:
+        runner, rebuilt = target.load_or_rebuild(graph, products)
+    except ProductsError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    report = OptimizeReport.from_dict(manifest["report"])
+    if rebuilt:
+        import warnings
+        report.notes.append(rebuilt)
+        warnings.warn(f"{path}: {rebuilt}", stacklevel=2)
     for w in graph.weights.values():  # the runner holds what it runs; stored tensors reload on demand (save)
         w.release()
     return CompiledModel(graph, manifest["target"], manifest["pipeline"], runner,
                          signature=Signature.from_json(manifest["signature"]), kv=_kv(manifest["kv"]),
-                         report=OptimizeReport.from_dict(manifest["report"]))
+                         report=report)
 
 
 def read_manifest(path: Path) -> dict:
@@ -185,9 +201,12 @@ def read_manifest(path: Path) -> dict:
     version = m.get("format_version")
     if version not in SUPPORTED_VERSIONS:
         import slimgraph
+        why = (" (version 1 artifacts predate declared graph state and build products: their causal-LM graphs "
+               "take no position ids or mask)") if version == 1 else ""
         raise ArtifactError(f"{mpath}: artifact format_version {version!r} is not supported by slimgraph "
-                            f"{slimgraph.__version__} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); "
-                            "load it with the slimgraph version that wrote it, or re-save the model")
+                            f"{slimgraph.__version__}, which reads format_version "
+                            f"{', '.join(map(str, SUPPORTED_VERSIONS))}{why}; load it with the slimgraph version "
+                            "that wrote it, or re-create it: slimgraph.optimize(model, ...).save(path)")
     for key, types in SCHEMA.items():
         if key not in m:
             raise ArtifactError(f"{mpath}: required key {key!r} is missing; the manifest was edited or truncated")

@@ -106,6 +106,9 @@ def cmd_inspect(args) -> None:
     if getattr(compiled, "kv", None) is not None:
         kv = compiled.kv
         print(f"kv cache: {kv.num_layers} layers x {kv.num_kv_heads} heads x {kv.head_dim} ({kv.dtype})")
+    if graph.states:
+        kinds = Counter(s.kind for s in graph.states)
+        print("state:   " + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; e.g. {graph.states[0].format()}")
 
 
 def op_counts(graph) -> Counter:

@@ -5,6 +5,7 @@
     fast.run(x)              # raw graph call: flat tensors in, list of tensors out
     fast.report              # what optimize did (passes, times, sizes, op counts)
     fast.save("out/model.sg"); fast.generate(ids, max_new_tokens=32)   # (causal LMs)
+    fast.decoder()           # (causal LMs) the decoder runtime: prefill, step, verify, accept
 """
 from __future__ import annotations
 from dataclasses import asdict, dataclass, field
@@ -82,14 +83,19 @@ class CompiledModel:
         self.kv = kv
         self.report = report or OptimizeReport(target, pipeline)
         self.last_generate_stats = None
-        self._runner = runner
+        self.runner = runner   # codegen.contract.Runner: the target's loaded build products
 
     def run(self, *tensors) -> list:
         """Raw graph call: graph inputs in order -> graph outputs in order (no checks, no structure)."""
-        return self._runner(*tensors)
+        return self.runner(*tensors)
+
+    def decoder(self, batch: int = 1):
+        """A slimgraph.decoder.Decoder over this causal LM: prefill/step/verify/accept with owned state."""
+        from .decoder import Decoder
+        return Decoder(self, batch)
 
     def __call__(self, *args, **kwargs) -> Any:
-        flat = self.signature.flatten_call(args, kwargs, self.kv)
+        flat = self.signature.flatten_call(args, kwargs, self.graph)
         from .ir.interpreter import bind_symbols
         bind_symbols(self.graph, flat)  # dtype/rank/shape check with a message naming the input
         return self.signature.unflatten_outputs(self.run(*flat))

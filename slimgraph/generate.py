@@ -1,13 +1,12 @@
-"""Token generation for compiled causal LMs: prefill once, then one decode step per token.
+"""Token generation for compiled causal LMs, on the decoder runtime (slimgraph/decoder.py).
 
     ids = slimgraph.generate.generate(compiled, input_ids, max_new_tokens=64, eos_token_id=2)
+    ids = generate(compiled, padded_ids, 64, attention_mask=mask)     # prompts of different lengths
     compiled.last_generate_stats.decode_tokens_per_s
 
-The compiled graph's signature is the contract (see DESIGN.md): inputs
-`input_ids, past_key_0, past_value_0, ...` and outputs `logits, present_key_0, ...`, each
-cache tensor [batch, kv_heads, past, head_dim]. Prefill runs with empty caches (past 0);
-each decode step feeds the presents back. Greedy output matches `model.generate(...,
-do_sample=False)` of the source model (same argmax, same eos handling).
+Prefill runs the prompt from empty state; each decode step runs the last token. Greedy output
+matches `model.generate(..., do_sample=False)` of the source model (same argmax, same eos handling);
+a left-padded batch generates what each prompt generates alone.
 """
 from __future__ import annotations
 import time
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir.dtypes import to_torch
 
 
 @dataclass
@@ -40,24 +38,20 @@ class GenerateError(ValueError):
     pass
 
 
-def empty_cache(kv, batch: int, device) -> list[torch.Tensor]:
-    """Past-length-0 key/value tensors for every layer, in graph-input order."""
-    dtype = kv.dtype if isinstance(kv.dtype, torch.dtype) else to_torch(kv.dtype)
-    empty = torch.empty(batch, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype, device=device)
-    return [empty] * (2 * kv.num_layers)  # read-only: one tensor can stand for all of them
-
-
 def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, eos_token_id=None, streamer=None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Return prompt + new token ids ([batch, prompt + n], n <= max_new_tokens), like HF generate.
+
+    `attention_mask` [batch, prompt] (1 = token, 0 = left pad) lets prompts of different lengths share
+    a batch, as HF's left padding does.
 
     Generation stops early once every sequence has produced an eos token; sequences that
     finished earlier are padded with the (first) eos id, as HF does when pad = eos.
     `streamer` follows HF's protocol: `put(prompt)`, `put(token)` per step, then `end()`.
     Timing is stored on `compiled.last_generate_stats` (a GenerateStats).
     """
-    kv = _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
+    _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     batch, prompt_len = input_ids.shape
     ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
@@ -69,13 +63,14 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
 
     with torch.inference_mode():
         t0 = time.perf_counter()
-        past = empty_cache(kv, batch, input_ids.device)
+        dec = compiled.decoder(batch)
         n, t1 = 0, t0
         for n in range(1, max_new_tokens + 1):
-            step_in = ids[:, :prompt_len] if n == 1 else ids[:, prompt_len + n - 2:prompt_len + n - 1]
-            out = compiled.run(step_in, *past)
-            past = out[1:]
-            token = pick(out[0][:, -1] if out[0].dim() == 3 else out[0])
+            if n == 1:
+                logits = dec.prefill(input_ids, attention_mask)["logits"]
+            else:
+                logits = dec.step(ids[:, prompt_len + n - 2])["logits"]
+            token = pick(logits[:, -1] if logits.dim() == 3 else logits)
             if eos is not None:
                 token = torch.where(finished, eos[0], token)
                 finished |= torch.isin(token, eos)
@@ -95,10 +90,9 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
 
 
 def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
-    kv = getattr(compiled, "kv", None)
-    if kv is None:
-        raise GenerateError("generate() needs a compiled causal LM (its .kv layout is None): optimize a "
-                            "model whose graph takes input_ids plus past_key_i/past_value_i caches")
+    if not compiled.graph.states:
+        raise GenerateError("generate() needs a compiled causal LM (a graph with declared state, e.g. its KV "
+                            "cache): optimize a transformers causal LM (slimgraph.optimize(model, (ids,)))")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         got = (f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
                if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__)
@@ -113,7 +107,6 @@ def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
                             "use do_sample=False for greedy decoding")
     if top_k is not None and top_k < 1:
         raise GenerateError(f"generate(): top_k must be >= 1 or None, got {top_k}")
-    return kv
 
 
 def _eos_tensor(eos_token_id, device):

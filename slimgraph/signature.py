@@ -7,8 +7,9 @@ inputs, and the graph's flat outputs back to the source's output structure:
 - "pytree":    torch.export's in_spec/out_spec (args and kwargs, nested tuples, dicts,
                namedtuples, transformers ModelOutputs); positional/keyword binding by the
                forward's parameter names.
-- "causal-lm": `model(input_ids)` runs with empty KV caches and returns an object with
-               `.logits` (and `.past_key_values`, the presents as (key, value) pairs).
+- "causal-lm": `model(input_ids, attention_mask=None)` runs from empty state (slimgraph.decoder builds
+               the positions and the mask; left padding allowed) and returns an object with `.logits`
+               (and `.past_key_values`, the presents as (key, value) pairs).
 
 Pytree specs are stored as JSON trees; a class (ModelOutput, namedtuple) is recorded by import
 path and field names and rebuilt by importing it, falling back to a dict (fields) or a
@@ -39,9 +40,9 @@ class Signature:
     zeros_like: dict[str, str] = field(default_factory=dict)  # arg -> arg whose zeros it defaults to
 
     # ---- calls ---------------------------------------------------------------------------------
-    def flatten_call(self, args: tuple, kwargs: dict, kv=None) -> list[torch.Tensor]:
+    def flatten_call(self, args: tuple, kwargs: dict, graph=None) -> list[torch.Tensor]:
         if self.kind == "causal-lm":
-            return _causal_lm_inputs(args, kwargs, kv)
+            return _causal_lm_inputs(args, kwargs, graph)
         if self.kind == "flat":
             if kwargs:
                 raise SignatureError(f"this compiled graph takes positional tensors ({', '.join(self.input_names)}),"
@@ -103,21 +104,22 @@ class Signature:
 
 
 # ---- causal LMs: input_ids in, logits (+ presents) out --------------------------------------------
-def _causal_lm_inputs(args, kwargs, kv):
+def _causal_lm_inputs(args, kwargs, graph):
     kwargs = dict(kwargs)
     ids = args[0] if args else kwargs.pop("input_ids", None)
     if len(args) > 1 or ids is None:
-        raise SignatureError("a compiled causal LM is called as model(input_ids) (int64 [batch, seq]); "
-                             "use .generate() for decoding and .run() for explicit KV caches")
+        raise SignatureError("a compiled causal LM is called as model(input_ids, attention_mask=None) (int64 "
+                             "[batch, seq], left padded where the mask is 0); use .generate() or "
+                             "slimgraph.decoder.Decoder for decoding with the cache")
     mask = kwargs.pop("attention_mask", None)
-    if mask is not None and not bool((mask == 1).all()):
-        raise SignatureError("attention_mask with padding is not supported by a compiled causal LM; "
-                             "pass unpadded input_ids (one sequence length per batch)")
     kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
     if kwargs:
         raise SignatureError(f"unsupported arguments for a compiled causal LM: {sorted(kwargs)}")
-    from .generate import empty_cache
-    return [ids, *empty_cache(kv, ids.shape[0], ids.device)]
+    from .decoder import DecoderError, causal_lm_inputs
+    try:
+        return causal_lm_inputs(graph, ids, mask)
+    except DecoderError as e:
+        raise SignatureError(str(e)) from None
 
 
 def _causal_lm_output(outs):

@@ -1,32 +1,40 @@
-"""Target contract: a small declarative object wiring a default pipeline to a codegen.
+"""Target contract: a small declarative object wiring a default pipeline to a build and a load.
 
-    Target(name="torch", codegen=build_torch_runner, default_pipeline="canonicalize,cse,dce",
-           requires=(), description="...")
+    Target(name="torch", build=torch_fx.build, load=torch_fx.load, host=torch_fx.host,
+           default_pipeline="canonicalize,cse,dce", requires=(), description="...")
 
-`codegen(graph) -> Runner`: a callable `runner(*tensors) -> list[Tensor]` (graph inputs in
-order, graph outputs in order). Codegen never changes the graph. `requires` names optional
-packages and the extra that installs them, checked lazily so `import slimgraph` needs torch only.
+`build(graph) -> Products` is the codegen (run once, by optimize); `load(graph, products) -> Runner`
+turns products into something that runs, without codegen (codegen/contract.py). `host() -> dict` names
+what products depend on besides the graph (versions, CPU capability); `slimgraph.load` builds again
+when the stored host differs from this one. Codegen never changes the graph. `requires` names
+optional packages and the extra that installs them, checked lazily so `import slimgraph` needs torch only.
 """
 from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
-from ..ir.registry import lookup
 from typing import Callable
 
-Runner = Callable[..., list]
+from ..codegen.contract import Products, Runner
+from ..ir.registry import lookup
 
 
 class MissingDependencyError(ImportError):
     pass
 
 
+def _no_host() -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
-    codegen: Callable  # (graph) -> Runner; imported lazily by the codegen module itself
+    build: Callable      # (graph) -> Products; imports its codegen lazily
+    load: Callable       # (graph, Products) -> Runner
     default_pipeline: str = ""
     description: str = ""
     requires: tuple[tuple[str, str], ...] = field(default=())  # (import name, pip extra)
+    host: Callable[[], dict] = _no_host
 
     def check_available(self):
         for module, extra in self.requires:
@@ -35,8 +43,23 @@ class Target:
                     f"target {self.name!r} needs the {module!r} package: pip install 'slimgraph[{extra}]'")
 
     def compile(self, graph) -> Runner:
+        """build + load."""
         self.check_available()
-        return self.codegen(graph)
+        products = self.build(graph)
+        products.meta.setdefault("host", self.host())
+        return self.load(graph, products)
+
+    def load_or_rebuild(self, graph, products: Products) -> tuple[Runner, str | None]:
+        """Load stored products; when they were built for another host, build again from the graph.
+        Returns the runner and, when it rebuilt, a sentence saying why."""
+        self.check_available()
+        built_for, here = products.meta.get("host", {}), self.host()
+        if built_for == here:
+            return self.load(graph, products), None
+        diff = {k: (built_for.get(k), here.get(k)) for k in set(built_for) | set(here)
+                if built_for.get(k) != here.get(k)}
+        why = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
+        return self.compile(graph), f"target {self.name!r}: products were built for another host ({why}); rebuilt"
 
 
 TARGETS: dict[str, Target] = {}

@@ -1,30 +1,41 @@
-"""Declares the built-in targets. Each is a few lines: a name, a codegen and a default pipeline."""
+"""Declares the built-in targets. Each is a few lines: a name, build/load (codegen/) and a default pipeline."""
+from ..codegen.contract import Products, Runner
 from .base import Target, register_target
 
 
-def _reference(graph):
-    from ..ir.interpreter import Interpreter
-    return Interpreter(graph).run
+class _InterpreterRunner(Runner):
+    def __init__(self, graph, products):
+        from ..ir.interpreter import Interpreter
+        super().__init__(products)
+        self._run = Interpreter(graph).run
+
+    def __call__(self, *tensors):
+        return self._run(*tensors)
 
 
-register_target(Target("reference", _reference, default_pipeline="",
+register_target(Target("reference", build=lambda graph: Products(), load=_InterpreterRunner, default_pipeline="",
                        description="the reference interpreter: slow, exact, runs anywhere"))
 
 
-def _torch(graph):
-    from ..codegen.torch_fx import build_runner
-    return build_runner(graph)
+def _torch(fn):
+    def call(*args):
+        from ..codegen import torch_fx
+        return getattr(torch_fx, fn)(*args)
+    return call
 
 
-register_target(Target("torch", _torch, default_pipeline="canonicalize,cse,dce",
+register_target(Target("torch", build=_torch("build"), load=_torch("load"), host=_torch("host"),
+                       default_pipeline="canonicalize,cse,dce",
                        description="IR -> torch.fx GraphModule: torch speed, runs anywhere torch runs"))
 
 
-def _onnx(graph):
-    from ..codegen.onnx_runtime import build_ort_runner
-    return build_ort_runner(graph)
+def _onnx(fn):
+    def call(*args):
+        from ..codegen import onnx_runtime
+        return getattr(onnx_runtime, fn)(*args)
+    return call
 
 
-register_target(Target("onnx", _onnx, default_pipeline="canonicalize,cse,dce",
+register_target(Target("onnx", build=_onnx("build"), load=_onnx("load"), default_pipeline="canonicalize,cse,dce",
                        description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
                        requires=(("onnxruntime", "onnx"), ("onnx", "onnx"))))

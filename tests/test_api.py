@@ -111,7 +111,7 @@ def test_verify_numerics_and_explicit_pipeline(mlp):
 def test_fallback_to_torch_only_when_allowed(mlp, monkeypatch):
     def broken(graph):
         raise NotImplementedError("no kernel for gelu")
-    monkeypatch.setitem(targets.TARGETS, "broken", targets.Target("broken", broken))
+    monkeypatch.setitem(targets.TARGETS, "broken", targets.Target("broken", broken, load=None))
     x = torch.randn(2, 16)
     with pytest.raises(OptimizeError, match="(?s)target .broken. could not compile.*no kernel for gelu.*allow_fallback"):
         slimgraph.optimize(mlp, (x,), target="broken")
@@ -172,11 +172,14 @@ def test_llama_logits_and_generate(tiny_llama):
     assert torch.equal(got, want)
 
 
-def test_llama_rejects_padding(tiny_llama):
-    _, fast = tiny_llama
-    ids = torch.randint(0, 96, (1, 4))
-    with pytest.raises(TypeError, match="attention_mask with padding"):
-        fast(ids, attention_mask=torch.tensor([[0, 1, 1, 1]]))
+def test_llama_call_with_left_padding_matches_the_unpadded_row(tiny_llama):
+    model, fast = tiny_llama
+    ids = torch.randint(0, 96, (1, 4), generator=torch.Generator().manual_seed(3))
+    padded = torch.cat((torch.zeros(1, 2, dtype=torch.long), ids), 1)
+    out = fast(padded, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]))
+    torch.testing.assert_close(out.logits[:, 2:], model(ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="pad on the left|unsupported"):
+        fast(ids, cache_position=torch.arange(4))
 
 
 @pytest.mark.slow

@@ -48,7 +48,8 @@ def run_fresh(code: str, cwd) -> str:
 def test_round_trip_in_fresh_process(compiled, tmp_path):
     path = tmp_path / "net.sg"
     compiled.save(path)
-    assert sorted(p.name for p in path.iterdir()) == ["graph.sgir", "manifest.json", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["graph.sgir", "manifest.json", "torch_buffers.safetensors",
+                                                      "torch_forward.py", "weights.safetensors"]
     ids = torch.randint(0, 20, (2, 7))
     save_file({"ids": ids, "scale": torch.tensor(2.0)}, str(tmp_path / "in.safetensors"))
     stdout = run_fresh(f"""
@@ -56,6 +57,9 @@ def test_round_trip_in_fresh_process(compiled, tmp_path):
         from safetensors.torch import load_file, save_file
         def refuse(*a, **k): raise AssertionError("pickle used")
         pickle.load = pickle.loads = torch.load = refuse
+        import slimgraph.codegen.torch_fx as fx
+        def no_codegen(*a, **k): raise AssertionError("codegen ran on load")
+        fx.build = fx._Builder.build = fx._Builder._prepack = no_codegen   # loading must not generate code
         m = slimgraph.load({str(path)!r})
         x = load_file({str(tmp_path / 'in.safetensors')!r})
         out = m(x["ids"], x["scale"])
@@ -85,7 +89,7 @@ def test_loaded_int4_model_keeps_only_the_packed_weights(tmp_path):
     fast.save(tmp_path / "q.sg")
     m = slimgraph.load(tmp_path / "q.sg")
     torch.testing.assert_close(m(x), fast(x))
-    buffers = dict(m._runner.graph_module.named_buffers())
+    buffers = dict(m.runner.module.named_buffers())
     assert any(n.endswith("qlinear_packed") for n in buffers)
     assert not any(n.endswith("qweight") for n in buffers), sorted(buffers)
     assert all(callable(w._data) for w in m.graph.weights.values())
@@ -183,7 +187,27 @@ def test_refuses_missing_file(saved, name):
 
 def test_refuses_unsupported_format_version(saved):
     _edit_manifest(saved, lambda m: m.update(format_version=99))
-    with pytest.raises(ArtifactError, match="format_version 99 is not supported .*supported: 1"):
+    with pytest.raises(ArtifactError, match="format_version 99 is not supported .*reads format_version 2"):
+        slimgraph.load(saved)
+
+
+def test_refuses_a_version_1_artifact_saying_how_to_recreate_it(saved):
+    _edit_manifest(saved, lambda m: m.update(format_version=1))
+    with pytest.raises(ArtifactError, match=r"format_version 1 .*predate declared graph state.*re-create it: "
+                                            r"slimgraph.optimize\(model, ...\).save\(path\)"):
+        slimgraph.load(saved)
+
+
+def test_products_built_for_another_host_are_rebuilt_with_a_note(saved):
+    _edit_manifest(saved, lambda m: m["products"]["meta"]["host"].update(torch="0.0-elsewhere"), rechecksum=True)
+    with pytest.warns(UserWarning, match="built for another host .*torch 0.0-elsewhere -> .*rebuilt"):
+        m = slimgraph.load(saved)
+    assert any("rebuilt" in n for n in m.report.notes)
+
+
+def test_refuses_a_product_file_missing_from_the_hash_list(saved):
+    _edit_manifest(saved, lambda m: m["products"]["files"].append("extra.bin"), rechecksum=True)
+    with pytest.raises(ArtifactError, match=r"build products \['extra.bin'\] have no hashed entry"):
         slimgraph.load(saved)
 
 

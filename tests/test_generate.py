@@ -131,7 +131,7 @@ def test_bad_options(tiny_llama):
 
 def test_not_a_causal_lm():
     with pytest.raises(GenerateError, match="causal LM"):
-        generate(types.SimpleNamespace(kv=None), torch.zeros(1, 3, dtype=torch.long), 4)
+        generate(types.SimpleNamespace(graph=slimgraph.ir.Graph()), torch.zeros(1, 3, dtype=torch.long), 4)
 
 
 @pytest.mark.slow
@@ -172,22 +172,24 @@ DECODE_PIPELINE = ("canonicalize,quantize-weights{bits=4,group=16},"
 
 @pytest.mark.parametrize("target", ["torch", "onnx"])
 def test_quantized_decode_pipeline_matches_reference(target):
-    """The decode pipeline of benchmarks/bench_quant.py on a tied tiny Llama: rope and causal attention
-    recognized, int4 linears + int8 tied head/embedding, merged siblings; prefill and a decode step
-    agree with the reference interpreter running the same graph."""
+    """The decode pipeline of benchmarks/bench_quant.py on a tied tiny Llama: rope recognized, attention
+    with the runtime's mask, int4 linears + int8 tied head/embedding, merged siblings; prefill and a
+    decode step agree with the reference interpreter running the same graph."""
     if target == "onnx":
         pytest.importorskip("onnxruntime")
-    from slimgraph.generate import empty_cache
+    from slimgraph.decoder import causal_lm_inputs
     model = tiny_lm(tie_word_embeddings=True)
     ids = prompt()
     ref = slimgraph.optimize(model, (ids,), target="reference", pipeline=DECODE_PIPELINE)
     fast = slimgraph.optimize(model, (ids,), target=target, pipeline=DECODE_PIPELINE)
     ops = fast.graph.op_counts()
     assert ops["rope"] == 4 and ops["qembedding"] == 1 and ops["qlinear"] == 2 * 4 + 1 and ops["split"] == 4
-    assert all(n.attrs["causal"] and len(n.inputs) == 3 for n in fast.graph.nodes if n.op == "attention")
-    past = empty_cache(fast.kv, 1, ids.device)
-    for step in (ids, ids[:, -1:]):
-        want, got = ref.run(step, *past), fast.run(step, *past)
-        for w, g in zip(want, got, strict=True):
-            torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * float(w.abs().max()))
-        past = want[1:]
+    assert all(n.inputs[3].name == "attention_mask" for n in fast.graph.nodes if n.op == "attention")
+    inputs = causal_lm_inputs(fast.graph, ids)
+    want, got = ref.run(*inputs), fast.run(*inputs)   # prefill
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * float(w.abs().max()))
+    pos, mask = torch.tensor([[ids.shape[1]]]), torch.ones(1, 1, 1, ids.shape[1] + 1, dtype=torch.bool)
+    step = [ids[:, -1:], pos, mask, *want[1:]]        # one decode step on the reference's cache
+    for w, g in zip(ref.run(*step), fast.run(*step), strict=True):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * float(w.abs().max()))

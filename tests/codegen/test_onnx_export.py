@@ -225,7 +225,7 @@ def test_missing_onnx_package_names_the_extra(monkeypatch):
 
 def test_runner_provides_the_model_file_for_artifacts():
     runner = build_ort_runner(transformer_block(), ["CPUExecutionProvider"])
-    data = runner.artifact_files()["model.onnx"]
+    data = runner.products.read_bytes("model.onnx")
     onnx.checker.check_model(onnx.load_from_string(data))
 
 

@@ -93,6 +93,8 @@ CASES = {
     "gelu": lambda g, x, i, b, n: g.op("gelu", x, approximate="tanh"),
     "cumprod": lambda g, x, i, b, n: g.op("cumprod", x, dim=1),
     "topk": lambda g, x, i, b, n: g.op("topk", x, k="seq-1", dim=1),
+    "cache_append": lambda g, x, i, b, n: g.op("cache_append", x, g.op("neg", x), axis=1),
+    "cache_window": lambda g, x, i, b, n: g.op("cache_window", g.op("concat", x, x, dim=1), axis=1, window=3, sinks=1),
     "gather_nd": lambda g, x, i, b, n: g.op("gather_nd", x, g.op("unsqueeze", g.op("clamp", i, min=0, max=1), dim=-1)),
     # ONNX-import ops (ir/opset/spatial.py, scatter, bit_shift)
     "resize": lambda g, x, i, b, n: g.op("resize", _nchw(g, x), shape=[1, 2, "2*seq", 7], mode="linear",
@@ -260,7 +262,7 @@ def test_kernel_hook_prepacks_weights_once(monkeypatch):
     original = w.tensor.clone()
     run = build_runner(g)
     assert calls == [("linear", [1, 2])]
-    assert "linear_t" in run.graph_module.code
+    assert "linear_t" in run.code
     assert torch.equal(w.tensor, original)  # the graph's weight is untouched
     for seq in SEQS:
         inputs = std_inputs(seq)
@@ -286,8 +288,8 @@ def test_qlinear_kernel_via_codegen():
     get_pass("fuse-dequant-matmul")().run(g)
     assert "qlinear" in g.op_counts()
     run = build_runner(g)
-    assert "_weight_int4pack_mm" not in run.graph_module.code  # the call is inside the kernel...
-    assert "qlinear" in run.graph_module.code and "quant_qlinear" not in run.graph_module.code  # ...not the ref
+    assert "_weight_int4pack_mm" not in run.code  # the call is inside the kernel...
+    assert "qlinear" in run.code and "quant_qlinear" not in run.code  # ...not the ref
     for batch in (1, 3):
         xs = torch.randn(batch, 64)
         ref = ir.run(g, xs)[0]  # the int4 kernel runs in bf16 (codegen/torch_qlinear.py)

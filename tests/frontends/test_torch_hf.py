@@ -36,20 +36,24 @@ def check_graph(g):
 
 
 def decode_matches_hf(model, imp, kv, ids, steps=3):
-    """Prefill on `ids` with empty caches, then `steps` greedy decode steps feeding the presents back."""
+    """Prefill on `ids` from empty state, then `steps` greedy decode steps, through the interpreter
+    driven by the decoder runtime (which feeds the declared states back)."""
+    from slimgraph.compiled import CompiledModel
+    from slimgraph.targets.base import get_target
     errs = []
     arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    dec = CompiledModel(imp.graph, "reference", "", get_target("reference").compile(imp.graph)).decoder()
     with torch.no_grad():
         ref = model(ids, use_cache=True)
-        outs = ir.run(imp.graph, ids, *kv.empty_cache(ids.shape[0]))
-        errs.append((outs[0] - ref.logits).abs().max().item())
-        hf_cache, cache, nxt = getattr(ref, arg), outs[1:], ref.logits[:, -1:].argmax(-1)
+        out = dec.prefill(ids)
+        errs.append((out["logits"] - ref.logits).abs().max().item())
+        hf_cache, nxt = getattr(ref, arg), ref.logits[:, -1:].argmax(-1)
         for _ in range(steps):
             ref = model(nxt, use_cache=True, **{arg: hf_cache})
-            outs = ir.run(imp.graph, nxt, *cache)
-            errs.append((outs[0] - ref.logits).abs().max().item())
-            hf_cache, cache, nxt = getattr(ref, arg), outs[1:], ref.logits[:, -1:].argmax(-1)
-    assert cache[0].shape[2] == ids.shape[1] + steps  # the presents grew by one per step
+            out = dec.step(nxt)
+            errs.append((out["logits"] - ref.logits).abs().max().item())
+            hf_cache, nxt = getattr(ref, arg), ref.logits[:, -1:].argmax(-1)
+    assert dec.states[0].shape[2] == ids.shape[1] + steps == dec.length  # the cache grew by one per step
     return errs
 
 
@@ -60,11 +64,16 @@ def test_prefill_and_decode_match_hf(name):
     g = imp.graph
     check_graph(g)
     n = kv.num_layers
-    assert imp.input_names == ["input_ids"] + [f"past_{k}_{i}" for i in range(n) for k in ("key", "value")]
+    caches = [f"past_{k}_{i}" for i in range(n) for k in ("key", "value")]
+    assert imp.input_names == ["input_ids", "position_ids", "attention_mask"] + caches
     assert imp.output_names == ["logits"] + [f"present_{k}_{i}" for i in range(n) for k in ("key", "value")]
-    assert str(g.inputs[0].type) == "i64[batch,seq]"
-    assert str(g.inputs[1].type) == f"f32[batch,{kv.num_kv_heads},past,{kv.head_dim}]"
+    assert [str(v.type) for v in g.inputs[:3]] == ["i64[batch,seq]", "i64[batch,seq]", "bool[batch,1,seq,past+seq]"]
+    assert str(g.inputs[3].type) == f"f32[batch,{kv.num_kv_heads},past,{kv.head_dim}]"
     assert str(g.outputs[1].type) == f"f32[batch,{kv.num_kv_heads},past+seq,{kv.head_dim}]"
+    # the cache is declared state, appended by cache_append (no concat left for a codegen to recognise)
+    assert [(s.input.name, s.output.name, s.kind) for s in g.states] == \
+        [(c, c.replace("past_", "present_"), "append") for c in caches]
+    assert g.op_counts()["cache_append"] == 2 * n
     assert g.op_counts()["attention"] == n
     torch.manual_seed(1)
     errs = decode_matches_hf(model, imp, kv, torch.randint(0, 128, (3, 6)))  # batch 3 != export's 2

@@ -57,8 +57,8 @@ graph @main(%x: f32[b,4]) {
     filecheck(str(g), """
         CHECK-COUNT-1: exp(
         CHECK-COUNT-1: {dim=-1}
-        CHECK: %f: f32[b,4] = add(%c, %c)
-        CHECK: return %g, %c
+        CHECK: %f: f32[b,4] = add(%d, %d)
+        CHECK: return %g, %d
     """)
     assert rep[0].stats == {"merged": 2}
 
@@ -192,10 +192,10 @@ graph @main(%x: f32[2,3,4], %h: f16[4]) {
   return %r2, %n, %q, %lossy2
 }""", "canonicalize,dce", atol=1e-3)
     filecheck(str(g), """
-        CHECK: %permute: f32[4,2,3] = permute(%x) {dims=[2,0,1]}
-        CHECK-NEXT: %reshape: f32[24] = reshape(%x) {shape=[-1]}
+        CHECK: %q: f32[4,2,3] = permute(%x) {dims=[2,0,1]}
+        CHECK-NEXT: %r2: f32[24] = reshape(%x) {shape=[-1]}
         CHECK: cast(%lossy) {dtype="f32"}
-        CHECK: return %reshape, %h, %permute, %lossy2
+        CHECK: return %r2, %h, %q, %lossy2
     """)
     assert rep[0].stats["permute-permute"] >= 2 and rep[0].stats["cast-cast"] == 1
 

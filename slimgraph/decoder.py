@@ -1,0 +1,193 @@
+"""The decoder runtime: owns a compiled causal LM's state and runs prefill, decode steps and verification.
+
+    dec = Decoder(compiled)                       # any target whose runner runs the graph
+    out = dec.prefill(ids, attention_mask=mask)   # ids [batch, seq] (left padded where mask is 0)
+    out["logits"]                                 # outputs by name: [batch, seq, vocab]
+    out = dec.step(next_tokens)                   # [batch] or [batch, n]: n tokens at once
+    out = dec.verify(candidates, tree_mask=tm)    # k candidate tokens in ONE forward: logits [batch, k, vocab]
+    dec.accept(n)                                 # keep the first n candidates (a chain) ...
+    dec.accept(path=[0, 2, 5])                    # ... or the candidates on one path of the tree
+    dec.truncate(length)                          # roll the cache back to `length` positions
+
+The contract with the graph (frontends/hf.py writes it): inputs `input_ids [b, s]`, `position_ids [b, s]`,
+`attention_mask: bool [b, 1, s, L + s]` (True = may attend; L = cached positions) and one input per declared
+state (ir/state.py); outputs by name (`logits`, draft heads' outputs, ...) plus the states' outputs.
+
+Rolling back costs no copy for `append` states (the KV cache is narrowed; a runner whose cache lives in
+a growing buffer is told the rows past the new end are free, `Runner.truncate_state`). `ring` and
+`fixed` states cannot be narrowed: verify keeps the state it started from, and accept replays the
+accepted tokens from it (one more forward of n tokens).
+
+Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
+to itself alone (a row with no key would make softmax NaN, and NaN would reach real rows through the
+values). Each sequence of a padded batch then computes what it computes alone, up to float rounding.
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+
+import torch
+
+from .ir.causal_lm import INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask
+from .ir.state import initial_state
+
+__all__ = ["Decoder", "DecoderError", "causal_lm_inputs"]
+
+
+DecoderError = CausalLMInputError   # one error type for the runtime and the graph's input convention
+
+
+@dataclass
+class _Pending:
+    """What the last verify() added: its start, its candidates and, for replayed kinds, the old state."""
+    start: int
+    tokens: torch.Tensor           # [batch, k]
+    positions: torch.Tensor        # [batch, k]
+    tree_mask: torch.Tensor | None
+    snapshot: list | None          # state tensors before verify (ring/fixed states present)
+    key_valid: torch.Tensor
+    next_pos: torch.Tensor
+
+
+class Decoder:
+    def __init__(self, compiled, batch: int = 1, device=None):
+        graph = compiled.graph
+        names = [v.name for v in graph.inputs]
+        missing = [n for n in INPUTS if n not in names]
+        if missing or not graph.states:
+            raise DecoderError(
+                f"the compiled graph @{graph.name} is not a causal LM with declared state: inputs {names[:4]}"
+                f"{'...' if len(names) > 4 else ''}, states {[s.name for s in graph.states]}; it needs inputs "
+                f"{list(INPUTS)} and at least one state (export it with slimgraph.optimize(causal_lm, ...))")
+        self.compiled, self.graph = compiled, graph
+        self.runner = compiled.runner
+        self._order = names
+        self._state_in = {s.input.name: i for i, s in enumerate(graph.states)}
+        self._out_index = {v.name: i for i, v in enumerate(graph.outputs)}
+        self._state_out = [self._out_index[s.output.name] for s in graph.states]
+        self.replays = any(s.kind != "append" for s in graph.states)
+        self.device = torch.device(device or "cpu")
+        self.reset(batch)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def reset(self, batch: int = 1) -> None:
+        """Forget every sequence; start `batch` empty ones."""
+        self.batch = batch
+        self.states = [initial_state(self.graph, s, batch, self.device) for s in self.graph.states]
+        self.key_valid = torch.zeros(batch, 0, dtype=torch.bool, device=self.device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self._pending: _Pending | None = None
+
+    @property
+    def length(self) -> int:
+        """Positions in the cache (pads included): the L of the next call's mask."""
+        return self.key_valid.shape[1]
+
+    # ---- calls -----------------------------------------------------------------------------------
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+        """Run the prompt `input_ids` [batch, seq] (int64) from empty state. `attention_mask` [batch, seq]
+        (1 = token, 0 = left pad) lets prompts of different lengths share a batch. Returns the outputs by name."""
+        ids = check_ids(input_ids)
+        self.reset(ids.shape[0])
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+        if valid.shape != ids.shape:
+            raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
+        if not bool(valid[:, -1].all()):
+            raise DecoderError("prefill(): pad on the left (the last position of every row must be a token)")
+        positions, local = prompt_positions_and_mask(valid)
+        return self._forward(ids, positions, local, valid)
+
+    def step(self, tokens: torch.Tensor) -> dict:
+        """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""
+        ids = check_ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1))
+        n = ids.shape[1]
+        positions = self.next_pos[:, None] + torch.arange(n, device=ids.device)
+        local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
+        return self._forward(ids, positions, local, None)
+
+    def verify(self, candidates: torch.Tensor, tree_mask: torch.Tensor | None = None) -> dict:
+        """Run k candidate tokens [batch, k] in one forward and return their outputs (`logits` [batch, k, vocab]).
+
+        Without `tree_mask` the candidates are a chain (each follows the previous one). With `tree_mask`
+        ([k, k] bool, row i True at i and its ancestors) they are a tree: candidate i sits at depth
+        (ancestors) and sees only its ancestors. Call `accept` next: the cache holds all k until then."""
+        ids = check_ids(candidates)
+        k = ids.shape[1]
+        if tree_mask is None:
+            local = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril()
+        else:
+            local = tree_mask.to(torch.bool)
+            if local.shape != (k, k) or not bool(local.diagonal().all()) or bool(local.triu(1).any()):
+                raise DecoderError(f"verify(): tree_mask must be [k, k] = [{k}, {k}] with True on the diagonal and "
+                                   f"only ancestors (earlier candidates) below it; got {tuple(local.shape)}")
+        depth = local.sum(1) - 1
+        positions = self.next_pos[:, None] + depth
+        snapshot = list(self.states) if self.replays else None
+        self._pending = None
+        pending = _Pending(self.length, ids, positions, tree_mask, snapshot, self.key_valid, self.next_pos)
+        out = self._forward(ids, positions, local, None)
+        self._pending = pending
+        return out
+
+    def accept(self, n: int | None = None, path=None) -> None:
+        """Keep the first `n` verified candidates (a chain), or the candidates at indices `path` (a root-to-leaf
+        path of the tree, in order); the rest leave the cache as if never run."""
+        p = self._pending
+        if p is None:
+            raise DecoderError("accept() follows verify(); there is nothing to accept")
+        k = p.tokens.shape[1]
+        idx = list(range(n)) if path is None else [int(i) for i in path]
+        if path is None and not 0 <= n <= k:
+            raise DecoderError(f"accept({n}): verify ran {k} candidates")
+        if any(not 0 <= i < k for i in idx) or len(set(idx)) != len(idx):
+            raise DecoderError(f"accept(path={idx}): indices must be distinct and in 0..{k - 1}")
+        self._pending = None
+        if self.replays:    # ring / fixed states: replay the accepted tokens from the state before verify
+            self.states, self.key_valid, self.next_pos = list(p.snapshot), p.key_valid, p.next_pos
+            if idx:
+                self.step(p.tokens[:, idx])
+            return
+        contiguous = idx == list(range(len(idx)))
+        if not contiguous:      # a tree path: move its rows to the front of the verified block, then truncate
+            rows = torch.tensor(idx, device=self.device) + p.start
+            for i, s in enumerate(self.graph.states):
+                t, ax = self.states[i], s.axis % self.states[i].dim()
+                t.narrow(ax, p.start, len(idx)).copy_(t.index_select(ax, rows))
+        self.truncate(p.start + len(idx))
+        self.next_pos = p.next_pos + len(idx)
+
+    def truncate(self, length: int) -> None:
+        """Roll every sequence back to its first `length` cache positions (no copy for append states)."""
+        if not 0 <= length <= self.length:
+            raise DecoderError(f"truncate({length}): the cache holds {self.length} positions")
+        if self.replays:
+            raise DecoderError("truncate(): ring and fixed states cannot be rolled back by position; "
+                               "use verify()/accept(), which replay from the state before verify")
+        drop = self.key_valid[:, length:].sum(1)
+        for i, s in enumerate(self.graph.states):
+            self.states[i] = self.runner.truncate_state(self.states[i], s.axis, length)
+        self.key_valid = self.key_valid[:, :length]
+        self.next_pos = self.next_pos - drop
+        self._pending = None
+
+    # ---- one forward -----------------------------------------------------------------------------
+    def _forward(self, ids, positions, local, new_valid) -> dict:
+        b, n = ids.shape
+        if b != self.batch:
+            raise DecoderError(f"this decoder holds {self.batch} sequences; got tokens for {b}")
+        if new_valid is None:
+            new_valid = torch.ones(b, n, dtype=torch.bool, device=ids.device)
+        valid = torch.cat((self.key_valid, new_valid), 1)
+        if local is None:       # one token: it sees every valid key and itself
+            mask = valid[:, None, None, :]
+        else:
+            past = self.key_valid[:, None, None, :].expand(b, 1, n, self.length)
+            local = local[:, None] if local.dim() == 3 else local   # [batch, n, n] (prompt) or [n, n]
+            mask = torch.cat((past, local.expand(b, 1, n, n)), 3)
+        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+        args = [feeds[name] if name in feeds else self.states[self._state_in[name]] for name in self._order]
+        outs = self.compiled.run(*args)
+        self.states = [outs[j] for j in self._state_out]
+        self.key_valid = valid
+        self.next_pos = self.next_pos + new_valid.sum(1)
+        state_outs = set(self._state_out)
+        return {name: outs[j] for name, j in self._out_index.items() if j not in state_outs}

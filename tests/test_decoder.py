@@ -1,0 +1,156 @@
+"""slimgraph.decoder: verify = k single steps; accept/truncate = a fresh decode of what was kept; left-padded
+batches = each prompt alone. On a tiny random Llama (every target) and on the real SmolLM2 (slow)."""
+import pytest
+import torch
+
+import slimgraph
+from slimgraph.decoder import DecoderError
+
+transformers = pytest.importorskip("transformers")
+TOL = 1e-5
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["torch", "reference", "onnx"])
+def compiled(request):
+    if request.param == "onnx":
+        pytest.importorskip("onnxruntime")
+    model = tiny_llama()
+    return model, slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=request.param)
+
+
+def ids(n, seed=1, batch=1):
+    return torch.randint(0, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def check_verify_equals_steps(fast, prompt, cands, tol):
+    """verify(k candidates) gives the logits of k single steps; accept(n) then decodes like a fresh prefix."""
+    steps = fast.decoder()
+    steps.prefill(prompt)
+    one_by_one = torch.cat([steps.step(cands[:, i])["logits"] for i in range(cands.shape[1])], 1)
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    for k in range(1, cands.shape[1] + 1):
+        got = dec.verify(cands[:, :k])["logits"]
+        torch.testing.assert_close(got, one_by_one[:, :k], rtol=tol, atol=tol)
+        dec.accept(0)                                   # roll back all k: the next verify starts from the prompt
+    n = cands.shape[1] // 2
+    dec.verify(cands)
+    dec.accept(n)                                       # keep n, then continue
+    nxt = torch.tensor([[7]])
+    fresh = fast.decoder()
+    fresh.prefill(torch.cat((prompt, cands[:, :n]), 1))
+    torch.testing.assert_close(dec.step(nxt)["logits"], fresh.step(nxt)["logits"], rtol=tol, atol=tol)
+    assert dec.length == fresh.length == prompt.shape[1] + n + 1
+
+
+def test_verify_of_1_to_16_candidates_equals_single_steps_and_accept_continues_like_a_fresh_decode(compiled):
+    _, fast = compiled
+    check_verify_equals_steps(fast, ids(6), ids(16, seed=2), TOL)
+
+
+def test_tree_verify_sees_only_ancestors_and_accepting_a_path_equals_decoding_it(compiled):
+    _, fast = compiled
+    prompt = ids(5)
+    # tree: 0 -> {1 -> 3, 2 -> 4}; candidate tokens at each node
+    parents = [-1, 0, 0, 1, 2]
+    tokens = torch.tensor([[11, 22, 33, 44, 55]])
+    tree = torch.eye(5, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        while p >= 0:
+            tree[i, p], p = True, parents[p]
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    out = dec.verify(tokens, tree_mask=tree)["logits"]
+    for path in ([0, 1, 3], [0, 2, 4]):
+        chain = fast.decoder()
+        chain.prefill(prompt)
+        want = chain.verify(tokens[:, path])["logits"]
+        torch.testing.assert_close(out[:, path], want, rtol=TOL, atol=TOL)
+    dec.accept(path=[0, 2, 4])
+    chain = fast.decoder()
+    chain.prefill(torch.cat((prompt, tokens[:, [0, 2, 4]]), 1))
+    nxt = torch.tensor([[9]])
+    torch.testing.assert_close(dec.step(nxt)["logits"], chain.step(nxt)["logits"], rtol=TOL, atol=TOL)
+
+
+def test_truncate_rolls_back_without_copying_the_torch_cache():
+    fast = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target="torch")
+    dec = fast.decoder()
+    dec.prefill(ids(8))
+    dec.step(torch.tensor([3]))
+    ptr = dec.states[0].data_ptr()
+    dec.truncate(6)
+    assert dec.length == 6 and dec.states[0].shape[2] == 6 and dec.states[0].data_ptr() == ptr
+    dec.step(torch.tensor([4]))                          # appends over the freed rows, same buffer
+    assert dec.states[0].data_ptr() == ptr
+    fresh = fast.decoder()
+    fresh.prefill(torch.cat((ids(8)[:, :6], torch.tensor([[4]])), 1))
+    torch.testing.assert_close(dec.step(torch.tensor([5]))["logits"], fresh.step(torch.tensor([5]))["logits"],
+                               rtol=TOL, atol=TOL)
+
+
+def test_batch_of_prompts_of_different_lengths_generates_what_each_generates_alone(compiled):
+    model, fast = compiled
+    prompts = [ids(n, seed=n) for n in (3, 9, 5, 12)]
+    width = max(p.shape[1] for p in prompts)
+    batch = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        batch[i, width - p.shape[1]:], mask[i, width - p.shape[1]:] = p[0], 1
+    together = fast.generate(batch, max_new_tokens=12, attention_mask=mask)
+    for i, p in enumerate(prompts):
+        alone = fast.generate(p, max_new_tokens=12)
+        assert together[i, width:].tolist() == alone[0, p.shape[1]:].tolist()
+        hf = model.generate(p, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert alone.tolist() == hf.tolist()
+
+
+def test_errors_name_the_problem(compiled):
+    _, fast = compiled
+    dec = fast.decoder()
+    with pytest.raises(DecoderError, match="accept\\(\\) follows verify"):
+        dec.accept(1)
+    dec.prefill(ids(4))
+    dec.verify(ids(3))
+    with pytest.raises(DecoderError, match="accept\\(5\\): verify ran 3 candidates"):
+        dec.accept(5)
+    with pytest.raises(DecoderError, match="tree_mask must be \\[k, k\\]"):
+        dec.verify(ids(3), tree_mask=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(DecoderError, match="pad on the left"):
+        dec.prefill(ids(3), attention_mask=torch.tensor([[1, 1, 0]]))
+    with pytest.raises(DecoderError, match="int64 tensor"):
+        dec.step(torch.zeros(1, 1))
+    mlp = slimgraph.optimize(torch.nn.Linear(4, 4), (torch.randn(2, 4),))
+    with pytest.raises(DecoderError, match="not a causal LM with declared state"):
+        mlp.decoder()
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_smollm2_verify_equals_steps_and_accept_continues(smollm2):
+    model, tok = smollm2
+    prompt = tok("The three primary colors are", return_tensors="pt").input_ids
+    fast = slimgraph.optimize(model, (prompt,), target="torch")
+    cands = tok(" red, yellow and blue. They cannot be made by mixing", return_tensors="pt").input_ids[:, :16]
+    check_verify_equals_steps(fast, prompt, cands, 1e-4)
+
+
+def test_output_names_survive_a_rewriting_pipeline():
+    """Outputs are addressed by name: passes that replace the producer of `logits` keep the name."""
+    pipeline = ("canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,"
+                "include=[lm_head.weight]},fuse-dequant-matmul,merge-sibling-linears,cse,dce")
+    model = tiny_llama()
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=pipeline)
+    names = [v.name for v in fast.graph.outputs]
+    assert names[0] == "logits" and fast.graph.outputs[0].producer.op == "qlinear"
+    assert names[1:] == [s.output.name for s in fast.graph.states] == \
+        [f"present_{k}_{i}" for i in range(2) for k in ("key", "value")]
+    assert fast.generate(ids(5), max_new_tokens=4).shape == (1, 9)
