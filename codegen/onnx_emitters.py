@@ -82,6 +82,8 @@ _UNARY = {"neg": "Neg", "abs": "Abs", "relu": "Relu", "floor": "Floor", "ceil": 
 def _unary(op_type):
     def emit(ex, node, ins):
         dtype = _out(node).dtype
+        if op_type == "BitwiseNot" and dtype == "bool":  # ~mask: ONNX BitwiseNot has no bool kernel
+            return [ex.one("Not", ins[0])]
         x = ins[0] if op_type in ("Not", "IsNaN") else ex.cast(ins[0], node.inputs[0].type.dtype, dtype)
         return [ex.one(op_type, x)]
     return emit
@@ -576,6 +578,9 @@ def _pad(ex, node, ins):
     begin, end = [0] * t.rank, [0] * t.rank
     for i in range(len(pads) // 2):  # torch order: last dim first
         begin[t.rank - 1 - i], end[t.rank - 1 - i] = pads[2 * i], pads[2 * i + 1]
+    mode = node.attrs.get("mode", "constant")
+    if mode != "constant":
+        return [ex.one("Pad", ins[0], ex.ints(begin + end), mode=mode)]
     return [ex.one("Pad", ins[0], ex.ints(begin + end), ex.scalar(node.attrs["value"], t.dtype))]
 
 
@@ -636,6 +641,13 @@ def _dequantized(ex, node, packed, ins):
 def _index(ex, node, ins):
     if len(ins) != 2:
         raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
+    idx = node.inputs[1].type
+    if idx.dtype == "bool":  # x[mask]: the True positions (NonZero), gathered
+        if idx.rank != 1:
+            raise OnnxExportError(f"op index with a {idx.rank}-d bool mask (dtype bool) has no ONNX lowering; "
+                                  f"only a 1-d mask exports ({node!r}); use target='torch'")
+        return [ex.one("Gather", ins[0], ex.one("Reshape", ex.one("NonZero", ins[1]), ex.ints([-1])),
+                       axis=node.attrs["axes"][0])]
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
 
 
@@ -694,3 +706,5 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
     w = ex.one("Mul", q, scale)
     return ex.cast(w, sc.type.dtype, dtype or node.inputs[0].type.dtype)
 
+
+from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, ...)

@@ -128,6 +128,13 @@ class Exporter:
             return self.ints([int(e)])
         if e.is_Symbol:
             return self._symbol(str(e))
+        if isinstance(e, (sympy.floor, sympy.ceiling)):  # floor(n/d), n/d possibly with rational terms
+            num, den = sympy.together(e.args[0]).as_numer_denom()
+            if den.is_Integer and int(den) > 0:
+                sign = 1 if isinstance(e, sympy.floor) else -1
+                n, d = self._expr(sympy.expand(sign * num)), self.ints([int(den)])
+                q = self.one("Div", self.one("Sub", n, self.one("Mod", n, d)), d)  # exact floor division
+                return q if sign == 1 else self.one("Neg", q)
         args = [self._expr(a) for a in e.args]
         if e.is_Add or e.is_Mul:
             acc = args[0]
@@ -167,7 +174,10 @@ class Exporter:
             if low is None:
                 raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
                                       f"{', '.join(sorted(lowerings('onnx')))}")
+            start = len(self.nodes)
             outs = low.fn(self, node, [self.name(v) for v in node.inputs])
+            for n in self.nodes[start:]:  # which IR op each ONNX node lowers (errors name it)
+                n.doc_string = f"IR op {node.op} on {'/'.join(dict.fromkeys(v.type.dtype for v in node.inputs)) or '-'}"
             for v, o in zip(node.outputs, outs):
                 self.names[id(v)] = o
         outputs = []

@@ -66,8 +66,12 @@ class OrtRunner(Runner):
         available = ort.get_available_providers()
         self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         super().__init__(products, device="cuda" if self.providers[0].startswith("CUDA") else "cpu")
-        self.session = ort.InferenceSession(products.read_bytes(MODEL), session_options(threads, spin),
-                                            providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(products.read_bytes(MODEL), session_options(threads, spin),
+                                                providers=self.providers)
+        except Exception as e:  # noqa: BLE001 - ORT's kernel lookup errors name only its own node
+            from .onnx_kernels import explain_session_error
+            raise explain_session_error(self.model, e) from e
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.graph = graph
 

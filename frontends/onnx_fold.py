@@ -25,7 +25,7 @@ def folder(*op_types):
 
 # ops whose folding only moves or converts data, so float inputs fold exactly like ints
 DATA_MOVEMENT = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Concat", "Gather", "Slice", "Expand",
-                 "Where", "Shape", "Size", "CastLike"}
+                 "Where", "Shape", "Size", "CastLike", "Transpose"}
 
 
 def should_fold(op_type: str, ins: list[Known]) -> bool:
@@ -109,6 +109,12 @@ def _reshape(ins, a):
     shape = _ints(ins[1])
     shape = [ins[0].array.shape[i] if d == 0 and not a.get("allowzero") else d for i, d in enumerate(shape)]
     return Known(ins[0].array.reshape(shape), ins[0].dtype)
+
+
+@folder("Transpose")
+def _transpose(ins, a):
+    x = ins[0].array
+    return Known(np.transpose(x, a.get("perm", list(range(x.ndim))[::-1])), ins[0].dtype)
 
 
 @folder("Slice")

@@ -22,7 +22,8 @@ from ..ir import symbolic as S
 from ..ir.graph import Graph, Value
 from ..ir.types import TensorType
 
-MIN_OPSET = 13
+MIN_OPSET = 13        # what the op handlers implement
+MIN_SOURCE_OPSET = 7  # older models are up-converted to MIN_OPSET on import (upgrade_opset)
 INSTALL_HINT = "pip install 'slimgraph[onnx]'"
 
 # ONNX TensorProto.DataType -> IR dtype name (the IR has no u16/u32/u64/f8/string/complex)
@@ -196,17 +197,45 @@ def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "v"
 
 
-def _default_opset(model) -> int:
+def _opset_version(model) -> int | None:
     version = None
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):  # other domains are checked per node, where one is used
             version = imp.version
+    return version
+
+
+def _default_opset(model) -> int:
+    version = _opset_version(model)
     if version is None:
+        if not any(n.domain in ("", "ai.onnx") for n in model.graph.node):
+            return MIN_OPSET  # a model using other domains only (their ops are checked per node)
         raise OnnxImportError("model does not import the default ONNX opset")
     if version < MIN_OPSET:
         raise OnnxImportError(f"model uses ONNX opset {version}; slimgraph imports opset >= {MIN_OPSET}. "
                               f"Convert it first: onnx.version_converter.convert_version(model, {MIN_OPSET})")
     return version
+
+
+def upgrade_opset(model, notes: list | None = None):
+    """A model below opset MIN_OPSET, converted with onnx.version_converter (ONNX's own adapters:
+    Split/Squeeze/Unsqueeze/ReduceSum attributes become inputs, Resize/Upsample are rewritten, ...).
+    Appends a note saying so to `notes`. Raises OnnxImportError naming the opset and the converter's
+    error when an op has no adapter (e.g. opset-1 models, Upsample before opset 7)."""
+    onnx = require_onnx()
+    version = _opset_version(model)
+    if version is None or version >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError/ConvertError with its reason
+        raise UnsupportedOnnxFeature(f"model uses ONNX opset {version}; slimgraph imports opset >= {MIN_OPSET} and "
+                              f"onnx.version_converter could not convert it: {str(e).splitlines()[0]}") from e
+    if notes is not None:
+        notes.append(f"ONNX model converted from opset {version} to opset {MIN_OPSET} with onnx.version_converter "
+                     f"(onnx {onnx.__version__})")
+    return converted
 
 
 def load_model(src, base_dir: str | None = None):
@@ -237,14 +266,22 @@ def load_model(src, base_dir: str | None = None):
     return model
 
 
-def import_onnx(src, base_dir: str | None = None, bind: dict | None = None) -> Graph:
+def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, notes: list | None = None) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) as a slimgraph IR graph.
 
     `bind` maps graph-input names to arrays: those inputs become constants (specialization),
-    which lets data-dependent parameters such as Slice starts or Reshape shapes fold."""
+    which lets data-dependent parameters such as Slice starts or Reshape shapes fold.
+    Models below opset 13 are converted first (`upgrade_opset`); what the importer did on the
+    user's behalf (that conversion) is appended to `notes` when given, else warned."""
     onnx = require_onnx()
     from .onnx_ops import ONNX_OPS, lower_node
     model = load_model(src, base_dir)
+    own_notes = [] if notes is None else notes
+    model = upgrade_opset(model, own_notes)
+    if notes is None:
+        import warnings
+        for n in own_notes:
+            warnings.warn(n, stacklevel=2)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is advisory; the IR infers its own types
@@ -293,10 +330,11 @@ def value_type(vi, where: str) -> TensorType:
         raise OnnxImportError(f"{where}: the model gives no rank; slimgraph needs ranked inputs")
     shape = []
     for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:  # -1 (some exporters' "unknown") is a symbol
             shape.append(int(d.dim_value))
         else:
-            shape.append(_clean_symbol(d.dim_param or f"{vi.name}_dim{i}"))
+            named = d.dim_param if re.search(r"[A-Za-z0-9]", d.dim_param or "") and d.dim_param != "-1" else ""
+            shape.append(_clean_symbol(named or f"{vi.name}_dim{i}"))  # "?", "-1", "": a fresh symbol
     return TensorType(ir_dtype(tt.elem_type, where), tuple(shape))
 
 

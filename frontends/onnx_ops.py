@@ -15,7 +15,7 @@ from .onnx_fold import fold, should_fold
 from .onnx_import import Importer, Known, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
 
 ONNX_OPS: dict = {}
-CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
+CONTROL_FLOW = ("Loop", "Scan", "SequenceMap")  # If is inlined when its condition is known (_if)
 
 
 def onnx_op(*op_types):
@@ -57,12 +57,37 @@ def lower_node(imp: Importer, node) -> list:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+@onnx_op("If")
+def _if(imp, a):
+    """An If whose condition is known at import time (a constant, or decided from shapes) is
+    replaced by the chosen branch's nodes; a data-dependent condition is refused."""
+    k = imp.known(0)
+    if k is None or k.symbolic or k.array.size != 1:
+        raise imp.unsupported("control flow (If) on a run-time condition is not supported; export the model "
+                              "with the branch constant-folded")
+    branch = a["then_branch"] if bool(k.array.reshape(-1)[0]) else a["else_branch"]
+    outer = imp.node
+    try:
+        for node in branch.node:
+            imp.node = node
+            outs = lower_node(imp, node)
+            for name, v in zip(node.output, outs):
+                if name:
+                    imp.env[name] = v
+    finally:
+        imp.node = outer
+    missing = [o.name for o in branch.output if o.name not in imp.env]
+    if missing:
+        raise imp.error(f"If branch output(s) {missing} are produced by no node")
+    return [imp.env[o.name] for o in branch.output]
+
+
 def _axis(a, key, rank, default=0):
     return I.norm_dim(a.get(key, default), rank)
 
 
 # ---- elementwise ----------------------------------------------------------------------------------
-_UNARY = {"Abs": "abs", "Neg": "neg", "Relu": "relu", "Sign": "sign", "Floor": "floor", "Ceil": "ceil",
+_UNARY = {"Abs": "abs", "Neg": "neg", "Relu": "relu", "Floor": "floor", "Ceil": "ceil",
           "Round": "round", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos",
           "Tan": "tan", "Atan": "atan", "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf",
           "Reciprocal": "reciprocal", "Not": "logical_not", "IsNaN": "isnan", "BitwiseNot": "bitwise_not",
@@ -87,6 +112,16 @@ for _k, _v in _UNARY.items():
     onnx_op(_k)(_unary(_v))
 for _k, _v in _BINARY.items():
     onnx_op(_k)(_binary(_v))
+
+
+@onnx_op("Sign")
+def _sign(imp, a):
+    """ONNX Sign keeps NaN; the IR's sign is torch.sign (NaN -> 0), so NaN is put back for floats."""
+    x = imp.value(0)
+    y = imp.op("sign", x)
+    if x.type.dtype not in ("f16", "bf16", "f32", "f64"):
+        return y
+    return imp.op("where", imp.op("isnan", x), x, y)
 
 
 def _same_dtype(imp, v, dtype):
@@ -172,8 +207,7 @@ def _identity(imp, a):
 @onnx_op("Dropout")
 def _dropout(imp, a):
     """Inference: the identity, with an all-true mask. Training-mode dropout is random: rejected."""
-    ratio = imp.scalar(1, "ratio") if imp.has(1) else 0.5
-    if imp.has(2) and imp.scalar(2, "training_mode") and ratio != 0:
+    if imp.has(2) and imp.scalar(2, "training_mode") and (imp.scalar(1, "ratio") if imp.has(1) else 0.5) != 0:
         raise imp.unsupported("training-mode Dropout (random) is not supported; export the model in eval mode")
     x = imp.value(0)
     return [x, imp.op("full", shape=list(x.type.shape), value=True, dtype="bool")]
@@ -395,6 +429,11 @@ def _squeeze(imp, a):
     axes = _axes(imp, a, 1)
     if axes is None:
         axes = [i for i, d in enumerate(x.type.shape) if d == 1]
+    axes = [I.norm_dim(d, x.type.rank) for d in axes]
+    if any(not isinstance(x.type.shape[d], int) for d in axes):
+        # ONNX requires a squeezed dim to be 1: a symbolic one (e.g. a height pooled down to 1) is
+        # dropped by a reshape (torch's squeeze would keep it when it is not 1 and the rank would lie)
+        return imp.op("reshape", x, shape=[d for i, d in enumerate(x.type.shape) if i not in axes])
     return imp.op("squeeze", x, dims=list(axes))
 
 
@@ -490,26 +529,54 @@ def _range(imp, a):
 
 @onnx_op("Trilu")
 def _trilu(imp, a):
-    k = imp.dims(1, "k")[0] if imp.has(1) else 0
-    return imp.op("triu" if a.get("upper", 1) else "tril", imp.value(0), diagonal=k)
+    upper = a.get("upper", 1)
+    if not imp.has(1) or imp.known(1) is not None:
+        k = imp.dims(1, "k")[0] if imp.has(1) else 0
+        return imp.op("triu" if upper else "tril", imp.value(0), diagonal=k)
+    # k from data: keep where (col - row) >= k (upper) / <= k (lower); the shape does not depend on k
+    x = imp.value(0)
+    m, n = x.type.shape[-2], x.type.shape[-1]
+    diff = imp.op("sub", imp.op("reshape", imp.op("arange", end=n, dtype="i64"), shape=[1, n]),
+                  imp.op("reshape", imp.op("arange", end=m, dtype="i64"), shape=[m, 1]))
+    k = imp.op("reshape", imp.op("cast", imp.value(1), dtype="i64"), shape=[])
+    keep = imp.op("ge" if upper else "le", diff, k)
+    return imp.op("where", keep, x, _scalar(imp, 0, x.type.dtype))
+
+
+def runtime_axis(imp, i, rank, build):
+    """`build(axis)` for an axis given by input i: directly when it is known at import time;
+    otherwise built for every axis and selected at run time by the input's value (the op keeps
+    the input's shape whatever the axis, so every candidate has the same type)."""
+    k = imp.known(i)
+    if k is not None:
+        return build(I.norm_dim(imp.dims(i, "axis")[0], rank))
+    ax = imp.op("reshape", imp.op("cast", imp.value(i), dtype="i64"), shape=[])
+    ax = imp.op("where", imp.op("lt", ax, _scalar(imp, 0, "i64")), imp.op("add", ax, _scalar(imp, rank, "i64")), ax)
+    out = build(rank - 1)
+    for d in range(rank - 2, -1, -1):
+        out = imp.op("where", imp.op("eq", ax, _scalar(imp, d, "i64")), build(d), out)
+    return out
 
 
 @onnx_op("CumSum")
 def _cumsum(imp, a):
     x = imp.value(0)
-    ax = I.norm_dim(imp.dims(1, "axis")[0], x.type.rank)
-    xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
-    y = imp.op("cumsum", xr, dim=ax, dtype=x.type.dtype)
-    if a.get("exclusive"):
-        y = imp.op("sub", y, xr)
-    return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+
+    def build(ax):
+        xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
+        y = imp.op("cumsum", xr, dim=ax, dtype=x.type.dtype)
+        if a.get("exclusive"):
+            y = imp.op("sub", y, xr)
+        return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+    return runtime_axis(imp, 1, x.type.rank, build)
 
 
 @onnx_op("Pad")
 def _pad(imp, a):
     x = imp.value(0)
-    if a.get("mode", "constant") != "constant":
-        raise imp.unsupported(f"Pad mode {a['mode']!r} is not supported (only 'constant')")
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise imp.unsupported(f"Pad mode {mode!r} is not supported (constant, reflect, edge, wrap)")
     pads = imp.dims(1, "pads")
     runtime_value = imp.has(2) and imp.known(2) is None  # e.g. CastLike(-inf, x) to bf16: not folded
     value = imp.scalar(2, "constant_value") if imp.has(2) and not runtime_value else 0.0
@@ -519,6 +586,8 @@ def _pad(imp, a):
     torch_pads = []
     for d in reversed(range(x.type.rank)):  # torch order: last dim first
         torch_pads += list(per_dim.get(d, (0, 0)))
+    if mode != "constant":
+        return imp.op("pad", x, pads=torch_pads, mode=mode)
     if runtime_value:  # a run-time scalar fill: pad, then select it where the padding went
         v = imp.value(2)
         if v.type.shape not in ((), (1,)):
@@ -541,8 +610,8 @@ def _reduce(imp, a):
     x = imp.value(0)
     axes = _axes(imp, a, 1)
     if not axes:
-        if a.get("noop_with_empty_axes", 0):
-            return x
+        if a.get("noop_with_empty_axes", 0):  # no reduction, but the elementwise part still applies
+            return _reduce_elementwise(imp, op, x)
         axes = list(range(x.type.rank))
     keep = bool(a.get("keepdims", 1))
     axes = [I.norm_dim(d, x.type.rank) for d in axes]
@@ -566,6 +635,18 @@ def _reduce(imp, a):
     if op == "ReduceLogSum":
         y = imp.op("log", y)
     return _same_dtype(imp, y, x.type.dtype)
+
+
+def _reduce_elementwise(imp, op, x):
+    """A reduction over no axes (noop_with_empty_axes=1): each element reduced alone, i.e. the
+    op's elementwise part (ReduceSumSquare([-2, 3]) = [4, 9], ReduceL1 = |x|, ReduceLogSum = log x,
+    ReduceLogSumExp = log(exp(x)) = x, the others = x)."""
+    if op in ("ReduceSumSquare", "ReduceL2") or op == "ReduceL1":
+        y = imp.op("abs", x) if op in ("ReduceL1", "ReduceL2") else imp.op("mul", x, x)
+        return y
+    if op == "ReduceLogSum":
+        return imp.op("log", x)
+    return x
 
 
 @onnx_op("ArgMax", "ArgMin")
@@ -673,15 +754,11 @@ def _conv(imp, a):
 def _pool(imp, a):
     x = imp.value(0)
     n = x.type.rank - 2
-    if n not in (1, 2):
-        raise imp.unsupported(f"only 1-d and 2-d pooling is supported, got {n}-d")
     if len([o for o in imp.node.output if o]) > 1:
         raise imp.unsupported("MaxPool's Indices output is not supported")
     kernel, strides = a["kernel_shape"], a.get("strides", [1] * n)
-    if any(d != 1 for d in a.get("dilations", [1] * n)):
-        raise imp.unsupported("dilated pooling is not supported")
-    if a.get("ceil_mode", 0):
-        raise imp.unsupported("ceil_mode=1 pooling is not supported")
+    if n not in (1, 2) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1] * n)):
+        return general_pool(imp, a, x, "max" if imp.node.op_type == "MaxPool" else "avg")
     pad, asym = _pads_2d(imp, a, x.type.shape, kernel, strides, [1] * n)
     is_max = imp.node.op_type == "MaxPool"
     if asym is None and any(p > k // 2 for p, k in zip(pad, kernel)):  # torch allows pad <= kernel/2 only
@@ -700,6 +777,30 @@ def _pool(imp, a):
         y = imp.op("avg_pool2d", x2, kernel=kernel, stride=strides, padding=pad,
                    count_include_pad=bool(a.get("count_include_pad", 0)))
     return imp.op("squeeze", y, dims=[2]) if n == 1 else y
+
+
+def general_pool(imp, a, x, kind, p=2.0):
+    """Any-rank pooling with dilation and ceil_mode: the `pool_nd` op (ONNX semantics)."""
+    n = x.type.rank - 2
+    kernel, strides, dil = a["kernel_shape"], a.get("strides", [1] * n), a.get("dilations", [1] * n)
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if a.get("ceil_mode", 0):
+            raise imp.unsupported("auto_pad SAME with ceil_mode is not supported")
+        begin, end = [], []
+        for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dil):
+            if not isinstance(size, int):
+                raise imp.unsupported("auto_pad SAME needs static spatial dims")
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        pads = begin + end
+    else:
+        pads = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
+    return imp.op("pool_nd", x, kind=kind, kernel=list(kernel), stride=list(strides), pads=pads, dilation=list(dil),
+                  ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=bool(a.get("count_include_pad", 0)),
+                  p=float(p))
 
 
 def _avg_pool_exclude_pad(imp, x, n, kernel, strides, pads):
@@ -728,3 +829,6 @@ __all__ = ["ONNX_OPS", "lower_node", "OnnxImportError", "ONNX_DTYPES"]
 from . import onnx_attention  # noqa: E402,F401  (registers Attention, RMSNormalization)
 from . import onnx_ops_misc  # noqa: E402,F401  (registers losses, TopK, OneHot, CumProd, ...)
 from . import onnx_ms  # noqa: E402,F401  (registers com.microsoft contrib ops)
+from . import onnx_ops_vision  # noqa: E402,F401  (registers Resize, ConvTranspose, LSTM, Scatter*, ...)
+from . import onnx_ops_quant  # noqa: E402,F401  (registers QuantizeLinear, DequantizeLinear, QLinear*, *Integer)
+from . import onnx_ops_signal  # noqa: E402,F401  (registers DFT, windows, LRN, ReverseSequence, AffineGrid, SwiGLU, RotaryEmbedding, TensorScatter)

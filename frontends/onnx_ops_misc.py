@@ -101,15 +101,18 @@ def _eye_like(imp, a):
 @onnx_op("CumProd")
 def _cumprod(imp, a):
     x = imp.value(0)
-    ax = I.norm_dim(imp.dims(1, "axis")[0], x.type.rank)
-    xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
-    y = imp.op("cumprod", xr, dim=ax)
-    if a.get("exclusive"):  # shift by one: [1, y0, y1, ...]
-        ones_shape = list(x.type.shape)
-        ones_shape[ax] = 1
-        head = imp.op("full", shape=ones_shape, value=1, dtype=x.type.dtype)
-        y = imp.op("concat", head, imp.op("slice", y, dim=ax, start=0, end=S.add(x.type.shape[ax], -1)), dim=ax)
-    return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+
+    def build(ax):
+        xr = imp.op("flip", x, dims=[ax]) if a.get("reverse") else x
+        y = imp.op("cumprod", xr, dim=ax)
+        if a.get("exclusive"):  # shift by one: [1, y0, y1, ...]
+            ones_shape = list(x.type.shape)
+            ones_shape[ax] = 1
+            head = imp.op("full", shape=ones_shape, value=1, dtype=x.type.dtype)
+            y = imp.op("concat", head, imp.op("slice", y, dim=ax, start=0, end=S.add(x.type.shape[ax], -1)), dim=ax)
+        return imp.op("flip", y, dims=[ax]) if a.get("reverse") else y
+    from .onnx_ops import runtime_axis
+    return runtime_axis(imp, 1, x.type.rank, build)
 
 
 # ---- depth <-> space ------------------------------------------------------------------------------------

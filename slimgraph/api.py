@@ -2,7 +2,8 @@
 
     fast = slimgraph.optimize(model, (x,), target="torch", pipeline="canonicalize,cse,dce")
 
-`model` is an `nn.Module`, a transformers model, or an already-imported `ir.Graph`:
+`model` is an `nn.Module`, a transformers model, an ONNX model (a `.onnx` path, its bytes or an
+`onnx.ModelProto`, imported with frontends.onnx_import.import_onnx), or an already-imported `ir.Graph`:
 - a transformers causal LM (has `generate`, not encoder-decoder, has an LM head) is exported
   with its KV cache (frontends.hf.export_causal_lm) so the result can `.generate()`; called
   with `input_ids` it runs with empty caches and returns an object with `.logits`;
@@ -49,10 +50,11 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     example_inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     spec, notes = _pipeline(tgt, pipeline)
     spec = _with_calibration(spec, model, calibration)   # before the import: a missing one fails fast
+    import_notes: list[str] = []
     graph, signature, kv, flat_example = _import(model, tuple(example_inputs), dict(example_kwargs or {}),
-                                                 dynamic_shapes)
+                                                 dynamic_shapes, import_notes)
     report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
-    report.notes = notes
+    report.notes = import_notes + notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
     _check_state(graph, report.pipeline)
     runner = _compile(tgt, graph, allow_fallback, report)
@@ -64,10 +66,13 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
 
 
 # ---- import ----------------------------------------------------------------------------------
-def _import(model, args, kwargs, dynamic_shapes):
+def _import(model, args, kwargs, dynamic_shapes, notes=None):
     """(graph, signature, kv layout or None, flat example tensors or None)."""
     import torch
     from .ir.graph import Graph
+    if _is_onnx(model):  # a path to a .onnx file, serialized bytes or an onnx.ModelProto
+        from .frontends.onnx_import import import_onnx
+        model = import_onnx(model, notes=notes)
     if isinstance(model, Graph):
         sig = Signature("flat", input_names=[v.name for v in model.inputs])
         return model.copy(), sig, None, (list(args) if args else None)
@@ -101,6 +106,13 @@ def _import(model, args, kwargs, dynamic_shapes):
     sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
                            [v.type for v in imported.graph.inputs])
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
+
+
+def _is_onnx(model) -> bool:
+    import os
+    if isinstance(model, (bytes, bytearray)) or type(model).__name__ == "ModelProto":
+        return True
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx")
 
 
 def _needs_inputs(model) -> bool:

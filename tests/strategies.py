@@ -118,8 +118,9 @@ def _step(draw, g, pool, gen):
 
 
 @st.composite
-def graphs(draw, max_ops: int = 10, symbolic: bool | None = None):
-    """(graph, inputs): a random verified graph and example inputs for it."""
+def graphs(draw, max_ops: int = 10, symbolic: bool | None = None, special_values: bool = False):
+    """(graph, inputs): a random verified graph and example inputs for it. `special_values=True`
+    puts NaN, +inf and -inf at random positions of the inputs (targets must agree on them)."""
     sym = draw(st.booleans()) if symbolic is None else symbolic
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
     n = draw(st.integers(1, 3))
@@ -135,6 +136,12 @@ def graphs(draw, max_ops: int = 10, symbolic: bool | None = None):
         v = _step(draw, g, pool, gen)
         if v is not None:
             pool.extend(v if isinstance(v, list) else [v])
+    if special_values:
+        specials = torch.tensor([float("nan"), float("inf"), float("-inf")])
+        for x in inputs:
+            flat = x.view(-1)
+            for i in draw(st.lists(st.integers(0, flat.numel() - 1), max_size=3)):
+                flat[i] = specials[draw(st.integers(0, 2))]
     computed = [v for v in pool if v.producer is not None] or pool[:1]
     outs = [computed[-1]] + draw(st.lists(st.sampled_from(computed), max_size=2))
     g.set_outputs(list(dict.fromkeys(outs)))

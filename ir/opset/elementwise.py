@@ -126,3 +126,26 @@ def _arange_len(a):
              infer=lambda ts, a: TensorType(a["dtype"], (_arange_len(a),)), traits="generator")
 def arange(start, end, step, dtype):
     return torch.arange(start, end, step, dtype=to_torch(dtype))
+
+
+_INT_BITS = {"u8": 8, "i8": 8, "i16": 16, "i32": 32, "i64": 64}
+
+
+def _bit_shift_type(ts, a):
+    if ts[0].dtype not in _INT_BITS or ts[1].dtype != ts[0].dtype:
+        raise I.ShapeError(f"bit_shift: integer operands of one dtype expected, got {ts[0]} and {ts[1]}")
+    return I.elementwise(ts, a)
+
+
+@register_op("bit_shift", inputs="a b", attrs={"left": Attr("bool")}, infer=_bit_shift_type)
+def bit_shift(a, b, left):
+    """a << b or a >> b (ONNX BitShift): left shifts wrap in two's complement, right shifts of signed
+    values are arithmetic; a shift < 0 or >= the bit width gives 0 (right shift of a negative: -1)."""
+    bits = a.element_size() * 8
+    a, b = torch.broadcast_tensors(a, b)
+    out = (b < 0) | (b >= bits)
+    s = torch.where(out, torch.zeros_like(b), b)
+    if left:
+        return torch.where(out, torch.zeros_like(a), torch.bitwise_left_shift(a, s))
+    fill = torch.where(a < 0, torch.full_like(a, -1), torch.zeros_like(a)) if a.is_signed() else torch.zeros_like(a)
+    return torch.where(out, fill, torch.bitwise_right_shift(a, s))

@@ -23,7 +23,7 @@ def scatter(x, index, src, dim, reduce, include_self):
     last write wins where indices repeat, as in torch: unspecified which), sum, prod, mean, amax, amin."""
     if reduce not in REDUCE:
         raise ValueError(f"scatter: reduce={reduce!r}; expected one of {REDUCE}")
-    src = src.to(x.dtype)
+    src, index = src.to(x.dtype), index.long()
     if reduce == "none":
         return x.scatter(dim, index, src)
     return x.scatter_reduce(dim, index, src, reduce, include_self=include_self)

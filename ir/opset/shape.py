@@ -168,11 +168,42 @@ def flip(x, dims):
     return torch.flip(x, dims)
 
 
-@register_op("pad", inputs="x", attrs={"pads": Attr("ints"), "value": Attr("float", 0.0)},
-             infer=lambda ts, a: ts[0].with_shape(_pad_shape(ts[0].shape, a["pads"])))
-def pad(x, pads, value):
-    """Constant padding; `pads` as torch.nn.functional.pad (last dim first, (before, after) pairs)."""
-    return torch.nn.functional.pad(x, pads, value=value)
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _pad_type(ts, a):
+    if a["mode"] not in PAD_MODES:
+        raise I.ShapeError(f"pad: mode {a['mode']!r} is not one of {', '.join(PAD_MODES)}")
+    return ts[0].with_shape(_pad_shape(ts[0].shape, a["pads"]))
+
+
+@register_op("pad", inputs="x", attrs={"pads": Attr("ints"), "value": Attr("float", 0.0),
+                                       "mode": Attr("str", "constant")}, infer=_pad_type)
+def pad(x, pads, value, mode="constant"):
+    """Padding; `pads` as torch.nn.functional.pad (last dim first, (before, after) pairs; negative
+    crops). `mode` as ONNX Pad: constant (`value`), reflect (mirror without the edge), edge (repeat
+    the edge), wrap (circular)."""
+    if mode == "constant":
+        return torch.nn.functional.pad(x, pads, value=value)
+    for i in range(len(pads) // 2):  # per dim, gather the padded positions' source indices
+        d = x.dim() - 1 - i
+        n, b, e = x.shape[d], pads[2 * i], pads[2 * i + 1]
+        if b == 0 and e == 0:
+            continue
+        j = torch.arange(-b, n + e)
+        if mode == "edge":
+            j = j.clamp(0, n - 1)
+        elif mode == "wrap":
+            j = j % n
+        else:
+            if n == 1:
+                j = torch.zeros_like(j)
+            else:
+                period = 2 * (n - 1)
+                j = j.abs() % period
+                j = torch.where(j >= n, period - j, j)
+        x = x.index_select(d, j)
+    return x
 
 
 def _pad_shape(shape, pads):
@@ -203,3 +234,39 @@ def index(x, *indices, axes):
     for ax, t in zip(axes, indices):
         idx[ax] = t
     return x[tuple(idx)]
+
+
+# ---- scatter ---------------------------------------------------------------------------------------
+SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
+_TORCH_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _scatter_type(ts, a):
+    if a["reduce"] not in SCATTER_REDUCTIONS:
+        raise I.ShapeError(f"scatter: reduction {a['reduce']!r} is not one of {', '.join(SCATTER_REDUCTIONS)}")
+    if ts[1].dtype not in ("i32", "i64"):
+        raise I.ShapeError(f"scatter: indices must be i32/i64, got {ts[1]}")
+    return ts[0]
+
+
+@register_op("scatter_nd", inputs="x indices updates", attrs={"reduce": Attr("str", "none")}, infer=_scatter_type)
+def scatter_nd(x, indices, updates, reduce):
+    """ONNX ScatterND: indices [..., k] address slices x[i0..ik-1]; updates [..., *x.shape[k:]].
+    Negative indices count from the end."""
+    k = indices.shape[-1]
+    idx = indices.reshape(-1, k).long()
+    idx = torch.where(idx < 0, idx + torch.tensor(x.shape[:k], dtype=torch.long), idx)
+    upd = updates.reshape((idx.shape[0],) + tuple(x.shape[k:]))
+    out = x.clone()
+    where = tuple(idx.t())
+    if reduce == "none":
+        out[where] = upd
+    elif reduce == "add":
+        out.index_put_(where, upd, accumulate=True)
+    else:
+        for j in range(idx.shape[0]):
+            at = tuple(idx[j].tolist())
+            cur = out[at]
+            out[at] = cur * upd[j] if reduce == "mul" else (torch.maximum(cur, upd[j]) if reduce == "max"
+                                                            else torch.minimum(cur, upd[j]))
+    return out

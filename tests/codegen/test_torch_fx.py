@@ -100,6 +100,29 @@ CASES = {
                                           g.op("slice", x, dim=2, start=0, end=1), dim=2, reduce="sum"),
     "index_put": lambda g, x, i, b, n: g.op("index_put", x, g.op("constant", value=1.5, dtype="f32"),
                                             g.op("select", i, dim=0, index=0), axes=[2], accumulate=True),
+    # ONNX-import ops (ir/opset/spatial.py, scatter, bit_shift)
+    "resize": lambda g, x, i, b, n: g.op("resize", _nchw(g, x), shape=[1, 2, "2*seq", 7], mode="linear",
+                                         coord="half_pixel"),
+    "conv_transpose2d": lambda g, x, i, b, n: g.op("conv_transpose2d", _nchw(g, x), _w(g, "tw", 2, 3, 2, 2),
+                                                   _w(g, "tb", 3), stride=[2, 1]),
+    "grid_sample": lambda g, x, i, b, n: g.op("grid_sample", _nchw(g, x), g.op("tanh", g.op(
+        "reshape", g.op("slice", x, dim=2, start=0, end=2), shape=[1, 2, "seq", 2]))),
+    "lstm": lambda g, x, i, b, n: g.op("lstm", x, _w(g, "lw", 1, 8, 4), _w(g, "lr", 1, 8, 2), _w(g, "lb", 1, 16),
+                                       g.op("full", shape=[1, "seq", 2], value=0.1, dtype="f32"),
+                                       g.op("full", shape=[1, "seq", 2], value=-0.1, dtype="f32")),
+    "recurrent": lambda g, x, i, b, n: g.op("recurrent", x, _w(g, "gw", 2, 6, 4), _w(g, "gr", 2, 6, 2),
+                                            _w(g, "gb", 2, 12), g.op("full", shape=[2, "seq", 2], value=0.0, dtype="f32"),
+                                            cell="gru", direction="bidirectional"),
+    "scatter_nd": lambda g, x, i, b, n: g.op("scatter_nd", x, g.op("reshape", g.op("clamp", g.op("slice", i, dim=1, start=0,
+                                                                                                end=1), min=0, max=1),
+                                                                   shape=[2, 1]), g.op("neg", x)),
+    "bit_shift": lambda g, x, i, b, n: g.op("bit_shift", n, g.op("abs", n), left=True),
+    "pool_nd": lambda g, x, i, b, n: g.op("pool_nd", _nchw(g, x), kind="avg", kernel=[2, 2], stride=[1, 2],
+                                          pads=[1, 0, 0, 1], dilation=[1, 1]),
+    "col2im": lambda g, x, i, b, n: g.op("col2im", g.op("reshape", g.op("slice", x, dim=1, start=0, end=2),
+                                                        shape=[1, 4, 4]), image=[3, 3],
+                                         block=[2, 2], dilation=[1, 1], padding=[0, 0], stride=[1, 1]),
+    "det": lambda g, x, i, b, n: g.op("det", g.op("matmul", x, g.op("permute", x, dims=[0, 2, 1]))),
 }
 INT_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not"}
 BOOL_OPS = {"logical_and", "logical_or", "logical_xor", "logical_not"}

@@ -42,17 +42,22 @@ def test_rejections_are_clear_feature_errors(outcomes):
 @pytest.mark.slow
 def test_overall_pass_rate_does_not_regress(outcomes):
     rate = sum(o.passed for o in outcomes) / len(outcomes)
-    assert len(outcomes) > 1000 and rate >= 0.60, conf.summary(outcomes)
+    assert len(outcomes) > 1000 and rate >= 0.75, conf.summary(outcomes)
+    unbound = sum(o.passed and not o.specialized for o in outcomes) / len(outcomes)
+    assert unbound >= 0.60, conf.summary(outcomes)  # without binding parameter inputs as constants
 
 
 def test_unsupported_feature_is_not_a_supported_failure():
     import onnx
     from onnx import TensorProto, helper
-    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2, 2])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3, 3, 3])])
+    node = helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2])  # the Indices output
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3, 3]),
+                               helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 1, 3, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
-    x = __import__("numpy").zeros((1, 1, 4, 4, 4), "float32")
-    o = conf.run_case(conf.Case("test_maxpool_3d_local", model, [([x], [x[:, :, :3, :3, :3]])]))
-    assert not o.supported and not o.passed and "3-d" in o.unsupported_feature
+    np = __import__("numpy")
+    x = np.zeros((1, 1, 4, 4), "float32")
+    o = conf.run_case(conf.Case("test_maxpool_indices_local", model,
+                                [([x], [x[:, :, :3, :3], np.zeros((1, 1, 3, 3), "int64")])]))
+    assert not o.supported and not o.passed and "Indices" in o.unsupported_feature

@@ -109,11 +109,19 @@ def test_unknown_domain_names_node_and_op():
         import_onnx(model)
 
 
-def test_old_opset_is_rejected_with_the_fix():
+def test_old_opset_is_converted_or_refused_naming_the_converter(monkeypatch):
     model, *_ = mlp_model()
     model.opset_import[0].version = 12
-    with pytest.raises(OnnxImportError, match="opset 12.*version_converter"):
-        import_onnx(model)
+    notes = []
+    import_onnx(model, notes=notes)  # up-converted by onnx.version_converter, with a note
+    assert notes and "opset 12" in notes[0] and "version_converter" in notes[0]
+    from onnx import version_converter
+
+    def fail(m, v):
+        raise RuntimeError("No adapter for op Frobnicate")
+    monkeypatch.setattr(version_converter, "convert_version", fail)
+    with pytest.raises(OnnxImportError, match="opset 12.*version_converter could not convert it: No adapter"):
+        import_onnx(model, notes=[])
 
 
 def test_unsupported_op_and_control_flow_name_the_node():
