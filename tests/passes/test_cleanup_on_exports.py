@@ -25,13 +25,18 @@ def test_canonicalize_recognizes_exported_llama_rms_norm(tiny_llama, dtype, atol
     before = g.op_counts()
     assert before["rsqrt"] == 5 and "rms_norm" not in before  # export spells RMSNorm out
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randint(0, 64, (2, 4), generator=gen)]
-    inputs += [torch.randn(2, 2, 3, 8, generator=gen).to(dtype) for _ in range(4)]
+    past, seq = 3, 4   # the causal-LM convention (ir/causal_lm.py): ids, positions, 4-D bool mask, caches
+    keep = torch.ones(seq, past + seq, dtype=torch.bool).tril(past)
+    inputs = [torch.randint(0, 64, (2, seq), generator=gen), torch.arange(past, past + seq).expand(2, seq),
+              keep.expand(2, 1, seq, past + seq)]
+    inputs += [torch.randn(2, 2, past, 8, generator=gen).to(dtype) for _ in range(4)]
+    assert [v.name for v in g.inputs][:3] == ["input_ids", "position_ids", "attention_mask"]
     rep = PassManager("canonicalize,cse,fold-constants,dce", verify="numerics", example_inputs=inputs,
                       atol=atol, rtol=atol).run(g)
     after = g.op_counts()
     assert after["rms_norm"] == 5 and not {"rsqrt", "pow", "mean"} & set(after)
     assert rep[0].stats["rms-weight"] == 5
-    assert rep[0].stats["attention-gqa"] == 2 and rep[0].stats["attention-causal-mask"] == 2
-    assert after.get("expand", 0) == before["expand"] - 5 and "le" not in after  # repeat_kv and the mask gone
+    # the causal mask is a graph input now (ir/causal_lm.py), so only GQA's repeat_kv is left to fold away
+    assert rep[0].stats["attention-gqa"] == 2 and "attention-causal-mask" not in rep[0].stats
+    assert before["expand"] == 4 and "expand" not in after and "le" not in after
     assert sum(after.values()) < sum(before.values()) - 30
