@@ -32,7 +32,7 @@ from .calibration import Calibration, Stats, collect_stats, run_hooked
 from .clip import search_clip
 from .gptq import gptq_quantize
 
-DEFAULT_EXCLUDE = ("*lm_head*", "*embed*")
+DEFAULT_EXCLUDE = ("*lm_head*", "*embed*", "draft_heads.*")   # draft heads: passes/draft_heads.py
 
 
 @register_pass("quantize-weights")
