@@ -68,16 +68,7 @@ def main():
                 r["verifies"] += st.verifies
                 r["tokens"] += st.new_tokens - 1
                 r["identical"] += int(torch.equal(out, outs["plain"]))
-        summary = {}
-        for mode, r in rows.items():
-            summary[mode] = {
-                "identical": f"{r['identical']}/{len(eval_prompts)}",
-                "decode_tok_s": r["tokens"] / r["decode_s"],
-                "mean_acceptance": r["tokens"] / r["verifies"] if r["verifies"] else 1.0,
-                "speedup": rows["plain"]["decode_s"] / r["decode_s"]}
-            print(f"{base:5s} {mode:6s} identical {summary[mode]['identical']}  decode {summary[mode]['decode_tok_s']:6.1f} "
-                  f"tok/s  acceptance {summary[mode]['mean_acceptance']:.2f}  speedup {summary[mode]['speedup']:.2f}x",
-                  flush=True)
+            summary = report(base, rows)      # running totals after each prompt (a partial run is still a result)
         results["bases"][base] = {"pipeline": pipe, "training": str(rep), "heldout_top1": rep.heldout_top1,
                                   "train_steps": rep.steps, "train_s": rep.seconds, "data_s": rep.data_seconds,
                                   "decode": summary}
@@ -85,6 +76,21 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+
+
+def report(base, rows):
+    n = rows["plain"]["identical"]
+    summary = {}
+    for mode, r in rows.items():
+        summary[mode] = {
+            "identical": f"{r['identical']}/{n}",
+            "decode_tok_s": r["tokens"] / r["decode_s"],
+            "mean_acceptance": r["tokens"] / r["verifies"] if r["verifies"] else 1.0,
+            "speedup": rows["plain"]["decode_s"] / r["decode_s"]}
+        print(f"{base:5s} {n:2d} prompts {mode:6s} identical {summary[mode]['identical']}  decode {summary[mode]['decode_tok_s']:6.1f} "
+              f"tok/s  acceptance {summary[mode]['mean_acceptance']:.2f}  speedup {summary[mode]['speedup']:.2f}x",
+              flush=True)
+    return summary
 
 
 if __name__ == "__main__":
