@@ -37,7 +37,9 @@ class FuseDequantMatmul(Pass):
                 inputs, attrs["dtype"] = [node.inputs[1], *dq.inputs], dq.attrs["dtype"]
             with graph.inserting_before(node):
                 q = graph.add_node(fused_op, inputs, attrs, names=[graph.fresh_name(node.output.name)])
+            old_name = node.output.name
             graph.replace_node(node, [q.output])
+            graph.rename(q.output, old_name)    # outputs are addressed by name (`logits`): keep it
             if dq.output.unused:
                 graph.erase(dq)
             fused += 1

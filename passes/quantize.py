@@ -39,7 +39,7 @@ from .clip import search_clip
 from .gptq import gptq_quantize
 from .quant_layers import layer_kind, matrix_shape, normalize_matmuls, readers
 
-DEFAULT_EXCLUDE = ("*lm_head*", "*embed*")
+DEFAULT_EXCLUDE = ("*lm_head*", "*embed*", "draft_heads.*")   # draft heads: passes/draft_heads.py
 
 
 @register_pass("quantize-weights")

@@ -6,10 +6,10 @@
 Imports are lazy so that `import slimgraph` needs torch only and stays fast.
 """
 __version__ = "0.1.0"
-__all__ = ["optimize", "load", "CompiledModel", "zoo", "__version__"]
+__all__ = ["optimize", "load", "CompiledModel", "train_draft_heads", "zoo", "__version__"]
 
 _LAZY = {"optimize": ("api", "optimize"), "load": ("artifact", "load"),
-         "CompiledModel": ("compiled", "CompiledModel")}
+         "CompiledModel": ("compiled", "CompiledModel"), "train_draft_heads": ("draft", "train_draft_heads")}
 
 
 def __getattr__(name):

@@ -22,6 +22,13 @@ class GenerateStats:
     new_tokens: int
     prefill_s: float
     decode_s: float
+    verifies: int = 0           # speculative decoding: verify forwards (0 for plain decoding)
+    speculative: str | None = None
+
+    @property
+    def mean_acceptance(self) -> float:
+        """Speculative decoding: tokens emitted per verify forward (the first token comes from prefill)."""
+        return (self.new_tokens - 1) / self.verifies if self.verifies else float("nan")
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -40,7 +47,8 @@ class GenerateError(ValueError):
 
 def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, eos_token_id=None, streamer=None,
-             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
+             speculative=None, tree=None) -> torch.Tensor:
     """Return prompt + new token ids ([batch, prompt + n], n <= max_new_tokens), like HF generate.
 
     `attention_mask` [batch, prompt] (1 = token, 0 = left pad) lets prompts of different lengths share
@@ -50,8 +58,16 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     finished earlier are padded with the (first) eos id, as HF does when pad = eos.
     `streamer` follows HF's protocol: `put(prompt)`, `put(token)` per step, then `end()`.
     Timing is stored on `compiled.last_generate_stats` (a GenerateStats).
+
+    `speculative`: None (default) decodes speculatively with the graph's draft heads when it has them
+    (`draft_logits_*` outputs, passes/draft_heads.py), greedy and batch 1 (else plainly); "chain" or True,
+    "tree" (with `tree`, paths of top-k ranks; default slimgraph.speculative.DEFAULT_TREE) ask for it;
+    False never. The output is the greedy output either way (slimgraph/speculative.py).
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
+    mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask)
+    if mode is not None:
+        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     batch, prompt_len = input_ids.shape
     ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
@@ -87,6 +103,49 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     stats = GenerateStats(prompt_len, n, t1 - t0, t2 - t1)
     compiled.last_generate_stats = stats
     return ids[:, :prompt_len + n].contiguous()  # a copy only when stopped early with batch > 1
+
+
+def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask):
+    from .speculative import num_heads
+    if speculative is None:
+        plain = do_sample or input_ids.shape[0] != 1 or attention_mask is not None or not num_heads(compiled.graph)
+        return None if plain else "chain"
+    if speculative is False:
+        return None
+    mode = "chain" if speculative is True else speculative
+    if mode not in ("chain", "tree"):
+        raise GenerateError(f"generate(): speculative={speculative!r}; use None (auto), False, True/'chain' or 'tree'")
+    if do_sample:
+        raise GenerateError("generate(): speculative decoding is greedy only here (do_sample=False); "
+                            "sampling decodes plainly with speculative=None")
+    if input_ids.shape[0] != 1 or attention_mask is not None:
+        raise GenerateError(f"generate(): speculative decoding runs one prompt (batch 1, no attention_mask); "
+                            f"got batch {input_ids.shape[0]}")
+    if not num_heads(compiled.graph):
+        raise GenerateError("generate(): speculative decoding needs draft heads: compile with a pipeline "
+                            "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)")
+    return mode
+
+
+def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer):
+    from . import speculative
+    eos = _eos_tensor(eos_token_id, input_ids.device)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    put = None if streamer is None else (lambda tok: streamer.put(torch.tensor([tok])))
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        dec = compiled.decoder(1)
+        try:
+            new, verifies, t1 = speculative.run(dec, input_ids, max_new_tokens, mode=mode, tree=tree, eos=eos,
+                                                on_token=put)
+        except speculative.SpeculativeError as e:
+            raise GenerateError(f"generate(): {e}") from None
+        t2 = time.perf_counter()
+    if streamer is not None:
+        streamer.end()
+    compiled.last_generate_stats = GenerateStats(input_ids.shape[1], len(new), t1 - t0, t2 - t1, verifies, mode)
+    return torch.cat((input_ids, torch.tensor([new], dtype=torch.long, device=input_ids.device)), 1)
 
 
 def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):

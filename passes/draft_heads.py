@@ -1,0 +1,101 @@
+"""insert-draft-heads{num_heads=K,kind=medusa}: K draft heads on a causal LM's last hidden state.
+
+Medusa-1 (Cai et al. 2024, "Medusa: Simple LLM Inference Acceleration Framework with Multiple Decoding
+Heads", arXiv:2401.10774): head i is a residual SiLU block on the last hidden state h (the input of the
+lm_head), feeding the model's own lm_head:
+
+    %d_i = add(%h, silu(linear(%h, @draft_heads.<i>.weight)))           # W_i [hidden, hidden], zeros
+    %draft_logits = lm_head(stack(%d_0..%d_{K-1}))                       # ONE lm_head call for all heads
+    %draft_logits_0 .. %draft_logits_{K-1}: [batch, seq, vocab]          # extra graph outputs
+
+W_i starts at zero, so an untrained head predicts what the base model predicts at the same position
+(as Medusa initialises it); `slimgraph.train_draft_heads` trains it (head i at position t predicts the
+token at t + i + 2: head 0 guesses the token after the next one). The heads' hidden states are stacked
+on a new axis before the lm_head, so the (large) lm_head weight is read once for all heads; the base
+model's `logits` node is not touched. The last hidden state is also exposed as the output
+`hidden_states` [batch, seq, hidden] (training uses it). Weights `draft_heads.*` stay float:
+quantize-weights skips them by default.
+
+Head kinds live in HEAD_KINDS (name -> builder); errors name the pass and the valid choices.
+"""
+from __future__ import annotations
+from typing import Callable
+
+import torch
+
+from ..ir.dtypes import to_torch
+from .base import Pass, PassError, PassResult, register_pass
+
+MAX_HEADS = 8
+LM_HEAD_OPS = ("linear", "qlinear")
+
+
+def medusa_head(graph, h, i: int):
+    """Medusa-1 residual block: h + silu(linear(h, W_i)), W_i zero [hidden, hidden]."""
+    d = h.type.shape[-1]
+    w = graph.add_weight(f"draft_heads.{i}.weight", torch.zeros(d, d, dtype=to_torch(h.type.dtype)))
+    return graph.op("add", h, graph.op("silu", graph.op("linear", h, w)))
+
+
+HEAD_KINDS: dict[str, Callable] = {"medusa": medusa_head}
+
+
+def register_head_kind(name: str, builder: Callable) -> None:
+    """builder(graph, h, i) -> the head's hidden state (h's type), built at the insertion point."""
+    if name in HEAD_KINDS:
+        raise ValueError(f"draft head kind {name!r} is registered twice")
+    HEAD_KINDS[name] = builder
+
+
+def draft_outputs(graph) -> list:
+    """The graph's draft-logit outputs in head order (empty when it has none)."""
+    outs = {v.name: v for v in graph.outputs}
+    return [outs[f"draft_logits_{i}"] for i in range(MAX_HEADS) if f"draft_logits_{i}" in outs]
+
+
+@register_pass("insert-draft-heads")
+class InsertDraftHeads(Pass):
+    """Add K draft heads (outputs draft_logits_0..K-1) on the input of the `logits` output's lm_head."""
+    num_heads: int = 4
+    kind: str = "medusa"
+
+    def run(self, graph) -> PassResult:
+        who = "insert-draft-heads"
+        if not 1 <= self.num_heads <= MAX_HEADS:
+            raise PassError(f"{who}: num_heads={self.num_heads} is out of range; use 1..{MAX_HEADS}")
+        if self.kind not in HEAD_KINDS:
+            raise PassError(f"{who}: unknown head kind {self.kind!r}; valid kinds: {', '.join(sorted(HEAD_KINDS))}")
+        outs = {v.name: v for v in graph.outputs}
+        if "logits" not in outs:
+            raise PassError(f"{who}: graph @{graph.name} has no output named 'logits' (outputs: "
+                            f"{[v.name for v in graph.outputs][:6]}); draft heads need a causal LM's logits")
+        if draft_outputs(graph) or any(n.startswith("draft_heads.") for n in graph.weights):
+            raise PassError(f"{who}: graph @{graph.name} already has draft heads; insert them once")
+        head = outs["logits"].producer
+        if head is None or head.op not in LM_HEAD_OPS or head.inputs[0].type.rank != 3:
+            got = "a graph input or weight" if head is None else f"{head.op}({head.inputs[0].type})"
+            raise PassError(f"{who}: the 'logits' output must come from a linear/qlinear lm_head on a "
+                            f"[batch, seq, hidden] state; it comes from {got}")
+        h = head.inputs[0]
+        build = HEAD_KINDS[self.kind]
+        with graph.inserting_after(head):
+            hs = [graph.op("unsqueeze", build(graph, h, i), dim=2) for i in range(self.num_heads)]
+            stacked = hs[0] if len(hs) == 1 else graph.op("concat", *hs, dim=2)      # [b, s, K, hidden]
+            logits = graph.add_node(head.op, [stacked, *head.inputs[1:]], head.attrs).output   # [b, s, K, vocab]
+            parts = ([logits] if self.num_heads == 1 else
+                     list(graph.add_node("split", [logits], {"dim": 2, "sizes": [1] * self.num_heads}).outputs))
+            names = [f"draft_logits_{i}" for i in range(self.num_heads)]
+            drafts = [graph.add_node("squeeze", [p], {"dims": [2]}, names=[n]).output for p, n in zip(parts, names)]
+        new = list(drafts)
+        if "hidden_states" not in outs:
+            new.append(h if h.name == "hidden_states" else _named_copy(graph, h, head))
+        graph.set_outputs([*graph.outputs, *new])
+        return PassResult(True, {"heads": self.num_heads, "kind": self.kind})
+
+
+def _named_copy(graph, h, head):
+    """Expose h as the output `hidden_states` by renaming it (values are referenced, not copied)."""
+    if "hidden_states" not in graph._names and not h.is_weight and h.kind == "node":
+        graph.rename(h, "hidden_states")
+        return h
+    raise PassError(f"insert-draft-heads: cannot expose %{h.name} as output 'hidden_states' (the name is taken)")

@@ -1,0 +1,210 @@
+"""Train a compiled causal LM's draft heads (passes/draft_heads.py) by self-distillation.
+
+    fast = slimgraph.optimize(model, (ids,), pipeline="...,insert-draft-heads{num_heads=4}")
+    report = slimgraph.train_draft_heads(fast, tokenizer=tok, time_budget_s=300)   # calib split prompts
+    fast.generate(ids, 128)           # speculative: drafts from the heads, verified by the base model
+
+Medusa-1 self-distillation (Cai et al. 2024, arXiv:2401.10774, section 3.2): the base model generates
+its own greedy continuation of real text; teacher-forced on that sequence, head i at position t learns
+the base model's token at t + i + 2 (head 0: the token after the next one), with cross-entropy. The base
+is frozen: its last hidden states (`hidden_states` output) are computed once by the compiled graph
+itself (the same target and pipeline, int4 included), and only the heads' [hidden, hidden] weights are
+trained (torch autograd, Adam) through the model's own lm_head, on the cached hidden states. The
+trained weights are written into the graph (`draft_heads.<i>.weight`), so `save`/`load` keep them,
+and the runner is built again from the graph.
+
+Deterministic for a given seed (generation is greedy; batches are drawn from a seeded generator).
+Costs: one greedy generation over the prompts plus one forward per sequence, then `steps` head-only
+updates over B positions x K heads x vocab.
+"""
+from __future__ import annotations
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .ir.registry import get_op
+
+
+class DraftTrainingError(ValueError):
+    pass
+
+
+@dataclass
+class DraftTrainReport:
+    heads: int
+    sequences: int
+    positions: int
+    steps: int
+    seconds: float
+    data_seconds: float
+    loss: list[float] = field(default_factory=list)          # per step, mean over heads
+    heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: untrained)
+    heldout_top1_before: list[float] = field(default_factory=list)
+
+    def __str__(self):
+        acc = ", ".join(f"{a:.2f}" for a in self.heldout_top1)
+        before = ", ".join(f"{a:.2f}" for a in self.heldout_top1_before)
+        return (f"draft heads: {self.heads} heads, {self.sequences} sequences ({self.positions} positions), "
+                f"{self.steps} steps in {self.seconds:.0f} s (+{self.data_seconds:.0f} s data); held-out top-1 "
+                f"per head [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}"
+                if self.loss else f"draft heads: no training steps ran")
+
+
+def head_weight_names(graph) -> list[str]:
+    names = [f"draft_heads.{i}.weight" for i in range(64) if f"draft_heads.{i}.weight" in graph.weights]
+    if not names:
+        raise DraftTrainingError(f"graph @{graph.name} has no draft heads: compile it with a pipeline containing "
+                                 f"'insert-draft-heads{{num_heads=4}}'")
+    return names
+
+
+def prompt_ids(tokenizer, texts=None, *, n: int = 64, prompt_tokens: int = 32, split: str = "calib") -> torch.Tensor:
+    """i64[n, prompt_tokens] prompts: consecutive windows of `texts` (str or list of str; default: the
+    shipped `split` of slimgraph/data via slimgraph.evaluate)."""
+    from .evaluate import token_ids
+    text = texts if isinstance(texts, str) or texts is None else "\n\n".join(texts)
+    return token_ids(tokenizer, split=split, n=n, seq=prompt_tokens, text=text)
+
+
+def lm_head_function(graph):
+    """The frozen lm_head as a differentiable function of the hidden state: x [..., hidden] -> logits.
+    Works for linear and qlinear heads (int8/int4 are dequantized once): W is recovered by applying
+    the head to the identity."""
+    outs = {v.name: v for v in graph.outputs}
+    node = outs["logits"].producer
+    args = [_const(v) for v in node.inputs[1:]]
+    op = get_op(node.op)
+    d = node.inputs[0].type.shape[-1]
+    with torch.no_grad():
+        bias = op.run(torch.zeros(1, d), *args, **node.attrs)[0]
+        w = (op.run(torch.eye(d), *args, **node.attrs) - bias).T.contiguous()   # [vocab, hidden]
+    has_bias = bool(bias.abs().max() > 0)
+    return lambda x: F.linear(x, w, bias if has_bias else None)
+
+
+def _const(v):
+    """A value computed from weights alone (e.g. a dequantized weight)."""
+    if v.is_weight:
+        return v.tensor
+    p = v.producer
+    if p is None:
+        raise DraftTrainingError(f"the lm_head reads %{v.name}, which is not computed from weights")
+    out = get_op(p.op).run(*[_const(x) for x in p.inputs], **p.attrs)
+    return out[p.outputs.index(v)] if isinstance(out, (tuple, list)) else out
+
+
+def _bar(total, desc, progress):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def self_distillation_data(compiled, prompts: torch.Tensor, new_tokens: int, *, gen_batch: int = 16,
+                           progress: bool = True):
+    """Greedy continuations of `prompts` [n, p] by the compiled model and its last hidden states over them:
+    (sequences i64[n, p + new_tokens], hidden f32[n, p + new_tokens, hidden])."""
+    from .generate import generate
+    seqs, hidden = [], []
+    bar = _bar(len(prompts), "draft data", progress)
+    for i in range(0, len(prompts), gen_batch):
+        chunk = prompts[i:i + gen_batch]
+        s = generate(compiled, chunk, new_tokens, eos_token_id=None, speculative=False)
+        dec = compiled.decoder(batch=1)
+        for row in s:
+            with torch.inference_mode():
+                hidden.append(dec.prefill(row[None])["hidden_states"][0].float().clone())
+            if bar is not None:
+                bar.update(1)
+        seqs.append(s)
+    if bar is not None:
+        bar.close()
+    return torch.cat(seqs), torch.stack(hidden)
+
+
+def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Tensor | None = None,
+                      num_prompts: int = 64, prompt_tokens: int = 32, new_tokens: int = 96,
+                      steps: int = 2000, time_budget_s: float | None = 300.0, batch_positions: int = 256,
+                      lr: float = 1e-3, seed: int = 0, heldout: float = 0.1, progress: bool = True) -> DraftTrainReport:
+    """Self-distil the draft heads of `compiled` (a CompiledModel whose pipeline ran insert-draft-heads).
+
+    Prompts: `prompts` i64[n, p], or `num_prompts` windows of `prompt_tokens` tokens of `texts` (str or list of
+    str; default the shipped calibration split) tokenized with `tokenizer`. The base model continues each
+    prompt greedily by `new_tokens`; head i at position t (from the prompt's last token on) is trained to
+    predict the base's token at t + i + 2. Stops after `steps` updates or `time_budget_s` seconds of
+    training (data preparation not included), whichever comes first. Trained weights go into
+    `compiled.graph` and the runner is rebuilt; returns a DraftTrainReport (held-out top-1 per head)."""
+    graph = compiled.graph
+    names = head_weight_names(graph)
+    if "hidden_states" not in {v.name for v in graph.outputs}:
+        raise DraftTrainingError("the compiled graph has draft heads but no 'hidden_states' output; "
+                                 "compile it with insert-draft-heads (which adds it)")
+    if prompts is None:
+        if tokenizer is None:
+            raise DraftTrainingError("train_draft_heads(): pass `prompts` (token ids) or a `tokenizer` for `texts`")
+        prompts = prompt_ids(tokenizer, texts, n=num_prompts, prompt_tokens=prompt_tokens)
+    if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.dtype != torch.long:
+        raise DraftTrainingError("train_draft_heads(): prompts must be an int64 tensor [n, prompt_tokens]")
+    k = len(names)
+    t0 = time.perf_counter()
+    seqs, hidden = self_distillation_data(compiled, prompts, new_tokens, progress=progress)
+    p, total = prompts.shape[1], seqs.shape[1]
+    # targets[n, t, i] = token at t + i + 2 for t >= p - 1 (the continuation), else ignored (-100)
+    targets = torch.full((len(seqs), total, k), -100, dtype=torch.long)
+    for i in range(k):
+        targets[:, p - 1:total - i - 2, i] = seqs[:, p + i + 1:]
+    keep = (targets[..., 0] >= 0)
+    h_all, y_all = hidden[keep], targets[keep]                 # [M, hidden], [M, k]
+    data_s = time.perf_counter() - t0
+
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(h_all), generator=gen)
+    n_held = max(1, int(len(order) * heldout)) if heldout > 0 else 0
+    held, train = order[:n_held], order[n_held:]
+    head = lm_head_function(graph)
+    ws = [torch.nn.Parameter(graph.weights[n].tensor.detach().float().clone()) for n in names]
+    opt = torch.optim.Adam(ws, lr=lr)
+
+    def head_logits(h, i):
+        return head(h + F.silu(F.linear(h, ws[i])))
+
+    def top1(idx):
+        if len(idx) == 0:
+            return []
+        with torch.no_grad():
+            h, y = h_all[idx], y_all[idx]
+            return [float((head_logits(h, i).argmax(-1) == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
+
+    before = top1(held)
+    losses, t1, step = [], time.perf_counter(), 0
+    bar = _bar(steps, "draft heads", progress)
+    while step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s):
+        idx = train[torch.randint(0, len(train), (batch_positions,), generator=gen)]
+        h, y = h_all[idx], y_all[idx]
+        loss = sum(F.cross_entropy(head_logits(h, i), y[:, i], ignore_index=-100) for i in range(k)) / k
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t1
+    for n, w in zip(names, ws):
+        graph.weights[n].tensor = w.detach().to(graph.weights[n].tensor.dtype).clone()
+    rebuild_runner(compiled)
+    return DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, losses, top1(held), before)
+
+
+def rebuild_runner(compiled) -> None:
+    """Build the compiled model's target again from its (changed) graph weights."""
+    from .targets.base import get_target
+    compiled.runner = get_target(compiled.target).compile(compiled.graph)
