@@ -4,3 +4,4 @@ from . import quantize  # noqa: F401,E402
 from . import fuse_dequant_matmul  # noqa: F401,E402
 from . import select_precision  # noqa: F401,E402
 from . import merge_siblings  # noqa: F401,E402
+from . import sparsify_attention  # noqa: F401,E402

@@ -105,20 +105,40 @@ def _attention_type(ts, attrs):
 
 
 @register_op("attention", inputs="q k v mask?",
-             attrs={"causal": Attr("bool", False), "scale": Attr("float", None)}, infer=_attention_type)
-def attention(q, k, v, mask=None, *, causal, scale):
+             attrs={"causal": Attr("bool", False), "scale": Attr("float", None),
+                    "window": Attr("int", 0), "sinks": Attr("int", 0)}, infer=_attention_type)
+def attention(q, k, v, mask=None, *, causal, scale, window, sinks):
     """softmax(q k^T * scale + mask) v over [..., heads, seq, dim]; k/v may have fewer heads (GQA).
-    `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len)."""
+    `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len).
+    `window` > 0 (a sliding window with attention sinks, StreamingLLM, arXiv:2309.17453): query i sees
+    key j only if j < `sinks` or (i + kv_len - q_len) - j <= window, i.e. the first `sinks` keys and the
+    `window` keys before its end-aligned diagonal; this composes (and) with `mask` and `causal`. Over a
+    `ring` state (ir/state.py) the keys are the ring's rows followed by the new ones, and the rule keeps
+    exactly what a full-length cache would show."""
     hq, hk = q.shape[-3], k.shape[-3]
     if hq != hk:
         k = k.repeat_interleave(hq // hk, dim=-3)
         v = v.repeat_interleave(hq // hk, dim=-3)
+    lq, lk = q.shape[-2], k.shape[-2]
+    keep = None
     if causal:
-        lq, lk = q.shape[-2], k.shape[-2]
         keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+    if window:
+        band = window_keep(lq, lk, window, sinks, q.device)
+        keep = band if keep is None else keep & band
+    if keep is not None:
         mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool
                                           else mask.masked_fill(~keep, float("-inf")))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def window_keep(lq: int, lk: int, window: int, sinks: int, device=None):
+    """bool [lq, lk] of `attention{window, sinks}`: key j < sinks, or within `window` keys before query i's
+    end-aligned diagonal i + lk - lq (keys after it are kept: causality is the mask's or `causal`'s job)."""
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=device).triu(lk - lq - window)
+    if sinks:
+        keep[:, :sinks] = True
+    return keep
 
 
 def _conv_out(size, k, s, p, d):
