@@ -107,7 +107,7 @@ def _attention_type(ts, attrs):
 @register_op("attention", inputs="q k v mask?",
              attrs={"causal": Attr("bool", False), "scale": Attr("float", None),
                     "window": Attr("int", 0), "sinks": Attr("int", 0)}, infer=_attention_type)
-def attention(q, k, v, mask=None, *, causal, scale, window, sinks):
+def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0):
     """softmax(q k^T * scale + mask) v over [..., heads, seq, dim]; k/v may have fewer heads (GQA).
     `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len).
     `window` > 0 (a sliding window with attention sinks, StreamingLLM, arXiv:2309.17453): query i sees
