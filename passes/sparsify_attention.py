@@ -31,6 +31,9 @@ Design decisions:
   unchanged; with left padding the pad slots occupy the sink rows of shorter prompts.
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
+`{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
+mask-only rewrite (see `_block_sparse`); the cache stays an `append` state, so decode memory still grows.
+
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
 kind, and a graph with no attention over an append KV state (naming how many attention ops it has).
@@ -41,7 +44,7 @@ from ..ir import symbolic
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
 
-KINDS = ("sliding_window",)
+KINDS = ("sliding_window", "block_sparse")
 _REPEAT_OPS = ("unsqueeze", "expand", "reshape")   # HF repeat_kv (GQA) between the cache and attention
 MASK_INPUT = "attention_mask"
 
@@ -52,9 +55,14 @@ class SparsifyAttention(Pass):
     kind: str = "sliding_window"
     window: int = 256
     sinks: int = 4
+    block: int = 64     # block_sparse: block size (tokens)
+    local: int = 4      # block_sparse: each query block sees its own and the local - 1 blocks before it
+    globals: int = 1    # block_sparse: ... and the first `globals` blocks
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
     def run(self, graph) -> PassResult:
+        if self.kind == "block_sparse":
+            return self._block_sparse(graph)
         self._check_options()
         attns = [n for n in graph.nodes if n.op == "attention"]
         targets = []
@@ -81,6 +89,40 @@ class SparsifyAttention(Pass):
             _to_ring(graph, st, self.window, self.sinks)
         return PassResult(True, {"attention": len(targets), "ring_states": len(states),
                                  "other_attention": len(attns) - len(targets)})
+
+    def _block_sparse(self, graph) -> PassResult:
+        """A mask-only rewrite: attention(q, k, v, mask) -> attention(q, k, v, mask & block_keep), where
+        query slot i (cache index) sees key slot j iff j // block > i // block - local or j // block < globals.
+        The KV states stay `append` (memory O(T)): prefill skips the masked blocks' influence, and decode
+        applies the same rule to each new token, but every key is still kept and scored."""
+        where = f"sparsify-attention{{kind=block_sparse,block={self.block},local={self.local},globals={self.globals}}}"
+        if self.block < 1 or self.local < 1 or self.globals < 0:
+            raise PassError(f"{where}: block and local must be >= 1 and globals >= 0")
+        if self.context and self.block * (self.local + self.globals) >= self.context:
+            raise PassError(f"{where}: block x (local + globals) = {self.block * (self.local + self.globals)} >= "
+                            f"the model's context limit {self.context}: nothing would be masked")
+        attns = [n for n in graph.nodes if n.op == "attention"]
+        targets = [n for n in attns if len(n.inputs) > 3 and _state_behind(graph, n.inputs[1]) is not None]
+        if not targets:
+            raise PassError(f"{where}: graph @{graph.name} has {len(attns)} attention op(s), none with a mask "
+                            f"over an `append` KV state; the pass needs a causal LM exported with declared state")
+        mask = targets[0].inputs[3]
+        if any(n.inputs[3] is not mask for n in targets) or mask.name != MASK_INPUT or mask.type.rank != 4:
+            raise PassError(f"{where}: the attention masks are not the graph input %{MASK_INPUT} [b, 1, seq, L + seq]")
+        seq, ctx = mask.type.shape[2], mask.type.shape[3]
+        first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+        with graph.inserting_before(first):
+            b = graph.op("constant", value=self.block, dtype="i64")
+            qb = graph.op("floor_divide", graph.op("arange", start=symbolic.canon(f"{ctx}-({seq})"), end=ctx), b)
+            kb = graph.op("floor_divide", graph.op("arange", end=ctx), b)
+            dist = graph.op("sub", graph.op("unsqueeze", qb, dim=1), graph.op("unsqueeze", kb, dim=0))
+            keep = graph.op("logical_or", graph.op("lt", dist, graph.op("constant", value=self.local, dtype="i64")),
+                            graph.op("lt", kb, graph.op("constant", value=self.globals, dtype="i64")))
+            new_mask = graph.op("logical_and", mask, keep)
+        graph.rename(new_mask, graph.fresh_name("block_sparse_mask"))
+        for n in targets:
+            n.set_input(3, new_mask)
+        return PassResult(True, {"attention": len(targets), "other_attention": len(attns) - len(targets)})
 
     def _check_options(self):
         where = f"sparsify-attention{{kind={self.kind},window={self.window},sinks={self.sinks}}}"
