@@ -250,3 +250,16 @@ def test_block_sparse_bad_options(model):
         compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=0}")
     with pytest.raises(PassError, match="block x \\(local \\+ globals\\) = 320 >= the model's context limit 256"):
         compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=64,local=4,globals=1}")
+
+
+def test_ring_model_saves_and_loads(model, tmp_path):
+    c = compile_(model, "torch")
+    c.save(tmp_path / "ring.sg")
+    back = slimgraph.load(tmp_path / "ring.sg")
+    assert [s.kind for s in back.graph.states] == ["ring"] * 4
+    x = ids(20, seed=10)
+    a, b = c.decoder(), back.decoder()
+    a.prefill(x[:, :12])
+    b.prefill(x[:, :12])
+    for i in range(12, 20):
+        torch.testing.assert_close(b.step(x[:, i])["logits"], a.step(x[:, i])["logits"], rtol=TOL, atol=TOL)
