@@ -34,11 +34,15 @@ def compile_(model, pipeline, target="torch"):
     return slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target, pipeline=pipeline)
 
 
-def ppl(seq=1024, windows=4, check=300):
+def ppl(seq=1024, windows=4, check=300, only=None):
+    """`only`: a substring of one variant's name (run just that one; no check when it is `no sinks`)."""
     model, tok = zoo.load("smollm2-135m")
     ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:seq * windows].view(windows, seq)
     rows = {}
     for name, pipe in VARIANTS.items():
+        if only and only not in name:
+            continue
+        check = 0 if only and "no sinks" in name else check
         c = compile_(model, pipe)
         nll, n = 0.0, 0
         with torch.inference_mode():
@@ -55,8 +59,8 @@ def ppl(seq=1024, windows=4, check=300):
                           f"vs one windowed forward: max |logit diff| {diff:.2e}", flush=True)
         rows[name] = math.exp(nll / n)
         print(f"{name:24s} ppl {rows[name]:.3f} ({windows} x {seq} tokens)", flush=True)
-    base = rows["full"]
-    for name, p in rows.items():
+    base = rows.get("full")
+    for name, p in rows.items() if base else ():
         print(f"  {name:24s} {p:8.3f}  {100 * (p / base - 1):+.2f}% vs full")
 
 
@@ -65,9 +69,12 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def rss_child(variant, context, chunk=64, tail=16):
+def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
     """Decode to `context` positions (a 32-token prompt, then chunks of `chunk` tokens, then `tail` single
-    steps); print the peak of the sampled current RSS during decoding and the process peak (ru_maxrss)."""
+    steps); print the peak of the sampled current RSS during decoding and the process peak (ru_maxrss).
+    `synthetic`: instead of running the first context - tail tokens, fill the state with random K/V of the
+    size it has there (full: context - tail rows; ring: window + sinks) and the decoder's position count,
+    then decode the `tail` tokens: the same tensors are alive, without minutes of compute."""
     torch.set_num_threads(1)
     model, _ = zoo.load("smollm2-135m")
     c = compile_(model, VARIANTS[variant])
@@ -79,6 +86,12 @@ def rss_child(variant, context, chunk=64, tail=16):
         dec = c.decoder()
         dec.prefill(tokens[:, :32])
         pos = 32
+        if synthetic:
+            pos = context - tail
+            rows = pos if variant == "full" else W + S
+            dec.states = [torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen) for t in dec.states]
+            dec.key_valid = torch.ones(1, pos, dtype=torch.bool)
+            dec.next_pos = torch.tensor([pos])
         while pos < context - tail:
             n = min(chunk, context - tail - pos)
             dec.step(tokens[:, pos:pos + n])
@@ -89,18 +102,18 @@ def rss_child(variant, context, chunk=64, tail=16):
             pos += 1
             peak = max(peak, _rss_mb())
     state_mb = sum(t.numel() * t.element_size() for t in dec.states) / 2 ** 20
-    print(json.dumps({"variant": variant, "context": context, "rss_after_compile_mb": round(base, 1),
+    print(json.dumps({"variant": variant, "context": context, "synthetic": synthetic, "rss_after_compile_mb": round(base, 1),
                       "peak_rss_decoding_mb": round(peak, 1),
                       "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "state_rows": dec.states[0].shape[2], "state_mb": round(state_mb, 1)}))
 
 
-def rss():
+def rss(synthetic=False):
     results = {}
     for variant in ("full", f"window {W} + {S} sinks"):
         for context in (512, 4096):
-            out = subprocess.run([sys.executable, __file__, "rss-child", variant, str(context)], check=True,
-                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            cmd = [sys.executable, __file__, "rss-child", variant, str(context)] + (["--synthetic"] if synthetic else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results[(variant, context)] = r
             print(out, flush=True)
@@ -111,7 +124,7 @@ def rss():
               f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
 
 
-def speed(context=8192, steps=8, warm=2):
+def speed(context=8192, steps=6, warm=2):
     """Decode step time at `context` positions. The state is filled with random K/V of the right shape
     (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
     depend on the values, and an 8k prefill per variant would take minutes on the shared machine."""
@@ -150,6 +163,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "ppl"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
     if cmd == "rss-child":
-        rss_child(sys.argv[2], int(sys.argv[3]))
+        rss_child(sys.argv[2], int(sys.argv[3]), synthetic="--synthetic" in sys.argv)
+    elif cmd == "ppl":
+        ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
     else:
-        {"ppl": ppl, "rss": rss, "speed": speed}[cmd]()
+        {"rss": lambda: rss("--synthetic" in sys.argv), "speed": speed}[cmd]()
