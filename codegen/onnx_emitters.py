@@ -293,6 +293,22 @@ def _causal_keep(ex, q, k):
     return ex.one("Cast", ex.one("Trilu", ones, offset, upper=0), to=ONNX_DTYPES["bool"])
 
 
+def _band_keep(ex, node, q, k):
+    """bool [lq, lk] combining `causal` and `window`/`sinks` (ir/opset/nn.py `attention`), or None."""
+    keep = _causal_keep(ex, q, k) if node.attrs["causal"] else None
+    window, sinks = node.attrs.get("window", 0), node.attrs.get("sinks", 0)
+    if not window:
+        return keep
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
+    ones = ex.one("ConstantOfShape", ex.dims([lq, lk]), value=ex.onnx.numpy_helper.from_array(np.ones(1, np.float32)))
+    offset = ex.one("Reshape", ex.dim(S.add(S.add(lk, S.mul(lq, -1)), -window)), ex.ints([]))
+    band = ex.one("Cast", ex.one("Trilu", ones, offset, upper=1), to=ONNX_DTYPES["bool"])
+    if sinks:
+        cols = ex.one("Range", ex.scalar(0, "i64"), ex.one("Reshape", ex.dim(lk), ex.ints([])), ex.scalar(1, "i64"))
+        band = ex.one("Or", band, ex.one("Less", cols, ex.scalar(sinks, "i64")))
+    return band if keep is None else ex.one("And", keep, band)
+
+
 def _fused_attention(ex, node, ins):
     """One ONNX opset-23 `Attention` node (GQA, mask and causal offset included) where it fits:
     f32/f16 4-d q/k/v with static head counts. ORT runs it as one kernel instead of ~20 ops."""
@@ -307,8 +323,8 @@ def _fused_attention(ex, node, ins):
     if len(ins) > 3:
         mt = node.inputs[3].type
         mask = ins[3] if mt.dtype == "bool" else ex.cast(ins[3], mt.dtype, dtype)
-    if node.attrs["causal"]:
-        keep = _causal_keep(ex, q, k)
+    keep = _band_keep(ex, node, q, k)
+    if keep is not None:
         if mask is None:
             mask = keep
         elif node.inputs[3].type.dtype == "bool":
@@ -341,8 +357,9 @@ def _attention(ex, node, ins):
         mask = node.inputs[3]
         scores = (ex.one("Where", ins[3], scores, neg_inf) if mask.type.dtype == "bool"
                   else ex.one("Add", scores, ex.cast(ins[3], mask.type.dtype, dtype)))
-    if node.attrs["causal"]:
-        scores = ex.one("Where", _causal_keep(ex, q, k), scores, neg_inf)
+    keep = _band_keep(ex, node, q, k)
+    if keep is not None:
+        scores = ex.one("Where", keep, scores, neg_inf)
     return [ex.one("MatMul", ex.one("Softmax", scores, axis=-1), vn)]
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..ir.opset import nn as nn_ref  # the reference arithmetic (causal mask, GQA repeat, rms_norm)
 from .lowering import lowering, register_lowering
+from ..ir.opset.nn import window_keep
 
 class SlowPath(Exception):
     """Raised by a prepack hook: this node runs the kernel's slow generic path (the message says why)."""
@@ -120,12 +121,20 @@ def layer_norm(x, weight=None, bias=None, *, axes, eps):
 
 
 @lowering("torch", "attention")
-def attention(q, k, v, mask=None, *, causal, scale):
+def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0):
     """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
     of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
-    the mask is shared by the heads; no mask is built where causality is trivial (one query)."""
+    the mask is shared by the heads; no mask is built where causality is trivial (one query), nor a
+    window band where every key is inside it (decoding over a ring state: kv_len <= window + sinks + 1)."""
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
+    if window and lk > window + sinks + 1:
+        band = window_keep(lq, lk, window, sinks, q.device)
+        if causal:
+            band = band & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+            causal = False
+        mask = band if mask is None else (mask & band if mask.dtype == torch.bool
+                                          else mask.masked_fill(~band, float("-inf")))
     if causal and lq > 1:
         if mask is None and lq == lk and hq == hk:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)

@@ -5,3 +5,4 @@ from . import fuse_dequant_matmul  # noqa: F401,E402
 from . import select_precision  # noqa: F401,E402
 from . import merge_siblings  # noqa: F401,E402
 from . import draft_heads  # noqa: F401,E402
+from . import sparsify_attention  # noqa: F401,E402

@@ -233,6 +233,9 @@ def _with_calibration(spec, model, calibration):
     from .passes.base import PassContext
     from .passes.pipeline import parse_pipeline
     passes = parse_pipeline(spec)
+    for p in passes:    # passes with a `context` option (sparsify-attention) check it against the model's
+        if getattr(p, "context", None) == 0 and _is_hf(model):
+            p.context = _max_positions(model) or 0
     needy = [p for p in passes if getattr(p, "needs_calibration", lambda: False)()]
     ctx = PassContext(calibration=_calibration_ids(model, calibration, needy[0].name) if needy else None)
     return passes, ctx

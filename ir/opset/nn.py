@@ -126,15 +126,32 @@ def _attention_type(ts, attrs):
 
 
 @register_op("attention", inputs="q k v mask?",
-             attrs={"causal": Attr("bool", False), "scale": Attr("float", None)}, infer=_attention_type)
-def attention(q, k, v, mask=None, *, causal, scale):
+             attrs={"causal": Attr("bool", False), "scale": Attr("float", None),
+                    "window": Attr("int", 0), "sinks": Attr("int", 0)}, infer=_attention_type)
+def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0):
     """softmax(q k^T * scale + mask) v over [..., heads, seq, dim]; k/v may have fewer heads (GQA).
-    `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len)."""
+    `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len).
+    `window` > 0 (a sliding window with attention sinks, StreamingLLM, arXiv:2309.17453): query i sees
+    key j only if j < `sinks` or (i + kv_len - q_len) - j <= window, i.e. the first `sinks` keys and the
+    `window` keys before its end-aligned diagonal; this composes (and) with `mask` and `causal`. Over a
+    `ring` state (ir/state.py) the keys are the ring's rows followed by the new ones, and the rule keeps
+    exactly what a full-length cache would show."""
     groups = q.shape[-3] // k.shape[-3]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     if causal:
         mask = and_mask(mask, causal_keep(q.shape[-2], k.shape[-2], q.device))
+    if window:
+        mask = and_mask(mask, window_keep(q.shape[-2], k.shape[-2], window, sinks, q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def window_keep(lq: int, lk: int, window: int, sinks: int, device=None):
+    """bool [lq, lk] of `attention{window, sinks}`: key j < sinks, or within `window` keys before query i's
+    end-aligned diagonal i + lk - lq (keys after it are kept: causality is the mask's or `causal`'s job)."""
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=device).triu(lk - lq - window)
+    if sinks:
+        keep[:, :sinks] = True
+    return keep
 
 
 def _conv_out(size, k, s, p, d):

@@ -1,0 +1,170 @@
+"""sparsify-attention on SmolLM2-135M (fp32, torch target): perplexity, decode memory, decode step time.
+
+    python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
+    python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
+    python benchmarks/bench_attention.py speed   # decode step at 8k context: sliding window vs full (fp32 and int4 weights)
+
+Perplexity: one forward per 1024-token window through the compiled graph (`Decoder.prefill`: the rewritten
+graph applies the window + sinks rule in the forward), checked against decoding the first 300 tokens of the
+first window token by token through the ring cache (the two must agree: printed). Keys keep their original
+position ids (RoPE before the cache, as HF caches them; no re-positioning inside the ring).
+"""
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import slimgraph
+from slimgraph import evaluate, zoo
+
+W, S = 256, 4
+FULL = "canonicalize,cse,dce"
+RING = f"canonicalize,sparsify-attention{{window={W},sinks={S}}},cse,dce"
+NOSINK = f"canonicalize,sparsify-attention{{window={W},sinks=0}},cse,dce"
+Q4 = "quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},fuse-dequant-matmul"
+VARIANTS = {"full": FULL, f"window {W} + {S} sinks": RING, f"window {W}, no sinks": NOSINK}
+
+
+def compile_(model, pipeline, target="torch"):
+    return slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target, pipeline=pipeline)
+
+
+def ppl(seq=1024, windows=4, check=300, only=None):
+    """`only`: a substring of one variant's name (run just that one; no check when it is `no sinks`)."""
+    model, tok = zoo.load("smollm2-135m")
+    ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:seq * windows].view(windows, seq)
+    rows = {}
+    for name, pipe in VARIANTS.items():
+        if only and only not in name:
+            continue
+        check = 0 if only and "no sinks" in name else check
+        c = compile_(model, pipe)
+        nll, n = 0.0, 0
+        with torch.inference_mode():
+            for w in range(windows):
+                logits = c.decoder().prefill(ids[w:w + 1])["logits"][0].float()
+                nll += float(torch.nn.functional.cross_entropy(logits[:-1], ids[w, 1:], reduction="sum"))
+                n += seq - 1
+                if w == 0 and name != "full" and check:
+                    dec = c.decoder()
+                    dec.prefill(ids[:1, :1])
+                    steps = torch.cat([dec.step(ids[:1, i])["logits"][0] for i in range(1, check)])
+                    diff = float((steps - logits[1:check]).abs().max())
+                    print(f"  {name}: token-by-token through the ring ({check} tokens, ring {dec.states[0].shape[2]} rows) "
+                          f"vs one windowed forward: max |logit diff| {diff:.2e}", flush=True)
+        rows[name] = math.exp(nll / n)
+        print(f"{name:24s} ppl {rows[name]:.3f} ({windows} x {seq} tokens)", flush=True)
+    base = rows.get("full")
+    for name, p in rows.items() if base else ():
+        print(f"  {name:24s} {p:8.3f}  {100 * (p / base - 1):+.2f}% vs full")
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
+    """Decode to `context` positions (a 32-token prompt, then chunks of `chunk` tokens, then `tail` single
+    steps); print the peak of the sampled current RSS during decoding and the process peak (ru_maxrss).
+    `synthetic`: instead of running the first context - tail tokens, fill the state with random K/V of the
+    size it has there (full: context - tail rows; ring: window + sinks) and the decoder's position count,
+    then decode the `tail` tokens: the same tensors are alive, without minutes of compute."""
+    torch.set_num_threads(1)
+    model, _ = zoo.load("smollm2-135m")
+    c = compile_(model, VARIANTS[variant])
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.config.vocab_size, (1, context), generator=gen)
+    base = _rss_mb()
+    peak = base
+    with torch.inference_mode():
+        dec = c.decoder()
+        dec.prefill(tokens[:, :32])
+        pos = 32
+        if synthetic:
+            pos = context - tail
+            rows = pos if variant == "full" else W + S
+            dec.states = [torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen) for t in dec.states]
+            dec.key_valid = torch.ones(1, pos, dtype=torch.bool)
+            dec.next_pos = torch.tensor([pos])
+        while pos < context - tail:
+            n = min(chunk, context - tail - pos)
+            dec.step(tokens[:, pos:pos + n])
+            pos += n
+            peak = max(peak, _rss_mb())
+        while pos < context:
+            dec.step(tokens[:, pos])
+            pos += 1
+            peak = max(peak, _rss_mb())
+    state_mb = sum(t.numel() * t.element_size() for t in dec.states) / 2 ** 20
+    print(json.dumps({"variant": variant, "context": context, "synthetic": synthetic, "rss_after_compile_mb": round(base, 1),
+                      "peak_rss_decoding_mb": round(peak, 1),
+                      "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "state_rows": dec.states[0].shape[2], "state_mb": round(state_mb, 1)}))
+
+
+def rss(synthetic=False):
+    results = {}
+    for variant in ("full", f"window {W} + {S} sinks"):
+        for context in (512, 4096):
+            cmd = [sys.executable, __file__, "rss-child", variant, str(context)] + (["--synthetic"] if synthetic else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            results[(variant, context)] = r
+            print(out, flush=True)
+    for variant in ("full", f"window {W} + {S} sinks"):
+        a, b = results[(variant, 512)], results[(variant, 4096)]
+        g = 100 * (b["peak_rss_decoding_mb"] / a["peak_rss_decoding_mb"] - 1)
+        print(f"{variant:24s} peak RSS decoding 512 -> 4096: {a['peak_rss_decoding_mb']} -> {b['peak_rss_decoding_mb']} MB "
+              f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
+
+
+def speed(context=8192, steps=6, warm=2):
+    """Decode step time at `context` positions. The state is filled with random K/V of the right shape
+    (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
+    depend on the values, and an 8k prefill per variant would take minutes on the shared machine."""
+    torch.set_num_threads(2)
+    model, _ = zoo.load("smollm2-135m")
+    for label, extra in (("fp32", ""), ("int4 g64 + int8 head", Q4)):
+        comp = {}
+        for name, pipe in (("full", FULL), ("sliding", RING)):
+            pipe = pipe.replace("canonicalize,", "canonicalize," + extra + ",") if extra else pipe
+            comp[name] = compile_(model, pipe)
+        decs = {}
+        for name, c in comp.items():
+            dec = c.decoder()
+            gen = torch.Generator().manual_seed(0)
+            rows = context if name == "full" else W + S
+            dec.states = [torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen) for t in dec.states]
+            dec.key_valid = torch.ones(1, context, dtype=torch.bool)
+            dec.next_pos = torch.tensor([context])
+            decs[name] = dec
+        times = {n: [] for n in decs}
+        tok = torch.tensor([[42]])
+        with torch.inference_mode():
+            for i in range(warm + steps):           # interleaved, so load changes hit both alike
+                for name, dec in decs.items():
+                    t0 = time.perf_counter()
+                    dec.step(tok)
+                    if i >= warm:
+                        times[name].append(time.perf_counter() - t0)
+        med = {n: sorted(t)[len(t) // 2] * 1e3 for n, t in times.items()}
+        print(f"{label:22s} decode step at {context} context (median of {steps}): full {med['full']:.1f} ms, "
+              f"sliding window {W}+{S} {med['sliding']:.1f} ms -> {med['full'] / med['sliding']:.2f}x", flush=True)
+        del comp, decs
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "ppl"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
+    if cmd == "rss-child":
+        rss_child(sys.argv[2], int(sys.argv[3]), synthetic="--synthetic" in sys.argv)
+    elif cmd == "ppl":
+        ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
+    else:
+        {"rss": lambda: rss("--synthetic" in sys.argv), "speed": speed}[cmd]()

@@ -1,0 +1,195 @@
+"""sparsify-attention: a causal LM's full attention -> sliding-window attention with attention sinks over a
+bounded `ring` KV state (StreamingLLM, Xiao et al. 2023, arXiv:2309.17453). Memory O(window + sinks), not O(T).
+
+    sparsify-attention{kind=sliding_window,window=256,sinks=4}
+
+For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_append` outputs of declared
+`append` states (frontends/hf.py exports them so):
+
+    state key_i: %past_key_i -> %present_key_i append{axis=2}
+      becomes
+    %present_key_i = cache_window(cache_append(%past_key_i, %k)){axis=2, window=W, sinks=S}
+    state key_i: %past_key_i -> %present_key_i ring{axis=2, window=W, sinks=S}
+
+    attention(q, k, v, %attention_mask)  ->  attention{window=W, sinks=S}(q, k, v, %ring_mask)
+
+Each query sees the first S keys of the sequence and the W keys before it (and itself): exactly the rows
+the ring holds when the next token is decoded, so decoding token by token through the ring and one
+forward over the whole sequence compute the same thing (tests/passes/test_sparsify_attention.py).
+
+Design decisions:
+- Positions: keys are cached after RoPE (as HF caches them), so each key keeps its original position
+  id; StreamingLLM's re-positioning inside the cache is not done (it would need un-rotated keys in the
+  state). Measured in benchmarks/RESULTS.md (perplexity at 1024 tokens with W=256, S=4).
+- The mask: the decoder runtime (slimgraph/decoder.py) stays target- and state-agnostic and keeps passing
+  `attention_mask: bool [b, 1, s, L + s]` over every position it has seen (L of them). The graph maps it
+  onto the keys it actually has: the columns of the L past positions go through the same
+  `cache_window{axis=3, window=W, sinks=S}` as the cache did, the s new columns are kept:
+      %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
+  The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
+  target binds it from the call. Padding (left pads are masked out) and tree verification work
+  unchanged; with left padding the pad slots occupy the sink rows of shorter prompts.
+- Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
+
+`{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
+mask-only rewrite (see `_block_sparse`); the cache stays an `append` state, so decode memory still grows.
+
+Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
+limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
+kind, and a graph with no attention over an append KV state (naming how many attention ops it has).
+"""
+from __future__ import annotations
+
+from ..ir import symbolic
+from ..ir.types import TensorType
+from .base import Pass, PassError, PassResult, register_pass
+
+KINDS = ("sliding_window", "block_sparse")
+_REPEAT_OPS = ("unsqueeze", "expand", "reshape")   # HF repeat_kv (GQA) between the cache and attention
+MASK_INPUT = "attention_mask"
+
+
+@register_pass("sparsify-attention")
+class SparsifyAttention(Pass):
+    """Full causal attention over an append KV cache -> sliding window + sinks over a ring state."""
+    kind: str = "sliding_window"
+    window: int = 256
+    sinks: int = 4
+    block: int = 64     # block_sparse: block size (tokens)
+    local: int = 4      # block_sparse: each query block sees its own and the local - 1 blocks before it
+    globals: int = 1    # block_sparse: ... and the first `globals` blocks
+    context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
+
+    def run(self, graph) -> PassResult:
+        if self.kind == "block_sparse":
+            return self._block_sparse(graph)
+        self._check_options()
+        attns = [n for n in graph.nodes if n.op == "attention"]
+        targets = []
+        for node in attns:
+            k_state, v_state = _state_behind(graph, node.inputs[1]), _state_behind(graph, node.inputs[2])
+            if k_state is not None and v_state is not None:
+                targets.append((node, k_state, v_state))
+        if not targets:
+            already = sum(1 for n in attns if n.attrs.get("window"))
+            raise PassError(
+                f"sparsify-attention: graph @{graph.name} has {len(attns)} attention op(s), "
+                f"{'of which ' + str(already) + ' already windowed, and ' if already else ''}none reads its keys and "
+                f"values from an `append` KV state; the pass needs a causal LM exported with declared state "
+                f"(slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+        ring_mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks)
+        states = {}
+        for node, ks, vs in targets:
+            states[id(ks)], states[id(vs)] = ks, vs
+            with graph.inserting_before(node):
+                new = graph.op("attention", *node.inputs[:3], *([ring_mask] if len(node.inputs) > 3 else []),
+                               **{**node.attrs, "window": self.window, "sinks": self.sinks})
+            graph.replace_node(node, [new])
+        for st in states.values():
+            _to_ring(graph, st, self.window, self.sinks)
+        return PassResult(True, {"attention": len(targets), "ring_states": len(states),
+                                 "other_attention": len(attns) - len(targets)})
+
+    def _block_sparse(self, graph) -> PassResult:
+        """A mask-only rewrite: attention(q, k, v, mask) -> attention(q, k, v, mask & block_keep), where
+        query slot i (cache index) sees key slot j iff j // block > i // block - local or j // block < globals.
+        The KV states stay `append` (memory O(T)): prefill skips the masked blocks' influence, and decode
+        applies the same rule to each new token, but every key is still kept and scored."""
+        where = f"sparsify-attention{{kind=block_sparse,block={self.block},local={self.local},globals={self.globals}}}"
+        if self.block < 1 or self.local < 1 or self.globals < 0:
+            raise PassError(f"{where}: block and local must be >= 1 and globals >= 0")
+        if self.context and self.block * (self.local + self.globals) >= self.context:
+            raise PassError(f"{where}: block x (local + globals) = {self.block * (self.local + self.globals)} >= "
+                            f"the model's context limit {self.context}: nothing would be masked")
+        attns = [n for n in graph.nodes if n.op == "attention"]
+        targets = [n for n in attns if len(n.inputs) > 3 and _state_behind(graph, n.inputs[1]) is not None]
+        if not targets:
+            raise PassError(f"{where}: graph @{graph.name} has {len(attns)} attention op(s), none with a mask "
+                            f"over an `append` KV state; the pass needs a causal LM exported with declared state")
+        mask = targets[0].inputs[3]
+        if any(n.inputs[3] is not mask for n in targets) or mask.name != MASK_INPUT or mask.type.rank != 4:
+            raise PassError(f"{where}: the attention masks are not the graph input %{MASK_INPUT} [b, 1, seq, L + seq]")
+        seq, ctx = mask.type.shape[2], mask.type.shape[3]
+        first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+        with graph.inserting_before(first):
+            b = graph.op("constant", value=self.block, dtype="i64")
+            qb = graph.op("floor_divide", graph.op("arange", start=symbolic.canon(f"{ctx}-({seq})"), end=ctx), b)
+            kb = graph.op("floor_divide", graph.op("arange", end=ctx), b)
+            dist = graph.op("sub", graph.op("unsqueeze", qb, dim=1), graph.op("unsqueeze", kb, dim=0))
+            keep = graph.op("logical_or", graph.op("lt", dist, graph.op("constant", value=self.local, dtype="i64")),
+                            graph.op("lt", kb, graph.op("constant", value=self.globals, dtype="i64")))
+            new_mask = graph.op("logical_and", mask, keep)
+        graph.rename(new_mask, graph.fresh_name("block_sparse_mask"))
+        for n in targets:
+            n.set_input(3, new_mask)
+        return PassResult(True, {"attention": len(targets), "other_attention": len(attns) - len(targets)})
+
+    def _check_options(self):
+        where = f"sparsify-attention{{kind={self.kind},window={self.window},sinks={self.sinks}}}"
+        if self.kind not in KINDS:
+            raise PassError(f"{where}: unknown kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        if self.window < 1:
+            raise PassError(f"{where}: window must be >= 1 (the keys before each query it keeps)")
+        if not 0 <= self.sinks <= self.window:
+            raise PassError(f"{where}: sinks must be in 0..window ({self.window}); StreamingLLM uses 4")
+        if self.context and self.window + self.sinks >= self.context:
+            raise PassError(f"{where}: window + sinks = {self.window + self.sinks} >= the model's context limit "
+                            f"{self.context}: every position would be kept; use a window below "
+                            f"{self.context - self.sinks} or leave full attention")
+
+
+def _state_behind(graph, v):
+    """The `append` state whose cache_append output `v` is (through a GQA repeat_kv), or None."""
+    while v.producer is not None and v.producer.op in _REPEAT_OPS:
+        v = v.producer.inputs[0]
+    node = v.producer
+    if node is None or node.op != "cache_append":
+        return None
+    st = graph.state_of(v)
+    if st is None or st.kind != "append" or st.input is not node.inputs[0]:
+        return None
+    return st
+
+
+def _ring_mask(graph, nodes, window, sinks):
+    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring)."""
+    masked = [n for n in nodes if len(n.inputs) > 3]
+    if not masked:
+        return None
+    mask = masked[0].inputs[3]
+    if any(n.inputs[3] is not mask for n in masked) or mask.producer is not None or mask.name != MASK_INPUT:
+        raise PassError(f"sparsify-attention: the attention masks are not the graph input %{MASK_INPUT} "
+                        f"(the causal-LM convention, ir/causal_lm.py); found "
+                        f"{sorted({n.inputs[3].name for n in masked})}")
+    others = [u for u in mask.users if u.op != "attention" or u not in nodes]
+    if others:
+        raise PassError(f"sparsify-attention: %{MASK_INPUT} is also read by {others[0]!r}; the pass rewrites "
+                        f"only the masks of attention ops over the KV cache")
+    t = mask.type
+    seq = masked[0].inputs[0].type.shape[-2]
+    if t.rank != 4 or t.dtype != "bool" or not symbolic.equal(t.shape[2], seq):
+        raise PassError(f"sparsify-attention: %{MASK_INPUT} is {t}; the causal-LM convention is bool [b, 1, seq, L + seq]")
+    used = set().union(*(symbolic.free_symbols(d) for v in graph.inputs for d in v.type.shape))
+    ctx = next(c for c in ("ctx", "ctx_len", "mask_len") if c not in used)
+    mask.type = TensorType(t.dtype, (*t.shape[:3], ctx))
+    past = symbolic.canon(f"{ctx}-({seq})")
+    first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+    with graph.inserting_before(first):
+        old = graph.op("slice", mask, dim=3, start=0, end=past)
+        new = graph.op("slice", mask, dim=3, start=past)
+        kept = graph.op("concat", graph.op("cache_window", old, axis=3, window=window, sinks=sinks), new, dim=3)
+    graph.rename(kept, graph.fresh_name("ring_mask"))
+    return kept
+
+
+def _to_ring(graph, st, window, sinks):
+    """present = cache_append(past, new)  ->  present = cache_window(cache_append(past, new)); kind ring."""
+    appended = st.output
+    name = appended.name
+    with graph.inserting_after(appended.producer):
+        ring = graph.op("cache_window", appended, axis=st.axis, window=window, sinks=sinks)
+    graph.outputs = [ring if o is appended else o for o in graph.outputs]
+    graph.rename(appended, graph.fresh_name(name + "_all"))
+    graph.rename(ring, name)
+    graph.states[graph.states.index(st)] = type(st)(st.name, st.input, ring, "ring",
+                                                    {"axis": st.axis, "window": window, "sinks": sinks})

@@ -1,0 +1,265 @@
+"""sparsify-attention{kind=sliding_window}: append KV states -> ring states, attention{window, sinks}.
+
+On a tiny random Llama: the rewritten graph verifies; reference, torch and onnx agree; decoding token by
+token through the ring equals one windowed forward; with window + sinks >= the sequence it is full attention
+exactly; past the window the state stays window + sinks rows; generate(), verify/accept and quantize-weights
+compose; bad options are clear errors. Kernels: attention{window, sinks} on every target vs the reference."""
+import numpy as np
+import pytest
+import torch
+
+import slimgraph
+from slimgraph import ir
+from slimgraph.codegen import torch_kernels
+from slimgraph.generate import generate
+from slimgraph.ir.verifier import verify
+from slimgraph.passes.base import PassError
+from slimgraph.passes.pipeline import parse_pipeline
+
+transformers = pytest.importorskip("transformers")
+TOL = 1e-5
+PIPE = "canonicalize,sparsify-attention{{window={w},sinks={s}}},dce"
+TARGETS = ["reference", "torch", "onnx"]
+
+
+def tiny_llama(layers=2):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+_CACHE = {}
+
+
+def compile_(model, target="reference", w=8, s=2, pipeline=None):
+    """slimgraph.optimize, once per (model, target, pipeline) in this module (compiling is the slow part)."""
+    if target == "onnx":
+        pytest.importorskip("onnxruntime")
+    key = (id(model), target, pipeline or PIPE.format(w=w, s=s))
+    if key not in _CACHE:
+        _CACHE[key] = _compile(model, target, w, s, pipeline)
+    return _CACHE[key]
+
+
+def _compile(model, target, w, s, pipeline):
+    return slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
+                              pipeline=pipeline or PIPE.format(w=w, s=s), verify=True)
+
+
+def ids(n, seed=1, batch=1):
+    return torch.randint(0, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def windowed_logits(model, x, w, s):
+    """The HF model itself with a sliding-window + sinks mask over the whole sequence (the oracle)."""
+    n = x.shape[1]
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    keep = (j <= i) & ((j < s) | (i - j <= w))
+    with torch.no_grad():
+        return model(input_ids=x, attention_mask=keep[None, None].expand(x.shape[0], 1, n, n)).logits
+
+
+def test_rewrite_makes_ring_states_windowed_attention_and_a_ring_mask(model):
+    c = compile_(model)
+    g = c.graph
+    verify(g)
+    assert [s.kind for s in g.states] == ["ring"] * 4
+    assert all(s.attrs == {"axis": 2, "window": 8, "sinks": 2} for s in g.states)
+    attn = [n for n in g.nodes if n.op == "attention"]
+    assert len(attn) == 2 and all(n.attrs["window"] == 8 and n.attrs["sinks"] == 2 for n in attn)
+    mask = next(v for v in g.inputs if v.name == "attention_mask")
+    assert mask.type.shape[-1] == "ctx"                        # no longer past + seq: the decoder's L + s
+    assert all(n.inputs[3] is attn[0].inputs[3] and n.inputs[3] is not mask for n in attn)
+    for st in g.states:                                        # cache_window(cache_append(past, new))
+        assert st.output.producer.op == "cache_window"
+        assert st.output.producer.inputs[0].producer.op == "cache_append"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_decoding_through_the_ring_equals_one_windowed_forward_and_the_hf_oracle(model, target):
+    w, s, n = 8, 2, 40
+    c = compile_(model, target, w, s)
+    x = ids(n)
+    full = c.decoder().prefill(x)["logits"]
+    torch.testing.assert_close(full, windowed_logits(model, x, w, s), rtol=1e-4, atol=1e-4)
+    dec = c.decoder()
+    dec.prefill(x[:, :3])
+    steps = torch.cat([dec.step(x[:, i])["logits"] for i in range(3, n)], 1)
+    torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
+    assert all(t.shape[2] == w + s for t in dec.states)        # memory flat: S + W rows, not 40
+    assert dec.length == n                                     # the decoder still counts every position
+    chunked = c.decoder()                                      # chunks of several tokens across the wrap
+    chunked.prefill(x[:, :5])
+    got = torch.cat([chunked.step(x[:, i:i + 7])["logits"] for i in range(5, n, 7)], 1)
+    torch.testing.assert_close(got, full[:, 5:], rtol=TOL, atol=TOL)
+
+
+def test_targets_agree_with_the_interpreter(model):
+    x = ids(30, seed=3, batch=2)
+    outs = {}
+    for t in TARGETS:
+        dec = compile_(model, t).decoder(batch=2)
+        dec.prefill(x[:, :20])
+        outs[t] = torch.cat([dec.step(x[:, i])["logits"] for i in range(20, 30)], 1)
+    torch.testing.assert_close(outs["torch"], outs["reference"], rtol=TOL, atol=TOL)
+    torch.testing.assert_close(outs["onnx"], outs["reference"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+def test_window_covering_the_sequence_is_full_attention_exactly(model, target):
+    x = ids(12, seed=4)
+    full = compile_(model, target, pipeline="canonicalize,dce")
+    ring = compile_(model, target, w=10, s=2)
+    a, b = full.decoder(), ring.decoder()
+    got, want = b.prefill(x[:, :6])["logits"], a.prefill(x[:, :6])["logits"]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for i in range(6, 12):
+        torch.testing.assert_close(b.step(x[:, i])["logits"], a.step(x[:, i])["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(generate(ring, x[:, :6], 6), generate(full, x[:, :6], 6), rtol=0, atol=0)
+
+
+def test_generate_through_the_ring_follows_the_windowed_model(model):
+    w, s = 6, 1
+    c = compile_(model, "torch", w, s)
+    out = generate(c, ids(5, seed=5), 20)
+    assert out.shape == (1, 25)
+    want = windowed_logits(model, out[:, :-1], w, s)[0, 4:].argmax(-1)   # each new token is the argmax there
+    assert torch.equal(out[0, 5:], want)
+
+
+def test_verify_accept_replays_the_ring(model):
+    c = compile_(model, "torch", 4, 1)
+    prompt, cands = ids(9, seed=6), ids(6, seed=7)
+    steps = c.decoder()
+    steps.prefill(prompt)
+    one_by_one = torch.cat([steps.step(cands[:, i])["logits"] for i in range(6)], 1)
+    dec = c.decoder()
+    dec.prefill(prompt)
+    torch.testing.assert_close(dec.verify(cands)["logits"], one_by_one, rtol=TOL, atol=TOL)
+    dec.accept(3)
+    fresh = c.decoder()
+    fresh.prefill(torch.cat((prompt, cands[:, :3]), 1))
+    nxt = torch.tensor([[7]])
+    torch.testing.assert_close(dec.step(nxt)["logits"], fresh.step(nxt)["logits"], rtol=TOL, atol=TOL)
+    assert all(t.shape[2] == 5 for t in dec.states)
+
+
+def test_composes_with_quantize_weights(model):
+    pipe = "canonicalize,quantize-weights{bits=8,group=32},sparsify-attention{window=8,sinks=2},dce"
+    c = compile_(model, "torch", pipeline=pipe)
+    assert [s.kind for s in c.graph.states] == ["ring"] * 4
+    assert c.graph.weight_bytes() < 0.5 * compile_(model, "torch").graph.weight_bytes()   # int8 weights
+    ref = compile_(model, "reference", pipeline=pipe)
+    x = ids(30, seed=8)
+    got, want = c.decoder().prefill(x)["logits"], ref.decoder().prefill(x)["logits"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    close = windowed_logits(model, x, 8, 2)                    # int8 weights: near the float windowed model
+    assert (got - close).abs().max() < 0.1 * close.abs().max()
+
+
+@pytest.mark.parametrize("opts,match", [
+    ("window=0", "window must be >= 1"),
+    ("window=4,sinks=5", "sinks must be in 0..window"),
+    ("window=250,sinks=6", "window \\+ sinks = 256 >= the model's context limit 256"),
+    ("kind=dilated", "unknown kind 'dilated'"),
+])
+def test_bad_options_are_clear_errors(model, opts, match):
+    with pytest.raises(PassError, match=match):
+        compile_(model, pipeline=f"sparsify-attention{{{opts}}}")
+
+
+def test_a_graph_without_kv_attention_names_its_attention_count():
+    g = ir.Graph("mlp")
+    x = g.add_input("x", ir.TensorType("f32", (2, 3, 4, 8)))
+    g.set_outputs([g.op("attention", x, x, x, causal=True)])
+    with pytest.raises(PassError, match="has 1 attention op\\(s\\).*none reads its keys"):
+        parse_pipeline("sparsify-attention{window=4}")[0].run(g)
+
+
+# ---- the op: attention{window, sinks} on the torch kernel and ONNX vs the reference ----------------------
+@pytest.mark.parametrize("hq,hk,lq,lk,window,sinks,causal,mask", [
+    (4, 2, 7, 7, 3, 1, True, None), (4, 2, 1, 9, 4, 2, False, "bool4d"), (2, 2, 5, 12, 4, 0, True, "bool4d"),
+    (4, 1, 3, 11, 2, 3, False, "bool4d"), (2, 2, 6, 6, 1, 1, False, "float"),
+])
+def test_windowed_attention_kernel(hq, hk, lq, lk, window, sinks, causal, mask):
+    gen = torch.Generator().manual_seed(lq * 7 + lk)
+    q, k, v = (torch.randn(2, h, n, 8, generator=gen) for h, n in ((hq, lq), (hk, lk), (hk, lk)))
+    m = None
+    if mask == "bool4d":
+        m = torch.rand(2, 1, lq, lk, generator=gen) > 0.2
+        m[..., 0] = True
+    elif mask == "float":
+        m = torch.randn(lq, lk, generator=gen)
+    ref = ir.get_op("attention").impl(q, k, v, m, causal=causal, scale=None, window=window, sinks=sinks)
+    got = torch_kernels.attention(q, k, v, m, causal=causal, scale=None, window=window, sinks=sinks)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # the band itself: query i sees key j iff j < sinks or (i + lk - lq) - j <= window
+    keep = ir.opset.nn.window_keep(lq, lk, window, sinks)
+    i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
+    assert torch.equal(keep, (j < sinks) | (i + lk - lq - j <= window))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_windowed_attention_onnx(fuse):
+    pytest.importorskip("onnxruntime")
+    g = ir.Graph("w")
+    q = g.add_input("q", ir.TensorType("f32", (1, 4, "s", 8)))
+    k = g.add_input("k", ir.TensorType("f32", (1, 2, "t", 8)))
+    m = g.add_input("m", ir.TensorType("bool", (1, 1, "s", "t")))
+    g.set_outputs([g.op("attention", q, k, k, m, window=3, sinks=2)])
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(1, 4, 5, 8, generator=gen), torch.randn(1, 2, 11, 8, generator=gen),
+            torch.ones(1, 1, 5, 11, dtype=torch.bool)]
+    from slimgraph.codegen.onnx_runtime import build_ort_runner
+    want = ir.run(g, *args)[0]
+    got = build_ort_runner(g, ["CPUExecutionProvider"], fuse=fuse)(*args)[0]
+    torch.testing.assert_close(torch.as_tensor(np.asarray(got)), want, rtol=1e-5, atol=1e-5)
+
+
+# ---- kind=block_sparse: a mask-only rewrite ----------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_block_sparse_prefill_matches_the_hf_oracle_and_decode_applies_the_same_rule(model, target):
+    b, local, glob, n = 4, 2, 1, 30
+    c = compile_(model, target, pipeline=f"canonicalize,sparsify-attention{{kind=block_sparse,block={b},"
+                                         f"local={local},globals={glob}}},dce")
+    assert [s.kind for s in c.graph.states] == ["append"] * 4          # the cache is unchanged: O(T)
+    x = ids(n, seed=9)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    keep = (j <= i) & ((i // b - j // b < local) | (j // b < glob))
+    with torch.no_grad():
+        want = model(input_ids=x, attention_mask=keep[None, None]).logits
+    full = c.decoder().prefill(x)["logits"]
+    torch.testing.assert_close(full, want, rtol=1e-4, atol=1e-4)
+    dense = compile_(model, "reference", pipeline="canonicalize,dce").decoder().prefill(x)["logits"]
+    assert (full - dense).abs().max() > 1e-3                            # the rule does mask something
+    dec = c.decoder()
+    dec.prefill(x[:, :3])
+    steps = torch.cat([dec.step(x[:, k])["logits"] for k in range(3, n)], 1)
+    torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
+
+
+def test_block_sparse_bad_options(model):
+    with pytest.raises(PassError, match="block and local must be >= 1"):
+        compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=0}")
+    with pytest.raises(PassError, match="block x \\(local \\+ globals\\) = 320 >= the model's context limit 256"):
+        compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=64,local=4,globals=1}")
+
+
+def test_ring_model_saves_and_loads(model, tmp_path):
+    c = compile_(model, "torch")
+    c.save(tmp_path / "ring.sg")
+    back = slimgraph.load(tmp_path / "ring.sg")
+    assert [s.kind for s in back.graph.states] == ["ring"] * 4
+    x = ids(20, seed=10)
+    a, b = c.decoder(), back.decoder()
+    a.prefill(x[:, :12])
+    b.prefill(x[:, :12])
+    for i in range(12, 20):
+        torch.testing.assert_close(b.step(x[:, i])["logits"], a.step(x[:, i])["logits"], rtol=TOL, atol=TOL)
