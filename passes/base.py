@@ -33,6 +33,10 @@ class Pass:
     def run(self, graph) -> PassResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def validate(self) -> None:
+        """Check option values that need no graph (e.g. bits=3); raise ValueError/PassError saying
+        what is allowed. Called when a pipeline is parsed, so a bad value fails before any pass runs."""
+
     @classmethod
     def option_types(cls) -> dict[str, Any]:
         """Option name -> its resolved type annotation (what the pipeline parser converts to)."""

@@ -143,7 +143,7 @@ class PassManager:
         try:
             result = p.run(graph)
         except Exception as e:
-            raise PassError(f"pass {p.spec()!r} (#{i} in pipeline) failed: {type(e).__name__}: {e}\n"
+            raise PassError(f"pass {p.spec()!r} (#{i + 1} in pipeline) failed: {type(e).__name__}: {e}\n"
                             f"  passes that ran before it: {self._before(i)}") from e
         if result is None or not hasattr(result, "changed"):
             raise PassError(f"pass {p.name!r} returned {result!r}; "
@@ -160,7 +160,7 @@ class PassManager:
     def _save(self, ir_text: str, p: Pass, i: int) -> str:
         """Write the IR a failing pass received, with the command that replays it (MLIR-style)."""
         path = self.reproducer
-        header = (f"# slimgraph reproducer: pass {p.spec()!r} (#{i} of {self.pipeline!r}) failed on this "
+        header = (f"# slimgraph reproducer: pass {p.spec()!r} (#{i + 1} of {self.pipeline!r}) failed on this "
                   "graph.\n"
                   f"# replay: PassManager({p.spec()!r}, verify=True)"
                   f".run(parse_graph(open({path!r}).read(), weights=...))\n")
@@ -181,14 +181,14 @@ class PassManager:
     def _dump(self, graph, p: Pass, i: int, changed: bool):
         want = self.print_ir_after
         if "all" in want or p.name in want or ("changed" in want and changed):
-            print(f"// ----- IR after pass {p.spec()!r} (#{i}) -----\n{graph}", file=sys.stderr, flush=True)
+            print(f"// ----- IR after pass {p.spec()!r} (#{i + 1}) -----\n{graph}", file=sys.stderr, flush=True)
 
     def _verify(self, graph, p: Pass, i: int):
         from ..ir.verifier import VerifyError, verify
         try:
             verify(graph)
         except VerifyError as e:
-            raise PassError(f"graph is invalid after pass {p.spec()!r} (#{i} in pipeline; before it: "
+            raise PassError(f"graph is invalid after pass {p.spec()!r} (#{i + 1} in pipeline; before it: "
                             f"{self._before(i)}):\n{e}") from e
 
     def _interpret(self, graph, when: str) -> list[torch.Tensor]:
@@ -199,8 +199,8 @@ class PassManager:
             raise PassError(f"interpreter failed on {when}: {e}") from e
 
     def _compare(self, graph, reference, p: Pass, i: int) -> float:
-        outs = self._interpret(graph, f"the graph after pass {p.spec()!r} (#{i})")
-        where = f"pass {p.spec()!r} (#{i} in pipeline; before it: {self._before(i)})"
+        outs = self._interpret(graph, f"the graph after pass {p.spec()!r} (#{i + 1})")
+        where = f"pass {p.spec()!r} (#{i + 1} in pipeline; before it: {self._before(i)})"
         if len(outs) != len(reference):
             raise NumericsError(f"{where} changed the number of outputs: {len(reference)} -> {len(outs)}")
         worst = 0.0

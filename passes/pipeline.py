@@ -4,13 +4,16 @@ Grammar (MLIR-like):  pipeline := item ("," item)* ;  item := name ["{" opt (","
 opt := key "=" value ;  value := scalar | "[" [scalar ("," scalar)*] "]".
 Values are converted to the pass's dataclass field types (int, float, bool, str, Literal,
 list/tuple of those, Optional via `none`). `format_pipeline` prints the same text back.
+Every pass's `validate()` runs here, so an unsupported option value (`bits=3`) fails when the
+pipeline is parsed, not when the pass runs. Errors count passes from 1 and show the options as
+`slimgraph passes` does (passes/options.py).
 """
 from __future__ import annotations
-import dataclasses
 import types
 import typing
 from typing import Any, Iterable, Literal
 
+from . import options as O
 from .base import Pass, PassError, get_pass
 
 
@@ -18,16 +21,27 @@ def parse_pipeline(spec: str | Iterable[str | Pass] | None) -> list[Pass]:
     """A pipeline string, or a list of pass specs / Pass objects -> list of configured passes."""
     if spec is None:
         return []
-    if isinstance(spec, str):
-        return [_parse_item(item) for item in _split(spec, ",")]
+    items: list = []
+    for item in [spec] if isinstance(spec, str) else spec:
+        items.extend(_split(item, ",") if isinstance(item, str) else [item])
     out: list[Pass] = []
-    for item in spec:
+    for item in items:
+        where = f"pipeline item #{len(out) + 1}"   # counted from 1, as a user counts
         if isinstance(item, Pass):
-            out.append(item)
+            p = item
         elif isinstance(item, str):
-            out.extend(parse_pipeline(item))
+            try:
+                p = _parse_item(item)
+            except PassError as e:
+                raise PassError(f"{where} {item!r}: {e}") from None
         else:
-            raise PassError(f"pipeline entries must be pass specs or Pass objects, got {type(item).__name__}")
+            raise PassError(f"{where}: pipeline entries must be pass specs or Pass objects, "
+                            f"got {type(item).__name__}")
+        try:
+            p.validate()
+        except (PassError, ValueError) as e:
+            raise PassError(f"{where} {p.spec()!r}: {e}") from None
+        out.append(p)
     return out
 
 
@@ -68,27 +82,27 @@ def _parse_item(item: str) -> Pass:
     for opt in _split(rest[:-1], ",") if brace else []:
         key, eq, raw = opt.partition("=")
         key = key.strip()
+        public = O.public_options(cls)
+        if not public:
+            raise PassError(f"pass {name!r} takes no options; write it as {name}")
         if not eq:
-            raise PassError(f"pass {name!r}: option {opt!r} must be written key=value")
-        if key not in types_:
-            raise PassError(f"pass {name!r} has no option {key!r}; its options are: {describe_options(cls)}")
+            raise PassError(f"option {opt!r} of pass {name!r} must be written key=value, "
+                            f"e.g. {O.example(cls)}; its options:\n{O.describe(cls, '    ')}")
+        if key not in public:
+            raise PassError(f"pass {name!r} has no option {key!r}{O.closest(key, public)}; write options "
+                            f"as {O.example(cls)}; its options (as `slimgraph passes` lists them):\n"
+                            f"{O.describe(cls, '    ')}")
         kwargs[key] = convert(raw.strip(), types_[key], f"pass {name!r} option {key!r}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise PassError(f"pass {name!r}: invalid options {kwargs}: {e}") from None
-
-
-def describe_options(cls: type[Pass]) -> str:
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    opts = [f"{k}: {type_name(t)} = {defaults.get(k)!r}" for k, t in cls.option_types().items()]
-    return ", ".join(opts) or "(none)"
+        given = ",".join(f"{k}={O.value_text(v)}" for k, v in kwargs.items())
+        raise PassError(f"pass {name!r}: invalid options {{{given}}}: {e}") from None
 
 
 def type_name(t) -> str:
-    if isinstance(t, type):
-        return t.__name__
-    return str(t).replace("typing.", "")
+    """A type as written in pipeline strings (see passes/options.py)."""
+    return O.type_text(t)
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -112,7 +126,7 @@ def convert(raw: str, t, where: str) -> Any:
         for a in args:
             if str(a).lower() == raw.lower():
                 return a
-        raise PassError(f"{where}: {raw!r} is not one of {list(args)}")
+        raise PassError(f"{where}: {raw!r} is not one of {O.type_text(t)}")
     if origin in (list, tuple):
         if not (raw.startswith("[") and raw.endswith("]")):
             raise PassError(f"{where}: expected a list like [a,b] ({type_name(t)}), got {raw!r}")

@@ -59,6 +59,12 @@ class QuantizeWeights(Pass):
     def needs_calibration(self) -> bool:
         return self.method != "rtn" and self.calibration is None
 
+    def validate(self):
+        check_options(self.bits, self.group, "")
+        if not 0 < self.damp < 1:
+            raise PassError(f"damp={self.damp} must be in (0, 1) (GPTQ's diagonal damping, a fraction of the "
+                            f"mean Hessian diagonal; default 0.01)")
+
     def run(self, graph) -> PassResult:
         Q.check_bits(self.bits, "quantize-weights: ")
         targets = self.select(graph)
@@ -132,7 +138,8 @@ class QuantizeWeights(Pass):
         if self.calibration is None:
             raise PassError(f"quantize-weights: method={self.method} needs calibration data: "
                             f"slimgraph.optimize(model, ..., calibration=ids or text) (a transformers causal LM "
-                            f"with a loadable tokenizer gets the shipped calibration text by default), or from "
+                            f"with a loadable tokenizer gets the shipped calibration text by default), `slimgraph "
+                            f"compile ... --calibration FILE` (text, or token ids in .pt/.npy/.txt), or from "
                             f"Python QuantizeWeights(..., calibration=ids i64[n, seq], or a tuple with one batch "
                             f"per graph input)")
         linears = [n for users in targets.values() for n in users]
@@ -219,6 +226,16 @@ class QuantizeWeights(Pass):
         if not w.uses:
             graph.remove_weight(name)
         return sum(v.type.nbytes() for v in packed)
+
+
+def check_options(bits: int, group: int, prefix: str) -> None:
+    """Option values any layer would refuse: bits outside {4, 8}, a negative group."""
+    if bits not in Q.SUPPORTED_BITS:
+        raise PassError(f"{prefix}bits={bits} is not supported; use {prefix}bits=4 (int4, two per byte) "
+                        f"or {prefix}bits=8")
+    if group < 0:
+        raise PassError(f"{prefix}group={group} must be 0 (one group per output row) or a positive group "
+                        f"size dividing the input dim; 32, 64 and 128 have fast int4 kernels")
 
 
 def _only_users(x, nodes) -> bool:

@@ -30,7 +30,7 @@ from ..ir import quant_format as Q
 from ..ir.interpreter import run
 from .base import Pass, PassError, PassResult, register_pass
 from .calibration import Calibration, collect_stats
-from .quantize import QuantizeWeights
+from .quantize import QuantizeWeights, check_options
 
 
 @register_pass("select-precision")
@@ -42,7 +42,9 @@ class SelectPrecision(Pass):
     group: int = 64
     high_bits: int = 8
     high_group: int = 0
-    method: Literal["rtn", "gptq", "awq", "awq-gptq"] = "rtn"
+    # default gptq: the setting that reaches the documented trade-off on SmolLM2 at target_ppl=5% (+4.21% eval
+    # perplexity at 0.353x fp16 linear bytes, benchmarks/RESULTS.md); rtn lands at +2.8% but keeps 0.47x
+    method: Literal["rtn", "gptq", "awq", "awq-gptq"] = "gptq"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     search_rows: int = 8           # held-out calibration sequences the search measures on
@@ -54,12 +56,25 @@ class SelectPrecision(Pass):
     def needs_calibration(self) -> bool:
         return self.calibration is None
 
+    def validate(self):
+        check_options(self.bits, self.group, "")
+        check_options(self.high_bits, self.high_group, "high_")
+        if self.high_bits < self.bits:
+            raise PassError(f"high_bits={self.high_bits} is below bits={self.bits}; high_bits is the precision "
+                            f"the most sensitive layers keep (e.g. bits=4,high_bits=8)")
+        if not self.target_ppl > 0:
+            raise PassError(f"target_ppl={self.target_ppl} must be > 0: the allowed perplexity increase, "
+                            f"e.g. target_ppl=5% (or 0.05)")
+        if self.search_rows < 1:
+            raise PassError(f"search_rows={self.search_rows} must be >= 1 (held-out calibration sequences)")
+
     def run(self, graph) -> PassResult:
         calib = Calibration.of(graph, self.calibration)
         if calib is None:
             raise PassError("select-precision needs calibration data: slimgraph.optimize(model, ..., calibration=ids "
                             "or text) (a transformers causal LM with a loadable tokenizer gets the shipped "
-                            "calibration text by default), or from Python calibration=ids (i64[n, seq], e.g. "
+                            "calibration text by default), `slimgraph compile ... --calibration FILE` (text, or "
+                            "token ids in .pt/.npy/.txt), or from Python calibration=ids (i64[n, seq], e.g. "
                             "slimgraph.evaluate.token_ids(tokenizer, 'calib', 8, 256))")
         low = QuantizeWeights(bits=self.bits, group=self.group, include=self.include, exclude=self.exclude)
         targets = low.select(graph)

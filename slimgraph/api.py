@@ -196,7 +196,8 @@ def _calibration_ids(model, calibration, who):
             f"{who} needs calibration data and {what}, but no tokenizer could be found for this model "
             f"(only transformers causal LMs whose tokenizer loads offline from model.name_or_path get one "
             f"by default): pass slimgraph.optimize(..., calibration=ids) with token ids i64[n, seq] of real "
-            f"text, e.g. slimgraph.evaluate.token_ids(tokenizer, 'calib', 32, 256)")
+            f"text, e.g. slimgraph.evaluate.token_ids(tokenizer, 'calib', 32, 256), or on the command line "
+            f"`slimgraph compile ... --calibration ids.pt` (token ids in .pt/.npy/.txt)")
     from . import evaluate
     if isinstance(calibration, str):
         ids = tok(calibration, return_tensors="pt").input_ids[0]

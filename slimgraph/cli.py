@@ -251,29 +251,17 @@ def cmd_ops(args) -> None:
 
 def cmd_passes(args) -> None:
     from slimgraph.passes.base import all_passes
+    from slimgraph.passes import options
     passes = all_passes()
     if not passes:
         print("(no passes registered)")
+    print("pipeline syntax: name{option=value,...},name,...  (lists as [a,b]; float options take %)")
     for name, cls in sorted(passes.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc and not doc[0].startswith(cls.__name__ + "(") else ""
         print(name + (f"  -- {summary}" if summary else ""))
-        types = cls.option_types() if hasattr(cls, "option_types") else {}
-        for k, v in cls().options().items():
-            t = types.get(k)
-            kind = t.__name__ if isinstance(t, type) else str(t or "").replace("typing.", "")
-            print(f"    {k}" + (f": {kind}" if kind else "") + f" = {_pipeline_value(v)}")
-
-
-def _pipeline_value(v) -> str:
-    """An option value as written in a pipeline string (true/false/none, lists in brackets)."""
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(map(_pipeline_value, v)) + "]"
-    return str(v)
+        if options.public_options(cls):
+            print(options.describe(cls, "    "))
 
 
 # --- entry point ------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_report_records_each_pass():
 def test_print_ir_after_named_pass(capsys):
     PassManager("canonicalize,cse,dce", print_ir_after="cse").run(graph())
     err = capsys.readouterr().err
-    assert err.count("IR after pass") == 1 and "IR after pass 'cse' (#1)" in err
+    assert err.count("IR after pass") == 1 and "IR after pass 'cse' (#2)" in err
     assert "%s: f32[b,4] = add(%e1, %e1)" in err
 
 
@@ -85,14 +85,14 @@ def test_print_ir_after_all_from_env(monkeypatch, capsys):
     monkeypatch.setenv("SLIMGRAPH_PRINT_IR_AFTER", "all")
     PassManager("cse,dce").run(graph())
     err = capsys.readouterr().err
-    assert "IR after pass 'cse' (#0)" in err and "IR after pass 'dce' (#1)" in err
+    assert "IR after pass 'cse' (#1)" in err and "IR after pass 'dce' (#2)" in err
 
 
 def test_verify_after_each_pass_names_the_broken_pass():
     with pytest.raises(PassError) as e:
         PassManager("cse,test-corrupt-uses,dce", verify=True).run(graph())
     msg = str(e.value)
-    assert "invalid after pass 'test-corrupt-uses' (#1" in msg and "before it: cse" in msg and "stale" in msg
+    assert "invalid after pass 'test-corrupt-uses' (#2" in msg and "before it: cse" in msg and "stale" in msg
     PassManager("cse,test-corrupt-uses", verify=False).run(graph())  # unchecked: no error
 
 
@@ -109,7 +109,7 @@ def test_pass_exception_is_wrapped_with_context():
     with pytest.raises(PassError) as e:
         PassManager("canonicalize,cse,test-raise,dce").run(graph())
     msg = str(e.value)
-    assert "pass 'test-raise' (#2 in pipeline) failed: RuntimeError: boom" in msg
+    assert "pass 'test-raise' (#3 in pipeline) failed: RuntimeError: boom" in msg
     assert "passes that ran before it: canonicalize,cse" in msg
     assert isinstance(e.value.__cause__, RuntimeError)
 
@@ -125,7 +125,7 @@ def test_numerics_bisection_finds_the_broken_pass():
     with pytest.raises(NumericsError) as e:
         PassManager("canonicalize,cse,test-break-add,dce", verify="numerics", example_inputs=x).run(g)
     msg = str(e.value)
-    assert "pass 'test-break-add' (#2 in pipeline; before it: canonicalize,cse)" in msg
+    assert "pass 'test-break-add' (#3 in pipeline; before it: canonicalize,cse)" in msg
     assert "output 0 deviates" in msg
     err = float(msg.split("max abs error ")[1].split()[0])
     assert err > 0.1
@@ -164,7 +164,7 @@ def test_reproducer_holds_the_ir_the_failing_pass_received(tmp_path):
         PassManager("canonicalize,cse,test-corrupt-uses,dce", verify=True, reproducer=str(path)).run(g)
     assert f"reproducer (the IR this pass got): {path}" in str(e.value)
     text = path.read_text()
-    assert text.startswith("# slimgraph reproducer: pass 'test-corrupt-uses' (#2 of")
+    assert text.startswith("# slimgraph reproducer: pass 'test-corrupt-uses' (#3 of")
     replay = parse_graph(text)  # comment lines are skipped: the file parses as-is
     assert replay.op_counts() == {"exp": 1, "add": 2, "neg": 1}  # after canonicalize+cse, before the bad pass
     with pytest.raises(PassError, match="test-corrupt-uses"):

@@ -115,7 +115,7 @@ def test_select_precision_meets_target_with_fewest_high_layers(target):
     g = tiny_lm()
     g.weights["lm_head.weight"].tensor *= 2
     calib = model_text(g, 24)
-    res = get_pass("select-precision")(target_ppl=target, bits=4, group=0, calibration=calib).run(g)
+    res = get_pass("select-precision")(target_ppl=target, bits=4, group=0, method="rtn", calibration=calib).run(g)
     ir.verify(g)
     st = res.stats
     high = st["high_precision_layers"]
@@ -149,7 +149,8 @@ def test_select_precision_estimate_is_the_kl_on_held_out_rows():
     for n, w in saved.items():
         g.weights[n].tensor = w
     want = math.expm1(float((ref.exp() * (ref - q)).sum(-1).mean()))
-    st = get_pass("select-precision")(target_ppl=10.0, bits=4, group=0, search_rows=8, calibration=calib).run(g).stats
+    st = get_pass("select-precision")(target_ppl=10.0, bits=4, group=0, search_rows=8, method="rtn",
+                                         calibration=calib).run(g).stats
     assert st["search_rows"] == 8 and st["searched"] == {0: pytest.approx(want, rel=1e-4)}
 
 
