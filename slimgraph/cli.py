@@ -2,13 +2,17 @@
 
     slimgraph compile examples/tiny_mlp.py --target torch --pipeline canonicalize,dce -o out/
     slimgraph compile smollm2-135m -o out/              # a zoo model name
+    slimgraph compile m.py --pipeline 'quantize-weights{method=gptq}' --calibration ids.pt -o out/
     slimgraph inspect out/model.sg [--graph]
     slimgraph bench out/model.sg [--prompt-len 32 --new-tokens 64]
     slimgraph ops | slimgraph passes
 
 A compile source is a Python file exposing `get_model()` that returns `(model, example_inputs)`
 (or just the model, with `example_inputs` defined next to it in the file), or a zoo name.
-Errors print one line and exit with status 2; `--debug` shows the traceback instead.
+`compile -o` refuses to replace an existing artifact unless `--force` is given.
+Errors print a message (no traceback) and exit with status 2; `--debug` (anywhere on the command
+line) shows the traceback instead. `--help`, `inspect`, `ops` and `passes` do not import torch
+(`ops`/`passes` read a listing cached per source version; see _cached_listing).
 """
 from __future__ import annotations
 import argparse
@@ -28,15 +32,83 @@ class CliError(Exception):
 
 # --- compile ----------------------------------------------------------------------------------
 def cmd_compile(args) -> None:
+    out = artifact_path(args.output)
+    if out.exists() and not args.force:   # checked first: no minutes of optimizing before refusing
+        raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
+    calibration = load_calibration(args.calibration) if args.calibration else None
+    if args.pipeline:   # a typo in the pipeline fails before the model is loaded
+        from .passes.pipeline import parse_pipeline
+        parse_pipeline(args.pipeline)
     import slimgraph
     model, example_inputs = load_source(args.source)
     t0 = time.perf_counter()
-    compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline)
+    compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline,
+                                  calibration=calibration)
     took = time.perf_counter() - t0
-    out = artifact_path(args.output)
+    replaced = out.exists()
     compiled.save(out)
     print(_report_text(compiled))
-    print(f"optimized in {took:.2f} s; wrote {out}")
+    print(f"optimized in {took:.2f} s; wrote {out}" + (" (replaced the artifact that was there)" if replaced else ""))
+
+
+CALIBRATION_FORMATS = ".pt (a torch tensor of token ids), .npy (a numpy array of token ids), or a text file: " \
+                      "whitespace-separated integers are token ids (one row per line), anything else is text " \
+                      "that the model's tokenizer splits"
+
+
+def load_calibration(path: str):
+    """Calibration data for `optimize(calibration=...)` from a file: token ids i64[n, seq] (a 1-D
+    sequence is cut into rows of up to 256 tokens) or, for a text file that is not all integers,
+    the text itself (tokenized by optimize with the model's tokenizer)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"--calibration: no such file {path!r}; give {CALIBRATION_FORMATS}")
+    suffix = p.suffix.lower()
+    if suffix == ".pt":
+        import torch
+        try:
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: say which and why
+            raise CliError(f"--calibration {path}: cannot read it with torch.load ({e})") from None
+        return _token_rows(data, path)
+    if suffix == ".npy":
+        import numpy as np
+        import torch
+        try:
+            data = torch.from_numpy(np.load(p, allow_pickle=False))
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"--calibration {path}: cannot read it with numpy.load ({e})") from None
+        return _token_rows(data, path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"--calibration {path}: not UTF-8 text; give {CALIBRATION_FORMATS}") from None
+    if not text.strip():
+        raise CliError(f"--calibration {path} is empty")
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if all(tok.lstrip("-").isdigit() for row in rows for tok in row):
+        import torch
+        if len({len(r) for r in rows}) == 1 and len(rows) > 1:
+            return _token_rows(torch.tensor([[int(t) for t in r] for r in rows]), path)
+        return _token_rows(torch.tensor([int(t) for r in rows for t in r]), path)
+    return text
+
+
+def _token_rows(data, path: str, seq: int = 256):
+    import torch
+    if not isinstance(data, torch.Tensor):
+        raise CliError(f"--calibration {path}: holds a {type(data).__name__}, not a tensor of token ids")
+    if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
+        raise CliError(f"--calibration {path}: token ids must be integers, got {data.dtype}")
+    if data.numel() == 0 or int(data.min()) < 0:
+        raise CliError(f"--calibration {path}: token ids must be a non-empty set of ids >= 0")
+    data = data.to(torch.int64)
+    if data.dim() == 1:
+        n = min(seq, data.numel())
+        data = data[:data.numel() // n * n].view(-1, n)
+    if data.dim() != 2:
+        raise CliError(f"--calibration {path}: token ids must be 1-D or [rows, seq], got shape {tuple(data.shape)}")
+    return data.contiguous()
 
 
 def load_source(source: str):
@@ -93,34 +165,59 @@ def _report_text(compiled) -> str:
 
 # --- inspect ----------------------------------------------------------------------------------
 def cmd_inspect(args) -> None:
-    compiled = _load_artifact(args.artifact)
-    graph = compiled.graph
+    """From the manifest and the graph text alone (no torch, no weights loaded): checked like load()
+    checks the manifest; the graph's op counts and weight sizes are read from the IR text."""
+    from . import artifact
+    path = Path(args.artifact)
+    if not path.is_dir():
+        raise CliError(f"no artifact directory at {args.artifact!r}; create one with `slimgraph compile ... -o DIR`")
+    manifest = artifact.read_manifest(path)
+    text = (path / artifact.GRAPH).read_text(encoding="utf-8")
     if args.graph:
-        print(graph)
+        print(text.rstrip("\n"))
         return
-    print(_report_text(compiled))
-    print(f"inputs:  {_signature(graph.inputs)}")
-    print(f"outputs: {_signature(graph.outputs)}")
-    print(f"weights: {len(graph.weights)} tensors, {_fmt_bytes(weight_bytes(graph))}")
-    print("ops:     " + ", ".join(f"{op}={n}" for op, n in op_counts(graph).most_common()))
-    if getattr(compiled, "kv", None) is not None:
-        kv = compiled.kv
-        print(f"kv cache: {kv.num_layers} layers x {kv.num_kv_heads} heads x {kv.head_dim} ({kv.dtype})")
-    if graph.states:
-        kinds = Counter(s.kind for s in graph.states)
-        print("state:   " + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; e.g. {graph.states[0].format()}")
+    from .compiled import OptimizeReport
+    print(OptimizeReport.from_dict(manifest["report"]))
+    print(f"inputs:  {_signature_json(manifest['inputs'])}")
+    print(f"outputs: {_signature_json(manifest['outputs'])}")
+    weights, nbytes, ops = ir_text_summary(text)
+    print(f"weights: {weights} tensors, {_fmt_bytes(nbytes)}")
+    print("ops:     " + ", ".join(f"{op}={n}" for op, n in ops.most_common()))
+    kv = manifest.get("kv")
+    if kv:
+        print(f"kv cache: {kv.get('num_layers')} layers x {kv.get('num_kv_heads')} heads x {kv.get('head_dim')} "
+              f"({kv.get('dtype')})")
+    states = [line.strip() for line in text.splitlines() if line.strip().startswith("state ")]
+    if states:      # `state NAME: %in -> %out KIND{attrs}` lines of the IR text (ir/state.py)
+        kinds = Counter(line.split("->", 1)[1].split()[1].split("{")[0] for line in states)
+        print("state:   " + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; e.g. {states[0]}")
 
 
-def op_counts(graph) -> Counter:
-    return Counter(n.op for n in graph.nodes)
+_DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1,
+                "bool": 1}
 
 
-def weight_bytes(graph) -> int:
-    return sum(v.tensor.numel() * v.tensor.element_size() for v in graph.weights.values())
+def ir_text_summary(text: str) -> tuple[int, int, Counter]:
+    """(weight count, weight bytes, op counts) from IR text (ir/printer.py: `weight @name: f32[4,16]`
+    lines, `%x: T, ... = op(...)` node lines), without parsing it into a graph (that needs torch)."""
+    weights, nbytes, ops = 0, 0, Counter()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("weight @"):
+            typ = line.rsplit(":", 1)[1].strip()                  # f32[64,16]
+            dtype, _, dims = typ.partition("[")
+            n = 1
+            for d in dims.rstrip("]").split(","):
+                n *= int(d) if d.strip().isdigit() else (1 if not d.strip() else 0)
+            weights += 1
+            nbytes += n * _DTYPE_BYTES.get(dtype, 0)
+        elif line.startswith("%") and " = " in line:
+            ops[line.split(" = ", 1)[1].split("(", 1)[0].strip()] += 1
+    return weights, nbytes, ops
 
 
-def _signature(values, limit: int = 6) -> str:
-    parts = [f"%{v.name}: {v.type}" for v in values]
+def _signature_json(values, limit: int = 6) -> str:
+    parts = [f"%{v['name']}: {v['type']}" for v in values]
     if len(parts) > limit:  # a 30-layer KV cache: the first few, a count, and the last
         parts = parts[:3] + [f"... {len(parts) - 4} more ..."] + parts[-1:]
     return ", ".join(parts)
@@ -243,46 +340,115 @@ def peak_rss_bytes() -> int:
 
 # --- listings ---------------------------------------------------------------------------------
 def cmd_ops(args) -> None:
-    from slimgraph.ir import all_ops
-    for name, op in sorted(all_ops().items()):
-        attrs = ", ".join(f"{k}: {a.kind}" for k, a in op.attrs.items())
-        print(f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else ""))
+    print(_cached_listing("ops", ops_text), end="")
 
 
 def cmd_passes(args) -> None:
+    print(_cached_listing("passes", passes_text), end="")
+
+
+def ops_text() -> str:
+    from slimgraph.ir import all_ops
+    lines = []
+    for name, op in sorted(all_ops().items()):
+        attrs = ", ".join(f"{k}: {a.kind}" for k, a in op.attrs.items())
+        lines.append(f"{name}({', '.join(op.inputs)})" + (f" {{{attrs}}}" if attrs else ""))
+    return "".join(line + "\n" for line in lines)
+
+
+def passes_text() -> str:
     from slimgraph.passes.base import all_passes
     from slimgraph.passes import options
     passes = all_passes()
+    lines = ["pipeline syntax: name{option=value,...},name,...  (lists as [a,b]; float options take %)"]
     if not passes:
-        print("(no passes registered)")
-    print("pipeline syntax: name{option=value,...},name,...  (lists as [a,b]; float options take %)")
+        lines.append("(no passes registered)")
     for name, cls in sorted(passes.items()):
         doc = (cls.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc and not doc[0].startswith(cls.__name__ + "(") else ""
-        print(name + (f"  -- {summary}" if summary else ""))
+        lines.append(name + (f"  -- {summary}" if summary else ""))
         if options.public_options(cls):
-            print(options.describe(cls, "    "))
+            lines.append(options.describe(cls, "    "))
+    return "".join(line + "\n" for line in lines)
+
+
+# The registries are code (ir/opset/*, passes/*) whose import pulls in torch (~1.5 s of CPU, most of
+# the start-up time). Their listing is a pure function of that code, so it is cached per source
+# version: the key hashes slimgraph's version, the Python version and the path, size and mtime of
+# every .py file of the packages that declare ops and passes. A changed file changes the key.
+LISTING_PACKAGES = ("slimgraph", "slimgraph.ir", "slimgraph.passes")
+
+
+def listing_cache_dir() -> Path:
+    import os
+    base = os.environ.get("SLIMGRAPH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slimgraph")
+    return Path(base)
+
+
+def listing_key() -> str:
+    import hashlib
+    import importlib.util
+    import slimgraph
+    h = hashlib.sha256(f"{slimgraph.__version__}|{sys.version}".encode())
+    for pkg in LISTING_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for f in sorted(Path(root).rglob("*.py")):
+                st = f.stat()
+                h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _cached_listing(kind: str, produce) -> str:
+    import os
+    path = listing_cache_dir() / f"{kind}-{listing_key()}.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    text = produce()
+    try:  # best effort: an unwritable cache only costs the next call the import again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return text
 
 
 # --- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slimgraph", description="A compiler for neural-network inference.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is accepted before or after the subcommand: `slimgraph --debug inspect X` and
+    # `slimgraph inspect X --debug` (the subcommand's copy only sets it when given: SUPPRESS).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback on errors (accepted anywhere on the command line)")
+    p = argparse.ArgumentParser(prog="slimgraph", description="A compiler for neural-network inference.",
+                                epilog="`slimgraph COMMAND --help` shows a command's options.")
+    p.add_argument("--debug", action="store_true", help="show the traceback on errors (accepted anywhere)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compile", help="optimize a model and write an artifact")
+    c = sub.add_parser("compile", parents=[debug], help="optimize a model and write an artifact")
     c.add_argument("source", help="a .py file with get_model(), or a zoo model name")
     c.add_argument("--target", default="torch", help="target name (default: torch)")
-    c.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's)")
+    c.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's); "
+                   "`slimgraph passes` lists the passes and their options")
+    c.add_argument("--calibration", metavar="FILE", default=None,
+                   help="calibration data for gptq/awq/select-precision: " + CALIBRATION_FORMATS +
+                   " (default for a zoo/transformers causal LM: the shipped calibration text)")
     c.add_argument("-o", "--output", required=True, help="output directory (writes DIR/model.sg) or DIR.sg")
+    c.add_argument("--force", action="store_true", help="replace the artifact if it already exists")
     c.set_defaults(fn=cmd_compile)
 
-    i = sub.add_parser("inspect", help="summarize an artifact")
+    i = sub.add_parser("inspect", parents=[debug], help="summarize an artifact")
     i.add_argument("artifact")
     i.add_argument("--graph", action="store_true", help="print the IR text instead")
     i.set_defaults(fn=cmd_inspect)
 
-    b = sub.add_parser("bench", help="measure latency (or prefill and decode speed) and peak memory")
+    b = sub.add_parser("bench", parents=[debug],
+                       help="measure latency (or prefill and decode speed) and peak memory")
     b.add_argument("artifact")
     b.add_argument("--prompt-len", type=int, default=32)
     b.add_argument("--new-tokens", type=int, default=64)
@@ -293,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-tokens", type=int, default=4096, help="for --eval ppl: tokens of eval text")
     b.set_defaults(fn=cmd_bench)
 
-    sub.add_parser("ops", help="list registered ops").set_defaults(fn=cmd_ops)
-    sub.add_parser("passes", help="list registered passes and their options").set_defaults(fn=cmd_passes)
+    sub.add_parser("ops", parents=[debug], help="list registered ops").set_defaults(fn=cmd_ops)
+    sub.add_parser("passes", parents=[debug],
+                   help="list registered passes and their options").set_defaults(fn=cmd_passes)
     return p
 
 
@@ -304,11 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except BrokenPipeError:  # e.g. `slimgraph ops | head`
         return 0
-    except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, not a traceback
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: the message, not a traceback
         if args.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"slimgraph {args.command}: error: {msg}", file=sys.stderr)
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        # the first line says what is wrong; indented lines that follow (valid options, the passes that
+        # ran before a failing one, ...) are part of the message
+        print(f"slimgraph {args.command}: error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(line, file=sys.stderr)
         return EXIT_USAGE
     return 0
 

@@ -21,12 +21,92 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.utils._pytree as pytree
+
+class _Lazy:
+    """A module imported on first attribute use: `slimgraph inspect` reads a report (compiled.py
+    imports this module) without paying for `import torch`."""
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _Lazy("torch")
+pytree = _Lazy("torch.utils._pytree")
 
 
 class SignatureError(TypeError):
     pass
+
+
+class InputCheck:
+    """Checks flat call inputs against a graph's inputs, cheaply (the per-input work is precomputed):
+    the count, each input's dtype and rank, static dims, and symbolic dims bound consistently.
+
+        check = InputCheck(graph.inputs); check([x])   # TypeError naming the input, expected and given
+
+    A static dim is what the model was compiled for (often specialized from the example input by
+    torch.export); a different size is refused, not run (it would silently give wrong-shaped results
+    or fail deep in a kernel). Raises SignatureError (a TypeError)."""
+
+    def __init__(self, inputs):
+        from .ir import symbolic
+        from .ir.dtypes import to_torch
+        self.inputs = list(inputs)
+        self._specs = []
+        self._derived = []                  # (input index, dim index, expression): evaluated after binding
+        for i, v in enumerate(self.inputs):
+            static, symbols = [], []
+            for k, d in enumerate(v.type.shape):
+                if isinstance(d, int):
+                    static.append((k, d))
+                elif symbolic.free_symbols(d) == {d}:
+                    symbols.append((k, d))
+                else:
+                    self._derived.append((i, k, d))
+            self._specs.append((to_torch(v.type.dtype), v.type.rank, tuple(static), tuple(symbols)))
+
+    def __call__(self, tensors) -> None:
+        if len(tensors) != len(self._specs):
+            sig = ", ".join(f"%{v.name}: {v.type}" for v in self.inputs)
+            raise SignatureError(f"the compiled model takes {len(self._specs)} input(s) ({sig}), got {len(tensors)}")
+        env: dict[str, int] = {}
+        Tensor = torch.Tensor
+        for i, ((dtype, rank, static, symbols), t) in enumerate(zip(self._specs, tensors)):
+            if type(t) is not Tensor and not isinstance(t, Tensor):
+                self._fail(i, t, "is not a tensor")
+            if t.dtype is not dtype:
+                self._fail(i, t, f"dtype must be {self.inputs[i].type.dtype}")
+            shape = t.shape
+            if len(shape) != rank:
+                self._fail(i, t, f"has rank {len(shape)}, not {rank}")
+            for k, want in static:
+                if shape[k] != want:
+                    self._fail(i, t, f"dim {k} must be {want}: the model was compiled for that size (a static dim, "
+                                     f"e.g. specialized from the example input; compile with dynamic_shapes to vary it)")
+            for k, sym in symbols:
+                if env.setdefault(sym, shape[k]) != shape[k]:
+                    self._fail(i, t, f"dim {k} ({sym}) is {shape[k]} but another input bound {sym}={env[sym]}")
+        if self._derived:
+            from .ir import symbolic
+            for i, k, expr in self._derived:
+                try:
+                    want = symbolic.evaluate(expr, env)
+                except Exception:  # noqa: BLE001 - a symbol that no input binds
+                    continue
+                if tensors[i].shape[k] != want:
+                    self._fail(i, tensors[i], f"dim {k} must be {expr} = {want} here")
+
+    def _fail(self, i, t, why):
+        v = self.inputs[i]
+        if isinstance(t, torch.Tensor):
+            from .ir.dtypes import IR_DTYPES
+            given = f"{IR_DTYPES.get(t.dtype, t.dtype)}{list(t.shape)}".replace(" ", "")
+        else:
+            given = f"a {type(t).__name__}"
+        raise SignatureError(f"input %{v.name} (#{i + 1} of {len(self.inputs)}) expects {v.type}, got {given}: "
+                             f"{why}")
 
 
 @dataclass
