@@ -10,7 +10,9 @@
                              torch_buffers.safetensors (packed kernels' weights), or model.onnx
 
 `save` writes into a temporary sibling directory and renames it into place, so a failure
-leaves nothing half-written. `load` needs no model code and no pickle: it checks the format
+leaves nothing half-written; an existing artifact at `path` is replaced atomically (`slimgraph
+compile -o` asks for --force first), anything else there is refused. Files and the directory get
+the modes the umask gives (e.g. 0644/0755), as artifacts are meant to be shared. `load` needs no model code and no pickle: it checks the format
 version, the manifest's schema and checksum, each file's size and sha256, and the graph's
 signature against the manifest, then parses the graph, opens the weights lazily
 (safetensors `safe_open`) and loads the target's build products: no codegen, unless the products were
@@ -50,6 +52,7 @@ def save(compiled, path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         _write(compiled, tmp)
+        _share_per_umask(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,6 +115,16 @@ def _weights_to_store(graph):
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
     return tensors, aliases, layouts
+
+
+def _share_per_umask(d: Path) -> None:
+    """mkdtemp makes the directory 0700 (and a library may write its files 0600): give the artifact the
+    modes a plain mkdir/open would, 0777/0666 less the umask, since artifacts are meant to be shared."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(d, 0o777 & ~mask)
+    for f in d.iterdir():
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
 def _replace_dir(new: Path, path: Path):

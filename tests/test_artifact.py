@@ -304,3 +304,21 @@ def test_onnx_target_ships_its_model_file(tmp_path):
     (tmp_path / "m.sg" / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="model.onnx"):
         slimgraph.load(tmp_path / "m.sg")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_artifact_modes_follow_the_umask(compiled, tmp_path, umask):
+    """Artifacts are meant to be shared: not mkdtemp's 0700 (nor 0600 files), but what the umask gives."""
+    import os
+    import stat
+    old = os.umask(umask)
+    try:
+        compiled.save(tmp_path / "m.sg")
+        compiled.save(tmp_path / "m.sg")        # replacing keeps the same modes
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    assert mode(tmp_path / "m.sg") == 0o777 & ~umask
+    files = list((tmp_path / "m.sg").iterdir())
+    assert {f.name for f in files} >= {"manifest.json", "graph.sgir", "weights.safetensors"}
+    assert {mode(f) for f in files} == {0o666 & ~umask}

@@ -122,9 +122,136 @@ def test_source_without_get_model(tmp_path):
     assert p.returncode == 2 and "get_model()" in p.stderr
 
 
-def test_debug_shows_traceback():
-    p = slimgraph("--debug", "inspect", "no/such/artifact.sg", check=False)
-    assert p.returncode != 0 and "Traceback" in p.stderr
+@pytest.mark.parametrize("args", [["--debug", "inspect", "no/such/artifact.sg"],
+                                  ["inspect", "no/such/artifact.sg", "--debug"],     # as the README says: add it
+                                  ["inspect", "--debug", "no/such/artifact.sg"]])
+def test_debug_shows_traceback_wherever_it_is_written(args):
+    p = slimgraph(*args, check=False)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "CliError: no artifact directory" in p.stderr
+
+
+def test_pipeline_option_error_reads_like_the_passes_listing(mlp_artifact, tmp_path):
+    src = write(tmp_path / "mlp.py", TINY_MLP)
+    p = slimgraph("compile", src, "--pipeline", "canonicalize,quantize-weights{bitz=4}", "-o", tmp_path, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    first, *rest = p.stderr.strip().splitlines()
+    assert first.startswith("slimgraph compile: error: pipeline item #2 'quantize-weights{bitz=4}': pass "
+                            "'quantize-weights' has no option 'bitz' (did you mean 'bits'?)")
+    listing = slimgraph("passes").stdout
+    assert rest and all(line in listing for line in rest) and "    bits: int = 4" in rest
+    p = slimgraph("compile", src, "--pipeline", "quantize-weights{bits=3}", "-o", tmp_path, check=False)
+    assert p.returncode == 2 and "bits=3 is not supported; use bits=4" in p.stderr
+    assert not (tmp_path / "model.sg").exists()
+
+
+def test_compile_refuses_to_replace_without_force(tmp_path):
+    src = write(tmp_path / "mlp.py", TINY_MLP)
+    out = tmp_path / "m.sg"
+    slimgraph("compile", src, "--pipeline", "dce", "-o", out)
+    before = (out / "manifest.json").read_text()
+    p = slimgraph("compile", src, "--pipeline", "canonicalize,dce", "-o", out, check=False)
+    assert p.returncode == 2 and "already exists; pass --force to replace it" in p.stderr
+    assert (out / "manifest.json").read_text() == before                 # untouched
+    p = slimgraph("compile", src, "--pipeline", "canonicalize,dce", "-o", out, "--force")
+    assert "replaced the artifact that was there" in p.stdout
+    assert json.loads((out / "manifest.json").read_text())["pipeline"] == "canonicalize,dce"
+
+
+GPTQ16 = "canonicalize,quantize-weights{bits=4,group=16,method=gptq},fuse-dequant-matmul"
+
+
+def test_compile_with_calibration_token_ids(tmp_path):
+    pytest.importorskip("transformers")
+    import torch
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    p = slimgraph("compile", src, "--pipeline", GPTQ16, "-o", tmp_path / "a.sg", check=False)
+    assert p.returncode == 2 and "needs calibration data" in p.stderr and "--calibration" in p.stderr
+    torch.save(torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0)), tmp_path / "ids.pt")
+    slimgraph("compile", src, "--pipeline", GPTQ16, "--calibration", tmp_path / "ids.pt", "-o", tmp_path / "a.sg")
+    ops = next(line for line in slimgraph("inspect", tmp_path / "a.sg").stdout.splitlines() if line.startswith("ops:"))
+    assert "qlinear=14" in ops                  # 2 layers x (q, k, v, o, gate, up, down), GPTQ-calibrated
+    (tmp_path / "notes.txt").write_text("plain text needs the model's tokenizer, which this model has none of")
+    p = slimgraph("compile", src, "--pipeline", GPTQ16, "--calibration", tmp_path / "notes.txt", "-o",
+                  tmp_path / "b.sg", check=False)
+    assert p.returncode == 2 and "text was given, but no tokenizer could be found" in p.stderr
+
+
+def test_calibration_file_formats(tmp_path):
+    import numpy as np
+    import torch
+    from slimgraph.cli import CliError, load_calibration
+    ids = torch.arange(600) % 50
+    torch.save(ids, tmp_path / "a.pt")
+    np.save(tmp_path / "a.npy", ids.view(3, 200).numpy().astype(np.int32))
+    (tmp_path / "rows.txt").write_text("1 2 3 4\n5 6 7 8\n")
+    (tmp_path / "flat.txt").write_text("1 2 3\n4 5\n")
+    (tmp_path / "prose.txt").write_text("The quick brown fox.\n")
+    a = load_calibration(str(tmp_path / "a.pt"))
+    assert a.dtype == torch.int64 and a.shape == (2, 256) and torch.equal(a.flatten(), ids[:512])  # rows of 256
+    b = load_calibration(str(tmp_path / "a.npy"))
+    assert b.dtype == torch.int64 and b.shape == (3, 200)
+    assert load_calibration(str(tmp_path / "rows.txt")).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert load_calibration(str(tmp_path / "flat.txt")).tolist() == [[1, 2, 3, 4, 5]]
+    assert load_calibration(str(tmp_path / "prose.txt")) == "The quick brown fox.\n"   # tokenized by optimize
+    torch.save(torch.randn(4, 8), tmp_path / "f.pt")
+    with pytest.raises(CliError, match="token ids must be integers, got torch.float32"):
+        load_calibration(str(tmp_path / "f.pt"))
+    with pytest.raises(CliError, match="no such file"):
+        load_calibration(str(tmp_path / "none.pt"))
+
+
+NO_HEAVY_IMPORTS = """
+import sys
+from slimgraph.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:        # --help
+    rc = e.code
+heavy = sorted(m for m in ("torch", "transformers", "sympy", "onnx") if m in sys.modules)
+print("HEAVY:", ",".join(heavy), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def heavy_imports(*args, env_extra=None):
+    import os
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *map(str, args)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout, p.stderr.rsplit("HEAVY:", 1)[1].strip()
+
+
+def test_help_inspect_ops_passes_do_not_import_torch(mlp_artifact, tmp_path):
+    """Start-up time: these commands need neither torch nor transformers (see the README's numbers)."""
+    cache = {"SLIMGRAPH_CACHE_DIR": str(tmp_path / "cache")}
+    assert heavy_imports("--help")[1] == ""
+    out, heavy = heavy_imports("inspect", mlp_artifact)
+    assert heavy == "" and "ops:" in out and "linear=2" in out and "weights: 4 tensors, 1.6 KiB" in out   # (8*32+32+32*4+4) f32
+    assert heavy_imports("inspect", mlp_artifact, "--graph")[0].startswith("graph @")
+    for cmd in ("passes", "ops"):
+        first, _ = heavy_imports(cmd, env_extra=cache)          # builds the listing (imports the registries)
+        again, heavy = heavy_imports(cmd, env_extra=cache)      # then reads it: no torch
+        assert heavy == "" and again == first and len(first.splitlines()) > 5
+
+
+def test_listing_cache_key_follows_the_sources(tmp_path, monkeypatch):
+    from slimgraph import cli
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    key = cli.listing_key()
+    assert cli.listing_key() == key
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "passes_here.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "LISTING_PACKAGES", cli.LISTING_PACKAGES + ("fakepkg",))
+    k1 = cli.listing_key()
+    (pkg / "passes_here.py").write_text("X = 22\n")                 # an edited source: a new key
+    assert cli.listing_key() != k1 != key
+    calls = []
+    assert cli._cached_listing("passes", lambda: calls.append(1) or "listing\n") == "listing\n"
+    assert cli._cached_listing("passes", lambda: calls.append(1) or "other\n") == "listing\n" and calls == [1]
 
 
 def test_bench_eval_ppl(tmp_path):
