@@ -287,11 +287,14 @@ def _bench_causal_lm(compiled, args) -> None:
     if not isinstance(vocab, int):
         raise CliError(f"the logits output has a symbolic vocabulary dim ({vocab})")
     ids = torch.randint(0, vocab, (1, args.prompt_len))
-    compiled.generate(ids, max_new_tokens=min(4, args.new_tokens))  # warm-up
     runs = []
-    for _ in range(args.repeat):
-        compiled.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=None)  # fixed length: no eos stop
-        runs.append(compiled.last_generate_stats)
+    with _bar(args.repeat + 1, "bench", "run") as bar:
+        compiled.generate(ids, max_new_tokens=min(4, args.new_tokens))  # warm-up
+        bar.update(1)
+        for _ in range(args.repeat):
+            compiled.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=None)  # fixed length: no eos stop
+            runs.append(compiled.last_generate_stats)
+            bar.update(1)
     prefill = statistics.median(s.prefill_ms for s in runs)
     decode = statistics.median(s.decode_tokens_per_s for s in runs)
     print(f"causal LM, batch 1, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, "
@@ -304,13 +307,21 @@ def _bench_plain(compiled, args) -> None:
     inputs = example_tensors(compiled.graph, args.prompt_len)
     compiled.run(*inputs)  # warm-up
     times = []
-    for _ in range(max(args.repeat, 5)):
-        t0 = time.perf_counter()
-        compiled.run(*inputs)
-        times.append(time.perf_counter() - t0)
+    with _bar(max(args.repeat, 5), "bench", "run") as bar:
+        for _ in range(max(args.repeat, 5)):
+            t0 = time.perf_counter()
+            compiled.run(*inputs)
+            times.append(time.perf_counter() - t0)
+            bar.update(1)
     shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
     print(f"inputs {shapes}; latency median {statistics.median(times) * 1e3:.2f} ms, "
           f"min {min(times) * 1e3:.2f} ms over {len(times)} runs")
+
+
+def _bar(total: int, desc: str, unit: str):
+    """A tqdm progress bar on stderr while a long step runs, shown only on a terminal."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, file=sys.stderr)
 
 
 def example_tensors(graph, seq: int) -> list:

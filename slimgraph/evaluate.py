@@ -39,18 +39,24 @@ def _logits(model, ids):
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str | None = None, window: int = 512, max_tokens: int = 4096) -> float:
+def perplexity(model, tokenizer, text: str | None = None, window: int = 512, max_tokens: int = 4096,
+               progress: bool | None = None) -> float:
     """exp(mean next-token NLL) over the first `max_tokens` tokens of `text` (default: the eval
-    split), in independent windows of `window` tokens (no context carried between windows)."""
+    split), in independent windows of `window` tokens (no context carried between windows).
+    `progress`: a tqdm bar on stderr (tokens done); None = only when stderr is a terminal."""
+    from tqdm.auto import tqdm
     ids = tokenizer(text or load_text("eval"), return_tensors="pt").input_ids[0][:max_tokens]
     nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        chunk = ids[start:start + window].unsqueeze(0)
-        if chunk.shape[1] < 2:
-            break
-        logits = _logits(model, chunk).float()
-        nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum"))
-        count += chunk.shape[1] - 1
+    with tqdm(total=len(ids), desc="perplexity", unit="tok", leave=False,
+              disable=None if progress is None else not progress) as bar:
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start:start + window].unsqueeze(0)
+            if chunk.shape[1] < 2:
+                break
+            logits = _logits(model, chunk).float()
+            nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum"))
+            count += chunk.shape[1] - 1
+            bar.update(chunk.shape[1])
     return math.exp(nll / count)
 
 

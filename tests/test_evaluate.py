@@ -22,6 +22,16 @@ def test_uniform_model_has_vocab_size_perplexity():
     assert ppl == pytest.approx(CharTokenizer.vocab, rel=1e-5)
 
 
+def test_perplexity_shows_progress_on_request(capsys):
+    uniform = lambda ids: torch.zeros(1, ids.shape[1], CharTokenizer.vocab)
+    text = "hello world " * 100
+    quiet = evaluate.perplexity(uniform, CharTokenizer(), text, window=64, max_tokens=1000, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = evaluate.perplexity(uniform, CharTokenizer(), text, window=64, max_tokens=1000, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet and "perplexity:" in err and "/1000 [" in err     # tokens done of the total, on stderr
+
+
 def test_oracle_model_has_perplexity_one_and_windows_are_independent():
     text = "the quick brown fox jumps over the lazy dog. " * 30
     ids = CharTokenizer()(text).input_ids[0]
