@@ -12,8 +12,8 @@
 `save` writes into a temporary sibling directory and renames it into place, so a failure
 leaves nothing half-written; an existing artifact at `path` is replaced atomically (`slimgraph
 compile -o` asks for --force first), anything else there is refused. Files and the directory get
-the modes the umask gives (e.g. 0644/0755), as artifacts are meant to be shared. `load` needs no model code and no pickle: it checks the format
-version, the manifest's schema and checksum, each file's size and sha256, and the graph's
+the modes the umask gives (e.g. 0644/0755), as artifacts are meant to be shared. `load` needs no
+model code and no pickle: it checks the format version, the manifest's schema and checksum, each file's size and sha256, and the graph's
 signature against the manifest, then parses the graph, opens the weights lazily
 (safetensors `safe_open`) and loads the target's build products: no codegen, unless the products were
 built for another host (torch version, CPU capability, ...), in which case it builds again from the
@@ -122,8 +122,7 @@ def _share_per_umask(d: Path) -> None:
     modes a plain mkdir/open would, 0777/0666 less the umask, since artifacts are meant to be shared."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(d, 0o777 & ~mask)
-    for f in d.iterdir():
+    for f in [d, *d.rglob("*")]:
         os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
