@@ -81,7 +81,9 @@ def test_compile_inspect_bench_causal_lm(tmp_path):
     pytest.importorskip("transformers")
     src = write(tmp_path / "llama.py", TINY_LLAMA)
     slimgraph("compile", src, "-o", tmp_path / "llama.sg")
-    assert "kv cache: 2 layers x 2 heads x 8" in slimgraph("inspect", tmp_path / "llama.sg").stdout
+    out = slimgraph("inspect", tmp_path / "llama.sg").stdout
+    assert "kv cache: 2 layers x 2 heads x 8" in out
+    assert "state:   4 append; e.g. state " in out        # read from the IR text, without torch
     out = slimgraph("bench", tmp_path / "llama.sg", "--prompt-len", "8", "--new-tokens", "8", "--repeat", "1").stdout
     assert "prefill:" in out and "tokens/s" in out
     decode = float(next(line for line in out.splitlines() if line.startswith("decode:")).split()[1])
