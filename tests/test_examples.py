@@ -47,7 +47,10 @@ def test_smollm2_demo():
     assert float(hf["dppl"]) == 0 and abs(float(flt["dppl"])) < 0.05       # the float model is the same model
     assert 1 < float(q4["dppl"]) < 60                                      # RTN int4 g64: ~+32% (RESULTS.md)
     assert all(float(r["tps"]) > 0 for r in rows.values()) and hf["size"] == "-"
-    assert float(flt["size"].split()[0]) > 400 and float(q4["size"].split()[0]) < 120   # 513 MiB vs ~90 MiB
+    flt_mib, q4_mib = float(flt["size"].split()[0]), float(q4["size"].split()[0])
+    # fp32 513 MiB; int4 + int8 head 143 MiB in artifact format 2 (packed weights plus the torch target's
+    # kernel buffers; 86 MiB in format 1)
+    assert flt_mib > 400 and q4_mib < 0.3 * flt_mib, out
     assert "decode speed over 16 new tokens" in out                       # a fixed count, not "until eos"
 
 
