@@ -35,7 +35,8 @@ def test_smollm2_demo():
     if not zoo.available("smollm2-135m"):  # CI installs the models: there a missing one fails
         (pytest.fail if os.environ.get("CI") else pytest.skip)(zoo.MODELS["smollm2-135m"].install)
     # rtn instead of the default gptq: the same flow in seconds (gptq is what `make demo` shows)
-    out = run_example("smollm2_demo.py", "--method", "rtn", "--new-tokens", "24", "--eval-tokens", "1024")
+    out = run_example("smollm2_demo.py", "--method", "rtn", "--new-tokens", "16", "--eval-tokens", "512",
+                      timeout=1800)        # ~3 min idle; the shared machine under load took > 10 min
     assert "the packaged Q4_1 GGUF, dequantized to fp32" in out
     assert "greedy tokens identical to transformers: True" in out
     answers = [part.splitlines()[0] for part in out.split("\nA: ")[1:]]
@@ -46,8 +47,11 @@ def test_smollm2_demo():
     assert float(hf["dppl"]) == 0 and abs(float(flt["dppl"])) < 0.05       # the float model is the same model
     assert 1 < float(q4["dppl"]) < 60                                      # RTN int4 g64: ~+32% (RESULTS.md)
     assert all(float(r["tps"]) > 0 for r in rows.values()) and hf["size"] == "-"
-    assert float(flt["size"].split()[0]) > 400 and float(q4["size"].split()[0]) < 120   # 513 MiB vs ~90 MiB
-    assert "decode speed over 24 new tokens" in out                       # a fixed count, not "until eos"
+    flt_mib, q4_mib = float(flt["size"].split()[0]), float(q4["size"].split()[0])
+    # fp32 513 MiB; int4 + int8 head 143 MiB in artifact format 2 (packed weights plus the torch target's
+    # kernel buffers; 86 MiB in format 1)
+    assert flt_mib > 400 and q4_mib < 0.3 * flt_mib, out
+    assert "decode speed over 16 new tokens" in out                       # a fixed count, not "until eos"
 
 
 @pytest.mark.slow
