@@ -45,7 +45,6 @@ def test_blocks_hold_slimgraph_weights(tiny_source, compile_tiny, tmp_path, opts
     got, want = gguf_weight(t), f16_scales(p).dequantize()
     if gtype == "q4_1":   # the minimum m = -z * d is rounded to f16 too
         assert torch.allclose(got, want, rtol=0, atol=float(p.scales.max()) * 15 * 2 ** -10)
-        assert (got - want).abs().max() > 0 or True
     else:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     # q and k rows are in llama.cpp's rotary order: un-permuted they are slimgraph's
@@ -96,9 +95,9 @@ def test_fitting_types():
 
 
 def test_permute_matches_transformers_inverse():
-    from transformers.modeling_gguf_pytorch_utils import LlamaConverter
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
     w = torch.randn(12, 5)
-    back = LlamaConverter.__new__(LlamaConverter)._reverse_permute_weights(_llama_permute(w, 3).numpy(), 3)
+    back = LlamaTensorProcessor()._reverse_permute_weights(_llama_permute(w, 3).numpy(), 3)
     torch.testing.assert_close(torch.from_numpy(back), w)
 
 
