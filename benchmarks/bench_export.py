@@ -138,8 +138,7 @@ def llama_ppl(path: Path, ids: torch.Tensor) -> float:
         chunk = ids[start:start + WINDOW].tolist()
         if len(chunk) < 2:
             break
-        llm.reset()
-        llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
+        llm.reset()          # next eval starts at position 0 (llama-cpp-python drops the cache past it)
         llm.eval(chunk)
         logits = torch.from_numpy(np.array(llm.scores[:len(chunk)], dtype=np.float32))
         nll += float(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(chunk[1:]), reduction="sum"))
@@ -157,7 +156,7 @@ def llama_decode_speed(path: Path, prompt: list[int], n: int = 128) -> float:
         llm.eval(prompt)
         t = time.perf_counter()
         for _ in range(n):
-            tokid = int(llm.sample(temp=0.0)) if hasattr(llm, "sample") else int(llm.scores[llm.n_tokens - 1].argmax())
+            tokid = int(llm.scores[llm.n_tokens - 1].argmax())
             llm.eval([tokid])
         best = max(best, n / (time.perf_counter() - t))
     return best
