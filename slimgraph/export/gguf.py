@@ -1,0 +1,340 @@
+"""GGUF export for llama.cpp (and ollama, LM Studio): slimgraph's packed weights copied bit for bit
+into ggml's block formats, written with the `gguf` package.
+
+    to_gguf(compiled, "model.Q4_0.gguf", type="q4_0", source="smollm2-135m")
+
+Block formats (ggml-common.h; 32 weights per block, d and m stored as f16):
+  Q4_0  W = (q - 8) * d            q in 0..15   == slimgraph int4 symmetric (implied zero 8)
+  Q4_1  W = q * d + m              q in 0..15   == slimgraph int4 (q - z) * s with d = s, m = -z * s
+  Q8_0  W = q * d                  q in -128..127 == slimgraph int8 symmetric
+A slimgraph group of g weights fits a 32-weight block type when g is a multiple of 32 (each block
+repeats its group's scale). Only the scale (and Q4_1's minimum) is rounded to f16: the integer
+codes are copied as they are, so the exported weights equal slimgraph's dequantized ones up to that
+rounding (relative error <= 2^-11 per group). A quantized weight that does not fit the requested type
+is an error naming the types it fits.
+
+Norms and other 1-D tensors are written as F32; float matrices slimgraph did not quantize (the
+embedding, excluded layers) as `float_type`. Metadata and tokenizer come from the source: a source
+GGUF's key/values are copied (file type updated); a Hugging Face source (Llama family) gets its
+hyper-parameters from config.json and a GPT-2 BPE tokenizer from tokenizer.json. Llama's q/k rows
+are permuted to llama.cpp's rotary layout (convert_hf_to_gguf.py `permute`), the inverse of what
+transformers' GGUF loader undoes.
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .source import Source
+from .weights import ExportError, Packed, find, model_weights
+
+QK = 32          # weights per block in Q4_0 / Q4_1 / Q8_0
+ARCHS = {"llama": "llama", "mistral": "llama"}   # transformers model_type -> GGUF architecture
+PERMUTED = {"llama"}                             # archs whose q/k rows llama.cpp permutes
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ExportError("GGUF export needs the gguf package: pip install 'slimgraph[hf]'") from None
+    return gguf
+
+
+# ---- block packing ------------------------------------------------------------------------------
+def _f16_bytes(x: torch.Tensor) -> np.ndarray:
+    """f16 values [..., n] -> their bytes [..., 2n]."""
+    a = x.to(torch.float16).contiguous().numpy()
+    return a.view(np.uint8).reshape(*a.shape[:-1], a.shape[-1] * 2)
+
+
+def _block_params(p: Packed):
+    """Per-block scales f32[out, nb] and zero points i32[out, nb] (a group repeats over its blocks)."""
+    per = p.group_size // QK
+    return p.scales.float().repeat_interleave(per, dim=1), p.zero_points().repeat_interleave(per, dim=1)
+
+
+def _nibbles(p: Packed) -> np.ndarray:
+    """int4 codes u8[out, nb, 16]: weight j of a block in the low nibble of byte j, weight j+16 in
+    the high nibble (ggml's order; slimgraph pairs neighbouring columns instead)."""
+    qw = p.qweight.numpy()
+    out, half = qw.shape
+    codes = np.empty((out, half * 2), dtype=np.uint8)
+    codes[:, 0::2], codes[:, 1::2] = qw & 0xF, qw >> 4
+    blocks = codes.reshape(out, -1, QK)
+    return blocks[..., :16] | (blocks[..., 16:] << 4)
+
+
+def pack_q4_0(p: Packed) -> np.ndarray:
+    d, _ = _block_params(p)
+    blocks = np.concatenate([_f16_bytes(d.unsqueeze(-1)), _nibbles(p)], axis=-1)   # 2 + 16 bytes
+    return blocks.reshape(p.shape[0], -1)
+
+
+def pack_q4_1(p: Packed) -> np.ndarray:
+    d, z = _block_params(p)
+    m = -z.float() * d
+    blocks = np.concatenate([_f16_bytes(d.unsqueeze(-1)), _f16_bytes(m.unsqueeze(-1)), _nibbles(p)], axis=-1)
+    return blocks.reshape(p.shape[0], -1)                                      # 4 + 16 bytes
+
+
+def pack_q8_0(p: Packed) -> np.ndarray:
+    d, z = _block_params(p)
+    out, k = p.shape
+    qs = (p.codes().view(out, k // QK, QK) - z.unsqueeze(-1)).to(torch.int8).numpy().view(np.uint8)
+    blocks = np.concatenate([_f16_bytes(d.unsqueeze(-1)), qs], axis=-1)       # 2 + 32 bytes
+    return blocks.reshape(out, -1)
+
+
+def _fit_q4_0(p: Packed) -> Optional[str]:
+    if p.bits != 4 or not p.sym:
+        return "needs int4 symmetric codes (W = (q - 8) * d)"
+    return None
+
+
+def _fit_q4_1(p: Packed) -> Optional[str]:
+    return None if p.bits == 4 else "needs int4 codes (W = q * d + m)"
+
+
+def _fit_q8_0(p: Packed) -> Optional[str]:
+    if p.bits == 8 and not p.sym and bool((p.zeros != 0).any()):
+        return "needs int8 symmetric codes (W = q * d); int8 with zero points does not fit in 8 bits"
+    return None
+
+
+@dataclass(frozen=True)
+class GGUFType:
+    name: str
+    ggml: str                                   # gguf.GGMLQuantizationType member
+    file_type: str                              # gguf.LlamaFileType member
+    pack: Optional[Callable] = None             # Packed -> bytes [out, row_bytes]; None: float type
+    fits: Optional[Callable] = None             # Packed -> None or the reason it does not fit
+
+
+TYPES = {t.name: t for t in (
+    GGUFType("q4_0", "Q4_0", "MOSTLY_Q4_0", pack_q4_0, _fit_q4_0),
+    GGUFType("q4_1", "Q4_1", "MOSTLY_Q4_1", pack_q4_1, _fit_q4_1),
+    GGUFType("q8_0", "Q8_0", "MOSTLY_Q8_0", pack_q8_0, _fit_q8_0),
+    GGUFType("f16", "F16", "MOSTLY_F16"),
+    GGUFType("f32", "F32", "ALL_F32"),
+)}
+FLOAT_TYPES = ("f32", "f16", "q8_0")   # for float matrices (q8_0: ggml's reference quantizer)
+
+
+def fitting_types(p: Packed) -> list[str]:
+    """The GGUF block types that hold `p` exactly (up to f16 scales)."""
+    if p.group_size % QK:
+        return []
+    return [t.name for t in TYPES.values() if t.pack is not None and t.fits(p) is None]
+
+
+def _type(name: str) -> GGUFType:
+    if name not in TYPES:
+        raise ExportError(f"export: unknown GGUF type {name!r}; supported: {', '.join(TYPES)}")
+    return TYPES[name]
+
+
+def _check_fit(t: GGUFType, p: Packed, name: str):
+    if p.group_size % QK:
+        why = f"its groups of {p.group_size} are not a multiple of the {QK}-weight block"
+    else:
+        why = t.fits(p)
+    if why:
+        fit = fitting_types(p)
+        raise ExportError(f"export: weight {name} is {p.describe()}, which does not fit GGUF {t.name} ({why}); "
+                          f"types that fit it: {', '.join(fit + ['f16', 'f32']) if fit else 'f16, f32 (dequantized)'}"
+                          f"; or re-quantize with quantize-weights{{bits=4,group=32,sym={'true' if t.name == 'q4_0' else 'false'}}}")
+
+
+# ---- tensors ------------------------------------------------------------------------------------
+def _llama_permute(x, n_head: int):
+    """convert_hf_to_gguf.py's LlamaModel.permute on the rows of x (tensor or Packed)."""
+    rows = x.shape[0]
+    idx = torch.arange(rows).view(n_head, 2, rows // n_head // 2).transpose(1, 2).reshape(rows)
+    return x.permute_rows(idx) if isinstance(x, Packed) else x[idx]
+
+
+def _tensor_data(gguf, w, hf_name: str, t: GGUFType, float_type: str):
+    """(numpy array, raw ggml type or None) for one tensor."""
+    Q = gguf.GGMLQuantizationType
+    if isinstance(w, Packed):
+        if t.pack is None:   # a float GGUF: dequantized
+            return _float_data(gguf, w.dequantize(), t.name)
+        _check_fit(t, w, hf_name)
+        return t.pack(w), getattr(Q, t.ggml)
+    if w.dim() == 1:
+        return w.float().numpy(), None
+    return _float_data(gguf, w, t.name if t.pack is None else float_type)
+
+
+def _float_data(gguf, w: torch.Tensor, type_name: str):
+    if type_name == "f32":
+        return w.float().contiguous().numpy(), None
+    if type_name == "f16":
+        return w.to(torch.float16).contiguous().numpy(), None
+    if type_name == "q8_0":
+        return gguf.quants.quantize(w.float().contiguous().numpy(), gguf.GGMLQuantizationType.Q8_0), \
+            gguf.GGMLQuantizationType.Q8_0
+    raise ExportError(f"export: float_type {type_name!r} is not supported; use one of {', '.join(FLOAT_TYPES)}")
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
+
+
+def _copy_metadata(gguf, writer, reader):
+    for key, field in reader.fields.items():
+        if key.startswith(SKIP_KEYS):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub)
+
+
+def _config_metadata(gguf, writer, cfg, src: Source):
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
+                          f"export from a GGUF source, or a model with default rope")
+    writer.add_name(getattr(cfg, "_name_or_path", "") or src.directory.name)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or heads)
+    writer.add_rope_freq_base(float(theta))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    if (src.directory / "tokenizer.json").is_file() or (src.directory / "vocab.json").is_file():
+        _hf_tokenizer(gguf, writer, src.directory)
+
+
+def _hf_tokenizer(gguf, writer, directory: Path):
+    try:
+        vocab = gguf.vocab.BpeVocab(directory)
+    except FileNotFoundError:
+        raise ExportError(f"export: {directory}'s tokenizer is not a GPT-2 style BPE; only those are carried "
+                          f"into GGUF from a Hugging Face source (export from a GGUF source instead)") from None
+    tokens, types = [], []
+    for text, _, ttype in vocab.all_tokens():
+        tokens.append(text if isinstance(text, str) else text.decode("utf-8"))
+        types.append(ttype)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    gguf.vocab.SpecialVocab(directory, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+
+
+# ---- entry point --------------------------------------------------------------------------------
+def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "q8_0") -> Path:
+    """Write `model` (CompiledModel, artifact path or ir.Graph) as a GGUF file for llama.cpp.
+
+    type:       q4_0 | q4_1 | q8_0 (the quantized weights' block type; each must fit, see the module
+                docstring) or f16 | f32 (every weight dequantized to that float type).
+    source:     zoo name, GGUF file or Hugging Face directory the metadata and tokenizer come from.
+    float_type: f32 | f16 | q8_0 for 2-D float weights slimgraph did not quantize (with a quantized
+                `type`); q8_0 is what llama.cpp's own quantizer gives a tied embedding of this width.
+    Raises ExportError naming the weight and the types that fit it. Returns the path written."""
+    gguf = _gguf()
+    t = _type(type)
+    if float_type not in FLOAT_TYPES:
+        raise ExportError(f"export: float_type {float_type!r} is not supported; use one of {', '.join(FLOAT_TYPES)}")
+    src = Source.of(source)
+    reader = gguf.GGUFReader(str(src.gguf_path)) if src.gguf_path else None
+    hp = _hparams(reader) if reader is not None else _config_hparams(src.config)
+    arch_name = ARCHS.get(hp["model_type"])
+    if arch_name is None:
+        raise ExportError(f"export: GGUF export supports model types {', '.join(ARCHS)}; source {src} is "
+                          f"{hp['model_type']!r}")
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    weights = model_weights(model)
+    names = gguf.get_tensor_name_map(arch, hp["layers"])
+    plan = _plan(weights, names, hp["tied"], reader)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch_name)
+    try:
+        if reader is not None:
+            _copy_metadata(gguf, writer, reader)
+        else:
+            _config_metadata(gguf, writer, src.config, src)
+        writer.add_file_type(getattr(gguf.LlamaFileType, t.file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        heads, kv_heads = hp["heads"], hp["kv_heads"]
+        for gguf_name, hf_name, tied in plan:
+            w = find(weights, hf_name, tied)
+            if arch_name in PERMUTED and ".attn_q." in gguf_name:
+                w = _llama_permute(w, heads)
+            elif arch_name in PERMUTED and ".attn_k." in gguf_name:
+                w = _llama_permute(w, kv_heads)
+            data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
+            writer.add_tensor(gguf_name, data, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _hparams(reader) -> dict:
+    """What the export needs to know of the architecture, from a source GGUF's metadata."""
+    f = reader.fields
+    arch = f["general.architecture"].contents()
+    heads = f[f"{arch}.attention.head_count"].contents()
+    kv = f.get(f"{arch}.attention.head_count_kv")
+    return {"model_type": arch, "layers": f[f"{arch}.block_count"].contents(), "heads": heads,
+            "kv_heads": kv.contents() if kv is not None else heads,
+            "tied": "output.weight" not in {t.name for t in reader.tensors}}
+
+
+def _config_hparams(cfg) -> dict:
+    heads = cfg.num_attention_heads
+    return {"model_type": cfg.model_type, "layers": cfg.num_hidden_layers, "heads": heads,
+            "kv_heads": getattr(cfg, "num_key_value_heads", None) or heads,
+            "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
+
+
+def _plan(weights, names, tied: bool, reader) -> list[tuple[str, str, Optional[str]]]:
+    """(gguf name, parameter name, tied twin) for each tensor to write, in the source GGUF's order."""
+    hf_of = {}
+    for hf_name in weights:
+        g = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if g is not None:
+            hf_of.setdefault(g, hf_name)
+    if reader is not None:
+        wanted = [t.name for t in reader.tensors]
+    else:
+        wanted = ["token_embd.weight"] + [g for g in hf_of if g not in ("token_embd.weight", "output.weight")]
+        if not tied:
+            wanted.append("output.weight")
+    plan = []
+    for g in wanted:
+        hf_name = hf_of.get(g) or _guess_hf_name(g)
+        twin = {"output.weight": "model.embed_tokens.weight",
+                "token_embd.weight": "lm_head.weight" if tied else None}.get(g)
+        plan.append((g, hf_name, twin))
+    return plan
+
+
+def _guess_hf_name(gguf_name: str) -> str:
+    fixed = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+    return fixed.get(gguf_name, gguf_name)
