@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.utils._pytree as pytree
+from .lazy import LazyModule
+
+torch = LazyModule("torch")
+pytree = LazyModule("torch.utils._pytree")
 
 
-class GuardError(ValueError):
+class GuardError(TypeError):   # a call the compiled model was not compiled for (as SignatureError)
     """A call differs from what the compiled model specialized on."""
 
 

@@ -22,18 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class _Lazy:
-    """A module imported on first attribute use: `slimgraph inspect` reads a report (compiled.py
-    imports this module) without paying for `import torch`."""
-    def __init__(self, name: str):
-        self._name = name
+from .lazy import LazyModule
 
-    def __getattr__(self, attr):
-        return getattr(importlib.import_module(self._name), attr)
-
-
-torch = _Lazy("torch")
-pytree = _Lazy("torch.utils._pytree")
+torch = LazyModule("torch")
+pytree = LazyModule("torch.utils._pytree")
 
 from .guards import Guards, leaf_names
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import slimgraph
+from slimgraph.guards import GuardError
 from slimgraph import ir
 from slimgraph.ir.types import TensorType
 from slimgraph.signature import InputCheck, SignatureError
@@ -22,7 +23,9 @@ def test_static_dims_specialized_from_the_example_are_refused():
     assert str(fast.graph.inputs[0].type) == "f32[4,16]"
     x = torch.randn(4, 16)
     torch.testing.assert_close(fast(x), model(x))                     # the compiled shape runs
-    for call in (fast, fast.run):
+    with pytest.raises(GuardError, match=r"argument 'input' dim 0 was compiled for size 4 .*got shape \(8, 16\)"):
+        fast(torch.randn(8, 16))                                      # the call: the export's guards say it first
+    for call in (fast.run,):                                          # graph inputs: the signature check
         with pytest.raises(SignatureError, match=r"input %\w+ \(#1 of 1\) expects f32\[4,16\], got f32\[8,16\]: "
                                                  r"dim 0 must be 4"):
             call(torch.randn(8, 16))                                  # ran silently before
@@ -67,4 +70,6 @@ def test_reloaded_artifact_checks_too(tmp_path):
     fast.save(tmp_path / "m.sg")
     again = slimgraph.load(tmp_path / "m.sg")
     with pytest.raises(SignatureError, match=r"expects f32\[4,16\], got f32\[8,16\]"):
+        again.run(torch.randn(8, 16))
+    with pytest.raises(GuardError, match=r"compiled for size 4"):
         again(torch.randn(8, 16))
