@@ -67,7 +67,9 @@ def test_quantize_smollm2(tmp_path):
     assert 1 < change < 60                      # int4 RTN g64 costs SmolLM2 ~+30% (benchmarks/RESULTS.md)
     assert "decode: transformers eager fp32" in out
     size = float(re.search(r"(\d+) MiB \(load it", out).group(1))
-    assert size < 120                           # fp32 is 513 MiB; int4 linears + int8 head ~ 90 MiB
+    # fp32 is 513 MiB; int4 linears + int8 head: 86 MiB of stored weights + 57 MiB of the torch target's packed
+    # int4 kernel buffers (artifact format 2 stores build products so that load runs no codegen): ~143 MiB
+    assert size < 0.3 * 513
     import torch
     import slimgraph
     ids = slimgraph.load(tmp_path / "q.sg").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, eos_token_id=None)
