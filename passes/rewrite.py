@@ -245,7 +245,8 @@ def apply_rules(graph, rules: RuleSet | Iterable, name: str = "rewrite", max_rew
             for v in new_vals:
                 for u in v.users:
                     push(u)
-            erased += erase_dead(graph, node)
+            # a value that lost a use may now match a rule that wants a single user: revisit its users
+            erased += erase_dead(graph, node, lambda v: [push(u) for u in v.users])
             break
     if erased:
         counts["erased"] = erased
@@ -279,17 +280,21 @@ class _StderrTrace(list):
         print(event, file=sys.stderr)
 
 
-def erase_dead(graph, node) -> int:
-    """Erase `node` if it is pure and unused, then its producers that become dead; returns the count."""
+def erase_dead(graph, node, on_erased_input=None) -> int:
+    """Erase `node` if it is pure and unused, then its producers that become dead; returns the count.
+    `on_erased_input(v)` is called for each input of an erased node, after the erase (v lost a use)."""
     n, stack = 0, [node]
     while stack:
         cur = stack.pop()
         if cur.graph is not graph or not _is_dead(graph, cur):
             continue
-        producers = [v.producer for v in cur.inputs if v.producer is not None]
+        inputs = list(cur.inputs)
         graph.erase(cur)
         n += 1
-        stack.extend(producers)
+        stack.extend(v.producer for v in inputs if v.producer is not None)
+        if on_erased_input is not None:
+            for v in inputs:
+                on_erased_input(v)
     return n
 
 
