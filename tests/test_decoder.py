@@ -7,15 +7,10 @@ import slimgraph
 from slimgraph.decoder import DecoderError
 
 transformers = pytest.importorskip("transformers")
+from tiny_lm import tiny_llama  # noqa: E402
 TOL = 1e-5
 
 
-def tiny_llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module", params=["torch", "reference", "onnx"])
