@@ -45,6 +45,7 @@ LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
     "triton-expr": ["slimgraph.codegen.triton.elementwise"],
+    "triton": ["slimgraph.codegen.triton.generators"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

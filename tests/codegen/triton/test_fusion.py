@@ -169,3 +169,13 @@ def test_artifact_loads_the_stored_kernels_in_a_fresh_process_without_codegen(tm
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), compiled(x), rtol=0, atol=0)
+
+
+def test_generator_ops_make_their_tensors_on_the_targets_device(monkeypatch):
+    """arange/full/... run at call time (symbolic sizes): on a GPU they must not make CPU tensors."""
+    from slimgraph.codegen.lowering import get_lowering
+    from slimgraph.codegen.triton import cuda
+    monkeypatch.setattr(cuda, "device", lambda: "meta")
+    got = get_lowering("triton", "arange").fn(start=0, end=5, step=1, dtype="i64")
+    assert got.device.type == "meta" and got.shape == (5,)
+    assert get_lowering("triton", "full").fn(shape=[2, 3], value=1.0, dtype="f32").device.type == "meta"
