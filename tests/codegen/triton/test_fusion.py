@@ -179,3 +179,13 @@ def test_generator_ops_make_their_tensors_on_the_targets_device(monkeypatch):
     got = get_lowering("triton", "arange").fn(start=0, end=5, step=1, dtype="i64")
     assert got.device.type == "meta" and got.shape == (5,)
     assert get_lowering("triton", "full").fn(shape=[2, 3], value=1.0, dtype="f32").device.type == "meta"
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_in_smoke_mode_and_the_cuda_target_is_token_identical_to_transformers():
+    """benchmarks/bench_cuda.py must work the day a GPU shows up: here its --smoke mode (Triton's interpreter)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_cuda.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "| slimgraph cuda int4 |" in out.stdout and "(token-identical)" in out.stdout
