@@ -103,6 +103,12 @@ class FlatCacheLM(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         from transformers import DynamicCache
+        if getattr(self.model.config, "_attn_implementation", "sdpa") != "sdpa":
+            # HF's eager (and other non-SDPA) attention adds a 4-D mask to the scores as it is: a bool mask
+            # would add 1/0 and mask nothing. Give those the additive form HF itself builds (0 / dtype min).
+            dtype = self.model.dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device) \
+                .masked_fill(~attention_mask, torch.finfo(dtype).min)
         cache = DynamicCache(config=self.model.config)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
