@@ -20,6 +20,8 @@ Recognition (the chains torch.export produces):
     matmul(softmax(matmul(q, k^T) * c [+ m], -1), v)        -> attention(q, k, v, m){scale=c}
         the "eager" spelling (HF eager_attention_forward, GPT-2, BERT): the scale as mul or div on the
         scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax
+    attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
+        the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py)
     attention(q, k, v, key_pos <= query_pos)                  -> attention{causal}(q, k, v)
         when the mask compares aranges of key and query positions whose offset is kv_len - q_len
         (the causal mask HF builds from cache positions); kernels then skip building the mask.
@@ -317,8 +319,46 @@ def _attention_eager(g, root):
     return g.op("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale)
 
 
+def _window_of(keep, lq, lk):
+    """w when bool `keep` [.., lq, lk] holds key index > query index - (w + 1) (HF's sliding-window overlay,
+    queries at lk - lq + arange(lq), keys at arange(lk)), i.e. `attention{window=w}`'s band; else None."""
+    node = keep.producer
+    if node is None or node.op not in ("gt", "lt", "ge", "le"):
+        return None
+    key, qexpr = node.inputs if node.op in ("gt", "ge") else node.inputs[::-1]
+    qn, shift = qexpr.producer, None
+    if qn is not None and qn.op in ("sub", "add"):
+        c = const_value(qn.inputs[1])
+        if isinstance(c, int) and not isinstance(c, bool):
+            qexpr, shift = qn.inputs[0], (c if qn.op == "sub" else -c)
+    if shift is None:
+        return None
+    kp, qp = _positions(key), _positions(qexpr)
+    if kp is None or qp is None or not _along(key, -1, kp[1]) or not _along(qexpr, -2, qp[1]):
+        return None
+    if not (symbolic.equal(kp[1], lk) and symbolic.equal(qp[1], lq)
+            and symbolic.equal(symbolic.add(qp[0], f"-({kp[0]})"), symbolic.add(lk, f"-({lq})"))):
+        return None
+    window = shift - 1 if node.op in ("gt", "lt") else shift   # strict: q - k < shift
+    return window if window > 0 else None
+
+
+def _attention_window(g, root):
+    q, k, v, *mask = root.inputs
+    if not mask or root.attrs.get("window") or mask[0].producer is None or \
+            mask[0].producer.op not in ("bitwise_and", "logical_and") or mask[0].type.dtype != "bool":
+        return None
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
+    for other, keep in (mask[0].producer.inputs, mask[0].producer.inputs[::-1]):
+        window = _window_of(keep, lq, lk)
+        if window is not None and other.type.dtype == "bool" and other.type.shape == mask[0].type.shape:
+            return g.op("attention", q, k, v, other, **{**root.attrs, "window": window, "sinks": 0})
+    return None
+
+
 recognize = RuleSet([
     (P("matmul", any_inputs=True), _attention_eager, "attention-eager"),
+    (P("attention", any_inputs=True), _attention_window, "attention-window-mask"),
     (P("attention", any_inputs=True), _attention_gqa, "attention-gqa"),
     (P("attention", any_inputs=True), _attention_causal, "attention-causal-mask"),
     (_RMS_CORE, _rms_core),

@@ -59,3 +59,42 @@ def test_every_attention_spelling_becomes_one_attention_op_and_matches_transform
         nxt = torch.tensor([[5]])
         want_step = model(torch.cat((ids, nxt), 1)).logits[:, -1:]
         torch.testing.assert_close(dec.step(nxt)["logits"], want_step, rtol=1e-4, atol=1e-4)
+
+
+def windowed(arch, impl):
+    t = transformers
+    cfg, cls = {
+        "mistral": (lambda: t.MistralConfig(num_key_value_heads=2, sliding_window=8, **COMMON), t.MistralForCausalLM),
+        "gemma3": (lambda: t.Gemma3TextConfig(num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                               layer_types=["sliding_attention", "full_attention"], **COMMON),
+                   t.Gemma3ForCausalLM),
+        "qwen2": (lambda: t.Qwen2Config(num_key_value_heads=2, sliding_window=8, use_sliding_window=True,
+                                        max_window_layers=1, **COMMON), t.Qwen2ForCausalLM),
+    }[arch]
+    config = cfg()
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("arch,impl", [("mistral", "sdpa"), ("mistral", "eager"), ("qwen2", "sdpa"),
+                                       pytest.param("gemma3", "sdpa", marks=pytest.mark.slow),
+                                       pytest.param("gemma3", "eager", marks=pytest.mark.slow)])
+def test_sliding_window_models_decode_like_transformers_past_their_window(arch, impl):
+    """A window of 8 and 30 generated tokens: the windowed layers must drop old keys exactly as HF does
+    (their cache grows here; the window is in the mask, then in `attention{window=7}`)."""
+    model = windowed(arch, impl)
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = slimgraph.optimize(model, (ids,), target="torch")
+    if impl == "sdpa":   # the band is recognized as the op's window on the sliding layers only
+        windows = sorted(n.attrs["window"] for n in fast.graph.nodes if n.op == "attention")
+        assert windows == ([7, 7] if arch == "mistral" else [0, 7]), windows
+    got = fast.generate(ids, max_new_tokens=30, eos_token_id=None)
+    want = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert got.tolist() == want.tolist()
+    long = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(fast.decoder(batch=2).prefill(long)["logits"], model(long).logits,
+                                   rtol=1e-4, atol=1e-4)

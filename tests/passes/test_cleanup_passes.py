@@ -425,3 +425,35 @@ def test_canonicalize_recognizes_eager_attention_with_its_scale_and_additive_mas
         CHECK: softmax(%s) {dim=2}
     """)
     assert rep[0].stats["attention-eager"] == 2
+
+
+WINDOW = """
+graph @main(%q: f32[b,4,seq,8], %k: f32[b,4,past+seq,8], %v: f32[b,4,past+seq,8], %m: bool[b,1,seq,past+seq], %past_key: f32[b,4,past,8]) {
+  %qa: i64[seq] = arange() {end="seq"}
+  %p: i64[] = dim_value() {expr="past"}
+  %qpos: i64[seq] = add(%qa, %p)
+  %ka: i64[past+seq] = arange() {end="past+seq"}
+  %k1: i64[1,past+seq] = unsqueeze(%ka) {dim=0}
+  %q1: i64[seq,1] = unsqueeze(%qpos) {dim=1}
+  %w: i64[] = constant() {value=4, dtype="i64"}
+  %lo: i64[seq,1] = sub(%q1, %w)
+  %band: bool[seq,past+seq] = gt(%k1, %lo)
+  %both: bool[b,1,seq,past+seq] = bitwise_and(%m, %band)
+  %a: f32[b,4,seq,8] = attention(%q, %k, %v, %both) {scale=0.125}
+  %qlate: i64[seq,1] = add(%q1, %w)
+  %off: bool[seq,past+seq] = gt(%k1, %qlate)
+  %both2: bool[b,1,seq,past+seq] = bitwise_and(%m, %off)
+  %a2: f32[b,4,seq,8] = attention(%q, %k, %v, %both2) {scale=0.125}
+  return %a, %a2
+}"""
+
+
+def test_canonicalize_turns_a_sliding_window_band_into_the_attention_window():
+    # key index > query index - 4 (HF's overlay for sliding_window=4) is attention{window=3}; a band
+    # that is not below the query (key > query + 4) keeps its mask
+    g, rep = run_passes(WINDOW, "canonicalize,dce", sizes={"past": 6, "seq": 3})
+    filecheck(str(g), """
+        CHECK: attention(%q, %k, %v, %m) {scale=0.125, window=3}
+        CHECK: attention(%q, %k, %v, %both2) {scale=0.125}
+    """)
+    assert rep[0].stats["attention-window-mask"] == 1
