@@ -63,12 +63,27 @@ def kv_layout(config, dtype: torch.dtype = torch.float32, generation_config=None
                     _eos_ids(generation_config))
 
 
+def _convention_error(model, e: Exception):
+    from .torch_export import ConversionError
+    return ConversionError(
+        f"{type(model).__name__}: exporting it as a causal LM failed: {type(e).__name__}: {e}\n"
+        "slimgraph calls a causal LM with input_ids, position_ids, a 4-D bool attention_mask [batch, 1, seq, "
+        "past + seq] and a flat KV cache; models that derive their attention bias from a 2-D mask (ALiBi: "
+        "Bloom, MPT, Falcon with alibi=True) do not accept that yet. Such a model can still be compiled "
+        "without its cache: slimgraph.frontends.torch_export.import_module(model, (input_ids,))")
+
+
 def _checked_layout(model, kv: KVLayout) -> KVLayout:
     """The config's KV layout, corrected by the cache one eager token writes (Falcon's multi_query
     and other configs spell the KV head count their own way)."""
-    with torch.no_grad():
-        one = torch.zeros(1, 1, dtype=torch.long)
-        presents = FlatCacheLM(model)(one, one, torch.ones(1, 1, 1, 1, dtype=torch.bool))[1:]
+    try:
+        with torch.no_grad():
+            one = torch.zeros(1, 1, dtype=torch.long)
+            presents = FlatCacheLM(model)(one, one, torch.ones(1, 1, 1, 1, dtype=torch.bool))[1:]
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's forward rejects the causal-LM convention
+        raise _convention_error(model, e) from e
     if presents and presents[0].dim() == 4:
         import dataclasses
         kv = dataclasses.replace(kv, num_layers=len(presents) // 2, num_kv_heads=presents[0].shape[1],
@@ -185,10 +200,16 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     mask_dims = {2: seq_dim, 3: Dim.AUTO} | ({0: ids_dims[0]} if dynamic_batch else {})  # 3: past + seq
     names = [f"past_{kind}_{i}" for i in range(kv.num_layers) for kind in ("key", "value")]
     out_names = ["logits"] + [n.replace("past_", "present_") for n in names]
-    imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
-                        dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
-                        input_names=["input_ids", "position_ids", "attention_mask", *names],
-                        output_names=out_names, strip_prefix="model.")
+    from .torch_export import ConversionError
+    try:
+        imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
+                            dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
+                            input_names=["input_ids", "position_ids", "attention_mask", *names],
+                            output_names=out_names, strip_prefix="model.")
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's own forward or torch.export failed on the convention
+        raise _convention_error(model, e) from e
     declare_kv_states(imp.graph, kv.num_layers)
     return imp, kv
 

@@ -312,7 +312,9 @@ def _attention_eager(g, root):
         return "the key operand is not a transpose"
     if not (symbolic.equal(kt.type.shape[-1], v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], kt.type.shape[-2])):
         return "k and v lengths or q and k dims differ"
-    if q.type.dtype != root.output.type.dtype or not symbolic.equal(q.type.shape[-3], v.type.shape[-3]):
+    hq, hk, hv = q.type.shape[-3], kt.type.shape[-3], v.type.shape[-3]
+    if q.type.dtype != root.output.type.dtype or not symbolic.equal(hk, hv) or \
+            not (symbolic.equal(hq, hv) or hv == 1):   # k/v heads broadcast over q's: multi-query = GQA
         return "dtype or head count changes between q and the output"
     k = _transposed(g, kt)
     scale = factor * q_factor

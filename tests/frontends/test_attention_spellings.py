@@ -23,6 +23,8 @@ def build(arch, impl):
                    t.Gemma3ForCausalLM),
         "gpt2": (lambda: t.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, bos_token_id=0,
                                       eos_token_id=0), t.GPT2LMHeadModel),
+        "falcon": (lambda: t.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256),
+                   t.FalconForCausalLM),   # multi-query: k/v broadcast over the heads in the eager matmul
         "bert": (lambda: t.BertConfig(**COMMON), t.BertModel),
     }[arch]
     config = cfg()
@@ -31,7 +33,7 @@ def build(arch, impl):
     return cls(config).eval()
 
 
-CASES = [(a, i) for a in ("llama", "qwen2", "mistral", "gemma3", "gpt2", "bert") for i in ("sdpa", "eager")]
+CASES = [(a, i) for a in ("llama", "qwen2", "mistral", "gemma3", "gpt2", "falcon", "bert") for i in ("sdpa", "eager")]
 
 
 @pytest.mark.parametrize("arch,impl", [pytest.param(a, i, marks=pytest.mark.slow) if a == "gemma3" else (a, i)
@@ -98,3 +100,11 @@ def test_sliding_window_models_decode_like_transformers_past_their_window(arch, 
     with torch.no_grad():
         torch.testing.assert_close(fast.decoder(batch=2).prefill(long)["logits"], model(long).logits,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_an_alibi_model_is_a_clear_error_naming_the_convention():
+    from slimgraph.frontends.torch_export import ConversionError
+    config = transformers.FalconConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=256,
+                                       alibi=True)
+    with pytest.raises(ConversionError, match="(?s)FalconForCausalLM: exporting it as a causal LM failed.*ALiBi"):
+        slimgraph.optimize(transformers.FalconForCausalLM(config).eval(), (torch.zeros(1, 4, dtype=torch.long),))
