@@ -44,6 +44,8 @@ class Lowering:
 LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
+    "triton": ["slimgraph.codegen.triton.kernels.qlinear", "slimgraph.codegen.triton.kernels.norms",
+               "slimgraph.codegen.triton.kernels.rope", "slimgraph.codegen.triton.kernels.attention"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

@@ -79,3 +79,14 @@ def num_sms(device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """Whether tl.dot operands of `dtype` are cast to f32 first: only bf16 under the interpreter, whose
+    bf16 tl.dot returns garbage (triton 3.9: errors ~1e10 on a 16x16 product of randn values)."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input_precision: "ieee" for f32 operands (no TF32 rounding: the reference is exact f32)."""
+    return "ieee" if dtype == torch.float32 or upcast_dot(dtype) else "tf32"

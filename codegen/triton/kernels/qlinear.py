@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from ....ir import quant_format as Q
 from ...lowering import lowering
 from ...torch_kernels import SlowPath
-from ._common import FLOATS, fallback, import_triton, next_pow2, num_sms, runnable, warn_once
+from ._common import (FLOATS, dot_precision, fallback, import_triton, next_pow2, num_sms, runnable, upcast_dot,
+                      warn_once)
 
 triton, tl = import_triton()
 
@@ -155,7 +156,7 @@ def _qgemv_kernel(x_ptr, w_ptr, t_ptr, p_ptr, M, N, K, GSIZE, CPS, stride_xm,
 @triton.jit
 def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, stride_xm, stride_ym,
                   BITS: tl.constexpr, H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -188,8 +189,12 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, stride_xm, 
             * tl.load(t_ptr + g_lo, mask=ml, other=0.0).to(tl.float32)
         w_hi = (q_hi - tl.load(t_ptr + g_hi + N, mask=mh, other=0.0).to(tl.float32)) \
             * tl.load(t_ptr + g_hi, mask=mh, other=0.0).to(tl.float32)
-        acc = tl.dot(x_lo, w_lo.to(x_lo.dtype), acc, input_precision=PRECISION)
-        acc = tl.dot(x_hi, w_hi.to(x_hi.dtype), acc, input_precision=PRECISION)
+        if UPCAST:
+            acc = tl.dot(x_lo.to(tl.float32), w_lo.to(x_lo.dtype).to(tl.float32), acc, input_precision=PRECISION)
+            acc = tl.dot(x_hi.to(tl.float32), w_hi.to(x_hi.dtype).to(tl.float32), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(x_lo, w_lo.to(x_lo.dtype), acc, input_precision=PRECISION)
+            acc = tl.dot(x_hi, w_hi.to(x_hi.dtype), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -228,7 +233,7 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
     _qgemm_kernel[grid](x2, packed, table, bias if bias is not None else table, y, m, n, k, gsize,
                         x2.stride(0), y.stride(0), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n,
                         HAS_BIAS=bias is not None,
-                        PRECISION="ieee" if x2.dtype == torch.float32 else "tf32")
+                        PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype))
     return y
 
 
