@@ -20,7 +20,8 @@ Paths (chosen per call from M = rows of x):
   tiles in registers and reduces with tl.sum; split-K writes f32 partials [splits, M, N] that a second
   pass (a torch sum: deterministic, no atomics) adds, with the bias. When a group spans whole chunks
   the scale factors out: acc += s * (sum_k x_k q_k - z * sum_k x_k).
-- GEMM, larger M (prefill): grid (M blocks, N blocks); each chunk is two tl.dot of x [BLOCK_M, 32]
+- GEMM, larger M (prefill): grid (M blocks, N blocks, K splits; split-K only while M x N blocks are
+  fewer than 2 per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of x [BLOCK_M, 32]
   with dequantized w [32, BLOCK_N] tiles cast to x's dtype (as the reference casts the weight), f32
   accumulation; f32 inputs use input_precision="ieee" (no TF32). Block sizes: BLOCK_M = next power
   of two of M in [16, 64], BLOCK_N = 64 (no autotune yet).
@@ -154,18 +155,19 @@ def _qgemv_kernel(x_ptr, w_ptr, t_ptr, p_ptr, M, N, K, GSIZE, CPS, stride_xm,
 
 
 @triton.jit
-def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, stride_xm, stride_ym,
+def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride_xm, stride_ym,
                   BITS: tl.constexpr, H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = offs_m < M
     nmask = offs_n < N
     offs_i = tl.arange(0, H)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for c in range(0, tl.cdiv(K, 2 * H)):
+    for c in range(pid_s * CPS, tl.minimum(pid_s * CPS + CPS, tl.cdiv(K, 2 * H))):
         k_lo = c * 2 * H + offs_i
         k_hi = k_lo + H
         lo_ok = k_lo < K
@@ -195,14 +197,18 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, stride_xm, 
         else:
             acc = tl.dot(x_lo, w_lo.to(x_lo.dtype), acc, input_precision=PRECISION)
             acc = tl.dot(x_hi, w_hi.to(x_hi.dtype), acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mmask[:, None] & nmask[None, :])
+    if PARTIAL:   # split-K: f32 partials [splits, M, N], added (with the bias) by the caller
+        tl.store(y_ptr + (pid_s * M + offs_m)[:, None] * N + offs_n[None, :], acc,
+                 mask=mmask[:, None] & nmask[None, :])
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & nmask[None, :])
 
 
-def gemv_split(n_chunks: int, n_blocks: int, device) -> tuple[int, int]:
-    """(splits, chunks per split) for the GEMV: about 2 programs per SM over N blocks x K splits."""
+def split_k(n_chunks: int, n_blocks: int, device) -> tuple[int, int]:
+    """(splits, chunks per split): about 2 programs per SM over (M x N blocks) x K splits."""
     want = max(1, min(n_chunks, (2 * num_sms(device)) // max(1, n_blocks)))
     cps = -(-n_chunks // want)
     return -(-n_chunks // cps), cps
@@ -217,7 +223,7 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
     if path == "gemv":
         n_chunks = -(-k // CHUNK)
         n_blocks = triton.cdiv(n, GEMV_BLOCK_N)
-        splits, cps = gemv_split(n_chunks, n_blocks, x2.device)
+        splits, cps = split_k(n_chunks, n_blocks, x2.device)
         part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
         _qgemv_kernel[(n_blocks, splits, m)](x2, packed, table, part, m, n, k, gsize, cps, x2.stride(0),
                                              BITS=bits, H=HALF, BLOCK_N=GEMV_BLOCK_N,
@@ -226,14 +232,23 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
         if bias is not None:
             y = y + bias.float()
         return y.to(x2.dtype)
-    y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     block_m = min(64, max(16, next_pow2(m)))
     block_n = 64
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _qgemm_kernel[grid](x2, packed, table, bias if bias is not None else table, y, m, n, k, gsize,
-                        x2.stride(0), y.stride(0), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n,
-                        HAS_BIAS=bias is not None,
-                        PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype))
+    grid_mn = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    splits, cps = split_k(-(-k // CHUNK), grid_mn[0] * grid_mn[1], x2.device)
+    if splits > 1:
+        y = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
+    else:
+        y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    _qgemm_kernel[(*grid_mn, splits)](x2, packed, table, bias if bias is not None else table, y, m, n, k, gsize,
+                                      cps, x2.stride(0), y.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m,
+                                      BLOCK_N=block_n, HAS_BIAS=bias is not None, PARTIAL=splits > 1,
+                                      PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype))
+    if splits > 1:
+        y = y.sum(0)
+        if bias is not None:
+            y = y + bias.float()
+        y = y.to(x2.dtype)
     return y
 
 

@@ -13,7 +13,13 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope="session")
 def device():
     """Where the kernels run: cuda when available, else cpu under the interpreter."""
-    pytest.importorskip("triton", reason="triton is not installed (make setup installs it)")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        msg = "triton is not installed (make setup installs it: pip install --no-deps triton==3.9.0)"
+        if os.environ.get("CI"):   # CI runs make setup: a missing triton is a failure there, not a skip
+            pytest.fail(msg)
+        pytest.skip(msg)
     from slimgraph.codegen.triton.kernels import _common
     if not torch.cuda.is_available() and not _common.INTERPRET:
         pytest.fail("the triton kernel modules were imported before TRITON_INTERPRET=1 was set: "

@@ -25,6 +25,7 @@ def _x(m, k, dtype, device, seed=1):
 CASES = [  # (M, N, K, group): K 96/160/200 are not multiples of the 64-wide chunk; N not of the 64 block
     (1, 40, 96, 32), (17, 40, 96, 32), (1, 72, 192, 64), (3, 72, 192, 64), (17, 24, 384, 128),
     (1, 64, 384, 128), (2, 40, 200, 0), (17, 40, 160, 32), (33, 8, 128, 16),
+    (20, 520, 96, 32),   # enough N blocks that the GEMM does not split K (under the interpreter's 4 "SMs")
 ]
 
 
@@ -53,10 +54,11 @@ def test_both_paths_at_any_m(device, close, path, m):
     close(y, REF(x.cpu(), qw, sc, zs, bits=4, group=64), torch.float32)
 
 
-def test_gemv_splits_k(device):
+def test_splits_k(device):
     from slimgraph.codegen.triton.kernels import qlinear as QL
-    splits, cps = QL.gemv_split(n_chunks=64, n_blocks=1, device=device)
+    splits, cps = QL.split_k(n_chunks=64, n_blocks=1, device=device)
     assert splits > 1 and splits * cps >= 64 and (splits - 1) * cps < 64
+    assert QL.split_k(n_chunks=64, n_blocks=10 ** 4, device=device) == (1, 64)   # enough programs: no split
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
