@@ -1,8 +1,8 @@
 """int4 g128 `qlinear` Triton GEMV/GEMM (codegen/triton/kernels/qlinear.py) vs the memory-bandwidth limit and
 cuBLAS bf16 F.linear (issue 19's must-show numbers).
 
-    python benchmarks/bench_triton.py            # on a GPU: (N, K) = (4096,4096), (11008,4096), (4096,11008), M=1 and 16
-    python benchmarks/bench_triton.py --smoke    # tiny shapes under the Triton interpreter (automatic without CUDA)
+    python benchmarks/bench_triton.py           # GPU: (N,K) = (4096,4096), (11008,4096), (4096,11008); M=1, 16
+    python benchmarks/bench_triton.py --smoke   # tiny shapes under the Triton interpreter (automatic without CUDA)
 
 Per row: our kernel's time (median of triton.testing.do_bench on a GPU; of a few perf_counter runs in
 smoke mode), the bytes it must move (packed weight + scale/zero table + x + y) over that time as GB/s, that

@@ -32,6 +32,8 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 def runnable(*tensors) -> str | None:
     """None if the kernels can run on these tensors here, else why not."""
+    if RECORD is not None:
+        return None
     devs = {t.device.type for t in tensors if t is not None}
     if len(devs) > 1:
         return f"inputs on several devices {sorted(devs)}"
@@ -90,3 +92,17 @@ def upcast_dot(dtype: torch.dtype) -> bool:
 def dot_precision(dtype: torch.dtype) -> str:
     """tl.dot input_precision: "ieee" for f32 operands (no TF32 rounding: the reference is exact f32)."""
     return "ieee" if dtype == torch.float32 or upcast_dot(dtype) else "tf32"
+
+
+RECORD: list | None = None
+"""When a list, `launch` appends (kernel, args, constexprs) instead of running, and every launcher takes its
+kernel path on any device: tests/codegen/triton/test_triton_compile.py uses it to compile each launched
+kernel variant for a GPU architecture on a machine without one (the launchers' results are then garbage)."""
+
+
+def launch(kernel, grid, *args, **constexprs):
+    """kernel[grid](*args, **constexprs), or a record of the call (see RECORD)."""
+    if RECORD is not None:
+        RECORD.append((kernel, args, constexprs))
+        return
+    kernel[grid](*args, **constexprs)

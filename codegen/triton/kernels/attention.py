@@ -31,8 +31,8 @@ import math
 import torch
 
 from ...lowering import lowering
-from ._common import (FLOATS, INTERPRET, dot_precision, fallback, import_triton, next_pow2, num_sms, runnable,
-                      upcast_dot)
+from ._common import (FLOATS, INTERPRET, dot_precision, fallback, import_triton, launch, next_pow2, num_sms,
+                      runnable, upcast_dot)
 
 triton, tl = import_triton()
 
@@ -164,7 +164,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, HK, GROUPS, Lq, 
         offs_j = tl.where(offs_p < SINK_HI, offs_p, offs_p - SINK_HI + LO)
         offs_j = tl.where(offs_p < EFF, offs_j, -1)
         s, v = _tile(q, k_base, v_base, m_base2, offs_m, offs_j, r_ok, off, Lk, scale, window, sinks,
-                     skn, skd, svn, svd, smm, smn, offs_d, offs_dv, D, DV, CAUSAL, HAS_WINDOW, MASK_KIND, PRECISION, UPCAST)
+                     skn, skd, svn, svd, smm, smn, offs_d, offs_dv, D, DV, CAUSAL, HAS_WINDOW, MASK_KIND, PRECISION,
+                     UPCAST)
         acc, l_i, m_i = _update(acc, l_i, m_i, s, v, PRECISION, UPCAST)
     base = pid_zk * SPLITS + split
     tl.store(acc_ptr + (base * BLOCK_R + rows)[:, None] * BLOCK_DV + offs_dv[None, :], acc)
@@ -237,7 +238,7 @@ def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0
         out = torch.empty(q4.shape[0], h, lq, dv, dtype=q.dtype, device=q.device)
         block_m, block_n = _blocks(q.device)
         grid = (triton.cdiv(lq, block_m), q4.shape[0] * h)
-        _prefill_kernel[grid](q4, k4, v4, m_arg, out, h, groups, lq, lk, d, dv, *common,
+        launch(_prefill_kernel, grid, q4, k4, v4, m_arg, out, h, groups, lq, lk, d, dv, *common,
                               *q4.stride(), *k4.stride(), *v4.stride(), *m_strides, *out.stride(),
                               BLOCK_M=block_m, BLOCK_N=block_n, **consts)
     return out.reshape(*lead, h, lq, dv)
@@ -266,10 +267,9 @@ def _decode(q4, k4, v4, m_arg, m_strides, groups, common, consts):
     bdv = consts["BLOCK_DV"]
     acc = torch.empty(z * hk, splits, block_r, bdv, dtype=torch.float32, device=q4.device)
     ml = torch.empty(z * hk, splits, 2, block_r, dtype=torch.float32, device=q4.device)
-    _decode_kernel[(z * hk, splits)](q4, k4, v4, m_arg, acc, ml, hk, groups, lq, lk, q4.shape[-1], dv, *common,
-                                     sink_hi, lo, eff, kps, splits,
-                                     *q4.stride(), *k4.stride(), *v4.stride(), *m_strides,
-                                     BLOCK_R=block_r, BLOCK_N=block_n, **consts)
+    launch(_decode_kernel, (z * hk, splits), q4, k4, v4, m_arg, acc, ml, hk, groups, lq, lk, q4.shape[-1], dv,
+           *common, sink_hi, lo, eff, kps, splits, *q4.stride(), *k4.stride(), *v4.stride(), *m_strides,
+           BLOCK_R=block_r, BLOCK_N=block_n, **consts)
     rows = groups * lq
     acc, m, l = acc[:, :, :rows, :dv], ml[:, :, 0, :rows], ml[:, :, 1, :rows]
     mx = m.amax(1, keepdim=True)

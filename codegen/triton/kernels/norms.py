@@ -21,7 +21,7 @@ import math
 import torch
 
 from ...lowering import lowering
-from ._common import FLOATS, fallback, import_triton, next_pow2, runnable
+from ._common import FLOATS, launch, fallback, import_triton, next_pow2, runnable
 
 triton, tl = import_triton()
 
@@ -82,7 +82,7 @@ def rms_norm(x, weight=None, *, eps):
     x2 = x.reshape(-1, d).contiguous()
     y = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
     w = weight.contiguous() if weight is not None else x2
-    _rms_norm_kernel[(x2.shape[0],)](x2, w, y, d, float(eps), HAS_W=weight is not None, BLOCK=next_pow2(d))
+    launch(_rms_norm_kernel, (x2.shape[0],), x2, w, y, d, float(eps), HAS_W=weight is not None, BLOCK=next_pow2(d))
     return y.reshape(x.shape)
 
 
@@ -99,6 +99,6 @@ def layer_norm(x, weight=None, bias=None, *, axes, eps):
     y = torch.empty_like(x2)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
-    _layer_norm_kernel[(x2.shape[0],)](x2, w, b, y, d, float(eps), HAS_W=weight is not None,
+    launch(_layer_norm_kernel, (x2.shape[0],), x2, w, b, y, d, float(eps), HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK=next_pow2(d))
     return y.reshape(x.shape)

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from ....ir import quant_format as Q
 from ...lowering import lowering
 from ...torch_kernels import SlowPath
-from ._common import (FLOATS, dot_precision, fallback, import_triton, next_pow2, num_sms, runnable, upcast_dot,
-                      warn_once)
+from ._common import (FLOATS, dot_precision, fallback, import_triton, launch, next_pow2, num_sms, runnable,
+                      upcast_dot, warn_once)
 
 triton, tl = import_triton()
 
@@ -225,7 +225,7 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
         n_blocks = triton.cdiv(n, GEMV_BLOCK_N)
         splits, cps = split_k(n_chunks, n_blocks, x2.device)
         part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
-        _qgemv_kernel[(n_blocks, splits, m)](x2, packed, table, part, m, n, k, gsize, cps, x2.stride(0),
+        launch(_qgemv_kernel, (n_blocks, splits, m), x2, packed, table, part, m, n, k, gsize, cps, x2.stride(0),
                                              BITS=bits, H=HALF, BLOCK_N=GEMV_BLOCK_N,
                                              UNIFORM=gsize % CHUNK == 0)
         y = part.sum(0) if splits > 1 else part[0]
@@ -240,10 +240,10 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
         y = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
     else:
         y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    _qgemm_kernel[(*grid_mn, splits)](x2, packed, table, bias if bias is not None else table, y, m, n, k, gsize,
-                                      cps, x2.stride(0), y.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m,
-                                      BLOCK_N=block_n, HAS_BIAS=bias is not None, PARTIAL=splits > 1,
-                                      PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype))
+    launch(_qgemm_kernel, (*grid_mn, splits), x2, packed, table, bias if bias is not None else table, y, m, n, k,
+           gsize, cps, x2.stride(0), y.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n,
+           HAS_BIAS=bias is not None, PARTIAL=splits > 1, PRECISION=dot_precision(x2.dtype),
+           UPCAST=upcast_dot(x2.dtype))
     if splits > 1:
         y = y.sum(0)
         if bias is not None:

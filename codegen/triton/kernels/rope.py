@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...lowering import lowering
-from ._common import FLOATS, fallback, import_triton, next_pow2, runnable
+from ._common import FLOATS, launch, fallback, import_triton, next_pow2, runnable
 
 triton, tl = import_triton()
 
@@ -74,5 +74,5 @@ def rope(x, cos, sin):
         strides += [0 if n == 1 else s for n, s in zip(v.shape, v.stride())]
     a, b, c = views[0].shape[:3]
     y = torch.empty(a, b, c, d, dtype=out_dtype, device=x.device)
-    _rope_kernel[(a * b * c,)](*views, y, b, c, d, *strides, BLOCK=next_pow2(d))
+    launch(_rope_kernel, (a * b * c,), *views, y, b, c, d, *strides, BLOCK=next_pow2(d))
     return y.reshape(shape)

@@ -29,8 +29,9 @@ def device():
 
 @pytest.fixture(scope="session")
 def close():
-    """assert_close with the per-dtype tolerance of the kernel tests: f32 1e-4; f16 1e-2; bf16 2**-5 (the interpreter rounds
-    f32 -> bf16 toward zero, the GPU and torch to nearest: one ulp per rounding, 2**-7 relative)."""
+    """assert_close with the per-dtype tolerance of the kernel tests: f32 1e-4; f16 1e-2; bf16 2**-5
+    (the interpreter rounds f32 -> bf16 toward zero, the GPU and torch to nearest: one ulp per
+    rounding, 2**-7 relative). `dtype` picks the tolerance; y and ref must have the same dtype."""
     def check(y, ref, dtype):
         tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2 ** -5}[dtype]
         assert y.dtype == ref.dtype, (y.dtype, ref.dtype)
