@@ -75,12 +75,18 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def gpu_config(device) -> bool:
+    """Whether launchers pick their GPU block sizes: on CUDA, and while recording launches for an
+    ahead-of-time compile (aot.py); the interpreter gets small blocks so tiny test shapes span several."""
+    return device.type == "cuda" or RECORD is not None
+
+
 def num_sms(device) -> int:
     """Streaming multiprocessors of `device` (split-K / split-KV target more programs than this);
-    4 under the interpreter so that tests exercise the split paths on tiny shapes."""
+    132 (H100 SXM) while recording; 4 under the interpreter so tests exercise the splits on tiny shapes."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return 132 if RECORD is not None else 4
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:

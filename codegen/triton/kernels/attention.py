@@ -31,7 +31,7 @@ import math
 import torch
 
 from ...lowering import lowering
-from ._common import (FLOATS, INTERPRET, dot_precision, fallback, import_triton, launch, next_pow2, num_sms,
+from ._common import (FLOATS, dot_precision, fallback, gpu_config, import_triton, launch, next_pow2, num_sms,
                       runnable, upcast_dot)
 
 triton, tl = import_triton()
@@ -176,7 +176,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, m_ptr, acc_ptr, ml_ptr, HK, GROUPS, Lq, 
 def _blocks(device):
     """(BLOCK_M, BLOCK_N) of the prefill kernel: 64x64 on a GPU; 16x16 under the interpreter, so that
     small test shapes span several blocks."""
-    return (16, 16) if device.type != "cuda" else (64, 64)
+    return (64, 64) if gpu_config(device) else (16, 16)
 
 
 def _strides4(t):
@@ -258,7 +258,7 @@ def _decode(q4, k4, v4, m_arg, m_strides, groups, common, consts):
     hk, lk, dv = v4.shape[1:]
     sink_hi, lo, hi = kept_range(lq, lk, consts["CAUSAL"], common[1], common[2])
     eff = sink_hi + hi - lo
-    block_n = 16 if INTERPRET else 64
+    block_n = 64 if gpu_config(q4.device) else 16
     n_blocks = max(1, triton.cdiv(eff, block_n))
     want = max(1, min(n_blocks, (2 * num_sms(q4.device)) // (z * hk)))
     kps = triton.cdiv(n_blocks, want) * block_n

@@ -81,3 +81,15 @@ def test_fallback_warns(device):
     q, k, v = _qkv(1, 2, 2, 3, 5, 8, 8, torch.float64, device)
     with pytest.warns(SlowPathWarning, match="attention"):
         assert torch.equal(A.attention(q, k, v, causal=True), REF(q, k, v, causal=True))
+
+
+@pytest.mark.parametrize("lq", [1, 20])
+def test_strided_inputs(device, close, lq):
+    """k/v as views into a larger static cache buffer (decode over a KV cache), q transposed from [b, s, h, d],
+    a 2-d [lq, lk] bool mask, and two leading dims."""
+    g = torch.Generator().manual_seed(5)
+    cache = torch.randn(2, 3, 2, 64, 16, generator=g).to(device)       # [b0, b1, hk, max_len, d]
+    k, v = cache[..., :37, :], cache.flip(-1)[..., :37, :]
+    q = torch.randn(2, 3, lq, 8, 16, generator=g).to(device).transpose(-2, -3)   # [b0, b1, h=8, lq, d]
+    mask = (torch.rand(lq, 37, generator=g) > 0.2).to(device)
+    _check(close, q, k, v, mask, causal=True)
