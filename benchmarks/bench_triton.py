@@ -10,6 +10,9 @@ as a fraction of the copy bandwidth measured in the same run (a torch clone of a
 bf16 F.linear's time on the dequantized weight (cuBLAS on a GPU), and the speedup over it; plus the max
 error vs the op's reference impl relative to the output's max. Smoke-mode times measure the interpreter
 (numpy), not a kernel: they only show that the script and kernels run.
+
+--sweep: per shape and M, the fastest three of BLOCK_N {64,128,256} x warps {4,8} x waves {2,4} (qlinear.Config)
+next to the default, to pick the defaults on a GPU.
 """
 import argparse
 import os
@@ -21,6 +24,7 @@ import torch
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--smoke", action="store_true", help="tiny shapes under TRITON_INTERPRET=1 (default without CUDA)")
+ap.add_argument("--sweep", action="store_true", help="also time launch configs (BLOCK_N x warps x split-K waves)")
 args = ap.parse_args()
 SMOKE = args.smoke or not torch.cuda.is_available()
 if SMOKE:
@@ -65,6 +69,7 @@ def main():
     print("| M | N | K | path | ours us | GB/s | % of copy | bf16 linear us | speedup | max rel err |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ref_impl = get_op("qlinear").impl
+    sweeps = []
     for n, k in SHAPES:
         w = torch.randn(n, k)
         q, s, z = Q.quantize_rtn(w, 4, GROUP, True)
@@ -82,6 +87,20 @@ def main():
             path = "gemv" if m <= QL.GEMV_MAX_M else "gemm"
             print(f"| {m} | {n} | {k} | {path} | {ours * 1e6:.1f} | {nbytes / ours / 1e9:.1f} | "
                   f"{100 * nbytes / ours / bw:.1f}% | {lin * 1e6:.1f} | {lin / ours:.2f}x | {err:.1e} |", flush=True)
+            if args.sweep:
+                sweeps.append((m, n, k, nbytes, sweep(x, packed, table)))
+    for m, n, k, nbytes, timed in sweeps:
+        best = ", ".join(f"{c.block_n}/{c.num_warps}/{c.waves}: {t * 1e6:.1f} us ({100 * nbytes / t / bw:.0f}%)"
+                         for t, c in timed[:3])
+        print(f"# sweep M={m} N={n} K={k} (BLOCK_N/warps/waves): {best}")
+
+
+def sweep(x, packed, table):
+    """[(seconds, Config)] fastest first."""
+    blocks = (64, 128) if SMOKE else (64, 128, 256)
+    configs = [QL.Config(b, w, v) for b in blocks for w in (4, 8) for v in ((2,) if SMOKE else (2, 4))]
+    return sorted(((bench(lambda: QL.run_packed(x, packed, table, None, 4, config=c)), c) for c in configs),
+                  key=lambda tc: tc[0])
 
 
 if __name__ == "__main__":

@@ -62,5 +62,7 @@ def compile_call(kernel, args, constexprs, arch: int = 90, warp_size: int = 32):
     if not hasattr(kernel, "params"):
         raise RuntimeError(f"{kernel!r} is an interpreted kernel: import the kernel modules without "
                            f"TRITON_INTERPRET to compile them")
-    src = ASTSource(kernel, signature(kernel, args, constexprs), constexprs=dict(constexprs))
-    return triton.compile(src, target=GPUTarget("cuda", arch, warp_size))
+    constexprs = dict(constexprs)
+    options = {k: constexprs.pop(k) for k in ("num_warps", "num_stages") if k in constexprs}
+    src = ASTSource(kernel, signature(kernel, args, constexprs), constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, warp_size), options=options)

@@ -24,7 +24,8 @@ Paths (chosen per call from M = rows of x):
   fewer than 2 per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of x [BLOCK_M, 32]
   with dequantized w [32, BLOCK_N] tiles cast to x's dtype (as the reference casts the weight), f32
   accumulation; f32 inputs use input_precision="ieee" (no TF32). Block sizes: BLOCK_M = next power
-  of two of M in [16, 64], BLOCK_N = 64 (no autotune yet).
+  of two of M in [16, 64]; BLOCK_N, warps and split-K occupancy from `GEMV` / `GEMM` (`Config`; no
+  autotune yet).
 
 Tolerance vs the reference impl (tests/codegen/triton/test_triton_qlinear.py): f32 atol/rtol 1e-4
 (summation order only); f16/bf16 compared as (y - ref).abs().max() <= 2e-2 * ref.abs().max() (the
@@ -34,6 +35,8 @@ Source: the packed format is ONNX MatMulNBits-style (ir/quant_format.py); split-
 "Stream-K" / FasterTransformer weight-only GEMV; the half-split nibble order is this module's own.
 """
 from __future__ import annotations
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -48,7 +51,20 @@ triton, tl = import_triton()
 CHUNK = 64            # K values per packed chunk
 HALF = CHUNK // 2     # byte rows per chunk (int4)
 GEMV_MAX_M = 4
-GEMV_BLOCK_N = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch parameters of one path: BLOCK_N, warps per program, and `waves` = programs per SM that
+    split-K aims for. The defaults are untuned guesses (no GPU has run them yet); benchmarks/bench_triton.py
+    --sweep measures alternatives on a GPU."""
+    block_n: int = 64
+    num_warps: int = 4
+    waves: int = 2
+
+
+GEMV = Config()
+GEMM = Config()
 
 
 def _zeros_bias(zeros, bias):
@@ -207,35 +223,36 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride
                  mask=mmask[:, None] & nmask[None, :])
 
 
-def split_k(n_chunks: int, n_blocks: int, device) -> tuple[int, int]:
-    """(splits, chunks per split): about 2 programs per SM over (M x N blocks) x K splits."""
-    want = max(1, min(n_chunks, (2 * num_sms(device)) // max(1, n_blocks)))
+def split_k(n_chunks: int, n_blocks: int, device, waves: int = 2) -> tuple[int, int]:
+    """(splits, chunks per split): about `waves` programs per SM over (M x N blocks) x K splits."""
+    want = max(1, min(n_chunks, (waves * num_sms(device)) // max(1, n_blocks)))
     cps = -(-n_chunks // want)
     return -(-n_chunks // cps), cps
 
 
-def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
-    """y [M, N] = x2 [M, K] (contiguous) times the packed weight (module docstring), + bias."""
+def run_packed(x2, packed, table, bias, bits: int, force: str | None = None, config: Config | None = None):
+    """y [M, N] = x2 [M, K] (contiguous) times the packed weight (module docstring), + bias. `force`
+    picks the path ("gemv" | "gemm") instead of M; `config` overrides that path's launch parameters."""
     m, k = x2.shape
     n = packed.shape[1]
     gsize = k // table.shape[0]
     path = force or ("gemv" if m <= GEMV_MAX_M else "gemm")
     if path == "gemv":
         n_chunks = -(-k // CHUNK)
-        n_blocks = triton.cdiv(n, GEMV_BLOCK_N)
-        splits, cps = split_k(n_chunks, n_blocks, x2.device)
+        cfg = config or GEMV
+        n_blocks = triton.cdiv(n, cfg.block_n)
+        splits, cps = split_k(n_chunks, n_blocks, x2.device, cfg.waves)
         part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
         launch(_qgemv_kernel, (n_blocks, splits, m), x2, packed, table, part, m, n, k, gsize, cps, x2.stride(0),
-                                             BITS=bits, H=HALF, BLOCK_N=GEMV_BLOCK_N,
-                                             UNIFORM=gsize % CHUNK == 0)
+               BITS=bits, H=HALF, BLOCK_N=cfg.block_n, UNIFORM=gsize % CHUNK == 0, num_warps=cfg.num_warps)
         y = part.sum(0) if splits > 1 else part[0]
         if bias is not None:
             y = y + bias.float()
         return y.to(x2.dtype)
-    block_m = min(64, max(16, next_pow2(m)))
-    block_n = 64
+    cfg = config or GEMM
+    block_m, block_n = min(64, max(16, next_pow2(m))), cfg.block_n
     grid_mn = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    splits, cps = split_k(-(-k // CHUNK), grid_mn[0] * grid_mn[1], x2.device)
+    splits, cps = split_k(-(-k // CHUNK), grid_mn[0] * grid_mn[1], x2.device, cfg.waves)
     if splits > 1:
         y = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
     else:
@@ -243,7 +260,7 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None):
     launch(_qgemm_kernel, (*grid_mn, splits), x2, packed, table, bias if bias is not None else table, y, m, n, k,
            gsize, cps, x2.stride(0), y.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n,
            HAS_BIAS=bias is not None, PARTIAL=splits > 1, PRECISION=dot_precision(x2.dtype),
-           UPCAST=upcast_dot(x2.dtype))
+           UPCAST=upcast_dot(x2.dtype), num_warps=cfg.num_warps)
     if splits > 1:
         y = y.sum(0)
         if bias is not None:
