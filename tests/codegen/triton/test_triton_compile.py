@@ -26,13 +26,17 @@ SCRIPT = textwrap.dedent('''
         m = None if mask is None else (torch.ones(2, 1, lq, lk, dtype=torch.bool) if mask == "bool"
                                        else torch.zeros(2, h, lq, lk, dtype=dtype))
         rec(lambda: A.attention(q, k, k, m, **kw))
-    if FULL:
-        for bits, group, m, dt, bias in itertools.product((4, 8), (128, 32), (1, 16, 128), (bf16, f16, f32), (0, 1)):
-            qcase(bits, group, bits == 4, m, dt, bias)
-        for lq, dt, mask, kw in itertools.product((1, 4, 100), (bf16, f16, f32), (None, "bool", "add"),
-                                                  ({"causal": True}, {"causal": True, "window": 32, "sinks": 4},
-                                                   {})):
-            attn(lq, 200, 8, 2, dt, mask, **kw)
+    if FULL:   # each path and option in bf16, each dtype on the main paths (~45 variants, a few minutes)
+        for bits, group, m in itertools.product((4, 8), (128, 32), (1, 128)):
+            qcase(bits, group, bits == 4, m, bf16, 0)
+        for m, dt in itertools.product((1, 16), (f16, f32)):
+            qcase(4, 128, True, m, dt, m == 16)
+        qcase(4, 128, False, 128, bf16, 1)
+        for lq, mask, kw in itertools.product((1, 100), (None, "bool", "add"),
+                                              ({"causal": True}, {"causal": True, "window": 32, "sinks": 4}, {})):
+            attn(lq, 200, 8, 2, bf16, mask, **kw)
+        for lq, dt in itertools.product((1, 100), (f16, f32)):
+            attn(lq, 200, 8, 2, dt, None, causal=True)
         dts = (bf16, f16, f32)
     else:
         qcase(4, 128, True, 1, bf16, 0)
