@@ -21,9 +21,9 @@ Paths (chosen per call from M = rows of x):
   pass (a torch sum: deterministic, no atomics) adds, with the bias. When a group spans whole chunks
   the scale factors out: acc += s * (sum_k x_k q_k - z * sum_k x_k).
 - GEMM, larger M (prefill): grid (M blocks, N blocks, K splits; split-K only while M x N blocks are
-  fewer than 2 per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of x [BLOCK_M, 32]
-  with dequantized w [32, BLOCK_N] tiles cast to x's dtype (as the reference casts the weight), f32
-  accumulation; f32 inputs use input_precision="ieee" (no TF32). Block sizes: BLOCK_M = next power
+  fewer than 2 per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of
+  x [BLOCK_M, 32] with dequantized w [32, BLOCK_N] tiles cast to x's dtype (as the reference casts the
+  weight), f32 accumulation; f32 inputs use input_precision="ieee" (no TF32). Block sizes: BLOCK_M = next power
   of two of M in [16, 64]; BLOCK_N, warps and split-K occupancy from `GEMV` / `GEMM` (`Config`; no
   autotune yet).
 
@@ -269,6 +269,20 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None, con
     return y
 
 
+def _check_k(k, qweight, scales, bits, group, prepacked):
+    """ValueError unless x's last dim k is the weight's input dim (a wrong k would read the wrong groups)."""
+    if prepacked:
+        kp = qweight.shape[0] * (2 if bits == 4 else 1)
+        ok = kp == -(-k // CHUNK) * CHUNK and k % scales.shape[0] == 0 and (group == 0) == (scales.shape[0] == 1) \
+            and (group == 0 or k // scales.shape[0] == group)
+        w = f"prepacked weight for in={kp} (padded) with {scales.shape[0]} groups"
+    else:
+        ok = k == Q.logical_in_dim(qweight.shape, bits)
+        w = f"weight in={Q.logical_in_dim(qweight.shape, bits)}"
+    if not ok:
+        raise ValueError(f"triton qlinear: input last dim {k} does not match the {w} (group={group})")
+
+
 @lowering("triton", "qlinear", prepack=prepack_qlinear)
 def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
     """The `qlinear` op on prepacked (`prepack_qlinear`) or raw (ir/quant_format.py) weights."""
@@ -285,8 +299,11 @@ def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
             warn_once("qlinear", why)   # the reference impl cannot read the packed layout
             return F.linear(x, w, bias)
         return fallback("qlinear", why, x, qweight, scales, zeros, bias, bits=bits, group=group)
+    lead, k = x.shape[:-1], x.shape[-1]
+    _check_k(k, qweight, scales, bits, group, prepacked)
     if not prepacked:
         qweight, scales = pack_weight(qweight, scales, zeros, bits, group)
-    lead, k = x.shape[:-1], x.shape[-1]
+    if x.numel() == 0:
+        return x.new_zeros(*lead, qweight.shape[1])
     y = run_packed(x.reshape(-1, k).contiguous(), qweight, scales, bias, bits)
     return y.reshape(*lead, y.shape[-1])

@@ -116,3 +116,20 @@ def test_unsupported_dtype_falls_back_with_a_warning(device):
         warnings.simplefilter("ignore")
         y2 = QL.qlinear(x, packed, table, torch.empty(0, dtype=torch.uint8, device=device), bits=4, group=32)
     torch.testing.assert_close(y2, y)
+
+
+def test_mismatched_input_dim_is_an_error(device):
+    from slimgraph.codegen.triton.kernels import qlinear as QL
+    qw, sc, zs = (t.to(device) for t in _weight(16, 128, 4, 32, False))
+    x = torch.randn(2, 96, device=device)
+    with pytest.raises(ValueError, match="input last dim 96 does not match the weight in=128"):
+        QL.qlinear(x, qw, sc, zs, bits=4, group=32)
+    packed, table = QL.pack_weight(qw, sc, zs, 4, 32)
+    with pytest.raises(ValueError, match="input last dim 96 does not match the prepacked weight"):
+        QL.qlinear(x, packed, table, bits=4, group=32)
+
+
+def test_empty_batch(device):
+    from slimgraph.codegen.triton.kernels import qlinear as QL
+    qw, sc, _ = (t.to(device) if t is not None else None for t in _weight(16, 128, 4, 32, True))
+    assert QL.qlinear(torch.randn(0, 128, device=device), qw, sc, bits=4, group=32).shape == (0, 16)
