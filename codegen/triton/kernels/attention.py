@@ -239,24 +239,23 @@ def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0
         block_m, block_n = _blocks(q.device)
         grid = (triton.cdiv(lq, block_m), q4.shape[0] * h)
         launch(_prefill_kernel, grid, q4, k4, v4, m_arg, out, h, groups, lq, lk, d, dv, *common,
-                              *q4.stride(), *k4.stride(), *v4.stride(), *m_strides, *out.stride(),
-                              BLOCK_M=block_m, BLOCK_N=block_n, **consts)
+               *q4.stride(), *k4.stride(), *v4.stride(), *m_strides, *out.stride(),
+               BLOCK_M=block_m, BLOCK_N=block_n, **consts)
     return out.reshape(*lead, h, lq, dv)
 
 
-def kept_range(lq: int, lk: int, causal: bool, window: int, sinks: int) -> tuple[int, int, int]:
-    """(sink_hi, lo, hi): every kept key lies in [0, sink_hi) or [lo, hi), for all queries together."""
-    off = lk - lq
-    hi = min(lk, max(lq + off, 0)) if causal else lk
-    lo = max(0, off - window) if window > 0 else 0
+def kept_range(lq: int, lk: int, window: int, sinks: int) -> tuple[int, int, int]:
+    """(sink_hi, lo, hi): every kept key lies in [0, sink_hi) or [lo, hi), for all queries together
+    (causal never cuts the end: the last query's end-aligned diagonal is the last key)."""
+    lo = max(0, lk - lq - window) if window > 0 else 0
     sink_hi = min(sinks, lo) if window > 0 else 0
-    return sink_hi, lo, max(hi, lo)
+    return sink_hi, lo, lk
 
 
 def _decode(q4, k4, v4, m_arg, m_strides, groups, common, consts):
     z, h, lq, _ = q4.shape
     hk, lk, dv = v4.shape[1:]
-    sink_hi, lo, hi = kept_range(lq, lk, consts["CAUSAL"], common[1], common[2])
+    sink_hi, lo, hi = kept_range(lq, lk, common[1], common[2])
     eff = sink_hi + hi - lo
     block_n = 64 if gpu_config(q4.device) else 16
     n_blocks = max(1, triton.cdiv(eff, block_n))

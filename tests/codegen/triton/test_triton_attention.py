@@ -70,9 +70,9 @@ def test_half_precision(device, close, dtype, lq):
 
 def test_decode_splits_only_the_kept_range():
     from slimgraph.codegen.triton.kernels.attention import kept_range
-    assert kept_range(1, 1000, True, 64, 4) == (4, 935, 1000)     # sinks, then the last 65 keys
-    assert kept_range(1, 50, True, 64, 4) == (0, 0, 50)           # window covers all: no separate sinks
-    assert kept_range(3, 10, False, 0, 0) == (0, 0, 10)
+    assert kept_range(1, 1000, 64, 4) == (4, 935, 1000)     # sinks, then the last 65 keys
+    assert kept_range(1, 50, 64, 4) == (0, 0, 50)           # window covers all: no separate sinks
+    assert kept_range(3, 10, 0, 0) == (0, 0, 10)
 
 
 def test_fallback_warns(device):
