@@ -8,6 +8,7 @@ impl, with a warning naming the op and the reason, for inputs it does not cover:
 - `norms`      rms_norm, layer_norm (row-wise over the last axes)
 - `rope`       rotary embedding, rotate-half form
 - `attention`  flash-style prefill and split-KV decode, GQA, causal / window+sinks / mask
+- `aot`        compile the variants a launcher launches for a GPU arch without a GPU (tests, AOT builds)
 
 Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`,
 set before these modules are imported: triton decides at `@triton.jit` time).
