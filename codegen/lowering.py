@@ -45,7 +45,9 @@ LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
     "triton-expr": ["slimgraph.codegen.triton.elementwise"],
-    "triton": ["slimgraph.codegen.triton.generators"],
+    "triton": ["slimgraph.codegen.triton.kernels.qlinear", "slimgraph.codegen.triton.kernels.norms",
+               "slimgraph.codegen.triton.kernels.rope", "slimgraph.codegen.triton.kernels.attention",
+               "slimgraph.codegen.triton.generators"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

@@ -10,7 +10,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-pytest.importorskip("triton")
+try:
+    import triton  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):   # CI runs make setup, which installs triton: missing there is a failure
+        raise
+    pytest.skip("triton is not installed (make setup installs it)", allow_module_level=True)
 
 import slimgraph  # noqa: E402
 from slimgraph.codegen.triton.partition import describe, partition  # noqa: E402
