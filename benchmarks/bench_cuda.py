@@ -12,7 +12,7 @@ torch.compile bf16. Contenders:
 
 - `torch.compile bf16`: the HF model, static KV cache, `torch.compile(mode="reduce-overhead")` decode step;
 - `torch.compile + tinygemm int4 g128`: the same with every decoder linear replaced by
-  `aten._weight_int4pack_mm` (torch's int4 GEMV, the anchor of ../shared/ANCHORS.md);
+  `aten._weight_int4pack_mm` (torch's int4 GEMV, the anchor of docs/anchors.md);
 - `slimgraph cuda int4 g128`: `optimize(model, target="cuda", pipeline=INT4)` decoding with `generate()`;
 - `slimgraph cuda fp16`.
 
