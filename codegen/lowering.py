@@ -10,7 +10,7 @@
     lowerings("onnx")                    # -> {op: Lowering} for every op the ONNX exporter lowers
 
 What `fn` is depends on the target's codegen (torch: `fn(*inputs, **attrs)` computing what the op's
-reference impl computes, faster; onnx: `emit(exporter, node, input names) -> output names`).
+reference impl computes, faster; onnx: `emit(exporter, node, input names) -> output names`; c: `fn(emitter, node) -> C statements`).
 `prepack(node, const_inputs) -> {input index: tensor}` (torch) runs once at build time on the
 node's weight inputs; `scalars=True` (torch) says `fn` accepts Python numbers for 0-d constants.
 Lowering tables hold functions only: nothing here mutates a graph.
@@ -44,6 +44,7 @@ class Lowering:
 LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
+    "c": ["slimgraph.codegen.c.lower_elementwise", "slimgraph.codegen.c.lower_nn", "slimgraph.codegen.c.lower_shape"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

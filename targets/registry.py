@@ -41,3 +41,16 @@ def _onnx(fn):
 register_target(Target("onnx", build=_onnx("build"), load=_onnx("load"), default_pipeline="canonicalize,cse,dce",
                        description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
                        requires=(("onnxruntime", "onnx"), ("onnx", "onnx")), lowers="onnx"))
+
+
+def _c(fn):
+    def call(*args):
+        from ..codegen.c import target
+        return getattr(target, fn)(*args)
+    return call
+
+
+register_target(Target("c", build=_c("build"), load=_c("load"), host=_c("host"), default_pipeline="canonicalize,cse,dce",
+                       description="IR -> plain C99 sources + weights.bin + Makefile (gcc, no Python/TVM at run "
+                                   "time): embedded and FPGA-HLS hosts; static shapes (bind-shapes pass)",
+                       lowers="c"))
