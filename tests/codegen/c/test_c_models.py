@@ -137,3 +137,26 @@ def test_real_minilm_matches_the_interpreter_and_transformers(minilm, tmp_path):
     import numpy as np
     hidden = torch.from_numpy(np.fromfile(outs[0], dtype=np.float32)).reshape(ref[0].shape)
     torch.testing.assert_close(hidden, ref[0], atol=1e-4, rtol=1e-4)
+
+
+def test_tiny_llama_decode_step_with_a_cache(llama_graph):
+    """past=5, seq=1: one decode step that reads the cache and returns it grown by one row."""
+    fast = slimgraph.optimize(llama_graph, target="c", pipeline="bind-shapes{dims=[batch=1,seq=1,past=5]},"
+                              "canonicalize,cse,dce")
+    g = torch.Generator().manual_seed(4)
+    ins = [torch.randint(0, 96, (1, 1), generator=g), torch.tensor([[5]]), torch.ones(1, 1, 1, 6, dtype=torch.bool)]
+    ins += [torch.randn(1, 2, 5, 16, generator=g) for _ in range(4)]
+    ref, got = run(fast.graph, *ins), fast.run(*ins)
+    assert got[1].shape == (1, 2, 6, 16)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_example_script_runs():
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[3]
+    p = subprocess.run([sys.executable, str(root / "examples" / "c_target.py")], capture_output=True, text=True,
+                       cwd=root, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ok: compiled to C, built with make, ran the driver on a file" in p.stdout
