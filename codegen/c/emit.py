@@ -199,7 +199,7 @@ class Emitter:
             if any(t is None for t in ins):
                 continue
             size = sum(math.prod(o.type.shape) for o in node.outputs)
-            if size > max(FOLD_LIMIT, sum(t.numel() for t in ins)):
+            if node.inputs and size > max(FOLD_LIMIT, sum(t.numel() for t in ins)):   # generators: always
                 continue
             out = op.impl(*ins, **resolve_attrs(op, node.attrs, {}))
             for o, t in zip(node.outputs, out if isinstance(out, (tuple, list)) else (out,)):

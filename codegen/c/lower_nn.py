@@ -233,3 +233,102 @@ register_lowering("c", "rope", rope)
 register_lowering("c", "attention", attention)
 for _k, _op in enumerate(("sum", "mean", "amax", "amin", "prod")):
     register_lowering("c", _op, _reduce(_k))
+
+
+def conv2d(em, node):
+    x, w = node.inputs[:2]
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    _f32(x, w, b)
+    n, c, h, wd = em.shape(x)
+    oc, _, kh, kw = em.shape(w)
+    _, _, oh, ow = em.shape(node.output)
+    (sh, sw), (ph, pw), (dh, dw) = node.attrs["stride"], node.attrs["padding"], node.attrs["dilation"]
+    return (f"    sg_conv2d_f32({em.ptr(node.output)}, {em.ptr(x)}, {em.ptr(w)}, {_opt(em, b)}, {n}, {c}, {h}, {wd}, "
+            f"{oc}, {kh}, {kw}, {oh}, {ow}, {sh}, {sw}, {ph}, {pw}, {dh}, {dw}, {node.attrs['groups']});")
+
+
+def _pool(kind):
+    def lower(em, node):
+        x = node.inputs[0]
+        _f32(x)
+        shape = em.shape(x)
+        h, w = shape[-2:]
+        oh, ow = em.shape(node.output)[-2:]
+        kh, kw = node.attrs["kernel"]
+        sh, sw = node.attrs["stride"] or node.attrs["kernel"]
+        ph, pw = node.attrs["padding"]
+        cip = int(node.attrs.get("count_include_pad", True))
+        return (f"    sg_pool2d_f32({em.ptr(node.output)}, {em.ptr(x)}, {math.prod(shape[:-2])}, {h}, {w}, {oh}, {ow}, "
+                f"{kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {kind}, {cip});")
+    return lower
+
+
+def adaptive_avg_pool2d(em, node):
+    x = node.inputs[0]
+    _f32(x)
+    shape = em.shape(x)
+    oh, ow = em.shape(node.output)[-2:]
+    return (f"    sg_adaptive_avg_pool2d_f32({em.ptr(node.output)}, {em.ptr(x)}, {math.prod(shape[:-2])}, "
+            f"{shape[-2]}, {shape[-1]}, {oh}, {ow});")
+
+
+def batch_norm(em, node):
+    """(x - mean) / sqrt(var + eps) * weight + bias over dim 1: one generated loop nest."""
+    from .lower_elementwise import loop_nest
+    x, mean, var = node.inputs[:3]
+    w = node.inputs[3] if len(node.inputs) > 3 else None
+    b = node.inputs[4] if len(node.inputs) > 4 else None
+    _f32(x, mean, var, w, b)
+    out = node.output
+    shape = em.shape(out)
+    chan = [1] * len(shape)
+    chan[1] = shape[1]
+    ops = [("x", (em.ptr(x), "float"), broadcast_strides(shape, shape))]
+    for name, v in (("m", mean), ("v", var), ("w", w), ("b", b)):
+        if v is not None:
+            ops.append((name, (em.ptr(v), "float"), broadcast_strides(chan, shape)))
+    eps = float(node.attrs["eps"])
+
+    def body(ls):
+        d = dict(zip([o[0] for o in ops], ls))
+        e = f"(({d['x']} - {d['m']}) / sqrt({d['v']} + (float){eps!r}))"
+        if "w" in d:
+            e = f"({e} * {d['w']})"
+        if "b" in d:
+            e = f"({e} + {d['b']})"
+        return e
+    return loop_nest(em, out, ops, body)
+
+
+def _argmax(is_min):
+    def lower(em, node):
+        x = node.inputs[0]
+        _f32(x)
+        shape = em.shape(x) or (1,)
+        d = node.attrs["dim"] % len(shape)
+        return (f"    sg_argmax_f32({em.ptr(node.output)}, {em.ptr(x)}, {math.prod(shape[:d])}, {shape[d]}, "
+                f"{math.prod(shape[d + 1:])}, {int(is_min)});")
+    return lower
+
+
+def qembedding(em, node):
+    ids, q, s = node.inputs[:3]
+    z = node.inputs[3] if len(node.inputs) > 3 else None
+    _f32(node.output)
+    if ids.type.dtype != "i64":
+        raise Unsupported(f"ids %{ids.name} are {ids.type.dtype}; the kernel takes i64")
+    bits = node.attrs["bits"]
+    vocab, k = em.shape(q)[0], Q.logical_in_dim(em.shape(q), bits)
+    g = Q.group_size(node.attrs["group"], k)
+    return (f"    SG_TRY(sg_qembedding_f32({em.ptr(node.output)}, {em.ptr(ids)}, {em.numel(ids)}, {em.ptr(q)}, "
+            f"{_float_const(em, s, 'scales')}, {_opt(em, z)}, {vocab}, {k}, {g}, {bits}));")
+
+
+register_lowering("c", "conv2d", conv2d)
+register_lowering("c", "max_pool2d", _pool(0))
+register_lowering("c", "avg_pool2d", _pool(1))
+register_lowering("c", "adaptive_avg_pool2d", adaptive_avg_pool2d)
+register_lowering("c", "batch_norm", batch_norm)
+register_lowering("c", "argmax", _argmax(False))
+register_lowering("c", "argmin", _argmax(True))
+register_lowering("c", "qembedding", qembedding)

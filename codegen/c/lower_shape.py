@@ -21,7 +21,7 @@ from ...ir.dtypes import itemsize
 from ...ir.interpreter import resolve_attrs
 from ...ir.registry import get_op
 from ..lowering import register_lowering
-from .emit import Alias, Unsupported, broadcast_strides, contiguous_strides
+from .emit import Alias, Unsupported, broadcast_strides, contiguous_strides, literal
 
 
 def _elem(v) -> int:
@@ -158,3 +158,62 @@ register_lowering("c", "split", split)
 register_lowering("c", "index_select", index_select)
 for _op in ("flip", "tile", "cache_window", "index", "gather"):
     register_lowering("c", _op, offset_gather)
+
+
+def pad(em, node):
+    """Any pad mode: the reference impl on element numbers (constant mode fills with -1) gives each output
+    element's source, or -1 where the constant goes."""
+    x, out = node.inputs[0], node.output
+    if em.numel(out) == 0:
+        return "    /* empty */"
+    n = em.numel(x)
+    numbers = torch.arange(n, dtype=torch.int64).reshape(em.shape(x))
+    attrs = dict(node.attrs)
+    if attrs["mode"] == "constant":
+        attrs["value"] = -1
+    op = get_op("pad")
+    offsets = op.impl(numbers, **attrs).reshape(-1).to(torch.int32)
+    table = em.add_const(offsets, f"{out.name}_offsets")
+    fill = literal(node.attrs["value"], out.type.dtype)
+    return (f"    for (long i = 0; i < {em.numel(out)}; i++) {em.ptr(out)}[i] = {table}[i] < 0 ? {fill} : "
+            f"{em.ptr(x)}[{table}[i]];")
+
+
+def _triangle(upper):
+    def lower(em, node):
+        x, out = node.inputs[0], node.output
+        shape = em.shape(x)
+        if len(shape) < 2:
+            raise Unsupported("tril/triu need at least 2 dims")
+        r, c = shape[-2:]
+        keep = "(j - i >= {d})" if upper else "(j - i <= {d})"
+        keep = keep.format(d=node.attrs["diagonal"])
+        return (f"    for (long o = 0; o < {math.prod(shape[:-2])}; o++) for (long i = 0; i < {r}; i++) "
+                f"for (long j = 0; j < {c}; j++) {{ long at = (o * {r} + i) * {c} + j; "
+                f"{em.ptr(out)}[at] = {keep} ? {em.ptr(x)}[at] : 0; }}")
+    return lower
+
+
+def cumsum(em, node):
+    x, out = node.inputs[0], node.output
+    shape = em.shape(x) or (1,)
+    d = node.attrs["dim"] % len(shape)
+    outer, n, inner = math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])
+    ct = em.cty(out)
+    return (f"    for (long o = 0; o < {outer}; o++) for (long j = 0; j < {inner}; j++) {{ {ct} acc = 0; "
+            f"for (long i = 0; i < {n}; i++) {{ long at = (o * {n} + i) * {inner} + j; acc += ({ct}){em.ptr(x)}[at]; "
+            f"{em.ptr(out)}[at] = acc; }} }}")
+
+
+def folded(em, node):
+    """Generators (no tensor inputs) are evaluated at build time by the emitter; never reached."""
+    raise Unsupported("internal: a generator op was not folded at build time")
+
+
+register_lowering("c", "pad", pad)
+register_lowering("c", "gather_nd", offset_gather)
+register_lowering("c", "tril", _triangle(False))
+register_lowering("c", "triu", _triangle(True))
+register_lowering("c", "cumsum", cumsum)
+for _op in ("constant", "full", "arange", "dim_value", "shape_tensor"):
+    register_lowering("c", _op, folded)

@@ -366,3 +366,115 @@ void sg_reduce_f32(float *restrict y, const float *restrict x, int rank, const l
     if (kind == 1)
         for (long i = 0; i < ny; i++) y[i] /= (float)count;
 }
+
+void sg_conv2d_f32(float *restrict y, const float *restrict x, const float *restrict w, const float *restrict b,
+                   long N, long C, long H, long W, long OC, long KH, long KW, long OH, long OW, long sh, long sw,
+                   long ph, long pw, long dh, long dw, long groups) {
+    long cg = C / groups, ocg = OC / groups;
+#ifdef _OPENMP
+#pragma omp parallel for collapse(2) schedule(static)
+#endif
+    for (long n = 0; n < N; n++)
+        for (long oc = 0; oc < OC; oc++) {
+            long g = oc / ocg;
+            float *yo = y + (n * OC + oc) * OH * OW;
+            for (long i = 0; i < OH * OW; i++) yo[i] = b ? b[oc] : 0.0f;
+            for (long c = 0; c < cg; c++) {
+                const float *xc = x + (n * C + g * cg + c) * H * W;
+                const float *wc = w + (oc * cg + c) * KH * KW;
+                for (long kh = 0; kh < KH; kh++)
+                    for (long kw = 0; kw < KW; kw++) {
+                        float wv = wc[kh * KW + kw];
+                        for (long oh = 0; oh < OH; oh++) {
+                            long ih = oh * sh - ph + kh * dh;
+                            if (ih < 0 || ih >= H) continue;
+                            for (long ow = 0; ow < OW; ow++) {
+                                long iw = ow * sw - pw + kw * dw;
+                                if (iw >= 0 && iw < W) yo[oh * OW + ow] += wv * xc[ih * W + iw];
+                            }
+                        }
+                    }
+            }
+        }
+}
+
+void sg_pool2d_f32(float *restrict y, const float *restrict x, long NC, long H, long W, long OH, long OW, long KH,
+                   long KW, long sh, long sw, long ph, long pw, int kind, int count_include_pad) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (long p = 0; p < NC; p++)
+        for (long oh = 0; oh < OH; oh++)
+            for (long ow = 0; ow < OW; ow++) {
+                float acc = kind == 0 ? -INFINITY : 0.0f;
+                long cnt = 0;
+                for (long kh = 0; kh < KH; kh++)
+                    for (long kw = 0; kw < KW; kw++) {
+                        long ih = oh * sh - ph + kh, iw = ow * sw - pw + kw;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        float v = x[(p * H + ih) * W + iw];
+                        if (kind == 0) {
+                            if (v > acc || v != v) acc = v;
+                        } else {
+                            acc += v;
+                        }
+                        cnt++;
+                    }
+                if (kind == 1) {
+                    /* torch: padded positions count, positions past the padded input do not */
+                    long h0 = oh * sh - ph, w0 = ow * sw - pw;
+                    long h1 = h0 + KH < H + ph ? h0 + KH : H + ph, w1 = w0 + KW < W + pw ? w0 + KW : W + pw;
+                    long div = count_include_pad ? (h1 - h0) * (w1 - w0) : cnt;
+                    acc /= (float)div;
+                }
+                y[(p * OH + oh) * OW + ow] = acc;
+            }
+}
+
+void sg_adaptive_avg_pool2d_f32(float *restrict y, const float *restrict x, long NC, long H, long W, long OH,
+                                long OW) {
+    for (long p = 0; p < NC; p++)
+        for (long oh = 0; oh < OH; oh++)
+            for (long ow = 0; ow < OW; ow++) {
+                long h0 = oh * H / OH, h1 = ((oh + 1) * H + OH - 1) / OH;
+                long w0 = ow * W / OW, w1 = ((ow + 1) * W + OW - 1) / OW;
+                float acc = 0.0f;
+                for (long ih = h0; ih < h1; ih++)
+                    for (long iw = w0; iw < w1; iw++) acc += x[(p * H + ih) * W + iw];
+                y[(p * OH + oh) * OW + ow] = acc / (float)((h1 - h0) * (w1 - w0));
+            }
+}
+
+void sg_argmax_f32(int64_t *restrict y, const float *restrict x, long outer, long n, long inner, int is_min) {
+    for (long o = 0; o < outer; o++)
+        for (long j = 0; j < inner; j++) {
+            const float *xr = x + o * n * inner + j;
+            long best = 0;
+            float bv = xr[0];
+            for (long i = 1; i < n && bv == bv; i++) {
+                float v = xr[i * inner];
+                if (v != v || (is_min ? v < bv : v > bv)) {
+                    best = i;
+                    bv = v;
+                }
+            }
+            y[o * inner + j] = best;
+        }
+}
+
+int sg_qembedding_f32(float *restrict out, const int64_t *restrict ids, long n, const void *restrict q,
+                      const float *restrict scales, const void *restrict zeros, long vocab, long K, long group,
+                      int bits) {
+    long ng = K / group;
+    for (long i = 0; i < n; i++) {
+        int64_t id = ids[i];
+        if (id < 0 || id >= vocab) return SG_ERR_INDEX;
+        if (bits == 8)
+            sg_dequantize_i8_f32(out + i * K, (const int8_t *)q + id * K, scales + id * ng,
+                                 zeros ? (const int8_t *)zeros + id * ng : NULL, 1, K, group);
+        else
+            sg_dequantize_i4_f32(out + i * K, (const uint8_t *)q + id * (K / 2), scales + id * ng,
+                                 zeros ? (const uint8_t *)zeros + id * ng : NULL, 1, K, group);
+    }
+    return 0;
+}

@@ -91,6 +91,25 @@ int sg_index_select(void *restrict out, const void *restrict x, const int64_t *r
 void sg_reduce_f32(float *restrict y, const float *restrict x, int rank, const long *shape, const int *red,
                    int kind);
 
+/* 2-D convolution (NCHW, weight [OC, C/groups, KH, KW], bias [OC] or NULL), torch.nn.functional.conv2d. */
+void sg_conv2d_f32(float *restrict y, const float *restrict x, const float *restrict w, const float *restrict b,
+                   long N, long C, long H, long W, long OC, long KH, long KW, long OH, long OW, long sh, long sw,
+                   long ph, long pw, long dh, long dw, long groups);
+/* Pooling over the last two dims of x [NC, H, W]: kind 0 max, 1 average (count_include_pad: divide by
+ * KH*KW, else by the in-bounds count); padding as torch (max ignores padded positions). */
+void sg_pool2d_f32(float *restrict y, const float *restrict x, long NC, long H, long W, long OH, long OW, long KH,
+                   long KW, long sh, long sw, long ph, long pw, int kind, int count_include_pad);
+/* adaptive average pooling: output cell i covers rows floor(i*H/OH) .. ceil((i+1)*H/OH) - 1 (likewise cols). */
+void sg_adaptive_avg_pool2d_f32(float *restrict y, const float *restrict x, long NC, long H, long W, long OH,
+                                long OW);
+/* index of the largest (is_min: smallest) element along the middle dim of [outer, n, inner]; the first
+ * one on ties, a NaN counts as the largest (and smallest), as torch.argmax/argmin. */
+void sg_argmax_f32(int64_t *restrict y, const float *restrict x, long outer, long n, long inner, int is_min);
+/* embedding rows dequantized from a packed table (ir/opset/quant.py `qembedding`, layouts as qlinear). */
+int sg_qembedding_f32(float *restrict out, const int64_t *restrict ids, long n, const void *restrict q,
+                      const float *restrict scales, const void *restrict zeros, long vocab, long K, long group,
+                      int bits);
+
 #ifdef __cplusplus
 }
 #endif
