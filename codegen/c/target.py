@@ -125,22 +125,18 @@ def compile_library(products: Products) -> Path:
         return lib
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    for name in sources:
+        (tmp / name).write_bytes(products.read_bytes(name))
+    r = subprocess.run(["make", "-s", LIBRARY], cwd=tmp, capture_output=True, text=True)
+    if r.returncode:   # the sources stay in tmp for a look
+        raise CTargetError(f"c target: `make {LIBRARY}` failed in {tmp} (compiler {' '.join(cc)}):\n"
+                           + (r.stderr or r.stdout)[-4000:])
     try:
-        for name in sources:
-            (tmp / name).write_bytes(products.read_bytes(name))
-        r = subprocess.run(["make", "-s", LIBRARY], cwd=tmp, capture_output=True, text=True)
-        if r.returncode:
-            raise CTargetError(f"c target: `make {LIBRARY}` failed in {tmp} (compiler {' '.join(cc)}):\n"
-                               + (r.stderr or r.stdout)[-4000:])
-        try:
-            os.rename(tmp, final)
-        except OSError:       # another process built it first
-            if not lib.is_file():
-                raise
-    finally:
-        if tmp.exists() and not (final / LIBRARY).is_file():
-            pass
+        os.rename(tmp, final)
+    except OSError:        # another process built the same sources first
         shutil.rmtree(tmp, ignore_errors=True)
+        if not lib.is_file():
+            raise
     return lib
 
 
@@ -164,6 +160,7 @@ class CRunner(Runner):
         if data:
             self._weights.numpy()[:] = memoryview(data)
         self._arena = torch.empty(int(products.meta["arena_bytes"]) + 64, dtype=torch.uint8)
+        self._arena_ptr = self._arena.data_ptr() + (-self._arena.data_ptr()) % 64   # 64-byte aligned
         from ...ir.dtypes import to_torch
         self._outs = [(tuple(v.type.shape), to_torch(v.type.dtype)) for v in graph.outputs]
         self._lock = threading.Lock()
@@ -178,7 +175,7 @@ class CRunner(Runner):
         in_arr = (ctypes.c_void_p * max(1, len(ins)))(*[t.data_ptr() for t in ins])
         out_arr = (ctypes.c_void_p * max(1, len(outs)))(*[t.data_ptr() for t in outs])
         with self._lock:
-            rc = self._fn(in_arr, out_arr, self._weights.data_ptr(), self._arena.data_ptr())
+            rc = self._fn(in_arr, out_arr, self._weights.data_ptr(), self._arena_ptr)
         if rc:
             raise ValueError(f"c target: slimgraph_forward returned {rc} (1: an index input such as a token id "
                              "is out of range)")

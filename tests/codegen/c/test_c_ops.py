@@ -259,3 +259,13 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     with pytest.raises(CTargetError, match="'gcc' was not found on PATH.*apt-get install gcc"):
         ct.load(g, products)
     assert ct.host()["cc"] is None
+
+
+def test_a_failing_compiler_is_reported_with_its_output(monkeypatch):
+    from slimgraph.codegen.c import target as ct
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", (4,)))
+    g.set_outputs([g.op("exp", x)])
+    monkeypatch.setenv("CFLAGS", "-O2 -DSLIMGRAPH_TEST_BROKEN=1 -include /nonexistent/broken.h")
+    with pytest.raises(CTargetError, match=r"(?s)make libslimgraph_model.so` failed.*broken.h"):
+        ct.load(g, ct.build(g))
