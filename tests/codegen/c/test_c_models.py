@@ -160,3 +160,18 @@ def test_example_script_runs():
                        cwd=root, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ok: compiled to C, built with make, ran the driver on a file" in p.stdout
+
+
+@pytest.mark.slow
+def test_cli_compile_leaves_a_folder_that_make_builds(tmp_path):
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "mlp.sg"
+    p = subprocess.run([sys.executable, "-m", "slimgraph.cli", "compile", str(root / "examples" / "tiny_mlp.py"),
+                        "--target", "c", "-o", str(out)], capture_output=True, text=True, cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = subprocess.run(["make", "-s"], cwd=out, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["./slimgraph_driver"], cwd=out, capture_output=True, text=True)
+    assert r.returncode == 2 and "input  0 x" in r.stderr and "[4,16]" in r.stderr
