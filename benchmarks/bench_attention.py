@@ -2,7 +2,7 @@
 
     python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
     python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
-    python benchmarks/bench_attention.py speed   # decode step at 8k context: sliding window vs full (fp32 and int4 weights)
+    python benchmarks/bench_attention.py speed [--threads=1]  # decode step at 8k context: sliding window vs full (fp32, int4)
 
 Perplexity: one forward per 1024-token window through the compiled graph (`Decoder.prefill`: the rewritten
 graph applies the window + sinks rule in the forward), checked against decoding the first 300 tokens of the
@@ -124,11 +124,15 @@ def rss(synthetic=False):
               f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
 
 
-def speed(context=8192, steps=6, warm=2):
+def speed(context=8192, steps=6, warm=2, threads=2):
     """Decode step time at `context` positions. The state is filled with random K/V of the right shape
     (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
-    depend on the values, and an 8k prefill per variant would take minutes on the shared machine."""
-    torch.set_num_threads(2)
+    depend on the values, and an 8k prefill per variant would take minutes on the shared machine.
+    `threads`: intra-op threads. On a machine shared with other jobs use 1: every op above OpenMP's grain
+    size waits at a barrier for a descheduled thread, which costs the ring's per-step copies (small ops)
+    a scheduler time slice each (measured: a 200 KB copy at 22 ms at load 12 with 2 threads)."""
+    torch.set_num_threads(threads)
+    print(f"speed: {threads} intra-op thread(s), load {os.getloadavg()}", flush=True)
     model, _ = zoo.load("smollm2-135m")
     for label, extra in (("fp32", ""), ("int4 g64 + int8 head", Q4)):
         comp = {}
@@ -167,4 +171,5 @@ if __name__ == "__main__":
     elif cmd == "ppl":
         ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
     else:
-        {"rss": lambda: rss("--synthetic" in sys.argv), "speed": speed}[cmd]()
+        threads = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--threads=")), 2))
+        {"rss": lambda: rss("--synthetic" in sys.argv), "speed": lambda: speed(threads=threads)}[cmd]()

@@ -44,6 +44,10 @@ class Lowering:
 LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
+    "triton-expr": ["slimgraph.codegen.triton.elementwise"],
+    "triton": ["slimgraph.codegen.triton.kernels.qlinear", "slimgraph.codegen.triton.kernels.norms",
+               "slimgraph.codegen.triton.kernels.rope", "slimgraph.codegen.triton.kernels.attention",
+               "slimgraph.codegen.triton.generators"],
     "c": ["slimgraph.codegen.c.lower_elementwise", "slimgraph.codegen.c.lower_nn", "slimgraph.codegen.c.lower_shape"],
 }
 

@@ -71,9 +71,14 @@ class TorchRunner(Runner):
         return torch_kv.truncate(t, axis, length)
 
 
-def build(graph) -> Products:
-    """The `torch` target's build: generate the forward's source and run the prepack hooks (once)."""
-    builder = _Builder(graph)
+def build(graph, *, lower=None, fused=None, host_info=None) -> Products:
+    """The `torch` target's build: generate the forward's source and run the prepack hooks (once).
+
+    Other targets that generate torch-level Python reuse it: `lower(op) -> Lowering | None` picks each
+    op's kernel (default: the "torch" table; None: the op's reference impl); `fused` maps id(node) to
+    `(fn, input values)` that replaces it, or to None for a node computed inside another's fused kernel;
+    `host_info` is the host recorded in the products (default: `host()`)."""
+    builder = _Builder(graph, lower, fused)
     gm = builder.build()
     code = gm.graph.python_code(root_module="self")
     globals_, live, unstorable = {}, {}, []
@@ -94,7 +99,7 @@ def build(graph) -> Products:
         if name in builder.prepacked:
             buffers[name]["aligned"] = True
     notes = [f"{n} node{'s' if n > 1 else ''}: {why}" for why, n in builder.slow.items()]
-    meta = {"host": host(), "globals": globals_, "buffers": buffers, "notes": notes}
+    meta = {"host": host_info if host_info is not None else host(), "globals": globals_, "buffers": buffers, "notes": notes}
     return Products({SOURCE: code.src.encode(), BUFFERS: stored}, meta, live, unstorable)
 
 
@@ -195,8 +200,10 @@ def build_graph_module(graph) -> fx.GraphModule:
 
 
 class _Builder:
-    def __init__(self, graph):
+    def __init__(self, graph, lower=None, fused=None):
         self.ir = graph
+        self.lower = lower or (lambda op: get_lowering("torch", op))
+        self.fused = fused or {}                # id(node) -> (fn, inputs) or None (inside a fused kernel)
         self.fx = fx.Graph()
         self.root = torch.nn.Module()
         self.env: dict[int, fx.Node] = {}       # id(IR value) -> fx node
@@ -287,7 +294,15 @@ class _Builder:
             self.consts[id(node.output)] = t
             self.scalars[id(node.output)] = t.item()
             return
-        kernel = get_lowering("torch", node.op)
+        if id(node) in self.fused:
+            fused = self.fused[id(node)]
+            if fused is not None:
+                fn, values = fused
+                self.env[id(node.output)] = self.fx.create_node(
+                    "call_function", fn, tuple(self._arg(v, None) for v in values), {},
+                    name=_ident(node.outputs[0].name))
+            return
+        kernel = self.lower(node.op)
         fn = kernel.fn if kernel else opdef.impl
         inputs = list(node.inputs)
         prepacked = self._prepack(node, kernel) if kernel and kernel.prepack else {}

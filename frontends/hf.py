@@ -63,12 +63,27 @@ def kv_layout(config, dtype: torch.dtype = torch.float32, generation_config=None
                     _eos_ids(generation_config))
 
 
+def _convention_error(model, e: Exception):
+    from .torch_export import ConversionError
+    return ConversionError(
+        f"{type(model).__name__}: exporting it as a causal LM failed: {type(e).__name__}: {e}\n"
+        "slimgraph calls a causal LM with input_ids, position_ids, a 4-D bool attention_mask [batch, 1, seq, "
+        "past + seq] and a flat KV cache; models that derive their attention bias from a 2-D mask (ALiBi: "
+        "Bloom, MPT, Falcon with alibi=True) do not accept that yet. Such a model can still be compiled "
+        "without its cache: slimgraph.frontends.torch_export.import_module(model, (input_ids,))")
+
+
 def _checked_layout(model, kv: KVLayout) -> KVLayout:
     """The config's KV layout, corrected by the cache one eager token writes (Falcon's multi_query
     and other configs spell the KV head count their own way)."""
-    with torch.no_grad():
-        one = torch.zeros(1, 1, dtype=torch.long)
-        presents = FlatCacheLM(model)(one, one, torch.ones(1, 1, 1, 1, dtype=torch.bool))[1:]
+    try:
+        with torch.no_grad():
+            one = torch.zeros(1, 1, dtype=torch.long)
+            presents = FlatCacheLM(model)(one, one, torch.ones(1, 1, 1, 1, dtype=torch.bool))[1:]
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's forward rejects the causal-LM convention
+        raise _convention_error(model, e) from e
     if presents and presents[0].dim() == 4:
         import dataclasses
         kv = dataclasses.replace(kv, num_layers=len(presents) // 2, num_kv_heads=presents[0].shape[1],
@@ -92,7 +107,13 @@ def _first(cfg, *names):
 
 class FlatCacheLM(torch.nn.Module):
     """forward(input_ids, position_ids, attention_mask, *past) -> (logits, *presents), past/presents
-    interleaved key_0, value_0, ...; attention_mask is 4-D bool [batch, 1, seq, past + seq]."""
+    interleaved key_0, value_0, ...; attention_mask is 4-D bool [batch, 1, seq, past + seq].
+
+    A 4-D mask reaches HF's attention as it is, so this wrapper makes it what each layer needs:
+    sliding-window layers (Mistral's every layer, Gemma 2/3's and Qwen2's `layer_types`) get the mask
+    and-ed with HF's window (key index > query index - sliding_window), passed per layer type as the
+    dict HF models accept; non-SDPA attention (eager) gets the additive form (0 / dtype min) that it
+    adds to the scores."""
 
     def __init__(self, model):
         super().__init__()
@@ -100,18 +121,59 @@ class FlatCacheLM(torch.nn.Module):
         # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        text = model.config.get_text_config()
+        window = getattr(text, "sliding_window", None)
+        types = getattr(text, "layer_types", None)
+        self.window = window if isinstance(window, int) and window > 0 and \
+            (types is None or "sliding_attention" in types) else None
+        self.mixed = self.window is not None and types is not None and any(t != "sliding_attention" for t in types)
+        if self.mixed and not _takes_mask_dict(model):
+            raise NotImplementedError(
+                f"{type(model).__name__}: layers of different attention types (sliding window {window} and full) "
+                "but its forward does not take a mask per layer type; slimgraph cannot export its masks")
+
+    def _masks(self, mask):
+        out = {"full_attention": mask}
+        if self.window is not None:
+            s, total = mask.shape[-2], mask.shape[-1]
+            q_idx = torch.arange(s, device=mask.device) + (total - s)
+            kv_idx = torch.arange(total, device=mask.device)
+            out["sliding_attention"] = mask & (kv_idx[None, :] > q_idx[:, None] - self.window)
+        if getattr(self.model.config, "_attn_implementation", "sdpa") != "sdpa":
+            # HF's eager (and other non-SDPA) attention adds a 4-D mask to the scores as it is: a bool mask
+            # would add 1/0 and mask nothing. Give those the additive form HF itself builds (0 / dtype min).
+            dtype = self.model.dtype
+            out = {k: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
+                   for k, m in out.items()}
+        if self.mixed:
+            return out
+        return out["sliding_attention" if self.window is not None else "full_attention"]
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         from transformers import DynamicCache
-        cache = DynamicCache(config=self.model.config)
+        masks = self._masks(attention_mask)
+        # a plain cache for every layer (HF's sliding layers would drop keys: the decoder owns the cache; a
+        # layer's window is in its mask, and sparsify-attention can bound its cache as a ring)
+        cache = DynamicCache()
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=masks,
                          use_cache=True, **{self._cache_arg: cache})
         presents = []
         for layer in getattr(out, self._cache_arg).layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
+
+
+def _takes_mask_dict(model) -> bool:
+    """HF decoders whose forward accepts {layer type: mask} (Gemma 2/3, Qwen2, ... in transformers >= 4.56)."""
+    import inspect as _inspect
+    base = getattr(model, "model", model)
+    try:
+        src = _inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return False
+    return "attention_mask, dict)" in src
 
 
 def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
@@ -132,19 +194,22 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     mask = torch.ones(batch, 1, example_seq, example_past + example_seq, dtype=torch.bool)
     past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
             for _ in range(2 * kv.num_layers)]
-    # a sliding-window model's cache stops growing at the window: export only the growing regime
-    window = getattr(model.config.get_text_config(), "sliding_window", None)
-    cap = {"max": window // 2} if isinstance(window, int) and window > 0 else {}
-    seq_dim, past_dim = Dim("seq", **cap), Dim("past", min=0, **cap)
+    seq_dim, past_dim = Dim("seq"), Dim("past", min=0)
     ids_dims = {1: seq_dim} | ({0: Dim("batch")} if dynamic_batch else {})
     past_dims = tuple({2: past_dim} | ({0: ids_dims[0]} if dynamic_batch else {}) for _ in past)
     mask_dims = {2: seq_dim, 3: Dim.AUTO} | ({0: ids_dims[0]} if dynamic_batch else {})  # 3: past + seq
     names = [f"past_{kind}_{i}" for i in range(kv.num_layers) for kind in ("key", "value")]
     out_names = ["logits"] + [n.replace("past_", "present_") for n in names]
-    imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
-                        dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
-                        input_names=["input_ids", "position_ids", "attention_mask", *names],
-                        output_names=out_names, strip_prefix="model.")
+    from .torch_export import ConversionError
+    try:
+        imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
+                            dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
+                            input_names=["input_ids", "position_ids", "attention_mask", *names],
+                            output_names=out_names, strip_prefix="model.")
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's own forward or torch.export failed on the convention
+        raise _convention_error(model, e) from e
     declare_kv_states(imp.graph, kv.num_layers)
     return imp, kv
 

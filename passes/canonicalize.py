@@ -17,6 +17,11 @@ Recognition (the chains torch.export produces):
     add(mul(x, cos), mul(concat(neg(x[..., h:]), x[..., :h]), sin)) -> rope(x, cos, sin)   (h = d/2)
     mul(mul(x, 0.5), add(erf(div(x, sqrt 2)), 1))             -> gelu(x)   (also x * (1/sqrt 2))
     attention(q, repeat_kv(k), repeat_kv(v))                  -> attention(q, k, v)   (GQA is native)
+    matmul(softmax(matmul(q, k^T) * c [+ m], -1), v)        -> attention(q, k, v, m){scale=c}
+        the "eager" spelling (HF eager_attention_forward, GPT-2, BERT): the scale as mul or div on the
+        scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax
+    attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
+        the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py)
     attention(q, k, v, key_pos <= query_pos)                  -> attention{causal}(q, k, v)
         when the mask compares aranges of key and query positions whose offset is kv_len - q_len
         (the causal mask HF builds from cache positions); kernels then skip building the mask.
@@ -254,7 +259,108 @@ def _attention_causal(g, root):
     return g.op("attention", q, k, v, **{**root.attrs, "causal": True})
 
 
+def _through_casts(v):
+    while v.producer is not None and v.producer.op == "cast" and v.producer.inputs[0].type.dtype in FLOAT_DTYPES:
+        v = v.producer.inputs[0]
+    return v
+
+
+def _scaled(v):
+    """(x, factor) where v = x * factor or x / (1/factor) by a scalar constant, else (v, 1.0)."""
+    node = v.producer
+    if node is not None and node.op in ("mul", "div"):
+        for i, j in ((0, 1), (1, 0)) if node.op == "mul" else ((0, 1),):
+            c = const_value(node.inputs[j])
+            if isinstance(c, (int, float)) and not isinstance(c, bool) and c != 0 and \
+                    node.inputs[i].type.shape == v.type.shape:
+                return node.inputs[i], float(c) if node.op == "mul" else 1.0 / float(c)
+    return v, 1.0
+
+
+def _transposed(g, v):
+    """k such that v = k^T (the last two dims swapped), v being a permute: k is a permute of the same
+    source (or the source itself) when the transpose was folded into another permute."""
+    node = v.producer
+    dims = [d % v.type.rank for d in node.attrs["dims"]]
+    dims[-2], dims[-1] = dims[-1], dims[-2]
+    x = node.inputs[0]
+    return x if dims == list(range(len(dims))) else g.op("permute", x, dims=dims)
+
+
+def _attention_eager(g, root):
+    probs, v = root.inputs
+    sm = _through_casts(probs).producer
+    if sm is None or sm.op != "softmax" or sm.attrs["dim"] % sm.output.type.rank != sm.output.type.rank - 1:
+        return None
+    scores, mask = _through_casts(sm.inputs[0]), None
+    node = scores.producer
+    if node is not None and node.op == "add":
+        for a, b in (node.inputs, node.inputs[::-1]):
+            if a.type.shape == scores.type.shape and b.type.dtype in FLOAT_DTYPES and \
+                    _scaled(a)[0].producer is not None and _scaled(a)[0].producer.op == "matmul":
+                scores, mask = a, b
+                break
+    raw, factor = _scaled(scores)
+    mm = raw.producer
+    if mm is None or mm.op != "matmul":
+        return None
+    q, kt = mm.inputs
+    q, q_factor = _scaled(q)
+    if q.type.rank != 4 or kt.type.rank != 4 or v.type.rank != 4:
+        return "not q @ k^T over [batch, heads, seq, dim]"
+    if kt.producer is None or kt.producer.op != "permute":
+        return "the key operand is not a transpose"
+    if not (symbolic.equal(kt.type.shape[-1], v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], kt.type.shape[-2])):
+        return "k and v lengths or q and k dims differ"
+    hq, hk, hv = q.type.shape[-3], kt.type.shape[-3], v.type.shape[-3]
+    if q.type.dtype != root.output.type.dtype or not symbolic.equal(hk, hv) or \
+            not (symbolic.equal(hq, hv) or hv == 1):   # k/v heads broadcast over q's: multi-query = GQA
+        return "dtype or head count changes between q and the output"
+    k = _transposed(g, kt)
+    scale = factor * q_factor
+    return g.op("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale)
+
+
+def _window_of(keep, lq, lk):
+    """w when bool `keep` [.., lq, lk] holds key index > query index - (w + 1) (HF's sliding-window overlay,
+    queries at lk - lq + arange(lq), keys at arange(lk)), i.e. `attention{window=w}`'s band; else None."""
+    node = keep.producer
+    if node is None or node.op not in ("gt", "lt", "ge", "le"):
+        return None
+    key, qexpr = node.inputs if node.op in ("gt", "ge") else node.inputs[::-1]
+    qn, shift = qexpr.producer, None
+    if qn is not None and qn.op in ("sub", "add"):
+        c = const_value(qn.inputs[1])
+        if isinstance(c, int) and not isinstance(c, bool):
+            qexpr, shift = qn.inputs[0], (c if qn.op == "sub" else -c)
+    if shift is None:
+        return None
+    kp, qp = _positions(key), _positions(qexpr)
+    if kp is None or qp is None or not _along(key, -1, kp[1]) or not _along(qexpr, -2, qp[1]):
+        return None
+    if not (symbolic.equal(kp[1], lk) and symbolic.equal(qp[1], lq)
+            and symbolic.equal(symbolic.add(qp[0], f"-({kp[0]})"), symbolic.add(lk, f"-({lq})"))):
+        return None
+    window = shift - 1 if node.op in ("gt", "lt") else shift   # strict: q - k < shift
+    return window if window > 0 else None
+
+
+def _attention_window(g, root):
+    q, k, v, *mask = root.inputs
+    if not mask or root.attrs.get("window") or mask[0].producer is None or \
+            mask[0].producer.op not in ("bitwise_and", "logical_and") or mask[0].type.dtype != "bool":
+        return None
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
+    for other, keep in (mask[0].producer.inputs, mask[0].producer.inputs[::-1]):
+        window = _window_of(keep, lq, lk)
+        if window is not None and other.type.dtype == "bool" and other.type.shape == mask[0].type.shape:
+            return g.op("attention", q, k, v, other, **{**root.attrs, "window": window, "sinks": 0})
+    return None
+
+
 recognize = RuleSet([
+    (P("matmul", any_inputs=True), _attention_eager, "attention-eager"),
+    (P("attention", any_inputs=True), _attention_window, "attention-window-mask"),
     (P("attention", any_inputs=True), _attention_gqa, "attention-gqa"),
     (P("attention", any_inputs=True), _attention_causal, "attention-causal-mask"),
     (_RMS_CORE, _rms_core),

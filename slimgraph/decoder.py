@@ -65,7 +65,7 @@ class Decoder:
         self._out_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._state_out = [self._out_index[s.output.name] for s in graph.states]
         self.replays = any(s.kind != "append" for s in graph.states)
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
         self.reset(batch)
 
     # ---- state -----------------------------------------------------------------------------------

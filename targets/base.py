@@ -29,8 +29,16 @@ class MissingDependencyError(ImportError):
     pass
 
 
+class TargetUnavailableError(RuntimeError):
+    """The target's packages are installed but this machine cannot run it (e.g. `cuda` without a GPU)."""
+
+
 def _no_host() -> dict:
     return {}
+
+
+def _always() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Target:
     host: Callable[[], dict] = _no_host
     lowers: str | None = None          # the lowering table it reads (codegen/lowering.py), if any
     reference_fallback: bool = False   # ops without a lowering run their reference impl
+    unavailable: Callable[[], str | None] = _always  # why it cannot run on this machine (no GPU, ...), or None
 
     def support(self, node_or_op) -> str | None:
         """How this target runs an op (a Node or an op name): "native" (it has a lowering),
@@ -70,6 +79,9 @@ class Target:
             if importlib.util.find_spec(module) is None:
                 raise MissingDependencyError(
                     f"target {self.name!r} needs the {module!r} package: pip install 'slimgraph[{extra}]'")
+        why = self.unavailable()
+        if why:
+            raise TargetUnavailableError(why)
 
     def compile(self, graph) -> Runner:
         """build + load."""

@@ -43,6 +43,21 @@ register_target(Target("onnx", build=_onnx("build"), load=_onnx("load"), default
                        requires=(("onnxruntime", "onnx"), ("onnx", "onnx")), lowers="onnx"))
 
 
+def _cuda(fn):
+    def call(*args):
+        from ..codegen.triton import cuda
+        return getattr(cuda, fn)(*args)
+    return call
+
+
+register_target(Target("cuda", build=_cuda("build"), load=_cuda("load"), host=_cuda("host"),
+                       default_pipeline="canonicalize,cse,dce",
+                       description="IR -> fused Triton kernels + torch on an NVIDIA GPU "
+                                   "(TRITON_INTERPRET=1: Triton's CPU interpreter, for tests)",
+                       requires=(("triton", "triton"),), unavailable=_cuda("check"),
+                       lowers="triton", reference_fallback=True))
+
+
 def _c(fn):
     def call(*args):
         from ..codegen.c import target

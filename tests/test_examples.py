@@ -74,3 +74,11 @@ def test_quantize_smollm2(tmp_path):
     import slimgraph
     ids = slimgraph.load(tmp_path / "q.sg").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, eos_token_id=None)
     assert ids.shape == (1, 6)                  # the saved artifact loads and generates
+
+
+@pytest.mark.slow
+def test_cuda_llama_in_the_triton_interpreter():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # inherited by the example's process where no GPU is
+    out = run_example("cuda_llama.py")
+    assert "greedy, float weights: token-identical to transformers" in out
+    assert int(out.split("greedy, int4 g32 weights: ")[1].split("/")[0]) >= 1

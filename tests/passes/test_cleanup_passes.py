@@ -394,3 +394,66 @@ def test_canonicalize_recognizes_rotate_half_rope():
         CHECK: concat(%lo, %n) {dim=-1}
     """)
     assert rep[0].stats["rope"] == 1 and g.op_counts()["rope"] == 1
+
+
+EAGER = """
+graph @main(%q: f32[b,4,seq,8], %k: f32[b,4,kv,8], %v: f32[b,4,kv,8], %bias: f32[b,1,seq,kv]) {
+  %kt: f32[b,4,8,kv] = permute(%k) {dims=[0,1,3,2]}
+  %s: f32[b,4,seq,kv] = matmul(%q, %kt)
+  %c: f32[] = constant() {value=0.35355339059327373, dtype="f32"}
+  %ss: f32[b,4,seq,kv] = mul(%s, %c)
+  %sm: f32[b,4,seq,kv] = add(%bias, %ss)
+  %p: f32[b,4,seq,kv] = softmax(%sm) {dim=-1}
+  %a: f32[b,4,seq,8] = matmul(%p, %v)
+  %d: f32[] = constant() {value=2.0, dtype="f32"}
+  %sd: f32[b,4,seq,kv] = div(%s, %d)
+  %p2: f32[b,4,seq,kv] = softmax(%sd) {dim=3}
+  %a2: f32[b,4,seq,8] = matmul(%p2, %v)
+  %p3: f32[b,4,seq,kv] = softmax(%s) {dim=2}
+  %a3: f32[b,4,seq,8] = matmul(%p3, %v)
+  return %a, %a2, %a3
+}"""
+
+
+def test_canonicalize_recognizes_eager_attention_with_its_scale_and_additive_mask():
+    # matmul -> scale (mul or div) -> + mask -> softmax(-1) -> matmul is attention; a softmax over the
+    # query axis is not
+    g, rep = run_passes(EAGER, "canonicalize,dce", sizes={"seq": 3, "kv": 5})
+    filecheck(str(g), """
+        CHECK: attention(%q, %k, %v, %bias) {scale=0.35355339059327373}
+        CHECK: attention(%q, %k, %v) {scale=0.5}
+        CHECK: softmax(%s) {dim=2}
+    """)
+    assert rep[0].stats["attention-eager"] == 2
+
+
+WINDOW = """
+graph @main(%q: f32[b,4,seq,8], %k: f32[b,4,past+seq,8], %v: f32[b,4,past+seq,8], %m: bool[b,1,seq,past+seq], %past_key: f32[b,4,past,8]) {
+  %qa: i64[seq] = arange() {end="seq"}
+  %p: i64[] = dim_value() {expr="past"}
+  %qpos: i64[seq] = add(%qa, %p)
+  %ka: i64[past+seq] = arange() {end="past+seq"}
+  %k1: i64[1,past+seq] = unsqueeze(%ka) {dim=0}
+  %q1: i64[seq,1] = unsqueeze(%qpos) {dim=1}
+  %w: i64[] = constant() {value=4, dtype="i64"}
+  %lo: i64[seq,1] = sub(%q1, %w)
+  %band: bool[seq,past+seq] = gt(%k1, %lo)
+  %both: bool[b,1,seq,past+seq] = bitwise_and(%m, %band)
+  %a: f32[b,4,seq,8] = attention(%q, %k, %v, %both) {scale=0.125}
+  %qlate: i64[seq,1] = add(%q1, %w)
+  %off: bool[seq,past+seq] = gt(%k1, %qlate)
+  %both2: bool[b,1,seq,past+seq] = bitwise_and(%m, %off)
+  %a2: f32[b,4,seq,8] = attention(%q, %k, %v, %both2) {scale=0.125}
+  return %a, %a2
+}"""
+
+
+def test_canonicalize_turns_a_sliding_window_band_into_the_attention_window():
+    # key index > query index - 4 (HF's overlay for sliding_window=4) is attention{window=3}; a band
+    # that is not below the query (key > query + 4) keeps its mask
+    g, rep = run_passes(WINDOW, "canonicalize,dce", sizes={"past": 6, "seq": 3})
+    filecheck(str(g), """
+        CHECK: attention(%q, %k, %v, %m) {scale=0.125, window=3}
+        CHECK: attention(%q, %k, %v, %both2) {scale=0.125}
+    """)
+    assert rep[0].stats["attention-window-mask"] == 1
