@@ -10,7 +10,7 @@
     lowerings("onnx")                    # -> {op: Lowering} for every op the ONNX exporter lowers
 
 What `fn` is depends on the target's codegen (torch: `fn(*inputs, **attrs)` computing what the op's
-reference impl computes, faster; onnx: `emit(exporter, node, input names) -> output names`).
+reference impl computes, faster; onnx: `emit(exporter, node, input names) -> output names`; c: `fn(emitter, node) -> C statements`).
 `prepack(node, const_inputs) -> {input index: tensor}` (torch) runs once at build time on the
 node's weight inputs; `scalars=True` (torch) says `fn` accepts Python numbers for 0-d constants.
 Lowering tables hold functions only: nothing here mutates a graph.
@@ -48,6 +48,7 @@ LOWERING_MODULES: dict[str, list[str]] = {
     "triton": ["slimgraph.codegen.triton.kernels.qlinear", "slimgraph.codegen.triton.kernels.norms",
                "slimgraph.codegen.triton.kernels.rope", "slimgraph.codegen.triton.kernels.attention",
                "slimgraph.codegen.triton.generators"],
+    "c": ["slimgraph.codegen.c.lower_elementwise", "slimgraph.codegen.c.lower_nn", "slimgraph.codegen.c.lower_shape"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

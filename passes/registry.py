@@ -6,3 +6,4 @@ from . import select_precision  # noqa: F401,E402
 from . import merge_siblings  # noqa: F401,E402
 from . import draft_heads  # noqa: F401,E402
 from . import sparsify_attention  # noqa: F401,E402
+from . import bind_shapes  # noqa: F401,E402

@@ -56,3 +56,16 @@ register_target(Target("cuda", build=_cuda("build"), load=_cuda("load"), host=_c
                                    "(TRITON_INTERPRET=1: Triton's CPU interpreter, for tests)",
                        requires=(("triton", "triton"),), unavailable=_cuda("check"),
                        lowers="triton", reference_fallback=True))
+
+
+def _c(fn):
+    def call(*args):
+        from ..codegen.c import target
+        return getattr(target, fn)(*args)
+    return call
+
+
+register_target(Target("c", build=_c("build"), load=_c("load"), host=_c("host"), default_pipeline="canonicalize,cse,dce",
+                       description="IR -> plain C99 sources + weights.bin + Makefile (gcc, no Python/TVM at run "
+                                   "time): embedded and FPGA-HLS hosts; static shapes (bind-shapes pass)",
+                       lowers="c"))
