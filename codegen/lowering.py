@@ -44,6 +44,7 @@ class Lowering:
 LOWERING_MODULES: dict[str, list[str]] = {
     "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
+    "cpu": ["slimgraph.codegen.tvm.relax_lower"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

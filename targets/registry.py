@@ -41,3 +41,16 @@ def _onnx(fn):
 register_target(Target("onnx", build=_onnx("build"), load=_onnx("load"), default_pipeline="canonicalize,cse,dce",
                        description="IR -> ONNX (int4 as com.microsoft MatMulNBits) run by ONNX Runtime",
                        requires=(("onnxruntime", "onnx"), ("onnx", "onnx")), lowers="onnx"))
+
+
+def _cpu(fn):
+    def call(*args):
+        from ..codegen.tvm import target
+        return getattr(target, fn)(*args)
+    return call
+
+
+register_target(Target("cpu", build=_cpu("build"), load=_cpu("load"), host=_cpu("host"),
+                       default_pipeline="canonicalize,cse,dce",
+                       description="IR -> TVM Relax -> one LLVM shared library for this CPU, run by the Relax VM",
+                       requires=(("tvm", "tvm"),), lowers="cpu"))
