@@ -154,8 +154,8 @@ def _full(lw, node, args):
 @lowering("cpu", "arange")
 def _arange(lw, node, args):
     a = node.attrs
-    return R.arange(relax.PrimValue(lw.dim(a["start"])), relax.PrimValue(lw.dim(a["end"])),
-                    relax.PrimValue(lw.dim(a["step"])), tvm_dtype(a["dtype"]))
+    return R.arange(relax.prim_value(lw.dim(a["start"])), relax.prim_value(lw.dim(a["end"])),
+                    relax.prim_value(lw.dim(a["step"])), tvm_dtype(a["dtype"]))
 
 
 # ---- shape --------------------------------------------------------------------------------------
@@ -367,10 +367,10 @@ def _attention(lw, node, args):
     lq, lk = lw.dim(qt.shape[-2]), lw.dim(kt.shape[-2])
     keep = None
     if node.attrs["causal"] or node.attrs["window"]:
-        i = R.expand_dims(R.arange(relax.PrimValue(0), relax.PrimValue(lq), relax.PrimValue(1), "int64"), 1)
-        j = R.expand_dims(R.arange(relax.PrimValue(0), relax.PrimValue(lk), relax.PrimValue(1), "int64"), 0)
-        diag = R.add(i, R.subtract(R.full(relax.ShapeExpr([]), relax.PrimValue(lk), "int64"),
-                                   R.full(relax.ShapeExpr([]), relax.PrimValue(lq), "int64")))
+        i = R.expand_dims(R.arange(relax.prim_value(0), relax.prim_value(lq), relax.prim_value(1), "int64"), 1)
+        j = R.expand_dims(R.arange(relax.prim_value(0), relax.prim_value(lk), relax.prim_value(1), "int64"), 0)
+        diag = R.add(i, R.subtract(R.full(relax.ShapeExpr([]), relax.prim_value(lk), "int64"),
+                                   R.full(relax.ShapeExpr([]), relax.prim_value(lq), "int64")))
         if node.attrs["causal"]:
             keep = R.less_equal(j, diag)
         if node.attrs["window"]:
