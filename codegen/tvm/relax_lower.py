@@ -238,10 +238,19 @@ def _index_select(lw, node, args):
 
 @lowering("cpu", "index")
 def _index(lw, node, args):
-    axes = [_axis(a, node.inputs[0].type.rank) for a in node.attrs["axes"]]
-    if axes != list(range(len(axes))):
-        raise LoweringError(f"cpu target: index over axes {axes} (only leading axes 0..k-1 are lowered)")
-    return R.index_tensor(args[0], relax.Tuple(list(args[1:])))
+    """x[..., i0, ..., i1, ...] (torch advanced indexing): the indexed axes are moved to the front for
+    Relax's index_tensor, and the broadcast index dims moved back to where torch puts them (at the first
+    indexed axis when the indexed axes are adjacent, else in front)."""
+    rank = node.inputs[0].type.rank
+    axes = [_axis(a, rank) for a in node.attrs["axes"]]
+    rest = [d for d in range(rank) if d not in axes]
+    x = args[0] if axes == list(range(len(axes))) else R.permute_dims(args[0], axes + rest)
+    y = R.index_tensor(x, relax.Tuple(list(args[1:])))
+    nb, first = node.output.type.rank - len(rest), min(axes)
+    if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
+        y = R.permute_dims(y, [nb + j for j in range(first)] + list(range(nb)) +
+                           [nb + j for j in range(first, len(rest))])
+    return y
 
 
 @lowering("cpu", "tril")
@@ -367,10 +376,10 @@ def _attention(lw, node, args):
     lq, lk = lw.dim(qt.shape[-2]), lw.dim(kt.shape[-2])
     keep = None
     if node.attrs["causal"] or node.attrs["window"]:
-        i = R.expand_dims(R.arange(relax.prim_value(0), relax.prim_value(lq), relax.prim_value(1), "int64"), 1)
+        # diag[i] = i + lk - lq: query i's end-aligned diagonal
+        diag = R.expand_dims(R.arange(relax.prim_value(lk - lq), relax.prim_value(lk), relax.prim_value(1),
+                                      "int64"), 1)
         j = R.expand_dims(R.arange(relax.prim_value(0), relax.prim_value(lk), relax.prim_value(1), "int64"), 0)
-        diag = R.add(i, R.subtract(R.full(relax.ShapeExpr([]), relax.prim_value(lk), "int64"),
-                                   R.full(relax.ShapeExpr([]), relax.prim_value(lq), "int64")))
         if node.attrs["causal"]:
             keep = R.less_equal(j, diag)
         if node.attrs["window"]:
