@@ -49,6 +49,13 @@ class Lowerer:
         self.bb = relax.BlockBuilder()
         self.syms: dict[str, object] = {}
         self.env: dict[int, object] = {}
+        self.kernels: dict[str, object] = {}
+
+    def kernel(self, name: str, prim_func):
+        """The GlobalVar of TIR kernel `name` in the module (added once, shared by every call)."""
+        if name not in self.kernels:
+            self.kernels[name] = self.bb.add_func(prim_func, name)
+        return self.kernels[name]
 
     # ---- dims ---------------------------------------------------------------------------------
     def sym(self, name: str):

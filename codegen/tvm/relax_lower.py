@@ -292,6 +292,12 @@ def linear(x, w, bias=None):
 
 @lowering("cpu", "linear")
 def _linear(lw, node, args):
+    """f32 x with a static [n, k] f32 weight (k a multiple of 8): slimgraph's GEMV kernel; else a Relax matmul."""
+    x, w = node.inputs[:2]
+    if x.type.dtype == w.type.dtype == "f32" and w.type.rank == 2 and w.type.is_static and w.type.shape[1] % 8 == 0 \
+            and (len(args) < 3 or node.inputs[2].type.dtype == "f32"):
+        from .kernels import f32_linear
+        return f32_linear(lw, node, args[0], args[1], args[2] if len(args) > 2 else None)
     return linear(*args)
 
 

@@ -96,7 +96,11 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     get_pass("quantize-weights")(bits=bits, group=group, sym=sym).run(g)
     get_pass("fuse-dequant-matmul")().run(g)
     assert "qlinear" in g.op_counts()
-    assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),), seqs=(1, 3))
+    run = assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),),
+                         seqs=(1, 3))
+    source = run.products.read_bytes("cpu_module.relax.py").decode()
+    assert ("int4_gemv" in source) == (bits == 4)   # int4: the kernel that unpacks in registers
+    assert ("dequantize" in source) == (bits == 8)  # int8: dequantize + matmul
 
 
 def test_dequantize_matches_reference():
