@@ -152,8 +152,10 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
     if int4_gemv_ok(bits, group, k, dt):
         g = Q.group_size(group, k)
-        x = lw.bb.normalize(x)
-        xs = lw.bb.emit(split_groups(x, k, g))
+        key = ("split_groups", id(node.inputs[0]), g)   # q/k/v (gate/up) projections share one reordering
+        if key not in lw.memo:
+            lw.memo[key] = lw.bb.emit(split_groups(lw.bb.normalize(x), k, g))
+        xs = lw.memo[key]
         zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
         sdt = tvm_dtype(node.inputs[2].type.dtype)
         zp = zeros if zeros is not None else lw.const([[8]], "u8")

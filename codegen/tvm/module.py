@@ -50,6 +50,7 @@ class Lowerer:
         self.syms: dict[str, object] = {}
         self.env: dict[int, object] = {}
         self.kernels: dict[str, object] = {}
+        self.memo: dict[tuple, object] = {}     # values lowerings share (keyed by IR value ids)
 
     def kernel(self, name: str, prim_func):
         """The GlobalVar of TIR kernel `name` in the module (added once, shared by every call)."""
