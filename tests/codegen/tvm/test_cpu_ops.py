@@ -154,3 +154,20 @@ def test_second_build_reads_the_cache(tmp_path, monkeypatch):
     assert len(calls) == 1 and p1.files[T.LIBRARY] == p2.files[T.LIBRARY]
     assert list(tmp_path.glob("tvm-cpu/*.so")) and time.perf_counter() - t1 < t1 - t0
     assert b"R.function" in p1.files[T.SOURCE] or b"def main" in p1.files[T.SOURCE]
+
+
+def test_random_graphs_match_the_interpreter(tmp_path, monkeypatch):
+    """Random valid graphs (tests/strategies.py: elementwise, shape, reduce, matmul, constants, symbolic
+    leading dims) compile on the cpu target and match the interpreter. Few examples: each one compiles."""
+    from hypothesis import HealthCheck, given, settings
+    from strategies import graphs
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=graphs(max_ops=8))
+    def check(case):
+        g, inputs = case
+        ref, got = ir.run(g, *inputs), get_target("cpu").compile(g)(*inputs)
+        for r, o in zip(ref, got):
+            assert r.dtype == o.dtype and r.shape == o.shape
+            torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+    check()
