@@ -71,29 +71,34 @@ def compile_module(mod):
 
 
 def build(graph) -> Products:
-    """Lower the graph to Relax and compile it to a shared library (or read it from the build cache)."""
-    from .module import to_relax
-    mod, weights = to_relax(graph)
+    """Lower the graph to Relax and compile it to a shared library, or, on a build cache hit, read the
+    library and its source back without lowering anything."""
     key = cache_key(graph)
     cached = cache_dir() / f"{key}.so"
+    source = cached.with_suffix(".relax.py")
+    weights = list(graph.weights)   # the parameter order of `main` after the graph inputs (module.py)
     notes = []
-    if cached.exists():
-        lib = cached.read_bytes()
+    if cached.exists() and source.exists():
+        lib, text = cached.read_bytes(), source.read_bytes()
     else:
+        from .module import to_relax
+        mod, weights = to_relax(graph)
         ex = compile_module(mod)
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / LIBRARY
             ex.export_library(str(path))
             lib = path.read_bytes()
+        text = mod.script().encode()
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(lib)
-            os.replace(tmp, cached)
+            for dst, data in ((source, text), (cached, lib)):   # the library last: it marks a complete entry
+                tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, dst)
         except OSError as e:   # a read-only home: the build still works, only uncached
             notes.append(f"build cache {cached.parent} not writable ({e}); compiled without caching")
     meta = {"host": host(), "weights": weights, "cache_key": key, "notes": notes}
-    return Products({LIBRARY: lib, SOURCE: mod.script().encode()}, meta)
+    return Products({LIBRARY: lib, SOURCE: text}, meta)
 
 
 def load(graph, products: Products) -> "TvmRunner":
