@@ -37,8 +37,9 @@ def host() -> dict:
 
 def _target_spec() -> dict:
     import tvm
-    return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "num-cores": max(1, torch.get_num_threads())}
+    # not the thread count: the library runs on any number of TVM threads (TVM_NUM_THREADS), so a process
+    # with other torch settings must not see "another host" and rebuild
+    return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
 
 
 def cache_dir() -> Path:
