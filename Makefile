@@ -36,6 +36,8 @@ setup:
 	# export runtimes (tests/export): compressed-tensors (torch already satisfied above) and llama.cpp's
 	# Python bindings, built from source (~15 min on 2 cores)
 	$(PIP) install compressed-tensors==0.20.1 llama-cpp-python==0.3.36
+	# the `cpu` target (codegen/tvm): TVM's wheel needs numpy, ml_dtypes and apache-tvm-ffi, not torch
+	$(PIP) install apache-tvm==0.27.0.post1
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

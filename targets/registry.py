@@ -69,3 +69,16 @@ register_target(Target("c", build=_c("build"), load=_c("load"), host=_c("host"),
                        description="IR -> plain C99 sources + weights.bin + Makefile (gcc, no Python/TVM at run "
                                    "time): embedded and FPGA-HLS hosts; static shapes (bind-shapes pass)",
                        lowers="c"))
+
+
+def _cpu(fn):
+    def call(*args):
+        from ..codegen.tvm import target
+        return getattr(target, fn)(*args)
+    return call
+
+
+register_target(Target("cpu", build=_cpu("build"), load=_cpu("load"), host=_cpu("host"),
+                       default_pipeline="canonicalize,cse,dce",
+                       description="IR -> TVM Relax -> one LLVM shared library for this CPU, run by the Relax VM",
+                       requires=(("tvm", "tvm"),), lowers="cpu"))

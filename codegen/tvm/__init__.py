@@ -1,0 +1,9 @@
+"""The `cpu` target: IR -> TVM Relax (+ slimgraph's own TIR kernels) -> one LLVM shared library.
+
+    relax_lower.py   the "cpu" lowering table: one Relax emitter per IR op (BlockBuilder)
+    module.py        graph -> Relax IRModule (symbols as tir.Var, weights as parameters)
+    kernels.py       hand-scheduled TIR kernels (int4 qlinear GEMV)
+    target.py        build / load / host, the build cache, the Runner
+
+Nothing here is imported by `import slimgraph`; `tvm` is imported by these modules only.
+"""

@@ -1,0 +1,174 @@
+"""slimgraph's own TE/TIR kernels for the `cpu` target: packed-weight dequantization and `qlinear`.
+
+Packed layout: ir/quant_format.py (int4: two codes per byte, column 2k in the low nibble; groups along K;
+symmetric int4 has the implied zero point 8, int8 zero 0).
+
+    dequantize_te(qweight, scales, zeros, bits, group, dtype)   # te.Tensor [out, in]
+    qlinear(lw, node, x, qweight, scales, zeros, bias, bits, group)   # Relax expr: linear(x, W) (+ bias)
+"""
+from __future__ import annotations
+from tvm import te, tirx
+
+from ...ir import quant_format as Q
+
+
+def _code(qweight, bits, o, i):
+    if bits == 8:
+        return qweight[o, i].astype("int32")
+    byte = qweight[o, tirx.floordiv(i, 2)].astype("int32")
+    return tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(i, 2) * 4), 15)
+
+
+def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "float32"):
+    """W[o, i] = (q[o, i] - zero[o, i // g]) * scale[o, i // g] as a TE compute (ir/quant_format.py)."""
+    out = int(qweight.shape[0])
+    k = int(qweight.shape[1]) * (2 if bits == 4 else 1)
+    g = Q.group_size(group, k)
+    implied = Q.implied_zero(bits)
+
+    def w(o, i):
+        q = _code(qweight, bits, o, i).astype("float32")
+        z = zeros[o, tirx.floordiv(i, g)].astype("float32") if zeros is not None else tirx.const(implied, "float32")
+        return ((q - z) * scales[o, tirx.floordiv(i, g)].astype("float32")).astype(dtype)
+    return te.compute((out, k), w, name="dequantize")
+
+
+LANES = 16   # f32 lanes of one AVX-512 register (two AVX2 ones): the accumulator width of the kernels
+
+
+def int4_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
+    """The int4 kernel takes f32 activations and groups whose half (bytes per group) is a multiple of 8."""
+    g = Q.group_size(group, k)
+    return bits == 4 and dtype == "float32" and k % g == 0 and (g // 2) % 8 == 0
+
+
+def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
+    """y[m, o] = sum_k x_split[m, k] * W[o, k] for int4 W [n, k] packed as ir/quant_format.py says.
+
+    x_split is x with each group's even columns first, then its odd ones (`split_groups`), so both nibbles
+    of a byte meet contiguous activations. Per output row: one LANES-wide f32 accumulator, the nibbles
+    unpacked and scaled in registers (no float weight is written anywhere), a horizontal sum at the end.
+    Outputs are the outer, parallel loop and rows of x the inner one, so a weight row is read from memory
+    once per call whatever M is."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng, hb = k // g, g // 2
+    lanes = min(LANES, hb)
+    jo_n = hb // lanes
+    has_zero = zero_dtype is not None
+    zshape = (n, ng) if has_zero else (1, 1)
+    zdt = zero_dtype or "uint8"
+
+    @T.prim_func(private=True)
+    def int4_gemv(x_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"), sc: T.Buffer((n, ng), scale_dtype),
+                  zp: T.Buffer(zshape, zdt), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for o in T.parallel(n):
+            for m in range(m_n):
+                acc = T.decl_buffer((lanes,), "float32", scope="local")
+                for l in T.vectorized(lanes):
+                    acc[l] = T.float32(0)
+                for gi in range(ng):
+                    for jo in range(jo_n):
+                        for l in T.vectorized(lanes):
+                            # no let-bindings in this loop: TVM 0.27 vectorizes them wrongly
+                            acc[l] = acc[l] + T.Cast("float32", sc[o, gi]) * (
+                                (T.Cast("float32", T.bitwise_and(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 15))
+                                 - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                * x[m, gi * g + jo * lanes + l]
+                                + (T.Cast("float32", T.shift_right(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 4))
+                                   - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                * x[m, gi * g + hb + jo * lanes + l])
+                for l in range(1, lanes):
+                    acc[0] = acc[0] + acc[l]
+                y[m, o] = acc[0]
+    return int4_gemv
+
+
+def make_f32_gemv(n: int, k: int):
+    """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
+    and parallel, rows of x inner (a weight row is read once per call)."""
+    from tvm.script import tirx as T
+    lanes = LANES if k % LANES == 0 else 8 if k % 8 == 0 else 1
+    ko_n = k // lanes
+
+    @T.prim_func(private=True)
+    def f32_gemv(x_h: T.handle, w: T.Buffer((n, k), "float32"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for o in T.parallel(n):
+            for m in range(m_n):
+                acc = T.decl_buffer((lanes,), "float32", scope="local")
+                for l in T.vectorized(lanes):
+                    acc[l] = T.float32(0)
+                for ko in range(ko_n):
+                    for l in T.vectorized(lanes):
+                        acc[l] = acc[l] + x[m, ko * lanes + l] * w[o, ko * lanes + l]
+                for l in range(1, lanes):
+                    acc[0] = acc[0] + acc[l]
+                y[m, o] = acc[0]
+    return f32_gemv
+
+
+def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
+    """Run `func(x2d, *weights) -> [M, n]` on x [..., k] and give [..., n]."""
+    from tvm import relax
+    from tvm.relax import op as R
+    x = lw.bb.normalize(x)
+    lead = list(x.ty.shape.values)[:-1]
+    m = 1
+    for d in lead:
+        m = m * d
+    x2 = R.reshape(x, relax.ShapeExpr([m, k]))
+    gv = lw.kernel(name, func)
+    y = relax.call_tir(gv, [x2, *weights], relax.TensorType([m, n], "float32"))
+    return R.reshape(y, relax.ShapeExpr([*lead, n]))
+
+
+def split_groups(x, k: int, g: int):
+    """x [..., k] with each group of g columns reordered as (even columns, odd columns): the activation
+    order of the int4 kernel's low and high nibbles."""
+    from tvm import relax
+    from tvm.relax import op as R
+    lead = [d for d in x.ty.shape.values[:-1]]
+    r = len(lead)
+    x4 = R.reshape(x, relax.ShapeExpr([*lead, k // g, g // 2, 2]))
+    return R.reshape(R.permute_dims(x4, list(range(r)) + [r, r + 2, r + 1]), relax.ShapeExpr([*lead, k]))
+
+
+def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
+    """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 with f32 activations: the int4 GEMV kernel
+    (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
+    from tvm.relax import op as R
+    from .module import tvm_dtype
+    from .relax_lower import _dtype, linear
+    dt = _dtype(x)
+    n = node.inputs[1].type.shape[0]
+    k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
+    if int4_gemv_ok(bits, group, k, dt):
+        g = Q.group_size(group, k)
+        key = ("split_groups", id(node.inputs[0]), g)   # q/k/v (gate/up) projections share one reordering
+        if key not in lw.memo:
+            lw.memo[key] = lw.bb.emit(split_groups(lw.bb.normalize(x), k, g))
+        xs = lw.memo[key]
+        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
+        sdt = tvm_dtype(node.inputs[2].type.dtype)
+        zp = zeros if zeros is not None else lw.const([[8]], "u8")
+        func = make_int4_gemv(n, k, g, sdt, zdt)
+        y = _call_rows(lw, xs, k, n, func, [qweight, scales, zp], f"int4_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
+        return R.add(y, bias) if bias is not None else y
+    w = lw.bb.emit_te(dequantize_te, qweight, scales, zeros, bits, group, dt, primfunc_name_hint="dequantize")
+    return linear(x, w, bias)
+
+
+def f32_linear(lw, node, x, w, bias):
+    """linear for f32 x and a static [n, k] f32 weight: the f32 GEMV kernel."""
+    from tvm.relax import op as R
+    n, k = node.inputs[1].type.shape
+    y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_gemv(n, k), [w], f"f32_gemv_{n}x{k}")
+    return R.add(y, bias) if bias is not None else y

@@ -1,0 +1,435 @@
+"""The "cpu" lowering table: each IR op as Relax ops (or a slimgraph TIR kernel), one function per op.
+
+    @lowering("cpu", "rope")
+    def rope(lw, node, args): ...   # lw: module.Lowerer; args: Relax values of node.inputs -> Relax expr(s)
+
+Semantics are the op registry's reference implementations (ir/opset/*.py), which tests compare against:
+torch type promotion (inputs cast to the IR result dtype before the Relax op, which wants equal dtypes),
+negative dims normalized, symbolic attributes through `lw.dim`. Composite ops (rms_norm, rope,
+attention, dequantize) are written as Relax op chains that TVM's FuseOps merges into few kernels;
+`qlinear` calls codegen/tvm/kernels.py.
+"""
+from __future__ import annotations
+import math
+
+from tvm import relax
+from tvm.relax import op as R
+
+from ...ir.dtypes import promote
+from ..lowering import lowering
+from .module import LoweringError, tvm_dtype
+
+
+def _dtype(x) -> str:
+    """dtype of a Relax expression (normalized first: a Call not yet emitted has no type)."""
+    if not hasattr(x.ty, "dtype"):
+        x = relax.BlockBuilder.current().normalize(x)
+    return str(x.ty.dtype)
+
+
+def _cast(x, dtype: str):
+    want = tvm_dtype(dtype)
+    return x if _dtype(x) == want else R.astype(x, want)
+
+
+def _axis(d: int, rank: int) -> int:
+    return d % rank if rank else 0
+
+
+# ---- elementwise --------------------------------------------------------------------------------
+_ARITH = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "maximum": R.maximum, "minimum": R.minimum,
+          "remainder": R.floor_mod, "floor_divide": R.floor_divide, "div": R.divide, "pow": R.power}
+_BITS = {"bitwise_and": (R.bitwise_and, R.logical_and), "bitwise_or": (R.bitwise_or, R.logical_or),
+         "bitwise_xor": (R.bitwise_xor, R.logical_xor)}
+_PRED = {"eq": R.equal, "ne": R.not_equal, "lt": R.less, "le": R.less_equal, "gt": R.greater,
+         "ge": R.greater_equal}
+_LOGICAL = {"logical_and": R.logical_and, "logical_or": R.logical_or, "logical_xor": R.logical_xor}
+
+
+def _arith(fn):
+    def emit(lw, node, args):
+        dt = node.output.type.dtype
+        return fn(*(_cast(a, dt) for a in args))
+    return emit
+
+
+for _name, _fn in _ARITH.items():
+    lowering("cpu", _name)(_arith(_fn))
+
+
+def _bits(int_fn, bool_fn):
+    def emit(lw, node, args):
+        dt = node.output.type.dtype
+        a, b = (_cast(x, dt) for x in args)
+        return bool_fn(a, b) if dt == "bool" else int_fn(a, b)
+    return emit
+
+
+for _name, (_i, _b) in _BITS.items():
+    lowering("cpu", _name)(_bits(_i, _b))
+
+
+def _pred(fn, common=None):
+    def emit(lw, node, args):
+        dt = common or promote(*[(v.type.dtype, v.type.rank) for v in node.inputs])
+        return fn(*(_cast(a, dt) for a in args))
+    return emit
+
+
+for _name, _fn in _PRED.items():
+    lowering("cpu", _name)(_pred(_fn))
+for _name, _fn in _LOGICAL.items():
+    lowering("cpu", _name)(_pred(_fn, "bool"))
+
+_UNARY = {"neg": R.negative, "abs": R.abs, "relu": R.nn.relu, "sign": R.sign, "floor": R.floor, "ceil": R.ceil,
+          "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "sin": R.sin, "cos": R.cos,
+          "tanh": R.tanh, "sigmoid": R.sigmoid, "silu": R.nn.silu, "erf": R.erf, "tan": R.tan, "atan": R.atan,
+          "isnan": R.isnan, "logical_not": R.logical_not, "bitwise_not": R.bitwise_not}
+_FLOAT_IN = {"exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "erf", "tan", "atan"}
+
+
+def _unary(name, fn):
+    def emit(lw, node, args):
+        x = _cast(args[0], node.output.type.dtype) if name in _FLOAT_IN else args[0]
+        return fn(x)
+    return emit
+
+
+for _name, _fn in _UNARY.items():
+    lowering("cpu", _name)(_unary(_name, _fn))
+
+
+@lowering("cpu", "reciprocal")
+def _reciprocal(lw, node, args):
+    dt = node.output.type.dtype
+    return R.divide(lw.const(1.0, dt), _cast(args[0], dt))
+
+
+@lowering("cpu", "gelu")
+def _gelu(lw, node, args):
+    approx = node.attrs["approximate"]
+    if approx not in ("none", "tanh"):
+        raise LoweringError(f"cpu target: gelu approximate={approx!r} (expected 'none' or 'tanh')")
+    x = _cast(args[0], node.output.type.dtype)
+    return R.nn.gelu(x) if approx == "none" else R.nn.gelu_tanh(x)
+
+
+@lowering("cpu", "where")
+def _where(lw, node, args):
+    dt = node.output.type.dtype
+    return R.where(_cast(args[0], "bool"), _cast(args[1], dt), _cast(args[2], dt))
+
+
+@lowering("cpu", "cast")
+def _cast_op(lw, node, args):
+    return _cast(args[0], node.attrs["dtype"])
+
+
+@lowering("cpu", "clamp")
+def _clamp(lw, node, args):
+    dt = node.output.type.dtype
+    x = args[0]
+    if node.attrs["min"] is not None:
+        x = R.maximum(x, lw.const(node.attrs["min"], dt))
+    if node.attrs["max"] is not None:
+        x = R.minimum(x, lw.const(node.attrs["max"], dt))
+    return x
+
+
+# ---- constants and generators -------------------------------------------------------------------
+@lowering("cpu", "constant")
+def _constant(lw, node, args):
+    return lw.const(node.attrs["value"], node.attrs["dtype"])
+
+
+@lowering("cpu", "full")
+def _full(lw, node, args):
+    shape, dt = node.attrs["shape"], node.attrs["dtype"]
+    if all(isinstance(d, int) for d in shape):
+        import numpy as np
+        return relax.const(np.full(tuple(shape), node.attrs["value"], dtype=tvm_dtype(dt)), tvm_dtype(dt))
+    return R.full(relax.ShapeExpr([lw.dim(d) for d in shape]), lw.const(node.attrs["value"], dt), tvm_dtype(dt))
+
+
+@lowering("cpu", "arange")
+def _arange(lw, node, args):
+    a = node.attrs
+    return R.arange(relax.prim_value(lw.dim(a["start"])), relax.prim_value(lw.dim(a["end"])),
+                    relax.prim_value(lw.dim(a["step"])), tvm_dtype(a["dtype"]))
+
+
+# ---- shape --------------------------------------------------------------------------------------
+@lowering("cpu", "reshape")
+def _reshape(lw, node, args):
+    return R.reshape(args[0], relax.ShapeExpr(lw.shape(node.output)))
+
+
+@lowering("cpu", "expand")
+def _expand(lw, node, args):
+    return R.broadcast_to(args[0], relax.ShapeExpr(lw.shape(node.output)))
+
+
+@lowering("cpu", "permute")
+def _permute(lw, node, args):
+    rank = node.inputs[0].type.rank
+    return R.permute_dims(args[0], [_axis(d, rank) for d in node.attrs["dims"]])
+
+
+@lowering("cpu", "unsqueeze")
+def _unsqueeze(lw, node, args):
+    return R.expand_dims(args[0], _axis(node.attrs["dim"], node.output.type.rank))
+
+
+@lowering("cpu", "squeeze")
+def _squeeze(lw, node, args):
+    rank = node.inputs[0].type.rank
+    return R.squeeze(args[0], [_axis(d, rank) for d in node.attrs["dims"]])
+
+
+def _start(lw, start, size):
+    if isinstance(start, int) and start < 0:
+        return lw.dim(size) + start if not isinstance(size, int) else max(size + start, 0)
+    return lw.dim(start)
+
+
+@lowering("cpu", "slice")
+def _slice(lw, node, args):
+    x = node.inputs[0]
+    d = _axis(node.attrs["dim"], x.type.rank)
+    step = node.attrs["step"]
+    start = _start(lw, node.attrs["start"], x.type.shape[d])
+    end = start + lw.dim(node.output.type.shape[d]) * step   # the inferred length: no clamping needed
+    return R.strided_slice(args[0], [d], [start], [end], [step], assume_inbound=True)
+
+
+@lowering("cpu", "select")
+def _select(lw, node, args):
+    x = node.inputs[0]
+    d = _axis(node.attrs["dim"], x.type.rank)
+    i = _start(lw, node.attrs["index"], x.type.shape[d])
+    return R.squeeze(R.strided_slice(args[0], [d], [i], [i + 1], assume_inbound=True), [d])
+
+
+@lowering("cpu", "concat")
+def _concat(lw, node, args):
+    dt = node.output.type.dtype
+    keep = [_cast(a, dt) for v, a in zip(node.inputs, args) if not (v.type.rank == 1 and v.type.shape[0] == 0)]
+    if len(keep) == 1:
+        return keep[0]
+    return R.concat(keep or [_cast(args[0], dt)], _axis(node.attrs["dim"], node.output.type.rank))
+
+
+@lowering("cpu", "split")
+def _split(lw, node, args):
+    rank = node.inputs[0].type.rank
+    d = _axis(node.attrs["dim"], rank)
+    cuts, at = [], 0
+    for s in node.attrs["sizes"][:-1]:
+        at = at + lw.dim(s)
+        cuts.append(at)
+    parts = lw.bb.emit(R.split(args[0], cuts, d))
+    return [relax.TupleGetItem(parts, i) for i in range(len(node.outputs))]
+
+
+@lowering("cpu", "index_select")
+def _index_select(lw, node, args):
+    return R.take(args[0], args[1], _axis(node.attrs["dim"], node.inputs[0].type.rank), mode="clip")
+
+
+@lowering("cpu", "index")
+def _index(lw, node, args):
+    """x[..., i0, ..., i1, ...] (torch advanced indexing): the indexed axes are moved to the front for
+    Relax's index_tensor, and the broadcast index dims moved back to where torch puts them (at the first
+    indexed axis when the indexed axes are adjacent, else in front)."""
+    rank = node.inputs[0].type.rank
+    axes = [_axis(a, rank) for a in node.attrs["axes"]]
+    rest = [d for d in range(rank) if d not in axes]
+    x = args[0] if axes == list(range(len(axes))) else R.permute_dims(args[0], axes + rest)
+    y = R.index_tensor(x, relax.Tuple(list(args[1:])))
+    nb, first = node.output.type.rank - len(rest), min(axes)
+    if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
+        y = R.permute_dims(y, [nb + j for j in range(first)] + list(range(nb)) +
+                           [nb + j for j in range(first, len(rest))])
+    return y
+
+
+@lowering("cpu", "tril")
+def _tril(lw, node, args):
+    return R.tril(args[0], node.attrs["diagonal"])
+
+
+@lowering("cpu", "triu")
+def _triu(lw, node, args):
+    return R.triu(args[0], node.attrs["diagonal"])
+
+
+# ---- reductions ---------------------------------------------------------------------------------
+def _reduce(fn):
+    def emit(lw, node, args):
+        rank = node.inputs[0].type.rank
+        dims = node.attrs["dims"]
+        axes = None if dims is None else [_axis(d, rank) for d in dims]
+        x = _cast(args[0], node.output.type.dtype)
+        return fn(x, axes, node.attrs["keepdim"])
+    return emit
+
+
+for _name, _fn in {"sum": R.sum, "mean": R.mean, "amax": R.max, "amin": R.min, "prod": R.prod}.items():
+    lowering("cpu", _name)(_reduce(_fn))
+
+
+# ---- nn -----------------------------------------------------------------------------------------
+@lowering("cpu", "matmul")
+def _matmul(lw, node, args):
+    dt = node.output.type.dtype
+    return R.matmul(_cast(args[0], dt), _cast(args[1], dt))
+
+
+def linear(x, w, bias=None):
+    y = R.matmul(x, R.permute_dims(w, [1, 0]))
+    return R.add(y, bias) if bias is not None else y
+
+
+@lowering("cpu", "linear")
+def _linear(lw, node, args):
+    """f32 x with a static [n, k] f32 weight (k a multiple of 8): slimgraph's GEMV kernel; else a Relax matmul."""
+    x, w = node.inputs[:2]
+    if x.type.dtype == w.type.dtype == "f32" and w.type.rank == 2 and w.type.is_static and w.type.shape[1] % 8 == 0 \
+            and (len(args) < 3 or node.inputs[2].type.dtype == "f32"):
+        from .kernels import f32_linear
+        return f32_linear(lw, node, args[0], args[1], args[2] if len(args) > 2 else None)
+    return linear(*args)
+
+
+@lowering("cpu", "embedding")
+def _embedding(lw, node, args):
+    return R.take(args[0], args[1], axis=0, mode="clip")   # "fast" may segfault on a bad id
+
+
+@lowering("cpu", "softmax")
+def _softmax(lw, node, args):
+    return R.nn.softmax(args[0], _axis(node.attrs["dim"], node.inputs[0].type.rank))
+
+
+@lowering("cpu", "log_softmax")
+def _log_softmax(lw, node, args):
+    return R.nn.log_softmax(args[0], _axis(node.attrs["dim"], node.inputs[0].type.rank))
+
+
+@lowering("cpu", "layer_norm")
+def _layer_norm(lw, node, args):
+    x = node.inputs[0]
+    n = node.attrs["axes"]
+    axes = list(range(x.type.rank - n, x.type.rank))
+    dt = x.type.dtype
+    shape = x.type.shape[-n:]
+    weight = args[1] if len(args) > 1 else _filled(lw, shape, 1.0, dt)
+    bias = args[2] if len(args) > 2 else _filled(lw, shape, 0.0, dt)
+    return R.nn.layer_norm(args[0], weight, bias, axes, node.attrs["eps"])
+
+
+def _filled(lw, shape, value, dt):
+    if not all(isinstance(d, int) for d in shape):
+        raise LoweringError("cpu target: layer_norm without weight/bias over symbolic dims")
+    import numpy as np
+    return relax.const(np.full(tuple(shape), value, dtype=tvm_dtype(dt)), tvm_dtype(dt))
+
+
+@lowering("cpu", "rms_norm")
+def _rms_norm(lw, node, args):
+    """x * rsqrt(mean(x^2, -1) + eps) in f32, cast back, then * weight (ir/opset/nn.py rms_norm)."""
+    x = args[0]
+    dt = node.inputs[0].type.dtype
+    xf = _cast(x, "f32")
+    ms = R.mean(R.multiply(xf, xf), [node.inputs[0].type.rank - 1], keepdims=True)
+    y = _cast(R.multiply(xf, R.rsqrt(R.add(ms, lw.const(node.attrs["eps"], "f32")))), dt)
+    return R.multiply(y, args[1]) if len(args) > 1 else y
+
+
+@lowering("cpu", "rope")
+def _rope(lw, node, args):
+    """x * cos + concat(-x[..., h:], x[..., :h]) * sin (rotate-half form)."""
+    x, cos, sin = args
+    rank = node.inputs[0].type.rank
+    d = node.inputs[0].type.shape[-1]
+    h = d // 2
+    lo = R.strided_slice(x, [rank - 1], [0], [h])
+    hi = R.strided_slice(x, [rank - 1], [h], [d])
+    rot = R.concat([R.negative(hi), lo], rank - 1)
+    return R.add(R.multiply(x, cos), R.multiply(rot, sin))
+
+
+@lowering("cpu", "attention")
+def _attention(lw, node, args):
+    """softmax(q k^T * scale + mask) v with GQA (k/v heads repeated), causal and window masks built from
+    aranges over the (symbolic) query and key lengths; as ir/opset/nn.py attention."""
+    q, k, v = args[:3]
+    mask = args[3] if len(args) > 3 else None
+    qt, kt = node.inputs[0].type, node.inputs[1].type
+    rank = qt.rank
+    heads, kv_heads = qt.shape[-3], kt.shape[-3]
+    if heads != kv_heads:
+        if not (isinstance(heads, int) and isinstance(kv_heads, int)):
+            raise LoweringError("cpu target: attention with symbolic head counts")
+        k = R.repeat(k, heads // kv_heads, rank - 3)
+        v = R.repeat(v, heads // kv_heads, rank - 3)
+    dt = qt.dtype
+    scale = node.attrs["scale"]
+    if scale is None:
+        scale = 1.0 / math.sqrt(qt.shape[-1])
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    s = R.multiply(R.matmul(q, R.permute_dims(k, perm)), lw.const(scale, dt))
+    lq, lk = lw.dim(qt.shape[-2]), lw.dim(kt.shape[-2])
+    keep = None
+    if node.attrs["causal"] or node.attrs["window"]:
+        # diag[i] = i + lk - lq: query i's end-aligned diagonal
+        diag = R.expand_dims(R.arange(relax.prim_value(lk - lq), relax.prim_value(lk), relax.prim_value(1),
+                                      "int64"), 1)
+        j = R.expand_dims(R.arange(relax.prim_value(0), relax.prim_value(lk), relax.prim_value(1), "int64"), 0)
+        if node.attrs["causal"]:
+            keep = R.less_equal(j, diag)
+        if node.attrs["window"]:
+            win = R.less_equal(R.subtract(diag, j), lw.const(node.attrs["window"], "i64"))
+            if node.attrs["sinks"]:
+                win = R.logical_or(win, R.less(j, lw.const(node.attrs["sinks"], "i64")))
+            keep = win if keep is None else R.logical_and(keep, win)
+    if mask is not None and _dtype(mask) == "bool":
+        keep = mask if keep is None else R.logical_and(mask, keep)
+    elif mask is not None:
+        s = R.add(s, _cast(mask, dt))
+    if keep is not None:
+        s = R.where(keep, s, lw.const(-math.inf, dt))
+    p = R.nn.softmax(s, rank - 1)
+    return R.matmul(p, v)
+
+
+# ---- state --------------------------------------------------------------------------------------
+@lowering("cpu", "cache_append")
+def _cache_append(lw, node, args):
+    """cat((past, new), axis): a copy per step (the VM owns no growing buffer yet)."""
+    dt = node.inputs[0].type.dtype
+    return R.concat([args[0], _cast(args[1], dt)], _axis(node.attrs["axis"], node.output.type.rank))
+
+
+# ---- quantized ----------------------------------------------------------------------------------
+@lowering("cpu", "dequantize")
+def _dequantize(lw, node, args):
+    from .kernels import dequantize_te
+    a = node.attrs
+    zeros = args[2] if len(args) > 2 else None
+    return lw.bb.emit_te(dequantize_te, args[0], args[1], zeros, a["bits"], a["group"],
+                         tvm_dtype(a["dtype"]), primfunc_name_hint="dequantize")
+
+
+@lowering("cpu", "qlinear")
+def _qlinear(lw, node, args):
+    from .kernels import qlinear
+    a = node.attrs
+    x, qw, scales = args[:3]
+    zeros = bias = None
+    for v, arg in zip(node.inputs[3:], args[3:]):
+        if v.type.dtype in ("u8", "i8") and zeros is None and bias is None:
+            zeros = arg
+        else:
+            bias = arg
+    return qlinear(lw, node, x, qw, scales, zeros, bias, a["bits"], a["group"])

@@ -1,0 +1,149 @@
+"""The `cpu` target's build, load and host: graph -> Relax -> LLVM shared library -> Relax VM.
+
+    products = build(graph)          # {"cpu_module.so": library bytes, "cpu_module.relax.py": Relax source}
+    runner = load(graph, products)   # a TvmRunner: (*tensors) -> list[Tensor]; no codegen
+    host()                           # {"slimgraph", "tvm", "llvm_target"}: what the library depends on
+
+Weights are parameters of the compiled `main`, not constants inside it: the library is code only and
+the runner passes the graph's own tensors (zero-copy through DLPack), so neither the library nor an
+artifact holds a second copy of the weights. Hence the build cache key is the graph text (ops, attrs,
+types, weight names and shapes, literal constants; not weight values), this target's codegen sources
+and the host: `$SLIMGRAPH_CACHE_DIR` (default ~/.cache/slimgraph)/tvm-cpu/<sha256>.so. A second build
+of the same graph reads the library back instead of compiling (seconds instead of a minute).
+
+The LLVM target is this machine's CPU (`llvm_get_system_cpu`, e.g. znver4), so a library built here
+may use instructions another CPU lacks: `host()` names the CPU and `slimgraph.load` rebuilds elsewhere.
+"""
+from __future__ import annotations
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..contract import Products, ProductsError, Runner
+
+LIBRARY, SOURCE = "cpu_module.so", "cpu_module.relax.py"
+
+
+def host() -> dict:
+    import tvm
+    import slimgraph
+    return {"slimgraph": slimgraph.__version__, "tvm": tvm.__version__,
+            "llvm_target": json.dumps(_target_spec(), sort_keys=True)}
+
+
+def _target_spec() -> dict:
+    import tvm
+    # not the thread count: the library runs on any number of TVM threads (TVM_NUM_THREADS), so a process
+    # with other torch settings must not see "another host" and rebuild
+    return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLIMGRAPH_CACHE_DIR") or Path.home() / ".cache" / "slimgraph") / "tvm-cpu"
+
+
+def _codegen_digest() -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(graph) -> str:
+    """sha256 of the graph text, this codegen's sources and the host: what the library depends on."""
+    from ...ir.printer import print_graph
+    h = hashlib.sha256()
+    for part in (print_graph(graph), _codegen_digest(), json.dumps(host(), sort_keys=True)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def compile_module(mod):
+    """IRModule -> tvm Executable for this CPU (codegen/tvm/pipeline.py's schedules)."""
+    import tvm
+    from .pipeline import relax_pipeline
+    target = tvm.target.Target(_target_spec())
+    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+
+
+def build(graph) -> Products:
+    """Lower the graph to Relax and compile it to a shared library, or, on a build cache hit, read the
+    library and its source back without lowering anything."""
+    key = cache_key(graph)
+    cached = cache_dir() / f"{key}.so"
+    source = cached.with_suffix(".relax.py")
+    weights = list(graph.weights)   # the parameter order of `main` after the graph inputs (module.py)
+    notes = []
+    if cached.exists() and source.exists():
+        lib, text = cached.read_bytes(), source.read_bytes()
+    else:
+        from .module import to_relax
+        mod, weights = to_relax(graph)
+        ex = compile_module(mod)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / LIBRARY
+            ex.export_library(str(path))
+            lib = path.read_bytes()
+        text = mod.script().encode()
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            for dst, data in ((source, text), (cached, lib)):   # the library last: it marks a complete entry
+                tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, dst)
+        except OSError as e:   # a read-only home: the build still works, only uncached
+            notes.append(f"build cache {cached.parent} not writable ({e}); compiled without caching")
+    meta = {"host": host(), "weights": weights, "cache_key": key, "notes": notes}
+    return Products({LIBRARY: lib, SOURCE: text}, meta)
+
+
+def load(graph, products: Products) -> "TvmRunner":
+    """Load the library into a Relax VM and bind the graph's weights: no codegen."""
+    return TvmRunner(graph, products)
+
+
+def _to_tvm(t: torch.Tensor):
+    import tvm
+    t = t.detach()
+    if t.numel() == 0:   # torch's strides of an empty tensor are not what TVM calls compact
+        return tvm.runtime.empty(tuple(t.shape), str(t.dtype).removeprefix("torch."))
+    if not t.is_contiguous() or t.data_ptr() % 64:
+        t = torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)  # TVM wants 64-byte alignment
+    return tvm.runtime.from_dlpack(t)
+
+
+class TvmRunner(Runner):
+    def __init__(self, graph, products: Products):
+        import tvm
+        from tvm import relax
+        super().__init__(products, products.meta.get("notes", []), device="cpu")
+        content = products.files.get(LIBRARY)
+        if content is None:
+            raise ProductsError(f"cpu build products: {LIBRARY} is missing (products: {sorted(products.files)})")
+        if isinstance(content, Path):
+            self.lib = tvm.runtime.load_module(str(content))
+        else:
+            with tempfile.TemporaryDirectory() as d:   # dlopen needs a file; the mapping outlives it
+                path = Path(d) / LIBRARY
+                path.write_bytes(content)
+                self.lib = tvm.runtime.load_module(str(path))
+        self.vm = relax.VirtualMachine(self.lib, tvm.cpu())
+        self._main = self.vm["main"]
+        names = products.meta["weights"]
+        missing = [n for n in names if n not in graph.weights]
+        if missing:
+            raise ProductsError(f"cpu build products name weights the graph lacks: {missing[:5]}; rebuild")
+        self.weights = [_to_tvm(graph.weights[n].tensor) for n in names]
+        self.graph = graph
+
+    def __call__(self, *tensors):
+        from ...ir.interpreter import bind_symbols
+        bind_symbols(self.graph, tensors)   # same signature checks and messages as the interpreter
+        ins = [_to_tvm(t) for t in tensors]
+        outs = self._main(*ins, *self.weights)
+        return [torch.from_dlpack(o) for o in outs]

@@ -1,0 +1,108 @@
+"""The `cpu` target on whole models: a tiny Llama decodes token-identically to the reference target (fp32 and
+int4), MiniLM matches the interpreter, and artifacts carry the library (load without rebuilding; another
+host rebuilds with a note)."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import slimgraph
+from slimgraph import artifact, ir
+
+tvm = pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+transformers = pytest.importorskip("transformers")
+from tiny_lm import tiny_llama  # noqa: E402
+
+EXAMPLE = (torch.zeros(1, 4, dtype=torch.long),)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+def prompt(n=7, seed=5):
+    return torch.randint(0, 96, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_tiny_llama_fp32_decode_is_token_identical_to_the_reference_target(model):
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    ids = prompt()
+    torch.testing.assert_close(fast(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+    got = fast.generate(ids, max_new_tokens=24)
+    assert torch.equal(got, ref.generate(ids, max_new_tokens=24))
+    assert torch.equal(got, model.generate(ids, max_new_tokens=24, do_sample=False))
+
+
+def test_tiny_llama_int4_qlinear_decode_matches_the_reference_target(model):
+    pipe = "canonicalize,quantize-weights{bits=4,group=32},fuse-dequant-matmul,cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    assert fast.graph.op_counts().get("qlinear", 0) >= 7
+    ids = prompt(seed=9)
+    torch.testing.assert_close(fast(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast.generate(ids, max_new_tokens=16), ref.generate(ids, max_new_tokens=16))
+
+
+@pytest.mark.slow
+def test_minilm_matches_the_interpreter(minilm):
+    model, tok = minilm
+    enc = tok(["a compiled sentence embedding on the cpu target", "short"], padding=True, return_tensors="pt")
+    fast = slimgraph.optimize(model, example_kwargs=dict(enc), target="cpu")
+    flat = [enc["input_ids"], enc["token_type_ids"], enc["attention_mask"]]
+    ref = ir.run(fast.graph, *flat)
+    got = fast.run(*flat)
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        hf = model(**enc)
+    torch.testing.assert_close(fast(**enc).last_hidden_state, hf.last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    path = tmp_path_factory.mktemp("art") / "tiny.sg"
+    fast.save(path)
+    return fast, path
+
+
+def test_artifact_carries_the_library_and_loads_without_rebuilding(saved, tmp_path):
+    fast, path = saved
+    names = sorted(p.name for p in path.iterdir())
+    assert "cpu_module.so" in names and "cpu_module.relax.py" in names
+    ids = prompt(seed=11)
+    want = fast.generate(ids, max_new_tokens=8)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import torch, slimgraph
+        import slimgraph.codegen.tvm.target as T
+        def no_codegen(*a, **k): raise AssertionError("codegen ran on load")
+        T.build = T.compile_module = no_codegen
+        m = slimgraph.load({str(path)!r})
+        print(m.target, m.generate(torch.tensor({ids.tolist()}), max_new_tokens=8).tolist())
+    """)], capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                            "SLIMGRAPH_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split(" ", 1) == ["cpu", f"{want.tolist()}\n"]
+
+
+def test_artifact_from_another_host_is_rebuilt_with_a_note(saved):
+    _, path = saved
+    m = json.loads((path / "manifest.json").read_text())
+    m["products"]["meta"]["host"]["llvm_target"] = '{"kind": "llvm", "mcpu": "elsewhere"}'
+    m["checksum"] = artifact._checksum(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="built for another host .*llvm_target .*elsewhere.* rebuilt"):
+        loaded = slimgraph.load(path)
+    assert any("rebuilt" in n for n in loaded.report.notes)
+    ids = prompt(seed=12)
+    assert torch.equal(loaded.generate(ids, max_new_tokens=6), saved[0].generate(ids, max_new_tokens=6))

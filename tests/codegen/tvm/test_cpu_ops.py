@@ -1,0 +1,173 @@
+"""The `cpu` target (TVM) op by op against the reference interpreter: every op in its lowering table runs the
+case of tests/codegen/test_torch_fx.py's op table at two sequence lengths (one compiled library, symbolic
+`seq`), f32 within 1e-4; quantized linear; a missing op or a missing tvm is a clear error."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimgraph import ir
+from slimgraph.codegen.lowering import lowerings
+from slimgraph.ir import TensorType
+from slimgraph.targets.base import MissingDependencyError, get_target
+
+tvm = pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+
+
+def _torch_fx_cases():
+    spec = importlib.util.spec_from_file_location("torch_fx_op_cases", Path(__file__).parents[1] / "test_torch_fx.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+CASES = _torch_fx_cases()
+CPU_OPS = sorted(set(lowerings("cpu")) - CASES.NEEDS_QUANT_PASS)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
+
+
+def assert_matches(g, make_inputs, seqs=(3, 5), tol=1e-4):
+    run = get_target("cpu").compile(g)
+    for seq in seqs:
+        inputs = make_inputs(seq)
+        ref, got = ir.run(g, *inputs), run(*inputs)
+        assert len(ref) == len(got)
+        for r, o in zip(ref, got):
+            assert r.dtype == o.dtype and r.shape == o.shape, (r.dtype, o.dtype, r.shape, o.shape)
+            torch.testing.assert_close(o, r, rtol=tol, atol=tol, equal_nan=True)
+    return run
+
+
+def test_the_table_covers_the_llama_and_bert_ops():
+    needed = {"embedding", "unsqueeze", "cast", "mul", "concat", "cos", "sin", "rms_norm", "linear", "reshape",
+              "permute", "rope", "cache_append", "attention", "add", "silu", "dequantize", "qlinear", "slice",
+              "layer_norm", "arange", "full", "constant", "ge", "bitwise_and", "index", "gelu", "select", "tanh"}
+    assert needed <= set(lowerings("cpu"))
+
+
+@pytest.mark.parametrize("op", CPU_OPS)
+def test_op_matches_interpreter(op):
+    g = CASES.build_case(op)
+    assert_matches(g, CASES.std_inputs)
+
+
+@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window", [
+    (4, 2, 3, 7, True, None, 0), (4, 1, 1, 6, True, "bool", 0), (6, 3, 2, 5, False, "float", 0),
+    (2, 2, 5, 5, True, "bool", 2), (4, 2, 3, 9, True, None, 3),
+])
+def test_attention(hq, hk, lq, lk, causal, mask, window):
+    g = ir.Graph()
+    q = g.add_input("q", TensorType("f32", (2, hq, "lq", 8)))
+    k = g.add_input("k", TensorType("f32", (2, hk, "lk", 8)))
+    v = g.add_input("v", TensorType("f32", (2, hk, "lk", 8)))
+    ins = [q, k, v]
+    if mask:
+        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (2, 1, "lq", "lk"))))
+    g.set_outputs([g.op("attention", *ins, causal=causal, window=window, sinks=1 if window else 0)])
+
+    def make(extra):
+        gen = torch.Generator().manual_seed(extra)
+        t = [torch.randn(2, h, n, 8, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
+        if mask == "bool":
+            m = torch.rand(2, 1, lq, lk + extra, generator=gen) > 0.3
+            m[..., 0] = True   # a row with every key masked is backend-defined in torch (NaN or 0)
+            t.append(m)
+        elif mask:
+            t.append(torch.randn(2, 1, lq, lk + extra, generator=gen))
+        return tuple(t)
+    assert_matches(g, make, seqs=(0, 2))
+
+
+@pytest.mark.parametrize("bits,group,sym,bias", [(4, 32, True, False), (4, 16, False, True), (8, 0, True, True),
+                                                 (8, 32, False, False)])
+def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("batch", 64)))
+    gen = torch.Generator().manual_seed(bits + group)
+    w = g.add_weight("w", torch.randn(48, 64, generator=gen))
+    args = [x, w] + ([g.add_weight("b", torch.randn(48, generator=gen))] if bias else [])
+    g.set_outputs([g.op("linear", *args)])
+    get_pass("quantize-weights")(bits=bits, group=group, sym=sym).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    assert "qlinear" in g.op_counts()
+    run = assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),),
+                         seqs=(1, 3))
+    source = run.products.read_bytes("cpu_module.relax.py").decode()
+    assert ("int4_gemv" in source) == (bits == 4)   # int4: the kernel that unpacks in registers
+    assert ("dequantize" in source) == (bits == 8)  # int8: dequantize + matmul
+
+
+def test_dequantize_matches_reference():
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, "seq", 32)))
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(16, 32, generator=torch.Generator().manual_seed(1))))])
+    get_pass("quantize-weights")(bits=4, group=16, sym=False).run(g)
+    assert "dequantize" in g.op_counts()
+    assert_matches(g, lambda n: (torch.randn(2, n, 32),))
+
+
+def test_an_op_without_lowering_fails_before_tvm_naming_it():
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, 3)))
+    g.set_outputs([g.op("det", g.op("matmul", x, g.op("permute", x, dims=[1, 0])))])
+    tgt = get_target("cpu")
+    assert tgt.support("det") is None and tgt.support("matmul") == "native"
+    with pytest.raises(Exception, match=r"target 'cpu' has no lowering for op det .*target='torch'"):
+        tgt.compile(g)
+
+
+def test_missing_tvm_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tvm" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'slimgraph\[tvm\]'"):
+        get_target("cpu").check_available()
+
+
+def test_import_slimgraph_does_not_import_tvm():
+    import subprocess
+    import sys
+    code = "import sys, slimgraph, slimgraph.targets.registry; print('tvm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_second_build_reads_the_cache(tmp_path, monkeypatch):
+    import time
+    from slimgraph.codegen.tvm import target as T
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    g = CASES.build_case("linear")
+    calls = []
+    real = T.compile_module
+    monkeypatch.setattr(T, "compile_module", lambda mod: calls.append(1) or real(mod))
+    t0 = time.perf_counter()
+    p1 = T.build(g)
+    t1 = time.perf_counter()
+    p2 = T.build(g)
+    assert len(calls) == 1 and p1.files[T.LIBRARY] == p2.files[T.LIBRARY]
+    assert list(tmp_path.glob("tvm-cpu/*.so")) and time.perf_counter() - t1 < t1 - t0
+    assert b"R.function" in p1.files[T.SOURCE] or b"def main" in p1.files[T.SOURCE]
+
+
+def test_random_graphs_match_the_interpreter(tmp_path, monkeypatch):
+    """Random valid graphs (tests/strategies.py: elementwise, shape, reduce, matmul, constants, symbolic
+    leading dims) compile on the cpu target and match the interpreter. Few examples: each one compiles."""
+    from hypothesis import HealthCheck, given, settings
+    from strategies import graphs
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=graphs(max_ops=8))
+    def check(case):
+        g, inputs = case
+        ref, got = ir.run(g, *inputs), get_target("cpu").compile(g)(*inputs)
+        for r, o in zip(ref, got):
+            assert r.dtype == o.dtype and r.shape == o.shape
+            torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+    check()
