@@ -19,7 +19,9 @@ Recognition (the chains torch.export produces):
     attention(q, repeat_kv(k), repeat_kv(v))                  -> attention(q, k, v)   (GQA is native)
     matmul(softmax(matmul(q, k^T) * c [+ m], -1), v)        -> attention(q, k, v, m){scale=c}
         the "eager" spelling (HF eager_attention_forward, GPT-2, BERT): the scale as mul or div on the
-        scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax
+        scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax. One
+        difference, by design: a query row whose every key is masked with -inf gives NaN in the chain and
+        0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf
     attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
         the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py)
     attention(q, k, v, key_pos <= query_pos)                  -> attention{causal}(q, k, v)

@@ -25,7 +25,7 @@ the target's kernel for it). NaN semantics follow torch: `maximum/minimum` and `
 from __future__ import annotations
 import math
 
-from ...ir.dtypes import FLOAT_DTYPES
+from ...ir.dtypes import FLOAT_DTYPES, promote
 
 
 def is_float(dtype: str) -> bool:
@@ -74,7 +74,7 @@ _t("reciprocal", lambda a, n: f"(1.0 / {a[0]})")
 _t("silu", lambda a, n: f"({a[0]} * tl.sigmoid({a[0]}))")
 # tanh(x) = 2 sigmoid(2x) - 1: core tl has no tanh on every supported triton (3.6-3.9) without libdevice
 _t("tanh", lambda a, n: f"(2.0 * tl.sigmoid(2.0 * {a[0]}) - 1.0)")
-_t("relu", lambda a, n: f"tl.where({a[0]} < 0, 0.0, {a[0]})")      # keeps NaN, like torch.relu
+_t("relu", lambda a, n: f"tl.where({a[0]} < 0, {'0.0' if is_float(n.output.type.dtype) else '0'}, {a[0]})")  # keeps NaN
 _t("where", lambda a, n: f"tl.where({a[0]} != 0, {a[1]}, {a[2]})")
 _t("isnan", lambda a, n: f"({a[0]} != {a[0]})")
 _t("maximum", lambda a, n: f"tl.maximum({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)")
@@ -130,8 +130,8 @@ class NotFusible(Exception):
 def fusible(node) -> bool:
     """Whether `node` has an expression template that accepts it."""
     low = expr_lowering(node.op)
-    if low is None or any(v.type.dtype not in TL_DTYPES for v in (*node.inputs, *node.outputs)):
-        return False
+    if low is None or any(v.type.dtype not in TL_DTYPES or v.type.dtype == "f64" for v in (*node.inputs, *node.outputs)):
+        return False   # f64 is not fused: the f32 carrier would lose its precision
     if node.op == "pow" and _lit(node, 1) not in (2, 3, 1, 0.5, -0.5, -1):
         return False
     if node.op in ("div", "floor", "ceil") and not is_float(node.output.type.dtype):
@@ -159,19 +159,21 @@ def kernel_source(name: str, group) -> str:
     index_of = {id(v): i for i, v in enumerate(group.inputs)}
     body, env = [], {}
 
-    def value(v, want_float: bool) -> str:
+    def value(v, want_float: bool, want_int: str | None = None) -> str:
+        """v's expression: as f32 when the op computes in floats; converted to `want_int` (the op's
+        promoted integer dtype, torch's rules) when it computes in integers."""
         if id(v) in env:
             e, dt = env[id(v)]
         else:
             lit = v.producer.attrs["value"] if (v.producer is not None and v.producer.op == "constant"
                                                and id(v) not in index_of) else None
-            if lit is not None:
-                e, dt = _num(lit), v.type.dtype
-            else:
-                i = index_of[id(v)]
-                e, dt = f"x{i}", v.type.dtype
+            if lit is not None:     # a Python number: written in the type the op computes in
+                return _num(float(lit) if want_float else lit)
+            e, dt = f"x{index_of[id(v)]}", v.type.dtype
         if want_float and not is_float(dt):
             return f"{e}.to(tl.float32)"
+        if want_int is not None and not is_float(dt) and dt != want_int:
+            return f"{e}.to({TL_DTYPES[want_int]})"
         return e
 
     for i, v in enumerate(group.inputs):
@@ -179,11 +181,24 @@ def kernel_source(name: str, group) -> str:
         body.append(f"    x{i} = {load}{'.to(tl.float32)' if is_float(v.type.dtype) else ''}")
     for k, node in enumerate(group.nodes):
         out_dt = node.output.type.dtype
-        float_op = is_float(out_dt) or node.op in ("div",)
-        ins = [value(v, float_op and node.op != "where" or (node.op == "where" and j > 0 and is_float(out_dt)))
+        operands = [j for j in range(len(node.inputs)) if not (node.op == "where" and j == 0)]
+        # the dtype the op computes in: its result's, or (comparisons, logical ops) its operands' promotion
+        compute = out_dt if out_dt != "bool" or node.op in ("logical_and", "logical_or", "logical_xor",
+                                                            "logical_not", "cast") else \
+            promote(*((node.inputs[j].type.dtype, node.inputs[j].type.rank) for j in operands))
+        float_op = is_float(compute) or node.op == "div"
+        want_int = compute if not float_op and compute not in ("bool",) and node.op != "cast" else None
+        ins = [value(v, float_op and j in operands, want_int if j in operands else None)
                for j, v in enumerate(node.inputs)]
-        if node.op == "where":
-            ins[0] = value(node.inputs[0], False)
+        if node.op == "cast":
+            src = node.inputs[0]
+            if id(src) not in env and id(src) not in index_of:   # cast of a literal: fold it here
+                import torch
+                from ...ir.dtypes import to_torch
+                folded = torch.tensor(src.producer.attrs["value"]).to(to_torch(out_dt)).item()
+                env[id(node.output)] = (_num(float(folded) if is_float(out_dt) else folded), out_dt)
+                continue
+            ins = [value(src, is_float(out_dt))]
         expr = expr_lowering(node.op).fn(ins, node)
         body.append(f"    t{k} = {_round(expr, out_dt, node.op)}")
         env[id(node.output)] = (f"t{k}", out_dt)

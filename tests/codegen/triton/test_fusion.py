@@ -194,3 +194,36 @@ def test_the_gpu_benchmark_runs_in_smoke_mode_and_the_cuda_target_is_token_ident
                          capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "| slimgraph cuda int4 |" in out.stdout and "(token-identical)" in out.stdout
+
+
+class _IntLiterals(torch.nn.Module):
+    def forward(self, x):
+        return (x * 2 + 1).masked_fill(x > 1.0, 0) + 0.5       # integer literals inside float math
+
+
+class _IntRelu(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) + 1                                  # stays integer: exact above 2**24
+
+
+class _MixedInts(torch.nn.Module):
+    def forward(self, a, b):
+        return (a + b) * 3                                        # int8 + uint8 promote to int16 first
+
+
+class _F64(torch.nn.Module):
+    def forward(self, a):
+        return (a * 3.0).exp() + 1.0                              # f64: not fused (f32 carrier), still exact
+
+
+@pytest.mark.parametrize("model,inputs", [
+    (_IntLiterals, lambda: (3 * torch.randn(64),)),
+    (_IntRelu, lambda: (torch.tensor([16777217, -3, 2 ** 40 + 1]),)),
+    (_MixedInts, lambda: (torch.tensor([100, -100], dtype=torch.int8), torch.tensor([200, 3], dtype=torch.uint8))),
+    (_F64, lambda: (torch.tensor([0.1, 1e-3, 2.0], dtype=torch.float64),)),
+])
+def test_fused_kernels_follow_torchs_literal_and_promotion_rules(model, inputs):
+    xs = inputs()
+    got, want = slimgraph.optimize(model(), xs, target="cuda")(*xs), model()(*xs)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=1e-15 if want.dtype == torch.float64 else 1e-6, atol=0)
