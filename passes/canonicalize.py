@@ -23,7 +23,8 @@ Recognition (the chains torch.export produces):
         difference, by design: a query row whose every key is masked with -inf gives NaN in the chain and
         0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf
     attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
-        the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py)
+        the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py),
+        also in the additive form eager attention gets: where(~(m & band), min, 0)
     attention(q, k, v, key_pos <= query_pos)                  -> attention{causal}(q, k, v)
         when the mask compares aranges of key and query positions whose offset is kv_len - q_len
         (the causal mask HF builds from cache positions); kernels then skip building the mask.
@@ -349,14 +350,24 @@ def _window_of(keep, lq, lk):
 
 def _attention_window(g, root):
     q, k, v, *mask = root.inputs
-    if not mask or root.attrs.get("window") or mask[0].producer is None or \
-            mask[0].producer.op not in ("bitwise_and", "logical_and") or mask[0].type.dtype != "bool":
+    if not mask or root.attrs.get("window") or mask[0].producer is None:
+        return None
+    keep_mask, additive = mask[0], None
+    node = keep_mask.producer
+    if node.op == "where" and keep_mask.type.dtype in FLOAT_DTYPES:   # eager: where(~keep, min, 0)
+        c = node.inputs[0].producer
+        if c is None or c.op not in ("bitwise_not", "logical_not"):
+            return None
+        keep_mask, additive = c.inputs[0], node.inputs[1:]
+    band = keep_mask.producer
+    if band is None or band.op not in ("bitwise_and", "logical_and") or keep_mask.type.dtype != "bool":
         return None
     lq, lk = q.type.shape[-2], k.type.shape[-2]
-    for other, keep in (mask[0].producer.inputs, mask[0].producer.inputs[::-1]):
+    for other, keep in (band.inputs, band.inputs[::-1]):
         window = _window_of(keep, lq, lk)
-        if window is not None and other.type.dtype == "bool" and other.type.shape == mask[0].type.shape:
-            return g.op("attention", q, k, v, other, **{**root.attrs, "window": window, "sinks": 0})
+        if window is not None and other.type.dtype == "bool" and other.type.shape == keep_mask.type.shape:
+            rest = other if additive is None else g.op("where", g.op("bitwise_not", other), *additive)
+            return g.op("attention", q, k, v, rest, **{**root.attrs, "window": window, "sinks": 0})
     return None
 
 

@@ -90,9 +90,9 @@ def test_sliding_window_models_decode_like_transformers_past_their_window(arch, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = slimgraph.optimize(model, (ids,), target="torch")
-    if impl == "sdpa":   # the band is recognized as the op's window on the sliding layers only
-        windows = sorted(n.attrs["window"] for n in fast.graph.nodes if n.op == "attention")
-        assert windows == ([7, 7] if arch == "mistral" else [0, 7]), windows
+    # the band (bool for sdpa, additive for eager) is recognized as the op's window on the sliding layers only
+    windows = sorted(n.attrs["window"] for n in fast.graph.nodes if n.op == "attention")
+    assert windows == ([7, 7] if arch == "mistral" else [0, 7]), windows
     got = fast.generate(ids, max_new_tokens=30, eos_token_id=None)
     want = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert got.tolist() == want.tolist()
