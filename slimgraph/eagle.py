@@ -85,14 +85,24 @@ def layer(P, heads: int, x, pos, mask=None, past=None):
 
 
 def embedding_table(graph) -> torch.Tensor:
-    """The model's token embedding [vocab, d] (float): the table of the `embedding` op reading `input_ids`."""
+    """The model's token embedding [vocab, d] (float): the lookup op reading `input_ids` (`embedding`, or a
+    quantized table's lookup, e.g. a tied int8 head's) run on every token id, its other inputs being weights."""
     from .draft import DraftTrainingError, _const
+    from .ir.registry import get_op
     ids = next((v for v in graph.inputs if v.name == "input_ids"), None)
-    node = None if ids is None else next((n for n in ids.users if n.op == "embedding"), None)
-    if node is None:
-        raise DraftTrainingError(f"EAGLE heads need the token embedding: graph @{graph.name} has no "
-                                 f"`embedding` op reading input_ids")
-    return _const(node.inputs[0]).float()
+    outs = {v.name: v for v in graph.outputs}
+    vocab = int(outs["logits"].type.shape[-1])
+    for node in ([] if ids is None else ids.users):
+        try:
+            args = [torch.arange(vocab)[None] if x is ids else _const(x) for x in node.inputs]
+        except DraftTrainingError:
+            continue
+        out = get_op(node.op).run(*args, **node.attrs)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if out.dim() == 3 and out.shape[:2] == (1, vocab):
+            return out[0].float()
+    raise DraftTrainingError(f"EAGLE heads need the token embedding: graph @{graph.name} has no lookup op "
+                             f"reading input_ids whose other inputs are weights")
 
 
 class EagleDrafter:

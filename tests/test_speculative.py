@@ -318,3 +318,15 @@ def test_batched_chains_equal_plain_batched_greedy(kind):
     eos = int(want[1, 8 + 6])       # row 1 stops there; the batch runs on until every row has stopped
     want_e = generate(c, ids, 20, speculative=False, attention_mask=mask, eos_token_id=eos)
     assert torch.equal(generate(c, ids, 20, speculative="chain", attention_mask=mask, eos_token_id=eos), want_e)
+
+
+def test_eagle_reads_a_quantized_embedding_table():
+    """A tied int8 head quantizes the embedding too (a `qembedding` lookup): the drafter still finds the table."""
+    from slimgraph.eagle import embedding_table
+    m = tiny_llama()
+    c = slimgraph.optimize(m, (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                           pipeline="quantize-weights{bits=8,group=0,include=[lm_head.weight,model.embed_tokens.weight]},"
+                                    "fuse-dequant-matmul,insert-draft-heads{num_heads=2,kind=eagle}")
+    ids = next(v for v in c.graph.inputs if v.name == "input_ids")
+    assert [n.op for n in ids.users] == ["qembedding"]
+    torch.testing.assert_close(embedding_table(c.graph), m.model.embed_tokens.weight.detach(), rtol=0, atol=2e-3)
