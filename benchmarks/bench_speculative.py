@@ -1,16 +1,20 @@
-"""SmolLM2-135M speculative decoding with Medusa draft heads: train, then decode side by side.
+"""SmolLM2-135M speculative decoding with Medusa and EAGLE draft heads: train, then decode side by side.
 
-    python benchmarks/bench_speculative.py [--train-s 240] [--prompts 20] [--new 128] [--bases fp32,int4]
+    python benchmarks/bench_speculative.py [--train-cpu-s 600] [--prompts 20] [--new 128] [--bases fp32,int4]
 
 Per base pipeline (fp32; int4 g64 RTN + int8 tied head, as in bench_runtime.py), on the torch target:
-1. compile with `insert-draft-heads{num_heads=K}` (after quantization: the heads stay float and share
-   the model's lm_head), self-distil the heads (`slimgraph.train_draft_heads`) on greedy continuations of
-   prompts from the calibration split (slimgraph/data/calib.txt) for `--train-s` seconds of updates;
-2. on `--prompts` windows of the eval split (slimgraph/data/eval.txt; never trained on) x `--new` new
-   tokens (no early stop), decode with the SAME compiled model plainly (speculative=False), with a chain
-   and with the Medusa tree, interleaved per prompt so noise hits all alike. Reports token identity vs
-   plain greedy, mean acceptance length (tokens per verify forward) and decode wall-clock speedup
-   (sum of decode seconds, prefill excluded; prefill is the same forward in all three).
+1. compile the base alone, with `insert-draft-heads{num_heads=K}` (Medusa) and with
+   `insert-draft-heads{num_heads=S,kind=eagle}` (after quantization: the heads stay float and share the
+   model's lm_head); make the self-distillation data once (greedy continuations of calibration-split
+   prompts, slimgraph/data/calib.txt, and the base's hidden states over them) and train both heads on
+   it for `--train-cpu-s` CPU seconds each (time.process_time of this process, all threads; wall time
+   is reported too);
+2. measure the cost of verifying k tokens in one forward relative to one decode step (`verify_cost`);
+3. on `--prompts` windows of the eval split (slimgraph/data/eval.txt; never trained on) x `--new` new
+   tokens (no early stop), decode plainly (the base without heads: what runs without speculation),
+   with the Medusa chain and tree, and the EAGLE chain and tree, interleaved per prompt so the load
+   hits all alike. Reports token identity vs plain greedy, mean acceptance length (tokens per verify
+   forward) and decode wall-clock speedup (sum of decode seconds, prefill excluded).
 """
 import argparse
 import json
@@ -22,25 +26,32 @@ import torch
 
 import slimgraph
 from slimgraph import evaluate, zoo
+from slimgraph.draft import self_distillation_data
 from slimgraph.generate import generate
 
 INT4 = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
         "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
 FP32 = "canonicalize,cse,dce"
+MODES = ("plain", "medusa-chain", "medusa-tree", "eagle-chain", "eagle-tree")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-s", type=float, default=240.0, help="seconds of head updates per base")
+    ap.add_argument("--train-s", type=float, default=None, help="wall seconds of head updates per head (default: none)")
+    ap.add_argument("--train-cpu-s", type=float, default=600.0,
+                    help="CPU seconds (time.process_time, all threads) of head updates per head")
     ap.add_argument("--train-prompts", type=int, default=64)
     ap.add_argument("--train-new", type=int, default=96)
-    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4, help="Medusa heads")
+    ap.add_argument("--eagle-steps", type=int, default=5, help="EAGLE draft steps (chain length)")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--bases", default="fp32,int4")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    modes = args.modes.split(",")
     torch.manual_seed(0)
     model, tok = zoo.load("smollm2-135m")
     example = (torch.zeros(1, 8, dtype=torch.long),)
@@ -50,18 +61,40 @@ def main():
                "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args), "bases": {}}
     print(results["machine"], "torch", torch.__version__, "threads", torch.get_num_threads(), flush=True)
     for base in args.bases.split(","):
-        pipe = (FP32 if base == "fp32" else INT4) + f",insert-draft-heads{{num_heads={args.heads}}}"
-        fast = slimgraph.optimize(model, example, target="torch", pipeline=pipe)
-        rep = slimgraph.train_draft_heads(fast, prompts=train_prompts, new_tokens=args.train_new,
-                                          steps=10**9, time_budget_s=args.train_s, seed=0, progress=False)
-        print(base, rep, flush=True)
-        rows = {m: {"identical": 0, "decode_s": 0.0, "verifies": 0, "tokens": 0} for m in ("plain", "chain", "tree")}
+        pipe = FP32 if base == "fp32" else INT4
+        c0 = time.process_time()
+        plain = slimgraph.optimize(model, example, target="torch", pipeline=pipe)
+        medusa = slimgraph.optimize(model, example, target="torch",
+                                    pipeline=pipe + f",insert-draft-heads{{num_heads={args.heads}}}")
+        eagle = slimgraph.optimize(model, example, target="torch",
+                                   pipeline=pipe + f",insert-draft-heads{{num_heads={args.eagle_steps},kind=eagle}}")
+        print(base, f"compiled 3 graphs in {time.process_time() - c0:.0f} CPU s", flush=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        data = self_distillation_data(medusa, train_prompts, args.train_new, progress=False)
+        data_s, data_cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(base, f"self-distillation data {tuple(data[0].shape)}: {data_s:.0f} s wall / {data_cpu:.0f} s CPU",
+              "loadavg", os.getloadavg(), flush=True)
+        info = {"pipeline": pipe, "data_s": data_s, "data_cpu_s": data_cpu, "loadavg_train_start": os.getloadavg()}
+        for name, c in (("medusa", medusa), ("eagle", eagle)):
+            rep = slimgraph.train_draft_heads(c, prompts=train_prompts, data=data, steps=10**9, seed=0,
+                                              time_budget_s=args.train_s, cpu_budget_s=args.train_cpu_s,
+                                              progress=False)
+            print(base, name, rep, flush=True)
+            info[name] = {"training": str(rep), "heldout_top1": rep.heldout_top1, "steps": rep.steps,
+                          "train_s": rep.seconds, "train_cpu_s": rep.cpu_seconds}
+        info["verify_cost"] = verify_cost(plain, eval_prompts[0][None])
+        info["loadavg_decode_start"] = os.getloadavg()
+        print(base, "verify of k tokens / one decode step:", {k: round(v, 2) for k, v in info["verify_cost"].items()},
+              "loadavg", os.getloadavg(), flush=True)
+        rows = {m: {"identical": 0, "decode_s": 0.0, "verifies": 0, "tokens": 0} for m in modes}
+        compiled = {"plain": plain, "medusa": medusa, "eagle": eagle}
         for p in eval_prompts:
             outs = {}
-            for mode in ("plain", "chain", "tree"):
-                out = generate(fast, p[None], args.new, eos_token_id=None,
-                               speculative=False if mode == "plain" else mode)
-                st = fast.last_generate_stats
+            for mode in modes:
+                kind, _, how = mode.partition("-")
+                c = compiled[kind]
+                out = generate(c, p[None], args.new, eos_token_id=None, speculative=how or False)
+                st = c.last_generate_stats
                 outs[mode] = out
                 r = rows[mode]
                 r["decode_s"] += st.decode_s
@@ -69,13 +102,33 @@ def main():
                 r["tokens"] += st.new_tokens - 1
                 r["identical"] += int(torch.equal(out, outs["plain"]))
             summary = report(base, rows)      # running totals after each prompt (a partial run is still a result)
-        results["bases"][base] = {"pipeline": pipe, "training": str(rep), "heldout_top1": rep.heldout_top1,
-                                  "train_steps": rep.steps, "train_s": rep.seconds, "data_s": rep.data_seconds,
-                                  "decode": summary}
+        info["decode"] = summary
+        info["loadavg_end"] = os.getloadavg()
+        results["bases"][base] = info
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     results["loadavg_end"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+
+
+def verify_cost(fast, prompt, sizes=(1, 2, 4, 6, 8, 16), rounds=7):
+    """Median seconds of a verify of k tokens over a 1-token verify, interleaved: {k: ratio}."""
+    dec = fast.decoder(1)
+    times = {k: [] for k in sizes}
+    with torch.inference_mode():
+        dec.prefill(prompt)
+        for _ in range(rounds):
+            for k in sizes:
+                cands = torch.randint(0, 1000, (1, k))
+                t = time.perf_counter()
+                dec.verify(cands)
+                times[k].append(time.perf_counter() - t)
+                dec.accept(1)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {k: med[k] / med[1] for k in sizes}
 
 
 def report(base, rows):
@@ -87,9 +140,9 @@ def report(base, rows):
             "decode_tok_s": r["tokens"] / r["decode_s"],
             "mean_acceptance": r["tokens"] / r["verifies"] if r["verifies"] else 1.0,
             "speedup": rows["plain"]["decode_s"] / r["decode_s"]}
-        print(f"{base:5s} {n:2d} prompts {mode:6s} identical {summary[mode]['identical']}  decode {summary[mode]['decode_tok_s']:6.1f} "
-              f"tok/s  acceptance {summary[mode]['mean_acceptance']:.2f}  speedup {summary[mode]['speedup']:.2f}x",
-              flush=True)
+        print(f"{base:5s} {n:2d} prompts {mode:12s} identical {summary[mode]['identical']}  decode "
+              f"{summary[mode]['decode_tok_s']:6.1f} tok/s  acceptance {summary[mode]['mean_acceptance']:.2f}  "
+              f"speedup {summary[mode]['speedup']:.2f}x", flush=True)
     return summary
 
 

@@ -1,11 +1,16 @@
 """dce: remove pure nodes whose outputs are unused, then weights nothing uses.
 
-Graph inputs are kept (they are the signature). Impure ops (registry `pure=False`) are kept.
+Graph inputs are kept (they are the signature). Impure ops (registry `pure=False`) are kept, and so are
+weights named `draft_heads.*` (draft heads that the decode-time drafter reads outside the graph's nodes,
+e.g. the EAGLE layer of passes/draft_heads.py).
 One reverse sweep suffices: a node's users come after it, so they are visited first.
 """
 from __future__ import annotations
 
 from .base import Pass, PassResult, register_pass
+
+
+KEEP_WEIGHT_PREFIXES = ("draft_heads.",)
 
 
 @register_pass("dce")
@@ -23,7 +28,7 @@ class DeadCodeElimination(Pass):
         weights = 0
         if self.remove_weights:
             for name, w in list(graph.weights.items()):
-                if w.unused:
+                if w.unused and not name.startswith(KEEP_WEIGHT_PREFIXES):
                     graph.remove_weight(name)
                     weights += 1
         return PassResult(removed + weights > 0, {"nodes": removed, "weights": weights})

@@ -16,7 +16,17 @@ model's `logits` node is not touched. The last hidden state is also exposed as t
 `hidden_states` [batch, seq, hidden] (training uses it). Weights `draft_heads.*` stay float:
 quantize-weights skips them by default.
 
-Head kinds live in HEAD_KINDS (name -> builder); errors name the pass and the valid choices.
+`kind=eagle` (EAGLE-1, Li et al. 2024, "EAGLE: Speculative Sampling Requires Rethinking Feature
+Uncertainty", arXiv:2401.15077): ONE fresh decoder layer of the model's own layer shape (RMSNorm,
+multi-head attention with RoPE, RMSNorm, SiLU-gated MLP of the model's MLP width) over
+fc(concat(h_t, embed(x_{t+1}))) predicts the next last-hidden-state h_{t+1}; the model's own lm_head turns
+it into a draft token, whose embedding feeds the next step (autoregressive drafting, `num_heads` steps
+by default). The pass adds the layer's weights `draft_heads.eagle.*` (float, seeded init) and the output
+`hidden_states`; the drafting loop runs at decode time (slimgraph/eagle.py, with its own small KV
+cache), since each step needs the previous step's token. `dce` keeps `draft_heads.*` weights (the
+runtime reads them outside the graph's nodes).
+
+Head kinds live in HEAD_KINDS (name -> inserter); errors name the pass and the valid choices.
 """
 from __future__ import annotations
 from typing import Callable
@@ -37,14 +47,80 @@ def medusa_head(graph, h, i: int):
     return graph.op("add", h, graph.op("silu", graph.op("linear", h, w)))
 
 
-HEAD_KINDS: dict[str, Callable] = {"medusa": medusa_head}
+def insert_medusa(graph, h, head, num_heads: int) -> list:
+    """K Medusa heads -> outputs draft_logits_0..K-1 (one stacked lm_head call)."""
+    with graph.inserting_after(head):
+        hs = [graph.op("unsqueeze", medusa_head(graph, h, i), dim=2) for i in range(num_heads)]
+        stacked = hs[0] if len(hs) == 1 else graph.op("concat", *hs, dim=2)      # [b, s, K, hidden]
+        logits = graph.add_node(head.op, [stacked, *head.inputs[1:]], head.attrs).output   # [b, s, K, vocab]
+        parts = ([logits] if num_heads == 1 else
+                 list(graph.add_node("split", [logits], {"dim": 2, "sizes": [1] * num_heads}).outputs))
+        names = [f"draft_logits_{i}" for i in range(num_heads)]
+        return [graph.add_node("squeeze", [p], {"dims": [2]}, names=[n]).output for p, n in zip(parts, names)]
 
 
-def register_head_kind(name: str, builder: Callable) -> None:
-    """builder(graph, h, i) -> the head's hidden state (h's type), built at the insertion point."""
+EAGLE = "draft_heads.eagle."
+EAGLE_HEAD_DIM = 64
+
+
+def eagle_shapes(graph, hidden: int) -> dict:
+    """The EAGLE layer's shape: the model's own MLP width (read off layer 0's gate/up projection, float or
+    packed) or 4 x hidden, attention heads of EAGLE_HEAD_DIM (one head when hidden is smaller)."""
+    ffn = 4 * hidden
+    for name, w in graph.weights.items():
+        if ".layers.0.mlp." in name and ("gate_proj" in name or "up_proj" in name or "fc1" in name) \
+                and w.type.rank == 2 and not name.endswith((".scales", ".zeros")):
+            ffn = int(w.type.shape[0])
+            break
+    heads = max(1, hidden // EAGLE_HEAD_DIM)
+    if hidden % heads:
+        heads = 1
+    return {"ffn": ffn, "heads": heads}
+
+
+def insert_eagle(graph, h, head, num_heads: int) -> list:
+    """EAGLE-1 draft layer weights (fresh, seeded): fc [d, 2d] + bias, ln1, q/k/v/o [d, d], ln2, gate/up
+    [ffn, d], down [d, ffn]; `draft_heads.eagle.vocab` i64[vocab] (token ids, the draft vocabulary first)
+    and `draft_heads.eagle.config` i64[3] = (draft steps, attention heads, draft vocabulary size V: the
+    drafter's lm_head reads rows vocab[:V]; all tokens until training picks the frequent ones)."""
+    d = int(h.type.shape[-1])
+    vocab = int(head.output.type.shape[-1])
+    dt = to_torch(h.type.dtype)
+    shp = eagle_shapes(graph, d)
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(dt)
+    fc = torch.cat((torch.eye(d), torch.zeros(d, d)), 1) + torch.randn(d, 2 * d, generator=g) * 0.02
+    tensors = {"fc.weight": fc.to(dt), "fc.bias": torch.zeros(d, dtype=dt), "ln1.weight": torch.ones(d, dtype=dt),
+               "q.weight": rnd(d, d), "k.weight": rnd(d, d), "v.weight": rnd(d, d), "o.weight": rnd(d, d),
+               "ln2.weight": torch.ones(d, dtype=dt), "gate.weight": rnd(shp["ffn"], d),
+               "up.weight": rnd(shp["ffn"], d), "down.weight": rnd(d, shp["ffn"]),
+               "vocab": torch.arange(vocab, dtype=torch.long),
+               "config": torch.tensor([num_heads, shp["heads"], vocab], dtype=torch.long)}
+    for name, t in tensors.items():
+        graph.add_weight(EAGLE + name, t)
+    return []
+
+
+HEAD_KINDS: dict[str, Callable] = {"medusa": insert_medusa, "eagle": insert_eagle}
+
+
+def register_head_kind(name: str, inserter: Callable) -> None:
+    """inserter(graph, h, lm_head_node, num_heads) -> the new graph outputs (named), built after the lm_head;
+    weights it adds must be named `draft_heads.*`."""
     if name in HEAD_KINDS:
         raise ValueError(f"draft head kind {name!r} is registered twice")
-    HEAD_KINDS[name] = builder
+    HEAD_KINDS[name] = inserter
+
+
+def head_kind(graph) -> str | None:
+    """'medusa', 'eagle' or None: which draft heads the graph carries."""
+    if draft_outputs(graph):
+        return "medusa"
+    if EAGLE + "config" in graph.weights:
+        return "eagle"
+    return None
 
 
 def draft_outputs(graph) -> list:
@@ -77,16 +153,7 @@ class InsertDraftHeads(Pass):
             raise PassError(f"{who}: the 'logits' output must come from a linear/qlinear lm_head on a "
                             f"[batch, seq, hidden] state; it comes from {got}")
         h = head.inputs[0]
-        build = HEAD_KINDS[self.kind]
-        with graph.inserting_after(head):
-            hs = [graph.op("unsqueeze", build(graph, h, i), dim=2) for i in range(self.num_heads)]
-            stacked = hs[0] if len(hs) == 1 else graph.op("concat", *hs, dim=2)      # [b, s, K, hidden]
-            logits = graph.add_node(head.op, [stacked, *head.inputs[1:]], head.attrs).output   # [b, s, K, vocab]
-            parts = ([logits] if self.num_heads == 1 else
-                     list(graph.add_node("split", [logits], {"dim": 2, "sizes": [1] * self.num_heads}).outputs))
-            names = [f"draft_logits_{i}" for i in range(self.num_heads)]
-            drafts = [graph.add_node("squeeze", [p], {"dims": [2]}, names=[n]).output for p, n in zip(parts, names)]
-        new = list(drafts)
+        new = list(HEAD_KINDS[self.kind](graph, h, head, self.num_heads))
         if "hidden_states" not in outs:
             new.append(h if h.name == "hidden_states" else _named_copy(graph, h, head))
         graph.set_outputs([*graph.outputs, *new])

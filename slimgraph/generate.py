@@ -60,14 +60,20 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     Timing is stored on `compiled.last_generate_stats` (a GenerateStats).
 
     `speculative`: None (default) decodes speculatively with the graph's draft heads when it has them
-    (`draft_logits_*` outputs, passes/draft_heads.py), greedy and batch 1 (else plainly); "chain" or True,
-    "tree" (with `tree`, paths of top-k ranks; default slimgraph.speculative.DEFAULT_TREE) ask for it;
-    False never. The output is the greedy output either way (slimgraph/speculative.py).
+    (Medusa `draft_logits_*` outputs or EAGLE weights, passes/draft_heads.py) for batch 1 (else plainly);
+    "chain" or True, "tree" (greedy only; with `tree`, paths of top-k ranks, default
+    slimgraph.speculative.DEFAULT_TREE) ask for it; False never. Greedy: the output is the greedy output
+    either way. Sampling (chain): the rejection rule keeps the distribution of plain sampling
+    (slimgraph/speculative.py).
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
     mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask)
     if mode is not None:
-        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer)
+        sample = (lambda lg: _probs(lg, temperature, top_k), generator) if do_sample else None
+        if input_ids.shape[0] > 1 or attention_mask is not None:
+            return _generate_speculative_batch(compiled, input_ids, max_new_tokens, attention_mask, eos_token_id,
+                                               streamer, sample)
+        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     batch, prompt_len = input_ids.shape
     ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
@@ -108,26 +114,26 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
 def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask):
     from .speculative import num_heads
     if speculative is None:
-        plain = do_sample or input_ids.shape[0] != 1 or attention_mask is not None or not num_heads(compiled.graph)
+        plain = input_ids.shape[0] != 1 or attention_mask is not None or not num_heads(compiled.graph)
         return None if plain else "chain"
     if speculative is False:
         return None
     mode = "chain" if speculative is True else speculative
     if mode not in ("chain", "tree"):
         raise GenerateError(f"generate(): speculative={speculative!r}; use None (auto), False, True/'chain' or 'tree'")
-    if do_sample:
-        raise GenerateError("generate(): speculative decoding is greedy only here (do_sample=False); "
-                            "sampling decodes plainly with speculative=None")
-    if input_ids.shape[0] != 1 or attention_mask is not None:
-        raise GenerateError(f"generate(): speculative decoding runs one prompt (batch 1, no attention_mask); "
-                            f"got batch {input_ids.shape[0]}")
+    if do_sample and mode == "tree":
+        raise GenerateError("generate(): sampling (do_sample=True) verifies a chain of drafts; use "
+                            "speculative='chain' (the tree is greedy only)")
+    if mode == "tree" and (input_ids.shape[0] != 1 or attention_mask is not None):
+        raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no attention_mask), got "
+                            f"batch {input_ids.shape[0]}; a batch verifies chains: use speculative='chain'")
     if not num_heads(compiled.graph):
         raise GenerateError("generate(): speculative decoding needs draft heads: compile with a pipeline "
                             "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)")
     return mode
 
 
-def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer):
+def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample=None):
     from . import speculative
     eos = _eos_tensor(eos_token_id, input_ids.device)
     if streamer is not None:
@@ -138,7 +144,7 @@ def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_t
         dec = compiled.decoder(1)
         try:
             new, verifies, t1 = speculative.run(dec, input_ids, max_new_tokens, mode=mode, tree=tree, eos=eos,
-                                                on_token=put)
+                                                on_token=put, sample=sample)
         except speculative.SpeculativeError as e:
             raise GenerateError(f"generate(): {e}") from None
         t2 = time.perf_counter()
@@ -146,6 +152,38 @@ def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_t
         streamer.end()
     compiled.last_generate_stats = GenerateStats(input_ids.shape[1], len(new), t1 - t0, t2 - t1, verifies, mode)
     return torch.cat((input_ids, torch.tensor([new], dtype=torch.long, device=input_ids.device)), 1)
+
+
+def _generate_speculative_batch(compiled, input_ids, max_new_tokens, attention_mask, eos_token_id, streamer, sample):
+    """Chains for a batch (slimgraph.speculative.run_batch), then eos as plain generate() applies it."""
+    from . import speculative
+    eos = _eos_tensor(eos_token_id, input_ids.device)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        dec = compiled.decoder(input_ids.shape[0])
+        try:
+            new, verifies, t1 = speculative.run_batch(dec, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                                      sample=sample)
+        except speculative.SpeculativeError as e:
+            raise GenerateError(f"generate(): {e}") from None
+        t2 = time.perf_counter()
+    n = new.shape[1]
+    if eos is not None and n:
+        hit = torch.isin(new, eos)
+        done = hit.long().cumsum(1) > 0                                  # at or after the row's first eos
+        after = torch.cat((torch.zeros_like(done[:, :1]), done[:, :-1]), 1)
+        new = torch.where(after, eos[0], new)
+        all_done = done.all(0)
+        if bool(all_done.any()):
+            n = int(all_done.long().argmax()) + 1                       # plain generate stops here
+            new = new[:, :n]
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+        for j in range(n):
+            streamer.put(new[:, j].cpu())
+        streamer.end()
+    compiled.last_generate_stats = GenerateStats(input_ids.shape[1], n, t1 - t0, t2 - t1, verifies, "chain")
+    return torch.cat((input_ids, new.to(input_ids.device)), 1)
 
 
 def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
@@ -175,17 +213,21 @@ def _eos_tensor(eos_token_id, device):
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
+def _probs(logits, temperature, top_k):
+    """Sampling distribution [m, vocab] of logits [m, vocab]: temperature, then top-k, then softmax."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
 def _sampler(do_sample, temperature, top_k, generator):
     if not do_sample:
         return lambda logits: logits.argmax(-1)
 
     def sample(logits):
-        logits = logits.float() / temperature
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.multinomial(_probs(logits, temperature, top_k), 1, generator=generator).squeeze(-1)
     return sample
 
 

@@ -16,13 +16,21 @@ and k one-token forwards; the tests check token identity).
   (0, 1) = head 0's best then head 1's second best; all nodes run in one forward under a tree mask in
   which each node sees its ancestors; the deepest accepted node's path is kept (`accept(path=...)`).
 
-Greedy, batch 1. (Sampling with the rejection rule is not implemented: sampled generate() decodes plainly.)
+- EAGLE heads (`kind=eagle`, slimgraph/eagle.py) draft the same chains and trees autoregressively: the
+  token of node (r1, .., rd) is the r_d-th best guess after the drafted path (r1, .., r_{d-1}).
+- Sampling (do_sample=True, chain): drafts are sampled from the heads' distributions q and verified with
+  the standard rejection rule (accept x with probability min(1, p(x)/q(x)), else sample from
+  norm(max(0, p - q)); a bonus token from p when all are accepted), which makes every emitted token
+  distributed exactly as plain sampling (Leviathan et al. 2023; Chen et al. 2023). Medusa's "typical
+  acceptance" is not used: it is not lossless.
+
+Batch 1.
 """
 from __future__ import annotations
 
 import torch
 
-from .passes.draft_heads import draft_outputs
+from .passes.draft_heads import draft_outputs, head_kind
 
 # Medusa-style sparse tree for a CPU (verify cost grows with the node count): paths of top-k ranks.
 DEFAULT_TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (2, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0),
@@ -35,6 +43,11 @@ class SpeculativeError(ValueError):
 
 
 def num_heads(graph) -> int:
+    """Draft depth: Medusa heads, or EAGLE's draft steps (0 without draft heads)."""
+    kind = head_kind(graph)
+    if kind == "eagle":
+        from .eagle import config
+        return config(graph)[0]
     return len(draft_outputs(graph))
 
 
@@ -74,20 +87,86 @@ class Tree:
         return torch.tensor([ids], dtype=torch.long)
 
 
-def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=None, eos=None, on_token=None):
-    """Greedy speculative decoding for one prompt [1, p]; returns (new tokens list, verifies, prefill end time).
-    `on_token(token)` is called for each emitted token (streaming)."""
+class MedusaDrafter:
+    """Drafts from the graph's `draft_logits_*` outputs at the row of the last accepted token."""
+
+    def __init__(self, graph):
+        self.depth = num_heads(graph)
+        self.names = [f"draft_logits_{i}" for i in range(self.depth)]
+
+    def start(self, ids: list, out, token, b: int = 0):
+        self.row = [out[n][b, -1] for n in self.names]
+
+    def accepted(self, res, path, next_tokens, b: int = 0):
+        self.row = [res[n][b, path[-1]] for n in self.names]
+
+    def draft_tree(self, tree) -> list[int]:
+        drafts = torch.stack([self.row[d].topk(tree.topk).indices for d in range(tree.depth)])
+        return [int(drafts[len(p) - 1, p[-1]]) for p in tree.paths[1:]]
+
+    def sample_chain(self, depth, warp, generator=None):
+        q = warp(torch.stack(self.row[:depth])) if depth else torch.zeros(0, 1)
+        toks = [int(torch.multinomial(q[j], 1, generator=generator)) for j in range(depth)]
+        return toks, q
+
+
+class EagleDrafter:
+    """EAGLE drafting (slimgraph/eagle.py): fed with the base's features of every accepted token."""
+
+    def __init__(self, graph):
+        from .eagle import EagleDrafter as Impl
+        self.impl = Impl(graph)
+        self.depth = self.impl.steps
+
+    def start(self, ids: list, out, token, b: int = 0):
+        """ids: the row's prompt tokens (pads removed; a left-padded row's tokens are its last positions)."""
+        self.impl.reset()
+        self.impl.extend(out["hidden_states"][b, -len(ids):], [*ids[1:], token])
+
+    def accepted(self, res, path, next_tokens, b: int = 0):
+        self.impl.extend(res["hidden_states"][b, path], next_tokens)
+
+    def draft_tree(self, tree):
+        return self.impl.draft_tree(tree)
+
+    def sample_chain(self, depth, warp, generator=None):
+        return self.impl.sample_chain(depth, warp, generator)
+
+
+DRAFTERS = {"medusa": MedusaDrafter, "eagle": EagleDrafter}
+
+
+def drafter_for(graph):
+    kind = head_kind(graph)
+    if kind is None:
+        raise SpeculativeError("speculative decoding needs draft heads: compile with 'insert-draft-heads{num_heads=4}' "
+                               "(or kind=eagle)")
+    return DRAFTERS[kind](graph)
+
+
+def chain(depth: int) -> Tree:
+    return Tree([(0,) * d for d in range(1, depth + 1)], depth)
+
+
+def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=None, eos=None, on_token=None,
+        sample=None):
+    """Speculative decoding for one prompt [1, p]; returns (new tokens list, verifies, prefill end time).
+    `on_token(token)` is called for each emitted token (streaming). `sample`: None (greedy) or
+    (warp, generator) with warp(logits [m, vocab]) -> probabilities [m, vocab] (temperature, top-k):
+    then a chain is drafted by sampling and verified with the rejection rule (Leviathan et al. 2023,
+    arXiv:2211.17192, Algorithm 1; Chen et al. 2023, arXiv:2302.01318), which keeps the distribution."""
     import time
-    graph = dec.graph
-    k = num_heads(graph)
-    if k == 0:
-        raise SpeculativeError("speculative decoding needs draft heads: compile with 'insert-draft-heads{num_heads=4}'")
-    names = [f"draft_logits_{i}" for i in range(k)]
+    drafter = drafter_for(dec.graph)
+    k = drafter.depth
     t = None
     if mode == "tree":
+        if sample is not None:
+            raise SpeculativeError("sampling (do_sample=True) verifies a chain; use speculative='chain' (the tree "
+                                   "rejection rule is not implemented)")
         t = tree if isinstance(tree, Tree) else Tree(tree or [p for p in DEFAULT_TREE if len(p) <= k], k)
         if t.depth > k:
             raise SpeculativeError(f"tree depth {t.depth} > {k} draft heads")
+    chains = {}
     eos_set = set() if eos is None else {int(e) for e in eos.tolist()}
     new: list[int] = []
 
@@ -99,49 +178,124 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
 
     out = dec.prefill(input_ids)
     t_prefill = time.perf_counter()
-    token = int(out["logits"][0, -1].argmax())
+    last = out["logits"][0, -1]
+    token = int(last.argmax()) if sample is None else int(torch.multinomial(sample[0](last[None])[0], 1,
+                                                                            generator=sample[1]))
     verifies = 0
     if max_new_tokens == 0:
         return new, verifies, t_prefill
     if emit(token):
         return new, verifies, t_prefill
-    at = -1         # row of `out` whose draft logits guess after `token`
+    drafter.start(input_ids[0].tolist(), out, token)
     while True:
         room = max_new_tokens - len(new)                 # tokens still allowed; a verify emits <= its length
-        if t is None:
-            guesses = [int(out[n][0, at].argmax()) for n in names[:max(0, room - 1)]]
-            cands = torch.tensor([[token, *guesses]], dtype=torch.long)
-            res = dec.verify(cands)
-            verifies += 1
-            base = res["logits"][0].argmax(-1).tolist()
-            a = 1
-            while a < cands.shape[1] and int(cands[0, a]) == base[a - 1]:
-                a += 1
-            dec.accept(a)
-            kept = cands[0, 1:a].tolist() + [base[a - 1]]
-            at_row = a - 1
+        if sample is not None:
+            path, kept, res = _sampled_round(dec, drafter, token, min(k, room - 1), *sample)
         else:
-            drafts = torch.stack([out[n][0, at].topk(t.topk).indices for n in names[:t.depth]])
-            cands = t.candidates(token, drafts)
-            res = dec.verify(cands, tree_mask=t.mask)
-            verifies += 1
+            tt = t
+            if tt is None:
+                depth = min(k, room - 1)
+                tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
+            cands = torch.tensor([[token, *(drafter.draft_tree(tt) if tt is not None else [])]], dtype=torch.long)
+            res = dec.verify(cands, tree_mask=None if t is None else t.mask)
             base = res["logits"][0].argmax(-1).tolist()
-            ok = [True] + [False] * (len(t.paths) - 1)
-            for i in range(1, len(t.paths)):        # nodes are sorted by depth: parents come first
-                ok[i] = ok[t.parent[i]] and int(cands[0, i]) == base[t.parent[i]]
-            best = max((i for i in range(len(t.paths)) if ok[i]), key=lambda i: (len(t.paths[i]), -i))
-            path, j = [], best
-            while j >= 0:
-                path.append(j)
-                j = t.parent[j]
-            path.reverse()
+            if tt is None:
+                best, path = 0, [0]
+            else:
+                ok = [True] + [False] * (len(tt.paths) - 1)
+                for i in range(1, len(tt.paths)):        # nodes are sorted by depth: parents come first
+                    ok[i] = ok[tt.parent[i]] and int(cands[0, i]) == base[tt.parent[i]]
+                best = max((i for i in range(len(tt.paths)) if ok[i]), key=lambda i: (len(tt.paths[i]), -i))
+                path, j = [], best
+                while j >= 0:
+                    path.append(j)
+                    j = tt.parent[j]
+                path.reverse()
             if len(path) > room:                    # never emit past max_new_tokens
                 path = path[:room]
                 best = path[-1]
-            dec.accept(path=path)
             kept = [int(cands[0, i]) for i in path[1:]] + [base[best]]
-            at_row = best
+        verifies += 1
+        dec.accept(path=path)
         for tok in kept:
             if emit(tok):
                 return new, verifies, t_prefill
-        token, out, at = kept[-1], res, at_row
+        drafter.accepted(res, path, kept)
+        token = kept[-1]
+
+
+def _sampled_round(dec, drafter, token, depth, warp, generator):
+    """One verify of a sampled chain with the rejection rule: (accepted rows, emitted tokens, outputs)."""
+    drafts, q = drafter.sample_chain(depth, warp, generator)
+    res = dec.verify(torch.tensor([[token, *drafts]], dtype=torch.long))
+    p = warp(res["logits"][0].float())                   # [depth + 1, vocab]: target after each candidate
+    n, tok = _rejection(drafts, q, p, generator)
+    return list(range(n + 1)), drafts[:n] + [tok], res
+
+
+def run_batch(dec, input_ids: torch.Tensor, max_new_tokens: int, *, attention_mask=None, sample=None):
+    """Chain speculative decoding for a batch [B, p] (left padded where `attention_mask` is 0): each row
+    drafts its own chain, all rows are verified in ONE forward, and all keep the same number of rows:
+    a = the fewest drafts any row accepted. A row that accepted more emits its (a+1)-th draft, which the
+    base accepted, in place of the correction token: greedy, that draft IS the base's argmax; sampled,
+    it passed the rejection test, and stopping at `a` depends only on the other rows' draws. Every row
+    therefore emits exactly what it emits alone (greedy) or in law (sampling).
+    Returns (new tokens [B, n] with n = max_new_tokens, verifies, prefill end time); eos is the caller's."""
+    import time
+    B = input_ids.shape[0]
+    drafters = [drafter_for(dec.graph) for _ in range(B)]
+    k = drafters[0].depth
+    out = dec.prefill(input_ids, attention_mask)
+    t_prefill = time.perf_counter()
+    last = out["logits"][:, -1]
+    if sample is None:
+        tokens = last.argmax(-1).tolist()
+    else:
+        tokens = torch.multinomial(sample[0](last), 1, generator=sample[1])[:, 0].tolist()
+    new = [[t] for t in tokens]
+    verifies = 0
+    if max_new_tokens == 0:
+        return torch.zeros(B, 0, dtype=torch.long), verifies, t_prefill
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    for b, d in enumerate(drafters):
+        d.start(input_ids[b][valid[b]].tolist(), out, tokens[b], b)
+    chains = {}
+    while len(new[0]) < max_new_tokens:
+        depth = min(k, max_new_tokens - len(new[0]) - 1)
+        if sample is None:
+            tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
+            drafts = [d.draft_tree(tt) if tt is not None else [] for d in drafters]
+        else:
+            dq = [d.sample_chain(depth, *sample) for d in drafters]
+            drafts = [x[0] for x in dq]
+        cands = torch.tensor([[tokens[b], *drafts[b]] for b in range(B)], dtype=torch.long)
+        res = dec.verify(cands)
+        verifies += 1
+        if sample is None:
+            base = res["logits"].argmax(-1)                                 # [B, depth + 1]
+            match = (cands[:, 1:] == base[:, :-1]).long().cumprod(1).sum(1).tolist()
+            a = min(match)
+            kept = [cands[b, 1:a + 1].tolist() + [int(base[b, a])] for b in range(B)]
+        else:
+            p = sample[0](res["logits"].reshape(B * (depth + 1), -1).float()).reshape(B, depth + 1, -1)
+            got = [_rejection(drafts[b], dq[b][1], p[b], sample[1]) for b in range(B)]
+            a = min(n for n, _ in got)
+            kept = [drafts[b][:a] + [corr if n == a else drafts[b][a]] for b, (n, corr) in enumerate(got)]
+        dec.accept(a + 1)
+        for b in range(B):
+            new[b] += kept[b]
+            drafters[b].accepted(res, list(range(a + 1)), kept[b], b)
+            tokens[b] = kept[b][-1]
+    return torch.tensor([row[:max_new_tokens] for row in new], dtype=torch.long), verifies, t_prefill
+
+
+def _rejection(drafts, q, p, generator):
+    """The rejection rule over one row's chain: (drafts accepted n, the correction or bonus token)."""
+    for j, x in enumerate(drafts):
+        if float(torch.rand((), generator=generator)) * float(q[j, x]) < float(p[j, x]):
+            continue
+        resid = (p[j] - q[j]).clamp_min(0)
+        last = resid if float(resid.sum()) > 0 else p[j]
+        return j, int(torch.multinomial(last, 1, generator=generator))
+    n = len(drafts)
+    return n, int(torch.multinomial(p[n], 1, generator=generator))

@@ -83,7 +83,7 @@ def test_int8_lm_head_is_shared_by_the_heads(model):
 @pytest.mark.parametrize("spec, msg", [
     ("insert-draft-heads{num_heads=0}", "num_heads=0 is out of range; use 1..8"),
     ("insert-draft-heads{num_heads=9}", "num_heads=9 is out of range; use 1..8"),
-    ("insert-draft-heads{kind=eagle9}", "unknown head kind 'eagle9'; valid kinds: medusa"),
+    ("insert-draft-heads{kind=eagle9}", "unknown head kind 'eagle9'; valid kinds: eagle, medusa"),
     ("insert-draft-heads,insert-draft-heads", "already has draft heads"),
 ])
 def test_bad_options_are_clear_errors(model, spec, msg):
