@@ -4,6 +4,7 @@ weights (with and without an importance matrix), and the compressed-tensors chec
 transformers against slimgraph's own perplexity of the same weights.
 
     python benchmarks/bench_export.py [--stage quantize,gguf,hf] [--work /tmp/slimgraph_bench_export]
+        [--calib 32x256] [--gptq refit=true]
 
 Stages (each caches its results in --work, so a later stage can run on its own):
   quantize  slimgraph.optimize SmolLM2 with quantize-weights{bits=4,group=32,method=gptq} sym=true
@@ -36,10 +37,12 @@ import torch
 
 from slimgraph import evaluate, zoo
 
-VARIANTS = {   # name: (GGUF type, quantize-weights options)
+VARIANTS = {   # name: (GGUF type, quantize-weights options; --gptq appends more)
     "q4_0": ("q4_0", "bits=4,group=32,sym=true,method=gptq"),
     "q4_1": ("q4_1", "bits=4,group=32,sym=false,method=gptq"),
 }
+CALIB = (32, 256)   # calibration rows x tokens of the shipped calib split (--calib): GPTQ and the imatrix
+GPTQ_EXTRA = ""     # --gptq
 FTYPE = {"q4_0": 2, "q4_1": 3}         # llama_ftype MOSTLY_Q4_0 / MOSTLY_Q4_1
 WINDOW, MAX_TOKENS = 512, 4096
 SOURCE = "smollm2-135m"
@@ -67,8 +70,10 @@ def stage_quantize(work: Path, res: dict):
         if (art / "manifest.json").is_file() and f"{name}_ppl_slimgraph" in res:
             continue
         t = time.perf_counter()
-        fast = slimgraph.optimize(model, target="torch",
-                                  pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
+        opts = ",".join(o for o in (opts, GPTQ_EXTRA) if o)
+        res[f"{name}_pipeline"] = f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul"
+        fast = slimgraph.optimize(model, target="torch", pipeline=res[f"{name}_pipeline"],
+                                  calibration=evaluate.token_ids(tok, n=CALIB[0], seq=CALIB[1]))
         res[f"{name}_optimize_s"] = time.perf_counter() - t
         fast.save(art)
         res[f"{name}_ppl_slimgraph"] = evaluate.perplexity(fast, tok, max_tokens=MAX_TOKENS)
@@ -93,7 +98,7 @@ def imatrix(model, tok) -> dict[str, torch.Tensor]:
                 sums[g] = sums.get(g, 0) + (x * x).sum(0)
                 counts[g] = counts.get(g, 0) + x.shape[0]
             hooks.append(m.register_forward_pre_hook(hook))
-    ids = token_ids(tok)
+    ids = token_ids(tok, n=CALIB[0], seq=CALIB[1])
     with torch.no_grad():
         for row in ids:
             model(row.unsqueeze(0))
@@ -228,17 +233,34 @@ def stage_hf(work: Path, res: dict):
         save_json(work / "results.json", res)
 
 
+def versions() -> dict:
+    from importlib.metadata import version
+    return {p: version(p) for p in ("torch", "transformers", "gguf", "compressed-tensors", "llama-cpp-python")}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", default="quantize,gguf,hf")
     ap.add_argument("--work", default="/tmp/slimgraph_bench_export")
+    ap.add_argument("--calib", default="32x256", help="calibration rows x tokens (GPTQ and the imatrix alike)")
+    ap.add_argument("--gptq", default="", help="extra quantize-weights options, e.g. refit=true")
     a = ap.parse_args()
+    global CALIB, GPTQ_EXTRA
+    CALIB = tuple(int(x) for x in a.calib.split("x"))
+    GPTQ_EXTRA = a.gptq
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     res = load_json(work / "results.json")
+    if res.get("calib", list(CALIB)) != list(CALIB) or res.get("gptq_extra", GPTQ_EXTRA) != GPTQ_EXTRA:
+        raise SystemExit(f"{work} holds results for calib {res.get('calib')} / gptq {res.get('gptq_extra')!r}: "
+                         f"use another --work")
+    res |= {"calib": list(CALIB), "gptq_extra": GPTQ_EXTRA}
     res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    res["versions"] = versions()
     for stage in a.stage.split(","):
+        res[f"loadavg_start[{stage}]"] = os.getloadavg()
         {"quantize": stage_quantize, "gguf": stage_gguf, "hf": stage_hf}[stage](work, res)
+        res[f"loadavg_end[{stage}]"] = os.getloadavg()
         save_json(work / "results.json", res)
     print(json.dumps(res, indent=1))
 

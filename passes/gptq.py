@@ -7,8 +7,8 @@ Damping (`damp` x mean diag), act-order (columns in order of decreasing H diagon
 batch updates (`block` columns at a time, then one matmul for the rest). Groups stay contiguous
 along the input dim so the result packs into the standard layout: with act-order the scales
 of each group are fixed up front from the weights (AutoGPTQ's static groups), with the clip
-ratio searched on the H-weighted error (`clip_search`). For symmetric int4 the search also tries
-the two scales that put a group's largest |w| exactly on a grid end (+7 or -8 levels: the grid
+ratio searched on the H-weighted error (`clip_search`). With `refit`, for symmetric int4 the search
+also tries the two scales that put a group's largest |w| exactly on a grid end (+7 or -8 levels: the grid
 -8..7 is not symmetric, llama.cpp's Q4_0 quantizer picks its scale the same way).
 
 `refit` (after the column loop, codes fixed): each row's group scales are re-solved by least
@@ -32,7 +32,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group: int,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        codes, scales, zeros = _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search)
+        codes, scales, zeros = _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit)
     finally:
         torch.set_num_threads(threads)
     if refit:
@@ -40,7 +40,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group: int,
     return codes, scales, zeros
 
 
-def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search):
+def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit):
     W = w.detach().float().clone()
     out, k = W.shape
     g = Q.group_size(group, k)
@@ -48,7 +48,7 @@ def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search):
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    clip = search_clip(W, H, bits, group, sym, _grid(bits, sym)) if clip_search else 1.0
+    clip = search_clip(W, H, bits, group, sym, _grid(bits, sym) if refit else GRID) if clip_search else 1.0
     _, scales, zeros = Q.quantize_rtn(W, bits, group, sym, clip)   # per (row, group), fixed
     col_group = torch.arange(k) // g
 

@@ -56,7 +56,7 @@ class QuantizeWeights(Pass):
     scale_dtype: Literal["f32", "f16"] = "f32"
     damp: float = 0.01
     act_order: bool = True
-    refit: bool = False             # gptq: least-squares group scales for the final codes (passes/gptq.py)
+    refit: bool = False             # gptq: grid-end scales + least-squares group scales for the final codes
     calibration: Any = None         # Calibration or token ids i64[n, seq]; gptq/awq need it (set from Python)
     layer_overrides: Any = None     # {weight name: (bits, group)} from select-precision
 

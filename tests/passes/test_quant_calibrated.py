@@ -217,11 +217,11 @@ def test_gptq_refit_lowers_the_output_error(sym):
 
 
 def test_gptq_symmetric_int4_search_tries_the_grid_ends():
-    """A group whose largest |w| is negative fits the -8 level exactly: the clip search finds the
+    """With refit, a group whose largest |w| is negative fits the -8 level exactly: the clip search finds the
     scale amax / 8 (qparams' default amax / 7.5 would round it onto -8 with a 6.7% error)."""
     from slimgraph.ir import quant_format as Q
     from slimgraph.passes.gptq import gptq_quantize
     w = (torch.arange(-8, 8).float().repeat(2) * 0.01).view(1, 32)   # exactly on the Q4_0 grid, d = 0.01
-    codes, scales, zeros = gptq_quantize(w, torch.eye(32), 4, 32, True)
+    codes, scales, zeros = gptq_quantize(w, torch.eye(32), 4, 32, True, refit=True)
     torch.testing.assert_close(scales, torch.tensor([[0.01]]))
     torch.testing.assert_close((codes - zeros) * scales, w)
