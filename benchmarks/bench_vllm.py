@@ -26,11 +26,15 @@ def main():
     ap.add_argument("checkpoint")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--compare-hf", action="store_true")
+    ap.add_argument("--max-model-len", type=int, default=256)
+    ap.add_argument("--memory", type=float, default=0.15,
+                    help="gpu_memory_utilization: on the CPU backend the share of RAM for weights + KV cache")
     a = ap.parse_args()
     import vllm
     from vllm import LLM, SamplingParams
     t = time.perf_counter()
-    llm = LLM(model=a.checkpoint, dtype="float32", max_model_len=512, enforce_eager=True)
+    llm = LLM(model=a.checkpoint, dtype="float32", max_model_len=a.max_model_len, enforce_eager=True,
+              gpu_memory_utilization=a.memory)
     load_s = time.perf_counter() - t
     sp = SamplingParams(temperature=0.0, max_tokens=a.new_tokens, min_tokens=a.new_tokens, ignore_eos=True)
     llm.generate(PROMPTS[:1], sp)   # warm-up
