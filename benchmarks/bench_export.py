@@ -4,6 +4,7 @@ weights (with and without an importance matrix), and the compressed-tensors chec
 transformers against slimgraph's own perplexity of the same weights.
 
     python benchmarks/bench_export.py [--stage quantize,gguf,hf] [--work /tmp/slimgraph_bench_export]
+        [--calib 32x256] [--gptq refit=true]
 
 Stages (each caches its results in --work, so a later stage can run on its own):
   quantize  slimgraph.optimize SmolLM2 with quantize-weights{bits=4,group=32,method=gptq} sym=true
@@ -15,7 +16,7 @@ Stages (each caches its results in --work, so a later stage can run on its own):
             llama-imatrix computes), exports slimgraph's artifacts with to_gguf, then runs every file in
             llama.cpp: perplexity over the same token windows as slimgraph.evaluate.perplexity
             (4096 eval tokens, 512-token windows, no context carried), and greedy decode speed.
-  hf        to_compressed_tensors of the Q4_0 (sym) artifact, loaded by transformers with the
+  hf        to_compressed_tensors of both artifacts (sym and asym), loaded by transformers with the
             compressed-tensors package: perplexity vs slimgraph's on the same weights.
 The embedding (tied head) of slimgraph's GGUF is written Q8_0, which is the type llama.cpp's own
 quantizer gives it (read back from its file and checked here), so the files differ only in the
@@ -36,10 +37,12 @@ import torch
 
 from slimgraph import evaluate, zoo
 
-VARIANTS = {   # name: (GGUF type, quantize-weights options)
+VARIANTS = {   # name: (GGUF type, quantize-weights options; --gptq appends more)
     "q4_0": ("q4_0", "bits=4,group=32,sym=true,method=gptq"),
     "q4_1": ("q4_1", "bits=4,group=32,sym=false,method=gptq"),
 }
+CALIB = (32, 256)   # calibration rows x tokens of the shipped calib split (--calib): GPTQ and the imatrix
+GPTQ_EXTRA = ""     # --gptq
 FTYPE = {"q4_0": 2, "q4_1": 3}         # llama_ftype MOSTLY_Q4_0 / MOSTLY_Q4_1
 WINDOW, MAX_TOKENS = 512, 4096
 SOURCE = "smollm2-135m"
@@ -67,8 +70,10 @@ def stage_quantize(work: Path, res: dict):
         if (art / "manifest.json").is_file() and f"{name}_ppl_slimgraph" in res:
             continue
         t = time.perf_counter()
-        fast = slimgraph.optimize(model, target="torch",
-                                  pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
+        opts = ",".join(o for o in (opts, GPTQ_EXTRA) if o)
+        res[f"{name}_pipeline"] = f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul"
+        fast = slimgraph.optimize(model, target="torch", pipeline=res[f"{name}_pipeline"],
+                                  calibration=evaluate.token_ids(tok, n=CALIB[0], seq=CALIB[1]))
         res[f"{name}_optimize_s"] = time.perf_counter() - t
         fast.save(art)
         res[f"{name}_ppl_slimgraph"] = evaluate.perplexity(fast, tok, max_tokens=MAX_TOKENS)
@@ -93,7 +98,7 @@ def imatrix(model, tok) -> dict[str, torch.Tensor]:
                 sums[g] = sums.get(g, 0) + (x * x).sum(0)
                 counts[g] = counts.get(g, 0) + x.shape[0]
             hooks.append(m.register_forward_pre_hook(hook))
-    ids = token_ids(tok)
+    ids = token_ids(tok, n=CALIB[0], seq=CALIB[1])
     with torch.no_grad():
         for row in ids:
             model(row.unsqueeze(0))
@@ -146,20 +151,21 @@ def llama_ppl(path: Path, ids: torch.Tensor) -> float:
     return math.exp(nll / count)
 
 
-def llama_decode_speed(path: Path, prompt: list[int], n: int = 128) -> float:
-    """Greedy decode tokens/s after the prompt (best of 3)."""
+def llama_decode_speeds(paths: dict[str, Path], prompt: list[int], n: int = 128, rounds: int = 5) -> dict:
+    """Greedy decode tokens/s after the prompt, `n` tokens (no eos stop), every file once per round,
+    rounds interleaved so that a busy machine slows all files alike -> label: [tok/s per round]."""
     from llama_cpp import Llama
-    llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False)
-    best = 0.0
-    for _ in range(3):
-        llm.reset()
-        llm.eval(prompt)
-        t = time.perf_counter()
-        for _ in range(n):
-            tokid = int(llm.scores[llm.n_tokens - 1].argmax())
-            llm.eval([tokid])
-        best = max(best, n / (time.perf_counter() - t))
-    return best
+    llms = {k: Llama(model_path=str(p), n_ctx=512, n_threads=2, verbose=False) for k, p in paths.items()}
+    out = {k: [] for k in paths}
+    for r in range(rounds):
+        for k, llm in (llms.items() if r % 2 == 0 else reversed(llms.items())):
+            llm.reset()
+            llm.eval(prompt)
+            t = time.perf_counter()
+            for _ in range(n):
+                llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+            out[k].append(n / (time.perf_counter() - t))
+    return out
 
 
 # ---- stage: gguf --------------------------------------------------------------------------------
@@ -197,10 +203,15 @@ def stage_gguf(work: Path, res: dict):
             res[key] = llama_ppl(path, ids)
             log(f"{label}: llama.cpp ppl {res[key]:.4f}")
             save_json(work / "results.json", res)
-    for name in VARIANTS:   # decode speed side by side, interleaved, in one run
-        for label in (f"llama.cpp {name}", f"slimgraph GPTQ {name}"):
-            res[f"tok/s[{label}]"] = llama_decode_speed(files[label], prompt)
-            log(f"{label}: {res[f'tok/s[{label}]']:.1f} tok/s")
+    for name in VARIANTS:   # decode speed side by side, interleaved rounds in one run
+        labels = (f"llama.cpp {name}", f"slimgraph GPTQ {name}")
+        speeds = llama_decode_speeds({k: files[k] for k in labels}, prompt)
+        for k, v in speeds.items():
+            res[f"tok/s[{k}]"] = v
+        med = {k: sorted(v)[len(v) // 2] for k, v in speeds.items()}
+        res[f"{name}_decode_ratio"] = med[labels[1]] / med[labels[0]]
+        log(f"{name} decode tok/s per round: " + "; ".join(f"{k} {[round(x, 1) for x in v]}" for k, v in speeds.items())
+            + f"; ratio of medians {res[f'{name}_decode_ratio']:.3f}")
     save_json(work / "results.json", res)
 
 
@@ -208,28 +219,48 @@ def stage_gguf(work: Path, res: dict):
 def stage_hf(work: Path, res: dict):
     import transformers
     from slimgraph.export import to_compressed_tensors
+    from slimgraph.export.compressed_tensors import transformers_loading_fix
     _, tok = zoo.load(SOURCE)
-    out = work / "smollm2-w4a16-g32"
-    to_compressed_tensors(work / "gptq_q4_0.sg", out, source=SOURCE)
-    m = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    res["ct_ppl_transformers"] = evaluate.perplexity(m, tok, max_tokens=MAX_TOKENS)
-    res["ct_vs_slimgraph_rel"] = res["ct_ppl_transformers"] / res["q4_0_ppl_slimgraph"] - 1
-    log(f"compressed-tensors in transformers: ppl {res['ct_ppl_transformers']:.4f} "
-        f"({res['ct_vs_slimgraph_rel'] * 100:+.4f}% vs slimgraph)")
-    save_json(work / "results.json", res)
+    for name in VARIANTS:
+        out = work / f"smollm2-ct-{name}"
+        to_compressed_tensors(work / f"gptq_{name}.sg", out, source=SOURCE)
+        with transformers_loading_fix():   # asymmetric zero points: see its docstring (library bug)
+            m = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        res[f"{name}_ct_ppl_transformers"] = evaluate.perplexity(m, tok, max_tokens=MAX_TOKENS)
+        res[f"{name}_ct_vs_slimgraph_rel"] = res[f"{name}_ct_ppl_transformers"] / res[f"{name}_ppl_slimgraph"] - 1
+        log(f"{name} compressed-tensors in transformers: ppl {res[f'{name}_ct_ppl_transformers']:.4f} "
+            f"({res[f'{name}_ct_vs_slimgraph_rel'] * 100:+.4f}% vs slimgraph)")
+        save_json(work / "results.json", res)
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+    return {p: version(p) for p in ("torch", "transformers", "gguf", "compressed-tensors", "llama-cpp-python")}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", default="quantize,gguf,hf")
     ap.add_argument("--work", default="/tmp/slimgraph_bench_export")
+    ap.add_argument("--calib", default="32x256", help="calibration rows x tokens (GPTQ and the imatrix alike)")
+    ap.add_argument("--gptq", default="", help="extra quantize-weights options, e.g. refit=true")
     a = ap.parse_args()
+    global CALIB, GPTQ_EXTRA
+    CALIB = tuple(int(x) for x in a.calib.split("x"))
+    GPTQ_EXTRA = a.gptq
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     res = load_json(work / "results.json")
+    if res.get("calib", list(CALIB)) != list(CALIB) or res.get("gptq_extra", GPTQ_EXTRA) != GPTQ_EXTRA:
+        raise SystemExit(f"{work} holds results for calib {res.get('calib')} / gptq {res.get('gptq_extra')!r}: "
+                         f"use another --work")
+    res |= {"calib": list(CALIB), "gptq_extra": GPTQ_EXTRA}
     res["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    res["versions"] = versions()
     for stage in a.stage.split(","):
+        res[f"loadavg_start[{stage}]"] = os.getloadavg()
         {"quantize": stage_quantize, "gguf": stage_gguf, "hf": stage_hf}[stage](work, res)
+        res[f"loadavg_end[{stage}]"] = os.getloadavg()
         save_json(work / "results.json", res)
     print(json.dumps(res, indent=1))
 

@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 import sympy
 
+from ..ir import progress
 from ..ir import symbolic as S
 from .lowering import get_lowering, lowerings
 
@@ -163,23 +164,29 @@ class Exporter:
         shape = [d if isinstance(d, int) else (d if S.free_symbols(d) == {d} else None) for d in v.type.shape]
         return self.onnx.helper.make_tensor_value_info(name, ONNX_DTYPES[v.type.dtype], shape)
 
+    def lower(self, node):
+        low = get_lowering("onnx", node.op)
+        if low is None:
+            raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
+                                  f"{', '.join(sorted(lowerings('onnx')))}")
+        start = len(self.nodes)
+        outs = low.fn(self, node, [self.name(v) for v in node.inputs])
+        for n in self.nodes[start:]:  # which IR op each ONNX node lowers (errors name it)
+            n.doc_string = f"IR op {node.op} on {'/'.join(dict.fromkeys(v.type.dtype for v in node.inputs)) or '-'}"
+        for v, o in zip(node.outputs, outs):
+            self.names[id(v)] = o
+
     def run(self):
         onnx, g = self.onnx, self.graph
         inputs = [self.value_info(v, self.name(v)) for v in g.inputs]
-        for w in g.weights.values():
-            if not w.unused:
-                self.inits.append(_tensor_proto(onnx, w.tensor, self.name(w)))
-        for node in g.nodes:
-            low = get_lowering("onnx", node.op)
-            if low is None:
-                raise OnnxExportError(f"IR op {node.op!r} has no ONNX lowering ({node!r}); supported: "
-                                      f"{', '.join(sorted(lowerings('onnx')))}")
-            start = len(self.nodes)
-            outs = low.fn(self, node, [self.name(v) for v in node.inputs])
-            for n in self.nodes[start:]:  # which IR op each ONNX node lowers (errors name it)
-                n.doc_string = f"IR op {node.op} on {'/'.join(dict.fromkeys(v.type.dtype for v in node.inputs)) or '-'}"
-            for v, o in zip(node.outputs, outs):
-                self.names[id(v)] = o
+        with progress.bar(len(g.weights) + len(g.nodes), "onnx export", "item") as bar:
+            for w in g.weights.values():
+                bar.update(1)
+                if not w.unused:
+                    self.inits.append(_tensor_proto(onnx, w.tensor, self.name(w)))
+            for node in g.nodes:
+                bar.update(1)
+                self.lower(node)
         outputs = []
         for v in g.outputs:
             name = self.names.get(id(v)) or self.name(v)

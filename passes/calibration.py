@@ -141,13 +141,5 @@ def collect_stats(graph, calib: Calibration, linears: list, progress: str | None
 
 
 def _progress(total, desc):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency; keep working without a bar if it is missing
-        tqdm = None
-    if tqdm is None or desc is None:
-        class _Null:
-            def update(self, n): pass
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, desc=desc, unit="layer", leave=False)
+    from ..ir import progress
+    return progress.bar(total, desc, "layer", enabled=False if desc is None else None, delay=0)

@@ -56,6 +56,7 @@ class QuantizeWeights(Pass):
     scale_dtype: Literal["f32", "f16"] = "f32"
     damp: float = 0.01
     act_order: bool = True
+    refit: bool = False             # gptq: grid-end scales + least-squares group scales for the final codes
     calibration: Any = None         # Calibration or token ids i64[n, seq]; gptq/awq need it (set from Python)
     layer_overrides: Any = None     # {weight name: (bits, group)} from select-precision
 
@@ -171,7 +172,8 @@ class QuantizeWeights(Pass):
         bits, group = self.layer_bits_group(name)
         sym = self.layer_sym(bits)
         if self.method in ("gptq", "awq-gptq"):
-            return gptq_quantize(w, stats.hessian, bits, group, sym, damp=self.damp, act_order=self.act_order)
+            return gptq_quantize(w, stats.hessian, bits, group, sym, damp=self.damp, act_order=self.act_order,
+                                 refit=self.refit)
         clip = search_clip(w, stats.hessian, bits, group, sym) if stats is not None else 1.0
         return Q.quantize_rtn(w, bits, group, sym, clip)
 

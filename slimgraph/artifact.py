@@ -66,8 +66,14 @@ def _write(compiled, d: Path):
     import slimgraph
     graph = compiled.graph
     (d / GRAPH).write_text(graph.__str__(), encoding="utf-8")
+    from .ir import progress
     tensors, aliases, layouts = _weights_to_store(graph)
-    save_file(tensors, str(d / WEIGHTS), metadata={"format": "pt"})
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    # safetensors writes in one call: the bar shows the step and its size on large models
+    with progress.bar(nbytes, f"artifact: writing {WEIGHTS}", "B", unit_scale=True,
+                      enabled=None if nbytes > (64 << 20) else False) as bar:
+        save_file(tensors, str(d / WEIGHTS), metadata={"format": "pt"})
+        bar.update(nbytes)
     from .codegen.contract import ProductsError
     try:
         products = compiled.runner.products.write(d)

@@ -18,6 +18,7 @@ line) shows the traceback instead. `--help`, `inspect`, `ops` and `passes` do no
 from __future__ import annotations
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -340,9 +341,9 @@ def _bench_plain(compiled, args) -> None:
 
 
 def _bar(total: int, desc: str, unit: str):
-    """A tqdm progress bar on stderr while a long step runs, shown only on a terminal."""
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None, file=sys.stderr)
+    """A tqdm progress bar on stderr while a long step runs, shown only on a terminal (not --quiet)."""
+    from slimgraph.ir import progress
+    return progress.bar(total, desc, unit, delay=0)
 
 
 def example_tensors(graph, seq: int) -> list:
@@ -475,9 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback on errors (accepted anywhere on the command line)")
+    debug.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars (they show only on a terminal anyway; accepted anywhere)")
     p = argparse.ArgumentParser(prog="slimgraph", description="A compiler for neural-network inference.",
                                 epilog="`slimgraph COMMAND --help` shows a command's options.")
     p.add_argument("--debug", action="store_true", help="show the traceback on errors (accepted anywhere)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (accepted anywhere)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", parents=[debug], help="optimize a model and write an artifact")
@@ -529,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:   # every bar in slimgraph follows this setting (ir/progress.py; no import here: start-up)
+        os.environ["SLIMGRAPH_PROGRESS"] = "0"
     try:
         args.fn(args)
     except BrokenPipeError:  # e.g. `slimgraph ops | head`

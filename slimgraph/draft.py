@@ -107,11 +107,8 @@ def _const(v):
 def _bar(total, desc, progress):
     if not progress:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
+    from .ir import progress as bars
+    return None if bars.quiet() else bars.bar(total, desc, enabled=True, delay=0)
 
 
 def self_distillation_data(compiled, prompts: torch.Tensor, new_tokens: int, *, gen_batch: int = 16,

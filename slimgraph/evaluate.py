@@ -44,11 +44,10 @@ def perplexity(model, tokenizer, text: str | None = None, window: int = 512, max
     """exp(mean next-token NLL) over the first `max_tokens` tokens of `text` (default: the eval
     split), in independent windows of `window` tokens (no context carried between windows).
     `progress`: a tqdm bar on stderr (tokens done); None = only when stderr is a terminal."""
-    from tqdm.auto import tqdm
+    from .ir import progress as bars
     ids = tokenizer(text or load_text("eval"), return_tensors="pt").input_ids[0][:max_tokens]
     nll, count = 0.0, 0
-    with tqdm(total=len(ids), desc="perplexity", unit="tok", leave=False,
-              disable=None if progress is None else not progress) as bar:
+    with bars.bar(len(ids), "perplexity", "tok", enabled=progress, delay=0) as bar:
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window].unsqueeze(0)
             if chunk.shape[1] < 2:

@@ -15,6 +15,8 @@ int8 codes are already signed. The packing itself is compressed-tensors' own `pa
 Layers with different bits/group/symmetry become separate config groups targeting them by name.
 """
 from __future__ import annotations
+import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -78,3 +80,52 @@ def to_compressed_tensors(model, out_dir, *, source=None) -> Path:
     Raises ExportError if the model has no quantized linear weights or a layer does not fit."""
     _ct()
     return write_checkpoint(model, out_dir, source, pack_linear, quantization_config, _fits)
+
+
+def _meta_zero_point_is_unpacked(compressor) -> bool:
+    """True when compressed-tensors' meta-device compress keeps an asymmetric zero point unpacked
+    (compressed-tensors 0.20.1: `PackedQuantizationCompressor.compress` returns early on meta)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    args = QuantizationArgs(num_bits=4, symmetric=False, strategy="group", group_size=32)
+    state = {"weight": torch.empty(16, 32, device="meta"), "weight_scale": torch.empty(16, 1, device="meta"),
+             "weight_zero_point": torch.empty(16, 1, dtype=torch.int8, device="meta")}
+    out = compressor.compress(state, QuantizationScheme(targets=["Linear"], weights=args))
+    return tuple(out["weight_zero_point"].shape) == (16, 1)
+
+
+@contextlib.contextmanager
+def transformers_loading_fix():
+    """Make transformers load *asymmetric* pack-quantized checkpoints (ours or llm-compressor's).
+
+        with transformers_loading_fix():
+            model = AutoModelForCausalLM.from_pretrained("out/w4a16-asym")
+
+    The bug (compressed-tensors 0.20.1, transformers 5.24): transformers builds the model on the
+    meta device and compresses it to get the checkpoint's parameter shapes; on meta,
+    `PackedQuantizationCompressor.compress` returns before packing `weight_zero_point`, so the
+    skeleton expects i8[out, groups] while every pack-quantized checkpoint (the library's own
+    compressor writes it the same way) holds the packed i32[ceil(out * bits / 32), groups]:
+    loading fails with "MISMATCH ... weight_zero_point" (`ignore_mismatched_sizes=True` would
+    silently re-initialize the zero points). Inside the block the meta path gives the packed shape;
+    the decompressor then unpacks it as usual. A no-op when the library does not have the bug."""
+    _ct()
+    from compressed_tensors.compressors.pack_quantized import base
+    cls = base.PackedQuantizationCompressor
+    if not _meta_zero_point_is_unpacked(cls):
+        yield
+        return
+    orig = cls.__dict__["compress"]
+
+    def compress(klass, state_dict, scheme, *args, **kwargs):
+        out = orig.__func__(klass, state_dict, scheme, *args, **kwargs)
+        w, zp = scheme.weights, out.get("weight_zero_point")
+        if (zp is not None and zp.device.type == "meta" and not w.symmetric
+                and w.strategy in base.PACK_ZP_STRATS):
+            rows = math.ceil(zp.shape[0] * w.num_bits / 32)
+            out["weight_zero_point"] = torch.empty((rows, *zp.shape[1:]), dtype=torch.int32, device="meta")
+        return out
+    cls.compress = classmethod(compress)
+    try:
+        yield
+    finally:
+        cls.compress = orig

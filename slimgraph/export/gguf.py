@@ -21,6 +21,7 @@ are permuted to llama.cpp's rotary layout (convert_hf_to_gguf.py `permute`), the
 transformers' GGUF loader undoes.
 """
 from __future__ import annotations
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,6 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..ir import progress
 from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
@@ -274,17 +276,20 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         writer.add_file_type(getattr(gguf.LlamaFileType, t.file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         heads, kv_heads = hp["heads"], hp["kv_heads"]
-        for gguf_name, hf_name, tied in plan:
-            w = find(weights, hf_name, tied)
-            if arch_name in PERMUTED and ".attn_q." in gguf_name:
-                w = _llama_permute(w, heads)
-            elif arch_name in PERMUTED and ".attn_k." in gguf_name:
-                w = _llama_permute(w, kv_heads)
-            data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
-            writer.add_tensor(gguf_name, data, raw_dtype=raw)
+        with progress.bar(len(plan), f"gguf: {t.name} blocks", "tensor") as bar:
+            for gguf_name, hf_name, tied in plan:
+                w = find(weights, hf_name, tied)
+                if arch_name in PERMUTED and ".attn_q." in gguf_name:
+                    w = _llama_permute(w, heads)
+                elif arch_name in PERMUTED and ".attn_k." in gguf_name:
+                    w = _llama_permute(w, kv_heads)
+                data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
+                writer.add_tensor(gguf_name, data, raw_dtype=raw)
+                bar.update(1)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        # gguf's own byte bar, under slimgraph's rules (a terminal, not --quiet)
+        writer.write_tensors_to_file(progress=not progress.quiet() and sys.stderr.isatty())
         writer.close()
         tmp.replace(path)
     except BaseException:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..ir import progress
 from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
@@ -48,7 +49,9 @@ def write_checkpoint(model, out_dir, source, pack_linear: Callable[[str, Packed]
     weights = model_weights(model)
     names, linear = skeleton(cfg)
     tensors, packed = {}, {}
+    bar = progress.bar(len(names), "checkpoint: packing", "tensor")
     for name in names:
+        bar.update(1)
         twin = "lm_head.weight" if name == "model.embed_tokens.weight" else None
         w = find(weights, name, twin)
         if isinstance(w, Packed) and name in linear:
@@ -59,6 +62,7 @@ def write_checkpoint(model, out_dir, source, pack_linear: Callable[[str, Packed]
         else:
             w = w.dequantize() if isinstance(w, Packed) else w
             tensors[name] = w.to(dtype).contiguous()
+    bar.close()
     if not packed:
         raise ExportError("export: the compiled model has no quantized linear weights; run quantize-weights "
                           "(e.g. --pipeline 'quantize-weights{bits=4,group=32,method=gptq}') before exporting")

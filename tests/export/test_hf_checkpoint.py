@@ -9,12 +9,14 @@ from slimgraph.export import ExportError, model_weights, to_compressed_tensors, 
 from slimgraph.export.weights import Packed
 
 
-# asymmetric (weight_zero_point) checkpoints are checked against compressed-tensors' own compressor
-# below: transformers 5.24 + compressed-tensors 0.20 build the loading skeleton on the meta device,
-# where the compressor skips packing the zero point, so it expects an unpacked [out, groups] tensor
-@pytest.mark.parametrize("opts", ["bits=4,group=32,sym=true", "bits=8,group=0,sym=true"])
+# asymmetric (weight_zero_point) checkpoints load through transformers_loading_fix(): transformers
+# 5.24 + compressed-tensors 0.20.1 build the loading skeleton on the meta device, where the
+# compressor skips packing the zero point (see test_asymmetric_loading_needs_the_fix)
+@pytest.mark.parametrize("opts", ["bits=4,group=32,sym=true", "bits=8,group=0,sym=true",
+                                  "bits=4,group=32,sym=false", "bits=8,group=0,sym=false"])
 def test_compressed_tensors_loads_in_transformers(compressed_tensors, tiny_source, compile_tiny, tmp_path, opts):
     import transformers
+    from slimgraph.export.compressed_tensors import transformers_loading_fix
     compiled = compile_tiny(opts)
     out = to_compressed_tensors(compiled, tmp_path / "ckpt", source=tiny_source[2])
     conf = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -22,7 +24,8 @@ def test_compressed_tensors_loads_in_transformers(compressed_tensors, tiny_sourc
     w = conf["config_groups"]["group_0"]["weights"]
     assert (w["num_bits"], w["symmetric"]) == (int(opts[5]), "sym=true" in opts)
     assert w["strategy"] == ("channel" if "group=0" in opts else "group")
-    m = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with transformers_loading_fix():
+        m = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     ids = tok("The build system configures the project.", return_tensors="pt").input_ids
     ref = _with_slimgraph_weights(tiny_source[2], compiled)
@@ -35,6 +38,22 @@ def test_compressed_tensors_loads_in_transformers(compressed_tensors, tiny_sourc
     gen = m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert gen.shape[1] > ids.shape[1]
     assert torch.equal(gen, ref.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0))
+
+
+def test_asymmetric_loading_needs_the_fix(compressed_tensors, tiny_source, compile_tiny, tmp_path):
+    """Documents the library bug transformers_loading_fix() works around: without it, transformers
+    refuses the asymmetric checkpoint over the zero point's shape. If this starts failing, the
+    libraries fixed it: the fix is then a no-op and can go."""
+    import transformers
+    from compressed_tensors.compressors.pack_quantized import PackedQuantizationCompressor
+    from slimgraph.export.compressed_tensors import _meta_zero_point_is_unpacked
+    out = to_compressed_tensors(compile_tiny("bits=4,group=32,sym=false"), tmp_path / "ckpt", source=tiny_source[2])
+    assert _meta_zero_point_is_unpacked(PackedQuantizationCompressor)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True,
+                                                                ignore_mismatched_sizes=True)
+    assert info["mismatched_keys"] and all(k.endswith("weight_zero_point") for k, *_ in info["mismatched_keys"])
 
 
 @pytest.mark.parametrize("opts", ["bits=4,group=32,sym=true", "bits=4,group=64,sym=false",

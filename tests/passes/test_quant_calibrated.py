@@ -189,3 +189,40 @@ def test_calibration_ids_cannot_make_up_a_mask_input():
     calib = (ids(4), torch.ones(4, 32))
     res = get_pass("quantize-weights")(bits=4, group=32, method="gptq", calibration=calib).run(g)
     assert res.stats["quantized"] == 1
+
+
+def _h_error(w, codes, scales, zeros, group, H):
+    from slimgraph.ir import quant_format as Q
+    out, k = w.shape
+    g = Q.group_size(group, k)
+    e = ((codes.view(out, k // g, g) - zeros.unsqueeze(-1)) * scales.unsqueeze(-1)).view(out, k) - w
+    return float(torch.einsum("ok,kl,ol->", e, H, e))
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_gptq_refit_lowers_the_output_error(sym):
+    """The least-squares scale refit after GPTQ's column loop can only lower tr(E H E^T) for the
+    same codes and zero points (it is that objective's minimizer)."""
+    from slimgraph.passes.gptq import gptq_quantize, refit_scales
+    torch.manual_seed(0)
+    x = torch.randn(512, 96) @ torch.randn(96, 96) * 0.3 + torch.randn(96)   # correlated inputs
+    H = x.T @ x / len(x)
+    w = torch.randn(40, 96) * 0.05
+    c0, s0, z0 = gptq_quantize(w, H, 4, 32, sym)
+    s1 = refit_scales(w, H, c0, s0, z0, 32)
+    assert bool((s1 > 0).all()) and not torch.equal(s0, s1)
+    before, after = _h_error(w, c0, s0, z0, 32, H), _h_error(w, c0, s1, z0, 32, H)
+    assert after < 0.97 * before, (before, after)
+    c2, s2, z2 = gptq_quantize(w, H, 4, 32, sym, refit=True)   # the option: refit (+ grid ends if sym)
+    assert _h_error(w, c2, s2, z2, 32, H) < 0.97 * before
+
+
+def test_gptq_symmetric_int4_search_tries_the_grid_ends():
+    """With refit, a group whose largest |w| is negative fits the -8 level exactly: the clip search finds the
+    scale amax / 8 (qparams' default amax / 7.5 would round it onto -8 with a 6.7% error)."""
+    from slimgraph.ir import quant_format as Q
+    from slimgraph.passes.gptq import gptq_quantize
+    w = (torch.arange(-8, 8).float().repeat(2) * 0.01).view(1, 32)   # exactly on the Q4_0 grid, d = 0.01
+    codes, scales, zeros = gptq_quantize(w, torch.eye(32), 4, 32, True, refit=True)
+    torch.testing.assert_close(scales, torch.tensor([[0.01]]))
+    torch.testing.assert_close((codes - zeros) * scales, w)
