@@ -203,24 +203,13 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
             return [float((head_logits(h, i).argmax(-1) == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
 
     before = top1(held)
-    losses, t1, c1, step = [], time.perf_counter(), time.process_time(), 0
-    bar = _bar(steps, "draft heads", progress)
-    while (step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s)
-           and (cpu_budget_s is None or time.process_time() - c1 < cpu_budget_s)):
+    def loss_fn():
         idx = train[torch.randint(0, len(train), (batch_positions,), generator=gen)]
         h, y = h_all[idx], y_all[idx]
-        loss = sum(F.cross_entropy(head_logits(h, i), y[:, i], ignore_index=-100) for i in range(k)) / k
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
-    seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
+        return sum(F.cross_entropy(head_logits(h, i), y[:, i], ignore_index=-100) for i in range(k)) / k
+
+    losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+                                           _bar(steps, "draft heads", progress))
     for n, w in zip(names, ws):
         graph.weights[n].tensor = w.detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
@@ -232,6 +221,26 @@ def rebuild_runner(compiled) -> None:
     """Build the compiled model's target again from its (changed) graph weights."""
     from .targets.base import get_target
     compiled.runner = get_target(compiled.target).compile(compiled.graph)
+
+
+def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar):
+    """Run `opt` on `loss_fn()` until `steps` updates, `time_budget_s` wall seconds or `cpu_budget_s` CPU
+    seconds (time.process_time); returns (losses, steps done, wall seconds, CPU seconds)."""
+    losses, t1, c1, step = [], time.perf_counter(), time.process_time(), 0
+    while (step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s)
+           and (cpu_budget_s is None or time.process_time() - c1 < cpu_budget_s)):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    return losses, step, time.perf_counter() - t1, time.process_time() - c1
 
 
 def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, time_budget_s, cpu_budget_s, lr,
@@ -286,27 +295,16 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
 
     before = top1(held)
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
-    losses, t1, c1, step = [], time.perf_counter(), time.process_time(), 0
-    bar = _bar(steps, "eagle head", progress)
-    while (step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s)
-           and (cpu_budget_s is None or time.process_time() - c1 < cpu_budget_s)):
+    def loss_fn():
         idx = train[torch.randint(0, len(train), (bs,), generator=gen)]
         pred = forward(idx)
         reg = F.smooth_l1_loss(pred, y_feat[idx])
         y = y_tok[idx]
         ce = F.cross_entropy(F.linear(pred[y >= 0], wd, bd), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
-        loss = reg + w_ce * ce
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
-    seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
+        return reg + w_ce * ce
+
+    losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+                                           _bar(steps, "eagle head", progress))
     for k, v in P.items():
         graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
