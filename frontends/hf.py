@@ -167,10 +167,9 @@ class FlatCacheLM(torch.nn.Module):
 
 def _takes_mask_dict(model) -> bool:
     """HF decoders whose forward accepts {layer type: mask} (Gemma 2/3, Qwen2, ... in transformers >= 4.56)."""
-    import inspect as _inspect
     base = getattr(model, "model", model)
     try:
-        src = _inspect.getsource(type(base).forward)
+        src = inspect.getsource(type(base).forward)
     except (OSError, TypeError):
         return False
     return "attention_mask, dict)" in src

@@ -41,7 +41,6 @@ def interpreting() -> bool:
 
 
 def device() -> str:
-    import torch
     if interpreting():
         return "cpu"
     return "cuda"

@@ -25,7 +25,9 @@ the target's kernel for it). NaN semantics follow torch: `maximum/minimum` and `
 from __future__ import annotations
 import math
 
-from ...ir.dtypes import FLOAT_DTYPES, promote
+import torch
+
+from ...ir.dtypes import FLOAT_DTYPES, promote, to_torch
 
 
 def is_float(dtype: str) -> bool:
@@ -132,7 +134,9 @@ def fusible(node) -> bool:
     low = expr_lowering(node.op)
     if low is None or any(v.type.dtype not in TL_DTYPES or v.type.dtype == "f64" for v in (*node.inputs, *node.outputs)):
         return False   # f64 is not fused: the f32 carrier would lose its precision
-    if node.op == "pow" and _lit(node, 1) not in (2, 3, 1, 0.5, -0.5, -1):
+    try:   # a template may decline a node (pow with an exponent it has no form for)
+        low.fn(["x"] * len(node.inputs), node)
+    except NotFusible:
         return False
     if node.op in ("div", "floor", "ceil") and not is_float(node.output.type.dtype):
         return False
@@ -193,8 +197,6 @@ def kernel_source(name: str, group) -> str:
         if node.op == "cast":
             src = node.inputs[0]
             if id(src) not in env and id(src) not in index_of:   # cast of a literal: fold it here
-                import torch
-                from ...ir.dtypes import to_torch
                 folded = torch.tensor(src.producer.attrs["value"]).to(to_torch(out_dt)).item()
                 env[id(node.output)] = (_num(float(folded) if is_float(out_dt) else folded), out_dt)
                 continue
