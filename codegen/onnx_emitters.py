@@ -618,8 +618,8 @@ def _qlinear(ex, node, ins):
     a, x = node.attrs, node.inputs[0]
     qw, sc = node.inputs[1], node.inputs[2]
     rest = node.inputs[3:]
-    zeros = rest[0] if rest and rest[0].type.dtype in ("u8", "i8") else None
-    bias = rest[-1] if rest and rest[-1].type.dtype in FLOAT_DTYPES else None
+    zeros = rest[0] if rest and Q.is_zeros(rest[0].type) else None
+    bias = rest[-1] if rest and not Q.is_zeros(rest[-1].type) else None
     bias_name = ins[len(node.inputs) - 1] if bias is not None else None
     n, k = qw.type.shape[0], x.type.shape[-1]
     if a["bits"] == 4:
@@ -685,7 +685,10 @@ def _matmul_nbits(ex, node, ins, qw, sc, zeros, bias_name, n, k):
     b = ex.const(packed.reshape(n, blocks, g // 2), f"{qw.name}_nbits")
     scales = ex.const(sc.tensor.float().numpy().astype(_np_float(node.inputs[0].type.dtype)).reshape(-1), f"{sc.name}_nbits")
     inputs = [ins[0], b, scales]
-    if zeros is not None:  # one u8 per (row, block): pack two 4-bit zero points per byte, low nibble first
+    if zeros is not None and zeros.type.dtype in FLOAT_DTYPES:   # float zero points: T1 [N * blocks]
+        z = zeros.tensor.float().numpy().astype(_np_float(node.inputs[0].type.dtype)).reshape(-1)
+        inputs.append(ex.const(z, f"{zeros.name}_nbits"))
+    elif zeros is not None:  # one u8 per (row, block): pack two 4-bit zero points per byte, low nibble first
         z = zeros.tensor.numpy().astype(np.uint8).reshape(n, blocks)
         if blocks % 2:
             z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)

@@ -28,7 +28,7 @@ INT4_GROUPS = (32, 64, 128, 256)
 
 
 def _split_zeros_bias(zeros, bias):
-    if zeros is not None and zeros.is_floating_point():   # symmetric with a bias: 4th input is the bias
+    if zeros is not None and not Q.is_zeros(zeros):   # symmetric with a bias: 4th input is the bias
         return None, zeros
     return zeros, bias
 
@@ -39,7 +39,7 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
         raise SlowPath("qlinear with computed (non-weight) packed inputs dequantizes them on every call")
     qweight, scales = const[1], const[2]
     zeros = const.get(3)
-    zeros = zeros if zeros is not None and not zeros.is_floating_point() else None
+    zeros = zeros if zeros is not None and Q.is_zeros(zeros) else None
     out, k = qweight.shape[0], Q.logical_in_dim(qweight.shape, bits)
     if bits == 8 and group in (0, k) and zeros is None:
         return {1: _aligned(qweight), 2: scales.reshape(-1).to(torch.bfloat16).contiguous()}

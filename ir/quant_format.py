@@ -7,10 +7,15 @@ Layout of a weight W[out, in] quantized with `bits` and `group` (0 = one group p
   column 2k in the low nibble and 2k+1 in the high nibble (q in 0..15).
 - scales:  f32 or f16 [out, in/group]; groups run along the input dim (K), as ONNX
   MatMulNBits and torch's int4 kernels block them.
-- zeros:   optional, same shape as scales, integer zero points stored as u8 (int4) or i8 (int8).
-  Without zeros the code is symmetric: int4 uses the implied zero point 8, int8 uses 0.
+- zeros:   optional, same shape as scales: integer zero points stored as u8 (int4) or i8 (int8), or
+  float zero points (f32, `zero_point=float`), which put the grid anywhere: W = d * q + m with
+  d = scale and m = -zero * scale, the form of GGUF's Q4_1 and of torch's int4 kernel (its zero is a
+  float offset). Without zeros the code is symmetric: int4 uses the implied zero point 8, int8 uses 0.
 
     W[o, k] = (q[o, k] - zero[o, k // group]) * scale[o, k // group]
+
+`qlinear`'s optional 4th input is the zeros when it is 2-D ([out, in/group]) and the bias when 1-D
+([out]) (`is_zeros`).
 """
 from __future__ import annotations
 import torch
@@ -21,6 +26,11 @@ SUPPORTED_BITS = (4, 8)
 def qrange(bits: int) -> tuple[int, int]:
     """Range of the stored integer codes."""
     return (0, 15) if bits == 4 else (-128, 127)
+
+
+def is_zeros(t) -> bool:
+    """Is `t` (a tensor, or anything with `.dim()`/`.rank`) zero points [out, groups] rather than a bias [out]?"""
+    return (t.rank if hasattr(t, "rank") else t.dim()) == 2
 
 
 def implied_zero(bits: int) -> int:
@@ -72,20 +82,28 @@ def dequantize(qweight, scales, zeros, bits: int, group: int, dtype=torch.float3
     return w.view(out, k).to(dtype)
 
 
-def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, clip: torch.Tensor | float = 1.0):
+def quantize_rtn(w: torch.Tensor, bits: int, group: int, sym: bool, clip: torch.Tensor | float = 1.0,
+                 float_zero: bool = False):
     """Round-to-nearest with min/max scales per (row, group). `clip` (scalar or [out, groups])
     shrinks the range, as AWQ's clip search and GPTQ's mse grid do. Returns codes, scales, zeros."""
     out, k = w.shape
     g = group_size(group, k)
     wg = w.float().view(out, k // g, g)
-    scales, zeros = qparams(wg.amin(-1), wg.amax(-1), bits, sym, clip)
+    scales, zeros = qparams(wg.amin(-1), wg.amax(-1), bits, sym, clip, float_zero)
     q = fake_codes(wg, scales, zeros, bits)
     return q.view(out, k), scales, zeros
 
 
-def qparams(wmin, wmax, bits: int, sym: bool, clip=1.0):
-    """Scales and integer zero points (as float) for ranges [wmin, wmax] (any shape)."""
+def qparams(wmin, wmax, bits: int, sym: bool, clip=1.0, float_zero: bool = False):
+    """Scales and zero points (as float) for ranges [wmin, wmax] (any shape). Integer zero points need a
+    range that includes 0; float ones (`float_zero`, asymmetric only) map wmin to code `lo` and wmax to
+    `hi` exactly (llama.cpp's Q4_1 quantizer: d = (max - min) / 15, m = min), and `clip` shrinks the
+    range around its middle instead of towards 0."""
     lo, hi = qrange(bits)
+    if float_zero and not sym:
+        mid, half = (wmax + wmin) / 2, (wmax - wmin) / 2 * clip
+        scales = (2 * half / (hi - lo)).clamp_min(1e-8)
+        return scales, lo - (mid - half) / scales
     wmin, wmax = wmin * clip, wmax * clip
     if sym:
         amax = torch.maximum(wmin.abs(), wmax.abs()).clamp_min(1e-8)
@@ -100,11 +118,20 @@ def qparams(wmin, wmax, bits: int, sym: bool, clip=1.0):
 
 
 def fake_codes(wg, scales, zeros, bits: int):
+    """Codes of weights `wg` [..., g] for per-group `scales`, `zeros` [...] (`round_codes`)."""
+    return round_codes(wg, scales.unsqueeze(-1), zeros.unsqueeze(-1), bits)
+
+
+def round_codes(w, s, z, bits: int):
+    """clamp(round(w / s + z)) with integer zero points added after rounding (so integer results do not
+    depend on how a tie rounds after the shift) and float ones before it."""
     lo, hi = qrange(bits)
-    return torch.clamp(torch.round(wg / scales.unsqueeze(-1)) + zeros.unsqueeze(-1), lo, hi)
+    zi = torch.round(z)
+    return torch.clamp(torch.round(w / s + (z - zi)) + zi, lo, hi)
 
 
-def store(q, scales, zeros, bits: int, sym: bool, scale_dtype=torch.float32):
-    """Codes/scales/zeros from a quantizer -> (qweight, scales, zeros or None) as stored."""
-    zdt = torch.uint8 if bits == 4 else torch.int8
+def store(q, scales, zeros, bits: int, sym: bool, scale_dtype=torch.float32, float_zero: bool = False):
+    """Codes/scales/zeros from a quantizer -> (qweight, scales, zeros or None) as stored (float zero
+    points in f32 whatever the scales' dtype: |zero| reaches hundreds when a group's range is far from 0)."""
+    zdt = torch.float32 if float_zero else torch.uint8 if bits == 4 else torch.int8
     return pack(q.to(torch.int32), bits), scales.to(scale_dtype), (None if sym else zeros.to(zdt))

@@ -9,7 +9,7 @@ GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
 
 def search_clip(w: torch.Tensor, hessian: torch.Tensor | None, bits: int, group: int, sym: bool,
-                grid=GRID) -> torch.Tensor:
+                grid=GRID, float_zero: bool = False) -> torch.Tensor:
     """Best clip ratio per (row, group), [out, in/group]."""
     out, k = w.shape
     g = Q.group_size(group, k)
@@ -22,7 +22,7 @@ def search_clip(w: torch.Tensor, hessian: torch.Tensor | None, bits: int, group:
     best = torch.full((out, n), float("inf"))
     ratio = torch.ones(out, n)
     for c in grid:
-        s, z = Q.qparams(wmin, wmax, bits, sym, c)
+        s, z = Q.qparams(wmin, wmax, bits, sym, c, float_zero)
         e = (Q.fake_codes(wg, s, z, bits) - z.unsqueeze(-1)) * s.unsqueeze(-1) - wg   # [out, n, g]
         err = torch.einsum("ong,ngh,onh->on", e, Hg, e)
         better = err < best

@@ -14,8 +14,8 @@ also tries the two scales that put a group's largest |w| exactly on a grid end (
 `refit` (after the column loop, codes fixed): each row's group scales are re-solved by least
 squares on the output error, min_s (W - Q(s)) H (W - Q(s))^T with Q(s) = (codes - zeros) * s per
 group: a [groups x groups] linear system per row (GPTQ's codes were chosen with compensation, so
-the scales fixed up front are no longer the best ones for them). Zero points stay integers, so the
-result keeps slimgraph's (and GGUF Q4_0/Q4_1's) layout.
+the scales fixed up front are no longer the best ones for them). Zero points stay as they are (integer,
+or float with `float_zero`), so the result keeps slimgraph's (and GGUF Q4_0/Q4_1's) layout.
 """
 from __future__ import annotations
 import torch
@@ -26,13 +26,14 @@ from .clip import GRID, search_clip
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group: int, sym: bool, *,
                   damp: float = 0.01, act_order: bool = True, block: int = 128,
-                  clip_search: bool = True, refit: bool = False):
+                  clip_search: bool = True, refit: bool = False, float_zero: bool = False):
     # the column loop is thousands of tiny ops: one thread avoids OpenMP barrier costs
     # (15x faster on a busy 2-core machine)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        codes, scales, zeros = _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit)
+        codes, scales, zeros = _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit,
+                                     float_zero)
     finally:
         torch.set_num_threads(threads)
     if refit:
@@ -40,7 +41,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int, group: int,
     return codes, scales, zeros
 
 
-def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit):
+def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, refit, float_zero=False):
     W = w.detach().float().clone()
     out, k = W.shape
     g = Q.group_size(group, k)
@@ -48,8 +49,9 @@ def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, ref
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    clip = search_clip(W, H, bits, group, sym, _grid(bits, sym) if refit else GRID) if clip_search else 1.0
-    _, scales, zeros = Q.quantize_rtn(W, bits, group, sym, clip)   # per (row, group), fixed
+    clip = (search_clip(W, H, bits, group, sym, _grid(bits, sym) if refit else GRID, float_zero)
+            if clip_search else 1.0)
+    _, scales, zeros = Q.quantize_rtn(W, bits, group, sym, clip, float_zero)   # per (row, group), fixed
     col_group = torch.arange(k) // g
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
@@ -57,7 +59,6 @@ def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, ref
     H.diagonal().add_(damp * torch.diag(H).mean())
     Hinv = _upper_inverse_cholesky(H)
 
-    lo, hi = Q.qrange(bits)
     codes = torch.zeros_like(W)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
@@ -66,7 +67,7 @@ def _gptq(w, hessian, bits, group, sym, damp, act_order, block, clip_search, ref
         for i in range(i2 - i1):
             gi = col_group[i1 + i]
             s, z = scales[:, gi], zeros[:, gi]
-            q = torch.clamp(torch.round(W1[:, i] / s) + z, lo, hi)
+            q = Q.round_codes(W1[:, i], s, z, bits)
             codes[:, i1 + i] = q
             err = (W1[:, i] - (q - z) * s) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)

@@ -57,6 +57,7 @@ class QuantizeWeights(Pass):
     damp: float = 0.01
     act_order: bool = True
     refit: bool = False             # gptq: grid-end scales + least-squares group scales for the final codes
+    zero_point: Literal["int", "float"] = "int"   # asymmetric: integer zero points, or float ones (Q4_1's min)
     calibration: Any = None         # Calibration or token ids i64[n, seq]; gptq/awq need it (set from Python)
     layer_overrides: Any = None     # {weight name: (bits, group)} from select-precision
 
@@ -70,6 +71,9 @@ class QuantizeWeights(Pass):
 
     def validate(self):
         check_options(self.bits, self.group, "")
+        if self.zero_point == "float" and self.sym:
+            raise PassError("zero_point=float is for asymmetric quantization (a float minimum per group, "
+                            "GGUF Q4_1's form); symmetric codes have no zero point: drop sym=true or zero_point")
         if not 0 < self.damp < 1:
             raise PassError(f"damp={self.damp} must be in (0, 1) (GPTQ's diagonal damping, a fraction of the "
                             f"mean Hessian diagonal; default 0.01)")
@@ -107,6 +111,9 @@ class QuantizeWeights(Pass):
 
     def layer_sym(self, bits):
         return self.sym if self.sym is not None else bits == 8
+
+    def layer_float_zero(self, bits):
+        return self.zero_point == "float" and not self.layer_sym(bits)
 
     def select(self, graph) -> dict[str, list]:
         """weight name -> the nodes that read it as their weight (linear, conv2d or embedding);
@@ -170,12 +177,12 @@ class QuantizeWeights(Pass):
     # ---- quantization ------------------------------------------------------------------------
     def quantize(self, w, name, stats: Stats | None):
         bits, group = self.layer_bits_group(name)
-        sym = self.layer_sym(bits)
+        sym, fz = self.layer_sym(bits), self.layer_float_zero(bits)
         if self.method in ("gptq", "awq-gptq"):
             return gptq_quantize(w, stats.hessian, bits, group, sym, damp=self.damp, act_order=self.act_order,
-                                 refit=self.refit)
-        clip = search_clip(w, stats.hessian, bits, group, sym) if stats is not None else 1.0
-        return Q.quantize_rtn(w, bits, group, sym, clip)
+                                 refit=self.refit, float_zero=fz)
+        clip = search_clip(w, stats.hessian, bits, group, sym, float_zero=fz) if stats is not None else 1.0
+        return Q.quantize_rtn(w, bits, group, sym, clip, fz)
 
     def calibrated(self, graph, targets) -> dict:
         self.calibration = Calibration.of(graph, self.calibration)
@@ -252,7 +259,7 @@ class QuantizeWeights(Pass):
         bits, group = self.layer_bits_group(name)
         w = graph.weights[name]
         qweight, scales, zeros = Q.store(codes, scales, zeros, bits, self.layer_sym(bits),
-                                         to_torch(self.scale_dtype))
+                                         to_torch(self.scale_dtype), self.layer_float_zero(bits))
         packed = [graph.add_weight(graph.fresh_name(f"{name}.qweight"), qweight),
                   graph.add_weight(graph.fresh_name(f"{name}.scales"), scales)]
         if zeros is not None:

@@ -75,12 +75,12 @@ def matmul(em, node):
 
 
 def _packed(node):
-    """(qweight, scales, zeros or None, bias or None) of a qlinear node (a float 4th input is the bias)."""
+    """(qweight, scales, zeros or None, bias or None) of a qlinear node (a 1-D 4th input is the bias)."""
     rest = list(node.inputs[1:])
     q, s = rest[0], rest[1]
     z = b = None
     if len(rest) > 2:
-        if rest[2].type.dtype in ("u8", "i8"):
+        if Q.is_zeros(rest[2].type):
             z = rest[2]
             b = rest[3] if len(rest) > 3 else None
         else:
@@ -88,9 +88,16 @@ def _packed(node):
     return q, s, z, b
 
 
+def _integer_zeros(z):
+    if z is not None and z.type.dtype not in ("u8", "i8"):
+        raise Unsupported(f"float zero points %{z.name} ({z.type}): the C kernels take integer ones; quantize "
+                          f"with zero_point=int (the default) for the c target")
+
+
 def qlinear(em, node):
     x = node.inputs[0]
     q, s, z, b = _packed(node)
+    _integer_zeros(z)
     _f32(x, b, node.output)
     bits = node.attrs["bits"]
     n, k = em.shape(q)[0], Q.logical_in_dim(em.shape(q), bits)
@@ -104,6 +111,7 @@ def qlinear(em, node):
 def dequantize(em, node):
     q, s = node.inputs[:2]
     z = node.inputs[2] if len(node.inputs) > 2 else None
+    _integer_zeros(z)
     _f32(node.output)
     bits = node.attrs["bits"]
     n, k = em.shape(q)[0], Q.logical_in_dim(em.shape(q), bits)
@@ -314,6 +322,7 @@ def _argmax(is_min):
 def qembedding(em, node):
     ids, q, s = node.inputs[:3]
     z = node.inputs[3] if len(node.inputs) > 3 else None
+    _integer_zeros(z)
     _f32(node.output)
     if ids.type.dtype != "i64":
         raise Unsupported(f"ids %{ids.name} are {ids.type.dtype}; the kernel takes i64")

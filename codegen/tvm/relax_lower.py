@@ -15,6 +15,7 @@ import math
 from tvm import relax
 from tvm.relax import op as R
 
+from ...ir import quant_format as Q
 from ...ir.dtypes import promote
 from ..lowering import lowering
 from .module import LoweringError, tvm_dtype
@@ -428,7 +429,7 @@ def _qlinear(lw, node, args):
     x, qw, scales = args[:3]
     zeros = bias = None
     for v, arg in zip(node.inputs[3:], args[3:]):
-        if v.type.dtype in ("u8", "i8") and zeros is None and bias is None:
+        if Q.is_zeros(v.type) and zeros is None and bias is None:
             zeros = arg
         else:
             bias = arg

@@ -5,8 +5,9 @@
 Storage layout (see ir/quant_format.py), for a logical weight W[out, in]:
   qweight  int8: i8[out, in];  int4: u8[out, in/2], column 2k in the low nibble, 2k+1 in the high
   scales   f32|f16[out, in/group]  (group=0: one group per row, i.e. per-channel)
-  zeros    optional, [out, in/group], u8 (int4) or i8 (int8) integer zero points;
-           absent = symmetric (int4 implied zero 8, int8 zero 0)
+  zeros    optional, [out, in/group], u8 (int4) or i8 (int8) integer zero points, or f32 float zero
+           points (the grid anywhere: GGUF Q4_1's W = d * q + m); absent = symmetric (int4 implied
+           zero 8, int8 zero 0). qlinear's 4th input is the zeros if 2-D, the bias if 1-D.
   W[o, k] = (q[o, k] - zero[o, k // group]) * scale[o, k // group]
 Groups run along the input dim K, as ONNX MatMulNBits blocks them.
 """
@@ -37,8 +38,9 @@ def _check_packed(op, ts, attrs):
         g = Q.group_size(group, k)
         if k % g or sc.shape[1] != k // g:
             raise I.ShapeError(f"{op}: scales {sc} do not match in={k} with group={group}")
-    if zs is not None and (zs.dtype != want or zs.shape != sc.shape):
-        raise I.ShapeError(f"{op}: zeros must be {want} shaped like scales {sc}, got {zs}")
+    if zs is not None and ((zs.dtype != want and zs.dtype not in FLOAT_DTYPES) or zs.shape != sc.shape):
+        raise I.ShapeError(f"{op}: zeros must be {want} (integer zero points) or float shaped like scales {sc}, "
+                           f"got {zs}")
     return out, k
 
 
@@ -57,7 +59,7 @@ def dequantize(qweight, scales, zeros=None, *, bits, group, dtype):
 
 def _qlinear_type(ts, attrs):
     x, rest = ts[0], ts[1:]
-    packed = rest[:3] if len(rest) >= 3 and rest[2].dtype in ("u8", "i8") else rest[:2]
+    packed = rest[:3] if len(rest) >= 3 and Q.is_zeros(rest[2]) else rest[:2]
     out, k = _check_packed("qlinear", packed, attrs)
     if isinstance(x.shape[-1], int) and isinstance(k, int) and x.shape[-1] != k:
         raise I.ShapeError(f"qlinear: input {x} does not match weight in={k}")
@@ -67,8 +69,8 @@ def _qlinear_type(ts, attrs):
 @register_op("qlinear", inputs="x qweight scales zeros? bias?", attrs=QATTRS, infer=_qlinear_type, traits="reads_weight")
 def qlinear(x, qweight, scales, zeros=None, bias=None, *, bits, group):
     """linear(x, dequantize(qweight, scales, zeros), bias). Symmetric with a bias has no zeros:
-    a float 4th input is the bias."""
-    if zeros is not None and zeros.is_floating_point():
+    a 1-D 4th input is the bias (`quant_format.is_zeros`)."""
+    if zeros is not None and not Q.is_zeros(zeros):
         zeros, bias = None, zeros
     return F.linear(x, Q.dequantize(qweight, scales, zeros, bits, group, x.dtype), bias)
 

@@ -6,6 +6,7 @@ into ggml's block formats, written with the `gguf` package.
 Block formats (ggml-common.h; 32 weights per block, d and m stored as f16):
   Q4_0  W = (q - 8) * d            q in 0..15   == slimgraph int4 symmetric (implied zero 8)
   Q4_1  W = q * d + m              q in 0..15   == slimgraph int4 (q - z) * s with d = s, m = -z * s
+                                                  (integer z, or float z: quantize-weights zero_point=float)
   Q8_0  W = q * d                  q in -128..127 == slimgraph int8 symmetric
 A slimgraph group of g weights fits a 32-weight block type when g is a multiple of 32 (each block
 repeats its group's scale). Only the scale (and Q4_1's minimum) is rounded to f16: the integer
@@ -54,7 +55,7 @@ def _f16_bytes(x: torch.Tensor) -> np.ndarray:
 
 
 def _block_params(p: Packed):
-    """Per-block scales f32[out, nb] and zero points i32[out, nb] (a group repeats over its blocks)."""
+    """Per-block scales f32[out, nb] and zero points i32|f32[out, nb] (a group repeats over its blocks)."""
     per = p.group_size // QK
     return p.scales.float().repeat_interleave(per, dim=1), p.zero_points().repeat_interleave(per, dim=1)
 
@@ -102,6 +103,8 @@ def _fit_q4_1(p: Packed) -> Optional[str]:
 
 
 def _fit_q8_0(p: Packed) -> Optional[str]:
+    if p.float_zeros:
+        return "needs symmetric codes (W = q * d); float zero points fit q4_1 only"
     if p.bits == 8 and not p.sym and bool((p.zeros != 0).any()):
         return "needs int8 symmetric codes (W = q * d); int8 with zero points does not fit in 8 bits"
     return None

@@ -55,6 +55,10 @@ def write_checkpoint(model, out_dir, source, pack_linear: Callable[[str, Packed]
         twin = "lm_head.weight" if name == "model.embed_tokens.weight" else None
         w = find(weights, name, twin)
         if isinstance(w, Packed) and name in linear:
+            if w.float_zeros:
+                raise ExportError(f"export: weight {name} has float zero points (quantize-weights zero_point=float); "
+                                  f"Hugging Face quantized checkpoints store integer ones: re-quantize with "
+                                  f"zero_point=int, or export GGUF (--format gguf --type q4_1 holds float minima)")
             fits(name, w)
             packed[name] = w
             for k, v in pack_linear(name, w).items():

@@ -30,7 +30,7 @@ class Packed:
     """A weight W[out, in] as slimgraph stores it (ir/quant_format.py)."""
     qweight: torch.Tensor
     scales: torch.Tensor          # f32|f16 [out, in/group]
-    zeros: Optional[torch.Tensor]  # u8|i8 [out, in/group] or None (symmetric: implied zero)
+    zeros: Optional[torch.Tensor]  # u8|i8|f32 [out, in/group] or None (symmetric: implied zero)
     bits: int
     group: int                    # 0 = one group per row
 
@@ -50,11 +50,15 @@ class Packed:
         """Integer codes i32[out, in] (int4: 0..15, int8: -128..127)."""
         return Q.unpack(self.qweight, self.bits)
 
+    @property
+    def float_zeros(self) -> bool:
+        return self.zeros is not None and self.zeros.is_floating_point()
+
     def zero_points(self) -> torch.Tensor:
-        """Zero points i32[out, in/group] (the implied one where symmetric)."""
+        """Zero points i32[out, in/group] (the implied one where symmetric; f32 for float zero points)."""
         if self.zeros is None:
             return torch.full(self.scales.shape, Q.implied_zero(self.bits), dtype=torch.int32)
-        return self.zeros.to(torch.int32)
+        return self.zeros.float() if self.float_zeros else self.zeros.to(torch.int32)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return Q.dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group, dtype)
@@ -98,7 +102,7 @@ def model_weights(model) -> dict[str, "torch.Tensor | Packed"]:
             continue
         ins = node.inputs[first:]
         qw, sc = ins[0], ins[1]
-        zs = ins[2] if len(ins) > 2 and ins[2].type.dtype in ("u8", "i8") else None
+        zs = ins[2] if len(ins) > 2 and Q.is_zeros(ins[2].type) else None
         if not (qw.is_weight and sc.is_weight and (zs is None or zs.is_weight)):
             raise ExportError(f"export: {node.op} node {node.outputs[0].name} reads computed (non-weight) "
                               f"packed inputs; only stored quantized weights can be exported")

@@ -11,6 +11,7 @@ from slimgraph.export.weights import Packed
 gguf = pytest.importorskip("gguf")
 
 SYM, ASYM, INT8 = "bits=4,group=32,sym=true", "bits=4,group=32,sym=false", "bits=8,group=32,sym=true"
+ASYM_FLOAT = "bits=4,group=32,sym=false,zero_point=float"   # float minimum per group: Q4_1's own form
 
 
 def f16_scales(p: Packed) -> Packed:
@@ -32,7 +33,8 @@ def gguf_weight(t, n_head=None):
     return w
 
 
-@pytest.mark.parametrize("opts, gtype", [(SYM, "q4_0"), (ASYM, "q4_1"), (INT8, "q8_0"), (SYM, "q8_0")])
+@pytest.mark.parametrize("opts, gtype", [(SYM, "q4_0"), (ASYM, "q4_1"), (ASYM_FLOAT, "q4_1"), (INT8, "q8_0"),
+                                         (SYM, "q8_0")])
 def test_blocks_hold_slimgraph_weights(tiny_source, compile_tiny, tmp_path, opts, gtype):
     compiled = compile_tiny(opts)
     path = to_gguf(compiled, tmp_path / f"m.{gtype}.gguf", type=gtype, source=tiny_source[2])
@@ -92,6 +94,8 @@ def test_fitting_types():
     assert fitting_types(packed(8, 32, True)) == ["q8_0"]
     assert fitting_types(packed(8, 32, False, zero=3)) == []
     assert fitting_types(packed(4, 16, True)) == []
+    fz = packed(4, 32, False)
+    assert fitting_types(Packed(fz.qweight, fz.scales, torch.full(fz.scales.shape, 7.25), 4, 32)) == ["q4_1"]
 
 
 def test_permute_matches_transformers_inverse():
@@ -101,7 +105,7 @@ def test_permute_matches_transformers_inverse():
     torch.testing.assert_close(torch.from_numpy(back), w)
 
 
-@pytest.mark.parametrize("opts, gtype", [(SYM, "q4_0"), (ASYM, "q4_1"), (INT8, "q8_0")])
+@pytest.mark.parametrize("opts, gtype", [(SYM, "q4_0"), (ASYM, "q4_1"), (ASYM_FLOAT, "q4_1"), (INT8, "q8_0")])
 def test_transformers_gguf_loader_reads_the_same_weights(tiny_source, compile_tiny, tmp_path, opts, gtype):
     import transformers
     compiled = compile_tiny(opts)

@@ -138,5 +138,8 @@ def test_export_errors(tiny_source, compile_tiny, tmp_path):
     with pytest.raises(ExportError, match="is not a model checkpoint; refusing to overwrite"):
         to_gptq(compile_tiny("bits=4,group=32,sym=true"), tmp_path / "notckpt", source=tiny_source[2])
     assert (tmp_path / "notckpt" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="float zero points.*zero_point=int.*q4_1"):
+        to_gptq(compile_tiny("bits=4,group=32,sym=false,zero_point=float"), tmp_path / "c", source=tiny_source[2])
+    assert not (tmp_path / "c").exists()
     with pytest.raises(ExportError, match="unknown format 'onnx'"):
         slimgraph.export.export(plain, tmp_path / "b", format="onnx")

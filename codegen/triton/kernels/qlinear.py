@@ -12,7 +12,7 @@ padded to Kp = a multiple of CHUNK = 64, split into chunks of 64 values; chunk c
 - int8 qweight: i8 [Kp, N] (K-major).
 - table: [K/group, 2, N] in the scales' dtype: [g, 0, n] = scale, [g, 1, n] = zero point (exact small
   integers), so w = (q - zero) * scale is computed in f32 exactly as ir/quant_format.py does.
-- zeros input: replaced by an empty u8 tensor (the zero points live in the table).
+- zeros input: replaced by an empty 2-D tensor (the zero points live in the table).
 The launcher recognizes a prepacked call by the 3-d table in the scales position.
 
 Paths (chosen per call from M = rows of x):
@@ -68,7 +68,7 @@ GEMM = Config()
 
 
 def _zeros_bias(zeros, bias):
-    if zeros is not None and zeros.is_floating_point():  # symmetric with a bias: the 4th input is the bias
+    if zeros is not None and not Q.is_zeros(zeros):  # symmetric with a bias: the 4th input is the bias
         return None, zeros
     return zeros, bias
 
@@ -87,7 +87,8 @@ def pack_weight(qweight, scales, zeros, bits: int, group: int):
     else:
         packed = codes.to(torch.int8)
     z = zeros if zeros is not None else torch.full_like(scales, Q.implied_zero(bits))
-    table = torch.stack([scales.t(), z.t().to(scales.dtype)], 1)   # [G, 2, N]
+    dt = torch.promote_types(scales.dtype, z.dtype)     # f32 float zero points keep f16 scales' table in f32
+    table = torch.stack([scales.t().to(dt), z.t().to(dt)], 1)   # [G, 2, N]
     return packed.t().contiguous(), table.contiguous()
 
 
@@ -114,11 +115,11 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
         raise SlowPath("qlinear with computed (non-weight) packed inputs repacks them on every call")
     bits, group = node.attrs["bits"], node.attrs["group"]
     zeros = const.get(3)
-    has_zeros = zeros is not None and not zeros.is_floating_point()
+    has_zeros = zeros is not None and Q.is_zeros(zeros)
     packed, table = pack_weight(const[1], const[2], zeros if has_zeros else None, bits, group)
     out = {1: packed, 2: table}
     if has_zeros:
-        out[3] = torch.empty(0, dtype=zeros.dtype, device=zeros.device)
+        out[3] = torch.empty(0, 0, dtype=zeros.dtype, device=zeros.device)   # 2-D: still read as zeros
     return out
 
 
