@@ -8,7 +8,8 @@ transformers against slimgraph's own perplexity of the same weights.
 
 Stages (each caches its results in --work, so a later stage can run on its own):
   quantize  slimgraph.optimize SmolLM2 with quantize-weights{bits=4,group=32,method=gptq} sym=true
-            (-> Q4_0) and sym=false (-> Q4_1) on the shipped calibration split; saves the artifacts and
+            (-> Q4_0) and sym=false,zero_point=float (-> Q4_1: a float minimum per group, as Q4_1
+            stores it) on the shipped calibration split; saves the artifacts and
             slimgraph's perplexity of each.
   gguf      writes the f32 GGUF of the source weights (to_gguf type=f32), quantizes it with llama.cpp's
             llama_model_quantize to Q4_0 / Q4_1, with and without an importance matrix (mean squared
@@ -39,7 +40,7 @@ from slimgraph import evaluate, zoo
 
 VARIANTS = {   # name: (GGUF type, quantize-weights options; --gptq appends more)
     "q4_0": ("q4_0", "bits=4,group=32,sym=true,method=gptq"),
-    "q4_1": ("q4_1", "bits=4,group=32,sym=false,method=gptq"),
+    "q4_1": ("q4_1", "bits=4,group=32,sym=false,zero_point=float,method=gptq"),   # float minimum: Q4_1's form
 }
 CALIB = (32, 256)   # calibration rows x tokens of the shipped calib split (--calib): GPTQ and the imatrix
 GPTQ_EXTRA = ""     # --gptq
