@@ -201,6 +201,25 @@ def test_windowed_attention_kernel(hq, hk, lq, lk, window, sinks, causal, mask):
     assert torch.equal(keep, (j < sinks) | (i + lk - lq - j <= window))
 
 
+@pytest.mark.parametrize("inference", [False, True])
+def test_attention_kernel_drops_an_all_true_mask_and_sees_it_change_in_place(inference):
+    """The torch kernel skips an all-True bool mask (remembered per tensor version, so the layers of one
+    forward check it once); a mask changed in place afterwards must be seen."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 4, 1, 8, generator=gen), torch.randn(1, 2, 9, 8, generator=gen), torch.randn(1, 2, 9, 8)
+    ref = ir.get_op("attention").impl
+    with torch.inference_mode(inference):
+        m = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+        for _ in range(2):
+            got = torch_kernels.attention(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+            torch.testing.assert_close(got, ref(q, k, v, m, causal=False, scale=None, window=4, sinks=2))
+        m[..., 3:6] = False
+        got = torch_kernels.attention(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+        want = ref(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(want, ref(q, k, v, None, causal=False, scale=None, window=4, sinks=2))
+
+
 @pytest.mark.parametrize("fuse", [True, False])
 def test_windowed_attention_onnx(fuse):
     pytest.importorskip("onnxruntime")
