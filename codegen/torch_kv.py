@@ -7,9 +7,10 @@ view into a larger buffer with spare rows instead, so the next append writes onl
 `ring` states, `cache_window(cache_append(past, new)){window=W, sinks=S}` (StreamingLLM). The ring stays
 a view [lo, end) of such a buffer in chronological order (S sink rows, then the last W rows), so the state
 means what the IR says on every target. A step appends the new rows at `end` in place (attention reads
-[lo, end + n): the ring and the new rows, no copy); `window_in_place` then copies only the S sink rows
-forward, to sit just before the new window start, and returns the view [end + n - W - S, end + n). When the
-buffer's end is reached, the ring moves to a new buffer with headroom >= its own rows (amortized O(1)).
+[lo, end + n): the ring and the new rows, no copy); `window_in_place` then writes the S sink rows (kept
+aside once per buffer: they never change) just before the new window start and returns the view
+[end + n - W - S, end + n). Per step and state: n + S rows written, nothing else copied. When the buffer's
+end is reached, the ring moves to a new buffer with headroom >= its own rows (amortized O(1)).
 
 Safety rules (tests/codegen/test_torch_kv.py):
 1. An append writes only past the end of the view it was given, and only when that view ends where the
@@ -43,15 +44,16 @@ class StaleStateError(RuntimeError):
 
 
 class _Buffer:
-    __slots__ = ("data", "filled", "gen")
+    __slots__ = ("data", "dim", "filled", "gen", "sinks")
 
-    def __init__(self, data: torch.Tensor, filled: int):
-        self.data, self.filled, self.gen = data, filled, 0
+    def __init__(self, data: torch.Tensor, dim: int, filled: int):
+        self.data, self.dim, self.filled, self.gen = data, dim, filled, 0
+        self.sinks = None       # a ring's sink rows, once it slides (they never change within one buffer)
 
 
-def _view(buf: _Buffer, d: int, start: int, length: int) -> torch.Tensor:
-    out = buf.data.narrow(d, start, length)
-    out._slimgraph_kv = (buf, buf.gen)
+def _view(buf: _Buffer, start: int, length: int) -> torch.Tensor:
+    out = buf.data.narrow(buf.dim, start, length)
+    out._slimgraph_kv = (buf, buf.gen, start, out.data_ptr())
     return out
 
 
@@ -61,18 +63,13 @@ def _owner(t: torch.Tensor, d: int):
     tag = getattr(t, "_slimgraph_kv", None)
     if tag is None:
         return None, 0
-    buf, gen = tag
+    buf, gen, start, ptr = tag
     if gen != buf.gen:
         raise StaleStateError(
             "torch target: a ring KV state was passed again after a later call consumed it (the call that slid "
             "the ring moved its sink rows over rows this view shows, codegen/torch_kv.py rule 2); to run two "
             "calls from one state keep a copy first: runner.keep_state(state)")
-    data = buf.data
-    if t.stride() != data.stride() or t.dtype != data.dtype or t.device != data.device:
-        return None, 0
-    step = data.stride(d) * data.element_size()
-    start, rem = divmod(t.data_ptr() - data.data_ptr(), step)
-    if rem or not 0 <= start <= data.shape[d] - t.shape[d]:
+    if d != buf.dim or ptr != t.data_ptr():     # not the view the tag was made for (set_(), ...): foreign
         return None, 0
     return buf, start
 
@@ -91,10 +88,10 @@ def append(past: torch.Tensor, new: torch.Tensor, *, axis: int) -> torch.Tensor:
         shape[d] = rows + max(HEADROOM, rows if start else rows // 2)   # a ring (start > 0) slides: room for its rows
         data = torch.empty(shape, dtype=torch.result_type(past, new), device=past.device)
         data.narrow(d, 0, n_past).copy_(past)
-        buf, start = _Buffer(data, n_past), 0
+        buf, start = _Buffer(data, d, n_past), 0
     buf.data.narrow(d, buf.filled, n).copy_(new)
     buf.filled += n
-    return _view(buf, d, start, n_past + n)
+    return _view(buf, start, n_past + n)
 
 
 def _can_extend(buf, start, new, d, n_past, n) -> bool:
@@ -116,12 +113,11 @@ def window_in_place(x: torch.Tensor, *, axis: int, window: int, sinks: int) -> t
         return cache_window(x, axis=axis, window=window, sinks=sinks)
     lo = start + rows - window - sinks
     if sinks:
-        src = buf.data.narrow(d, start, sinks)
-        if lo < start + sinks:      # overlapping rows (a window that moved by fewer than `sinks` rows)
-            src = src.clone()
-        buf.data.narrow(d, lo, sinks).copy_(src)
+        if buf.sinks is None or buf.sinks.shape[d] != sinks:
+            buf.sinks = buf.data.narrow(d, start, sinks).clone()
+        buf.data.narrow(d, lo, sinks).copy_(buf.sinks)
         buf.gen += 1                # views made before now may show overwritten rows (rule 2)
-    return _view(buf, d, lo, window + sinks)
+    return _view(buf, lo, window + sinks)
 
 
 def in_place_windows(graph) -> set[int]:
@@ -145,7 +141,7 @@ def keep_state(t: torch.Tensor) -> torch.Tensor:
     """`t`, safe to pass to or read after later calls: a copy when `t` is a view of a buffer here (rule 2)."""
     if getattr(t, "_slimgraph_kv", None) is None:
         return t
-    _owner(t, 0)                    # a consumed view: StaleStateError, not a copy of overwritten rows
+    _owner(t, -1)                   # a consumed view: StaleStateError, not a copy of overwritten rows
     return t.clone()
 
 
@@ -156,5 +152,5 @@ def truncate(t: torch.Tensor, axis: int, length: int) -> torch.Tensor:
     buf, start = _owner(t, d)
     if buf is not None and buf.filled == start + t.shape[d]:
         buf.filled = start + length
-        return _view(buf, d, start, length)
+        return _view(buf, start, length)
     return t.narrow(d, 0, length)
