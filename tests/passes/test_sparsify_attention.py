@@ -378,3 +378,16 @@ def test_a_ring_state_consumed_by_a_call_is_an_error_and_keep_state_branches(mod
     dec.key_valid, dec.next_pos = dec.key_valid[:, :-1], dec.next_pos - 1
     b = dec.step(torch.tensor([5]))["logits"]                 # the kept copy: the same step again
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_torch_decode_steps_slide_the_ring_in_its_buffer_without_copying_it(model):
+    c = compile_(model, "torch", 8, 2)
+    dec = c.decoder()
+    dec.prefill(ids(20, seed=13))
+    storages, views = set(), set()
+    for i in range(60):
+        dec.step(torch.tensor([i % 96]))
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+        views.add(dec.states[0].data_ptr())
+    assert len(storages) <= 2 and len(views) == 60        # one buffer (maybe one move), a new view each step
+    assert "window_in_place" in c.runner.code and "state_cache_window(present" not in c.runner.code
