@@ -229,7 +229,7 @@ class _Builder:
         for node in self.ir.nodes:
             if id(node) not in late:
                 self._emit(node)
-        for node in (n for n in self.ir.nodes if id(n) in late):           # ring windows slide in place once attention has read the rows they overwrite
+        for node in (n for n in self.ir.nodes if id(n) in late):   # after attention read the rows they overwrite
             self._emit(node, torch_kv.window_in_place)
         self.fx.output(tuple(self._arg(v, None) for v in self.ir.outputs))
         for n in list(self.symbols.values()):
