@@ -124,13 +124,16 @@ def rss(synthetic=False):
               f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
 
 
-def speed(context=8192, steps=6, warm=2, threads=2):
+def speed(context=8192, steps=15, warm=3, threads=2):
     """Decode step time at `context` positions. The state is filled with random K/V of the right shape
     (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
     depend on the values, and an 8k prefill per variant would take minutes on the shared machine.
     `threads`: intra-op threads. On a machine shared with other jobs use 1: every op above OpenMP's grain
-    size waits at a barrier for a descheduled thread, which costs the ring's per-step copies (small ops)
-    a scheduler time slice each (measured: a 200 KB copy at 22 ms at load 12 with 2 threads)."""
+    size waits at a barrier for a descheduled thread, which costs small ops a scheduler time slice
+    each (measured before the in-place ring: a 200 KB ring copy at 22 ms at load 12 with 2 threads). Prints the
+    median and the fastest step of each variant: on a loaded machine the fastest are the least disturbed; and
+    the process CPU time per step, which leaves out the time spent waiting for a core (with one intra-op thread
+    it is the step's compute; with two it also counts OpenMP's spin-waiting)."""
     torch.set_num_threads(threads)
     print(f"speed: {threads} intra-op thread(s), load {os.getloadavg()}", flush=True)
     model, _ = zoo.load("smollm2-135m")
@@ -149,17 +152,28 @@ def speed(context=8192, steps=6, warm=2, threads=2):
             dec.next_pos = torch.tensor([context])
             decs[name] = dec
         times = {n: [] for n in decs}
+        cpu = {n: [] for n in decs}                 # process CPU time: what the step computed, less the waiting
         tok = torch.tensor([[42]])
+        buffers = set()                             # the ring's storage during the timed steps (in place: 1)
         with torch.inference_mode():
             for i in range(warm + steps):           # interleaved, so load changes hit both alike
                 for name, dec in decs.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     dec.step(tok)
                     if i >= warm:
                         times[name].append(time.perf_counter() - t0)
+                        cpu[name].append(time.process_time() - c0)
+                        if name == "sliding":
+                            buffers.add(dec.states[0].untyped_storage().data_ptr())
         med = {n: sorted(t)[len(t) // 2] * 1e3 for n, t in times.items()}
+        best = {n: min(t) * 1e3 for n, t in times.items()}
+        cmed = {n: sorted(t)[len(t) // 2] * 1e3 for n, t in cpu.items()}
         print(f"{label:22s} decode step at {context} context (median of {steps}): full {med['full']:.1f} ms, "
-              f"sliding window {W}+{S} {med['sliding']:.1f} ms -> {med['full'] / med['sliding']:.2f}x", flush=True)
+              f"sliding window {W}+{S} {med['sliding']:.1f} ms -> {med['full'] / med['sliding']:.2f}x; fastest step: "
+              f"{best['full']:.1f} vs {best['sliding']:.1f} ms -> {best['full'] / best['sliding']:.2f}x "
+              f"(load {os.getloadavg()[0]:.1f}; ring storages over the timed steps: {len(buffers)})\n"
+              f"{'':22s} CPU time per step (median): full {cmed['full']:.1f} ms, sliding {cmed['sliding']:.1f} ms -> "
+              f"{cmed['full'] / cmed['sliding']:.2f}x", flush=True)
         del comp, decs
 
 

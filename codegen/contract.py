@@ -89,3 +89,9 @@ class Runner:
         """State `t` rolled back to its first `length` rows along `axis` (an `append` state), without copying;
         rows past `length` may be overwritten by later calls."""
         return t.narrow(axis, 0, length)
+
+    def keep_state(self, t: torch.Tensor) -> torch.Tensor:
+        """State `t` as a tensor that later calls leave unchanged (the decoder keeps it to replay from). A call
+        may consume the `ring` state it is given (the torch target slides the ring in place: codegen/torch_kv.py);
+        this runner never writes into its inputs, so `t` itself."""
+        return t

@@ -19,7 +19,9 @@ weight, the host it was built for (torch version, CPU capability: packed layouts
 - Symbolic attributes (`dim`/`dims`) are computed at run time: one `x.size(i)` per symbol at
   entry, then small int arithmetic per distinct expression (cached).
 - `cache_append` (an `append` state) writes into spare rows of a growing buffer instead of copying the
-  cache (codegen/torch_kv.py); the runner's `truncate_state` rolls it back without a copy.
+  cache (codegen/torch_kv.py); the runner's `truncate_state` rolls it back without a copy. A `ring`
+  state's `cache_window` slides in place (`torch_kv.window_in_place`), emitted after every other node so
+  that attention has read the rows it overwrites; `keep_state` copies a ring state a caller keeps.
 - 0-d literal `constant`s are evaluated once; a consumer whose kernel accepts Python scalars
   gets the number inlined when that gives the same result dtype, others get a buffer.
 The IR graph is never changed.
@@ -69,6 +71,9 @@ class TorchRunner(Runner):
 
     def truncate_state(self, t, axis, length):
         return torch_kv.truncate(t, axis, length)
+
+    def keep_state(self, t):
+        return torch_kv.keep_state(t)
 
 
 def build(graph, *, lower=None, fused=None, host_info=None) -> Products:
@@ -220,8 +225,12 @@ class _Builder:
         for v in self.ir.inputs:
             self.env[id(v)] = self.fx.placeholder(_ident(v.name))
         self._bind_symbols()
+        late = torch_kv.in_place_windows(self.ir) - set(self.fused)
         for node in self.ir.nodes:
-            self._emit(node)
+            if id(node) not in late:
+                self._emit(node)
+        for node in (n for n in self.ir.nodes if id(n) in late):   # after attention read the rows they overwrite
+            self._emit(node, torch_kv.window_in_place)
         self.fx.output(tuple(self._arg(v, None) for v in self.ir.outputs))
         for n in list(self.symbols.values()):
             if not n.users:
@@ -287,7 +296,8 @@ class _Builder:
         return self.fx.call_function(_int_expr(str(e).replace(" ", "")), args)
 
     # ---- nodes -----------------------------------------------------------------------------
-    def _emit(self, node):
+    def _emit(self, node, fn=None):
+        """Emit `node` through its lowering (or `fn`, a kernel with the op's signature, when given)."""
         opdef = get_op(node.op)
         if node.op == "constant" and _is_literal(node.attrs["value"]):
             t = opdef.impl(**node.attrs)
@@ -302,8 +312,8 @@ class _Builder:
                     "call_function", fn, tuple(self._arg(v, None) for v in values), {},
                     name=_ident(node.outputs[0].name))
             return
-        kernel = self.lower(node.op)
-        fn = kernel.fn if kernel else opdef.impl
+        kernel = None if fn else self.lower(node.op)
+        fn = fn or (kernel.fn if kernel else opdef.impl)
         inputs = list(node.inputs)
         prepacked = self._prepack(node, kernel) if kernel and kernel.prepack else {}
         args = tuple(prepacked[i] if i in prepacked else

@@ -120,14 +120,28 @@ def layer_norm(x, weight=None, bias=None, *, axes, eps):
     return torch.layer_norm(x, x.shape[-axes:], weight, bias, eps)
 
 
+def _all_true(mask: torch.Tensor) -> bool:
+    """bool(mask.all()), computed once per mask tensor and version when torch tracks its version (the
+    layers of one forward share the mask); inference-mode tensors do not, so there it is computed per call."""
+    if mask.is_inference():
+        return bool(mask.all())
+    memo = getattr(mask, "_slimgraph_all", None)
+    if memo is None or memo[0] != mask._version:
+        memo = mask._slimgraph_all = (mask._version, bool(mask.all()))
+    return memo[1]
+
+
 @lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0):
     """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
     of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
     the mask is shared by the heads; no mask is built where causality is trivial (one query), nor a
-    window band where every key is inside it (decoding over a ring state: kv_len <= window + sinks + 1)."""
+    window band where every key is inside it (decoding over a ring state: kv_len <= window + sinks + 1),
+    and an all-True bool mask (no padding) is dropped."""
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
+    if mask is not None and mask.dtype == torch.bool and _all_true(mask):
+        mask = None         # a decode step without padding: SDPA without a mask skips converting and repeating it
     if window and lk > window + sinks + 1:
         band = window_keep(lq, lk, window, sinks, q.device)
         if causal:

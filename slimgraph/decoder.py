@@ -15,7 +15,8 @@ state (ir/state.py); outputs by name (`logits`, draft heads' outputs, ...) plus 
 
 Rolling back costs no copy for `append` states (the KV cache is narrowed; a runner whose cache lives in
 a growing buffer is told the rows past the new end are free, `Runner.truncate_state`). `ring` and
-`fixed` states cannot be narrowed: verify keeps the state it started from, and accept replays the
+`fixed` states cannot be narrowed: verify keeps the state it started from (`Runner.keep_state`: a copy
+where the runner slides rings in place and so consumes the state a call is given), and accept replays the
 accepted tokens from it (one more forward of n tokens).
 
 Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
@@ -121,7 +122,7 @@ class Decoder:
                                    f"only ancestors (earlier candidates) below it; got {tuple(local.shape)}")
         depth = local.sum(1) - 1
         positions = self.next_pos[:, None] + depth
-        snapshot = list(self.states) if self.replays else None
+        snapshot = [self.runner.keep_state(t) for t in self.states] if self.replays else None
         self._pending = None
         pending = _Pending(self.length, ids, positions, tree_mask, snapshot, self.key_valid, self.next_pos)
         out = self._forward(ids, positions, local, None)

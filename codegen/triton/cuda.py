@@ -129,6 +129,9 @@ class CudaRunner(Runner):
     def truncate_state(self, t, axis, length):
         return self.inner.truncate_state(t, axis, length)
 
+    def keep_state(self, t):
+        return self.inner.keep_state(t)
+
 
 def _cache_dir() -> Path:
     root = os.environ.get("SLIMGRAPH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")

@@ -201,6 +201,25 @@ def test_windowed_attention_kernel(hq, hk, lq, lk, window, sinks, causal, mask):
     assert torch.equal(keep, (j < sinks) | (i + lk - lq - j <= window))
 
 
+@pytest.mark.parametrize("inference", [False, True])
+def test_attention_kernel_drops_an_all_true_mask_and_sees_it_change_in_place(inference):
+    """The torch kernel skips an all-True bool mask (remembered per tensor version, so the layers of one
+    forward check it once); a mask changed in place afterwards must be seen."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 4, 1, 8, generator=gen), torch.randn(1, 2, 9, 8, generator=gen), torch.randn(1, 2, 9, 8)
+    ref = ir.get_op("attention").impl
+    with torch.inference_mode(inference):
+        m = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+        for _ in range(2):
+            got = torch_kernels.attention(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+            torch.testing.assert_close(got, ref(q, k, v, m, causal=False, scale=None, window=4, sinks=2))
+        m[..., 3:6] = False
+        got = torch_kernels.attention(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+        want = ref(q, k, v, m, causal=False, scale=None, window=4, sinks=2)
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(want, ref(q, k, v, None, causal=False, scale=None, window=4, sinks=2))
+
+
 @pytest.mark.parametrize("fuse", [True, False])
 def test_windowed_attention_onnx(fuse):
     pytest.importorskip("onnxruntime")
@@ -258,3 +277,117 @@ def test_ring_model_saves_and_loads(model, tmp_path):
     b.prefill(x[:, :12])
     for i in range(12, 20):
         torch.testing.assert_close(b.step(x[:, i])["logits"], a.step(x[:, i])["logits"], rtol=TOL, atol=TOL)
+
+
+def _plain_greedy(c, prompt, n):
+    dec = c.decoder()
+    out, toks = dec.prefill(prompt), []
+    for _ in range(n):
+        toks.append(int(out["logits"][0, -1].argmax()))
+        out = dec.step(torch.tensor([toks[-1]]))
+    return toks, dec
+
+
+def _speculative_greedy(c, prompt, n, oracle, tree):
+    """Greedy decoding by verify/accept: drafts from `oracle` (the true stream) with every third guess wrong;
+    chains of 4, or trees of two 2-token branches (one right, one wrong). Returns the tokens it commits (at
+    least n; all but the last are in the cache) and the decoder."""
+    dec = c.decoder()
+    toks = [int(dec.prefill(prompt)["logits"][0, -1].argmax())]
+    r = 0
+    while len(toks) < n:
+        r += 1
+        guess = [t if (r + j) % 3 else (t + 1) % 96 for j, t in enumerate(oracle[len(toks):len(toks) + 3])]
+        guess += [0] * (3 - len(guess))
+        if not tree:
+            cands = torch.tensor([[toks[-1]] + guess])
+            logits = dec.verify(cands)["logits"][0]
+            m = 1
+            while m < 4 and int(logits[m - 1].argmax()) == cands[0, m]:
+                m += 1
+            dec.accept(m)
+            toks += cands[0, 1:m].tolist() + [int(logits[m - 1].argmax())]
+        else:                 # root, then branches (a1 -> a2) and (b1 -> b2); a is the guess, b the guess + 1
+            other = [(g + 1) % 96 for g in guess]
+            a, b = (guess, other) if r % 2 else (other, guess)
+            cands = torch.tensor([[toks[-1], a[0], b[0], a[1], b[1]]])
+            tree_mask = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 1, 0],
+                                      [1, 0, 1, 0, 1]], dtype=torch.bool)
+            logits = dec.verify(cands, tree_mask=tree_mask)["logits"][0]
+            path, children = [0], {0: (1, 2), 1: (3,), 2: (4,), 3: (), 4: ()}
+            while True:
+                want = int(logits[path[-1]].argmax())
+                nxt = [ch for ch in children[path[-1]] if int(cands[0, ch]) == want]
+                if not nxt:
+                    break
+                path.append(nxt[0])
+            dec.accept(path=path)
+            toks += [int(cands[0, i]) for i in path[1:]] + [want]
+    return toks, dec
+
+
+def test_decoder_on_the_in_place_ring_is_token_identical_to_the_interpreter_and_plain_steps(model):
+    """torch slides the ring in place (codegen/torch_kv.py): prefill longer than the window, 300 greedy steps
+    (the ring moves to a new buffer every ~130 rows), verify/accept chains and trees (the verify snapshot is a
+    copy; the call consumes the live ring) all commit the tokens the interpreter commits.
+    Chains also commit the plain greedy stream. Trees do not, on any target: `attention{window}` places query
+    i at key slot L + i, but a tree candidate's position is L + depth (<= L + i), so over a full ring it loses
+    the i - depth oldest window keys (a limitation of the pass, not of the ring buffer)."""
+    w, s, n = 8, 2, 300
+    prompt = ids(20, seed=11)
+    fast, ref = compile_(model, "torch", w, s), compile_(model, "reference", w, s)
+    want, ref_dec = _plain_greedy(ref, prompt, n)
+    got, dec = _plain_greedy(fast, prompt, n)
+    assert got == want
+    assert all(t.shape[2] == w + s for t in dec.states)
+    for a, b in zip(dec.states, ref_dec.states):
+        torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    for tree in (False, True):
+        spec, sdec = _speculative_greedy(fast, prompt, 60, want, tree)
+        spec_ref, sref = _speculative_greedy(ref, prompt, 60, want, tree)
+        assert spec == spec_ref, f"tree={tree}"
+        assert tree or spec[:60] == want[:60]
+        for a, b in zip(sdec.states, sref.states):
+            torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+        fresh = fast.decoder()                                 # the accepted tokens replayed = a fresh decode
+        assert sdec.length == prompt.shape[1] + len(spec) - 1
+        fresh.prefill(torch.cat((prompt, torch.tensor([spec[:-1]])), 1))
+        nxt = torch.tensor([[spec[-1]]])
+        torch.testing.assert_close(sdec.step(nxt)["logits"], fresh.step(nxt)["logits"], rtol=TOL, atol=TOL)
+
+
+def test_tree_verify_over_a_ring_that_is_not_full_commits_the_plain_greedy_stream(model):
+    w, s = 100, 2
+    prompt = ids(20, seed=11)
+    fast = compile_(model, "torch", w, s)
+    want, _ = _plain_greedy(fast, prompt, 60)
+    assert _speculative_greedy(fast, prompt, 60, want, tree=True)[0][:60] == want
+
+
+def test_a_ring_state_consumed_by_a_call_is_an_error_and_keep_state_branches(model):
+    c = compile_(model, "torch", 4, 1)
+    dec = c.decoder()
+    dec.prefill(ids(9, seed=12))
+    past = list(dec.states)
+    kept = [c.runner.keep_state(t) for t in past]
+    a = dec.step(torch.tensor([5]))["logits"]                 # slides each ring in place: `past` is consumed
+    dec.states = past
+    with pytest.raises(RuntimeError, match="keep_state"):
+        dec.step(torch.tensor([6]))
+    dec.states = kept
+    dec.key_valid, dec.next_pos = dec.key_valid[:, :-1], dec.next_pos - 1
+    b = dec.step(torch.tensor([5]))["logits"]                 # the kept copy: the same step again
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_torch_decode_steps_slide_the_ring_in_its_buffer_without_copying_it(model):
+    c = compile_(model, "torch", 8, 2)
+    dec = c.decoder()
+    dec.prefill(ids(20, seed=13))
+    storages, views = set(), set()
+    for i in range(60):
+        dec.step(torch.tensor([i % 96]))
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+        views.add(dec.states[0].data_ptr())
+    assert len(storages) <= 2 and len(views) == 60        # one buffer (maybe one move), a new view each step
+    assert "window_in_place" in c.runner.code and "state_cache_window(present" not in c.runner.code
