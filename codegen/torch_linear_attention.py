@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import torch
 
-from ..ir.opset.linear_attention import combine, features, fold, key_valid
+from ..ir.opset.linear_attention import combine, features, fold, key_valid, window_factor
 from .lowering import lowering
 
 CHUNK = 64
 
 
 @lowering("torch", "linear_attention")
-def linear_attention(q, k, v, kv, z, wq, wk, mask=None, *, feature_map="hedgehog", window=0, scale=None,
+def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, scale=None,
                      chunk: int = CHUNK):
     b, hq, s, d = q.shape
     hk, n = k.shape[1], k.shape[2]
     g, dv = hq // hk, v.shape[-1]
     scale = d ** -0.5 if scale is None else scale
     if n == s and s > (window or chunk):
-        return parallel_chunks(q, k, v, kv, z, wq, wk, mask, feature_map=feature_map, window=window, scale=scale,
+        return parallel_chunks(q, k, v, kv, z, wq, wk, wf, mask, feature_map=feature_map, window=window, scale=scale,
                                chunk=window or chunk)
     fq, fk = features(q, wq, feature_map), features(k, wk, feature_map)
     qg, fqg = q.reshape(b, hk, g, s, d), fq.reshape(b, hk, g, s, -1)
@@ -53,13 +53,14 @@ def linear_attention(q, k, v, kv, z, wq, wk, mask=None, *, feature_map="hedgehog
             lin = lin & m
             win = win & m if window else None
         outs.append(combine(qg[:, :, :, a:a + c], fqg[:, :, :, a:a + c], k[:, :, None, lo:hi], fk[:, :, None, lo:hi],
-                            v[:, :, None, lo:hi], win, lin, run_kv[:, :, None], run_z[:, :, None], scale))
+                            v[:, :, None, lo:hi], win, lin, run_kv[:, :, None], run_z[:, :, None], scale,
+                            window_factor(wf, hk, 5)))
     out = torch.cat(outs, 3) if len(outs) > 1 else outs[0]
     kv2, z2 = fold(run_kv, run_z, fk[:, :, upto:], v[:, :, upto:], valid[:, upto:], n - window - upto)
     return out.reshape(b, hq, s, dv), kv2, z2
 
 
-def parallel_chunks(q, k, v, kv, z, wq, wk, mask=None, *, feature_map, window, scale, chunk):
+def parallel_chunks(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map, window, scale, chunk):
     """The same computation with every chunk at once (no Python loop over chunks), for a call without ring
     rows (n == s: a prefill, or pure linear attention). Chunk size C = window (or `chunk` without a window):
     chunk c's queries see chunks c - 1 and c in one [C, 2C] local block (softmax window + newest linear
@@ -114,6 +115,6 @@ def parallel_chunks(q, k, v, kv, z, wq, wk, mask=None, *, feature_map, window, s
     qg = chunks(q).reshape(b, hk, g, nc, C, d)
     fqg = chunks(fq).reshape(b, hk, g, nc, C, -1)
     out = combine(qg, fqg, kc[:, :, None], fkc[:, :, None], vc[:, :, None], win, lin, st_kv[:, :, None],
-                  st_z[:, :, None], scale)                              # [b, hk, g, nc, C, dv]
+                  st_z[:, :, None], scale, window_factor(wf, hk, 6))                              # [b, hk, g, nc, C, dv]
     out = out.reshape(b, hq, nc * C, dv)[:, :, :s]
     return out, kv2, z2

@@ -14,9 +14,10 @@ and its arithmetic: ir/opset/linear_attention.py. The feature maps start at the 
 For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_append` outputs of declared
 `append` states (as sparsify-attention finds them, passes/sparsify_attention.py), layer i:
 
-    weight @linear_attention.<i>.wq: [hq, d, d] (identity), @linear_attention.<i>.wk: [hk, d, d]
+    weight @linear_attention.<i>.wq: [hq, d, d] (identity), @linear_attention.<i>.wk: [hk, d, d],
+           @linear_attention.<i>.wf: [hq] (zeros: the window's weight exp(0) = 1)
     input %past_kv_<i>: f32[batch, hk, f, dv], %past_z_<i>: f32[batch, hk, f]
-    %out, %present_kv_<i>, %present_z_<i> = linear_attention(q, K, V, %past_kv_<i>, %past_z_<i>, @wq, @wk, mask)
+    %out, %present_kv_<i>, %present_z_<i> = linear_attention(q, K, V, %past_kv_<i>, %past_z_<i>, @wq, @wk, @wf, mask)
     state kv_<i>: %past_kv_<i> -> %present_kv_<i> fixed
     state z_<i>: %past_z_<i> -> %present_z_<i> fixed
 
@@ -99,11 +100,12 @@ class LinearizeAttention(Pass):
             eye = torch.eye(d)
             wq = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wq"), eye.expand(hq, d, d).clone())
             wk = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wk"), eye.expand(hk, d, d).clone())
+            wf = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wf"), torch.zeros(hq))
             kv_in = graph.add_input(graph.fresh_name(f"past_kv_{i}"), TensorType(q.type.dtype, (batch, hk, f, dv)))
             z_in = graph.add_input(graph.fresh_name(f"past_z_{i}"), TensorType(q.type.dtype, (batch, hk, f)))
             scale = node.attrs.get("scale") or d ** -0.5
             with graph.inserting_before(node):
-                out = graph.add_node("linear_attention", [q, k_all, v_all, kv_in, z_in, wq, wk] +
+                out = graph.add_node("linear_attention", [q, k_all, v_all, kv_in, z_in, wq, wk, wf] +
                                      ([mask] if mask is not None else []),
                                      {"feature_map": self.feature_map, "window": self.window, "scale": scale},
                                      names=[node.output.name + "_linear", f"present_kv_{i}", f"present_z_{i}"])

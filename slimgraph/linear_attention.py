@@ -10,7 +10,7 @@ output matches what the softmax attention it replaced computes on real text, wit
 Teacher forcing: one forward of the graph per sequence with the reference interpreter, each
 `linear_attention` node computing exact softmax attention instead (so every layer sees the softmax
 model's hidden states) and recording its q, k, v and that softmax output. Then only the feature maps'
-weights (`wq`, `wk` of each node) train, with Adam, on random sequences of those records through the
+weights (`wq`, `wk` of each node) and the per-head window factors (`wf`, LoLCATs) train, with Adam, on random sequences of those records through the
 chunked causal kernel (codegen/torch_linear_attention.py), all layers in one step (they are independent
 given the recorded inputs). The trained weights are written into `compiled.graph` and the runner is rebuilt.
 
@@ -64,8 +64,9 @@ def linear_attention_nodes(graph) -> list:
         attn = sum(1 for n in graph.nodes if n.op == "attention")
         raise DistillationError(f"graph @{graph.name} has no linear_attention op ({attn} softmax attention op(s)); "
                                 f"compile it with a pipeline containing 'linearize-attention{{window=64}}'")
-    if any(not (n.inputs[5].is_weight and n.inputs[6].is_weight) for n in nodes):
-        raise DistillationError("distill_attention(): the feature maps (wq, wk inputs) must be graph weights")
+    if any(not all(v.is_weight for v in n.inputs[5:8]) for n in nodes):
+        raise DistillationError("distill_attention(): the feature maps and window factors (wq, wk, wf inputs) "
+                                "must be graph weights")
     return nodes
 
 
@@ -80,7 +81,7 @@ class _Teacher(Interpreter):
         if node.op != "linear_attention":
             return super().run_node(node, args, symbols)
         q, k, v, kv, z = args[:5]
-        mask = args[7] if len(args) > 7 else None
+        mask = args[8] if len(args) > 8 else None
         out = get_op("attention").impl(q, k, v, mask, causal=mask is None, scale=node.attrs["scale"])
         self.records[id(node)] = tuple(t.to(torch.bfloat16) for t in (q, k, v, out))
         return out, kv, z
@@ -134,8 +135,7 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
     records = teacher_records(compiled, ids, nodes, progress)
     data_s = time.perf_counter() - t0
     n_train = len(ids) - heldout
-    ws = [(torch.nn.Parameter(n.inputs[5].tensor.detach().float().clone()),
-           torch.nn.Parameter(n.inputs[6].tensor.detach().float().clone())) for n in nodes]
+    ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
     kernel = _kernel()
 
     def layer_out(i, node, rows):
@@ -143,7 +143,7 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         b, hk, f, dv = q.shape[0], k.shape[1], ws[i][0].shape[-1], v.shape[-1]
         f = 2 * f if node.attrs["feature_map"] == "hedgehog" else f
         zeros_kv, zeros_z = q.new_zeros(b, hk, f, dv), q.new_zeros(b, hk, f)
-        return kernel(q, k, v, zeros_kv, zeros_z, ws[i][0], ws[i][1], feature_map=node.attrs["feature_map"],
+        return kernel(q, k, v, zeros_kv, zeros_z, *ws[i], feature_map=node.attrs["feature_map"],
                       window=node.attrs["window"], scale=node.attrs["scale"])[0]
 
     def rel_mse(rows):
@@ -166,8 +166,8 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
     losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps if time_budget_s is None and cpu_budget_s is None else None,
                                                 "attention distillation", "step", progress))
-    for node, (wq, wk) in zip(nodes, ws):
-        for v, w in ((node.inputs[5], wq), (node.inputs[6], wk)):
+    for node, trained in zip(nodes, ws):
+        for v, w in zip(node.inputs[5:8], trained):
             v.tensor = w.detach().to(v.tensor.dtype).clone()
     rebuild_runner(compiled)
     return DistillReport(len(nodes), n_train, n_train * ids.shape[1], step, seconds, data_s, cpu,

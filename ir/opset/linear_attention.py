@@ -1,13 +1,14 @@
 """Linear attention with a learnable feature map, optionally hybrid with a sliding softmax window.
 
-    %out, %kv_new, %z_new = linear_attention(%q, %k, %v, %kv, %z, @wq, @wk, %mask)
+    %out, %kv_new, %z_new = linear_attention(%q, %k, %v, %kv, %z, @wq, @wk, @wf, %mask)
                             {feature_map="hedgehog", window=64, scale=0.125}
 
 q [b, hq, s, d]; k, v [b, hk, n, d] / [b, hk, n, dv] (hk divides hq: GQA, query head h reads key head
 h // (hq / hk)); the last s of the n keys are the new tokens', the n - s before them are a `ring` state's
 rows (the `window` keys before the first new token; none without a window). kv [b, hk, f, dv] and
 z [b, hk, f] are a `fixed` state: sum over every older key of phi(k) v^T and of phi(k). wq [hq, d, m],
-wk [hk, d, m] are the feature maps' weights; f = 2m (hedgehog) or m (elu, relu2). mask (bool [b, 1, s, n],
+wk [hk, d, m] are the feature maps' weights; f = 2m (hedgehog) or m (elu, relu2); wf [hq] is each head's
+log window factor (LoLCATs' learnable weight of the softmax window against the linear part). mask (bool [b, 1, s, n],
 optional) is over the n keys (True = may attend).
 
 Feature maps phi(x) = F(x W) per head:
@@ -16,7 +17,7 @@ Feature maps phi(x) = F(x W) per head:
 - `relu2`: relu(xW)^2
 
 Query at key index p = n - s + i (i-th new token) sees key j <= p:
-- with softmax scores over the window (p - j <= window): a_ij = exp(q.k * scale - max over the window),
+- with softmax scores over the window (p - j <= window): a_ij = exp(wf) exp(q.k * scale - max over the window),
 - with linear scores phi(q).phi(k) over every older key (p - j > window, and the state's keys),
 and both share ONE normalizer (LoLCATs, Zhang et al. 2024, arXiv:2410.10254, eq. 6):
 
@@ -58,7 +59,7 @@ def feature_dim(kind: str, m: int) -> int:
 
 
 def _type(ts, a):
-    q, k, v, kv, z, wq, wk = ts[:7]
+    q, k, v, kv, z, wq, wk, wf = ts[:8]
     if a["feature_map"] not in FEATURE_MAPS:
         raise I.ShapeError(f"linear_attention: unknown feature_map {a['feature_map']!r}; valid: {', '.join(FEATURE_MAPS)}")
     if q.rank != 4 or k.rank != 4 or v.rank != 4 or kv.rank != 4 or z.rank != 3 or wq.rank != 3 or wk.rank != 3:
@@ -68,8 +69,10 @@ def _type(ts, a):
     if f is not None and isinstance(kv.shape[2], int) and (kv.shape[2] != f or z.shape[2] != f):
         raise I.ShapeError(f"linear_attention: state feature dim {kv.shape[2]}/{z.shape[2]} != {f} "
                            f"({a['feature_map']} of {wq.shape[2]} per half)")
-    if len(ts) > 7 and ts[7].dtype != "bool":
-        raise I.ShapeError(f"linear_attention: the mask must be bool [b, 1, s, n], got {ts[7]}")
+    if wf.rank != 1:
+        raise I.ShapeError(f"linear_attention: wf (log window factor per query head) must be [hq], got {wf}")
+    if len(ts) > 8 and ts[8].dtype != "bool":
+        raise I.ShapeError(f"linear_attention: the mask must be bool [b, 1, s, n], got {ts[8]}")
     return [TensorType(q.dtype, q.shape[:-1] + v.shape[-1:]), kv, z]
 
 
@@ -82,16 +85,17 @@ def split_scores(s: int, n: int, window: int, device=None):
     return win, causal & ~win
 
 
-def combine(q, fq, k, fk, v, win, lin, kv, z, scale):
+def combine(q, fq, k, fk, v, win, lin, kv, z, scale, factor):
     """The LoLCATs output over grouped heads: q/fq [b, hk, g, s, .], k/fk/v [b, hk, 1, n, .], win/lin
-    broadcastable to [b, hk, g, s, n], kv [b, hk, 1, f, dv], z [b, hk, 1, f] -> [b, hk, g, s, dv]."""
+    broadcastable to [b, hk, g, s, n], kv [b, hk, 1, f, dv], z [b, hk, 1, f], factor (the window's
+    weight) broadcastable to [b, hk, g, s, 1] -> [b, hk, g, s, dv]."""
     a_lin = (fq @ fk.transpose(-1, -2)) * lin
     num = a_lin @ v + fq @ kv
     den = a_lin.sum(-1) + (fq @ z.unsqueeze(-1)).squeeze(-1)
     if win is not None:
         sc = (q @ k.transpose(-1, -2)) * scale
         sc = sc.masked_fill(~win, torch.finfo(sc.dtype).min)
-        e = torch.exp(sc - sc.amax(-1, keepdim=True)) * win
+        e = torch.exp(sc - sc.amax(-1, keepdim=True)) * win * factor
         num = num + e @ v
         den = den + e.sum(-1)
     return num / den.clamp_min(EPS).unsqueeze(-1)
@@ -112,10 +116,15 @@ def key_valid(mask, b, n, device):
     return mask[:, 0, -1, :].expand(b, n)
 
 
-@register_op("linear_attention", inputs="q k v kv z wq wk mask?",
+def window_factor(wf, hk: int, rank: int):
+    """exp(wf) [hq] -> broadcastable over grouped heads [b, hk, g, <rank - 3 dims>]."""
+    return wf.exp().reshape(hk, -1, *[1] * (rank - 3))
+
+
+@register_op("linear_attention", inputs="q k v kv z wq wk wf mask?",
              attrs={"feature_map": Attr("str", "hedgehog"), "window": Attr("int", 0), "scale": Attr("float", None)},
              infer=_type)
-def linear_attention(q, k, v, kv, z, wq, wk, mask=None, *, feature_map="hedgehog", window=0, scale=None):
+def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, scale=None):
     """Reference: the T x T masked form (module docstring). Returns (out [b, hq, s, dv], kv', z')."""
     b, hq, s, d = q.shape
     hk, n = k.shape[1], k.shape[2]
@@ -127,6 +136,7 @@ def linear_attention(q, k, v, kv, z, wq, wk, mask=None, *, feature_map="hedgehog
         m = mask[:, :, None]                                   # [b, 1, 1, s, n] over [b, hk, g, s, n]
         win, lin = win & m, lin & m
     out = combine(q.reshape(b, hk, g, s, d), fq.reshape(b, hk, g, s, -1), k[:, :, None], fk[:, :, None],
-                  v[:, :, None], win if window else None, lin, kv[:, :, None], z[:, :, None], scale)
+                  v[:, :, None], win if window else None, lin, kv[:, :, None], z[:, :, None], scale,
+                  window_factor(wf, hk, 5))
     kv2, z2 = fold(kv, z, fk, v, key_valid(mask, b, n, q.device), n - window)
     return out.reshape(b, hq, s, v.shape[-1]), kv2, z2
