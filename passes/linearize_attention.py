@@ -68,8 +68,11 @@ class LinearizeAttention(Pass):
             if ks is not None and vs is not None:
                 targets.append((node, ks, vs))
         if not targets:
+            already = sum(1 for n in attns if n.attrs.get("window"))
             raise PassError(
-                f"{where}: graph @{graph.name} has {len(attns)} attention op(s), none reads its keys and values "
+                f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
+                f"{'of which ' + str(already) + ' already windowed (run linearize-attention before sparsify-attention), and ' if already else ''}"
+                f"none reads its keys and values "
                 f"from an `append` KV state; the pass needs a causal LM exported with declared state "
                 f"(slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
         for node, _, _ in targets:
