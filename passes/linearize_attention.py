@@ -2,6 +2,7 @@
 optionally hybrid with a small sliding softmax window; decoding keeps a fixed-size state per layer.
 
     linearize-attention{feature_map=hedgehog,window=64}     # LoLCATs-style hybrid
+    linearize-attention{feature_map=hedgehog,window=64,sinks=4}   # ... + the first 4 keys in the softmax part
     linearize-attention{feature_map=hedgehog,window=0}      # pure linear attention (Hedgehog)
 
 Hedgehog (Zhang et al. 2024, "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax
@@ -21,13 +22,15 @@ For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_app
     state kv_<i>: %past_kv_<i> -> %present_kv_<i> fixed
     state z_<i>: %past_z_<i> -> %present_z_<i> fixed
 
-- window = W > 0 (hybrid): the key/value states become `ring{window=W, sinks=0}` (the last W keys: K, V are
+- window = W > 0 (hybrid): the key/value states become `ring{window=W, sinks=S}` (the first S and the last W
+  keys: attention sinks as in StreamingLLM, arXiv:2309.17453, stay in the softmax part; K, V are
   the ring's rows + the new ones, and tokens leaving the window are folded into kv/z by the op); the mask
   maps onto the ring's columns as sparsify-attention does it (`ctx` symbol).
 - window = 0 (pure): the key/value states and their inputs are removed (memory O(1) in T); K, V are the
   new tokens' keys and values, and the mask keeps its last `seq` columns.
 
-Errors (PassError naming the pass): an unknown feature_map, window < 0, window >= the model's context limit
+Errors (PassError naming the pass): an unknown feature_map, window < 0, sinks without a window, window + sinks
+>= the model's context limit
 (`context`, filled from max_position_embeddings by slimgraph.optimize), an attention already windowed, and
 a graph with no attention over an append KV state (naming how many attention ops it has).
 """
@@ -49,17 +52,22 @@ class LinearizeAttention(Pass):
     """Softmax attention over an append KV cache -> (hybrid) linear attention over fixed (+ ring) states."""
     feature_map: str = "hedgehog"
     window: int = 64
+    sinks: int = 0      # hybrid: the first `sinks` keys stay in the softmax part (attention sinks)
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
     def run(self, graph) -> PassResult:
-        where = f"linearize-attention{{feature_map={self.feature_map},window={self.window}}}"
+        where = f"linearize-attention{{feature_map={self.feature_map},window={self.window},sinks={self.sinks}}}"
         attns = [n for n in graph.nodes if n.op == "attention"]
         if self.feature_map not in FEATURE_MAPS:
             raise PassError(f"{where}: unknown feature_map {self.feature_map!r}; valid: {', '.join(FEATURE_MAPS)}")
         if self.window < 0:
             raise PassError(f"{where}: window must be >= 0 (0: pure linear attention)")
-        if self.context and self.window >= self.context:
-            raise PassError(f"{where}: window {self.window} >= the model's context limit {self.context}: every "
+        if self.sinks < 0 or (self.sinks and not self.window):
+            raise PassError(f"{where}: sinks must be >= 0, and 0 without a window (pure linear attention has no "
+                            f"softmax part)")
+        if self.context and self.window + self.sinks >= self.context:
+            raise PassError(f"{where}: window {self.window} + sinks {self.sinks} >= the model's context limit "
+                            f"{self.context}: every "
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
                             f"window below {self.context} (LoLCATs uses 64)")
         targets = []
@@ -84,7 +92,7 @@ class LinearizeAttention(Pass):
                                 f"causal-LM convention's bool %{MASK_INPUT} [b, 1, seq, L + seq]")
             if len(node.inputs) <= 3 and not node.attrs.get("causal"):
                 raise PassError(f"{where}: {node!r} has neither a mask nor causal=true; linear attention is causal")
-        mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, 0) if self.window else \
+        mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks) if self.window else \
             _new_columns(graph, [n for n, _, _ in targets])
         batch = graph.inputs[0].type.shape[0]
         states = {}
@@ -110,7 +118,8 @@ class LinearizeAttention(Pass):
             with graph.inserting_before(node):
                 out = graph.add_node("linear_attention", [q, k_all, v_all, kv_in, z_in, wq, wk, wf] +
                                      ([mask] if mask is not None else []),
-                                     {"feature_map": self.feature_map, "window": self.window, "scale": scale},
+                                     {"feature_map": self.feature_map, "window": self.window, "sinks": self.sinks,
+                                      "scale": scale},
                                      names=[node.output.name + "_linear", f"present_kv_{i}", f"present_z_{i}"])
             graph.replace_node(node, [out.outputs[0]])
             graph.outputs.extend(out.outputs[1:])
@@ -118,7 +127,7 @@ class LinearizeAttention(Pass):
             graph.declare_state(f"z_{i}", z_in, out.outputs[2], "fixed")
         for st in states.values():
             if self.window:
-                _to_ring(graph, st, self.window, 0)
+                _to_ring(graph, st, self.window, self.sinks)
             else:
                 _drop_state(graph, st)
         return PassResult(True, {"attention": len(targets), "fixed_states": 2 * len(targets),

@@ -110,7 +110,7 @@ def teacher_records(compiled, ids: torch.Tensor, nodes, progress: bool = True):
 def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor | None = None,
                       num_seqs: int = 16, seq_len: int = 512, steps: int = 100_000,
                       time_budget_s: float | None = 300.0, cpu_budget_s: float | None = None,
-                      lr: float = 1e-2, seed: int = 0, heldout: int = 1, progress: bool = True) -> DistillReport:
+                      lr: float = 3e-2, seed: int = 0, heldout: int = 1, progress: bool = True) -> DistillReport:
     """Train the feature maps of `compiled` (a CompiledModel whose pipeline ran linearize-attention).
 
     Data: `ids` i64[n, seq], or `num_seqs` windows of `seq_len` tokens of `texts` (str or list of str; default
@@ -144,7 +144,7 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         f = 2 * f if node.attrs["feature_map"] == "hedgehog" else f
         zeros_kv, zeros_z = q.new_zeros(b, hk, f, dv), q.new_zeros(b, hk, f)
         return kernel(q, k, v, zeros_kv, zeros_z, *ws[i], feature_map=node.attrs["feature_map"],
-                      window=node.attrs["window"], scale=node.attrs["scale"])[0]
+                      window=node.attrs["window"], sinks=node.attrs["sinks"], scale=node.attrs["scale"])[0]
 
     def rel_mse(rows):
         with torch.no_grad():

@@ -17,14 +17,16 @@ Feature maps phi(x) = F(x W) per head:
 - `relu2`: relu(xW)^2
 
 Query at key index p = n - s + i (i-th new token) sees key j <= p:
-- with softmax scores over the window (p - j <= window): a_ij = exp(wf) exp(q.k * scale - max over the window),
-- with linear scores phi(q).phi(k) over every older key (p - j > window, and the state's keys),
+- with softmax scores over the window (p - j <= window) and the first `sinks` keys (attention sinks,
+  StreamingLLM, arXiv:2309.17453; the ring's first rows): a_ij = exp(wf) exp(q.k * scale - max over them),
+- with linear scores phi(q).phi(k) over every other older key (p - j > window, and the state's keys),
 and both share ONE normalizer (LoLCATs, Zhang et al. 2024, arXiv:2410.10254, eq. 6):
 
     out_i = (sum_win a_ij v_j + sum_lin phi(q_i).phi(k_j) v_j + phi(q_i) kv) / (sum_win a_ij + sum_lin ... + phi(q_i).z)
 
 window = 0 is pure linear attention (every key, the query's own included, is linear). The returned state
-folds in every key that leaves the window: keys j < n - window (the ring keeps the last `window`), each
+folds in every key that leaves the window: keys sinks <= j < n - window (the ring keeps the first `sinks`
+and the last `window`), each
 weighted by whether the last query may attend to it (mask[..., -1, j]: a padding mask's key column).
 The mask is applied per (query, key) to the keys of this call; keys folded into kv/z by earlier calls are
 seen by every query (a padding or causal mask: what the decoder passes; a tree mask is honoured within
@@ -71,17 +73,20 @@ def _type(ts, a):
                            f"({a['feature_map']} of {wq.shape[2]} per half)")
     if wf.rank != 1:
         raise I.ShapeError(f"linear_attention: wf (log window factor per query head) must be [hq], got {wf}")
+    if a["sinks"] and not a["window"]:
+        raise I.ShapeError("linear_attention: sinks need a window (pure linear attention has no softmax part)")
     if len(ts) > 8 and ts[8].dtype != "bool":
         raise I.ShapeError(f"linear_attention: the mask must be bool [b, 1, s, n], got {ts[8]}")
     return [TensorType(q.dtype, q.shape[:-1] + v.shape[-1:]), kv, z]
 
 
-def split_scores(s: int, n: int, window: int, device=None):
+def split_scores(s: int, n: int, window: int, sinks: int = 0, device=None):
     """(softmax keep, linear keep): bool [s, n] for the s queries at key indices n - s .. n - 1."""
     p = torch.arange(n - s, n, device=device)[:, None]
-    rel = p - torch.arange(n, device=device)[None, :]
+    j = torch.arange(n, device=device)[None, :]
+    rel = p - j
     causal = rel >= 0
-    win = causal & (rel <= window) if window else torch.zeros_like(causal)
+    win = causal & ((rel <= window) | (j < sinks)) if window else torch.zeros_like(causal)
     return win, causal & ~win
 
 
@@ -101,12 +106,12 @@ def combine(q, fq, k, fk, v, win, lin, kv, z, scale, factor):
     return num / den.clamp_min(EPS).unsqueeze(-1)
 
 
-def fold(kv, z, fk, v, valid, upto: int):
-    """kv + sum_{j < upto} valid_j phi(k_j) v_j^T, z + sum_j valid_j phi(k_j) (fk [b, hk, n, f], valid [b, n])."""
-    if upto <= 0:
+def fold(kv, z, fk, v, valid, upto: int, start: int = 0):
+    """kv + sum_{start <= j < upto} valid_j phi(k_j) v_j^T, z + sum valid_j phi(k_j) (fk [b, hk, n, f], valid [b, n])."""
+    if upto <= start:
         return kv, z
-    fk = fk[:, :, :upto] * valid[:, None, :upto, None].to(fk.dtype)
-    return kv + fk.transpose(-1, -2) @ v[:, :, :upto], z + fk.sum(2)
+    fk = fk[:, :, start:upto] * valid[:, None, start:upto, None].to(fk.dtype)
+    return kv + fk.transpose(-1, -2) @ v[:, :, start:upto], z + fk.sum(2)
 
 
 def key_valid(mask, b, n, device):
@@ -122,21 +127,23 @@ def window_factor(wf, hk: int, rank: int):
 
 
 @register_op("linear_attention", inputs="q k v kv z wq wk wf mask?",
-             attrs={"feature_map": Attr("str", "hedgehog"), "window": Attr("int", 0), "scale": Attr("float", None)},
+             attrs={"feature_map": Attr("str", "hedgehog"), "window": Attr("int", 0), "sinks": Attr("int", 0),
+                    "scale": Attr("float", None)},
              infer=_type)
-def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, scale=None):
+def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, sinks=0,
+                     scale=None):
     """Reference: the T x T masked form (module docstring). Returns (out [b, hq, s, dv], kv', z')."""
     b, hq, s, d = q.shape
     hk, n = k.shape[1], k.shape[2]
     g = hq // hk
     scale = d ** -0.5 if scale is None else scale
     fq, fk = features(q, wq, feature_map), features(k, wk, feature_map)
-    win, lin = split_scores(s, n, window, q.device)
+    win, lin = split_scores(s, n, window, sinks, q.device)
     if mask is not None:
         m = mask[:, :, None]                                   # [b, 1, 1, s, n] over [b, hk, g, s, n]
         win, lin = win & m, lin & m
     out = combine(q.reshape(b, hk, g, s, d), fq.reshape(b, hk, g, s, -1), k[:, :, None], fk[:, :, None],
                   v[:, :, None], win if window else None, lin, kv[:, :, None], z[:, :, None], scale,
                   window_factor(wf, hk, 5))
-    kv2, z2 = fold(kv, z, fk, v, key_valid(mask, b, n, q.device), n - window)
+    kv2, z2 = fold(kv, z, fk, v, key_valid(mask, b, n, q.device), n - window, min(sinks, n))
     return out.reshape(b, hq, s, v.shape[-1]), kv2, z2

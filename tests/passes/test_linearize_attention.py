@@ -20,7 +20,7 @@ from slimgraph.passes.pipeline import parse_pipeline
 transformers = pytest.importorskip("transformers")
 from tiny_lm import tiny_llama  # noqa: E402
 TOL = 1e-5
-PIPE = "canonicalize,linearize-attention{{feature_map={fm},window={w}}},dce"
+PIPE = "canonicalize,linearize-attention{{feature_map={fm},window={w},sinks={s}}},dce"
 REF = ir.get_op("linear_attention").impl
 
 
@@ -32,13 +32,13 @@ def model():
 _CACHE = {}
 
 
-def compile_(model, target="reference", w=6, fm="hedgehog", pipeline=None, randomize=True):
+def compile_(model, target="reference", w=6, fm="hedgehog", pipeline=None, randomize=True, s=0):
     """slimgraph.optimize once per (target, pipeline); the feature maps get seeded random weights (the
     identity init would hide head/weight mix-ups), the same for every target."""
-    key = (id(model), target, pipeline or PIPE.format(fm=fm, w=w), randomize)
+    key = (id(model), target, pipeline or PIPE.format(fm=fm, w=w, s=s), randomize)
     if key not in _CACHE:
         c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
-                               pipeline=pipeline or PIPE.format(fm=fm, w=w), verify=True)
+                               pipeline=pipeline or PIPE.format(fm=fm, w=w, s=s), verify=True)
         if randomize:
             gen = torch.Generator().manual_seed(0)
             for name, v in sorted(c.graph.weights.items()):
@@ -80,10 +80,11 @@ def test_pure_rewrite_drops_the_kv_cache(model):
 
 
 @pytest.mark.parametrize("target", ["reference", "torch"])
-@pytest.mark.parametrize("w,fm", [(6, "hedgehog"), (0, "hedgehog"), (4, "elu"), (0, "relu2")])
-def test_prefill_equals_token_by_token_decoding(model, target, w, fm):
+@pytest.mark.parametrize("w,fm,s", [(6, "hedgehog", 0), (6, "hedgehog", 2), (0, "hedgehog", 0), (4, "elu", 3),
+                                    (0, "relu2", 0)])
+def test_prefill_equals_token_by_token_decoding(model, target, w, fm, s):
     n = 40
-    c = compile_(model, target, w, fm)
+    c = compile_(model, target, w, fm, s=s)
     x = ids(n)
     full = c.decoder().prefill(x)["logits"]
     dec = c.decoder()
@@ -93,7 +94,7 @@ def test_prefill_equals_token_by_token_decoding(model, target, w, fm):
     torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
     fixed = [i for i, s in enumerate(c.graph.states) if s.kind == "fixed"]
     assert [tuple(dec.states[i].shape) for i in fixed] == [shapes[i] for i in fixed]    # O(1) memory
-    assert all(t.shape[2] == w for t, s in zip(dec.states, c.graph.states) if s.kind == "ring")
+    assert all(t.shape[2] == w + s for t, st in zip(dec.states, c.graph.states) if st.kind == "ring")
     chunked = c.decoder()                                       # chunks of several tokens across the window
     chunked.prefill(x[:, :5])
     got = torch.cat([chunked.step(x[:, i:i + 7])["logits"] for i in range(5, n, 7)], 1)
@@ -144,7 +145,7 @@ def test_verify_accept_replays_the_fixed_state(model):
 
 
 def test_composes_with_quantize_weights(model):
-    pipe = "canonicalize,quantize-weights{bits=4,group=64},linearize-attention{feature_map=hedgehog,window=6},dce"
+    pipe = "canonicalize,quantize-weights{bits=4,group=64},linearize-attention{feature_map=hedgehog,window=6,sinks=2},dce"
     c = compile_(model, "torch", pipeline=pipe)
     assert any(n.op in ("qlinear", "dequantize") for n in c.graph.nodes)
     assert sum(s.kind == "fixed" for s in c.graph.states) == 4
@@ -160,8 +161,9 @@ def test_composes_with_quantize_weights(model):
 
 @pytest.mark.parametrize("opts,match", [
     ("feature_map=cosformer", "unknown feature_map 'cosformer'; valid: hedgehog, elu, relu2"),
-    ("window=256", "window 256 >= the model's context limit 256: every key would stay in the softmax window "
-                   "of its 2 attention op"),
+    ("window=250,sinks=6", "window 250 \\+ sinks 6 >= the model's context limit 256: every key would stay in "
+                           "the softmax window of its 2 attention op"),
+    ("window=0,sinks=4", "sinks must be >= 0, and 0 without a window"),
     ("window=-1", "window must be >= 0"),
 ])
 def test_bad_options_are_clear_errors(model, opts, match):
@@ -184,7 +186,7 @@ def test_a_graph_without_kv_attention_names_its_attention_count():
 
 
 # ---- the op: torch kernels vs the T x T reference vs a naive per-query loop ------------------------------
-def naive(q, k, v, kv, z, wq, wk, wf, valid, fm, window, scale):
+def naive(q, k, v, kv, z, wq, wk, wf, valid, fm, window, sinks, scale):
     """Per query, per key, in plain Python loops over the definition (module docstring of the op)."""
     phi = {"hedgehog": lambda y: torch.cat((y.softmax(-1), (-y).softmax(-1)), -1),
            "elu": lambda y: torch.nn.functional.elu(y) + 1, "relu2": lambda y: torch.relu(y) ** 2}[fm]
@@ -198,7 +200,7 @@ def naive(q, k, v, kv, z, wq, wk, wf, valid, fm, window, scale):
                 p = n - s + i
                 fq = phi(q[bi, h, i] @ wq[h])
                 num, den = fq @ kv[bi, kh], fq @ z[bi, kh]
-                win = [j for j in range(n) if j <= p and p - j <= window and window and valid[bi, j]]
+                win = [j for j in range(n) if j <= p and (p - j <= window or j < sinks) and window and valid[bi, j]]
                 m = max((float(q[bi, h, i] @ k[bi, kh, j]) * scale for j in win), default=0.0)
                 for j in range(p + 1):
                     if not valid[bi, j]:
@@ -208,19 +210,20 @@ def naive(q, k, v, kv, z, wq, wk, wf, valid, fm, window, scale):
                     else:
                         a = fq @ phi(k[bi, kh, j] @ wk[kh])
                     num, den = num + a * v[bi, kh, j], den + a
-                out[bi, h, i] = num / den
+                out[bi, h, i] = num / den.clamp_min(1e-12)     # relu2: phi(q) may be all zero
     return out.float()
 
 
-CASES = [  # hq, hk, s (new tokens), ring rows, window, chunk
-    (4, 2, 37, 0, 0, 8), (4, 2, 37, 0, 5, 8), (4, 2, 3, 5, 5, 8), (2, 2, 1, 6, 6, 4), (4, 1, 20, 4, 4, 3),
-    (4, 2, 50, 0, 3, 7), (4, 2, 64, 0, 8, 8),
+CASES = [  # hq, hk, s (new tokens), ring rows, window, sinks, chunk
+    (4, 2, 37, 0, 0, 0, 8), (4, 2, 37, 0, 5, 0, 8), (4, 2, 3, 5, 5, 0, 8), (2, 2, 1, 6, 6, 0, 4), (4, 1, 20, 4, 4, 0, 3),
+    (4, 2, 50, 0, 3, 0, 7), (4, 2, 64, 0, 8, 0, 8), (4, 2, 37, 0, 5, 2, 8), (4, 2, 3, 7, 5, 2, 8), (4, 1, 20, 6, 4, 2, 3),
+    (4, 2, 64, 0, 8, 3, 8), (4, 2, 40, 0, 8, 12, 8), (2, 2, 1, 8, 6, 2, 4),
 ]
 
 
 @pytest.mark.parametrize("fm", ["hedgehog", "elu", "relu2"])
-@pytest.mark.parametrize("hq,hk,s,ring,window,chunk", CASES)
-def test_kernels_equal_the_reference_and_the_definition(fm, hq, hk, s, ring, window, chunk):
+@pytest.mark.parametrize("hq,hk,s,ring,window,sinks,chunk", CASES)
+def test_kernels_equal_the_reference_and_the_definition(fm, hq, hk, s, ring, window, sinks, chunk):
     gen = torch.Generator().manual_seed(s * 31 + ring + window)
     n, f = s + ring, 16 if fm == "hedgehog" else 8
     q, k, v = torch.randn(2, hq, s, 8, generator=gen), torch.randn(2, hk, n, 8, generator=gen), \
@@ -231,11 +234,11 @@ def test_kernels_equal_the_reference_and_the_definition(fm, hq, hk, s, ring, win
     valid[1, :3] = False                                       # a left-padded row: its first 3 keys are pads
     mask = (valid[:, None, None, :] & torch.ones(s, n, dtype=torch.bool).tril(ring)).clone()
     args = (q, k, v, kv, z, wq, wk, wf)
-    kw = dict(feature_map=fm, window=window, scale=0.3)
+    kw = dict(feature_map=fm, window=window, sinks=sinks, scale=0.3)
     want = REF(*args, mask, **kw)
-    torch.testing.assert_close(want[0][0], naive(*args, valid, fm, window, 0.3)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(want[0][0], naive(*args, valid, fm, window, sinks, 0.3)[0], rtol=1e-4, atol=1e-4)
     real = slice(max(0, 3 - ring), None)                       # row 1's pad queries are junk by definition
-    torch.testing.assert_close(want[0][1, :, real], naive(*args, valid, fm, window, 0.3)[1, :, real],
+    torch.testing.assert_close(want[0][1, :, real], naive(*args, valid, fm, window, sinks, 0.3)[1, :, real],
                                rtol=1e-4, atol=1e-4)
     for m in (None, mask):
         ref = REF(*args, m, **kw)
@@ -246,6 +249,8 @@ def test_kernels_equal_the_reference_and_the_definition(fm, hq, hk, s, ring, win
         torch.testing.assert_close(got[2], ref[2], rtol=1e-5, atol=1e-4)
         if ring == 0:
             par = parallel_chunks(*args, m, **kw, chunk=window or chunk)
+            torch.testing.assert_close(par[0][:, :, rows], want[0][:, :, rows] if m is not None else ref[0],
+                                       rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(par[0][:, :, rows], ref[0][:, :, rows], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(par[1], ref[1], rtol=1e-5, atol=1e-4)
 
@@ -266,7 +271,7 @@ def test_the_op_declares_its_types():
 # ---- distillation -------------------------------------------------------------------------------------
 def _distilled(model, seed, **kw):
     c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
-                           pipeline=PIPE.format(fm="hedgehog", w=4))
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
     data = ids(6 * 48, seed=11).view(6, 48)
     report = slimgraph.distill_attention(c, ids=data, seed=seed, progress=False, **kw)
     return c, report
