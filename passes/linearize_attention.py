@@ -44,8 +44,6 @@ from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
 from .sparsify_attention import MASK_INPUT, _ring_mask, _state_behind, _to_ring
 
-_REPEAT_OPS = ("unsqueeze", "expand", "reshape")
-
 
 @register_pass("linearize-attention")
 class LinearizeAttention(Pass):

@@ -128,6 +128,16 @@ def test_a_window_covering_the_sequence_is_softmax_attention_exactly(model, targ
     assert (narrow[:, 4:] - full[:, 4:]).abs().max() > 1e-3     # later rows: older keys are linear
 
 
+@pytest.mark.parametrize("w,s", [(4, 1), (0, 0)])
+def test_generate_through_the_fixed_state_follows_the_graphs_own_forward(model, w, s):
+    from slimgraph.generate import generate
+    c = compile_(model, "torch", w, s=s)
+    out = generate(c, ids(5, seed=5), 20)
+    assert out.shape == (1, 25)
+    want = c.decoder().prefill(out[:, :-1])["logits"][0, 4:].argmax(-1)    # each new token is the argmax there
+    assert torch.equal(out[0, 5:], want)
+
+
 def test_verify_accept_replays_the_fixed_state(model):
     c = compile_(model, "torch", 4)
     prompt, cands = ids(9, seed=6), ids(6, seed=7)
