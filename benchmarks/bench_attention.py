@@ -5,6 +5,7 @@
     python benchmarks/bench_attention.py speed [--threads=1]  # decode step at 8k context: sliding window vs full (fp32, int4)
     python benchmarks/bench_attention.py ppl-linear --window=64 --sinks=4 [--budget=900] [--full] [--threads=1]
                                                      # linearize-attention + distillation (--window=0: pure linear)
+    python benchmarks/bench_attention.py ppl-window --window=64 --sinks=4   # the hybrid's softmax part alone
     python benchmarks/bench_attention.py rss-linear  # peak RSS 512 vs 4096: full vs linear hybrid (W=64 + 4 sinks) vs pure
 
 Linear attention (linearize-attention, Hedgehog feature maps, LoLCATs hybrid): the maps are distilled on the
@@ -220,6 +221,13 @@ if __name__ == "__main__":
         torch.set_num_threads(_opt("threads", torch.get_num_threads()))
         ppl_linear(window=_opt("window", 64), sinks=_opt("sinks", 0), budget_s=_opt("budget", 900.0), full="--full" in sys.argv,
                    train_seqs=_opt("train-seqs", 16), train_len=_opt("train-len", 512), windows=_opt("windows", 4))
+    elif cmd == "ppl-window":      # the sliding window alone at the hybrid's window + sinks (no linear part)
+        torch.set_num_threads(_opt("threads", torch.get_num_threads()))
+        w, s = _opt("window", 64), _opt("sinks", 4)
+        model, tok = zoo.load("smollm2-135m")
+        ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:4096].view(4, 1024)
+        c = compile_(model, f"canonicalize,sparsify-attention{{window={w},sinks={s}}},cse,dce")
+        print(f"{'window ' + str(w) + ' + ' + str(s) + ' sinks':24s} ppl {_ppl_of(c, ids)[0]:.3f} (4 x 1024 tokens)")
     elif cmd == "rss-linear":
         rss(variants=("full", *LINEAR))
     elif cmd == "ppl":
