@@ -3,6 +3,14 @@
     python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
     python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
     python benchmarks/bench_attention.py speed [--threads=1]  # decode step at 8k context: sliding window vs full (fp32, int4)
+    python benchmarks/bench_attention.py ppl-linear --window=64 --sinks=4 [--budget=900] [--full] [--threads=1]
+                                                     # linearize-attention + distillation (--window=0: pure linear)
+    python benchmarks/bench_attention.py ppl-window --window=64 --sinks=4   # the hybrid's softmax part alone
+    python benchmarks/bench_attention.py rss-linear  # peak RSS 512 vs 4096: full vs linear hybrid (W=64 + 4 sinks) vs pure
+
+Linear attention (linearize-attention, Hedgehog feature maps, LoLCATs hybrid): the maps are distilled on the
+calibration split (slimgraph.distill_attention, `--budget` wall seconds of updates, seed 0), then the
+perplexity is measured as above; before distillation (identity maps) it is printed too.
 
 Perplexity: one forward per 1024-token window through the compiled graph (`Decoder.prefill`: the rewritten
 graph applies the window + sinks rule in the forward), checked against decoding the first 300 tokens of the
@@ -28,6 +36,8 @@ RING = f"canonicalize,sparsify-attention{{window={W},sinks={S}}},cse,dce"
 NOSINK = f"canonicalize,sparsify-attention{{window={W},sinks=0}},cse,dce"
 Q4 = "quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},fuse-dequant-matmul"
 VARIANTS = {"full": FULL, f"window {W} + {S} sinks": RING, f"window {W}, no sinks": NOSINK}
+LINEAR = {"linear hybrid W=64+4": "canonicalize,linearize-attention{feature_map=hedgehog,window=64,sinks=4},cse,dce",
+          "linear (pure)": "canonicalize,linearize-attention{feature_map=hedgehog,window=0},cse,dce"}
 
 
 def compile_(model, pipeline, target="torch"):
@@ -77,7 +87,7 @@ def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
     then decode the `tail` tokens: the same tensors are alive, without minutes of compute."""
     torch.set_num_threads(1)
     model, _ = zoo.load("smollm2-135m")
-    c = compile_(model, VARIANTS[variant])
+    c = compile_(model, {**VARIANTS, **LINEAR}[variant])
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.config.vocab_size, (1, context), generator=gen)
     base = _rss_mb()
@@ -108,16 +118,16 @@ def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
                       "state_rows": dec.states[0].shape[2], "state_mb": round(state_mb, 1)}))
 
 
-def rss(synthetic=False):
+def rss(synthetic=False, variants=("full", f"window {W} + {S} sinks")):
     results = {}
-    for variant in ("full", f"window {W} + {S} sinks"):
+    for variant in variants:
         for context in (512, 4096):
             cmd = [sys.executable, __file__, "rss-child", variant, str(context)] + (["--synthetic"] if synthetic else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results[(variant, context)] = r
             print(out, flush=True)
-    for variant in ("full", f"window {W} + {S} sinks"):
+    for variant in variants:
         a, b = results[(variant, 512)], results[(variant, 4096)]
         g = 100 * (b["peak_rss_decoding_mb"] / a["peak_rss_decoding_mb"] - 1)
         print(f"{variant:24s} peak RSS decoding 512 -> 4096: {a['peak_rss_decoding_mb']} -> {b['peak_rss_decoding_mb']} MB "
@@ -177,11 +187,63 @@ def speed(context=8192, steps=15, warm=3, threads=2):
         del comp, decs
 
 
+def _ppl_of(c, ids):
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for w in range(len(ids)):
+            logits = c.decoder().prefill(ids[w:w + 1])["logits"][0].float()
+            nll += float(torch.nn.functional.cross_entropy(logits[:-1], ids[w, 1:], reduction="sum"))
+            n += ids.shape[1] - 1
+    return math.exp(nll / n), logits
+
+
+def ppl_linear(window=64, sinks=0, budget_s=900.0, full=False, seq=1024, windows=4, train_seqs=16, train_len=512,
+               check=200):
+    """Perplexity of linearize-attention{window,sinks} before and after `budget_s` s of attention distillation."""
+    model, tok = zoo.load("smollm2-135m")
+    ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:seq * windows].view(windows, seq)
+    if full:
+        print(f"{'full':24s} ppl {_ppl_of(compile_(model, FULL), ids)[0]:.3f} ({windows} x {seq} tokens)", flush=True)
+    name = f"linear hybrid W={window}+{sinks}" if window else "linear (pure)"
+    c = compile_(model, f"canonicalize,linearize-attention{{feature_map=hedgehog,window={window},sinks={sinks}}},cse,dce")
+    print(f"{name:24s} ppl {_ppl_of(c, ids)[0]:.3f} before distillation (identity feature maps)", flush=True)
+    report = slimgraph.distill_attention(c, tokenizer=tok, num_seqs=train_seqs, seq_len=train_len,
+                                         time_budget_s=budget_s, seed=0)
+    print(f"  {report}", flush=True)
+    print(f"  held-out relative MSE per layer: before {[round(x, 3) for x in report.heldout_rel_mse_before]}\n"
+          f"                                   after  {[round(x, 3) for x in report.heldout_rel_mse]}", flush=True)
+    p, logits = _ppl_of(c, ids)
+    print(f"{name:24s} ppl {p:.3f} after {report.seconds:.0f} s of distillation ({windows} x {seq} tokens)", flush=True)
+    dec = c.decoder()
+    dec.prefill(ids[-1:, :1])
+    with torch.inference_mode():
+        steps = torch.cat([dec.step(ids[-1:, i])["logits"][0] for i in range(1, check)])
+    print(f"  {name}: token-by-token through the recurrent state ({check} tokens) vs one prefill: max |logit diff| "
+          f"{float((steps - logits[1:check]).abs().max()):.2e}", flush=True)
+
+
+def _opt(name, default):
+    return type(default)(next((a.split("=", 1)[1] for a in sys.argv if a.startswith(f"--{name}=")), default))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "ppl"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
     if cmd == "rss-child":
         rss_child(sys.argv[2], int(sys.argv[3]), synthetic="--synthetic" in sys.argv)
+    elif cmd == "ppl-linear":
+        torch.set_num_threads(_opt("threads", torch.get_num_threads()))
+        ppl_linear(window=_opt("window", 64), sinks=_opt("sinks", 0), budget_s=_opt("budget", 900.0), full="--full" in sys.argv,
+                   train_seqs=_opt("train-seqs", 16), train_len=_opt("train-len", 512), windows=_opt("windows", 4))
+    elif cmd == "ppl-window":      # the sliding window alone at the hybrid's window + sinks (no linear part)
+        torch.set_num_threads(_opt("threads", torch.get_num_threads()))
+        w, s = _opt("window", 64), _opt("sinks", 4)
+        model, tok = zoo.load("smollm2-135m")
+        ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:4096].view(4, 1024)
+        c = compile_(model, f"canonicalize,sparsify-attention{{window={w},sinks={s}}},cse,dce")
+        print(f"{'window ' + str(w) + ' + ' + str(s) + ' sinks':24s} ppl {_ppl_of(c, ids)[0]:.3f} (4 x 1024 tokens)")
+    elif cmd == "rss-linear":
+        rss(variants=("full", *LINEAR))
     elif cmd == "ppl":
         ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
     else:

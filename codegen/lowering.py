@@ -42,7 +42,8 @@ class Lowering:
 
 # target -> modules that register its lowerings when imported
 LOWERING_MODULES: dict[str, list[str]] = {
-    "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv"],
+    "torch": ["slimgraph.codegen.torch_kernels", "slimgraph.codegen.torch_qlinear", "slimgraph.codegen.torch_kv",
+              "slimgraph.codegen.torch_linear_attention"],
     "onnx": ["slimgraph.codegen.onnx_emitters"],
     "triton-expr": ["slimgraph.codegen.triton.elementwise"],
     "triton": ["slimgraph.codegen.triton.kernels.qlinear", "slimgraph.codegen.triton.kernels.norms",

@@ -6,4 +6,5 @@ from . import select_precision  # noqa: F401,E402
 from . import merge_siblings  # noqa: F401,E402
 from . import draft_heads  # noqa: F401,E402
 from . import sparsify_attention  # noqa: F401,E402
+from . import linearize_attention  # noqa: F401,E402
 from . import bind_shapes  # noqa: F401,E402

@@ -6,10 +6,11 @@
 Imports are lazy so that `import slimgraph` needs torch only and stays fast.
 """
 __version__ = "0.1.0"
-__all__ = ["optimize", "load", "CompiledModel", "train_draft_heads", "zoo", "__version__"]
+__all__ = ["optimize", "load", "CompiledModel", "train_draft_heads", "distill_attention", "zoo", "__version__"]
 
 _LAZY = {"optimize": ("api", "optimize"), "load": ("artifact", "load"),
-         "CompiledModel": ("compiled", "CompiledModel"), "train_draft_heads": ("draft", "train_draft_heads")}
+         "CompiledModel": ("compiled", "CompiledModel"), "train_draft_heads": ("draft", "train_draft_heads"),
+         "distill_attention": ("linear_attention", "distill_attention")}
 
 
 def __getattr__(name):

@@ -55,6 +55,10 @@ CASES = {
     "argmin": lambda g, x, i, b, n: g.op("argmin", x, dim=-1, keepdim=True),
     "arange": lambda g, x, i, b, n: g.op("arange", start=1, end="seq+2"),
     "attention": lambda g, x, i, b, n: g.op("attention", x, x, x, causal=True),
+    "linear_attention": lambda g, x, i, b, n: g.op(
+        "linear_attention", *[g.op("unsqueeze", x, dim=1)] * 3, g.op("abs", _w(g, "lkv", 2, 1, 8, 4)),
+        g.op("abs", _w(g, "lz", 2, 1, 8)), _w(g, "lwq", 1, 4, 4), _w(g, "lwk", 1, 4, 4), _w(g, "lwf", 1),
+        window=1, sinks=1),
     "rope": lambda g, x, i, b, n: g.op("rope", x, g.op("cos", x), g.op("sin", x)),
     "avg_pool2d": lambda g, x, i, b, n: g.op("avg_pool2d", _nchw(g, x), kernel=[1, 2]),
     "max_pool2d": lambda g, x, i, b, n: g.op("max_pool2d", _nchw(g, x), kernel=[1, 2]),

@@ -1,0 +1,166 @@
+"""linearize-attention: a causal LM's softmax attention -> linear attention with a learnable feature map,
+optionally hybrid with a small sliding softmax window; decoding keeps a fixed-size state per layer.
+
+    linearize-attention{feature_map=hedgehog,window=64}     # LoLCATs-style hybrid
+    linearize-attention{feature_map=hedgehog,window=64,sinks=4}   # ... + the first 4 keys in the softmax part
+    linearize-attention{feature_map=hedgehog,window=0}      # pure linear attention (Hedgehog)
+
+Hedgehog (Zhang et al. 2024, "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax
+Mimicry", arXiv:2402.04347): phi(x) = [softmax(x W), softmax(-x W)] per head, W initialized to the identity.
+LoLCATs (Zhang et al. 2024, "LoLCATs: On Low-Rank Linearizing of Large Language Models", arXiv:2410.10254):
+softmax scores over the last `window` keys and linear scores over older keys share one normalizer. The op
+and its arithmetic: ir/opset/linear_attention.py. The feature maps start at the identity; train them with
+`slimgraph.distill_attention` (slimgraph/linear_attention.py) so each layer's output matches softmax.
+
+For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_append` outputs of declared
+`append` states (as sparsify-attention finds them, passes/sparsify_attention.py), layer i:
+
+    weight @linear_attention.<i>.wq: [hq, d, d] (identity), @linear_attention.<i>.wk: [hk, d, d],
+           @linear_attention.<i>.wf: [hq] (zeros: the window's weight exp(0) = 1)
+    input %past_kv_<i>: f32[batch, hk, f, dv], %past_z_<i>: f32[batch, hk, f]
+    %out, %present_kv_<i>, %present_z_<i> = linear_attention(q, K, V, %past_kv_<i>, %past_z_<i>, @wq, @wk, @wf, mask)
+    state kv_<i>: %past_kv_<i> -> %present_kv_<i> fixed
+    state z_<i>: %past_z_<i> -> %present_z_<i> fixed
+
+- window = W > 0 (hybrid): the key/value states become `ring{window=W, sinks=S}` (the first S and the last W
+  keys: attention sinks as in StreamingLLM, arXiv:2309.17453, stay in the softmax part; K, V are
+  the ring's rows + the new ones, and tokens leaving the window are folded into kv/z by the op); the mask
+  maps onto the ring's columns as sparsify-attention does it (`ctx` symbol).
+- window = 0 (pure): the key/value states and their inputs are removed (memory O(1) in T); K, V are the
+  new tokens' keys and values, and the mask keeps its last `seq` columns.
+
+Errors (PassError naming the pass): an unknown feature_map, window < 0, sinks without a window, window + sinks
+>= the model's context limit
+(`context`, filled from max_position_embeddings by slimgraph.optimize), an attention already windowed, and
+a graph with no attention over an append KV state (naming how many attention ops it has).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import symbolic
+from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
+from ..ir.types import TensorType
+from .base import Pass, PassError, PassResult, register_pass
+from .sparsify_attention import MASK_INPUT, _ring_mask, _state_behind, _to_ring
+
+
+@register_pass("linearize-attention")
+class LinearizeAttention(Pass):
+    """Softmax attention over an append KV cache -> (hybrid) linear attention over fixed (+ ring) states."""
+    feature_map: str = "hedgehog"
+    window: int = 64
+    sinks: int = 0      # hybrid: the first `sinks` keys stay in the softmax part (attention sinks)
+    context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
+
+    def run(self, graph) -> PassResult:
+        where = f"linearize-attention{{feature_map={self.feature_map},window={self.window},sinks={self.sinks}}}"
+        attns = [n for n in graph.nodes if n.op == "attention"]
+        if self.feature_map not in FEATURE_MAPS:
+            raise PassError(f"{where}: unknown feature_map {self.feature_map!r}; valid: {', '.join(FEATURE_MAPS)}")
+        if self.window < 0:
+            raise PassError(f"{where}: window must be >= 0 (0: pure linear attention)")
+        if self.sinks < 0 or (self.sinks and not self.window):
+            raise PassError(f"{where}: sinks must be >= 0, and 0 without a window (pure linear attention has no "
+                            f"softmax part)")
+        if self.context and self.window + self.sinks >= self.context:
+            raise PassError(f"{where}: window {self.window} + sinks {self.sinks} >= the model's context limit "
+                            f"{self.context}: every "
+                            f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
+                            f"window below {self.context} (LoLCATs uses 64)")
+        targets = []
+        for node in attns:
+            ks, vs = _state_behind(graph, node.inputs[1]), _state_behind(graph, node.inputs[2])
+            if ks is not None and vs is not None:
+                targets.append((node, ks, vs))
+        if not targets:
+            already = sum(1 for n in attns if n.attrs.get("window"))
+            raise PassError(
+                f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
+                f"{'of which ' + str(already) + ' already windowed (run linearize-attention before sparsify-attention), and ' if already else ''}"
+                f"none reads its keys and values "
+                f"from an `append` KV state; the pass needs a causal LM exported with declared state "
+                f"(slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+        for node, _, _ in targets:
+            if node.attrs.get("window") or node.attrs.get("sinks"):
+                raise PassError(f"{where}: {node!r} is already windowed (window={node.attrs.get('window')}); "
+                                f"run linearize-attention on full attention (before sparsify-attention)")
+            if len(node.inputs) > 3 and node.inputs[3].type.dtype != "bool":
+                raise PassError(f"{where}: {node!r} has a {node.inputs[3].type} mask; linear attention takes the "
+                                f"causal-LM convention's bool %{MASK_INPUT} [b, 1, seq, L + seq]")
+            if len(node.inputs) <= 3 and not node.attrs.get("causal"):
+                raise PassError(f"{where}: {node!r} has neither a mask nor causal=true; linear attention is causal")
+        mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks) if self.window else \
+            _new_columns(graph, [n for n, _, _ in targets])
+        batch = graph.inputs[0].type.shape[0]
+        states = {}
+        for i, (node, ks, vs) in enumerate(targets):
+            states[id(ks)], states[id(vs)] = ks, vs
+            k_all, v_all = ks.output, vs.output                         # ring rows + new (before the window)
+            if not self.window:
+                k_all, v_all = k_all.producer.inputs[1], v_all.producer.inputs[1]   # the new tokens' own
+            q = node.inputs[0]
+            hq, d = q.type.shape[1], q.type.shape[3]
+            hk, dv = k_all.type.shape[1], v_all.type.shape[3]
+            if not all(isinstance(x, int) for x in (hq, d, hk, dv)):
+                raise PassError(f"{where}: {node!r}: heads and head dims must be static; got q {q.type}, "
+                                f"k {k_all.type}, v {v_all.type}")
+            f = feature_dim(self.feature_map, d)
+            eye = torch.eye(d)
+            wq = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wq"), eye.expand(hq, d, d).clone())
+            wk = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wk"), eye.expand(hk, d, d).clone())
+            wf = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wf"), torch.zeros(hq))
+            kv_in = graph.add_input(graph.fresh_name(f"past_kv_{i}"), TensorType(q.type.dtype, (batch, hk, f, dv)))
+            z_in = graph.add_input(graph.fresh_name(f"past_z_{i}"), TensorType(q.type.dtype, (batch, hk, f)))
+            scale = node.attrs.get("scale") or d ** -0.5
+            with graph.inserting_before(node):
+                out = graph.add_node("linear_attention", [q, k_all, v_all, kv_in, z_in, wq, wk, wf] +
+                                     ([mask] if mask is not None else []),
+                                     {"feature_map": self.feature_map, "window": self.window, "sinks": self.sinks,
+                                      "scale": scale},
+                                     names=[node.output.name + "_linear", f"present_kv_{i}", f"present_z_{i}"])
+            graph.replace_node(node, [out.outputs[0]])
+            graph.outputs.extend(out.outputs[1:])
+            graph.declare_state(f"kv_{i}", kv_in, out.outputs[1], "fixed")
+            graph.declare_state(f"z_{i}", z_in, out.outputs[2], "fixed")
+        for st in states.values():
+            if self.window:
+                _to_ring(graph, st, self.window, self.sinks)
+            else:
+                _drop_state(graph, st)
+        return PassResult(True, {"attention": len(targets), "fixed_states": 2 * len(targets),
+                                 "ring_states": len(states) if self.window else 0,
+                                 "other_attention": len(attns) - len(targets)})
+
+
+def _new_columns(graph, nodes):
+    """Pure linear attention: the decoder's mask [b, 1, s, L + s] -> its last s columns (the new keys)."""
+    masked = [n for n in nodes if len(n.inputs) > 3]
+    if not masked:
+        return None
+    mask = masked[0].inputs[3]
+    if any(n.inputs[3] is not mask for n in masked) or mask.producer is not None or mask.name != MASK_INPUT:
+        raise PassError(f"linearize-attention: the attention masks are not the graph input %{MASK_INPUT} "
+                        f"(the causal-LM convention, ir/causal_lm.py); found {sorted({n.inputs[3].name for n in masked})}")
+    t = mask.type
+    seq = masked[0].inputs[0].type.shape[-2]
+    if t.rank != 4 or not symbolic.equal(t.shape[2], seq):
+        raise PassError(f"linearize-attention: %{MASK_INPUT} is {t}; the causal-LM convention is bool [b, 1, seq, L + seq]")
+    used = set().union(*(symbolic.free_symbols(d) for v in graph.inputs for d in v.type.shape))
+    ctx = next(c for c in ("ctx", "ctx_len", "mask_len") if c not in used)
+    mask.type = TensorType(t.dtype, (*t.shape[:3], ctx))
+    first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+    with graph.inserting_before(first):
+        new = graph.op("slice", mask, dim=3, start=symbolic.canon(f"{ctx}-({seq})"))
+    graph.rename(new, graph.fresh_name("new_key_mask"))
+    return new
+
+
+def _drop_state(graph, st):
+    """Remove an append state no op reads any more: its cache_append, graph output and graph input."""
+    node = st.output.producer
+    graph.outputs = [o for o in graph.outputs if o is not st.output]
+    graph.states.remove(st)
+    if st.output.unused:
+        graph.erase(node)
+    graph.remove_input(st.input)

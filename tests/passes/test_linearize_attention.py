@@ -1,0 +1,317 @@
+"""linearize-attention: softmax attention -> (hybrid) linear attention over fixed (+ ring) states.
+
+On a tiny random Llama: the rewritten graph verifies; reference and torch agree; one prefill equals
+token-by-token decoding through the recurrent state (and chunks across the window); the state stays the
+same size however long the sequence; a window covering the sequence is softmax attention exactly;
+verify/accept replays; quantize-weights composes; save/load keeps trained maps; bad options are clear
+errors. The op: the torch kernels (loop and all-chunks forms) equal the T x T reference and a naive
+per-query loop written here. Distillation: budget, seed, progress and that it lowers the held-out error."""
+import pytest
+import torch
+
+import slimgraph
+from slimgraph import ir
+from slimgraph.codegen.torch_linear_attention import linear_attention as kernel, parallel_chunks
+from slimgraph.ir.verifier import verify
+from slimgraph.linear_attention import DistillationError
+from slimgraph.passes.base import PassError
+from slimgraph.passes.pipeline import parse_pipeline
+
+transformers = pytest.importorskip("transformers")
+from tiny_lm import tiny_llama  # noqa: E402
+TOL = 1e-5
+PIPE = "canonicalize,linearize-attention{{feature_map={fm},window={w},sinks={s}}},dce"
+REF = ir.get_op("linear_attention").impl
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+_CACHE = {}
+
+
+def compile_(model, target="reference", w=6, fm="hedgehog", pipeline=None, randomize=True, s=0):
+    """slimgraph.optimize once per (target, pipeline); the feature maps get seeded random weights (the
+    identity init would hide head/weight mix-ups), the same for every target."""
+    key = (id(model), target, pipeline or PIPE.format(fm=fm, w=w, s=s), randomize)
+    if key not in _CACHE:
+        c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
+                               pipeline=pipeline or PIPE.format(fm=fm, w=w, s=s), verify=True)
+        if randomize:
+            gen = torch.Generator().manual_seed(0)
+            for name, v in sorted(c.graph.weights.items()):
+                if name.startswith("linear_attention."):
+                    v.tensor = v.tensor + 0.3 * torch.randn(v.tensor.shape, generator=gen)
+            from slimgraph.draft import rebuild_runner
+            rebuild_runner(c)
+        _CACHE[key] = c
+    return _CACHE[key]
+
+
+def ids(n, seed=1, batch=1):
+    return torch.randint(0, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_hybrid_rewrite_makes_ring_and_fixed_states(model):
+    g = compile_(model).graph
+    verify(g)
+    kinds = [s.kind for s in g.states]
+    assert kinds.count("ring") == 4 and kinds.count("fixed") == 4
+    assert all(s.attrs == {"axis": 2, "window": 6, "sinks": 0} for s in g.states if s.kind == "ring")
+    assert not any(n.op == "attention" for n in g.nodes)
+    nodes = [n for n in g.nodes if n.op == "linear_attention"]
+    assert len(nodes) == 2 and all(n.attrs["window"] == 6 and n.attrs["feature_map"] == "hedgehog" for n in nodes)
+    fixed = {s.name: s.input.type.shape for s in g.states if s.kind == "fixed"}
+    assert fixed["kv_0"] == ("batch", 2, 32, 16) and fixed["z_0"] == ("batch", 2, 32)     # f = 2 x 16 (hedgehog)
+    assert g.weights["linear_attention.0.wq"].type.shape == (4, 16, 16)
+    assert g.weights["linear_attention.0.wk"].type.shape == (2, 16, 16)
+    assert next(v for v in g.inputs if v.name == "attention_mask").type.shape[-1] == "ctx"
+
+
+def test_pure_rewrite_drops_the_kv_cache(model):
+    g = compile_(model, w=0, fm="elu").graph
+    verify(g)
+    assert [s.kind for s in g.states] == ["fixed"] * 4
+    assert not any(v.name.startswith("past_key") or v.name.startswith("past_value") for v in g.inputs)
+    assert not any(n.op in ("cache_append", "cache_window") for n in g.nodes)
+    assert {s.name: s.input.type.shape for s in g.states}["kv_1"] == ("batch", 2, 16, 16)   # f = 16 (elu)
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+@pytest.mark.parametrize("w,fm,s", [(6, "hedgehog", 0), (6, "hedgehog", 2), (0, "hedgehog", 0), (4, "elu", 3),
+                                    (0, "relu2", 0)])
+def test_prefill_equals_token_by_token_decoding(model, target, w, fm, s):
+    n = 40
+    c = compile_(model, target, w, fm, s=s)
+    x = ids(n)
+    full = c.decoder().prefill(x)["logits"]
+    dec = c.decoder()
+    dec.prefill(x[:, :3])
+    shapes = [tuple(t.shape) for t in dec.states]
+    steps = torch.cat([dec.step(x[:, i])["logits"] for i in range(3, n)], 1)
+    torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
+    fixed = [i for i, s in enumerate(c.graph.states) if s.kind == "fixed"]
+    assert [tuple(dec.states[i].shape) for i in fixed] == [shapes[i] for i in fixed]    # O(1) memory
+    assert all(t.shape[2] == w + s for t, st in zip(dec.states, c.graph.states) if st.kind == "ring")
+    chunked = c.decoder()                                       # chunks of several tokens across the window
+    chunked.prefill(x[:, :5])
+    got = torch.cat([chunked.step(x[:, i:i + 7])["logits"] for i in range(5, n, 7)], 1)
+    torch.testing.assert_close(got, full[:, 5:], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("w", [6, 0])
+def test_torch_agrees_with_the_interpreter_on_a_left_padded_batch(model, w):
+    x = ids(30, seed=3, batch=2)
+    valid = torch.ones(2, 30, dtype=torch.long)
+    valid[1, :4] = 0
+    outs = {}
+    for t in ("reference", "torch"):
+        dec = compile_(model, t, w).decoder(batch=2)
+        first = dec.prefill(x[:, :20], attention_mask=valid[:, :20])["logits"]
+        outs[t] = torch.cat([first] + [dec.step(x[:, i])["logits"] for i in range(20, 30)], 1)
+    torch.testing.assert_close(outs["torch"][:, 4:], outs["reference"][:, 4:], rtol=TOL, atol=TOL)
+    alone = compile_(model, "torch", w).decoder()                # the padded row computes what it computes alone
+    want = torch.cat([alone.prefill(x[1:, 4:20])["logits"]] + [alone.step(x[1:, i])["logits"] for i in range(20, 30)], 1)
+    torch.testing.assert_close(outs["torch"][1:, 4:], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+def test_a_window_covering_the_sequence_is_softmax_attention_exactly(model, target):
+    x = ids(12, seed=4)
+    full = compile_(model, target, pipeline="canonicalize,dce", randomize=False).decoder().prefill(x)["logits"]
+    hybrid = compile_(model, target, w=11)                      # every key of 12 tokens is inside the window
+    torch.testing.assert_close(hybrid.decoder().prefill(x)["logits"], full, rtol=1e-5, atol=1e-5)
+    narrow = compile_(model, target, w=3).decoder().prefill(x)["logits"]
+    torch.testing.assert_close(narrow[:, :4], full[:, :4], rtol=1e-5, atol=1e-5)   # rows 0..3: all in the window
+    assert (narrow[:, 4:] - full[:, 4:]).abs().max() > 1e-3     # later rows: older keys are linear
+
+
+@pytest.mark.parametrize("w,s", [(4, 1), (0, 0)])
+def test_generate_through_the_fixed_state_follows_the_graphs_own_forward(model, w, s):
+    from slimgraph.generate import generate
+    c = compile_(model, "torch", w, s=s)
+    out = generate(c, ids(5, seed=5), 20)
+    assert out.shape == (1, 25)
+    want = c.decoder().prefill(out[:, :-1])["logits"][0, 4:].argmax(-1)    # each new token is the argmax there
+    assert torch.equal(out[0, 5:], want)
+
+
+def test_verify_accept_replays_the_fixed_state(model):
+    c = compile_(model, "torch", 4)
+    prompt, cands = ids(9, seed=6), ids(6, seed=7)
+    steps = c.decoder()
+    steps.prefill(prompt)
+    one_by_one = torch.cat([steps.step(cands[:, i])["logits"] for i in range(6)], 1)
+    dec = c.decoder()
+    dec.prefill(prompt)
+    torch.testing.assert_close(dec.verify(cands)["logits"], one_by_one, rtol=TOL, atol=TOL)
+    dec.accept(3)
+    fresh = c.decoder()
+    fresh.prefill(torch.cat((prompt, cands[:, :3]), 1))
+    nxt = torch.tensor([[7]])
+    torch.testing.assert_close(dec.step(nxt)["logits"], fresh.step(nxt)["logits"], rtol=TOL, atol=TOL)
+
+
+def test_composes_with_quantize_weights(model):
+    pipe = "canonicalize,quantize-weights{bits=4,group=64},linearize-attention{feature_map=hedgehog,window=6,sinks=2},dce"
+    c = compile_(model, "torch", pipeline=pipe)
+    assert any(n.op in ("qlinear", "dequantize") for n in c.graph.nodes)
+    assert sum(s.kind == "fixed" for s in c.graph.states) == 4
+    ref = compile_(model, "reference", pipeline=pipe)
+    x = ids(30, seed=8)
+    got, want = c.decoder().prefill(x)["logits"], ref.decoder().prefill(x)["logits"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    dec = c.decoder()
+    dec.prefill(x[:, :10])
+    steps = torch.cat([dec.step(x[:, i])["logits"] for i in range(10, 30)], 1)
+    torch.testing.assert_close(steps, got[:, 10:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("opts,match", [
+    ("feature_map=cosformer", "unknown feature_map 'cosformer'; valid: hedgehog, elu, relu2"),
+    ("window=250,sinks=6", "window 250 \\+ sinks 6 >= the model's context limit 256: every key would stay in "
+                           "the softmax window of its 2 attention op"),
+    ("window=0,sinks=4", "sinks must be >= 0, and 0 without a window"),
+    ("window=-1", "window must be >= 0"),
+])
+def test_bad_options_are_clear_errors(model, opts, match):
+    with pytest.raises(PassError, match=match):
+        compile_(model, pipeline=f"canonicalize,linearize-attention{{{opts}}}", randomize=False)
+
+
+def test_already_windowed_attention_is_an_error(model):
+    with pytest.raises(PassError, match="already windowed"):
+        compile_(model, pipeline="canonicalize,sparsify-attention{window=8,sinks=2},linearize-attention{window=4}",
+                 randomize=False)
+
+
+def test_a_graph_without_kv_attention_names_its_attention_count():
+    g = ir.Graph("mlp")
+    x = g.add_input("x", ir.TensorType("f32", (2, 3, 4, 8)))
+    g.set_outputs([g.op("attention", x, x, x, causal=True)])
+    with pytest.raises(PassError, match="linearize-attention.*has 1 attention op\\(s\\), none reads its keys"):
+        parse_pipeline("linearize-attention{window=4}")[0].run(g)
+
+
+# ---- the op: torch kernels vs the T x T reference vs a naive per-query loop ------------------------------
+def naive(q, k, v, kv, z, wq, wk, wf, valid, fm, window, sinks, scale):
+    """Per query, per key, in plain Python loops over the definition (module docstring of the op)."""
+    phi = {"hedgehog": lambda y: torch.cat((y.softmax(-1), (-y).softmax(-1)), -1),
+           "elu": lambda y: torch.nn.functional.elu(y) + 1, "relu2": lambda y: torch.relu(y) ** 2}[fm]
+    b, hq, s, _ = q.shape
+    hk, n = k.shape[1], k.shape[2]
+    out = torch.zeros(b, hq, s, v.shape[-1], dtype=torch.float64)
+    for bi in range(b):
+        for h in range(hq):
+            kh = h // (hq // hk)
+            for i in range(s):
+                p = n - s + i
+                fq = phi(q[bi, h, i] @ wq[h])
+                num, den = fq @ kv[bi, kh], fq @ z[bi, kh]
+                win = [j for j in range(n) if j <= p and (p - j <= window or j < sinks) and window and valid[bi, j]]
+                m = max((float(q[bi, h, i] @ k[bi, kh, j]) * scale for j in win), default=0.0)
+                for j in range(p + 1):
+                    if not valid[bi, j]:
+                        continue
+                    if j in win:
+                        a = torch.exp(q[bi, h, i] @ k[bi, kh, j] * scale - m) * wf[h].exp()
+                    else:
+                        a = fq @ phi(k[bi, kh, j] @ wk[kh])
+                    num, den = num + a * v[bi, kh, j], den + a
+                out[bi, h, i] = num / den.clamp_min(1e-12)     # relu2: phi(q) may be all zero
+    return out.float()
+
+
+CASES = [  # hq, hk, s (new tokens), ring rows, window, sinks, chunk
+    (4, 2, 37, 0, 0, 0, 8), (4, 2, 37, 0, 5, 0, 8), (4, 2, 3, 5, 5, 0, 8), (2, 2, 1, 6, 6, 0, 4), (4, 1, 20, 4, 4, 0, 3),
+    (4, 2, 50, 0, 3, 0, 7), (4, 2, 64, 0, 8, 0, 8), (4, 2, 37, 0, 5, 2, 8), (4, 2, 3, 7, 5, 2, 8), (4, 1, 20, 6, 4, 2, 3),
+    (4, 2, 64, 0, 8, 3, 8), (4, 2, 40, 0, 8, 12, 8), (2, 2, 1, 8, 6, 2, 4),
+]
+
+
+@pytest.mark.parametrize("fm", ["hedgehog", "elu", "relu2"])
+@pytest.mark.parametrize("hq,hk,s,ring,window,sinks,chunk", CASES)
+def test_kernels_equal_the_reference_and_the_definition(fm, hq, hk, s, ring, window, sinks, chunk):
+    gen = torch.Generator().manual_seed(s * 31 + ring + window)
+    n, f = s + ring, 16 if fm == "hedgehog" else 8
+    q, k, v = torch.randn(2, hq, s, 8, generator=gen), torch.randn(2, hk, n, 8, generator=gen), \
+        torch.randn(2, hk, n, 5, generator=gen)
+    kv, z = torch.rand(2, hk, f, 5, generator=gen), torch.rand(2, hk, f, generator=gen) + 0.5
+    wq, wk, wf = torch.randn(hq, 8, 8, generator=gen), torch.randn(hk, 8, 8, generator=gen), torch.randn(hq, generator=gen)
+    valid = torch.ones(2, n, dtype=torch.bool)
+    valid[1, :3] = False                                       # a left-padded row: its first 3 keys are pads
+    mask = (valid[:, None, None, :] & torch.ones(s, n, dtype=torch.bool).tril(ring)).clone()
+    args = (q, k, v, kv, z, wq, wk, wf)
+    kw = dict(feature_map=fm, window=window, sinks=sinks, scale=0.3)
+    want = REF(*args, mask, **kw)
+    torch.testing.assert_close(want[0][0], naive(*args, valid, fm, window, sinks, 0.3)[0], rtol=1e-4, atol=1e-4)
+    real = slice(max(0, 3 - ring), None)                       # row 1's pad queries are junk by definition
+    torch.testing.assert_close(want[0][1, :, real], naive(*args, valid, fm, window, sinks, 0.3)[1, :, real],
+                               rtol=1e-4, atol=1e-4)
+    for m in (None, mask):
+        ref = REF(*args, m, **kw)
+        got = kernel(*args, m, **kw, chunk=chunk)
+        rows = slice(None) if m is None else real
+        torch.testing.assert_close(got[0][:, :, rows], ref[0][:, :, rows], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got[2], ref[2], rtol=1e-5, atol=1e-4)
+        if ring == 0:
+            par = parallel_chunks(*args, m, **kw, chunk=window or chunk)
+            torch.testing.assert_close(par[0][:, :, rows], want[0][:, :, rows] if m is not None else ref[0],
+                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(par[0][:, :, rows], ref[0][:, :, rows], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(par[1], ref[1], rtol=1e-5, atol=1e-4)
+
+
+def test_the_op_declares_its_types():
+    g = ir.Graph("la")
+    q = g.add_input("q", ir.TensorType("f32", ("b", 4, "s", 8)))
+    k = g.add_input("k", ir.TensorType("f32", ("b", 2, "n", 8)))
+    kv = g.add_input("kv", ir.TensorType("f32", ("b", 2, 16, 8)))
+    z = g.add_input("z", ir.TensorType("f32", ("b", 2, 16)))
+    ws = [g.add_weight(n, torch.zeros(*shape)) for n, shape in (("wq", (4, 8, 8)), ("wk", (2, 8, 8)), ("wf", (4,)))]
+    out, kv2, z2 = g.op("linear_attention", q, k, k, kv, z, *ws, window=2)
+    assert out.type.shape == ("b", 4, "s", 8) and kv2.type == kv.type and z2.type == z.type
+    with pytest.raises(Exception, match="state feature dim 16/16 != 8"):
+        g.op("linear_attention", q, k, k, kv, z, *ws, feature_map="elu")
+
+
+# ---- distillation -------------------------------------------------------------------------------------
+def _distilled(model, seed, **kw):
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
+    data = ids(6 * 48, seed=11).view(6, 48)
+    report = slimgraph.distill_attention(c, ids=data, seed=seed, progress=False, **kw)
+    return c, report
+
+
+def test_distillation_lowers_the_heldout_error_is_seeded_and_saved(model, tmp_path):
+    c, r = _distilled(model, 0, steps=40, time_budget_s=None, lr=3e-2)
+    assert r.steps == 40 and r.layers == 2 and r.tokens == 5 * 48 and r.tokens_seen == 40 * 48
+    assert sum(r.heldout_rel_mse) < 0.95 * sum(r.heldout_rel_mse_before)     # it learns something
+    assert r.loss[-1] < r.loss[0]
+    c2, _ = _distilled(model, 0, steps=40, time_budget_s=None, lr=3e-2)
+    c3, _ = _distilled(model, 1, steps=40, time_budget_s=None, lr=3e-2)
+    name = "linear_attention.0.wq"
+    assert torch.equal(c.graph.weights[name].tensor, c2.graph.weights[name].tensor)    # same seed, same maps
+    assert not torch.equal(c.graph.weights[name].tensor, c3.graph.weights[name].tensor)
+    assert not torch.equal(c.graph.weights[name].tensor, torch.eye(16).expand(4, 16, 16))
+    c.save(tmp_path / "linear.sg")
+    back = slimgraph.load(tmp_path / "linear.sg")
+    assert torch.equal(back.graph.weights[name].tensor, c.graph.weights[name].tensor)
+    x = ids(20, seed=12)
+    torch.testing.assert_close(back.decoder().prefill(x)["logits"], c.decoder().prefill(x)["logits"],
+                               rtol=TOL, atol=TOL)
+
+
+def test_distillation_stops_at_its_time_budget(model):
+    _, r = _distilled(model, 0, steps=10_000, time_budget_s=0.5)
+    assert 0 < r.steps < 10_000 and r.seconds < 5
+
+
+def test_distillation_needs_linear_attention(model):
+    c = compile_(model, "torch", pipeline="canonicalize,dce", randomize=False)
+    with pytest.raises(DistillationError, match="no linear_attention op \\(2 softmax"):
+        slimgraph.distill_attention(c, ids=ids(40).view(2, 20))
