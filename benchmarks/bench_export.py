@@ -17,6 +17,8 @@ Stages (each caches its results in --work, so a later stage can run on its own):
             llama-imatrix computes), exports slimgraph's artifacts with to_gguf, then runs every file in
             llama.cpp: perplexity over the same token windows as slimgraph.evaluate.perplexity
             (4096 eval tokens, 512-token windows, no context carried), and greedy decode speed.
+  decode    (also the end of `gguf`) greedy decode tokens/s of slimgraph's GGUF vs llama.cpp's own file
+            of the same type, 5 interleaved rounds of 128 tokens in one process, ratio of medians.
   hf        to_compressed_tensors of both artifacts (sym and asym), loaded by transformers with the
             compressed-tensors package: perplexity vs slimgraph's on the same weights.
 The embedding (tied head) of slimgraph's GGUF is written Q8_0, which is the type llama.cpp's own
@@ -197,16 +199,26 @@ def stage_gguf(work: Path, res: dict):
             log(f"{name}: tensor types differ: {[(k, a[k], b.get(k)) for k in a if a[k] != b.get(k)][:5]}")
         files |= {f"llama.cpp {name}": own, f"llama.cpp {name} + imatrix": own_im, f"slimgraph GPTQ {name}": ours}
     ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:MAX_TOKENS]
-    prompt = ids[:32].tolist()
     for label, path in files.items():
         key = f"ppl[{label}]"
         if key not in res:
             res[key] = llama_ppl(path, ids)
             log(f"{label}: llama.cpp ppl {res[key]:.4f}")
             save_json(work / "results.json", res)
+    save_json(work / "results.json", res)
+    stage_decode(work, res)
+
+
+def stage_decode(work: Path, res: dict):
+    """Decode speed of slimgraph's GGUF vs llama.cpp's own file of the same type (both written by the gguf
+    stage), side by side: interleaved rounds in one process."""
+    _, tok = zoo.load(SOURCE)
+    prompt = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:32].tolist()
+    res["loadavg_start[decode]"] = os.getloadavg()
     for name in VARIANTS:   # decode speed side by side, interleaved rounds in one run
         labels = (f"llama.cpp {name}", f"slimgraph GPTQ {name}")
-        speeds = llama_decode_speeds({k: files[k] for k in labels}, prompt)
+        files = {labels[0]: work / f"llamacpp.{name}.gguf", labels[1]: work / f"slimgraph-gptq.{name}.gguf"}
+        speeds = llama_decode_speeds(files, prompt)
         for k, v in speeds.items():
             res[f"tok/s[{k}]"] = v
         med = {k: sorted(v)[len(v) // 2] for k, v in speeds.items()}
@@ -260,7 +272,7 @@ def main():
     res["versions"] = versions()
     for stage in a.stage.split(","):
         res[f"loadavg_start[{stage}]"] = os.getloadavg()
-        {"quantize": stage_quantize, "gguf": stage_gguf, "hf": stage_hf}[stage](work, res)
+        {"quantize": stage_quantize, "gguf": stage_gguf, "decode": stage_decode, "hf": stage_hf}[stage](work, res)
         res[f"loadavg_end[{stage}]"] = os.getloadavg()
         save_json(work / "results.json", res)
     print(json.dumps(res, indent=1))

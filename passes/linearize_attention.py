@@ -42,7 +42,7 @@ from ..ir import symbolic
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import MASK_INPUT, _ring_mask, _state_behind, _to_ring
+from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, kv_attention
 
 
 @register_pass("linearize-attention")
@@ -68,19 +68,7 @@ class LinearizeAttention(Pass):
                             f"{self.context}: every "
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
                             f"window below {self.context} (LoLCATs uses 64)")
-        targets = []
-        for node in attns:
-            ks, vs = _state_behind(graph, node.inputs[1]), _state_behind(graph, node.inputs[2])
-            if ks is not None and vs is not None:
-                targets.append((node, ks, vs))
-        if not targets:
-            already = sum(1 for n in attns if n.attrs.get("window"))
-            raise PassError(
-                f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
-                f"{'of which ' + str(already) + ' already windowed (run linearize-attention before sparsify-attention), and ' if already else ''}"
-                f"none reads its keys and values "
-                f"from an `append` KV state; the pass needs a causal LM exported with declared state "
-                f"(slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+        _, targets = kv_attention(graph, where, " (run linearize-attention before sparsify-attention)")
         for node, _, _ in targets:
             if node.attrs.get("window") or node.attrs.get("sinks"):
                 raise PassError(f"{where}: {node!r} is already windowed (window={node.attrs.get('window')}); "

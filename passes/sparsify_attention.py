@@ -64,19 +64,7 @@ class SparsifyAttention(Pass):
         if self.kind == "block_sparse":
             return self._block_sparse(graph)
         self._check_options()
-        attns = [n for n in graph.nodes if n.op == "attention"]
-        targets = []
-        for node in attns:
-            k_state, v_state = _state_behind(graph, node.inputs[1]), _state_behind(graph, node.inputs[2])
-            if k_state is not None and v_state is not None:
-                targets.append((node, k_state, v_state))
-        if not targets:
-            already = sum(1 for n in attns if n.attrs.get("window"))
-            raise PassError(
-                f"sparsify-attention: graph @{graph.name} has {len(attns)} attention op(s), "
-                f"{'of which ' + str(already) + ' already windowed, and ' if already else ''}none reads its keys and "
-                f"values from an `append` KV state; the pass needs a causal LM exported with declared state "
-                f"(slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+        attns, targets = kv_attention(graph, "sparsify-attention")
         ring_mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks)
         states = {}
         for node, ks, vs in targets:
@@ -136,6 +124,25 @@ class SparsifyAttention(Pass):
             raise PassError(f"{where}: window + sinks = {self.window + self.sinks} >= the model's context limit "
                             f"{self.context}: every position would be kept; use a window below "
                             f"{self.context - self.sinks} or leave full attention")
+
+
+def kv_attention(graph, where: str, windowed_hint: str = ""):
+    """(every attention node, [(node, key state, value state)] for those reading `append` KV states); a
+    PassError naming `where` and the attention count when there are none."""
+    attns = [n for n in graph.nodes if n.op == "attention"]
+    targets = []
+    for node in attns:
+        k_state, v_state = _state_behind(graph, node.inputs[1]), _state_behind(graph, node.inputs[2])
+        if k_state is not None and v_state is not None:
+            targets.append((node, k_state, v_state))
+    if not targets:
+        already = sum(1 for n in attns if n.attrs.get("window"))
+        raise PassError(
+            f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
+            f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
+            f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
+            f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+    return attns, targets
 
 
 def _state_behind(graph, v):

@@ -136,10 +136,13 @@ def test_not_a_causal_lm():
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_smollm2_greedy_64_tokens_identical(smollm2):
+@pytest.mark.parametrize("target", ["torch", "cpu"])
+def test_smollm2_greedy_64_tokens_identical(smollm2, target):
+    if target == "cpu":
+        pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
     model, tok = smollm2
     ids = tok("The three primary colors are", return_tensors="pt").input_ids
-    compiled = slimgraph.optimize(model, (ids,), target="torch")
+    compiled = slimgraph.optimize(model, (ids,), target=target)
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=64, do_sample=False)
     got = compiled.generate(ids, max_new_tokens=64, eos_token_id=model.generation_config.eos_token_id)

@@ -11,6 +11,7 @@ import torch
 import slimgraph
 from slimgraph import ir
 from slimgraph.codegen import torch_kernels
+from slimgraph.decoder import DecoderError
 from slimgraph.generate import generate
 from slimgraph.ir.verifier import verify
 from slimgraph.passes.base import PassError
@@ -330,9 +331,9 @@ def test_decoder_on_the_in_place_ring_is_token_identical_to_the_interpreter_and_
     """torch slides the ring in place (codegen/torch_kv.py): prefill longer than the window, 300 greedy steps
     (the ring moves to a new buffer every ~130 rows), verify/accept chains and trees (the verify snapshot is a
     copy; the call consumes the live ring) all commit the tokens the interpreter commits.
-    Chains also commit the plain greedy stream. Trees do not, on any target: `attention{window}` places query
-    i at key slot L + i, but a tree candidate's position is L + depth (<= L + i), so over a full ring it loses
-    the i - depth oldest window keys (a limitation of the pass, not of the ring buffer)."""
+    Chains also commit the plain greedy stream. Trees over a full ring are refused by the decoder:
+    `attention{window}` places query i at key slot L + i, but a tree candidate's position is L + depth
+    (<= L + i), so it would lose the i - depth oldest window keys (a limitation of the pass)."""
     w, s, n = 8, 2, 300
     prompt = ids(20, seed=11)
     fast, ref = compile_(model, "torch", w, s), compile_(model, "reference", w, s)
@@ -342,7 +343,10 @@ def test_decoder_on_the_in_place_ring_is_token_identical_to_the_interpreter_and_
     assert all(t.shape[2] == w + s for t in dec.states)
     for a, b in zip(dec.states, ref_dec.states):
         torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
-    for tree in (False, True):
+    for c in (fast, ref):
+        with pytest.raises(DecoderError, match="candidate tree over a sliding-window ring"):
+            _speculative_greedy(c, prompt, 60, want, True)
+    for tree in (False,):
         spec, sdec = _speculative_greedy(fast, prompt, 60, want, tree)
         spec_ref, sref = _speculative_greedy(ref, prompt, 60, want, tree)
         assert spec == spec_ref, f"tree={tree}"
