@@ -134,4 +134,9 @@ def store(q, scales, zeros, bits: int, sym: bool, scale_dtype=torch.float32, flo
     """Codes/scales/zeros from a quantizer -> (qweight, scales, zeros or None) as stored (float zero
     points in f32 whatever the scales' dtype: |zero| reaches hundreds when a group's range is far from 0)."""
     zdt = torch.float32 if float_zero else torch.uint8 if bits == 4 else torch.int8
-    return pack(q.to(torch.int32), bits), scales.to(scale_dtype), (None if sym else zeros.to(zdt))
+    stored = scales.to(scale_dtype)
+    if scale_dtype != torch.float32:   # keep every scale a normal number of its dtype (1e-8 is 0 in f16)
+        stored = stored.clamp_min(torch.finfo(scale_dtype).tiny)
+    if float_zero and not sym:         # keep m = -z * s: a float zero point follows its scale's rounding
+        zeros = zeros * scales / stored.float()
+    return pack(q.to(torch.int32), bits), stored, (None if sym else zeros.to(zdt))

@@ -110,7 +110,8 @@ class QuantizeWeights(Pass):
         return (self.layer_overrides or {}).get(name, (self.bits, self.group))
 
     def layer_sym(self, bits):
-        return self.sym if self.sym is not None else bits == 8
+        """sym=None: symmetric for int8, asymmetric for int4 -- and asymmetric whenever zero_point=float."""
+        return self.sym if self.sym is not None else bits == 8 and self.zero_point != "float"
 
     def layer_float_zero(self, bits):
         return self.zero_point == "float" and not self.layer_sym(bits)

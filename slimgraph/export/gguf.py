@@ -126,6 +126,8 @@ TYPES = {t.name: t for t in (
     GGUFType("f16", "F16", "MOSTLY_F16"),
     GGUFType("f32", "F32", "ALL_F32"),
 )}
+REQUANTIZE = {"q4_0": "bits=4,group=32,sym=true", "q4_1": "bits=4,group=32,sym=false,zero_point=float",
+              "q8_0": "bits=8,group=32,sym=true"}   # the quantize-weights options each block type holds
 FLOAT_TYPES = ("f32", "f16", "q8_0")   # for float matrices (q8_0: ggml's reference quantizer)
 
 
@@ -151,7 +153,7 @@ def _check_fit(t: GGUFType, p: Packed, name: str):
         fit = fitting_types(p)
         raise ExportError(f"export: weight {name} is {p.describe()}, which does not fit GGUF {t.name} ({why}); "
                           f"types that fit it: {', '.join(fit + ['f16', 'f32']) if fit else 'f16, f32 (dequantized)'}"
-                          f"; or re-quantize with quantize-weights{{bits=4,group=32,sym={'true' if t.name == 'q4_0' else 'false'}}}")
+                          f"; or re-quantize with quantize-weights{{{REQUANTIZE.get(t.name, 'bits=4,group=32')}}}")
 
 
 # ---- tensors ------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class Packed:
                       None if self.zeros is None else self.zeros[perm], self.bits, self.group)
 
     def describe(self) -> str:
-        return f"int{self.bits} g{self.group_size} {'sym' if self.sym else 'asym'}"
+        kind = "sym" if self.sym else "asym, float zero points" if self.float_zeros else "asym"
+        return f"int{self.bits} g{self.group if self.group else str(self.group_size) + ' (per row)'} {kind}"
 
 
 def graph_of(model):

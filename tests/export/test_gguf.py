@@ -76,6 +76,8 @@ def test_misfit_names_the_types_that_fit(tiny_source, compile_tiny, tmp_path):
     with pytest.raises(ExportError, match=r"groups of 16 are not a multiple of the 32-weight block.*f16, f32"):
         to_gguf(compile_tiny("bits=4,group=16,sym=true"), tmp_path / "x.gguf", type="q4_0", source=tiny_source[2])
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+    with pytest.raises(ExportError, match=r"does not fit GGUF q8_0.*re-quantize with quantize-weights\{bits=8,group=32,sym=true\}"):
+        to_gguf(compile_tiny(ASYM_FLOAT), tmp_path / "x.gguf", type="q8_0", source=tiny_source[2])
     with pytest.raises(ExportError, match="unknown GGUF type 'q3_k'"):
         to_gguf(compile_tiny(SYM), tmp_path / "x.gguf", type="q3_k", source=tiny_source[2])
     with pytest.raises(ExportError, match="source model is needed"):

@@ -105,3 +105,31 @@ def test_qlinear_with_float_zero_points_matches_the_interpreter_on_targets(targe
 def test_c_target_refuses_float_zero_points_by_name():
     with pytest.raises(Exception, match="float zero points %zp.*zero_point=int"):
         get_target("c").compile(float_zero_qlinear(False, rows=2))
+
+
+def test_f16_scales_keep_the_float_minimum_of_offset_and_constant_groups():
+    """A float zero point is scaled with its rounded scale (m = -z * s is kept), and an f16 scale never
+    underflows to 0: a constant group (range 0) dequantizes to its value, not to 0 (fresh-user review)."""
+    w = torch.full((4, 64), 0.5)
+    w[1] += torch.randn(64) * 1e-4
+    w[2:] = q41_grid_weight(2, 64, seed=3)
+    for dtype in ("f32", "f16"):
+        g = linear_graph(w.clone())
+        get_pass("quantize-weights")(bits=4, group=32, zero_point="float", scale_dtype=dtype).run(g)
+        err = (dequantized(g) - w).abs().max(-1).values
+        assert float(err[0]) < 1e-3 and float(err[1]) < 1e-3, (dtype, err)   # f16: scales below 6e-5 clamp
+        assert float(err[2:].max()) < (1e-6 if dtype == "f32" else 2e-3), (dtype, err)
+
+
+def test_int8_with_float_zero_points_is_asymmetric_unless_told_otherwise():
+    g = linear_graph(torch.randn(8, 64) * 0.05 + 0.3)
+    get_pass("quantize-weights")(bits=8, group=32, zero_point="float").run(g)
+    assert "zeros: f32[8,2]" in str(g)
+
+
+def test_slimgraph_export_is_reachable_after_a_plain_import():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import slimgraph; print(slimgraph.export.to_gguf.__name__)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "to_gguf"
