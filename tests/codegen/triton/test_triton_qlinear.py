@@ -114,7 +114,7 @@ def test_unsupported_dtype_falls_back_with_a_warning(device):
     packed, table = QL.pack_weight(qw, sc, zs, 4, 32)   # prepacked inputs fall back through unpack_weight
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        y2 = QL.qlinear(x, packed, table, torch.empty(0, dtype=torch.uint8, device=device), bits=4, group=32)
+        y2 = QL.qlinear(x, packed, table, torch.empty(0, 0, dtype=torch.uint8, device=device), bits=4, group=32)
     torch.testing.assert_close(y2, y)
 
 
