@@ -42,7 +42,7 @@ from ..ir import symbolic
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, kv_attention
+from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, decoder_mask, kv_attention
 
 
 @register_pass("linearize-attention")
@@ -123,21 +123,10 @@ class LinearizeAttention(Pass):
 
 def _new_columns(graph, nodes):
     """Pure linear attention: the decoder's mask [b, 1, s, L + s] -> its last s columns (the new keys)."""
-    masked = [n for n in nodes if len(n.inputs) > 3]
-    if not masked:
+    found = decoder_mask(graph, nodes, "linearize-attention")
+    if found is None:
         return None
-    mask = masked[0].inputs[3]
-    if any(n.inputs[3] is not mask for n in masked) or mask.producer is not None or mask.name != MASK_INPUT:
-        raise PassError(f"linearize-attention: the attention masks are not the graph input %{MASK_INPUT} "
-                        f"(the causal-LM convention, ir/causal_lm.py); found {sorted({n.inputs[3].name for n in masked})}")
-    t = mask.type
-    seq = masked[0].inputs[0].type.shape[-2]
-    if t.rank != 4 or not symbolic.equal(t.shape[2], seq):
-        raise PassError(f"linearize-attention: %{MASK_INPUT} is {t}; the causal-LM convention is bool [b, 1, seq, L + seq]")
-    used = set().union(*(symbolic.free_symbols(d) for v in graph.inputs for d in v.type.shape))
-    ctx = next(c for c in ("ctx", "ctx_len", "mask_len") if c not in used)
-    mask.type = TensorType(t.dtype, (*t.shape[:3], ctx))
-    first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+    mask, seq, ctx, first = found
     with graph.inserting_before(first):
         new = graph.op("slice", mask, dim=3, start=symbolic.canon(f"{ctx}-({seq})"))
     graph.rename(new, graph.fresh_name("new_key_mask"))

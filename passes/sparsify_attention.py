@@ -158,29 +158,42 @@ def _state_behind(graph, v):
     return st
 
 
-def _ring_mask(graph, nodes, window, sinks):
-    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring)."""
+def decoder_mask(graph, nodes, where: str):
+    """The decoder's mask input %attention_mask [b, 1, s, L + s] that every masked node in `nodes` reads, with
+    its last dim rebound to a fresh symbol `ctx` (after a rewrite it no longer equals past + seq, so every
+    target binds it from the call). Returns (mask, seq, ctx, first reader) or None when no node is masked;
+    a PassError naming `where` when the masks are not that input."""
     masked = [n for n in nodes if len(n.inputs) > 3]
     if not masked:
         return None
     mask = masked[0].inputs[3]
     if any(n.inputs[3] is not mask for n in masked) or mask.producer is not None or mask.name != MASK_INPUT:
-        raise PassError(f"sparsify-attention: the attention masks are not the graph input %{MASK_INPUT} "
+        raise PassError(f"{where}: the attention masks are not the graph input %{MASK_INPUT} "
                         f"(the causal-LM convention, ir/causal_lm.py); found "
                         f"{sorted({n.inputs[3].name for n in masked})}")
-    others = [u for u in mask.users if u.op != "attention" or u not in nodes]
-    if others:
-        raise PassError(f"sparsify-attention: %{MASK_INPUT} is also read by {others[0]!r}; the pass rewrites "
-                        f"only the masks of attention ops over the KV cache")
     t = mask.type
     seq = masked[0].inputs[0].type.shape[-2]
     if t.rank != 4 or t.dtype != "bool" or not symbolic.equal(t.shape[2], seq):
-        raise PassError(f"sparsify-attention: %{MASK_INPUT} is {t}; the causal-LM convention is bool [b, 1, seq, L + seq]")
+        raise PassError(f"{where}: %{MASK_INPUT} is {t}; the causal-LM convention is bool [b, 1, seq, L + seq]")
     used = set().union(*(symbolic.free_symbols(d) for v in graph.inputs for d in v.type.shape))
     ctx = next(c for c in ("ctx", "ctx_len", "mask_len") if c not in used)
     mask.type = TensorType(t.dtype, (*t.shape[:3], ctx))
+    return mask, seq, ctx, next(n for n in graph.nodes if any(i is mask for i in n.inputs))
+
+
+def _ring_mask(graph, nodes, window, sinks):
+    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring)."""
+    masked = [n for n in nodes if len(n.inputs) > 3]
+    mask = masked[0].inputs[3] if masked else None
+    others = [u for u in mask.users if u.op != "attention" or u not in nodes] if mask is not None else []
+    if others:
+        raise PassError(f"sparsify-attention: %{MASK_INPUT} is also read by {others[0]!r}; the pass rewrites "
+                        f"only the masks of attention ops over the KV cache")
+    found = decoder_mask(graph, nodes, "sparsify-attention")
+    if found is None:
+        return None
+    mask, seq, ctx, first = found
     past = symbolic.canon(f"{ctx}-({seq})")
-    first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
     with graph.inserting_before(first):
         old = graph.op("slice", mask, dim=3, start=0, end=past)
         new = graph.op("slice", mask, dim=3, start=past)
