@@ -1,7 +1,7 @@
 """Train a compiled causal LM's draft heads (passes/draft_heads.py) by self-distillation.
 
     fast = slimgraph.optimize(model, (ids,), pipeline="...,insert-draft-heads{num_heads=4}")
-    report = slimgraph.train_draft_heads(fast, tokenizer=tok, time_budget_s=300)   # calib split prompts
+    report = slimgraph.train_draft_heads(fast, tokenizer=tok, time_budget_s=300)   # stdlib docstring prompts
     fast.generate(ids, 128)           # speculative: drafts from the heads, verified by the base model
 
 Medusa-1 self-distillation (Cai et al. 2024, arXiv:2401.10774, section 3.2): the base model generates
@@ -9,7 +9,9 @@ its own greedy continuation of real text; teacher-forced on that sequence, head 
 the base model's token at t + i + 2 (head 0: the token after the next one), with cross-entropy. The base
 is frozen: its last hidden states (`hidden_states` output) are computed once by the compiled graph
 itself (the same target and pipeline, int4 included), and only the heads' [hidden, hidden] weights are
-trained (torch autograd, Adam) through the model's own lm_head, on the cached hidden states. The
+trained (torch autograd, Adam) through the model's own lm_head, on the cached hidden states; the loss's
+softmax runs over the tokens the base emitted (a sampled-softmax shortcut: the lm_head rows of the
+other tokens are never read in training, so a step costs ~vocab/emitted times less). The
 trained weights are written into the graph (`draft_heads.<i>.weight`), so `save`/`load` keep them,
 and the runner is built again from the graph.
 
@@ -65,12 +67,77 @@ def head_weight_names(graph) -> list[str]:
     return names
 
 
-def prompt_ids(tokenizer, texts=None, *, n: int = 64, prompt_tokens: int = 32, split: str = "calib") -> torch.Tensor:
-    """i64[n, prompt_tokens] prompts: consecutive windows of `texts` (str or list of str; default: the
-    shipped `split` of slimgraph/data via slimgraph.evaluate)."""
+# Python standard-library modules whose docstrings make the default self-distillation prompts: broad
+# technical English (networking, files, text, math, concurrency, email, ...), present offline wherever
+# Python is. `pydoc_data` (the Language Reference, slimgraph's eval split) is deliberately not listed.
+DOCSTRING_MODULES = (
+    "os", "re", "json", "collections", "itertools", "functools", "argparse", "logging", "subprocess", "pathlib",
+    "typing", "asyncio", "email.message", "http.client", "urllib.request", "xml.etree.ElementTree", "sqlite3",
+    "csv", "datetime", "decimal", "fractions", "statistics", "random", "string", "textwrap", "unittest",
+    "doctest", "inspect", "threading", "multiprocessing", "socket", "ssl", "zipfile", "tarfile", "shutil",
+    "tempfile", "glob", "fnmatch", "pickle", "copy", "pprint", "heapq", "bisect", "struct", "codecs", "io",
+    "calendar", "hashlib", "hmac", "secrets", "base64", "html.parser", "urllib.parse", "contextlib",
+    "dataclasses", "enum", "abc", "operator", "queue", "sched", "selectors", "signal", "smtplib", "ftplib",
+    "imaplib", "mailbox", "configparser", "gettext", "locale", "optparse", "getopt", "difflib", "shlex",
+    "tokenize", "traceback", "warnings", "weakref", "zlib", "gzip", "bz2", "lzma", "uuid", "ipaddress",
+    "wave", "colorsys", "numbers", "cmath", "graphlib", "trace", "timeit", "cProfile", "pdb", "venv",
+    "zipapp", "runpy", "importlib.metadata", "concurrent.futures", "ctypes", "plistlib", "netrc", "mimetypes",
+    "webbrowser", "wsgiref.simple_server", "xmlrpc.client", "socketserver", "http.server", "http.cookiejar")
+
+
+def docstring_texts(modules=DOCSTRING_MODULES, min_chars: int = 300) -> list[str]:
+    """The distinct docstrings (>= `min_chars` characters) of `modules`, their public members and the
+    members' methods, in a fixed order (module order, then member name): ~860 documents, ~610k characters
+    on CPython 3.11. Modules that fail to import are skipped."""
+    import importlib
+    import inspect
+    import warnings
+    out, seen = [], set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in modules:
+            try:
+                mod = importlib.import_module(name)
+            except Exception:       # noqa: BLE001 - an optional stdlib module (e.g. no _ssl): skip it
+                continue
+            for obj in [mod] + [v for k, v in sorted(vars(mod).items()) if not k.startswith("_")]:
+                items = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")]
+                                 if inspect.isclass(obj) else [])
+                for it in items:
+                    doc = getattr(it, "__doc__", None)
+                    if isinstance(doc, str) and len(doc) >= min_chars and doc not in seen:
+                        seen.add(doc)
+                        out.append(inspect.cleandoc(doc))
+    return out
+
+
+def prompt_ids(tokenizer, texts=None, *, n: int = 64, prompt_tokens: int = 32, seed: int = 0,
+               split: str | None = None) -> torch.Tensor:
+    """i64[n, prompt_tokens] prompts for self-distillation.
+
+    `texts`: a str -> consecutive windows of it; a list of documents -> one window per document at a seeded
+    random offset, from `n` documents drawn with `seed` (cycling when there are fewer); None -> the
+    docstrings of the standard library (`docstring_texts`), or the shipped corpus `split` of
+    slimgraph/data when `split` is given. Errors: DraftTrainingError when the text is too short."""
     from .evaluate import token_ids
-    text = texts if isinstance(texts, str) or texts is None else "\n\n".join(texts)
-    return token_ids(tokenizer, split=split, n=n, seq=prompt_tokens, text=text)
+    import random
+    if split is not None or isinstance(texts, str):
+        return token_ids(tokenizer, split=split or "calib", n=n, seq=prompt_tokens, text=texts)
+    docs = docstring_texts() if texts is None else list(texts)
+    rng = random.Random(seed)
+    order = rng.sample(range(len(docs)), len(docs))
+    rows = []
+    for i in range(len(order) * 2):
+        if len(rows) == n:
+            break
+        ids = tokenizer(docs[order[i % len(order)]], return_tensors="pt").input_ids[0]
+        if len(ids) >= prompt_tokens:
+            o = rng.randrange(0, len(ids) - prompt_tokens + 1)
+            rows.append(ids[o:o + prompt_tokens])
+    if len(rows) < n:
+        raise DraftTrainingError(f"prompt_ids(): only {len(rows)} of {n} prompts of {prompt_tokens} tokens: the "
+                                 f"texts are too few or too short")
+    return torch.stack(rows).clone()
 
 
 def lm_head_matrix(graph):
@@ -85,12 +152,6 @@ def lm_head_matrix(graph):
         bias = op.run(torch.zeros(1, d), *args, **node.attrs)[0].float()
         w = (op.run(torch.eye(d), *args, **node.attrs).float() - bias).T.contiguous()   # [vocab, hidden]
     return w, (bias if bool(bias.abs().max() > 0) else None)
-
-
-def lm_head_function(graph):
-    """The frozen lm_head as a differentiable function of the hidden state: x [..., hidden] -> logits."""
-    w, bias = lm_head_matrix(graph)
-    return lambda x: F.linear(x, w, bias)
 
 
 def _const(v):
@@ -141,14 +202,19 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
                       draft_vocab: int = 8192, data=None) -> DraftTrainReport:
     """Self-distil the draft heads of `compiled` (a CompiledModel whose pipeline ran insert-draft-heads).
 
-    Prompts: `prompts` i64[n, p], or `num_prompts` windows of `prompt_tokens` tokens of `texts` (str or list of
-    str; default the shipped calibration split) tokenized with `tokenizer`. The base model continues each
+    Prompts: `prompts` i64[n, p], or `num_prompts` windows of `prompt_tokens` tokens of `texts` (see
+    `prompt_ids`; default: the standard library's docstrings, broad technical English) tokenized with
+    `tokenizer`. The base model continues each
     prompt greedily by `new_tokens`; head i at position t (from the prompt's last token on) is trained to
     predict the base's token at t + i + 2. Stops after `steps` updates, `time_budget_s` wall seconds or
     `cpu_budget_s` CPU seconds of this process (time.process_time: all its threads; on a shared machine the
     fair budget) of training, data preparation not included, whichever comes first. Trained weights go into
     `compiled.graph` and the runner is rebuilt; returns a DraftTrainReport (held-out top-1 per head).
 
+    The softmax of the loss runs over a training vocabulary: the tokens the base emitted as targets, capped
+    at the `draft_vocab` most frequent (every target is in it unless capped); held-out accuracy is measured
+    with the full lm_head, as decoding argmaxes. `heldout`: the fraction of SEQUENCES held out (positions of
+    one continuation are not independent samples).
     EAGLE heads (`kind=eagle`): see `train_eagle` (`draft_vocab` = size of its draft vocabulary).
     `data`: (sequences, hidden states) from `self_distillation_data` of the same base, to reuse (e.g. for
     Medusa and EAGLE heads on one base); `prompts` must then be the prompts it was made from."""
@@ -181,37 +247,59 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     for i in range(k):
         targets[:, p - 1:total - i - 2, i] = seqs[:, p + i + 1:]
     keep = (targets[..., 0] >= 0)
+    # held out by SEQUENCE: positions of one (often repetitive) continuation are not independent samples
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(seqs), generator=gen)
+    n_held = min(len(seqs) - 1, max(1, int(len(seqs) * heldout))) if heldout > 0 and len(seqs) > 1 else 0
+    is_held = torch.zeros(len(seqs), dtype=torch.bool)
+    is_held[perm[:n_held]] = True
     h_all, y_all = hidden[keep], targets[keep]                 # [M, hidden], [M, k]
+    held_rows = is_held[:, None].expand_as(keep)[keep]
+    held, train = held_rows.nonzero()[:, 0], (~held_rows).nonzero()[:, 0]
     data_s, data_cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(h_all), generator=gen)
-    n_held = max(1, int(len(order) * heldout)) if heldout > 0 else 0
-    held, train = order[:n_held], order[n_held:]
-    head = lm_head_function(graph)
-    ws = [torch.nn.Parameter(graph.weights[n].tensor.detach().float().clone()) for n in names]
-    opt = torch.optim.Adam(ws, lr=lr)
+    w, bias = lm_head_matrix(graph)
+    # the training vocabulary: the tokens the base emitted as targets (the `draft_vocab` most frequent), so the
+    # softmax runs over them instead of the whole vocabulary (every target is in it when it is not capped)
+    y_train = y_all[train]
+    counts = torch.bincount(y_train[y_train >= 0], minlength=w.shape[0]).float()
+    nv = max(1, min(int(draft_vocab), int((counts > 0).sum())))
+    vocab_ids = torch.argsort(-counts - torch.arange(w.shape[0]) / (10.0 * w.shape[0]), stable=True)[:nv]
+    inv = torch.full((w.shape[0],), -100, dtype=torch.long)
+    inv[vocab_ids] = torch.arange(nv)
+    y_sub = torch.where(y_all >= 0, inv[y_all.clamp(min=0)], y_all)
+    w_sub, b_sub = w[vocab_ids].contiguous(), (None if bias is None else bias[vocab_ids])
+    ws = torch.nn.Parameter(torch.stack([graph.weights[n].tensor.detach().float() for n in names]))  # [k, d, d]
+    opt = torch.optim.Adam([ws], lr=lr)
 
-    def head_logits(h, i):
-        return head(h + F.silu(F.linear(h, ws[i])))
+    def heads_hidden(h):                                       # [B, d] -> [B, k, d]
+        return h[:, None] + F.silu(torch.einsum("bd,ked->bke", h, ws))
 
-    def top1(idx):
+    def top1(idx):                                             # full-vocabulary argmax, as decoding runs it
         if len(idx) == 0:
             return []
+        idx = idx[:4096]
         with torch.no_grad():
-            h, y = h_all[idx], y_all[idx]
-            return [float((head_logits(h, i).argmax(-1) == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
+            pred = F.linear(heads_hidden(h_all[idx]), w, bias).argmax(-1)        # [B, k]
+            y = y_all[idx]
+            return [float((pred[:, i] == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
 
     before = top1(held)
     def loss_fn():
         idx = train[torch.randint(0, len(train), (batch_positions,), generator=gen)]
-        h, y = h_all[idx], y_all[idx]
-        return sum(F.cross_entropy(head_logits(h, i), y[:, i], ignore_index=-100) for i in range(k)) / k
+        logits = F.linear(heads_hidden(h_all[idx]), w_sub, b_sub)              # [B, k, nv]
+        return F.cross_entropy(logits.reshape(-1, nv), y_sub[idx].reshape(-1), ignore_index=-100)
+
+    held_idx = held[torch.randperm(len(held), generator=gen)[:2048]]
+    def heldout_loss():
+        logits = F.linear(heads_hidden(h_all[held_idx]), w_sub, b_sub)
+        return float(F.cross_entropy(logits.reshape(-1, nv), y_sub[held_idx].reshape(-1), ignore_index=-100))
 
     losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
-                                           _bar(steps, "draft heads", progress))
-    for n, w in zip(names, ws):
-        graph.weights[n].tensor = w.detach().to(graph.weights[n].tensor.dtype).clone()
+                                           _bar(steps, "draft heads", progress),
+                                           heldout_loss if len(held_idx) else None)
+    for i, n in enumerate(names):
+        graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
     return DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, top1(held),
                             before)
@@ -223,12 +311,26 @@ def rebuild_runner(compiled) -> None:
     compiled.runner = get_target(compiled.target).compile(compiled.graph)
 
 
-def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar):
+def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar, heldout_loss=None, every: int = 50):
     """Run `opt` on `loss_fn()` until `steps` updates, `time_budget_s` wall seconds or `cpu_budget_s` CPU
-    seconds (time.process_time); returns (losses, steps done, wall seconds, CPU seconds)."""
+    seconds (time.process_time); returns (losses, steps done, wall seconds, CPU seconds).
+    `heldout_loss`: a function -> float, evaluated every `every` steps and at the end; the parameters of
+    the best evaluation are restored at the end (early stopping: small draft data overfits fast)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    best = (float("inf"), None)
+
+    def check():
+        nonlocal best
+        with torch.no_grad():
+            v = heldout_loss()
+        if v == v and v < best[0]:          # (NaN: no usable held-out target)
+            best = (v, [p.detach().clone() for p in params])
+
     losses, t1, c1, step = [], time.perf_counter(), time.process_time(), 0
     while (step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s)
            and (cpu_budget_s is None or time.process_time() - c1 < cpu_budget_s)):
+        if heldout_loss is not None and step % every == 0:
+            check()
         loss = loss_fn()
         opt.zero_grad()
         loss.backward()
@@ -238,6 +340,12 @@ def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar):
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if heldout_loss is not None:
+        check()
+    if best[1] is not None:
+        with torch.no_grad():
+            for p, b in zip(params, best[1]):
+                p.copy_(b)
     if bar is not None:
         bar.close()
     return losses, step, time.perf_counter() - t1, time.process_time() - c1
@@ -295,8 +403,8 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
 
     before = top1(held)
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
-    def loss_fn():
-        idx = train[torch.randint(0, len(train), (bs,), generator=gen)]
+    def loss_fn(idx=None):
+        idx = train[torch.randint(0, len(train), (bs,), generator=gen)] if idx is None else idx
         pred = forward(idx)
         reg = F.smooth_l1_loss(pred, y_feat[idx])
         y = y_tok[idx]
@@ -304,7 +412,8 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         return reg + w_ce * ce
 
     losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
-                                           _bar(steps, "eagle head", progress))
+                                           _bar(steps, "eagle head", progress),
+                                           (lambda: float(loss_fn(held[:64]))) if len(held) else None)
     for k, v in P.items():
         graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
