@@ -5,15 +5,18 @@
 Per base pipeline (fp32; int4 g64 RTN + int8 tied head, as in bench_runtime.py), on the torch target:
 1. compile the base alone, with `insert-draft-heads{num_heads=K}` (Medusa) and with
    `insert-draft-heads{num_heads=S,kind=eagle}` (after quantization: the heads stay float and share the
-   model's lm_head); make the self-distillation data once (greedy continuations of calibration-split
-   prompts, slimgraph/data/calib.txt, and the base's hidden states over them) and train both heads on
-   it for `--train-cpu-s` CPU seconds each (time.process_time of this process, all threads; wall time
-   is reported too);
+   model's lm_head); make the self-distillation data once (greedy continuations of `--train-prompts`
+   32-token windows of the standard library's docstrings, slimgraph.draft.docstring_texts, and the
+   base's hidden states over them) and train both heads on it for `--train-cpu-s` CPU seconds each
+   (time.process_time of this process, all threads; wall time is reported too; early stopping on
+   held-out sequences); with `--heads-dir DIR` the trained models are saved there and a later run with
+   the same DIR loads them instead of training (decode on a quiet machine without retraining);
 2. measure the cost of verifying k tokens in one forward relative to one decode step (`verify_cost`);
 3. on `--prompts` windows of the eval split (slimgraph/data/eval.txt; never trained on) x `--new` new
    tokens (no early stop), decode plainly (the base without heads: what runs without speculation),
-   with the Medusa chain and tree, and the EAGLE chain and tree, interleaved per prompt so the load
-   hits all alike. Reports token identity vs plain greedy, mean acceptance length (tokens per verify
+   with the Medusa chain and tree, and the EAGLE chain and tree, prompt lookup alone (n-gram drafts
+   from the context, no heads: `lookup`) and each tree with a lookup branch (`+lookup`), interleaved
+   per prompt so the load hits all alike. Reports token identity vs plain greedy, mean acceptance length (tokens per verify
    forward) and decode wall-clock speedup (sum of decode seconds, prefill excluded).
 """
 import argparse
@@ -26,13 +29,14 @@ import torch
 
 import slimgraph
 from slimgraph import evaluate, zoo
-from slimgraph.draft import self_distillation_data
+from slimgraph.draft import prompt_ids, self_distillation_data
 from slimgraph.generate import generate
 
 INT4 = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
         "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
 FP32 = "canonicalize,cse,dce"
-MODES = ("plain", "medusa-chain", "medusa-tree", "eagle-chain", "eagle-tree")
+MODES = ("plain", "lookup", "medusa-chain", "medusa-tree", "medusa-tree+lookup", "eagle-chain", "eagle-tree",
+         "eagle-tree+lookup")
 
 
 def main():
@@ -45,17 +49,23 @@ def main():
     ap.add_argument("--heads", type=int, default=4, help="Medusa heads")
     ap.add_argument("--eagle-steps", type=int, default=5, help="EAGLE draft steps (chain length)")
     ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--lookup", type=int, default=8, help="prompt-lookup draft tokens per verify (modes with lookup)")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--bases", default="fp32,int4")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--train-only", action="store_true", help="stop after training (with --heads-dir: saved)")
+    ap.add_argument("--heads-dir", default=None, help="save trained models here / load them when present")
     args = ap.parse_args()
     modes = args.modes.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = zoo.load("smollm2-135m")
     example = (torch.zeros(1, 8, dtype=torch.long),)
-    train_prompts = evaluate.token_ids(tok, "calib", n=args.train_prompts, seq=args.prompt_tokens)
+    train_prompts = prompt_ids(tok, n=args.train_prompts, prompt_tokens=args.prompt_tokens)
     eval_prompts = evaluate.token_ids(tok, "eval", n=args.prompts, seq=args.prompt_tokens)
     results = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, loadavg at start {os.getloadavg()}",
                "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args), "bases": {}}
@@ -64,24 +74,40 @@ def main():
         pipe = FP32 if base == "fp32" else INT4
         c0 = time.process_time()
         plain = slimgraph.optimize(model, example, target="torch", pipeline=pipe)
-        medusa = slimgraph.optimize(model, example, target="torch",
-                                    pipeline=pipe + f",insert-draft-heads{{num_heads={args.heads}}}")
-        eagle = slimgraph.optimize(model, example, target="torch",
-                                   pipeline=pipe + f",insert-draft-heads{{num_heads={args.eagle_steps},kind=eagle}}")
-        print(base, f"compiled 3 graphs in {time.process_time() - c0:.0f} CPU s", flush=True)
-        t0, c0 = time.perf_counter(), time.process_time()
-        data = self_distillation_data(medusa, train_prompts, args.train_new, progress=False)
-        data_s, data_cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(base, f"self-distillation data {tuple(data[0].shape)}: {data_s:.0f} s wall / {data_cpu:.0f} s CPU",
-              "loadavg", os.getloadavg(), flush=True)
-        info = {"pipeline": pipe, "data_s": data_s, "data_cpu_s": data_cpu, "loadavg_train_start": os.getloadavg()}
-        for name, c in (("medusa", medusa), ("eagle", eagle)):
-            rep = slimgraph.train_draft_heads(c, prompts=train_prompts, data=data, steps=10**9, seed=0,
-                                              time_budget_s=args.train_s, cpu_budget_s=args.train_cpu_s,
-                                              progress=False)
-            print(base, name, rep, flush=True)
-            info[name] = {"training": str(rep), "heldout_top1": rep.heldout_top1, "steps": rep.steps,
-                          "train_s": rep.seconds, "train_cpu_s": rep.cpu_seconds}
+        saved = {k: os.path.join(args.heads_dir, f"{base}-{k}") for k in ("medusa", "eagle")} if args.heads_dir else {}
+        info = {"pipeline": pipe}
+        if saved and all(os.path.exists(v) for v in saved.values()):
+            medusa, eagle = slimgraph.load(saved["medusa"]), slimgraph.load(saved["eagle"])
+            with open(os.path.join(args.heads_dir, f"{base}-training.json")) as f:
+                info.update(json.load(f))
+            print(base, "loaded trained heads from", args.heads_dir, flush=True)
+        else:
+            medusa = slimgraph.optimize(model, example, target="torch",
+                                        pipeline=pipe + f",insert-draft-heads{{num_heads={args.heads}}}")
+            eagle = slimgraph.optimize(model, example, target="torch",
+                                       pipeline=pipe + f",insert-draft-heads{{num_heads={args.eagle_steps},kind=eagle}}")
+            print(base, f"compiled 3 graphs in {time.process_time() - c0:.0f} CPU s", flush=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            data = self_distillation_data(medusa, train_prompts, args.train_new, progress=False)
+            data_s, data_cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(base, f"self-distillation data {tuple(data[0].shape)}: {data_s:.0f} s wall / {data_cpu:.0f} s CPU",
+                  "loadavg", os.getloadavg(), flush=True)
+            info.update({"data_s": data_s, "data_cpu_s": data_cpu, "loadavg_train_start": os.getloadavg()})
+            for name, c in (("medusa", medusa), ("eagle", eagle)):
+                rep = slimgraph.train_draft_heads(c, prompts=train_prompts, data=data, steps=10**9, seed=0,
+                                                  time_budget_s=args.train_s, cpu_budget_s=args.train_cpu_s,
+                                                  progress=False)
+                print(base, name, rep, flush=True)
+                info[name] = {"training": str(rep), "heldout_top1": rep.heldout_top1, "steps": rep.steps,
+                              "train_s": rep.seconds, "train_cpu_s": rep.cpu_seconds}
+            if saved:
+                os.makedirs(args.heads_dir, exist_ok=True)
+                medusa.save(saved["medusa"])
+                eagle.save(saved["eagle"])
+                with open(os.path.join(args.heads_dir, f"{base}-training.json"), "w") as f:
+                    json.dump(info, f, indent=1)
+        if args.train_only:
+            continue
         info["verify_cost"] = verify_cost(plain, eval_prompts[0][None])
         info["loadavg_decode_start"] = os.getloadavg()
         print(base, "verify of k tokens / one decode step:", {k: round(v, 2) for k, v in info["verify_cost"].items()},
@@ -92,8 +118,12 @@ def main():
             outs = {}
             for mode in modes:
                 kind, _, how = mode.partition("-")
-                c = compiled[kind]
-                out = generate(c, p[None], args.new, eos_token_id=None, speculative=how or False)
+                how, plus, _ = how.partition("+")
+                if kind == "lookup":          # prompt lookup alone, on the base without heads
+                    c, spec, lookup = plain, "chain", args.lookup
+                else:
+                    c, spec, lookup = compiled[kind], how or False, args.lookup if plus else 0
+                out = generate(c, p[None], args.new, eos_token_id=None, speculative=spec, lookup=lookup)
                 st = c.last_generate_stats
                 outs[mode] = out
                 r = rows[mode]

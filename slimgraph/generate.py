@@ -48,7 +48,7 @@ class GenerateError(ValueError):
 def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, eos_token_id=None, streamer=None,
              generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
-             speculative=None, tree=None) -> torch.Tensor:
+             speculative=None, tree=None, lookup: int = 0) -> torch.Tensor:
     """Return prompt + new token ids ([batch, prompt + n], n <= max_new_tokens), like HF generate.
 
     `attention_mask` [batch, prompt] (1 = token, 0 = left pad) lets prompts of different lengths share
@@ -65,15 +65,19 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     slimgraph.speculative.DEFAULT_TREE) ask for it; False never. Greedy: the output is the greedy output
     either way. Sampling (chain): the rejection rule keeps the distribution of plain sampling
     (slimgraph/speculative.py).
+    `lookup`: up to this many tokens per verify drafted by prompt lookup (slimgraph.speculative.NgramIndex:
+    what followed the last earlier occurrence of the context's final n-gram), one more candidate branch
+    beside the heads' (greedy, batch 1); on a model without draft heads, the only draft (no training).
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
-    mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask)
+    mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup)
     if mode is not None:
         sample = (lambda lg: _probs(lg, temperature, top_k), generator) if do_sample else None
         if input_ids.shape[0] > 1 or attention_mask is not None:
             return _generate_speculative_batch(compiled, input_ids, max_new_tokens, attention_mask, eos_token_id,
                                                streamer, sample)
-        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample)
+        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample,
+                                     lookup)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     batch, prompt_len = input_ids.shape
     ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
@@ -111,10 +115,22 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     return ids[:, :prompt_len + n].contiguous()  # a copy only when stopped early with batch > 1
 
 
-def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask):
+def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0):
     from .speculative import num_heads
+    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+        raise GenerateError(f"generate(): lookup={lookup!r}; give the number of prompt-lookup draft tokens "
+                            f"per verify (an int >= 0, e.g. 8; 0 = off)")
+    if lookup:
+        if speculative is False:
+            raise GenerateError("generate(): lookup drafting is speculative decoding; drop speculative=False")
+        if do_sample:
+            raise GenerateError("generate(): lookup drafting is greedy only; use do_sample=False or lookup=0")
+        if input_ids.shape[0] != 1 or attention_mask is not None:
+            raise GenerateError(f"generate(): lookup drafting runs one prompt (batch 1, no attention_mask), got "
+                                f"batch {input_ids.shape[0]}")
     if speculative is None:
-        plain = input_ids.shape[0] != 1 or attention_mask is not None or not num_heads(compiled.graph)
+        plain = (input_ids.shape[0] != 1 or attention_mask is not None
+                 or not (num_heads(compiled.graph) or lookup))
         return None if plain else "chain"
     if speculative is False:
         return None
@@ -127,13 +143,15 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     if mode == "tree" and (input_ids.shape[0] != 1 or attention_mask is not None):
         raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no attention_mask), got "
                             f"batch {input_ids.shape[0]}; a batch verifies chains: use speculative='chain'")
-    if not num_heads(compiled.graph):
+    if not num_heads(compiled.graph) and not (lookup and mode == "chain"):
         raise GenerateError("generate(): speculative decoding needs draft heads: compile with a pipeline "
-                            "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)")
+                            "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)"
+                            + ("" if mode == "tree" else ", or draft by prompt lookup (lookup=8)"))
     return mode
 
 
-def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample=None):
+def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample=None,
+                          lookup=0):
     from . import speculative
     eos = _eos_tensor(eos_token_id, input_ids.device)
     if streamer is not None:
@@ -144,13 +162,14 @@ def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_t
         dec = compiled.decoder(1)
         try:
             new, verifies, t1 = speculative.run(dec, input_ids, max_new_tokens, mode=mode, tree=tree, eos=eos,
-                                                on_token=put, sample=sample)
+                                                on_token=put, sample=sample, lookup=lookup)
         except speculative.SpeculativeError as e:
             raise GenerateError(f"generate(): {e}") from None
         t2 = time.perf_counter()
     if streamer is not None:
         streamer.end()
-    compiled.last_generate_stats = GenerateStats(input_ids.shape[1], len(new), t1 - t0, t2 - t1, verifies, mode)
+    compiled.last_generate_stats = GenerateStats(input_ids.shape[1], len(new), t1 - t0, t2 - t1, verifies,
+                                                 mode + ("+lookup" if lookup else ""))
     return torch.cat((input_ids, torch.tensor([new], dtype=torch.long, device=input_ids.device)), 1)
 
 

@@ -144,20 +144,101 @@ def drafter_for(graph):
     return DRAFTERS[kind](graph)
 
 
+class NgramIndex:
+    """Prompt lookup decoding (Saxena 2023, "Prompt Lookup Decoding", github.com/apoorvumang/prompt-lookup-
+    decoding; llama.cpp's `lookup` example): the draft is what followed the most recent earlier occurrence
+    of the context's longest suffix n-gram (n = `nmax` down to `nmin`). No training and no extra forward:
+    it finds the repeats (names, code, lists, and the loops small models fall into) that draft heads,
+    which see only the last hidden state, guess poorly. O(nmax) per token (a dict from n-gram to the
+    position after its most recent occurrence)."""
+
+    def __init__(self, tokens=(), nmax: int = 3, nmin: int = 1):
+        if not 1 <= nmin <= nmax:
+            raise SpeculativeError(f"lookup n-gram sizes: need 1 <= nmin <= nmax, got nmin={nmin}, nmax={nmax}")
+        self.nmax, self.nmin = nmax, nmin
+        self.tokens: list[int] = []
+        self.after: dict[tuple, int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens) -> None:
+        for tok in tokens:
+            i = len(self.tokens)
+            for n in range(self.nmin, min(self.nmax, i) + 1):   # the n-grams ending at i - 1 now have a follower
+                self.after[tuple(self.tokens[i - n:i])] = i
+            self.tokens.append(int(tok))
+
+    def draft(self, k: int) -> list[int]:
+        """Up to k tokens (fewer, or none, when no suffix n-gram occurred before)."""
+        for n in range(min(self.nmax, len(self.tokens)), self.nmin - 1, -1):
+            start = self.after.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start:start + k]
+        return []
+
+
+class Candidates:
+    """One verify's candidate nodes: ids [token, ...], parent (-1 for node 0), depth; `mask` [n, n] (each
+    node sees its ancestors) or None for a chain. Built from a draft tree and extra token chains merged
+    into it as a trie (a chain that starts like a tree path shares its nodes)."""
+
+    def __init__(self, token: int, tree: Tree | None = None, tree_ids=(), chains=()):
+        self.ids, self.parent, self.depth = [int(token)], [-1], [0]
+        children: dict[tuple, int] = {}
+        if tree is not None:
+            for i, tok in enumerate(tree_ids, start=1):
+                self._add(int(tok), tree.parent[i], children)
+        for seq in chains:
+            node = 0
+            for tok in seq:
+                node = children.get((node, int(tok))) or self._add(int(tok), node, children)
+        n = len(self.ids)
+        self.is_chain = all(self.parent[i] == i - 1 for i in range(1, n))
+        self.mask = None
+        if not self.is_chain:
+            self.mask = torch.eye(n, dtype=torch.bool)
+            for i in range(n):
+                j = self.parent[i]
+                while j >= 0:
+                    self.mask[i, j], j = True, self.parent[j]
+
+    def _add(self, tok, parent, children) -> int:
+        self.ids.append(tok)
+        self.parent.append(parent)
+        self.depth.append(self.depth[parent] + 1)
+        children.setdefault((parent, tok), len(self.ids) - 1)
+        return len(self.ids) - 1
+
+    def accepted_path(self, base: list[int]) -> list[int]:
+        """The deepest node whose every ancestor's argmax (`base`, one per node) chose it, as the node path."""
+        ok = [True] + [False] * (len(self.ids) - 1)
+        for i in range(1, len(self.ids)):                # parents come before their children
+            ok[i] = ok[self.parent[i]] and self.ids[i] == base[self.parent[i]]
+        best = max((i for i in range(len(self.ids)) if ok[i]), key=lambda i: (self.depth[i], -i))
+        path = []
+        while best >= 0:
+            path.append(best)
+            best = self.parent[best]
+        return path[::-1]
+
+
 def chain(depth: int) -> Tree:
     return Tree([(0,) * d for d in range(1, depth + 1)], depth)
 
 
 def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=None, eos=None, on_token=None,
-        sample=None):
+        sample=None, lookup: int = 0):
     """Speculative decoding for one prompt [1, p]; returns (new tokens list, verifies, prefill end time).
     `on_token(token)` is called for each emitted token (streaming). `sample`: None (greedy) or
     (warp, generator) with warp(logits [m, vocab]) -> probabilities [m, vocab] (temperature, top-k):
     then a chain is drafted by sampling and verified with the rejection rule (Leviathan et al. 2023,
-    arXiv:2211.17192, Algorithm 1; Chen et al. 2023, arXiv:2302.01318), which keeps the distribution."""
+    arXiv:2211.17192, Algorithm 1; Chen et al. 2023, arXiv:2302.01318), which keeps the distribution.
+    `lookup` > 0 (greedy): up to that many tokens drafted by prompt lookup (NgramIndex) join the heads'
+    candidates as one more branch (merged where they agree); with no draft heads they are the only draft."""
     import time
-    drafter = drafter_for(dec.graph)
-    k = drafter.depth
+    if lookup and sample is not None:
+        raise SpeculativeError("lookup drafting is greedy only (do_sample=False)")
+    drafter = drafter_for(dec.graph) if num_heads(dec.graph) or not lookup else None
+    k = drafter.depth if drafter is not None else 0
     t = None
     if mode == "tree":
         if sample is not None:
@@ -186,7 +267,9 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         return new, verifies, t_prefill
     if emit(token):
         return new, verifies, t_prefill
-    drafter.start(input_ids[0].tolist(), out, token)
+    ngrams = NgramIndex([*input_ids[0].tolist(), token]) if lookup else None
+    if drafter is not None:
+        drafter.start(input_ids[0].tolist(), out, token)
     while True:
         room = max_new_tokens - len(new)                 # tokens still allowed; a verify emits <= its length
         if sample is not None:
@@ -196,31 +279,21 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
             if tt is None:
                 depth = min(k, room - 1)
                 tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
-            cands = torch.tensor([[token, *(drafter.draft_tree(tt) if tt is not None else [])]], dtype=torch.long)
-            res = dec.verify(cands, tree_mask=None if t is None else t.mask)
+            c = Candidates(token, tt, drafter.draft_tree(tt) if tt is not None else (),
+                           [ngrams.draft(min(lookup, room - 1))] if ngrams is not None and room > 1 else ())
+            res = dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask)
             base = res["logits"][0].argmax(-1).tolist()
-            if tt is None:
-                best, path = 0, [0]
-            else:
-                ok = [True] + [False] * (len(tt.paths) - 1)
-                for i in range(1, len(tt.paths)):        # nodes are sorted by depth: parents come first
-                    ok[i] = ok[tt.parent[i]] and int(cands[0, i]) == base[tt.parent[i]]
-                best = max((i for i in range(len(tt.paths)) if ok[i]), key=lambda i: (len(tt.paths[i]), -i))
-                path, j = [], best
-                while j >= 0:
-                    path.append(j)
-                    j = tt.parent[j]
-                path.reverse()
-            if len(path) > room:                    # never emit past max_new_tokens
-                path = path[:room]
-                best = path[-1]
-            kept = [int(cands[0, i]) for i in path[1:]] + [base[best]]
+            path = c.accepted_path(base)[:room]          # never emit past max_new_tokens
+            kept = [c.ids[i] for i in path[1:]] + [base[path[-1]]]
         verifies += 1
         dec.accept(path=path)
         for tok in kept:
             if emit(tok):
                 return new, verifies, t_prefill
-        drafter.accepted(res, path, kept)
+        if ngrams is not None:
+            ngrams.extend(kept)
+        if drafter is not None:
+            drafter.accepted(res, path, kept)
         token = kept[-1]
 
 

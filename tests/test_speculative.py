@@ -330,3 +330,78 @@ def test_eagle_reads_a_quantized_embedding_table():
     ids = next(v for v in c.graph.inputs if v.name == "input_ids")
     assert [n.op for n in ids.users] == ["qembedding"]
     torch.testing.assert_close(embedding_table(c.graph), m.model.embed_tokens.weight.detach(), rtol=0, atol=2e-3)
+
+
+# --- prompt lookup drafting (slimgraph.speculative.NgramIndex) ---------------------------------------------
+
+def test_ngram_index_drafts_what_followed_the_last_occurrence_of_the_longest_suffix():
+    from slimgraph.speculative import NgramIndex
+    idx = NgramIndex([5, 6, 7, 8, 9, 1, 6, 7, 2, 6, 7], nmax=3)
+    assert idx.draft(3) == [2, 6, 7]          # suffix (6, 7): most recent earlier occurrence is followed by 2
+    idx.extend([8])                           # suffix (6, 7, 8) occurred once, followed by 9 1 6
+    assert idx.draft(3) == [9, 1, 6]
+    assert idx.draft(10) == [9, 1, 6, 7, 2, 6, 7, 8]   # runs to the end of the context
+    assert NgramIndex([1, 2, 3]).draft(4) == []        # no suffix n-gram occurred before
+    assert NgramIndex([4, 4]).draft(2) == [4]          # a 1-gram: token 4 was followed by 4
+    with pytest.raises(Exception, match="nmin <= nmax"):
+        NgramIndex([], nmax=1, nmin=2)
+
+
+def test_candidates_merge_a_lookup_chain_into_the_tree_as_a_trie():
+    from slimgraph.speculative import Candidates, Tree
+    tree = Tree([(0,), (1,), (0, 0)], heads=2)          # nodes: 0, (0,), (1,), (0, 0)
+    c = Candidates(10, tree, [11, 12, 13], chains=[[11, 13, 14]])   # shares (0,) and (0, 0), adds one node
+    assert c.ids == [10, 11, 12, 13, 14] and c.parent == [-1, 0, 0, 1, 3] and c.depth == [0, 1, 1, 2, 3]
+    assert c.mask[4].tolist() == [True, True, False, True, True]    # node 4 sees its ancestors only
+    # base argmax per node: after 10 -> 11, after 11 -> 13, after 13 -> 14, after 14 -> 99: all accepted
+    assert c.accepted_path([11, 13, 0, 14, 99]) == [0, 1, 3, 4]
+    assert c.accepted_path([12, 0, 0, 0, 0]) == [0, 2]
+    chain_only = Candidates(10, None, (), chains=[[1, 2, 3]])
+    assert chain_only.is_chain and chain_only.mask is None and chain_only.ids == [10, 1, 2, 3]
+
+
+def repetitive_prompt():
+    return torch.tensor([[7, 8, 9, 10, 11, 7, 8, 9, 10, 11, 7, 8, 9, 10, 11, 7, 8]])
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+def test_lookup_alone_needs_no_heads_and_keeps_the_greedy_output(target):
+    c = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target=target,
+                           pipeline="canonicalize")
+    for p in [repetitive_prompt(), *prompts(2)[:, None]]:
+        want = generate(c, p, 24)
+        got = generate(c, p, 24, lookup=6)
+        assert torch.equal(got, want)
+        st = c.last_generate_stats
+        assert st.speculative == "chain+lookup" and st.new_tokens == 24 and 1.0 <= st.mean_acceptance <= 7
+    # a tiny random model's greedy output repeats: lookup must have accepted drafts somewhere
+    accs = []
+    for p in [repetitive_prompt(), *prompts(3, seed=4)[:, None]]:
+        generate(c, p, 32, lookup=6)
+        accs.append(c.last_generate_stats.mean_acceptance)
+    assert max(accs) > 1.5, accs
+
+
+def test_lookup_joins_the_heads_chain_and_tree_and_keeps_the_greedy_output(random_heads):
+    for p in [repetitive_prompt(), *prompts(2, seed=3)[:, None]]:
+        want = generate(random_heads, p, 24, speculative=False)
+        for mode in ("chain", "tree"):
+            got = generate(random_heads, p, 24, speculative=mode, lookup=5)
+            assert torch.equal(got, want), mode
+            assert random_heads.last_generate_stats.speculative == mode + "+lookup"
+
+
+def test_lookup_errors_name_the_fix():
+    c = compile_("reference")
+    with pytest.raises(GenerateError, match="batch 1"):
+        generate(c, prompts(2), 4, lookup=4)
+    with pytest.raises(GenerateError, match="greedy only"):
+        generate(c, prompts(1), 4, lookup=4, do_sample=True)
+    with pytest.raises(GenerateError, match="int >= 0"):
+        generate(c, prompts(1), 4, lookup=-1)
+    with pytest.raises(GenerateError, match="drop speculative=False"):
+        generate(c, prompts(1), 4, lookup=4, speculative=False)
+    plain = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                               pipeline="canonicalize")
+    with pytest.raises(GenerateError, match="lookup=8"):
+        generate(plain, prompts(1), 4, speculative="chain")
