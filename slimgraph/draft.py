@@ -182,12 +182,10 @@ def self_distillation_data(compiled, prompts: torch.Tensor, new_tokens: int, *, 
     for i in range(0, len(prompts), gen_batch):
         chunk = prompts[i:i + gen_batch]
         s = generate(compiled, chunk, new_tokens, eos_token_id=None, speculative=False)
-        dec = compiled.decoder(batch=1)
-        for row in s:
-            with torch.inference_mode():
-                hidden.append(dec.prefill(row[None])["hidden_states"][0].float().clone())
-            if bar is not None:
-                bar.update(1)
+        with torch.inference_mode():            # one batched forward over the chunk's sequences (equal lengths)
+            hidden.extend(compiled.decoder(batch=len(s)).prefill(s)["hidden_states"].float().clone().unbind(0))
+        if bar is not None:
+            bar.update(len(s))
         seqs.append(s)
     if bar is not None:
         bar.close()
