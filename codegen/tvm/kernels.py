@@ -5,6 +5,7 @@ symmetric int4 has the implied zero point 8, int8 zero 0).
 
     dequantize_te(qweight, scales, zeros, bits, group, dtype)   # te.Tensor [out, in]
     qlinear(lw, node, x, qweight, scales, zeros, bias, bits, group)   # Relax expr: linear(x, W) (+ bias)
+    qembedding(lw, node, ids, qweight, scales, zeros, bits, group, dtype)   # the looked-up rows, unpacked
 """
 from __future__ import annotations
 from tvm import te, tirx
@@ -21,7 +22,7 @@ def _code(qweight, bits, o, i):
 
 def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "float32"):
     """W[o, i] = (q[o, i] - zero[o, i // g]) * scale[o, i // g] as a TE compute (ir/quant_format.py)."""
-    out = int(qweight.shape[0])
+    out = qweight.shape[0]   # static for a weight, symbolic for qembedding's looked-up rows
     k = int(qweight.shape[1]) * (2 if bits == 4 else 1)
     g = Q.group_size(group, k)
     implied = Q.implied_zero(bits)
@@ -88,6 +89,54 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
     return int4_gemv
 
 
+def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
+    """The int8 kernel takes f32 activations and groups (or whole rows, group=0) of a multiple of 16 columns."""
+    g = Q.group_size(group, k)
+    return bits == 8 and dtype == "float32" and k % g == 0 and g % LANES == 0
+
+
+def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
+    """y[m, o] = sum_k x[m, k] * (q[o, k] - zero[o, k // g]) * scale[o, k // g] for int8 q [n, k]
+    (ir/quant_format.py; symmetric int8 has zero 0). Two LANES-wide f32 accumulators per output row (two
+    independent FMA chains), codes widened and scaled in registers; outputs outer and parallel."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng = k // g
+    jo_n = g // LANES
+    nc = 2 if jo_n % 2 == 0 else 1
+    has_zero = zero_dtype is not None
+    zshape = (n, ng) if has_zero else (1, 1)
+    zdt = zero_dtype or "int8"
+
+    @T.prim_func(private=True)
+    def int8_gemv(x_h: T.handle, qw: T.Buffer((n, k), "int8"), sc: T.Buffer((n, ng), scale_dtype),
+                  zp: T.Buffer(zshape, zdt), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for o in T.parallel(n):
+            for m in range(m_n):
+                acc = T.decl_buffer((nc, LANES), "float32", scope="local")
+                for c in T.unroll(nc):
+                    for l in T.vectorized(LANES):
+                        acc[c, l] = T.float32(0)
+                for gi in range(ng):
+                    for jo in range(jo_n // nc):
+                        for c in T.unroll(nc):
+                            for l in T.vectorized(LANES):
+                                acc[c, l] = acc[c, l] + T.Cast("float32", T.Cast("int32", qw[o, gi * g + (jo * nc + c) * LANES + l])
+                                                                - (T.Cast("int32", zp[o, gi]) if has_zero else 0)) \
+                                    * T.Cast("float32", sc[o, gi]) * x[m, gi * g + (jo * nc + c) * LANES + l]
+                for c in range(1, nc):
+                    for l in T.vectorized(LANES):
+                        acc[0, l] = acc[0, l] + acc[c, l]
+                for l in range(1, LANES):
+                    acc[0, 0] = acc[0, 0] + acc[0, l]
+                y[m, o] = acc[0, 0]
+    return int8_gemv
+
+
 def make_f32_gemv(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
     and parallel, rows of x inner (a weight row is read once per call)."""
@@ -142,8 +191,8 @@ def split_groups(x, k: int, g: int):
 
 
 def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
-    """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 with f32 activations: the int4 GEMV kernel
-    (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
+    """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 or int8 with f32 activations: the int4 or
+    int8 GEMV kernel (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
     from tvm.relax import op as R
     from .module import tvm_dtype
     from .relax_lower import _dtype, linear
@@ -162,6 +211,14 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         func = make_int4_gemv(n, k, g, sdt, zdt)
         y = _call_rows(lw, xs, k, n, func, [qweight, scales, zp], f"int4_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
         return R.add(y, bias) if bias is not None else y
+    if int8_gemv_ok(bits, group, k, dt):
+        g = Q.group_size(group, k)
+        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
+        sdt = tvm_dtype(node.inputs[2].type.dtype)
+        zp = zeros if zeros is not None else lw.const([[0]], "i8")
+        func = make_int8_gemv(n, k, g, sdt, zdt)
+        y = _call_rows(lw, lw.bb.normalize(x), k, n, func, [qweight, scales, zp], f"int8_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
+        return R.add(y, bias) if bias is not None else y
     w = lw.bb.emit_te(dequantize_te, qweight, scales, zeros, bits, group, dt, primfunc_name_hint="dequantize")
     return linear(x, w, bias)
 
@@ -172,3 +229,20 @@ def f32_linear(lw, node, x, w, bias):
     n, k = node.inputs[1].type.shape
     y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_gemv(n, k), [w], f"f32_gemv_{n}x{k}")
     return R.add(y, bias) if bias is not None else y
+
+
+def qembedding(lw, node, ids, qweight, scales, zeros, bits: int, group: int, dtype: str):
+    """embedding(dequantize(qweight, scales, zeros), ids): the rows of `ids` are taken from the packed
+    table (and its scales/zeros), then only they are unpacked (ir/opset/quant.py qembedding)."""
+    from tvm import relax
+    from tvm.relax import op as R
+    shape = lw.shape(node.inputs[0])
+    n = 1
+    for d in shape:
+        n = n * d
+    flat = R.reshape(ids, relax.ShapeExpr([n]))
+    rows = [lw.bb.emit(R.take(t, flat, axis=0, mode="clip")) for t in (qweight, scales)]
+    z = lw.bb.emit(R.take(zeros, flat, axis=0, mode="clip")) if zeros is not None else None
+    w = lw.bb.emit_te(dequantize_te, rows[0], rows[1], z, bits, group, dtype, primfunc_name_hint="dequantize_rows")
+    k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
+    return R.reshape(w, relax.ShapeExpr([*shape, k]))

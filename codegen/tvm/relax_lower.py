@@ -434,3 +434,11 @@ def _qlinear(lw, node, args):
         else:
             bias = arg
     return qlinear(lw, node, x, qw, scales, zeros, bias, a["bits"], a["group"])
+
+
+@lowering("cpu", "qembedding")
+def _qembedding(lw, node, args):
+    from .kernels import qembedding
+    a = node.attrs
+    zeros = args[3] if len(args) > 3 else None
+    return qembedding(lw, node, args[0], args[1], args[2], zeros, a["bits"], a["group"], tvm_dtype(a["dtype"]))

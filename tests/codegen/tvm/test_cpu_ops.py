@@ -99,8 +99,41 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     run = assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),),
                          seqs=(1, 3))
     source = run.products.read_bytes("cpu_module.relax.py").decode()
-    assert ("int4_gemv" in source) == (bits == 4)   # int4: the kernel that unpacks in registers
-    assert ("dequantize" in source) == (bits == 8)  # int8: dequantize + matmul
+    assert ("int4_gemv" in source) == (bits == 4)   # int4 and int8: the kernels that unpack in registers
+    assert ("int8_gemv" in source) == (bits == 8)
+    assert "dequantize" not in source
+
+
+@pytest.mark.parametrize("n,k,group,sym", [(37, 48, 16, True), (5, 64, 0, False), (33, 96, 32, False),
+                                           (16, 80, 0, True)])
+def test_int8_gemv_odd_shapes(n, k, group, sym):
+    """The int8 GEMV kernel (odd output counts, one or two accumulator chains, per-row and grouped scales,
+    with and without zero points) against the reference qlinear, rows of x 1 and 4."""
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("batch", k)))
+    gen = torch.Generator().manual_seed(n * k)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)))])
+    get_pass("quantize-weights")(bits=8, group=group, sym=sym).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4))
+    assert "int8_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
+
+
+@pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (4, 32, True)])
+def test_qembedding_matches_reference(bits, group, sym):
+    """A tied head quantized with include=[...]: its embedding lookup (qembedding: only the looked-up rows
+    are unpacked) and the head's qlinear match the interpreter, ids of symbolic [batch, seq]."""
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    ids = g.add_input("ids", TensorType("i64", (2, "seq")))
+    w = g.add_weight("lm_head.weight", torch.randn(40, 32, generator=torch.Generator().manual_seed(3)))
+    h = g.op("embedding", w, ids)
+    g.set_outputs([g.op("linear", g.op("tanh", h), w)])
+    get_pass("quantize-weights")(bits=bits, group=group, sym=sym, include=["lm_head.weight"]).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    assert "qembedding" in g.op_counts()
+    assert_matches(g, lambda n: (torch.randint(0, 40, (2, n), generator=torch.Generator().manual_seed(n)),))
 
 
 def test_dequantize_matches_reference():
