@@ -246,3 +246,122 @@ def qembedding(lw, node, ids, qweight, scales, zeros, bits: int, group: int, dty
     w = lw.bb.emit_te(dequantize_te, rows[0], rows[1], z, bits, group, dtype, primfunc_name_hint="dequantize_rows")
     k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
     return R.reshape(w, relax.ShapeExpr([*shape, k]))
+
+
+def _lanes(d: int) -> int:
+    return next(w for w in (LANES, 8, 4, 2, 1) if d % w == 0)
+
+
+def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
+                   mask_dtype: str | None, mask_batch: bool):
+    """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j] in one
+    pass over the keys (online softmax: a running max and sum, the output row rescaled when the max grows),
+    as ir/opset/nn.py attention. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
+    masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq, lk] is bool (keep) or float
+    (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
+    all masked gives 0/0 = NaN, like the reference's softmax of -inf."""
+    from tvm.script import tirx as T
+    lanes = _lanes(d)
+    dn = d // lanes
+    rep = hq // hk
+    has_mask = mask_dtype is not None
+    mdt = mask_dtype or "bool"
+    bool_mask = mdt == "bool"
+    lowest = -3.4028234663852886e38
+
+    def keep(mask, bi, i, j, lq, lk):
+        diag = i + lk - lq
+        c = T.bool(True)
+        if causal:
+            c = T.And(c, j <= diag)
+        if window:
+            w = diag - j <= T.int64(window)
+            if sinks:
+                w = T.Or(w, j < T.int64(sinks))
+            c = T.And(c, w)
+        if has_mask and bool_mask:
+            c = T.And(c, mask[bi if mask_batch else 0, 0, i, j])
+        return c
+
+    def madd(mask, bi, i, j):
+        if has_mask and not bool_mask:
+            return T.Cast("float32", mask[bi if mask_batch else 0, 0, i, j])
+        return T.float32(0)
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, o_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b, lq, lk, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        q = T.match_buffer(q_h, (b, hq, lq, d), "float32")
+        k = T.match_buffer(k_h, (b, hk, lk, d), "float32")
+        v = T.match_buffer(v_h, (b, hk, lk, d), "float32")
+        mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
+        o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
+        for bh in T.parallel(b * hq):
+            for i in range(lq):
+                acc = T.decl_buffer((d,), "float32", scope="local")
+                dot = T.decl_buffer((lanes,), "float32", scope="local")
+                st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
+                for e in T.vectorized(d):
+                    acc[e] = T.float32(0)
+                st[0] = T.float32(lowest)
+                st[1] = T.float32(0)
+                for j in range(lk):
+                    if keep(mask, bh // hq, i, j, lq, lk):
+                        for l in T.vectorized(lanes):
+                            dot[l] = T.float32(0)
+                        for c in range(dn):
+                            for l in T.vectorized(lanes):
+                                dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
+                                    k[bh // hq, bh % hq // rep, j, c * lanes + l]
+                        for l in range(1, lanes):
+                            dot[0] = dot[0] + dot[l]
+                        st[2] = dot[0] * T.float32(scale) + madd(mask, bh // hq, i, j)
+                        st[3] = T.exp(st[0] - T.max(st[0], st[2]))
+                        st[0] = T.max(st[0], st[2])
+                        st[2] = T.exp(st[2] - st[0])
+                        st[1] = st[1] * st[3] + st[2]
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
+                for e in T.vectorized(d):
+                    o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+    return attention
+
+
+def attention_ok(node) -> bool:
+    """The fused kernel takes f32 q/k/v [b, heads, len, d] with static heads and d, and a mask that is absent
+    or [b or 1, 1, lq, lk]."""
+    q, k, v = (x.type for x in node.inputs[:3])
+    if not (q.rank == k.rank == v.rank == 4 and q.dtype == k.dtype == v.dtype == "f32"):
+        return False
+    hq, hk, d = q.shape[1], k.shape[1], q.shape[3]
+    if not all(isinstance(x, int) for x in (hq, hk, d)) or hk == 0 or hq % hk or k.shape[3] != d or v.shape[3] != d:
+        return False
+    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0] or k.shape[2] != v.shape[2]:
+        return False
+    if len(node.inputs) > 3:
+        m = node.inputs[3].type
+        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] != q.shape[2] or m.shape[3] != k.shape[2] \
+                or m.shape[0] not in (1, q.shape[0]):
+            return False
+    return True
+
+
+def attention(lw, node, q, k, v, mask):
+    """The fused attention kernel (make_attention) on Relax values; `attention_ok(node)` must hold."""
+    import math
+    from tvm import relax
+    from .module import tvm_dtype
+    a = node.attrs
+    qt, kt = node.inputs[0].type, node.inputs[1].type
+    hq, hk, d = qt.shape[1], kt.shape[1], qt.shape[3]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    mdt = tvm_dtype(node.inputs[3].type.dtype) if mask is not None else None
+    mb = mask is not None and node.inputs[3].type.shape[0] != 1
+    window, sinks = int(a["window"] or 0), int(a["sinks"] or 0) if a["window"] else 0
+    func = make_attention(hq, hk, d, float(scale), bool(a["causal"]), window, sinks, mdt, mb)
+    name = f"attention_{hq}x{hk}x{d}_c{int(bool(a['causal']))}_w{window}_s{sinks}_{mdt}{'_b' if mb else ''}"
+    gv = lw.kernel(name + "_" + float(scale).hex().replace(".", "_").replace("+", "").replace("-", "m"), func)
+    if mask is None:
+        mask = lw.const([[[[True]]]], "bool")
+    return relax.call_tir(gv, [q, k, v, mask], relax.TensorType(lw.shape(node.inputs[0]), "float32"))

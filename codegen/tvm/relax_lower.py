@@ -366,6 +366,9 @@ def _attention(lw, node, args):
     aranges over the (symbolic) query and key lengths; as ir/opset/nn.py attention."""
     q, k, v = args[:3]
     mask = args[3] if len(args) > 3 else None
+    from .kernels import attention, attention_ok
+    if attention_ok(node):   # one fused kernel: GQA, masks and softmax without intermediates
+        return attention(lw, node, q, k, v, mask)
     qt, kt = node.inputs[0].type, node.inputs[1].type
     rank = qt.rank
     heads, kv_heads = qt.shape[-3], kt.shape[-3]

@@ -2,6 +2,7 @@
 case of tests/codegen/test_torch_fx.py's op table at two sequence lengths (one compiled library, symbolic
 `seq`), f32 within 1e-4; quantized linear; a missing op or a missing tvm is a clear error."""
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -56,31 +57,37 @@ def test_op_matches_interpreter(op):
     assert_matches(g, CASES.std_inputs)
 
 
-@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window", [
-    (4, 2, 3, 7, True, None, 0), (4, 1, 1, 6, True, "bool", 0), (6, 3, 2, 5, False, "float", 0),
-    (2, 2, 5, 5, True, "bool", 2), (4, 2, 3, 9, True, None, 3),
+@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window,d,mb", [
+    (4, 2, 3, 7, True, None, 0, 8, 2), (4, 1, 1, 6, True, "bool", 0, 8, 2), (6, 3, 2, 5, False, "float", 0, 8, 2),
+    (2, 2, 5, 5, True, "bool", 2, 8, 2), (4, 2, 3, 9, True, None, 3, 8, 2),
+    (9, 3, 1, 11, True, "bool", 0, 64, 2), (3, 3, 2, 6, False, "float", 2, 20, 1), (6, 2, 4, 4, False, "bool", 0, 6, 1),
 ])
-def test_attention(hq, hk, lq, lk, causal, mask, window):
+def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb):
+    """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
+    of batch b or 1, head_dim a multiple of 16, 4 or 2 lanes) against the interpreter, decode (lq=1) and prefill."""
     g = ir.Graph()
-    q = g.add_input("q", TensorType("f32", (2, hq, "lq", 8)))
-    k = g.add_input("k", TensorType("f32", (2, hk, "lk", 8)))
-    v = g.add_input("v", TensorType("f32", (2, hk, "lk", 8)))
+    q = g.add_input("q", TensorType("f32", (2, hq, "lq", d)))
+    k = g.add_input("k", TensorType("f32", (2, hk, "lk", d)))
+    v = g.add_input("v", TensorType("f32", (2, hk, "lk", d)))
     ins = [q, k, v]
     if mask:
-        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (2, 1, "lq", "lk"))))
+        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (mb, 1, "lq", "lk"))))
     g.set_outputs([g.op("attention", *ins, causal=causal, window=window, sinks=1 if window else 0)])
 
     def make(extra):
         gen = torch.Generator().manual_seed(extra)
-        t = [torch.randn(2, h, n, 8, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
+        t = [torch.randn(2, h, n, d, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
         if mask == "bool":
-            m = torch.rand(2, 1, lq, lk + extra, generator=gen) > 0.3
+            m = torch.rand(mb, 1, lq, lk + extra, generator=gen) > 0.3
             m[..., 0] = True   # a row with every key masked is backend-defined in torch (NaN or 0)
             t.append(m)
         elif mask:
-            t.append(torch.randn(2, 1, lq, lk + extra, generator=gen))
+            m = torch.randn(mb, 1, lq, lk + extra, generator=gen)
+            m[..., 1] = -math.inf   # an additive -inf (a masked key) besides finite offsets
+            t.append(m)
         return tuple(t)
-    assert_matches(g, make, seqs=(0, 2))
+    run = assert_matches(g, make, seqs=(0, 2))
+    assert "attention_" in run.products.read_bytes("cpu_module.relax.py").decode()   # the fused kernel ran
 
 
 @pytest.mark.parametrize("bits,group,sym,bias", [(4, 32, True, False), (4, 16, False, True), (8, 0, True, True),
