@@ -35,6 +35,8 @@ def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "f
 
 
 LANES = 16   # f32 lanes of one AVX-512 register (two AVX2 ones): the accumulator width of the kernels
+ROWS = 16    # output rows per parallel task of the GEMV kernels: their scratch accumulators are allocated per
+             # task (TVM gives a parallel body's buffers a workspace allocation), not per row
 
 
 def int4_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
@@ -67,25 +69,27 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for o in T.parallel(n):
-            for m in range(m_n):
-                acc = T.decl_buffer((lanes,), "float32", scope="local")
-                for l in T.vectorized(lanes):
-                    acc[l] = T.float32(0)
-                for gi in range(ng):
-                    for jo in range(jo_n):
-                        for l in T.vectorized(lanes):
-                            # no let-bindings in this loop: TVM 0.27 vectorizes them wrongly
-                            acc[l] = acc[l] + T.Cast("float32", sc[o, gi]) * (
-                                (T.Cast("float32", T.bitwise_and(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 15))
-                                 - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
-                                * x[m, gi * g + jo * lanes + l]
-                                + (T.Cast("float32", T.shift_right(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 4))
-                                   - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
-                                * x[m, gi * g + hb + jo * lanes + l])
-                for l in range(1, lanes):
-                    acc[0] = acc[0] + acc[l]
-                y[m, o] = acc[0]
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((lanes,), "float32", scope="local")
+            for oi, m in T.grid(ROWS, m_n):
+                if oc * ROWS + oi < n:
+                    o = oc * ROWS + oi
+                    for l in T.vectorized(lanes):
+                        acc[l] = T.float32(0)
+                    for gi in range(ng):
+                        for jo in range(jo_n):
+                            for l in T.vectorized(lanes):
+                                # no let-bindings in this loop: TVM 0.27 vectorizes them wrongly
+                                acc[l] = acc[l] + T.Cast("float32", sc[o, gi]) * (
+                                    (T.Cast("float32", T.bitwise_and(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 15))
+                                     - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                    * x[m, gi * g + jo * lanes + l]
+                                    + (T.Cast("float32", T.shift_right(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 4))
+                                       - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                    * x[m, gi * g + hb + jo * lanes + l])
+                    for l in range(1, lanes):
+                        acc[0] = acc[0] + acc[l]
+                    y[m, o] = acc[0]
     return int4_gemv
 
 
@@ -115,25 +119,27 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for o in T.parallel(n):
-            for m in range(m_n):
-                acc = T.decl_buffer((nc, LANES), "float32", scope="local")
-                for c in T.unroll(nc):
-                    for l in T.vectorized(LANES):
-                        acc[c, l] = T.float32(0)
-                for gi in range(ng):
-                    for jo in range(jo_n // nc):
-                        for c in T.unroll(nc):
-                            for l in T.vectorized(LANES):
-                                acc[c, l] = acc[c, l] + T.Cast("float32", T.Cast("int32", qw[o, gi * g + (jo * nc + c) * LANES + l])
-                                                                - (T.Cast("int32", zp[o, gi]) if has_zero else 0)) \
-                                    * T.Cast("float32", sc[o, gi]) * x[m, gi * g + (jo * nc + c) * LANES + l]
-                for c in range(1, nc):
-                    for l in T.vectorized(LANES):
-                        acc[0, l] = acc[0, l] + acc[c, l]
-                for l in range(1, LANES):
-                    acc[0, 0] = acc[0, 0] + acc[0, l]
-                y[m, o] = acc[0, 0]
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((nc, LANES), "float32", scope="local")
+            for oi, m in T.grid(ROWS, m_n):
+                if oc * ROWS + oi < n:
+                    o = oc * ROWS + oi
+                    for c in T.unroll(nc):
+                        for l in T.vectorized(LANES):
+                            acc[c, l] = T.float32(0)
+                    for gi in range(ng):
+                        for jo in range(jo_n // nc):
+                            for c in T.unroll(nc):
+                                for l in T.vectorized(LANES):
+                                    acc[c, l] = acc[c, l] + T.Cast("float32", T.Cast("int32", qw[o, gi * g + (jo * nc + c) * LANES + l])
+                                                                    - (T.Cast("int32", zp[o, gi]) if has_zero else 0)) \
+                                        * T.Cast("float32", sc[o, gi]) * x[m, gi * g + (jo * nc + c) * LANES + l]
+                    for c in range(1, nc):
+                        for l in T.vectorized(LANES):
+                            acc[0, l] = acc[0, l] + acc[c, l]
+                    for l in range(1, LANES):
+                        acc[0, 0] = acc[0, 0] + acc[0, l]
+                    y[m, o] = acc[0, 0]
     return int8_gemv
 
 
@@ -150,17 +156,19 @@ def make_f32_gemv(n: int, k: int):
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for o in T.parallel(n):
-            for m in range(m_n):
-                acc = T.decl_buffer((lanes,), "float32", scope="local")
-                for l in T.vectorized(lanes):
-                    acc[l] = T.float32(0)
-                for ko in range(ko_n):
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((lanes,), "float32", scope="local")
+            for oi, m in T.grid(ROWS, m_n):
+                if oc * ROWS + oi < n:
+                    o = oc * ROWS + oi
                     for l in T.vectorized(lanes):
-                        acc[l] = acc[l] + x[m, ko * lanes + l] * w[o, ko * lanes + l]
-                for l in range(1, lanes):
-                    acc[0] = acc[0] + acc[l]
-                y[m, o] = acc[0]
+                        acc[l] = T.float32(0)
+                    for ko in range(ko_n):
+                        for l in T.vectorized(lanes):
+                            acc[l] = acc[l] + x[m, ko * lanes + l] * w[o, ko * lanes + l]
+                    for l in range(1, lanes):
+                        acc[0] = acc[0] + acc[l]
+                    y[m, o] = acc[0]
     return f32_gemv
 
 
@@ -298,10 +306,10 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
+            acc = T.decl_buffer((d,), "float32", scope="local")
+            dot = T.decl_buffer((lanes,), "float32", scope="local")
+            st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
             for i in range(lq):
-                acc = T.decl_buffer((d,), "float32", scope="local")
-                dot = T.decl_buffer((lanes,), "float32", scope="local")
-                st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
                 for e in T.vectorized(d):
                     acc[e] = T.float32(0)
                 st[0] = T.float32(lowest)

@@ -211,3 +211,22 @@ def test_random_graphs_match_the_interpreter(tmp_path, monkeypatch):
             assert r.dtype == o.dtype and r.shape == o.shape
             torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
     check()
+
+
+@pytest.mark.parametrize("bad", ["dtype", "rank", "symbol", "count"])
+def test_bad_inputs_get_the_interpreters_error(bad):
+    """The runner skips the per-call signature check (the VM checks shapes); a bad input still fails with the
+    interpreter's message naming the input, not a VM error."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 4)))
+    m = g.add_input("m", TensorType("f32", ("n", 4)))
+    g.set_outputs([g.op("add", x, m)])
+    run = get_target("cpu").compile(g)
+    good = (torch.randn(3, 4), torch.randn(3, 4))
+    torch.testing.assert_close(run(*good)[0], good[0] + good[1])
+    args = {"dtype": (torch.randn(3, 4).double(), good[1]), "rank": (torch.randn(3, 4, 1), good[1]),
+            "symbol": (good[0], torch.randn(2, 4)), "count": good[:1]}[bad]
+    match = {"dtype": "input %x expects dtype f32", "rank": "input %x expects rank 2", "symbol": "input %m expects shape",
+             "count": "takes 2 inputs"}[bad]
+    with pytest.raises(TypeError, match=match):
+        run(*args)
