@@ -6,8 +6,8 @@
 Semantics are the op registry's reference implementations (ir/opset/*.py), which tests compare against:
 torch type promotion (inputs cast to the IR result dtype before the Relax op, which wants equal dtypes),
 negative dims normalized, symbolic attributes through `lw.dim`. Composite ops (rms_norm, rope,
-attention, dequantize) are written as Relax op chains that TVM's FuseOps merges into few kernels;
-`qlinear` calls codegen/tvm/kernels.py.
+dequantize; attention outside the fused kernel's cases) are written as Relax op chains that TVM's FuseOps
+merges into few kernels; `qlinear`, `qembedding`, f32 `linear` and `attention` call codegen/tvm/kernels.py.
 """
 from __future__ import annotations
 import math
