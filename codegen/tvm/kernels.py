@@ -143,9 +143,13 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
     return int8_gemv
 
 
+MB = 4   # rows of x per step of the f32 kernel: MB independent FMA chains share each weight vector load
+
+
 def make_f32_gemv(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
-    and parallel, rows of x inner (a weight row is read once per call)."""
+    and parallel (ROWS per task), rows of x inner in blocks of MB (a weight row is read once per call, and
+    for prefill each weight vector feeds MB independent accumulators instead of one latency-bound chain)."""
     from tvm.script import tirx as T
     lanes = LANES if k % LANES == 0 else 8 if k % 8 == 0 else 1
     ko_n = k // lanes
@@ -157,18 +161,30 @@ def make_f32_gemv(n: int, k: int):
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((lanes,), "float32", scope="local")
-            for oi, m in T.grid(ROWS, m_n):
+            acc = T.decl_buffer((MB, lanes), "float32", scope="local")
+            for oi in range(ROWS):
                 if oc * ROWS + oi < n:
-                    o = oc * ROWS + oi
-                    for l in T.vectorized(lanes):
-                        acc[l] = T.float32(0)
-                    for ko in range(ko_n):
+                    for mo in range(m_n // MB):   # whole blocks of MB rows: no bounds test in the loop
+                        for mi in T.unroll(MB):
+                            for l in T.vectorized(lanes):
+                                acc[mi, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for mi in T.unroll(MB):
+                                for l in T.vectorized(lanes):
+                                    acc[mi, l] = acc[mi, l] + x[mo * MB + mi, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for mi in T.unroll(MB):
+                            for l in range(1, lanes):
+                                acc[mi, 0] = acc[mi, 0] + acc[mi, l]
+                            y[mo * MB + mi, oc * ROWS + oi] = acc[mi, 0]
+                    for m in range(m_n // MB * MB, m_n):   # the last m_n % MB rows (decode: the one row)
                         for l in T.vectorized(lanes):
-                            acc[l] = acc[l] + x[m, ko * lanes + l] * w[o, ko * lanes + l]
-                    for l in range(1, lanes):
-                        acc[0] = acc[0] + acc[l]
-                    y[m, o] = acc[0]
+                            acc[0, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for l in T.vectorized(lanes):
+                                acc[0, l] = acc[0, l] + x[m, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for l in range(1, lanes):
+                            acc[0, 0] = acc[0, 0] + acc[0, l]
+                        y[m, oc * ROWS + oi] = acc[0, 0]
     return f32_gemv
 
 

@@ -230,3 +230,16 @@ def test_bad_inputs_get_the_interpreters_error(bad):
              "count": "takes 2 inputs"}[bad]
     with pytest.raises(TypeError, match=match):
         run(*args)
+
+
+@pytest.mark.parametrize("n,k", [(37, 24), (16, 64), (5, 8)])
+def test_f32_gemv_odd_shapes(n, k):
+    """The f32 linear kernel: output counts that do not fill a task of 16 rows, 8- and 16-lane k, and rows of x
+    in whole blocks of 4, a remainder, or both (1, 4, 7 rows)."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", k)))
+    gen = torch.Generator().manual_seed(n + k)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)),
+                        g.add_weight("b", torch.randn(n, generator=gen)))])
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4, 7))
+    assert "f32_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
