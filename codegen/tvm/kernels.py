@@ -277,12 +277,12 @@ def _lanes(d: int) -> int:
 
 
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
-                   mask_dtype: str | None, mask_batch: bool):
+                   mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
     """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j] in one
     pass over the keys (online softmax: a running max and sum, the output row rescaled when the max grows),
     as ir/opset/nn.py attention. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
-    masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq, lk] is bool (keep) or float
-    (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
+    masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1, lk] is bool (keep) or
+    float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
     all masked gives 0/0 = NaN, like the reference's softmax of -inf."""
     from tvm.script import tirx as T
     lanes = _lanes(d)
@@ -304,12 +304,12 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                 w = T.Or(w, j < T.int64(sinks))
             c = T.And(c, w)
         if has_mask and bool_mask:
-            c = T.And(c, mask[bi if mask_batch else 0, 0, i, j])
+            c = T.And(c, mask[bi if mask_batch else 0, 0, i if mask_rows else 0, j])
         return c
 
     def madd(mask, bi, i, j):
         if has_mask and not bool_mask:
-            return T.Cast("float32", mask[bi if mask_batch else 0, 0, i, j])
+            return T.Cast("float32", mask[bi if mask_batch else 0, 0, i if mask_rows else 0, j])
         return T.float32(0)
 
     @T.prim_func(private=True)
@@ -354,7 +354,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
 
 def attention_ok(node) -> bool:
     """The fused kernel takes f32 q/k/v [b, heads, len, d] with static heads and d, and a mask that is absent
-    or [b or 1, 1, lq, lk]."""
+    or [b or 1, 1, lq or 1, lk]."""
     q, k, v = (x.type for x in node.inputs[:3])
     if not (q.rank == k.rank == v.rank == 4 and q.dtype == k.dtype == v.dtype == "f32"):
         return False
@@ -365,7 +365,7 @@ def attention_ok(node) -> bool:
         return False
     if len(node.inputs) > 3:
         m = node.inputs[3].type
-        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] != q.shape[2] or m.shape[3] != k.shape[2] \
+        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] not in (1, q.shape[2]) or m.shape[3] != k.shape[2] \
                 or m.shape[0] not in (1, q.shape[0]):
             return False
     return True
@@ -382,9 +382,10 @@ def attention(lw, node, q, k, v, mask):
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
     mdt = tvm_dtype(node.inputs[3].type.dtype) if mask is not None else None
     mb = mask is not None and node.inputs[3].type.shape[0] != 1
+    rows = mask is None or node.inputs[3].type.shape[2] != 1 or qt.shape[2] == 1
     window, sinks = int(a["window"] or 0), int(a["sinks"] or 0) if a["window"] else 0
-    func = make_attention(hq, hk, d, float(scale), bool(a["causal"]), window, sinks, mdt, mb)
-    name = f"attention_{hq}x{hk}x{d}_c{int(bool(a['causal']))}_w{window}_s{sinks}_{mdt}{'_b' if mb else ''}"
+    func = make_attention(hq, hk, d, float(scale), bool(a["causal"]), window, sinks, mdt, mb, rows)
+    name = f"attention_{hq}x{hk}x{d}_c{int(bool(a['causal']))}_w{window}_s{sinks}_{mdt}{'_b' if mb else ''}{'' if rows else '_r1'}"
     gv = lw.kernel(name + "_" + float(scale).hex().replace(".", "_").replace("+", "").replace("-", "m"), func)
     if mask is None:
         mask = lw.const([[[[True]]]], "bool")

@@ -57,32 +57,33 @@ def test_op_matches_interpreter(op):
     assert_matches(g, CASES.std_inputs)
 
 
-@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window,d,mb", [
-    (4, 2, 3, 7, True, None, 0, 8, 2), (4, 1, 1, 6, True, "bool", 0, 8, 2), (6, 3, 2, 5, False, "float", 0, 8, 2),
-    (2, 2, 5, 5, True, "bool", 2, 8, 2), (4, 2, 3, 9, True, None, 3, 8, 2),
-    (9, 3, 1, 11, True, "bool", 0, 64, 2), (3, 3, 2, 6, False, "float", 2, 20, 1), (6, 2, 4, 4, False, "bool", 0, 6, 1),
+@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window,d,mb,mq", [
+    (4, 2, 3, 7, True, None, 0, 8, 2, None), (4, 1, 1, 6, True, "bool", 0, 8, 2, None), (6, 3, 2, 5, False, "float", 0, 8, 2, None),
+    (2, 2, 5, 5, True, "bool", 2, 8, 2, None), (4, 2, 3, 9, True, None, 3, 8, 2, None),
+    (9, 3, 1, 11, True, "bool", 0, 64, 2, None), (3, 3, 2, 6, False, "float", 2, 20, 1, None), (6, 2, 4, 4, False, "bool", 0, 6, 1, None),
+    (4, 4, 3, 5, False, "float", 0, 32, 2, 1), (2, 1, 3, 4, True, "bool", 0, 16, 1, 1),
 ])
-def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb):
+def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb, mq):
     """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
-    of batch b or 1, head_dim a multiple of 16, 4 or 2 lanes) against the interpreter, decode (lq=1) and prefill."""
+    of batch b or 1 and of lq rows or one row for every query (BERT's), head_dim a multiple of 16, 4 or 2 lanes) against the interpreter, decode (lq=1) and prefill."""
     g = ir.Graph()
     q = g.add_input("q", TensorType("f32", (2, hq, "lq", d)))
     k = g.add_input("k", TensorType("f32", (2, hk, "lk", d)))
     v = g.add_input("v", TensorType("f32", (2, hk, "lk", d)))
     ins = [q, k, v]
     if mask:
-        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (mb, 1, "lq", "lk"))))
+        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (mb, 1, mq or "lq", "lk"))))
     g.set_outputs([g.op("attention", *ins, causal=causal, window=window, sinks=1 if window else 0)])
 
     def make(extra):
         gen = torch.Generator().manual_seed(extra)
         t = [torch.randn(2, h, n, d, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
         if mask == "bool":
-            m = torch.rand(mb, 1, lq, lk + extra, generator=gen) > 0.3
+            m = torch.rand(mb, 1, mq or lq, lk + extra, generator=gen) > 0.3
             m[..., 0] = True   # a row with every key masked is backend-defined in torch (NaN or 0)
             t.append(m)
         elif mask:
-            m = torch.randn(mb, 1, lq, lk + extra, generator=gen)
+            m = torch.randn(mb, 1, mq or lq, lk + extra, generator=gen)
             m[..., 1] = -math.inf   # an additive -inf (a masked key) besides finite offsets
             t.append(m)
         return tuple(t)
