@@ -3,7 +3,7 @@
     python benchmarks/bench_cpu_target.py [--new-tokens 128] [--rounds 2] [--skip-minilm] [--skip-llama]
 
 - SmolLM2-135M greedy decode, batch 1, 32-token prompt, `--new-tokens` new tokens (no early stop):
-  `cpu` int4 g64 (head f32) vs `torch` int4 g64 (same pipeline) vs llama.cpp Q4_0 (the packaged Q4_1
+  `cpu` int4 g64 (head int8, `--pipeline`) vs `torch` int4 g64 (same pipeline) vs llama.cpp Q4_0 (the packaged Q4_1
   GGUF requantized with llama_model_quantize, llama-cpp-python, threads = torch's). Decode tokens/s after
   the prompt, median over `--rounds` interleaved rounds, plus greedy agreement of cpu with torch.
 - compile time of the cpu target: cold (empty build cache) and warm (same graph again: cache hit), and the
@@ -28,7 +28,9 @@ import torch
 import slimgraph
 from slimgraph import zoo
 
-PIPE = "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce"
+# int4 g64 RTN layers, the tied head/embedding int8 per row (qlinear + qembedding), q/k/v and gate/up merged
+PIPE = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
+        "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
 
 
 def q4_0_gguf(work: Path) -> Path:
@@ -99,6 +101,8 @@ def main():
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--skip-smollm", action="store_true")
+    ap.add_argument("--pipeline", default=PIPE, help="the pipeline of both `cpu` and `torch`; the first runs used "
+                    "canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,cse,dce (f32 head)")
     ap.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -127,10 +131,10 @@ def smollm(args, threads, work):
               return_tensors="pt").input_ids[:, :32]
     assert ids.shape[1] == 32, ids.shape
     t = time.perf_counter()
-    cpu = slimgraph.optimize(model, (ids,), target="cpu", pipeline=PIPE)
+    cpu = slimgraph.optimize(model, (ids,), target="cpu", pipeline=args.pipeline)
     cold = time.perf_counter() - t
     t = time.perf_counter()
-    cpu_warm = slimgraph.optimize(model, (ids,), target="cpu", pipeline=PIPE)
+    cpu_warm = slimgraph.optimize(model, (ids,), target="cpu", pipeline=args.pipeline)
     warm = time.perf_counter() - t
     build_only = {}
     from slimgraph.codegen.tvm import target as T
@@ -149,7 +153,7 @@ def smollm(args, threads, work):
                     f"{warm:.1f} s; build() alone on a cache hit {build_only['warm']:.1f} s; artifact load in a "
                     f"fresh process: {load_s} s")
     print(compile_line, flush=True)
-    torch_t = slimgraph.optimize(model, (ids,), target="torch", pipeline=PIPE)
+    torch_t = slimgraph.optimize(model, (ids,), target="torch", pipeline=args.pipeline)
     llm = None
     if not args.skip_llama:
         from llama_cpp import Llama
@@ -168,7 +172,7 @@ def smollm(args, threads, work):
     med = {k: statistics.median(v) for k, v in speeds.items() if v}
     ref = med.get("llama.cpp Q4_0")
     print(f"\nSmolLM2-135M greedy decode, batch 1, prompt {ids.shape[1]}, {args.new_tokens} new tokens, "
-          f"pipeline `{PIPE}`, median of {args.rounds} interleaved rounds")
+          f"pipeline `{args.pipeline}`, median of {args.rounds} interleaved rounds")
     print("| runtime | decode tok/s | vs torch int4 | vs llama.cpp Q4_0 |")
     print("|---|---|---|---|")
     for k, v in med.items():

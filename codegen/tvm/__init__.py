@@ -2,7 +2,8 @@
 
     relax_lower.py   the "cpu" lowering table: one Relax emitter per IR op (BlockBuilder)
     module.py        graph -> Relax IRModule (symbols as tir.Var, weights as parameters)
-    kernels.py       hand-scheduled TIR kernels (int4 qlinear GEMV)
+    kernels.py       hand-scheduled TIR kernels: int4/int8 qlinear and f32 linear GEMV, fused attention,
+                     qembedding (only the looked-up rows unpacked)
     target.py        build / load / host, the build cache, the Runner
 
 Nothing here is imported by `import slimgraph`; `tvm` is imported by these modules only.

@@ -5,6 +5,7 @@ symmetric int4 has the implied zero point 8, int8 zero 0).
 
     dequantize_te(qweight, scales, zeros, bits, group, dtype)   # te.Tensor [out, in]
     qlinear(lw, node, x, qweight, scales, zeros, bias, bits, group)   # Relax expr: linear(x, W) (+ bias)
+    qembedding(lw, node, ids, qweight, scales, zeros, bits, group, dtype)   # the looked-up rows, unpacked
 """
 from __future__ import annotations
 from tvm import te, tirx
@@ -21,7 +22,7 @@ def _code(qweight, bits, o, i):
 
 def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "float32"):
     """W[o, i] = (q[o, i] - zero[o, i // g]) * scale[o, i // g] as a TE compute (ir/quant_format.py)."""
-    out = int(qweight.shape[0])
+    out = qweight.shape[0]   # static for a weight, symbolic for qembedding's looked-up rows
     k = int(qweight.shape[1]) * (2 if bits == 4 else 1)
     g = Q.group_size(group, k)
     implied = Q.implied_zero(bits)
@@ -34,6 +35,8 @@ def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "f
 
 
 LANES = 16   # f32 lanes of one AVX-512 register (two AVX2 ones): the accumulator width of the kernels
+ROWS = 16    # output rows per parallel task of the GEMV kernels: their scratch accumulators are allocated per
+             # task (TVM gives a parallel body's buffers a workspace allocation), not per row
 
 
 def int4_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
@@ -66,31 +69,87 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for o in T.parallel(n):
-            for m in range(m_n):
-                acc = T.decl_buffer((lanes,), "float32", scope="local")
-                for l in T.vectorized(lanes):
-                    acc[l] = T.float32(0)
-                for gi in range(ng):
-                    for jo in range(jo_n):
-                        for l in T.vectorized(lanes):
-                            # no let-bindings in this loop: TVM 0.27 vectorizes them wrongly
-                            acc[l] = acc[l] + T.Cast("float32", sc[o, gi]) * (
-                                (T.Cast("float32", T.bitwise_and(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 15))
-                                 - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
-                                * x[m, gi * g + jo * lanes + l]
-                                + (T.Cast("float32", T.shift_right(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 4))
-                                   - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
-                                * x[m, gi * g + hb + jo * lanes + l])
-                for l in range(1, lanes):
-                    acc[0] = acc[0] + acc[l]
-                y[m, o] = acc[0]
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((lanes,), "float32", scope="local")
+            for oi, m in T.grid(ROWS, m_n):
+                if oc * ROWS + oi < n:
+                    o = oc * ROWS + oi
+                    for l in T.vectorized(lanes):
+                        acc[l] = T.float32(0)
+                    for gi in range(ng):
+                        for jo in range(jo_n):
+                            for l in T.vectorized(lanes):
+                                # no let-bindings in this loop: TVM 0.27 vectorizes them wrongly
+                                acc[l] = acc[l] + T.Cast("float32", sc[o, gi]) * (
+                                    (T.Cast("float32", T.bitwise_and(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 15))
+                                     - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                    * x[m, gi * g + jo * lanes + l]
+                                    + (T.Cast("float32", T.shift_right(T.Cast("int32", qw[o, gi * hb + jo * lanes + l]), 4))
+                                       - (T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)))
+                                    * x[m, gi * g + hb + jo * lanes + l])
+                    for l in range(1, lanes):
+                        acc[0] = acc[0] + acc[l]
+                    y[m, o] = acc[0]
     return int4_gemv
+
+
+def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
+    """The int8 kernel takes f32 activations and groups (or whole rows, group=0) of a multiple of 16 columns."""
+    g = Q.group_size(group, k)
+    return bits == 8 and dtype == "float32" and k % g == 0 and g % LANES == 0
+
+
+def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
+    """y[m, o] = sum_k x[m, k] * (q[o, k] - zero[o, k // g]) * scale[o, k // g] for int8 q [n, k]
+    (ir/quant_format.py; symmetric int8 has zero 0). Two LANES-wide f32 accumulators per output row (two
+    independent FMA chains), codes widened and scaled in registers; outputs outer and parallel."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng = k // g
+    jo_n = g // LANES
+    nc = 2 if jo_n % 2 == 0 else 1
+    has_zero = zero_dtype is not None
+    zshape = (n, ng) if has_zero else (1, 1)
+    zdt = zero_dtype or "int8"
+
+    @T.prim_func(private=True)
+    def int8_gemv(x_h: T.handle, qw: T.Buffer((n, k), "int8"), sc: T.Buffer((n, ng), scale_dtype),
+                  zp: T.Buffer(zshape, zdt), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((nc, LANES), "float32", scope="local")
+            for oi, m in T.grid(ROWS, m_n):
+                if oc * ROWS + oi < n:
+                    o = oc * ROWS + oi
+                    for c in T.unroll(nc):
+                        for l in T.vectorized(LANES):
+                            acc[c, l] = T.float32(0)
+                    for gi in range(ng):
+                        for jo in range(jo_n // nc):
+                            for c in T.unroll(nc):
+                                for l in T.vectorized(LANES):
+                                    acc[c, l] = acc[c, l] + T.Cast("float32", T.Cast("int32", qw[o, gi * g + (jo * nc + c) * LANES + l])
+                                                                    - (T.Cast("int32", zp[o, gi]) if has_zero else 0)) \
+                                        * T.Cast("float32", sc[o, gi]) * x[m, gi * g + (jo * nc + c) * LANES + l]
+                    for c in range(1, nc):
+                        for l in T.vectorized(LANES):
+                            acc[0, l] = acc[0, l] + acc[c, l]
+                    for l in range(1, LANES):
+                        acc[0, 0] = acc[0, 0] + acc[0, l]
+                    y[m, o] = acc[0, 0]
+    return int8_gemv
+
+
+MB = 4   # rows of x per step of the f32 kernel: MB independent FMA chains share each weight vector load
 
 
 def make_f32_gemv(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
-    and parallel, rows of x inner (a weight row is read once per call)."""
+    and parallel (ROWS per task), rows of x inner in blocks of MB (a weight row is read once per call, and
+    for prefill each weight vector feeds MB independent accumulators instead of one latency-bound chain)."""
     from tvm.script import tirx as T
     lanes = LANES if k % LANES == 0 else 8 if k % 8 == 0 else 1
     ko_n = k // lanes
@@ -101,17 +160,31 @@ def make_f32_gemv(n: int, k: int):
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for o in T.parallel(n):
-            for m in range(m_n):
-                acc = T.decl_buffer((lanes,), "float32", scope="local")
-                for l in T.vectorized(lanes):
-                    acc[l] = T.float32(0)
-                for ko in range(ko_n):
-                    for l in T.vectorized(lanes):
-                        acc[l] = acc[l] + x[m, ko * lanes + l] * w[o, ko * lanes + l]
-                for l in range(1, lanes):
-                    acc[0] = acc[0] + acc[l]
-                y[m, o] = acc[0]
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((MB, lanes), "float32", scope="local")
+            for oi in range(ROWS):
+                if oc * ROWS + oi < n:
+                    for mo in range(m_n // MB):   # whole blocks of MB rows: no bounds test in the loop
+                        for mi in T.unroll(MB):
+                            for l in T.vectorized(lanes):
+                                acc[mi, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for mi in T.unroll(MB):
+                                for l in T.vectorized(lanes):
+                                    acc[mi, l] = acc[mi, l] + x[mo * MB + mi, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for mi in T.unroll(MB):
+                            for l in range(1, lanes):
+                                acc[mi, 0] = acc[mi, 0] + acc[mi, l]
+                            y[mo * MB + mi, oc * ROWS + oi] = acc[mi, 0]
+                    for m in range(m_n // MB * MB, m_n):   # the last m_n % MB rows (decode: the one row)
+                        for l in T.vectorized(lanes):
+                            acc[0, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for l in T.vectorized(lanes):
+                                acc[0, l] = acc[0, l] + x[m, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for l in range(1, lanes):
+                            acc[0, 0] = acc[0, 0] + acc[0, l]
+                        y[m, oc * ROWS + oi] = acc[0, 0]
     return f32_gemv
 
 
@@ -142,8 +215,8 @@ def split_groups(x, k: int, g: int):
 
 
 def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
-    """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 with f32 activations: the int4 GEMV kernel
-    (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
+    """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 or int8 with f32 activations: the int4 or
+    int8 GEMV kernel (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
     from tvm.relax import op as R
     from .module import tvm_dtype
     from .relax_lower import _dtype, linear
@@ -162,6 +235,14 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         func = make_int4_gemv(n, k, g, sdt, zdt)
         y = _call_rows(lw, xs, k, n, func, [qweight, scales, zp], f"int4_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
         return R.add(y, bias) if bias is not None else y
+    if int8_gemv_ok(bits, group, k, dt):
+        g = Q.group_size(group, k)
+        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
+        sdt = tvm_dtype(node.inputs[2].type.dtype)
+        zp = zeros if zeros is not None else lw.const([[0]], "i8")
+        func = make_int8_gemv(n, k, g, sdt, zdt)
+        y = _call_rows(lw, lw.bb.normalize(x), k, n, func, [qweight, scales, zp], f"int8_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
+        return R.add(y, bias) if bias is not None else y
     w = lw.bb.emit_te(dequantize_te, qweight, scales, zeros, bits, group, dt, primfunc_name_hint="dequantize")
     return linear(x, w, bias)
 
@@ -172,3 +253,140 @@ def f32_linear(lw, node, x, w, bias):
     n, k = node.inputs[1].type.shape
     y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_gemv(n, k), [w], f"f32_gemv_{n}x{k}")
     return R.add(y, bias) if bias is not None else y
+
+
+def qembedding(lw, node, ids, qweight, scales, zeros, bits: int, group: int, dtype: str):
+    """embedding(dequantize(qweight, scales, zeros), ids): the rows of `ids` are taken from the packed
+    table (and its scales/zeros), then only they are unpacked (ir/opset/quant.py qembedding)."""
+    from tvm import relax
+    from tvm.relax import op as R
+    shape = lw.shape(node.inputs[0])
+    n = 1
+    for d in shape:
+        n = n * d
+    flat = R.reshape(ids, relax.ShapeExpr([n]))
+    rows = [lw.bb.emit(R.take(t, flat, axis=0, mode="clip")) for t in (qweight, scales)]
+    z = lw.bb.emit(R.take(zeros, flat, axis=0, mode="clip")) if zeros is not None else None
+    w = lw.bb.emit_te(dequantize_te, rows[0], rows[1], z, bits, group, dtype, primfunc_name_hint="dequantize_rows")
+    k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
+    return R.reshape(w, relax.ShapeExpr([*shape, k]))
+
+
+def _lanes(d: int) -> int:
+    return next(w for w in (LANES, 8, 4, 2, 1) if d % w == 0)
+
+
+def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
+                   mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
+    """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j] in one
+    pass over the keys (online softmax: a running max and sum, the output row rescaled when the max grows),
+    as ir/opset/nn.py attention. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
+    masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1, lk] is bool (keep) or
+    float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
+    all masked gives 0/0 = NaN, like the reference's softmax of -inf."""
+    from tvm.script import tirx as T
+    lanes = _lanes(d)
+    dn = d // lanes
+    rep = hq // hk
+    has_mask = mask_dtype is not None
+    mdt = mask_dtype or "bool"
+    bool_mask = mdt == "bool"
+    lowest = -3.4028234663852886e38
+
+    def keep(mask, bi, i, j, lq, lk):
+        diag = i + lk - lq
+        c = T.bool(True)
+        if causal:
+            c = T.And(c, j <= diag)
+        if window:
+            w = diag - j <= T.int64(window)
+            if sinks:
+                w = T.Or(w, j < T.int64(sinks))
+            c = T.And(c, w)
+        if has_mask and bool_mask:
+            c = T.And(c, mask[bi if mask_batch else 0, 0, i if mask_rows else 0, j])
+        return c
+
+    def madd(mask, bi, i, j):
+        if has_mask and not bool_mask:
+            return T.Cast("float32", mask[bi if mask_batch else 0, 0, i if mask_rows else 0, j])
+        return T.float32(0)
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, o_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b, lq, lk, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        q = T.match_buffer(q_h, (b, hq, lq, d), "float32")
+        k = T.match_buffer(k_h, (b, hk, lk, d), "float32")
+        v = T.match_buffer(v_h, (b, hk, lk, d), "float32")
+        mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
+        o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
+        for bh in T.parallel(b * hq):
+            acc = T.decl_buffer((d,), "float32", scope="local")
+            dot = T.decl_buffer((lanes,), "float32", scope="local")
+            st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
+            for i in range(lq):
+                for e in T.vectorized(d):
+                    acc[e] = T.float32(0)
+                st[0] = T.float32(lowest)
+                st[1] = T.float32(0)
+                for j in range(lk):
+                    if keep(mask, bh // hq, i, j, lq, lk):
+                        for l in T.vectorized(lanes):
+                            dot[l] = T.float32(0)
+                        for c in range(dn):
+                            for l in T.vectorized(lanes):
+                                dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
+                                    k[bh // hq, bh % hq // rep, j, c * lanes + l]
+                        for l in range(1, lanes):
+                            dot[0] = dot[0] + dot[l]
+                        st[2] = dot[0] * T.float32(scale) + madd(mask, bh // hq, i, j)
+                        st[3] = T.exp(st[0] - T.max(st[0], st[2]))
+                        st[0] = T.max(st[0], st[2])
+                        st[2] = T.exp(st[2] - st[0])
+                        st[1] = st[1] * st[3] + st[2]
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
+                for e in T.vectorized(d):
+                    o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+    return attention
+
+
+def attention_ok(node) -> bool:
+    """The fused kernel takes f32 q/k/v [b, heads, len, d] with static heads and d, and a mask that is absent
+    or [b or 1, 1, lq or 1, lk]."""
+    q, k, v = (x.type for x in node.inputs[:3])
+    if not (q.rank == k.rank == v.rank == 4 and q.dtype == k.dtype == v.dtype == "f32"):
+        return False
+    hq, hk, d = q.shape[1], k.shape[1], q.shape[3]
+    if not all(isinstance(x, int) for x in (hq, hk, d)) or hk == 0 or hq % hk or k.shape[3] != d or v.shape[3] != d:
+        return False
+    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0] or k.shape[2] != v.shape[2]:
+        return False
+    if len(node.inputs) > 3:
+        m = node.inputs[3].type
+        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] not in (1, q.shape[2]) or m.shape[3] != k.shape[2] \
+                or m.shape[0] not in (1, q.shape[0]):
+            return False
+    return True
+
+
+def attention(lw, node, q, k, v, mask):
+    """The fused attention kernel (make_attention) on Relax values; `attention_ok(node)` must hold."""
+    import math
+    from tvm import relax
+    from .module import tvm_dtype
+    a = node.attrs
+    qt, kt = node.inputs[0].type, node.inputs[1].type
+    hq, hk, d = qt.shape[1], kt.shape[1], qt.shape[3]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    mdt = tvm_dtype(node.inputs[3].type.dtype) if mask is not None else None
+    mb = mask is not None and node.inputs[3].type.shape[0] != 1
+    rows = mask is None or node.inputs[3].type.shape[2] != 1 or qt.shape[2] == 1
+    window, sinks = int(a["window"] or 0), int(a["sinks"] or 0) if a["window"] else 0
+    func = make_attention(hq, hk, d, float(scale), bool(a["causal"]), window, sinks, mdt, mb, rows)
+    name = f"attention_{hq}x{hk}x{d}_c{int(bool(a['causal']))}_w{window}_s{sinks}_{mdt}{'_b' if mb else ''}{'' if rows else '_r1'}"
+    gv = lw.kernel(name + "_" + float(scale).hex().replace(".", "_").replace("+", "").replace("-", "m"), func)
+    if mask is None:
+        mask = lw.const([[[[True]]]], "bool")
+    return relax.call_tir(gv, [q, k, v, mask], relax.TensorType(lw.shape(node.inputs[0]), "float32"))

@@ -6,8 +6,8 @@
 Semantics are the op registry's reference implementations (ir/opset/*.py), which tests compare against:
 torch type promotion (inputs cast to the IR result dtype before the Relax op, which wants equal dtypes),
 negative dims normalized, symbolic attributes through `lw.dim`. Composite ops (rms_norm, rope,
-attention, dequantize) are written as Relax op chains that TVM's FuseOps merges into few kernels;
-`qlinear` calls codegen/tvm/kernels.py.
+dequantize; attention outside the fused kernel's cases) are written as Relax op chains that TVM's FuseOps
+merges into few kernels; `qlinear`, `qembedding`, f32 `linear` and `attention` call codegen/tvm/kernels.py.
 """
 from __future__ import annotations
 import math
@@ -366,6 +366,9 @@ def _attention(lw, node, args):
     aranges over the (symbolic) query and key lengths; as ir/opset/nn.py attention."""
     q, k, v = args[:3]
     mask = args[3] if len(args) > 3 else None
+    from .kernels import attention, attention_ok
+    if attention_ok(node):   # one fused kernel: GQA, masks and softmax without intermediates
+        return attention(lw, node, q, k, v, mask)
     qt, kt = node.inputs[0].type, node.inputs[1].type
     rank = qt.rank
     heads, kv_heads = qt.shape[-3], kt.shape[-3]
@@ -434,3 +437,11 @@ def _qlinear(lw, node, args):
         else:
             bias = arg
     return qlinear(lw, node, x, qw, scales, zeros, bias, a["bits"], a["group"])
+
+
+@lowering("cpu", "qembedding")
+def _qembedding(lw, node, args):
+    from .kernels import qembedding
+    a = node.attrs
+    zeros = args[3] if len(args) > 3 else None
+    return qembedding(lw, node, args[0], args[1], args[2], zeros, a["bits"], a["group"], tvm_dtype(a["dtype"]))

@@ -142,8 +142,13 @@ class TvmRunner(Runner):
         self.graph = graph
 
     def __call__(self, *tensors):
-        from ...ir.interpreter import bind_symbols
-        bind_symbols(self.graph, tensors)   # same signature checks and messages as the interpreter
-        ins = [_to_tvm(t) for t in tensors]
-        outs = self._main(*ins, *self.weights)
+        # The VM checks every input's dtype, rank and (symbolic) shape itself; the interpreter's signature
+        # check (sympy per symbolic dim, ms per decode step) runs only when the VM refuses, for its message.
+        try:
+            ins = [_to_tvm(t) for t in tensors]
+            outs = self._main(*ins, *self.weights)
+        except Exception:
+            from ...ir.interpreter import bind_symbols
+            bind_symbols(self.graph, tensors)   # raises the interpreter's TypeError naming the input
+            raise
         return [torch.from_dlpack(o) for o in outs]

@@ -2,6 +2,7 @@
 case of tests/codegen/test_torch_fx.py's op table at two sequence lengths (one compiled library, symbolic
 `seq`), f32 within 1e-4; quantized linear; a missing op or a missing tvm is a clear error."""
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -56,31 +57,38 @@ def test_op_matches_interpreter(op):
     assert_matches(g, CASES.std_inputs)
 
 
-@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window", [
-    (4, 2, 3, 7, True, None, 0), (4, 1, 1, 6, True, "bool", 0), (6, 3, 2, 5, False, "float", 0),
-    (2, 2, 5, 5, True, "bool", 2), (4, 2, 3, 9, True, None, 3),
+@pytest.mark.parametrize("hq,hk,lq,lk,causal,mask,window,d,mb,mq", [
+    (4, 2, 3, 7, True, None, 0, 8, 2, None), (4, 1, 1, 6, True, "bool", 0, 8, 2, None), (6, 3, 2, 5, False, "float", 0, 8, 2, None),
+    (2, 2, 5, 5, True, "bool", 2, 8, 2, None), (4, 2, 3, 9, True, None, 3, 8, 2, None),
+    (9, 3, 1, 11, True, "bool", 0, 64, 2, None), (3, 3, 2, 6, False, "float", 2, 20, 1, None), (6, 2, 4, 4, False, "bool", 0, 6, 1, None),
+    (4, 4, 3, 5, False, "float", 0, 32, 2, 1), (2, 1, 3, 4, True, "bool", 0, 16, 1, 1),
 ])
-def test_attention(hq, hk, lq, lk, causal, mask, window):
+def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb, mq):
+    """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
+    of batch b or 1 and of lq rows or one row for every query (BERT's), head_dim a multiple of 16, 4 or 2 lanes) against the interpreter, decode (lq=1) and prefill."""
     g = ir.Graph()
-    q = g.add_input("q", TensorType("f32", (2, hq, "lq", 8)))
-    k = g.add_input("k", TensorType("f32", (2, hk, "lk", 8)))
-    v = g.add_input("v", TensorType("f32", (2, hk, "lk", 8)))
+    q = g.add_input("q", TensorType("f32", (2, hq, "lq", d)))
+    k = g.add_input("k", TensorType("f32", (2, hk, "lk", d)))
+    v = g.add_input("v", TensorType("f32", (2, hk, "lk", d)))
     ins = [q, k, v]
     if mask:
-        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (2, 1, "lq", "lk"))))
+        ins.append(g.add_input("m", TensorType("bool" if mask == "bool" else "f32", (mb, 1, mq or "lq", "lk"))))
     g.set_outputs([g.op("attention", *ins, causal=causal, window=window, sinks=1 if window else 0)])
 
     def make(extra):
         gen = torch.Generator().manual_seed(extra)
-        t = [torch.randn(2, h, n, 8, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
+        t = [torch.randn(2, h, n, d, generator=gen) for h, n in ((hq, lq), (hk, lk + extra), (hk, lk + extra))]
         if mask == "bool":
-            m = torch.rand(2, 1, lq, lk + extra, generator=gen) > 0.3
+            m = torch.rand(mb, 1, mq or lq, lk + extra, generator=gen) > 0.3
             m[..., 0] = True   # a row with every key masked is backend-defined in torch (NaN or 0)
             t.append(m)
         elif mask:
-            t.append(torch.randn(2, 1, lq, lk + extra, generator=gen))
+            m = torch.randn(mb, 1, mq or lq, lk + extra, generator=gen)
+            m[..., 1] = -math.inf   # an additive -inf (a masked key) besides finite offsets
+            t.append(m)
         return tuple(t)
-    assert_matches(g, make, seqs=(0, 2))
+    run = assert_matches(g, make, seqs=(0, 2))
+    assert "attention_" in run.products.read_bytes("cpu_module.relax.py").decode()   # the fused kernel ran
 
 
 @pytest.mark.parametrize("bits,group,sym,bias", [(4, 32, True, False), (4, 16, False, True), (8, 0, True, True),
@@ -99,8 +107,41 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     run = assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),),
                          seqs=(1, 3))
     source = run.products.read_bytes("cpu_module.relax.py").decode()
-    assert ("int4_gemv" in source) == (bits == 4)   # int4: the kernel that unpacks in registers
-    assert ("dequantize" in source) == (bits == 8)  # int8: dequantize + matmul
+    assert ("int4_gemv" in source) == (bits == 4)   # int4 and int8: the kernels that unpack in registers
+    assert ("int8_gemv" in source) == (bits == 8)
+    assert "dequantize" not in source
+
+
+@pytest.mark.parametrize("n,k,group,sym", [(37, 48, 16, True), (5, 64, 0, False), (33, 96, 32, False),
+                                           (16, 80, 0, True)])
+def test_int8_gemv_odd_shapes(n, k, group, sym):
+    """The int8 GEMV kernel (odd output counts, one or two accumulator chains, per-row and grouped scales,
+    with and without zero points) against the reference qlinear, rows of x 1 and 4."""
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("batch", k)))
+    gen = torch.Generator().manual_seed(n * k)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)))])
+    get_pass("quantize-weights")(bits=8, group=group, sym=sym).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4))
+    assert "int8_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
+
+
+@pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (4, 32, True)])
+def test_qembedding_matches_reference(bits, group, sym):
+    """A tied head quantized with include=[...]: its embedding lookup (qembedding: only the looked-up rows
+    are unpacked) and the head's qlinear match the interpreter, ids of symbolic [batch, seq]."""
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    ids = g.add_input("ids", TensorType("i64", (2, "seq")))
+    w = g.add_weight("lm_head.weight", torch.randn(40, 32, generator=torch.Generator().manual_seed(3)))
+    h = g.op("embedding", w, ids)
+    g.set_outputs([g.op("linear", g.op("tanh", h), w)])
+    get_pass("quantize-weights")(bits=bits, group=group, sym=sym, include=["lm_head.weight"]).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    assert "qembedding" in g.op_counts()
+    assert_matches(g, lambda n: (torch.randint(0, 40, (2, n), generator=torch.Generator().manual_seed(n)),))
 
 
 def test_dequantize_matches_reference():
@@ -171,3 +212,35 @@ def test_random_graphs_match_the_interpreter(tmp_path, monkeypatch):
             assert r.dtype == o.dtype and r.shape == o.shape
             torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
     check()
+
+
+@pytest.mark.parametrize("bad", ["dtype", "rank", "symbol", "count"])
+def test_bad_inputs_get_the_interpreters_error(bad):
+    """The runner skips the per-call signature check (the VM checks shapes); a bad input still fails with the
+    interpreter's message naming the input, not a VM error."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 4)))
+    m = g.add_input("m", TensorType("f32", ("n", 4)))
+    g.set_outputs([g.op("add", x, m)])
+    run = get_target("cpu").compile(g)
+    good = (torch.randn(3, 4), torch.randn(3, 4))
+    torch.testing.assert_close(run(*good)[0], good[0] + good[1])
+    args = {"dtype": (torch.randn(3, 4).double(), good[1]), "rank": (torch.randn(3, 4, 1), good[1]),
+            "symbol": (good[0], torch.randn(2, 4)), "count": good[:1]}[bad]
+    match = {"dtype": "input %x expects dtype f32", "rank": "input %x expects rank 2", "symbol": "input %m expects shape",
+             "count": "takes 2 inputs"}[bad]
+    with pytest.raises(TypeError, match=match):
+        run(*args)
+
+
+@pytest.mark.parametrize("n,k", [(37, 24), (16, 64), (5, 8)])
+def test_f32_gemv_odd_shapes(n, k):
+    """The f32 linear kernel: output counts that do not fill a task of 16 rows, 8- and 16-lane k, and rows of x
+    in whole blocks of 4, a remainder, or both (1, 4, 7 rows)."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", k)))
+    gen = torch.Generator().manual_seed(n + k)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)),
+                        g.add_weight("b", torch.randn(n, generator=gen)))])
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4, 7))
+    assert "f32_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
