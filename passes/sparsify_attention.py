@@ -144,13 +144,20 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
         if k_state is not None and v_state is not None:
             targets.append((node, k_state, v_state))
     if not targets:
-        already = sum(1 for n in attns if n.attrs.get("window"))
+        already = sum(1 for n in attns if n.attrs.get("window") or _over_ring(n.inputs[1]))
         raise PassError(
             f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
             f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
             f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
     return attns, targets
+
+
+def _over_ring(v) -> bool:
+    """`v` (through a GQA repeat_kv) is the cache_append output that a `cache_window` slides: a ring's keys."""
+    while v.producer is not None and v.producer.op in _REPEAT_OPS:
+        v = v.producer.inputs[0]
+    return v.producer is not None and v.producer.op == "cache_append" and any(u.op == "cache_window" for u in v.users)
 
 
 def _state_behind(graph, v):
@@ -199,18 +206,23 @@ def slots(graph, seq, ctx, where: str):
     (L = 0) counts by index, L + i: its left pads share position 0, and the ring keeps its first slots as
     the sinks (a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks
     compare these slots, so a tree candidate sees what the same tokens decoded as a chain would see."""
+    length, depth = call_depth(graph, seq, ctx, where)
+    return graph.op("arange", end=symbolic.canon(f"{ctx}-({seq})")), graph.op("add", length, depth)
+
+
+def call_depth(graph, seq, ctx, where: str):
+    """(L [1], depth [b, s]): the past columns' count and each new token's slot minus L (`slots`): its
+    position_ids entry minus the call's first one, or its index in a prefill (L = 0)."""
     pos = next((v for v in graph.inputs if v.name == "position_ids"), None)
     if pos is None or pos.type.rank != 2:
         raise PassError(f"{where}: graph @{graph.name} has no input %position_ids [b, seq] (the causal-LM "
                         f"convention, ir/causal_lm.py); windows and blocks are placed by position")
     past_len = symbolic.canon(f"{ctx}-({seq})")
-    index = graph.op("arange", start=past_len, end=ctx)                    # [s]: L + i
-    length = graph.op("slice", index, dim=0, start=0, end=1)               # [1]: L
+    length = graph.op("slice", graph.op("arange", start=past_len, end=ctx), dim=0, start=0, end=1)   # [1]: L
     pos = pos if pos.type.dtype == "i64" else graph.op("cast", pos, dtype="i64")
     depth = graph.op("sub", pos, graph.op("slice", pos, dim=1, start=0, end=1))
     prefill = graph.op("eq", length, graph.op("constant", value=0, dtype="i64"))
-    new = graph.op("where", prefill, index, graph.op("add", length, depth))   # [b, s]
-    return graph.op("arange", end=past_len), new
+    return length, graph.op("where", prefill, graph.op("arange", end=seq), depth)
 
 
 def position_band(graph, seq, ctx, window, sinks, where: str):
