@@ -93,7 +93,8 @@ def split_scores(s: int, n: int, window: int, sinks: int = 0, device=None, depth
     causal = p - j >= 0
     if depth is not None and not is_chain(depth):
         at = depth + (n - s)                                            # [b, s]: each new token's key index
-        p, j = at[:, :, None], torch.cat((j.expand(depth.shape[0], n - s), at), 1)[:, None, :]
+        past = torch.arange(n - s, device=device).expand(depth.shape[0], n - s)
+        p, j = at[:, :, None], torch.cat((past, at), 1)[:, None, :]
     rel = p - j
     win = causal & ((rel <= window) | (j < sinks)) if window else torch.zeros_like(causal)
     return win, causal & ~win
