@@ -66,6 +66,10 @@ class Decoder:
         self._out_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._state_out = [self._out_index[s.output.name] for s in graph.states]
         self.replays = any(s.kind != "append" for s in graph.states)
+        # a model's own sliding window (canonicalize: `attention{window}`) places query i at key index L + i, not
+        # at L + depth: the smallest window + sinks such an op has, if any (see verify())
+        self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
+                                if n.op == "attention" and n.attrs.get("window")), default=None)
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
         self.reset(batch)
 
@@ -126,6 +130,13 @@ class Decoder:
             # (a prompt's left pads share position 0), so windows and blocks would not see the tree's depths
             raise DecoderError("verify(): a candidate tree needs a prefilled sequence (the cache is empty); "
                                "call prefill() first, or verify a chain (tree_mask=None)")
+        if (self._index_band is not None and self.length + k - 1 > self._index_band
+                and not bool((depth == torch.arange(k, device=depth.device)).all())):
+            # past the band, node i at depth < i would lose keys between L + depth - window and L + i - window
+            raise DecoderError(f"verify(): a candidate tree past the model's own sliding window (attention{{window}}, "
+                               f"{self._index_band} keys with its sinks, placed by index; the cache holds "
+                               f"{self.length} + {k} candidates) would drop keys its nodes see; verify a chain "
+                               f"(tree_mask=None) on this model (sparsify-attention's windows are placed by position)")
         positions = self.next_pos[:, None] + depth
         snapshot = [self.runner.keep_state(t) for t in self.states] if self.replays else None
         self._pending = None

@@ -179,3 +179,26 @@ def test_a_tree_on_an_empty_cache_is_refused_and_a_chain_is_not(model):
         dec.verify(ids(len(PARENTS)), tree_mask=tree_mask(PARENTS))
     chain = dec.verify(ids(12))["logits"]
     torch.testing.assert_close(chain, c.decoder().prefill(ids(12))["logits"], rtol=TOL, atol=TOL)
+
+
+def test_a_tree_past_a_models_own_index_placed_window_is_refused_and_within_it_is_exact():
+    """A model's own sliding window (Mistral: canonicalize makes `attention{window}`) stays placed by index:
+    the decoder refuses a tree once the sequence passes it (it would drop keys), and runs one that fits."""
+    t = transformers
+    cfg = t.MistralConfig(num_key_value_heads=2, sliding_window=24, hidden_size=64, intermediate_size=96,
+                          num_hidden_layers=2, num_attention_heads=4, vocab_size=96, max_position_embeddings=128)
+    torch.manual_seed(0)
+    mistral = t.MistralForCausalLM(cfg).eval()
+    c = slimgraph.optimize(mistral, (torch.zeros(1, 4, dtype=torch.long),), target="torch")
+    windows = [n.attrs.get("window") for n in c.graph.nodes if n.op == "attention"]
+    assert windows and all(w for w in windows)                          # the model's window is attention{window}
+    tokens = ids(len(PARENTS), seed=4)
+    got, _ = tree_logits(c, ids(8, seed=3), tokens)                     # 8 + 12 <= the window: exact
+    for i in (9, 11):
+        want, _ = decoded(c, ids(8, seed=3), tokens[0, path_to(i)].tolist())
+        torch.testing.assert_close(got[:, i], want, rtol=TOL, atol=TOL)
+    dec = c.decoder()
+    dec.prefill(ids(40, seed=3))
+    with pytest.raises(DecoderError, match="past the model's own sliding window"):
+        dec.verify(tokens, tree_mask=tree_mask(PARENTS))
+    dec.verify(tokens)                                                  # a chain is fine
