@@ -11,11 +11,16 @@ For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_app
     %present_key_i = cache_window(cache_append(%past_key_i, %k)){axis=2, window=W, sinks=S}
     state key_i: %past_key_i -> %present_key_i ring{axis=2, window=W, sinks=S}
 
-    attention(q, k, v, %attention_mask)  ->  attention{window=W, sinks=S}(q, k, v, %ring_mask)
+    attention(q, k, v, %attention_mask)  ->  attention(q, k, v, %ring_mask)
 
 Each query sees the first S keys of the sequence and the W keys before it (and itself): exactly the rows
 the ring holds when the next token is decoded, so decoding token by token through the ring and one
 forward over the whole sequence compute the same thing (tests/passes/test_sparsify_attention.py).
+The band is placed by position, in the mask (`position_band`, `slots`): a query's cache slot is L + its
+position minus the call's first position, so a candidate of a tree (slimgraph/decoder.py verify) sits at
+L + depth, where its path decoded as a chain would put it, not at L + its index among the candidates
+(`attention{window}`'s own band counts by index and would drop keys the node sees;
+tests/test_tree_verify_windowed.py). An unmasked attention keeps `attention{window=W, sinks=S}`.
 
 Design decisions:
 - Positions: keys are cached after RoPE (as HF caches them), so each key keeps its original position
@@ -27,12 +32,14 @@ Design decisions:
   `cache_window{axis=3, window=W, sinks=S}` as the cache did, the s new columns are kept:
       %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
-  target binds it from the call. Padding (left pads are masked out) and tree verification work
-  unchanged; with left padding the pad slots occupy the sink rows of shorter prompts.
+  target binds it from the call; before the slicing it is and-ed with the window band over all L + s
+  columns (O(L) bools per call, like the mask itself). Padding (left pads are masked out) and tree
+  verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
-mask-only rewrite (see `_block_sparse`); the cache stays an `append` state, so decode memory still grows.
+mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above; the cache stays
+an `append` state, so decode memory still grows.
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
