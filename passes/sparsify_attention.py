@@ -32,8 +32,8 @@ Design decisions:
   `cache_window{axis=3, window=W, sinks=S}` as the cache did, the s new columns are kept:
       %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
-  target binds it from the call; before the slicing it is and-ed with the window band over all L + s
-  columns (O(L) bools per call, like the mask itself). Padding (left pads are masked out) and tree
+  target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
+  keys (`position_band`). Padding (left pads are masked out) and tree
   verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
@@ -233,10 +233,13 @@ def call_depth(graph, seq, ctx, where: str):
 
 
 def position_band(graph, seq, ctx, window, sinks, where: str):
-    """bool [b, 1, seq, ctx] over the decoder's columns: key slot j is a sink (j < sinks) or at most `window`
-    slots before the query's slot (`slots`); keys after it are kept (causality is the mask's job). The
-    StreamingLLM rule of `attention{window, sinks}` (ir/opset/nn.py), by position instead of by index."""
+    """bool [b, 1, seq, min(L, window + sinks) + seq] over the ring's rows and the new keys: key slot j is a
+    sink (j < sinks) or at most `window` slots before the query's slot (`slots`); keys after it are kept
+    (causality is the mask's job). The StreamingLLM rule of `attention{window, sinks}` (ir/opset/nn.py), by
+    position instead of by index. The ring rows' slots are the past slots through the ring's own
+    `cache_window`, so the rule costs O(window + sinks) per query, not O(L)."""
     past, new = slots(graph, seq, ctx, where)
+    past = graph.op("cache_window", past, axis=0, window=window, sinks=sinks)
     q = graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3)   # [b, 1, s, 1]
     lo = graph.op("sub", q, graph.op("constant", value=window, dtype="i64"))
 
@@ -250,7 +253,7 @@ def position_band(graph, seq, ctx, window, sinks, where: str):
 
 def _ring_mask(graph, nodes, window, sinks, band=False):
     """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring);
-    with `band`, and-ed first with the sliding window + sinks by position (`position_band`)."""
+    with `band`, and-ed with the sliding window + sinks by position (`position_band`)."""
     masked = [n for n in nodes if len(n.inputs) > 3]
     mask = masked[0].inputs[3] if masked else None
     others = [u for u in mask.users if u.op != "attention" or u not in nodes] if mask is not None else []
@@ -263,11 +266,11 @@ def _ring_mask(graph, nodes, window, sinks, band=False):
     mask, seq, ctx, first = found
     past = symbolic.canon(f"{ctx}-({seq})")
     with graph.inserting_before(first):
-        full = graph.op("logical_and", mask, position_band(graph, seq, ctx, window, sinks, "sparsify-attention")) \
-            if band else mask
-        old = graph.op("slice", full, dim=3, start=0, end=past)
-        new = graph.op("slice", full, dim=3, start=past)
+        old = graph.op("slice", mask, dim=3, start=0, end=past)
+        new = graph.op("slice", mask, dim=3, start=past)
         kept = graph.op("concat", graph.op("cache_window", old, axis=3, window=window, sinks=sinks), new, dim=3)
+        if band:
+            kept = graph.op("logical_and", kept, position_band(graph, seq, ctx, window, sinks, "sparsify-attention"))
     graph.rename(kept, graph.fresh_name("ring_mask"))
     return kept
 
