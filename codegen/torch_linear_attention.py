@@ -7,6 +7,9 @@ block of [c, c + window] scores holding the softmax window and the newest linear
 time and O(c (c + W)) extra memory, against O(T^2) for the reference's masked form
 (ir/opset/linear_attention.py), which it equals up to float rounding (tests/passes/test_linearize_attention.py).
 
+A `depth` input (new tokens placed by position) that is not 0, 1, .. (a candidate tree's depths) runs the
+reference's masked form: the chunks assume consecutive key indices.
+
 Each key folded into the running state is weighted by the last query's mask column (a padding mask's key
 validity), as the reference does for the state it returns; inside the local block the mask is applied per
 (query, key). The two agree for the masks the decoder passes (padding + causal). Differentiable (the
@@ -16,15 +19,19 @@ from __future__ import annotations
 
 import torch
 
-from ..ir.opset.linear_attention import combine, features, fold, key_valid, window_factor
+from ..ir.opset import linear_attention as ref
+from ..ir.opset.linear_attention import combine, features, fold, is_chain, key_valid, window_factor
 from .lowering import lowering
 
 CHUNK = 64
 
 
 @lowering("torch", "linear_attention")
-def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, sinks=0, scale=None,
-                     chunk: int = CHUNK):
+def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, depth=None, *, feature_map="hedgehog", window=0, sinks=0,
+                     scale=None, chunk: int = CHUNK):
+    if depth is not None and not is_chain(depth):   # a candidate tree (a few tokens): the reference's masked form
+        return ref.linear_attention(q, k, v, kv, z, wq, wk, wf, mask, depth, feature_map=feature_map, window=window,
+                                    sinks=sinks, scale=scale)
     b, hq, s, d = q.shape
     hk, n = k.shape[1], k.shape[2]
     g, dv = hq // hk, v.shape[-1]

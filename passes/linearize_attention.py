@@ -25,7 +25,9 @@ For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_app
 - window = W > 0 (hybrid): the key/value states become `ring{window=W, sinks=S}` (the first S and the last W
   keys: attention sinks as in StreamingLLM, arXiv:2309.17453, stay in the softmax part; K, V are
   the ring's rows + the new ones, and tokens leaving the window are folded into kv/z by the op); the mask
-  maps onto the ring's columns as sparsify-attention does it (`ctx` symbol).
+  maps onto the ring's columns as sparsify-attention does it (`ctx` symbol), and the op's `depth` input
+  (sparsify_attention.call_depth) places each new token by position, so a tree candidate's softmax window
+  is the one of its path decoded as a chain.
 - window = 0 (pure): the key/value states and their inputs are removed (memory O(1) in T); K, V are the
   new tokens' keys and values, and the mask keeps its last `seq` columns.
 
@@ -42,7 +44,7 @@ from ..ir import symbolic
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, decoder_mask, kv_attention
+from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, call_depth, decoder_mask, kv_attention
 
 
 @register_pass("linearize-attention")
@@ -80,6 +82,11 @@ class LinearizeAttention(Pass):
                 raise PassError(f"{where}: {node!r} has neither a mask nor causal=true; linear attention is causal")
         mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks) if self.window else \
             _new_columns(graph, [n for n, _, _ in targets])
+        depth = None
+        if self.window and mask is not None:    # the softmax window by position: a tree candidate at its depth
+            seq, ctx = next(v for v in graph.inputs if v.name == MASK_INPUT).type.shape[2:]
+            with graph.inserting_before(mask.producer):
+                _, depth = call_depth(graph, seq, ctx, where)
         batch = graph.inputs[0].type.shape[0]
         states = {}
         for i, (node, ks, vs) in enumerate(targets):
@@ -103,7 +110,7 @@ class LinearizeAttention(Pass):
             scale = node.attrs.get("scale") or d ** -0.5
             with graph.inserting_before(node):
                 out = graph.add_node("linear_attention", [q, k_all, v_all, kv_in, z_in, wq, wk, wf] +
-                                     ([mask] if mask is not None else []),
+                                     ([mask] if mask is not None else []) + ([depth] if depth is not None else []),
                                      {"feature_map": self.feature_map, "window": self.window, "sinks": self.sinks,
                                       "scale": scale},
                                      names=[node.output.name + "_linear", f"present_kv_{i}", f"present_z_{i}"])

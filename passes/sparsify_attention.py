@@ -11,11 +11,16 @@ For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_app
     %present_key_i = cache_window(cache_append(%past_key_i, %k)){axis=2, window=W, sinks=S}
     state key_i: %past_key_i -> %present_key_i ring{axis=2, window=W, sinks=S}
 
-    attention(q, k, v, %attention_mask)  ->  attention{window=W, sinks=S}(q, k, v, %ring_mask)
+    attention(q, k, v, %attention_mask)  ->  attention(q, k, v, %ring_mask)
 
 Each query sees the first S keys of the sequence and the W keys before it (and itself): exactly the rows
 the ring holds when the next token is decoded, so decoding token by token through the ring and one
 forward over the whole sequence compute the same thing (tests/passes/test_sparsify_attention.py).
+The band is placed by position, in the mask (`position_band`, `slots`): a query's cache slot is L + its
+position minus the call's first position, so a candidate of a tree (slimgraph/decoder.py verify) sits at
+L + depth, where its path decoded as a chain would put it, not at L + its index among the candidates
+(`attention{window}`'s own band counts by index and would drop keys the node sees;
+tests/test_tree_verify_windowed.py). An unmasked attention keeps `attention{window=W, sinks=S}`.
 
 Design decisions:
 - Positions: keys are cached after RoPE (as HF caches them), so each key keeps its original position
@@ -27,12 +32,14 @@ Design decisions:
   `cache_window{axis=3, window=W, sinks=S}` as the cache did, the s new columns are kept:
       %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
-  target binds it from the call. Padding (left pads are masked out) and tree verification work
-  unchanged; with left padding the pad slots occupy the sink rows of shorter prompts.
+  target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
+  keys (`position_band`). Padding (left pads are masked out) and tree
+  verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
-mask-only rewrite (see `_block_sparse`); the cache stays an `append` state, so decode memory still grows.
+mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above; the cache stays
+an `append` state, so decode memory still grows.
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
@@ -65,13 +72,15 @@ class SparsifyAttention(Pass):
             return self._block_sparse(graph)
         self._check_options()
         attns, targets = kv_attention(graph, "sparsify-attention")
-        ring_mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks)
+        ring_mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks, band=True)
         states = {}
         for node, ks, vs in targets:
             states[id(ks)], states[id(vs)] = ks, vs
+            # masked: the band is in %ring_mask, by position (see `position_band`); unmasked: the op's own band
+            band = {} if len(node.inputs) > 3 else {"window": self.window, "sinks": self.sinks}
             with graph.inserting_before(node):
                 new = graph.op("attention", *node.inputs[:3], *([ring_mask] if len(node.inputs) > 3 else []),
-                               **{**node.attrs, "window": self.window, "sinks": self.sinks})
+                               **{**node.attrs, **band})
             graph.replace_node(node, [new])
         for st in states.values():
             _to_ring(graph, st, self.window, self.sinks)
@@ -81,6 +90,7 @@ class SparsifyAttention(Pass):
     def _block_sparse(self, graph) -> PassResult:
         """A mask-only rewrite: attention(q, k, v, mask) -> attention(q, k, v, mask & block_keep), where
         query slot i (cache index) sees key slot j iff j // block > i // block - local or j // block < globals.
+        Slots are by position, not by index within the call (`slots`): a tree candidate's slot is L + depth.
         The KV states stay `append` (memory O(T)): prefill skips the masked blocks' influence, and decode
         applies the same rule to each new token, but every key is still kept and scored."""
         where = f"sparsify-attention{{kind=block_sparse,block={self.block},local={self.local},globals={self.globals}}}"
@@ -100,13 +110,18 @@ class SparsifyAttention(Pass):
         seq, ctx = mask.type.shape[2], mask.type.shape[3]
         first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
         with graph.inserting_before(first):
+            past, new = slots(graph, seq, ctx, where)
             b = graph.op("constant", value=self.block, dtype="i64")
-            qb = graph.op("floor_divide", graph.op("arange", start=symbolic.canon(f"{ctx}-({seq})"), end=ctx), b)
-            kb = graph.op("floor_divide", graph.op("arange", end=ctx), b)
-            dist = graph.op("sub", graph.op("unsqueeze", qb, dim=1), graph.op("unsqueeze", kb, dim=0))
-            keep = graph.op("logical_or", graph.op("lt", dist, graph.op("constant", value=self.local, dtype="i64")),
-                            graph.op("lt", kb, graph.op("constant", value=self.globals, dtype="i64")))
-            new_mask = graph.op("logical_and", mask, keep)
+
+            def keep(kslot):     # query block - key block < local, or a global key block
+                qb = graph.op("floor_divide", graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3), b)
+                kb = graph.op("floor_divide", kslot, b)
+                return graph.op("logical_or", graph.op("lt", graph.op("sub", qb, kb),
+                                                       graph.op("constant", value=self.local, dtype="i64")),
+                                graph.op("lt", kb, graph.op("constant", value=self.globals, dtype="i64")))
+            band = graph.op("concat", keep(past), keep(graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=2)),
+                            dim=3)
+            new_mask = graph.op("logical_and", mask, band)
         graph.rename(new_mask, graph.fresh_name("block_sparse_mask"))
         for n in targets:
             n.set_input(3, new_mask)
@@ -136,13 +151,20 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
         if k_state is not None and v_state is not None:
             targets.append((node, k_state, v_state))
     if not targets:
-        already = sum(1 for n in attns if n.attrs.get("window"))
+        already = sum(1 for n in attns if n.attrs.get("window") or _over_ring(n.inputs[1]))
         raise PassError(
             f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
             f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
             f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
     return attns, targets
+
+
+def _over_ring(v) -> bool:
+    """`v` (through a GQA repeat_kv) is the cache_append output that a `cache_window` slides: a ring's keys."""
+    while v.producer is not None and v.producer.op in _REPEAT_OPS:
+        v = v.producer.inputs[0]
+    return v.producer is not None and v.producer.op == "cache_append" and any(u.op == "cache_window" for u in v.users)
 
 
 def _state_behind(graph, v):
@@ -181,8 +203,57 @@ def decoder_mask(graph, nodes, where: str):
     return mask, seq, ctx, next(n for n in graph.nodes if any(i is mask for i in n.inputs))
 
 
-def _ring_mask(graph, nodes, window, sinks):
-    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring)."""
+def slots(graph, seq, ctx, where: str):
+    """The cache slots of the decoder's keys and queries, by position: (past [L] = 0 .. L - 1, new [b, s]), with
+    L = ctx - seq the past columns of %attention_mask [b, 1, seq, ctx].
+
+    A new token's slot is L + (its position_ids entry - the call's first one): L + i for a chain (a decode
+    step, a chain verify), L + depth for a candidate tree (slimgraph/decoder.py verify(): node i's position is
+    the next position + its depth, its first node is a root), i.e. the slot it has on its own path. A prefill
+    (L = 0) counts by index, L + i: its left pads share position 0, and the ring keeps its first slots as
+    the sinks (a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks
+    compare these slots, so a tree candidate sees what the same tokens decoded as a chain would see."""
+    length, depth = call_depth(graph, seq, ctx, where)
+    return graph.op("arange", end=symbolic.canon(f"{ctx}-({seq})")), graph.op("add", length, depth)
+
+
+def call_depth(graph, seq, ctx, where: str):
+    """(L [1], depth [b, s]): the past columns' count and each new token's slot minus L (`slots`): its
+    position_ids entry minus the call's first one, or its index in a prefill (L = 0)."""
+    pos = next((v for v in graph.inputs if v.name == "position_ids"), None)
+    if pos is None or pos.type.rank != 2:
+        raise PassError(f"{where}: graph @{graph.name} has no input %position_ids [b, seq] (the causal-LM "
+                        f"convention, ir/causal_lm.py); windows and blocks are placed by position")
+    past_len = symbolic.canon(f"{ctx}-({seq})")
+    length = graph.op("slice", graph.op("arange", start=past_len, end=ctx), dim=0, start=0, end=1)   # [1]: L
+    pos = pos if pos.type.dtype == "i64" else graph.op("cast", pos, dtype="i64")
+    depth = graph.op("sub", pos, graph.op("slice", pos, dim=1, start=0, end=1))
+    prefill = graph.op("eq", length, graph.op("constant", value=0, dtype="i64"))
+    return length, graph.op("where", prefill, graph.op("arange", end=seq), depth)
+
+
+def position_band(graph, seq, ctx, window, sinks, where: str):
+    """bool [b, 1, seq, min(L, window + sinks) + seq] over the ring's rows and the new keys: key slot j is a
+    sink (j < sinks) or at most `window` slots before the query's slot (`slots`); keys after it are kept
+    (causality is the mask's job). The StreamingLLM rule of `attention{window, sinks}` (ir/opset/nn.py), by
+    position instead of by index. The ring rows' slots are the past slots through the ring's own
+    `cache_window`, so the rule costs O(window + sinks) per query, not O(L)."""
+    past, new = slots(graph, seq, ctx, where)
+    past = graph.op("cache_window", past, axis=0, window=window, sinks=sinks)
+    q = graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3)   # [b, 1, s, 1]
+    lo = graph.op("sub", q, graph.op("constant", value=window, dtype="i64"))
+
+    def keep(k):
+        near = graph.op("ge", k, lo)
+        return graph.op("logical_or", near, graph.op("lt", k, graph.op("constant", value=sinks, dtype="i64"))) \
+            if sinks else near
+    return graph.op("concat", keep(past), keep(graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=2)),
+                    dim=3)
+
+
+def _ring_mask(graph, nodes, window, sinks, band=False):
+    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring);
+    with `band`, and-ed with the sliding window + sinks by position (`position_band`)."""
     masked = [n for n in nodes if len(n.inputs) > 3]
     mask = masked[0].inputs[3] if masked else None
     others = [u for u in mask.users if u.op != "attention" or u not in nodes] if mask is not None else []
@@ -198,6 +269,8 @@ def _ring_mask(graph, nodes, window, sinks):
         old = graph.op("slice", mask, dim=3, start=0, end=past)
         new = graph.op("slice", mask, dim=3, start=past)
         kept = graph.op("concat", graph.op("cache_window", old, axis=3, window=window, sinks=sinks), new, dim=3)
+        if band:
+            kept = graph.op("logical_and", kept, position_band(graph, seq, ctx, window, sinks, "sparsify-attention"))
     graph.rename(kept, graph.fresh_name("ring_mask"))
     return kept
 

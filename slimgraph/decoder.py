@@ -66,9 +66,10 @@ class Decoder:
         self._out_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._state_out = [self._out_index[s.output.name] for s in graph.states]
         self.replays = any(s.kind != "append" for s in graph.states)
-        # the smallest sliding-window ring (window + sinks rows), if any: see verify()
-        self._ring_span = min((s.attrs["window"] + s.attrs["sinks"] for s in graph.states if s.kind == "ring"),
-                              default=None)
+        # a model's own sliding window (canonicalize: `attention{window}`) places query i at key index L + i, not
+        # at L + depth: the smallest window + sinks such an op has, if any (see verify())
+        self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
+                                if n.op == "attention" and n.attrs.get("window")), default=None)
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
         self.reset(batch)
 
@@ -124,14 +125,18 @@ class Decoder:
                 raise DecoderError(f"verify(): tree_mask must be [k, k] = [{k}, {k}] with True on the diagonal and "
                                    f"only ancestors (earlier candidates) below it; got {tuple(local.shape)}")
         depth = local.sum(1) - 1
-        if (self._ring_span is not None and self.length + k > self._ring_span
+        if self.length == 0 and not bool((depth == torch.arange(k, device=depth.device)).all()):
+            # the graph tells a prompt from candidates by the cache length: at L = 0 it counts slots by index
+            # (a prompt's left pads share position 0), so windows and blocks would not see the tree's depths
+            raise DecoderError("verify(): a candidate tree needs a prefilled sequence (the cache is empty); "
+                               "call prefill() first, or verify a chain (tree_mask=None)")
+        if (self._index_band is not None and self.length + k - 1 > self._index_band
                 and not bool((depth == torch.arange(k, device=depth.device)).all())):
-            # windowed attention counts the new keys by index, a tree candidate sits at its depth: past the
-            # window it would drop keys it should see (a wrong answer, not an error) -- refuse instead
-            raise DecoderError(f"verify(): a candidate tree over a sliding-window ring ({self._ring_span} rows) is "
-                               f"not supported once the sequence ({self.length} + {k} candidates) is longer than the "
-                               f"ring: the window band counts candidates by index, not by depth; verify a chain "
-                               f"(tree_mask=None) on sparsified or linearized models")
+            # past the band, node i at depth < i would lose keys between L + depth - window and L + i - window
+            raise DecoderError(f"verify(): a candidate tree past the model's own sliding window (attention{{window}}, "
+                               f"{self._index_band} keys with its sinks, placed by index; the cache holds "
+                               f"{self.length} + {k} candidates) would drop keys its nodes see; verify a chain "
+                               f"(tree_mask=None) on this model (sparsify-attention's windows are placed by position)")
         positions = self.next_pos[:, None] + depth
         snapshot = [self.runner.keep_state(t) for t in self.states] if self.replays else None
         self._pending = None

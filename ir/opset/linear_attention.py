@@ -1,6 +1,6 @@
 """Linear attention with a learnable feature map, optionally hybrid with a sliding softmax window.
 
-    %out, %kv_new, %z_new = linear_attention(%q, %k, %v, %kv, %z, @wq, @wk, @wf, %mask)
+    %out, %kv_new, %z_new = linear_attention(%q, %k, %v, %kv, %z, @wq, @wk, @wf, %mask, %depth)
                             {feature_map="hedgehog", window=64, scale=0.125}
 
 q [b, hq, s, d]; k, v [b, hk, n, d] / [b, hk, n, dv] (hk divides hq: GQA, query head h reads key head
@@ -9,14 +9,17 @@ rows (the `window` keys before the first new token; none without a window). kv [
 z [b, hk, f] are a `fixed` state: sum over every older key of phi(k) v^T and of phi(k). wq [hq, d, m],
 wk [hk, d, m] are the feature maps' weights; f = 2m (hedgehog) or m (elu, relu2); wf [hq] is each head's
 log window factor (LoLCATs' learnable weight of the softmax window against the linear part). mask (bool [b, 1, s, n],
-optional) is over the n keys (True = may attend).
+optional) is over the n keys (True = may attend). depth (i64 [b, s], optional, after mask) places the new
+tokens by position: query i sits at key index n - s + depth_i and new key m at n - s + depth_m (a chain:
+depth = 0, 1, ..; a candidate tree: each node's depth, slimgraph/decoder.py verify), so a tree candidate's
+window and sinks are those of the same tokens decoded as a chain. Causality stays by index (and the mask).
 
 Feature maps phi(x) = F(x W) per head:
 - `hedgehog` (Zhang et al. 2024, "The Hedgehog & the Porcupine", arXiv:2402.04347): [softmax(xW), softmax(-xW)]
 - `elu` (Katharopoulos et al. 2020, arXiv:2006.16236): elu(xW) + 1
 - `relu2`: relu(xW)^2
 
-Query at key index p = n - s + i (i-th new token) sees key j <= p:
+Query at key index p = n - s + i (i-th new token; n - s + depth_i with `depth`) sees key j <= n - s + i:
 - with softmax scores over the window (p - j <= window) and the first `sinks` keys (attention sinks,
   StreamingLLM, arXiv:2309.17453; the ring's first rows): a_ij = exp(wf) exp(q.k * scale - max over them),
 - with linear scores phi(q).phi(k) over every other older key (p - j > window, and the state's keys),
@@ -77,17 +80,29 @@ def _type(ts, a):
         raise I.ShapeError("linear_attention: sinks need a window (pure linear attention has no softmax part)")
     if len(ts) > 8 and ts[8].dtype != "bool":
         raise I.ShapeError(f"linear_attention: the mask must be bool [b, 1, s, n], got {ts[8]}")
+    if len(ts) > 9 and (ts[9].dtype != "i64" or ts[9].rank != 2):
+        raise I.ShapeError(f"linear_attention: depth must be i64 [b, s], got {ts[9]}")
     return [TensorType(q.dtype, q.shape[:-1] + v.shape[-1:]), kv, z]
 
 
-def split_scores(s: int, n: int, window: int, sinks: int = 0, device=None):
-    """(softmax keep, linear keep): bool [s, n] for the s queries at key indices n - s .. n - 1."""
+def split_scores(s: int, n: int, window: int, sinks: int = 0, device=None, depth=None):
+    """(softmax keep, linear keep): bool [s, n] for the s queries at key indices n - s .. n - 1; with `depth`
+    [b, s] (module docstring) bool [b, s, n], the window and sinks by the depths' key indices."""
     p = torch.arange(n - s, n, device=device)[:, None]
     j = torch.arange(n, device=device)[None, :]
+    causal = p - j >= 0
+    if depth is not None and not is_chain(depth):
+        at = depth + (n - s)                                            # [b, s]: each new token's key index
+        past = torch.arange(n - s, device=device).expand(depth.shape[0], n - s)
+        p, j = at[:, :, None], torch.cat((past, at), 1)[:, None, :]
     rel = p - j
-    causal = rel >= 0
     win = causal & ((rel <= window) | (j < sinks)) if window else torch.zeros_like(causal)
     return win, causal & ~win
+
+
+def is_chain(depth) -> bool:
+    """True when `depth` [b, s] is 0, 1, .., s - 1 in every row (the new tokens at consecutive key indices)."""
+    return bool((depth == torch.arange(depth.shape[-1], device=depth.device)).all())
 
 
 def combine(q, fq, k, fk, v, win, lin, kv, z, scale, factor):
@@ -126,19 +141,21 @@ def window_factor(wf, hk: int, rank: int):
     return wf.exp().reshape(hk, -1, *[1] * (rank - 3))
 
 
-@register_op("linear_attention", inputs="q k v kv z wq wk wf mask?",
+@register_op("linear_attention", inputs="q k v kv z wq wk wf mask? depth?",
              attrs={"feature_map": Attr("str", "hedgehog"), "window": Attr("int", 0), "sinks": Attr("int", 0),
                     "scale": Attr("float", None)},
              infer=_type)
-def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, *, feature_map="hedgehog", window=0, sinks=0,
-                     scale=None):
+def linear_attention(q, k, v, kv, z, wq, wk, wf, mask=None, depth=None, *, feature_map="hedgehog", window=0,
+                     sinks=0, scale=None):
     """Reference: the T x T masked form (module docstring). Returns (out [b, hq, s, dv], kv', z')."""
     b, hq, s, d = q.shape
     hk, n = k.shape[1], k.shape[2]
     g = hq // hk
     scale = d ** -0.5 if scale is None else scale
     fq, fk = features(q, wq, feature_map), features(k, wk, feature_map)
-    win, lin = split_scores(s, n, window, sinks, q.device)
+    win, lin = split_scores(s, n, window, sinks, q.device, depth)
+    if win.dim() == 3:                                         # [b, s, n] -> [b, 1, 1, s, n]
+        win, lin = win[:, None, None], lin[:, None, None]
     if mask is not None:
         m = mask[:, :, None]                                   # [b, 1, 1, s, n] over [b, hk, g, s, n]
         win, lin = win & m, lin & m
