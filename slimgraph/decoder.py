@@ -109,6 +109,11 @@ class Decoder:
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
         return self._forward(ids, positions, local, None)
 
+    def tree_ok(self, k: int) -> bool:
+        """Whether `verify` takes a candidate TREE of k nodes now (a chain always runs): not on an empty
+        cache, nor past a model's own index-placed sliding window (see verify)."""
+        return self.length > 0 and (self._index_band is None or self.length + k - 1 <= self._index_band)
+
     def verify(self, candidates: torch.Tensor, tree_mask: torch.Tensor | None = None) -> dict:
         """Run k candidate tokens [batch, k] in one forward and return their outputs (`logits` [batch, k, vocab]).
 

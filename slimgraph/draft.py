@@ -15,9 +15,10 @@ other tokens are never read in training, so a step costs ~vocab/emitted times le
 trained weights are written into the graph (`draft_heads.<i>.weight`), so `save`/`load` keep them,
 and the runner is built again from the graph.
 
-Deterministic for a given seed (generation is greedy; batches are drawn from a seeded generator).
-Costs: one greedy generation over the prompts plus one forward per sequence, then `steps` head-only
-updates over B positions x K heads x vocab.
+Deterministic for a given seed and Python version (the default prompts come from the installed standard
+library's docstrings; generation is greedy; batches are drawn from a seeded generator).
+Costs: one greedy generation over the prompts plus one batched forward per chunk of sequences, then
+`steps` head-only updates over B positions x K heads x the training vocabulary (the tokens the base emitted).
 """
 from __future__ import annotations
 import time
@@ -43,9 +44,10 @@ class DraftTrainReport:
     data_seconds: float            # wall seconds of data preparation (generation + hidden states)
     cpu_seconds: float = 0.0       # CPU seconds of this process (all threads, time.process_time) for the updates
     data_cpu_seconds: float = 0.0  # ... and for data preparation
-    loss: list[float] = field(default_factory=list)          # per step, mean over heads
+    loss: list[float] = field(default_factory=list)          # per step: mean over the batch's (position, head) targets
     heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: untrained)
     heldout_top1_before: list[float] = field(default_factory=list)
+    kept_step: int = 0             # the step whose parameters were kept (early stopping on held-out loss)
 
     def __str__(self):
         acc = ", ".join(f"{a:.2f}" for a in self.heldout_top1)
@@ -53,7 +55,8 @@ class DraftTrainReport:
         return (f"draft heads: {self.heads} heads, {self.sequences} sequences ({self.positions} positions), "
                 f"{self.steps} steps in {self.seconds:.0f} s wall / {self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s "
                 f"wall / {self.data_cpu_seconds:.0f} s CPU data); held-out top-1 "
-                f"per head [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}"
+                f"per head [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; kept the "
+                f"parameters of step {self.kept_step} (best held-out loss)"
                 if self.loss else f"draft heads: no training steps ran")
 
 
@@ -115,28 +118,33 @@ def prompt_ids(tokenizer, texts=None, *, n: int = 64, prompt_tokens: int = 32, s
                split: str | None = None) -> torch.Tensor:
     """i64[n, prompt_tokens] prompts for self-distillation.
 
-    `texts`: a str -> consecutive windows of it; a list of documents -> one window per document at a seeded
-    random offset, from `n` documents drawn with `seed` (cycling when there are fewer); None -> the
-    docstrings of the standard library (`docstring_texts`), or the shipped corpus `split` of
-    slimgraph/data when `split` is given. Errors: DraftTrainingError when the text is too short."""
-    from .evaluate import token_ids
+    `texts`: a str -> its first n consecutive windows; a list of documents -> windows at seeded random
+    offsets, cycling over the documents (shuffled with `seed`) until n; None -> the docstrings of the
+    standard library (`docstring_texts`), or the shipped corpus `split` of slimgraph/data when `split`
+    is given. Errors: DraftTrainingError when the text (or every document) is too short."""
     import random
-    if split is not None or isinstance(texts, str):
-        return token_ids(tokenizer, split=split or "calib", n=n, seq=prompt_tokens, text=texts)
+    from .evaluate import load_text
+    if split is not None and texts is None:
+        texts = load_text(split)
+    if isinstance(texts, str):
+        ids = tokenizer(texts, return_tensors="pt").input_ids[0]
+        if len(ids) < n * prompt_tokens:
+            raise DraftTrainingError(f"prompt_ids(): the text has {len(ids)} tokens; {n} prompts x {prompt_tokens} "
+                                     f"tokens need {n * prompt_tokens}: pass a longer text, a list of documents, or "
+                                     f"fewer prompts (num_prompts) / shorter ones (prompt_tokens)")
+        return ids[:n * prompt_tokens].view(n, prompt_tokens).clone()
     docs = docstring_texts() if texts is None else list(texts)
     rng = random.Random(seed)
-    order = rng.sample(range(len(docs)), len(docs))
+    toks = [tokenizer(d, return_tensors="pt").input_ids[0] for d in rng.sample(docs, len(docs))]
+    toks = [t for t in toks if len(t) >= prompt_tokens]
+    if not toks:
+        raise DraftTrainingError(f"prompt_ids(): no document has {prompt_tokens} tokens; pass longer texts or a "
+                                 f"smaller prompt_tokens")
     rows = []
-    for i in range(len(order) * 2):
-        if len(rows) == n:
-            break
-        ids = tokenizer(docs[order[i % len(order)]], return_tensors="pt").input_ids[0]
-        if len(ids) >= prompt_tokens:
-            o = rng.randrange(0, len(ids) - prompt_tokens + 1)
-            rows.append(ids[o:o + prompt_tokens])
-    if len(rows) < n:
-        raise DraftTrainingError(f"prompt_ids(): only {len(rows)} of {n} prompts of {prompt_tokens} tokens: the "
-                                 f"texts are too few or too short")
+    for i in range(n):
+        t = toks[i % len(toks)]
+        o = rng.randrange(0, len(t) - prompt_tokens + 1)
+        rows.append(t[o:o + prompt_tokens])
     return torch.stack(rows).clone()
 
 
@@ -221,6 +229,17 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     if "hidden_states" not in {v.name for v in graph.outputs}:
         raise DraftTrainingError("the compiled graph has draft heads but no 'hidden_states' output; "
                                  "compile it with insert-draft-heads (which adds it)")
+    if not 0 <= heldout < 1:
+        raise DraftTrainingError(f"train_draft_heads(): heldout={heldout} is the fraction of sequences held out; "
+                                 f"give 0 <= heldout < 1")
+    if int(draft_vocab) < 2:
+        raise DraftTrainingError(f"train_draft_heads(): draft_vocab={draft_vocab}; the training softmax needs at "
+                                 f"least 2 tokens (default 8192)")
+    if data is None and new_tokens < 2:
+        raise DraftTrainingError(f"train_draft_heads(): new_tokens={new_tokens}; heads learn the base's tokens 2 or "
+                                 f"more steps ahead in its continuation: give new_tokens >= 2 (default 96)")
+    if data is not None and prompts is None:
+        raise DraftTrainingError("train_draft_heads(): with `data`, pass the `prompts` it was made from")
     if prompts is None:
         if tokenizer is None:
             raise DraftTrainingError("train_draft_heads(): pass `prompts` (token ids) or a `tokenizer` for `texts`")
@@ -228,6 +247,9 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.dtype != torch.long:
         raise DraftTrainingError("train_draft_heads(): prompts must be an int64 tensor [n, prompt_tokens]")
     eagle = names == ["draft_heads.eagle.config"]
+    if eagle and prompts.shape[1] < 2:
+        raise DraftTrainingError(f"train_draft_heads(): EAGLE training needs prompts of >= 2 tokens, got "
+                                 f"{prompts.shape[1]}")
     k = len(names)
     t0, c0 = time.perf_counter(), time.process_time()
     seqs, hidden = data if data is not None else self_distillation_data(compiled, prompts, new_tokens,
@@ -261,12 +283,17 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     # softmax runs over them instead of the whole vocabulary (every target is in it when it is not capped)
     y_train = y_all[train]
     counts = torch.bincount(y_train[y_train >= 0], minlength=w.shape[0]).float()
-    nv = max(1, min(int(draft_vocab), int((counts > 0).sum())))
+    if int((counts > 0).sum()) < 2:
+        raise DraftTrainingError(f"train_draft_heads(): the base's continuations hold {int((counts > 0).sum())} "
+                                 f"distinct target token(s): nothing to learn; use more or longer prompts "
+                                 f"(num_prompts, new_tokens)")
+    nv = min(int(draft_vocab), int((counts > 0).sum()))
     vocab_ids = torch.argsort(-counts - torch.arange(w.shape[0]) / (10.0 * w.shape[0]), stable=True)[:nv]
     inv = torch.full((w.shape[0],), -100, dtype=torch.long)
     inv[vocab_ids] = torch.arange(nv)
     y_sub = torch.where(y_all >= 0, inv[y_all.clamp(min=0)], y_all)
     w_sub, b_sub = w[vocab_ids].contiguous(), (None if bias is None else bias[vocab_ids])
+    train = train[(y_sub[train] >= 0).any(1)]                 # positions with a target in the vocabulary
     ws = torch.nn.Parameter(torch.stack([graph.weights[n].tensor.detach().float() for n in names]))  # [k, d, d]
     opt = torch.optim.Adam([ws], lr=lr)
 
@@ -293,14 +320,14 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
         logits = F.linear(heads_hidden(h_all[held_idx]), w_sub, b_sub)
         return float(F.cross_entropy(logits.reshape(-1, nv), y_sub[held_idx].reshape(-1), ignore_index=-100))
 
-    losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+    losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps, "draft heads", progress),
                                            heldout_loss if len(held_idx) else None)
     for i, n in enumerate(names):
         graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
     return DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, top1(held),
-                            before)
+                            before, kept)
 
 
 def rebuild_runner(compiled) -> None:
@@ -311,18 +338,20 @@ def rebuild_runner(compiled) -> None:
 
 def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar, heldout_loss=None, every: int = 50):
     """Run `opt` on `loss_fn()` until `steps` updates, `time_budget_s` wall seconds or `cpu_budget_s` CPU
-    seconds (time.process_time); returns (losses, steps done, wall seconds, CPU seconds).
+    seconds (time.process_time); returns (losses, steps done, wall seconds, CPU seconds, kept step).
     `heldout_loss`: a function -> float, evaluated every `every` steps and at the end; the parameters of
-    the best evaluation are restored at the end (early stopping: small draft data overfits fast)."""
+    the best evaluation are restored at the end (early stopping: small draft data overfits fast); checked
+    every min(`every`, steps // 10) steps, so short runs are checked too."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    best = (float("inf"), None)
+    best = (float("inf"), None, 0)
+    every = max(1, min(every, steps // 10))
 
     def check():
         nonlocal best
         with torch.no_grad():
             v = heldout_loss()
         if v == v and v < best[0]:          # (NaN: no usable held-out target)
-            best = (v, [p.detach().clone() for p in params])
+            best = (v, [p.detach().clone() for p in params], step)
 
     losses, t1, c1, step = [], time.perf_counter(), time.process_time(), 0
     while (step < steps and (time_budget_s is None or time.perf_counter() - t1 < time_budget_s)
@@ -346,7 +375,7 @@ def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar, heldout_los
                 p.copy_(b)
     if bar is not None:
         bar.close()
-    return losses, step, time.perf_counter() - t1, time.process_time() - c1
+    return losses, step, time.perf_counter() - t1, time.process_time() - c1, (best[2] if best[1] is not None else step)
 
 
 def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, time_budget_s, cpu_budget_s, lr,
@@ -409,7 +438,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         ce = F.cross_entropy(F.linear(pred[y >= 0], wd, bd), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
         return reg + w_ce * ce
 
-    losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+    losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps, "eagle head", progress),
                                            (lambda: float(loss_fn(held[:64]))) if len(held) else None)
     for k, v in P.items():
@@ -417,4 +446,4 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
     graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
-                            top1(held), before)
+                            top1(held), before, kept)

@@ -71,6 +71,9 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
     mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup)
+    if tree is not None and mode != "tree":
+        raise GenerateError(f"generate(): tree= is used by speculative='tree' only (this call decodes "
+                            f"{'plainly' if mode is None else 'a chain'}); pass speculative='tree' or drop tree=")
     if mode is not None:
         sample = (lambda lg: _probs(lg, temperature, top_k), generator) if do_sample else None
         if input_ids.shape[0] > 1 or attention_mask is not None:
@@ -117,7 +120,14 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
 
 def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0):
     from .speculative import num_heads
-    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+    import operator
+    try:
+        if isinstance(lookup, bool):
+            raise TypeError
+        lookup = operator.index(lookup)
+    except TypeError:
+        lookup = -1
+    if lookup < 0:
         raise GenerateError(f"generate(): lookup={lookup!r}; give the number of prompt-lookup draft tokens "
                             f"per verify (an int >= 0, e.g. 8; 0 = off)")
     if lookup:
@@ -144,6 +154,9 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
         raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no attention_mask), got "
                             f"batch {input_ids.shape[0]}; a batch verifies chains: use speculative='chain'")
     if not num_heads(compiled.graph) and not (lookup and mode == "chain"):
+        if lookup:
+            raise GenerateError("generate(): speculative='tree' needs draft heads; lookup alone drafts a chain: "
+                                "use speculative=None or 'chain'")
         raise GenerateError("generate(): speculative decoding needs draft heads: compile with a pipeline "
                             "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)"
                             + ("" if mode == "tree" else ", or draft by prompt lookup (lookup=8)"))
@@ -169,8 +182,16 @@ def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_t
     if streamer is not None:
         streamer.end()
     compiled.last_generate_stats = GenerateStats(input_ids.shape[1], len(new), t1 - t0, t2 - t1, verifies,
-                                                 mode + ("+lookup" if lookup else ""))
+                                                 _label(compiled, mode, lookup))
     return torch.cat((input_ids, torch.tensor([new], dtype=torch.long, device=input_ids.device)), 1)
+
+
+def _label(compiled, mode, lookup) -> str:
+    """GenerateStats.speculative: 'chain' / 'tree' (heads), '+lookup' with prompt lookup, 'lookup' alone."""
+    from .speculative import num_heads
+    if not lookup:
+        return mode
+    return f"{mode}+lookup" if num_heads(compiled.graph) else "lookup"
 
 
 def _generate_speculative_batch(compiled, input_ids, max_new_tokens, attention_mask, eos_token_id, streamer, sample):

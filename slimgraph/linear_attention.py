@@ -163,7 +163,7 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         return sum(F.mse_loss(layer_out(i, node, rows), records[i][3][rows].float()) for i, node in enumerate(nodes))
 
     opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)
-    losses, step, seconds, cpu = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+    losses, step, seconds, cpu, _ = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps if time_budget_s is None and cpu_budget_s is None else None,
                                                 "attention distillation", "step", progress))
     for node, trained in zip(nodes, ws):

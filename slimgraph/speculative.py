@@ -244,7 +244,9 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         if sample is not None:
             raise SpeculativeError("sampling (do_sample=True) verifies a chain; use speculative='chain' (the tree "
                                    "rejection rule is not implemented)")
-        t = tree if isinstance(tree, Tree) else Tree(tree or [p for p in DEFAULT_TREE if len(p) <= k], k)
+        vocab = {v.name: v for v in dec.graph.outputs}["logits"].type.shape[-1]
+        t = tree if isinstance(tree, Tree) else Tree(tree or [p for p in DEFAULT_TREE if len(p) <= k], k,
+                                                     vocab if isinstance(vocab, int) else None)
         if t.depth > k:
             raise SpeculativeError(f"tree depth {t.depth} > {k} draft heads")
     chains = {}
@@ -279,8 +281,13 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
             if tt is None:
                 depth = min(k, room - 1)
                 tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
-            c = Candidates(token, tt, drafter.draft_tree(tt) if tt is not None else (),
-                           [ngrams.draft(min(lookup, room - 1))] if ngrams is not None and room > 1 else ())
+            heads = drafter.draft_tree(tt) if tt is not None else ()
+            looked = [ngrams.draft(min(lookup, room - 1))] if ngrams is not None and room > 1 else []
+            c = Candidates(token, tt, heads, looked)
+            if not c.is_chain and t is None and not dec.tree_ok(len(c.ids)):
+                # chain mode on a model whose window cannot take a tree now: one chain, the lookup's when it
+                # found a match (it is usually the longer accepted one), else the heads'
+                c = Candidates(token, None, (), looked) if looked and looked[0] else Candidates(token, tt, heads)
             res = dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask)
             base = res["logits"][0].argmax(-1).tolist()
             path = c.accepted_path(base)[:room]          # never emit past max_new_tokens

@@ -51,7 +51,7 @@ def check_identical(c, ps, new=24, **kw):
     for p in ps:
         want = generate(c, p[None], new, speculative=False)
         for mode in ("chain", "tree"):
-            got = generate(c, p[None], new, speculative=mode, **kw)
+            got = generate(c, p[None], new, speculative=mode, **(kw if mode == "tree" else {}))
             assert torch.equal(got, want), (mode, p)
             st = c.last_generate_stats
             assert st.speculative == mode and st.new_tokens == new and st.verifies >= 1
@@ -373,7 +373,7 @@ def test_lookup_alone_needs_no_heads_and_keeps_the_greedy_output(target):
         got = generate(c, p, 24, lookup=6)
         assert torch.equal(got, want)
         st = c.last_generate_stats
-        assert st.speculative == "chain+lookup" and st.new_tokens == 24 and 1.0 <= st.mean_acceptance <= 7
+        assert st.speculative == "lookup" and st.new_tokens == 24 and 1.0 <= st.mean_acceptance <= 7
     # a tiny random model's greedy output repeats: lookup must have accepted drafts somewhere
     accs = []
     for p in [repetitive_prompt(), *prompts(3, seed=4)[:, None]]:
@@ -405,3 +405,52 @@ def test_lookup_errors_name_the_fix():
                                pipeline="canonicalize")
     with pytest.raises(GenerateError, match="lookup=8"):
         generate(plain, prompts(1), 4, speculative="chain")
+
+
+def test_training_and_prompt_options_that_cannot_work_are_clear_errors():
+    from slimgraph.draft import prompt_ids
+
+    class CharTokenizer:                       # one token per character, ids below VOCAB
+        def __call__(self, text, return_tensors="pt"):
+            class Out:
+                input_ids = torch.tensor([[ord(ch) % VOCAB for ch in text]])
+            return Out()
+    tok = CharTokenizer()
+    with pytest.raises(DraftTrainingError, match="fewer prompts"):
+        prompt_ids(tok, "too short", n=2, prompt_tokens=8)
+    with pytest.raises(DraftTrainingError, match="fewer prompts"):
+        prompt_ids(tok, "", n=1, prompt_tokens=8)
+    with pytest.raises(DraftTrainingError, match="no document has 50 tokens"):
+        prompt_ids(tok, ["short", "also short"], n=2, prompt_tokens=50)
+    rows = prompt_ids(tok, ["a" * 40 + "b" * 40, "c" * 60], n=7, prompt_tokens=16)   # cycles over 2 documents
+    assert rows.shape == (7, 16)
+    assert torch.equal(rows, prompt_ids(tok, ["a" * 40 + "b" * 40, "c" * 60], n=7, prompt_tokens=16))
+    c = compile_("reference", heads=2)
+    for kw, msg in (({"new_tokens": 1}, "new_tokens >= 2"), ({"draft_vocab": 1}, "at least 2 tokens"),
+                    ({"heldout": 1.0}, "0 <= heldout < 1"), ({"data": (None, None)}, "prompts` it was made from")):
+        with pytest.raises(DraftTrainingError, match=msg):
+            slimgraph.train_draft_heads(c, **({"prompts": prompts(2)} if "data" not in kw else {}), **kw,
+                                        progress=False)
+
+
+def test_generate_refuses_a_tree_argument_it_would_ignore(random_heads):
+    with pytest.raises(GenerateError, match="speculative='tree' only"):
+        generate(random_heads, prompts(1), 4, tree=[(0,)])
+    with pytest.raises(GenerateError, match="ranks must be in"):
+        generate(random_heads, prompts(1), 4, speculative="tree", tree=[(0,), (VOCAB + 5,)])
+
+
+def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():
+    """Mistral's own window (attention{window}, placed by index) refuses candidate trees past it: a heads
+    chain + lookup branch (a tree when they disagree) then verifies one chain instead, never fails."""
+    cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=12, hidden_size=64, intermediate_size=96,
+                                     num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+                                     max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(cfg).eval()
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline="canonicalize,insert-draft-heads{num_heads=3}")
+    randomize_heads(c)
+    p = repetitive_prompt()
+    want = generate(c, p, 40, speculative=False)
+    assert torch.equal(generate(c, p, 40, speculative="chain", lookup=6), want)     # runs past the window
