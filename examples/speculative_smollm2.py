@@ -1,4 +1,5 @@
-"""Speculative decoding on SmolLM2-135M with Medusa draft heads trained by self-distillation.
+"""Speculative decoding on SmolLM2-135M with Medusa draft heads trained by self-distillation, and with
+prompt lookup (n-gram drafts from the context; no training).
 
     python examples/speculative_smollm2.py [--train-s 120]
 """
@@ -16,15 +17,16 @@ args = ap.parse_args()
 model, tok = zoo.load("smollm2-135m")
 fast = slimgraph.optimize(model, (torch.zeros(1, 8, dtype=torch.long),), target="torch",
                           pipeline="canonicalize,cse,dce,insert-draft-heads{num_heads=4}")
-# the base model continues calibration-text prompts greedily; the heads learn to guess its next tokens
+# the base model continues prompts from the standard library's docstrings greedily; the heads learn to guess
+# its next tokens
 print(slimgraph.train_draft_heads(fast, tokenizer=tok, num_prompts=16, new_tokens=64, time_budget_s=args.train_s))
 
 ids = tok("The three most important ideas in computer science are", return_tensors="pt").input_ids
 plain = fast.generate(ids, 64, speculative=False)
 plain_s = fast.last_generate_stats.decode_s
-for mode in ("chain", "tree"):
-    out = fast.generate(ids, 64, speculative=mode)
+for mode, lookup in (("chain", 0), ("tree", 0), ("tree", 8)):
+    out = fast.generate(ids, 64, speculative=mode, lookup=lookup)
     st = fast.last_generate_stats
-    print(f"{mode}: same tokens as greedy: {torch.equal(out, plain)}, {st.mean_acceptance:.2f} tokens per forward, "
+    print(f"{st.speculative}: same tokens as greedy: {torch.equal(out, plain)}, {st.mean_acceptance:.2f} tokens per forward, "
           f"decode {plain_s / st.decode_s:.2f}x plain")
 print(tok.decode(out[0]))
