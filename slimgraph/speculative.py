@@ -51,6 +51,16 @@ def num_heads(graph) -> int:
     return len(draft_outputs(graph))
 
 
+def ancestor_mask(parent: list[int]) -> torch.Tensor:
+    """[n, n] bool tree attention mask from parent indices (-1 = root): row i is True at i and its ancestors."""
+    mask = torch.eye(len(parent), dtype=torch.bool)
+    for i in range(len(parent)):
+        j = parent[i]
+        while j >= 0:
+            mask[i, j], j = True, parent[j]
+    return mask
+
+
 class Tree:
     """A candidate tree: `paths` (tuples of top-k ranks, one per depth) -> node order, parents, mask."""
 
@@ -72,12 +82,7 @@ class Tree:
         self.paths = [()] + sorted(paths, key=lambda p: (len(p), p))      # node 0: the base's next token
         index = {p: i for i, p in enumerate(self.paths)}
         self.parent = [-1] + [index[p[:-1]] for p in self.paths[1:]]
-        n = len(self.paths)
-        self.mask = torch.eye(n, dtype=torch.bool)
-        for i in range(n):
-            j = self.parent[i]
-            while j >= 0:
-                self.mask[i, j], j = True, self.parent[j]
+        self.mask = ancestor_mask(self.parent)
         self.depth = max(len(p) for p in self.paths)
         self.topk = max(r for p in paths for r in p) + 1
 
@@ -193,13 +198,7 @@ class Candidates:
                 node = children.get((node, int(tok))) or self._add(int(tok), node, children)
         n = len(self.ids)
         self.is_chain = all(self.parent[i] == i - 1 for i in range(1, n))
-        self.mask = None
-        if not self.is_chain:
-            self.mask = torch.eye(n, dtype=torch.bool)
-            for i in range(n):
-                j = self.parent[i]
-                while j >= 0:
-                    self.mask[i, j], j = True, self.parent[j]
+        self.mask = None if self.is_chain else ancestor_mask(self.parent)
 
     def _add(self, tok, parent, children) -> int:
         self.ids.append(tok)
