@@ -93,6 +93,107 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
     return int4_gemv
 
 
+def has_avx512() -> bool:
+    """Whether this host's LLVM CPU (the `cpu` target's, codegen/tvm/target.py) has AVX-512F."""
+    import tvm
+    from .target import _target_spec
+    return bool(tvm.target.codegen.llvm_cpu_has_features("avx512f", tvm.target.Target(_target_spec())))
+
+
+RB = 4   # weight rows the lookup kernel works on at once: RB independent accumulator chains share each x load
+
+
+def int4_lookup_ok(n: int, k: int, group: int) -> bool:
+    """The AVX-512 lookup kernel takes groups of a multiple of 32 columns and n a multiple of RB."""
+    g = Q.group_size(group, k)
+    return k % g == 0 and (g // 2) % LANES == 0 and n % RB == 0 and has_avx512()
+
+
+def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
+    """make_int4_gemv's contract (same x_split input, same packed weights) by table lookup, for AVX-512.
+
+    Per weight row and group, the 16 values a code can take, (c - zero) * scale for c = 0..15, fill one
+    register; `vpermps` (llvm.x86.avx512.permvar.sf.512, which reads only an index's low 4 bits) turns
+    16 bytes of codes into 16 f32 weights for each nibble: no mask, no int->float conversion, no scaling
+    in the inner loop. A weight is (c - zero) * scale as in the reference; only the order of the f32
+    additions differs. RB rows at a time share each activation load.
+    M = 1 (decode): lookups feed the FMAs directly. M > 1 (prefill, speculative verify): RB rows are
+    unpacked once into a local [RB, k] f32 tile, then every row of x runs over the tile."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng, hb = k // g, g // 2
+    jo_n, kv = hb // LANES, k // LANES
+    has_zero = zero_dtype is not None
+    zshape = (n, ng) if has_zero else (1, 1)
+    zdt = zero_dtype or "uint8"
+
+    def V(i):
+        return T.ramp(i, 1, LANES)
+
+    def lookup(tab, codes):
+        return T.call_llvm_pure_intrin(f"float32x{LANES}", "llvm.x86.avx512.permvar.sf.512", tab, codes)
+
+    def table(sc, zp, o, gi):
+        z = T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)
+        return (T.Cast(f"float32x{LANES}", T.ramp(T.int32(0), 1, LANES)) - T.broadcast(z, LANES)) \
+            * T.broadcast(T.Cast("float32", sc[o, gi]), LANES)
+
+    def low(qw, o, i):
+        return T.Cast(f"int32x{LANES}", qw[o, V(i)])
+
+    def high(qw, o, i):
+        return T.shift_right(T.Cast(f"int32x{LANES}", qw[o, V(i)]), T.broadcast(4, LANES))
+
+    @T.prim_func(private=True)
+    def int4_lookup_gemv(x_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"), sc: T.Buffer((n, ng), scale_dtype),
+                         zp: T.Buffer(zshape, zdt), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((RB, LANES), "float32", scope="local")
+            tab = T.decl_buffer((RB, LANES), "float32", scope="local")
+            wt = T.decl_buffer((RB, k), "float32", scope="local")
+            for ob in range(ROWS // RB):
+                if oc * ROWS + ob * RB < n:
+                    o0 = oc * ROWS + ob * RB
+                    if m_n == 1:
+                        for r in T.unroll(RB):
+                            acc[r, V(0)] = T.broadcast(T.float32(0), LANES)
+                        for gi in range(ng):
+                            for r in T.unroll(RB):
+                                tab[r, V(0)] = table(sc, zp, o0 + r, gi)
+                            for jo in range(jo_n):
+                                for r in T.unroll(RB):
+                                    acc[r, V(0)] = acc[r, V(0)] \
+                                        + lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES)) * x[0, V(gi * g + jo * LANES)] \
+                                        + lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES)) * x[0, V(gi * g + hb + jo * LANES)]
+                        for r in T.unroll(RB):
+                            for l in range(1, LANES):
+                                acc[r, 0] = acc[r, 0] + acc[r, l]
+                            y[0, o0 + r] = acc[r, 0]
+                    else:
+                        for gi in range(ng):
+                            for r in T.unroll(RB):
+                                tab[r, V(0)] = table(sc, zp, o0 + r, gi)
+                            for jo in range(jo_n):
+                                for r in T.unroll(RB):
+                                    wt[r, V(gi * g + jo * LANES)] = lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES))
+                                    wt[r, V(gi * g + hb + jo * LANES)] = lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES))
+                        for m in range(m_n):
+                            for r in T.unroll(RB):
+                                acc[r, V(0)] = T.broadcast(T.float32(0), LANES)
+                            for kk in range(kv):
+                                for r in T.unroll(RB):
+                                    acc[r, V(0)] = acc[r, V(0)] + wt[r, V(kk * LANES)] * x[m, V(kk * LANES)]
+                            for r in T.unroll(RB):
+                                for l in range(1, LANES):
+                                    acc[r, 0] = acc[r, 0] + acc[r, l]
+                                y[m, o0 + r] = acc[r, 0]
+    return int4_lookup_gemv
+
+
 def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
     """The int8 kernel takes f32 activations and groups (or whole rows, group=0) of a multiple of 16 columns."""
     g = Q.group_size(group, k)
@@ -232,8 +333,11 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
         sdt = tvm_dtype(node.inputs[2].type.dtype)
         zp = zeros if zeros is not None else lw.const([[8]], "u8")
-        func = make_int4_gemv(n, k, g, sdt, zdt)
-        y = _call_rows(lw, xs, k, n, func, [qweight, scales, zp], f"int4_gemv_{n}x{k}_g{g}_{sdt}_{zdt}")
+        if int4_lookup_ok(n, k, g):
+            func, name = make_int4_lookup_gemv(n, k, g, sdt, zdt), f"int4_lookup_gemv_{n}x{k}_g{g}_{sdt}_{zdt}"
+        else:
+            func, name = make_int4_gemv(n, k, g, sdt, zdt), f"int4_gemv_{n}x{k}_g{g}_{sdt}_{zdt}"
+        y = _call_rows(lw, xs, k, n, func, [qweight, scales, zp], name)
         return R.add(y, bias) if bias is not None else y
     if int8_gemv_ok(bits, group, k, dt):
         g = Q.group_size(group, k)

@@ -107,7 +107,7 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     run = assert_matches(g, lambda n: (torch.randn(n, 64, generator=torch.Generator().manual_seed(n)),),
                          seqs=(1, 3))
     source = run.products.read_bytes("cpu_module.relax.py").decode()
-    assert ("int4_gemv" in source) == (bits == 4)   # int4 and int8: the kernels that unpack in registers
+    assert ("int4_gemv" in source or "int4_lookup_gemv" in source) == (bits == 4)   # unpacked in registers
     assert ("int8_gemv" in source) == (bits == 8)
     assert "dequantize" not in source
 
@@ -126,6 +126,27 @@ def test_int8_gemv_odd_shapes(n, k, group, sym):
     get_pass("fuse-dequant-matmul")().run(g)
     run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4))
     assert "int8_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
+
+
+@pytest.mark.parametrize("n,k,group,sym,scale", [(36, 64, 32, True, "f32"), (20, 128, 64, False, "f32"),
+                                                 (8, 96, 32, False, "f16"), (37, 64, 32, True, "f32"),
+                                                 (16, 64, 16, False, "f32")])
+def test_int4_gemv_kernels(n, k, group, sym, scale):
+    """Both int4 kernels against the reference qlinear, rows of x 1 (decode) and 5 (prefill/verify tile):
+    the AVX-512 lookup kernel where the host has AVX-512 and the shape fits (n a multiple of 4, groups of 32+
+    columns; symmetric and zero-point weights, f32 and f16 scales), the shift-and-mask kernel otherwise."""
+    from slimgraph.codegen.tvm.kernels import has_avx512
+    from slimgraph.passes.base import get_pass
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", k)))
+    gen = torch.Generator().manual_seed(n * k + group)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)))])
+    get_pass("quantize-weights")(bits=4, group=group, sym=sym, scale_dtype=scale).run(g)
+    get_pass("fuse-dequant-matmul")().run(g)
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 5))
+    source = run.products.read_bytes("cpu_module.relax.py").decode()
+    lookup = has_avx512() and n % 4 == 0 and group >= 32
+    assert ("int4_lookup_gemv" in source) == lookup and ("int4_gemv_" in source) != lookup
 
 
 @pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (4, 32, True)])
