@@ -6,6 +6,8 @@
   `cpu` int4 g64 (head int8, `--pipeline`) vs `torch` int4 g64 (same pipeline) vs llama.cpp Q4_0 (the packaged Q4_1
   GGUF requantized with llama_model_quantize, llama-cpp-python, threads = torch's). Decode tokens/s after
   the prompt, median over `--rounds` interleaved rounds, plus greedy agreement of cpu with torch.
+  `cpu W4A8` is the same pipeline plus `quantize-activations` (int8 activations per group: VNNI dot
+  products); `--ppl` adds the eval perplexity of the source, `cpu` and `cpu W4A8`.
 - compile time of the cpu target: cold (empty build cache) and warm (same graph again: cache hit), and the
   load time of its saved artifact in a fresh process (no rebuild).
 - all-MiniLM-L6-v2, batch 1, seq 128: cpu vs ONNX Runtime fp32 (slimgraph's `onnx` target, same threads)
@@ -99,6 +101,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--ppl", action="store_true", help="also the eval perplexity of the source, cpu int4 and cpu W4A8")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--skip-smollm", action="store_true")
     ap.add_argument("--pipeline", default=PIPE, help="the pipeline of both `cpu` and `torch`; the first runs used "
@@ -154,15 +157,20 @@ def smollm(args, threads, work):
                     f"fresh process: {load_s} s")
     print(compile_line, flush=True)
     torch_t = slimgraph.optimize(model, (ids,), target="torch", pipeline=args.pipeline)
+    # W4A8: the same weights, activations quantized to int8 per group (VNNI dot products on AVX-512 VNNI hosts)
+    w4a8_pipe = w4a8_pipeline(args.pipeline)
+    w4a8 = slimgraph.optimize(model, (ids,), target="cpu", pipeline=w4a8_pipe) if w4a8_pipe else None
     llm = None
     if not args.skip_llama:
         from llama_cpp import Llama
         llm = Llama(model_path=str(q4_0_gguf(work)), n_ctx=512, n_threads=threads, verbose=False)
-    speeds = {"cpu": [], "torch": [], "llama.cpp Q4_0": []}
+    speeds = {"cpu": [], "cpu W4A8": [], "torch": [], "llama.cpp Q4_0": []}
     same = None
     for _ in range(args.rounds):
         out_cpu, s = sg_decode(cpu, ids, args.new_tokens)
         speeds["cpu"].append(s)
+        if w4a8 is not None:
+            speeds["cpu W4A8"].append(sg_decode(w4a8, ids, args.new_tokens)[1])
         out_t, s = sg_decode(torch_t, ids, args.new_tokens)
         speeds["torch"].append(s)
         n_same = int((out_cpu[0, ids.shape[1]:] == out_t[0, ids.shape[1]:]).cumprod(0).sum())
@@ -179,6 +187,24 @@ def smollm(args, threads, work):
         print(f"| {k} | {v:.1f} | {v / med['torch']:.2f}x | {f'{v / ref:.2f}x' if ref else '-'} |")
     print(f"\ncpu vs torch int4 greedy: first {same} of {args.new_tokens} new tokens identical")
     print(compile_line)
+    if args.ppl:
+        from slimgraph import evaluate
+        rows = [("source (fp32, transformers)", model), ("cpu int4 (weight-only)", cpu)] + \
+            ([("cpu W4A8 (`quantize-activations`)", w4a8)] if w4a8 is not None else [])
+        print("\nPerplexity, slimgraph/data/eval.txt, first 4096 tokens in 512-token windows (`evaluate.perplexity`)")
+        print("| model | perplexity |")
+        print("|---|---|")
+        for name, m in rows:
+            print(f"| {name} | {evaluate.perplexity(m, tok, window=512, max_tokens=4096):.4f} |", flush=True)
+
+
+def w4a8_pipeline(pipe: str) -> str | None:
+    """`pipe` with quantize-activations after its last fuse/merge pass (None when it already has it)."""
+    if "quantize-activations" in pipe:
+        return None
+    parts = pipe.split(",")
+    at = max(i for i, p in enumerate(parts) if p.startswith(("fuse-dequant-matmul", "merge-sibling-linears"))) + 1
+    return ",".join(parts[:at] + ["quantize-activations"] + parts[at:])
 
 
 def minilm(args, threads, work):

@@ -629,6 +629,20 @@ def _qlinear(ex, node, ins):
     return [ex.one("Add", y, bias_name) if bias_name else y]
 
 
+@lowering("onnx", "quantize_activation")
+def _quantize_activation(ex, node, ins):
+    """ir/opset/quant.py quantize_activation as float ops (ONNX Round is half to even, like torch.round):
+    groups [-1, k/g, g], s = max|x| / 127, clamp(round(x / s), -127, 127) * s, reshaped back to x's shape."""
+    x, dt = node.inputs[0], node.inputs[0].type.dtype
+    k = x.type.shape[-1]
+    g = node.attrs["group"] or k
+    xs = ex.one("Reshape", ins[0], ex.ints([-1, k // g, g]))
+    s = ex.one("Div", ex.one("ReduceMax", ex.one("Abs", xs), ex.ints([-1]), keepdims=1), ex.scalar(127.0, dt))
+    d = ex.one("Where", ex.one("Greater", s, ex.scalar(0.0, dt)), s, ex.scalar(1.0, dt))
+    q = ex.one("Clip", ex.one("Round", ex.one("Div", xs, d)), ex.scalar(-127.0, dt), ex.scalar(127.0, dt))
+    return [ex.one("Reshape", ex.one("Mul", q, s), ex.one("Shape", ins[0]))]
+
+
 @lowering("onnx", "dequantize")
 def _dequantize(ex, node, ins):
     return [_dequantized(ex, node, node.inputs, ins)]

@@ -8,3 +8,4 @@ from . import draft_heads  # noqa: F401,E402
 from . import sparsify_attention  # noqa: F401,E402
 from . import linearize_attention  # noqa: F401,E402
 from . import bind_shapes  # noqa: F401,E402
+from . import quantize_activations  # noqa: F401,E402

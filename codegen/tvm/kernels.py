@@ -194,6 +194,148 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
     return int4_lookup_gemv
 
 
+def has_vnni() -> bool:
+    """Whether this host's LLVM CPU has AVX-512 VNNI (`vpdpbusd`: u8 x s8 dot products into int32)."""
+    import tvm
+    from .target import _target_spec
+    t = tvm.target.Target(_target_spec())
+    return all(tvm.target.codegen.llvm_cpu_has_features(f, t) for f in ("avx512f", "avx512vl", "avx512vnni"))
+
+
+def int4_vnni_ok(n: int, k: int, group: int) -> bool:
+    """The W4A8 kernel takes groups of a multiple of 64 columns (32 code bytes: one `vpdpbusd` ymm per
+    nibble) and n a multiple of RB, on AVX-512 VNNI hosts."""
+    g = Q.group_size(group, k)
+    return k % g == 0 and g % 64 == 0 and n % RB == 0 and has_vnni()
+
+
+def make_quantize_rows(k: int, group: int):
+    """x [m, k] f32 -> (q [m, k] i8, s [m, k/g] f32, sums [m, k/g] i32): ir/opset/quant.py quantize_activation's
+    codes and scales per row and group (s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and each
+    group's sum of codes (the zero-point term of a W4A8 dot product). x may be in split_groups order: a
+    permutation inside a group changes neither its scale nor its sum."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng = k // g
+    lanes = _lanes(g)
+    jn = g // lanes
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle, sum_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        q = T.match_buffer(q_h, (m_n, k), "int8")
+        s = T.match_buffer(s_h, (m_n, ng), "float32")
+        sums = T.match_buffer(sum_h, (m_n, ng), "int32")
+        with T.sblock("root"):   # Relax's reshape-pattern check wants a one-input kernel's body in a block
+            for m, gi in T.grid(m_n, ng):
+                mx = T.decl_buffer((lanes,), "float32", scope="local")
+                qs = T.decl_buffer((lanes,), "int32", scope="local")
+                st = T.decl_buffer((2,), "float32", scope="local")   # scale, divisor
+                for l in T.vectorized(lanes):
+                    mx[l] = T.float32(0)
+                    qs[l] = 0
+                for j in range(jn):
+                    for l in T.vectorized(lanes):
+                        mx[l] = T.max(mx[l], T.fabs(x[m, gi * g + j * lanes + l]))
+                for l in range(1, lanes):
+                    mx[0] = T.max(mx[0], mx[l])
+                st[0] = mx[0] / T.float32(127)
+                st[1] = T.Select(st[0] > T.float32(0), st[0], T.float32(1))
+                for j in range(jn):
+                    for l in T.vectorized(lanes):
+                        q[m, gi * g + j * lanes + l] = T.Cast("int8", T.max(T.min(
+                            T.nearbyint(x[m, gi * g + j * lanes + l] / st[1]), T.float32(127)), T.float32(-127)))
+                        qs[l] = qs[l] + T.Cast("int32", q[m, gi * g + j * lanes + l])
+                for l in range(1, lanes):
+                    qs[0] = qs[0] + qs[l]
+                s[m, gi] = st[0]
+                sums[m, gi] = qs[0]
+    return quantize_rows
+
+
+def make_int4_vnni_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
+    """W4A8: y[m, o] = sum_g sw[o, g] * sx[m, g] * (sum_{k in g} c[o, k] * q[m, k] - zero[o, g] * sums[m, g]),
+    int4 codes c (ir/quant_format.py layout) times the int8 activation codes q of make_quantize_rows on
+    split_groups(x) -- so the low nibbles meet the even columns and the high ones the odd columns.
+
+    Per 32 code bytes: mask and shift give the two nibble vectors (u8), and two `vpdpbusd`
+    (llvm.x86.avx512.vpdpbusd.256: u8 x s8, four products per int32 lane) add 64 products into 8 int32
+    lanes; per group, the lanes are converted and scaled once into f32 accumulators. The integer products
+    are exact, so the result equals qlinear(quantize_activation(x)) up to the order of f32 additions."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng, hb = k // g, g // 2
+    jo_n = hb // 32
+    has_zero = zero_dtype is not None
+    zshape = (n, ng) if has_zero else (1, 1)
+    zdt = zero_dtype or "uint8"
+
+    def V(i, w=8):
+        return T.ramp(i, 1, w)
+
+    def dot(acc, codes, xq):
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, codes, xq)
+
+    def zero(zp, o, gi):
+        return T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)
+
+    @T.prim_func(private=True)
+    def int4_vnni_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"),
+                       sc: T.Buffer((n, ng), scale_dtype), zp: T.Buffer(zshape, zdt), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        xq = T.match_buffer(q_h, (m_n, k), "int8")
+        xs = T.match_buffer(s_h, (m_n, ng), "float32")
+        xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((RB, 8), "float32", scope="local")
+            dots = T.decl_buffer((RB, 8), "int32", scope="local")
+            corr = T.decl_buffer((RB,), "float32", scope="local")
+            for ob, m in T.grid(ROWS // RB, m_n):
+                if oc * ROWS + ob * RB < n:
+                    o0 = oc * ROWS + ob * RB
+                    for r in T.unroll(RB):
+                        acc[r, V(0)] = T.broadcast(T.float32(0), 8)
+                        corr[r] = T.float32(0)
+                    for gi in range(ng):
+                        for r in T.unroll(RB):
+                            dots[r, V(0)] = T.broadcast(T.int32(0), 8)
+                        for jo in range(jo_n):
+                            for r in T.unroll(RB):
+                                dots[r, V(0)] = dot(dot(dots[r, V(0)],
+                                    T.bitwise_and(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(15), 32)),
+                                    xq[m, V(gi * g + jo * 32, 32)]),
+                                    T.shift_right(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(4), 32)),
+                                    xq[m, V(gi * g + hb + jo * 32, 32)])
+                        for r in T.unroll(RB):
+                            acc[r, V(0)] = acc[r, V(0)] + T.Cast("float32x8", dots[r, V(0)]) \
+                                * T.broadcast(T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi], 8)
+                            corr[r] = corr[r] + T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi] \
+                                * zero(zp, o0 + r, gi) * T.Cast("float32", xsum[m, gi])
+                    for r in T.unroll(RB):
+                        for l in range(1, 8):
+                            acc[r, 0] = acc[r, 0] + acc[r, l]
+                        y[m, o0 + r] = acc[r, 0] - corr[r]
+    return int4_vnni_gemv
+
+
+def quantize_activation_te(x, group: int):
+    """ir/opset/quant.py quantize_activation as a TE compute on x [m, k] (codes returned dequantized)."""
+    m, k = x.shape
+    g = Q.group_size(group, int(k))
+    r = te.reduce_axis((0, g), name="r")
+    amax = te.compute((m, int(k) // g), lambda i, j: te.max(tirx.abs(x[i, j * g + r]), axis=r), name="amax")
+
+    def out(i, c):
+        s = amax[i, tirx.floordiv(c, g)] / tirx.const(127, "float32")
+        d = tirx.Select(s > 0, s, tirx.const(1, "float32"))
+        return tirx.max(tirx.min(tirx.nearbyint(x[i, c] / d), 127.0), -127.0) * s
+    return te.compute((m, k), out, name="quantize_activation")
+
+
 def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
     """The int8 kernel takes f32 activations and groups (or whole rows, group=0) of a multiple of 16 columns."""
     g = Q.group_size(group, k)
@@ -304,6 +446,22 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
     return R.reshape(y, relax.ShapeExpr([*lead, n]))
 
 
+def _call_quantize_rows(lw, x, k: int, g: int):
+    """make_quantize_rows on x [..., k]: (codes [M, k] i8, scales [M, k/g], sums [M, k/g], M) as Relax values."""
+    from tvm import relax
+    from tvm.relax import op as R
+    x = lw.bb.normalize(x)
+    m = 1
+    for d in list(x.ty.shape.values)[:-1]:
+        m = m * d
+    x2 = R.reshape(x, relax.ShapeExpr([m, k]))
+    gv = lw.kernel(f"quantize_rows_{k}_g{g}", make_quantize_rows(k, g))
+    out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([m, k], "int8"),
+                                               relax.TensorType([m, k // g], "float32"),
+                                               relax.TensorType([m, k // g], "int32")]))
+    return tuple(lw.bb.emit(relax.TupleGetItem(out, i)) for i in range(3)) + (m,)
+
+
 def split_groups(x, k: int, g: int):
     """x [..., k] with each group of g columns reordered as (even columns, odd columns): the activation
     order of the int4 kernel's low and high nibbles."""
@@ -318,6 +476,7 @@ def split_groups(x, k: int, g: int):
 def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 or int8 with f32 activations: the int4 or
     int8 GEMV kernel (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
+    from tvm import relax
     from tvm.relax import op as R
     from .module import tvm_dtype
     from .relax_lower import _dtype, linear
@@ -326,13 +485,27 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
     if int4_gemv_ok(bits, group, k, dt):
         g = Q.group_size(group, k)
+        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
+        sdt = tvm_dtype(node.inputs[2].type.dtype)
+        zp = zeros if zeros is not None else lw.const([[8]], "u8")
+        src = node.inputs[0].producer
+        if src is not None and src.op == "quantize_activation" and Q.group_size(src.attrs["group"], k) == g \
+                and int4_vnni_ok(n, k, g):   # W4A8: int8 codes of the unquantized x, integer dot products
+            key = ("quantize_rows", id(src.inputs[0]), g)
+            if key not in lw.memo:
+                xs = split_groups(lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
+                lw.memo[key] = _call_quantize_rows(lw, xs, k, g)
+            codes = lw.memo[key]
+            lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
+            gv = lw.kernel(f"int4_vnni_gemv_{n}x{k}_g{g}_{sdt}_{zdt}", make_int4_vnni_gemv(n, k, g, sdt, zdt))
+            y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zp],
+                                          relax.TensorType([codes[3], n], "float32")))
+            y = R.reshape(y, relax.ShapeExpr([*lead, n]))
+            return R.add(y, bias) if bias is not None else y
         key = ("split_groups", id(node.inputs[0]), g)   # q/k/v (gate/up) projections share one reordering
         if key not in lw.memo:
             lw.memo[key] = lw.bb.emit(split_groups(lw.bb.normalize(x), k, g))
         xs = lw.memo[key]
-        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
-        sdt = tvm_dtype(node.inputs[2].type.dtype)
-        zp = zeros if zeros is not None else lw.const([[8]], "u8")
         if int4_lookup_ok(n, k, g):
             func, name = make_int4_lookup_gemv(n, k, g, sdt, zdt), f"int4_lookup_gemv_{n}x{k}_g{g}_{sdt}_{zdt}"
         else:

@@ -439,6 +439,24 @@ def _qlinear(lw, node, args):
     return qlinear(lw, node, x, qw, scales, zeros, bias, a["bits"], a["group"])
 
 
+@lowering("cpu", "quantize_activation")
+def _quantize_activation(lw, node, args):
+    """The float result (dequantized codes); a qlinear that reads it runs the W4A8 kernel on the codes
+    instead (kernels.qlinear), and Relax drops this value when nothing else reads it."""
+    from tvm import relax
+    from tvm.relax import op as R
+    from .kernels import quantize_activation_te
+    x = lw.bb.normalize(args[0])
+    shape = list(x.ty.shape.values)
+    m = 1
+    for d in shape[:-1]:
+        m = m * d
+    k = shape[-1]
+    y = lw.bb.emit_te(quantize_activation_te, lw.bb.emit(R.reshape(x, relax.ShapeExpr([m, k]))), node.attrs["group"],
+                      primfunc_name_hint="quantize_activation")
+    return R.reshape(y, relax.ShapeExpr(shape))
+
+
 @lowering("cpu", "qembedding")
 def _qembedding(lw, node, args):
     from .kernels import qembedding

@@ -1,6 +1,7 @@
 """Weight-quantization ops: `dequantize` (packed integer weight -> float), `qlinear`
 (= linear(x, dequantize(...)) in one op, so codegens can run it from packed weights) and
-`qembedding` (= embedding(dequantize(...), ids): only the looked-up rows are unpacked).
+`qembedding` (= embedding(dequantize(...), ids): only the looked-up rows are unpacked), and
+`quantize_activation` (dynamic int8 activations: what an integer dot-product kernel sees of x).
 
 Storage layout (see ir/quant_format.py), for a logical weight W[out, in]:
   qweight  int8: i8[out, in];  int4: u8[out, in/2], column 2k in the low nibble, 2k+1 in the high
@@ -11,6 +12,7 @@ Storage layout (see ir/quant_format.py), for a logical weight W[out, in]:
   W[o, k] = (q[o, k] - zero[o, k // group]) * scale[o, k // group]
 Groups run along the input dim K, as ONNX MatMulNBits blocks them.
 """
+import torch
 import torch.nn.functional as F
 
 from .. import quant_format as Q
@@ -92,3 +94,33 @@ def qembedding(ids, qweight, scales, zeros=None, *, bits, group, dtype):
     rows = Q.dequantize(qweight[flat], scales[flat], zeros[flat] if zeros is not None else None,
                         bits, group, to_torch(dtype))
     return rows.reshape(*ids.shape, rows.shape[-1])
+
+
+def _quantize_activation_type(ts, attrs):
+    x = ts[0]
+    if attrs["bits"] != 8:
+        raise I.ShapeError(f"quantize_activation: bits must be 8 (int8 activations), got {attrs['bits']}")
+    if x.dtype not in FLOAT_DTYPES or x.rank < 1:
+        raise I.ShapeError(f"quantize_activation: x must be a float tensor, got {x}")
+    k, g = x.shape[-1], attrs["group"]
+    if g < 0 or (isinstance(k, int) and g and k % g):
+        raise I.ShapeError(f"quantize_activation: group={g} does not divide the last dim of {x}")
+    return x
+
+
+@register_op("quantize_activation", inputs="x", attrs={"bits": Attr("int", 8), "group": Attr("int", 0)},
+             infer=_quantize_activation_type)
+def quantize_activation(x, *, bits, group):
+    """Dynamic symmetric int8 quantization of x along its last dim, returned dequantized (x's dtype and shape):
+    per row and group of `group` columns (0: the whole row), s = max|x| / 127,
+    q = clamp(round_half_even(x / s), -127, 127), out = q * s (a group of zeros stays zero).
+
+    A qlinear that reads it computes sum_k q_x[k] * q_w[k] in integers (W4A8 / W8A8: llama.cpp's Q8_0
+    activations, torchao's int8 dynamic activation + int4 weight "8da4w"); the `cpu` target runs that
+    with VNNI dot products. Inserted by the `quantize-activations` pass."""
+    k = x.shape[-1]
+    g = group or k
+    xg = x.float().reshape(*x.shape[:-1], k // g, g)
+    s = xg.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(xg / torch.where(s > 0, s, torch.ones_like(s))).clamp(-127, 127)
+    return (q * s).reshape(x.shape).to(x.dtype)

@@ -126,6 +126,7 @@ CASES = {
     "col2im": lambda g, x, i, b, n: g.op("col2im", g.op("reshape", g.op("slice", x, dim=1, start=0, end=2),
                                                         shape=[1, 4, 4]), image=[3, 3],
                                          block=[2, 2], dilation=[1, 1], padding=[0, 0], stride=[1, 1]),
+    "quantize_activation": lambda g, x, i, b, n: g.op("quantize_activation", g.op("mul", x, x), group=2),
     "det": lambda g, x, i, b, n: g.op("det", g.op("matmul", x, g.op("permute", x, dims=[0, 2, 1]))),
 }
 INT_OPS = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not"}

@@ -149,6 +149,32 @@ def test_int4_gemv_kernels(n, k, group, sym, scale):
     assert ("int4_lookup_gemv" in source) == lookup and ("int4_gemv_" in source) != lookup
 
 
+@pytest.mark.parametrize("n,k,group,sym,also_out", [(64, 128, 64, True, False), (36, 256, 128, False, True),
+                                                    (8, 64, 0, True, False), (37, 128, 64, False, False),
+                                                    (16, 64, 32, True, False)])
+def test_w4a8_matches_reference(n, k, group, sym, also_out):
+    """quantize-activations on the cpu target: the W4A8 VNNI kernel (int8 codes of x times int4 codes, integer
+    dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of 4, groups of
+    64+ columns), else the float path on the dequantized codes; both equal the interpreter's
+    qlinear(quantize_activation(x)). Inputs [batch, seq, k] with 1 and 5 rows; `also_out`: the quantized x
+    is also a graph output (its float lowering runs beside the kernel's codes)."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, "seq", k)))
+    gen = torch.Generator().manual_seed(n + k)
+    a = g.op("linear", x, g.add_weight("wa", torch.randn(n, k, generator=gen)))
+    b = g.op("linear", x, g.add_weight("wb", torch.randn(n, k, generator=gen)), g.add_weight("bb", torch.randn(n, generator=gen)))
+    g.set_outputs([g.op("add", a, b)])
+    PassManager(f"quantize-weights{{bits=4,group={group},sym={str(sym).lower()}}},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    if also_out:
+        g.set_outputs(list(g.outputs) + [next(v.output for v in g.nodes if v.op == "quantize_activation")])
+    run = assert_matches(g, lambda m: (torch.randn(2, m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 5))
+    vnni = has_vnni() and n % 4 == 0 and (group or k) % 64 == 0
+    assert ("int4_vnni_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == vnni
+
+
 @pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (4, 32, True)])
 def test_qembedding_matches_reference(bits, group, sym):
     """A tied head quantized with include=[...]: its embedding lookup (qembedding: only the looked-up rows

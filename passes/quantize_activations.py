@@ -1,0 +1,49 @@
+"""quantize-activations: dynamic int8 activations for every quantized linear (W4A8 / W8A8).
+
+    qlinear(x, qw, ...) {bits, group}  ->  qlinear(quantize_activation(x) {bits=8, group}, qw, ...) {bits, group}
+
+The activation groups are the weight's groups along K (group 0: whole rows), so a kernel can take each
+group's integer dot product sum_k q_x[k] * q_w[k] and scale it once (llama.cpp's Q4_0 x Q8_0, torchao's
+8da4w). Every target runs the result (the op has a reference impl); the `cpu` target runs the pair as one
+VNNI kernel on AVX-512 VNNI hosts. It trades accuracy for speed: report perplexity beside the weight-only
+model (benchmarks/bench_cpu_target.py does). Linears reading the same x share one quantize_activation.
+
+Contract: requires "dequant-fused" (qlinear ops exist: after fuse-dequant-matmul).
+"""
+from __future__ import annotations
+from dataclasses import dataclass
+
+from ..ir import quant_format as Q
+from .base import Pass, PassError, PassResult, register_pass
+
+
+@register_pass("quantize-activations")
+@dataclass
+class QuantizeActivations(Pass):
+    """Insert quantize_activation{bits, group} before every qlinear (the qlinear's own group)."""
+    bits: int = 8
+    requires = ("dequant-fused",)
+
+    def validate(self):
+        if self.bits != 8:
+            raise PassError(f"quantize-activations: bits={self.bits} is not supported; only int8 activations (bits=8)")
+
+    def run(self, graph) -> PassResult:
+        made: dict[tuple[int, int], object] = {}
+        count = 0
+        for node in list(graph.nodes):
+            if node.op != "qlinear":
+                continue
+            x = node.inputs[0]
+            if x.producer is not None and x.producer.op == "quantize_activation":
+                continue   # already quantized
+            k = Q.logical_in_dim(node.inputs[1].type.shape, node.attrs["bits"])
+            g = node.attrs["group"] if node.attrs["group"] and node.attrs["group"] != k else 0
+            key = (id(x), g)
+            if key not in made:
+                with graph.inserting_before(node):
+                    made[key] = graph.add_node("quantize_activation", [x], {"bits": self.bits, "group": g},
+                                               names=[graph.fresh_name(x.name + "_q8")]).output
+            node.set_input(0, made[key])
+            count += 1
+        return PassResult(count > 0, {"quantized_inputs": len(made), "qlinears": count})
