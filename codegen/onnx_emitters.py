@@ -637,7 +637,10 @@ def _quantize_activation(ex, node, ins):
     k = x.type.shape[-1]
     g = node.attrs["group"] or k
     xs = ex.one("Reshape", ins[0], ex.ints([-1, k // g, g]))
-    s = ex.one("Div", ex.one("ReduceMax", ex.one("Abs", xs), ex.ints([-1]), keepdims=1), ex.scalar(127.0, dt))
+    inf = ex.scalar(float("inf"), dt)   # NaN/inf count as inf in the max (ORT's ReduceMax skips NaN): scale NaN
+    bad = ex.one("Or", ex.one("IsNaN", xs), ex.one("IsInf", xs))
+    amax = ex.one("ReduceMax", ex.one("Where", bad, inf, ex.one("Abs", xs)), ex.ints([-1]), keepdims=1)
+    s = ex.one("Where", ex.one("Equal", amax, inf), ex.scalar(float("nan"), dt), ex.one("Div", amax, ex.scalar(127.0, dt)))
     d = ex.one("Where", ex.one("Greater", s, ex.scalar(0.0, dt)), s, ex.scalar(1.0, dt))
     q = ex.one("Clip", ex.one("Round", ex.one("Div", xs, d)), ex.scalar(-127.0, dt), ex.scalar(127.0, dt))
     return [ex.one("Reshape", ex.one("Mul", q, s), ex.one("Shape", ins[0]))]

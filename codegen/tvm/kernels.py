@@ -238,10 +238,12 @@ def make_quantize_rows(k: int, group: int):
                     qs[l] = 0
                 for j in range(jn):
                     for l in T.vectorized(lanes):
-                        mx[l] = T.max(mx[l], T.fabs(x[m, gi * g + j * lanes + l]))
+                        # a NaN or inf in the group makes its scale NaN, as in the reference (max drops NaN)
+                        mx[l] = T.max(mx[l], T.Select(T.isfinite(x[m, gi * g + j * lanes + l]),
+                                                      T.fabs(x[m, gi * g + j * lanes + l]), T.float32(float("inf"))))
                 for l in range(1, lanes):
                     mx[0] = T.max(mx[0], mx[l])
-                st[0] = mx[0] / T.float32(127)
+                st[0] = T.Select(mx[0] < T.float32(float("inf")), mx[0] / T.float32(127), T.float32(float("nan")))
                 st[1] = T.Select(st[0] > T.float32(0), st[0], T.float32(1))
                 for j in range(jn):
                     for l in T.vectorized(lanes):
@@ -327,10 +329,13 @@ def quantize_activation_te(x, group: int):
     m, k = x.shape
     g = Q.group_size(group, int(k))
     r = te.reduce_axis((0, g), name="r")
-    amax = te.compute((m, int(k) // g), lambda i, j: te.max(tirx.abs(x[i, j * g + r]), axis=r), name="amax")
+    big = tirx.const(float("inf"), "float32")   # stands for NaN/inf in the max (which drops NaN): the scale becomes NaN
+    amax = te.compute((m, int(k) // g), lambda i, j: te.max(
+        tirx.Select(tirx.isfinite(x[i, j * g + r]), tirx.abs(x[i, j * g + r]), big), axis=r), name="amax")
 
     def out(i, c):
-        s = amax[i, tirx.floordiv(c, g)] / tirx.const(127, "float32")
+        a = amax[i, tirx.floordiv(c, g)]
+        s = tirx.Select(a < big, a / tirx.const(127, "float32"), tirx.const(float("nan"), "float32"))
         d = tirx.Select(s > 0, s, tirx.const(1, "float32"))
         return tirx.max(tirx.min(tirx.nearbyint(x[i, c] / d), 127.0), -127.0) * s
     return te.compute((m, k), out, name="quantize_activation")

@@ -81,6 +81,11 @@ def test_w4a8_graph_runs_and_stays_close_to_weight_only(target):
     got = get_target(target).compile(g)(x)[0]
     # torch's int4 CPU kernel computes in bf16: relative error ~1e-3 there, float rounding on the reference
     assert (got - w4a8).norm() / w4a8.norm() < (1e-2 if target == "torch" else 1e-6 if target == "reference" else 1e-5)
+    x[1, 3], x[2, 100] = float("nan"), float("inf")   # the group's scale is NaN: its values and the rows are NaN
+    qa = next(n.output for n in g.nodes if n.op == "quantize_activation")
+    g.set_outputs(list(g.outputs) + [qa])
+    for r, o in zip(ir.run(g, x), get_target(target).compile(g)(x)):
+        assert torch.equal(r.isnan(), o.isnan())
     a8_err = (w4a8 - w4).norm() / w4.norm()
     w4_err = (w4 - exact).norm() / exact.norm()
     assert 0 < a8_err < 0.5 * w4_err, (a8_err, w4_err)

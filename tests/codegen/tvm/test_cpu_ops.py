@@ -157,7 +157,8 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
     dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of 4, groups of
     64+ columns), else the float path on the dequantized codes; both equal the interpreter's
     qlinear(quantize_activation(x)). Inputs [batch, seq, k] with 1 and 5 rows; `also_out`: the quantized x
-    is also a graph output (its float lowering runs beside the kernel's codes)."""
+    is also a graph output (its float lowering runs beside the kernel's codes). A NaN or inf in a group gives
+    NaN and an all-zero row stays zero, as in the reference."""
     from slimgraph.codegen.tvm.kernels import has_vnni
     from slimgraph.passes import PassManager
     g = ir.Graph()
@@ -171,6 +172,10 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
     if also_out:
         g.set_outputs(list(g.outputs) + [next(v.output for v in g.nodes if v.op == "quantize_activation")])
     run = assert_matches(g, lambda m: (torch.randn(2, m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 5))
+    x = torch.randn(2, 4, k)
+    x[0, 1, 3], x[1, 0, -1], x[0, 3] = float("nan"), float("inf"), 0.0   # NaN/inf rows stay NaN
+    for r, o in zip(ir.run(g, x), run(x)):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4, equal_nan=True)
     vnni = has_vnni() and n % 4 == 0 and (group or k) % 64 == 0
     assert ("int4_vnni_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == vnni
 
