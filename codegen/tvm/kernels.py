@@ -93,6 +93,17 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
     return int4_gemv
 
 
+PREFETCH_ROWS = 16   # weight rows ahead the int4 kernels prefetch (~4.6 KB at k = 576): measured best of 8-96,
+                     # 1.2-1.4x out of cache on one core (benchmarks/RESULTS.md, fifth session)
+
+
+def prefetch(buf, row, col):
+    """A read prefetch of buf[row, col] into all cache levels (llvm.prefetch; past the end is harmless: no fault)."""
+    from tvm.script import tirx as T
+    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[row, col]), T.int32(0), T.int32(3),
+                              T.int32(1))
+
+
 def has_avx512() -> bool:
     """Whether this host's LLVM CPU (the `cpu` target's, codegen/tvm/target.py) has AVX-512F."""
     import tvm
@@ -164,6 +175,7 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
                         for gi in range(ng):
                             for r in T.unroll(RB):
                                 tab[r, V(0)] = table(sc, zp, o0 + r, gi)
+                                T.evaluate(prefetch(qw, o0 + r + PREFETCH_ROWS, gi * hb))
                             for jo in range(jo_n):
                                 for r in T.unroll(RB):
                                     acc[r, V(0)] = acc[r, V(0)] \
@@ -202,11 +214,14 @@ def has_vnni() -> bool:
     return all(tvm.target.codegen.llvm_cpu_has_features(f, t) for f in ("avx512f", "avx512vl", "avx512vnni"))
 
 
+VRB = 2   # weight rows the W4A8 kernel works on at once (1, 2, 4 measured: 2 best out of cache with prefetch)
+
+
 def int4_vnni_ok(n: int, k: int, group: int) -> bool:
     """The W4A8 kernel takes groups of a multiple of 64 columns (32 code bytes: one `vpdpbusd` ymm per
-    nibble) and n a multiple of RB, on AVX-512 VNNI hosts."""
+    nibble) and n a multiple of VRB, on AVX-512 VNNI hosts."""
     g = Q.group_size(group, k)
-    return k % g == 0 and g % 64 == 0 and n % RB == 0 and has_vnni()
+    return k % g == 0 and g % 64 == 0 and n % VRB == 0 and has_vnni()
 
 
 def make_quantize_rows(k: int, group: int):
@@ -293,31 +308,32 @@ def make_int4_vnni_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype
         xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((RB, 8), "float32", scope="local")
-            dots = T.decl_buffer((RB, 8), "int32", scope="local")
-            corr = T.decl_buffer((RB,), "float32", scope="local")
-            for ob, m in T.grid(ROWS // RB, m_n):
-                if oc * ROWS + ob * RB < n:
-                    o0 = oc * ROWS + ob * RB
-                    for r in T.unroll(RB):
+            acc = T.decl_buffer((VRB, 8), "float32", scope="local")
+            dots = T.decl_buffer((VRB, 8), "int32", scope="local")
+            corr = T.decl_buffer((VRB,), "float32", scope="local")
+            for ob, m in T.grid(ROWS // VRB, m_n):
+                if oc * ROWS + ob * VRB < n:
+                    o0 = oc * ROWS + ob * VRB
+                    for r in T.unroll(VRB):
                         acc[r, V(0)] = T.broadcast(T.float32(0), 8)
                         corr[r] = T.float32(0)
                     for gi in range(ng):
-                        for r in T.unroll(RB):
+                        for r in T.unroll(VRB):
                             dots[r, V(0)] = T.broadcast(T.int32(0), 8)
+                            T.evaluate(prefetch(qw, o0 + r + PREFETCH_ROWS, gi * hb))
                         for jo in range(jo_n):
-                            for r in T.unroll(RB):
+                            for r in T.unroll(VRB):
                                 dots[r, V(0)] = dot(dot(dots[r, V(0)],
                                     T.bitwise_and(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(15), 32)),
                                     xq[m, V(gi * g + jo * 32, 32)]),
                                     T.shift_right(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(4), 32)),
                                     xq[m, V(gi * g + hb + jo * 32, 32)])
-                        for r in T.unroll(RB):
+                        for r in T.unroll(VRB):
                             acc[r, V(0)] = acc[r, V(0)] + T.Cast("float32x8", dots[r, V(0)]) \
                                 * T.broadcast(T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi], 8)
                             corr[r] = corr[r] + T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi] \
                                 * zero(zp, o0 + r, gi) * T.Cast("float32", xsum[m, gi])
-                    for r in T.unroll(RB):
+                    for r in T.unroll(VRB):
                         for l in range(1, 8):
                             acc[r, 0] = acc[r, 0] + acc[r, l]
                         y[m, o0 + r] = acc[r, 0] - corr[r]

@@ -15,10 +15,12 @@ The LLVM target is this machine's CPU (`llvm_get_system_cpu`, e.g. znver4), so a
 may use instructions another CPU lacks: `host()` names the CPU and `slimgraph.load` rebuilds elsewhere.
 """
 from __future__ import annotations
+import functools
 import hashlib
 import json
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -117,6 +119,10 @@ def _to_tvm(t: torch.Tensor):
     return tvm.runtime.from_dlpack(t)
 
 
+def _forget(box, key, _ref):
+    box[0].pop(key, None)
+
+
 class TvmRunner(Runner):
     def __init__(self, graph, products: Products):
         import tvm
@@ -140,15 +146,30 @@ class TvmRunner(Runner):
             raise ProductsError(f"cpu build products name weights the graph lacks: {missing[:5]}; rebuild")
         self.weights = [_to_tvm(graph.weights[n].tensor) for n in names]
         self.graph = graph
+        self._returned: dict[int, tuple] = {}   # id(torch output) -> (weakref to it, its TVM tensor)
+        self._returned_box = [self._returned]   # what the weakref callbacks reach (not the runner: no cycle)
+
+    def _input(self, t):
+        """The TVM tensor for input `t`: the very one behind it when `t` is an output of the last call, unchanged
+        object (a decoder feeding its KV state back skips 60 DLPack round trips per step), else by DLPack."""
+        hit = self._returned.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return hit[1]
+        return _to_tvm(t)
 
     def __call__(self, *tensors):
         # The VM checks every input's dtype, rank and (symbolic) shape itself; the interpreter's signature
         # check (sympy per symbolic dim, ms per decode step) runs only when the VM refuses, for its message.
         try:
-            ins = [_to_tvm(t) for t in tensors]
+            ins = [self._input(t) for t in tensors]
             outs = self._main(*ins, *self.weights)
         except Exception:
             from ...ir.interpreter import bind_symbols
             bind_symbols(self.graph, tensors)   # raises the interpreter's TypeError naming the input
             raise
-        return [torch.from_dlpack(o) for o in outs]
+        result = [torch.from_dlpack(o) for o in outs]
+        # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
+        self._returned = {id(r): (weakref.ref(r, functools.partial(_forget, self._returned_box, id(r))), o)
+                          for r, o in zip(result, outs)}
+        self._returned_box[0] = self._returned
+        return result

@@ -296,3 +296,27 @@ def test_f32_gemv_odd_shapes(n, k):
                         g.add_weight("b", torch.randn(n, generator=gen)))])
     run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4, 7))
     assert "f32_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
+
+
+def test_an_output_fed_back_is_reused_and_in_place_edits_are_seen():
+    """The runner hands an output of its last call back to TVM without a DLPack round trip (a decoder's KV
+    state); the torch tensor and the TVM tensor share memory, so an in-place edit of the output is what the
+    next call reads, and an output the caller drops is not kept alive by the runner."""
+    import gc
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 4)))
+    g.set_outputs([g.op("add", x, g.op("constant", value=1.0, dtype="f32"))])
+    run = get_target("cpu").compile(g)
+    out = run(torch.zeros(3, 4))[0]
+    assert torch.equal(run(out)[0], torch.full((3, 4), 2.0))
+    out = run(torch.zeros(3, 4))[0]
+    out.mul_(5)
+    assert torch.equal(run(out)[0], torch.full((3, 4), 6.0))
+    assert torch.equal(run(out[:2])[0], torch.full((2, 4), 6.0))   # a view of it: converted, not confused with it
+    del out
+    gc.collect()
+    run(torch.zeros(1, 4))
+    last = run(torch.zeros(1, 4))[0]
+    del last
+    gc.collect()
+    assert run._returned == {}
