@@ -214,7 +214,8 @@ def has_vnni() -> bool:
     return all(tvm.target.codegen.llvm_cpu_has_features(f, t) for f in ("avx512f", "avx512vl", "avx512vnni"))
 
 
-VRB = 2   # weight rows the W4A8 kernel works on at once (1, 2, 4 measured: 2 best out of cache with prefetch)
+VRB = 1   # weight rows the W4A8 kernel works on at once (1, 2, 4 measured with prefetch on one core, SmolLM2's
+          # shapes out of cache: 4.3, 4.6, 5.0 ms for 106 M weights)
 
 
 def int4_vnni_ok(n: int, k: int, group: int) -> bool:
@@ -392,6 +393,7 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
                         for l in T.vectorized(LANES):
                             acc[c, l] = T.float32(0)
                     for gi in range(ng):
+                        T.evaluate(prefetch(qw, o + PREFETCH_ROWS, gi * g))
                         for jo in range(jo_n // nc):
                             for c in T.unroll(nc):
                                 for l in T.vectorized(LANES):

@@ -154,7 +154,7 @@ def test_int4_gemv_kernels(n, k, group, sym, scale):
                                                     (16, 64, 32, True, False)])
 def test_w4a8_matches_reference(n, k, group, sym, also_out):
     """quantize-activations on the cpu target: the W4A8 VNNI kernel (int8 codes of x times int4 codes, integer
-    dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of 4, groups of
+    dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of VRB, groups of
     64+ columns), else the float path on the dequantized codes; both equal the interpreter's
     qlinear(quantize_activation(x)). Inputs [batch, seq, k] with 1 and 5 rows; `also_out`: the quantized x
     is also a graph output (its float lowering runs beside the kernel's codes). A NaN or inf in a group gives
@@ -176,7 +176,8 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
     x[0, 1, 3], x[1, 0, -1], x[0, 3] = float("nan"), float("inf"), 0.0   # NaN/inf rows stay NaN
     for r, o in zip(ir.run(g, x), run(x)):
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4, equal_nan=True)
-    vnni = has_vnni() and n % 4 == 0 and (group or k) % 64 == 0
+    from slimgraph.codegen.tvm.kernels import VRB
+    vnni = has_vnni() and n % VRB == 0 and (group or k) % 64 == 0
     assert ("int4_vnni_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == vnni
 
 
