@@ -286,16 +286,18 @@ def test_bad_inputs_get_the_interpreters_error(bad):
         run(*args)
 
 
-@pytest.mark.parametrize("n,k", [(37, 24), (16, 64), (5, 8)])
-def test_f32_gemv_odd_shapes(n, k):
+@pytest.mark.parametrize("n,k,seqs", [(37, 24, (1, 4, 7)), (16, 64, (1, 4, 7)), (5, 8, (1, 4, 7)),
+                                      (64, 40, (31, 32, 37)), (96, 24, (36, 45)), (40, 32, (33,))])
+def test_f32_gemv_odd_shapes(n, k, seqs):
     """The f32 linear kernel: output counts that do not fill a task of 16 rows, 8- and 16-lane k, and rows of x
-    in whole blocks of 4, a remainder, or both (1, 4, 7 rows)."""
+    in whole blocks of 4, a remainder, or both (1, 4, 7 rows); from 32 rows with n a multiple of 32 the GEMM
+    microkernel (whole blocks of 6 rows and remainders, any k), n = 40 the row-dot form at any M."""
     g = ir.Graph()
     x = g.add_input("x", TensorType("f32", ("m", k)))
     gen = torch.Generator().manual_seed(n + k)
     g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)),
                         g.add_weight("b", torch.randn(n, generator=gen)))])
-    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4, 7))
+    run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=seqs)
     assert "f32_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
 
 
