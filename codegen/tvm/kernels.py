@@ -616,6 +616,23 @@ def _lanes(d: int) -> int:
     return next(w for w in (LANES, 8, 4, 2, 1) if d % w == 0)
 
 
+PREFILL_MIN_Q = 8   # query rows from which attention takes the blocked prefill form
+
+
+def fast_exp(x):
+    """exp(x) for f32 in vectors: Cody-Waite range reduction and Cephes' expf polynomial (relative error
+    ~2e-7); exactly 0 below -87.3 (and for -inf, NaN stays NaN), where TVM's exp is a scalar libm call."""
+    from tvm.script import tirx as T
+    xc = T.max(x, T.float32(-87.3))
+    n = T.floor(xc * T.float32(1.4426950408889634) + T.float32(0.5))
+    r = xc - n * T.float32(0.693359375) + n * T.float32(2.12194440e-4)
+    y = (((((T.float32(1.9875691500e-4) * r + T.float32(1.3981999507e-3)) * r + T.float32(8.3334519073e-3)) * r
+           + T.float32(4.1665795894e-2)) * r + T.float32(1.6666665459e-1)) * r + T.float32(5.0000001201e-1)) * r * r \
+        + r + T.float32(1)
+    p = y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+    return T.Select(T.isnan(x), x, T.Select(x < T.float32(-87.3), T.float32(0), p))
+
+
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
                    mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
     """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j] in one
@@ -662,33 +679,71 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
-            acc = T.decl_buffer((d,), "float32", scope="local")
-            dot = T.decl_buffer((lanes,), "float32", scope="local")
-            st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
-            for i in range(lq):
-                for e in T.vectorized(d):
-                    acc[e] = T.float32(0)
-                st[0] = T.float32(lowest)
-                st[1] = T.float32(0)
-                for j in range(lk):
-                    if keep(mask, bh // hq, i, j, lq, lk):
-                        for l in T.vectorized(lanes):
-                            dot[l] = T.float32(0)
-                        for c in range(dn):
+            if lq >= PREFILL_MIN_Q:
+                # prefill: k transposed once per task, then per query row the scores of LANES keys at a time
+                # (q broadcast, no horizontal sums), scale and masks per key, exp by polynomial in vectors,
+                # p @ v over the keys that count
+                kt = T.decl_buffer((d, (lk + LANES - 1) // LANES * LANES), "float32", scope="local")
+                sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
+                acc = T.decl_buffer((d,), "float32", scope="local")
+                st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
+                for e, j in T.grid(d, (lk + LANES - 1) // LANES * LANES):
+                    kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, T.min(j, lk - 1), e], T.float32(0))
+                for i in range(lq):
+                    for jo in range((lk + LANES - 1) // LANES):
+                        for l in T.vectorized(LANES):
+                            sc[jo * LANES + l] = T.float32(0)
+                        for e in range(d):
+                            for l in T.vectorized(LANES):
+                                sc[jo * LANES + l] = sc[jo * LANES + l] + q[bh // hq, bh % hq, i, e] * kt[e, jo * LANES + l]
+                    st[0] = T.float32(lowest)
+                    for j in range((lk + LANES - 1) // LANES * LANES):
+                        if j < lk and keep(mask, bh // hq, i, j, lq, lk):
+                            sc[j] = sc[j] * T.float32(scale) + madd(mask, bh // hq, i, j)
+                            st[0] = T.max(st[0], sc[j])
+                        else:
+                            sc[j] = T.float32(float("-inf"))
+                    for jo in range((lk + LANES - 1) // LANES):
+                        for l in T.vectorized(LANES):
+                            sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
+                    st[1] = T.float32(0)
+                    for e in T.vectorized(d):
+                        acc[e] = T.float32(0)
+                    for j in range(lk):
+                        if sc[j] != T.float32(0):   # masked keys are exactly 0 (NaN passes)
+                            st[1] = st[1] + sc[j]
+                            for e in T.vectorized(d):
+                                acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
+                    for e in T.vectorized(d):
+                        o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+            else:
+                acc = T.decl_buffer((d,), "float32", scope="local")
+                dot = T.decl_buffer((lanes,), "float32", scope="local")
+                st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
+                for i in range(lq):
+                    for e in T.vectorized(d):
+                        acc[e] = T.float32(0)
+                    st[0] = T.float32(lowest)
+                    st[1] = T.float32(0)
+                    for j in range(lk):
+                        if keep(mask, bh // hq, i, j, lq, lk):
                             for l in T.vectorized(lanes):
-                                dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
-                                    k[bh // hq, bh % hq // rep, j, c * lanes + l]
-                        for l in range(1, lanes):
-                            dot[0] = dot[0] + dot[l]
-                        st[2] = dot[0] * T.float32(scale) + madd(mask, bh // hq, i, j)
-                        st[3] = T.exp(st[0] - T.max(st[0], st[2]))
-                        st[0] = T.max(st[0], st[2])
-                        st[2] = T.exp(st[2] - st[0])
-                        st[1] = st[1] * st[3] + st[2]
-                        for e in T.vectorized(d):
-                            acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
-                for e in T.vectorized(d):
-                    o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+                                dot[l] = T.float32(0)
+                            for c in range(dn):
+                                for l in T.vectorized(lanes):
+                                    dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
+                                        k[bh // hq, bh % hq // rep, j, c * lanes + l]
+                            for l in range(1, lanes):
+                                dot[0] = dot[0] + dot[l]
+                            st[2] = dot[0] * T.float32(scale) + madd(mask, bh // hq, i, j)
+                            st[3] = T.exp(st[0] - T.max(st[0], st[2]))
+                            st[0] = T.max(st[0], st[2])
+                            st[2] = T.exp(st[2] - st[0])
+                            st[1] = st[1] * st[3] + st[2]
+                            for e in T.vectorized(d):
+                                acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
+                    for e in T.vectorized(d):
+                        o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
     return attention
 
 

@@ -62,6 +62,10 @@ def test_op_matches_interpreter(op):
     (2, 2, 5, 5, True, "bool", 2, 8, 2, None), (4, 2, 3, 9, True, None, 3, 8, 2, None),
     (9, 3, 1, 11, True, "bool", 0, 64, 2, None), (3, 3, 2, 6, False, "float", 2, 20, 1, None), (6, 2, 4, 4, False, "bool", 0, 6, 1, None),
     (4, 4, 3, 5, False, "float", 0, 32, 2, 1), (2, 1, 3, 4, True, "bool", 0, 16, 1, 1),
+    # prefill (lq >= 8: the blocked form), keys not a multiple of 16, every mask kind
+    (4, 2, 9, 9, True, None, 0, 8, 2, None), (2, 2, 20, 23, True, "bool", 0, 32, 2, None),
+    (6, 3, 12, 17, False, "float", 0, 16, 1, None), (2, 1, 17, 17, True, None, 5, 20, 2, None),
+    (4, 4, 16, 16, False, "float", 0, 32, 2, 1), (3, 3, 8, 40, True, "bool", 3, 6, 1, None),
 ])
 def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb, mq):
     """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
