@@ -687,6 +687,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                 sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
                 acc = T.decl_buffer((d,), "float32", scope="local")
                 st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
+                mx = T.decl_buffer((LANES,), "float32", scope="local")
                 for e, j in T.grid(d, (lk + LANES - 1) // LANES * LANES):
                     kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, T.min(j, lk - 1), e], T.float32(0))
                 for i in range(lq):
@@ -696,13 +697,25 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                         for e in range(d):
                             for l in T.vectorized(LANES):
                                 sc[jo * LANES + l] = sc[jo * LANES + l] + q[bh // hq, bh % hq, i, e] * kt[e, jo * LANES + l]
-                    st[0] = T.float32(lowest)
-                    for j in range((lk + LANES - 1) // LANES * LANES):
+                    for jo in range(lk // LANES):   # whole blocks of keys: masks and scale in vectors
+                        for l in T.vectorized(LANES):
+                            sc[jo * LANES + l] = T.Select(keep(mask, bh // hq, i, jo * LANES + l, lq, lk),
+                                                          sc[jo * LANES + l] * T.float32(scale)
+                                                          + madd(mask, bh // hq, i, jo * LANES + l),
+                                                          T.float32(float("-inf")))
+                    for j in range(lk // LANES * LANES, (lk + LANES - 1) // LANES * LANES):   # the rest, and padding
                         if j < lk and keep(mask, bh // hq, i, j, lq, lk):
                             sc[j] = sc[j] * T.float32(scale) + madd(mask, bh // hq, i, j)
-                            st[0] = T.max(st[0], sc[j])
                         else:
                             sc[j] = T.float32(float("-inf"))
+                    for l in T.vectorized(LANES):
+                        mx[l] = T.float32(lowest)
+                    for jo in range((lk + LANES - 1) // LANES):
+                        for l in T.vectorized(LANES):
+                            mx[l] = T.max(mx[l], sc[jo * LANES + l])
+                    st[0] = T.float32(lowest)
+                    for l in range(LANES):
+                        st[0] = T.max(st[0], mx[l])
                     for jo in range((lk + LANES - 1) // LANES):
                         for l in T.vectorized(LANES):
                             sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
