@@ -494,6 +494,45 @@ def make_f32_gemv(n: int, k: int):
     return f32_gemv
 
 
+def make_layer_norm(k: int, eps: float):
+    """y[m] = (x[m] - mean) / sqrt(var + eps) * w + b over rows of k (a multiple of LANES) f32 values, biased
+    variance of the centered row (two passes, as ir/opset/nn.py layer_norm / torch compute it), in vectors."""
+    from tvm.script import tirx as T
+    kn = k // LANES
+
+    @T.prim_func(private=True)
+    def layer_norm(x_h: T.handle, w: T.Buffer((k,), "float32"), b: T.Buffer((k,), "float32"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, k), "float32")
+        for m in T.parallel(m_n):
+            acc = T.decl_buffer((LANES,), "float32", scope="local")
+            st = T.decl_buffer((2,), "float32", scope="local")   # mean, 1 / std
+            for l in T.vectorized(LANES):
+                acc[l] = T.float32(0)
+            for c in range(kn):
+                for l in T.vectorized(LANES):
+                    acc[l] = acc[l] + x[m, c * LANES + l]
+            st[0] = T.float32(0)
+            for l in range(LANES):
+                st[0] = st[0] + acc[l]
+            st[0] = st[0] / T.float32(k)
+            for l in T.vectorized(LANES):
+                acc[l] = T.float32(0)
+            for c in range(kn):
+                for l in T.vectorized(LANES):
+                    acc[l] = acc[l] + (x[m, c * LANES + l] - st[0]) * (x[m, c * LANES + l] - st[0])
+            st[1] = T.float32(0)
+            for l in range(LANES):
+                st[1] = st[1] + acc[l]
+            st[1] = T.float32(1) / T.sqrt(st[1] / T.float32(k) + T.float32(eps))
+            for c in range(kn):
+                for l in T.vectorized(LANES):
+                    y[m, c * LANES + l] = (x[m, c * LANES + l] - st[0]) * st[1] * w[c * LANES + l] + b[c * LANES + l]
+    return layer_norm
+
+
 def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
     """Run `func(x2d, *weights) -> [M, n]` on x [..., k] and give [..., n]."""
     from tvm import relax

@@ -335,6 +335,19 @@ def _layer_norm(lw, node, args):
     shape = x.type.shape[-n:]
     weight = args[1] if len(args) > 1 else _filled(lw, shape, 1.0, dt)
     bias = args[2] if len(args) > 2 else _filled(lw, shape, 0.0, dt)
+    if n == 1 and dt == "f32" and isinstance(shape[0], int) and shape[0] % 16 == 0:
+        from .kernels import make_layer_norm
+        k = shape[0]
+        x2 = lw.bb.normalize(args[0])
+        lead = list(x2.ty.shape.values)[:-1]
+        m = 1
+        for d in lead:
+            m = m * d
+        gv = lw.kernel(f"layer_norm_{k}_{float(node.attrs['eps']).hex().replace('.', '_').replace('-', 'm').replace('+', '')}",
+                       make_layer_norm(k, float(node.attrs["eps"])))
+        y = relax.call_tir(gv, [lw.bb.emit(R.reshape(x2, relax.ShapeExpr([m, k]))), weight, bias],
+                           relax.TensorType([m, k], "float32"))
+        return R.reshape(lw.bb.emit(y), relax.ShapeExpr([*lead, k]))
     return R.nn.layer_norm(args[0], weight, bias, axes, node.attrs["eps"])
 
 

@@ -327,3 +327,24 @@ def test_an_output_fed_back_is_reused_and_in_place_edits_are_seen():
     del last
     gc.collect()
     assert run._returned == {}
+
+
+@pytest.mark.parametrize("k,affine,eps", [(48, True, 1e-12), (16, False, 1e-5), (384, True, 1e-5)])
+def test_layer_norm_kernel(k, affine, eps):
+    """layer_norm over a last dim that is a multiple of 16 (the vectorized two-pass kernel): with and without
+    weight/bias, a constant row (variance 0), a row far from zero (mean 100), symbolic rows."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, "seq", k)))
+    gen = torch.Generator().manual_seed(k)
+    args = [x] + ([g.add_weight("w", torch.randn(k, generator=gen)), g.add_weight("b", torch.randn(k, generator=gen))]
+                  if affine else [])
+    g.set_outputs([g.op("layer_norm", *args, axes=1, eps=eps)])
+
+    def make(seq):
+        t = torch.randn(2, seq, k, generator=torch.Generator().manual_seed(seq))
+        if seq:
+            t[0, 0] = 3.0
+            t[1, -1] += 100.0
+        return (t,)
+    run = assert_matches(g, make, seqs=(0, 1, 5), tol=2e-4 if eps < 1e-6 else 1e-4)
+    assert "layer_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()
