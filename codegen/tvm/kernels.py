@@ -669,7 +669,14 @@ def fast_exp(x):
            + T.float32(4.1665795894e-2)) * r + T.float32(1.6666665459e-1)) * r + T.float32(5.0000001201e-1)) * r * r \
         + r + T.float32(1)
     p = y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
-    return T.Select(T.isnan(x), x, T.Select(x < T.float32(-87.3), T.float32(0), p))
+    return T.Select(is_nan(x), x, T.Select(x < T.float32(-87.3), T.float32(0), p))
+
+
+def is_nan(x):
+    """x is NaN, by its bits: TVM's LLVM code is built with fast-math flags, under which a float NaN test may
+    be folded to false."""
+    from tvm.script import tirx as T
+    return T.bitwise_and(T.reinterpret("int32", x), 0x7FFFFFFF) > 0x7F800000   # scalar f32 (vectorized later)
 
 
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
@@ -679,7 +686,8 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
     as ir/opset/nn.py attention. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
     masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1, lk] is bool (keep) or
     float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
-    all masked gives 0/0 = NaN, like the reference's softmax of -inf."""
+    all masked gives 0 (torch's scaled_dot_product_attention on CPU, the reference, does); a NaN score among
+    the kept keys makes the row NaN."""
     from tvm.script import tirx as T
     lanes = _lanes(d)
     dn = d // lanes
@@ -762,12 +770,12 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                     for e in T.vectorized(d):
                         acc[e] = T.float32(0)
                     for j in range(lk):
-                        if sc[j] != T.float32(0):   # masked keys are exactly 0 (NaN passes)
+                        if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
                             st[1] = st[1] + sc[j]
                             for e in T.vectorized(d):
                                 acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
                     for e in T.vectorized(d):
-                        o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+                        o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
             else:
                 acc = T.decl_buffer((d,), "float32", scope="local")
                 dot = T.decl_buffer((lanes,), "float32", scope="local")
@@ -795,7 +803,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                             for e in T.vectorized(d):
                                 acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
                     for e in T.vectorized(d):
-                        o[bh // hq, bh % hq, i, e] = acc[e] / st[1]
+                        o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
     return attention
 
 
