@@ -635,6 +635,9 @@ def _quantize_activation(ex, node, ins):
     groups [-1, k/g, g], s = max|x| / 127, clamp(round(x / s), -127, 127) * s, reshaped back to x's shape."""
     x, dt = node.inputs[0], node.inputs[0].type.dtype
     k = x.type.shape[-1]
+    if not isinstance(k, int):
+        raise OnnxExportError(f"quantize_activation over a symbolic last dim {k!r} ({node!r}); the quantize-activations "
+                              "pass only inserts it before qlinear, whose K is static")
     g = node.attrs["group"] or k
     xs = ex.one("Reshape", ins[0], ex.ints([-1, k // g, g]))
     inf = ex.scalar(float("inf"), dt)   # NaN/inf count as inf in the max (ORT's ReduceMax skips NaN): scale NaN
