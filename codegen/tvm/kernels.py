@@ -533,8 +533,8 @@ def make_layer_norm(k: int, eps: float):
     return layer_norm
 
 
-def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
-    """Run `func(x2d, *weights) -> [M, n]` on x [..., k] and give [..., n]."""
+def as_rows(lw, x, k):
+    """x [..., k] as (x2d [M, k], its leading dims, M): the row view every row-wise kernel here runs on."""
     from tvm import relax
     from tvm.relax import op as R
     x = lw.bb.normalize(x)
@@ -542,7 +542,14 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
     m = 1
     for d in lead:
         m = m * d
-    x2 = R.reshape(x, relax.ShapeExpr([m, k]))
+    return lw.bb.emit(R.reshape(x, relax.ShapeExpr([m, k]))), lead, m
+
+
+def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
+    """Run `func(x2d, *weights) -> [M, n]` on x [..., k] and give [..., n]."""
+    from tvm import relax
+    from tvm.relax import op as R
+    x2, lead, m = as_rows(lw, x, k)
     gv = lw.kernel(name, func)
     y = relax.call_tir(gv, [x2, *weights], relax.TensorType([m, n], "float32"))
     return R.reshape(y, relax.ShapeExpr([*lead, n]))
@@ -551,12 +558,7 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
 def _call_quantize_rows(lw, x, k: int, g: int):
     """make_quantize_rows on x [..., k]: (codes [M, k] i8, scales [M, k/g], sums [M, k/g], M) as Relax values."""
     from tvm import relax
-    from tvm.relax import op as R
-    x = lw.bb.normalize(x)
-    m = 1
-    for d in list(x.ty.shape.values)[:-1]:
-        m = m * d
-    x2 = R.reshape(x, relax.ShapeExpr([m, k]))
+    x2, _, m = as_rows(lw, x, k)
     gv = lw.kernel(f"quantize_rows_{k}_g{g}", make_quantize_rows(k, g))
     out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([m, k], "int8"),
                                                relax.TensorType([m, k // g], "float32"),
@@ -598,7 +600,7 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
                 xs = split_groups(lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
                 lw.memo[key] = _call_quantize_rows(lw, xs, k, g)
             codes = lw.memo[key]
-            lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
+            lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]   # x's shape: the quantized x has it too
             gv = lw.kernel(f"int4_vnni_gemv_{n}x{k}_g{g}_{sdt}_{zdt}", make_int4_vnni_gemv(n, k, g, sdt, zdt))
             y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zp],
                                           relax.TensorType([codes[3], n], "float32")))

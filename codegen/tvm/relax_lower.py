@@ -336,18 +336,10 @@ def _layer_norm(lw, node, args):
     weight = args[1] if len(args) > 1 else _filled(lw, shape, 1.0, dt)
     bias = args[2] if len(args) > 2 else _filled(lw, shape, 0.0, dt)
     if n == 1 and dt == "f32" and isinstance(shape[0], int) and shape[0] % 16 == 0:
-        from .kernels import make_layer_norm
-        k = shape[0]
-        x2 = lw.bb.normalize(args[0])
-        lead = list(x2.ty.shape.values)[:-1]
-        m = 1
-        for d in lead:
-            m = m * d
-        gv = lw.kernel(f"layer_norm_{k}_{float(node.attrs['eps']).hex().replace('.', '_').replace('-', 'm').replace('+', '')}",
-                       make_layer_norm(k, float(node.attrs["eps"])))
-        y = relax.call_tir(gv, [lw.bb.emit(R.reshape(x2, relax.ShapeExpr([m, k]))), weight, bias],
-                           relax.TensorType([m, k], "float32"))
-        return R.reshape(lw.bb.emit(y), relax.ShapeExpr([*lead, k]))
+        from .kernels import _call_rows, make_layer_norm
+        k, eps = shape[0], float(node.attrs["eps"])
+        name = f"layer_norm_{k}_{eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')}"
+        return _call_rows(lw, args[0], k, k, make_layer_norm(k, eps), [weight, bias], name)
     return R.nn.layer_norm(args[0], weight, bias, axes, node.attrs["eps"])
 
 
@@ -467,15 +459,11 @@ def _quantize_activation(lw, node, args):
     instead (kernels.qlinear), and Relax drops this value when nothing else reads it."""
     from tvm import relax
     from tvm.relax import op as R
-    from .kernels import quantize_activation_te
+    from .kernels import as_rows, quantize_activation_te
     x = lw.bb.normalize(args[0])
     shape = list(x.ty.shape.values)
-    m = 1
-    for d in shape[:-1]:
-        m = m * d
-    k = shape[-1]
-    y = lw.bb.emit_te(quantize_activation_te, lw.bb.emit(R.reshape(x, relax.ShapeExpr([m, k]))), node.attrs["group"],
-                      primfunc_name_hint="quantize_activation")
+    x2, _, _ = as_rows(lw, x, shape[-1])
+    y = lw.bb.emit_te(quantize_activation_te, x2, node.attrs["group"], primfunc_name_hint="quantize_activation")
     return R.reshape(y, relax.ShapeExpr(shape))
 
 
