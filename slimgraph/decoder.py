@@ -91,9 +91,10 @@ class Decoder:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
         """Run the prompt `input_ids` [batch, seq] (int64) from empty state. `attention_mask` [batch, seq]
         (1 = token, 0 = left pad) lets prompts of different lengths share a batch. Returns the outputs by name."""
-        ids = check_ids(input_ids)
+        ids = check_ids(input_ids).to(self.device)
         self.reset(ids.shape[0])
-        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else \
+            attention_mask.to(self.device, torch.bool)
         if valid.shape != ids.shape:
             raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
         if not bool(valid[:, -1].all()):
@@ -103,7 +104,7 @@ class Decoder:
 
     def step(self, tokens: torch.Tensor) -> dict:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""
-        ids = check_ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1))
+        ids = check_ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1)).to(self.device)
         n = ids.shape[1]
         positions = self.next_pos[:, None] + torch.arange(n, device=ids.device)
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
@@ -120,12 +121,12 @@ class Decoder:
         Without `tree_mask` the candidates are a chain (each follows the previous one). With `tree_mask`
         ([k, k] bool, row i True at i and its ancestors) they are a tree: candidate i sits at depth
         (ancestors) and sees only its ancestors. Call `accept` next: the cache holds all k until then."""
-        ids = check_ids(candidates)
+        ids = check_ids(candidates).to(self.device)
         k = ids.shape[1]
         if tree_mask is None:
             local = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril()
         else:
-            local = tree_mask.to(torch.bool)
+            local = tree_mask.to(self.device, torch.bool)
             if local.shape != (k, k) or not bool(local.diagonal().all()) or bool(local.triu(1).any()):
                 raise DecoderError(f"verify(): tree_mask must be [k, k] = [{k}, {k}] with True on the diagonal and "
                                    f"only ancestors (earlier candidates) below it; got {tuple(local.shape)}")

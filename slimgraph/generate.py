@@ -99,7 +99,7 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
                 logits = dec.prefill(input_ids, attention_mask)["logits"]
             else:
                 logits = dec.step(ids[:, prompt_len + n - 2])["logits"]
-            token = pick(logits[:, -1] if logits.dim() == 3 else logits)
+            token = pick((logits[:, -1] if logits.dim() == 3 else logits).to(input_ids.device))
             if eos is not None:
                 token = torch.where(finished, eos[0], token)
                 finished |= torch.isin(token, eos)

@@ -258,7 +258,7 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
             on_token(tok)
         return tok in eos_set or len(new) >= max_new_tokens
 
-    out = dec.prefill(input_ids)
+    out = _host(dec.prefill(input_ids))
     t_prefill = time.perf_counter()
     last = out["logits"][0, -1]
     token = int(last.argmax()) if sample is None else int(torch.multinomial(sample[0](last[None])[0], 1,
@@ -287,7 +287,7 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
                 # chain mode on a model whose window cannot take a tree now: one chain, the lookup's when it
                 # found a match (it is usually the longer accepted one), else the heads'
                 c = Candidates(token, None, (), looked) if looked and looked[0] else Candidates(token, tt, heads)
-            res = dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask)
+            res = _host(dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask))
             base = res["logits"][0].argmax(-1).tolist()
             path = c.accepted_path(base)[:room]          # never emit past max_new_tokens
             kept = [c.ids[i] for i in path[1:]] + [base[path[-1]]]
@@ -303,10 +303,16 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         token = kept[-1]
 
 
+def _host(outputs: dict) -> dict:
+    """The decoder's outputs on the host: drafting, acceptance and sampling are small CPU-side work, and a
+    GPU runner's outputs live on its device (the copy is the verified rows' logits: ~k x vocab floats)."""
+    return {name: t.cpu() for name, t in outputs.items()}
+
+
 def _sampled_round(dec, drafter, token, depth, warp, generator):
     """One verify of a sampled chain with the rejection rule: (accepted rows, emitted tokens, outputs)."""
     drafts, q = drafter.sample_chain(depth, warp, generator)
-    res = dec.verify(torch.tensor([[token, *drafts]], dtype=torch.long))
+    res = _host(dec.verify(torch.tensor([[token, *drafts]], dtype=torch.long)))
     p = warp(res["logits"][0].float())                   # [depth + 1, vocab]: target after each candidate
     n, tok = _rejection(drafts, q, p, generator)
     return list(range(n + 1)), drafts[:n] + [tok], res
@@ -324,7 +330,7 @@ def run_batch(dec, input_ids: torch.Tensor, max_new_tokens: int, *, attention_ma
     B = input_ids.shape[0]
     drafters = [drafter_for(dec.graph) for _ in range(B)]
     k = drafters[0].depth
-    out = dec.prefill(input_ids, attention_mask)
+    out = _host(dec.prefill(input_ids, attention_mask))
     t_prefill = time.perf_counter()
     last = out["logits"][:, -1]
     if sample is None:
@@ -348,7 +354,7 @@ def run_batch(dec, input_ids: torch.Tensor, max_new_tokens: int, *, attention_ma
             dq = [d.sample_chain(depth, *sample) for d in drafters]
             drafts = [x[0] for x in dq]
         cands = torch.tensor([[tokens[b], *drafts[b]] for b in range(B)], dtype=torch.long)
-        res = dec.verify(cands)
+        res = _host(dec.verify(cands))
         verifies += 1
         if sample is None:
             base = res["logits"].argmax(-1)                                 # [B, depth + 1]
