@@ -1,6 +1,7 @@
 """Shared plumbing of the Triton kernel modules: the lazy triton import with a clear error, where
 a launcher may run (CUDA, or CPU under the interpreter), and the reference fallback."""
 from __future__ import annotations
+import functools
 import os
 import warnings
 
@@ -85,8 +86,13 @@ def num_sms(device) -> int:
     """Streaming multiprocessors of `device` (split-K / split-KV target more programs than this);
     132 (H100 SXM) while recording; 4 under the interpreter so tests exercise the splits on tiny shapes."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return 132 if RECORD is not None else 4
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:

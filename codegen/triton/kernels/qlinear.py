@@ -17,15 +17,18 @@ The launcher recognizes a prepacked call by the 3-d table in the scales position
 
 Paths (chosen per call from M = rows of x):
 - GEMV, M <= GEMV_MAX_M (decode): grid (N blocks, K splits, M). Each program dequantizes [32, BLOCK_N]
-  tiles in registers and reduces with tl.sum; split-K writes f32 partials [splits, M, N] that a second
-  pass (a torch sum: deterministic, no atomics) adds, with the bias. When a group spans whole chunks
-  the scale factors out: acc += s * (sum_k x_k q_k - z * sum_k x_k).
+  tiles in registers and accumulates x * w elementwise into a [32, BLOCK_N] f32 tile, reduced over k once
+  after its loop. Codes become floats by the exponent trick ((q | 0x4B000000) read as f32 = 2**23 + q: an
+  integer op, not a conversion); when a group spans whole chunks, scale and zero point are one load per
+  column and chunk. Split-K writes f32 partials [splits, M, N] that `_splitk_sum_kernel` adds in a fixed
+  order with the bias (deterministic, no atomics); without a split the kernel writes y itself.
 - GEMM, larger M (prefill): grid (M blocks, N blocks, K splits; split-K only while M x N blocks are
-  fewer than 2 per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of
+  fewer than `waves` per SM, e.g. M=16 at N=4096, with the same partials + sum); each chunk is two tl.dot of
   x [BLOCK_M, 32] with dequantized w [32, BLOCK_N] tiles cast to x's dtype (as the reference casts the
   weight), f32 accumulation; f32 inputs use input_precision="ieee" (no TF32). Block sizes: BLOCK_M = next power
   of two of M in [16, 64]; BLOCK_N, warps and split-K occupancy from `GEMV` / `GEMM` (`Config`; no
-  autotune yet).
+  autotune yet). Measured on an H200 (benchmarks/RESULTS.md): 17-25% of the copy bandwidth, 0.85-1.17x
+  cuBLAS bf16 in CUDA graphs; far from the issue's bar, and only one sweep of the old kernel informs `Config`.
 
 Tolerance vs the reference impl (tests/codegen/triton/test_triton_qlinear.py): f32 atol/rtol 1e-4
 (summation order only); f16/bf16 compared as (y - ref).abs().max() <= 2e-2 * ref.abs().max() (the
@@ -51,20 +54,21 @@ triton, tl = import_triton()
 CHUNK = 64            # K values per packed chunk
 HALF = CHUNK // 2     # byte rows per chunk (int4)
 GEMV_MAX_M = 4
+SUM_BLOCK = 512       # columns per program of the split-K sum
 
 
 @dataclass(frozen=True)
 class Config:
     """Launch parameters of one path: BLOCK_N, warps per program, and `waves` = programs per SM that
-    split-K aims for. The defaults are untuned guesses (no GPU has run them yet); benchmarks/bench_triton.py
-    --sweep measures alternatives on a GPU."""
+    split-K aims for. The defaults are the best of one H200 sweep of the previous kernel (RESULTS.md);
+    benchmarks/bench_triton.py --sweep measures alternatives on a GPU."""
     block_n: int = 64
     num_warps: int = 4
     waves: int = 2
 
 
-GEMV = Config()
-GEMM = Config()
+GEMV = Config(128, 4, 4)    # the best of the first H200 sweep (old kernel, RESULTS.md); re-swept since
+GEMM = Config(128, 4, 2)
 
 
 def _zeros_bias(zeros, bias):
@@ -124,57 +128,93 @@ def prepack_qlinear(node, const: dict[int, torch.Tensor]) -> dict[int, torch.Ten
 
 
 @triton.jit
-def _qgemv_kernel(x_ptr, w_ptr, t_ptr, p_ptr, M, N, K, GSIZE, CPS, stride_xm,
-                  BITS: tl.constexpr, H: tl.constexpr, BLOCK_N: tl.constexpr, UNIFORM: tl.constexpr):
+def _qgemv_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, NCH, stride_xm, stride_ym,
+                  BITS: tl.constexpr, H: tl.constexpr, BLOCK_N: tl.constexpr, UNIFORM: tl.constexpr,
+                  EVEN_N: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     m = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     offs_i = tl.arange(0, H)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for c in range(pid_s * CPS, pid_s * CPS + CPS):
+    # codes become floats by the exponent trick: (q | 0x4B000000) read as f32 is 2**23 + q exactly (an integer
+    # op instead of a conversion, which runs at a quarter of the FMA rate); OFF + zero removes 2**23 and the
+    # zero point in one subtraction (int8 codes are first shifted by +128 to be non-negative).
+    OFF: tl.constexpr = 8388608.0 if BITS == 4 else 8388736.0
+    acc = tl.zeros([H, BLOCK_N], dtype=tl.float32)     # reduced across k once, after the loop
+    c0 = pid_s * CPS
+    c1 = tl.minimum(c0 + CPS, NCH)
+    for c in range(c0, c1):
         k_lo = c * 2 * H + offs_i
         k_hi = k_lo + H
-        lo_ok = k_lo < K
-        hi_ok = k_hi < K
-        x_lo = tl.load(x_ptr + m * stride_xm + k_lo, mask=lo_ok, other=0.0).to(tl.float32)
-        x_hi = tl.load(x_ptr + m * stride_xm + k_hi, mask=hi_ok, other=0.0).to(tl.float32)
-        if BITS == 4:
-            b = tl.load(w_ptr + (c * H + offs_i)[:, None] * N + offs_n[None, :],
-                        mask=lo_ok[:, None] & nmask[None, :], other=0)
-            q_lo = (b & 15).to(tl.float32)
-            q_hi = (b >> 4).to(tl.float32)
+        x_lo = tl.load(x_ptr + m * stride_xm + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)
+        x_hi = tl.load(x_ptr + m * stride_xm + k_hi, mask=k_hi < K, other=0.0).to(tl.float32)
+        if BITS == 4:   # the packed rows are padded to whole chunks: only N needs a mask
+            w_rows = (c * H + offs_i)[:, None] * N + offs_n[None, :]
+            if EVEN_N:
+                b = tl.load(w_ptr + w_rows).to(tl.int32)
+            else:
+                b = tl.load(w_ptr + w_rows, mask=nmask[None, :], other=0).to(tl.int32)
+            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
         else:
-            q_lo = tl.load(w_ptr + k_lo[:, None] * N + offs_n[None, :], mask=lo_ok[:, None] & nmask[None, :],
-                           other=0).to(tl.float32)
-            q_hi = tl.load(w_ptr + k_hi[:, None] * N + offs_n[None, :], mask=hi_ok[:, None] & nmask[None, :],
-                           other=0).to(tl.float32)
-        if UNIFORM:   # the whole chunk is in one group: the scale factors out of the sum
+            lo_rows = k_lo[:, None] * N + offs_n[None, :]
+            hi_rows = k_hi[:, None] * N + offs_n[None, :]
+            if EVEN_N:
+                b_lo = tl.load(w_ptr + lo_rows).to(tl.int32)
+                b_hi = tl.load(w_ptr + hi_rows).to(tl.int32)
+            else:
+                b_lo = tl.load(w_ptr + lo_rows, mask=nmask[None, :], other=0).to(tl.int32)
+                b_hi = tl.load(w_ptr + hi_rows, mask=nmask[None, :], other=0).to(tl.int32)
+            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+        if UNIFORM:   # the whole chunk is in one group: one scale and zero point per column
             g = (c * 2 * H) // GSIZE
-            ok = nmask & (offs_n * 0 + c * 2 * H < K)
-            s = tl.load(t_ptr + g * 2 * N + offs_n, mask=ok, other=0.0).to(tl.float32)
-            z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=ok, other=0.0).to(tl.float32)
-            xq = tl.sum(x_lo[:, None] * q_lo, axis=0) + tl.sum(x_hi[:, None] * q_hi, axis=0)
-            xs = tl.sum(x_lo, axis=0) + tl.sum(x_hi, axis=0)
-            acc += s * (xq - z * xs)
+            if EVEN_N:
+                s = tl.load(t_ptr + g * 2 * N + offs_n).to(tl.float32)
+                z = tl.load(t_ptr + g * 2 * N + N + offs_n).to(tl.float32) + OFF
+            else:
+                s = tl.load(t_ptr + g * 2 * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
+                z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32) + OFF
+            acc += x_lo[:, None] * ((q_lo - z[None, :]) * s[None, :])
+            acc += x_hi[:, None] * ((q_hi - z[None, :]) * s[None, :])
         else:
-            g_lo = (k_lo // GSIZE)[:, None] * 2 * N + offs_n[None, :]
-            g_hi = (k_hi // GSIZE)[:, None] * 2 * N + offs_n[None, :]
-            ml = lo_ok[:, None] & nmask[None, :]
-            mh = hi_ok[:, None] & nmask[None, :]
-            w_lo = (q_lo - tl.load(t_ptr + g_lo + N, mask=ml, other=0.0).to(tl.float32)) \
-                * tl.load(t_ptr + g_lo, mask=ml, other=0.0).to(tl.float32)
-            w_hi = (q_hi - tl.load(t_ptr + g_hi + N, mask=mh, other=0.0).to(tl.float32)) \
-                * tl.load(t_ptr + g_hi, mask=mh, other=0.0).to(tl.float32)
-            acc += tl.sum(x_lo[:, None] * w_lo, axis=0) + tl.sum(x_hi[:, None] * w_hi, axis=0)
-    tl.store(p_ptr + (pid_s * M + m) * N + offs_n, acc, mask=nmask)
+            g_lo = (tl.minimum(k_lo, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
+            g_hi = (tl.minimum(k_hi, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
+            tm = nmask[None, :] & (offs_i >= 0)[:, None]
+            w_lo = (q_lo - (tl.load(t_ptr + g_lo + N, mask=tm, other=0.0).to(tl.float32) + OFF)) \
+                * tl.load(t_ptr + g_lo, mask=tm, other=0.0).to(tl.float32)
+            w_hi = (q_hi - (tl.load(t_ptr + g_hi + N, mask=tm, other=0.0).to(tl.float32) + OFF)) \
+                * tl.load(t_ptr + g_hi, mask=tm, other=0.0).to(tl.float32)
+            acc += x_lo[:, None] * w_lo + x_hi[:, None] * w_hi
+    y = tl.sum(acc, axis=0)
+    if PARTIAL:   # split-K: f32 partials [splits, M, N], added (with the bias) by _splitk_sum_kernel
+        tl.store(y_ptr + (pid_s * M + m) * N + offs_n, y, mask=nmask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + m * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _splitk_sum_kernel(p_ptr, b_ptr, y_ptr, M, N, S, stride_ym, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """y[m, n] = sum_s partials[s, m, n] (+ bias[n]) in a fixed order (deterministic, no atomics)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = tl.program_id(1)
+    mask = offs < N
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(0, S):
+        acc += tl.load(p_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride_xm, stride_ym,
                   BITS: tl.constexpr, H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  UNIFORM: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -183,6 +223,7 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride
     mmask = offs_m < M
     nmask = offs_n < N
     offs_i = tl.arange(0, H)
+    OFF: tl.constexpr = 8388608.0 if BITS == 4 else 8388736.0   # the exponent trick of _qgemv_kernel
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for c in range(pid_s * CPS, tl.minimum(pid_s * CPS + CPS, tl.cdiv(K, 2 * H))):
         k_lo = c * 2 * H + offs_i
@@ -193,28 +234,36 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride
                        other=0.0)
         x_hi = tl.load(x_ptr + offs_m[:, None] * stride_xm + k_hi[None, :], mask=mmask[:, None] & hi_ok[None, :],
                        other=0.0)
-        ml = lo_ok[:, None] & nmask[None, :]
-        mh = hi_ok[:, None] & nmask[None, :]
+        wm = nmask[None, :] & (offs_i >= 0)[:, None]    # packed rows are padded to whole chunks
         if BITS == 4:
-            b = tl.load(w_ptr + (c * H + offs_i)[:, None] * N + offs_n[None, :], mask=ml, other=0)
-            q_lo = (b & 15).to(tl.float32)
-            q_hi = (b >> 4).to(tl.float32)
+            b = tl.load(w_ptr + (c * H + offs_i)[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
+            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
         else:
-            q_lo = tl.load(w_ptr + k_lo[:, None] * N + offs_n[None, :], mask=ml, other=0).to(tl.float32)
-            q_hi = tl.load(w_ptr + k_hi[:, None] * N + offs_n[None, :], mask=mh, other=0).to(tl.float32)
-        g_lo = (k_lo // GSIZE)[:, None] * 2 * N + offs_n[None, :]
-        g_hi = (k_hi // GSIZE)[:, None] * 2 * N + offs_n[None, :]
-        w_lo = (q_lo - tl.load(t_ptr + g_lo + N, mask=ml, other=0.0).to(tl.float32)) \
-            * tl.load(t_ptr + g_lo, mask=ml, other=0.0).to(tl.float32)
-        w_hi = (q_hi - tl.load(t_ptr + g_hi + N, mask=mh, other=0.0).to(tl.float32)) \
-            * tl.load(t_ptr + g_hi, mask=mh, other=0.0).to(tl.float32)
+            b_lo = tl.load(w_ptr + k_lo[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
+            b_hi = tl.load(w_ptr + k_hi[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
+            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+        if UNIFORM:   # one group per chunk: a scale and zero point per column
+            g = (c * 2 * H) // GSIZE
+            s = tl.load(t_ptr + g * 2 * N + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :] + OFF
+            w_lo = (q_lo - z) * s
+            w_hi = (q_hi - z) * s
+        else:
+            g_lo = (tl.minimum(k_lo, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
+            g_hi = (tl.minimum(k_hi, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
+            w_lo = (q_lo - (tl.load(t_ptr + g_lo + N, mask=wm, other=0.0).to(tl.float32) + OFF)) \
+                * tl.load(t_ptr + g_lo, mask=wm, other=0.0).to(tl.float32)
+            w_hi = (q_hi - (tl.load(t_ptr + g_hi + N, mask=wm, other=0.0).to(tl.float32) + OFF)) \
+                * tl.load(t_ptr + g_hi, mask=wm, other=0.0).to(tl.float32)
         if UPCAST:
             acc = tl.dot(x_lo.to(tl.float32), w_lo.to(x_lo.dtype).to(tl.float32), acc, input_precision=PRECISION)
             acc = tl.dot(x_hi.to(tl.float32), w_hi.to(x_hi.dtype).to(tl.float32), acc, input_precision=PRECISION)
         else:
             acc = tl.dot(x_lo, w_lo.to(x_lo.dtype), acc, input_precision=PRECISION)
             acc = tl.dot(x_hi, w_hi.to(x_hi.dtype), acc, input_precision=PRECISION)
-    if PARTIAL:   # split-K: f32 partials [splits, M, N], added (with the bias) by the caller
+    if PARTIAL:   # split-K: f32 partials [splits, M, N], added (with the bias) by _splitk_sum_kernel
         tl.store(y_ptr + (pid_s * M + offs_m)[:, None] * N + offs_n[None, :], acc,
                  mask=mmask[:, None] & nmask[None, :])
     else:
@@ -242,31 +291,31 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None, con
         n_chunks = -(-k // CHUNK)
         cfg = config or GEMV
         n_blocks = triton.cdiv(n, cfg.block_n)
-        splits, cps = split_k(n_chunks, n_blocks, x2.device, cfg.waves)
-        part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
-        launch(_qgemv_kernel, (n_blocks, splits, m), x2, packed, table, part, m, n, k, gsize, cps, x2.stride(0),
-               BITS=bits, H=HALF, BLOCK_N=cfg.block_n, UNIFORM=gsize % CHUNK == 0, num_warps=cfg.num_warps)
-        y = part.sum(0) if splits > 1 else part[0]
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(x2.dtype)
+        splits, cps = split_k(n_chunks, n_blocks * m, x2.device, cfg.waves)
+        y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+        part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device) if splits > 1 else y
+        b = bias if bias is not None else table
+        launch(_qgemv_kernel, (n_blocks, splits, m), x2, packed, table, b, part, m, n, k, gsize, cps, n_chunks,
+               x2.stride(0), y.stride(0), BITS=bits, H=HALF, BLOCK_N=cfg.block_n, UNIFORM=gsize % CHUNK == 0,
+               EVEN_N=n % cfg.block_n == 0, HAS_BIAS=bias is not None, PARTIAL=splits > 1, num_warps=cfg.num_warps)
+        if splits > 1:
+            launch(_splitk_sum_kernel, (triton.cdiv(n, SUM_BLOCK), m), part, b, y, m, n, splits, y.stride(0),
+                   BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None, num_warps=4)
+        return y
     cfg = config or GEMM
     block_m, block_n = min(64, max(16, next_pow2(m))), cfg.block_n
     grid_mn = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     splits, cps = split_k(-(-k // CHUNK), grid_mn[0] * grid_mn[1], x2.device, cfg.waves)
+    y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device) if splits > 1 else y
+    b = bias if bias is not None else table
+    launch(_qgemm_kernel, (*grid_mn, splits), x2, packed, table, b, part, m, n, k, gsize, cps, x2.stride(0),
+           part.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None,
+           PARTIAL=splits > 1, PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype),
+           UNIFORM=gsize % CHUNK == 0, num_warps=cfg.num_warps)
     if splits > 1:
-        y = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device)
-    else:
-        y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    launch(_qgemm_kernel, (*grid_mn, splits), x2, packed, table, bias if bias is not None else table, y, m, n, k,
-           gsize, cps, x2.stride(0), y.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n,
-           HAS_BIAS=bias is not None, PARTIAL=splits > 1, PRECISION=dot_precision(x2.dtype),
-           UPCAST=upcast_dot(x2.dtype), num_warps=cfg.num_warps)
-    if splits > 1:
-        y = y.sum(0)
-        if bias is not None:
-            y = y + bias.float()
-        y = y.to(x2.dtype)
+        launch(_splitk_sum_kernel, (triton.cdiv(n, SUM_BLOCK), m), part, b, y, m, n, splits, y.stride(0),
+               BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None, num_warps=4)
     return y
 
 
