@@ -629,11 +629,55 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
 
 
 def f32_linear(lw, node, x, w, bias):
-    """linear for f32 x and a static [n, k] f32 weight: the f32 GEMV kernel."""
+    """linear for f32 x and a static [n, k] f32 weight: the panel GEMM microkernel when the weight parameter
+    comes in panels [n / PANEL, k, PANEL] (relax_lower.prepack_linear), else the f32 GEMV kernel."""
     from tvm.relax import op as R
     n, k = node.inputs[1].type.shape
-    y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_gemv(n, k), [w], f"f32_gemv_{n}x{k}")
+    if lw.bb.normalize(w).ty.ndim == 3:
+        y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_panel_gemm(n, k), [w], f"f32_panel_gemm_{n}x{k}")
+    else:
+        y = _call_rows(lw, lw.bb.normalize(x), k, n, make_f32_gemv(n, k), [w], f"f32_gemv_{n}x{k}")
     return R.add(y, bias) if bias is not None else y
+
+
+def make_f32_panel_gemm(n: int, k: int):
+    """y[m, o] = sum_k x[m, k] * w[o, k] with the weight prepacked in panels wp[o // PANEL, k, o % PANEL]:
+    make_f32_gemv's GEMM microkernel for every M (GM rows of x x PANEL outputs in registers, x broadcast,
+    weights loaded as vectors), the panels read in place: no transpose per call, so it also serves M = 1."""
+    from tvm.script import tirx as T
+
+    def V(i):
+        return T.ramp(i, 1, LANES)
+
+    @T.prim_func(private=True)
+    def f32_panel_gemm(x_h: T.handle, wp: T.Buffer((n // PANEL, k, PANEL), "float32"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for oc in T.parallel(n // PANEL):
+            acc = T.decl_buffer((GM, PANEL), "float32", scope="local")
+            for mo in range(m_n // GM):
+                for r in T.unroll(GM):
+                    for p in T.unroll(PANEL // LANES):
+                        acc[r, V(p * LANES)] = T.broadcast(T.float32(0), LANES)
+                for kk in range(k):
+                    for r in T.unroll(GM):
+                        for p in T.unroll(PANEL // LANES):
+                            acc[r, V(p * LANES)] = acc[r, V(p * LANES)] \
+                                + T.broadcast(x[mo * GM + r, kk], LANES) * wp[oc, kk, V(p * LANES)]
+                for r in T.unroll(GM):
+                    for p in T.unroll(PANEL // LANES):
+                        y[mo * GM + r, V(oc * PANEL + p * LANES)] = acc[r, V(p * LANES)]
+            for m in range(m_n // GM * GM, m_n):
+                for p in T.unroll(PANEL // LANES):
+                    acc[0, V(p * LANES)] = T.broadcast(T.float32(0), LANES)
+                for kk in range(k):
+                    for p in T.unroll(PANEL // LANES):
+                        acc[0, V(p * LANES)] = acc[0, V(p * LANES)] + T.broadcast(x[m, kk], LANES) * wp[oc, kk, V(p * LANES)]
+                for p in T.unroll(PANEL // LANES):
+                    y[m, V(oc * PANEL + p * LANES)] = acc[0, V(p * LANES)]
+    return f32_panel_gemm
 
 
 def qembedding(lw, node, ids, qweight, scales, zeros, bits: int, group: int, dtype: str):

@@ -1,10 +1,13 @@
 """IR graph -> TVM Relax IRModule, through the "cpu" lowering table (codegen/lowering.py).
 
-    mod, weights = to_relax(graph)      # IRModule with one function "main"; weights: names in param order
+    mod, weights = to_relax(graph)      # IRModule with one function "main"; weights: its parameters after
+                                        # the inputs: names, then {"node", "input", "weight"} per prepacked one
 
 `main(*graph inputs, *weights)` returns a tuple of the graph's outputs. Weights are parameters, not
 bound constants: the compiled library holds code only, and the runner passes the graph's own tensors
-(no copy in the library, none in an artifact). Symbolic dims become `tir.Var`s (int64) named after
+(no copy in the library, none in an artifact). A lowering with a `prepack` hook (f32 `linear`: weight
+panels) gets its weight in the packed layout as one more parameter, which the runner makes at load by
+running the same hook (memory: the packed copy sits beside the graph's tensor). Symbolic dims become `tir.Var`s (int64) named after
 the IR symbols; dims computed from them (`past+seq`) become PrimExprs, so one library serves every
 batch, sequence and cache length.
 
@@ -121,12 +124,20 @@ class Lowerer:
             p = relax.Var(_ident(v.name), self.struct(v))
             self.env[id(v)] = p
             params.append(p)
-        weights = list(self.graph.weights)
+        weights: list = list(self.graph.weights)
         for name in weights:
             w = self.graph.weights[name]
             p = relax.Var(_ident(name), self.struct(w))
             self.env[id(w)] = p
             params.append(p)
+        self.packed = {}    # (id(node), input index) -> the parameter holding that weight prepacked
+        for j, node in enumerate(self.graph.nodes):
+            for i, t in run_prepack(node).items():
+                p = relax.Var(_ident(f"{node.inputs[i].name}_packed{j}"),
+                              relax.TensorType(list(t.shape), str(t.dtype).removeprefix("torch.")))
+                self.packed[(id(node), i)] = p
+                params.append(p)
+                weights.append({"node": j, "input": i, "weight": node.inputs[i].name})
         with bb.function("main", params):
             with bb.dataflow():
                 for node in self.graph.nodes:
@@ -140,7 +151,8 @@ class Lowerer:
         low = get_lowering("cpu", node.op)
         if low is None:
             raise LoweringError(f"cpu target: op {node.op!r} has no lowering (node {node!r})")
-        args = [self.env[id(v)] for v in node.inputs]
+        args = [self.packed[(id(node), i)] if (id(node), i) in self.packed else self.env[id(v)]
+                for i, v in enumerate(node.inputs)]
         try:
             out = low.fn(self, node, args)
         except LoweringError:
@@ -166,8 +178,28 @@ class Lowerer:
         return o
 
 
+def run_prepack(node) -> dict:
+    """{input index: tensor} from the node's "cpu" prepack hook on its weight inputs ({} when it has none or
+    raises SlowPath). The build declares a parameter per packed tensor; the runner packs again at load."""
+    from ..torch_kernels import SlowPath
+    low = get_lowering("cpu", node.op)
+    if low is None or low.prepack is None:
+        return {}
+    consts = {i: v.tensor for i, v in enumerate(node.inputs) if v.is_weight}
+    try:
+        packed = low.prepack(node, consts)
+    except SlowPath:
+        return {}
+    bad = set(packed) - set(consts)
+    if bad:
+        raise LoweringError(f"cpu target: prepack for {node.op} replaced inputs {sorted(bad)}, which are not "
+                            f"weights of node {node!r}")
+    return packed
+
+
 def to_relax(graph):
-    """(IRModule, weight names in parameter order). Raises LoweringError naming unsupported ops."""
+    """(IRModule, parameters after the graph inputs: weight names, then {node, input, weight} for each
+    prepacked weight). Raises LoweringError naming unsupported ops."""
     missing = unsupported_ops(graph)
     if missing:
         raise LoweringError(f"target 'cpu' has no lowering for op{'s' if len(missing) > 1 else ''} "

@@ -300,12 +300,30 @@ def linear(x, w, bias=None):
     return R.add(y, bias) if bias is not None else y
 
 
-@lowering("cpu", "linear")
-def _linear(lw, node, args):
-    """f32 x with a static [n, k] f32 weight (k a multiple of 8): slimgraph's GEMV kernel; else a Relax matmul."""
+def _f32_kernel_ok(node) -> bool:
     x, w = node.inputs[:2]
-    if x.type.dtype == w.type.dtype == "f32" and w.type.rank == 2 and w.type.is_static and w.type.shape[1] % 8 == 0 \
-            and (len(args) < 3 or node.inputs[2].type.dtype == "f32"):
+    return x.type.dtype == w.type.dtype == "f32" and w.type.rank == 2 and w.type.is_static \
+        and w.type.shape[1] % 8 == 0 and (len(node.inputs) < 3 or node.inputs[2].type.dtype == "f32")
+
+
+def prepack_linear(node, const):
+    """Prepack hook (module.py runs it at build for the parameter's shape and the runner at load): a weight
+    [n, k] with n a multiple of kernels.PANEL becomes panels [n / PANEL, k, PANEL], each PANEL rows
+    transposed, the layout of the f32 GEMM microkernel (no per-call transpose)."""
+    from ..torch_kernels import SlowPath
+    from .kernels import PANEL
+    w = const.get(1)
+    if w is None or not _f32_kernel_ok(node) or w.shape[0] % PANEL:
+        raise SlowPath("linear weight is not a static f32 [n, k] with n % 32 == 0 and k % 8 == 0")
+    n, k = w.shape
+    return {1: w.reshape(n // PANEL, PANEL, k).transpose(1, 2).contiguous()}
+
+
+@lowering("cpu", "linear", prepack=prepack_linear)
+def _linear(lw, node, args):
+    """f32 x with a static [n, k] f32 weight (k a multiple of 8): slimgraph's f32 kernels (on the weight
+    in panels when prepack_linear packed it); else a Relax matmul."""
+    if _f32_kernel_ok(node):
         from .kernels import f32_linear
         return f32_linear(lw, node, args[0], args[1], args[2] if len(args) > 2 else None)
     return linear(*args)

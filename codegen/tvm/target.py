@@ -79,10 +79,11 @@ def build(graph) -> Products:
     key = cache_key(graph)
     cached = cache_dir() / f"{key}.so"
     source = cached.with_suffix(".relax.py")
-    weights = list(graph.weights)   # the parameter order of `main` after the graph inputs (module.py)
+    params = cached.with_suffix(".params.json")
     notes = []
-    if cached.exists() and source.exists():
+    if cached.exists() and source.exists() and params.exists():
         lib, text = cached.read_bytes(), source.read_bytes()
+        weights = json.loads(params.read_text())   # the parameters of `main` after the graph inputs
     else:
         from .module import to_relax
         mod, weights = to_relax(graph)
@@ -94,7 +95,8 @@ def build(graph) -> Products:
         text = mod.script().encode()
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            for dst, data in ((source, text), (cached, lib)):   # the library last: it marks a complete entry
+            for dst, data in ((source, text), (params, json.dumps(weights).encode()),
+                              (cached, lib)):   # the library last: it marks a complete entry
                 tmp = dst.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, dst)
@@ -119,6 +121,32 @@ def _to_tvm(t: torch.Tensor):
     return tvm.runtime.from_dlpack(t)
 
 
+def bind_weights(graph, params) -> list:
+    """The TVM tensors of `main`'s parameters after the inputs: the graph's weights by name (zero-copy), and
+    the prepacked ones made again by their lowering's prepack hook ({"node": index, "input": i})."""
+    from .module import run_prepack
+    nodes = list(graph.nodes)
+    names = [p if isinstance(p, str) else p.get("weight") for p in params]
+    missing = [n for n in names if n not in graph.weights]
+    bad = [p for p in params if not isinstance(p, str) and not 0 <= p.get("node", -1) < len(nodes)]
+    if missing or bad:
+        raise ProductsError(f"cpu build products name weights the graph lacks: {(missing or bad)[:5]}; rebuild")
+    out, packed = [], {}
+    for p in params:
+        if isinstance(p, str):
+            out.append(_to_tvm(graph.weights[p].tensor))
+            continue
+        j = p["node"]
+        if j not in packed:
+            packed[j] = run_prepack(nodes[j])
+        t = packed[j].get(p["input"])
+        if t is None:
+            raise ProductsError(f"cpu build products: node {j} ({nodes[j].op}) no longer prepacks input "
+                                f"{p['input']} ({p['weight']}); rebuild")
+        out.append(_to_tvm(t))
+    return out
+
+
 def _forget(box, key, _ref):
     box[0].pop(key, None)
 
@@ -140,11 +168,7 @@ class TvmRunner(Runner):
                 self.lib = tvm.runtime.load_module(str(path))
         self.vm = relax.VirtualMachine(self.lib, tvm.cpu())
         self._main = self.vm["main"]
-        names = products.meta["weights"]
-        missing = [n for n in names if n not in graph.weights]
-        if missing:
-            raise ProductsError(f"cpu build products name weights the graph lacks: {missing[:5]}; rebuild")
-        self.weights = [_to_tvm(graph.weights[n].tensor) for n in names]
+        self.weights = bind_weights(graph, products.meta["weights"])
         self.graph = graph
         self._returned: dict[int, tuple] = {}   # id(torch output) -> (weakref to it, its TVM tensor)
         self._returned_box = [self._returned]   # what the weakref callbacks reach (not the runner: no cycle)

@@ -291,18 +291,51 @@ def test_bad_inputs_get_the_interpreters_error(bad):
 
 
 @pytest.mark.parametrize("n,k,seqs", [(37, 24, (1, 4, 7)), (16, 64, (1, 4, 7)), (5, 8, (1, 4, 7)),
-                                      (64, 40, (31, 32, 37)), (96, 24, (36, 45)), (40, 32, (33,))])
-def test_f32_gemv_odd_shapes(n, k, seqs):
-    """The f32 linear kernel: output counts that do not fill a task of 16 rows, 8- and 16-lane k, and rows of x
-    in whole blocks of 4, a remainder, or both (1, 4, 7 rows); from 32 rows with n a multiple of 32 the GEMM
-    microkernel (whole blocks of 6 rows and remainders, any k), n = 40 the row-dot form at any M."""
+                                      (64, 40, (1, 6, 31, 32, 37)), (96, 24, (7, 36, 45)), (40, 32, (33,))])
+def test_f32_linear_odd_shapes(n, k, seqs):
+    """The f32 linear kernels. n a multiple of 32: the weight is prepacked in [n/32, k, 32] panels at load and
+    the GEMM microkernel runs at every M (whole blocks of 6 rows, remainders, M = 1). Otherwise the row-dot
+    GEMV: output counts that do not fill a task of 16 rows, 8- and 16-lane k, rows of x in whole blocks of 4,
+    a remainder, or both."""
     g = ir.Graph()
     x = g.add_input("x", TensorType("f32", ("m", k)))
     gen = torch.Generator().manual_seed(n + k)
     g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)),
                         g.add_weight("b", torch.randn(n, generator=gen)))])
     run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=seqs)
-    assert "f32_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
+    src = run.products.read_bytes("cpu_module.relax.py").decode()
+    assert ("f32_panel_gemm" in src) == (n % 32 == 0) and ("f32_gemv" in src) == (n % 32 != 0)
+    packed = [p for p in run.products.meta["weights"] if not isinstance(p, str)]
+    assert packed == ([{"node": 0, "input": 1, "weight": "w"}] if n % 32 == 0 else [])
+
+
+def test_prepacked_weights_are_made_again_at_load_and_a_stale_record_is_refused(tmp_path):
+    """The library takes the panels as a parameter; a fresh load (artifact) packs the graph's weight again
+    (nothing packed is stored), and products naming a node that no longer prepacks are a clear error."""
+    import slimgraph
+    from slimgraph.codegen.contract import ProductsError
+    from slimgraph.codegen.tvm.target import bind_weights
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 64)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(5, 16)
+    compiled = slimgraph.optimize(net, (x,), target="cpu", pipeline="canonicalize,dce")
+    compiled.save(tmp_path / "m.sg")
+    loaded = slimgraph.load(tmp_path / "m.sg")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+    params = compiled.runner.products.meta["weights"]
+    stale = [p if isinstance(p, str) else {**p, "input": 0} for p in params]
+    assert stale != params
+    with pytest.raises(ProductsError, match="no longer prepacks input 0"):
+        bind_weights(compiled.graph, stale)
 
 
 def test_an_output_fed_back_is_reused_and_in_place_edits_are_seen():
