@@ -18,6 +18,8 @@ def import_triton():
     except ImportError as e:
         raise ImportError("slimgraph's Triton kernels need triton: pip install triton "
                           "(3.6-3.9; `pip install --no-deps triton==3.9.0` keeps your torch)") from e
+    if interpreting():
+        fix_interpreter_index()
     return triton, tl
 
 
@@ -27,6 +29,32 @@ def interpreting() -> bool:
 
 
 INTERPRET = interpreting()   # fixed when the kernel modules are imported, as triton.jit fixes it
+
+
+def fix_interpreter_index():
+    """Make the Triton interpreter's scalar-tensor `__index__` work with NumPy >= 2.4.
+
+    The interpreter runs a kernel as Python, so `for i in range(lo, hi)` (or tl.range) with runtime bounds
+    (kernel int args, tl.program_id, anything computed from them) calls `tl.tensor.__index__` on scalars
+    held as 1-element 1-d arrays. Triton <= 3.6 does `int(data)`, which NumPy 2.4 rejects ("only
+    0-dimensional arrays can be converted to Python scalars"); later triton does `int(data.squeeze())`
+    (triton-lang/triton#9171). This installs that same definition (a no-op change where triton has it);
+    compiled kernels are untouched. Idempotent; skipped if the private hook is gone (the kernel tests'
+    runtime-bounded loops then tell)."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "slimgraph_index_fix", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.slimgraph_index_fix = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
