@@ -701,7 +701,10 @@ def _lanes(d: int) -> int:
     return next(w for w in (LANES, 8, 4, 2, 1) if d % w == 0)
 
 
-PREFILL_MIN_Q = 8   # query rows from which attention takes the blocked prefill form
+PREFILL_MIN_Q = 32   # query rows from which attention takes the blocked prefill form. A speculative verify of
+                     # fewer rows takes the decode form, whose arithmetic per query row is that of a one-token
+                     # step: verify(k) then equals k steps bit for bit, which W4A8 needs (a 1e-7 difference
+                     # before quantize_activation can move an int8 code and change the greedy token)
 
 
 def fast_exp(x):

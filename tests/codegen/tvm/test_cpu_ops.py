@@ -14,6 +14,7 @@ from slimgraph.ir import TensorType
 from slimgraph.targets.base import MissingDependencyError, get_target
 
 tvm = pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+from slimgraph.codegen.tvm.kernels import PREFILL_MIN_Q as P  # noqa: E402  (query rows of the blocked form)
 
 
 def _torch_fx_cases():
@@ -62,10 +63,12 @@ def test_op_matches_interpreter(op):
     (2, 2, 5, 5, True, "bool", 2, 8, 2, None), (4, 2, 3, 9, True, None, 3, 8, 2, None),
     (9, 3, 1, 11, True, "bool", 0, 64, 2, None), (3, 3, 2, 6, False, "float", 2, 20, 1, None), (6, 2, 4, 4, False, "bool", 0, 6, 1, None),
     (4, 4, 3, 5, False, "float", 0, 32, 2, 1), (2, 1, 3, 4, True, "bool", 0, 16, 1, 1),
-    # prefill (lq >= 8: the blocked form), keys not a multiple of 16, every mask kind
-    (4, 2, 9, 9, True, None, 0, 8, 2, None), (2, 2, 20, 23, True, "bool", 0, 32, 2, None),
-    (6, 3, 12, 17, False, "float", 0, 16, 1, None), (2, 1, 17, 17, True, None, 5, 20, 2, None),
-    (4, 4, 16, 16, False, "float", 0, 32, 2, 1), (3, 3, 8, 40, True, "bool", 3, 6, 1, None),
+    # many query rows, still the decode form (a speculative verify: its rows equal one-token steps bit for bit)
+    (4, 2, 9, 9, True, None, 0, 8, 2, None), (2, 2, P - 1, P + 3, True, "bool", 0, 32, 2, None),
+    # prefill (lq >= P: the blocked form), keys not a multiple of 16, every mask kind
+    (4, 2, P + 1, P + 1, True, None, 0, 8, 2, None), (2, 2, P + 4, P + 7, True, "bool", 0, 32, 2, None),
+    (6, 3, P, P + 5, False, "float", 0, 16, 1, None), (2, 1, P + 1, P + 1, True, None, 5, 20, 2, None),
+    (4, 4, P, P, False, "float", 0, 32, 2, 1), (3, 3, P, P + 8, True, "bool", 3, 6, 1, None),
 ])
 def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb, mq):
     """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
@@ -160,7 +163,7 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
     """quantize-activations on the cpu target: the W4A8 VNNI kernel (int8 codes of x times int4 codes, integer
     dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of VRB, groups of
     64+ columns), else the float path on the dequantized codes; both equal the interpreter's
-    qlinear(quantize_activation(x)). Inputs [batch, seq, k] with 1 and 5 rows; `also_out`: the quantized x
+    qlinear(quantize_activation(x)). Inputs [2, seq, k] with 2, 4 and 10 rows; `also_out`: the quantized x
     is also a graph output (its float lowering runs beside the kernel's codes). A NaN or inf in a group gives
     NaN and an all-zero row stays zero, as in the reference."""
     from slimgraph.codegen.tvm.kernels import has_vnni
@@ -175,7 +178,8 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
                 "quantize-activations").run(g)
     if also_out:
         g.set_outputs(list(g.outputs) + [next(v.output for v in g.nodes if v.op == "quantize_activation")])
-    run = assert_matches(g, lambda m: (torch.randn(2, m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 5))
+    run = assert_matches(g, lambda m: (torch.randn(2, m, k, generator=torch.Generator().manual_seed(m)),),
+                         seqs=(1, 2, 5))
     x = torch.randn(2, 4, k)
     x[0, 1, 3], x[1, 0, -1], x[0, 3] = float("nan"), float("inf"), 0.0   # NaN/inf rows stay NaN
     for r, o in zip(ir.run(g, x), run(x)):
@@ -383,9 +387,10 @@ def test_layer_norm_kernel(k, affine, eps):
     assert "layer_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()
 
 
-@pytest.mark.parametrize("lq,lk,nan_key", [(1, 5, 4), (3, 5, 4), (8, 8, 3), (8, 23, 3), (8, 23, 20), (16, 16, 0)])
+@pytest.mark.parametrize("lq,lk,nan_key", [(1, 5, 4), (3, 5, 4), (P, P, 3), (P, P + 15, 3), (P, P + 15, P + 12),
+                                          (P + 8, P + 8, 0)])
 def test_attention_nan_keys_and_fully_masked_rows(lq, lk, nan_key):
-    """Decode (lq < 8) and blocked prefill forms: a NaN key makes the rows that see it NaN (the reference's
+    """Decode (lq < PREFILL_MIN_Q) and blocked prefill forms: a NaN key makes the rows that see it NaN (the reference's
     result; TVM's fast-math code must not fold the NaN away), and a query row whose keys are all masked gives
     what the reference (torch SDPA on CPU) gives: 0."""
     g = ir.Graph()
