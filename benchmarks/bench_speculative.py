@@ -35,6 +35,7 @@ from slimgraph.generate import generate
 INT4 = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
         "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
 FP32 = "canonicalize,cse,dce"
+BASES = {"fp32": FP32, "int4": INT4, "w4a8": INT4 + ",quantize-activations"}   # w4a8: int8 activations (cpu: VNNI)
 MODES = ("plain", "lookup", "medusa-chain", "medusa-tree", "medusa-tree+lookup", "eagle-chain", "eagle-tree",
          "eagle-tree+lookup")
 
@@ -52,7 +53,8 @@ def main():
     ap.add_argument("--lookup", type=int, default=8, help="prompt-lookup draft tokens per verify (modes with lookup)")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--bases", default="fp32,int4")
+    ap.add_argument("--bases", default="fp32,int4", help=f"comma-separated of {sorted(BASES)}")
+    ap.add_argument("--target", default="torch", help="target of every compiled model (draft heads: torch only)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -60,6 +62,8 @@ def main():
     ap.add_argument("--heads-dir", default=None, help="save trained models here / load them when present")
     args = ap.parse_args()
     modes = args.modes.split(",")
+    if args.target != "torch" and any(m.startswith(("medusa", "eagle")) for m in modes):
+        ap.error(f"--target {args.target}: the draft-head modes train on the torch target; use --modes plain,lookup")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -71,12 +75,15 @@ def main():
                "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args), "bases": {}}
     print(results["machine"], "torch", torch.__version__, "threads", torch.get_num_threads(), flush=True)
     for base in args.bases.split(","):
-        pipe = FP32 if base == "fp32" else INT4
+        pipe = BASES[base]
         c0 = time.process_time()
-        plain = slimgraph.optimize(model, example, target="torch", pipeline=pipe)
+        plain = slimgraph.optimize(model, example, target=args.target, pipeline=pipe)
         saved = {k: os.path.join(args.heads_dir, f"{base}-{k}") for k in ("medusa", "eagle")} if args.heads_dir else {}
-        info = {"pipeline": pipe}
-        if saved and all(os.path.exists(v) for v in saved.values()):
+        info = {"pipeline": pipe, "target": args.target}
+        medusa = eagle = None
+        if not any(m.startswith(("medusa", "eagle")) for m in modes):
+            pass                              # plain and prompt lookup need no heads: nothing to train
+        elif saved and all(os.path.exists(v) for v in saved.values()):
             medusa, eagle = slimgraph.load(saved["medusa"]), slimgraph.load(saved["eagle"])
             with open(os.path.join(args.heads_dir, f"{base}-training.json")) as f:
                 info.update(json.load(f))
@@ -110,7 +117,7 @@ def main():
             continue
         info["verify_cost"] = verify_cost(plain, eval_prompts[0][None])
         info["loadavg_decode_start"] = os.getloadavg()
-        print(base, "verify of k tokens / one decode step:", {k: round(v, 2) for k, v in info["verify_cost"].items()},
+        print(base, args.target, "verify of k tokens / one decode step:", {k: round(v, 2) for k, v in info["verify_cost"].items()},
               "loadavg", os.getloadavg(), flush=True)
         rows = {m: {"identical": 0, "decode_s": 0.0, "verifies": 0, "tokens": 0} for m in modes}
         compiled = {"plain": plain, "medusa": medusa, "eagle": eagle}

@@ -56,6 +56,7 @@ def fix_interpreter_index():
     patch_lang_tensor.slimgraph_index_fix = True
     interpreter._patch_lang_tensor = patch_lang_tensor
 
+
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
