@@ -410,8 +410,6 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
 
 
 MB = 4   # rows of x per step of the f32 kernel: MB independent FMA chains share each weight vector load
-GEMM_MIN_ROWS = 32   # from this many rows of x the f32 linear packs its weights for the GEMM microkernel (the
-                     # packing costs ~25 rows of the row-dot form)
 GM, PANEL = 6, 32    # GEMM microkernel: rows of x x outputs held in registers (12 AVX-512 accumulators)
 
 
@@ -419,19 +417,11 @@ def make_f32_gemv(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
     and parallel (ROWS per task), rows of x inner in blocks of MB (a weight row is read once per call, and
     for prefill each weight vector feeds MB independent accumulators instead of one latency-bound chain).
-
-    From GEMM_MIN_ROWS rows of x on (prefill, encoders), when n is a multiple of PANEL: a GEMM microkernel
-    instead. Each task transposes its PANEL weight rows into a local [k, PANEL] tile once, then GM rows of x
-    at a time accumulate GM x PANEL outputs in registers (x broadcast, weights loaded as vectors: no
-    horizontal sums): 2x the row-dot form at M = 128 (~93 GFLOP/s on one AVX-512 core)."""
+    For the weights prepack cannot pack (n not a multiple of PANEL, or a computed weight); graph weights of
+    n % PANEL == 0 take make_f32_panel_gemm."""
     from tvm.script import tirx as T
     lanes = LANES if k % LANES == 0 else 8 if k % 8 == 0 else 1
     ko_n = k // lanes
-
-    gemm_from = GEMM_MIN_ROWS if n % PANEL == 0 else 2 ** 62   # n not a multiple of PANEL: row-dot form only
-
-    def V(i):
-        return T.ramp(i, 1, LANES)
 
     @T.prim_func(private=True)
     def f32_gemv(x_h: T.handle, w: T.Buffer((n, k), "float32"), y_h: T.handle):
@@ -439,58 +429,31 @@ def make_f32_gemv(n: int, k: int):
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        if m_n >= gemm_from:
-            for oc in T.parallel(n // PANEL):
-                wt = T.decl_buffer((k, PANEL), "float32", scope="local")   # this task's weight rows, transposed
-                acc = T.decl_buffer((GM, PANEL), "float32", scope="local")
-                for kk, c in T.grid(k, PANEL):
-                    wt[kk, c] = w[oc * PANEL + c, kk]
-                for mo in range(m_n // GM):
-                    for r in T.unroll(GM):
-                        for p in T.unroll(PANEL // LANES):
-                            acc[r, V(p * LANES)] = T.broadcast(T.float32(0), LANES)
-                    for kk in range(k):
-                        for r in T.unroll(GM):
-                            for p in T.unroll(PANEL // LANES):
-                                acc[r, V(p * LANES)] = acc[r, V(p * LANES)] \
-                                    + T.broadcast(x[mo * GM + r, kk], LANES) * wt[kk, V(p * LANES)]
-                    for r in T.unroll(GM):
-                        for p in T.unroll(PANEL // LANES):
-                            y[mo * GM + r, V(oc * PANEL + p * LANES)] = acc[r, V(p * LANES)]
-                for m in range(m_n // GM * GM, m_n):
-                    for p in T.unroll(PANEL // LANES):
-                        acc[0, V(p * LANES)] = T.broadcast(T.float32(0), LANES)
-                    for kk in range(k):
-                        for p in T.unroll(PANEL // LANES):
-                            acc[0, V(p * LANES)] = acc[0, V(p * LANES)] + T.broadcast(x[m, kk], LANES) * wt[kk, V(p * LANES)]
-                    for p in T.unroll(PANEL // LANES):
-                        y[m, V(oc * PANEL + p * LANES)] = acc[0, V(p * LANES)]
-        else:
-            for oc in T.parallel((n + ROWS - 1) // ROWS):
-                acc = T.decl_buffer((MB, lanes), "float32", scope="local")
-                for oi in range(ROWS):
-                    if oc * ROWS + oi < n:
-                        for mo in range(m_n // MB):   # whole blocks of MB rows: no bounds test in the loop
-                            for mi in T.unroll(MB):
-                                for l in T.vectorized(lanes):
-                                    acc[mi, l] = T.float32(0)
-                            for ko in range(ko_n):
-                                for mi in T.unroll(MB):
-                                    for l in T.vectorized(lanes):
-                                        acc[mi, l] = acc[mi, l] + x[mo * MB + mi, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
-                            for mi in T.unroll(MB):
-                                for l in range(1, lanes):
-                                    acc[mi, 0] = acc[mi, 0] + acc[mi, l]
-                                y[mo * MB + mi, oc * ROWS + oi] = acc[mi, 0]
-                        for m in range(m_n // MB * MB, m_n):   # the last m_n % MB rows (decode: the one row)
+        for oc in T.parallel((n + ROWS - 1) // ROWS):
+            acc = T.decl_buffer((MB, lanes), "float32", scope="local")
+            for oi in range(ROWS):
+                if oc * ROWS + oi < n:
+                    for mo in range(m_n // MB):   # whole blocks of MB rows: no bounds test in the loop
+                        for mi in T.unroll(MB):
                             for l in T.vectorized(lanes):
-                                acc[0, l] = T.float32(0)
-                            for ko in range(ko_n):
+                                acc[mi, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for mi in T.unroll(MB):
                                 for l in T.vectorized(lanes):
-                                    acc[0, l] = acc[0, l] + x[m, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                                    acc[mi, l] = acc[mi, l] + x[mo * MB + mi, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for mi in T.unroll(MB):
                             for l in range(1, lanes):
-                                acc[0, 0] = acc[0, 0] + acc[0, l]
-                            y[m, oc * ROWS + oi] = acc[0, 0]
+                                acc[mi, 0] = acc[mi, 0] + acc[mi, l]
+                            y[mo * MB + mi, oc * ROWS + oi] = acc[mi, 0]
+                    for m in range(m_n // MB * MB, m_n):   # the last m_n % MB rows (decode: the one row)
+                        for l in T.vectorized(lanes):
+                            acc[0, l] = T.float32(0)
+                        for ko in range(ko_n):
+                            for l in T.vectorized(lanes):
+                                acc[0, l] = acc[0, l] + x[m, ko * lanes + l] * w[oc * ROWS + oi, ko * lanes + l]
+                        for l in range(1, lanes):
+                            acc[0, 0] = acc[0, 0] + acc[0, l]
+                        y[m, oc * ROWS + oi] = acc[0, 0]
     return f32_gemv
 
 
@@ -641,9 +604,11 @@ def f32_linear(lw, node, x, w, bias):
 
 
 def make_f32_panel_gemm(n: int, k: int):
-    """y[m, o] = sum_k x[m, k] * w[o, k] with the weight prepacked in panels wp[o // PANEL, k, o % PANEL]:
-    make_f32_gemv's GEMM microkernel for every M (GM rows of x x PANEL outputs in registers, x broadcast,
-    weights loaded as vectors), the panels read in place: no transpose per call, so it also serves M = 1."""
+    """y[m, o] = sum_k x[m, k] * w[o, k] with the weight prepacked in panels wp[o // PANEL, k, o % PANEL]
+    (relax_lower.prepack_linear, once at load): a GEMM microkernel for every M. GM rows of x at a time
+    accumulate GM x PANEL outputs in registers (x broadcast, weights loaded as vectors: no horizontal sums),
+    the panels read in place; ~93 GFLOP/s on one AVX-512 core at M = 128, and a plain stream of the weights
+    at M = 1."""
     from tvm.script import tirx as T
 
     def V(i):

@@ -313,6 +313,21 @@ def test_f32_linear_odd_shapes(n, k, seqs):
     assert packed == ([{"node": 0, "input": 1, "weight": "w"}] if n % 32 == 0 else [])
 
 
+def test_f32_linear_of_a_computed_weight_takes_the_row_dot_kernel():
+    """A weight that is computed (not a graph weight) cannot be prepacked: n % 32 == 0 still runs, in the
+    row-dot GEMV, at decode and prefill row counts."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", 24)))
+    w = g.op("mul", g.add_weight("w", torch.randn(64, 24, generator=torch.Generator().manual_seed(5))),
+             g.op("constant", value=0.5, dtype="f32"))
+    g.set_outputs([g.op("linear", x, w)])
+    run = assert_matches(g, lambda m: (torch.randn(m, 24, generator=torch.Generator().manual_seed(m)),),
+                         seqs=(1, 7, 40))
+    src = run.products.read_bytes("cpu_module.relax.py").decode()
+    assert "f32_gemv" in src and "f32_panel_gemm" not in src
+    assert all(isinstance(p, str) for p in run.products.meta["weights"])
+
+
 def test_prepacked_weights_are_made_again_at_load_and_a_stale_record_is_refused(tmp_path):
     """The library takes the panels as a parameter; a fresh load (artifact) packs the graph's weight again
     (nothing packed is stored), and products naming a node that no longer prepacks are a clear error."""
