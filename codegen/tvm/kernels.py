@@ -666,10 +666,11 @@ def _lanes(d: int) -> int:
     return next(w for w in (LANES, 8, 4, 2, 1) if d % w == 0)
 
 
-PREFILL_MIN_Q = 32   # query rows from which attention takes the blocked prefill form. A speculative verify of
-                     # fewer rows takes the decode form, whose arithmetic per query row is that of a one-token
-                     # step: verify(k) then equals k steps bit for bit, which W4A8 needs (a 1e-7 difference
-                     # before quantize_activation can move an int8 code and change the greedy token)
+PREFILL_MIN_Q = 8   # query rows from which attention takes the blocked prefill form, when there is no past (as many
+                    # keys as queries: a prompt, an encoder). With a past (a speculative verify, a step) every row
+                    # takes the decode form, whose arithmetic per row is a one-token step's: verify(k) equals k
+                    # steps bit for bit, which W4A8 needs (a 1e-7 difference before quantize_activation can move
+                    # an int8 code and change the greedy token)
 
 
 def fast_exp(x):
@@ -740,7 +741,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
-            if lq >= PREFILL_MIN_Q:
+            if lq >= PREFILL_MIN_Q and lq == lk:
                 # prefill: k transposed once per task, then per query row the scores of LANES keys at a time
                 # (q broadcast, no horizontal sums), scale and masks per key, exp by polynomial in vectors,
                 # p @ v over the keys that count

@@ -110,8 +110,9 @@ def test_artifact_from_another_host_is_rebuilt_with_a_note(saved):
 
 def test_w4a8_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_exact():
     """With int8 activations (quantize-activations) a 1e-7 difference upstream can move an activation code, so
-    a verify of k candidates must compute each row exactly as a one-token step does (kernels.PREFILL_MIN_Q):
-    logits equal bit for bit, and prompt-lookup speculative decoding gives plain greedy decoding's tokens."""
+    a verify of k candidates must compute each row exactly as a one-token step does (attention's decode form
+    whenever there is a past, however many candidates: kernels.PREFILL_MIN_Q): logits equal bit for bit, and
+    prompt-lookup speculative decoding gives plain greedy decoding's tokens."""
     from slimgraph.codegen.tvm.kernels import PREFILL_MIN_Q, has_vnni
     model = tiny_llama(vocab_size=128)
     pipe = ("canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,merge-sibling-linears,"
@@ -119,14 +120,15 @@ def test_w4a8_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_
     fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="cpu", pipeline=pipe)
     assert ("int4_vnni_gemv" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
     gen = torch.Generator().manual_seed(3)
-    prompt, cands = torch.randint(0, 128, (1, 7), generator=gen), torch.randint(0, 128, (1, 12), generator=gen)
-    assert cands.shape[1] < PREFILL_MIN_Q
+    prompt, cands = torch.randint(0, 128, (1, 7), generator=gen), torch.randint(0, 128, (1, 40), generator=gen)
     steps = fast.decoder()
     steps.prefill(prompt)
     one_by_one = torch.cat([steps.step(cands[:, i])["logits"] for i in range(cands.shape[1])], 1)
     dec = fast.decoder()
     dec.prefill(prompt)
-    assert torch.equal(dec.verify(cands)["logits"], one_by_one)
+    for k in (PREFILL_MIN_Q - 1, PREFILL_MIN_Q, 12, 40):   # 40: more than the blocked form's row count
+        assert torch.equal(dec.verify(cands[:, :k])["logits"], one_by_one[:, :k]), k
+        dec.accept(0)
     text = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]])   # repeats: the lookup drafts get accepted
     plain = fast.generate(text, max_new_tokens=24, eos_token_id=None)
     spec = fast.generate(text, max_new_tokens=24, eos_token_id=None, lookup=4)

@@ -63,12 +63,13 @@ def test_op_matches_interpreter(op):
     (2, 2, 5, 5, True, "bool", 2, 8, 2, None), (4, 2, 3, 9, True, None, 3, 8, 2, None),
     (9, 3, 1, 11, True, "bool", 0, 64, 2, None), (3, 3, 2, 6, False, "float", 2, 20, 1, None), (6, 2, 4, 4, False, "bool", 0, 6, 1, None),
     (4, 4, 3, 5, False, "float", 0, 32, 2, 1), (2, 1, 3, 4, True, "bool", 0, 16, 1, 1),
-    # many query rows, still the decode form (a speculative verify: its rows equal one-token steps bit for bit)
-    (4, 2, 9, 9, True, None, 0, 8, 2, None), (2, 2, P - 1, P + 3, True, "bool", 0, 32, 2, None),
-    # prefill (lq >= P: the blocked form), keys not a multiple of 16, every mask kind
-    (4, 2, P + 1, P + 1, True, None, 0, 8, 2, None), (2, 2, P + 4, P + 7, True, "bool", 0, 32, 2, None),
-    (6, 3, P, P + 5, False, "float", 0, 16, 1, None), (2, 1, P + 1, P + 1, True, None, 5, 20, 2, None),
-    (4, 4, P, P, False, "float", 0, 32, 2, 1), (3, 3, P, P + 8, True, "bool", 3, 6, 1, None),
+    # many query rows after a past (a speculative verify): the decode form, rows equal to one-token steps
+    (2, 2, P + 20, P + 23, True, "bool", 0, 32, 2, None), (6, 3, P + 4, P + 9, False, "float", 0, 16, 1, None),
+    # prefill (lq >= P and as many keys as queries: the blocked form; the run with 2 more keys takes the decode
+    # form), keys not a multiple of 16, every mask kind
+    (4, 2, P + 1, P + 1, True, None, 0, 8, 2, None), (2, 2, P + 15, P + 15, True, "bool", 0, 32, 2, None),
+    (6, 3, P + 9, P + 9, False, "float", 0, 16, 1, None), (2, 1, P + 9, P + 9, True, None, 5, 20, 2, None),
+    (4, 4, P + 8, P + 8, False, "float", 0, 32, 2, 1), (3, 3, P, P, True, "bool", 3, 6, 1, None),
 ])
 def test_attention(hq, hk, lq, lk, causal, mask, window, d, mb, mq):
     """Attention (the fused kernel: GQA in place, causal/window/sink index masks, bool or additive float masks
@@ -402,10 +403,10 @@ def test_layer_norm_kernel(k, affine, eps):
     assert "layer_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()
 
 
-@pytest.mark.parametrize("lq,lk,nan_key", [(1, 5, 4), (3, 5, 4), (P, P, 3), (P, P + 15, 3), (P, P + 15, P + 12),
+@pytest.mark.parametrize("lq,lk,nan_key", [(1, 5, 4), (3, 5, 4), (P, P, 3), (P + 15, P + 15, 3), (P, P + 15, P + 12),
                                           (P + 8, P + 8, 0)])
 def test_attention_nan_keys_and_fully_masked_rows(lq, lk, nan_key):
-    """Decode (lq < PREFILL_MIN_Q) and blocked prefill forms: a NaN key makes the rows that see it NaN (the reference's
+    """Decode (a past, or lq < PREFILL_MIN_Q) and blocked prefill forms: a NaN key makes the rows that see it NaN (the reference's
     result; TVM's fast-math code must not fold the NaN away), and a query row whose keys are all masked gives
     what the reference (torch SDPA on CPU) gives: 0."""
     g = ir.Graph()
