@@ -323,8 +323,9 @@ def _check_k(k, qweight, scales, bits, group, prepacked):
     """ValueError unless x's last dim k is the weight's input dim (a wrong k would read the wrong groups)."""
     if prepacked:
         kp = qweight.shape[0] * (2 if bits == 4 else 1)
-        ok = kp == -(-k // CHUNK) * CHUNK and k % scales.shape[0] == 0 and (group == 0) == (scales.shape[0] == 1) \
-            and (group == 0 or k // scales.shape[0] == group)
+        groups = scales.shape[0]
+        ok = kp == -(-k // CHUNK) * CHUNK and k % groups == 0 \
+            and (groups == 1 if group == 0 else k // groups == group)     # one group of `group` columns is fine
         w = f"prepacked weight for in={kp} (padded) with {scales.shape[0]} groups"
     else:
         ok = k == Q.logical_in_dim(qweight.shape, bits)

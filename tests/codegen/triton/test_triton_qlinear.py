@@ -42,6 +42,19 @@ def test_qlinear_matches_reference(device, close, bits, sym, m, n, k, group):
     close(y, REF(x.cpu(), qw, sc, zs, bias.cpu(), bits=bits, group=group), torch.float32)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("k,group", [(64, 64), (128, 128), (32, 32), (96, 0)])
+def test_prepacked_weight_with_a_single_group(device, close, bits, k, group):
+    """A layer whose input size is one group (K == group: a tiny model's linears) or per-row scales, through the
+    lowering's prepack hook as the `cuda` target runs it (the prepacked table has one group either way)."""
+    from slimgraph.codegen.triton.kernels import qlinear as QL
+    qw, sc, zs = _weight(40, k, bits, group, True)
+    packed, table = QL.pack_weight(qw, sc, None, bits, group)
+    x = _x(3, k, torch.float32, device)
+    y = QL.qlinear(x, packed.to(device), table.to(device), bits=bits, group=group)
+    close(y, REF(x.cpu(), qw, sc, bits=bits, group=group), torch.float32)
+
+
 @pytest.mark.parametrize("path", ["gemv", "gemm"])
 @pytest.mark.parametrize("m", [1, 17])
 def test_both_paths_at_any_m(device, close, path, m):
