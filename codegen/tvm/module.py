@@ -131,13 +131,16 @@ class Lowerer:
             self.env[id(w)] = p
             params.append(p)
         self.packed = {}    # (id(node), input index) -> the parameter holding that weight prepacked
+        shared = {}         # (op, weight, input index, attrs) -> its parameter: a weight two nodes pack alike
         for j, node in enumerate(self.graph.nodes):
             for i, t in run_prepack(node).items():
-                p = relax.Var(_ident(f"{node.inputs[i].name}_packed{j}"),
-                              relax.TensorType(list(t.shape), str(t.dtype).removeprefix("torch.")))
-                self.packed[(id(node), i)] = p
-                params.append(p)
-                weights.append({"node": j, "input": i, "weight": node.inputs[i].name})
+                key = (node.op, node.inputs[i].name, i, repr(sorted(node.attrs.items())), tuple(t.shape))
+                if key not in shared:
+                    shared[key] = relax.Var(_ident(f"{node.inputs[i].name}_packed{j}"),
+                                            relax.TensorType(list(t.shape), str(t.dtype).removeprefix("torch.")))
+                    params.append(shared[key])
+                    weights.append({"node": j, "input": i, "weight": node.inputs[i].name})
+                self.packed[(id(node), i)] = shared[key]
         with bb.function("main", params):
             with bb.dataflow():
                 for node in self.graph.nodes:

@@ -83,10 +83,10 @@ def build(graph) -> Products:
     source = cached.with_suffix(".relax.py")
     params = cached.with_suffix(".params.json")
     notes = []
-    if cached.exists() and source.exists() and params.exists():
+    weights = _cached_params(graph, params) if cached.exists() and source.exists() else None
+    if weights is not None:
         lib, text = cached.read_bytes(), source.read_bytes()
-        weights = json.loads(params.read_text())   # the parameters of `main` after the graph inputs
-    else:
+    else:   # a miss, or an entry whose parameter list is unreadable or does not fit: compiled again
         from .module import to_relax
         mod, weights = to_relax(graph)
         ex = compile_module(mod)
@@ -108,6 +108,16 @@ def build(graph) -> Products:
     return Products({LIBRARY: lib, SOURCE: text}, meta)
 
 
+def _cached_params(graph, path: Path):
+    """The cached parameter list of `main` (meta["weights"]), or None when missing, unreadable or not this
+    graph's (the entry is then rebuilt and overwritten)."""
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return None if params_problem(graph, params) else params
+
+
 def load(graph, products: Products) -> "TvmRunner":
     """Load the library into a Relax VM and bind the graph's weights: no codegen."""
     return TvmRunner(graph, products)
@@ -123,16 +133,30 @@ def _to_tvm(t: torch.Tensor):
     return tvm.runtime.from_dlpack(t)
 
 
+def params_problem(graph, params) -> str | None:
+    """Why `params` (meta["weights"]) cannot be `main`'s parameters for this graph, or None: the graph's
+    weights by name in order, then {"node", "input", "weight"} entries naming a node whose input is that weight."""
+    names = list(graph.weights)
+    if not isinstance(params, list) or params[:len(names)] != names:
+        return f"the parameter list does not start with the graph's {len(names)} weights in order"
+    nodes = list(graph.nodes)
+    for p in params[len(names):]:
+        ok = isinstance(p, dict) and isinstance(p.get("node"), int) and 0 <= p["node"] < len(nodes) \
+            and isinstance(p.get("input"), int) and 0 <= p["input"] < len(nodes[p["node"]].inputs) \
+            and nodes[p["node"]].inputs[p["input"]].name == p.get("weight")
+        if not ok:
+            return f"prepacked parameter {p!r} does not name a node input holding that weight"
+    return None
+
+
 def bind_weights(graph, params) -> list:
     """The TVM tensors of `main`'s parameters after the inputs: the graph's weights by name (zero-copy), and
     the prepacked ones made again by their lowering's prepack hook ({"node": index, "input": i})."""
     from .module import run_prepack
+    why = params_problem(graph, params)
+    if why:
+        raise ProductsError(f"cpu build products: {why}; rebuild")
     nodes = list(graph.nodes)
-    names = [p if isinstance(p, str) else p.get("weight") for p in params]
-    missing = [n for n in names if n not in graph.weights]
-    bad = [p for p in params if not isinstance(p, str) and not 0 <= p.get("node", -1) < len(nodes)]
-    if missing or bad:
-        raise ProductsError(f"cpu build products name weights the graph lacks: {(missing or bad)[:5]}; rebuild")
     out, packed = [], {}
     for p in params:
         if isinstance(p, str):

@@ -329,6 +329,30 @@ def test_f32_linear_of_a_computed_weight_takes_the_row_dot_kernel():
     assert all(isinstance(p, str) for p in run.products.meta["weights"])
 
 
+def test_a_weight_shared_by_two_linears_is_packed_once_and_a_bad_cached_parameter_list_is_rebuilt(tmp_path,
+                                                                                                  monkeypatch):
+    """Two linears reading one weight share one packed parameter; a build cache entry whose parameter list is
+    unreadable or names the wrong weights is compiled again, not trusted."""
+    import json
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", 16)))
+    gen = torch.Generator().manual_seed(9)
+    w, v = g.add_weight("w", torch.randn(32, 16, generator=gen)), g.add_weight("v", torch.randn(32, 16, generator=gen))
+    g.set_outputs([g.op("add", g.op("add", g.op("linear", x, w), g.op("linear", g.op("tanh", x), w)),
+                        g.op("linear", x, v))])
+    run = assert_matches(g, lambda m: (torch.randn(m, 16, generator=torch.Generator().manual_seed(m)),), seqs=(1, 7))
+    params = run.products.meta["weights"]
+    assert [p["weight"] for p in params if isinstance(p, dict)] == ["w", "v"]
+    entry = next(tmp_path.rglob("*.params.json"))
+    xs = torch.randn(3, 16)
+    for bad in ("[not json", json.dumps([*params[:2], {**params[2], "node": params[3]["node"]}, params[3]])):
+        entry.write_text(bad)
+        again = get_target("cpu").compile(g)
+        torch.testing.assert_close(again(xs)[0], ir.run(g, xs)[0], rtol=1e-5, atol=1e-5)
+        assert json.loads(entry.read_text()) == params      # the entry was rewritten
+
+
 def test_prepacked_weights_are_made_again_at_load_and_a_stale_record_is_refused(tmp_path):
     """The library takes the panels as a parameter; a fresh load (artifact) packs the graph's weight again
     (nothing packed is stored), and products naming a node that no longer prepacks are a clear error."""
@@ -354,7 +378,7 @@ def test_prepacked_weights_are_made_again_at_load_and_a_stale_record_is_refused(
     params = compiled.runner.products.meta["weights"]
     stale = [p if isinstance(p, str) else {**p, "input": 0} for p in params]
     assert stale != params
-    with pytest.raises(ProductsError, match="no longer prepacks input 0"):
+    with pytest.raises(ProductsError, match="does not name a node input holding that weight; rebuild"):
         bind_weights(compiled.graph, stale)
 
 
