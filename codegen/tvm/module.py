@@ -6,10 +6,10 @@
 `main(*graph inputs, *weights)` returns a tuple of the graph's outputs. Weights are parameters, not
 bound constants: the compiled library holds code only, and the runner passes the graph's own tensors
 (no copy in the library, none in an artifact). A lowering with a `prepack` hook (f32 `linear`: weight
-panels) gets its weight in the packed layout as one more parameter, which the runner makes at load by
-running the same hook (memory: the packed copy sits beside the graph's tensor). Symbolic dims become `tir.Var`s (int64) named after
-the IR symbols; dims computed from them (`past+seq`) become PrimExprs, so one library serves every
-batch, sequence and cache length.
+panels) gets its weight in the packed layout as one more parameter (one per distinct weight), which the
+runner makes at load by running the same hook (memory: the packed copy sits beside the graph's tensor).
+Symbolic dims become `tir.Var`s (int64) named after the IR symbols; dims computed from them (`past+seq`)
+become PrimExprs, so one library serves every batch, sequence and cache length.
 
 Each node calls its op's "cpu" lowering `fn(lw, node, args) -> relax.Expr | [relax.Expr]`, where `lw`
 is the `Lowerer` (its BlockBuilder `lw.bb`, `lw.dim`, `lw.shape`, `lw.const`) and `args` the Relax
