@@ -27,7 +27,8 @@ class GenerateStats:
 
     @property
     def mean_acceptance(self) -> float:
-        """Speculative decoding: tokens emitted per verify forward (the first token comes from prefill)."""
+        """Speculative decoding: tokens emitted per verify forward (the first token comes from prefill); NaN
+        when no verify ran (plain decoding, or max_new_tokens <= 1)."""
         return (self.new_tokens - 1) / self.verifies if self.verifies else float("nan")
 
     @property
