@@ -138,8 +138,9 @@ def _qgemv_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, NCH, s
     nmask = offs_n < N
     offs_i = tl.arange(0, H)
     # codes become floats by the exponent trick: (q | 0x4B000000) read as f32 is 2**23 + q exactly (an integer
-    # op instead of a conversion, which runs at a quarter of the FMA rate); OFF + zero removes 2**23 and the
-    # zero point in one subtraction (int8 codes are first shifted by +128 to be non-negative).
+    # op instead of a conversion, which runs at a quarter of the FMA rate); subtracting OFF gives the code
+    # exactly (int8 codes are first shifted by +128 to be non-negative). The zero point is subtracted after, not
+    # folded into OFF: float zero points (Q4_1) would lose their fraction at 2**23.
     OFF: tl.constexpr = 8388608.0 if BITS == 4 else 8388736.0
     acc = tl.zeros([H, BLOCK_N], dtype=tl.float32)     # reduced across k once, after the loop
     c0 = pid_s * CPS
@@ -155,8 +156,8 @@ def _qgemv_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, NCH, s
                 b = tl.load(w_ptr + w_rows).to(tl.int32)
             else:
                 b = tl.load(w_ptr + w_rows, mask=nmask[None, :], other=0).to(tl.int32)
-            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True)
-            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
+            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
         else:
             lo_rows = k_lo[:, None] * N + offs_n[None, :]
             hi_rows = k_hi[:, None] * N + offs_n[None, :]
@@ -166,25 +167,25 @@ def _qgemv_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, NCH, s
             else:
                 b_lo = tl.load(w_ptr + lo_rows, mask=nmask[None, :], other=0).to(tl.int32)
                 b_hi = tl.load(w_ptr + hi_rows, mask=nmask[None, :], other=0).to(tl.int32)
-            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True)
-            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
+            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
         if UNIFORM:   # the whole chunk is in one group: one scale and zero point per column
             g = (c * 2 * H) // GSIZE
             if EVEN_N:
                 s = tl.load(t_ptr + g * 2 * N + offs_n).to(tl.float32)
-                z = tl.load(t_ptr + g * 2 * N + N + offs_n).to(tl.float32) + OFF
+                z = tl.load(t_ptr + g * 2 * N + N + offs_n).to(tl.float32)
             else:
                 s = tl.load(t_ptr + g * 2 * N + offs_n, mask=nmask, other=0.0).to(tl.float32)
-                z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32) + OFF
+                z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32)
             acc += x_lo[:, None] * ((q_lo - z[None, :]) * s[None, :])
             acc += x_hi[:, None] * ((q_hi - z[None, :]) * s[None, :])
         else:
             g_lo = (tl.minimum(k_lo, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
             g_hi = (tl.minimum(k_hi, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
             tm = nmask[None, :] & (offs_i >= 0)[:, None]
-            w_lo = (q_lo - (tl.load(t_ptr + g_lo + N, mask=tm, other=0.0).to(tl.float32) + OFF)) \
+            w_lo = (q_lo - tl.load(t_ptr + g_lo + N, mask=tm, other=0.0).to(tl.float32)) \
                 * tl.load(t_ptr + g_lo, mask=tm, other=0.0).to(tl.float32)
-            w_hi = (q_hi - (tl.load(t_ptr + g_hi + N, mask=tm, other=0.0).to(tl.float32) + OFF)) \
+            w_hi = (q_hi - tl.load(t_ptr + g_hi + N, mask=tm, other=0.0).to(tl.float32)) \
                 * tl.load(t_ptr + g_hi, mask=tm, other=0.0).to(tl.float32)
             acc += x_lo[:, None] * w_lo + x_hi[:, None] * w_hi
     y = tl.sum(acc, axis=0)
@@ -237,25 +238,25 @@ def _qgemm_kernel(x_ptr, w_ptr, t_ptr, b_ptr, y_ptr, M, N, K, GSIZE, CPS, stride
         wm = nmask[None, :] & (offs_i >= 0)[:, None]    # packed rows are padded to whole chunks
         if BITS == 4:
             b = tl.load(w_ptr + (c * H + offs_i)[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
-            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True)
-            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
+            q_hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
         else:
             b_lo = tl.load(w_ptr + k_lo[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
             b_hi = tl.load(w_ptr + k_hi[:, None] * N + offs_n[None, :], mask=wm, other=0).to(tl.int32)
-            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True)
-            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True)
+            q_lo = ((b_lo + 128) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
+            q_hi = ((b_hi + 128) | 0x4B000000).to(tl.float32, bitcast=True) - OFF
         if UNIFORM:   # one group per chunk: a scale and zero point per column
             g = (c * 2 * H) // GSIZE
             s = tl.load(t_ptr + g * 2 * N + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-            z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :] + OFF
+            z = tl.load(t_ptr + g * 2 * N + N + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
             w_lo = (q_lo - z) * s
             w_hi = (q_hi - z) * s
         else:
             g_lo = (tl.minimum(k_lo, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
             g_hi = (tl.minimum(k_hi, K - 1) // GSIZE)[:, None] * 2 * N + offs_n[None, :]
-            w_lo = (q_lo - (tl.load(t_ptr + g_lo + N, mask=wm, other=0.0).to(tl.float32) + OFF)) \
+            w_lo = (q_lo - tl.load(t_ptr + g_lo + N, mask=wm, other=0.0).to(tl.float32)) \
                 * tl.load(t_ptr + g_lo, mask=wm, other=0.0).to(tl.float32)
-            w_hi = (q_hi - (tl.load(t_ptr + g_hi + N, mask=wm, other=0.0).to(tl.float32) + OFF)) \
+            w_hi = (q_hi - tl.load(t_ptr + g_hi + N, mask=wm, other=0.0).to(tl.float32)) \
                 * tl.load(t_ptr + g_hi, mask=wm, other=0.0).to(tl.float32)
         if UPCAST:
             acc = tl.dot(x_lo.to(tl.float32), w_lo.to(x_lo.dtype).to(tl.float32), acc, input_precision=PRECISION)
