@@ -8,9 +8,9 @@
 Weights are parameters of the compiled `main`, not constants inside it: the library is code only and
 the runner passes the graph's own tensors (zero-copy through DLPack), so neither the library nor an
 artifact holds a second copy of the weights. Weights a lowering prepacks (f32 linear panels) are packed
-again at load by the same hook (`bind_weights`): in memory, not on disk, they exist twice. Hence the build cache key is the graph text (ops, attrs,
-types, weight names and shapes, literal constants; not weight values), this target's codegen sources
-and the host: `$SLIMGRAPH_CACHE_DIR` (default ~/.cache/slimgraph)/tvm-cpu/<sha256>.so. A second build
+again at load by the same hook (`bind_weights`): in memory, not on disk, they exist twice. Hence the build
+cache key is the graph text (ops, attrs, types, weight names and shapes, literal constants; not weight
+values), this target's codegen sources and the host: `$SLIMGRAPH_CACHE_DIR` (default ~/.cache/slimgraph)/tvm-cpu/<sha256>.so. A second build
 of the same graph reads the library back instead of compiling (seconds instead of a minute).
 
 The LLVM target is this machine's CPU (`llvm_get_system_cpu`, e.g. znver4), so a library built here

@@ -293,30 +293,37 @@ def run_packed(x2, packed, table, bias, bits: int, force: str | None = None, con
         cfg = config or GEMV
         n_blocks = triton.cdiv(n, cfg.block_n)
         splits, cps = split_k(n_chunks, n_blocks * m, x2.device, cfg.waves)
-        y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-        part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device) if splits > 1 else y
-        b = bias if bias is not None else table
+        y, part, b = _outputs(x2, n, splits, bias, table)
         launch(_qgemv_kernel, (n_blocks, splits, m), x2, packed, table, b, part, m, n, k, gsize, cps, n_chunks,
                x2.stride(0), y.stride(0), BITS=bits, H=HALF, BLOCK_N=cfg.block_n, UNIFORM=gsize % CHUNK == 0,
                EVEN_N=n % cfg.block_n == 0, HAS_BIAS=bias is not None, PARTIAL=splits > 1, num_warps=cfg.num_warps)
-        if splits > 1:
-            launch(_splitk_sum_kernel, (triton.cdiv(n, SUM_BLOCK), m), part, b, y, m, n, splits, y.stride(0),
-                   BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None, num_warps=4)
-        return y
+        return _add_partials(part, b, y, bias is not None)
     cfg = config or GEMM
     block_m, block_n = min(64, max(16, next_pow2(m))), cfg.block_n
     grid_mn = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     splits, cps = split_k(-(-k // CHUNK), grid_mn[0] * grid_mn[1], x2.device, cfg.waves)
-    y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    part = torch.empty(splits, m, n, dtype=torch.float32, device=x2.device) if splits > 1 else y
-    b = bias if bias is not None else table
+    y, part, b = _outputs(x2, n, splits, bias, table)
     launch(_qgemm_kernel, (*grid_mn, splits), x2, packed, table, b, part, m, n, k, gsize, cps, x2.stride(0),
            part.stride(-2), BITS=bits, H=HALF, BLOCK_M=block_m, BLOCK_N=block_n, HAS_BIAS=bias is not None,
            PARTIAL=splits > 1, PRECISION=dot_precision(x2.dtype), UPCAST=upcast_dot(x2.dtype),
            UNIFORM=gsize % CHUNK == 0, num_warps=cfg.num_warps)
-    if splits > 1:
-        launch(_splitk_sum_kernel, (triton.cdiv(n, SUM_BLOCK), m), part, b, y, m, n, splits, y.stride(0),
-               BLOCK=SUM_BLOCK, HAS_BIAS=bias is not None, num_warps=4)
+    return _add_partials(part, b, y, bias is not None)
+
+
+def _outputs(x2, n: int, splits: int, bias, table):
+    """(y [M, n] in x's dtype, where the kernel writes: y itself, or f32 partials [splits, M, n] under split-K,
+    the bias pointer: the bias, or any tensor when there is none)."""
+    y = torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x2.device)
+    part = torch.empty(splits, *y.shape, dtype=torch.float32, device=x2.device) if splits > 1 else y
+    return y, part, bias if bias is not None else table
+
+
+def _add_partials(part, b, y, has_bias: bool):
+    """y = the split-K partials summed in order (+ bias) by _splitk_sum_kernel; y as is without a split."""
+    if part is not y:
+        m, n = y.shape
+        launch(_splitk_sum_kernel, (triton.cdiv(n, SUM_BLOCK), m), part, b, y, m, n, part.shape[0], y.stride(0),
+               BLOCK=SUM_BLOCK, HAS_BIAS=has_bias, num_warps=4)
     return y
 
 
