@@ -732,12 +732,12 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         return T.float32(0)
 
     @T.prim_func(private=True)
-    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, o_h: T.handle):
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, lk: T.int64, o_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        b, lq, lk, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        b, lq, kc, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         q = T.match_buffer(q_h, (b, hq, lq, d), "float32")
-        k = T.match_buffer(k_h, (b, hk, lk, d), "float32")
-        v = T.match_buffer(v_h, (b, hk, lk, d), "float32")
+        k = T.match_buffer(k_h, (b, hk, kc, d), "float32")   # keys 0..lk-1 of kc rows (a KV buffer's capacity)
+        v = T.match_buffer(v_h, (b, hk, kc, d), "float32")
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
@@ -859,4 +859,31 @@ def attention(lw, node, q, k, v, mask):
     gv = lw.kernel(name + "_" + float(scale).hex().replace(".", "_").replace("+", "").replace("-", "m"), func)
     if mask is None:
         mask = lw.const([[[[True]]]], "bool")
-    return relax.call_tir(gv, [q, k, v, mask], relax.TensorType(lw.shape(node.inputs[0]), "float32"))
+    views = [lw.kv_view(x) for x in node.inputs[1:3]]
+    if all(views):   # k and v are in-place KV buffers (module.py): read their first `length` rows in place
+        (k, lk), (v, _) = views
+    else:
+        lk = lw.dim(kt.shape[2])
+    return relax.call_tir(gv, [q, k, v, mask, lw.prim(lk)], relax.TensorType(lw.shape(node.inputs[0]), "float32"))
+
+
+def make_kv_append(axis: int, dtype: str):
+    """buf[..., past + i, ...] = new[..., i, ...] along `axis` of rank-4 tensors: the rows of a `cache_append`
+    written in place into the KV buffer (capacity rows >= past + new rows; called through call_tir_inplace)."""
+    from tvm.script import tirx as T
+
+    def at(i0, i1, i2, i3, past):
+        ix = [i0, i1, i2, i3]
+        ix[axis] = ix[axis] + past
+        return tuple(ix)
+
+    @T.prim_func(private=True)
+    def kv_append(buf_h: T.handle, new_h: T.handle, past: T.int64):
+        T.func_attr({"tirx.noalias": True, "op_pattern": 8})   # opaque: FuseOps must not fuse an in-place write
+        c0, c1, c2, c3, n0, n1, n2, n3 = (T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(),
+                                          T.int64(), T.int64())
+        buf = T.match_buffer(buf_h, (c0, c1, c2, c3), dtype)
+        new = T.match_buffer(new_h, (n0, n1, n2, n3), dtype)
+        for i0, i1, i2, i3 in T.grid(n0, n1, n2, n3):
+            buf[at(i0, i1, i2, i3, past)] = new[i0, i1, i2, i3]
+    return kv_append

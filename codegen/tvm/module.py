@@ -11,12 +11,21 @@ runner makes at load by running the same hook (memory: the packed copy sits besi
 Symbolic dims become `tir.Var`s (int64) named after the IR symbols; dims computed from them (`past+seq`)
 become PrimExprs, so one library serves every batch, sequence and cache length.
 
+`append` states (the KV cache) are updated in place (`inplace_states`): main's parameter for such a state
+is a buffer with the state's layout and `kv_capacity_<i>` rows along the state axis, of which the first
+`past` are the state; one more parameter `kv_lengths` (a shape) gives each state-axis symbol's value. The
+state's `cache_append` writes the new rows into the buffer (call_tir_inplace) and returns the buffer itself,
+which is then main's output for that state; attention reads the buffer's first past + new rows in place
+(`lw.kv_view`), any other reader gets a copy of those rows. The runner owns the buffers (target.py).
+
 Each node calls its op's "cpu" lowering `fn(lw, node, args) -> relax.Expr | [relax.Expr]`, where `lw`
 is the `Lowerer` (its BlockBuilder `lw.bb`, `lw.dim`, `lw.shape`, `lw.const`) and `args` the Relax
 values of the node's inputs. An op without a lowering is refused before any TVM work
 (`unsupported_ops`).
 """
 from __future__ import annotations
+from dataclasses import dataclass
+
 import sympy
 
 from ...ir import symbolic
@@ -54,6 +63,8 @@ class Lowerer:
         self.env: dict[int, object] = {}
         self.kernels: dict[str, object] = {}
         self.memo: dict[tuple, object] = {}     # values lowerings share (keyed by IR value ids)
+        self.inplace = {id(kv.node): kv for kv in inplace_states(graph)}   # cache_append node -> InplaceState
+        self.views: dict[int, tuple] = {}      # IR value id -> (KV buffer, rows in use: PrimExpr, axis): kv_view
 
     def kernel(self, name: str, prim_func):
         """The GlobalVar of TIR kernel `name` in the module (added once, shared by every call)."""
@@ -112,6 +123,17 @@ class Lowerer:
     def struct(self, v):
         return self.relax.TensorType(self.shape(v), tvm_dtype(v.type.dtype))
 
+    def kv_view(self, v):
+        """(buffer, rows) when IR value `v` is an in-place KV state: its values are the buffer's first `rows`
+        rows along the state axis (the rest is capacity); else None. A lowering that reads `v` in place asks;
+        otherwise its argument is a copy of those rows."""
+        view = self.views.get(id(v))
+        return None if view is None else view[:2]
+
+    def prim(self, d):
+        """An int or PrimExpr dim as a Relax int64 PrimValue (a scalar argument of a TIR kernel)."""
+        return self.relax.prim_value(self.tir.IntImm("int64", d) if isinstance(d, int) else d)
+
     def const(self, value, dtype: str):
         import numpy as np
         return self.relax.const(np.array(value, dtype=tvm_dtype(dtype)), tvm_dtype(dtype))
@@ -120,10 +142,17 @@ class Lowerer:
     def build(self):
         relax, bb = self.relax, self.bb
         params = []
+        buffers = {id(kv.state.input): kv for kv in self.inplace.values()}
         for v in self.graph.inputs:
-            p = relax.Var(_ident(v.name), self.struct(v))
+            kv = buffers.get(id(v))
+            ty = self.struct(v) if kv is None else self.relax.TensorType(
+                [self.sym(kv.capacity) if a == kv.axis else d for a, d in enumerate(self.shape(v))],
+                tvm_dtype(v.type.dtype))
+            p = relax.Var(_ident(v.name), ty)
             self.env[id(v)] = p
             params.append(p)
+        if buffers:
+            params.append(relax.Var("kv_lengths", relax.ShapeType([self.sym(n) for n in kv_length_symbols(self.graph)])))
         weights: list = list(self.graph.weights)
         for name in weights:
             w = self.graph.weights[name]
@@ -154,10 +183,11 @@ class Lowerer:
         low = get_lowering("cpu", node.op)
         if low is None:
             raise LoweringError(f"cpu target: op {node.op!r} has no lowering (node {node!r})")
-        args = [self.packed[(id(node), i)] if (id(node), i) in self.packed else self.env[id(v)]
+        args = [self.packed[(id(node), i)] if (id(node), i) in self.packed else self._value(v)
                 for i, v in enumerate(node.inputs)]
         try:
-            out = low.fn(self, node, args)
+            kv = self.inplace.get(id(node))
+            out = low.fn(self, node, args) if kv is None else self._kv_append(kv, args)
         except LoweringError:
             raise
         except Exception as e:
@@ -170,6 +200,29 @@ class Lowerer:
         for v, o in zip(node.outputs, outs):
             o = self.bb.emit(o) if not isinstance(o, self.relax.Var) else o
             self.env[id(v)] = self._check(v, o, node)
+        if kv is not None:
+            self.views[id(node.output)] = (self.env[id(node.output)], self.dim(node.output.type.shape[kv.axis]),
+                                           kv.axis)
+
+    def _value(self, v):
+        """The Relax value of IR value `v` as its lowering reads it: an in-place KV state's rows in use are
+        sliced out of the buffer (a copy; not emitted unless used: lowerings that read the buffer in place
+        ask `kv_view` instead)."""
+        view = self.views.get(id(v))
+        if view is None:
+            return self.env[id(v)]
+        buf, rows, axis = view
+        return self.relax.op.strided_slice(buf, [axis], [0], [rows], assume_inbound=True)
+
+    def _kv_append(self, kv, args):
+        """cache_append(past, new) as the new rows written into past's buffer at row `past` (in place)."""
+        from .kernels import make_kv_append
+        dt = tvm_dtype(kv.state.input.type.dtype)
+        new = args[1] if str(self.bb.normalize(args[1]).ty.dtype) == dt else self.relax.op.astype(args[1], dt)
+        gv = self.kernel(f"kv_append_axis{kv.axis}_{dt}", make_kv_append(kv.axis, dt))
+        past = self.dim(kv.state.input.type.shape[kv.axis])
+        buf = args[0]
+        return self.relax.call_tir_inplace(gv, [buf, new, self.prim(past)], [0], self.bb.normalize(buf).ty)
 
     def _check(self, v, o, node):
         """The emitted value has the IR value's dtype and rank (shapes are checked by the VM at run time)."""
@@ -179,6 +232,62 @@ class Lowerer:
             raise LoweringError(f"cpu target: lowering of {node.op} gave {sinfo} for %{v.name}: {v.type} "
                                 f"(node {node!r})")
         return o
+
+
+@dataclass(frozen=True)
+class InplaceState:
+    """An `append` state the cpu target updates in place: graph input `inputs[input]` (the past) is read only
+    by `node` (its cache_append), whose output is graph output `outputs[output]`. The past's length along
+    `axis` is symbol `length`; the new rows number `new_rows`: an int, or (input index, dim) of a graph input
+    with exactly that dim. `capacity` names the buffer's row count in main's signature."""
+    state: object
+    node: object
+    input: int
+    output: int
+    axis: int
+    length: str
+    new_rows: int | tuple
+    capacity: str
+
+
+def inplace_states(graph) -> list[InplaceState]:
+    """The graph's `append` states of rank 4 whose past is read only by its cache_append and whose state-axis
+    length is a plain symbol (a KV cache: [batch, heads, past, head_dim]), in state order. Other states are
+    lowered as written (a copy per call). Deterministic: build and runner agree on it from the graph alone."""
+    out = []
+    ins = {id(v): i for i, v in enumerate(graph.inputs)}
+    outs = {id(v): i for i, v in enumerate(graph.outputs)}
+    dims = {}
+    for i, v in enumerate(graph.inputs):
+        for j, d in enumerate(v.type.shape):
+            dims.setdefault(d, (i, j))
+    syms = {n for v in graph.inputs for d in v.type.shape if isinstance(d, str) for n in symbolic.free_symbols(d)}
+    for k, st in enumerate(graph.states):
+        past = st.input
+        if st.kind != "append" or past.type.rank != 4:
+            continue
+        axis = st.axis % 4
+        users = past.users
+        if len(users) != 1 or users[0].op != "cache_append" or users[0].inputs[0] is not past \
+                or users[0].output is not st.output or past in users[0].inputs[1:]:
+            continue
+        length = past.type.shape[axis]
+        if not (isinstance(length, str) and length.isidentifier()):
+            continue
+        n = users[0].inputs[1].type.shape[axis]
+        src = n if isinstance(n, int) else dims.get(n)
+        if src is None or (isinstance(src, tuple) and graph.inputs[src[0]] is past):
+            continue
+        capacity = f"kv_capacity_{k}"
+        if capacity in syms:
+            continue
+        out.append(InplaceState(st, users[0], ins[id(past)], outs[id(st.output)], axis, length, src, capacity))
+    return out
+
+
+def kv_length_symbols(graph) -> list[str]:
+    """The state-axis symbols of the in-place states, each once, in order: the dims of main's `kv_lengths`."""
+    return list(dict.fromkeys(kv.length for kv in inplace_states(graph)))
 
 
 def run_prepack(node) -> dict:

@@ -442,7 +442,8 @@ def _attention(lw, node, args):
 # ---- state --------------------------------------------------------------------------------------
 @lowering("cpu", "cache_append")
 def _cache_append(lw, node, args):
-    """cat((past, new), axis): a copy per step (the VM owns no growing buffer yet)."""
+    """cat((past, new), axis), a copy per call: only for states module.inplace_states does not take (the KV
+    cache's rank-4 append states are written in place into runner-owned buffers instead, Lowerer._kv_append)."""
     dt = node.inputs[0].type.dtype
     return R.concat([args[0], _cast(args[1], dt)], _axis(node.attrs["axis"], node.output.type.rank))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..contract import Products, ProductsError, Runner
+from ..torch_kv import HEADROOM, _Buffer, _owner, _view, keep_state, truncate
 
 LIBRARY, SOURCE = "cpu_module.so", "cpu_module.relax.py"
 
@@ -173,6 +174,30 @@ def bind_weights(graph, params) -> list:
     return out
 
 
+class _KvBuffer(_Buffer):
+    """An in-place KV state's buffer (codegen/torch_kv.py's bookkeeping) and the TVM tensor over its memory."""
+    __slots__ = ("tvm",)
+
+
+def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int) -> _KvBuffer:
+    """The buffer the call appends `new` rows to: `past`'s own when `past` is its newest view from row 0 with
+    room left (nothing copied), else a new one with headroom holding a copy of `past` (torch_kv rule 1: a
+    shorter view, a second branch from one past, is never written over)."""
+    import tvm
+    buf, start = _owner(past, axis)
+    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis]:
+        return buf
+    shape = list(past.shape)
+    shape[axis] = rows + new + max(HEADROOM, (rows + new) // 2)
+    data = torch.empty(shape, dtype=past.dtype)
+    if data.data_ptr() % 64:    # TVM wants 64-byte aligned tensors; torch's CPU allocator gives them
+        raise RuntimeError("cpu target: torch allocated a KV buffer that is not 64-byte aligned")
+    data.narrow(axis, 0, rows).copy_(past)
+    out = _KvBuffer(data, axis, rows)
+    out.tvm = tvm.runtime.from_dlpack(data)
+    return out
+
+
 def _forget(box, key, _ref):
     box[0].pop(key, None)
 
@@ -196,6 +221,12 @@ class TvmRunner(Runner):
         self._main = self.vm["main"]
         self.weights = bind_weights(graph, products.meta["weights"])
         self.graph = graph
+        from .module import inplace_states, kv_length_symbols
+        from ...ir.dtypes import to_torch
+        self.kv = inplace_states(graph)             # states whose buffers this runner owns (module.py)
+        self._kv_syms = kv_length_symbols(graph)
+        self._kv_in = {k.input for k in self.kv}
+        self._kv_dtypes = [to_torch(kv.state.input.type.dtype) for kv in self.kv]
         self._returned: dict[int, tuple] = {}   # id(torch output) -> (weakref to it, its TVM tensor)
         self._returned_box = [self._returned]   # what the weakref callbacks reach (not the runner: no cycle)
 
@@ -211,15 +242,44 @@ class TvmRunner(Runner):
         # The VM checks every input's dtype, rank and (symbolic) shape itself; the interpreter's signature
         # check (sympy per symbolic dim, ms per decode step) runs only when the VM refuses, for its message.
         try:
-            ins = [self._input(t) for t in tensors]
-            outs = self._main(*ins, *self.weights)
+            ins = [None if i in self._kv_in else self._input(t) for i, t in enumerate(tensors)]
+            kv, lengths = self._kv_inputs(tensors, ins) if self.kv else ([], [])
+            outs = self._main(*ins, *lengths, *self.weights)
         except Exception:
             from ...ir.interpreter import bind_symbols
             bind_symbols(self.graph, tensors)   # raises the interpreter's TypeError naming the input
             raise
-        result = [torch.from_dlpack(o) for o in outs]
+        skip = {k.output for k, _, _ in kv}
+        result = [None if j in skip else torch.from_dlpack(o) for j, o in enumerate(outs)]
+        for k, buf, rows in kv:     # the state outputs: views of the buffers the call appended to in place
+            buf.filled = rows
+            result[k.output] = _view(buf, 0, rows)
         # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
         self._returned = {id(r): (weakref.ref(r, functools.partial(_forget, self._returned_box, id(r))), o)
-                          for r, o in zip(result, outs)}
+                          for j, (r, o) in enumerate(zip(result, outs)) if j not in skip}
         self._returned_box[0] = self._returned
         return result
+
+    def _kv_inputs(self, tensors, ins):
+        """Put each in-place state's buffer in `ins` (module.py's main takes buffers, then `kv_lengths`);
+        returns ([(InplaceState, buffer, rows after the call)], [kv_lengths])."""
+        import tvm
+        lengths, kv = {}, []
+        for k, dt in zip(self.kv, self._kv_dtypes):
+            past = tensors[k.input]
+            if past.dtype != dt or past.dim() != 4 or past.device.type != "cpu":
+                raise TypeError(f"state input {k.state.input.name}")    # the interpreter's check names it
+            rows = past.shape[k.axis]
+            if lengths.setdefault(k.length, rows) != rows:
+                raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
+            new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
+            buf = _kv_buffer(past, k.axis, rows, new)
+            ins[k.input] = buf.tvm
+            kv.append((k, buf, rows + new))
+        return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
+
+    def truncate_state(self, t, axis, length):
+        return truncate(t, axis, length)
+
+    def keep_state(self, t):
+        return keep_state(t)
