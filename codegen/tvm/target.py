@@ -217,7 +217,10 @@ class TvmRunner(Runner):
                 path = Path(d) / LIBRARY
                 path.write_bytes(content)
                 self.lib = tvm.runtime.load_module(str(path))
-        self.vm = relax.VirtualMachine(self.lib, tvm.cpu())
+        # the naive allocator (malloc/free per storage): TVM's default pooled one keeps every freed storage for
+        # reuse at the same size, so calls at many sizes (prompts of each length) kept them all: SmolLM2's RSS
+        # went 2.0 -> 4.4 GB over 64 prompt lengths (benchmarks/bench_cpu_memory.py); decode speed is the same
+        self.vm = relax.VirtualMachine(self.lib, tvm.cpu(), memory_cfg="naive")
         self._main = self.vm["main"]
         self.weights = bind_weights(graph, products.meta["weights"])
         self.graph = graph
