@@ -214,22 +214,10 @@ def has_vnni() -> bool:
     return all(tvm.target.codegen.llvm_cpu_has_features(f, t) for f in ("avx512f", "avx512vl", "avx512vnni"))
 
 
-VRB = 1   # weight rows the W4A8 kernel works on at once (1, 2, 4 measured with prefetch on one core, SmolLM2's
-          # shapes out of cache: 4.3, 4.6, 5.0 ms for 106 M weights)
-
-
-def int4_vnni_ok(n: int, k: int, group: int) -> bool:
-    """The W4A8 kernel takes groups of a multiple of 64 columns (32 code bytes: one `vpdpbusd` ymm per
-    nibble) and n a multiple of VRB, on AVX-512 VNNI hosts."""
-    g = Q.group_size(group, k)
-    return k % g == 0 and g % 64 == 0 and n % VRB == 0 and has_vnni()
-
-
 def make_quantize_rows(k: int, group: int):
     """x [m, k] f32 -> (q [m, k] i8, s [m, k/g] f32, sums [m, k/g] i32): ir/opset/quant.py quantize_activation's
     codes and scales per row and group (s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and each
-    group's sum of codes (the zero-point term of a W4A8 dot product). x may be in split_groups order: a
-    permutation inside a group changes neither its scale nor its sum."""
+    group's sum of codes (the zero-point term of a W4A8 dot product)."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng = k // g
@@ -271,74 +259,6 @@ def make_quantize_rows(k: int, group: int):
                 s[m, gi] = st[0]
                 sums[m, gi] = qs[0]
     return quantize_rows
-
-
-def make_int4_vnni_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
-    """W4A8: y[m, o] = sum_g sw[o, g] * sx[m, g] * (sum_{k in g} c[o, k] * q[m, k] - zero[o, g] * sums[m, g]),
-    int4 codes c (ir/quant_format.py layout) times the int8 activation codes q of make_quantize_rows on
-    split_groups(x) -- so the low nibbles meet the even columns and the high ones the odd columns.
-
-    Per 32 code bytes: mask and shift give the two nibble vectors (u8), and two `vpdpbusd`
-    (llvm.x86.avx512.vpdpbusd.256: u8 x s8, four products per int32 lane) add 64 products into 8 int32
-    lanes; per group, the lanes are converted and scaled once into f32 accumulators. The integer products
-    are exact, so the result equals qlinear(quantize_activation(x)) up to the order of f32 additions."""
-    from tvm.script import tirx as T
-    g = Q.group_size(group, k)
-    ng, hb = k // g, g // 2
-    jo_n = hb // 32
-    has_zero = zero_dtype is not None
-    zshape = (n, ng) if has_zero else (1, 1)
-    zdt = zero_dtype or "uint8"
-
-    def V(i, w=8):
-        return T.ramp(i, 1, w)
-
-    def dot(acc, codes, xq):
-        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx512.vpdpbusd.256", acc, codes, xq)
-
-    def zero(zp, o, gi):
-        return T.Cast("float32", zp[o, gi]) if has_zero else T.float32(8)
-
-    @T.prim_func(private=True)
-    def int4_vnni_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"),
-                       sc: T.Buffer((n, ng), scale_dtype), zp: T.Buffer(zshape, zdt), y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        xq = T.match_buffer(q_h, (m_n, k), "int8")
-        xs = T.match_buffer(s_h, (m_n, ng), "float32")
-        xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
-        y = T.match_buffer(y_h, (m_n, n), "float32")
-        for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((VRB, 8), "float32", scope="local")
-            dots = T.decl_buffer((VRB, 8), "int32", scope="local")
-            corr = T.decl_buffer((VRB,), "float32", scope="local")
-            for ob, m in T.grid(ROWS // VRB, m_n):
-                if oc * ROWS + ob * VRB < n:
-                    o0 = oc * ROWS + ob * VRB
-                    for r in T.unroll(VRB):
-                        acc[r, V(0)] = T.broadcast(T.float32(0), 8)
-                        corr[r] = T.float32(0)
-                    for gi in range(ng):
-                        for r in T.unroll(VRB):
-                            dots[r, V(0)] = T.broadcast(T.int32(0), 8)
-                            T.evaluate(prefetch(qw, o0 + r + PREFETCH_ROWS, gi * hb))
-                        for jo in range(jo_n):
-                            for r in T.unroll(VRB):
-                                dots[r, V(0)] = dot(dot(dots[r, V(0)],
-                                    T.bitwise_and(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(15), 32)),
-                                    xq[m, V(gi * g + jo * 32, 32)]),
-                                    T.shift_right(qw[o0 + r, V(gi * hb + jo * 32, 32)], T.broadcast(T.uint8(4), 32)),
-                                    xq[m, V(gi * g + hb + jo * 32, 32)])
-                        for r in T.unroll(VRB):
-                            acc[r, V(0)] = acc[r, V(0)] + T.Cast("float32x8", dots[r, V(0)]) \
-                                * T.broadcast(T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi], 8)
-                            corr[r] = corr[r] + T.Cast("float32", sc[o0 + r, gi]) * xs[m, gi] \
-                                * zero(zp, o0 + r, gi) * T.Cast("float32", xsum[m, gi])
-                    for r in T.unroll(VRB):
-                        for l in range(1, 8):
-                            acc[r, 0] = acc[r, 0] + acc[r, l]
-                        y[m, o0 + r] = acc[r, 0] - corr[r]
-    return int4_vnni_gemv
 
 
 def quantize_activation_te(x, group: int):
@@ -540,6 +460,17 @@ def split_groups(x, k: int, g: int):
     return R.reshape(R.permute_dims(x4, list(range(r)) + [r, r + 2, r + 1]), relax.ShapeExpr([*lead, k]))
 
 
+def w4a8_source(node):
+    """The `quantize_activation` node whose output this int4 f32 `qlinear` reads with its own group size, when
+    its product can be computed on int8 codes (W4A8); else None."""
+    src = node.inputs[0].producer
+    if node.attrs["bits"] != 4 or node.inputs[0].type.dtype != "f32" or src is None or src.op != "quantize_activation":
+        return None
+    k = Q.logical_in_dim(node.inputs[1].type.shape, 4)
+    g = Q.group_size(node.attrs["group"], k)
+    return src if Q.group_size(src.attrs["group"], k) == g and k % g == 0 else None
+
+
 def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     """linear(x, dequantize(qweight, scales, zeros)) + bias. int4 or int8 with f32 activations: the int4 or
     int8 GEMV kernel (weights unpacked in registers); otherwise the weight is dequantized by a TE kernel, then a matmul."""
@@ -550,25 +481,27 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     dt = _dtype(x)
     n = node.inputs[1].type.shape[0]
     k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
+    src = w4a8_source(node)
+    if src is not None and lw.bb.normalize(qweight).ty.ndim == 3:
+        g = Q.group_size(group, k)
+        # W4A8 on panels (prepacked at load, relax_lower.prepack_qlinear): codes of x in natural order
+        key = ("quantize_rows", id(src.inputs[0]), g)
+        if key not in lw.memo:
+            lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
+        codes = lw.memo[key]
+        lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
+        gv = lw.kernel(f"int4_vnni_panel_gemv_{n}x{k}_g{g}{'_z' if zeros is not None else ''}",
+                       make_int4_vnni_panel_gemv(n, k, g, zeros is not None))
+        zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
+        y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zpp],
+                                      relax.TensorType([codes[3], n], "float32")))
+        y = R.reshape(y, relax.ShapeExpr([*lead, n]))
+        return R.add(y, bias) if bias is not None else y
     if int4_gemv_ok(bits, group, k, dt):
         g = Q.group_size(group, k)
         zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
         sdt = tvm_dtype(node.inputs[2].type.dtype)
         zp = zeros if zeros is not None else lw.const([[8]], "u8")
-        src = node.inputs[0].producer
-        if src is not None and src.op == "quantize_activation" and Q.group_size(src.attrs["group"], k) == g \
-                and int4_vnni_ok(n, k, g):   # W4A8: int8 codes of the unquantized x, integer dot products
-            key = ("quantize_rows", id(src.inputs[0]), g)
-            if key not in lw.memo:
-                xs = split_groups(lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
-                lw.memo[key] = _call_quantize_rows(lw, xs, k, g)
-            codes = lw.memo[key]
-            lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]   # x's shape: the quantized x has it too
-            gv = lw.kernel(f"int4_vnni_gemv_{n}x{k}_g{g}_{sdt}_{zdt}", make_int4_vnni_gemv(n, k, g, sdt, zdt))
-            y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zp],
-                                          relax.TensorType([codes[3], n], "float32")))
-            y = R.reshape(y, relax.ShapeExpr([*lead, n]))
-            return R.add(y, bias) if bias is not None else y
         key = ("split_groups", id(node.inputs[0]), g)   # q/k/v (gate/up) projections share one reordering
         if key not in lw.memo:
             lw.memo[key] = lw.bb.emit(split_groups(lw.bb.normalize(x), k, g))
@@ -887,3 +820,94 @@ def make_kv_append(axis: int, dtype: str):
         for i0, i1, i2, i3 in T.grid(n0, n1, n2, n3):
             buf[at(i0, i1, i2, i3, past)] = new[i0, i1, i2, i3]
     return kv_append
+
+
+PREFETCH_PANELS = 2   # panels ahead the W4A8 panel kernel prefetches (9 KB at k = 576)
+VPANEL = 16   # output rows of one W4A8 panel: one int32 lane each of a 512-bit `vpdpbusd`
+
+
+def int4_vnni_panels_ok(n: int, k: int, group: int) -> bool:
+    """The panel W4A8 kernel takes n a multiple of VPANEL and groups of a multiple of 8 columns, on AVX-512
+    VNNI hosts."""
+    g = Q.group_size(group, k)
+    return n % VPANEL == 0 and k % g == 0 and g % 8 == 0 and has_vnni()
+
+
+def pack_int4_vnni_panels(qweight, scales, zeros, group: int):
+    """The W4A8 panel layout of an int4 weight (ir/quant_format.py), made once at load:
+    codes [n / VPANEL, k / 8, VPANEL * 4] u8, where panel p, chunk c, lane r holds output row p * VPANEL + r,
+    columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high ones; scales [n / VPANEL, k / g, VPANEL] f32;
+    and, with `zeros`, scale * zero point in the same layout (else None: the kernel uses the implied zero 8)."""
+    import torch
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    g = Q.group_size(group, k)
+    q = Q.unpack(qweight, 4).to(torch.uint8).reshape(n, k // 8, 2, 4)
+    codes = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n // VPANEL, VPANEL, k // 8, 4).permute(0, 2, 1, 3)
+    s = scales.float()
+
+    def panels(t):
+        return t.reshape(n // VPANEL, VPANEL, k // g).permute(0, 2, 1).contiguous()
+    return (codes.reshape(n // VPANEL, k // 8, VPANEL * 4).contiguous(), panels(s),
+            panels(s * zeros.float()) if zeros is not None else None)
+
+
+def make_int4_vnni_panel_gemv(n: int, k: int, group: int, has_zero: bool):
+    """W4A8 on panels (pack_int4_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
+    - sw[o, g] * zero[o, g] * sums[m, g]), q the int8 codes of make_quantize_rows on x in natural order.
+
+    Each 64-byte load holds 8 codes of each of VPANEL rows; two `vpdpbusd` (llvm.x86.avx512.vpdpbusd.512, u8 x s8,
+    four products per int32 lane) against 4 activation codes broadcast to every lane add 8 products per row: the
+    lanes are the output rows, so there is no horizontal sum, and each group's scale and zero-point term are
+    two vector FMAs per VPANEL rows (the layout llama.cpp's repacked Q4_0 x Q8_0 kernels interleave rows for).
+    The integer products are exact: the result equals qlinear(quantize_activation(x)) up to the order of f32
+    additions, and each row of x is computed alike whatever M is (a verify of k tokens equals k steps)."""
+    from tvm.script import tirx as T
+    g = Q.group_size(group, k)
+    ng, cg = k // g, g // 8
+
+    def V(i, w):
+        return T.ramp(i, 1, w)
+
+    def dot(acc, codes, xq):
+        return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, codes, xq)
+
+    def sz(sp, zp, p, gi):   # scale x zero point of the panel's rows (the implied zero 8 without zero points)
+        if has_zero:
+            return zp[p, gi, V(0, VPANEL)]
+        return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(Q.implied_zero(4)), VPANEL)
+
+    def bcast4(xq, m, c):   # the 4 int8 codes at columns c..c+3, repeated in every int32 lane
+        return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[m, V(c, 4)]), VPANEL))
+
+    @T.prim_func(private=True)
+    def int4_vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
+                             qp: T.Buffer((n // VPANEL, k // 8, VPANEL * 4), "uint8"),
+                             sp: T.Buffer((n // VPANEL, ng, VPANEL), "float32"),
+                             zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), "float32"),
+                             y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        xq = T.match_buffer(q_h, (m_n, k), "int8")
+        xs = T.match_buffer(s_h, (m_n, ng), "float32")
+        xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
+        y = T.match_buffer(y_h, (m_n, n), "float32")
+        for p in T.parallel(n // VPANEL):
+            acc = T.decl_buffer((VPANEL,), "float32", scope="local")
+            dots = T.decl_buffer((VPANEL,), "int32", scope="local")
+            for m in range(m_n):
+                acc[V(0, VPANEL)] = T.broadcast(T.float32(0), VPANEL)
+                for gi in range(ng):
+                    dots[V(0, VPANEL)] = T.broadcast(T.int32(0), VPANEL)
+                    for c in T.unroll(cg):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                   T.address_of(qp[p + PREFETCH_PANELS, gi * cg + c, 0]), T.int32(0), T.int32(3), T.int32(1)))
+                        dots[V(0, VPANEL)] = dot(dot(dots[V(0, VPANEL)],
+                            T.bitwise_and(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(15), VPANEL * 4)),
+                            bcast4(xq, m, gi * g + c * 8)),
+                            T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4)),
+                            bcast4(xq, m, gi * g + c * 8 + 4))
+                    acc[V(0, VPANEL)] = acc[V(0, VPANEL)] \
+                        + T.Cast("float32x16", dots[V(0, VPANEL)]) * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)] \
+                        - sz(sp, zp, p, gi) * T.broadcast(xs[m, gi] * T.Cast("float32", xsum[m, gi]), VPANEL)
+                y[m, V(p * VPANEL, VPANEL)] = acc[V(0, VPANEL)]
+    return int4_vnni_panel_gemv

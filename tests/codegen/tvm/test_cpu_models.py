@@ -118,7 +118,7 @@ def test_w4a8_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_
     pipe = ("canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,merge-sibling-linears,"
             "quantize-activations,cse,dce")
     fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="cpu", pipeline=pipe)
-    assert ("int4_vnni_gemv" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
+    assert ("int4_vnni_panel_gemv" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
     gen = torch.Generator().manual_seed(3)
     prompt, cands = torch.randint(0, 128, (1, 7), generator=gen), torch.randint(0, 128, (1, 40), generator=gen)
     steps = fast.decoder()

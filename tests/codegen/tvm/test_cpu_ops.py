@@ -159,11 +159,12 @@ def test_int4_gemv_kernels(n, k, group, sym, scale):
 
 @pytest.mark.parametrize("n,k,group,sym,also_out", [(64, 128, 64, True, False), (36, 256, 128, False, True),
                                                     (8, 64, 0, True, False), (37, 128, 64, False, False),
-                                                    (16, 64, 32, True, False)])
+                                                    (16, 64, 32, True, False), (32, 48, 8, False, False),
+                                                    (48, 96, 0, True, True)])
 def test_w4a8_matches_reference(n, k, group, sym, also_out):
-    """quantize-activations on the cpu target: the W4A8 VNNI kernel (int8 codes of x times int4 codes, integer
-    dot products per group) where the host has AVX-512 VNNI and the shape fits (n a multiple of VRB, groups of
-    64+ columns), else the float path on the dequantized codes; both equal the interpreter's
+    """quantize-activations on the cpu target: the W4A8 VNNI kernel (int8 codes of x times int4 codes in
+    16-row panels prepacked at load, integer dot products per group) where the host has AVX-512 VNNI and n is a
+    multiple of 16, else the float path on the dequantized codes; both equal the interpreter's
     qlinear(quantize_activation(x)). Inputs [2, seq, k] with 2, 4 and 10 rows; `also_out`: the quantized x
     is also a graph output (its float lowering runs beside the kernel's codes). A NaN or inf in a group gives
     NaN and an all-zero row stays zero, as in the reference."""
@@ -185,9 +186,9 @@ def test_w4a8_matches_reference(n, k, group, sym, also_out):
     x[0, 1, 3], x[1, 0, -1], x[0, 3] = float("nan"), float("inf"), 0.0   # NaN/inf rows stay NaN
     for r, o in zip(ir.run(g, x), run(x)):
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4, equal_nan=True)
-    from slimgraph.codegen.tvm.kernels import VRB
-    vnni = has_vnni() and n % VRB == 0 and (group or k) % 64 == 0
-    assert ("int4_vnni_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == vnni
+    from slimgraph.codegen.tvm.kernels import VPANEL
+    vnni = has_vnni() and n % VPANEL == 0
+    assert ("int4_vnni_panel_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == vnni
 
 
 @pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (4, 32, True)])
