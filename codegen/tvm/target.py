@@ -83,11 +83,16 @@ def build(graph) -> Products:
     cached = cache_dir() / f"{key}.so"
     source = cached.with_suffix(".relax.py")
     params = cached.with_suffix(".params.json")
+    digest = cached.with_suffix(".sha256")
     notes = []
     weights = _cached_params(graph, params) if cached.exists() and source.exists() else None
     if weights is not None:
         lib, text = cached.read_bytes(), source.read_bytes()
-    else:   # a miss, or an entry whose parameter list is unreadable or does not fit: compiled again
+        if _digest(lib, text) != _read(digest):   # truncated or corrupt: never handed to dlopen (SIGBUS)
+            notes.append(f"build cache entry {cached.name} did not match its checksum (truncated or corrupt); "
+                         "rebuilt it")
+            weights = None
+    if weights is None:   # a miss, an entry whose parameter list is unreadable or does not fit, or a damaged one
         from .module import to_relax
         mod, weights = to_relax(graph)
         ex = compile_module(mod)
@@ -99,7 +104,7 @@ def build(graph) -> Products:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             for dst, data in ((source, text), (params, json.dumps(weights).encode()),
-                              (cached, lib)):   # the library last: it marks a complete entry
+                              (digest, _digest(lib, text).encode()), (cached, lib)):   # the library last: it marks a complete entry
                 tmp = dst.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, dst)
@@ -107,6 +112,18 @@ def build(graph) -> Products:
             notes.append(f"build cache {cached.parent} not writable ({e}); compiled without caching")
     meta = {"host": host(), "weights": weights, "cache_key": key, "notes": notes}
     return Products({LIBRARY: lib, SOURCE: text}, meta)
+
+
+def _digest(lib: bytes, text: bytes) -> str:
+    """sha256 of a cache entry's library and source (its `.sha256` file)."""
+    return hashlib.sha256(hashlib.sha256(lib).digest() + hashlib.sha256(text).digest()).hexdigest()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _cached_params(graph, path: Path):

@@ -453,3 +453,22 @@ def test_attention_nan_keys_and_fully_masked_rows(lq, lk, nan_key):
         ref, got = ir.run(g, *inputs)[0], run(*inputs)[0]
         assert torch.equal(ref.isnan(), got.isnan()), (ref.isnan().sum(), got.isnan().sum())
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_cached_library_is_rebuilt_with_a_note(tmp_path, monkeypatch, damage):
+    """A build cache entry whose library is damaged (truncated, overwritten) fails its checksum and is compiled
+    again and overwritten, with a note: a truncated library handed to dlopen kills the process (SIGBUS)."""
+    from slimgraph.codegen.tvm import target as T
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    g = CASES.build_case("linear")
+    good = T.build(g)
+    lib = next(tmp_path.glob("tvm-cpu/*.so"))
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"\x7fELF" + b"\0" * 100)
+    again = T.build(g)
+    assert any("checksum" in n and "rebuilt" in n for n in again.meta["notes"])
+    assert lib.read_bytes() == again.files[T.LIBRARY] and T.build(g).meta["notes"] == []
+    assert len(again.files[T.LIBRARY]) == len(good.files[T.LIBRARY])
+    xs = CASES.std_inputs(3)
+    torch.testing.assert_close(T.load(g, again)(*xs)[0], ir.run(g, *xs)[0], rtol=1e-5, atol=1e-5)
