@@ -627,11 +627,24 @@ def is_nan(x):
     return T.bitwise_and(T.reinterpret("int32", x), 0x7FFFFFFF) > 0x7F800000   # scalar f32 (vectorized later)
 
 
+def hsum(buf, lanes: int):
+    """The sum of buf[0:lanes] as one horizontal vector reduction (llvm.vector.reduce.fadd: a few shuffles
+    under fast-math, not lanes - 1 dependent scalar adds)."""
+    from tvm.script import tirx as T
+    if lanes == 1:
+        return buf[0]
+    return T.call_llvm_pure_intrin("float32", f"llvm.vector.reduce.fadd.v{lanes}f32", T.float32(0),
+                                   buf[T.ramp(0, 1, lanes)])
+
+
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
                    mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
-    """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j] in one
-    pass over the keys (online softmax: a running max and sum, the output row rescaled when the max grows),
-    as ir/opset/nn.py attention. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
+    """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j], as
+    ir/opset/nn.py attention: per query row, the scores of every key into a scratch row, then a vector softmax
+    (max, exp by polynomial, sum) and p @ v over the keys that count. k and v are read in place from the first
+    `lk` of their rows (a KV buffer's capacity may be larger). A prompt without a past (lq == lk >= PREFILL_MIN_Q)
+    computes the scores LANES keys at a time on k transposed once per task; otherwise each score is a dot
+    product of `lanes`-wide vectors and one horizontal reduction. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
     masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1, lk] is bool (keep) or
     float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
     all masked gives 0 (torch's scaled_dot_product_attention on CPU, the reference, does); a NaN score among
@@ -725,31 +738,47 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                     for e in T.vectorized(d):
                         o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
             else:
+                # decode (and every row when there is a past): per query row the scores of all keys first (q . k as
+                # `lanes`-wide products summed in the vector, then one horizontal reduction), then the prefill
+                # form's vector softmax (max, exp by polynomial, sum) and p @ v over the keys that count
+                sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
                 acc = T.decl_buffer((d,), "float32", scope="local")
                 dot = T.decl_buffer((lanes,), "float32", scope="local")
-                st = T.decl_buffer((4,), "float32", scope="local")   # running max, sum, score, rescale
+                st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
+                mx = T.decl_buffer((LANES,), "float32", scope="local")
                 for i in range(lq):
-                    for e in T.vectorized(d):
-                        acc[e] = T.float32(0)
-                    st[0] = T.float32(lowest)
-                    st[1] = T.float32(0)
                     for j in range(lk):
                         if keep(mask, bh // hq, i, j, lq, lk):
                             for l in T.vectorized(lanes):
-                                dot[l] = T.float32(0)
-                            for c in range(dn):
+                                dot[l] = q[bh // hq, bh % hq, i, l] * k[bh // hq, bh % hq // rep, j, l]
+                            for c in range(1, dn):
                                 for l in T.vectorized(lanes):
                                     dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
                                         k[bh // hq, bh % hq // rep, j, c * lanes + l]
-                            for l in range(1, lanes):
-                                dot[0] = dot[0] + dot[l]
-                            st[2] = dot[0] * T.float32(scale) + madd(mask, bh // hq, i, j)
-                            st[3] = T.exp(st[0] - T.max(st[0], st[2]))
-                            st[0] = T.max(st[0], st[2])
-                            st[2] = T.exp(st[2] - st[0])
-                            st[1] = st[1] * st[3] + st[2]
+                            sc[j] = hsum(dot, lanes) * T.float32(scale) + madd(mask, bh // hq, i, j)
+                        else:
+                            sc[j] = T.float32(float("-inf"))
+                    for j in range(lk, (lk + LANES - 1) // LANES * LANES):
+                        sc[j] = T.float32(float("-inf"))
+                    for l in T.vectorized(LANES):
+                        mx[l] = T.float32(lowest)
+                    for jo in range((lk + LANES - 1) // LANES):
+                        for l in T.vectorized(LANES):
+                            mx[l] = T.max(mx[l], sc[jo * LANES + l])
+                    st[0] = T.float32(lowest)
+                    for l in range(LANES):
+                        st[0] = T.max(st[0], mx[l])
+                    for jo in range((lk + LANES - 1) // LANES):
+                        for l in T.vectorized(LANES):
+                            sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
+                    st[1] = T.float32(0)
+                    for e in T.vectorized(d):
+                        acc[e] = T.float32(0)
+                    for j in range(lk):
+                        if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
+                            st[1] = st[1] + sc[j]
                             for e in T.vectorized(d):
-                                acc[e] = acc[e] * st[3] + st[2] * v[bh // hq, bh % hq // rep, j, e]
+                                acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
                     for e in T.vectorized(d):
                         o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
     return attention
