@@ -490,8 +490,8 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
             lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
         codes = lw.memo[key]
         lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
-        gv = lw.kernel(f"int4_vnni_panel_gemv_{n}x{k}_g{g}{'_z' if zeros is not None else ''}",
-                       make_int4_vnni_panel_gemv(n, k, g, zeros is not None))
+        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
+        gv = lw.kernel(f"int4_vnni_panel_gemv_{n}x{k}_g{g}_{zdt}", make_int4_vnni_panel_gemv(n, k, g, zdt))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zpp],
                                       relax.TensorType([codes[3], n], "float32")))
@@ -866,7 +866,8 @@ def pack_int4_vnni_panels(qweight, scales, zeros, group: int):
     """The W4A8 panel layout of an int4 weight (ir/quant_format.py), made once at load:
     codes [n / VPANEL, k / 8, VPANEL * 4] u8, where panel p, chunk c, lane r holds output row p * VPANEL + r,
     columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high ones; scales [n / VPANEL, k / g, VPANEL] f32;
-    and, with `zeros`, scale * zero point in the same layout (else None: the kernel uses the implied zero 8)."""
+    and the zero points in the same layout and their own dtype (u8 codes: 1 byte per group and row; None
+    without zero points: the kernel uses the implied zero 8)."""
     import torch
     n, k = qweight.shape[0], qweight.shape[1] * 2
     g = Q.group_size(group, k)
@@ -877,10 +878,10 @@ def pack_int4_vnni_panels(qweight, scales, zeros, group: int):
     def panels(t):
         return t.reshape(n // VPANEL, VPANEL, k // g).permute(0, 2, 1).contiguous()
     return (codes.reshape(n // VPANEL, k // 8, VPANEL * 4).contiguous(), panels(s),
-            panels(s * zeros.float()) if zeros is not None else None)
+            panels(zeros) if zeros is not None else None)
 
 
-def make_int4_vnni_panel_gemv(n: int, k: int, group: int, has_zero: bool):
+def make_int4_vnni_panel_gemv(n: int, k: int, group: int, zero_dtype: str | None):
     """W4A8 on panels (pack_int4_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * zero[o, g] * sums[m, g]), q the int8 codes of make_quantize_rows on x in natural order.
 
@@ -893,6 +894,7 @@ def make_int4_vnni_panel_gemv(n: int, k: int, group: int, has_zero: bool):
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng, cg = k // g, g // 8
+    has_zero, zdt = zero_dtype is not None, zero_dtype or "float32"
 
     def V(i, w):
         return T.ramp(i, 1, w)
@@ -902,7 +904,7 @@ def make_int4_vnni_panel_gemv(n: int, k: int, group: int, has_zero: bool):
 
     def sz(sp, zp, p, gi):   # scale x zero point of the panel's rows (the implied zero 8 without zero points)
         if has_zero:
-            return zp[p, gi, V(0, VPANEL)]
+            return sp[p, gi, V(0, VPANEL)] * T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
         return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(Q.implied_zero(4)), VPANEL)
 
     def bcast4(xq, m, c):   # the 4 int8 codes at columns c..c+3, repeated in every int32 lane
@@ -912,7 +914,7 @@ def make_int4_vnni_panel_gemv(n: int, k: int, group: int, has_zero: bool):
     def int4_vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
                              qp: T.Buffer((n // VPANEL, k // 8, VPANEL * 4), "uint8"),
                              sp: T.Buffer((n // VPANEL, ng, VPANEL), "float32"),
-                             zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), "float32"),
+                             zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
                              y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m_n = T.int64()

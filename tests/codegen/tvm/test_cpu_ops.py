@@ -472,3 +472,21 @@ def test_a_corrupt_cached_library_is_rebuilt_with_a_note(tmp_path, monkeypatch, 
     assert len(again.files[T.LIBRARY]) == len(good.files[T.LIBRARY])
     xs = CASES.std_inputs(3)
     torch.testing.assert_close(T.load(g, again)(*xs)[0], ir.run(g, *xs)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["f32", "f16"])
+def test_w4a8_panels_with_float_zero_points_match_reference(scale):
+    """GGUF Q4_1-style float zero points (quantize-weights zero_point=float) on the W4A8 panel kernel: the
+    zero points stay in their own dtype in the panels and scale x zero is formed in f32 in the kernel."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("seq", 128)))
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(4)) * 0.1 + 0.05
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{bits=4,group=32,zero_point=float,scale_dtype={scale}}},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    assert "zeros: f32" in str(g)
+    run = assert_matches(g, lambda m: (torch.randn(m, 128, generator=torch.Generator().manual_seed(m)),), seqs=(1, 3))
+    assert ("int4_vnni_panel_gemv_32x128_g32_float32" in run.products.read_bytes("cpu_module.relax.py").decode()) \
+        == has_vnni()
