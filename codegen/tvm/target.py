@@ -246,6 +246,8 @@ class TvmRunner(Runner):
         self.kv = inplace_states(graph)             # states whose buffers this runner owns (module.py)
         self._kv_syms = kv_length_symbols(graph)
         self._kv_in = {k.input for k in self.kv}
+        self._n_out = len(graph.outputs)
+        self._plain_out = [j for j in range(self._n_out) if j not in {k.output for k in self.kv}]
         self._kv_dtypes = [to_torch(kv.state.input.type.dtype) for kv in self.kv]
         self._returned: dict[int, tuple] = {}   # id(torch output) -> (weakref to it, its TVM tensor)
         self._returned_box = [self._returned]   # what the weakref callbacks reach (not the runner: no cycle)
@@ -269,14 +271,17 @@ class TvmRunner(Runner):
             from ...ir.interpreter import bind_symbols
             bind_symbols(self.graph, tensors)   # raises the interpreter's TypeError naming the input
             raise
-        skip = {k.output for k, _, _ in kv}
-        result = [None if j in skip else torch.from_dlpack(o) for j, o in enumerate(outs)]
+        result = [None] * self._n_out
+        plain = [(j, outs[j]) for j in self._plain_out]   # the state outputs are the buffers themselves: not read
+        for j, o in plain:
+            result[j] = torch.from_dlpack(o)
         for k, buf, rows in kv:     # the state outputs: views of the buffers the call appended to in place
             buf.filled = rows
             result[k.output] = _view(buf, 0, rows)
         # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
-        self._returned = {id(r): (weakref.ref(r, functools.partial(_forget, self._returned_box, id(r))), o)
-                          for j, (r, o) in enumerate(zip(result, outs)) if j not in skip}
+        self._returned = {id(result[j]): (weakref.ref(result[j], functools.partial(_forget, self._returned_box,
+                                                                                   id(result[j]))), o)
+                          for j, o in plain}
         self._returned_box[0] = self._returned
         return result
 
@@ -287,7 +292,8 @@ class TvmRunner(Runner):
         lengths, kv = {}, []
         for k, dt in zip(self.kv, self._kv_dtypes):
             past = tensors[k.input]
-            if past.dtype != dt or past.dim() != 4 or past.device.type != "cpu":
+            if not isinstance(getattr(past, "_slimgraph_kv", (None,))[0], _KvBuffer) and \
+                    (past.dtype != dt or past.dim() != 4 or past.device.type != "cpu"):   # not a view of ours
                 raise TypeError(f"state input {k.state.input.name}")    # the interpreter's check names it
             rows = past.shape[k.axis]
             if lengths.setdefault(k.length, rows) != rows:
