@@ -8,7 +8,7 @@ over enough different weight tensors in turn to fill `--spread-mb` (well above t
 call reads its weights from memory, not from cache:
 - W4A8 panel GEMV (int4 g64 codes in 16-row panels, int8 activation codes; AVX-512 VNNI hosts only),
 - weight-only int4 g64 lookup GEMV (f32 activations; AVX-512 hosts),
-- the int8 head GEMV (49152 x 576, one group per row).
+- the int8 head GEMV (49152 x 576, one group per row): f32 activations, and W8A8 on panels (the W4A8 pipeline).
 Bandwidth: weight bytes (codes + scales + zero points) / time. The reference is `torch.sum` over a 64 MB f32
 tensor on one thread in the same process (a plain streaming read). Run pinned to one core
 (`taskset -c 0 ... `, TVM_NUM_THREADS=1 is set here); prints markdown for benchmarks/RESULTS.md.
@@ -76,7 +76,7 @@ def main():
         x = arr(rng.standard_normal((1, k)).astype("float32"))
         y = arr(np.zeros((1, n), "float32"))
         if K.has_vnni():
-            fn = build(K.make_int4_vnni_panel_gemv(n, k, g, "uint8"))
+            fn = build(K.make_vnni_panel_gemv(n, k, g, 4, "uint8"))
             ws = [(arr(rng.integers(0, 256, (n // 16, k // 8, 64)).astype("uint8")),
                    arr(rng.random((n // 16, ng, 16)).astype("float32")),
                    arr(rng.integers(0, 16, (n // 16, ng, 16)).astype("uint8"))) for _ in range(copies)]
@@ -95,6 +95,15 @@ def main():
     x = arr(rng.standard_normal((1, k)).astype("float32"))
     rows.append(("int8 head (f32 x)", n, k, timed(fn, ws, (x,), (arr(np.zeros((1, n), "float32")),), args.rounds),
                  n * k + n * 4))
+    if K.has_vnni():
+        fn = build(K.make_vnni_panel_gemv(n, k, k, 8, None))
+        ws = [(arr(rng.integers(0, 256, (n // 16, k // 4, 64)).astype("uint8")),
+               arr(rng.random((n // 16, 1, 16)).astype("float32")), arr(np.zeros((1, 1, 1), "float32")))
+              for _ in range(max(2, int(args.spread_mb * 2**20 / (n * k))))]
+        xq = (arr(rng.integers(-127, 128, (1, k)).astype("int8")), arr(rng.random((1, 1)).astype("float32")),
+              arr(rng.integers(-500, 500, (1, 1)).astype("int32")))
+        rows.append(("int8 head W8A8 panels", n, k, timed(fn, ws, xq, (arr(np.zeros((1, n), "float32")),),
+                                                          args.rounds), n * k + n * 4))
     for name, n, k, s, nbytes in rows:
         print(f"| {name} | {n} x {k} | {s * 1e6:.1f} | {nbytes / s / 1e9:.1f} | {nbytes / s / 1e9 / bw:.0%} |")
 

@@ -460,13 +460,14 @@ def split_groups(x, k: int, g: int):
     return R.reshape(R.permute_dims(x4, list(range(r)) + [r, r + 2, r + 1]), relax.ShapeExpr([*lead, k]))
 
 
-def w4a8_source(node):
-    """The `quantize_activation` node whose output this int4 f32 `qlinear` reads with its own group size, when
-    its product can be computed on int8 codes (W4A8); else None."""
+def a8_source(node):
+    """The `quantize_activation` node whose output this int4 or int8 f32 `qlinear` reads with its own group
+    size, when its product can be computed on int8 codes (W4A8, W8A8); else None."""
     src = node.inputs[0].producer
-    if node.attrs["bits"] != 4 or node.inputs[0].type.dtype != "f32" or src is None or src.op != "quantize_activation":
+    bits = node.attrs["bits"]
+    if bits not in (4, 8) or node.inputs[0].type.dtype != "f32" or src is None or src.op != "quantize_activation":
         return None
-    k = Q.logical_in_dim(node.inputs[1].type.shape, 4)
+    k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
     g = Q.group_size(node.attrs["group"], k)
     return src if Q.group_size(src.attrs["group"], k) == g and k % g == 0 else None
 
@@ -481,17 +482,17 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     dt = _dtype(x)
     n = node.inputs[1].type.shape[0]
     k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
-    src = w4a8_source(node)
+    src = a8_source(node)
     if src is not None and lw.bb.normalize(qweight).ty.ndim == 3:
         g = Q.group_size(group, k)
-        # W4A8 on panels (prepacked at load, relax_lower.prepack_qlinear): codes of x in natural order
+        # W4A8 / W8A8 on panels (prepacked at load, relax_lower.prepack_qlinear): codes of x in natural order
         key = ("quantize_rows", id(src.inputs[0]), g)
         if key not in lw.memo:
             lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
         codes = lw.memo[key]
         lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
         zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
-        gv = lw.kernel(f"int4_vnni_panel_gemv_{n}x{k}_g{g}_{zdt}", make_int4_vnni_panel_gemv(n, k, g, zdt))
+        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{zdt}", make_vnni_panel_gemv(n, k, g, bits, zdt))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zpp],
                                       relax.TensorType([codes[3], n], "float32")))
@@ -855,46 +856,55 @@ PREFETCH_PANELS = 2   # panels ahead the W4A8 panel kernel prefetches (9 KB at k
 VPANEL = 16   # output rows of one W4A8 panel: one int32 lane each of a 512-bit `vpdpbusd`
 
 
-def int4_vnni_panels_ok(n: int, k: int, group: int) -> bool:
-    """The panel W4A8 kernel takes n a multiple of VPANEL and groups of a multiple of 8 columns, on AVX-512
-    VNNI hosts."""
+def vnni_panels_ok(n: int, k: int, group: int, bits: int) -> bool:
+    """The panel kernel takes n a multiple of VPANEL and groups of a multiple of 8 (int4) or 4 (int8) columns,
+    on AVX-512 VNNI hosts."""
     g = Q.group_size(group, k)
-    return n % VPANEL == 0 and k % g == 0 and g % 8 == 0 and has_vnni()
+    return bits in (4, 8) and n % VPANEL == 0 and k % g == 0 and g % (32 // bits) == 0 and has_vnni()
 
 
-def pack_int4_vnni_panels(qweight, scales, zeros, group: int):
-    """The W4A8 panel layout of an int4 weight (ir/quant_format.py), made once at load:
-    codes [n / VPANEL, k / 8, VPANEL * 4] u8, where panel p, chunk c, lane r holds output row p * VPANEL + r,
-    columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high ones; scales [n / VPANEL, k / g, VPANEL] f32;
-    and the zero points in the same layout and their own dtype (u8 codes: 1 byte per group and row; None
-    without zero points: the kernel uses the implied zero 8)."""
+def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
+    """The panel layout of an int4 or int8 weight (ir/quant_format.py) for make_vnni_panel_gemv, made once at load:
+    codes [n / VPANEL, k / C, VPANEL * 4] u8 (C = 8 columns per chunk for int4, 4 for int8), where panel p, chunk
+    c, lane r holds output row p * VPANEL + r: int4 columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high
+    ones; int8 columns 4c..4c+3 as bytes offset by 128 (u8); scales [n / VPANEL, k / g, VPANEL] f32; and the zero
+    points in the same layout and their own dtype (None without zero points: the kernel uses the implied one)."""
     import torch
-    n, k = qweight.shape[0], qweight.shape[1] * 2
+    n = qweight.shape[0]
+    k = Q.logical_in_dim(qweight.shape, bits)
     g = Q.group_size(group, k)
-    q = Q.unpack(qweight, 4).to(torch.uint8).reshape(n, k // 8, 2, 4)
-    codes = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n // VPANEL, VPANEL, k // 8, 4).permute(0, 2, 1, 3)
-    s = scales.float()
+    if bits == 4:
+        q = Q.unpack(qweight, 4).to(torch.uint8).reshape(n, k // 8, 2, 4)
+        codes = q[:, :, 0] | (q[:, :, 1] << 4)
+    else:
+        codes = (qweight.to(torch.int16) + 128).to(torch.uint8).reshape(n, k // 4, 4)
+    codes = codes.reshape(n // VPANEL, VPANEL, -1, 4).permute(0, 2, 1, 3)
 
     def panels(t):
         return t.reshape(n // VPANEL, VPANEL, k // g).permute(0, 2, 1).contiguous()
-    return (codes.reshape(n // VPANEL, k // 8, VPANEL * 4).contiguous(), panels(s),
+    return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales.float()),
             panels(zeros) if zeros is not None else None)
 
 
-def make_int4_vnni_panel_gemv(n: int, k: int, group: int, zero_dtype: str | None):
-    """W4A8 on panels (pack_int4_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
-    - sw[o, g] * zero[o, g] * sums[m, g]), q the int8 codes of make_quantize_rows on x in natural order.
+def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None):
+    """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
+    - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
+    offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order.
 
-    Each 64-byte load holds 8 codes of each of VPANEL rows; two `vpdpbusd` (llvm.x86.avx512.vpdpbusd.512, u8 x s8,
-    four products per int32 lane) against 4 activation codes broadcast to every lane add 8 products per row: the
-    lanes are the output rows, so there is no horizontal sum, and each group's scale and zero-point term are
+    Each 64-byte load holds 8 (int4) or 4 (int8) codes of each of VPANEL rows; `vpdpbusd` (llvm.x86.avx512.vpdpbusd.512,
+    u8 x s8, four products per int32 lane) against 4 activation codes broadcast to every lane adds them per row:
+    the lanes are the output rows, so there is no horizontal sum, and each group's scale and zero-point term are
     two vector FMAs per VPANEL rows (the layout llama.cpp's repacked Q4_0 x Q8_0 kernels interleave rows for).
     The integer products are exact: the result equals qlinear(quantize_activation(x)) up to the order of f32
     additions, and each row of x is computed alike whatever M is (a verify of k tokens equals k steps)."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
-    ng, cg = k // g, g // 8
+    cols = 32 // bits                     # columns per 64-byte chunk: 8 (int4) or 4 (int8)
+    ng, cg = k // g, g // cols
+    unroll = next(u for u in (8, 4, 2, 1) if cg % u == 0)
     has_zero, zdt = zero_dtype is not None, zero_dtype or "float32"
+    offset = 0 if bits == 4 else 128
+    implied = Q.implied_zero(bits) + offset
 
     def V(i, w):
         return T.ramp(i, 1, w)
@@ -902,20 +912,29 @@ def make_int4_vnni_panel_gemv(n: int, k: int, group: int, zero_dtype: str | None
     def dot(acc, codes, xq):
         return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, codes, xq)
 
-    def sz(sp, zp, p, gi):   # scale x zero point of the panel's rows (the implied zero 8 without zero points)
+    def sz(sp, zp, p, gi):   # scale x (offset + zero point) of the panel's rows
         if has_zero:
-            return sp[p, gi, V(0, VPANEL)] * T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
-        return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(Q.implied_zero(4)), VPANEL)
+            return sp[p, gi, V(0, VPANEL)] * (T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
+                                              + T.broadcast(T.float32(offset), VPANEL))
+        return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(implied), VPANEL)
 
     def bcast4(xq, m, c):   # the 4 int8 codes at columns c..c+3, repeated in every int32 lane
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[m, V(c, 4)]), VPANEL))
 
+    def chunk(dots, qp, xq, p, m, gi, c):   # one 64-byte load's products added to dots
+        if bits == 8:
+            return dot(dots, qp[p, gi * cg + c, V(0, VPANEL * 4)], bcast4(xq, m, gi * g + c * 4))
+        return dot(dot(dots, T.bitwise_and(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(15), VPANEL * 4)),
+                       bcast4(xq, m, gi * g + c * 8)),
+                   T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4)),
+                   bcast4(xq, m, gi * g + c * 8 + 4))
+
     @T.prim_func(private=True)
-    def int4_vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
-                             qp: T.Buffer((n // VPANEL, k // 8, VPANEL * 4), "uint8"),
-                             sp: T.Buffer((n // VPANEL, ng, VPANEL), "float32"),
-                             zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
-                             y_h: T.handle):
+    def vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
+                        qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
+                        sp: T.Buffer((n // VPANEL, ng, VPANEL), "float32"),
+                        zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
+                        y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m_n = T.int64()
         xq = T.match_buffer(q_h, (m_n, k), "int8")
@@ -929,16 +948,14 @@ def make_int4_vnni_panel_gemv(n: int, k: int, group: int, zero_dtype: str | None
                 acc[V(0, VPANEL)] = T.broadcast(T.float32(0), VPANEL)
                 for gi in range(ng):
                     dots[V(0, VPANEL)] = T.broadcast(T.int32(0), VPANEL)
-                    for c in T.unroll(cg):
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
-                                   T.address_of(qp[p + PREFETCH_PANELS, gi * cg + c, 0]), T.int32(0), T.int32(3), T.int32(1)))
-                        dots[V(0, VPANEL)] = dot(dot(dots[V(0, VPANEL)],
-                            T.bitwise_and(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(15), VPANEL * 4)),
-                            bcast4(xq, m, gi * g + c * 8)),
-                            T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4)),
-                            bcast4(xq, m, gi * g + c * 8 + 4))
+                    for co in range(cg // unroll):
+                        for cu in T.unroll(unroll):
+                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                       T.address_of(qp[p + PREFETCH_PANELS, gi * cg + co * unroll + cu, 0]),
+                                       T.int32(0), T.int32(3), T.int32(1)))
+                            dots[V(0, VPANEL)] = chunk(dots[V(0, VPANEL)], qp, xq, p, m, gi, co * unroll + cu)
                     acc[V(0, VPANEL)] = acc[V(0, VPANEL)] \
                         + T.Cast("float32x16", dots[V(0, VPANEL)]) * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)] \
                         - sz(sp, zp, p, gi) * T.broadcast(xs[m, gi] * T.Cast("float32", xsum[m, gi]), VPANEL)
                 y[m, V(p * VPANEL, VPANEL)] = acc[V(0, VPANEL)]
-    return int4_vnni_panel_gemv
+    return vnni_panel_gemv

@@ -459,20 +459,20 @@ def _dequantize(lw, node, args):
 
 
 def prepack_qlinear(node, const):
-    """Prepack hook: an int4 `qlinear` on int8 activation codes (W4A8, kernels.w4a8_source) takes its codes,
-    scales and scale x zero points in VPANEL-row panels (kernels.pack_int4_vnni_panels) on AVX-512 VNNI hosts."""
+    """Prepack hook: an int4 or int8 `qlinear` on int8 activation codes (W4A8 / W8A8, kernels.a8_source) takes its
+    codes, scales and zero points in VPANEL-row panels (kernels.pack_vnni_panels) on AVX-512 VNNI hosts."""
     from ..torch_kernels import SlowPath
-    from .kernels import int4_vnni_panels_ok, pack_int4_vnni_panels, w4a8_source
-    if w4a8_source(node) is None:
-        raise SlowPath("not an int4 qlinear on quantized activations")
+    from .kernels import a8_source, pack_vnni_panels, vnni_panels_ok
+    if a8_source(node) is None:
+        raise SlowPath("not an int4/int8 qlinear on quantized activations")
+    bits = node.attrs["bits"]
     n = node.inputs[1].type.shape[0]
-    k = Q.logical_in_dim(node.inputs[1].type.shape, 4)
+    k = Q.logical_in_dim(node.inputs[1].type.shape, bits)
     z = 3 if len(node.inputs) > 3 and Q.is_zeros(node.inputs[3].type) else None
-    if not int4_vnni_panels_ok(n, k, node.attrs["group"]) or 1 not in const or 2 not in const \
+    if not vnni_panels_ok(n, k, node.attrs["group"], bits) or 1 not in const or 2 not in const \
             or (z is not None and z not in const):
         raise SlowPath("no VNNI, a shape the panels do not take, or codes/scales that are not weights")
-    codes, scales, zeros = pack_int4_vnni_panels(const[1], const[2], const.get(z) if z else None,
-                                                 node.attrs["group"])
+    codes, scales, zeros = pack_vnni_panels(const[1], const[2], const.get(z) if z else None, node.attrs["group"], bits)
     return {1: codes, 2: scales, **({z: zeros} if z is not None else {})}
 
 

@@ -490,3 +490,24 @@ def test_w4a8_panels_with_float_zero_points_match_reference(scale):
     run = assert_matches(g, lambda m: (torch.randn(m, 128, generator=torch.Generator().manual_seed(m)),), seqs=(1, 3))
     assert ("int4_vnni_panel_gemv_32x128_g32_float32" in run.products.read_bytes("cpu_module.relax.py").decode()) \
         == has_vnni()
+
+
+@pytest.mark.parametrize("n,k,group,sym", [(32, 64, 0, True), (48, 128, 32, True), (16, 96, 0, False),
+                                           (40, 64, 0, True)])
+def test_w8a8_panels_match_reference(n, k, group, sym):
+    """An int8 qlinear on quantized activations (the W4A8 pipeline's int8 head) runs integer VNNI dot products on
+    16-row panels (codes offset by 128 to u8) where n is a multiple of 16, else the float int8 kernel on the
+    fake-quantized x; both equal qlinear(quantize_activation(x)) of the interpreter. Inputs [2, seq, k]."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, "seq", k)))
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) + (0 if sym else 0.3)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{bits=8,group={group},sym={str(sym).lower()}}},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    assert g.op_counts().get("quantize_activation") == 1
+    run = assert_matches(g, lambda m: (torch.randn(2, m, k, generator=torch.Generator().manual_seed(m)),),
+                         seqs=(1, 3))
+    panels = has_vnni() and n % 16 == 0
+    assert ("int8_vnni_panel_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == panels
