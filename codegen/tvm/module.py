@@ -269,7 +269,8 @@ def inplace_states(graph) -> list[InplaceState]:
         axis = st.axis % 4
         users = past.users
         if len(users) != 1 or users[0].op != "cache_append" or users[0].inputs[0] is not past \
-                or users[0].output is not st.output or past in users[0].inputs[1:]:
+                or users[0].output is not st.output or any(v is past for v in users[0].inputs[1:]) \
+                or sum(v is st.output for v in graph.outputs) != 1:   # returned once: main returns the buffer
             continue
         length = past.type.shape[axis]
         if not (isinstance(length, str) and length.isidentifier()):

@@ -511,3 +511,27 @@ def test_w8a8_panels_match_reference(n, k, group, sym):
                          seqs=(1, 3))
     panels = has_vnni() and n % 16 == 0
     assert ("int8_vnni_panel_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == panels
+
+
+def test_kv_state_returned_twice_or_read_elsewhere_is_still_right():
+    """A state the in-place path must not take (its output returned twice: main would return the whole buffer
+    at the second index) is appended by copy; a state whose appended value another op also reads gets those
+    rows sliced out of the buffer. Both match the interpreter, and repeated calls chain correctly."""
+    from slimgraph.codegen.tvm.module import inplace_states
+    for twice in (True, False):
+        g = ir.Graph()
+        past = g.add_input("past", TensorType("f32", (1, 2, "past", 4)))
+        new = g.add_input("new", TensorType("f32", (1, 2, "seq", 4)))
+        out = g.op("cache_append", past, new, axis=2)
+        g.set_outputs([out, out] if twice else [out, g.op("mul", out, out)])
+        g.declare_state("kv", past, out, "append", axis=2)
+        assert len(inplace_states(g)) == (0 if twice else 1)
+        run = get_target("cpu").compile(g)
+        state = torch.zeros(1, 2, 0, 4)
+        ref_state = state
+        for n in (3, 1, 2):
+            x = torch.randn(1, 2, n, 4)
+            got, want = run(state, x), ir.run(g, ref_state, x)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b)
+            state, ref_state = got[0], want[0]
