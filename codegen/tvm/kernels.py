@@ -688,18 +688,21 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
+            # per query row: the scores of every key into sc (prefill: k transposed once per task, then LANES keys
+            # at a time, q broadcast, no horizontal sums; otherwise lanes-wide dot products, one horizontal
+            # reduction each), then a vector softmax (max, exp by polynomial, sum) and p @ v over the keys that count
+            kt = T.decl_buffer((d, T.Select(T.And(lq >= PREFILL_MIN_Q, lq == lk), (lk + LANES - 1) // LANES * LANES,
+                                            T.int64(1))), "float32", scope="local")
+            sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
+            acc = T.decl_buffer((d,), "float32", scope="local")
+            dot = T.decl_buffer((lanes,), "float32", scope="local")
+            st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
+            mx = T.decl_buffer((LANES,), "float32", scope="local")
             if lq >= PREFILL_MIN_Q and lq == lk:
-                # prefill: k transposed once per task, then per query row the scores of LANES keys at a time
-                # (q broadcast, no horizontal sums), scale and masks per key, exp by polynomial in vectors,
-                # p @ v over the keys that count
-                kt = T.decl_buffer((d, (lk + LANES - 1) // LANES * LANES), "float32", scope="local")
-                sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
-                acc = T.decl_buffer((d,), "float32", scope="local")
-                st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
-                mx = T.decl_buffer((LANES,), "float32", scope="local")
                 for e, j in T.grid(d, (lk + LANES - 1) // LANES * LANES):
                     kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, T.min(j, lk - 1), e], T.float32(0))
-                for i in range(lq):
+            for i in range(lq):
+                if lq >= PREFILL_MIN_Q and lq == lk:
                     for jo in range((lk + LANES - 1) // LANES):
                         for l in T.vectorized(LANES):
                             sc[jo * LANES + l] = T.float32(0)
@@ -717,37 +720,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                             sc[j] = sc[j] * T.float32(scale) + madd(mask, bh // hq, i, j)
                         else:
                             sc[j] = T.float32(float("-inf"))
-                    for l in T.vectorized(LANES):
-                        mx[l] = T.float32(lowest)
-                    for jo in range((lk + LANES - 1) // LANES):
-                        for l in T.vectorized(LANES):
-                            mx[l] = T.max(mx[l], sc[jo * LANES + l])
-                    st[0] = T.float32(lowest)
-                    for l in range(LANES):
-                        st[0] = T.max(st[0], mx[l])
-                    for jo in range((lk + LANES - 1) // LANES):
-                        for l in T.vectorized(LANES):
-                            sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
-                    st[1] = T.float32(0)
-                    for e in T.vectorized(d):
-                        acc[e] = T.float32(0)
-                    for j in range(lk):
-                        if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
-                            st[1] = st[1] + sc[j]
-                            for e in T.vectorized(d):
-                                acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
-                    for e in T.vectorized(d):
-                        o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
-            else:
-                # decode (and every row when there is a past): per query row the scores of all keys first (q . k as
-                # `lanes`-wide products summed in the vector, then one horizontal reduction), then the prefill
-                # form's vector softmax (max, exp by polynomial, sum) and p @ v over the keys that count
-                sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
-                acc = T.decl_buffer((d,), "float32", scope="local")
-                dot = T.decl_buffer((lanes,), "float32", scope="local")
-                st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
-                mx = T.decl_buffer((LANES,), "float32", scope="local")
-                for i in range(lq):
+                else:
                     for j in range(lk):
                         if keep(mask, bh // hq, i, j, lq, lk):
                             for l in T.vectorized(lanes):
@@ -761,27 +734,27 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                             sc[j] = T.float32(float("-inf"))
                     for j in range(lk, (lk + LANES - 1) // LANES * LANES):
                         sc[j] = T.float32(float("-inf"))
+                for l in T.vectorized(LANES):
+                    mx[l] = T.float32(lowest)
+                for jo in range((lk + LANES - 1) // LANES):
                     for l in T.vectorized(LANES):
-                        mx[l] = T.float32(lowest)
-                    for jo in range((lk + LANES - 1) // LANES):
-                        for l in T.vectorized(LANES):
-                            mx[l] = T.max(mx[l], sc[jo * LANES + l])
-                    st[0] = T.float32(lowest)
-                    for l in range(LANES):
-                        st[0] = T.max(st[0], mx[l])
-                    for jo in range((lk + LANES - 1) // LANES):
-                        for l in T.vectorized(LANES):
-                            sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
-                    st[1] = T.float32(0)
-                    for e in T.vectorized(d):
-                        acc[e] = T.float32(0)
-                    for j in range(lk):
-                        if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
-                            st[1] = st[1] + sc[j]
-                            for e in T.vectorized(d):
-                                acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
-                    for e in T.vectorized(d):
-                        o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
+                        mx[l] = T.max(mx[l], sc[jo * LANES + l])
+                st[0] = T.float32(lowest)
+                for l in range(LANES):
+                    st[0] = T.max(st[0], mx[l])
+                for jo in range((lk + LANES - 1) // LANES):
+                    for l in T.vectorized(LANES):
+                        sc[jo * LANES + l] = fast_exp(sc[jo * LANES + l] - st[0])
+                st[1] = T.float32(0)
+                for e in T.vectorized(d):
+                    acc[e] = T.float32(0)
+                for j in range(lk):
+                    if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
+                        st[1] = st[1] + sc[j]
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
+                for e in T.vectorized(d):
+                    o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
     return attention
 
 
