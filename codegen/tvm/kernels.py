@@ -645,9 +645,9 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
     (max, exp by polynomial, sum) and p @ v over the keys that count. k and v are read in place from the first
     `lk` of their rows (a KV buffer's capacity may be larger). A prompt without a past (lq == lk >= PREFILL_MIN_Q)
     computes the scores LANES keys at a time on k transposed once per task; otherwise each score is a dot
-    product of `lanes`-wide vectors and one horizontal reduction. GQA reads the shared k/v head in place (no repeat), the causal/window/sink
-    masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1, lk] is bool (keep) or
-    float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
+    product of `lanes`-wide vectors and one horizontal reduction. GQA reads the shared k/v head in place (no
+    repeat), the causal/window/sink masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1,
+    lk] is bool (keep) or float (added). Query rows (batch x heads) are the parallel loop; head_dim is vectorized. A row whose keys are
     all masked gives 0 (torch's scaled_dot_product_attention on CPU, the reference, does); a NaN score among
     the kept keys makes the row NaN."""
     from tvm.script import tirx as T

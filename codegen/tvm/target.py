@@ -103,8 +103,9 @@ def build(graph) -> Products:
         text = mod.script().encode()
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            for dst, data in ((source, text), (params, json.dumps(weights).encode()),
-                              (digest, _digest(lib, text).encode()), (cached, lib)):   # the library last: it marks a complete entry
+            entry = ((source, text), (params, json.dumps(weights).encode()), (digest, _digest(lib, text).encode()),
+                     (cached, lib))   # the library last: it marks a complete entry
+            for dst, data in entry:
                 tmp = dst.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, dst)
