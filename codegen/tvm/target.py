@@ -34,10 +34,12 @@ LIBRARY, SOURCE = "cpu_module.so", "cpu_module.relax.py"
 
 
 def host() -> dict:
+    """What a library depends on besides the graph: slimgraph, TVM, the LLVM CPU and this codegen's sources (a
+    library's calling convention follows them: an artifact built by other sources is rebuilt, never misread)."""
     import tvm
     import slimgraph
     return {"slimgraph": slimgraph.__version__, "tvm": tvm.__version__,
-            "llvm_target": json.dumps(_target_spec(), sort_keys=True)}
+            "llvm_target": json.dumps(_target_spec(), sort_keys=True), "codegen": _codegen_digest()[:16]}
 
 
 def _target_spec() -> dict:
@@ -51,6 +53,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SLIMGRAPH_CACHE_DIR") or Path.home() / ".cache" / "slimgraph") / "tvm-cpu"
 
 
+@functools.lru_cache(maxsize=1)
 def _codegen_digest() -> str:
     h = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):

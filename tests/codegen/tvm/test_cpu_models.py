@@ -95,13 +95,17 @@ def test_artifact_carries_the_library_and_loads_without_rebuilding(saved, tmp_pa
     assert out.stdout.split(" ", 1) == ["cpu", f"{want.tolist()}\n"]
 
 
-def test_artifact_from_another_host_is_rebuilt_with_a_note(saved):
+@pytest.mark.parametrize("key,value", [("llvm_target", '{"kind": "llvm", "mcpu": "elsewhere"}'),
+                                       ("codegen", "elsewhere")])
+def test_artifact_from_another_host_is_rebuilt_with_a_note(saved, key, value):
+    """Another CPU, or a library made by other codegen sources (its calling convention may differ: e.g. before
+    the KV cache was passed as buffers), is rebuilt from the graph with a note."""
     _, path = saved
     m = json.loads((path / "manifest.json").read_text())
-    m["products"]["meta"]["host"]["llvm_target"] = '{"kind": "llvm", "mcpu": "elsewhere"}'
+    m["products"]["meta"]["host"][key] = value
     m["checksum"] = artifact._checksum(m)
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.warns(UserWarning, match="built for another host .*llvm_target .*elsewhere.* rebuilt"):
+    with pytest.warns(UserWarning, match=f"built for another host .*{key} .*elsewhere.* rebuilt"):
         loaded = slimgraph.load(path)
     assert any("rebuilt" in n for n in loaded.report.notes)
     ids = prompt(seed=12)
