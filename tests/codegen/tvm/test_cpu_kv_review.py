@@ -1,0 +1,50 @@
+"""Review of the `cpu` target's in-place KV cache (codegen/tvm/target.py TvmRunner._kv_inputs): cases a user can
+reach by calling the runner directly or by loading an artifact saved by another cpu codegen."""
+import pytest
+import torch
+
+import slimgraph
+
+tvm = pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+transformers = pytest.importorskip("transformers")
+from tiny_lm import tiny_llama  # noqa: E402
+
+EXAMPLE = (torch.zeros(1, 4, dtype=torch.long),)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tvm-cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+def prompt(n, seed):
+    return torch.randint(0, 96, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def run(c, ids, states):
+    n, past = ids.shape[1], states[0].shape[2]
+    mask = torch.ones(1, 1, n, past + n, dtype=torch.bool).tril(past)
+    outs = c.runner(ids, torch.arange(past, past + n)[None], mask, *states)
+    return outs[0], list(outs[1:])
+
+
+def test_one_view_passed_for_two_states_is_not_appended_to_twice(model):
+    """The same tensor given for two KV states of one call (here layer 0's key and value): each state's new rows
+    go to their own buffer, as on the torch target; before, both states appended in place into the one buffer
+    (the value's rows overwrote the key's): wrong logits and a wrong key state, silently."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    zeros = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    _, states = run(fast, prompt(5, 1), zeros)
+    _, ref_states = run(ref, prompt(5, 1), zeros)
+    got, got_states = run(fast, prompt(1, 2), [states[0], states[0], states[2], states[3]])
+    want, want_states = run(ref, prompt(1, 2), [ref_states[0], ref_states[0], ref_states[2], ref_states[3]])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got_states, want_states):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(states[0], ref_states[0], rtol=1e-4, atol=1e-4)   # the shared past is unchanged
