@@ -48,3 +48,23 @@ def test_one_view_passed_for_two_states_is_not_appended_to_twice(model):
     for g, w in zip(got_states, want_states):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(states[0], ref_states[0], rtol=1e-4, atol=1e-4)   # the shared past is unchanged
+
+
+def test_a_layer_whose_key_and_value_buffers_differ_in_capacity_runs(model):
+    """A state replaced by a copy (a user's out-of-place edit of one state) gets a new buffer while the other
+    state of its layer is appended to in place: key and value buffers of different capacities reach attention.
+    Before, its kernel took one capacity for both and the call failed ("Mismatched v.shape[2]")."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    zeros = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    _, states = run(fast, prompt(5, 1), zeros)
+    _, ref_states = run(ref, prompt(5, 1), zeros)
+    states[1] = states[1].clone()
+    got, _ = run(fast, prompt(1, 2), states)
+    torch.testing.assert_close(got, run(ref, prompt(1, 2), ref_states)[0], rtol=1e-4, atol=1e-4)
+    dec, want = fast.decoder(), ref.decoder()
+    dec.prefill(prompt(5, 1))
+    want.prefill(prompt(5, 1))
+    dec.states[3] = dec.states[3].clone()
+    torch.testing.assert_close(dec.step(torch.tensor([3]))["logits"], want.step(torch.tensor([3]))["logits"],
+                               rtol=1e-4, atol=1e-4)
