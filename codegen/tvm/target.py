@@ -196,13 +196,15 @@ class _KvBuffer(_Buffer):
     __slots__ = ("tvm",)
 
 
-def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int) -> _KvBuffer:
+def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=()) -> _KvBuffer:
     """The buffer the call appends `new` rows to: `past`'s own when `past` is its newest view from row 0 with
-    room left (nothing copied), else a new one with headroom holding a copy of `past` (torch_kv rule 1: a
-    shorter view, a second branch from one past, is never written over)."""
+    room left (nothing copied) and no other state of this call appends to it (`taken`: ids of their buffers),
+    else a new one with headroom holding a copy of `past` (torch_kv rule 1: a shorter view, a second branch
+    from one past, is never written over)."""
     import tvm
     buf, start = _owner(past, axis)
-    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis]:
+    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis] \
+            and id(buf) not in taken:
         return buf
     shape = list(past.shape)
     shape[axis] = rows + new + max(HEADROOM, (rows + new) // 2)
@@ -299,7 +301,7 @@ class TvmRunner(Runner):
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf = _kv_buffer(past, k.axis, rows, new)
+            buf = _kv_buffer(past, k.axis, rows, new, {id(b) for _, b, _ in kv})   # one tensor for two states
             ins[k.input] = buf.tvm
             kv.append((k, buf, rows + new))
         return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
