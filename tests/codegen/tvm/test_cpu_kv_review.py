@@ -68,3 +68,22 @@ def test_a_layer_whose_key_and_value_buffers_differ_in_capacity_runs(model):
     dec.states[3] = dec.states[3].clone()
     torch.testing.assert_close(dec.step(torch.tensor([3]))["logits"], want.step(torch.tensor([3]))["logits"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_an_artifact_built_by_another_cpu_codegen_is_rebuilt_not_run(model, tmp_path, monkeypatch):
+    """An artifact's library follows the codegen that built it: one saved before the in-place KV cache (main took
+    no KV buffers nor `kv_lengths`) failed at the first call with TVM's "Invoking function main expects 44
+    arguments ... but 45 arguments were provided", since slimgraph's version (the host key) had not changed.
+    The host now names the cpu codegen's sources, so such an artifact is rebuilt with a note."""
+    import slimgraph.codegen.tvm.module as M
+    import slimgraph.codegen.tvm.target as T
+    ids = prompt(6, 3)
+    with monkeypatch.context() as old:     # an older codegen: no in-place states, another source digest
+        old.setattr(M, "inplace_states", lambda graph: [])
+        old.setattr(T, "_codegen_digest", lambda: "an-older-cpu-codegen")
+        fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+        want = fast.generate(ids, max_new_tokens=8)
+        fast.save(tmp_path / "old.sg")
+    with pytest.warns(UserWarning, match="built for another host .*codegen.*rebuilt"):
+        loaded = slimgraph.load(tmp_path / "old.sg")
+    assert torch.equal(loaded.generate(ids, max_new_tokens=8), want)
