@@ -3,7 +3,7 @@
     products = build(graph)          # {"cpu_module.so": library bytes, "cpu_module.relax.py": Relax source};
                                      # meta["weights"]: main's parameters after the inputs (module.py)
     runner = load(graph, products)   # a TvmRunner: (*tensors) -> list[Tensor]; no codegen
-    host()                           # {"slimgraph", "tvm", "llvm_target"}: what the library depends on
+    host()                           # {"slimgraph", "tvm", "llvm_target", "codegen"}: what the library depends on
 
 Weights are parameters of the compiled `main`, not constants inside it: the library is code only and
 the runner passes the graph's own tensors (zero-copy through DLPack), so neither the library nor an
@@ -36,8 +36,10 @@ LIBRARY, SOURCE = "cpu_module.so", "cpu_module.relax.py"
 def host() -> dict:
     import tvm
     import slimgraph
+    # "codegen": the library's calling convention follows these sources (main's parameters: KV buffers and
+    # kv_lengths, prepacked weights), and slimgraph's version does not change with each of their edits
     return {"slimgraph": slimgraph.__version__, "tvm": tvm.__version__,
-            "llvm_target": json.dumps(_target_spec(), sort_keys=True)}
+            "llvm_target": json.dumps(_target_spec(), sort_keys=True), "codegen": _codegen_digest()[:16]}
 
 
 def _target_spec() -> dict:
