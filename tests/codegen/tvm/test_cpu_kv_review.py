@@ -87,3 +87,12 @@ def test_an_artifact_built_by_another_cpu_codegen_is_rebuilt_not_run(model, tmp_
     with pytest.warns(UserWarning, match="built for another host .*codegen.*rebuilt"):
         loaded = slimgraph.load(tmp_path / "old.sg")
     assert torch.equal(loaded.generate(ids, max_new_tokens=8), want)
+
+
+def test_a_state_the_runner_cannot_own_is_a_clear_error(model):
+    """A KV state off the cpu (here on torch's meta device) passes the interpreter's dtype/shape check; the
+    error names the input, the device and what the cpu target needs (before: "state input past_key_0")."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    states = [torch.zeros(1, 2, 0, 16, device="meta")] + [torch.zeros(1, 2, 0, 16) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"%past_key_0 must be a rank-4 float32 tensor on the cpu, got .* on meta"):
+        run(fast, prompt(2, 1), states)
