@@ -298,7 +298,9 @@ class TvmRunner(Runner):
             past = tensors[k.input]
             if not isinstance(getattr(past, "_slimgraph_kv", (None,))[0], _KvBuffer) and \
                     (past.dtype != dt or past.dim() != 4 or past.device.type != "cpu"):   # not a view of ours
-                raise TypeError(f"state input {k.state.input.name}")    # the interpreter's check names it
+                have, want = str(past.dtype).removeprefix("torch."), str(dt).removeprefix("torch.")
+                raise TypeError(f"cpu target: state input %{k.state.input.name} must be a rank-4 {want} tensor on "
+                                f"the cpu, got {have} {tuple(past.shape)} on {past.device}")
             rows = past.shape[k.axis]
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
