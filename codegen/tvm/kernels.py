@@ -681,10 +681,10 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
     @T.prim_func(private=True)
     def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, lk: T.int64, o_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        b, lq, kc, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        b, lq, kc, vc, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         q = T.match_buffer(q_h, (b, hq, lq, d), "float32")
         k = T.match_buffer(k_h, (b, hk, kc, d), "float32")   # keys 0..lk-1 of kc rows (a KV buffer's capacity)
-        v = T.match_buffer(v_h, (b, hk, kc, d), "float32")
+        v = T.match_buffer(v_h, (b, hk, vc, d), "float32")   # its own capacity: k's and v's buffers may differ
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):

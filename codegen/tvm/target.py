@@ -3,7 +3,7 @@
     products = build(graph)          # {"cpu_module.so": library bytes, "cpu_module.relax.py": Relax source};
                                      # meta["weights"]: main's parameters after the inputs (module.py)
     runner = load(graph, products)   # a TvmRunner: (*tensors) -> list[Tensor]; no codegen
-    host()                           # {"slimgraph", "tvm", "llvm_target"}: what the library depends on
+    host()                           # {"slimgraph", "tvm", "llvm_target", "codegen"}: what the library depends on
 
 Weights are parameters of the compiled `main`, not constants inside it: the library is code only and
 the runner passes the graph's own tensors (zero-copy through DLPack), so neither the library nor an
@@ -38,6 +38,8 @@ def host() -> dict:
     library's calling convention follows them: an artifact built by other sources is rebuilt, never misread)."""
     import tvm
     import slimgraph
+    # "codegen": the library's calling convention follows these sources (main's parameters: KV buffers and
+    # kv_lengths, prepacked weights), and slimgraph's version does not change with each of their edits
     return {"slimgraph": slimgraph.__version__, "tvm": tvm.__version__,
             "llvm_target": json.dumps(_target_spec(), sort_keys=True), "codegen": _codegen_digest()[:16]}
 
@@ -200,13 +202,15 @@ class _KvBuffer(_Buffer):
     __slots__ = ("tvm",)
 
 
-def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int) -> _KvBuffer:
+def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=()) -> _KvBuffer:
     """The buffer the call appends `new` rows to: `past`'s own when `past` is its newest view from row 0 with
-    room left (nothing copied), else a new one with headroom holding a copy of `past` (torch_kv rule 1: a
-    shorter view, a second branch from one past, is never written over)."""
+    room left (nothing copied) and no other state of this call appends to it (`taken`: ids of their buffers),
+    else a new one with headroom holding a copy of `past` (torch_kv rule 1: a shorter view, a second branch
+    from one past, is never written over)."""
     import tvm
     buf, start = _owner(past, axis)
-    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis]:
+    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis] \
+            and id(buf) not in taken:
         return buf
     shape = list(past.shape)
     shape[axis] = rows + new + max(HEADROOM, (rows + new) // 2)
@@ -298,12 +302,14 @@ class TvmRunner(Runner):
             past = tensors[k.input]
             if not isinstance(getattr(past, "_slimgraph_kv", (None,))[0], _KvBuffer) and \
                     (past.dtype != dt or past.dim() != 4 or past.device.type != "cpu"):   # not a view of ours
-                raise TypeError(f"state input {k.state.input.name}")    # the interpreter's check names it
+                have, want = str(past.dtype).removeprefix("torch."), str(dt).removeprefix("torch.")
+                raise TypeError(f"cpu target: state input %{k.state.input.name} must be a rank-4 {want} tensor on "
+                                f"the cpu, got {have} {tuple(past.shape)} on {past.device}")
             rows = past.shape[k.axis]
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf = _kv_buffer(past, k.axis, rows, new)
+            buf = _kv_buffer(past, k.axis, rows, new, {id(b) for _, b, _ in kv})   # one tensor for two states
             ins[k.input] = buf.tvm
             kv.append((k, buf, rows + new))
         return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
