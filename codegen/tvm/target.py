@@ -297,7 +297,7 @@ class TvmRunner(Runner):
         """Put each in-place state's buffer in `ins` (module.py's main takes buffers, then `kv_lengths`);
         returns ([(InplaceState, buffer, rows after the call)], [kv_lengths])."""
         import tvm
-        lengths, kv = {}, []
+        lengths, kv, taken = {}, [], set()
         for k, dt in zip(self.kv, self._kv_dtypes):
             past = tensors[k.input]
             if not isinstance(getattr(past, "_slimgraph_kv", (None,))[0], _KvBuffer) and \
@@ -309,7 +309,8 @@ class TvmRunner(Runner):
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf = _kv_buffer(past, k.axis, rows, new, {id(b) for _, b, _ in kv})   # one tensor for two states
+            buf = _kv_buffer(past, k.axis, rows, new, taken)   # taken: one tensor given for two states
+            taken.add(id(buf))
             ins[k.input] = buf.tvm
             kv.append((k, buf, rows + new))
         return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
