@@ -862,7 +862,9 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
 def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
-    offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order.
+    offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
+    implied) zero points the bracket is computed in int32, exactly, before one f32 scaling; float zero points
+    (Q4_1) take the second term in f32.
 
     Each 64-byte load holds 8 (int4) or 4 (int8) codes of each of VPANEL rows; `vpdpbusd` (llvm.x86.avx512.vpdpbusd.512,
     u8 x s8, four products per int32 lane) against 4 activation codes broadcast to every lane adds them per row:
@@ -878,6 +880,7 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     has_zero, zdt = zero_dtype is not None, zero_dtype or "float32"
     offset = 0 if bits == 4 else 128
     implied = Q.implied_zero(bits) + offset
+    int_zero = not has_zero or "int" in zdt   # integer zero points: the correction is exact in int32
 
     def V(i, w):
         return T.ramp(i, 1, w)
@@ -890,6 +893,11 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
             return sp[p, gi, V(0, VPANEL)] * (T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
                                               + T.broadcast(T.float32(offset), VPANEL))
         return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(implied), VPANEL)
+
+    def izero(zp, p, gi):   # offset + integer zero point of the panel's rows, as int32 lanes
+        if has_zero:
+            return T.Cast("int32x16", zp[p, gi, V(0, VPANEL)]) + T.broadcast(T.int32(offset), VPANEL)
+        return T.broadcast(T.int32(implied), VPANEL)
 
     def bcast4(xq, m, c):   # the 4 int8 codes at columns c..c+3, repeated in every int32 lane
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[m, V(c, 4)]), VPANEL))
@@ -927,8 +935,13 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
                                        T.address_of(qp[p + PREFETCH_PANELS, gi * cg + co * unroll + cu, 0]),
                                        T.int32(0), T.int32(3), T.int32(1)))
                             dots[V(0, VPANEL)] = chunk(dots[V(0, VPANEL)], qp, xq, p, m, gi, co * unroll + cu)
-                    acc[V(0, VPANEL)] = acc[V(0, VPANEL)] \
-                        + T.Cast("float32x16", dots[V(0, VPANEL)]) * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)] \
-                        - sz(sp, zp, p, gi) * T.broadcast(xs[m, gi] * T.Cast("float32", xsum[m, gi]), VPANEL)
+                    if int_zero:   # (codes - offset - zero) . q exactly in int32, then one scaling
+                        acc[V(0, VPANEL)] = acc[V(0, VPANEL)] + T.Cast("float32x16", dots[V(0, VPANEL)]
+                                                                       - izero(zp, p, gi) * T.broadcast(xsum[m, gi], VPANEL)) \
+                            * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)]
+                    else:
+                        acc[V(0, VPANEL)] = acc[V(0, VPANEL)] \
+                            + T.Cast("float32x16", dots[V(0, VPANEL)]) * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)] \
+                            - sz(sp, zp, p, gi) * T.broadcast(xs[m, gi] * T.Cast("float32", xsum[m, gi]), VPANEL)
                 y[m, V(p * VPANEL, VPANEL)] = acc[V(0, VPANEL)]
     return vnni_panel_gemv
