@@ -155,31 +155,24 @@ def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(m
     assert "kv_append" in src and "kv_lengths" in src
     assert not [line for line in src.splitlines() if "concat" in line and "past" in line]   # no cache copied
 
-    def run(c, ids, states, pos):
-        n = ids.shape[1]
-        past = states[0].shape[2]
-        mask = torch.ones(1, 1, n, past + n, dtype=torch.bool).tril(past)
-        outs = c.runner(ids, torch.arange(past, past + n)[None], mask, *states)
-        return outs[0], outs[1:]
-
     zeros = [torch.zeros(1, 2, 0, 16) for _ in kv]
     ids = prompt(6)
-    logits, states = run(fast, ids, zeros, 0)
-    ref_logits, ref_states = run(ref, ids, zeros, 0)
+    logits, states = run(fast, ids, zeros)
+    ref_logits, ref_states = run(ref, ids, zeros)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
     base = [s.untyped_storage().data_ptr() for s in states]
-    a_logits, a_states = run(fast, prompt(1, seed=1), states, 6)          # in place: the same buffers
+    a_logits, a_states = run(fast, prompt(1, seed=1), states)          # in place: the same buffers
     assert [s.untyped_storage().data_ptr() for s in a_states] == base
-    b_logits, b_states = run(fast, prompt(2, seed=2), states, 6)          # a branch from the same past
+    b_logits, b_states = run(fast, prompt(2, seed=2), states)          # a branch from the same past
     assert all(s.untyped_storage().data_ptr() not in base for s in b_states)
-    for got, (want, _) in ((a_logits, run(ref, prompt(1, seed=1), ref_states, 6)),
-                           (b_logits, run(ref, prompt(2, seed=2), ref_states, 6))):
+    for got, (want, _) in ((a_logits, run(ref, prompt(1, seed=1), ref_states)),
+                           (b_logits, run(ref, prompt(2, seed=2), ref_states))):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(a_states[0][:, :, :7], run(ref, prompt(1, seed=1), ref_states, 6)[1][0])
+    torch.testing.assert_close(a_states[0][:, :, :7], run(ref, prompt(1, seed=1), ref_states)[1][0])
     cut = [fast.runner.truncate_state(s, 2, 6) for s in a_states]          # roll back, extend in place again
-    c_logits, c_states = run(fast, prompt(1, seed=3), cut, 6)
+    c_logits, c_states = run(fast, prompt(1, seed=3), cut)
     assert [s.untyped_storage().data_ptr() for s in c_states] == base
-    torch.testing.assert_close(c_logits, run(ref, prompt(1, seed=3), ref_states, 6)[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c_logits, run(ref, prompt(1, seed=3), ref_states)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_kv_buffers_grow_past_their_headroom_and_decode_stays_exact(model):
@@ -190,3 +183,76 @@ def test_kv_buffers_grow_past_their_headroom_and_decode_stays_exact(model):
     ids = prompt(seed=21)
     assert torch.equal(fast.generate(ids, max_new_tokens=200, eos_token_id=[]),
                        ref.generate(ids, max_new_tokens=200, eos_token_id=[]))
+
+
+# ---- the in-place KV cache reached directly through the runner (a fresh reviewer's cases) ----------------
+def run(c, ids, states):
+    n, past = ids.shape[1], states[0].shape[2]
+    mask = torch.ones(1, 1, n, past + n, dtype=torch.bool).tril(past)
+    outs = c.runner(ids, torch.arange(past, past + n)[None], mask, *states)
+    return outs[0], list(outs[1:])
+
+
+def test_one_view_passed_for_two_states_is_not_appended_to_twice(model):
+    """The same tensor given for two KV states of one call (here layer 0's key and value): each state's new rows
+    go to their own buffer, as on the torch target; before, both states appended in place into the one buffer
+    (the value's rows overwrote the key's): wrong logits and a wrong key state, silently."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    zeros = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    _, states = run(fast, prompt(5, 1), zeros)
+    _, ref_states = run(ref, prompt(5, 1), zeros)
+    got, got_states = run(fast, prompt(1, 2), [states[0], states[0], states[2], states[3]])
+    want, want_states = run(ref, prompt(1, 2), [ref_states[0], ref_states[0], ref_states[2], ref_states[3]])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for g, w in zip(got_states, want_states):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(states[0], ref_states[0], rtol=1e-4, atol=1e-4)   # the shared past is unchanged
+
+
+def test_a_layer_whose_key_and_value_buffers_differ_in_capacity_runs(model):
+    """A state replaced by a copy (a user's out-of-place edit of one state) gets a new buffer while the other
+    state of its layer is appended to in place: key and value buffers of different capacities reach attention.
+    Before, its kernel took one capacity for both and the call failed ("Mismatched v.shape[2]")."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    zeros = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    _, states = run(fast, prompt(5, 1), zeros)
+    _, ref_states = run(ref, prompt(5, 1), zeros)
+    states[1] = states[1].clone()
+    got, _ = run(fast, prompt(1, 2), states)
+    torch.testing.assert_close(got, run(ref, prompt(1, 2), ref_states)[0], rtol=1e-4, atol=1e-4)
+    dec, want = fast.decoder(), ref.decoder()
+    dec.prefill(prompt(5, 1))
+    want.prefill(prompt(5, 1))
+    dec.states[3] = dec.states[3].clone()
+    torch.testing.assert_close(dec.step(torch.tensor([3]))["logits"], want.step(torch.tensor([3]))["logits"],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_an_artifact_built_by_another_cpu_codegen_is_rebuilt_not_run(model, tmp_path, monkeypatch):
+    """An artifact's library follows the codegen that built it: one saved before the in-place KV cache (main took
+    no KV buffers nor `kv_lengths`) failed at the first call with TVM's "Invoking function main expects 44
+    arguments ... but 45 arguments were provided", since slimgraph's version (the host key) had not changed.
+    The host now names the cpu codegen's sources, so such an artifact is rebuilt with a note."""
+    import slimgraph.codegen.tvm.module as M
+    import slimgraph.codegen.tvm.target as T
+    ids = prompt(6, 3)
+    with monkeypatch.context() as old:     # an older codegen: no in-place states, another source digest
+        old.setattr(M, "inplace_states", lambda graph: [])
+        old.setattr(T, "_codegen_digest", lambda: "an-older-cpu-codegen")
+        fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+        want = fast.generate(ids, max_new_tokens=8)
+        fast.save(tmp_path / "old.sg")
+    with pytest.warns(UserWarning, match="built for another host .*codegen.*rebuilt"):
+        loaded = slimgraph.load(tmp_path / "old.sg")
+    assert torch.equal(loaded.generate(ids, max_new_tokens=8), want)
+
+
+def test_a_state_the_runner_cannot_own_is_a_clear_error(model):
+    """A KV state off the cpu (here on torch's meta device) passes the interpreter's dtype/shape check; the
+    error names the input, the device and what the cpu target needs (before: "state input past_key_0")."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    states = [torch.zeros(1, 2, 0, 16, device="meta")] + [torch.zeros(1, 2, 0, 16) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"%past_key_0 must be a rank-4 float32 tensor on the cpu, got .* on meta"):
+        run(fast, prompt(2, 1), states)
