@@ -152,7 +152,7 @@ class Lowerer:
             self.env[id(v)] = p
             params.append(p)
         if buffers:
-            params.append(relax.Var("kv_lengths", relax.ShapeType([self.sym(n) for n in kv_length_symbols(self.graph)])))
+            params.append(relax.Var("kv_lengths", relax.ShapeType([self.sym(n) for n in kv_length_symbols(list(self.inplace.values()))])))
         weights: list = list(self.graph.weights)
         for name in weights:
             w = self.graph.weights[name]
@@ -286,9 +286,10 @@ def inplace_states(graph) -> list[InplaceState]:
     return out
 
 
-def kv_length_symbols(graph) -> list[str]:
-    """The state-axis symbols of the in-place states, each once, in order: the dims of main's `kv_lengths`."""
-    return list(dict.fromkeys(kv.length for kv in inplace_states(graph)))
+def kv_length_symbols(kvs: list[InplaceState]) -> list[str]:
+    """The state-axis symbols of in-place states `kvs` (inplace_states), each once, in order: the dims of
+    main's `kv_lengths`."""
+    return list(dict.fromkeys(kv.length for kv in kvs))
 
 
 def run_prepack(node) -> dict:

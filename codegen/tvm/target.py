@@ -252,7 +252,7 @@ class TvmRunner(Runner):
         from .module import inplace_states, kv_length_symbols
         from ...ir.dtypes import to_torch
         self.kv = inplace_states(graph)             # states whose buffers this runner owns (module.py)
-        self._kv_syms = kv_length_symbols(graph)
+        self._kv_syms = kv_length_symbols(self.kv)
         self._kv_in = {k.input for k in self.kv}
         self._n_out = len(graph.outputs)
         self._plain_out = [j for j in range(self._n_out) if j not in {k.output for k in self.kv}]
