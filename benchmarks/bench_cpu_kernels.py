@@ -51,7 +51,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--spread-mb", type=float, default=96)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rows", default="1", help="comma-separated M (activation rows: 1 = a decode step, k = a "
+                    "verify of k tokens); the W4A8 panel kernel is timed at each, the others at M = 1")
     args = ap.parse_args()
+    rows_m = [int(v) for v in args.rows.split(",")]
     torch.set_num_threads(1)
     import tvm
     from slimgraph.codegen.tvm import kernels as K
@@ -80,9 +83,12 @@ def main():
             ws = [(arr(rng.integers(0, 256, (n // 16, k // 8, 64)).astype("uint8")),
                    arr(rng.random((n // 16, ng, 16)).astype("float32")),
                    arr(rng.integers(0, 16, (n // 16, ng, 16)).astype("uint8"))) for _ in range(copies)]
-            xq = (arr(rng.integers(-127, 128, (1, k)).astype("int8")), arr(rng.random((1, ng)).astype("float32")),
-                  arr(rng.integers(-500, 500, (1, ng)).astype("int32")))
-            rows.append(("W4A8 panels", n, k, timed(fn, ws, xq, (y,), args.rounds), n * k // 2 + n * ng * 5))
+            for m in rows_m:
+                xq = (arr(rng.integers(-127, 128, (m, k)).astype("int8")), arr(rng.random((m, ng)).astype("float32")),
+                      arr(rng.integers(-500, 500, (m, ng)).astype("int32")))
+                rows.append(("W4A8 panels" + (f", M = {m}" if m > 1 else ""), n, k,
+                             timed(fn, ws, xq, (arr(np.zeros((m, n), "float32")),), args.rounds),
+                             n * k // 2 + n * ng * 5))
         if K.has_avx512():
             fn = build(K.make_int4_lookup_gemv(n, k, g, "float32", "uint8"))
             ws = [(arr(rng.integers(0, 256, (n, k // 2)).astype("uint8")), arr(rng.random((n, ng)).astype("float32")),

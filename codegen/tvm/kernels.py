@@ -827,6 +827,7 @@ def make_kv_append(axis: int, dtype: str):
 
 PREFETCH_PANELS = 2   # panels ahead the W4A8 panel kernel prefetches (9 KB at k = 576)
 VPANEL = 16   # output rows of one W4A8 panel: one int32 lane each of a 512-bit `vpdpbusd`
+ROW_BLOCK = 4   # activation rows (tokens of a verify or prefill) the panel kernel runs per load of the weights
 
 
 def vnni_panels_ok(n: int, k: int, group: int, bits: int) -> bool:
@@ -871,7 +872,11 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     the lanes are the output rows, so there is no horizontal sum, and each group's scale and zero-point term are
     two vector FMAs per VPANEL rows (the layout llama.cpp's repacked Q4_0 x Q8_0 kernels interleave rows for).
     The integer products are exact: the result equals qlinear(quantize_activation(x)) up to the order of f32
-    additions, and each row of x is computed alike whatever M is (a verify of k tokens equals k steps)."""
+    additions, and each row of x is computed alike whatever M is (a verify of k tokens equals k steps).
+
+    Rows run in blocks of ROW_BLOCK (then 2, then 1): one load and nibble split of the weights serves every row of
+    the block, so verify and prefill do not pay the unpacking per token; past that the kernel is bound by the
+    vpdpbusd count (`benchmarks/bench_cpu_kernels.py --rows 1,2,4,8`: M = 4 costs ~1.3-1.5x M = 1, M = 8 ~2.5x)."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     cols = 32 // bits                     # columns per 64-byte chunk: 8 (int4) or 4 (int8)
@@ -902,13 +907,49 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     def bcast4(xq, m, c):   # the 4 int8 codes at columns c..c+3, repeated in every int32 lane
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[m, V(c, 4)]), VPANEL))
 
-    def chunk(dots, qp, xq, p, m, gi, c):   # one 64-byte load's products added to dots
+    def lo(qp, p, gi, c):   # int4: the chunk's low nibbles (columns 8c..8c+3); int8: the chunk's codes
         if bits == 8:
-            return dot(dots, qp[p, gi * cg + c, V(0, VPANEL * 4)], bcast4(xq, m, gi * g + c * 4))
-        return dot(dot(dots, T.bitwise_and(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(15), VPANEL * 4)),
-                       bcast4(xq, m, gi * g + c * 8)),
-                   T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4)),
-                   bcast4(xq, m, gi * g + c * 8 + 4))
+            return qp[p, gi * cg + c, V(0, VPANEL * 4)]
+        return T.bitwise_and(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(15), VPANEL * 4))
+
+    def hi(qp, p, gi, c):   # int4: the chunk's high nibbles (columns 8c+4..8c+7)
+        return T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4))
+
+
+    @T.macro
+    def block(p, m0, rows, qp, sp, zp, xq, xs, xsum, y, acc, dots):   # rows m0 .. m0 + rows - 1 of panel p
+        for r in T.unroll(rows):
+            acc[V(r * VPANEL, VPANEL)] = T.broadcast(T.float32(0), VPANEL)
+        for gi in range(ng):
+            for r in T.unroll(rows):
+                dots[V(r * VPANEL, VPANEL)] = T.broadcast(T.int32(0), VPANEL)
+            for co in range(cg // unroll):
+                for cu in T.unroll(unroll):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                               T.address_of(qp[p + PREFETCH_PANELS, gi * cg + co * unroll + cu, 0]),
+                               T.int32(0), T.int32(3), T.int32(1)))
+                    for r in T.unroll(rows):   # one load of the weights serves every row of the block
+                        if bits == 8:
+                            dots[V(r * VPANEL, VPANEL)] = dot(dots[V(r * VPANEL, VPANEL)], lo(qp, p, gi, co * unroll + cu),
+                                                              bcast4(xq, m0 + r, gi * g + (co * unroll + cu) * 4))
+                        else:
+                            dots[V(r * VPANEL, VPANEL)] = dot(
+                                dot(dots[V(r * VPANEL, VPANEL)], lo(qp, p, gi, co * unroll + cu),
+                                    bcast4(xq, m0 + r, gi * g + (co * unroll + cu) * 8)),
+                                hi(qp, p, gi, co * unroll + cu), bcast4(xq, m0 + r, gi * g + (co * unroll + cu) * 8 + 4))
+            for r in T.unroll(rows):
+                if int_zero:   # (codes - offset - zero) . q exactly in int32, then one scaling
+                    acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] + T.Cast(
+                        "float32x16", dots[V(r * VPANEL, VPANEL)]
+                        - izero(zp, p, gi) * T.broadcast(xsum[m0 + r, gi], VPANEL)) \
+                        * T.broadcast(xs[m0 + r, gi], VPANEL) * sp[p, gi, V(0, VPANEL)]
+                else:
+                    acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] \
+                        + T.Cast("float32x16", dots[V(r * VPANEL, VPANEL)]) * T.broadcast(xs[m0 + r, gi], VPANEL) \
+                        * sp[p, gi, V(0, VPANEL)] \
+                        - sz(sp, zp, p, gi) * T.broadcast(xs[m0 + r, gi] * T.Cast("float32", xsum[m0 + r, gi]), VPANEL)
+        for r in T.unroll(rows):
+            y[m0 + r, V(p * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)]
 
     @T.prim_func(private=True)
     def vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
@@ -923,25 +964,12 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for p in T.parallel(n // VPANEL):
-            acc = T.decl_buffer((VPANEL,), "float32", scope="local")
-            dots = T.decl_buffer((VPANEL,), "int32", scope="local")
-            for m in range(m_n):
-                acc[V(0, VPANEL)] = T.broadcast(T.float32(0), VPANEL)
-                for gi in range(ng):
-                    dots[V(0, VPANEL)] = T.broadcast(T.int32(0), VPANEL)
-                    for co in range(cg // unroll):
-                        for cu in T.unroll(unroll):
-                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
-                                       T.address_of(qp[p + PREFETCH_PANELS, gi * cg + co * unroll + cu, 0]),
-                                       T.int32(0), T.int32(3), T.int32(1)))
-                            dots[V(0, VPANEL)] = chunk(dots[V(0, VPANEL)], qp, xq, p, m, gi, co * unroll + cu)
-                    if int_zero:   # (codes - offset - zero) . q exactly in int32, then one scaling
-                        acc[V(0, VPANEL)] = acc[V(0, VPANEL)] + T.Cast("float32x16", dots[V(0, VPANEL)]
-                                                                       - izero(zp, p, gi) * T.broadcast(xsum[m, gi], VPANEL)) \
-                            * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)]
-                    else:
-                        acc[V(0, VPANEL)] = acc[V(0, VPANEL)] \
-                            + T.Cast("float32x16", dots[V(0, VPANEL)]) * T.broadcast(xs[m, gi], VPANEL) * sp[p, gi, V(0, VPANEL)] \
-                            - sz(sp, zp, p, gi) * T.broadcast(xs[m, gi] * T.Cast("float32", xsum[m, gi]), VPANEL)
-                y[m, V(p * VPANEL, VPANEL)] = acc[V(0, VPANEL)]
+            acc = T.decl_buffer((VPANEL * ROW_BLOCK,), "float32", scope="local")
+            dots = T.decl_buffer((VPANEL * ROW_BLOCK,), "int32", scope="local")
+            for mo in range(m_n // ROW_BLOCK):
+                block(p, mo * ROW_BLOCK, ROW_BLOCK, qp, sp, zp, xq, xs, xsum, y, acc, dots)
+            if m_n % ROW_BLOCK >= 2:
+                block(p, m_n // ROW_BLOCK * ROW_BLOCK, 2, qp, sp, zp, xq, xs, xsum, y, acc, dots)
+            if m_n % 2 == 1:
+                block(p, m_n - 1, 1, qp, sp, zp, xq, xs, xsum, y, acc, dots)
     return vnni_panel_gemv
