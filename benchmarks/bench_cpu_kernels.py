@@ -55,6 +55,8 @@ def main():
                     "verify of k tokens); the W4A8 panel kernel is timed at each, the others at M = 1")
     args = ap.parse_args()
     rows_m = [int(v) for v in args.rows.split(",")]
+    if min(rows_m) < 1:
+        ap.error(f"--rows {args.rows}: every M must be >= 1")
     torch.set_num_threads(1)
     import tvm
     from slimgraph.codegen.tvm import kernels as K
