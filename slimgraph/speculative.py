@@ -155,7 +155,12 @@ class NgramIndex:
     of the context's longest suffix n-gram (n = `nmax` down to `nmin`). No training and no extra forward:
     it finds the repeats (names, code, lists, and the loops small models fall into) that draft heads,
     which see only the last hidden state, guess poorly. O(nmax) per token (a dict from n-gram to the
-    position after its most recent occurrence)."""
+    position after its most recent occurrence).
+
+    A match of n < nmax tokens drafts k / 2^(nmax - n) tokens (at least 1): a shorter match is right less
+    often, and where a verify's cost grows with its length (the `cpu` target: 1.05x a decode step for 2
+    tokens, 2.08x for 8) a long draft from a 1-gram match costs more than it wins. SmolLM2 on `cpu` W4A8, 20
+    prompts x 128 tokens, up to 8 drafted: 1.91x -> 2.10x plain decode (benchmarks/RESULTS.md, eighth session)."""
 
     def __init__(self, tokens=(), nmax: int = 3, nmin: int = 1):
         if not 1 <= nmin <= nmax:
@@ -173,11 +178,12 @@ class NgramIndex:
             self.tokens.append(int(tok))
 
     def draft(self, k: int) -> list[int]:
-        """Up to k tokens (fewer, or none, when no suffix n-gram occurred before)."""
+        """Up to k tokens for a match of nmax tokens, half as many per token shorter (fewer, or none, when the
+        context ends first or no suffix n-gram occurred before)."""
         for n in range(min(self.nmax, len(self.tokens)), self.nmin - 1, -1):
             start = self.after.get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start:start + k]
+                return self.tokens[start:start + max(1, k >> (self.nmax - n))] if k > 0 else []
         return []
 
 

@@ -335,14 +335,19 @@ def test_eagle_reads_a_quantized_embedding_table():
 # --- prompt lookup drafting (slimgraph.speculative.NgramIndex) ---------------------------------------------
 
 def test_ngram_index_drafts_what_followed_the_last_occurrence_of_the_longest_suffix():
+    """The draft follows the most recent earlier occurrence of the longest suffix n-gram; a match shorter
+    than nmax drafts half as many tokens per missing token (at least one)."""
     from slimgraph.speculative import NgramIndex
     idx = NgramIndex([5, 6, 7, 8, 9, 1, 6, 7, 2, 6, 7], nmax=3)
-    assert idx.draft(3) == [2, 6, 7]          # suffix (6, 7): most recent earlier occurrence is followed by 2
+    assert idx.draft(8) == [2, 6, 7]          # suffix (6, 7): most recent earlier occurrence is followed by 2;
+    assert idx.draft(4) == [2, 6]             # a 2-gram match drafts k / 2
     idx.extend([8])                           # suffix (6, 7, 8) occurred once, followed by 9 1 6
-    assert idx.draft(3) == [9, 1, 6]
+    assert idx.draft(3) == [9, 1, 6]          # a full 3-gram match drafts k
     assert idx.draft(10) == [9, 1, 6, 7, 2, 6, 7, 8]   # runs to the end of the context
+    assert idx.draft(0) == []
     assert NgramIndex([1, 2, 3]).draft(4) == []        # no suffix n-gram occurred before
-    assert NgramIndex([4, 4]).draft(2) == [4]          # a 1-gram: token 4 was followed by 4
+    assert NgramIndex([4, 4, 5, 4]).draft(8) == [5, 4]   # a 1-gram (nmax 3): k / 4 tokens after the last earlier 4
+    assert NgramIndex([4, 4]).draft(2) == [4]          # ... and at least one
     with pytest.raises(Exception, match="nmin <= nmax"):
         NgramIndex([], nmax=1, nmin=2)
 
