@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--spread-mb", type=float, default=96)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rows", default="1", help="comma-separated M (activation rows: 1 = a decode step, k = a "
-                    "verify of k tokens); the W4A8 panel kernel is timed at each, the others at M = 1")
+                    "verify of k tokens); the W4A8 and int4 lookup kernels are timed at each, the int8 head at M = 1")
     args = ap.parse_args()
     rows_m = [int(v) for v in args.rows.split(",")]
     if min(rows_m) < 1:
@@ -95,7 +95,10 @@ def main():
             fn = build(K.make_int4_lookup_gemv(n, k, g, "float32", "uint8"))
             ws = [(arr(rng.integers(0, 256, (n, k // 2)).astype("uint8")), arr(rng.random((n, ng)).astype("float32")),
                    arr(rng.integers(0, 16, (n, ng)).astype("uint8"))) for _ in range(copies)]
-            rows.append(("int4 lookup (f32 x)", n, k, timed(fn, ws, (x,), (y,), args.rounds), n * k // 2 + n * ng * 5))
+            for m in rows_m:
+                rows.append(("int4 lookup (f32 x)" + (f", M = {m}" if m > 1 else ""), n, k,
+                             timed(fn, ws, (arr(rng.standard_normal((m, k)).astype("float32")),),
+                                   (arr(np.zeros((m, n), "float32")),), args.rounds), n * k // 2 + n * ng * 5))
     n, k = 49152, 576
     fn = build(K.make_int8_gemv(n, k, k, "float32", None))
     ws = [(arr(rng.integers(-127, 128, (n, k)).astype("int8")), arr(rng.random((n, 1)).astype("float32")),

@@ -111,6 +111,7 @@ def has_avx512() -> bool:
     return bool(tvm.target.codegen.llvm_cpu_has_features("avx512f", tvm.target.Target(_target_spec())))
 
 
+ROW_BLOCK = 4   # activation rows (tokens of a verify or prefill) the int4 kernels run per weight load
 RB = 4   # weight rows the lookup kernel works on at once: RB independent accumulator chains share each x load
 
 
@@ -127,9 +128,9 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
     register; `vpermps` (llvm.x86.avx512.permvar.sf.512, which reads only an index's low 4 bits) turns
     16 bytes of codes into 16 f32 weights for each nibble: no mask, no int->float conversion, no scaling
     in the inner loop. A weight is (c - zero) * scale as in the reference; only the order of the f32
-    additions differs. RB rows at a time share each activation load.
-    M = 1 (decode): lookups feed the FMAs directly. M > 1 (prefill, speculative verify): RB rows are
-    unpacked once into a local [RB, k] f32 tile, then every row of x runs over the tile."""
+    additions differs. RB rows at a time share each activation load, and rows of x run in blocks of
+    ROW_BLOCK (then 2, then 1; prefill, speculative verify) that share each looked-up weight vector. Each row
+    of x is computed alike whatever M is: a verify of k tokens equals k decode steps bit for bit.""" 
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng, hb = k // g, g // 2
@@ -155,6 +156,26 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
     def high(qw, o, i):
         return T.shift_right(T.Cast(f"int32x{LANES}", qw[o, V(i)]), T.broadcast(4, LANES))
 
+    @T.macro
+    def block(o0, m0, rows, qw, sc, zp, x, y, acc, tab):   # weight rows o0 .. o0 + RB - 1 for x rows m0 .. m0 + rows - 1
+        for i in T.unroll(rows * RB):
+            acc[i, V(0)] = T.broadcast(T.float32(0), LANES)
+        for gi in range(ng):
+            for r in T.unroll(RB):
+                tab[r, V(0)] = table(sc, zp, o0 + r, gi)
+                T.evaluate(prefetch(qw, o0 + r + PREFETCH_ROWS, gi * hb))
+            for jo in range(jo_n):
+                for r in T.unroll(RB):
+                    for mb in T.unroll(rows):   # each looked-up weight vector serves every row of x in the block
+                        acc[mb * RB + r, V(0)] = acc[mb * RB + r, V(0)] \
+                            + lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES)) * x[m0 + mb, V(gi * g + jo * LANES)] \
+                            + lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES)) * x[m0 + mb, V(gi * g + hb + jo * LANES)]
+        for mb in T.unroll(rows):
+            for r in T.unroll(RB):
+                for l in range(1, LANES):
+                    acc[mb * RB + r, 0] = acc[mb * RB + r, 0] + acc[mb * RB + r, l]
+                y[m0 + mb, o0 + r] = acc[mb * RB + r, 0]
+
     @T.prim_func(private=True)
     def int4_lookup_gemv(x_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"), sc: T.Buffer((n, ng), scale_dtype),
                          zp: T.Buffer(zshape, zdt), y_h: T.handle):
@@ -163,46 +184,16 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((RB, LANES), "float32", scope="local")
+            acc = T.decl_buffer((ROW_BLOCK * RB, LANES), "float32", scope="local")
             tab = T.decl_buffer((RB, LANES), "float32", scope="local")
-            wt = T.decl_buffer((RB, k), "float32", scope="local")
             for ob in range(ROWS // RB):
                 if oc * ROWS + ob * RB < n:
-                    o0 = oc * ROWS + ob * RB
-                    if m_n == 1:
-                        for r in T.unroll(RB):
-                            acc[r, V(0)] = T.broadcast(T.float32(0), LANES)
-                        for gi in range(ng):
-                            for r in T.unroll(RB):
-                                tab[r, V(0)] = table(sc, zp, o0 + r, gi)
-                                T.evaluate(prefetch(qw, o0 + r + PREFETCH_ROWS, gi * hb))
-                            for jo in range(jo_n):
-                                for r in T.unroll(RB):
-                                    acc[r, V(0)] = acc[r, V(0)] \
-                                        + lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES)) * x[0, V(gi * g + jo * LANES)] \
-                                        + lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES)) * x[0, V(gi * g + hb + jo * LANES)]
-                        for r in T.unroll(RB):
-                            for l in range(1, LANES):
-                                acc[r, 0] = acc[r, 0] + acc[r, l]
-                            y[0, o0 + r] = acc[r, 0]
-                    else:
-                        for gi in range(ng):
-                            for r in T.unroll(RB):
-                                tab[r, V(0)] = table(sc, zp, o0 + r, gi)
-                            for jo in range(jo_n):
-                                for r in T.unroll(RB):
-                                    wt[r, V(gi * g + jo * LANES)] = lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES))
-                                    wt[r, V(gi * g + hb + jo * LANES)] = lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES))
-                        for m in range(m_n):
-                            for r in T.unroll(RB):
-                                acc[r, V(0)] = T.broadcast(T.float32(0), LANES)
-                            for kk in range(kv):
-                                for r in T.unroll(RB):
-                                    acc[r, V(0)] = acc[r, V(0)] + wt[r, V(kk * LANES)] * x[m, V(kk * LANES)]
-                            for r in T.unroll(RB):
-                                for l in range(1, LANES):
-                                    acc[r, 0] = acc[r, 0] + acc[r, l]
-                                y[m, o0 + r] = acc[r, 0]
+                    for mo in range(m_n // ROW_BLOCK):
+                        block(oc * ROWS + ob * RB, mo * ROW_BLOCK, ROW_BLOCK, qw, sc, zp, x, y, acc, tab)
+                    if m_n % ROW_BLOCK >= 2:
+                        block(oc * ROWS + ob * RB, m_n // ROW_BLOCK * ROW_BLOCK, 2, qw, sc, zp, x, y, acc, tab)
+                    if m_n % 2 == 1:
+                        block(oc * ROWS + ob * RB, m_n - 1, 1, qw, sc, zp, x, y, acc, tab)
     return int4_lookup_gemv
 
 
@@ -827,7 +818,6 @@ def make_kv_append(axis: int, dtype: str):
 
 PREFETCH_PANELS = 2   # panels ahead the W4A8 panel kernel prefetches (9 KB at k = 576)
 VPANEL = 16   # output rows of one W4A8 panel: one int32 lane each of a 512-bit `vpdpbusd`
-ROW_BLOCK = 4   # activation rows (tokens of a verify or prefill) the panel kernel runs per load of the weights
 
 
 def vnni_panels_ok(n: int, k: int, group: int, bits: int) -> bool:

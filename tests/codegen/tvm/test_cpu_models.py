@@ -112,17 +112,21 @@ def test_artifact_from_another_host_is_rebuilt_with_a_note(saved, key, value):
     assert torch.equal(loaded.generate(ids, max_new_tokens=6), saved[0].generate(ids, max_new_tokens=6))
 
 
-def test_w4a8_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_exact():
+@pytest.mark.parametrize("a8", [True, False], ids=["w4a8", "int4"])
+def test_int4_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_exact(a8):
     """With int8 activations (quantize-activations) a 1e-7 difference upstream can move an activation code, so
     a verify of k candidates must compute each row exactly as a one-token step does (attention's decode form
-    whenever there is a past, however many candidates: kernels.PREFILL_MIN_Q): logits equal bit for bit, and
-    prompt-lookup speculative decoding gives plain greedy decoding's tokens."""
-    from slimgraph.codegen.tvm.kernels import PREFILL_MIN_Q, has_vnni
+    whenever there is a past, however many candidates: kernels.PREFILL_MIN_Q; the int4 kernels' row blocks do
+    each row's arithmetic as a single row's): logits equal bit for bit, and prompt-lookup speculative decoding
+    gives plain greedy decoding's tokens. Weight-only int4 (the lookup kernel) keeps the same property."""
+    from slimgraph.codegen.tvm.kernels import PREFILL_MIN_Q, has_avx512, has_vnni
     model = tiny_llama(vocab_size=128)
     pipe = ("canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,merge-sibling-linears,"
-            "quantize-activations,cse,dce")
+            + ("quantize-activations," if a8 else "") + "cse,dce")
     fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="cpu", pipeline=pipe)
-    assert ("int4_vnni_panel_gemv" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
+    source = fast.runner.products.read_bytes("cpu_module.relax.py").decode()
+    assert ("int4_vnni_panel_gemv" in source) == (a8 and has_vnni())
+    assert ("int4_lookup_gemv" in source) == (not a8 and has_avx512())
     gen = torch.Generator().manual_seed(3)
     prompt, cands = torch.randint(0, 128, (1, 7), generator=gen), torch.randint(0, 128, (1, 40), generator=gen)
     steps = fast.decoder()
