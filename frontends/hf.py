@@ -176,23 +176,37 @@ def _takes_mask_dict(model) -> bool:
 
 
 def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
-                     example_past: int = 3) -> tuple[Imported, KVLayout]:
-    """Export a transformers causal LM to an IR graph over flat caches (see the module docstring)."""
+                     example_past: int = 3, notes: list | None = None) -> tuple[Imported, KVLayout]:
+    """Export a transformers causal LM to an IR graph over flat caches (see the module docstring). A second
+    export of a model with the same code, config and tensor layout comes from frontends/export_cache.py
+    (checked against the model on the example inputs); `notes` receives what the cache did."""
     try:
         from transformers import DynamicCache  # noqa: F401
     except ImportError as e:
         raise ImportError("export_causal_lm needs transformers: pip install 'slimgraph[hf]'") from e
     from torch.export import Dim
+    from . import export_cache
+    notes = [] if notes is None else notes
     model = model.eval()
     dtype = next(model.parameters()).dtype
     kv = _checked_layout(model, kv_layout(model.config, dtype, getattr(model, "generation_config", None)))
     # examples > 1 so that export does not specialize batch/seq/past to 0 or 1
     batch = 2 if dynamic_batch else 1
-    ids = torch.randint(0, model.config.vocab_size, (batch, example_seq))
+    ids = torch.randint(0, model.config.vocab_size, (batch, example_seq),
+                        generator=torch.Generator().manual_seed(0))
     positions = torch.arange(example_past, example_past + example_seq).expand(batch, -1)
     mask = torch.ones(batch, 1, example_seq, example_past + example_seq, dtype=torch.bool)
     past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
             for _ in range(2 * kv.num_layers)]
+    example = (ids, positions, mask, *past)
+    key = export_cache.key(model, {"dynamic_batch": dynamic_batch, "example_seq": example_seq,
+                                   "example_past": example_past}) if export_cache.enabled() else None
+    graph = export_cache.load(key, model, notes) if key else None
+    if graph is not None:
+        if _reproduces(graph, model, example):
+            notes.append(f"torch.export skipped: export cache hit ({export_cache.cache_dir() / key}.sgir)")
+            return Imported(graph, None, None, [v.name for v in graph.inputs], [v.name for v in graph.outputs]), kv
+        notes.append(f"export cache entry {key}.sgir did not reproduce the model's outputs; exported again")
     seq_dim, past_dim = Dim("seq"), Dim("past", min=0)
     ids_dims = {1: seq_dim} | ({0: Dim("batch")} if dynamic_batch else {})
     past_dims = tuple({2: past_dim} | ({0: ids_dims[0]} if dynamic_batch else {}) for _ in past)
@@ -201,7 +215,7 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     out_names = ["logits"] + [n.replace("past_", "present_") for n in names]
     from .torch_export import ConversionError
     try:
-        imp = import_module(FlatCacheLM(model), (ids, positions, mask, *past),
+        imp = import_module(FlatCacheLM(model), example,
                             dynamic_shapes=(ids_dims, ids_dims, mask_dims, past_dims),
                             input_names=["input_ids", "position_ids", "attention_mask", *names],
                             output_names=out_names, strip_prefix="model.")
@@ -210,7 +224,32 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     except Exception as e:  # noqa: BLE001 - the model's own forward or torch.export failed on the convention
         raise _convention_error(model, e) from e
     declare_kv_states(imp.graph, kv.num_layers)
+    if key and export_cache.store(key, imp.graph, model, notes):
+        # the graph as the cache holds it, so this export and later hits are one graph (value names included:
+        # the targets' build caches key on the graph text)
+        imp.graph = export_cache.load(key, model, notes) or imp.graph
     return imp, kv
+
+
+def _reproduces(graph, model, example) -> bool:
+    """Whether `graph` (the reference interpreter) gives the model's own outputs on the example inputs: the
+    check that a cached export still is this model's graph, whatever its key missed."""
+    from ..ir.interpreter import run
+    with torch.no_grad():
+        want = FlatCacheLM(model)(*example)
+        try:
+            got = run(graph, *example)
+        except Exception:  # noqa: BLE001 - a graph that does not even run on them is not this model's
+            return False
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if g.shape != w.shape or g.dtype != w.dtype:
+            return False
+        tol = 1e-4 if w.dtype == torch.float32 else 2e-2
+        if not torch.allclose(g.float(), w.float(), rtol=tol, atol=tol * max(1.0, float(w.float().abs().max()))):
+            return False
+    return True
 
 
 def declare_kv_states(graph, num_layers: int, axis: int = 2) -> None:

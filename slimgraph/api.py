@@ -78,7 +78,7 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
         return model.copy(), sig, None, (list(args) if args else None)
     if _is_causal_lm(model):
         from .frontends.hf import export_causal_lm
-        imported, kv = export_causal_lm(model)
+        imported, kv = export_causal_lm(model, notes=notes)
         sig = Signature("causal-lm", input_names=list(imported.input_names))
         flat = sig.flatten_call(args, kwargs, imported.graph) if (args or kwargs) else None
         return imported.graph, sig, kv, flat
