@@ -1,0 +1,63 @@
+"""Review of frontends/export_cache.py: inputs under which the export cache crashes an optimize() that works
+without it, or serves a graph that is not the model's."""
+import pytest
+import torch
+
+import slimgraph
+from slimgraph.frontends import export_cache
+from slimgraph.frontends.hf import FlatCacheLM, export_causal_lm
+from slimgraph.ir.interpreter import run
+from tests.tiny_lm import tiny_llama
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SLIMGRAPH_EXPORT_CACHE", raising=False)
+    return tmp_path / "export"
+
+
+def test_a_config_attribute_json_cannot_write_does_not_break_optimize(cache):
+    """A config carrying a value json cannot write (here a torch.device) optimizes with
+    SLIMGRAPH_EXPORT_CACHE=0; with the cache on, key() must not crash the export (the model can be
+    uncacheable, not un-optimizable). Current main: TypeError: Object of type device is not JSON serializable."""
+    model = tiny_llama()
+    model.config.my_device = torch.device("cpu")
+    ids = torch.randint(0, 96, (1, 7), generator=torch.Generator().manual_seed(1))
+    compiled = slimgraph.optimize(model, (ids,), target="reference")
+    assert torch.equal(compiled.generate(ids, max_new_tokens=6, eos_token_id=[]),
+                       model.generate(ids, max_new_tokens=6, do_sample=False))
+
+
+def _stretched_rope(beyond):
+    """A patch of LlamaRotaryEmbedding.forward (position interpolation past `beyond`): a closure, so every
+    `beyond` gives a function of the same code object."""
+    import transformers.models.llama.modeling_llama as llama
+    orig = llama.LlamaRotaryEmbedding.forward
+
+    def forward(self, x, position_ids):
+        pos = torch.where(position_ids >= beyond, beyond + (position_ids - beyond) // 2, position_ids)
+        return orig(self, x, pos)
+    return forward
+
+
+def test_a_class_method_patched_with_another_closure_is_not_served_the_old_graph(cache, monkeypatch):
+    """The key hashes a patched method's code object, not its closure: two patches made by one factory share a
+    key. The hit check runs positions 3..7 only, so a patch that differs from position 12 on passes it, and the
+    cached graph of the first patch is served for the second, silently wrong from position 12. Expected: the
+    graph computes what the (patched) model computes on a 20-token prompt."""
+    import transformers.models.llama.modeling_llama as llama
+    model = tiny_llama()
+    monkeypatch.setattr(llama.LlamaRotaryEmbedding, "forward", _stretched_rope(10 ** 6))   # a no-op here
+    export_causal_lm(model)
+    monkeypatch.setattr(llama.LlamaRotaryEmbedding, "forward", _stretched_rope(12))
+    imp, kv = export_causal_lm(model)
+    seq = 20
+    ids = torch.randint(0, 96, (1, seq), generator=torch.Generator().manual_seed(4))
+    positions = torch.arange(seq)[None]
+    mask = torch.ones(seq, seq, dtype=torch.bool).tril()[None, None]
+    past = [torch.zeros(1, kv.num_kv_heads, 0, kv.head_dim) for _ in range(2 * kv.num_layers)]
+    with torch.no_grad():
+        want = FlatCacheLM(model)(ids, positions, mask, *past)[0]
+        got = run(imp.graph, ids, positions, mask, *past)[0]
+    assert torch.allclose(got, want, atol=1e-4), f"max |diff| {float((got - want).abs().max()):.3g}"
