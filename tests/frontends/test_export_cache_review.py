@@ -61,3 +61,37 @@ def test_a_class_method_patched_with_another_closure_is_not_served_the_old_graph
         want = FlatCacheLM(model)(ids, positions, mask, *past)[0]
         got = run(imp.graph, ids, positions, mask, *past)[0]
     assert torch.allclose(got, want, atol=1e-4), f"max |diff| {float((got - want).abs().max()):.3g}"
+
+
+def test_the_methods_digest_does_not_depend_on_who_else_holds_the_code():
+    """marshal.dumps marks objects held more than once (FLAG_REF), so its bytes for one unchanged code object
+    change with the interpreter's reference counts: a key built on them differs between two calls."""
+    class A:
+        def f(self):
+            return ("a tuple", 12345678901, 3.5)
+    before = export_cache._methods_digest(A)
+    held = A.f.__code__.co_consts   # noqa: F841 - one more reference, no change to the code
+    assert export_cache._methods_digest(A) == before
+
+
+def test_an_unchanged_model_still_hits_after_another_model_is_built(cache):
+    """What the digest above does to the cache: building a tied-embedding model runs
+    PreTrainedModel.get_expanded_tied_weights_keys for the first time, which changes reference counts of its
+    code's constants and so the key of every transformers model; the same untied model then misses (and writes
+    a second entry). In a fresh interpreter, as a pytest process may have built tied models already."""
+    import subprocess
+    import sys
+    code = (
+        "from slimgraph.frontends.hf import export_causal_lm\n"
+        "from tests.tiny_lm import tiny_llama\n"
+        "m = tiny_llama()\n"
+        "export_causal_lm(m)\n"
+        "tiny_llama(tie_word_embeddings=True)\n"
+        "notes = []\n"
+        "export_causal_lm(m, notes=notes)\n"
+        "print('HIT' if any('export cache hit' in n for n in notes) else 'MISS')\n")
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("HIT"), (out.stdout[-500:], sorted(p.name for p in cache.glob("*.sgir")))
