@@ -21,17 +21,19 @@ import functools
 import hashlib
 import inspect
 import json
-import marshal
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import torch
 
 VERSION = 1   # bump when what an entry means changes
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def enabled() -> bool:
-    return os.environ.get("SLIMGRAPH_EXPORT_CACHE", "1") not in ("0", "false", "no", "")
+    return os.environ.get("SLIMGRAPH_EXPORT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def cache_dir() -> Path:
@@ -53,15 +55,72 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _methods_digest(cls) -> str:
-    """sha256 of the code of the functions in the class's own namespace: a method replaced on the class (a
-    patch) changes it even though the source file does not."""
+def _code_digest(code, h) -> None:
+    """Feed a code object to `h` by its parts (marshal's bytes depend on reference counts: not stable)."""
+    h.update(code.co_code)
+    for part in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+        h.update(repr(part).encode())
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            _code_digest(c, h)
+        elif isinstance(c, frozenset):   # its repr's order follows string hashing: differs between processes
+            h.update(repr(sorted(map(repr, c))).encode())
+        else:
+            h.update(repr(c).encode())
+
+
+def _callable_digest(f, h, depth: int = 0) -> None:
+    """Feed what a function computes with to `h`: its code, defaults, closure values (recursively for callables)
+    and what a decorator wraps; properties, static/class methods and partials by their functions."""
+    if depth > 8:
+        return
+    for attr in ("fget", "fset", "__func__", "func", "__wrapped__"):   # property, methods, partial, decorators
+        inner = getattr(f, attr, None)
+        if inner is not None and inner is not f:
+            _callable_digest(inner, h, depth + 1)
+    if isinstance(f, functools.partial):
+        h.update(repr((f.args, f.keywords)).encode())
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return
+    _code_digest(code, h)
+    values = [*(getattr(f, "__defaults__", None) or ()), *(getattr(f, "__kwdefaults__", None) or {}).items()]
+    for cell in getattr(f, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:   # an empty cell
+            pass
+    for v in values:
+        _value_digest(v, h, depth + 1)
+
+
+def _value_digest(v, h, depth: int) -> None:
+    """A default or closure value: callables by what they compute, containers by their items, the rest by
+    repr without object addresses (they differ between processes)."""
+    if callable(v) and not isinstance(v, type):
+        _callable_digest(v, h, depth)
+    elif isinstance(v, (tuple, list)) and depth < 8:
+        for x in v:
+            _value_digest(x, h, depth + 1)
+    elif isinstance(v, (set, frozenset)):
+        h.update(repr(sorted(_ADDRESS.sub("", repr(x)) for x in v)).encode())
+    else:
+        h.update(_ADDRESS.sub("", repr(v)).encode())
+
+
+def _namespace_digest(namespace: dict) -> str:
+    """sha256 of the callables of a class or module namespace: a method or module function replaced at run
+    time (a patch, another closure of one factory) changes it even though no source file does."""
     h = hashlib.sha256()
-    for name, f in sorted(vars(cls).items()):
-        code = getattr(getattr(f, "__func__", f), "__code__", None)
-        if code is not None:
-            h.update(name.encode() + b"\0" + marshal.dumps(code))
+    for name, f in sorted(namespace.items(), key=lambda kv: kv[0]):
+        if callable(f) or isinstance(f, (property, staticmethod, classmethod)):
+            h.update(name.encode() + b"\0")
+            _callable_digest(f, h)
     return h.hexdigest()
+
+
+def _methods_digest(cls) -> str:
+    return _namespace_digest(dict(vars(cls)))
 
 
 def named_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -71,20 +130,34 @@ def named_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def key(model: torch.nn.Module, options: dict) -> str | None:
     """The cache key of exporting `model` with `options`, or None when the model cannot be keyed safely: a
-    module whose `forward` was replaced on the instance, or a class whose source file cannot be read."""
+    module whose `forward` was replaced on the instance, forward hooks, a class whose source cannot be read,
+    a config json cannot write."""
+    try:
+        return _key(model, options)
+    except Exception:  # noqa: BLE001 - whatever cannot be keyed is exported every time, never wrongly cached
+        return None
+
+
+def _key(model, options):
+    import sys
     import transformers
-    classes = {}
+    from torch.nn.modules import module as nn_module
+    if any(getattr(nn_module, g, None) for g in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return None
+    classes, modules = {}, {}
     for mod in model.modules():
-        if "forward" in vars(mod):     # an instance-level forward: code the key cannot see
+        if "forward" in vars(mod) or mod._forward_hooks or mod._forward_pre_hooks:   # code the key cannot see
             return None
         for cls in type(mod).__mro__:
             name = f"{cls.__module__}.{cls.__qualname__}"
             if name in classes or cls.__module__.startswith(("torch.", "builtins")) or cls is object:
                 continue
-            try:
-                classes[name] = [_file_digest(inspect.getsourcefile(cls)), _methods_digest(cls)]
-            except (OSError, TypeError, ValueError):
+            source = inspect.getsourcefile(cls)
+            if source is None:
                 return None
+            classes[name] = [_file_digest(source), _methods_digest(cls)]
+            if cls.__module__ not in modules and cls.__module__ in sys.modules:   # its module's functions
+                modules[cls.__module__] = _namespace_digest(dict(vars(sys.modules[cls.__module__])))
     tensors = named_tensors(model)
     ties: dict[int, list[str]] = {}
     for name, t in tensors.items():
@@ -93,20 +166,19 @@ def key(model: torch.nn.Module, options: dict) -> str | None:
     parts = {
         "version": VERSION, "import_code": _import_code_digest(), "torch": torch.__version__,
         "transformers": transformers.__version__, "model": f"{type(model).__module__}.{type(model).__qualname__}",
-        "classes": sorted(classes.items()),
-        "config": config.to_json_string(use_diff=False) if config is not None else None,
+        "classes": sorted(classes.items()), "modules": sorted(modules.items()),
+        "config": json.dumps(config.to_dict(), sort_keys=True) if config is not None else None,
         "attn_implementation": getattr(config, "_attn_implementation", None),
         "tensors": [(n, list(t.shape), str(t.dtype), t.device.type) for n, t in tensors.items()],
         "ties": sorted(sorted(v) for v in ties.values() if len(v) > 1),
         "options": options,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def load(k: str, model: torch.nn.Module, notes: list):
     """The cached graph for key `k` with the model's tensors bound, or None (no entry, or a damaged one:
     noted in `notes`)."""
-    from ..ir.parser import ParseError, parse_graph
     text_path, sum_path = cache_dir() / f"{k}.sgir", cache_dir() / f"{k}.sha256"
     try:
         text, digest = text_path.read_bytes(), sum_path.read_text()
@@ -116,39 +188,45 @@ def load(k: str, model: torch.nn.Module, notes: list):
         notes.append(f"export cache entry {text_path.name} did not match its checksum (truncated or corrupt); "
                      "exported again")
         return None
-    tensors = {n: t.detach() for n, t in named_tensors(model).items()}   # shared, as torch.export gives them
+    return bind(text, model, notes, text_path.name)
+
+
+def bind(text: bytes, model: torch.nn.Module, notes: list, origin: str = "graph text"):
+    """Parse an entry's IR text with the model's own tensors as its weights (shared, detached as torch.export
+    gives them), or None when it cannot be read or names a tensor the model lacks (noted)."""
+    from ..ir.parser import ParseError, parse_graph
+    tensors = {n: t.detach() for n, t in named_tensors(model).items()}
     try:
         graph = parse_graph(text.decode(), weights=tensors)
     except (ParseError, UnicodeDecodeError) as e:
-        notes.append(f"export cache entry {text_path.name} could not be read ({e}); exported again")
+        notes.append(f"export cache entry {origin} could not be read ({e}); exported again")
         return None
     missing = [n for n in graph.weights if n not in tensors]
     if missing:
-        notes.append(f"export cache entry {text_path.name} names tensors the model lacks ({missing[:3]}); "
-                     "exported again")
+        notes.append(f"export cache entry {origin} names tensors the model lacks ({missing[:3]}); exported again")
         return None
     return graph
 
 
-def store(k: str, graph, model: torch.nn.Module, notes: list) -> bool:
+def store(k: str, graph, model: torch.nn.Module, notes: list) -> bytes | None:
     """Write the entry for key `k` when every weight of `graph` is one of the model's tensors (shared, not a
-    copy or a derived constant); True when written."""
+    copy or a derived constant); returns the entry's text when written."""
     from ..ir.printer import print_graph
     tensors = named_tensors(model)
     for name, w in graph.weights.items():
         t, own = w.tensor, tensors.get(name)
         if own is None or t.data_ptr() != own.data_ptr() or t.shape != own.shape or t.stride() != own.stride() \
                 or t.dtype != own.dtype:
-            return False
+            return None
     text = print_graph(graph).encode()
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
         for dst, data in ((d / f"{k}.sha256", hashlib.sha256(text).hexdigest().encode()), (d / f"{k}.sgir", text)):
-            tmp = dst.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, dst)
+            with tempfile.NamedTemporaryFile(dir=d, prefix=f"{k}.", suffix=".tmp", delete=False) as f:
+                f.write(data)
+            os.replace(f.name, dst)
     except OSError as e:   # a read-only home: the import still works, only uncached
         notes.append(f"export cache {d} not writable ({e}); exported without caching")
-        return False
-    return True
+        return None
+    return text

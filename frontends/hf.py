@@ -199,11 +199,17 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
             for _ in range(2 * kv.num_layers)]
     example = (ids, positions, mask, *past)
+    # the hit check's second input: one longer prompt from position 0 (behaviour that starts past the example's
+    # few positions, e.g. a window or a rope scaling, must show in it)
+    n = min(64, getattr(model.config, "max_position_embeddings", 64) or 64)
+    longer = (torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1)),
+              torch.arange(n)[None], torch.ones(1, 1, n, n, dtype=torch.bool).tril(),
+              *[torch.zeros(1, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype) for _ in range(2 * kv.num_layers)])
     key = export_cache.key(model, {"dynamic_batch": dynamic_batch, "example_seq": example_seq,
                                    "example_past": example_past}) if export_cache.enabled() else None
     graph = export_cache.load(key, model, notes) if key else None
     if graph is not None:
-        if _reproduces(graph, model, example):
+        if all(_reproduces(graph, model, x) for x in (example, longer)):
             notes.append(f"torch.export skipped: export cache hit ({export_cache.cache_dir() / key}.sgir)")
             return Imported(graph, None, None, [v.name for v in graph.inputs], [v.name for v in graph.outputs]), kv
         notes.append(f"export cache entry {key}.sgir did not reproduce the model's outputs; exported again")
@@ -224,16 +230,19 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     except Exception as e:  # noqa: BLE001 - the model's own forward or torch.export failed on the convention
         raise _convention_error(model, e) from e
     declare_kv_states(imp.graph, kv.num_layers)
-    if key and export_cache.store(key, imp.graph, model, notes):
-        # the graph as the cache holds it, so this export and later hits are one graph (value names included:
-        # the targets' build caches key on the graph text)
-        imp.graph = export_cache.load(key, model, notes) or imp.graph
+    text = export_cache.store(key, imp.graph, model, notes) if key else None
+    if text is not None:
+        # the graph as the cache holds it (parsed from the text written, not read back: another process may
+        # write the entry meanwhile), so this export and later hits are one graph, value names included: the
+        # targets' build caches key on the graph text
+        imp.graph = export_cache.bind(text, model, notes) or imp.graph
     return imp, kv
 
 
 def _reproduces(graph, model, example) -> bool:
-    """Whether `graph` (the reference interpreter) gives the model's own outputs on the example inputs: the
-    check that a cached export still is this model's graph, whatever its key missed."""
+    """Whether `graph` (the reference interpreter) gives the model's own outputs on `example`: the check that a
+    cached export still is this model's graph, whatever its key missed. It samples (two inputs, up to 64
+    positions): the key is the guard for what they do not reach."""
     from ..ir.interpreter import run
     with torch.no_grad():
         want = FlatCacheLM(model)(*example)

@@ -99,3 +99,25 @@ def test_what_the_key_sees(cache, monkeypatch):
     monkeypatch.setenv("SLIMGRAPH_EXPORT_CACHE", "0")
     export_causal_lm(tiny_llama())
     assert not cache.exists()
+
+
+def test_another_process_hits_the_entry(cache):
+    """The key is the same in every process: nothing in it depends on string hashing (set constants of the
+    model code) or object addresses (a function as a default argument)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("from slimgraph.frontends.hf import export_causal_lm\n"
+            "from tests.tiny_lm import tiny_llama\n"
+            "notes = []\n"
+            "export_causal_lm(tiny_llama(), notes=notes)\n"
+            "print('HIT' if any('export cache hit' in n for n in notes) else 'MISS')\n")
+    root = Path(__file__).resolve().parents[2]
+    seen = []
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.returncode == 0, out.stderr[-2000:]
+        seen.append(out.stdout.strip().splitlines()[-1])
+    assert seen == ["MISS", "HIT"]
