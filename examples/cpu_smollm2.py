@@ -56,5 +56,6 @@ with tempfile.TemporaryDirectory() as d:
     fast.save(path)
     t = time.perf_counter()
     again = slimgraph.load(path)          # the library is in the artifact: no compiling on this host
-    print(f"artifact loaded in {time.perf_counter() - t:.1f} s, notes: {again.report.notes or 'none'}; "
+    added = [n for n in again.report.notes if n not in fast.report.notes]   # what loading did (a rebuild says so)
+    print(f"artifact loaded in {time.perf_counter() - t:.1f} s, notes: {added or 'none'}; "
           f"same tokens after load: {torch.equal(again.generate(ids, args.new_tokens, eos_token_id=[]), plain)}")
