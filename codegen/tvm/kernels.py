@@ -130,11 +130,11 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
     in the inner loop. A weight is (c - zero) * scale as in the reference; only the order of the f32
     additions differs. RB rows at a time share each activation load, and rows of x run in blocks of
     ROW_BLOCK (then 2, then 1; prefill, speculative verify) that share each looked-up weight vector. Each row
-    of x is computed alike whatever M is: a verify of k tokens equals k decode steps bit for bit.""" 
+    of x is computed alike whatever M is: a verify of k tokens equals k decode steps bit for bit."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng, hb = k // g, g // 2
-    jo_n, kv = hb // LANES, k // LANES
+    jo_n = hb // LANES
     has_zero = zero_dtype is not None
     zshape = (n, ng) if has_zero else (1, 1)
     zdt = zero_dtype or "uint8"
@@ -904,7 +904,6 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
 
     def hi(qp, p, gi, c):   # int4: the chunk's high nibbles (columns 8c+4..8c+7)
         return T.shift_right(qp[p, gi * cg + c, V(0, VPANEL * 4)], T.broadcast(T.uint8(4), VPANEL * 4))
-
 
     @T.macro
     def block(p, m0, rows, qp, sp, zp, xq, xs, xsum, y, acc, dots):   # rows m0 .. m0 + rows - 1 of panel p
