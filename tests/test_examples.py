@@ -87,8 +87,9 @@ def test_cuda_llama_in_the_triton_interpreter():
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_cpu_smollm2():
-    """examples/cpu_smollm2.py: W4A8 SmolLM2 on the cpu target answers, prompt lookup keeps the greedy tokens,
-    and the saved artifact loads without a rebuild and decodes the same tokens."""
+    """examples/cpu_smollm2.py: W4A8 SmolLM2 on the cpu target answers, a second compile hits the export cache,
+    prompt lookup keeps the greedy tokens, and the saved artifact loads without a rebuild and decodes the same
+    tokens."""
     pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
     from slimgraph import zoo
     if not zoo.available("smollm2-135m"):  # CI installs the models: there a missing one fails
@@ -96,4 +97,5 @@ def test_cpu_smollm2():
     out = run_example("cpu_smollm2.py", "--new-tokens", "16", timeout=1200)
     assert re.search(r"greedy: [\d.]+ tokens/s", out) and "\nA: " in out and len(out.split("\nA: ")[1]) > 10
     assert "same tokens as greedy: True" in out
+    assert "(export cache hit: True)" in out      # the second compile skips torch.export
     assert "notes: none; same tokens after load: True" in out
