@@ -199,16 +199,16 @@ def export_causal_lm(model, dynamic_batch: bool = True, example_seq: int = 5,
     past = [torch.zeros(batch, kv.num_kv_heads, example_past, kv.head_dim, dtype=dtype)
             for _ in range(2 * kv.num_layers)]
     example = (ids, positions, mask, *past)
-    # the hit check's second input: one longer prompt from position 0 (behaviour that starts past the example's
-    # few positions, e.g. a window or a rope scaling, must show in it)
-    n = min(64, getattr(model.config, "max_position_embeddings", 64) or 64)
-    longer = (torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1)),
-              torch.arange(n)[None], torch.ones(1, 1, n, n, dtype=torch.bool).tril(),
-              *[torch.zeros(1, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype) for _ in range(2 * kv.num_layers)])
     key = export_cache.key(model, {"dynamic_batch": dynamic_batch, "example_seq": example_seq,
                                    "example_past": example_past}) if export_cache.enabled() else None
     graph = export_cache.load(key, model, notes) if key else None
     if graph is not None:
+        # the hit check's second input: one longer prompt from position 0 (behaviour that starts past the
+        # example's few positions, e.g. a window or a rope scaling, must show in it)
+        n = min(64, getattr(model.config, "max_position_embeddings", 64) or 64)
+        longer = (torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1)),
+                  torch.arange(n)[None], torch.ones(1, 1, n, n, dtype=torch.bool).tril(),
+                  *[torch.zeros(1, kv.num_kv_heads, 0, kv.head_dim, dtype=dtype) for _ in range(2 * kv.num_layers)])
         if all(_reproduces(graph, model, x) for x in (example, longer)):
             notes.append(f"torch.export skipped: export cache hit ({export_cache.cache_dir() / key}.sgir)")
             return Imported(graph, None, None, [v.name for v in graph.inputs], [v.name for v in graph.outputs]), kv
