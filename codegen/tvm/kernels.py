@@ -35,8 +35,12 @@ def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "f
 
 
 LANES = 16   # f32 lanes of one AVX-512 register (two AVX2 ones): the accumulator width of the kernels
-ROWS = 16    # output rows per parallel task of the GEMV kernels: their scratch accumulators are allocated per
-             # task (TVM gives a parallel body's buffers a workspace allocation), not per row
+ROWS = 16    # output rows per parallel task of the GEMV kernels (their scratch accumulators are declared per task)
+# Scratch buffers (accumulators, tables) are declared in the default scope, never scope="local": TVM 0.27 lowers a
+# "local" buffer on the CPU to a TVMBackendAllocWorkspace/FreeWorkspace pair per loop iteration that declares it,
+# and LLVM must then keep the buffer in memory (a store per update); a default-scope buffer of constant size under
+# 1024 bytes (TVM's kMaxStackAlloca) becomes a stack alloca, which LLVM promotes to registers. Measured on the W4A8
+# panel GEMV (3072 x 576, one row): 28 -> 16 us with its weights in cache, 47 -> 40 us out of cache.
 
 
 def int4_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
@@ -70,10 +74,10 @@ def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((lanes,), "float32", scope="local")
+            acc = T.decl_buffer((lanes,), "float32")
             for oi, m in T.grid(ROWS, m_n):
                 if oc * ROWS + oi < n:
-                    o = oc * ROWS + oi
+                    o = T.meta_var(oc * ROWS + oi)
                     for l in T.vectorized(lanes):
                         acc[l] = T.float32(0)
                     for gi in range(ng):
@@ -157,9 +161,25 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
         return T.shift_right(T.Cast(f"int32x{LANES}", qw[o, V(i)]), T.broadcast(4, LANES))
 
     @T.macro
-    def block(o0, m0, rows, qw, sc, zp, x, y, acc, tab):   # weight rows o0 .. o0 + RB - 1 for x rows m0 .. m0 + rows - 1
-        for i in T.unroll(rows * RB):
-            acc[i, V(0)] = T.broadcast(T.float32(0), LANES)
+    def fma_row(acc, i, m, o, r, gi, jo, qw, x, tab):   # acc[i] += row m of x . the looked-up weights of row o
+        acc[i, V(0)] = acc[i, V(0)] \
+            + lookup(tab[r, V(0)], low(qw, o, gi * hb + jo * LANES)) * x[m, V(gi * g + jo * LANES)] \
+            + lookup(tab[r, V(0)], high(qw, o, gi * hb + jo * LANES)) * x[m, V(gi * g + hb + jo * LANES)]
+
+    @T.macro
+    def finish_row(acc, i, m, o, y):
+        for l in T.unroll(1, LANES):
+            acc[i, 0] = acc[i, 0] + acc[i, l]
+        y[m, o] = acc[i, 0]
+
+    @T.macro
+    def block(o0, m0, rows, qw, sc, zp, x, y, acc01, acc23, tab):   # weight rows o0 .. o0 + RB - 1, x rows m0 ..
+        # m0 + rows - 1; rows 0-1 accumulate in acc01 and rows 2-3 in acc23 (two buffers of 512 bytes: each under
+        # TVM's stack-allocation limit, so both stay in registers)
+        for i in T.unroll(min(rows, 2) * RB):
+            acc01[i, V(0)] = T.broadcast(T.float32(0), LANES)
+        for i in T.unroll(max(rows - 2, 0) * RB):
+            acc23[i, V(0)] = T.broadcast(T.float32(0), LANES)
         for gi in range(ng):
             for r in T.unroll(RB):
                 tab[r, V(0)] = table(sc, zp, o0 + r, gi)
@@ -167,14 +187,16 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
             for jo in range(jo_n):
                 for r in T.unroll(RB):
                     for mb in T.unroll(rows):   # each looked-up weight vector serves every row of x in the block
-                        acc[mb * RB + r, V(0)] = acc[mb * RB + r, V(0)] \
-                            + lookup(tab[r, V(0)], low(qw, o0 + r, gi * hb + jo * LANES)) * x[m0 + mb, V(gi * g + jo * LANES)] \
-                            + lookup(tab[r, V(0)], high(qw, o0 + r, gi * hb + jo * LANES)) * x[m0 + mb, V(gi * g + hb + jo * LANES)]
+                        if mb < 2:
+                            fma_row(acc01, mb * RB + r, m0 + mb, o0 + r, r, gi, jo, qw, x, tab)
+                        else:
+                            fma_row(acc23, (mb - 2) * RB + r, m0 + mb, o0 + r, r, gi, jo, qw, x, tab)
         for mb in T.unroll(rows):
             for r in T.unroll(RB):
-                for l in range(1, LANES):
-                    acc[mb * RB + r, 0] = acc[mb * RB + r, 0] + acc[mb * RB + r, l]
-                y[m0 + mb, o0 + r] = acc[mb * RB + r, 0]
+                if mb < 2:
+                    finish_row(acc01, mb * RB + r, m0 + mb, o0 + r, y)
+                else:
+                    finish_row(acc23, (mb - 2) * RB + r, m0 + mb, o0 + r, y)
 
     @T.prim_func(private=True)
     def int4_lookup_gemv(x_h: T.handle, qw: T.Buffer((n, k // 2), "uint8"), sc: T.Buffer((n, ng), scale_dtype),
@@ -184,16 +206,17 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((ROW_BLOCK * RB, LANES), "float32", scope="local")
-            tab = T.decl_buffer((RB, LANES), "float32", scope="local")
+            acc01 = T.decl_buffer((2 * RB, LANES), "float32")
+            acc23 = T.decl_buffer((2 * RB, LANES), "float32")
+            tab = T.decl_buffer((RB, LANES), "float32")
             for ob in range(ROWS // RB):
                 if oc * ROWS + ob * RB < n:
                     for mo in range(m_n // ROW_BLOCK):
-                        block(oc * ROWS + ob * RB, mo * ROW_BLOCK, ROW_BLOCK, qw, sc, zp, x, y, acc, tab)
+                        block(oc * ROWS + ob * RB, mo * ROW_BLOCK, ROW_BLOCK, qw, sc, zp, x, y, acc01, acc23, tab)
                     if m_n % ROW_BLOCK >= 2:
-                        block(oc * ROWS + ob * RB, m_n // ROW_BLOCK * ROW_BLOCK, 2, qw, sc, zp, x, y, acc, tab)
+                        block(oc * ROWS + ob * RB, m_n // ROW_BLOCK * ROW_BLOCK, 2, qw, sc, zp, x, y, acc01, acc23, tab)
                     if m_n % 2 == 1:
-                        block(oc * ROWS + ob * RB, m_n - 1, 1, qw, sc, zp, x, y, acc, tab)
+                        block(oc * ROWS + ob * RB, m_n - 1, 1, qw, sc, zp, x, y, acc01, acc23, tab)
     return int4_lookup_gemv
 
 
@@ -225,9 +248,9 @@ def make_quantize_rows(k: int, group: int):
         sums = T.match_buffer(sum_h, (m_n, ng), "int32")
         with T.sblock("root"):   # Relax's reshape-pattern check wants a one-input kernel's body in a block
             for m, gi in T.grid(m_n, ng):
-                mx = T.decl_buffer((lanes,), "float32", scope="local")
-                qs = T.decl_buffer((lanes,), "int32", scope="local")
-                st = T.decl_buffer((2,), "float32", scope="local")   # scale, divisor
+                mx = T.decl_buffer((lanes,), "float32")
+                qs = T.decl_buffer((lanes,), "int32")
+                st = T.decl_buffer((2,), "float32")   # scale, divisor
                 for l in T.vectorized(lanes):
                     mx[l] = T.float32(0)
                     qs[l] = 0
@@ -296,10 +319,10 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((nc, LANES), "float32", scope="local")
+            acc = T.decl_buffer((nc, LANES), "float32")
             for oi, m in T.grid(ROWS, m_n):
                 if oc * ROWS + oi < n:
-                    o = oc * ROWS + oi
+                    o = T.meta_var(oc * ROWS + oi)
                     for c in T.unroll(nc):
                         for l in T.vectorized(LANES):
                             acc[c, l] = T.float32(0)
@@ -341,7 +364,7 @@ def make_f32_gemv(n: int, k: int):
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel((n + ROWS - 1) // ROWS):
-            acc = T.decl_buffer((MB, lanes), "float32", scope="local")
+            acc = T.decl_buffer((MB, lanes), "float32")
             for oi in range(ROWS):
                 if oc * ROWS + oi < n:
                     for mo in range(m_n // MB):   # whole blocks of MB rows: no bounds test in the loop
@@ -381,8 +404,8 @@ def make_layer_norm(k: int, eps: float):
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, k), "float32")
         for m in T.parallel(m_n):
-            acc = T.decl_buffer((LANES,), "float32", scope="local")
-            st = T.decl_buffer((2,), "float32", scope="local")   # mean, 1 / std
+            acc = T.decl_buffer((LANES,), "float32")
+            st = T.decl_buffer((2,), "float32")   # mean, 1 / std
             for l in T.vectorized(LANES):
                 acc[l] = T.float32(0)
             for c in range(kn):
@@ -483,7 +506,9 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         codes = lw.memo[key]
         lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
         zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
-        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{zdt}", make_vnni_panel_gemv(n, k, g, bits, zdt))
+        sdt = str(lw.bb.normalize(scales).ty.dtype)   # the panels keep f16 scales (pack_vnni_panels)
+        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}",
+                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], codes[2], qweight, scales, zpp],
                                       relax.TensorType([codes[3], n], "float32")))
@@ -546,7 +571,7 @@ def make_f32_panel_gemm(n: int, k: int):
         x = T.match_buffer(x_h, (m_n, k), "float32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for oc in T.parallel(n // PANEL):
-            acc = T.decl_buffer((GM, PANEL), "float32", scope="local")
+            acc = T.decl_buffer((GM, PANEL), "float32")
             for mo in range(m_n // GM):
                 for r in T.unroll(GM):
                     for p in T.unroll(PANEL // LANES):
@@ -683,12 +708,12 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
             # at a time, q broadcast, no horizontal sums; otherwise lanes-wide dot products, one horizontal
             # reduction each), then a vector softmax (max, exp by polynomial, sum) and p @ v over the keys that count
             kt = T.decl_buffer((d, T.Select(T.And(lq >= PREFILL_MIN_Q, lq == lk), (lk + LANES - 1) // LANES * LANES,
-                                            T.int64(1))), "float32", scope="local")
-            sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32", scope="local")
-            acc = T.decl_buffer((d,), "float32", scope="local")
-            dot = T.decl_buffer((lanes,), "float32", scope="local")
-            st = T.decl_buffer((2,), "float32", scope="local")   # max, sum
-            mx = T.decl_buffer((LANES,), "float32", scope="local")
+                                            T.int64(1))), "float32")
+            sc = T.decl_buffer(((lk + LANES - 1) // LANES * LANES,), "float32")
+            acc = T.decl_buffer((d,), "float32")
+            dot = T.decl_buffer((lanes,), "float32")
+            st = T.decl_buffer((2,), "float32")   # max, sum
+            mx = T.decl_buffer((LANES,), "float32")
             if lq >= PREFILL_MIN_Q and lq == lk:
                 for e, j in T.grid(d, (lk + LANES - 1) // LANES * LANES):
                     kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, T.min(j, lk - 1), e], T.float32(0))
@@ -831,8 +856,10 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
     """The panel layout of an int4 or int8 weight (ir/quant_format.py) for make_vnni_panel_gemv, made once at load:
     codes [n / VPANEL, k / C, VPANEL * 4] u8 (C = 8 columns per chunk for int4, 4 for int8), where panel p, chunk
     c, lane r holds output row p * VPANEL + r: int4 columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high
-    ones; int8 columns 4c..4c+3 as bytes offset by 128 (u8); scales [n / VPANEL, k / g, VPANEL] f32; and the zero
-    points in the same layout and their own dtype (None without zero points: the kernel uses the implied one)."""
+    ones; int8 columns 4c..4c+3 as bytes offset by 128 (u8); scales [n / VPANEL, k / g, VPANEL], f16 when the graph's
+    are f16 (half the bytes of f32: at g32 a scale and a float zero point per 32 codes would otherwise be 2 of 6
+    bits per weight), else f32; and the zero points in the same layout and their own dtype (None without zero
+    points: the kernel uses the implied one)."""
     import torch
     n = qweight.shape[0]
     k = Q.logical_in_dim(qweight.shape, bits)
@@ -846,11 +873,12 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
 
     def panels(t):
         return t.reshape(n // VPANEL, VPANEL, k // g).permute(0, 2, 1).contiguous()
-    return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales.float()),
+    scales = scales if scales.dtype == torch.float16 else scales.float()
+    return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales),
             panels(zeros) if zeros is not None else None)
 
 
-def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None):
+def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32"):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
     offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
@@ -883,11 +911,15 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     def dot(acc, codes, xq):
         return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, codes, xq)
 
+    def scale(sp, p, gi):    # the panel's rows' scales as f32 lanes
+        s = sp[p, gi, V(0, VPANEL)]
+        return s if scale_dtype == "float32" else T.Cast("float32x16", s)
+
     def sz(sp, zp, p, gi):   # scale x (offset + zero point) of the panel's rows
         if has_zero:
-            return sp[p, gi, V(0, VPANEL)] * (T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
+            return scale(sp, p, gi) * (T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
                                               + T.broadcast(T.float32(offset), VPANEL))
-        return sp[p, gi, V(0, VPANEL)] * T.broadcast(T.float32(implied), VPANEL)
+        return scale(sp, p, gi) * T.broadcast(T.float32(implied), VPANEL)
 
     def izero(zp, p, gi):   # offset + integer zero point of the panel's rows, as int32 lanes
         if has_zero:
@@ -931,11 +963,11 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
                     acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] + T.Cast(
                         "float32x16", dots[V(r * VPANEL, VPANEL)]
                         - izero(zp, p, gi) * T.broadcast(xsum[m0 + r, gi], VPANEL)) \
-                        * T.broadcast(xs[m0 + r, gi], VPANEL) * sp[p, gi, V(0, VPANEL)]
+                        * T.broadcast(xs[m0 + r, gi], VPANEL) * scale(sp, p, gi)
                 else:
                     acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] \
                         + T.Cast("float32x16", dots[V(r * VPANEL, VPANEL)]) * T.broadcast(xs[m0 + r, gi], VPANEL) \
-                        * sp[p, gi, V(0, VPANEL)] \
+                        * scale(sp, p, gi) \
                         - sz(sp, zp, p, gi) * T.broadcast(xs[m0 + r, gi] * T.Cast("float32", xsum[m0 + r, gi]), VPANEL)
         for r in T.unroll(rows):
             y[m0 + r, V(p * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)]
@@ -943,7 +975,7 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     @T.prim_func(private=True)
     def vnni_panel_gemv(q_h: T.handle, s_h: T.handle, sum_h: T.handle,
                         qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
-                        sp: T.Buffer((n // VPANEL, ng, VPANEL), "float32"),
+                        sp: T.Buffer((n // VPANEL, ng, VPANEL), scale_dtype),
                         zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
                         y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -953,8 +985,8 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         xsum = T.match_buffer(sum_h, (m_n, ng), "int32")
         y = T.match_buffer(y_h, (m_n, n), "float32")
         for p in T.parallel(n // VPANEL):
-            acc = T.decl_buffer((VPANEL * ROW_BLOCK,), "float32", scope="local")
-            dots = T.decl_buffer((VPANEL * ROW_BLOCK,), "int32", scope="local")
+            acc = T.decl_buffer((VPANEL * ROW_BLOCK,), "float32")
+            dots = T.decl_buffer((VPANEL * ROW_BLOCK,), "int32")
             for mo in range(m_n // ROW_BLOCK):
                 block(p, mo * ROW_BLOCK, ROW_BLOCK, qp, sp, zp, xq, xs, xsum, y, acc, dots)
             if m_n % ROW_BLOCK >= 2:
