@@ -13,11 +13,11 @@ become `dim_param`s; weights become initializers.
 """
 from __future__ import annotations
 import os
-import tempfile
 
 import numpy as np
 import sympy
 
+from ..cache import atomic_write
 from ..ir import progress
 from ..ir import symbolic as S
 from .lowering import get_lowering, lowerings
@@ -234,13 +234,6 @@ def save_onnx(graph, path: str):
     data = export_onnx(graph).SerializeToString()
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".onnx.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, data)
     return path
 

@@ -12,7 +12,8 @@ a sha256; a damaged one is exported again. Since a cache can only be as right as
 runs the cached graph once on the example inputs against the model itself (`frontends.hf`) and exports
 again, with a note, when they differ.
 
-    SLIMGRAPH_CACHE_DIR   the cache root (default ~/.cache/slimgraph); entries live in <root>/export
+    SLIMGRAPH_CACHE_DIR   the cache root, else $XDG_CACHE_HOME/slimgraph, else ~/.cache/slimgraph
+                          (slimgraph/cache.py); entries live in <root>/export
     SLIMGRAPH_EXPORT_CACHE=0   never read or write the cache
 """
 from __future__ import annotations
@@ -23,10 +24,11 @@ import inspect
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..cache import atomic_write, cache_dir as _cache_dir
 
 VERSION = 1   # bump when what an entry means changes
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -37,7 +39,7 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SLIMGRAPH_CACHE_DIR") or Path.home() / ".cache" / "slimgraph") / "export"
+    return _cache_dir("export")
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,9 +225,7 @@ def store(k: str, graph, model: torch.nn.Module, notes: list) -> bytes | None:
     try:
         d.mkdir(parents=True, exist_ok=True)
         for dst, data in ((d / f"{k}.sha256", hashlib.sha256(text).hexdigest().encode()), (d / f"{k}.sgir", text)):
-            with tempfile.NamedTemporaryFile(dir=d, prefix=f"{k}.", suffix=".tmp", delete=False) as f:
-                f.write(data)
-            os.replace(f.name, dst)
+            atomic_write(dst, data)
     except OSError as e:   # a read-only home: the import still works, only uncached
         notes.append(f"export cache {d} not writable ({e}); exported without caching")
         return None

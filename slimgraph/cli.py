@@ -427,14 +427,8 @@ def passes_text() -> str:
 # the start-up time). Their listing is a pure function of that code, so it is cached per source
 # version: the key hashes slimgraph's version, the Python version and the path, size and mtime of
 # every .py file of the packages that declare ops and passes. A changed file changes the key.
+# Entries: cache_dir("listing")/<passes|ops>-<key>.txt (slimgraph/cache.py).
 LISTING_PACKAGES = ("slimgraph", "slimgraph.ir", "slimgraph.passes")
-
-
-def listing_cache_dir() -> Path:
-    import os
-    base = os.environ.get("SLIMGRAPH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slimgraph")
-    return Path(base)
 
 
 def listing_key() -> str:
@@ -452,8 +446,8 @@ def listing_key() -> str:
 
 
 def _cached_listing(kind: str, produce) -> str:
-    import os
-    path = listing_cache_dir() / f"{kind}-{listing_key()}.txt"
+    from .cache import atomic_write, cache_dir
+    path = cache_dir("listing") / f"{kind}-{listing_key()}.txt"
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
@@ -461,9 +455,7 @@ def _cached_listing(kind: str, produce) -> str:
     text = produce()
     try:  # best effort: an unwritable cache only costs the next call the import again
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text.encode("utf-8"))
     except OSError:
         pass
     return text

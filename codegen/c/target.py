@@ -8,7 +8,8 @@
 Products are plain files, a folder that builds with `make` alone (README.txt in it says how):
 model.c / model.h (generated), slimgraph_kernels.c / .h (the kernel library), main.c (a driver reading
 inputs from files), Makefile, README.txt, weights.bin. `load` writes them into
-`$SLIMGRAPH_CACHE_DIR` (default `~/.cache/slimgraph`)/c/<sha256 of sources and compiler flags>, runs
+<cache root>/c/<sha256 of sources and compiler flags> (the root: `$SLIMGRAPH_CACHE_DIR`, else
+`$XDG_CACHE_HOME/slimgraph`, else `~/.cache/slimgraph`; slimgraph/cache.py), runs
 `make libslimgraph_model.so` there once (CC, CFLAGS and OPENMP from the environment, as make reads
 them) and calls `slimgraph_forward` through ctypes. A missing compiler is a CTargetError saying what
 to install.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ...cache import cache_dir as _cache_dir
 from ..contract import Products, Runner
 from .emit import CTargetError, Emitter
 
@@ -97,9 +99,7 @@ def _cc() -> list[str]:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("SLIMGRAPH_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slimgraph")
-    return Path(base) / "c"
+    return _cache_dir("c")
 
 
 def compile_library(products: Products) -> Path:

@@ -26,8 +26,8 @@ import hashlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
+from ...cache import atomic_write, cache_dir
 from ..contract import Products, ProductsError, Runner
 from ..lowering import get_lowering
 from . import elementwise
@@ -133,11 +133,6 @@ class CudaRunner(Runner):
         return self.inner.keep_state(t)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("SLIMGRAPH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
-    return Path(root) / "triton"
-
-
 def _import_kernels(src: str):
     """Import generated kernel source as a module named by its content hash. Triton's JIT reads kernel
     source with `inspect`, so the module is a real file (in the cache dir), not exec'd text."""
@@ -145,13 +140,11 @@ def _import_kernels(src: str):
     name = f"slimgraph_triton_{digest}"
     if name in sys.modules:
         return sys.modules[name]
-    d = _cache_dir()
+    d = cache_dir("triton")
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.py"
     if not path.exists() or path.read_text() != src:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(src)
-        os.replace(tmp, path)
+        atomic_write(path, src.encode())
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -10,8 +10,9 @@ the runner passes the graph's own tensors (zero-copy through DLPack), so neither
 artifact holds a second copy of the weights. Weights a lowering prepacks (f32 linear panels) are packed
 again at load by the same hook (`bind_weights`): in memory, not on disk, they exist twice. Hence the build
 cache key is the graph text (ops, attrs, types, weight names and shapes, literal constants; not weight
-values), this target's codegen sources and the host: `$SLIMGRAPH_CACHE_DIR` (default ~/.cache/slimgraph)/tvm-cpu/<sha256>.so. A second build
-of the same graph reads the library back instead of compiling (seconds instead of a minute).
+values), this target's codegen sources and the host: <cache root>/tvm-cpu/<sha256>.so (the root:
+`$SLIMGRAPH_CACHE_DIR`, else `$XDG_CACHE_HOME/slimgraph`, else ~/.cache/slimgraph; slimgraph/cache.py).
+A second build of the same graph reads the library back instead of compiling (seconds instead of a minute).
 
 The LLVM target is this machine's CPU (`llvm_get_system_cpu`, e.g. znver4), so a library built here
 may use instructions another CPU lacks: `host()` names the CPU and `slimgraph.load` rebuilds elsewhere.
@@ -20,13 +21,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import tempfile
 import weakref
 from pathlib import Path
 
 import torch
 
+from ...cache import atomic_write, cache_dir as _cache_dir
 from ..contract import Products, ProductsError, Runner
 from ..torch_kv import HEADROOM, _Buffer, _owner, _view, keep_state, truncate
 
@@ -52,7 +53,7 @@ def _target_spec() -> dict:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SLIMGRAPH_CACHE_DIR") or Path.home() / ".cache" / "slimgraph") / "tvm-cpu"
+    return _cache_dir("tvm-cpu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,9 +112,7 @@ def build(graph) -> Products:
             entry = ((source, text), (params, json.dumps(weights).encode()), (digest, _digest(lib, text).encode()),
                      (cached, lib))   # the library last: it marks a complete entry
             for dst, data in entry:
-                tmp = dst.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, dst)
+                atomic_write(dst, data)
         except OSError as e:   # a read-only home: the build still works, only uncached
             notes.append(f"build cache {cached.parent} not writable ({e}); compiled without caching")
     meta = {"host": host(), "weights": weights, "cache_key": key, "notes": notes}
