@@ -8,6 +8,8 @@ symmetric int4 has the implied zero point 8, int8 zero 0).
     qembedding(lw, node, ids, qweight, scales, zeros, bits, group, dtype)   # the looked-up rows, unpacked
 """
 from __future__ import annotations
+import functools
+
 from tvm import te, tirx
 
 from ...ir import quant_format as Q
@@ -36,6 +38,8 @@ def dequantize_te(qweight, scales, zeros, bits: int, group: int, dtype: str = "f
 
 LANES = 16   # f32 lanes of one AVX-512 register (two AVX2 ones): the accumulator width of the kernels
 ROWS = 16    # output rows per parallel task of the GEMV kernels (their scratch accumulators are declared per task)
+# Every make_* is cached (functools.cache): a kernel is parsed from TVMScript once per distinct shape and
+# options (up to ~1 s each), not once per node that asks for it (a model's 120+ qlinears ask for ~5 shapes).
 # Scratch buffers (accumulators, tables) are declared in the default scope, never scope="local": TVM 0.27 lowers a
 # "local" buffer on the CPU to a TVMBackendAllocWorkspace/FreeWorkspace pair per loop iteration that declares it,
 # and LLVM must then keep the buffer in memory (a store per update); a default-scope buffer of constant size under
@@ -49,6 +53,7 @@ def int4_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
     return bits == 4 and dtype == "float32" and k % g == 0 and (g // 2) % 8 == 0
 
 
+@functools.cache
 def make_int4_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
     """y[m, o] = sum_k x_split[m, k] * W[o, k] for int4 W [n, k] packed as ir/quant_format.py says.
 
@@ -125,6 +130,7 @@ def int4_lookup_ok(n: int, k: int, group: int) -> bool:
     return k % g == 0 and (g // 2) % LANES == 0 and n % RB == 0 and has_avx512()
 
 
+@functools.cache
 def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
     """make_int4_gemv's contract (same x_split input, same packed weights) by table lookup, for AVX-512.
 
@@ -228,6 +234,7 @@ def has_vnni() -> bool:
     return all(tvm.target.codegen.llvm_cpu_has_features(f, t) for f in ("avx512f", "avx512vl", "avx512vnni"))
 
 
+@functools.cache
 def make_quantize_rows(k: int, group: int):
     """x [m, k] f32 -> (q [m, k] i8, s [m, k/g] f32, sums [m, k/g] i32): ir/opset/quant.py quantize_activation's
     codes and scales per row and group (s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and each
@@ -298,6 +305,7 @@ def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
     return bits == 8 and dtype == "float32" and k % g == 0 and g % LANES == 0
 
 
+@functools.cache
 def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
     """y[m, o] = sum_k x[m, k] * (q[o, k] - zero[o, k // g]) * scale[o, k // g] for int8 q [n, k]
     (ir/quant_format.py; symmetric int8 has zero 0). Two LANES-wide f32 accumulators per output row (two
@@ -347,6 +355,7 @@ MB = 4   # rows of x per step of the f32 kernel: MB independent FMA chains share
 GM, PANEL = 6, 32    # GEMM microkernel: rows of x x outputs held in registers (12 AVX-512 accumulators)
 
 
+@functools.cache
 def make_f32_gemv(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] (torch Linear layout), LANES-wide accumulators over k; outputs outer
     and parallel (ROWS per task), rows of x inner in blocks of MB (a weight row is read once per call, and
@@ -391,6 +400,7 @@ def make_f32_gemv(n: int, k: int):
     return f32_gemv
 
 
+@functools.cache
 def make_layer_norm(k: int, eps: float):
     """y[m] = (x[m] - mean) / sqrt(var + eps) * w + b over rows of k (a multiple of LANES) f32 values, biased
     variance of the centered row (two passes, as ir/opset/nn.py layer_norm / torch compute it), in vectors."""
@@ -553,6 +563,7 @@ def f32_linear(lw, node, x, w, bias):
     return R.add(y, bias) if bias is not None else y
 
 
+@functools.cache
 def make_f32_panel_gemm(n: int, k: int):
     """y[m, o] = sum_k x[m, k] * w[o, k] with the weight prepacked in panels wp[o // PANEL, k, o % PANEL]
     (relax_lower.prepack_linear, once at load): a GEMM microkernel for every M. GM rows of x at a time
@@ -654,6 +665,7 @@ def hsum(buf, lanes: int):
                                    buf[T.ramp(0, 1, lanes)])
 
 
+@functools.cache
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
                    mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
     """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j], as
@@ -819,6 +831,7 @@ def attention(lw, node, q, k, v, mask):
     return relax.call_tir(gv, [q, k, v, mask, lw.prim(lk)], relax.TensorType(lw.shape(node.inputs[0]), "float32"))
 
 
+@functools.cache
 def make_kv_append(axis: int, dtype: str):
     """buf[..., past + i, ...] = new[..., i, ...] along `axis` of rank-4 tensors: the rows of a `cache_append`
     written in place into the KV buffer (capacity rows >= past + new rows; called through call_tir_inplace)."""
@@ -878,6 +891,7 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
             panels(zeros) if zeros is not None else None)
 
 
+@functools.cache
 def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32"):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
