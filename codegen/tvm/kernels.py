@@ -655,16 +655,6 @@ def is_nan(x):
     return T.bitwise_and(T.reinterpret("int32", x), 0x7FFFFFFF) > 0x7F800000   # scalar f32 (vectorized later)
 
 
-def hsum(buf, lanes: int):
-    """The sum of buf[0:lanes] as one horizontal vector reduction (llvm.vector.reduce.fadd: a few shuffles
-    under fast-math, not lanes - 1 dependent scalar adds)."""
-    from tvm.script import tirx as T
-    if lanes == 1:
-        return buf[0]
-    return T.call_llvm_pure_intrin("float32", f"llvm.vector.reduce.fadd.v{lanes}f32", T.float32(0),
-                                   buf[T.ramp(0, 1, lanes)])
-
-
 @functools.cache
 def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window: int, sinks: int,
                    mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
@@ -757,7 +747,17 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                                 for l in T.vectorized(lanes):
                                     dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
                                         k[bh // hq, bh % hq // rep, j, c * lanes + l]
-                            sc[j] = hsum(dot, lanes) * T.float32(scale) + madd(mask, bh // hq, i, j)
+                            if lanes >= 16:   # pairwise halving: shuffles in registers, not a chain of adds
+                                for l in T.vectorized(8):
+                                    dot[l] = dot[l] + dot[l + 8]
+                            if lanes >= 8:
+                                for l in T.vectorized(4):
+                                    dot[l] = dot[l] + dot[l + 4]
+                            if lanes >= 4:
+                                for l in T.vectorized(2):
+                                    dot[l] = dot[l] + dot[l + 2]
+                            sc[j] = (dot[0] + dot[1] if lanes >= 2 else dot[0]) * T.float32(scale) \
+                                + madd(mask, bh // hq, i, j)
                         else:
                             sc[j] = T.float32(float("-inf"))
                     for j in range(lk, (lk + LANES - 1) // LANES * LANES):
