@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -37,19 +38,28 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
     `os.replace` it onto `path`: a reader sees the old file or the whole new one, never a part, and two
     processes writing the same path never share a temp file. On any error (including KeyboardInterrupt)
     the temp file is removed, `path` keeps its old content, and the error propagates (an unwritable or
-    missing folder is an OSError). The file gets open()'s usual permissions (0666 less the umask).
+    missing folder is an OSError). As with open(path, "wb"): a new file gets 0666 less the umask, an existing
+    one keeps its permissions (a private 0600 file stays private), and a symlink stays a link while the file
+    it points to is replaced (the temp file goes in that file's folder).
     `fsync=True` also flushes the bytes to the disk before the rename (survives a power cut, costs a disk
     sync). Returns `path` as a Path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    dst = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        keep = stat.S_IMODE(os.stat(dst).st_mode)
+    except OSError:   # a new file
+        keep = None
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            if keep is not None:
+                os.fchmod(f.fileno(), keep)
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, dst)
     except BaseException:
         try:
             os.unlink(tmp)
