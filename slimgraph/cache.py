@@ -5,8 +5,10 @@
 
 The root is the first of:
 
-    $SLIMGRAPH_CACHE_DIR              when set and not empty
-    $XDG_CACHE_HOME/slimgraph         when XDG_CACHE_HOME is set and not empty (the XDG base directory spec)
+    $SLIMGRAPH_CACHE_DIR              when set and not empty (a leading ~ is the home folder; a relative
+                                      path is taken from the working directory)
+    $XDG_CACHE_HOME/slimgraph         when XDG_CACHE_HOME is an absolute path (the XDG base directory spec:
+                                      an empty or relative one is ignored)
     ~/.cache/slimgraph
 
 and each cache lives in its own folder under it: export (frontends/export_cache.py), tvm-cpu
@@ -27,9 +29,12 @@ def cache_dir(kind: str) -> Path:
     """The folder of cache `kind` (e.g. "export", "tvm-cpu"): <root>/<kind> with the root rule above.
     Read from the environment on every call (tests and tools set SLIMGRAPH_CACHE_DIR); never created here."""
     root = os.environ.get("SLIMGRAPH_CACHE_DIR")
-    if not root:
+    if root:   # "~/x" unexpanded (a .env file, a systemd unit: no shell) means the home folder
+        root = os.path.abspath(os.path.expanduser(root))
+    else:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        root = os.path.join(xdg, "slimgraph") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
+        root = os.path.join(xdg, "slimgraph") if xdg and os.path.isabs(xdg) \
+            else os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
     return Path(root) / kind
 
 

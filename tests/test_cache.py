@@ -89,3 +89,19 @@ def test_atomic_write_through_a_symlink_replaces_the_target_and_keeps_the_link(t
     assert atomic_write(link, b"new") == link
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert os.listdir(tmp_path / "data") == ["v3.onnx"]
+
+
+def test_a_tilde_is_expanded_and_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
+    """`SLIMGRAPH_CACHE_DIR="~/sg"` from a .env file, a systemd unit or a Dockerfile reaches us unexpanded (no
+    shell): it means the home folder, not a folder named "~" in the working directory. A relative
+    $XDG_CACHE_HOME is invalid and ignored (XDG base directory spec); a relative $SLIMGRAPH_CACHE_DIR is taken
+    from the working directory at the call and returned absolute."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", "~/sg")
+    assert cache_dir("export") == tmp_path / "home" / "sg" / "export"
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", "rel")
+    assert cache_dir("export") == tmp_path / "rel" / "export"
+    monkeypatch.delenv("SLIMGRAPH_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")
+    assert cache_dir("c") == tmp_path / "home" / ".cache" / "slimgraph" / "c"
