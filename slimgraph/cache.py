@@ -5,8 +5,10 @@
 
 The root is the first of:
 
-    $SLIMGRAPH_CACHE_DIR              when set and not empty
-    $XDG_CACHE_HOME/slimgraph         when XDG_CACHE_HOME is set and not empty (the XDG base directory spec)
+    $SLIMGRAPH_CACHE_DIR              when set and not empty (a leading ~ is the home folder; a relative
+                                      path is taken from the working directory)
+    $XDG_CACHE_HOME/slimgraph         when XDG_CACHE_HOME is an absolute path (the XDG base directory spec:
+                                      an empty or relative one is ignored)
     ~/.cache/slimgraph
 
 and each cache lives in its own folder under it: export (frontends/export_cache.py), tvm-cpu
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -26,9 +29,12 @@ def cache_dir(kind: str) -> Path:
     """The folder of cache `kind` (e.g. "export", "tvm-cpu"): <root>/<kind> with the root rule above.
     Read from the environment on every call (tests and tools set SLIMGRAPH_CACHE_DIR); never created here."""
     root = os.environ.get("SLIMGRAPH_CACHE_DIR")
-    if not root:
+    if root:   # "~/x" unexpanded (a .env file, a systemd unit: no shell) means the home folder
+        root = os.path.abspath(os.path.expanduser(root))
+    else:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        root = os.path.join(xdg, "slimgraph") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
+        root = os.path.join(xdg, "slimgraph") if xdg and os.path.isabs(xdg) \
+            else os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
     return Path(root) / kind
 
 
@@ -37,19 +43,28 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
     `os.replace` it onto `path`: a reader sees the old file or the whole new one, never a part, and two
     processes writing the same path never share a temp file. On any error (including KeyboardInterrupt)
     the temp file is removed, `path` keeps its old content, and the error propagates (an unwritable or
-    missing folder is an OSError). The file gets open()'s usual permissions (0666 less the umask).
+    missing folder is an OSError). As with open(path, "wb"): a new file gets 0666 less the umask, an existing
+    one keeps its permissions (a private 0600 file stays private), and a symlink stays a link while the file
+    it points to is replaced (the temp file goes in that file's folder).
     `fsync=True` also flushes the bytes to the disk before the rename (survives a power cut, costs a disk
     sync). Returns `path` as a Path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    dst = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        keep = stat.S_IMODE(os.stat(dst).st_mode)
+    except OSError:   # a new file
+        keep = None
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            if keep is not None:
+                os.fchmod(f.fileno(), keep)
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, dst)
     except BaseException:
         try:
             os.unlink(tmp)

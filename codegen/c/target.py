@@ -102,9 +102,11 @@ def cache_dir() -> Path:
     return _cache_dir("c")
 
 
-def compile_library(products: Products) -> Path:
+def compile_library(products: Products, notes: list | None = None) -> Path:
     """`make libslimgraph_model.so` over the products in a cache dir keyed by their content; returns
-    the library's path (built once per content and compiler settings)."""
+    the library's path (built once per content and compiler settings). A cache root that cannot hold the
+    build (read-only home, a file in its place) costs only the caching: the library is built in a fresh
+    temp folder (left there: the runner dlopens it) and a note saying so is appended to `notes`."""
     cc = _cc()
     if shutil.which(cc[0]) is None:
         raise CTargetError(f"the c target needs a C compiler to build its sources: {cc[0]!r} was not found on "
@@ -123,14 +125,23 @@ def compile_library(products: Products) -> Path:
     lib = final / LIBRARY
     if lib.is_file():
         return lib
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    except OSError as e:   # a read-only home: the build still works, only uncached
+        tmp = final = Path(tempfile.mkdtemp(prefix="slimgraph-c-"))
+        lib = final / LIBRARY
+        if notes is not None:
+            notes.append(f"c build cache {cache_dir()} not writable ({e}); "
+                         f"compiled without caching in {tmp}")
     for name in sources:
         (tmp / name).write_bytes(products.read_bytes(name))
     r = subprocess.run(["make", "-s", LIBRARY], cwd=tmp, capture_output=True, text=True)
     if r.returncode:   # the sources stay in tmp for a look
         raise CTargetError(f"c target: `make {LIBRARY}` failed in {tmp} (compiler {' '.join(cc)}):\n"
                            + (r.stderr or r.stdout)[-4000:])
+    if tmp == final:       # uncached: built in place
+        return lib
     try:
         os.rename(tmp, final)
     except OSError:        # another process built the same sources first
@@ -150,7 +161,7 @@ class CRunner(Runner):
     def __init__(self, graph, products: Products):
         super().__init__(products)
         self.graph = graph
-        self.library = compile_library(products)
+        self.library = compile_library(products, self.notes)
         self._lib = ctypes.CDLL(str(self.library))
         self._fn = self._lib.slimgraph_forward
         self._fn.argtypes = [ctypes.c_void_p] * 4

@@ -22,10 +22,13 @@ in Triton's interpreter on CPU tensors (slow; the test suite's mode); with neith
 at once naming the reason (`check()`), never deep inside Triton.
 """
 from __future__ import annotations
+import functools
 import hashlib
 import importlib.util
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from ...cache import atomic_write, cache_dir
 from ..contract import Products, ProductsError, Runner
@@ -133,6 +136,13 @@ class CudaRunner(Runner):
         return self.inner.keep_state(t)
 
 
+@functools.lru_cache(maxsize=1)
+def _scratch_dir() -> Path:
+    """A temp folder for this process's kernel sources when the cache root is unwritable (left for Triton to
+    read the source back from)."""
+    return Path(tempfile.mkdtemp(prefix="slimgraph-triton-"))
+
+
 def _import_kernels(src: str):
     """Import generated kernel source as a module named by its content hash. Triton's JIT reads kernel
     source with `inspect`, so the module is a real file (in the cache dir), not exec'd text."""
@@ -141,10 +151,17 @@ def _import_kernels(src: str):
     if name in sys.modules:
         return sys.modules[name]
     d = cache_dir("triton")
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{name}.py"
-    if not path.exists() or path.read_text() != src:
-        atomic_write(path, src.encode())
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{name}.py"
+        if not path.exists() or path.read_text() != src:
+            atomic_write(path, src.encode())
+    except OSError as e:   # a read-only home: the kernels still load, from a private temp folder
+        import warnings
+        path = _scratch_dir() / f"{name}.py"
+        path.write_text(src)
+        warnings.warn(f"triton kernel cache {d} not writable ({e}); kernel source written to {path.parent}",
+                      stacklevel=2)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -269,3 +269,19 @@ def test_a_failing_compiler_is_reported_with_its_output(monkeypatch):
     monkeypatch.setenv("CFLAGS", "-O2 -DSLIMGRAPH_TEST_BROKEN=1 -include /nonexistent/broken.h")
     with pytest.raises(CTargetError, match=r"(?s)make libslimgraph_model.so` failed.*broken.h"):
         ct.load(g, ct.build(g))
+
+
+def test_an_unwritable_cache_root_still_builds_uncached_with_a_note(monkeypatch, tmp_path):
+    """A cache root that cannot hold folders (here a plain file: ENOTDIR, as a read-only home gives EROFS or
+    EACCES) costs only the caching: the library is built in a private temp folder and the runner says so."""
+    from slimgraph.codegen.c import target as ct
+    g = Graph()
+    x = g.add_input("x", TensorType("f32", (4,)))
+    g.set_outputs([g.op("exp", x)])
+    (tmp_path / "root").write_text("not a folder")
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path / "root"))
+    runner = ct.load(g, ct.build(g))
+    x = torch.randn(4)
+    torch.testing.assert_close(runner(x)[0], torch.exp(x))
+    assert any("not writable" in n and "without caching" in n for n in runner.notes), runner.notes
+    assert not str(runner.library).startswith(str(tmp_path / "root"))

@@ -227,3 +227,15 @@ def test_fused_kernels_follow_torchs_literal_and_promotion_rules(model, inputs):
     got, want = slimgraph.optimize(model(), xs, target="cuda")(*xs).cpu(), model()(*xs)
     assert got.dtype == want.dtype
     torch.testing.assert_close(got, want, rtol=1e-15 if want.dtype == torch.float64 else 1e-6, atol=0)
+
+
+def test_kernel_source_imports_from_a_temp_folder_when_the_cache_root_is_unwritable(tmp_path, monkeypatch):
+    """Triton reads kernel source from a real file; a cache root that cannot hold one (read-only home, a file in
+    its place) puts it in a private temp folder, with a warning naming the root, rather than failing the build."""
+    from slimgraph.codegen.triton import cuda
+    (tmp_path / "root").write_text("not a folder")
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path / "root"))
+    src = "ANSWER = 42  # test_kernel_source_imports_from_a_temp_folder\n"
+    with pytest.warns(UserWarning, match=r"triton kernel cache .*root.* not writable"):
+        module = cuda._import_kernels(src)
+    assert module.ANSWER == 42 and not module.__file__.startswith(str(tmp_path))
