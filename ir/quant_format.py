@@ -47,7 +47,9 @@ def group_size(group: int, in_dim: int) -> int:
 
 
 def groups_that_fit(in_dim: int) -> list[int]:
-    return [g for g in (16, 32, 64, 128, 256) if in_dim % g == 0]
+    """The even group sizes from 8 to 256 that divide `in_dim` (e.g. 72: [8, 12, 18, 24, 36, 72]); group=0
+    (per channel) always fits."""
+    return [g for g in range(8, min(in_dim, 256) + 1, 2) if in_dim % g == 0]
 
 
 def pack(q: torch.Tensor, bits: int) -> torch.Tensor:

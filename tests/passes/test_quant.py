@@ -88,8 +88,10 @@ def test_errors_name_layer_and_fix():
     with pytest.raises(ValueError, match="bits=3 is not supported; use 8"):
         quantize(mlp(), bits=3)
     with pytest.raises(PassError, match=r"group=48 does not divide the input dim 128 of layer @fc1.weight; "
-                                        r"groups that fit: \[16, 32, 64, 128\]"):
+                                        r"groups that fit: \[8, 16, 32, 64, 128\]"):
         quantize(mlp(), bits=4, group=48)
+    with pytest.raises(PassError, match=r"groups that fit: \[8, 12, 18, 24, 36, 72\]"):   # every even divisor
+        quantize(mlp(in_dim=72), bits=4, group=32)
     with pytest.raises(PassError, match=r"@fc1.bias \(f32\[64\].*not a 2-D linear weight"):
         quantize(mlp(), include=["fc1.*"])
     g = mlp(in_dim=9)
