@@ -142,6 +142,8 @@ def make_int4_lookup_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dty
     ROW_BLOCK (then 2, then 1; prefill, speculative verify) that share each looked-up weight vector. Each row
     of x is computed alike whatever M is: a verify of k tokens equals k decode steps bit for bit."""
     from tvm.script import tirx as T
+    if ROW_BLOCK > 4:   # the accumulators hold rows 0-1 and 2-3 (two stack buffers, see `block`)
+        raise NotImplementedError(f"make_int4_lookup_gemv: ROW_BLOCK = {ROW_BLOCK}; its accumulators hold 4 rows")
     g = Q.group_size(group, k)
     ng, hb = k // g, g // 2
     jo_n = hb // LANES
