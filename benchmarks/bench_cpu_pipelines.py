@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_cpu_target import llama_decode, q4_0_gguf
+from bench_cpu_target import llama_decode, prompt_ids, q4_0_gguf
 
 
 def main():
@@ -34,9 +34,7 @@ def main():
     from slimgraph import evaluate, zoo
     from llama_cpp import Llama
     model, tok = zoo.load("smollm2-135m")
-    ids = tok("The history of computing is a story of abstraction: each generation of engineers builds tools "
-              "that hide the details of the previous one, from vacuum tubes to transistors to integrated circuits.",
-              return_tensors="pt").input_ids[:, :32]
+    ids = prompt_ids(tok)
     built = [slimgraph.optimize(model, (ids,), target="cpu", pipeline=p) for p in args.pipelines]
     llm = Llama(model_path=str(q4_0_gguf(Path(tempfile.mkdtemp(prefix="bench_cpu_pipelines_")))), n_ctx=512,
                 n_threads=args.threads, verbose=False)

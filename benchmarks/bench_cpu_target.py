@@ -52,6 +52,15 @@ def q4_0_gguf(work: Path) -> Path:
     return dst
 
 
+def prompt_ids(tok):
+    """The benchmark's prompt: its first 32 SmolLM2 tokens, [1, 32]."""
+    ids = tok("The history of computing is a story of abstraction: each generation of engineers builds tools "
+              "that hide the details of the previous one, from vacuum tubes to transistors to integrated circuits.",
+              return_tensors="pt").input_ids[:, :32]
+    assert ids.shape[1] == 32, ids.shape
+    return ids
+
+
 def llama_decode(llm, prompt: list[int], n: int) -> float:
     llm.reset()
     llm.eval(prompt)
@@ -129,10 +138,7 @@ def main():
 
 def smollm(args, threads, work):
     model, tok = zoo.load("smollm2-135m")
-    ids = tok("The history of computing is a story of abstraction: each generation of engineers builds tools "
-              "that hide the details of the previous one, from vacuum tubes to transistors to integrated circuits.",
-              return_tensors="pt").input_ids[:, :32]
-    assert ids.shape[1] == 32, ids.shape
+    ids = prompt_ids(tok)
     t = time.perf_counter()
     cpu = slimgraph.optimize(model, (ids,), target="cpu", pipeline=args.pipeline)
     cold = time.perf_counter() - t
