@@ -517,8 +517,9 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
             lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
         codes = lw.memo[key]
         lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
-        zdt = tvm_dtype(node.inputs[3].type.dtype) if zeros is not None else None
-        sdt = str(lw.bb.normalize(scales).ty.dtype)   # the panels keep f16 scales (pack_vnni_panels)
+        # the panels keep f16 scales, and may hold float zero points as f16 products (pack_vnni_panels)
+        zdt = str(lw.bb.normalize(zeros).ty.dtype) if zeros is not None else None
+        sdt = str(lw.bb.normalize(scales).ty.dtype)
         gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}",
                        make_vnni_panel_gemv(n, k, g, bits, zdt, sdt))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
@@ -873,8 +874,14 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
     c, lane r holds output row p * VPANEL + r: int4 columns 8c..8c+3 in the low nibbles and 8c+4..8c+7 in the high
     ones; int8 columns 4c..4c+3 as bytes offset by 128 (u8); scales [n / VPANEL, k / g, VPANEL], f16 when the graph's
     are f16 (half the bytes of f32: at g32 a scale and a float zero point per 32 codes would otherwise be 2 of 6
-    bits per weight), else f32; and the zero points in the same layout and their own dtype (None without zero
-    points: the kernel uses the implied one)."""
+    bits per weight), else f32; and the zero points in the same layout (None without zero points: the kernel uses
+    the implied one): integer ones in their own dtype; float ones beside f32 scales as f32; float ones beside f16
+    scales as the f16 product scale x (offset + zero), i.e. the negated group minimum in the scales' precision
+    (GGUF Q4_1's block of an f16 scale and an f16 minimum: 5 bits per int4 weight at g32 instead of 5.5).
+    quant_format.store rounds a minimum to f16 beside f16 scales, so for the quantizer's graphs that product is
+    exact; a graph whose minimums are not f16 numbers gets them rounded (relative error <= 2^-11, as its scales).
+    The form depends only on dtypes, never on weight values (the build cache keys on the graph text), and the
+    zero points' panel dtype tells make_vnni_panel_gemv which form it gets."""
     import torch
     n = qweight.shape[0]
     k = Q.logical_in_dim(qweight.shape, bits)
@@ -889,6 +896,10 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
     def panels(t):
         return t.reshape(n // VPANEL, VPANEL, k // g).permute(0, 2, 1).contiguous()
     scales = scales if scales.dtype == torch.float16 else scales.float()
+    if zeros is not None and zeros.is_floating_point():
+        zeros = zeros.float()
+        if scales.dtype == torch.float16:
+            zeros = (scales.float() * (zeros + (0 if bits == 4 else 128))).half()
     return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales),
             panels(zeros) if zeros is not None else None)
 
@@ -899,7 +910,8 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
     offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
     implied) zero points the bracket is computed in int32, exactly, before one f32 scaling; float zero points
-    (Q4_1) take the second term in f32.
+    (Q4_1) take the second term in f32, from f32 zero points (zero_dtype "float32") or from the f16 products
+    sw * (offset + zero) pack_vnni_panels makes beside f16 scales (zero_dtype "float16").
 
     Each 64-byte load holds 8 (int4) or 4 (int8) codes of each of VPANEL rows; `vpdpbusd` (llvm.x86.avx512.vpdpbusd.512,
     u8 x s8, four products per int32 lane) against 4 activation codes broadcast to every lane adds them per row:
@@ -920,6 +932,7 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     offset = 0 if bits == 4 else 128
     implied = Q.implied_zero(bits) + offset
     int_zero = not has_zero or "int" in zdt   # integer zero points: the correction is exact in int32
+    sz_f16 = zdt == "float16"   # float zero points packed as scale x (offset + zero) in f16 (pack_vnni_panels)
 
     def V(i, w):
         return T.ramp(i, 1, w)
@@ -932,6 +945,8 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         return s if scale_dtype == "float32" else T.Cast("float32x16", s)
 
     def sz(sp, zp, p, gi):   # scale x (offset + zero point) of the panel's rows
+        if sz_f16:
+            return T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
         if has_zero:
             return scale(sp, p, gi) * (T.Cast("float32x16", zp[p, gi, V(0, VPANEL)])
                                               + T.broadcast(T.float32(offset), VPANEL))
