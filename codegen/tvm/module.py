@@ -1,13 +1,16 @@
 """IR graph -> TVM Relax IRModule, through the "cpu" lowering table (codegen/lowering.py).
 
     mod, weights = to_relax(graph)      # IRModule with one function "main"; weights: its parameters after
-                                        # the inputs: names, then {"node", "input", "weight"} per prepacked one
+                                        # the inputs: names (the graph's weights some op reads unpacked), then
+                                        # {"node", "input", "weight"} per prepacked one
 
 `main(*graph inputs, *weights)` returns a tuple of the graph's outputs. Weights are parameters, not
 bound constants: the compiled library holds code only, and the runner passes the graph's own tensors
 (no copy in the library, none in an artifact). A lowering with a `prepack` hook (f32 `linear`: weight
 panels) gets its weight in the packed layout as one more parameter (one per distinct weight), which the
-runner makes at load by running the same hook (memory: the packed copy sits beside the graph's tensor).
+runner makes at load by running the same hook (memory: the packed copy sits beside the graph's tensor); a
+weight that every reader takes prepacked is not a parameter itself (the VM checks each parameter on every
+call: ~360 of them in a W4A8 SmolLM2).
 Symbolic dims become `tir.Var`s (int64) named after the IR symbols; dims computed from them (`past+seq`)
 become PrimExprs, so one library serves every batch, sequence and cache length.
 
@@ -153,7 +156,11 @@ class Lowerer:
             params.append(p)
         if buffers:
             params.append(relax.Var("kv_lengths", relax.ShapeType([self.sym(n) for n in kv_length_symbols(list(self.inplace.values()))])))
-        weights: list = list(self.graph.weights)
+        prepacked = [(j, node, run_prepack(node)) for j, node in enumerate(self.graph.nodes)]
+        # a weight every reader of which takes it prepacked is not a parameter: the VM would check it each call
+        unpacked_reads = {id(v) for _, node, packed in prepacked for i, v in enumerate(node.inputs) if i not in packed}
+        unpacked_reads |= {id(v) for v in self.graph.outputs}
+        weights: list = [name for name, w in self.graph.weights.items() if id(w) in unpacked_reads]
         for name in weights:
             w = self.graph.weights[name]
             p = relax.Var(_ident(name), self.struct(w))
@@ -161,8 +168,8 @@ class Lowerer:
             params.append(p)
         self.packed = {}    # (id(node), input index) -> the parameter holding that weight prepacked
         shared = {}         # (op, weight, input index, attrs) -> its parameter: a weight two nodes pack alike
-        for j, node in enumerate(self.graph.nodes):
-            for i, t in run_prepack(node).items():
+        for j, node, packed in prepacked:
+            for i, t in packed.items():
                 key = (node.op, node.inputs[i].name, i, repr(sorted(node.attrs.items())), tuple(t.shape))
                 if key not in shared:
                     shared[key] = relax.Var(_ident(f"{node.inputs[i].name}_packed{j}"),

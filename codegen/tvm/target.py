@@ -157,11 +157,16 @@ def _to_tvm(t: torch.Tensor):
 
 
 def params_problem(graph, params) -> str | None:
-    """Why `params` (meta["weights"]) cannot be `main`'s parameters for this graph, or None: the graph's
-    weights by name in order, then {"node", "input", "weight"} entries naming a node whose input is that weight."""
-    names = list(graph.weights)
-    if not isinstance(params, list) or params[:len(names)] != names:
-        return f"the parameter list does not start with the graph's {len(names)} weights in order"
+    """Why `params` (meta["weights"]) cannot be `main`'s parameters for this graph, or None: graph weights by
+    name in the graph's order (those some op reads unpacked), then {"node", "input", "weight"} entries naming a
+    node whose input is that weight."""
+    if not isinstance(params, list):
+        return "the parameter list is not a list"
+    names = [p for p in params if isinstance(p, str)]
+    order = {n: i for i, n in enumerate(graph.weights)}
+    if params[:len(names)] != names or any(n not in order for n in names) \
+            or [order[n] for n in names] != sorted(order[n] for n in names):
+        return "the parameter list does not start with graph weights in the graph's order"
     nodes = list(graph.nodes)
     for p in params[len(names):]:
         ok = isinstance(p, dict) and isinstance(p.get("node"), int) and 0 <= p["node"] < len(nodes) \

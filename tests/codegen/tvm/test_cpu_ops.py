@@ -335,8 +335,9 @@ def test_f32_linear_of_a_computed_weight_takes_the_row_dot_kernel():
 
 def test_a_weight_shared_by_two_linears_is_packed_once_and_a_bad_cached_parameter_list_is_rebuilt(tmp_path,
                                                                                                   monkeypatch):
-    """Two linears reading one weight share one packed parameter; a build cache entry whose parameter list is
-    unreadable or names the wrong weights is compiled again, not trusted."""
+    """Two linears reading one weight share one packed parameter, and a weight read only prepacked is no
+    parameter of its own; a build cache entry whose parameter list is unreadable or names the wrong weights is
+    compiled again, not trusted."""
     import json
     monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
     g = ir.Graph()
@@ -348,9 +349,11 @@ def test_a_weight_shared_by_two_linears_is_packed_once_and_a_bad_cached_paramete
     run = assert_matches(g, lambda m: (torch.randn(m, 16, generator=torch.Generator().manual_seed(m)),), seqs=(1, 7))
     params = run.products.meta["weights"]
     assert [p["weight"] for p in params if isinstance(p, dict)] == ["w", "v"]
+    assert not any(isinstance(p, str) for p in params)
     entry = next(tmp_path.rglob("*.params.json"))
     xs = torch.randn(3, 16)
-    for bad in ("[not json", json.dumps([*params[:2], {**params[2], "node": params[3]["node"]}, params[3]])):
+    for bad in ("[not json", json.dumps([{**params[0], "node": params[1]["node"]}, params[1]]),
+                json.dumps(["v", "w", *params])):
         entry.write_text(bad)
         again = get_target("cpu").compile(g)
         torch.testing.assert_close(again(xs)[0], ir.run(g, xs)[0], rtol=1e-5, atol=1e-5)
