@@ -68,6 +68,49 @@ def test_minilm_matches_the_interpreter(minilm):
     torch.testing.assert_close(fast(**enc).last_hidden_state, hf.last_hidden_state, rtol=1e-4, atol=1e-4)
 
 
+W8A8 = "canonicalize,quantize-weights{bits=8,group=32},fuse-dequant-matmul,merge-sibling-linears,quantize-activations,cse,dce"
+
+
+def test_a_bert_encoder_with_int8_activations_runs_vnni_panels_and_matches_the_reference_target():
+    """W8A8 on an encoder (the MiniLM pipeline of benchmarks/bench_cpu_target.py): every linear becomes an int8
+    qlinear on int8 activation codes, the VNNI panel kernel where the host has it, and the result equals the
+    interpreter's qlinear(quantize_activation(x)) on the same graph (up to f32 summation order, which may move
+    an activation code by one step: hence 1e-3, not 1e-4)."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64)
+    bert = transformers.BertModel(cfg).eval()
+    enc = {"input_ids": torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(1)),
+           "attention_mask": torch.ones(1, 12, dtype=torch.long)}
+    fast = slimgraph.optimize(bert, example_kwargs=enc, target="cpu", pipeline=W8A8)
+    counts = fast.graph.op_counts()
+    # per layer: q/k/v merged into one, o, the two ffn linears (each reads its own activations); and the pooler
+    assert counts.get("qlinear") == counts.get("quantize_activation") == 2 * 4 + 1
+    assert ("int8_vnni_panel_gemv" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
+    ref = slimgraph.optimize(bert, example_kwargs=enc, target="reference", pipeline=W8A8)
+    torch.testing.assert_close(fast(**enc).last_hidden_state, ref(**enc).last_hidden_state, rtol=1e-3, atol=1e-3)
+    with torch.no_grad():
+        want = bert(**enc).last_hidden_state
+    got = fast(**enc).last_hidden_state
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), 0)) > 0.999
+
+
+@pytest.mark.slow
+def test_minilm_with_int8_weights_and_activations_keeps_its_sentence_embeddings(minilm):
+    """MiniLM W8A8 g32 (the `cpu` target's fast encoder pipeline: 0.35x torch eager's latency in
+    benchmarks/RESULTS.md): mean-pooled sentence embeddings keep cosine similarity >= 0.999 with fp32's."""
+    from slimgraph import evaluate
+    model, tok = minilm
+    enc = tok(evaluate.sentences(16), padding=True, return_tensors="pt")
+    fast = slimgraph.optimize(model, example_kwargs=dict(enc), target="cpu", pipeline=W8A8)
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        want = (model(**enc).last_hidden_state * mask).sum(1) / mask.sum(1)
+    got = (fast(**enc).last_hidden_state * mask).sum(1) / mask.sum(1)
+    assert float(torch.nn.functional.cosine_similarity(got, want).min()) >= 0.999
+
+
 @pytest.fixture(scope="module")
 def saved(model, tmp_path_factory):
     fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
@@ -195,6 +238,31 @@ def run(c, ids, states):
     mask = torch.ones(1, 1, n, past + n, dtype=torch.bool).tril(past)
     outs = c.runner(ids, torch.arange(past, past + n)[None], mask, *states)
     return outs[0], list(outs[1:])
+
+
+def test_the_decoder_gives_its_states_up_and_they_grow_in_place(model):
+    """Decoder steps on `cpu` (Runner.advance): each state comes back as the same tensor object, one row
+    longer, with no new view made; a copy kept with keep_state stays as it was; a plain call (a second branch
+    from a state the caller keeps) still returns new views and leaves the caller's tensors alone; and the
+    tokens equal the reference target's."""
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu")
+    ids = prompt(seed=21)
+    dec = fast.decoder()
+    dec.prefill(ids)
+    before = list(dec.states)
+    kept = dec.runner.keep_state(before[0])
+    rows = before[0].shape[2]
+    dec.step(torch.tensor([3]))
+    assert all(a is b for a, b in zip(dec.states, before)) and before[0].shape[2] == rows + 1
+    assert kept.shape[2] == rows and torch.equal(kept, before[0][:, :, :rows])
+    args = dict(input_ids=torch.tensor([[4]]), position_ids=torch.tensor([[rows + 1]]),
+                attention_mask=torch.ones(1, 1, 1, rows + 2, dtype=torch.bool))
+    order = [v.name for v in fast.graph.inputs]
+    state_in = {s.input.name: i for i, s in enumerate(fast.graph.states)}
+    outs = dec.runner(*[args[n] if n in args else dec.states[state_in[n]] for n in order])
+    assert all(o is not s for o in outs for s in dec.states) and dec.states[0].shape[2] == rows + 1
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference")
+    assert torch.equal(fast.generate(ids, max_new_tokens=12), ref.generate(ids, max_new_tokens=12))
 
 
 def test_one_view_passed_for_two_states_is_not_appended_to_twice(model):
