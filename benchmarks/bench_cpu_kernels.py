@@ -86,8 +86,8 @@ def main():
                    arr(rng.random((n // 16, ng, 16)).astype("float32")),
                    arr(rng.integers(0, 16, (n // 16, ng, 16)).astype("uint8"))) for _ in range(copies)]
             for m in rows_m:
-                xq = (arr(rng.integers(-127, 128, (m, k)).astype("int8")), arr(rng.random((m, ng)).astype("float32")),
-                      arr(rng.integers(-500, 500, (m, ng)).astype("int32")))
+                xq = (arr(rng.integers(-127, 128, (m, k)).astype("int8")),
+                      arr(np.concatenate([rng.random((m, ng)), rng.integers(-500, 500, (m, ng))], 1).astype("float32")))
                 rows.append(("W4A8 panels" + (f", M = {m}" if m > 1 else ""), n, k,
                              timed(fn, ws, xq, (arr(np.zeros((m, n), "float32")),), args.rounds),
                              n * k // 2 + n * ng * 5))
@@ -111,8 +111,7 @@ def main():
         ws = [(arr(rng.integers(0, 256, (n // 16, k // 4, 64)).astype("uint8")),
                arr(rng.random((n // 16, 1, 16)).astype("float32")), arr(np.zeros((1, 1, 1), "float32")))
               for _ in range(max(2, int(args.spread_mb * 2**20 / (n * k))))]
-        xq = (arr(rng.integers(-127, 128, (1, k)).astype("int8")), arr(rng.random((1, 1)).astype("float32")),
-              arr(rng.integers(-500, 500, (1, 1)).astype("int32")))
+        xq = (arr(rng.integers(-127, 128, (1, k)).astype("int8")), arr(np.array([[0.5, 120.0]], "float32")))
         rows.append(("int8 head W8A8 panels", n, k, timed(fn, ws, xq, (arr(np.zeros((1, n), "float32")),),
                                                           args.rounds), n * k + n * 4))
     for name, n, k, s, nbytes in rows:
