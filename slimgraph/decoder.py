@@ -110,7 +110,7 @@ class Decoder:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""
         ids = check_ids(tokens if tokens.dim() == 2 else tokens.reshape(-1, 1)).to(self.device)
         n = ids.shape[1]
-        positions = self.next_pos[:, None] + torch.arange(n, device=ids.device)
+        positions = self.next_pos[:, None] if n == 1 else self.next_pos[:, None] + torch.arange(n, device=ids.device)
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
         return self._forward(ids, positions, local, None)
 
@@ -201,8 +201,11 @@ class Decoder:
         b, n = ids.shape
         if b != self.batch:
             raise DecoderError(f"this decoder holds {self.batch} sequences; got tokens for {b}")
+        added = n    # positions the call adds per sequence: n, or the valid ones of a padded prompt
         if new_valid is None:
             new_valid = torch.ones(b, n, dtype=torch.bool, device=ids.device)
+        else:
+            added = new_valid.sum(1)
         valid = torch.cat((self.key_valid, new_valid), 1)
         if local is None:       # one token: it sees every valid key and itself
             mask = valid[:, None, None, :]
@@ -217,6 +220,6 @@ class Decoder:
         outs = self.runner.advance(*args)
         self.states = [outs[j] for j in self._state_out]
         self.key_valid = valid
-        self.next_pos = self.next_pos + new_valid.sum(1)
+        self.next_pos = self.next_pos + added
         state_outs = set(self._state_out)
         return {name: outs[j] for name, j in self._out_index.items() if j not in state_outs}
