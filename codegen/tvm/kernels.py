@@ -442,6 +442,38 @@ def make_layer_norm(k: int, eps: float):
     return layer_norm
 
 
+@functools.cache
+def make_rms_norm(k: int, eps: float):
+    """y[m] = x[m] / sqrt(mean(x[m]^2) + eps) * w over rows of k (a multiple of LANES) f32 values (ir/opset/nn.py
+    rms_norm, Zhang & Sennrich 2019), in vectors: the sum of squares in LANES partial sums, where TVM's default
+    reduction is one scalar chain (~3 us per SmolLM2 row)."""
+    from tvm.script import tirx as T
+    kn = k // LANES
+
+    @T.prim_func(private=True)
+    def rms_norm(x_h: T.handle, w: T.Buffer((k,), "float32"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        y = T.match_buffer(y_h, (m_n, k), "float32")
+        for m in T.parallel(m_n):
+            acc = T.decl_buffer((LANES,), "float32")
+            st = T.decl_buffer((1,), "float32")   # 1 / rms
+            for l in T.vectorized(LANES):
+                acc[l] = T.float32(0)
+            for c in range(kn):
+                for l in T.vectorized(LANES):
+                    acc[l] = acc[l] + x[m, c * LANES + l] * x[m, c * LANES + l]
+            st[0] = T.float32(0)
+            for l in range(LANES):
+                st[0] = st[0] + acc[l]
+            st[0] = T.float32(1) / T.sqrt(st[0] / T.float32(k) + T.float32(eps))
+            for c in range(kn):
+                for l in T.vectorized(LANES):
+                    y[m, c * LANES + l] = x[m, c * LANES + l] * st[0] * w[c * LANES + l]
+    return rms_norm
+
+
 def as_rows(lw, x, k):
     """x [..., k] as (x2d [M, k], its leading dims, M): the row view every row-wise kernel here runs on."""
     from tvm import relax

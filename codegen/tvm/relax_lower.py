@@ -385,9 +385,17 @@ def _filled(lw, shape, value, dt):
 
 @lowering("cpu", "rms_norm")
 def _rms_norm(lw, node, args):
-    """x * rsqrt(mean(x^2, -1) + eps) in f32, cast back, then * weight (ir/opset/nn.py rms_norm)."""
+    """x * rsqrt(mean(x^2, -1) + eps) in f32, cast back, then * weight (ir/opset/nn.py rms_norm): f32 rows of a
+    multiple of 16 values with a weight of that dtype take the vector kernel (kernels.make_rms_norm)."""
     x = args[0]
     dt = node.inputs[0].type.dtype
+    k = node.inputs[0].type.shape[-1]
+    if dt == "f32" and isinstance(k, int) and k % 16 == 0 and len(args) > 1 and node.inputs[1].type.dtype == "f32" \
+            and tuple(node.inputs[1].type.shape) == (k,):
+        from .kernels import _call_rows, make_rms_norm
+        eps = float(node.attrs["eps"])
+        name = f"rms_norm_{k}_{eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')}"
+        return _call_rows(lw, x, k, k, make_rms_norm(k, eps), [args[1]], name)
     xf = _cast(x, "f32")
     ms = R.mean(R.multiply(xf, xf), [node.inputs[0].type.rank - 1], keepdims=True)
     y = _cast(R.multiply(xf, R.rsqrt(R.add(ms, lw.const(node.attrs["eps"], "f32")))), dt)

@@ -434,6 +434,26 @@ def test_layer_norm_kernel(k, affine, eps):
     assert "layer_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()
 
 
+@pytest.mark.parametrize("k,weighted", [(576, True), (48, True), (16, False), (40, True)])
+def test_rms_norm_kernel(k, weighted):
+    """rms_norm over f32 rows of a multiple of 16 values with an f32 weight: the vector kernel (partial sums of
+    squares in 16 lanes); without a weight, or k not a multiple of 16, TVM's fused ops. Both equal the
+    interpreter on zero rows (rms 0: eps keeps it finite), rows of large values, symbolic rows, no rows."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, "seq", k)))
+    args = [x] + ([g.add_weight("w", torch.randn(k, generator=torch.Generator().manual_seed(k)))] if weighted else [])
+    g.set_outputs([g.op("rms_norm", *args, eps=1e-5)])
+
+    def make(seq):
+        t = torch.randn(2, seq, k, generator=torch.Generator().manual_seed(seq))
+        if seq:
+            t[0, 0] = 0.0
+            t[1, -1] *= 1e3
+        return (t,)
+    run = assert_matches(g, make, seqs=(0, 1, 5))
+    assert ("rms_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()) == (weighted and k % 16 == 0)
+
+
 @pytest.mark.parametrize("lq,lk,nan_key", [(1, 5, 4), (3, 5, 4), (P, P, 3), (P + 15, P + 15, 3), (P, P + 15, P + 12),
                                           (P + 8, P + 8, 0)])
 def test_attention_nan_keys_and_fully_masked_rows(lq, lk, nan_key):
@@ -572,7 +592,8 @@ def test_decode_kernels_keep_their_scratch_on_the_stack():
     makers = {"int4_gemv": K.make_int4_gemv(64, 128, 32, "float32", "uint8"),
               "int8_gemv": K.make_int8_gemv(64, 128, 128, "float32", None),
               "f32_gemv": K.make_f32_gemv(64, 128), "f32_panel_gemm": K.make_f32_panel_gemm(64, 128),
-              "quantize_rows": K.make_quantize_rows(128, 32), "layer_norm": K.make_layer_norm(128, 1e-5)}
+              "quantize_rows": K.make_quantize_rows(128, 32), "layer_norm": K.make_layer_norm(128, 1e-5),
+              "rms_norm": K.make_rms_norm(128, 1e-5)}
     if K.has_avx512():
         makers["int4_lookup_gemv"] = K.make_int4_lookup_gemv(64, 128, 32, "float32", "uint8")
     if K.has_vnni():
