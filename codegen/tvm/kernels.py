@@ -443,12 +443,29 @@ def make_layer_norm(k: int, eps: float):
 
 
 @functools.cache
-def make_rms_norm(k: int, eps: float):
-    """y[m] = x[m] / sqrt(mean(x[m]^2) + eps) * w over rows of k (a multiple of LANES) f32 values (ir/opset/nn.py
-    rms_norm, Zhang & Sennrich 2019), in vectors: the sum of squares in LANES partial sums, where TVM's default
-    reduction is one scalar chain (~3 us per SmolLM2 row)."""
+def make_rms_norm(k: int, eps: float, rank: int = 2):
+    """y[..., :] = x[..., :] / sqrt(mean(x^2) + eps) * w over rows of k (a multiple of LANES) f32 values
+    (ir/opset/nn.py rms_norm, Zhang & Sennrich 2019), in vectors: the sum of squares in LANES partial sums, where
+    TVM's default reduction is one scalar chain (~3 us per SmolLM2 row). x is [m, k] (rank 2) or [b, s, k] (rank
+    3: a decoder's hidden states, taken as they are: no reshape in the VM before and after)."""
     from tvm.script import tirx as T
     kn = k // LANES
+    assert rank in (2, 3), rank
+
+    @T.macro
+    def row(x, y, m, w, acc, st):   # row m of x [rows, k] into y
+        for l in T.vectorized(LANES):
+            acc[l] = T.float32(0)
+        for c in range(kn):
+            for l in T.vectorized(LANES):
+                acc[l] = acc[l] + x[m, c * LANES + l] * x[m, c * LANES + l]
+        st[0] = T.float32(0)
+        for l in range(LANES):
+            st[0] = st[0] + acc[l]
+        st[0] = T.float32(1) / T.sqrt(st[0] / T.float32(k) + T.float32(eps))
+        for c in range(kn):
+            for l in T.vectorized(LANES):
+                y[m, c * LANES + l] = x[m, c * LANES + l] * st[0] * w[c * LANES + l]
 
     @T.prim_func(private=True)
     def rms_norm(x_h: T.handle, w: T.Buffer((k,), "float32"), y_h: T.handle):
@@ -459,19 +476,21 @@ def make_rms_norm(k: int, eps: float):
         for m in T.parallel(m_n):
             acc = T.decl_buffer((LANES,), "float32")
             st = T.decl_buffer((1,), "float32")   # 1 / rms
-            for l in T.vectorized(LANES):
-                acc[l] = T.float32(0)
-            for c in range(kn):
-                for l in T.vectorized(LANES):
-                    acc[l] = acc[l] + x[m, c * LANES + l] * x[m, c * LANES + l]
-            st[0] = T.float32(0)
-            for l in range(LANES):
-                st[0] = st[0] + acc[l]
-            st[0] = T.float32(1) / T.sqrt(st[0] / T.float32(k) + T.float32(eps))
-            for c in range(kn):
-                for l in T.vectorized(LANES):
-                    y[m, c * LANES + l] = x[m, c * LANES + l] * st[0] * w[c * LANES + l]
-    return rms_norm
+            row(x, y, m, w, acc, st)
+
+    @T.prim_func(private=True)
+    def rms_norm3(x_h: T.handle, w: T.Buffer((k,), "float32"), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b_n, s_n = T.int64(), T.int64()
+        x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
+        y3 = T.match_buffer(y_h, (b_n, s_n, k), "float32")
+        x = T.decl_buffer((b_n * s_n, k), "float32", data=x3.data)   # the same memory as rows
+        y = T.decl_buffer((b_n * s_n, k), "float32", data=y3.data)
+        for m in T.parallel(b_n * s_n):
+            acc = T.decl_buffer((LANES,), "float32")
+            st = T.decl_buffer((1,), "float32")
+            row(x, y, m, w, acc, st)
+    return rms_norm if rank == 2 else rms_norm3
 
 
 def as_rows(lw, x, k):

@@ -395,6 +395,11 @@ def _rms_norm(lw, node, args):
         from .kernels import _call_rows, make_rms_norm
         eps = float(node.attrs["eps"])
         name = f"rms_norm_{k}_{eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')}"
+        rank = node.inputs[0].type.rank
+        if rank in (2, 3):   # the kernel takes x as it is: no reshapes around the call
+            x = lw.bb.normalize(x)
+            gv = lw.kernel(f"{name}_r{rank}", make_rms_norm(k, eps, rank))
+            return relax.call_tir(gv, [x, args[1]], relax.TensorType(list(x.ty.shape.values), "float32"))
         return _call_rows(lw, x, k, k, make_rms_norm(k, eps), [args[1]], name)
     xf = _cast(x, "f32")
     ms = R.mean(R.multiply(xf, xf), [node.inputs[0].type.rank - 1], keepdims=True)

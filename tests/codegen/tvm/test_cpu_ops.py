@@ -434,21 +434,23 @@ def test_layer_norm_kernel(k, affine, eps):
     assert "layer_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()
 
 
-@pytest.mark.parametrize("k,weighted", [(576, True), (48, True), (16, False), (40, True)])
-def test_rms_norm_kernel(k, weighted):
+@pytest.mark.parametrize("k,weighted,lead", [(576, True, (2, "seq")), (48, True, ("seq",)), (16, False, (2, "seq")),
+                                             (40, True, (2, "seq")), (64, True, (1, 2, "seq"))])
+def test_rms_norm_kernel(k, weighted, lead):
     """rms_norm over f32 rows of a multiple of 16 values with an f32 weight: the vector kernel (partial sums of
-    squares in 16 lanes); without a weight, or k not a multiple of 16, TVM's fused ops. Both equal the
-    interpreter on zero rows (rms 0: eps keeps it finite), rows of large values, symbolic rows, no rows."""
+    squares in 16 lanes; x of rank 2 or 3 as it is, other ranks as rows); without a weight, or k not a multiple
+    of 16, TVM's fused ops. All equal the interpreter on zero rows (rms 0: eps keeps it finite), rows of large
+    values, symbolic rows, no rows."""
     g = ir.Graph()
-    x = g.add_input("x", TensorType("f32", (2, "seq", k)))
+    x = g.add_input("x", TensorType("f32", (*lead, k)))
     args = [x] + ([g.add_weight("w", torch.randn(k, generator=torch.Generator().manual_seed(k)))] if weighted else [])
     g.set_outputs([g.op("rms_norm", *args, eps=1e-5)])
 
     def make(seq):
-        t = torch.randn(2, seq, k, generator=torch.Generator().manual_seed(seq))
+        t = torch.randn(*[seq if d == "seq" else d for d in lead], k, generator=torch.Generator().manual_seed(seq))
         if seq:
-            t[0, 0] = 0.0
-            t[1, -1] *= 1e3
+            t.view(-1, k)[0] = 0.0
+            t.view(-1, k)[-1] *= 1e3
         return (t,)
     run = assert_matches(g, make, seqs=(0, 1, 5))
     assert ("rms_norm_" in run.products.read_bytes("cpu_module.relax.py").decode()) == (weighted and k % 16 == 0)
