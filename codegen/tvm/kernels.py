@@ -237,8 +237,9 @@ def has_vnni() -> bool:
 
 
 @functools.cache
-def make_quantize_rows(k: int, group: int):
-    """x [m, k] f32 -> (q [m, k] i8, ss [m, 2 k/g] f32): ir/opset/quant.py quantize_activation's codes, and per
+def make_quantize_rows(k: int, group: int, rank: int = 2):
+    """x [m, k] f32 (rank 2; rank 3: [b, s, k], read as b s rows, no reshape in the VM) -> (q [m, k] i8,
+    ss [m, 2 k/g] f32): ir/opset/quant.py quantize_activation's codes, and per
     row and group its scale (ss[:, :k/g]; s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and the
     group's sum of codes (ss[:, k/g:], the zero-point term of a W4A8 dot product; |sum| <= 127 g < 2^24, so the
     f32 holds it exactly). One buffer for both: each output is a VM allocation per call, ~120 per decode step."""
@@ -248,18 +249,12 @@ def make_quantize_rows(k: int, group: int):
     lanes = _lanes(g)
     jn = g // lanes
 
-    @T.prim_func(private=True, s_tir=True)
-    def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        x = T.match_buffer(x_h, (m_n, k), "float32")
-        q = T.match_buffer(q_h, (m_n, k), "int8")
-        s = T.match_buffer(s_h, (m_n, 2 * ng), "float32")
+    assert rank in (2, 3), rank
+
+    @T.macro
+    def body(x, q, s, m_n, mx, qs, st):   # mx, qs: lanes of the group's max |x| and code sum; st: scale, divisor
         with T.sblock("root"):   # Relax's reshape-pattern check wants a one-input kernel's body in a block
             for m, gi in T.grid(m_n, ng):
-                mx = T.decl_buffer((lanes,), "float32")
-                qs = T.decl_buffer((lanes,), "int32")
-                st = T.decl_buffer((2,), "float32")   # scale, divisor
                 for l in T.vectorized(lanes):
                     mx[l] = T.float32(0)
                     qs[l] = 0
@@ -281,7 +276,32 @@ def make_quantize_rows(k: int, group: int):
                     qs[0] = qs[0] + qs[l]
                 s[m, gi] = st[0]
                 s[m, ng + gi] = T.Cast("float32", qs[0])
-    return quantize_rows
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        q = T.match_buffer(q_h, (m_n, k), "int8")
+        s = T.match_buffer(s_h, (m_n, 2 * ng), "float32")
+        mx = T.decl_buffer((lanes,), "float32")
+        qs = T.decl_buffer((lanes,), "int32")
+        st = T.decl_buffer((2,), "float32")
+        body(x, q, s, m_n, mx, qs, st)
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_rows3(x_h: T.handle, q_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b_n, s_n = T.int64(), T.int64()
+        x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
+        q = T.match_buffer(q_h, (b_n * s_n, k), "int8")
+        s = T.match_buffer(s_h, (b_n * s_n, 2 * ng), "float32")
+        x = T.decl_buffer((b_n * s_n, k), "float32", data=x3.data)   # the same memory as rows
+        mx = T.decl_buffer((lanes,), "float32")
+        qs = T.decl_buffer((lanes,), "int32")
+        st = T.decl_buffer((2,), "float32")
+        body(x, q, s, b_n * s_n, mx, qs, st)
+    return quantize_rows if rank == 2 else quantize_rows3
 
 
 def quantize_activation_te(x, group: int):
@@ -516,10 +536,17 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
 
 
 def _call_quantize_rows(lw, x, k: int, g: int):
-    """make_quantize_rows on x [..., k]: (codes [M, k] i8, scales and code sums [M, 2 k/g] f32, M) as Relax values."""
+    """make_quantize_rows on x [..., k]: (codes [M, k] i8, scales and code sums [M, 2 k/g] f32, M) as Relax values
+    (x of rank 2 or 3 as it is, other ranks reshaped to rows)."""
     from tvm import relax
-    x2, _, m = as_rows(lw, x, k)
-    gv = lw.kernel(f"quantize_rows_{k}_g{g}", make_quantize_rows(k, g))
+    x = lw.bb.normalize(x)
+    lead = list(x.ty.shape.values)[:-1]
+    if len(lead) == 2:
+        x2, m = x, lead[0] * lead[1]
+        gv = lw.kernel(f"quantize_rows_{k}_g{g}_r3", make_quantize_rows(k, g, 3))
+    else:
+        x2, _, m = as_rows(lw, x, k)
+        gv = lw.kernel(f"quantize_rows_{k}_g{g}", make_quantize_rows(k, g))
     out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([m, k], "int8"),
                                                relax.TensorType([m, 2 * (k // g)], "float32")]))
     return tuple(lw.bb.emit(relax.TupleGetItem(out, i)) for i in range(2)) + (m,)
@@ -570,12 +597,14 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         # the panels keep f16 scales, and may hold float zero points as f16 products (pack_vnni_panels)
         zdt = str(lw.bb.normalize(zeros).ty.dtype) if zeros is not None else None
         sdt = str(lw.bb.normalize(scales).ty.dtype)
-        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}",
-                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt))
+        r3 = len(lead) == 2   # [b, s, n] straight from the kernel; other ranks as rows, then reshaped
+        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}" + ("_r3" if r3 else ""),
+                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt, 3 if r3 else 2))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], qweight, scales, zpp],
-                                      relax.TensorType([codes[2], n], "float32")))
-        y = R.reshape(y, relax.ShapeExpr([*lead, n]))
+                                      relax.TensorType([*lead, n] if r3 else [codes[2], n], "float32")))
+        if not r3:
+            y = R.reshape(y, relax.ShapeExpr([*lead, n]))
         return R.add(y, bias) if bias is not None else y
     if int4_gemv_ok(bits, group, k, dt):
         g = Q.group_size(group, k)
@@ -955,7 +984,8 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
 
 
 @functools.cache
-def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32"):
+def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32",
+                         out_rank: int = 2):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
     offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
@@ -972,7 +1002,8 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
 
     Rows run in blocks of ROW_BLOCK (then 2, then 1): one load and nibble split of the weights serves every row of
     the block, so verify and prefill do not pay the unpacking per token; past that the kernel is bound by the
-    vpdpbusd count (`benchmarks/bench_cpu_kernels.py --rows 1,2,4,8`: M = 4 costs ~1.3-1.5x M = 1, M = 8 ~2.5x)."""
+    vpdpbusd count (`benchmarks/bench_cpu_kernels.py --rows 1,2,4,8`: M = 4 costs ~1.3-1.5x M = 1, M = 8 ~2.5x).
+    out_rank 3: y is [b, s, n] (b s = m rows: a decoder's hidden states, no reshape in the VM after the call)."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     cols = 32 // bits                     # columns per 64-byte chunk: 8 (int4) or 4 (int8)
@@ -1053,6 +1084,18 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         for r in T.unroll(rows):
             y[m0 + r, V(p * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)]
 
+    @T.macro
+    def panels(qp, sp, zp, xq, xs, y, m_n):
+        for p in T.parallel(n // VPANEL):
+            acc = T.decl_buffer((VPANEL * ROW_BLOCK,), "float32")
+            dots = T.decl_buffer((VPANEL * ROW_BLOCK,), "int32")
+            for mo in range(m_n // ROW_BLOCK):
+                block(p, mo * ROW_BLOCK, ROW_BLOCK, qp, sp, zp, xq, xs, y, acc, dots)
+            if m_n % ROW_BLOCK >= 2:
+                block(p, m_n // ROW_BLOCK * ROW_BLOCK, 2, qp, sp, zp, xq, xs, y, acc, dots)
+            if m_n % 2 == 1:
+                block(p, m_n - 1, 1, qp, sp, zp, xq, xs, y, acc, dots)
+
     @T.prim_func(private=True)
     def vnni_panel_gemv(q_h: T.handle, s_h: T.handle,
                         qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
@@ -1064,13 +1107,20 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         xq = T.match_buffer(q_h, (m_n, k), "int8")
         xs = T.match_buffer(s_h, (m_n, 2 * ng), "float32")   # scales, then code sums (make_quantize_rows)
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        for p in T.parallel(n // VPANEL):
-            acc = T.decl_buffer((VPANEL * ROW_BLOCK,), "float32")
-            dots = T.decl_buffer((VPANEL * ROW_BLOCK,), "int32")
-            for mo in range(m_n // ROW_BLOCK):
-                block(p, mo * ROW_BLOCK, ROW_BLOCK, qp, sp, zp, xq, xs, y, acc, dots)
-            if m_n % ROW_BLOCK >= 2:
-                block(p, m_n // ROW_BLOCK * ROW_BLOCK, 2, qp, sp, zp, xq, xs, y, acc, dots)
-            if m_n % 2 == 1:
-                block(p, m_n - 1, 1, qp, sp, zp, xq, xs, y, acc, dots)
-    return vnni_panel_gemv
+        panels(qp, sp, zp, xq, xs, y, m_n)
+
+    @T.prim_func(private=True)
+    def vnni_panel_gemv3(q_h: T.handle, s_h: T.handle,
+                         qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
+                         sp: T.Buffer((n // VPANEL, ng, VPANEL), scale_dtype),
+                         zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
+                         y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b_n, s_n = T.int64(), T.int64()
+        y3 = T.match_buffer(y_h, (b_n, s_n, n), "float32")
+        xq = T.match_buffer(q_h, (b_n * s_n, k), "int8")
+        xs = T.match_buffer(s_h, (b_n * s_n, 2 * ng), "float32")
+        y = T.decl_buffer((b_n * s_n, n), "float32", data=y3.data)   # the same memory as rows
+        panels(qp, sp, zp, xq, xs, y, b_n * s_n)
+    assert out_rank in (2, 3), out_rank
+    return vnni_panel_gemv if out_rank == 2 else vnni_panel_gemv3

@@ -595,12 +595,14 @@ def test_decode_kernels_keep_their_scratch_on_the_stack():
               "int8_gemv": K.make_int8_gemv(64, 128, 128, "float32", None),
               "f32_gemv": K.make_f32_gemv(64, 128), "f32_panel_gemm": K.make_f32_panel_gemm(64, 128),
               "quantize_rows": K.make_quantize_rows(128, 32), "layer_norm": K.make_layer_norm(128, 1e-5),
-              "rms_norm": K.make_rms_norm(128, 1e-5)}
+              "rms_norm": K.make_rms_norm(128, 1e-5), "rms_norm_r3": K.make_rms_norm(128, 1e-5, 3),
+              "quantize_rows_r3": K.make_quantize_rows(128, 32, 3)}
     if K.has_avx512():
         makers["int4_lookup_gemv"] = K.make_int4_lookup_gemv(64, 128, 32, "float32", "uint8")
     if K.has_vnni():
         makers["int4_vnni_panel_gemv"] = K.make_vnni_panel_gemv(64, 128, 32, 4, "uint8")
         makers["int8_vnni_panel_gemv"] = K.make_vnni_panel_gemv(64, 128, 128, 8, None)
+        makers["int4_vnni_panel_gemv_r3"] = K.make_vnni_panel_gemv(64, 128, 32, 4, "uint8", "float32", 3)
     for name, f in makers.items():
         ex = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
         assert "TVMBackendAllocWorkspace" not in ex.mod.inspect_source("asm"), name
