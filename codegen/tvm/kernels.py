@@ -899,6 +899,10 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
         zeros = zeros.float()
         if scales.dtype == torch.float16:
             zeros = (scales.float() * (zeros + (0 if bits == 4 else 128))).half()
+            if not bool(torch.isfinite(zeros).all()):   # the interpreter's f32 minimum would be inf here: NaN out
+                raise ValueError(f"int{bits} W4A8/W8A8 panels: a group minimum scale x (offset + zero point) is beyond "
+                                 "f16's range (|w| > 65504) and the panels hold it in f16 beside f16 scales; quantize "
+                                 "this weight with quantize-weights{scale_dtype=f32} (or integer zero points)")
     return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales),
             panels(zeros) if zeros is not None else None)
 

@@ -581,3 +581,46 @@ def test_decode_kernels_keep_their_scratch_on_the_stack():
     for name, f in makers.items():
         ex = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
         assert "TVMBackendAllocWorkspace" not in ex.mod.inspect_source("asm"), name
+
+
+def test_w8a8_panels_with_float_zero_points_and_f16_scales_match_reference_far_from_zero():
+    """int8 codes with float zero points beside f16 scales (quantize-weights bits=8,zero_point=float,
+    scale_dtype=f16): the panels hold scale x (128 + zero), the group minimum, in f16, and the quantizer rounds
+    that same minimum (not -zero x scale, which for signed int8 codes is the minimum minus 128 x scale) to f16,
+    so the kernel equals the interpreter even for weights far from zero (w in [100, 101]: there f16 steps are
+    0.0625, 16x the int8 step of the group's range)."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("seq", 64)))
+    w = torch.rand(32, 64, generator=torch.Generator().manual_seed(2)) + 100
+    w[:, :32] = 3.0   # constant groups too
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager("quantize-weights{bits=8,group=32,zero_point=float,scale_dtype=f16},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    run = get_target("cpu").compile(g)
+    for m in (1, 5):
+        xs = torch.randn(m, 64, generator=torch.Generator().manual_seed(m))
+        want = ir.run(g, xs)[0]
+        torch.testing.assert_close(run(xs)[0], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert ("int8_vnni_panel_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float_zero_points_whose_minimum_overflows_f16_are_a_clear_error_not_nan(bits):
+    """A group minimum beyond f16's range (|w| > 65504) beside f16 scales: the quantizer keeps it in f32 and the
+    interpreter computes it, but the panels hold minimums in f16 (the kernel's form follows dtypes, not values):
+    loading says so and names the fix instead of returning NaN."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    if not has_vnni():
+        pytest.skip("the W4A8/W8A8 panel kernel needs AVX-512 VNNI")
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("seq", 64)))
+    w = torch.rand(32, 64, generator=torch.Generator().manual_seed(3)) + 70000
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{bits={bits},group=32,zero_point=float,scale_dtype=f16}},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    assert torch.isfinite(ir.run(g, torch.ones(1, 64))[0]).all()
+    with pytest.raises(ValueError, match="f16.*scale_dtype=f32"):
+        get_target("cpu").compile(g)
