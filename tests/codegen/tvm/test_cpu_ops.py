@@ -624,3 +624,28 @@ def test_float_zero_points_whose_minimum_overflows_f16_are_a_clear_error_not_nan
     assert torch.isfinite(ir.run(g, torch.ones(1, 64))[0]).all()
     with pytest.raises(ValueError, match="f16.*scale_dtype=f32"):
         get_target("cpu").compile(g)
+
+
+def test_a_cached_parameter_list_that_parses_but_does_not_fit_main_is_rebuilt(tmp_path, monkeypatch):
+    """main's parameters are the weights some op reads unpacked, then the prepacked ones: a build cache entry
+    whose params.json was changed into another well-formed list (a weight dropped, doubled, or one read only
+    prepacked added) fails the entry's checksum and is compiled again, never handed to the VM (which refused
+    the call with "main expects 4 arguments")."""
+    import json
+    from slimgraph.codegen.tvm import target as T
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", 16)))
+    gen = torch.Generator().manual_seed(5)
+    w, v = g.add_weight("w", torch.randn(32, 16, generator=gen)), g.add_weight("v", torch.randn(32, 16, generator=gen))
+    g.set_outputs([g.op("linear", x, w), g.op("mul", w, w), g.op("linear", x, v)])   # w: read packed and unpacked
+    params = T.build(g).meta["weights"]
+    assert params[0] == "w" and [p["weight"] for p in params[1:]] == ["w", "v"]
+    entry = next(tmp_path.rglob("*.params.json"))
+    xs = torch.randn(3, 16)
+    for bad in (params[1:], ["w", *params], ["w", "v", *params[1:]], [*params, params[-1]], params[:2]):
+        entry.write_text(json.dumps(bad))
+        again = T.build(g)
+        assert again.meta["weights"] == params and json.loads(entry.read_text()) == params, bad
+        for got, want in zip(T.load(g, again)(xs), ir.run(g, xs)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
