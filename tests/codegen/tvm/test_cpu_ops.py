@@ -120,17 +120,19 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     assert "dequantize" not in source
 
 
-@pytest.mark.parametrize("n,k,group,sym", [(37, 48, 16, True), (5, 64, 0, False), (33, 96, 32, False),
-                                           (16, 80, 0, True)])
-def test_int8_gemv_odd_shapes(n, k, group, sym):
+@pytest.mark.parametrize("n,k,group,sym,zero", [(37, 48, 16, True, "int"), (5, 64, 0, False, "int"),
+                                                (33, 96, 32, False, "int"), (16, 80, 0, True, "int"),
+                                                (33, 96, 32, False, "float"), (5, 64, 0, False, "float")])
+def test_int8_gemv_odd_shapes(n, k, group, sym, zero):
     """The int8 GEMV kernel (odd output counts, one or two accumulator chains, per-row and grouped scales,
-    with and without zero points) against the reference qlinear, rows of x 1 and 4."""
+    with and without zero points, integer or float ones: a float zero point is subtracted as a float, never
+    truncated to an integer) against the reference qlinear, rows of x 1 and 4."""
     from slimgraph.passes.base import get_pass
     g = ir.Graph()
     x = g.add_input("x", TensorType("f32", ("batch", k)))
     gen = torch.Generator().manual_seed(n * k)
-    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)))])
-    get_pass("quantize-weights")(bits=8, group=group, sym=sym).run(g)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen) + 0.3))])
+    get_pass("quantize-weights")(bits=8, group=group, sym=sym, zero_point=zero).run(g)
     get_pass("fuse-dequant-matmul")().run(g)
     run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4))
     assert "int8_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
