@@ -135,17 +135,19 @@ def round_codes(w, s, z, bits: int):
 def store(q, scales, zeros, bits: int, sym: bool, scale_dtype=torch.float32, float_zero: bool = False):
     """Codes/scales/zeros from a quantizer -> (qweight, scales, zeros or None) as stored (float zero
     points in f32 whatever the scales' dtype: |zero| reaches hundreds when a group's range is far from 0).
-    A float zero point follows its scale's rounding: the group minimum m = -zero * scale keeps its f32 value
-    with f32 scales and is rounded to the scales' dtype with f16 ones (GGUF Q4_1's block: an f16 scale and an
-    f16 minimum; the `cpu` target's W4A8 panels then hold m in f16, kernels.pack_vnni_panels)."""
+    A float zero point follows its scale's rounding: the group minimum (lo - zero) * scale (lo: the lowest code,
+    0 for int4, -128 for int8) keeps its f32 value with f32 scales and is rounded to the scales' dtype with f16
+    ones (GGUF Q4_1's block: an f16 scale and an f16 minimum; the `cpu` target's W4A8/W8A8 panels then hold it
+    in f16, kernels.pack_vnni_panels)."""
     zdt = torch.float32 if float_zero else torch.uint8 if bits == 4 else torch.int8
     stored = scales.to(scale_dtype)
     if scale_dtype != torch.float32:   # keep every scale a normal number of its dtype (1e-8 is 0 in f16)
         stored = stored.clamp_min(torch.finfo(scale_dtype).tiny)
-    if float_zero and not sym:         # keep m = -z * s, in the scales' dtype
-        m = zeros * scales
+    if float_zero and not sym:         # keep the (negated) minimum m = (z - lo) * s, in the scales' dtype
+        lo = qrange(bits)[0]
+        m = (zeros - lo) * scales
         if scale_dtype != torch.float32:
             m16 = m.to(scale_dtype).float()
             m = torch.where(torch.isfinite(m16), m16, m)
-        zeros = m / stored.float()
+        zeros = m / stored.float() + lo
     return pack(q.to(torch.int32), bits), stored, (None if sym else zeros.to(zdt))

@@ -330,8 +330,9 @@ def int8_gemv_ok(bits: int, group: int, k: int, dtype: str) -> bool:
 @functools.cache
 def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str | None):
     """y[m, o] = sum_k x[m, k] * (q[o, k] - zero[o, k // g]) * scale[o, k // g] for int8 q [n, k]
-    (ir/quant_format.py; symmetric int8 has zero 0). Two LANES-wide f32 accumulators per output row (two
-    independent FMA chains), codes widened and scaled in registers; outputs outer and parallel."""
+    (ir/quant_format.py; symmetric int8 has zero 0; integer zero points subtracted in int32, float ones, from
+    zero_point=float, in f32). Two LANES-wide f32 accumulators per output row (two independent FMA chains),
+    codes widened and scaled in registers; outputs outer and parallel."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng = k // g
@@ -340,6 +341,12 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
     has_zero = zero_dtype is not None
     zshape = (n, ng) if has_zero else (1, 1)
     zdt = zero_dtype or "int8"
+    float_zero = has_zero and "float" in zdt
+
+    def centered(code, z):   # code - zero point, as f32
+        if float_zero:
+            return T.Cast("float32", code) - T.Cast("float32", z)
+        return T.Cast("float32", T.Cast("int32", code) - (T.Cast("int32", z) if has_zero else 0))
 
     @T.prim_func(private=True)
     def int8_gemv(x_h: T.handle, qw: T.Buffer((n, k), "int8"), sc: T.Buffer((n, ng), scale_dtype),
@@ -361,8 +368,7 @@ def make_int8_gemv(n: int, k: int, group: int, scale_dtype: str, zero_dtype: str
                         for jo in range(jo_n // nc):
                             for c in T.unroll(nc):
                                 for l in T.vectorized(LANES):
-                                    acc[c, l] = acc[c, l] + T.Cast("float32", T.Cast("int32", qw[o, gi * g + (jo * nc + c) * LANES + l])
-                                                                    - (T.Cast("int32", zp[o, gi]) if has_zero else 0)) \
+                                    acc[c, l] = acc[c, l] + centered(qw[o, gi * g + (jo * nc + c) * LANES + l], zp[o, gi]) \
                                         * T.Cast("float32", sc[o, gi]) * x[m, gi * g + (jo * nc + c) * LANES + l]
                     for c in range(1, nc):
                         for l in T.vectorized(LANES):
@@ -979,6 +985,10 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
         zeros = zeros.float()
         if scales.dtype == torch.float16:
             zeros = (scales.float() * (zeros + (0 if bits == 4 else 128))).half()
+            if not bool(torch.isfinite(zeros).all()):   # the interpreter's f32 minimum would be inf here: NaN out
+                raise ValueError(f"int{bits} W4A8/W8A8 panels: a group minimum scale x (offset + zero point) is beyond "
+                                 "f16's range (|w| > 65504) and the panels hold it in f16 beside f16 scales; quantize "
+                                 "this weight with quantize-weights{scale_dtype=f32} (or integer zero points)")
     return (codes.reshape(n // VPANEL, -1, VPANEL * 4).contiguous(), panels(scales),
             panels(zeros) if zeros is not None else None)
 

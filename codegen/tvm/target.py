@@ -94,7 +94,8 @@ def build(graph) -> Products:
     weights = _cached_params(graph, params) if cached.exists() and source.exists() else None
     if weights is not None:
         lib, text = cached.read_bytes(), source.read_bytes()
-        if _digest(lib, text) != _read(digest):   # truncated or corrupt: never handed to dlopen (SIGBUS)
+        # truncated or corrupt: never handed to dlopen (SIGBUS), nor a parameter list that does not fit main
+        if _digest(lib, text, json.dumps(weights).encode()) != _read(digest):
             notes.append(f"build cache entry {cached.name} did not match its checksum (truncated or corrupt); "
                          "rebuilt it")
             weights = None
@@ -109,7 +110,8 @@ def build(graph) -> Products:
         text = mod.script().encode()
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            entry = ((source, text), (params, json.dumps(weights).encode()), (digest, _digest(lib, text).encode()),
+            listed = json.dumps(weights).encode()
+            entry = ((source, text), (params, listed), (digest, _digest(lib, text, listed).encode()),
                      (cached, lib))   # the library last: it marks a complete entry
             for dst, data in entry:
                 atomic_write(dst, data)
@@ -119,9 +121,10 @@ def build(graph) -> Products:
     return Products({LIBRARY: lib, SOURCE: text}, meta)
 
 
-def _digest(lib: bytes, text: bytes) -> str:
-    """sha256 of a cache entry's library and source (its `.sha256` file)."""
-    return hashlib.sha256(hashlib.sha256(lib).digest() + hashlib.sha256(text).digest()).hexdigest()
+def _digest(lib: bytes, text: bytes, params: bytes) -> str:
+    """sha256 of a cache entry's library, source and parameter list (its `.sha256` file): params_problem checks
+    only the list's form, and main may read a weight packed, unpacked or both."""
+    return hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in (lib, text, params))).hexdigest()
 
 
 def _read(path: Path) -> str | None:

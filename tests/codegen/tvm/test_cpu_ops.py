@@ -120,17 +120,19 @@ def test_qlinear_matches_reference_semantics(bits, group, sym, bias):
     assert "dequantize" not in source
 
 
-@pytest.mark.parametrize("n,k,group,sym", [(37, 48, 16, True), (5, 64, 0, False), (33, 96, 32, False),
-                                           (16, 80, 0, True)])
-def test_int8_gemv_odd_shapes(n, k, group, sym):
+@pytest.mark.parametrize("n,k,group,sym,zero", [(37, 48, 16, True, "int"), (5, 64, 0, False, "int"),
+                                                (33, 96, 32, False, "int"), (16, 80, 0, True, "int"),
+                                                (33, 96, 32, False, "float"), (5, 64, 0, False, "float")])
+def test_int8_gemv_odd_shapes(n, k, group, sym, zero):
     """The int8 GEMV kernel (odd output counts, one or two accumulator chains, per-row and grouped scales,
-    with and without zero points) against the reference qlinear, rows of x 1 and 4."""
+    with and without zero points, integer or float ones: a float zero point is subtracted as a float, never
+    truncated to an integer) against the reference qlinear, rows of x 1 and 4."""
     from slimgraph.passes.base import get_pass
     g = ir.Graph()
     x = g.add_input("x", TensorType("f32", ("batch", k)))
     gen = torch.Generator().manual_seed(n * k)
-    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen)))])
-    get_pass("quantize-weights")(bits=8, group=group, sym=sym).run(g)
+    g.set_outputs([g.op("linear", x, g.add_weight("w", torch.randn(n, k, generator=gen) + 0.3))])
+    get_pass("quantize-weights")(bits=8, group=group, sym=sym, zero_point=zero).run(g)
     get_pass("fuse-dequant-matmul")().run(g)
     run = assert_matches(g, lambda m: (torch.randn(m, k, generator=torch.Generator().manual_seed(m)),), seqs=(1, 4))
     assert "int8_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()
@@ -606,3 +608,71 @@ def test_decode_kernels_keep_their_scratch_on_the_stack():
     for name, f in makers.items():
         ex = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
         assert "TVMBackendAllocWorkspace" not in ex.mod.inspect_source("asm"), name
+
+
+def test_w8a8_panels_with_float_zero_points_and_f16_scales_match_reference_far_from_zero():
+    """int8 codes with float zero points beside f16 scales (quantize-weights bits=8,zero_point=float,
+    scale_dtype=f16): the panels hold scale x (128 + zero), the group minimum, in f16, and the quantizer rounds
+    that same minimum (not -zero x scale, which for signed int8 codes is the minimum minus 128 x scale) to f16,
+    so the kernel equals the interpreter even for weights far from zero (w in [100, 101]: there f16 steps are
+    0.0625, 16x the int8 step of the group's range)."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("seq", 64)))
+    w = torch.rand(32, 64, generator=torch.Generator().manual_seed(2)) + 100
+    w[:, :32] = 3.0   # constant groups too
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager("quantize-weights{bits=8,group=32,zero_point=float,scale_dtype=f16},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    run = get_target("cpu").compile(g)
+    for m in (1, 5):
+        xs = torch.randn(m, 64, generator=torch.Generator().manual_seed(m))
+        want = ir.run(g, xs)[0]
+        torch.testing.assert_close(run(xs)[0], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert ("int8_vnni_panel_gemv" in run.products.read_bytes("cpu_module.relax.py").decode()) == has_vnni()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_float_zero_points_whose_minimum_overflows_f16_are_a_clear_error_not_nan(bits):
+    """A group minimum beyond f16's range (|w| > 65504) beside f16 scales: the quantizer keeps it in f32 and the
+    interpreter computes it, but the panels hold minimums in f16 (the kernel's form follows dtypes, not values):
+    loading says so and names the fix instead of returning NaN."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    if not has_vnni():
+        pytest.skip("the W4A8/W8A8 panel kernel needs AVX-512 VNNI")
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("seq", 64)))
+    w = torch.rand(32, 64, generator=torch.Generator().manual_seed(3)) + 70000
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{bits={bits},group=32,zero_point=float,scale_dtype=f16}},fuse-dequant-matmul,"
+                "quantize-activations").run(g)
+    assert torch.isfinite(ir.run(g, torch.ones(1, 64))[0]).all()
+    with pytest.raises(ValueError, match="f16.*scale_dtype=f32"):
+        get_target("cpu").compile(g)
+
+
+def test_a_cached_parameter_list_that_parses_but_does_not_fit_main_is_rebuilt(tmp_path, monkeypatch):
+    """main's parameters are the weights some op reads unpacked, then the prepacked ones: a build cache entry
+    whose params.json was changed into another well-formed list (a weight dropped, doubled, or one read only
+    prepacked added) fails the entry's checksum and is compiled again, never handed to the VM (which refused
+    the call with "main expects 4 arguments")."""
+    import json
+    from slimgraph.codegen.tvm import target as T
+    monkeypatch.setenv("SLIMGRAPH_CACHE_DIR", str(tmp_path))
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("m", 16)))
+    gen = torch.Generator().manual_seed(5)
+    w, v = g.add_weight("w", torch.randn(32, 16, generator=gen)), g.add_weight("v", torch.randn(32, 16, generator=gen))
+    g.set_outputs([g.op("linear", x, w), g.op("mul", w, w), g.op("linear", x, v)])   # w: read packed and unpacked
+    params = T.build(g).meta["weights"]
+    assert params[0] == "w" and [p["weight"] for p in params[1:]] == ["w", "v"]
+    entry = next(tmp_path.rglob("*.params.json"))
+    xs = torch.randn(3, 16)
+    for bad in (params[1:], ["w", *params], ["w", "v", *params[1:]], [*params, params[-1]], params[:2]):
+        entry.write_text(json.dumps(bad))
+        again = T.build(g)
+        assert again.meta["weights"] == params and json.loads(entry.read_text()) == params, bad
+        for got, want in zip(T.load(g, again)(xs), ir.run(g, xs)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
