@@ -26,9 +26,12 @@ os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))   # read when TVM's 
 import slimgraph  # noqa: E402
 from slimgraph import zoo  # noqa: E402
 
+# The packaged SmolLM2 is a GGUF Q4_1 file: min/max groups of 32 with float zero points and f16 scales find its
+# grid again (perplexity of the source), where g64 RTN re-quantization loses ~30% (benchmarks/RESULTS.md). For a
+# model that was never quantized, quantize-weights{bits=4,group=64} is the faster grid.
 PIPELINE = ("canonicalize,"
-            "quantize-weights{bits=4,group=64},"                               # linears: int4, groups of 64
-            "quantize-weights{bits=8,group=0,include=[lm_head.weight]},"       # the tied head/embedding: int8
+            "quantize-weights{bits=4,group=32,zero_point=float,scale_dtype=f16},"           # linears: Q4_1's grid
+            "quantize-weights{bits=8,group=32,scale_dtype=f16,include=[lm_head.weight]},"   # tied head: Q8_0's
             "fuse-dequant-matmul,merge-sibling-linears,"
             "quantize-activations,"                                            # int8 activations: W4A8 / W8A8
             "cse,dce")

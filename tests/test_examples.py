@@ -86,6 +86,21 @@ def test_cuda_llama_in_the_triton_interpreter():
 
 @pytest.mark.slow
 @pytest.mark.real_model
+def test_cpu_minilm():
+    """examples/cpu_minilm.py: MiniLM on the cpu target in fp32 and W8A8 keeps torch's sentence embeddings."""
+    pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+    from slimgraph import zoo
+    if not zoo.available("minilm-l6"):  # CI installs the models: there a missing one fails
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(zoo.MODELS["minilm-l6"].install)
+    out = run_example("cpu_minilm.py")
+    assert re.search(r"cpu W8A8: [\d.]+ ms for 128 tokens \([\d.]+x torch eager\)", out), out
+    cos = {m: float(v) for m, v in re.findall(r"(cpu fp32|cpu W8A8): cosine to torch's embeddings, worst of 4: "
+                                              r"([\d.]+)", out)}
+    assert cos["cpu fp32"] > 0.99999 and cos["cpu W8A8"] > 0.999, out
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
 def test_cpu_smollm2():
     """examples/cpu_smollm2.py: W4A8 SmolLM2 on the cpu target answers, a second compile hits the export cache,
     prompt lookup keeps the greedy tokens, and the saved artifact loads without a rebuild and decodes the same
