@@ -632,8 +632,11 @@ def _qlinear(ex, node, ins):
 @lowering("onnx", "quantize_activation")
 def _quantize_activation(ex, node, ins):
     """ir/opset/quant.py quantize_activation as float ops (ONNX Round is half to even, like torch.round):
-    groups [-1, k/g, g], s = max|x| / 127, clamp(round(x / s), -127, 127) * s, reshaped back to x's shape."""
+    groups [-1, k/g, g], s = max|x| / Q, clamp(round(x / s), -Q, Q) * s, reshaped back to x's shape (Q: 127 for
+    int8, 32639 for int16)."""
+    from ..ir.opset.quant import ACT_QMAX
     x, dt = node.inputs[0], node.inputs[0].type.dtype
+    qmax = float(ACT_QMAX[node.attrs["bits"]])
     k = x.type.shape[-1]
     if not isinstance(k, int):
         raise OnnxExportError(f"quantize_activation over a symbolic last dim {k!r} ({node!r}); the quantize-activations "
@@ -643,9 +646,9 @@ def _quantize_activation(ex, node, ins):
     inf = ex.scalar(float("inf"), dt)   # NaN/inf count as inf in the max (ORT's ReduceMax skips NaN): scale NaN
     bad = ex.one("Or", ex.one("IsNaN", xs), ex.one("IsInf", xs))
     amax = ex.one("ReduceMax", ex.one("Where", bad, inf, ex.one("Abs", xs)), ex.ints([-1]), keepdims=1)
-    s = ex.one("Where", ex.one("Equal", amax, inf), ex.scalar(float("nan"), dt), ex.one("Div", amax, ex.scalar(127.0, dt)))
+    s = ex.one("Where", ex.one("Equal", amax, inf), ex.scalar(float("nan"), dt), ex.one("Div", amax, ex.scalar(qmax, dt)))
     d = ex.one("Where", ex.one("Greater", s, ex.scalar(0.0, dt)), s, ex.scalar(1.0, dt))
-    q = ex.one("Clip", ex.one("Round", ex.one("Div", xs, d)), ex.scalar(-127.0, dt), ex.scalar(127.0, dt))
+    q = ex.one("Clip", ex.one("Round", ex.one("Div", xs, d)), ex.scalar(-qmax, dt), ex.scalar(qmax, dt))
     return [ex.one("Reshape", ex.one("Mul", q, s), ex.one("Shape", ins[0]))]
 
 

@@ -8,6 +8,11 @@ group's integer dot product sum_k q_x[k] * q_w[k] and scale it once (llama.cpp's
 VNNI kernel on AVX-512 VNNI hosts. It trades accuracy for speed: report perplexity beside the weight-only
 model (benchmarks/bench_cpu_target.py does). Linears reading the same x share one quantize_activation.
 
+`bits=16` quantizes to int16 codes instead (|q| <= 32639): almost none of int8's rounding loss (SmolLM2 on its
+own Q4_1 grid: the weight-only perplexity), and the `cpu` target still runs integer VNNI dot products, on the
+two int8 halves of each code (q = 256 hi + lo), so a decode step costs about what W4A8's does (its kernels are
+bound by memory, not by dot products); a verify or prefill of many tokens costs up to twice as much.
+
 Contract: requires "dequant-fused" (qlinear ops exist: after fuse-dequant-matmul).
 """
 from __future__ import annotations
@@ -25,8 +30,9 @@ class QuantizeActivations(Pass):
     requires = ("dequant-fused",)
 
     def validate(self):
-        if self.bits != 8:
-            raise PassError(f"quantize-activations: bits={self.bits} is not supported; only int8 activations (bits=8)")
+        if self.bits not in (8, 16):
+            raise PassError(f"quantize-activations: bits={self.bits} is not supported; use bits=8 (int8 activations) "
+                            "or bits=16 (int16, run as two int8 halves)")
 
     def run(self, graph) -> PassResult:
         made: dict[tuple[int, int], object] = {}
@@ -43,7 +49,7 @@ class QuantizeActivations(Pass):
             if key not in made:
                 with graph.inserting_before(node):
                     made[key] = graph.add_node("quantize_activation", [x], {"bits": self.bits, "group": g},
-                                               names=[graph.fresh_name(x.name + "_q8")]).output
+                                               names=[graph.fresh_name(x.name + f"_q{self.bits}")]).output
             node.set_input(0, made[key])
             count += 1
         return PassResult(count > 0, {"quantized_inputs": len(made), "qlinears": count})

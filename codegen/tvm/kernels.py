@@ -237,12 +237,17 @@ def has_vnni() -> bool:
 
 
 @functools.cache
-def make_quantize_rows(k: int, group: int, rank: int = 2):
+def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
     """x [m, k] f32 (rank 2; rank 3: [b, s, k], read as b s rows, no reshape in the VM) -> (q [m, k] i8,
     ss [m, 2 k/g] f32): ir/opset/quant.py quantize_activation's codes, and per
     row and group its scale (ss[:, :k/g]; s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and the
     group's sum of codes (ss[:, k/g:], the zero-point term of a W4A8 dot product; |sum| <= 127 g < 2^24, so the
-    f32 holds it exactly). One buffer for both: each output is a VM allocation per call, ~120 per decode step."""
+    f32 holds it exactly). One buffer for both: each output is a VM allocation per call, ~120 per decode step.
+
+    bits=16 (int16 codes, |q| <= 32639, s = max|x| / 32639): each row of x gives two rows of int8 codes, q = 256 hi
+    + lo with hi = floor((q + 128) / 256) in row 2m (its scale 256 s) and lo in row 2m + 1 (scale s), each with
+    its own code sums: a W4A8 kernel on those 2m rows that sums each pair (make_vnni_panel_gemv pairs=True) gives
+    the int16 product exactly in integers."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     ng = k // g
@@ -277,6 +282,64 @@ def make_quantize_rows(k: int, group: int, rank: int = 2):
                 s[m, gi] = st[0]
                 s[m, ng + gi] = T.Cast("float32", qs[0])
 
+    @T.macro
+    def body16(x, q, s, m_n, mx, qs, st):   # qs: lanes of the hi and lo code sums; q, s: 2 m_n rows
+        with T.sblock("root"):
+            for m, gi in T.grid(m_n, ng):
+                for l in T.vectorized(lanes):
+                    mx[l] = T.float32(0)
+                    qs[l] = 0
+                    qs[lanes + l] = 0
+                for j in range(jn):
+                    for l in T.vectorized(lanes):
+                        mx[l] = T.max(mx[l], T.Select(T.isfinite(x[m, gi * g + j * lanes + l]),
+                                                      T.fabs(x[m, gi * g + j * lanes + l]), T.float32(float("inf"))))
+                for l in range(1, lanes):
+                    mx[0] = T.max(mx[0], mx[l])
+                st[0] = T.Select(mx[0] < T.float32(float("inf")), mx[0] / T.float32(32639), T.float32(float("nan")))
+                st[1] = T.Select(st[0] > T.float32(0), st[0], T.float32(1))
+                for j in range(jn):
+                    for l in T.vectorized(lanes):
+                        q16 = T.meta_var(T.Cast("int32", T.max(T.min(T.nearbyint(x[m, gi * g + j * lanes + l] / st[1]),
+                                                                      T.float32(32639)), T.float32(-32639))))
+                        hi = T.meta_var(T.shift_right(q16 + 128, 8))   # arithmetic: floor((q + 128) / 256)
+                        q[2 * m, gi * g + j * lanes + l] = T.Cast("int8", hi)
+                        q[2 * m + 1, gi * g + j * lanes + l] = T.Cast("int8", q16 - T.shift_left(hi, 8))
+                        qs[l] = qs[l] + T.Cast("int32", q[2 * m, gi * g + j * lanes + l])
+                        qs[lanes + l] = qs[lanes + l] + T.Cast("int32", q[2 * m + 1, gi * g + j * lanes + l])
+                for l in range(1, lanes):
+                    qs[0] = qs[0] + qs[l]
+                    qs[lanes] = qs[lanes] + qs[lanes + l]
+                s[2 * m, gi] = st[0] * T.float32(256)
+                s[2 * m + 1, gi] = st[0]
+                s[2 * m, ng + gi] = T.Cast("float32", qs[0])
+                s[2 * m + 1, ng + gi] = T.Cast("float32", qs[lanes])
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_rows16(x_h: T.handle, q_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_n = T.int64()
+        x = T.match_buffer(x_h, (m_n, k), "float32")
+        q = T.match_buffer(q_h, (2 * m_n, k), "int8")
+        s = T.match_buffer(s_h, (2 * m_n, 2 * ng), "float32")
+        mx = T.decl_buffer((lanes,), "float32")
+        qs = T.decl_buffer((2 * lanes,), "int32")
+        st = T.decl_buffer((2,), "float32")
+        body16(x, q, s, m_n, mx, qs, st)
+
+    @T.prim_func(private=True, s_tir=True)
+    def quantize_rows16_3(x_h: T.handle, q_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        b_n, s_n = T.int64(), T.int64()
+        x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
+        q = T.match_buffer(q_h, (2 * b_n * s_n, k), "int8")
+        s = T.match_buffer(s_h, (2 * b_n * s_n, 2 * ng), "float32")
+        x = T.decl_buffer((b_n * s_n, k), "float32", data=x3.data)
+        mx = T.decl_buffer((lanes,), "float32")
+        qs = T.decl_buffer((2 * lanes,), "int32")
+        st = T.decl_buffer((2,), "float32")
+        body16(x, q, s, b_n * s_n, mx, qs, st)
+
     @T.prim_func(private=True, s_tir=True)
     def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -301,11 +364,16 @@ def make_quantize_rows(k: int, group: int, rank: int = 2):
         qs = T.decl_buffer((lanes,), "int32")
         st = T.decl_buffer((2,), "float32")
         body(x, q, s, b_n * s_n, mx, qs, st)
+    assert bits in (8, 16), bits
+    if bits == 16:
+        return quantize_rows16 if rank == 2 else quantize_rows16_3
     return quantize_rows if rank == 2 else quantize_rows3
 
 
-def quantize_activation_te(x, group: int):
+def quantize_activation_te(x, group: int, bits: int = 8):
     """ir/opset/quant.py quantize_activation as a TE compute on x [m, k] (codes returned dequantized)."""
+    from ...ir.opset.quant import ACT_QMAX
+    qmax = float(ACT_QMAX[bits])
     m, k = x.shape
     g = Q.group_size(group, int(k))
     r = te.reduce_axis((0, g), name="r")
@@ -315,9 +383,9 @@ def quantize_activation_te(x, group: int):
 
     def out(i, c):
         a = amax[i, tirx.floordiv(c, g)]
-        s = tirx.Select(a < big, a / tirx.const(127, "float32"), tirx.const(float("nan"), "float32"))
+        s = tirx.Select(a < big, a / tirx.const(qmax, "float32"), tirx.const(float("nan"), "float32"))
         d = tirx.Select(s > 0, s, tirx.const(1, "float32"))
-        return tirx.max(tirx.min(tirx.nearbyint(x[i, c] / d), 127.0), -127.0) * s
+        return tirx.max(tirx.min(tirx.nearbyint(x[i, c] / d), qmax), -qmax) * s
     return te.compute((m, k), out, name="quantize_activation")
 
 
@@ -541,20 +609,22 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
     return R.reshape(y, relax.ShapeExpr([*lead, n]))
 
 
-def _call_quantize_rows(lw, x, k: int, g: int):
-    """make_quantize_rows on x [..., k]: (codes [M, k] i8, scales and code sums [M, 2 k/g] f32, M) as Relax values
-    (x of rank 2 or 3 as it is, other ranks reshaped to rows)."""
+def _call_quantize_rows(lw, x, k: int, g: int, bits: int = 8):
+    """make_quantize_rows on x [..., k]: (codes [R, k] i8, scales and code sums [R, 2 k/g] f32, M) as Relax values
+    (x of rank 2 or 3 as it is, other ranks reshaped to M rows; R = M for int8 codes, 2 M for int16's halves)."""
     from tvm import relax
     x = lw.bb.normalize(x)
     lead = list(x.ty.shape.values)[:-1]
+    tag = "" if bits == 8 else f"_a{bits}"
     if len(lead) == 2:
         x2, m = x, lead[0] * lead[1]
-        gv = lw.kernel(f"quantize_rows_{k}_g{g}_r3", make_quantize_rows(k, g, 3))
+        gv = lw.kernel(f"quantize_rows_{k}_g{g}{tag}_r3", make_quantize_rows(k, g, 3, bits))
     else:
         x2, _, m = as_rows(lw, x, k)
-        gv = lw.kernel(f"quantize_rows_{k}_g{g}", make_quantize_rows(k, g))
-    out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([m, k], "int8"),
-                                               relax.TensorType([m, 2 * (k // g)], "float32")]))
+        gv = lw.kernel(f"quantize_rows_{k}_g{g}{tag}", make_quantize_rows(k, g, 2, bits))
+    rows = m if bits == 8 else 2 * m
+    out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([rows, k], "int8"),
+                                               relax.TensorType([rows, 2 * (k // g)], "float32")]))
     return tuple(lw.bb.emit(relax.TupleGetItem(out, i)) for i in range(2)) + (m,)
 
 
@@ -571,7 +641,8 @@ def split_groups(x, k: int, g: int):
 
 def a8_source(node):
     """The `quantize_activation` node whose output this int4 or int8 f32 `qlinear` reads with its own group
-    size, when its product can be computed on int8 codes (W4A8, W8A8); else None."""
+    size, when its product can be computed on int8 codes (W4A8, W8A8; int16 activations as two int8 halves);
+    else None."""
     src = node.inputs[0].producer
     bits = node.attrs["bits"]
     if bits not in (4, 8) or node.inputs[0].type.dtype != "f32" or src is None or src.op != "quantize_activation":
@@ -595,17 +666,19 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
     if src is not None and lw.bb.normalize(qweight).ty.ndim == 3:
         g = Q.group_size(group, k)
         # W4A8 / W8A8 on panels (prepacked at load, relax_lower.prepack_qlinear): codes of x in natural order
-        key = ("quantize_rows", id(src.inputs[0]), g)
+        abits = src.attrs["bits"]   # int8 codes, or int16 ones as two int8 rows each (summed in pairs)
+        key = ("quantize_rows", id(src.inputs[0]), g, abits)
         if key not in lw.memo:
-            lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g)
+            lw.memo[key] = _call_quantize_rows(lw, lw.bb.normalize(lw.env[id(src.inputs[0])]), k, g, abits)
         codes = lw.memo[key]
         lead = list(lw.bb.normalize(x).ty.shape.values)[:-1]
         # the panels keep f16 scales, and may hold float zero points as f16 products (pack_vnni_panels)
         zdt = str(lw.bb.normalize(zeros).ty.dtype) if zeros is not None else None
         sdt = str(lw.bb.normalize(scales).ty.dtype)
         r3 = len(lead) == 2   # [b, s, n] straight from the kernel; other ranks as rows, then reshaped
-        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}" + ("_r3" if r3 else ""),
-                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt, 3 if r3 else 2))
+        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}" + ("_r3" if r3 else "")
+                       + ("_a16" if abits == 16 else ""),
+                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt, 3 if r3 else 2, abits == 16))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], qweight, scales, zpp],
                                       relax.TensorType([*lead, n] if r3 else [codes[2], n], "float32")))
@@ -995,7 +1068,7 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
 
 @functools.cache
 def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32",
-                         out_rank: int = 2):
+                         out_rank: int = 2, pairs: bool = False):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
     offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
@@ -1013,7 +1086,9 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     Rows run in blocks of ROW_BLOCK (then 2, then 1): one load and nibble split of the weights serves every row of
     the block, so verify and prefill do not pay the unpacking per token; past that the kernel is bound by the
     vpdpbusd count (`benchmarks/bench_cpu_kernels.py --rows 1,2,4,8`: M = 4 costs ~1.3-1.5x M = 1, M = 8 ~2.5x).
-    out_rank 3: y is [b, s, n] (b s = m rows: a decoder's hidden states, no reshape in the VM after the call)."""
+    out_rank 3: y is [b, s, n] (b s = m rows: a decoder's hidden states, no reshape in the VM after the call).
+    pairs: x holds 2 m rows (make_quantize_rows bits=16: the hi and lo int8 halves of int16 codes, scaled 256 s and
+    s) and y row i is the sum of x rows 2i and 2i + 1."""
     from tvm.script import tirx as T
     g = Q.group_size(group, k)
     cols = 32 // bits                     # columns per 64-byte chunk: 8 (int4) or 4 (int8)
@@ -1023,6 +1098,7 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     offset = 0 if bits == 4 else 128
     implied = Q.implied_zero(bits) + offset
     int_zero = not has_zero or "int" in zdt   # integer zero points: the correction is exact in int32
+    xr = 2 if pairs else 1                    # rows of x per row of y
     sz_f16 = zdt == "float16"   # float zero points packed as scale x (offset + zero) in f16 (pack_vnni_panels)
 
     def V(i, w):
@@ -1091,8 +1167,13 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
                         + T.Cast("float32x16", dots[V(r * VPANEL, VPANEL)]) * T.broadcast(xs[m0 + r, gi], VPANEL) \
                         * scale(sp, p, gi) \
                         - sz(sp, zp, p, gi) * T.broadcast(xs[m0 + r, gi] * xs[m0 + r, ng + gi], VPANEL)
-        for r in T.unroll(rows):
-            y[m0 + r, V(p * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)]
+        if pairs:   # rows come as (hi, lo) pairs of one output row; m0 is even
+            for r in T.unroll(rows // 2):
+                y[m0 // 2 + r, V(p * VPANEL, VPANEL)] = acc[V(2 * r * VPANEL, VPANEL)] \
+                    + acc[V((2 * r + 1) * VPANEL, VPANEL)]
+        else:
+            for r in T.unroll(rows):
+                y[m0 + r, V(p * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)]
 
     @T.macro
     def panels(qp, sp, zp, xq, xs, y, m_n):
@@ -1114,10 +1195,10 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
                         y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m_n = T.int64()
-        xq = T.match_buffer(q_h, (m_n, k), "int8")
-        xs = T.match_buffer(s_h, (m_n, 2 * ng), "float32")   # scales, then code sums (make_quantize_rows)
         y = T.match_buffer(y_h, (m_n, n), "float32")
-        panels(qp, sp, zp, xq, xs, y, m_n)
+        xq = T.match_buffer(q_h, (xr * m_n, k), "int8")
+        xs = T.match_buffer(s_h, (xr * m_n, 2 * ng), "float32")   # scales, then code sums (make_quantize_rows)
+        panels(qp, sp, zp, xq, xs, y, xr * m_n)
 
     @T.prim_func(private=True)
     def vnni_panel_gemv3(q_h: T.handle, s_h: T.handle,
@@ -1128,9 +1209,9 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         T.func_attr({"tirx.noalias": True})
         b_n, s_n = T.int64(), T.int64()
         y3 = T.match_buffer(y_h, (b_n, s_n, n), "float32")
-        xq = T.match_buffer(q_h, (b_n * s_n, k), "int8")
-        xs = T.match_buffer(s_h, (b_n * s_n, 2 * ng), "float32")
+        xq = T.match_buffer(q_h, (xr * b_n * s_n, k), "int8")
+        xs = T.match_buffer(s_h, (xr * b_n * s_n, 2 * ng), "float32")
         y = T.decl_buffer((b_n * s_n, n), "float32", data=y3.data)   # the same memory as rows
-        panels(qp, sp, zp, xq, xs, y, b_n * s_n)
+        panels(qp, sp, zp, xq, xs, y, xr * b_n * s_n)
     assert out_rank in (2, 3), out_rank
     return vnni_panel_gemv if out_rank == 2 else vnni_panel_gemv3

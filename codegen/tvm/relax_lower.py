@@ -528,7 +528,8 @@ def _quantize_activation(lw, node, args):
     x = lw.bb.normalize(args[0])
     shape = list(x.ty.shape.values)
     x2, _, _ = as_rows(lw, x, shape[-1])
-    y = lw.bb.emit_te(quantize_activation_te, x2, node.attrs["group"], primfunc_name_hint="quantize_activation")
+    y = lw.bb.emit_te(quantize_activation_te, x2, node.attrs["group"], node.attrs["bits"],
+                      primfunc_name_hint="quantize_activation")
     return R.reshape(y, relax.ShapeExpr(shape))
 
 

@@ -96,10 +96,16 @@ def qembedding(ids, qweight, scales, zeros=None, *, bits, group, dtype):
     return rows.reshape(*ids.shape, rows.shape[-1])
 
 
+# the largest |code| per bits: int8 keeps -128 out (symmetric); int16 keeps |q| <= 127 * 257 so that q splits into
+# two int8 codes, q = 256 hi + lo with hi = floor((q + 128) / 256) in [-127, 127] and lo in [-128, 127]
+ACT_QMAX = {8: 127, 16: 32639}
+
+
 def _quantize_activation_type(ts, attrs):
     x = ts[0]
-    if attrs["bits"] != 8:
-        raise I.ShapeError(f"quantize_activation: bits must be 8 (int8 activations), got {attrs['bits']}")
+    if attrs["bits"] not in ACT_QMAX:
+        raise I.ShapeError(f"quantize_activation: bits must be 8 (int8 activations) or 16 (int16, as two int8 "
+                           f"codes), got {attrs['bits']}")
     if x.dtype not in FLOAT_DTYPES or x.rank < 1:
         raise I.ShapeError(f"quantize_activation: x must be a float tensor, got {x}")
     k, g = x.shape[-1], attrs["group"]
@@ -111,16 +117,18 @@ def _quantize_activation_type(ts, attrs):
 @register_op("quantize_activation", inputs="x", attrs={"bits": Attr("int", 8), "group": Attr("int", 0)},
              infer=_quantize_activation_type)
 def quantize_activation(x, *, bits, group):
-    """Dynamic symmetric int8 quantization of x along its last dim, returned dequantized (x's dtype and shape):
-    per row and group of `group` columns (0: the whole row), s = max|x| / 127,
-    q = clamp(round_half_even(x / s), -127, 127), out = q * s (a group of zeros stays zero).
+    """Dynamic symmetric quantization of x along its last dim, returned dequantized (x's dtype and shape):
+    per row and group of `group` columns (0: the whole row), s = max|x| / Q, q = clamp(round_half_even(x / s),
+    -Q, Q), out = q * s (a group of zeros stays zero), with Q = 127 for bits=8 and 32639 (127 * 257) for bits=16.
 
     A qlinear that reads it computes sum_k q_x[k] * q_w[k] in integers (W4A8 / W8A8: llama.cpp's Q8_0
     activations, torchao's int8 dynamic activation + int4 weight "8da4w"); the `cpu` target runs that
-    with VNNI dot products. Inserted by the `quantize-activations` pass."""
+    with VNNI dot products, int16 codes as two int8 ones (q = 256 hi + lo: two dot products per weight load,
+    which a decode step's memory-bound kernels hide). Inserted by the `quantize-activations` pass."""
     k = x.shape[-1]
     g = group or k
+    qmax = ACT_QMAX[bits]
     xg = x.float().reshape(*x.shape[:-1], k // g, g)
-    s = xg.abs().amax(-1, keepdim=True) / 127
-    q = torch.round(xg / torch.where(s > 0, s, torch.ones_like(s))).clamp(-127, 127)
+    s = xg.abs().amax(-1, keepdim=True) / qmax
+    q = torch.round(xg / torch.where(s > 0, s, torch.ones_like(s))).clamp(-qmax, qmax)
     return (q * s).reshape(x.shape).to(x.dtype)

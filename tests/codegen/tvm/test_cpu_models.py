@@ -155,7 +155,7 @@ def test_artifact_from_another_host_is_rebuilt_with_a_note(saved, key, value):
     assert torch.equal(loaded.generate(ids, max_new_tokens=6), saved[0].generate(ids, max_new_tokens=6))
 
 
-@pytest.mark.parametrize("a8", [True, False], ids=["w4a8", "int4"])
+@pytest.mark.parametrize("a8", [True, 16, False], ids=["w4a8", "w4a16", "int4"])
 def test_int4_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_exact(a8):
     """With int8 activations (quantize-activations) a 1e-7 difference upstream can move an activation code, so
     a verify of k candidates must compute each row exactly as a one-token step does (attention's decode form
@@ -165,7 +165,7 @@ def test_int4_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_
     from slimgraph.codegen.tvm.kernels import PREFILL_MIN_Q, has_avx512, has_vnni
     model = tiny_llama(vocab_size=128)
     pipe = ("canonicalize,quantize-weights{bits=4,group=64},fuse-dequant-matmul,merge-sibling-linears,"
-            + ("quantize-activations," if a8 else "") + "cse,dce")
+            + ("quantize-activations{bits=16}," if a8 == 16 else "quantize-activations," if a8 else "") + "cse,dce")
     fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="cpu", pipeline=pipe)
     source = fast.runner.products.read_bytes("cpu_module.relax.py").decode()
     assert ("int4_vnni_panel_gemv" in source) == (a8 and has_vnni())

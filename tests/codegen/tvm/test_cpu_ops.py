@@ -538,6 +538,30 @@ def test_w4a8_panels_with_float_zero_points_match_reference(scale, minimum):
         assert f'R.Tensor((2, 4, 16), dtype="{sdt}")' in source and f'R.Tensor((2, 4, 16), dtype="{zdt}")' in source
 
 
+@pytest.mark.parametrize("quant,lead", [("bits=4,group=64", ("b", "seq")), ("bits=4,group=32,zero_point=float,"
+                                                                       "scale_dtype=f16", ("b", "seq")),
+                                        ("bits=8,group=32,scale_dtype=f16", ("seq",)), ("bits=8,group=0", ("seq",))])
+def test_int16_activations_run_as_two_int8_halves_and_match_reference(quant, lead):
+    """quantize-activations{bits=16}: quantize_rows writes each row's int16 codes as two rows of int8 halves (hi
+    scaled 256 s, lo scaled s) and the panel kernel sums each pair of rows: the integer product of int16 codes,
+    equal to the interpreter's qlinear(quantize_activation{bits=16}(x)); rank-3 and rank-2 x, 1 to 14 rows."""
+    from slimgraph.codegen.tvm.kernels import has_vnni
+    from slimgraph.passes import PassManager
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (*lead, 128)))
+    w = torch.randn(48, 128, generator=torch.Generator().manual_seed(4)) * 0.1 + 0.05
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{{quant}}},fuse-dequant-matmul,quantize-activations{{bits=16}}").run(g)
+    assert [n.attrs["bits"] for n in g.nodes if n.op == "quantize_activation"] == [16]
+
+    def make(m):
+        shape = (2, m, 128) if len(lead) == 2 else (m, 128)
+        return (torch.randn(*shape, generator=torch.Generator().manual_seed(m)) * 3,)
+    run = assert_matches(g, make, seqs=(1, 3, 7))
+    source = run.products.read_bytes("cpu_module.relax.py").decode()
+    assert ("vnni_panel_gemv" in source and "_a16" in source) == has_vnni()
+
+
 @pytest.mark.parametrize("n,k,group,sym", [(32, 64, 0, True), (48, 128, 32, True), (16, 96, 0, False),
                                            (40, 64, 0, True)])
 def test_w8a8_panels_match_reference(n, k, group, sym):
@@ -605,6 +629,8 @@ def test_decode_kernels_keep_their_scratch_on_the_stack():
         makers["int4_vnni_panel_gemv"] = K.make_vnni_panel_gemv(64, 128, 32, 4, "uint8")
         makers["int8_vnni_panel_gemv"] = K.make_vnni_panel_gemv(64, 128, 128, 8, None)
         makers["int4_vnni_panel_gemv_r3"] = K.make_vnni_panel_gemv(64, 128, 32, 4, "uint8", "float32", 3)
+        makers["int4_vnni_panel_gemv_a16"] = K.make_vnni_panel_gemv(64, 128, 32, 4, "uint8", "float32", 3, True)
+        makers["quantize_rows_a16"] = K.make_quantize_rows(128, 32, 3, 16)
     for name, f in makers.items():
         ex = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
         assert "TVMBackendAllocWorkspace" not in ex.mod.inspect_source("asm"), name
