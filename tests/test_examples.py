@@ -102,7 +102,7 @@ def test_cpu_minilm():
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_cpu_smollm2():
-    """examples/cpu_smollm2.py: W4A8 SmolLM2 on the cpu target answers, a second compile hits the export cache,
+    """examples/cpu_smollm2.py: SmolLM2 (Q4_1 grid, int16 activations) on the cpu target answers, a second compile hits the export cache,
     prompt lookup keeps the greedy tokens, and the saved artifact loads without a rebuild and decodes the same
     tokens."""
     pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")

@@ -81,8 +81,9 @@ def test_int16_activations_split_into_two_int8_codes_and_lose_far_less():
     assert (q16 - x).abs().max() < (q8 - x).abs().max() / 100
 
 
+@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("target", ["reference", "torch", "onnx"])
-def test_w4a8_graph_runs_and_stays_close_to_weight_only(target):
+def test_w4a8_graph_runs_and_stays_close_to_weight_only(target, bits):
     """Every target that runs qlinear runs the W4A8 graph (torch: quantize_activation by its reference impl; onnx: float ops before MatMulNBits),
     equal to the interpreter; int8 activations move the output by well under the int4 weights' own error."""
     import slimgraph
@@ -92,7 +93,7 @@ def test_w4a8_graph_runs_and_stays_close_to_weight_only(target):
     exact = ir.run(g, x)[0]
     PassManager("quantize-weights{bits=4,group=64},fuse-dequant-matmul").run(g)
     w4 = ir.run(g, x)[0]
-    PassManager("quantize-activations").run(g)
+    PassManager(f"quantize-activations{{bits={bits}}}").run(g)
     w4a8 = ir.run(g, x)[0]
     got = get_target(target).compile(g)(x)[0]
     # torch's int4 CPU kernel computes in bf16: relative error ~1e-3 there, float rounding on the reference
@@ -104,4 +105,4 @@ def test_w4a8_graph_runs_and_stays_close_to_weight_only(target):
         assert torch.equal(r.isnan(), o.isnan())
     a8_err = (w4a8 - w4).norm() / w4.norm()
     w4_err = (w4 - exact).norm() / exact.norm()
-    assert 0 < a8_err < 0.5 * w4_err, (a8_err, w4_err)
+    assert 0 < a8_err < (0.5 if bits == 8 else 0.01) * w4_err, (a8_err, w4_err)
