@@ -13,6 +13,7 @@ import functools
 from tvm import te, tirx
 
 from ...ir import quant_format as Q
+from ...ir.opset.quant import ACT_QMAX
 
 
 def _code(qweight, bits, o, i):
@@ -254,37 +255,13 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
     lanes = _lanes(g)
     jn = g // lanes
 
-    assert rank in (2, 3), rank
+    assert rank in (2, 3) and bits in (8, 16), (rank, bits)
+    qmax = float(ACT_QMAX[bits])
+    xr = 1 if bits == 8 else 2   # rows of codes per row of x
 
     @T.macro
-    def body(x, q, s, m_n, mx, qs, st):   # mx, qs: lanes of the group's max |x| and code sum; st: scale, divisor
+    def body(x, q, s, m_n, mx, qs, st):   # mx, qs: lanes of the group's max |x| and code sums; st: scale, divisor
         with T.sblock("root"):   # Relax's reshape-pattern check wants a one-input kernel's body in a block
-            for m, gi in T.grid(m_n, ng):
-                for l in T.vectorized(lanes):
-                    mx[l] = T.float32(0)
-                    qs[l] = 0
-                for j in range(jn):
-                    for l in T.vectorized(lanes):
-                        # a NaN or inf in the group makes its scale NaN, as in the reference (max drops NaN)
-                        mx[l] = T.max(mx[l], T.Select(T.isfinite(x[m, gi * g + j * lanes + l]),
-                                                      T.fabs(x[m, gi * g + j * lanes + l]), T.float32(float("inf"))))
-                for l in range(1, lanes):
-                    mx[0] = T.max(mx[0], mx[l])
-                st[0] = T.Select(mx[0] < T.float32(float("inf")), mx[0] / T.float32(127), T.float32(float("nan")))
-                st[1] = T.Select(st[0] > T.float32(0), st[0], T.float32(1))
-                for j in range(jn):
-                    for l in T.vectorized(lanes):
-                        q[m, gi * g + j * lanes + l] = T.Cast("int8", T.max(T.min(
-                            T.nearbyint(x[m, gi * g + j * lanes + l] / st[1]), T.float32(127)), T.float32(-127)))
-                        qs[l] = qs[l] + T.Cast("int32", q[m, gi * g + j * lanes + l])
-                for l in range(1, lanes):
-                    qs[0] = qs[0] + qs[l]
-                s[m, gi] = st[0]
-                s[m, ng + gi] = T.Cast("float32", qs[0])
-
-    @T.macro
-    def body16(x, q, s, m_n, mx, qs, st):   # qs: lanes of the hi and lo code sums; q, s: 2 m_n rows
-        with T.sblock("root"):
             for m, gi in T.grid(m_n, ng):
                 for l in T.vectorized(lanes):
                     mx[l] = T.float32(0)
@@ -292,63 +269,47 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
                     qs[lanes + l] = 0
                 for j in range(jn):
                     for l in T.vectorized(lanes):
+                        # a NaN or inf in the group makes its scale NaN, as in the reference (max drops NaN)
                         mx[l] = T.max(mx[l], T.Select(T.isfinite(x[m, gi * g + j * lanes + l]),
                                                       T.fabs(x[m, gi * g + j * lanes + l]), T.float32(float("inf"))))
                 for l in range(1, lanes):
                     mx[0] = T.max(mx[0], mx[l])
-                st[0] = T.Select(mx[0] < T.float32(float("inf")), mx[0] / T.float32(32639), T.float32(float("nan")))
+                st[0] = T.Select(mx[0] < T.float32(float("inf")), mx[0] / T.float32(qmax), T.float32(float("nan")))
                 st[1] = T.Select(st[0] > T.float32(0), st[0], T.float32(1))
                 for j in range(jn):
                     for l in T.vectorized(lanes):
-                        q16 = T.meta_var(T.Cast("int32", T.max(T.min(T.nearbyint(x[m, gi * g + j * lanes + l] / st[1]),
-                                                                      T.float32(32639)), T.float32(-32639))))
-                        hi = T.meta_var(T.shift_right(q16 + 128, 8))   # arithmetic: floor((q + 128) / 256)
-                        q[2 * m, gi * g + j * lanes + l] = T.Cast("int8", hi)
-                        q[2 * m + 1, gi * g + j * lanes + l] = T.Cast("int8", q16 - T.shift_left(hi, 8))
-                        qs[l] = qs[l] + T.Cast("int32", q[2 * m, gi * g + j * lanes + l])
-                        qs[lanes + l] = qs[lanes + l] + T.Cast("int32", q[2 * m + 1, gi * g + j * lanes + l])
+                        code = T.meta_var(T.max(T.min(T.nearbyint(x[m, gi * g + j * lanes + l] / st[1]),
+                                                      T.float32(qmax)), T.float32(-qmax)))
+                        if bits == 8:
+                            q[m, gi * g + j * lanes + l] = T.Cast("int8", code)
+                        else:   # q = 256 hi + lo, hi = floor((q + 128) / 256) by an arithmetic shift
+                            hi = T.meta_var(T.shift_right(T.Cast("int32", code) + 128, 8))
+                            q[2 * m, gi * g + j * lanes + l] = T.Cast("int8", hi)
+                            q[2 * m + 1, gi * g + j * lanes + l] = T.Cast("int8", T.Cast("int32", code)
+                                                                          - T.shift_left(hi, 8))
+                            qs[lanes + l] = qs[lanes + l] + T.Cast("int32", q[2 * m + 1, gi * g + j * lanes + l])
+                        qs[l] = qs[l] + T.Cast("int32", q[xr * m, gi * g + j * lanes + l])
                 for l in range(1, lanes):
                     qs[0] = qs[0] + qs[l]
                     qs[lanes] = qs[lanes] + qs[lanes + l]
-                s[2 * m, gi] = st[0] * T.float32(256)
-                s[2 * m + 1, gi] = st[0]
-                s[2 * m, ng + gi] = T.Cast("float32", qs[0])
-                s[2 * m + 1, ng + gi] = T.Cast("float32", qs[lanes])
-
-    @T.prim_func(private=True, s_tir=True)
-    def quantize_rows16(x_h: T.handle, q_h: T.handle, s_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        x = T.match_buffer(x_h, (m_n, k), "float32")
-        q = T.match_buffer(q_h, (2 * m_n, k), "int8")
-        s = T.match_buffer(s_h, (2 * m_n, 2 * ng), "float32")
-        mx = T.decl_buffer((lanes,), "float32")
-        qs = T.decl_buffer((2 * lanes,), "int32")
-        st = T.decl_buffer((2,), "float32")
-        body16(x, q, s, m_n, mx, qs, st)
-
-    @T.prim_func(private=True, s_tir=True)
-    def quantize_rows16_3(x_h: T.handle, q_h: T.handle, s_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        b_n, s_n = T.int64(), T.int64()
-        x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
-        q = T.match_buffer(q_h, (2 * b_n * s_n, k), "int8")
-        s = T.match_buffer(s_h, (2 * b_n * s_n, 2 * ng), "float32")
-        x = T.decl_buffer((b_n * s_n, k), "float32", data=x3.data)
-        mx = T.decl_buffer((lanes,), "float32")
-        qs = T.decl_buffer((2 * lanes,), "int32")
-        st = T.decl_buffer((2,), "float32")
-        body16(x, q, s, b_n * s_n, mx, qs, st)
+                if bits == 8:
+                    s[m, gi] = st[0]
+                    s[m, ng + gi] = T.Cast("float32", qs[0])
+                else:
+                    s[2 * m, gi] = st[0] * T.float32(256)
+                    s[2 * m + 1, gi] = st[0]
+                    s[2 * m, ng + gi] = T.Cast("float32", qs[0])
+                    s[2 * m + 1, ng + gi] = T.Cast("float32", qs[lanes])
 
     @T.prim_func(private=True, s_tir=True)
     def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m_n = T.int64()
         x = T.match_buffer(x_h, (m_n, k), "float32")
-        q = T.match_buffer(q_h, (m_n, k), "int8")
-        s = T.match_buffer(s_h, (m_n, 2 * ng), "float32")
+        q = T.match_buffer(q_h, (xr * m_n, k), "int8")
+        s = T.match_buffer(s_h, (xr * m_n, 2 * ng), "float32")
         mx = T.decl_buffer((lanes,), "float32")
-        qs = T.decl_buffer((lanes,), "int32")
+        qs = T.decl_buffer((2 * lanes,), "int32")
         st = T.decl_buffer((2,), "float32")
         body(x, q, s, m_n, mx, qs, st)
 
@@ -357,22 +318,18 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
         T.func_attr({"tirx.noalias": True})
         b_n, s_n = T.int64(), T.int64()
         x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
-        q = T.match_buffer(q_h, (b_n * s_n, k), "int8")
-        s = T.match_buffer(s_h, (b_n * s_n, 2 * ng), "float32")
+        q = T.match_buffer(q_h, (xr * b_n * s_n, k), "int8")
+        s = T.match_buffer(s_h, (xr * b_n * s_n, 2 * ng), "float32")
         x = T.decl_buffer((b_n * s_n, k), "float32", data=x3.data)   # the same memory as rows
         mx = T.decl_buffer((lanes,), "float32")
-        qs = T.decl_buffer((lanes,), "int32")
+        qs = T.decl_buffer((2 * lanes,), "int32")
         st = T.decl_buffer((2,), "float32")
         body(x, q, s, b_n * s_n, mx, qs, st)
-    assert bits in (8, 16), bits
-    if bits == 16:
-        return quantize_rows16 if rank == 2 else quantize_rows16_3
     return quantize_rows if rank == 2 else quantize_rows3
 
 
 def quantize_activation_te(x, group: int, bits: int = 8):
     """ir/opset/quant.py quantize_activation as a TE compute on x [m, k] (codes returned dequantized)."""
-    from ...ir.opset.quant import ACT_QMAX
     qmax = float(ACT_QMAX[bits])
     m, k = x.shape
     g = Q.group_size(group, int(k))
