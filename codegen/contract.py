@@ -85,13 +85,6 @@ class Runner:
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def advance(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """`__call__` for a caller that owns the state inputs it passes and gives them up (the decoder runtime):
-        it never reads those tensor objects again except as this call's results, so a runner may return the
-        very objects, grown in place (the `cpu` target: no new views per step). To keep a state across a call,
-        pass `keep_state(t)` instead. Default: `__call__`."""
-        return self(*tensors)
-
     def truncate_state(self, t: torch.Tensor, axis: int, length: int) -> torch.Tensor:
         """State `t` rolled back to its first `length` rows along `axis` (an `append` state), without copying;
         rows past `length` may be overwritten by later calls."""

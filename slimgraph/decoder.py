@@ -19,10 +19,6 @@ a growing buffer is told the rows past the new end are free, `Runner.truncate_st
 where the runner slides rings in place and so consumes the state a call is given), and accept replays the
 accepted tokens from it (one more forward of n tokens).
 
-The state tensors (`dec.states`) are the decoder's: each call gives them up to the runner
-(`Runner.advance`), which may return the same objects grown in place (the `cpu` target does), so a state
-read before a call shows the new rows after it; keep one across calls with `dec.runner.keep_state(t)`.
-
 Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
 to itself alone (a row with no key would make softmax NaN, and NaN would reach real rows through the
 values). Each sequence of a padded batch then computes what it computes alone, up to float rounding.
@@ -215,9 +211,7 @@ class Decoder:
             mask = torch.cat((past, local.expand(b, 1, n, n)), 3)
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
         args = [feeds[name] if name in feeds else self.states[self._state_in[name]] for name in self._order]
-        # inputs built here, by construction of the right types: no per-call check; the decoder owns its states
-        # and gives them up to the call (Runner.advance: a runner may return them grown in place)
-        outs = self.runner.advance(*args)
+        outs = self.runner(*args)      # inputs built here, by construction of the right types: no per-call check
         self.states = [outs[j] for j in self._state_out]
         self.key_valid = valid
         self.next_pos = self.next_pos + added

@@ -276,15 +276,6 @@ class TvmRunner(Runner):
         return _to_tvm(t)
 
     def __call__(self, *tensors):
-        return self._run(tensors, False)
-
-    def advance(self, *tensors):
-        """__call__ that grows each in-place state the caller gave up (Runner.advance) in place: the tensor
-        object passed is returned, its length along the state axis set to the new rows (as_strided_), instead of
-        a new view (making and freeing 60 views cost ~0.3 ms of a ~6 ms SmolLM2 step)."""
-        return self._run(tensors, True)
-
-    def _run(self, tensors, given_up: bool):
         # The VM checks every input's dtype, rank and (symbolic) shape itself; the interpreter's signature
         # check (sympy per symbolic dim, ms per decode step) runs only when the VM refuses, for its message.
         try:
@@ -301,13 +292,7 @@ class TvmRunner(Runner):
             result[j] = torch.from_dlpack(o)
         for k, buf, rows in kv:     # the state outputs: views of the buffers the call appended to in place
             buf.filled = rows
-            past = tensors[k.input]
-            if given_up and getattr(past, "_slimgraph_kv", (None,))[0] is buf:   # its own view from row 0
-                size = list(past.shape)
-                size[k.axis] = rows
-                result[k.output] = past.as_strided_(size, past.stride())
-            else:
-                result[k.output] = _view(buf, 0, rows)
+            result[k.output] = _view(buf, 0, rows)
         # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
         self._returned = {id(result[j]): (weakref.ref(result[j], functools.partial(_forget, self._returned_box,
                                                                                    id(result[j]))), o)
