@@ -633,23 +633,26 @@ def _qlinear(ex, node, ins):
 def _quantize_activation(ex, node, ins):
     """ir/opset/quant.py quantize_activation as float ops (ONNX Round is half to even, like torch.round):
     groups [-1, k/g, g], s = max|x| / Q, clamp(round(x / s), -Q, Q) * s, reshaped back to x's shape (Q: 127 for
-    int8, 32639 for int16)."""
+    int8, 32639 for int16). In f32 whatever x's dtype, the result cast back once, as the reference does (int16
+    codes and 32639 are not f16 numbers; ORT's IsInf takes no f16)."""
     from ..ir.opset.quant import ACT_QMAX
-    x, dt = node.inputs[0], node.inputs[0].type.dtype
+    x, xdt, dt = node.inputs[0], node.inputs[0].type.dtype, "f32"
     qmax = float(ACT_QMAX[node.attrs["bits"]])
     k = x.type.shape[-1]
     if not isinstance(k, int):
         raise OnnxExportError(f"quantize_activation over a symbolic last dim {k!r} ({node!r}); the quantize-activations "
                               "pass only inserts it before qlinear, whose K is static")
     g = node.attrs["group"] or k
-    xs = ex.one("Reshape", ins[0], ex.ints([-1, k // g, g]))
+    xf = ins[0] if xdt == dt else ex.one("Cast", ins[0], to=ONNX_DTYPES[dt])
+    xs = ex.one("Reshape", xf, ex.ints([-1, k // g, g]))
     inf = ex.scalar(float("inf"), dt)   # NaN/inf count as inf in the max (ORT's ReduceMax skips NaN): scale NaN
     bad = ex.one("Or", ex.one("IsNaN", xs), ex.one("IsInf", xs))
     amax = ex.one("ReduceMax", ex.one("Where", bad, inf, ex.one("Abs", xs)), ex.ints([-1]), keepdims=1)
     s = ex.one("Where", ex.one("Equal", amax, inf), ex.scalar(float("nan"), dt), ex.one("Div", amax, ex.scalar(qmax, dt)))
     d = ex.one("Where", ex.one("Greater", s, ex.scalar(0.0, dt)), s, ex.scalar(1.0, dt))
     q = ex.one("Clip", ex.one("Round", ex.one("Div", xs, d)), ex.scalar(-qmax, dt), ex.scalar(qmax, dt))
-    return [ex.one("Reshape", ex.one("Mul", q, s), ex.one("Shape", ins[0]))]
+    y = ex.one("Reshape", ex.one("Mul", q, s), ex.one("Shape", ins[0]))
+    return [y if xdt == dt else ex.one("Cast", y, to=ONNX_DTYPES[xdt])]
 
 
 @lowering("onnx", "dequantize")

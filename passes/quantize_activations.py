@@ -42,6 +42,10 @@ class QuantizeActivations(Pass):
                 continue
             x = node.inputs[0]
             if x.producer is not None and x.producer.op == "quantize_activation":
+                if x.producer.attrs["bits"] != self.bits:   # a second pass with other bits would silently do nothing
+                    raise PassError(f"quantize-activations{{bits={self.bits}}}: {node!r} already reads int"
+                                    f"{x.producer.attrs['bits']} activations (an earlier quantize-activations); "
+                                    "run the pass once, with the bits you want")
                 continue   # already quantized
             k = Q.logical_in_dim(node.inputs[1].type.shape, node.attrs["bits"])
             g = node.attrs["group"] if node.attrs["group"] and node.attrs["group"] != k else 0

@@ -329,20 +329,25 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
 
 
 def quantize_activation_te(x, group: int, bits: int = 8):
-    """ir/opset/quant.py quantize_activation as a TE compute on x [m, k] (codes returned dequantized)."""
+    """ir/opset/quant.py quantize_activation as a TE compute on x [m, k] (codes returned dequantized); in f32
+    whatever x's dtype, the result rounded to it once, as the reference does (int16 codes are not f16 numbers)."""
     qmax = float(ACT_QMAX[bits])
     m, k = x.shape
     g = Q.group_size(group, int(k))
     r = te.reduce_axis((0, g), name="r")
+
+    def xf(i, c):
+        return x[i, c] if x.dtype == "float32" else x[i, c].astype("float32")
     big = tirx.const(float("inf"), "float32")   # stands for NaN/inf in the max (which drops NaN): the scale becomes NaN
     amax = te.compute((m, int(k) // g), lambda i, j: te.max(
-        tirx.Select(tirx.isfinite(x[i, j * g + r]), tirx.abs(x[i, j * g + r]), big), axis=r), name="amax")
+        tirx.Select(tirx.isfinite(xf(i, j * g + r)), tirx.abs(xf(i, j * g + r)), big), axis=r), name="amax")
 
     def out(i, c):
         a = amax[i, tirx.floordiv(c, g)]
         s = tirx.Select(a < big, a / tirx.const(qmax, "float32"), tirx.const(float("nan"), "float32"))
         d = tirx.Select(s > 0, s, tirx.const(1, "float32"))
-        return tirx.max(tirx.min(tirx.nearbyint(x[i, c] / d), qmax), -qmax) * s
+        y = tirx.max(tirx.min(tirx.nearbyint(xf(i, c) / d), qmax), -qmax) * s
+        return y if x.dtype == "float32" else y.astype(x.dtype)
     return te.compute((m, k), out, name="quantize_activation")
 
 

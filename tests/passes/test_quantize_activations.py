@@ -65,6 +65,14 @@ def test_quantize_activation_errors():
         PassManager("quantize-weights{bits=4},quantize-activations").run(_two_linears())
 
 
+def test_a_second_pass_with_other_bits_is_an_error_not_a_silent_no_op():
+    g = _two_linears()
+    PassManager("quantize-weights{bits=4},fuse-dequant-matmul,quantize-activations{bits=8}").run(g)
+    with pytest.raises(PassError, match=r"bits=16\}: .* already reads int8 activations"):
+        PassManager("quantize-activations{bits=16}").run(g)
+    assert not PassManager("quantize-activations{bits=8}").run(g).changed   # the same bits: idempotent
+
+
 def test_int16_activations_split_into_two_int8_codes_and_lose_far_less():
     """bits=16: s = max|x| / 32639 per group, so that each code q splits into int8 halves q = 256 hi + lo (hi in
     -127..127, lo in -128..127: what the cpu target's VNNI kernels multiply); its rounding error is ~257x below
@@ -106,3 +114,28 @@ def test_w4a8_graph_runs_and_stays_close_to_weight_only(target, bits):
     a8_err = (w4a8 - w4).norm() / w4.norm()
     w4_err = (w4 - exact).norm() / exact.norm()
     assert 0 < a8_err < (0.5 if bits == 8 else 0.01) * w4_err, (a8_err, w4_err)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("target", ["reference", "torch", "onnx", "cpu"])
+def test_f16_activations_are_quantized_in_f32_like_the_reference_on_every_target(target, bits):
+    """An f16 model's quantize_activation computes its scale and codes in f32 and rounds the result to f16 once
+    (ir/opset/quant.py: x.float() ... .to(x.dtype)): int16 codes (|q| <= 32639) and 32639 itself are not f16
+    numbers, and ONNX Runtime's IsInf takes no f16. Every target that runs the f16 qlinear runs it quantized."""
+    if target == "cpu":
+        pytest.importorskip("tvm")
+    from slimgraph.targets.base import get_target
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f16", (3, 64)))
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0)).half()
+    g.set_outputs([g.op("linear", x, g.add_weight("w", w))])
+    PassManager(f"quantize-weights{{bits=4,group=32}},fuse-dequant-matmul,quantize-activations{{bits={bits}}}").run(g)
+    qa = next(n.output for n in g.nodes if n.op == "quantize_activation")
+    g.set_outputs(list(g.outputs) + [qa])
+    xv = (torch.randn(3, 64, generator=torch.Generator().manual_seed(1)) * 3).half()
+    xv[2, 40:] = torch.arange(24) * 0.5 - 6   # exact rounding ties in one group
+    (want_y, want_q), (got_y, got_q) = ir.run(g, xv), get_target(target).compile(g)(xv)
+    assert got_q.dtype == torch.float16 and torch.equal(got_q, want_q)
+    assert got_y.dtype == torch.float16
+    # f16 products (torch's int4 CPU kernel: bf16) move each output by its own rounding, not the whole
+    assert (got_y.float() - want_y.float()).norm() / want_y.float().norm() < 1e-2
