@@ -35,7 +35,9 @@ from slimgraph.generate import generate
 INT4 = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
         "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
 FP32 = "canonicalize,cse,dce"
-BASES = {"fp32": FP32, "int4": INT4, "w4a8": INT4 + ",quantize-activations"}   # w4a8: int8 activations (cpu: VNNI)
+# w4a8: int8 activations (cpu: VNNI); w4a16: int16 activations (cpu: VNNI on two int8 halves: a verify runs 2k rows)
+BASES = {"fp32": FP32, "int4": INT4, "w4a8": INT4 + ",quantize-activations",
+         "w4a16": INT4 + ",quantize-activations{bits=16}"}
 MODES = ("plain", "lookup", "medusa-chain", "medusa-tree", "medusa-tree+lookup", "eagle-chain", "eagle-tree",
          "eagle-tree+lookup")
 
