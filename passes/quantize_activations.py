@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import quant_format as Q
+from ..ir.opset.quant import ACT_QMAX
 from .base import Pass, PassError, PassResult, register_pass
 
 
@@ -30,7 +31,7 @@ class QuantizeActivations(Pass):
     requires = ("dequant-fused",)
 
     def validate(self):
-        if self.bits not in (8, 16):
+        if self.bits not in ACT_QMAX:
             raise PassError(f"quantize-activations: bits={self.bits} is not supported; use bits=8 (int8 activations) "
                             "or bits=16 (int16, run as two int8 halves)")
 

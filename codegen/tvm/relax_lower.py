@@ -371,7 +371,7 @@ def _layer_norm(lw, node, args):
     if n == 1 and dt == "f32" and isinstance(shape[0], int) and shape[0] % 16 == 0:
         from .kernels import _call_rows, make_layer_norm
         k, eps = shape[0], float(node.attrs["eps"])
-        name = f"layer_norm_{k}_{eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')}"
+        name = f"layer_norm_{k}_{_eps_tag(eps)}"
         return _call_rows(lw, args[0], k, k, make_layer_norm(k, eps), [weight, bias], name)
     return R.nn.layer_norm(args[0], weight, bias, axes, node.attrs["eps"])
 
@@ -381,6 +381,11 @@ def _filled(lw, shape, value, dt):
         raise LoweringError("cpu target: layer_norm without weight/bias over symbolic dims")
     import numpy as np
     return relax.const(np.full(tuple(shape), value, dtype=tvm_dtype(dt)), tvm_dtype(dt))
+
+
+def _eps_tag(eps: float) -> str:
+    """eps exactly, as characters a kernel name may hold (its float hex digits)."""
+    return eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')
 
 
 @lowering("cpu", "rms_norm")
@@ -394,7 +399,7 @@ def _rms_norm(lw, node, args):
             and tuple(node.inputs[1].type.shape) == (k,):
         from .kernels import _call_rows, make_rms_norm
         eps = float(node.attrs["eps"])
-        name = f"rms_norm_{k}_{eps.hex().replace('.', '_').replace('-', 'm').replace('+', '')}"
+        name = f"rms_norm_{k}_{_eps_tag(eps)}"
         rank = node.inputs[0].type.rank
         if rank in (2, 3):   # the kernel takes x as it is: no reshapes around the call
             x = lw.bb.normalize(x)
