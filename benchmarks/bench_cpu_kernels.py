@@ -89,7 +89,7 @@ def main():
                 xq = (arr(rng.integers(-127, 128, (m, k)).astype("int8")),
                       arr(np.concatenate([rng.random((m, ng)), rng.integers(-500, 500, (m, ng))], 1).astype("float32")))
                 rows.append(("W4A8 panels" + (f", M = {m}" if m > 1 else ""), n, k,
-                             timed(fn, ws, xq, (arr(np.zeros((m, n), "float32")),), args.rounds),
+                             timed(fn, ws, xq, (arr(np.zeros((1, m, n), "float32")),), args.rounds),
                              n * k // 2 + n * ng * 5))
         if K.has_avx512():
             fn = build(K.make_int4_lookup_gemv(n, k, g, "float32", "uint8"))
@@ -112,7 +112,7 @@ def main():
                arr(rng.random((n // 16, 1, 16)).astype("float32")), arr(np.zeros((1, 1, 1), "float32")))
               for _ in range(max(2, int(args.spread_mb * 2**20 / (n * k))))]
         xq = (arr(rng.integers(-127, 128, (1, k)).astype("int8")), arr(np.array([[0.5, 120.0]], "float32")))
-        rows.append(("int8 head W8A8 panels", n, k, timed(fn, ws, xq, (arr(np.zeros((1, n), "float32")),),
+        rows.append(("int8 head W8A8 panels", n, k, timed(fn, ws, xq, (arr(np.zeros((1, 1, n), "float32")),),
                                                           args.rounds), n * k + n * 4))
     for name, n, k, s, nbytes in rows:
         print(f"| {name} | {n} x {k} | {s * 1e6:.1f} | {nbytes / s / 1e9:.1f} | {nbytes / s / 1e9 / bw:.0%} |")

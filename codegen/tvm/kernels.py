@@ -238,8 +238,8 @@ def has_vnni() -> bool:
 
 
 @functools.cache
-def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
-    """x [m, k] f32 (rank 2; rank 3: [b, s, k], read as b s rows, no reshape in the VM) -> (q [m, k] i8,
+def make_quantize_rows(k: int, group: int, bits: int = 8):
+    """x [b, s, k] f32 (read as m = b s rows; other ranks are viewed so by `batch_rows`) -> (q [m, k] i8,
     ss [m, 2 k/g] f32): ir/opset/quant.py quantize_activation's codes, and per
     row and group its scale (ss[:, :k/g]; s = max|x| / 127, q = clamp(round_half_even(x / s), -127, 127)) and the
     group's sum of codes (ss[:, k/g:], the zero-point term of a W4A8 dot product; |sum| <= 127 g < 2^24, so the
@@ -255,7 +255,7 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
     lanes = _lanes(g)
     jn = g // lanes
 
-    assert rank in (2, 3) and bits in (8, 16), (rank, bits)
+    assert bits in (8, 16), bits
     qmax = float(ACT_QMAX[bits])
     xr = 1 if bits == 8 else 2   # rows of codes per row of x
 
@@ -304,18 +304,6 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
     @T.prim_func(private=True, s_tir=True)
     def quantize_rows(x_h: T.handle, q_h: T.handle, s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        x = T.match_buffer(x_h, (m_n, k), "float32")
-        q = T.match_buffer(q_h, (xr * m_n, k), "int8")
-        s = T.match_buffer(s_h, (xr * m_n, 2 * ng), "float32")
-        mx = T.decl_buffer((lanes,), "float32")
-        qs = T.decl_buffer((2 * lanes,), "int32")
-        st = T.decl_buffer((2,), "float32")
-        body(x, q, s, m_n, mx, qs, st)
-
-    @T.prim_func(private=True, s_tir=True)
-    def quantize_rows3(x_h: T.handle, q_h: T.handle, s_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
         b_n, s_n = T.int64(), T.int64()
         x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
         q = T.match_buffer(q_h, (xr * b_n * s_n, k), "int8")
@@ -325,7 +313,7 @@ def make_quantize_rows(k: int, group: int, rank: int = 2, bits: int = 8):
         qs = T.decl_buffer((2 * lanes,), "int32")
         st = T.decl_buffer((2,), "float32")
         body(x, q, s, b_n * s_n, mx, qs, st)
-    return quantize_rows if rank == 2 else quantize_rows3
+    return quantize_rows
 
 
 def quantize_activation_te(x, group: int, bits: int = 8):
@@ -499,14 +487,13 @@ def make_layer_norm(k: int, eps: float):
 
 
 @functools.cache
-def make_rms_norm(k: int, eps: float, rank: int = 2):
+def make_rms_norm(k: int, eps: float):
     """y[..., :] = x[..., :] / sqrt(mean(x^2) + eps) * w over rows of k (a multiple of LANES) f32 values
     (ir/opset/nn.py rms_norm, Zhang & Sennrich 2019), in vectors: the sum of squares in LANES partial sums, where
-    TVM's default reduction is one scalar chain (~3 us per SmolLM2 row). x is [m, k] (rank 2) or [b, s, k] (rank
-    3: a decoder's hidden states, taken as they are: no reshape in the VM before and after)."""
+    TVM's default reduction is one scalar chain (~3 us per SmolLM2 row). x is [b, s, k] (a decoder's hidden states,
+    taken as they are: no reshape in the VM before and after; other ranks are viewed so by `batch_rows`)."""
     from tvm.script import tirx as T
     kn = k // LANES
-    assert rank in (2, 3), rank
 
     @T.macro
     def row(x, y, m, w, acc, st):   # row m of x [rows, k] into y
@@ -526,17 +513,6 @@ def make_rms_norm(k: int, eps: float, rank: int = 2):
     @T.prim_func(private=True)
     def rms_norm(x_h: T.handle, w: T.Buffer((k,), "float32"), y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        x = T.match_buffer(x_h, (m_n, k), "float32")
-        y = T.match_buffer(y_h, (m_n, k), "float32")
-        for m in T.parallel(m_n):
-            acc = T.decl_buffer((LANES,), "float32")
-            st = T.decl_buffer((1,), "float32")   # 1 / rms
-            row(x, y, m, w, acc, st)
-
-    @T.prim_func(private=True)
-    def rms_norm3(x_h: T.handle, w: T.Buffer((k,), "float32"), y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
         b_n, s_n = T.int64(), T.int64()
         x3 = T.match_buffer(x_h, (b_n, s_n, k), "float32")
         y3 = T.match_buffer(y_h, (b_n, s_n, k), "float32")
@@ -546,7 +522,7 @@ def make_rms_norm(k: int, eps: float, rank: int = 2):
             acc = T.decl_buffer((LANES,), "float32")
             st = T.decl_buffer((1,), "float32")
             row(x, y, m, w, acc, st)
-    return rms_norm if rank == 2 else rms_norm3
+    return rms_norm
 
 
 def as_rows(lw, x, k):
@@ -561,6 +537,22 @@ def as_rows(lw, x, k):
     return lw.bb.emit(R.reshape(x, relax.ShapeExpr([m, k]))), lead, m
 
 
+def batch_rows(lw, x, k):
+    """x [..., k] as (x3 [b, s, k], its leading dims, M = b s): x itself when it has rank 3 (a decoder's hidden
+    states), else one reshape to [1, M, k]. The view of the kernels that take [b, s, k] (quantize_rows, rms_norm,
+    the panel GEMV), so each has one signature: TVMScript cannot vary a prim_func's rank."""
+    from tvm import relax
+    from tvm.relax import op as R
+    x = lw.bb.normalize(x)
+    lead = list(x.ty.shape.values)[:-1]
+    m = 1
+    for d in lead:
+        m = m * d
+    if len(lead) == 2:
+        return x, lead, m
+    return lw.bb.emit(R.reshape(x, relax.ShapeExpr([1, m, k]))), lead, m
+
+
 def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
     """Run `func(x2d, *weights) -> [M, n]` on x [..., k] and give [..., n]."""
     from tvm import relax
@@ -573,19 +565,13 @@ def _call_rows(lw, x, k: int, n: int, func, weights, name: str):
 
 def _call_quantize_rows(lw, x, k: int, g: int, bits: int = 8):
     """make_quantize_rows on x [..., k]: (codes [R, k] i8, scales and code sums [R, 2 k/g] f32, M) as Relax values
-    (x of rank 2 or 3 as it is, other ranks reshaped to M rows; R = M for int8 codes, 2 M for int16's halves)."""
+    (x viewed as [b, s, k] by `batch_rows`; R = M for int8 codes, 2 M for int16's halves)."""
     from tvm import relax
-    x = lw.bb.normalize(x)
-    lead = list(x.ty.shape.values)[:-1]
+    x3, _, m = batch_rows(lw, x, k)
     tag = "" if bits == 8 else f"_a{bits}"
-    if len(lead) == 2:
-        x2, m = x, lead[0] * lead[1]
-        gv = lw.kernel(f"quantize_rows_{k}_g{g}{tag}_r3", make_quantize_rows(k, g, 3, bits))
-    else:
-        x2, _, m = as_rows(lw, x, k)
-        gv = lw.kernel(f"quantize_rows_{k}_g{g}{tag}", make_quantize_rows(k, g, 2, bits))
+    gv = lw.kernel(f"quantize_rows_{k}_g{g}{tag}", make_quantize_rows(k, g, bits))
     rows = m if bits == 8 else 2 * m
-    out = lw.bb.emit(relax.call_tir(gv, [x2], [relax.TensorType([rows, k], "int8"),
+    out = lw.bb.emit(relax.call_tir(gv, [x3], [relax.TensorType([rows, k], "int8"),
                                                relax.TensorType([rows, 2 * (k // g)], "float32")]))
     return tuple(lw.bb.emit(relax.TupleGetItem(out, i)) for i in range(2)) + (m,)
 
@@ -637,14 +623,14 @@ def qlinear(lw, node, x, qweight, scales, zeros, bias, bits: int, group: int):
         # the panels keep f16 scales, and may hold float zero points as f16 products (pack_vnni_panels)
         zdt = str(lw.bb.normalize(zeros).ty.dtype) if zeros is not None else None
         sdt = str(lw.bb.normalize(scales).ty.dtype)
-        r3 = len(lead) == 2   # [b, s, n] straight from the kernel; other ranks as rows, then reshaped
-        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}" + ("_r3" if r3 else "")
-                       + ("_a16" if abits == 16 else ""),
-                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt, 3 if r3 else 2, abits == 16))
+        gv = lw.kernel(f"int{bits}_vnni_panel_gemv_{n}x{k}_g{g}_{sdt}_{zdt}" + ("_a16" if abits == 16 else ""),
+                       make_vnni_panel_gemv(n, k, g, bits, zdt, sdt, abits == 16))
         zpp = zeros if zeros is not None else lw.const([[[0.0]]], "f32")
+        # [b, s, n] straight from the kernel for a decoder's hidden states; other ranks as [1, M, n], then reshaped
+        shape = lead if len(lead) == 2 else [1, codes[2]]
         y = lw.bb.emit(relax.call_tir(gv, [codes[0], codes[1], qweight, scales, zpp],
-                                      relax.TensorType([*lead, n] if r3 else [codes[2], n], "float32")))
-        if not r3:
+                                      relax.TensorType([*shape, n], "float32")))
+        if len(lead) != 2:
             y = R.reshape(y, relax.ShapeExpr([*lead, n]))
         return R.add(y, bias) if bias is not None else y
     if int4_gemv_ok(bits, group, k, dt):
@@ -1030,7 +1016,7 @@ def pack_vnni_panels(qweight, scales, zeros, group: int, bits: int):
 
 @functools.cache
 def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str | None, scale_dtype: str = "float32",
-                         out_rank: int = 2, pairs: bool = False):
+                         pairs: bool = False):
     """W4A8 / W8A8 on panels (pack_vnni_panels): y[m, o] = sum_g sx[m, g] * (sw[o, g] * sum_{k in g} c[o, k] q[m, k]
     - sw[o, g] * (offset + zero[o, g]) * sums[m, g]), c the stored u8 codes (int8 weights + 128: offset 128; int4:
     offset 0, implied zero 8), q the int8 codes of make_quantize_rows on x in natural order. With integer (or
@@ -1048,7 +1034,7 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
     Rows run in blocks of ROW_BLOCK (then 2, then 1): one load and nibble split of the weights serves every row of
     the block, so verify and prefill do not pay the unpacking per token; past that the kernel is bound by the
     vpdpbusd count (`benchmarks/bench_cpu_kernels.py --rows 1,2,4,8`: M = 4 costs ~1.3-1.5x M = 1, M = 8 ~2.5x).
-    out_rank 3: y is [b, s, n] (b s = m rows: a decoder's hidden states, no reshape in the VM after the call).
+    y is [b, s, n] (b s = m rows: a decoder's hidden states, no reshape in the VM after the call).
     pairs: x holds 2 m rows (make_quantize_rows bits=16: the hi and lo int8 halves of int16 codes, scaled 256 s and
     s) and y row i is the sum of x rows 2i and 2i + 1."""
     from tvm.script import tirx as T
@@ -1118,17 +1104,20 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
                                 dot(dots[V(r * VPANEL, VPANEL)], lo(qp, p, gi, co * unroll + cu),
                                     bcast4(xq, m0 + r, gi * g + (co * unroll + cu) * 8)),
                                 hi(qp, p, gi, co * unroll + cu), bcast4(xq, m0 + r, gi * g + (co * unroll + cu) * 8 + 4))
+            # the activation scale meets the weight's (or its zero term's) first: an integer dot or code sum up to
+            # ~2^15 times an activation scale near f32's max / 127 would overflow where the product stays finite
             for r in T.unroll(rows):
                 if int_zero:   # (codes - offset - zero) . q exactly in int32, then one scaling
                     acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] + T.Cast(
                         "float32x16", dots[V(r * VPANEL, VPANEL)]
                         - izero(zp, p, gi) * T.broadcast(T.Cast("int32", xs[m0 + r, ng + gi]), VPANEL)) \
-                        * T.broadcast(xs[m0 + r, gi], VPANEL) * scale(sp, p, gi)
+                        * (T.broadcast(xs[m0 + r, gi], VPANEL) * scale(sp, p, gi))
                 else:
                     acc[V(r * VPANEL, VPANEL)] = acc[V(r * VPANEL, VPANEL)] \
-                        + T.Cast("float32x16", dots[V(r * VPANEL, VPANEL)]) * T.broadcast(xs[m0 + r, gi], VPANEL) \
-                        * scale(sp, p, gi) \
-                        - sz(sp, zp, p, gi) * T.broadcast(xs[m0 + r, gi] * xs[m0 + r, ng + gi], VPANEL)
+                        + T.Cast("float32x16", dots[V(r * VPANEL, VPANEL)]) \
+                        * (T.broadcast(xs[m0 + r, gi], VPANEL) * scale(sp, p, gi)) \
+                        - (sz(sp, zp, p, gi) * T.broadcast(xs[m0 + r, gi], VPANEL)) \
+                        * T.broadcast(xs[m0 + r, ng + gi], VPANEL)
         if pairs:   # rows come as (hi, lo) pairs of one output row; m0 is even
             for r in T.unroll(rows // 2):
                 y[m0 // 2 + r, V(p * VPANEL, VPANEL)] = acc[V(2 * r * VPANEL, VPANEL)] \
@@ -1151,19 +1140,6 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
 
     @T.prim_func(private=True)
     def vnni_panel_gemv(q_h: T.handle, s_h: T.handle,
-                        qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
-                        sp: T.Buffer((n // VPANEL, ng, VPANEL), scale_dtype),
-                        zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
-                        y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m_n = T.int64()
-        y = T.match_buffer(y_h, (m_n, n), "float32")
-        xq = T.match_buffer(q_h, (xr * m_n, k), "int8")
-        xs = T.match_buffer(s_h, (xr * m_n, 2 * ng), "float32")   # scales, then code sums (make_quantize_rows)
-        panels(qp, sp, zp, xq, xs, y, xr * m_n)
-
-    @T.prim_func(private=True)
-    def vnni_panel_gemv3(q_h: T.handle, s_h: T.handle,
                          qp: T.Buffer((n // VPANEL, k // cols, VPANEL * 4), "uint8"),
                          sp: T.Buffer((n // VPANEL, ng, VPANEL), scale_dtype),
                          zp: T.Buffer((n // VPANEL, ng, VPANEL) if has_zero else (1, 1, 1), zdt),
@@ -1175,5 +1151,4 @@ def make_vnni_panel_gemv(n: int, k: int, group: int, bits: int, zero_dtype: str 
         xs = T.match_buffer(s_h, (xr * b_n * s_n, 2 * ng), "float32")
         y = T.decl_buffer((b_n * s_n, n), "float32", data=y3.data)   # the same memory as rows
         panels(qp, sp, zp, xq, xs, y, xr * b_n * s_n)
-    assert out_rank in (2, 3), out_rank
-    return vnni_panel_gemv if out_rank == 2 else vnni_panel_gemv3
+    return vnni_panel_gemv

@@ -397,15 +397,12 @@ def _rms_norm(lw, node, args):
     k = node.inputs[0].type.shape[-1]
     if dt == "f32" and isinstance(k, int) and k % 16 == 0 and len(args) > 1 and node.inputs[1].type.dtype == "f32" \
             and tuple(node.inputs[1].type.shape) == (k,):
-        from .kernels import _call_rows, make_rms_norm
+        from .kernels import batch_rows, make_rms_norm
         eps = float(node.attrs["eps"])
-        name = f"rms_norm_{k}_{_eps_tag(eps)}"
-        rank = node.inputs[0].type.rank
-        if rank in (2, 3):   # the kernel takes x as it is: no reshapes around the call
-            x = lw.bb.normalize(x)
-            gv = lw.kernel(f"{name}_r{rank}", make_rms_norm(k, eps, rank))
-            return relax.call_tir(gv, [x, args[1]], relax.TensorType(list(x.ty.shape.values), "float32"))
-        return _call_rows(lw, x, k, k, make_rms_norm(k, eps), [args[1]], name)
+        gv = lw.kernel(f"rms_norm_{k}_{_eps_tag(eps)}", make_rms_norm(k, eps))
+        x3, lead, _ = batch_rows(lw, x, k)   # [b, s, k] as it is: no reshapes around the call
+        y = relax.call_tir(gv, [x3, args[1]], relax.TensorType(list(x3.ty.shape.values), "float32"))
+        return y if len(lead) == 2 else R.reshape(y, relax.ShapeExpr([*lead, k]))
     xf = _cast(x, "f32")
     ms = R.mean(R.multiply(xf, xf), [node.inputs[0].type.rank - 1], keepdims=True)
     y = _cast(R.multiply(xf, R.rsqrt(R.add(ms, lw.const(node.attrs["eps"], "f32")))), dt)
