@@ -2,7 +2,8 @@
 
     python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
     python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
-    python benchmarks/bench_attention.py speed [--threads=1]  # decode step at 8k context: sliding window vs full (fp32, int4)
+    python benchmarks/bench_attention.py speed [--threads=1] [--target=cpu]  # decode step at 8k context: sliding
+                                                     # window vs full (fp32, int4; cpu: also W4A8), on one target
     python benchmarks/bench_attention.py ppl-linear --window=64 --sinks=4 [--budget=900] [--full] [--threads=1]
                                                      # linearize-attention + distillation (--window=0: pure linear)
     python benchmarks/bench_attention.py ppl-window --window=64 --sinks=4   # the hybrid's softmax part alone
@@ -134,7 +135,7 @@ def rss(synthetic=False, variants=("full", f"window {W} + {S} sinks")):
               f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
 
 
-def speed(context=8192, steps=15, warm=3, threads=2):
+def speed(context=8192, steps=15, warm=3, threads=2, target="torch"):
     """Decode step time at `context` positions. The state is filled with random K/V of the right shape
     (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
     depend on the values, and an 8k prefill per variant would take minutes on the shared machine.
@@ -143,15 +144,20 @@ def speed(context=8192, steps=15, warm=3, threads=2):
     each (measured before the in-place ring: a 200 KB ring copy at 22 ms at load 12 with 2 threads). Prints the
     median and the fastest step of each variant: on a loaded machine the fastest are the least disturbed; and
     the process CPU time per step, which leaves out the time spent waiting for a core (with one intra-op thread
-    it is the step's compute; with two it also counts OpenMP's spin-waiting)."""
+    it is the step's compute; with two it also counts OpenMP's spin-waiting).
+    `target`: both variants on that target (`cpu`: TVM, whose W4A8 row adds quantize-activations)."""
     torch.set_num_threads(threads)
-    print(f"speed: {threads} intra-op thread(s), load {os.getloadavg()}", flush=True)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    print(f"speed: {target} target, {threads} intra-op thread(s), load {os.getloadavg()}", flush=True)
     model, _ = zoo.load("smollm2-135m")
-    for label, extra in (("fp32", ""), ("int4 g64 + int8 head", Q4)):
+    variants = [("fp32", ""), ("int4 g64 + int8 head", Q4)]
+    if target == "cpu":
+        variants.append(("W4A8 (+ quantize-activations)", Q4 + ",quantize-activations"))
+    for label, extra in variants:
         comp = {}
         for name, pipe in (("full", FULL), ("sliding", RING)):
             pipe = pipe.replace("canonicalize,", "canonicalize," + extra + ",") if extra else pipe
-            comp[name] = compile_(model, pipe)
+            comp[name] = compile_(model, pipe, target)
         decs = {}
         for name, c in comp.items():
             dec = c.decoder()
@@ -248,4 +254,5 @@ if __name__ == "__main__":
         ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
     else:
         threads = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--threads=")), 2))
-        {"rss": lambda: rss("--synthetic" in sys.argv), "speed": lambda: speed(threads=threads)}[cmd]()
+        {"rss": lambda: rss("--synthetic" in sys.argv),
+         "speed": lambda: speed(threads=threads, target=_opt("target", "torch"))}[cmd]()

@@ -897,7 +897,8 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
 
 def attention_ok(node) -> bool:
     """The fused kernel takes f32 q/k/v [b, heads, len, d] with static heads and d, and a mask that is absent
-    or [b or 1, 1, lq or 1, lk]."""
+    or [b or 1, 1, lq or 1, lk]. A mask's last dim may be spelled differently from the keys' (a ring's mask is
+    Min(ctx - seq, W + S) + seq, its keys past + seq): `attention` checks at run time that they agree."""
     q, k, v = (x.type for x in node.inputs[:3])
     if not (q.rank == k.rank == v.rank == 4 and q.dtype == k.dtype == v.dtype == "f32"):
         return False
@@ -908,8 +909,8 @@ def attention_ok(node) -> bool:
         return False
     if len(node.inputs) > 3:
         m = node.inputs[3].type
-        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] not in (1, q.shape[2]) or m.shape[3] != k.shape[2] \
-                or m.shape[0] not in (1, q.shape[0]):
+        if m.rank != 4 or m.shape[1] != 1 or m.shape[2] not in (1, q.shape[2]) or m.shape[0] not in (1, q.shape[0]) \
+                or (m.shape[3] != k.shape[2] and isinstance(m.shape[3], int) and isinstance(k.shape[2], int)):
             return False
     return True
 
@@ -932,6 +933,8 @@ def attention(lw, node, q, k, v, mask):
     gv = lw.kernel(name + "_" + float(scale).hex().replace(".", "_").replace("+", "").replace("-", "m"), func)
     if mask is None:
         mask = lw.const([[[[True]]]], "bool")
+    elif node.inputs[3].type.shape[3] != kt.shape[2]:   # the same length spelled two ways: checked when called
+        mask = lw.bb.match_cast(mask, relax.TensorType([*lw.shape(node.inputs[3])[:3], lw.dim(kt.shape[2])], mdt))
     views = [lw.kv_view(x) for x in node.inputs[1:3]]
     if all(views):   # k and v are in-place KV buffers (module.py): read their first `length` rows in place
         (k, lk), (v, _) = views

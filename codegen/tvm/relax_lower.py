@@ -478,6 +478,33 @@ def _cache_append(lw, node, args):
     return R.concat([args[0], _cast(args[1], dt)], _axis(node.attrs["axis"], node.output.type.rank))
 
 
+@lowering("cpu", "cache_window")
+def _cache_window(lw, node, args):
+    """The first `sinks` rows and the last `window` rows along `axis` (all rows when there are fewer): a
+    StreamingLLM ring (ir/opset/state.py). One gather kernel, a copy per call (ring states are not kept in
+    place on this target: their size is bounded by window + sinks, not by the context)."""
+    from tvm import te, tirx
+    axis = _axis(node.attrs["axis"], node.output.type.rank)
+    keep = node.attrs["window"] + node.attrs["sinks"]
+    sinks = node.attrs["sinks"]
+
+    def ring(x):
+        n = x.shape[axis]
+        rows = tirx.min(n, tirx.const(keep, "int64"))
+        shape = list(x.shape)
+        shape[axis] = rows
+
+        def row(*idx):   # output row i: row i for the sinks, row n - rows + i past them (i itself when n <= keep)
+            i = idx[axis]
+            src = tirx.Select(i < sinks, i, n - rows + i)
+            return x[(*idx[:axis], src, *idx[axis + 1:])]
+        return te.compute(shape, row, name="cache_window")
+    x = lw.bb.normalize(args[0])
+    if x.ty.shape is None or not isinstance(x.ty.shape, relax.ShapeExpr):   # concat of symbolic rows: no shape
+        x = lw.bb.match_cast(x, lw.struct(node.inputs[0]))
+    return lw.bb.emit_te(ring, x, primfunc_name_hint="cache_window")
+
+
 # ---- quantized ----------------------------------------------------------------------------------
 @lowering("cpu", "dequantize")
 def _dequantize(lw, node, args):

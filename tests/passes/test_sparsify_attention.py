@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from tiny_lm import tiny_llama  # noqa: E402
 TOL = 1e-5
 PIPE = "canonicalize,sparsify-attention{{window={w},sinks={s}}},dce"
-TARGETS = ["reference", "torch", "onnx"]
+TARGETS = ["reference", "torch", "onnx", "cpu"]
 
 
 
@@ -38,6 +38,8 @@ def compile_(model, target="reference", w=8, s=2, pipeline=None):
     """slimgraph.optimize, once per (model, target, pipeline) in this module (compiling is the slow part)."""
     if target == "onnx":
         pytest.importorskip("onnxruntime")
+    if target == "cpu":
+        pytest.importorskip("tvm")
     key = (id(model), target, pipeline or PIPE.format(w=w, s=s))
     if key not in _CACHE:
         _CACHE[key] = _compile(model, target, w, s, pipeline)
@@ -102,11 +104,14 @@ def test_targets_agree_with_the_interpreter(model):
     x = ids(30, seed=3, batch=2)
     outs = {}
     for t in TARGETS:
+        if t == "cpu":
+            pytest.importorskip("tvm")
         dec = compile_(model, t).decoder(batch=2)
         dec.prefill(x[:, :20])
         outs[t] = torch.cat([dec.step(x[:, i])["logits"] for i in range(20, 30)], 1)
     torch.testing.assert_close(outs["torch"], outs["reference"], rtol=TOL, atol=TOL)
     torch.testing.assert_close(outs["onnx"], outs["reference"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs["cpu"], outs["reference"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("target", ["reference", "torch"])
@@ -131,8 +136,9 @@ def test_generate_through_the_ring_follows_the_windowed_model(model):
     assert torch.equal(out[0, 5:], want)
 
 
-def test_verify_accept_replays_the_ring(model):
-    c = compile_(model, "torch", 4, 1)
+@pytest.mark.parametrize("target", ["torch", "cpu"])
+def test_verify_accept_replays_the_ring(model, target):
+    c = compile_(model, target, 4, 1)
     prompt, cands = ids(9, seed=6), ids(6, seed=7)
     steps = c.decoder()
     steps.prefill(prompt)

@@ -186,6 +186,35 @@ def test_int4_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_
     assert torch.equal(spec, plain) and fast.last_generate_stats.verifies < 24
 
 
+@pytest.mark.parametrize("quant", ["", "quantize-weights{bits=4,group=32},fuse-dequant-matmul,quantize-activations{bits=16},"],
+                         ids=["fp32", "w4a16"])
+def test_sliding_window_with_sinks_decodes_in_a_bounded_ring_and_speculates_exactly(model, quant, tmp_path):
+    """sparsify-attention on the cpu target: the ring states (cache_window) keep window + sinks rows however long
+    the context; prefill and steps past the wrap match the reference target; a verify of k candidates equals k
+    steps bit for bit, so prompt lookup keeps plain greedy's tokens; the artifact loads and decodes alike."""
+    pipe = f"canonicalize,{quant}sparsify-attention{{window=8,sinks=2}},cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    x = prompt(30, seed=11)
+    dec, want = fast.decoder(), ref.decoder()
+    torch.testing.assert_close(dec.prefill(x[:, :20])["logits"], want.prefill(x[:, :20])["logits"],
+                               rtol=1e-4, atol=1e-4)
+    for i in range(20, 30):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+    assert all(t.shape[2] == 10 for t in dec.states) and dec.length == 30
+    steps = fast.decoder()
+    steps.prefill(x[:, :12])
+    one_by_one = torch.cat([steps.step(x[:, i])["logits"] for i in range(12, 30)], 1)
+    spec = fast.decoder()
+    spec.prefill(x[:, :12])
+    assert torch.equal(spec.verify(x[:, 12:30])["logits"], one_by_one)
+    text = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6, 7]])
+    plain = fast.generate(text, max_new_tokens=24, eos_token_id=None)
+    assert torch.equal(fast.generate(text, max_new_tokens=24, eos_token_id=None, lookup=4), plain)
+    fast.save(tmp_path / "ring.sg")
+    assert torch.equal(slimgraph.load(tmp_path / "ring.sg").generate(text, max_new_tokens=24, eos_token_id=None), plain)
+
+
 def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(model):
     """The KV states are updated in place (module.inplace_states): main takes each state's buffer plus the
     past length, writes the new rows into it, and the runner returns views of the buffer, so a decode step
