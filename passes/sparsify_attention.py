@@ -24,8 +24,9 @@ tests/test_tree_verify_windowed.py). An unmasked attention keeps `attention{wind
 
 Design decisions:
 - Positions: keys are cached after RoPE (as HF caches them), so each key keeps its original position
-  id; StreamingLLM's re-positioning inside the cache is not done (it would need un-rotated keys in the
-  state). Measured in benchmarks/RESULTS.md (perplexity at 1024 tokens with W=256, S=4).
+  id; StreamingLLM's re-positioning inside the cache is not done: only the sinks' distances would change,
+  and benchmarks/ablation_sink_positions.py measured re-positioned sinks slightly worse on SmolLM2
+  (perplexity 12.906 vs 12.899 over the eval split at W=256, S=4; benchmarks/RESULTS.md).
 - The mask: the decoder runtime (slimgraph/decoder.py) stays target- and state-agnostic and keeps passing
   `attention_mask: bool [b, 1, s, L + s]` over every position it has seen (L of them). The graph maps it
   onto the keys it actually has: the columns of the L past positions go through the same
