@@ -179,6 +179,11 @@ def test_tied_head_is_quantized_once_and_lookups_read_packed_rows(bits, group):
     assert torch.equal(ir.run(g, x)[0], before)
     from slimgraph.codegen.torch_fx import build_runner
     torch.testing.assert_close(build_runner(g)(x)[0], before, rtol=2e-2, atol=2e-2 * float(before.abs().max()))
+    for bad in (-1, 50):   # like embedding's (F.embedding), never a wrapped row (python indexing read row 49 for -1)
+        with pytest.raises(Exception, match=rf"qembedding: id {bad} is outside 0\.\.49"):
+            ir.run(g, torch.tensor([[3, bad]]))
+        with pytest.raises(IndexError, match=rf"qembedding: id {bad} is outside 0\.\.49"):
+            build_runner(g)(torch.tensor([[3, bad]]))
 
 
 SIBLINGS = """
