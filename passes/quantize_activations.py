@@ -29,6 +29,7 @@ class QuantizeActivations(Pass):
     """Insert quantize_activation{bits, group} before every qlinear (the qlinear's own group)."""
     bits: int = 8
     requires = ("dequant-fused",)
+    introduces = ("quantize_activation",)
 
     def validate(self):
         if self.bits not in ACT_QMAX:
