@@ -116,6 +116,25 @@ def test_default_selection_skips_embeddings_and_lm_head():
     assert res.stats["quantized"] == 1 and "@lm_head.weight.qweight" in str(g)
 
 
+def test_an_include_pattern_that_names_no_weight_warns_with_the_tied_name():
+    """include=[model.embed_tokens.weight] on a tied model (the table is the head's weight, @lm_head.weight)
+    quantized nothing of it, with a warning listing only other layers; a pattern naming no weight now says so."""
+    def tied():
+        torch.manual_seed(0)
+        g = ir.Graph()
+        ids = g.add_input("ids", TensorType("i64", ("batch", "seq")))
+        emb = g.add_weight("lm_head.weight", torch.randn(50, 32))
+        h = g.op("linear", g.op("embedding", emb, ids), g.add_weight("layers.0.proj.weight", torch.randn(32, 32)))
+        g.set_outputs([g.op("linear", h, emb)])
+        return g
+    with pytest.warns(UserWarning, match=r"include pattern 'model.embed_tokens.weight' matches no weight .*tied to "
+                                         r"its head and is named @lm_head.weight"):
+        quantize(tied(), bits=8, group=0, include=["model.embed_tokens.weight", "layers.*"])
+    with pytest.warns(UserWarning, match=r"include pattern 'layers.0.prj.weight' matches no weight .*similar "
+                                         r"names: @layers.0.proj.weight"):
+        quantize(tied(), bits=8, group=0, include=["layers.0.prj.weight"])
+
+
 def test_exclude_patterns():
     g = mlp()
     res = quantize(g, bits=8, group=0, exclude=["fc2.*"])
