@@ -86,6 +86,12 @@ class Pass:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # properties that must hold before it runs
     ensures: ClassVar[tuple[str, ...]] = ()   # properties that hold after it changed the graph
+    # ops it adds that not every target lowers: slimgraph.optimize checks them against the target before it
+    # imports the model or runs any pass (`introduced_ops`: the ones these options make)
+    introduces: ClassVar[tuple[str, ...]] = ()
+
+    def introduced_ops(self) -> tuple[str, ...]:
+        return self.introduces
 
     def run(self, graph) -> PassResult:  # pragma: no cover - interface
         raise NotImplementedError

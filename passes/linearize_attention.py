@@ -55,6 +55,9 @@ class LinearizeAttention(Pass):
     sinks: int = 0      # hybrid: the first `sinks` keys stay in the softmax part (attention sinks)
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
+    def introduced_ops(self) -> tuple[str, ...]:
+        return ("linear_attention", "cache_window") if self.window else ("linear_attention",)
+
     def run(self, graph) -> PassResult:
         where = f"linearize-attention{{feature_map={self.feature_map},window={self.window},sinks={self.sinks}}}"
         attns = [n for n in graph.nodes if n.op == "attention"]

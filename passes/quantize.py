@@ -23,6 +23,7 @@ the reason (`skipped`); a run that quantizes nothing warns.
 """
 from __future__ import annotations
 import dataclasses
+import difflib
 import fnmatch
 import warnings
 from dataclasses import dataclass, field
@@ -145,6 +146,15 @@ class QuantizeWeights(Pass):
                 self.skipped[w] = f"embedding: method={self.method} covers linear layers (use method=rtn)"
             else:
                 chosen[w] = [n for n in nodes if n.op != "embedding"] if kind == "tied" else nodes
+        for pat in self.include:   # a pattern that names no weight: a typo, or the other name of a tied table
+            if not any(fnmatch.fnmatch(w, pat) for w in graph.weights):
+                tied = [w for w in users if layer_kind(graph.weights[w].users) == "tied"]
+                near = difflib.get_close_matches(pat, list(users), n=3, cutoff=0.5)
+                hint = (f"; this model's embedding table is tied to its head and is named @{tied[0]}"
+                        if tied and fnmatch.fnmatch(pat, "*embed*") else
+                        f"; similar names: {', '.join('@' + n for n in near)}" if near else "")
+                warnings.warn(f"quantize-weights: include pattern {pat!r} matches no weight of graph @{graph.name}"
+                              f"{hint}", stacklevel=3)
         for w in (graph.weights if self.include else ()):
             if match(w, self.include) and w not in users:
                 t = graph.weights[w].type

@@ -13,9 +13,11 @@ own Q4_1 grid: the weight-only perplexity), and the `cpu` target still runs inte
 two int8 halves of each code (q = 256 hi + lo), so a decode step costs about what W4A8's does (its kernels are
 bound by memory, not by dot products); a verify or prefill of many tokens costs up to twice as much.
 
-Contract: requires "dequant-fused" (qlinear ops exist: after fuse-dequant-matmul).
+Contract: requires "dequant-fused" (no dequantize left unfused: after fuse-dequant-matmul); a graph with no
+qlinear at all (a float model) warns, since the pass then does nothing.
 """
 from __future__ import annotations
+import warnings
 from dataclasses import dataclass
 
 from ..ir import quant_format as Q
@@ -29,6 +31,7 @@ class QuantizeActivations(Pass):
     """Insert quantize_activation{bits, group} before every qlinear (the qlinear's own group)."""
     bits: int = 8
     requires = ("dequant-fused",)
+    introduces = ("quantize_activation",)
 
     def validate(self):
         if self.bits not in ACT_QMAX:
@@ -57,4 +60,9 @@ class QuantizeActivations(Pass):
                                                names=[graph.fresh_name(x.name + f"_q{self.bits}")]).output
             node.set_input(0, made[key])
             count += 1
+        if not any(n.op == "qlinear" for n in graph.nodes):   # nothing to do is a mistake, not a no-op
+            linears = sum(1 for n in graph.nodes if n.op == "linear")
+            warnings.warn(f"quantize-activations{{bits={self.bits}}} found no qlinear in graph @{graph.name} "
+                          f"({linears} float linear(s)): it quantizes the inputs of quantized linears only; run "
+                          "quantize-weights and fuse-dequant-matmul before it", stacklevel=2)
         return PassResult(count > 0, {"quantized_inputs": len(made), "qlinears": count})

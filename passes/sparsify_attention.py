@@ -68,6 +68,9 @@ class SparsifyAttention(Pass):
     globals: int = 1    # block_sparse: ... and the first `globals` blocks
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
+    def introduced_ops(self) -> tuple[str, ...]:
+        return ("cache_window",) if self.kind == "sliding_window" else ()   # block_sparse only masks
+
     def run(self, graph) -> PassResult:
         if self.kind == "block_sparse":
             return self._block_sparse(graph)

@@ -49,6 +49,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     tgt.check_available()
     example_inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     spec, notes = _pipeline(tgt, pipeline)
+    _check_target_runs_pipeline(tgt, spec, allow_fallback)
     spec = _with_calibration(spec, model, calibration)   # before the import: a missing one fails fast
     import_notes: list[str] = []
     graph, signature, kv, flat_example = _import(model, tuple(example_inputs), dict(example_kwargs or {}),
@@ -222,6 +223,23 @@ def _pipeline(tgt, pipeline) -> tuple[object, list[str]]:
     missing = [i for i in items if i.split("{")[0].strip() not in known]
     notes = [f"default pipeline passes not available, skipped: {', '.join(missing)}"] if missing else []
     return ",".join(i for i in items if i not in missing), notes
+
+
+def _check_target_runs_pipeline(tgt, spec, allow_fallback):
+    """Refuse, before the import and any pass (GPTQ calibration can take minutes), a pass whose ops the target
+    cannot run (`Pass.introduced_ops`), naming the pass, the ops and the targets that run them."""
+    if not spec or allow_fallback:
+        return
+    from .passes.pipeline import parse_pipeline
+    from .targets.base import TARGETS
+    for p in parse_pipeline(spec):
+        missing = [op for op in p.introduced_ops() if not tgt.supports(op)]
+        if missing:
+            able = [t.name for t in TARGETS.values() if all(t.supports(op) for op in p.introduced_ops())]
+            raise OptimizeError(f"pass {p.spec()} makes op{'s' if len(missing) > 1 else ''} {', '.join(missing)}, "
+                                f"which target {tgt.name!r} does not run (`slimgraph ops --target {tgt.name}`); "
+                                f"use target={' or '.join(repr(n) for n in able) or 'none'} for this pipeline, drop "
+                                f"the pass, or pass allow_fallback=True to run it on the 'torch' target")
 
 
 def _with_calibration(spec, model, calibration):

@@ -71,6 +71,8 @@ class Decoder:
         self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
                                 if n.op == "attention" and n.attrs.get("window")), default=None)
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
+        from .signature import index_limits
+        self._limits = index_limits(graph.inputs)   # ids and learned positions must stay inside their tables
         self.reset(batch)
 
     # ---- state -----------------------------------------------------------------------------------
@@ -211,6 +213,9 @@ class Decoder:
             mask = torch.cat((past, local.expand(b, 1, n, n)), 3)
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
         args = [feeds[name] if name in feeds else self.states[self._state_in[name]] for name in self._order]
+        if self._limits:   # token ids (given by the caller) and positions (past a learned table's end) in range
+            from .signature import check_index_range
+            check_index_range(self._limits, args, self.graph.inputs)
         outs = self.runner(*args)      # inputs built here, by construction of the right types: no per-call check
         self.states = [outs[j] for j in self._state_out]
         self.key_valid = valid

@@ -61,6 +61,21 @@ class DraftTrainReport:
 
 
 def head_weight_names(graph) -> list[str]:
+    """The Medusa heads' weights in head order (one per draft_logits_i output), or EAGLE's config weight. A head
+    whose weight is not a float graph weight (quantized by an include= that named it) is refused: training the
+    others in its place would shift them by one token."""
+    from .ir.dtypes import FLOAT_DTYPES
+    from .passes.draft_heads import draft_outputs
+    for i in range(len(draft_outputs(graph))):
+        name = f"draft_heads.{i}.weight"
+        w = graph.weights.get(name)
+        if w is None or w.type.dtype not in FLOAT_DTYPES:
+            packed = [n for n in graph.weights if n.startswith(name + ".")]
+            raise DraftTrainingError(
+                f"draft head {i} has no trainable @{name}: it is not a float weight of the graph"
+                + (f" (it was quantized: {', '.join(packed)}; a quantize-weights include= matched it)" if packed
+                   else "") + "; heads train in float: keep draft_heads.* out of include=, and quantize the base "
+                "before insert-draft-heads")
     names = [f"draft_heads.{i}.weight" for i in range(64) if f"draft_heads.{i}.weight" in graph.weights]
     if not names and "draft_heads.eagle.config" in graph.weights:
         return ["draft_heads.eagle.config"]

@@ -71,6 +71,7 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     beside the heads' (greedy, batch 1); on a model without draft heads, the only draft (no training).
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
+    _check_positions(compiled, input_ids, max_new_tokens, attention_mask)
     mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup)
     if tree is not None and mode != "tree":
         raise GenerateError(f"generate(): tree= is used by speculative='tree' only (this call decodes "
@@ -245,6 +246,25 @@ def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
                             "use do_sample=False for greedy decoding")
     if top_k is not None and top_k < 1:
         raise GenerateError(f"generate(): top_k must be >= 1 or None, got {top_k}")
+
+
+def _check_positions(compiled, input_ids, max_new_tokens, attention_mask):
+    """A model with learned positions (a table indexed by position_ids, GPT-2's wpe) has a hard context limit:
+    refuse, before decoding, a prompt + max_new_tokens whose positions do not fit (the last new token needs
+    none: it is read off the logits of the one before)."""
+    from .signature import index_limits
+    names = [v.name for v in compiled.graph.inputs]
+    limit = next(((rows, table) for i, rows, table in index_limits(compiled.graph.inputs)
+                  if names[i] == "position_ids"), None)
+    if limit is None or max_new_tokens == 0:
+        return
+    rows, table = limit
+    prompt = int(attention_mask.sum(1).max()) if attention_mask is not None else input_ids.shape[1]
+    if prompt + max_new_tokens - 1 > rows:
+        raise GenerateError(f"generate(): {prompt} prompt tokens + max_new_tokens {max_new_tokens} = "
+                            f"{prompt + max_new_tokens} tokens need positions up to {prompt + max_new_tokens - 2}, "
+                            f"but the model has {rows} learned positions (@{table}: its context limit); use "
+                            f"max_new_tokens <= {rows - prompt + 1}")
 
 
 def _eos_tensor(eos_token_id, device):

@@ -34,9 +34,48 @@ class SignatureError(TypeError):
     pass
 
 
+def index_limits(inputs) -> list[tuple[int, int, str]]:
+    """(input index, rows, table) for each input that an embedding lookup (`embedding`, `qembedding`) reads
+    directly as its ids, from a table with a static row count: token ids index the vocabulary, and learned
+    positions (GPT-2's position_ids) a table as long as the model's context. Its values must lie in 0..rows-1:
+    past the table a target reads out of bounds (the cpu target's TVM `take` clips silently) or fails deep
+    in a kernel. An input that indexes several tables gets the smallest."""
+    limits: dict[int, tuple[int, str]] = {}
+    for i, v in enumerate(inputs):
+        for node in v.users:
+            if node.op == "embedding" and len(node.inputs) > 1 and node.inputs[1] is v:
+                table, name = node.inputs[0], node.inputs[0].name
+            elif node.op == "qembedding" and node.inputs[0] is v and len(node.inputs) > 1:
+                table, name = node.inputs[1], node.inputs[1].name.removesuffix(".qweight")
+            else:
+                continue
+            rows = table.type.shape[0] if table.type.rank else None
+            if isinstance(rows, int) and (i not in limits or rows < limits[i][0]):
+                limits[i] = (rows, name)
+    return [(i, rows, name) for i, (rows, name) in sorted(limits.items())]
+
+
+def check_index_range(limits, tensors, inputs) -> None:
+    """Refuse a value outside 0..rows-1 in an input of `index_limits` (one aminmax per such input)."""
+    for i, rows, table in limits:
+        t = tensors[i]
+        if not t.numel() or t.is_floating_point() or t.dtype is torch.bool:
+            continue
+        lo, hi = (int(x) for x in torch.aminmax(t))
+        if lo >= 0 and hi < rows:
+            continue
+        v = inputs[i]
+        what = (" (learned positions: the model's context limit)" if v.name == "position_ids" else
+                " (the vocabulary)" if v.name == "input_ids" else "")
+        raise SignatureError(f"input %{v.name} (#{i + 1} of {len(inputs)}) holds {hi if hi >= rows else lo}, "
+                             f"outside 0..{rows - 1}: it indexes the embedding table @{table}, which has {rows} "
+                             f"rows{what}")
+
+
 class InputCheck:
     """Checks flat call inputs against a graph's inputs, cheaply (the per-input work is precomputed):
-    the count, each input's dtype and rank, static dims, and symbolic dims bound consistently.
+    the count, each input's dtype and rank, static dims, symbolic dims bound consistently, and the values of
+    ids that index an embedding table (`index_limits`).
 
         check = InputCheck(graph.inputs); check([x])   # TypeError naming the input, expected and given
 
@@ -60,6 +99,7 @@ class InputCheck:
                 else:
                     self._derived.append((i, k, d))
             self._specs.append((to_torch(v.type.dtype), v.type.rank, tuple(static), tuple(symbols)))
+        self._limits = index_limits(self.inputs)   # ids that index an embedding table: in range
 
     def __call__(self, tensors) -> None:
         if len(tensors) != len(self._specs):
@@ -91,6 +131,8 @@ class InputCheck:
                     continue
                 if tensors[i].shape[k] != want:
                     self._fail(i, tensors[i], f"dim {k} must be {expr} = {want} here")
+        if self._limits:
+            check_index_range(self._limits, tensors, self.inputs)
 
     def _fail(self, i, t, why):
         v = self.inputs[i]

@@ -1,5 +1,6 @@
 """slimgraph.optimize / CompiledModel: call signatures, output structures, reports, errors."""
 import collections
+import importlib.util
 
 import pytest
 import torch
@@ -191,3 +192,35 @@ def test_real_minilm_matches(minilm):
         ref = model(**enc)
     out = fast(**enc)
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target, pipeline, ops", [
+    ("cpu", "canonicalize,quantize-weights{bits=4,group=32,method=gptq},fuse-dequant-matmul,"
+            "sparsify-attention{window=8,sinks=2}", "cache_window"),
+    ("cpu", "canonicalize,linearize-attention{window=8}", "linear_attention, cache_window"),
+    ("onnx", "canonicalize,linearize-attention{window=0}", "linear_attention"),
+    ("c", "canonicalize,quantize-weights{bits=8},fuse-dequant-matmul,quantize-activations{bits=16}",
+     "quantize_activation"),
+])
+def test_a_pass_whose_ops_the_target_does_not_run_is_refused_before_the_import(target, pipeline, ops, monkeypatch):
+    """sparsify-attention / linearize-attention on the `cpu` target failed only after the import and every pass
+    (a GPTQ calibration first), with a codegen error naming an op and no pass. Now optimize names the pass, its
+    ops and the targets that run them before doing any work; allow_fallback=True still runs it on 'torch'."""
+    import slimgraph.api as api
+    if importlib.util.find_spec({"cpu": "tvm", "onnx": "onnxruntime", "c": "torch"}[target]) is None:
+        pytest.skip(f"target {target} is not installed")
+
+    def no_import(*a, **k):
+        raise AssertionError("the model was imported before the pipeline was checked against the target")
+    monkeypatch.setattr(api, "_import", no_import)
+    bad = [p for p in ("sparsify-attention", "linearize-attention", "quantize-activations") if p in pipeline][0]
+    with pytest.raises(OptimizeError, match=rf"pass {bad}.* makes ops? {ops}, which target '{target}' does not "
+                                            rf"run .*use target=.*'torch'.*allow_fallback=True"):
+        slimgraph.optimize(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), target=target, pipeline=pipeline)
+
+
+def test_block_sparse_attention_is_not_refused_on_the_cpu_target():
+    """kind=block_sparse only masks: no op the cpu target lacks (it runs there)."""
+    from slimgraph.passes.pipeline import parse_pipeline
+    assert parse_pipeline("sparsify-attention{kind=block_sparse}")[0].introduced_ops() == ()
+    assert parse_pipeline("sparsify-attention{kind=sliding_window}")[0].introduced_ops() == ("cache_window",)

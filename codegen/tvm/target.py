@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 import tempfile
 import weakref
 from pathlib import Path
@@ -242,13 +243,16 @@ class TvmRunner(Runner):
         content = products.files.get(LIBRARY)
         if content is None:
             raise ProductsError(f"cpu build products: {LIBRARY} is missing (products: {sorted(products.files)})")
-        if isinstance(content, Path):
-            self.lib = tvm.runtime.load_module(str(content))
-        else:
-            with tempfile.TemporaryDirectory() as d:   # dlopen needs a file; the mapping outlives it
-                path = Path(d) / LIBRARY
+        # dlopen needs a file; the mapping outlives it. Always a private copy under a fresh name, never the
+        # artifact's own file: dlopen returns the library it already loaded from the same file name, so an
+        # artifact saved again at a path this process loaded from would run the old library's code
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / LIBRARY
+            if isinstance(content, Path):
+                shutil.copyfile(content, path)
+            else:
                 path.write_bytes(content)
-                self.lib = tvm.runtime.load_module(str(path))
+            self.lib = tvm.runtime.load_module(str(path))
         # the naive allocator (malloc/free per storage): TVM's default pooled one keeps every freed storage for
         # reuse at the same size, so calls at many sizes (prompts of each length) kept them all: SmolLM2's RSS
         # went 2.0 -> 4.4 GB over 64 prompt lengths (benchmarks/bench_cpu_memory.py); decode speed is the same

@@ -91,6 +91,11 @@ def qembedding(ids, qweight, scales, zeros=None, *, bits, group, dtype):
     """embedding(dequantize(qweight, scales, zeros), ids): the rows of `ids`, unpacked."""
     from ..dtypes import to_torch
     flat = ids.reshape(-1)
+    if flat.numel():   # as embedding (F.embedding) does: a negative id would read a row from the end
+        lo, hi = (int(x) for x in torch.aminmax(flat))
+        if lo < 0 or hi >= qweight.shape[0]:
+            raise IndexError(f"qembedding: id {lo if lo < 0 else hi} is outside 0..{qweight.shape[0] - 1} "
+                             f"(the table's rows)")
     rows = Q.dequantize(qweight[flat], scales[flat], zeros[flat] if zeros is not None else None,
                         bits, group, to_torch(dtype))
     return rows.reshape(*ids.shape, rows.shape[-1])

@@ -96,3 +96,16 @@ def test_a_graph_without_logits_is_refused():
     g = slimgraph.optimize(torch.nn.Linear(4, 4), (torch.zeros(2, 4),), target="reference", pipeline="").graph
     with pytest.raises(PassError, match="has no output named 'logits'"):
         run_pipeline(g, "insert-draft-heads{num_heads=2}")
+
+
+def test_training_refuses_a_quantized_head_instead_of_shifting_the_others(model):
+    """include=[draft_heads.0.weight] packs head 0; train_draft_heads listed the float heads only, so it trained
+    draft_heads.1 as head 0 (the token 2 ahead instead of 3) and left head 0 at zero, silently."""
+    from slimgraph.draft import DraftTrainingError
+    fast = compile_(model, "insert-draft-heads{num_heads=2},quantize-weights{bits=4,group=32,"
+                           "include=[draft_heads.0.weight]},fuse-dequant-matmul", "torch")
+    assert "draft_heads.0.weight.qweight" in fast.graph.weights
+    with pytest.raises(DraftTrainingError, match=r"draft head 0 .*@draft_heads\.0\.weight.* not a float weight .*"
+                                                 r"quantized.*include"):
+        slimgraph.train_draft_heads(fast, prompts=torch.randint(0, 96, (4, 6)), new_tokens=8, steps=2,
+                                    progress=False)

@@ -116,6 +116,25 @@ def test_default_selection_skips_embeddings_and_lm_head():
     assert res.stats["quantized"] == 1 and "@lm_head.weight.qweight" in str(g)
 
 
+def test_an_include_pattern_that_names_no_weight_warns_with_the_tied_name():
+    """include=[model.embed_tokens.weight] on a tied model (the table is the head's weight, @lm_head.weight)
+    quantized nothing of it, with a warning listing only other layers; a pattern naming no weight now says so."""
+    def tied():
+        torch.manual_seed(0)
+        g = ir.Graph()
+        ids = g.add_input("ids", TensorType("i64", ("batch", "seq")))
+        emb = g.add_weight("lm_head.weight", torch.randn(50, 32))
+        h = g.op("linear", g.op("embedding", emb, ids), g.add_weight("layers.0.proj.weight", torch.randn(32, 32)))
+        g.set_outputs([g.op("linear", h, emb)])
+        return g
+    with pytest.warns(UserWarning, match=r"include pattern 'model.embed_tokens.weight' matches no weight .*tied to "
+                                         r"its head and is named @lm_head.weight"):
+        quantize(tied(), bits=8, group=0, include=["model.embed_tokens.weight", "layers.*"])
+    with pytest.warns(UserWarning, match=r"include pattern 'layers.0.prj.weight' matches no weight .*similar "
+                                         r"names: @layers.0.proj.weight"):
+        quantize(tied(), bits=8, group=0, include=["layers.0.prj.weight"])
+
+
 def test_exclude_patterns():
     g = mlp()
     res = quantize(g, bits=8, group=0, exclude=["fc2.*"])
@@ -179,6 +198,11 @@ def test_tied_head_is_quantized_once_and_lookups_read_packed_rows(bits, group):
     assert torch.equal(ir.run(g, x)[0], before)
     from slimgraph.codegen.torch_fx import build_runner
     torch.testing.assert_close(build_runner(g)(x)[0], before, rtol=2e-2, atol=2e-2 * float(before.abs().max()))
+    for bad in (-1, 50):   # like embedding's (F.embedding), never a wrapped row (python indexing read row 49 for -1)
+        with pytest.raises(Exception, match=rf"qembedding: id {bad} is outside 0\.\.49"):
+            ir.run(g, torch.tensor([[3, bad]]))
+        with pytest.raises(IndexError, match=rf"qembedding: id {bad} is outside 0\.\.49"):
+            build_runner(g)(torch.tensor([[3, bad]]))
 
 
 SIBLINGS = """

@@ -139,3 +139,18 @@ def test_f16_activations_are_quantized_in_f32_like_the_reference_on_every_target
     assert got_y.dtype == torch.float16
     # f16 products (torch's int4 CPU kernel: bf16) move each output by its own rounding, not the whole
     assert (got_y.float() - want_y.float()).norm() / want_y.float().norm() < 1e-2
+
+
+def test_a_graph_without_quantized_linears_warns_instead_of_silently_doing_nothing():
+    """`quantize-activations{bits=16}` on a float model (no quantize-weights, or a quantize-weights that matched
+    nothing) passed its "dequant-fused" requirement (nothing left to fuse) and changed nothing, silently."""
+    import warnings
+    g = _two_linears()
+    with pytest.warns(UserWarning, match=r"quantize-activations\{bits=16\} found no qlinear .*3 float linear.*"
+                                         r"quantize-weights.*fuse-dequant-matmul"):
+        result = PassManager("quantize-activations{bits=16}").run(g)
+    assert not result.changed and "quantize_activation" not in g.op_counts()
+    PassManager("quantize-weights{bits=4,group=64},fuse-dequant-matmul,quantize-activations").run(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # already quantized: a no-op, but not a mistake
+        assert not PassManager("quantize-activations").run(g).changed

@@ -332,3 +332,18 @@ def test_a_state_the_runner_cannot_own_is_a_clear_error(model):
     states = [torch.zeros(1, 2, 0, 16, device="meta")] + [torch.zeros(1, 2, 0, 16) for _ in range(3)]
     with pytest.raises(TypeError, match=r"%past_key_0 must be a rank-4 float32 tensor on the cpu, got .* on meta"):
         run(fast, prompt(2, 1), states)
+
+
+def test_an_artifact_saved_again_at_the_same_path_loads_its_own_library(model, tmp_path):
+    """Re-saving another model to a path an artifact was loaded from, then loading it again in the same process
+    (a notebook's compile/save/load loop), runs the new library: dlopen hands back a library already loaded from
+    the same file name, so the runner must not dlopen the artifact's file by its own name. The two pipelines
+    differ only in code (int8 vs int16 activation codes), not in main's parameters, so a reused library would
+    run silently, with the first model's arithmetic."""
+    base = "canonicalize,quantize-weights{bits=4,group=32},fuse-dequant-matmul,quantize-activations{bits=%d},cse,dce"
+    path, ids = tmp_path / "same.sg", prompt(n=12, seed=13)
+    for bits in (8, 16):
+        fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=base % bits)
+        fast.save(path)
+        loaded = slimgraph.load(path)
+        assert torch.equal(loaded(ids).logits, fast(ids).logits), f"bits={bits}: the loaded artifact ran other code"
