@@ -2,8 +2,9 @@
 
     python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
     python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
-    python benchmarks/bench_attention.py speed [--threads=1] [--target=cpu]  # decode step at 8k context: sliding
-                                                     # window vs full (fp32, int4; cpu: also W4A8), on one target
+    python benchmarks/bench_attention.py speed [--threads=1] [--target=cpu] [--linear]  # decode step at 8k context:
+                                                     # sliding window (--linear: linear attention) vs full (fp32,
+                                                     # int4; cpu: also W4A8), on one target
     python benchmarks/bench_attention.py ppl-linear --window=64 --sinks=4 [--budget=900] [--full] [--threads=1]
                                                      # linearize-attention + distillation (--window=0: pure linear)
     python benchmarks/bench_attention.py ppl-window --window=64 --sinks=4   # the hybrid's softmax part alone
@@ -135,7 +136,23 @@ def rss(synthetic=False, variants=("full", f"window {W} + {S} sinks")):
               f"({g:+.1f}%); KV state {a['state_mb']} -> {b['state_mb']} MB")
 
 
-def speed(context=8192, steps=15, warm=3, threads=2, target="torch"):
+def fill_states(c, dec, context, gen):
+    """Give `dec` the state it has after `context` positions, with random values: append states get `context`
+    rows, ring states window + sinks, fixed states (linear attention's kv and z) their own shape (|values|, so
+    the normalizer stays positive)."""
+    states = []
+    for st, t in zip(c.graph.states, dec.states):
+        if st.kind == "fixed":
+            states.append(torch.randn(t.shape, generator=gen).abs())
+            continue
+        rows = context if st.kind == "append" else st.attrs["window"] + st.attrs["sinks"]
+        states.append(torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen))
+    dec.states = states
+    dec.key_valid = torch.ones(1, context, dtype=torch.bool)
+    dec.next_pos = torch.tensor([context])
+
+
+def speed(context=8192, steps=15, warm=3, threads=2, target="torch", linear=False):
     """Decode step time at `context` positions. The state is filled with random K/V of the right shape
     (full: `context` rows; ring: window + sinks rows) instead of an 8k prefill: a step's time does not
     depend on the values, and an 8k prefill per variant would take minutes on the shared machine.
@@ -145,7 +162,8 @@ def speed(context=8192, steps=15, warm=3, threads=2, target="torch"):
     median and the fastest step of each variant: on a loaded machine the fastest are the least disturbed; and
     the process CPU time per step, which leaves out the time spent waiting for a core (with one intra-op thread
     it is the step's compute; with two it also counts OpenMP's spin-waiting).
-    `target`: both variants on that target (`cpu`: TVM, whose W4A8 row adds quantize-activations)."""
+    `target`: both variants on that target (`cpu`: TVM, whose W4A8 row adds quantize-activations).
+    `linear`: the linear-attention hybrid (window 64 + 4 sinks) and pure linear attention instead of the window."""
     torch.set_num_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)
     print(f"speed: {target} target, {threads} intra-op thread(s), load {os.getloadavg()}", flush=True)
@@ -153,24 +171,21 @@ def speed(context=8192, steps=15, warm=3, threads=2, target="torch"):
     variants = [("fp32", ""), ("int4 g64 + int8 head", Q4)]
     if target == "cpu":
         variants.append(("W4A8 (+ quantize-activations)", Q4 + ",quantize-activations"))
+    others = list(LINEAR.items()) if linear else [("sliding", RING)]
     for label, extra in variants:
         comp = {}
-        for name, pipe in (("full", FULL), ("sliding", RING)):
+        for name, pipe in [("full", FULL)] + others:
             pipe = pipe.replace("canonicalize,", "canonicalize," + extra + ",") if extra else pipe
             comp[name] = compile_(model, pipe, target)
         decs = {}
         for name, c in comp.items():
             dec = c.decoder()
-            gen = torch.Generator().manual_seed(0)
-            rows = context if name == "full" else W + S
-            dec.states = [torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen) for t in dec.states]
-            dec.key_valid = torch.ones(1, context, dtype=torch.bool)
-            dec.next_pos = torch.tensor([context])
+            fill_states(c, dec, context, torch.Generator().manual_seed(0))
             decs[name] = dec
         times = {n: [] for n in decs}
         cpu = {n: [] for n in decs}                 # process CPU time: what the step computed, less the waiting
         tok = torch.tensor([[42]])
-        buffers = set()                             # the ring's storage during the timed steps (in place: 1)
+        buffers = {n: set() for n in decs}          # a state's storage during the timed steps (in place: 1)
         with torch.inference_mode():
             for i in range(warm + steps):           # interleaved, so load changes hit both alike
                 for name, dec in decs.items():
@@ -179,17 +194,18 @@ def speed(context=8192, steps=15, warm=3, threads=2, target="torch"):
                     if i >= warm:
                         times[name].append(time.perf_counter() - t0)
                         cpu[name].append(time.process_time() - c0)
-                        if name == "sliding":
-                            buffers.add(dec.states[0].untyped_storage().data_ptr())
+                        buffers[name].add(dec.states[0].untyped_storage().data_ptr())
         med = {n: sorted(t)[len(t) // 2] * 1e3 for n, t in times.items()}
         best = {n: min(t) * 1e3 for n, t in times.items()}
         cmed = {n: sorted(t)[len(t) // 2] * 1e3 for n, t in cpu.items()}
-        print(f"{label:22s} decode step at {context} context (median of {steps}): full {med['full']:.1f} ms, "
-              f"sliding window {W}+{S} {med['sliding']:.1f} ms -> {med['full'] / med['sliding']:.2f}x; fastest step: "
-              f"{best['full']:.1f} vs {best['sliding']:.1f} ms -> {best['full'] / best['sliding']:.2f}x "
-              f"(load {os.getloadavg()[0]:.1f}; ring storages over the timed steps: {len(buffers)})\n"
-              f"{'':22s} CPU time per step (median): full {cmed['full']:.1f} ms, sliding {cmed['sliding']:.1f} ms -> "
-              f"{cmed['full'] / cmed['sliding']:.2f}x", flush=True)
+        for name, _ in others:
+            shown = f"sliding window {W}+{S}" if name == "sliding" else name
+            print(f"{label:22s} decode step at {context} context (median of {steps}): full {med['full']:.1f} ms, "
+                  f"{shown} {med[name]:.1f} ms -> {med['full'] / med[name]:.2f}x; fastest step: "
+                  f"{best['full']:.1f} vs {best[name]:.1f} ms -> {best['full'] / best[name]:.2f}x "
+                  f"(load {os.getloadavg()[0]:.1f}; its first state's storages over the timed steps: {len(buffers[name])})\n"
+                  f"{'':22s} CPU time per step (median): full {cmed['full']:.1f} ms, {shown} {cmed[name]:.1f} ms -> "
+                  f"{cmed['full'] / cmed[name]:.2f}x", flush=True)
         del comp, decs
 
 
@@ -255,4 +271,4 @@ if __name__ == "__main__":
     else:
         threads = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--threads=")), 2))
         {"rss": lambda: rss("--synthetic" in sys.argv),
-         "speed": lambda: speed(threads=threads, target=_opt("target", "torch"))}[cmd]()
+         "speed": lambda: speed(threads=threads, target=_opt("target", "torch"), linear="--linear" in sys.argv)}[cmd]()

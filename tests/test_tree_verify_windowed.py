@@ -19,10 +19,11 @@ from tiny_lm import tiny_llama  # noqa: E402
 TOL = 1e-5
 
 KINDS = {   # kind -> (pipeline, targets that compile and run it)
-    "sliding_window": ("canonicalize,sparsify-attention{window=8,sinks=2},dce", ["reference", "torch", "onnx", "cuda"]),
+    "sliding_window": ("canonicalize,sparsify-attention{window=8,sinks=2},dce",
+                       ["reference", "torch", "onnx", "cuda", "cpu"]),
     "block_sparse": ("canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},dce",
                      ["reference", "torch", "onnx", "cuda", "cpu"]),
-    "hybrid": ("canonicalize,linearize-attention{window=6,sinks=1},dce", ["reference", "torch", "cuda"]),
+    "hybrid": ("canonicalize,linearize-attention{window=6,sinks=1},dce", ["reference", "torch", "cuda", "cpu"]),
 }
 # cuda runs in Triton's CPU interpreter here (minutes per case): slow
 CASES = [pytest.param(k, t, marks=[pytest.mark.slow] if t == "cuda" else []) for k, (_, ts) in KINDS.items() for t in ts]

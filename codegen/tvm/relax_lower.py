@@ -469,6 +469,122 @@ def _attention(lw, node, args):
     return R.matmul(p, v)
 
 
+@lowering("cpu", "linear_attention")
+def _linear_attention(lw, node, args):
+    """ir/opset/linear_attention.py's masked form as Relax ops: feature maps, the LoLCATs shared normalizer over a
+    softmax window and linear scores, and the fold of the keys leaving the window into the fixed kv/z state.
+    Only the keys min(sinks, n) .. max(sinks, n - window) can be linear for a query of this call (a key past them
+    is within every query's window, or, in a candidate tree, masked: an ancestor is at most its index distance
+    shallower) and they are exactly the keys the fold adds: their feature maps are computed once, for both. A
+    decode step past the window slices one key, so its cost does not grow with the ring."""
+    from tvm import tirx
+    from ...ir.opset.linear_attention import EPS
+    a = node.attrs
+    q, k, v, kv, z, wq, wk, wf = [lw.bb.normalize(x) for x in args[:8]]
+    qt, kt, vt = (x.type for x in node.inputs[:3])
+    hq, hk, d, dv = qt.shape[1], kt.shape[1], qt.shape[3], vt.shape[3]
+    if not all(isinstance(x, int) for x in (hq, hk, d, dv)) or qt.dtype != "f32":
+        raise LoweringError(f"cpu target: linear_attention needs f32 and static heads and head dims, got {qt}, {kt}")
+    g, window, sinks = hq // hk, int(a["window"] or 0), int(a["sinks"] or 0)
+    scale = a["scale"] if a["scale"] is not None else d ** -0.5
+    b, s, n = lw.dim(qt.shape[0]), lw.dim(qt.shape[2]), lw.dim(kt.shape[2])
+    i64 = "int64"
+
+    def emit(x):
+        return lw.bb.emit(x)
+
+    def feats(x, w):   # phi(x W) per head: [b, h, t, d] @ [h, d, m]
+        y = emit(R.matmul(x, w))
+        if a["feature_map"] == "hedgehog":
+            return emit(R.concat([R.nn.softmax(y, 3), R.nn.softmax(R.negative(y), 3)], 3))
+        if a["feature_map"] == "elu":
+            one = lw.const(1.0, "f32")
+            return emit(R.add(R.where(R.greater(y, lw.const(0.0, "f32")), y, R.subtract(R.exp(y), one)), one))
+        if a["feature_map"] == "relu2":
+            r = emit(R.nn.relu(y))
+            return emit(R.multiply(r, r))
+        raise LoweringError(f"cpu target: linear_attention feature_map {a['feature_map']!r}")
+
+    def rng(lo, hi):
+        return R.arange(relax.prim_value(lo), relax.prim_value(hi), relax.prim_value(1), i64)
+
+    def keys(x, axis):   # columns lo .. hi of the keys' axis (a shape Relax cannot infer from min/max bounds)
+        x = lw.bb.normalize(x)
+        shape = list(x.ty.shape.values)
+        shape[axis] = hi - lo
+        return lw.bb.match_cast(R.strided_slice(x, [axis], [lo], [hi], assume_inbound=True),
+                                relax.TensorType(shape, x.ty.dtype))
+
+    # lo .. hi holds at least one key (an empty slice's kernels would leave their outputs unwritten): the extra
+    # key is not linear for any query (the `lin` mask is exact) and gets no weight in the fold
+    lo = tirx.min(tirx.IntImm(i64, sinks), n - 1)
+    hi = tirx.min(n, tirx.max(lo + 1, n - window))
+    mask = None
+    if len(args) > 8:   # [b, 1, s, n]; its last dim may be spelled apart from the keys' (a ring's): checked when run
+        mask = lw.bb.match_cast(lw.bb.normalize(args[8]),
+                                relax.TensorType([*lw.shape(node.inputs[8])[:3], n], "bool"))
+    idx = emit(rng(0, n))
+    causal = emit(R.greater_equal(R.subtract(R.expand_dims(rng(n - s, n), 1), R.expand_dims(idx, 0)),
+                                  lw.const(0, "i64")))                                    # [s, n], by index
+    if len(args) > 9:   # by position: query i at key n - s + depth_i; past keys at their index
+        at = emit(R.add(args[9], rng(n - s, n - s + 1)))                                 # [b, s]
+        bd = lw.dim(node.inputs[9].type.shape[0])
+        j = emit(R.concat([R.broadcast_to(R.expand_dims(rng(0, n - s), 0), relax.ShapeExpr([bd, n - s])), at], 1))
+        rel = emit(R.subtract(R.expand_dims(at, 2), R.expand_dims(j, 1)))                # [b, s, n]
+        j = R.expand_dims(j, 1)
+        lead = [bd, 1, 1, s, n]
+    else:
+        rel = emit(R.subtract(R.expand_dims(rng(n - s, n), 1), R.expand_dims(idx, 0)))   # [s, n]
+        j = R.expand_dims(idx, 0)
+        lead = [1, 1, 1, s, n]
+    if window:
+        near = R.less_equal(rel, lw.const(window, "i64"))
+        if sinks:
+            near = R.logical_or(near, R.less(j, lw.const(sinks, "i64")))
+        win = emit(R.reshape(R.logical_and(causal, near), relax.ShapeExpr(lead)))
+        lin = R.logical_and(R.reshape(causal, relax.ShapeExpr(lead)), R.logical_not(win))
+    else:
+        win, lin = None, R.reshape(causal, relax.ShapeExpr(lead))
+    lin = keys(emit(lin), 4)                                                              # [., 1, 1, s, hi - lo]
+    if mask is not None:
+        m = emit(R.expand_dims(mask, 2))                                                   # [b, 1, 1, s, n]
+        lin = emit(R.logical_and(lin, keys(m, 4)))
+        win = None if win is None else emit(R.logical_and(win, m))
+    fq = feats(q, wq)
+    f = lw.bb.normalize(fq).ty.shape.values[3]
+    ks, vs = keys(k, 2), keys(v, 2)
+    fk = feats(ks, wk)                                                                    # [b, hk, hi - lo, f]
+    qg = emit(R.reshape(q, relax.ShapeExpr([b, hk, g, s, d])))
+    fqg = emit(R.reshape(fq, relax.ShapeExpr([b, hk, g, s, f])))
+    t5 = [0, 1, 2, 4, 3]
+    a_lin = emit(R.multiply(R.matmul(fqg, R.permute_dims(R.expand_dims(fk, 2), t5)), R.astype(lin, "float32")))
+    num = emit(R.add(R.matmul(a_lin, R.expand_dims(vs, 2)), R.matmul(fqg, R.expand_dims(kv, 2))))
+    den = emit(R.add(R.sum(a_lin, [4]), R.squeeze(R.matmul(fqg, R.expand_dims(R.expand_dims(z, 2), 4)), [4])))
+    if win is not None:
+        sc = emit(R.multiply(R.matmul(qg, R.permute_dims(R.expand_dims(k, 2), t5)), lw.const(scale, "f32")))
+        sc = emit(R.where(win, sc, lw.const(-3.4028234663852886e38, "f32")))               # finfo(f32).min
+        factor = R.reshape(R.exp(wf), relax.ShapeExpr([hk, g, 1, 1]))
+        e = emit(R.multiply(R.multiply(R.exp(R.subtract(sc, R.max(sc, [4], keepdims=True))),
+                                       R.astype(win, "float32")), factor))
+        num = emit(R.add(num, R.matmul(e, R.expand_dims(v, 2))))
+        den = emit(R.add(den, R.sum(e, [4])))
+    out = emit(R.divide(num, R.expand_dims(R.maximum(den, lw.const(EPS, "f32")), 4)))
+    out = R.reshape(out, relax.ShapeExpr([b, hq, s, dv]))
+    # the fold: keys lo .. hi leave the window, each weighted by the last query's mask column (key validity)
+    folded = keys(R.logical_and(R.greater_equal(idx, lw.const(sinks, "i64")),
+                                R.less(R.add(idx, lw.const(window, "i64")), rng(n, n + 1))), 0)   # [hi - lo]
+    valid = R.reshape(folded, relax.ShapeExpr([1, 1, hi - lo, 1]))
+    if mask is not None:
+        ms = lw.dim(node.inputs[8].type.shape[2])
+        last = R.strided_slice(mask, [2], [ms - 1], [ms], assume_inbound=True)            # [b, 1, 1, n]
+        valid = R.logical_and(valid, R.reshape(keys(last, 3), relax.ShapeExpr(
+            [lw.dim(node.inputs[8].type.shape[0]), 1, hi - lo, 1])))
+    fkw = emit(R.multiply(fk, R.astype(valid, "float32")))
+    kv2 = R.add(kv, R.matmul(R.permute_dims(fkw, [0, 1, 3, 2]), vs))
+    z2 = R.add(z, R.sum(fkw, [2]))
+    return [out, kv2, z2]
+
+
 # ---- state --------------------------------------------------------------------------------------
 @lowering("cpu", "cache_append")
 def _cache_append(lw, node, args):

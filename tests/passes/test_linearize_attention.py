@@ -36,6 +36,8 @@ def compile_(model, target="reference", w=6, fm="hedgehog", pipeline=None, rando
     """slimgraph.optimize once per (target, pipeline); the feature maps get seeded random weights (the
     identity init would hide head/weight mix-ups), the same for every target."""
     key = (id(model), target, pipeline or PIPE.format(fm=fm, w=w, s=s), randomize)
+    if target == "cpu":
+        pytest.importorskip("tvm", reason="the cpu target needs apache-tvm")
     if key not in _CACHE:
         c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
                                pipeline=pipeline or PIPE.format(fm=fm, w=w, s=s), verify=True)
@@ -79,7 +81,7 @@ def test_pure_rewrite_drops_the_kv_cache(model):
     assert {s.name: s.input.type.shape for s in g.states}["kv_1"] == ("batch", 2, 16, 16)   # f = 16 (elu)
 
 
-@pytest.mark.parametrize("target", ["reference", "torch"])
+@pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 @pytest.mark.parametrize("w,fm,s", [(6, "hedgehog", 0), (6, "hedgehog", 2), (0, "hedgehog", 0), (4, "elu", 3),
                                     (0, "relu2", 0)])
 def test_prefill_equals_token_by_token_decoding(model, target, w, fm, s):
@@ -102,22 +104,23 @@ def test_prefill_equals_token_by_token_decoding(model, target, w, fm, s):
 
 
 @pytest.mark.parametrize("w", [6, 0])
-def test_torch_agrees_with_the_interpreter_on_a_left_padded_batch(model, w):
+def test_targets_agree_with_the_interpreter_on_a_left_padded_batch(model, w):
     x = ids(30, seed=3, batch=2)
     valid = torch.ones(2, 30, dtype=torch.long)
     valid[1, :4] = 0
     outs = {}
-    for t in ("reference", "torch"):
+    for t in ("reference", "torch", "cpu"):
         dec = compile_(model, t, w).decoder(batch=2)
         first = dec.prefill(x[:, :20], attention_mask=valid[:, :20])["logits"]
         outs[t] = torch.cat([first] + [dec.step(x[:, i])["logits"] for i in range(20, 30)], 1)
     torch.testing.assert_close(outs["torch"][:, 4:], outs["reference"][:, 4:], rtol=TOL, atol=TOL)
+    torch.testing.assert_close(outs["cpu"][:, 4:], outs["reference"][:, 4:], rtol=1e-4, atol=1e-4)
     alone = compile_(model, "torch", w).decoder()                # the padded row computes what it computes alone
     want = torch.cat([alone.prefill(x[1:, 4:20])["logits"]] + [alone.step(x[1:, i])["logits"] for i in range(20, 30)], 1)
     torch.testing.assert_close(outs["torch"][1:, 4:], want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["reference", "torch"])
+@pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 def test_a_window_covering_the_sequence_is_softmax_attention_exactly(model, target):
     x = ids(12, seed=4)
     full = compile_(model, target, pipeline="canonicalize,dce", randomize=False).decoder().prefill(x)["logits"]
@@ -138,8 +141,9 @@ def test_generate_through_the_fixed_state_follows_the_graphs_own_forward(model, 
     assert torch.equal(out[0, 5:], want)
 
 
-def test_verify_accept_replays_the_fixed_state(model):
-    c = compile_(model, "torch", 4)
+@pytest.mark.parametrize("target", ["torch", "cpu"])
+def test_verify_accept_replays_the_fixed_state(model, target):
+    c = compile_(model, target, 4)
     prompt, cands = ids(9, seed=6), ids(6, seed=7)
     steps = c.decoder()
     steps.prefill(prompt)
