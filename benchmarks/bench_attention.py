@@ -1,7 +1,7 @@
 """sparsify-attention on SmolLM2-135M (fp32, torch target): perplexity, decode memory, decode step time.
 
     python benchmarks/bench_attention.py ppl     # eval corpus, 4 x 1024-token windows: full vs W=256+4 sinks vs W=256 no sinks
-    python benchmarks/bench_attention.py rss     # peak RSS while decoding to 512 vs 4096 context, each run in a child process
+    python benchmarks/bench_attention.py rss [--target=cpu]  # peak RSS decoding to 512 vs 4096 context (child processes)
     python benchmarks/bench_attention.py speed [--threads=1] [--target=cpu] [--linear]  # decode step at 8k context:
                                                      # sliding window (--linear: linear attention) vs full (fp32,
                                                      # int4; cpu: also W4A8), on one target
@@ -81,15 +81,16 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
+def rss_child(variant, context, chunk=64, tail=16, synthetic=False, target="torch"):
     """Decode to `context` positions (a 32-token prompt, then chunks of `chunk` tokens, then `tail` single
     steps); print the peak of the sampled current RSS during decoding and the process peak (ru_maxrss).
     `synthetic`: instead of running the first context - tail tokens, fill the state with random K/V of the
     size it has there (full: context - tail rows; ring: window + sinks) and the decoder's position count,
     then decode the `tail` tokens: the same tensors are alive, without minutes of compute."""
     torch.set_num_threads(1)
+    os.environ["TVM_NUM_THREADS"] = "1"
     model, _ = zoo.load("smollm2-135m")
-    c = compile_(model, {**VARIANTS, **LINEAR}[variant])
+    c = compile_(model, {**VARIANTS, **LINEAR}[variant], target)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.config.vocab_size, (1, context), generator=gen)
     base = _rss_mb()
@@ -100,10 +101,7 @@ def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
         pos = 32
         if synthetic:
             pos = context - tail
-            rows = pos if variant == "full" else W + S
-            dec.states = [torch.randn(*t.shape[:2], rows, t.shape[3], generator=gen) for t in dec.states]
-            dec.key_valid = torch.ones(1, pos, dtype=torch.bool)
-            dec.next_pos = torch.tensor([pos])
+            fill_states(c, dec, pos, gen)
         while pos < context - tail:
             n = min(chunk, context - tail - pos)
             dec.step(tokens[:, pos:pos + n])
@@ -114,17 +112,19 @@ def rss_child(variant, context, chunk=64, tail=16, synthetic=False):
             pos += 1
             peak = max(peak, _rss_mb())
     state_mb = sum(t.numel() * t.element_size() for t in dec.states) / 2 ** 20
-    print(json.dumps({"variant": variant, "context": context, "synthetic": synthetic, "rss_after_compile_mb": round(base, 1),
+    print(json.dumps({"variant": variant, "target": target, "context": context, "synthetic": synthetic,
+                      "rss_after_compile_mb": round(base, 1),
                       "peak_rss_decoding_mb": round(peak, 1),
                       "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "state_rows": dec.states[0].shape[2], "state_mb": round(state_mb, 1)}))
 
 
-def rss(synthetic=False, variants=("full", f"window {W} + {S} sinks")):
+def rss(synthetic=False, variants=("full", f"window {W} + {S} sinks"), target="torch"):
     results = {}
     for variant in variants:
         for context in (512, 4096):
-            cmd = [sys.executable, __file__, "rss-child", variant, str(context)] + (["--synthetic"] if synthetic else [])
+            cmd = [sys.executable, __file__, "rss-child", variant, str(context), f"--target={target}"] \
+                + (["--synthetic"] if synthetic else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results[(variant, context)] = r
@@ -252,7 +252,7 @@ if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "ppl"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
     if cmd == "rss-child":
-        rss_child(sys.argv[2], int(sys.argv[3]), synthetic="--synthetic" in sys.argv)
+        rss_child(sys.argv[2], int(sys.argv[3]), synthetic="--synthetic" in sys.argv, target=_opt("target", "torch"))
     elif cmd == "ppl-linear":
         torch.set_num_threads(_opt("threads", torch.get_num_threads()))
         ppl_linear(window=_opt("window", 64), sinks=_opt("sinks", 0), budget_s=_opt("budget", 900.0), full="--full" in sys.argv,
@@ -265,10 +265,10 @@ if __name__ == "__main__":
         c = compile_(model, f"canonicalize,sparsify-attention{{window={w},sinks={s}}},cse,dce")
         print(f"{'window ' + str(w) + ' + ' + str(s) + ' sinks':24s} ppl {_ppl_of(c, ids)[0]:.3f} (4 x 1024 tokens)")
     elif cmd == "rss-linear":
-        rss(variants=("full", *LINEAR))
+        rss(variants=("full", *LINEAR), target=_opt("target", "torch"))
     elif cmd == "ppl":
         ppl(only=sys.argv[2] if len(sys.argv) > 2 else None)   # e.g. `ppl "no sinks"`: one variant
     else:
         threads = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--threads=")), 2))
-        {"rss": lambda: rss("--synthetic" in sys.argv),
+        {"rss": lambda: rss("--synthetic" in sys.argv, target=_opt("target", "torch")),
          "speed": lambda: speed(threads=threads, target=_opt("target", "torch"), linear="--linear" in sys.argv)}[cmd]()

@@ -114,3 +114,25 @@ def test_cpu_smollm2():
     assert "same tokens as greedy: True" in out
     assert "(export cache hit: True)" in out      # the second compile skips torch.export
     assert "notes: none; same tokens after load: True" in out
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_long_context_smollm2():
+    """examples/long_context_smollm2.py: past the window the sliding-window model keeps 260 KV rows (4 sinks + 256)
+    where full attention keeps every position, and its perplexity on the eval windows stays within 15% of full
+    attention's (same W4A8 weights)."""
+    pytest.importorskip("tvm", reason="the cpu target needs apache-tvm: pip install 'slimgraph[tvm]'")
+    from slimgraph import zoo
+    if not zoo.available("smollm2-135m"):  # CI installs the models: there a missing one fails
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(zoo.MODELS["smollm2-135m"].install)
+    out = run_example("long_context_smollm2.py", "--new-tokens", "300", timeout=1200)
+    row = re.compile(r"^(full attention|window 256 \+ 4 sinks)\s+(\d+) tokens\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                     r"\(KV rows kept: (\d+)\)$", re.M)
+    rows = {m[0]: m for m in row.findall(out)}
+    assert set(rows) == {"full attention", "window 256 + 4 sinks"}, out
+    full, ring = rows["full attention"], rows["window 256 + 4 sinks"]
+    assert int(full[1]) == int(ring[1]) > 300 and int(full[5]) == int(full[1]) and int(ring[5]) == 260
+    assert float(ring[2]) < float(full[2])
+    assert 1.0 <= float(ring[4]) / float(full[4]) < 1.15
+    assert out.rstrip().endswith("ok")
