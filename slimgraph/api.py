@@ -58,7 +58,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     report.notes = import_notes + notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
     _check_state(graph, report.pipeline)
-    runner = _compile(tgt, graph, allow_fallback, report)
+    runner = _compile(tgt, graph, allow_fallback, report, _source(model))
     if verify == "numerics" and flat_example is not None:
         _check_runner(graph, runner, flat_example, report.target)
     report.weight_bytes_after, report.ops_after = graph.weight_bytes(), graph.op_counts()
@@ -319,13 +319,21 @@ def _check_state(graph, pipeline):
                             "(run with verify=True to find which)") from None
 
 
-def _compile(tgt, graph, allow_fallback, report):
-    """Build and load the target's runner; its notes (slow paths, ...) go into the report and are warned about."""
+def _source(model) -> str | None:
+    """The file a model came from (a .onnx path), for errors; None for objects."""
+    import os
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+
+
+def _compile(tgt, graph, allow_fallback, report, source=None):
+    """Build and load the target's runner; its notes (slow paths, ...) go into the report and are warned about.
+    A failure names the graph and, for a model read from a file, the file."""
     try:
         runner = tgt.compile(graph)
     except Exception as e:
         if not allow_fallback or tgt.name == "torch":
-            raise OptimizeError(f"target {tgt.name!r} could not compile graph @{graph.name}: "
+            where = f" (from {source})" if source else ""
+            raise OptimizeError(f"target {tgt.name!r} could not compile graph @{graph.name}{where}: "
                                 f"{type(e).__name__}: {e}" + ("" if tgt.name == "torch" else
                                                               "\n  pass allow_fallback=True to run on the "
                                                               "'torch' target instead")) from e

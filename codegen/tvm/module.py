@@ -106,12 +106,19 @@ class Lowerer:
             for a in e.args[1:]:
                 out = out * self._prim(a, text)
             return out
-        if isinstance(e, sympy.floor) and isinstance(e.args[0], sympy.Mul):
+        if isinstance(e, (sympy.floor, sympy.ceiling)):
+            # floor(x/2 - 1/2) (a conv or pool's output size over a symbolic dim): one fraction (x - 1)/2 with
+            # an integer numerator, as tir's floordiv; ceiling(a/b) as floordiv(a + b - 1, b)
             num, den = e.args[0].as_numer_denom()
-            return tir.floordiv(self._prim(num, text), self._prim(den, text))
-        if isinstance(e, sympy.ceiling):
-            num, den = e.args[0].as_numer_denom()
-            return tir.floordiv(self._prim(num, text) + self._prim(den, text) - 1, self._prim(den, text))
+            if not den.is_Integer or den <= 0:
+                raise LoweringError(f"cpu target: symbolic dim {text!r}: {e} divides by a symbolic value")
+            n, d = self._prim(num, text), int(den)
+            if d == 1:
+                return n
+            return tir.floordiv(n + (d - 1 if isinstance(e, sympy.ceiling) else 0), d)
+        if isinstance(e, sympy.Mod):
+            a, b = e.args
+            return tir.floormod(self._prim(a, text), self._prim(b, text))
         if isinstance(e, (sympy.Max, sympy.Min)):
             fn = tir.max if isinstance(e, sympy.Max) else tir.min
             out = self._prim(e.args[0], text)
@@ -125,6 +132,83 @@ class Lowerer:
 
     def struct(self, v):
         return self.relax.TensorType(self.shape(v), tvm_dtype(v.type.dtype))
+
+    def conform(self, x, dims, dtype=None):
+        """Relax value `x` with shape `dims` (ints / PrimExprs): `x` itself when Relax proves its shape equal,
+        else a match_cast to it (checked when run). IR shapes hold dims that are equal only for the inputs the
+        model takes (a conv output `floor(h/2 - 1/2) + 1` beside a resize's `2*floor(h/4 - 1/2) + 2`) or that
+        Relax's simplifier cannot show equal; after the cast, later ops see one spelling. An axis whose Relax dim
+        is computed from symbol s is never cast to s itself: TVM 0.27 then substitutes s by the expression
+        forever (a stack overflow in the compiler); it keeps the computed dim (`aligned` casts the other way)."""
+        from tvm import tirx
+        from tvm.sym.analyzer import Analyzer
+        x = self.bb.normalize(x)
+        ty = x.ty
+        dtype = dtype or str(ty.dtype)
+        shape = list(ty.shape.values) if isinstance(ty.shape, self.relax.ShapeExpr) else None
+        if shape is not None and len(shape) == len(dims):
+            ana = Analyzer()
+            want = []
+            for have, d in zip(shape, dims):
+                if ana.can_prove_equal(have, d) or (isinstance(d, tirx.Var) and not isinstance(have, tirx.Var)
+                                                    and any(v.same_as(d) for v in tirx.analysis.undefined_vars(have))):
+                    want.append(have)
+                else:
+                    want.append(d)
+            if all(a is b for a, b in zip(want, shape)):
+                return x if str(ty.dtype) == dtype else self.relax.op.astype(x, dtype)
+            dims = want
+        if not isinstance(x, self.relax.Var):
+            x = self.bb.emit(x)
+        y = self.bb.match_cast(x, self.relax.TensorType(list(dims), str(ty.dtype)))
+        return y if str(ty.dtype) == dtype else self.relax.op.astype(y, dtype)
+
+    def aligned(self, node, args) -> list:
+        """The arguments of a broadcasting (elementwise) op or a concat, cast (`conform`) to one spelling of each
+        dim they share wherever Relax cannot prove their dims equal (the IR takes two symbolic dims as equal:
+        ir/opset/infer.py broadcast "assume equal at run time"; Relax would give the result no shape). Per axis
+        the spelling is the first computed one (`2*floor(h/4) + 2` rather than `h`: see `conform`)."""
+        from tvm import tirx
+        from tvm.sym.analyzer import Analyzer
+        out = node.output.type.shape
+        rank = len(out)
+        concat = node.op == "concat"
+        axis = node.attrs["dim"] % rank if concat and rank else None
+        vals, shapes = [], []
+        for v, a in zip(node.inputs, args):
+            a = self.bb.normalize(a)
+            if concat and v.type.rank == 1 and v.type.shape[0] == 0 and rank != 1:
+                vals.append(a)
+                shapes.append(None)   # torch's empty 1-d concat operand: the lowering drops it
+                continue
+            if not isinstance(a.ty.shape, self.relax.ShapeExpr):
+                a = self.conform(a, self.shape(v))
+            vals.append(a)
+            shapes.append([None] * (rank - v.type.rank) + list(a.ty.shape.values))
+        ana = Analyzer()
+        target = [None] * rank
+        for k in range(rank):
+            if k == axis:
+                continue
+            dims = [s[k] for s in shapes if s is not None and s[k] is not None
+                    and (concat or not (isinstance(s[k], tirx.IntImm) and s[k].value == 1))]
+            if len(dims) < 2 or all(ana.can_prove_equal(dims[0], d) for d in dims[1:]):
+                continue
+            computed = [d for d in dims if not isinstance(d, (tirx.Var, tirx.IntImm))]
+            target[k] = (computed or dims)[0]
+        if all(t is None for t in target):
+            return vals
+        fixed = []
+        for a, s in zip(vals, shapes):
+            if s is None:
+                fixed.append(a)
+                continue
+            lead = rank - len(a.ty.shape.values)
+            want = [d if k < lead or target[k] is None or (not concat and isinstance(s[k], tirx.IntImm) and
+                                                           s[k].value == 1) else target[k]
+                    for k, d in enumerate(s)][lead:]
+            fixed.append(self.conform(a, want))
+        return fixed
 
     def kv_view(self, v):
         """(buffer, rows) when IR value `v` is an in-place KV state: its values are the buffer's first `rows`
@@ -192,6 +276,8 @@ class Lowerer:
             raise LoweringError(f"cpu target: op {node.op!r} has no lowering (node {node!r})")
         args = [self.packed[(id(node), i)] if (id(node), i) in self.packed else self._value(v)
                 for i, v in enumerate(node.inputs)]
+        if len(args) > 1 and (node.op == "concat" or _broadcasts(node.op)):
+            args = self.aligned(node, args)
         try:
             kv = self.inplace.get(id(node))
             out = low.fn(self, node, args) if kv is None else self._kv_append(kv, args)
@@ -206,6 +292,8 @@ class Lowerer:
                                 f"{len(node.outputs)} outputs (node {node!r})")
         for v, o in zip(node.outputs, outs):
             o = self.bb.emit(o) if not isinstance(o, self.relax.Var) else o
+            if kv is None and isinstance(o.ty, self.relax.TensorType) and not isinstance(o.ty.shape, self.relax.ShapeExpr):
+                o = self.conform(o, self.shape(v))   # Relax could not infer it: the IR's, checked when run
             self.env[id(v)] = self._check(v, o, node)
         if kv is not None:
             self.views[id(node.output)] = (self.env[id(node.output)], self.dim(node.output.type.shape[kv.axis]),
@@ -318,16 +406,28 @@ def run_prepack(node) -> dict:
     return packed
 
 
+_WHY = {"lstm": "a recurrence over the time steps: no Relax form", "recurrent": "a recurrence over the time steps: "
+        "no Relax form"}
+
+
 def to_relax(graph):
     """(IRModule, parameters after the graph inputs: weight names, then {node, input, weight} for each
     prepacked weight). Raises LoweringError naming unsupported ops."""
     missing = unsupported_ops(graph)
     if missing:
-        raise LoweringError(f"target 'cpu' has no lowering for op{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join(missing)} (graph @{graph.name}); `slimgraph ops --target cpu` lists "
-                            "what it lowers, or use target='torch'")
-    from . import relax_lower  # noqa: F401  (fills the table; also done by LOWERING_MODULES)
+        counts = {op: sum(n.op == op for n in graph.nodes) for op in missing}
+        what = ", ".join(f"{op} ({k} node{'s' if k > 1 else ''}{', ' + _WHY[op] if op in _WHY else ''})"
+                         for op, k in counts.items())
+        raise LoweringError(f"target 'cpu' has no lowering for op{'s' if len(missing) > 1 else ''} {what} "
+                            f"(graph @{graph.name}); `slimgraph ops --target cpu` lists what it lowers, or use "
+                            "target='torch'")
+    from . import relax_lower, relax_lower_more  # noqa: F401  (fill the table; also done by LOWERING_MODULES)
     return Lowerer(graph).build()
+
+
+def _broadcasts(op: str) -> bool:
+    from ...ir.registry import get_op
+    return get_op(op).has("elementwise")
 
 
 def _ident(name: str) -> str:

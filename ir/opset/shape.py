@@ -39,12 +39,16 @@ def expand(x, shape):
     return x.expand(shape)
 
 
+END_SENTINEL = 2 ** 24   # a slice end at least this large, over a symbolic dim, means "to the end"
+
+
 def _slice_len(size, start, end, step):
     if all(isinstance(v, int) for v in (size, start, end)):
         s, e, _ = slice(start, end, step).indices(size)
         return max(0, -(-(e - s) // step))
-    # Symbolic: assume in-range bounds (torch.export guarantees them); end may be a clamp sentinel.
-    end = size if (isinstance(end, int) and end >= 2 ** 62) else end
+    # Symbolic: assume in-range bounds (torch.export guarantees them); an end of 2^24 or more is an exporter's
+    # "to the end" (INT64_MAX from torch and spox, INT32_MAX or 1e9 from tf2onnx), not a length to keep
+    end = size if (isinstance(end, int) and end >= END_SENTINEL) else end
     if isinstance(start, int) and start < 0:
         start = S.add(size, start)
     if isinstance(end, int) and end < 0:
