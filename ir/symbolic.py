@@ -58,9 +58,56 @@ def evaluate(d: Dim, env: dict[str, int]) -> int:
 
 @lru_cache(maxsize=4096)
 def _compiled(d: str):
+    """A function of the expression's symbols (sorted by name) computing it in exact integer arithmetic:
+    floor(h/3 - 2/3) as (h - 2)//3, not math.floor of floats (which gives 0 at h = 5: 5/3 - 2/3 rounds below 1)."""
     e = _expr(d)
     args = sorted(str(s) for s in e.free_symbols)
-    return sympy.lambdify([sympy.Symbol(a, integer=True) for a in args], e, modules="math")
+    try:
+        return eval(f"lambda {', '.join(args)}: {_int_code(e)}", {"max": max, "min": min})   # noqa: S307 (ours)
+    except (_NotInteger, SyntaxError):   # not integer arithmetic, or a symbol named like a Python keyword
+        return sympy.lambdify([sympy.Symbol(a, integer=True) for a in args], e, modules="math")
+
+
+class _NotInteger(Exception):
+    pass
+
+
+def _int_code(e) -> str:
+    """Python source computing sympy expression `e` (integer-valued) with ints only: a fraction num/den with
+    integer-coefficient num as floor division (floor: num//den, ceiling: -(-num//den))."""
+    if e.is_Integer:
+        return str(int(e))
+    if e.is_Symbol:
+        return str(e)
+    if isinstance(e, (sympy.floor, sympy.ceiling)):
+        num, den = e.args[0].as_numer_denom()
+        n, q = _poly_code(num), _poly_code(den)
+        return f"(({n})//({q}))" if isinstance(e, sympy.floor) else f"(-((-({n}))//({q})))"
+    if isinstance(e, (sympy.Max, sympy.Min)):
+        return f"{'max' if isinstance(e, sympy.Max) else 'min'}({', '.join(_int_code(a) for a in e.args)})"
+    if isinstance(e, sympy.Mod):
+        return f"(({_int_code(e.args[0])})%({_int_code(e.args[1])}))"
+    if isinstance(e, (sympy.Add, sympy.Mul, sympy.Pow)):
+        num, den = e.as_numer_denom()
+        if den != 1:   # an integer dim written as a fraction (h/2 + 1/2 where h is odd): exact when it divides
+            return f"(({_poly_code(num)})//({_poly_code(den)}))"
+        return _poly_code(e)
+    raise _NotInteger(str(e))
+
+
+def _poly_code(e) -> str:
+    """`e` with integer coefficients (an Add/Mul/Pow of integer-valued parts)."""
+    if isinstance(e, sympy.Add):
+        return "(" + " + ".join(_poly_code(a) for a in e.args) + ")"
+    if isinstance(e, sympy.Mul):
+        return "(" + "*".join(_poly_code(a) for a in e.args) + ")"
+    if isinstance(e, sympy.Pow):
+        if not (e.exp.is_Integer and e.exp >= 0):
+            raise _NotInteger(str(e))
+        return f"(({_poly_code(e.base)})**{int(e.exp)})"
+    if e.is_Rational and not e.is_Integer:
+        raise _NotInteger(str(e))
+    return _int_code(e)
 
 
 def equal(a: Dim, b: Dim) -> bool:

@@ -406,8 +406,7 @@ def run_prepack(node) -> dict:
     return packed
 
 
-_WHY = {"lstm": "a recurrence over the time steps: no Relax form", "recurrent": "a recurrence over the time steps: "
-        "no Relax form"}
+_WHY = {op: "a recurrence over the time steps, which this target does not lower" for op in ("lstm", "recurrent")}
 
 
 def to_relax(graph):

@@ -224,6 +224,21 @@ def test_einsum():
 
 
 # ---- symbolic dims -----------------------------------------------------------------------------------
+def test_floor_and_ceiling_dims_are_tir_floordiv():
+    from tvm.sym.analyzer import Analyzer
+    from slimgraph.codegen.tvm.module import Lowerer
+    lw = Lowerer(ir.Graph())
+    for text in ["floor(h/2-1/2)+1", "floor(floor(floor(h/2-1/2)/2)/3-2/3)+1", "ceiling((h-1)/3)",
+                 "(floor(h/3-2/3)+1)*(w+1)", "8*floor(floor(h/2-1/2)/4)+8", "Mod(h,3)"]:
+        d = symbolic.canon(text)
+        e = lw.dim(d)
+        for h in range(1, 40):
+            ana = Analyzer()
+            ana.bind(lw.sym("h"), h)
+            ana.bind(lw.sym("w"), 3)
+            assert int(ana.simplify(e)) == symbolic.evaluate(d, {"h": h, "w": 3}), (d, h)
+
+
 def test_dims_equal_only_at_run_time_are_cast():
     """A feature pyramid: conv (stride 2), resize x2 back, then add/concat with the input: 2*floor((h-1)/2) + 2
     beside h, equal for even h; the IR takes them as equal, Relax cannot prove it (module.Lowerer.aligned)."""
