@@ -597,8 +597,8 @@ def _cache_append(lw, node, args):
 @lowering("cpu", "cache_window")
 def _cache_window(lw, node, args):
     """The first `sinks` rows and the last `window` rows along `axis` (all rows when there are fewer): a
-    StreamingLLM ring (ir/opset/state.py). One gather kernel, a copy per call (ring states are not kept in
-    place on this target: their size is bounded by window + sinks, not by the context)."""
+    StreamingLLM ring (ir/opset/state.py). One gather kernel, a copy per call: for masks and for rings that
+    module.inplace_states does not take (a ring KV state slides in place instead, Lowerer._kv_slide)."""
     from tvm import te, tirx
     axis = _axis(node.attrs["axis"], node.output.type.rank)
     keep = node.attrs["window"] + node.attrs["sinks"]
