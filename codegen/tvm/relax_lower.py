@@ -537,14 +537,15 @@ def _linear_attention(lw, node, args):
         rel = emit(R.subtract(R.expand_dims(rng(n - s, n), 1), R.expand_dims(idx, 0)))   # [s, n]
         j = R.expand_dims(idx, 0)
         lead = [1, 1, 1, s, n]
-    if window:
+    causal = emit(R.reshape(causal, relax.ShapeExpr([1, 1, 1, s, n])))   # broadcast over the batch, never
+    if window:                                                           # reshaped to it (b > 1 rows)
         near = R.less_equal(rel, lw.const(window, "i64"))
         if sinks:
             near = R.logical_or(near, R.less(j, lw.const(sinks, "i64")))
-        win = emit(R.reshape(R.logical_and(causal, near), relax.ShapeExpr(lead)))
-        lin = R.logical_and(R.reshape(causal, relax.ShapeExpr(lead)), R.logical_not(win))
+        win = emit(R.logical_and(causal, R.reshape(near, relax.ShapeExpr(lead))))
+        lin = R.logical_and(causal, R.logical_not(win))
     else:
-        win, lin = None, R.reshape(causal, relax.ShapeExpr(lead))
+        win, lin = None, causal
     lin = keys(emit(lin), 4)                                                              # [., 1, 1, s, hi - lo]
     if mask is not None:
         m = emit(R.expand_dims(mask, 2))                                                   # [b, 1, 1, s, n]
