@@ -479,6 +479,9 @@ def _linear_attention(lw, node, args):
     decode step past the window slices one key, so its cost does not grow with the ring."""
     from tvm import tirx
     from ...ir.opset.linear_attention import EPS
+    from .linear_attention_kernel import fused_ok, linear_attention
+    if fused_ok(node):   # one TIR kernel (linear_attention_kernel.py); the Relax ops below for the rest
+        return linear_attention(lw, node, args)
     a = node.attrs
     q, k, v, kv, z, wq, wk, wf = [lw.bb.normalize(x) for x in args[:8]]
     qt, kt, vt = (x.type for x in node.inputs[:3])
