@@ -53,7 +53,7 @@ def make_linear_attention(hq: int, hk: int, d: int, dv: int, m: int, feature_map
     from tvm.script import tirx as T
     g = hq // hk
     f = 2 * m if feature_map == "hedgehog" else m
-    lm, ld, lv = _lanes(m), _lanes(d), _lanes(dv)
+    lf, ld = _lanes(f), _lanes(d)
     lowest = -3.4028234663852886e38
 
     @T.macro
@@ -115,6 +115,32 @@ def make_linear_attention(hq: int, hk: int, d: int, dv: int, m: int, feature_map
         c = T.And(j >= T.int64(sinks), j + T.int64(window) < n)
         return T.And(c, mask[bi if mask_batch else 0, 0, ms - 1, j]) if has_mask else c
 
+    @T.macro
+    def score(depth, mask, t, i, j, n, s, xin, k, k0, dot, sc, nd):
+        """sc[j] = q . k_j * scale for a window key (else -inf); nd[1]: the running max"""
+        if is_win(depth, mask, t // hk, i, j, n, s):
+            for l in T.vectorized(ld):
+                dot[l] = xin[l] * k[t // hk, t % hk, k0 + j, l]
+            for c in range(1, d // ld):
+                for l in T.vectorized(ld):
+                    dot[l] = dot[l] + xin[c * ld + l] * k[t // hk, t % hk, k0 + j, c * ld + l]
+            nd[2] = T.float32(0)
+            for l in range(ld):
+                nd[2] = nd[2] + dot[l]
+            sc[j] = nd[2] * T.float32(scale)
+            nd[1] = T.max(nd[1], sc[j])
+        else:
+            sc[j] = T.float32(float("-inf"))
+
+    @T.macro
+    def gather(t, gi, j, sc, nd, num, v, v0, wf):
+        """a window key's exp(wf) exp(score - max) into num and the normalizer"""
+        if sc[j] > T.float32(float("-inf")):
+            nd[2] = fast_exp(sc[j] - nd[1]) * fast_exp(wf[t % hk * g + gi])
+            nd[0] = nd[0] + nd[2]
+            for e in T.vectorized(dv):
+                num[e] = num[e] + nd[2] * v[t // hk, t % hk, v0 + j, e]
+
     @T.prim_func(private=True)
     def linear_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, kv_h: T.handle, z_h: T.handle,
                          wq_h: T.handle, wk_h: T.handle, wf_h: T.handle, m_h: T.handle, dp_h: T.handle,
@@ -144,6 +170,7 @@ def make_linear_attention(hq: int, hk: int, d: int, dv: int, m: int, feature_map
             st = T.decl_buffer((4,), "float32")
             num = T.decl_buffer((dv,), "float32")
             nd = T.decl_buffer((3,), "float32")      # den, window max, a score
+            dot = T.decl_buffer((max(lf, ld),), "float32")
             sc = T.decl_buffer((n,), "float32")
             lo = T.min(T.int64(sinks), n - 1)
             hi = T.min(n, T.max(lo + 1, n - T.int64(window)))
@@ -174,31 +201,33 @@ def make_linear_attention(hq: int, hk: int, d: int, dv: int, m: int, feature_map
                     nd[0] = nd[0] + fq[0, c] * z[t // hk, t % hk, c]
                     for e in T.vectorized(dv):
                         num[e] = num[e] + fq[0, c] * kv[t // hk, t % hk, c, e]
-                for jj in range(hi - lo):   # the linear keys of this call
+                for jj in range(T.min(hi, n - s + i + 1) - lo):   # the linear keys of this call (causal: <= i)
                     if is_lin(depth, mask, t // hk, i, lo + jj, n, s):
+                        for l in T.vectorized(lf):
+                            dot[l] = fq[0, l] * fk[jj, l]
+                        for c in range(1, f // lf):
+                            for l in T.vectorized(lf):
+                                dot[l] = dot[l] + fq[0, c * lf + l] * fk[jj, c * lf + l]
                         nd[2] = T.float32(0)
-                        for c in range(f):
-                            nd[2] = nd[2] + fq[0, c] * fk[jj, c]
+                        for l in range(lf):
+                            nd[2] = nd[2] + dot[l]
                         nd[0] = nd[0] + nd[2]
                         for e in T.vectorized(dv):
                             num[e] = num[e] + nd[2] * v[t // hk, t % hk, v0 + lo + jj, e]
-                if window > 0:   # the softmax window and sinks, weighted exp(wf) against the linear part
+                if window > 0:   # the softmax window and sinks, weighted exp(wf) against the linear part: the
+                    # sinks, and the keys from the query's position - window (a key's position is at most its
+                    # index) to the query's own index
                     nd[1] = T.float32(lowest)
-                    for j in range(n):
-                        if is_win(depth, mask, t // hk, i, j, n, s):
-                            nd[2] = T.float32(0)
-                            for e in range(d):
-                                nd[2] = nd[2] + xin[e] * k[t // hk, t % hk, k0 + j, e]
-                            sc[j] = nd[2] * T.float32(scale)
-                            nd[1] = T.max(nd[1], sc[j])
-                        else:
-                            sc[j] = T.float32(float("-inf"))
-                    for j in range(n):
-                        if sc[j] > T.float32(float("-inf")):
-                            nd[2] = fast_exp(sc[j] - nd[1]) * fast_exp(wf[t % hk * g + gi])
-                            nd[0] = nd[0] + nd[2]
-                            for e in T.vectorized(dv):
-                                num[e] = num[e] + nd[2] * v[t // hk, t % hk, v0 + j, e]
+                    for j in range(T.min(T.int64(sinks), n)):
+                        score(depth, mask, t, i, j, n, s, xin, k, k0, dot, sc, nd)
+                    for j in range(T.max(T.int64(sinks), at(depth, t // hk, n - s + i, n, s) - T.int64(window)),
+                                   n - s + i + 1):
+                        score(depth, mask, t, i, j, n, s, xin, k, k0, dot, sc, nd)
+                    for j in range(T.min(T.int64(sinks), n)):
+                        gather(t, gi, j, sc, nd, num, v, v0, wf)
+                    for j in range(T.max(T.int64(sinks), at(depth, t // hk, n - s + i, n, s) - T.int64(window)),
+                                   n - s + i + 1):
+                        gather(t, gi, j, sc, nd, num, v, v0, wf)
                 for e in T.vectorized(dv):
                     o[t // hk, t % hk * g + gi, i, e] = num[e] / T.max(nd[0], T.float32(EPS))
     return linear_attention
