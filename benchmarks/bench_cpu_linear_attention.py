@@ -34,7 +34,6 @@ os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
 from slimgraph import evaluate, zoo  # noqa: E402
 import slimgraph.codegen.tvm.linear_attention_kernel as K  # noqa: E402
-import slimgraph.codegen.tvm.target as T  # noqa: E402
 
 W4A8 = B.Q4 + ",quantize-activations"
 print(f"cpu linear attention, fused kernel vs Relax ops: W4A8, {args.threads} thread(s), torch {torch.__version__}, "
@@ -44,12 +43,8 @@ ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids
 for label, pipe in B.LINEAR.items():
     pipe = pipe.replace("canonicalize,", f"canonicalize,{W4A8},")
     comp = {"fused": B.compile_(model, pipe, "cpu")}
-    ok, digest = K.fused_ok, T._codegen_digest
-    try:
-        K.fused_ok, T._codegen_digest = (lambda node: False), (lambda: "relax-linear-attention-" + digest())
+    with B.cpu_codegen_as("relax-linear-attention", K, "fused_ok", lambda node: False):
         comp["relax ops"] = B.compile_(model, pipe, "cpu")
-    finally:
-        K.fused_ok, T._codegen_digest = ok, digest
     decs = {}
     for name, c in comp.items():
         dec = c.decoder()

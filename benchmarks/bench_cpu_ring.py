@@ -33,7 +33,6 @@ os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
 from slimgraph import zoo  # noqa: E402
 import slimgraph.codegen.tvm.module as M  # noqa: E402
-import slimgraph.codegen.tvm.target as T  # noqa: E402
 
 extra = B.Q4 + ("" if args.int4 else ",quantize-activations")
 full = B.FULL.replace("canonicalize,", f"canonicalize,{extra},")
@@ -42,13 +41,9 @@ print(f"cpu ring: {'int4' if args.int4 else 'W4A8'}, {args.threads} thread(s), t
       f"load {os.getloadavg()}", flush=True)
 model, _ = zoo.load("smollm2-135m")
 comp = {"full": B.compile_(model, full, "cpu"), "ring in place": B.compile_(model, ring, "cpu")}
-inplace, digest = M.inplace_states, T._codegen_digest
-try:    # the lowering before: rings left out of the in-place states (another cache key: another library)
-    M.inplace_states = lambda g: [k for k in inplace(g) if k.window is None]
-    T._codegen_digest = lambda: "ring-copied-" + digest()
-    comp["ring copied"] = B.compile_(model, ring, "cpu")
-finally:
-    M.inplace_states, T._codegen_digest = inplace, digest
+inplace = M.inplace_states
+with B.cpu_codegen_as("ring-copied", M, "inplace_states", lambda g: [k for k in inplace(g) if k.window is None]):
+    comp["ring copied"] = B.compile_(model, ring, "cpu")    # the lowering before: rings left out of the in-place states
 assert any(k.window is not None for k in comp["ring in place"].runner.kv)
 assert not any(k.window is not None for k in comp["ring copied"].runner.kv)
 
