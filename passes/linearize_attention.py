@@ -47,7 +47,8 @@ from ..ir import symbolic
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, call_depth, decoder_mask, kv_attention
+from .sparsify_attention import (MASK_INPUT, _ring_mask, _to_ring, bool_decoder_masks, call_depth, decoder_mask,
+                                 kv_attention)
 
 
 @register_pass("linearize-attention")
@@ -77,6 +78,7 @@ class LinearizeAttention(Pass):
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
                             f"window below {self.context} (LoLCATs uses 64)")
         _, targets = kv_attention(graph, where, " (run linearize-attention before sparsify-attention)")
+        bool_decoder_masks(graph, [n for n, _, _ in targets])    # eager attention's additive mask
         for node, _, _ in targets:
             if node.attrs.get("window") or node.attrs.get("sinks"):
                 # over an `append` state this is the model's own sliding window (canonicalize: Mistral's

@@ -49,6 +49,8 @@ Design decisions:
   target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
   keys (`position_band`). Padding (left pads are masked out) and tree
   verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
+- Eager attention (HF's eager layers get 0 / dtype-min biases) reads where(~%attention_mask, min, 0): the
+  pass reads the bool mask instead (`bool_decoder_masks`; a dtype-min bias weighs a key 0, as False does).
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
@@ -89,6 +91,7 @@ class SparsifyAttention(Pass):
             return self._block_sparse(graph)
         self._check_options()
         attns, targets = kv_attention(graph, "sparsify-attention")
+        bool_decoder_masks(graph, [n for n, _, _ in targets])
         masks = _windowed_masks(graph, [n for n, _, _ in targets], self.window, self.sinks)
         states = {}
         for node, ks, vs in targets:
@@ -129,6 +132,7 @@ class SparsifyAttention(Pass):
                             f"the model's context limit {self.context}: nothing would be masked")
         attns = [n for n in graph.nodes if n.op == "attention"]
         targets = [n for n in attns if len(n.inputs) > 3 and _state_behind(graph, n.inputs[1]) is not None]
+        bool_decoder_masks(graph, targets)
         if not targets:
             raise PassError(f"{where}: graph @{graph.name} has {len(attns)} attention op(s), none with a mask "
                             f"over an `append` KV state; the pass needs a causal LM exported with declared state")
@@ -195,6 +199,48 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
             f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
     return attns, targets
+
+
+def bool_decoder_masks(graph, nodes) -> int:
+    """Eager attention's additive form of the decoder's mask -> the bool mask itself, on `nodes`.
+
+    HF's eager layers (frontends/hf.py hands them 0 / dtype-min) reach canonicalize's `attention` as
+    where(~%attention_mask, min, 0) (the model's own window, if any, is already the op's `window`). With a
+    dtype-min bias a masked key's weight is exp(min + score - max) = 0, as with a False entry (the decoder
+    gives every query at least itself), so the bool input replaces it and the rewrites that map the decoder's
+    mask onto their keys take eager models too. Other masks are left as they are. Returns how many changed."""
+    changed = 0
+    for node in nodes:
+        if len(node.inputs) <= 3:
+            continue
+        m = node.inputs[3]
+        w = m.producer
+        if w is None or w.op != "where" or m.type.dtype not in ("f32", "f16", "bf16"):
+            continue
+        cond, bias, zero = w.inputs
+        neg = cond.producer
+        if neg is None or neg.op not in ("bitwise_not", "logical_not"):
+            continue
+        src = neg.inputs[0]
+        if src.producer is not None or src.name != MASK_INPUT or src.type.dtype != "bool":
+            continue
+        low = _scalar(bias)
+        if low is None or low > -1e30 or _scalar(zero) != 0:
+            continue
+        node.set_input(3, src)
+        changed += 1
+        for dead in (w, neg, bias.producer, zero.producer):
+            if dead is not None and dead in graph.nodes and all(o.unused for o in dead.outputs):
+                graph.erase(dead)
+    return changed
+
+
+def _scalar(v):
+    """The value of a `constant` scalar or of a `full` tensor, else None."""
+    node = v.producer
+    if node is not None and node.op in ("constant", "full") and not isinstance(node.attrs.get("value"), (list, bool)):
+        return node.attrs.get("value")
+    return None
 
 
 def _over_ring(v) -> bool:

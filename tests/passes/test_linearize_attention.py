@@ -202,6 +202,17 @@ def test_a_models_own_sliding_window_is_refused_and_the_error_says_what_to_do(ar
         compile_(model, pipeline="canonicalize,linearize-attention{window=6}", randomize=False)
 
 
+@pytest.mark.parametrize("w", [0, 6])
+def test_an_eager_model_linearizes_like_its_sdpa_twin(model, w):
+    """Eager attention's additive mask where(~%attention_mask, min, 0) is read as the bool mask: the eager
+    model's rewrite computes what the sdpa model's does (same weights, same random feature maps)."""
+    eager = tiny_llama(attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+    x = ids(20, seed=40)
+    got = compile_(eager, "torch", w=w).decoder().prefill(x)["logits"]
+    torch.testing.assert_close(got, compile_(model, "torch", w=w).decoder().prefill(x)["logits"], rtol=1e-5, atol=1e-5)
+
+
 def test_a_graph_without_kv_attention_names_its_attention_count():
     g = ir.Graph("mlp")
     x = g.add_input("x", ir.TensorType("f32", (2, 3, 4, 8)))

@@ -505,6 +505,19 @@ def test_a_models_own_window_over_the_ring_on_onnx_and_cpu(target):
     check_against_the_oracle(compile_(model, target, OWN_W, OWN_S), model, windowed, ring_rule)
 
 
+@pytest.mark.parametrize("kind", ["sliding_window", "block_sparse"])
+def test_an_eager_models_additive_mask_is_read_as_the_bool_mask(kind):
+    """HF eager layers get the decoder's mask as 0 / dtype-min biases (frontends/hf.py): canonicalize's
+    attention reads where(~%attention_mask, min, 0). The rewrites read the bool mask instead (a dtype-min
+    bias weighs a key exp(min + score - max) = 0, as False does) and match the same oracle as sdpa."""
+    model, windowed = tiny_windowed("gemma3", 20, impl="eager")
+    pipe = PIPE.format(w=OWN_W, s=OWN_S) if kind == "sliding_window" else \
+        "canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},dce"
+    c = compile_(model, "torch", pipeline=pipe)
+    assert all(n.inputs[3].type.dtype == "bool" for n in c.graph.nodes if n.op == "attention")
+    check_against_the_oracle(c, model, windowed, ring_rule if kind == "sliding_window" else block_rule)
+
+
 def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone():
     """Slots count pads, positions do not: both windows compare slot differences, which pads do not change.
     Sinks = 0: with sinks, a padded row's first slots (its sink rows) are pads (module docstring)."""
