@@ -225,7 +225,7 @@ def bool_decoder_masks(graph, nodes) -> int:
         if src.producer is not None or src.name != MASK_INPUT or src.type.dtype != "bool":
             continue
         low = _scalar(bias)
-        if low is None or low > -1e30 or _scalar(zero) != 0:
+        if low is None or low > _FLOAT_MIN[m.type.dtype] / 2 or _scalar(zero) != 0:
             continue
         node.set_input(3, src)
         changed += 1
@@ -233,6 +233,9 @@ def bool_decoder_masks(graph, nodes) -> int:
             if dead is not None and dead in graph.nodes and all(o.unused for o in dead.outputs):
                 graph.erase(dead)
     return changed
+
+
+_FLOAT_MIN = {"f32": -3.4028234663852886e+38, "f16": -65504.0, "bf16": -3.3895313892515355e+38}
 
 
 def _scalar(v):

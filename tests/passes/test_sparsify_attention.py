@@ -3,7 +3,10 @@
 On a tiny random Llama: the rewritten graph verifies; reference, torch and onnx agree; decoding token by
 token through the ring equals one windowed forward; with window + sinks >= the sequence it is full attention
 exactly; past the window the state stays window + sinks rows; generate(), verify/accept and quantize-weights
-compose; bad options are clear errors. Kernels: attention{window, sinks} on every target vs the reference."""
+compose; bad options are clear errors. Kernels: attention{window, sinks} on every target vs the reference.
+A model's own sliding window (Mistral, Qwen2, Gemma 3 local layers) is kept, and-ed with the rewrite's rule,
+both by position: decode, chunks, chain and tree verify match HF with those masks written out; eager
+models' additive masks are read as the bool mask."""
 import numpy as np
 import pytest
 import torch
