@@ -193,11 +193,15 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
             targets.append((node, k_state, v_state))
     if not targets:
         already = sum(1 for n in attns if n.attrs.get("window") or _over_ring(n.inputs[1]))
+        softmaxes = sum(1 for n in graph.nodes if n.op == "softmax")
         raise PassError(
             f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
             f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
-            f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+            f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)"
+            + (f"; its {softmaxes} softmax op(s) are not recognized as attention by canonicalize (SDPA and the plain "
+               f"eager chain are; attention logit soft-capping, e.g. Gemma 2's attn_logit_softcapping, is not)"
+               if softmaxes and not attns else ""))
     return attns, targets
 
 
