@@ -210,25 +210,26 @@ class _KvBuffer(_Buffer):
     __slots__ = ("tvm",)
 
 
-def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=()) -> _KvBuffer:
-    """The buffer the call appends `new` rows to: `past`'s own when `past` is its newest view from row 0 with
-    room left (nothing copied) and no other state of this call appends to it (`taken`: ids of their buffers),
-    else a new one with headroom holding a copy of `past` (torch_kv rule 1: a shorter view, a second branch
-    from one past, is never written over)."""
+def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=(), ring=False) -> tuple[_KvBuffer, int]:
+    """(buffer, first row) the call appends `new` rows to: `past`'s own when `past` is its newest view (from
+    row 0 unless a `ring`) with room left (nothing copied) and no other state of this call appends to it
+    (`taken`: ids of their buffers), else a new one with headroom holding a copy of `past` at row 0 (torch_kv
+    rule 1: a shorter view, a second branch from one past, is never written over). A ring's buffer has room
+    for its rows again: it slides forward one buffer length per that many steps."""
     import tvm
     buf, start = _owner(past, axis)
-    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis] \
-            and id(buf) not in taken:
-        return buf
+    if isinstance(buf, _KvBuffer) and (start == 0 or ring) and buf.filled == start + rows \
+            and start + rows + new <= buf.data.shape[axis] and id(buf) not in taken:
+        return buf, start
     shape = list(past.shape)
-    shape[axis] = rows + new + max(HEADROOM, (rows + new) // 2)
+    shape[axis] = rows + new + max(HEADROOM, rows + new if ring else (rows + new) // 2)
     data = torch.empty(shape, dtype=past.dtype)
     if data.data_ptr() % 64:    # TVM wants 64-byte aligned tensors; torch's CPU allocator gives them
         raise RuntimeError("cpu target: torch allocated a KV buffer that is not 64-byte aligned")
     data.narrow(axis, 0, rows).copy_(past)
     out = _KvBuffer(data, axis, rows)
     out.tvm = tvm.runtime.from_dlpack(data)
-    return out
+    return out, 0
 
 
 def _forget(box, key, _ref):
@@ -294,9 +295,13 @@ class TvmRunner(Runner):
         plain = [(j, outs[j]) for j in self._plain_out]   # the state outputs are the buffers themselves: not read
         for j, o in plain:
             result[j] = torch.from_dlpack(o)
-        for k, buf, rows in kv:     # the state outputs: views of the buffers the call appended to in place
-            buf.filled = rows
-            result[k.output] = _view(buf, 0, rows)
+        for k, buf, start, rows in kv:   # the state outputs: views of the buffers the call appended to in place
+            buf.filled = start + rows
+            if k.window is not None and rows > k.window_rows + k.sinks:   # a ring slid (module.py)
+                start, rows = start + rows - k.window_rows - k.sinks, k.window_rows + k.sinks
+                if k.sinks:
+                    buf.gen += 1    # its sink rows overwrote rows the past view showed (torch_kv rule 2)
+            result[k.output] = _view(buf, start, rows)
         # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
         self._returned = {id(result[j]): (weakref.ref(result[j], functools.partial(_forget, self._returned_box,
                                                                                    id(result[j]))), o)
@@ -306,7 +311,7 @@ class TvmRunner(Runner):
 
     def _kv_inputs(self, tensors, ins):
         """Put each in-place state's buffer in `ins` (module.py's main takes buffers, then `kv_lengths`);
-        returns ([(InplaceState, buffer, rows after the call)], [kv_lengths])."""
+        returns ([(InplaceState, buffer, first row, rows after the append)], [kv_lengths])."""
         import tvm
         lengths, kv, taken = {}, [], set()
         for k, dt in zip(self.kv, self._kv_dtypes):
@@ -320,10 +325,12 @@ class TvmRunner(Runner):
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf = _kv_buffer(past, k.axis, rows, new, taken)   # taken: one tensor given for two states
-            taken.add(id(buf))
+            buf, start = _kv_buffer(past, k.axis, rows, new, taken, ring=k.window is not None)   # taken: one
+            taken.add(id(buf))                                                            # tensor, two states
             ins[k.input] = buf.tvm
-            kv.append((k, buf, rows + new))
+            if k.start is not None:
+                lengths[k.start] = start
+            kv.append((k, buf, start, rows + new))
         return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
 
     def truncate_state(self, t, axis, length):

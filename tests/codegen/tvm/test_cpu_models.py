@@ -215,6 +215,44 @@ def test_sliding_window_with_sinks_decodes_in_a_bounded_ring_and_speculates_exac
     assert torch.equal(slimgraph.load(tmp_path / "ring.sg").generate(text, max_new_tokens=24, eos_token_id=None), plain)
 
 
+def test_ring_states_slide_in_place_and_a_consumed_ring_is_refused(model):
+    """sparsify-attention's ring states are kept in place like the append ones (module.inplace_states): a step
+    writes its new rows and the sink rows into the ring's buffer and attention reads the ring there, so 40 steps
+    past the wrap use one buffer (before: two copies of every ring per layer per step, cache_append's concat
+    and cache_window's gather). A step that slides a ring consumes the state it was given (its sink rows land on
+    rows the old view shows): passing that view again is an error, never a wrong answer; a kept copy
+    (runner.keep_state) runs again and gives the step's logits."""
+    from slimgraph.codegen.torch_kv import StaleStateError
+    from slimgraph.codegen.tvm.module import inplace_states
+    pipe = "canonicalize,sparsify-attention{window=8,sinks=2},cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    kv = inplace_states(fast.graph)
+    assert len(kv) == 4 and all(k.window is not None and (k.window_rows, k.sinks) == (8, 2) for k in kv)
+    assert "ring_slide" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()
+    x = prompt(52, seed=4)
+    dec, want = fast.decoder(), ref.decoder()
+    torch.testing.assert_close(dec.prefill(x[:, :12])["logits"], want.prefill(x[:, :12])["logits"],
+                               rtol=1e-4, atol=1e-4)
+    storages = set()
+    for i in range(12, 52):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+        assert all(t.shape[2] == 10 for t in dec.states)
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+    assert len(storages) == 1
+    for t, w in zip(dec.states, want.states):
+        torch.testing.assert_close(t, w, rtol=1e-4, atol=1e-4)
+
+    old = list(dec.states)
+    kept = [fast.runner.keep_state(t) for t in old]
+    n = dec.length
+    args = (x[:, 51:52], torch.tensor([[n]]), torch.ones(1, 1, 1, n + 1, dtype=torch.bool))
+    stepped = dec.step(x[:, 51])["logits"]
+    with pytest.raises(StaleStateError, match="keep_state"):
+        fast.runner(*args, *old)
+    torch.testing.assert_close(fast.runner(*args, *kept)[0], stepped, rtol=0, atol=0)
+
+
 def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(model):
     """The KV states are updated in place (module.inplace_states): main takes each state's buffer plus the
     past length, writes the new rows into it, and the runner returns views of the buffer, so a decode step
