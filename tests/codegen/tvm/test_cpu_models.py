@@ -253,6 +253,45 @@ def test_ring_states_slide_in_place_and_a_consumed_ring_is_refused(model):
     torch.testing.assert_close(fast.runner(*args, *kept)[0], stepped, rtol=0, atol=0)
 
 
+def test_a_long_prompt_through_a_ring_leaves_only_the_ring_in_memory(model):
+    """A ring's memory stays bounded by its window + sinks after a prompt (or a chunk) longer than the ring: the
+    ring's buffer then holds the prompt's rows only during the call, and the ring moves to a buffer of its own
+    size once (codegen/tvm/target.py `_ring_moved`; one copy of window + sinks rows). Before, the 300-token
+    prompt's buffer (600 rows per state: the prompt and as many again of headroom) stayed alive as the ring's
+    buffer for the next ~300 steps (a 4096-token prompt into SmolLM2's W=256 + 4 ring: ~380 MB held instead of
+    ~12 MB), and the call itself allocated twice the prompt's rows."""
+    from slimgraph.codegen.torch_kv import HEADROOM
+    from slimgraph.codegen.tvm.target import _kv_buffer
+    pipe = "canonicalize,sparsify-attention{window=8,sinks=2},cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    bound = 2 * (10 + 1 + max(HEADROOM, 10 + 1))     # rows: twice a decode step's buffer for a ring of 10 rows
+
+    def held(states):   # rows of the buffers behind the state views
+        return [t.untyped_storage().nbytes() // (t.shape[0] * t.shape[1] * t.shape[3] * t.element_size())
+                for t in states]
+
+    x = prompt(700, seed=8)
+    dec, want = fast.decoder(), ref.decoder()
+    torch.testing.assert_close(dec.prefill(x[:, :300])["logits"], want.prefill(x[:, :300])["logits"],
+                               rtol=1e-4, atol=1e-4)
+    assert all(t.shape[2] == 10 for t in dec.states) and max(held(dec.states)) <= bound < 300
+    storages = set()
+    for i in range(300, 360):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+    assert len(storages) == 1                       # the moved ring slides in place again
+    torch.testing.assert_close(dec.step(x[:, 360:660])["logits"], want.step(x[:, 360:660])["logits"],
+                               rtol=1e-4, atol=1e-4)   # a long chunk mid-decode: its rows are dropped too
+    assert max(held(dec.states)) <= bound
+    for i in range(660, 700):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+    for t, w in zip(dec.states, want.states):
+        torch.testing.assert_close(t, w, rtol=1e-4, atol=1e-4)
+    # during the call: the prompt's rows and no headroom (the ring moves out right after)
+    assert _kv_buffer(torch.zeros(1, 2, 0, 16), 2, 0, 300, keep=10)[0].data.shape[2] == 300
+
+
 def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(model):
     """The KV states are updated in place (module.inplace_states): main takes each state's buffer plus the
     past length, writes the new rows into it, and the runner returns views of the buffer, so a decode step
