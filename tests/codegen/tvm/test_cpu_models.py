@@ -292,6 +292,38 @@ def test_a_long_prompt_through_a_ring_leaves_only_the_ring_in_memory(model):
     assert _kv_buffer(torch.zeros(1, 2, 0, 16), 2, 0, 300, keep=10)[0].data.shape[2] == 300
 
 
+@pytest.mark.parametrize("rewrite", ["sparsify-attention{window=5,sinks=3}", "linearize-attention{window=6,sinks=1}"])
+def test_nothing_reads_a_ring_buffer_after_its_slide_once_tvm_has_lowered_main(model, rewrite):
+    """The ring slide overwrites rows that this call's attention (and the hybrid's copies of the ring for its
+    linear part) read, so it must run after every reader. The Lowerer emits it last inside a dataflow block,
+    whose bindings TVM may reorder; so check the order in `main` after the cpu target's whole Relax pipeline
+    (legalize, fuse, memory planning, VM lowering): each ring buffer parameter is written in place by its slide
+    (not a copy of it), and no kernel call after the slide reads it."""
+    import re
+    import tvm as tvm_
+    from slimgraph.codegen.tvm.module import inplace_states, to_relax
+    from slimgraph.codegen.tvm.pipeline import relax_pipeline
+    from slimgraph.codegen.tvm.target import _target_spec
+    c = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=f"canonicalize,{rewrite},cse,dce")
+    rings = [c.graph.inputs[k.input].name for k in inplace_states(c.graph) if k.window is not None]
+    assert len(rings) == 4
+    mod, _ = to_relax(c.graph)
+    target = tvm_.target.Target(_target_spec())
+    with target:
+        lines = relax_pipeline(target)(mod)["main"].script().splitlines()
+    calls = [(i, m.group(1), [a.strip() for a in m.group(2).split(",")]) for i, line in enumerate(lines)
+             if (m := re.match(r"\s*(\w+)\((.*)\)\s*$", line))]
+    for p in rings:
+        slides = [i for i, name, args in calls if name.startswith("ring_slide") and args[0] == p]
+        assert len(slides) == 1, (p, slides)
+        readers = [name for i, name, args in calls if p in args and not name.startswith("ring_slide")]
+        assert len(readers) >= 2, (p, readers)     # its append and a reader: attention in place, or a copy
+        if rewrite.startswith("sparsify"):         # (the hybrid's linear_attention reads a copy of the rows)
+            assert any(name.startswith("attention") for name in readers), (p, readers)
+        late = [lines[i].strip() for i, name, args in calls if i > slides[0] and p in args]
+        assert not late, f"{p} read after its slide: {late}"
+
+
 def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(model):
     """The KV states are updated in place (module.inplace_states): main takes each state's buffer plus the
     past length, writes the new rows into it, and the runner returns views of the buffer, so a decode step
