@@ -258,8 +258,8 @@ def test_a_long_prompt_through_a_ring_leaves_only_the_ring_in_memory(model):
     ring's buffer then holds the prompt's rows only during the call, and the ring moves to a buffer of its own
     size once (codegen/tvm/target.py `_ring_moved`; one copy of window + sinks rows). Before, the 300-token
     prompt's buffer (600 rows per state: the prompt and as many again of headroom) stayed alive as the ring's
-    buffer for the next ~300 steps (a 4096-token prompt into SmolLM2's W=256 + 4 ring: ~380 MB held instead of
-    ~12 MB), and the call itself allocated twice the prompt's rows."""
+    buffer for the next ~300 steps (a 4096-token prompt into SmolLM2's W=256 + 4 ring: 377 MB held instead of
+    24 MB), and the call itself allocated twice the prompt's rows."""
     from slimgraph.codegen.torch_kv import HEADROOM
     from slimgraph.codegen.tvm.target import _kv_buffer
     pipe = "canonicalize,sparsify-attention{window=8,sinks=2},cse,dce"
