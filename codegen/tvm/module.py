@@ -27,7 +27,8 @@ more symbol `kv_start_<i>` in `kv_lengths`; the append writes at start + past, a
 [start, start + past + new) in place, and the `cache_window`, emitted after every other node (nothing reads
 the buffer after it), copies the S sink rows to sit just before the last W rows (`make_ring_slide`): per step
 n + S rows are written and nothing else is copied. The runner then hands out the view [start', start' + W + S)
-and moves the ring to a fresh buffer when the capacity runs out (amortized O(1) per step).
+and moves the ring to a fresh buffer when the capacity runs out (amortized O(1) per step), and right after a
+call much longer than the ring (a long prompt: target.py `_ring_moved`), so that its rows are not kept.
 
 Each node calls its op's "cpu" lowering `fn(lw, node, args) -> relax.Expr | [relax.Expr]`, where `lw`
 is the `Lowerer` (its BlockBuilder `lw.bb`, `lw.dim`, `lw.shape`, `lw.const`) and `args` the Relax
