@@ -19,6 +19,7 @@ graph applies the window + sinks rule in the forward), checked against decoding 
 first window token by token through the ring cache (the two must agree: printed). Keys keep their original
 position ids (RoPE before the cache, as HF caches them; no re-positioning inside the ring).
 """
+import contextlib
 import json
 import math
 import os
@@ -40,6 +41,21 @@ Q4 = "quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=
 VARIANTS = {"full": FULL, f"window {W} + {S} sinks": RING, f"window {W}, no sinks": NOSINK}
 LINEAR = {"linear hybrid W=64+4": "canonicalize,linearize-attention{feature_map=hedgehog,window=64,sinks=4},cse,dce",
           "linear (pure)": "canonicalize,linearize-attention{feature_map=hedgehog,window=0},cse,dce"}
+
+
+@contextlib.contextmanager
+def cpu_codegen_as(name, module, attr, value):
+    """Compile with `module.attr` replaced by `value` (the cpu codegen as it was before a change, for a side-by-side
+    benchmark), under another build-cache key (`name`), so neither build is served the other's library."""
+    import slimgraph.codegen.tvm.target as T
+    old, digest = getattr(module, attr), T._codegen_digest
+    setattr(module, attr, value)
+    T._codegen_digest = lambda: f"{name}-{digest()}"
+    try:
+        yield
+    finally:
+        setattr(module, attr, old)
+        T._codegen_digest = digest
 
 
 def compile_(model, pipeline, target="torch"):

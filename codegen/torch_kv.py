@@ -10,7 +10,8 @@ means what the IR says on every target. A step appends the new rows at `end` in 
 [lo, end + n): the ring and the new rows, no copy); `window_in_place` then writes the S sink rows (kept
 aside once per buffer: they never change) just before the new window start and returns the view
 [end + n - W - S, end + n). Per step and state: n + S rows written, nothing else copied. When the buffer's
-end is reached, the ring moves to a new buffer with headroom >= its own rows (amortized O(1)).
+end is reached, the ring moves to a new buffer with headroom >= its own rows (amortized O(1)); after a prompt
+or chunk that left it in a buffer far larger than that, it moves to one of its own size at once.
 
 Safety rules (tests/codegen/test_torch_kv.py):
 1. An append writes only past the end of the view it was given, and only when that view ends where the
@@ -112,12 +113,22 @@ def window_in_place(x: torch.Tensor, *, axis: int, window: int, sinks: int) -> t
     if buf is None or buf.filled != start + rows:
         return cache_window(x, axis=axis, window=window, sinks=sinks)
     lo = start + rows - window - sinks
+    keep = window + sinks
+    if buf.data.shape[d] - lo > 2 * (keep + HEADROOM):
+        # a long prompt's (or chunk's) buffer: move the ring to one of its own size, so the prompt's rows are
+        # not kept alive behind it for as many steps as they number (one copy of window + sinks rows, once)
+        shape = list(x.shape)
+        shape[d] = keep + max(HEADROOM, keep)
+        data = torch.empty(shape, dtype=x.dtype, device=x.device)
+        data.narrow(d, 0, sinks).copy_(x.narrow(d, 0, sinks))
+        data.narrow(d, sinks, window).copy_(x.narrow(d, rows - window, window))
+        return _view(_Buffer(data, d, keep), 0, keep)
     if sinks:
         if buf.sinks is None or buf.sinks.shape[d] != sinks:
             buf.sinks = buf.data.narrow(d, start, sinks).clone()
         buf.data.narrow(d, lo, sinks).copy_(buf.sinks)
         buf.gen += 1                # views made before now may show overwritten rows (rule 2)
-    return _view(buf, lo, window + sinks)
+    return _view(buf, lo, keep)
 
 
 def in_place_windows(graph) -> set[int]:

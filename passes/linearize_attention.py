@@ -33,8 +33,11 @@ For every `attention(q, k, v, mask)` whose k and v are (GQA-repeated) `cache_app
 
 Errors (PassError naming the pass): an unknown feature_map, window < 0, sinks without a window, window + sinks
 >= the model's context limit
-(`context`, filled from max_position_embeddings by slimgraph.optimize), an attention already windowed, and
-a graph with no attention over an append KV state (naming how many attention ops it has).
+(`context`, filled from max_position_embeddings by slimgraph.optimize), a model's own sliding window
+(Mistral, Gemma 2/3's local layers, Qwen2's windowed layers: canonicalize's `attention{window}` over an append
+state; the error points to sparsify-attention, which keeps that window by position), attention already
+windowed by sparsify-attention (over ring states), and a graph with no attention over an append KV state
+(naming how many attention ops it has).
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ from ..ir import symbolic
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import MASK_INPUT, _ring_mask, _to_ring, call_depth, decoder_mask, kv_attention
+from .sparsify_attention import (MASK_INPUT, _ring_mask, _to_ring, bool_decoder_masks, call_depth, decoder_mask,
+                                 kv_attention)
 
 
 @register_pass("linearize-attention")
@@ -74,10 +78,20 @@ class LinearizeAttention(Pass):
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
                             f"window below {self.context} (LoLCATs uses 64)")
         _, targets = kv_attention(graph, where, " (run linearize-attention before sparsify-attention)")
+        bool_decoder_masks(graph, [n for n, _, _ in targets])    # eager attention's additive mask
         for node, _, _ in targets:
             if node.attrs.get("window") or node.attrs.get("sinks"):
-                raise PassError(f"{where}: {node!r} is already windowed (window={node.attrs.get('window')}); "
-                                f"run linearize-attention on full attention (before sparsify-attention)")
+                # over an `append` state this is the model's own sliding window (canonicalize: Mistral's
+                # sliding_window, Gemma 2/3's local layers, Qwen2's use_sliding_window); sparsify-attention's
+                # windows sit over ring states, which kv_attention does not return
+                raise PassError(
+                    f"{where}: {node!r} has the model's own sliding window (attention{{window="
+                    f"{node.attrs.get('window')}}}: {sum(1 for n, _, _ in targets if n.attrs.get('window'))} of its "
+                    f"{len(targets)} attention op(s)); linear attention would fold the keys that window drops "
+                    f"into every later query, so linearize-attention takes full attention only. Such a layer reads "
+                    f"only its last {node.attrs.get('window')} keys: bound its KV cache with sparsify-attention{{window=W,sinks=S}} instead (the "
+                    f"model's window is kept, and-ed with the ring's: with W >= {node.attrs.get('window')} the "
+                    f"windowed layers compute what they did), or linearize a model without its own window")
             if len(node.inputs) > 3 and node.inputs[3].type.dtype != "bool":
                 raise PassError(f"{where}: {node!r} has a {node.inputs[3].type} mask; linear attention takes the "
                                 f"causal-LM convention's bool %{MASK_INPUT} [b, 1, seq, L + seq]")

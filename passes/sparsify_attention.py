@@ -22,6 +22,19 @@ L + depth, where its path decoded as a chain would put it, not at L + its index 
 (`attention{window}`'s own band counts by index and would drop keys the node sees;
 tests/test_tree_verify_windowed.py). An unmasked attention keeps `attention{window=W, sinks=S}`.
 
+A model's own sliding window (Mistral's `sliding_window`, Gemma 2/3's local layers, Qwen2's
+`use_sliding_window` layers: canonicalize's `attention{window=w}`, placed by index) is kept and moved into
+the mask too, by position: such a layer's query at position p sees the key at position k iff the decoder's
+mask allows it, k < S or p - k <= W (the ring's rule), and p - k <= w (its own), and the op loses its
+`window` attr (so the decoder takes candidate trees past it). Over the ring the index band would be wrong:
+the sinks' rows sit next to the window's, so with w > W the sinks stayed visible long after p - k > w
+(tests/passes/test_sparsify_attention.py `test_a_models_own_sliding_window_is_placed_by_position_over_the_ring`).
+One mask per distinct own window (Gemma's local and global layers read different masks); a window of
+w <= W without sinks lies inside the ring's band and replaces it. With w < W the ring keeps rows those
+layers never read (one ring size for every layer); with W >= w and sinks=0 a model whose every layer has
+the window (Mistral) computes exactly what it did, with a bounded cache. An unmasked attention with its own
+window gets `attention{window=w}` (by index, exact over the ring for chains) when w <= W, else a PassError.
+
 Design decisions:
 - Positions: keys are cached after RoPE (as HF caches them), so each key keeps its original position
   id; StreamingLLM's re-positioning inside the cache is not done: only the sinks' distances would change,
@@ -36,11 +49,13 @@ Design decisions:
   target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
   keys (`position_band`). Padding (left pads are masked out) and tree
   verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
+- Eager attention (HF's eager layers get 0 / dtype-min biases) reads where(~%attention_mask, min, 0): the
+  pass reads the bool mask instead (`bool_decoder_masks`; a dtype-min bias weighs a key 0, as False does).
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
 mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above; the cache stays
-an `append` state, so decode memory still grows.
+an `append` state, so decode memory still grows. A model's own window is and-ed in by position as above.
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
@@ -76,19 +91,31 @@ class SparsifyAttention(Pass):
             return self._block_sparse(graph)
         self._check_options()
         attns, targets = kv_attention(graph, "sparsify-attention")
-        ring_mask = _ring_mask(graph, [n for n, _, _ in targets], self.window, self.sinks, band=True)
+        bool_decoder_masks(graph, [n for n, _, _ in targets])
+        masks = _windowed_masks(graph, [n for n, _, _ in targets], self.window, self.sinks)
         states = {}
         for node, ks, vs in targets:
             states[id(ks)], states[id(vs)] = ks, vs
-            # masked: the band is in %ring_mask, by position (see `position_band`); unmasked: the op's own band
-            band = {} if len(node.inputs) > 3 else {"window": self.window, "sinks": self.sinks}
+            own = own_window(node)
+            attrs = {k: v for k, v in node.attrs.items() if k not in ("window", "sinks")}
+            if node in masks:   # both bands are in the node's mask, by position (`position_band`)
+                inputs = [*node.inputs[:3], masks[node]]
+            else:               # unmasked: the op's own band, by index (exact for chains over the ring)
+                inputs = list(node.inputs[:3])
+                if own and (own[1] or own[0] > self.window):
+                    raise PassError(
+                        f"sparsify-attention{{window={self.window},sinks={self.sinks}}}: {node!r} has its own "
+                        f"sliding window (window={own[0]}, sinks={own[1]}) and no mask; the two windows compose "
+                        f"only in the decoder's %{MASK_INPUT} (by position) or when its window fits in the ring's "
+                        f"without sinks (window <= {self.window})")
+                attrs.update(window=own[0] if own else self.window, sinks=0 if own else self.sinks)
             with graph.inserting_before(node):
-                new = graph.op("attention", *node.inputs[:3], *([ring_mask] if len(node.inputs) > 3 else []),
-                               **{**node.attrs, **band})
+                new = graph.op("attention", *inputs, **attrs)
             graph.replace_node(node, [new])
         for st in states.values():
             _to_ring(graph, st, self.window, self.sinks)
         return PassResult(True, {"attention": len(targets), "ring_states": len(states),
+                                 "own_windows": sum(1 for n, _, _ in targets if own_window(n)),
                                  "other_attention": len(attns) - len(targets)})
 
     def _block_sparse(self, graph) -> PassResult:
@@ -105,6 +132,7 @@ class SparsifyAttention(Pass):
                             f"the model's context limit {self.context}: nothing would be masked")
         attns = [n for n in graph.nodes if n.op == "attention"]
         targets = [n for n in attns if len(n.inputs) > 3 and _state_behind(graph, n.inputs[1]) is not None]
+        bool_decoder_masks(graph, targets)
         if not targets:
             raise PassError(f"{where}: graph @{graph.name} has {len(attns)} attention op(s), none with a mask "
                             f"over an `append` KV state; the pass needs a causal LM exported with declared state")
@@ -116,20 +144,29 @@ class SparsifyAttention(Pass):
         with graph.inserting_before(first):
             past, new = slots(graph, seq, ctx, where)
             b = graph.op("constant", value=self.block, dtype="i64")
+            q, kpast, knew = _slot_grid(graph, past, new)
 
             def keep(kslot):     # query block - key block < local, or a global key block
-                qb = graph.op("floor_divide", graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3), b)
+                qb = graph.op("floor_divide", q, b)
                 kb = graph.op("floor_divide", kslot, b)
                 return graph.op("logical_or", graph.op("lt", graph.op("sub", qb, kb),
                                                        graph.op("constant", value=self.local, dtype="i64")),
                                 graph.op("lt", kb, graph.op("constant", value=self.globals, dtype="i64")))
-            band = graph.op("concat", keep(past), keep(graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=2)),
-                            dim=3)
+            band = graph.op("concat", keep(kpast), keep(knew), dim=3)
             new_mask = graph.op("logical_and", mask, band)
+            own_masks = {}   # a model's own window, by position too (canonicalize placed it by index)
+            for w in sorted({own_window(n) for n in targets if own_window(n)}):
+                own_masks[w] = graph.op("logical_and", new_mask, _band_keep(graph, q, kpast, knew, *w))
         graph.rename(new_mask, graph.fresh_name("block_sparse_mask"))
+        for (w, s), m in own_masks.items():
+            graph.rename(m, graph.fresh_name(f"block_sparse_mask_window{w}" + (f"_sinks{s}" if s else "")))
         for n in targets:
-            n.set_input(3, new_mask)
-        return PassResult(True, {"attention": len(targets), "other_attention": len(attns) - len(targets)})
+            own = own_window(n)
+            n.set_input(3, own_masks[own] if own else new_mask)
+            if own:
+                n.attrs = {**n.attrs, "window": 0, "sinks": 0}
+        return PassResult(True, {"attention": len(targets), "own_windows": sum(1 for n in targets if own_window(n)),
+                                 "other_attention": len(attns) - len(targets)})
 
     def _check_options(self):
         where = f"sparsify-attention{{kind={self.kind},window={self.window},sinks={self.sinks}}}"
@@ -156,12 +193,61 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
             targets.append((node, k_state, v_state))
     if not targets:
         already = sum(1 for n in attns if n.attrs.get("window") or _over_ring(n.inputs[1]))
+        softmaxes = sum(1 for n in graph.nodes if n.op == "softmax")
         raise PassError(
             f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
             f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
-            f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)")
+            f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)"
+            + (f"; its {softmaxes} softmax op(s) are not recognized as attention by canonicalize (SDPA and the plain "
+               f"eager chain are; attention logit soft-capping, e.g. Gemma 2's attn_logit_softcapping, is not)"
+               if softmaxes and not attns else ""))
     return attns, targets
+
+
+def bool_decoder_masks(graph, nodes) -> int:
+    """Eager attention's additive form of the decoder's mask -> the bool mask itself, on `nodes`.
+
+    HF's eager layers (frontends/hf.py hands them 0 / dtype-min) reach canonicalize's `attention` as
+    where(~%attention_mask, min, 0) (the model's own window, if any, is already the op's `window`). With a
+    dtype-min bias a masked key's weight is exp(min + score - max) = 0, as with a False entry (the decoder
+    gives every query at least itself), so the bool input replaces it and the rewrites that map the decoder's
+    mask onto their keys take eager models too. Other masks are left as they are. Returns how many changed."""
+    changed = 0
+    for node in nodes:
+        if len(node.inputs) <= 3:
+            continue
+        m = node.inputs[3]
+        w = m.producer
+        if w is None or w.op != "where" or m.type.dtype not in ("f32", "f16", "bf16"):
+            continue
+        cond, bias, zero = w.inputs
+        neg = cond.producer
+        if neg is None or neg.op not in ("bitwise_not", "logical_not"):
+            continue
+        src = neg.inputs[0]
+        if src.producer is not None or src.name != MASK_INPUT or src.type.dtype != "bool":
+            continue
+        low = _scalar(bias)
+        if low is None or low > _FLOAT_MIN[m.type.dtype] / 2 or _scalar(zero) != 0:
+            continue
+        node.set_input(3, src)
+        changed += 1
+        for dead in (w, neg, bias.producer, zero.producer):
+            if dead is not None and dead in graph.nodes and all(o.unused for o in dead.outputs):
+                graph.erase(dead)
+    return changed
+
+
+_FLOAT_MIN = {"f32": -3.4028234663852886e+38, "f16": -65504.0, "bf16": -3.3895313892515355e+38}
+
+
+def _scalar(v):
+    """The value of a `constant` scalar or of a `full` tensor, else None."""
+    node = v.producer
+    if node is not None and node.op in ("constant", "full") and not isinstance(node.attrs.get("value"), (list, bool)):
+        return node.attrs.get("value")
+    return None
 
 
 def _over_ring(v) -> bool:
@@ -236,28 +322,46 @@ def call_depth(graph, seq, ctx, where: str):
     return length, graph.op("where", prefill, graph.op("arange", end=seq), depth)
 
 
-def position_band(graph, seq, ctx, window, sinks, where: str):
-    """bool [b, 1, seq, min(L, window + sinks) + seq] over the ring's rows and the new keys: key slot j is a
-    sink (j < sinks) or at most `window` slots before the query's slot (`slots`); keys after it are kept
-    (causality is the mask's job). The StreamingLLM rule of `attention{window, sinks}` (ir/opset/nn.py), by
-    position instead of by index. The ring rows' slots are the past slots through the ring's own
-    `cache_window`, so the rule costs O(window + sinks) per query, not O(L)."""
-    past, new = slots(graph, seq, ctx, where)
-    past = graph.op("cache_window", past, axis=0, window=window, sinks=sinks)
-    q = graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3)   # [b, 1, s, 1]
+def own_window(node):
+    """(window, sinks) of a model's own sliding window on an attention node (canonicalize makes HF's Mistral /
+    Gemma 2/3 local / Qwen2 windowed layers `attention{window}`, placed by index), or None."""
+    w = node.attrs.get("window") or 0
+    return (w, node.attrs.get("sinks") or 0) if w else None
+
+
+def _slot_grid(graph, past, new):
+    """The query slots [b, 1, s, 1] and the key slots of the past rows [L'] and of the new keys [b, 1, 1, s]
+    (`slots`; `past` maybe through a ring's cache_window), shaped to broadcast against [b, 1, s, L' + s]."""
+    return (graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=3), past,
+            graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=2))
+
+
+def _band_keep(graph, q, kpast, knew, window, sinks):
+    """bool [b, 1, s, L' + s]: key slot k is a sink (k < sinks) or at most `window` slots before the query's
+    slot; keys after it are kept (causality is the mask's job)."""
     lo = graph.op("sub", q, graph.op("constant", value=window, dtype="i64"))
 
     def keep(k):
         near = graph.op("ge", k, lo)
         return graph.op("logical_or", near, graph.op("lt", k, graph.op("constant", value=sinks, dtype="i64"))) \
             if sinks else near
-    return graph.op("concat", keep(past), keep(graph.op("unsqueeze", graph.op("unsqueeze", new, dim=1), dim=2)),
-                    dim=3)
+    return graph.op("concat", keep(kpast), keep(knew), dim=3)
 
 
-def _ring_mask(graph, nodes, window, sinks, band=False):
-    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring);
-    with `band`, and-ed with the sliding window + sinks by position (`position_band`)."""
+def position_band(graph, seq, ctx, window, sinks, where: str, ring=None):
+    """bool [b, 1, seq, min(L, W + S) + seq] over a ring{W, S}'s rows (`ring` = (W, S); default (window,
+    sinks)) and the new keys: key slot j is a sink (j < sinks) or at most `window` slots before the query's
+    slot (`slots`); keys after it are kept (causality is the mask's job). The StreamingLLM rule of
+    `attention{window, sinks}` (ir/opset/nn.py), by position instead of by index. The ring rows' slots are
+    the past slots through the ring's own `cache_window`, so the rule costs O(W + S) per query, not O(L)."""
+    rw, rs = ring or (window, sinks)
+    past, new = slots(graph, seq, ctx, where)
+    past = graph.op("cache_window", past, axis=0, window=rw, sinks=rs)
+    return _band_keep(graph, *_slot_grid(graph, past, new), window, sinks)
+
+
+def _ring_mask(graph, nodes, window, sinks):
+    """The decoder's mask [b, 1, s, L + s] -> the mask over the ring's rows + the new keys (module docstring)."""
     masked = [n for n in nodes if len(n.inputs) > 3]
     mask = masked[0].inputs[3] if masked else None
     others = [u for u in mask.users if u.op != "attention" or u not in nodes] if mask is not None else []
@@ -273,10 +377,33 @@ def _ring_mask(graph, nodes, window, sinks, band=False):
         old = graph.op("slice", mask, dim=3, start=0, end=past)
         new = graph.op("slice", mask, dim=3, start=past)
         kept = graph.op("concat", graph.op("cache_window", old, axis=3, window=window, sinks=sinks), new, dim=3)
-        if band:
-            kept = graph.op("logical_and", kept, position_band(graph, seq, ctx, window, sinks, "sparsify-attention"))
     graph.rename(kept, graph.fresh_name("ring_mask"))
     return kept
+
+
+def _windowed_masks(graph, nodes, window, sinks):
+    """{masked node: its mask over the ring's rows + the new keys}: the decoder's mask through the ring
+    (`_ring_mask`) and-ed with the sliding window + sinks by position (`position_band`), and for a node with
+    the model's own window (`own_window`) with that window too, by position (one mask per distinct window;
+    a window of at most `window` keys and no sinks lies inside the ring's band, which it then replaces)."""
+    kept = _ring_mask(graph, nodes, window, sinks)
+    if kept is None:
+        return {}
+    mask = next(v for v in graph.inputs if v.name == MASK_INPUT)
+    seq, ctx = mask.type.shape[2:]
+    with graph.inserting_after(kept.producer):
+        past, new = slots(graph, seq, ctx, "sparsify-attention")
+        grid = _slot_grid(graph, graph.op("cache_window", past, axis=0, window=window, sinks=sinks), new)
+        ring = graph.op("logical_and", kept, _band_keep(graph, *grid, window, sinks))
+        by_window = {}
+        for w, s in sorted({own_window(n) for n in nodes if len(n.inputs) > 3 and own_window(n)}):
+            inside = s == 0 and w <= window
+            by_window[(w, s)] = graph.op("logical_and", kept if inside else ring, _band_keep(graph, *grid, w, s))
+    graph.rename(kept, graph.fresh_name("ring_mask_cols"))
+    graph.rename(ring, graph.fresh_name("ring_mask"))
+    for (w, s), m in by_window.items():
+        graph.rename(m, graph.fresh_name(f"ring_mask_window{w}" + (f"_sinks{s}" if s else "")))
+    return {n: by_window[own_window(n)] if own_window(n) else ring for n in nodes if len(n.inputs) > 3}
 
 
 def _to_ring(graph, st, window, sinks):

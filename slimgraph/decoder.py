@@ -67,7 +67,8 @@ class Decoder:
         self._state_out = [self._out_index[s.output.name] for s in graph.states]
         self.replays = any(s.kind != "append" for s in graph.states)
         # a model's own sliding window (canonicalize: `attention{window}`) places query i at key index L + i, not
-        # at L + depth: the smallest window + sinks such an op has, if any (see verify())
+        # at L + depth: the smallest window + sinks such an op has, if any (see verify()). sparsify-attention
+        # moves it into the mask, by position (no `window` attr is left): trees then run past it
         self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
                                 if n.op == "attention" and n.attrs.get("window")), default=None)
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
@@ -144,7 +145,8 @@ class Decoder:
             raise DecoderError(f"verify(): a candidate tree past the model's own sliding window (attention{{window}}, "
                                f"{self._index_band} keys with its sinks, placed by index; the cache holds "
                                f"{self.length} + {k} candidates) would drop keys its nodes see; verify a chain "
-                               f"(tree_mask=None) on this model (sparsify-attention's windows are placed by position)")
+                               f"(tree_mask=None) on this model, or compile it with sparsify-attention, which places the model's "
+                               f"window by position)")
         positions = self.next_pos[:, None] + depth
         snapshot = [self.runner.keep_state(t) for t in self.states] if self.replays else None
         self._pending = None

@@ -5,7 +5,8 @@ On a tiny random Llama with a sequence well past the window, for every rewrite t
 (sparsify-attention sliding_window over a ring, block_sparse over the append cache, the linearize-attention
 hybrid over a ring + fixed state) and every target that runs it: tree verify gives each node the logits of its
 path decoded token by token; accepting a path continues like a fresh decode; speculative generate with a
-Medusa tree is token-identical to plain greedy; the interpreter agrees. A tree on an empty cache is refused."""
+Medusa tree is token-identical to plain greedy; the interpreter agrees. A tree on an empty cache is refused,
+and so is one past a model's own window left by index (plain canonicalize), which the rewrites place by position."""
 import pytest
 import torch
 
@@ -206,3 +207,33 @@ def test_a_tree_past_a_models_own_index_placed_window_is_refused_and_within_it_i
     with pytest.raises(DecoderError, match="past the model's own sliding window"):
         dec.verify(tokens, tree_mask=tree_mask(PARENTS))
     dec.verify(tokens)                                                  # a chain is fine
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "block_sparse"])
+def test_after_a_rewrite_a_models_own_window_is_placed_by_position_and_trees_run_past_it(kind):
+    """sparsify-attention moves Mistral's own window into the mask, by position (and-ed with its ring band or
+    blocks): the decoder takes the tree the plain model refuses above, each node gets its path's plain-decoding
+    logits, and speculative generate with a Medusa tree is token-identical to plain greedy."""
+    t = transformers
+    cfg = t.MistralConfig(num_key_value_heads=2, sliding_window=12, hidden_size=64, intermediate_size=96,
+                          num_hidden_layers=2, num_attention_heads=4, vocab_size=96, max_position_embeddings=128,
+                          bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    mistral = t.MistralForCausalLM(cfg).eval()
+    c = slimgraph.optimize(mistral, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=KINDS[kind][0] + ",insert-draft-heads{num_heads=3}")
+    assert not any(n.attrs.get("window") for n in c.graph.nodes if n.op == "attention")
+    gen = torch.Generator().manual_seed(0)
+    for name, w in sorted(c.graph.weights.items()):
+        if name.startswith("draft_heads."):
+            w.tensor = 0.3 * torch.randn(w.type.shape, generator=gen)
+    rebuild_runner(c)
+    prompt, tokens = ids(40, seed=3), ids(len(PARENTS), seed=4)    # 40 + 12 candidates: past the window 11
+    got, dec = tree_logits(c, prompt, tokens)
+    for i in range(len(PARENTS)):
+        want, _ = decoded(c, prompt, tokens[0, path_to(i)].tolist())
+        torch.testing.assert_close(got[:, i], want, rtol=TOL, atol=TOL, msg=lambda m: f"node {i}: {m}")
+    p = ids(14, seed=7)
+    want = generate(c, p, 36, speculative=False)
+    assert torch.equal(generate(c, p, 36, speculative="tree"), want)
+    assert c.last_generate_stats.speculative == "tree" and c.last_generate_stats.verifies >= 1

@@ -769,8 +769,8 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                    mask_dtype: str | None, mask_batch: bool, mask_rows: bool = True):
     """o[b, h, i] = softmax_j(q[b, h, i] . k[b, h // (hq/hk), j] * scale + mask) v[b, h // (hq/hk), j], as
     ir/opset/nn.py attention: per query row, the scores of every key into a scratch row, then a vector softmax
-    (max, exp by polynomial, sum) and p @ v over the keys that count. k and v are read in place from the first
-    `lk` of their rows (a KV buffer's capacity may be larger). A prompt without a past (lq == lk >= PREFILL_MIN_Q)
+    (max, exp by polynomial, sum) and p @ v over the keys that count. k and v are read in place from `lk` of
+    their rows from rows `k0` and `v0` (a KV buffer's capacity may be larger; a ring starts past row 0). A prompt without a past (lq == lk >= PREFILL_MIN_Q)
     computes the scores LANES keys at a time on k transposed once per task; otherwise each score is a dot
     product of `lanes`-wide vectors and one horizontal reduction. GQA reads the shared k/v head in place (no
     repeat), the causal/window/sink masks are index tests (no mask tensor), an optional mask [b or 1, 1, lq or 1,
@@ -806,12 +806,13 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
         return T.float32(0)
 
     @T.prim_func(private=True)
-    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, lk: T.int64, o_h: T.handle):
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, m_h: T.handle, lk: T.int64, k0: T.int64,
+                  v0: T.int64, o_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         b, lq, kc, vc, mb, mq, mk = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         q = T.match_buffer(q_h, (b, hq, lq, d), "float32")
-        k = T.match_buffer(k_h, (b, hk, kc, d), "float32")   # keys 0..lk-1 of kc rows (a KV buffer's capacity)
-        v = T.match_buffer(v_h, (b, hk, vc, d), "float32")   # its own capacity: k's and v's buffers may differ
+        k = T.match_buffer(k_h, (b, hk, kc, d), "float32")   # keys k0..k0+lk-1 of kc rows (a KV buffer's capacity)
+        v = T.match_buffer(v_h, (b, hk, vc, d), "float32")   # rows v0..: k's and v's buffers may differ
         mask = T.match_buffer(m_h, (mb, 1, mq, mk), mdt)   # [1, 1, 1, 1] and unread without a mask
         o = T.match_buffer(o_h, (b, hq, lq, d), "float32")
         for bh in T.parallel(b * hq):
@@ -827,7 +828,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
             mx = T.decl_buffer((LANES,), "float32")
             if lq >= PREFILL_MIN_Q and lq == lk:
                 for e, j in T.grid(d, (lk + LANES - 1) // LANES * LANES):
-                    kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, T.min(j, lk - 1), e], T.float32(0))
+                    kt[e, j] = T.if_then_else(j < lk, k[bh // hq, bh % hq // rep, k0 + T.min(j, lk - 1), e], T.float32(0))
             for i in range(lq):
                 if lq >= PREFILL_MIN_Q and lq == lk:
                     for jo in range((lk + LANES - 1) // LANES):
@@ -851,11 +852,11 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                     for j in range(lk):
                         if keep(mask, bh // hq, i, j, lq, lk):
                             for l in T.vectorized(lanes):
-                                dot[l] = q[bh // hq, bh % hq, i, l] * k[bh // hq, bh % hq // rep, j, l]
+                                dot[l] = q[bh // hq, bh % hq, i, l] * k[bh // hq, bh % hq // rep, k0 + j, l]
                             for c in range(1, dn):
                                 for l in T.vectorized(lanes):
                                     dot[l] = dot[l] + q[bh // hq, bh % hq, i, c * lanes + l] * \
-                                        k[bh // hq, bh % hq // rep, j, c * lanes + l]
+                                        k[bh // hq, bh % hq // rep, k0 + j, c * lanes + l]
                             if lanes >= 16:   # pairwise halving: shuffles in registers, not a chain of adds
                                 for l in T.vectorized(8):
                                     dot[l] = dot[l] + dot[l + 8]
@@ -889,7 +890,7 @@ def make_attention(hq: int, hk: int, d: int, scale: float, causal: bool, window:
                     if T.reinterpret("int32", sc[j]) != 0:   # masked keys are exactly +0 (NaN passes)
                         st[1] = st[1] + sc[j]
                         for e in T.vectorized(d):
-                            acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, j, e]
+                            acc[e] = acc[e] + sc[j] * v[bh // hq, bh % hq // rep, v0 + j, e]
                 for e in T.vectorized(d):
                     o[bh // hq, bh % hq, i, e] = T.Select(T.reinterpret("int32", st[1]) == 0, T.float32(0), acc[e] / st[1])
     return attention
@@ -936,11 +937,12 @@ def attention(lw, node, q, k, v, mask):
     elif node.inputs[3].type.shape[3] != kt.shape[2]:   # the same length spelled two ways: checked when called
         mask = lw.bb.match_cast(mask, relax.TensorType([*lw.shape(node.inputs[3])[:3], lw.dim(kt.shape[2])], mdt))
     views = [lw.kv_view(x) for x in node.inputs[1:3]]
-    if all(views):   # k and v are in-place KV buffers (module.py): read their first `length` rows in place
-        (k, lk), (v, _) = views
+    if all(views):   # k and v are in-place KV buffers (module.py): read their `length` rows in place
+        (k, lk, k0), (v, _, v0) = views
     else:
-        lk = lw.dim(kt.shape[2])
-    return relax.call_tir(gv, [q, k, v, mask, lw.prim(lk)], relax.TensorType(lw.shape(node.inputs[0]), "float32"))
+        lk, k0, v0 = lw.dim(kt.shape[2]), 0, 0
+    return relax.call_tir(gv, [q, k, v, mask, lw.prim(lk), lw.prim(k0), lw.prim(v0)],
+                          relax.TensorType(lw.shape(node.inputs[0]), "float32"))
 
 
 @functools.cache
@@ -964,6 +966,34 @@ def make_kv_append(axis: int, dtype: str):
         for i0, i1, i2, i3 in T.grid(n0, n1, n2, n3):
             buf[at(i0, i1, i2, i3, past)] = new[i0, i1, i2, i3]
     return kv_append
+
+
+@functools.cache
+def make_ring_slide(axis: int, dtype: str, window: int, sinks: int):
+    """A ring's `cache_window{window, sinks}` in place (module.py): the ring is buf rows [start, start + total)
+    along `axis` (its sinks first); when total > window + sinks, its `sinks` first rows are copied to rows
+    start + total - window - sinks ..., just before the last `window` rows, which then form the ring with
+    them. Rows move up (destination > source), so they are copied last to first (the ranges may overlap)."""
+    from tvm.script import tirx as T
+    keep = window + sinks
+
+    def at(i0, i1, i2, i3, row):
+        ix = [i0, i1, i2, i3]
+        ix[axis] = row
+        return tuple(ix)
+
+    @T.prim_func(private=True)
+    def ring_slide(buf_h: T.handle, start: T.int64, total: T.int64):
+        T.func_attr({"op_pattern": 8})   # opaque: FuseOps must not fuse an in-place write
+        c0, c1, c2, c3 = T.int64(), T.int64(), T.int64(), T.int64()
+        buf = T.match_buffer(buf_h, (c0, c1, c2, c3), dtype)
+        shape = [c0, c1, c2, c3]
+        if total > T.int64(keep):
+            for r in T.serial(sinks):
+                for i0, i1, i2, i3 in T.grid(*at(*shape, T.int64(1))):
+                    buf[at(i0, i1, i2, i3, start + total - T.int64(keep) + T.int64(sinks - 1) - r)] = \
+                        buf[at(i0, i1, i2, i3, start + T.int64(sinks - 1) - r)]
+    return ring_slide
 
 
 PREFETCH_PANELS = 2   # panels ahead the W4A8 panel kernel prefetches (9 KB at k = 576)

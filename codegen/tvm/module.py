@@ -21,6 +21,15 @@ state's `cache_append` writes the new rows into the buffer (call_tir_inplace) an
 which is then main's output for that state; attention reads the buffer's first past + new rows in place
 (`lw.kv_view`), any other reader gets a copy of those rows. The runner owns the buffers (target.py).
 
+`ring` states (StreamingLLM's sinks + window, `cache_window(cache_append(past, new))`) too, as the torch
+target keeps them (codegen/torch_kv.py): the ring is rows [start, start + past) of its buffer, `start` one
+more symbol `kv_start_<i>` in `kv_lengths`; the append writes at start + past, attention reads
+[start, start + past + new) in place, and the `cache_window`, emitted after every other node (nothing reads
+the buffer after it), copies the S sink rows to sit just before the last W rows (`make_ring_slide`): per step
+n + S rows are written and nothing else is copied. The runner then hands out the view [start', start' + W + S)
+and moves the ring to a fresh buffer when the capacity runs out (amortized O(1) per step), and right after a
+call much longer than the ring (a long prompt: target.py `_ring_moved`), so that its rows are not kept.
+
 Each node calls its op's "cpu" lowering `fn(lw, node, args) -> relax.Expr | [relax.Expr]`, where `lw`
 is the `Lowerer` (its BlockBuilder `lw.bb`, `lw.dim`, `lw.shape`, `lw.const`) and `args` the Relax
 values of the node's inputs. An op without a lowering is refused before any TVM work
@@ -67,7 +76,8 @@ class Lowerer:
         self.kernels: dict[str, object] = {}
         self.memo: dict[tuple, object] = {}     # values lowerings share (keyed by IR value ids)
         self.inplace = {id(kv.node): kv for kv in inplace_states(graph)}   # cache_append node -> InplaceState
-        self.views: dict[int, tuple] = {}      # IR value id -> (KV buffer, rows in use: PrimExpr, axis): kv_view
+        self.slides = {id(kv.window): kv for kv in self.inplace.values() if kv.window is not None}  # ring cache_window
+        self.views: dict[int, tuple] = {}      # IR value id -> (KV buffer, rows in use, axis, first row): kv_view
 
     def kernel(self, name: str, prim_func):
         """The GlobalVar of TIR kernel `name` in the module (added once, shared by every call)."""
@@ -211,11 +221,11 @@ class Lowerer:
         return fixed
 
     def kv_view(self, v):
-        """(buffer, rows) when IR value `v` is an in-place KV state: its values are the buffer's first `rows`
-        rows along the state axis (the rest is capacity); else None. A lowering that reads `v` in place asks;
-        otherwise its argument is a copy of those rows."""
+        """(buffer, rows, start) when IR value `v` is an in-place KV state: its values are the buffer's `rows`
+        rows from row `start` along the state axis (0 for an append state; the rest is capacity); else None. A
+        lowering that reads `v` in place asks; otherwise its argument is a copy of those rows."""
         view = self.views.get(id(v))
-        return None if view is None else view[:2]
+        return None if view is None else (view[0], view[1], view[3])
 
     def prim(self, d):
         """An int or PrimExpr dim as a Relax int64 PrimValue (a scalar argument of a TIR kernel)."""
@@ -264,7 +274,11 @@ class Lowerer:
         with bb.function("main", params):
             with bb.dataflow():
                 for node in self.graph.nodes:
-                    self._emit(node)
+                    if id(node) not in self.slides:
+                        self._emit(node)
+                for node in self.graph.nodes:   # rings slide last: the move overwrites rows attention reads
+                    if id(node) in self.slides:
+                        self._emit(node)
                 outs = [self.env[id(v)] for v in self.graph.outputs]
                 result = bb.emit_output(relax.Tuple(outs))
             bb.emit_func_output(result)
@@ -280,7 +294,10 @@ class Lowerer:
             args = self.aligned(node, args)
         try:
             kv = self.inplace.get(id(node))
-            out = low.fn(self, node, args) if kv is None else self._kv_append(kv, args)
+            if id(node) in self.slides:
+                out = self._kv_slide(self.slides[id(node)], args)
+            else:
+                out = low.fn(self, node, args) if kv is None else self._kv_append(kv, args)
         except LoweringError:
             raise
         except Exception as e:
@@ -292,12 +309,13 @@ class Lowerer:
                                 f"{len(node.outputs)} outputs (node {node!r})")
         for v, o in zip(node.outputs, outs):
             o = self.bb.emit(o) if not isinstance(o, self.relax.Var) else o
-            if kv is None and isinstance(o.ty, self.relax.TensorType) and not isinstance(o.ty.shape, self.relax.ShapeExpr):
+            if kv is None and id(node) not in self.slides and isinstance(o.ty, self.relax.TensorType) \
+                    and not isinstance(o.ty.shape, self.relax.ShapeExpr):
                 o = self.conform(o, self.shape(v))   # Relax could not infer it: the IR's, checked when run
             self.env[id(v)] = self._check(v, o, node)
         if kv is not None:
             self.views[id(node.output)] = (self.env[id(node.output)], self.dim(node.output.type.shape[kv.axis]),
-                                           kv.axis)
+                                           kv.axis, self._kv_start(kv))
 
     def _value(self, v):
         """The Relax value of IR value `v` as its lowering reads it: an in-place KV state's rows in use are
@@ -306,8 +324,11 @@ class Lowerer:
         view = self.views.get(id(v))
         if view is None:
             return self.env[id(v)]
-        buf, rows, axis = view
-        return self.relax.op.strided_slice(buf, [axis], [0], [rows], assume_inbound=True)
+        buf, rows, axis, start = view
+        return self.relax.op.strided_slice(buf, [axis], [start], [start + rows], assume_inbound=True)
+
+    def _kv_start(self, kv):
+        return 0 if kv.start is None else self.sym(kv.start)
 
     def _kv_append(self, kv, args):
         """cache_append(past, new) as the new rows written into past's buffer at row `past` (in place)."""
@@ -317,7 +338,21 @@ class Lowerer:
         gv = self.kernel(f"kv_append_axis{kv.axis}_{dt}", make_kv_append(kv.axis, dt))
         past = self.dim(kv.state.input.type.shape[kv.axis])
         buf = args[0]
-        return self.relax.call_tir_inplace(gv, [buf, new, self.prim(past)], [0], self.bb.normalize(buf).ty)
+        return self.relax.call_tir_inplace(gv, [buf, new, self.prim(self._kv_start(kv) + past)], [0],
+                                           self.bb.normalize(buf).ty)
+
+    def _kv_slide(self, kv, args):
+        """A ring's cache_window in place: the buffer, its sink rows copied before the last `window` rows."""
+        from .kernels import make_ring_slide
+        buf = self.views[id(kv.node.output)][0]     # the append's result (args[0] would be a copy of the rows)
+        if not kv.sinks:
+            return buf     # the runner's view [start + total - window, ...) needs no write
+        dt = tvm_dtype(kv.state.input.type.dtype)
+        gv = self.kernel(f"ring_slide_axis{kv.axis}_{dt}_w{kv.window_rows}_s{kv.sinks}",
+                         make_ring_slide(kv.axis, dt, kv.window_rows, kv.sinks))
+        total = self.dim(kv.node.output.type.shape[kv.axis])
+        return self.relax.call_tir_inplace(gv, [buf, self.prim(self._kv_start(kv)), self.prim(total)], [0],
+                                           self.bb.normalize(buf).ty)
 
     def _check(self, v, o, node):
         """The emitted value has the IR value's dtype and rank (shapes are checked by the VM at run time)."""
@@ -343,12 +378,18 @@ class InplaceState:
     length: str
     new_rows: int | tuple
     capacity: str
+    window: object = None       # a ring: its cache_window node (emitted last); None for an append state
+    window_rows: int = 0        # a ring's `window` ...
+    sinks: int = 0              # ... and `sinks`
+    start: str | None = None    # a ring: the symbol of its first row in the buffer (in kv_lengths)
 
 
 def inplace_states(graph) -> list[InplaceState]:
-    """The graph's `append` states of rank 4 whose past is read only by its cache_append and whose state-axis
-    length is a plain symbol (a KV cache: [batch, heads, past, head_dim]), in state order. Other states are
-    lowered as written (a copy per call). Deterministic: build and runner agree on it from the graph alone."""
+    """The graph's `append` and `ring` states of rank 4 whose past is read only by its cache_append and whose
+    state-axis length is a plain symbol (a KV cache: [batch, heads, past, head_dim]), in state order; a ring's
+    cache_append output must be no graph output and its cache_window's output only the state's (read by no
+    node). Other states are lowered as written (a copy per call). Deterministic: build and runner agree on it
+    from the graph alone."""
     out = []
     ins = {id(v): i for i, v in enumerate(graph.inputs)}
     outs = {id(v): i for i, v in enumerate(graph.outputs)}
@@ -359,12 +400,17 @@ def inplace_states(graph) -> list[InplaceState]:
     syms = {n for v in graph.inputs for d in v.type.shape if isinstance(d, str) for n in symbolic.free_symbols(d)}
     for k, st in enumerate(graph.states):
         past = st.input
-        if st.kind != "append" or past.type.rank != 4:
+        if st.kind not in ("append", "ring") or past.type.rank != 4:
             continue
         axis = st.axis % 4
         users = past.users
+        window = _ring_window(st, users[0].output) if st.kind == "ring" and len(users) == 1 \
+            and users[0].op == "cache_append" and id(users[0].output) not in outs else None
+        if st.kind == "ring" and window is None:
+            continue
         if len(users) != 1 or users[0].op != "cache_append" or users[0].inputs[0] is not past \
-                or users[0].output is not st.output or any(v is past for v in users[0].inputs[1:]) \
+                or (users[0].output is not st.output if window is None else window.output is not st.output) \
+                or any(v is past for v in users[0].inputs[1:]) \
                 or sum(v is st.output for v in graph.outputs) != 1:   # returned once: main returns the buffer
             continue
         length = past.type.shape[axis]
@@ -377,14 +423,33 @@ def inplace_states(graph) -> list[InplaceState]:
         capacity = f"kv_capacity_{k}"
         if capacity in syms:
             continue
-        out.append(InplaceState(st, users[0], ins[id(past)], outs[id(st.output)], axis, length, src, capacity))
+        if window is None:
+            out.append(InplaceState(st, users[0], ins[id(past)], outs[id(st.output)], axis, length, src, capacity))
+        elif f"kv_start_{k}" not in syms:
+            out.append(InplaceState(st, users[0], ins[id(past)], outs[id(st.output)], axis, length, src, capacity,
+                                    window, int(st.attrs["window"]), int(st.attrs["sinks"]), f"kv_start_{k}"))
     return out
 
 
+def _ring_window(st, appended):
+    """The cache_window node that slides ring state `st` in place, or None: it reads `appended` (the
+    cache_append output), its output is the state's output and read by no node, and
+    its attributes are the state's."""
+    if st.output.producer is None or st.output.users:
+        return None
+    node = st.output.producer
+    a = st.attrs
+    if node.op != "cache_window" or node.inputs[0] is not appended or appended.producer is None \
+            or node.attrs.get("axis") % 4 != a.get("axis") % 4 or node.attrs.get("window") != a.get("window") \
+            or node.attrs.get("sinks", 0) != a.get("sinks", 0):
+        return None
+    return node
+
+
 def kv_length_symbols(kvs: list[InplaceState]) -> list[str]:
-    """The state-axis symbols of in-place states `kvs` (inplace_states), each once, in order: the dims of
-    main's `kv_lengths`."""
-    return list(dict.fromkeys(kv.length for kv in kvs))
+    """The state-axis symbols of in-place states `kvs` (inplace_states), each once, in order, then the rings'
+    start symbols: the dims of main's `kv_lengths`."""
+    return list(dict.fromkeys([kv.length for kv in kvs] + [kv.start for kv in kvs if kv.start is not None]))
 
 
 def run_prepack(node) -> dict:

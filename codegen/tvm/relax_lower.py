@@ -479,6 +479,9 @@ def _linear_attention(lw, node, args):
     decode step past the window slices one key, so its cost does not grow with the ring."""
     from tvm import tirx
     from ...ir.opset.linear_attention import EPS
+    from .linear_attention_kernel import fused_ok, linear_attention
+    if fused_ok(node):   # one TIR kernel (linear_attention_kernel.py); the Relax ops below for the rest
+        return linear_attention(lw, node, args)
     a = node.attrs
     q, k, v, kv, z, wq, wk, wf = [lw.bb.normalize(x) for x in args[:8]]
     qt, kt, vt = (x.type for x in node.inputs[:3])
@@ -537,14 +540,15 @@ def _linear_attention(lw, node, args):
         rel = emit(R.subtract(R.expand_dims(rng(n - s, n), 1), R.expand_dims(idx, 0)))   # [s, n]
         j = R.expand_dims(idx, 0)
         lead = [1, 1, 1, s, n]
-    if window:
+    causal = emit(R.reshape(causal, relax.ShapeExpr([1, 1, 1, s, n])))   # broadcast over the batch, never
+    if window:                                                           # reshaped to it (b > 1 rows)
         near = R.less_equal(rel, lw.const(window, "i64"))
         if sinks:
             near = R.logical_or(near, R.less(j, lw.const(sinks, "i64")))
-        win = emit(R.reshape(R.logical_and(causal, near), relax.ShapeExpr(lead)))
-        lin = R.logical_and(R.reshape(causal, relax.ShapeExpr(lead)), R.logical_not(win))
+        win = emit(R.logical_and(causal, R.reshape(near, relax.ShapeExpr(lead))))
+        lin = R.logical_and(causal, R.logical_not(win))
     else:
-        win, lin = None, R.reshape(causal, relax.ShapeExpr(lead))
+        win, lin = None, causal
     lin = keys(emit(lin), 4)                                                              # [., 1, 1, s, hi - lo]
     if mask is not None:
         m = emit(R.expand_dims(mask, 2))                                                   # [b, 1, 1, s, n]
@@ -597,8 +601,8 @@ def _cache_append(lw, node, args):
 @lowering("cpu", "cache_window")
 def _cache_window(lw, node, args):
     """The first `sinks` rows and the last `window` rows along `axis` (all rows when there are fewer): a
-    StreamingLLM ring (ir/opset/state.py). One gather kernel, a copy per call (ring states are not kept in
-    place on this target: their size is bounded by window + sinks, not by the context)."""
+    StreamingLLM ring (ir/opset/state.py). One gather kernel, a copy per call: for masks and for rings that
+    module.inplace_states does not take (a ring KV state slides in place instead, Lowerer._kv_slide)."""
     from tvm import te, tirx
     axis = _axis(node.attrs["axis"], node.output.type.rank)
     keep = node.attrs["window"] + node.attrs["sinks"]

@@ -210,23 +210,50 @@ class _KvBuffer(_Buffer):
     __slots__ = ("tvm",)
 
 
-def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=()) -> _KvBuffer:
-    """The buffer the call appends `new` rows to: `past`'s own when `past` is its newest view from row 0 with
-    room left (nothing copied) and no other state of this call appends to it (`taken`: ids of their buffers),
-    else a new one with headroom holding a copy of `past` (torch_kv rule 1: a shorter view, a second branch
-    from one past, is never written over)."""
-    import tvm
+def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=(), keep: int = 0) -> tuple[_KvBuffer, int]:
+    """(buffer, first row) the call appends `new` rows to: `past`'s own when `past` is its newest view (from
+    row 0 unless a ring: `keep` = its window + sinks > 0) with room left (nothing copied) and no other state of
+    this call appends to it (`taken`: ids of their buffers), else a new one with headroom holding a copy of
+    `past` at row 0 (torch_kv rule 1: a shorter view, a second branch from one past, is never written over). A
+    ring's buffer has room for its rows again: it slides forward one buffer length per that many steps; but a
+    call longer than that (a long prompt: its rows are dropped once the ring slides) gets no headroom, and the
+    runner then moves the ring to a buffer of `_ring_rows(keep)` (`_ring_moved`): a ring never holds more than
+    twice that many rows between calls, nor twice the call's rows during one."""
     buf, start = _owner(past, axis)
-    if isinstance(buf, _KvBuffer) and start == 0 and buf.filled == rows and rows + new <= buf.data.shape[axis] \
-            and id(buf) not in taken:
-        return buf
-    shape = list(past.shape)
-    shape[axis] = rows + new + max(HEADROOM, (rows + new) // 2)
-    data = torch.empty(shape, dtype=past.dtype)
+    if isinstance(buf, _KvBuffer) and (start == 0 or keep) and buf.filled == start + rows \
+            and start + rows + new <= buf.data.shape[axis] and id(buf) not in taken:
+        return buf, start
+    capacity = rows + new + max(HEADROOM, rows + new if keep else (rows + new) // 2)
+    if keep and capacity > 2 * _ring_rows(keep):
+        capacity = rows + new
+    return _new_kv_buffer(past.narrow(axis, 0, rows), axis, capacity), 0
+
+
+def _ring_rows(keep: int) -> int:
+    """The rows of a ring's buffer that single steps slide through: its `keep` = window + sinks rows and the
+    next one, and as many again (at least HEADROOM) of room (_kv_buffer's size for such a step)."""
+    return keep + 1 + max(HEADROOM, keep + 1)
+
+
+def _ring_moved(buf: _KvBuffer, start: int, keep: int) -> tuple[_KvBuffer, int]:
+    """A ring that a call left in a buffer of more than twice `_ring_rows(keep)` rows (a long prompt or chunk
+    passed through it): its `keep` rows [start, start + keep) copied into a buffer of that size (one copy of the
+    ring, once), so the call's other rows are freed with the old buffer."""
+    if buf.data.shape[buf.dim] <= 2 * _ring_rows(keep):
+        return buf, start
+    return _new_kv_buffer(buf.data.narrow(buf.dim, start, keep), buf.dim, _ring_rows(keep)), 0
+
+
+def _new_kv_buffer(rows: torch.Tensor, axis: int, capacity: int) -> _KvBuffer:
+    """A new buffer of `capacity` rows along `axis` whose first rows are a copy of `rows`."""
+    import tvm
+    shape = list(rows.shape)
+    shape[axis] = capacity
+    data = torch.empty(shape, dtype=rows.dtype)
     if data.data_ptr() % 64:    # TVM wants 64-byte aligned tensors; torch's CPU allocator gives them
         raise RuntimeError("cpu target: torch allocated a KV buffer that is not 64-byte aligned")
-    data.narrow(axis, 0, rows).copy_(past)
-    out = _KvBuffer(data, axis, rows)
+    data.narrow(axis, 0, rows.shape[axis]).copy_(rows)
+    out = _KvBuffer(data, axis, rows.shape[axis])
     out.tvm = tvm.runtime.from_dlpack(data)
     return out
 
@@ -294,9 +321,14 @@ class TvmRunner(Runner):
         plain = [(j, outs[j]) for j in self._plain_out]   # the state outputs are the buffers themselves: not read
         for j, o in plain:
             result[j] = torch.from_dlpack(o)
-        for k, buf, rows in kv:     # the state outputs: views of the buffers the call appended to in place
-            buf.filled = rows
-            result[k.output] = _view(buf, 0, rows)
+        for k, buf, start, rows in kv:   # the state outputs: views of the buffers the call appended to in place
+            buf.filled = start + rows
+            if k.window is not None and rows > k.window_rows + k.sinks:   # a ring slid (module.py)
+                start, rows = start + rows - k.window_rows - k.sinks, k.window_rows + k.sinks
+                if k.sinks:
+                    buf.gen += 1    # its sink rows overwrote rows the past view showed (torch_kv rule 2)
+                buf, start = _ring_moved(buf, start, rows)   # after a long prompt: keep the ring, not the prompt
+            result[k.output] = _view(buf, start, rows)
         # entries of the last call's outputs only, each dropped with its tensor (no memory kept alive here)
         self._returned = {id(result[j]): (weakref.ref(result[j], functools.partial(_forget, self._returned_box,
                                                                                    id(result[j]))), o)
@@ -306,7 +338,7 @@ class TvmRunner(Runner):
 
     def _kv_inputs(self, tensors, ins):
         """Put each in-place state's buffer in `ins` (module.py's main takes buffers, then `kv_lengths`);
-        returns ([(InplaceState, buffer, rows after the call)], [kv_lengths])."""
+        returns ([(InplaceState, buffer, first row, rows after the append)], [kv_lengths])."""
         import tvm
         lengths, kv, taken = {}, [], set()
         for k, dt in zip(self.kv, self._kv_dtypes):
@@ -320,10 +352,13 @@ class TvmRunner(Runner):
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf = _kv_buffer(past, k.axis, rows, new, taken)   # taken: one tensor given for two states
+            buf, start = _kv_buffer(past, k.axis, rows, new, taken,    # taken: one tensor given for two states
+                                    k.window_rows + k.sinks if k.window is not None else 0)
             taken.add(id(buf))
             ins[k.input] = buf.tvm
-            kv.append((k, buf, rows + new))
+            if k.start is not None:
+                lengths[k.start] = start
+            kv.append((k, buf, start, rows + new))
         return kv, [tvm.runtime.ShapeTuple([lengths[s] for s in self._kv_syms])]
 
     def truncate_state(self, t, axis, length):

@@ -93,6 +93,23 @@ def test_ring_equals_cache_window_of_cat_through_prefill_chunks_and_buffer_wraps
     assert 2 <= len(buffers) <= 8
 
 
+def test_a_long_prompt_through_a_ring_leaves_only_the_ring_in_memory():
+    """After a prompt (or chunk) far longer than the ring, the ring moves to a buffer of its own size: before, the
+    prompt's buffer (1.5x its rows) stayed alive behind a 20-row ring for as many steps as it had rows (a 4096-token
+    prompt into SmolLM2's 256 + 4 ring: ~280 MB held for ~2000 steps). The ring still equals the reference."""
+    from slimgraph.codegen.torch_kv import HEADROOM
+    w, s = 16, 4
+    gen = torch.Generator().manual_seed(1)
+    past = ref = torch.zeros(2, 3, 0, 5)
+    bound = 2 * (w + s + HEADROOM)
+    for n in [600] + [1] * 50 + [900] + [1] * 50:
+        new = torch.randn(2, 3, n, 5, generator=gen)
+        past, seen = ring_step(past, new, w, s)
+        ref, want_seen = ref_step(ref, new, w, s)
+        assert torch.equal(seen, want_seen) and torch.equal(past, ref)
+        assert past._slimgraph_kv[0].data.shape[2] <= bound
+
+
 def test_a_slid_ring_view_is_consumed_and_keep_state_is_a_copy_that_branches():
     w, s = 6, 2
     past = ref = torch.zeros(1, 2, 0, 3)

@@ -18,7 +18,7 @@ from slimgraph.passes.base import PassError
 from slimgraph.passes.pipeline import parse_pipeline
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import tiny_llama  # noqa: E402
+from tiny_lm import tiny_llama, tiny_windowed  # noqa: E402
 TOL = 1e-5
 PIPE = "canonicalize,linearize-attention{{feature_map={fm},window={w},sinks={s}}},dce"
 REF = ir.get_op("linear_attention").impl
@@ -189,6 +189,28 @@ def test_already_windowed_attention_is_an_error(model):
     with pytest.raises(PassError, match="already windowed"):
         compile_(model, pipeline="canonicalize,sparsify-attention{window=8,sinks=2},linearize-attention{window=4}",
                  randomize=False)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_a_models_own_sliding_window_is_refused_and_the_error_says_what_to_do(arch):
+    """Linear attention folds every key older than its softmax window into each later query: it cannot drop
+    the keys a model's own window drops. The error names the window and points to sparsify-attention."""
+    model, _ = tiny_windowed(arch, 10)
+    with pytest.raises(PassError, match=f"(?s)has the model's own sliding window \\(attention\\{{window=9\\}}: "
+                                        f"{2 if arch == 'mistral' else 1} of its 2 attention op.*reads only its last 9 "
+                                        f"keys: bound its KV cache with sparsify-attention"):
+        compile_(model, pipeline="canonicalize,linearize-attention{window=6}", randomize=False)
+
+
+@pytest.mark.parametrize("w", [0, 6])
+def test_an_eager_model_linearizes_like_its_sdpa_twin(model, w):
+    """Eager attention's additive mask where(~%attention_mask, min, 0) is read as the bool mask: the eager
+    model's rewrite computes what the sdpa model's does (same weights, same random feature maps)."""
+    eager = tiny_llama(attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+    x = ids(20, seed=40)
+    got = compile_(eager, "torch", w=w).decoder().prefill(x)["logits"]
+    torch.testing.assert_close(got, compile_(model, "torch", w=w).decoder().prefill(x)["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_a_graph_without_kv_attention_names_its_attention_count():

@@ -3,7 +3,10 @@
 On a tiny random Llama: the rewritten graph verifies; reference, torch and onnx agree; decoding token by
 token through the ring equals one windowed forward; with window + sinks >= the sequence it is full attention
 exactly; past the window the state stays window + sinks rows; generate(), verify/accept and quantize-weights
-compose; bad options are clear errors. Kernels: attention{window, sinks} on every target vs the reference."""
+compose; bad options are clear errors. Kernels: attention{window, sinks} on every target vs the reference.
+A model's own sliding window (Mistral, Qwen2, Gemma 3 local layers) is kept, and-ed with the rewrite's rule,
+both by position: decode, chunks, chain and tree verify match HF with those masks written out; eager
+models' additive masks are read as the bool mask."""
 import numpy as np
 import pytest
 import torch
@@ -18,7 +21,7 @@ from slimgraph.passes.base import PassError
 from slimgraph.passes.pipeline import parse_pipeline
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import tiny_llama  # noqa: E402
+from tiny_lm import own_window_logits, tiny_llama, tiny_windowed  # noqa: E402
 TOL = 1e-5
 PIPE = "canonicalize,sparsify-attention{{window={w},sinks={s}}},dce"
 TARGETS = ["reference", "torch", "onnx", "cpu"]
@@ -398,3 +401,188 @@ def test_torch_decode_steps_slide_the_ring_in_its_buffer_without_copying_it(mode
         views.add(dec.states[0].data_ptr())
     assert len(storages) <= 2 and len(views) == 60        # one buffer (maybe one move), a new view each step
     assert "window_in_place" in c.runner.code and "state_cache_window(present" not in c.runner.code
+
+
+# ---- a model's own sliding window (Mistral, Qwen2's windowed layers, Gemma 3's local layers) -------------
+# canonicalize makes HF's window `attention{window=w}` (w = sliding_window - 1), placed by index (the end-
+# aligned diagonal). The rewritten model's attention is the model's own window AND the rewrite's rule, both by
+# position: a query at position p sees the key at position k iff the decoder's mask allows it (causality,
+# padding, a tree's ancestors), the rewrite's rule does (sliding_window: k < S or p - k <= W) and, on a
+# windowed layer, p - k <= w. By position, so a tree candidate at depth d (position L + d) sees what its path
+# decoded as a chain sees. Own windows: inside the ring's W = 8 (sw 6, w 5), between W and W + S (sw 10,
+# w 9), past W + S (sw 20, w 19); 40 tokens decode well past all of them.
+OWN_W, OWN_S, OWN_N = 8, 2, 40
+TREE = [-1, 0, 0, 0, 1, 1, 2, 4, 4, 7, 3, 9]       # parents: depths 0,1,1,1,2,2,2,3,3,4,2,5
+_OWN = {}
+
+
+def own_model(arch, sw):
+    if (arch, sw) not in _OWN:
+        _OWN[arch, sw] = tiny_windowed(arch, sw)
+    return _OWN[arch, sw]
+
+
+def ring_rule(n, w=OWN_W, s=OWN_S):
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    return (j <= i) & ((j < s) | (i - j <= w))
+
+
+def block_rule(n, b=4, local=2, glob=1):
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    return (j <= i) & ((i // b - j // b < local) | (j // b < glob))
+
+
+def _tree_mask(parents):
+    m = torch.eye(len(parents), dtype=torch.bool)
+    for i, p in enumerate(parents):
+        while p >= 0:
+            m[i, p], p = True, parents[p]
+    return m
+
+
+def _path(i, parents=TREE):
+    out = []
+    while i >= 0:
+        out.append(i)
+        i = parents[i]
+    return out[::-1]
+
+
+def check_against_the_oracle(c, model, windowed, rule, tol=1e-4):
+    """Prefill, token-by-token decode, chunked steps, chain verify and tree verify (each node vs the oracle on
+    its own path) of compiled `c` equal HF with the explicit by-position masks (`own_window_logits`)."""
+    x = ids(OWN_N, seed=21)
+    want = own_window_logits(model, windowed, x, rule(OWN_N))
+    close = dict(rtol=tol, atol=tol)
+    torch.testing.assert_close(c.decoder().prefill(x)["logits"], want, **close, msg=lambda m: f"prefill: {m}")
+    dec = c.decoder()
+    dec.prefill(x[:, :3])
+    steps = torch.cat([dec.step(x[:, i])["logits"] for i in range(3, OWN_N)], 1)
+    torch.testing.assert_close(steps, want[:, 3:], **close, msg=lambda m: f"decode steps: {m}")
+    dec = c.decoder()
+    dec.prefill(x[:, :5])
+    chunks = torch.cat([dec.step(x[:, i:i + 7])["logits"] for i in range(5, OWN_N, 7)], 1)
+    torch.testing.assert_close(chunks, want[:, 5:], **close, msg=lambda m: f"chunked steps: {m}")
+    dec = c.decoder()
+    dec.prefill(x[:, :28])
+    torch.testing.assert_close(dec.verify(x[:, 28:])["logits"], want[:, 28:], **close,
+                               msg=lambda m: f"chain verify: {m}")
+    cands = ids(len(TREE), seed=22)
+    dec = c.decoder()
+    dec.prefill(x[:, :28])                          # 28 + 12 candidates: past every window here
+    assert dec.tree_ok(len(TREE))
+    got = dec.verify(cands, tree_mask=_tree_mask(TREE))["logits"]
+    for i in range(len(TREE)):
+        seq = torch.cat((x[:, :28], cands[:, _path(i)]), 1)
+        path_want = own_window_logits(model, windowed, seq, rule(seq.shape[1]))[:, -1]
+        torch.testing.assert_close(got[:, i], path_want, **close, msg=lambda m: f"tree node {i}: {m}")
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+@pytest.mark.parametrize("sw", [6, 10, 20])
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "gemma3"])
+def test_a_models_own_sliding_window_is_placed_by_position_over_the_ring(arch, sw, target):
+    model, windowed = own_model(arch, sw)
+    c = compile_(model, target, OWN_W, OWN_S)
+    check_against_the_oracle(c, model, windowed, ring_rule)
+    attn = [n for n in c.graph.nodes if n.op == "attention"]     # both bands are in the masks, by position
+    assert len(attn) == 2 and not any(n.attrs.get("window") or n.attrs.get("sinks") for n in attn)
+    assert [n.inputs[3] is attn[0].inputs[3] for n in attn[1:]] == [all(windowed)]   # one mask per window
+    assert [s.kind for s in c.graph.states] == ["ring"] * 4
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+@pytest.mark.parametrize("sw", [6, 20])
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_block_sparse_keeps_a_models_own_sliding_window_by_position(arch, sw, target):
+    model, windowed = own_model(arch, sw)
+    c = compile_(model, target, pipeline="canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,"
+                                          "globals=1},dce")
+    check_against_the_oracle(c, model, windowed, block_rule)
+    assert not any(n.attrs.get("window") for n in c.graph.nodes if n.op == "attention")
+
+
+@pytest.mark.parametrize("target", ["onnx", "cpu"])
+def test_a_models_own_window_over_the_ring_on_onnx_and_cpu(target):
+    model, windowed = own_model("gemma3", 20)
+    check_against_the_oracle(compile_(model, target, OWN_W, OWN_S), model, windowed, ring_rule)
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "block_sparse"])
+def test_an_eager_models_additive_mask_is_read_as_the_bool_mask(kind):
+    """HF eager layers get the decoder's mask as 0 / dtype-min biases (frontends/hf.py): canonicalize's
+    attention reads where(~%attention_mask, min, 0). The rewrites read the bool mask instead (a dtype-min
+    bias weighs a key exp(min + score - max) = 0, as False does) and match the same oracle as sdpa."""
+    model, windowed = tiny_windowed("gemma3", 20, impl="eager")
+    pipe = PIPE.format(w=OWN_W, s=OWN_S) if kind == "sliding_window" else \
+        "canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},dce"
+    c = compile_(model, "torch", pipeline=pipe)
+    assert all(n.inputs[3].type.dtype == "bool" for n in c.graph.nodes if n.op == "attention")
+    check_against_the_oracle(c, model, windowed, ring_rule if kind == "sliding_window" else block_rule)
+
+
+def test_soft_capped_attention_is_named_when_no_attention_op_is_found():
+    """Gemma 2 soft-caps its attention logits (tanh): canonicalize leaves the eager chain, so there is no
+    `attention` op to rewrite; the error says why instead of only asking for declared state."""
+    t = transformers
+    cfg = t.Gemma2Config(head_dim=16, sliding_window=10, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=96, max_position_embeddings=256,
+                         layer_types=["sliding_attention", "full_attention"], attn_implementation="eager")
+    torch.manual_seed(0)
+    with pytest.raises(PassError, match="has 0 attention op.*its 2 softmax op\\(s\\) are not recognized.*soft-capping"):
+        compile_(t.Gemma2ForCausalLM(cfg).eval(), pipeline=PIPE.format(w=8, s=2))
+
+
+def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone():
+    """Slots count pads, positions do not: both windows compare slot differences, which pads do not change.
+    Sinks = 0: with sinks, a padded row's first slots (its sink rows) are pads (module docstring)."""
+    model, _ = own_model("gemma3", 10)
+    c = compile_(model, "torch", OWN_W, 0)
+    prompts = [ids(n, seed=30 + n) for n in (6, 19, 12)]
+    more = ids(14, seed=33)
+    x = torch.zeros(3, 19, dtype=torch.long)
+    valid = torch.ones_like(x)
+    for r, p in enumerate(prompts):
+        x[r, 19 - p.shape[1]:], valid[r, :19 - p.shape[1]] = p[0], 0
+    dec = c.decoder(batch=3)
+    outs = [dec.prefill(x, attention_mask=valid)["logits"][:, -1:]]
+    outs += [dec.step(more[0, i].expand(3))["logits"] for i in range(more.shape[1])]
+    got = torch.cat(outs, 1)
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        want = [alone.prefill(p)["logits"][:, -1:]] + [alone.step(more[:, i])["logits"] for i in range(more.shape[1])]
+        torch.testing.assert_close(got[r:r + 1], torch.cat(want, 1), rtol=1e-4, atol=1e-4, msg=lambda m: f"row {r}: {m}")
+
+
+def test_speculative_trees_run_past_a_models_own_window_once_rewritten():
+    """Plain canonicalize keeps Mistral's window placed by index (the decoder refuses trees past it); after
+    sparsify-attention it is placed by position, so a tree greedy decode commits the plain greedy stream."""
+    model, _ = own_model("mistral", 10)
+    plain = compile_(model, "torch", pipeline="canonicalize,dce")
+    dec = plain.decoder()
+    dec.prefill(ids(20, seed=34))
+    assert not dec.tree_ok(5)
+    c = compile_(model, "torch", OWN_W, OWN_S)
+    prompt = ids(20, seed=34)
+    want, _ = _plain_greedy(c, prompt, 40)
+    for tree in (False, True):
+        assert _speculative_greedy(c, prompt, 40, want, tree)[0][:40] == want, f"tree={tree}"
+
+
+def test_an_unmasked_attention_with_its_own_window_composes_by_index_or_is_a_clear_error():
+    def graph(window):
+        g = ir.Graph("own")
+        q = g.add_input("q", ir.TensorType("f32", (1, 4, "s", 8)))
+        outs = []
+        for i in range(2):
+            past = g.add_input(f"past_key_{i}", ir.TensorType("f32", (1, 2, "p", 8)))
+            k = g.op("cache_append", past, g.op("slice", q, dim=1, start=0, end=2), axis=2)
+            g.declare_state(f"key_{i}", past, k, "append", axis=2)
+            outs.append(g.op("attention", q, k, k, causal=True, window=window))
+        g.set_outputs(outs + [s.output for s in g.states])
+        return g
+    g = graph(5)
+    parse_pipeline("sparsify-attention{window=8,sinks=2}")[0].run(g)
+    assert [(n.attrs["window"], n.attrs["sinks"]) for n in g.nodes if n.op == "attention"] == [(5, 0)] * 2
+    with pytest.raises(PassError, match="has its own sliding window \\(window=9, sinks=0\\) and no mask"):
+        parse_pipeline("sparsify-attention{window=8,sinks=2}")[0].run(graph(9))

@@ -215,6 +215,115 @@ def test_sliding_window_with_sinks_decodes_in_a_bounded_ring_and_speculates_exac
     assert torch.equal(slimgraph.load(tmp_path / "ring.sg").generate(text, max_new_tokens=24, eos_token_id=None), plain)
 
 
+def test_ring_states_slide_in_place_and_a_consumed_ring_is_refused(model):
+    """sparsify-attention's ring states are kept in place like the append ones (module.inplace_states): a step
+    writes its new rows and the sink rows into the ring's buffer and attention reads the ring there, so 40 steps
+    past the wrap use one buffer (before: two copies of every ring per layer per step, cache_append's concat
+    and cache_window's gather). A step that slides a ring consumes the state it was given (its sink rows land on
+    rows the old view shows): passing that view again is an error, never a wrong answer; a kept copy
+    (runner.keep_state) runs again and gives the step's logits."""
+    from slimgraph.codegen.torch_kv import StaleStateError
+    from slimgraph.codegen.tvm.module import inplace_states
+    pipe = "canonicalize,sparsify-attention{window=8,sinks=2},cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    kv = inplace_states(fast.graph)
+    assert len(kv) == 4 and all(k.window is not None and (k.window_rows, k.sinks) == (8, 2) for k in kv)
+    assert "ring_slide" in fast.runner.products.read_bytes("cpu_module.relax.py").decode()
+    x = prompt(52, seed=4)
+    dec, want = fast.decoder(), ref.decoder()
+    torch.testing.assert_close(dec.prefill(x[:, :12])["logits"], want.prefill(x[:, :12])["logits"],
+                               rtol=1e-4, atol=1e-4)
+    storages = set()
+    for i in range(12, 52):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+        assert all(t.shape[2] == 10 for t in dec.states)
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+    assert len(storages) == 1
+    for t, w in zip(dec.states, want.states):
+        torch.testing.assert_close(t, w, rtol=1e-4, atol=1e-4)
+
+    old = list(dec.states)
+    kept = [fast.runner.keep_state(t) for t in old]
+    n = dec.length
+    args = (x[:, 51:52], torch.tensor([[n]]), torch.ones(1, 1, 1, n + 1, dtype=torch.bool))
+    stepped = dec.step(x[:, 51])["logits"]
+    with pytest.raises(StaleStateError, match="keep_state"):
+        fast.runner(*args, *old)
+    torch.testing.assert_close(fast.runner(*args, *kept)[0], stepped, rtol=0, atol=0)
+
+
+def test_a_long_prompt_through_a_ring_leaves_only_the_ring_in_memory(model):
+    """A ring's memory stays bounded by its window + sinks after a prompt (or a chunk) longer than the ring: the
+    ring's buffer then holds the prompt's rows only during the call, and the ring moves to a buffer of its own
+    size once (codegen/tvm/target.py `_ring_moved`; one copy of window + sinks rows). Before, the 300-token
+    prompt's buffer (600 rows per state: the prompt and as many again of headroom) stayed alive as the ring's
+    buffer for the next ~300 steps (a 4096-token prompt into SmolLM2's W=256 + 4 ring: 377 MB held instead of
+    24 MB), and the call itself allocated twice the prompt's rows."""
+    from slimgraph.codegen.torch_kv import HEADROOM
+    from slimgraph.codegen.tvm.target import _kv_buffer
+    pipe = "canonicalize,sparsify-attention{window=8,sinks=2},cse,dce"
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    bound = 2 * (10 + 1 + max(HEADROOM, 10 + 1))     # rows: twice a decode step's buffer for a ring of 10 rows
+
+    def held(states):   # rows of the buffers behind the state views
+        return [t.untyped_storage().nbytes() // (t.shape[0] * t.shape[1] * t.shape[3] * t.element_size())
+                for t in states]
+
+    x = prompt(700, seed=8)
+    dec, want = fast.decoder(), ref.decoder()
+    torch.testing.assert_close(dec.prefill(x[:, :300])["logits"], want.prefill(x[:, :300])["logits"],
+                               rtol=1e-4, atol=1e-4)
+    assert all(t.shape[2] == 10 for t in dec.states) and max(held(dec.states)) <= bound < 300
+    storages = set()
+    for i in range(300, 360):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+        storages.add(dec.states[0].untyped_storage().data_ptr())
+    assert len(storages) == 1                       # the moved ring slides in place again
+    torch.testing.assert_close(dec.step(x[:, 360:660])["logits"], want.step(x[:, 360:660])["logits"],
+                               rtol=1e-4, atol=1e-4)   # a long chunk mid-decode: its rows are dropped too
+    assert max(held(dec.states)) <= bound
+    for i in range(660, 700):
+        torch.testing.assert_close(dec.step(x[:, i])["logits"], want.step(x[:, i])["logits"], rtol=1e-4, atol=1e-4)
+    for t, w in zip(dec.states, want.states):
+        torch.testing.assert_close(t, w, rtol=1e-4, atol=1e-4)
+    # during the call: the prompt's rows and no headroom (the ring moves out right after)
+    assert _kv_buffer(torch.zeros(1, 2, 0, 16), 2, 0, 300, keep=10)[0].data.shape[2] == 300
+
+
+@pytest.mark.parametrize("rewrite", ["sparsify-attention{window=5,sinks=3}", "linearize-attention{window=6,sinks=1}"])
+def test_nothing_reads_a_ring_buffer_after_its_slide_once_tvm_has_lowered_main(model, rewrite):
+    """The ring slide overwrites rows that this call's attention (and the hybrid's copies of the ring for its
+    linear part) read, so it must run after every reader. The Lowerer emits it last inside a dataflow block,
+    whose bindings TVM may reorder; so check the order in `main` after the cpu target's whole Relax pipeline
+    (legalize, fuse, memory planning, VM lowering): each ring buffer parameter is written in place by its slide
+    (not a copy of it), and no kernel call after the slide reads it."""
+    import re
+    import tvm as tvm_
+    from slimgraph.codegen.tvm.module import inplace_states, to_relax
+    from slimgraph.codegen.tvm.pipeline import relax_pipeline
+    from slimgraph.codegen.tvm.target import _target_spec
+    c = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=f"canonicalize,{rewrite},cse,dce")
+    rings = [c.graph.inputs[k.input].name for k in inplace_states(c.graph) if k.window is not None]
+    assert len(rings) == 4
+    mod, _ = to_relax(c.graph)
+    target = tvm_.target.Target(_target_spec())
+    with target:
+        lines = relax_pipeline(target)(mod)["main"].script().splitlines()
+    calls = [(i, m.group(1), [a.strip() for a in m.group(2).split(",")]) for i, line in enumerate(lines)
+             if (m := re.match(r"\s*(\w+)\((.*)\)\s*$", line))]
+    for p in rings:
+        slides = [i for i, name, args in calls if name.startswith("ring_slide") and args[0] == p]
+        assert len(slides) == 1, (p, slides)
+        readers = [name for i, name, args in calls if p in args and not name.startswith("ring_slide")]
+        assert len(readers) >= 2, (p, readers)     # its append and a reader: attention in place, or a copy
+        if rewrite.startswith("sparsify"):         # (the hybrid's linear_attention reads a copy of the rows)
+            assert any(name.startswith("attention") for name in readers), (p, readers)
+        late = [lines[i].strip() for i, name, args in calls if i > slides[0] and p in args]
+        assert not late, f"{p} read after its slide: {late}"
+
+
 def test_kv_cache_is_appended_in_place_and_branches_never_overwrite_each_other(model):
     """The KV states are updated in place (module.inplace_states): main takes each state's buffer plus the
     past length, writes the new rows into it, and the runner returns views of the buffer, so a decode step
