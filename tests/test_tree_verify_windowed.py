@@ -16,7 +16,8 @@ from slimgraph.draft import rebuild_runner
 from slimgraph.generate import generate
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import tiny_llama  # noqa: E402
+import tiny_lm  # noqa: E402
+from tiny_lm import tiny_llama, tree_mask  # noqa: E402
 TOL = 1e-5
 
 KINDS = {   # kind -> (pipeline, targets that compile and run it)
@@ -76,20 +77,8 @@ def ids(n, seed=1, batch=1):
     return torch.randint(0, 96, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
-def tree_mask(parents):
-    m = torch.eye(len(parents), dtype=torch.bool)
-    for i, p in enumerate(parents):
-        while p >= 0:
-            m[i, p], p = True, parents[p]
-    return m
-
-
 def path_to(i, parents=PARENTS):
-    path = []
-    while i >= 0:
-        path.append(i)
-        i = parents[i]
-    return path[::-1]
+    return tiny_lm.path_to(i, parents)
 
 
 def decoded(c, prompt, tokens):

@@ -56,3 +56,22 @@ def own_window_logits(model, windowed, x, keep):
             return model(input_ids=x, attention_mask=mask).logits
     finally:
         model.config._attn_implementation = impl
+
+
+def tree_mask(parents):
+    """bool [k, k] of a candidate tree given each node's parent (-1: the root): node i and its ancestors."""
+    import torch
+    m = torch.eye(len(parents), dtype=torch.bool)
+    for i, p in enumerate(parents):
+        while p >= 0:
+            m[i, p], p = True, parents[p]
+    return m
+
+
+def path_to(i, parents):
+    """The node indices from the root to node i of a candidate tree."""
+    path = []
+    while i >= 0:
+        path.append(i)
+        i = parents[i]
+    return path[::-1]

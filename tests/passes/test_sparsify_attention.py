@@ -21,7 +21,7 @@ from slimgraph.passes.base import PassError
 from slimgraph.passes.pipeline import parse_pipeline
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import own_window_logits, tiny_llama, tiny_windowed  # noqa: E402
+from tiny_lm import own_window_logits, path_to, tiny_llama, tiny_windowed, tree_mask  # noqa: E402
 TOL = 1e-5
 PIPE = "canonicalize,sparsify-attention{{window={w},sinks={s}}},dce"
 TARGETS = ["reference", "torch", "onnx", "cpu"]
@@ -432,22 +432,6 @@ def block_rule(n, b=4, local=2, glob=1):
     return (j <= i) & ((i // b - j // b < local) | (j // b < glob))
 
 
-def _tree_mask(parents):
-    m = torch.eye(len(parents), dtype=torch.bool)
-    for i, p in enumerate(parents):
-        while p >= 0:
-            m[i, p], p = True, parents[p]
-    return m
-
-
-def _path(i, parents=TREE):
-    out = []
-    while i >= 0:
-        out.append(i)
-        i = parents[i]
-    return out[::-1]
-
-
 def check_against_the_oracle(c, model, windowed, rule, tol=1e-4):
     """Prefill, token-by-token decode, chunked steps, chain verify and tree verify (each node vs the oracle on
     its own path) of compiled `c` equal HF with the explicit by-position masks (`own_window_logits`)."""
@@ -471,9 +455,9 @@ def check_against_the_oracle(c, model, windowed, rule, tol=1e-4):
     dec = c.decoder()
     dec.prefill(x[:, :28])                          # 28 + 12 candidates: past every window here
     assert dec.tree_ok(len(TREE))
-    got = dec.verify(cands, tree_mask=_tree_mask(TREE))["logits"]
+    got = dec.verify(cands, tree_mask=tree_mask(TREE))["logits"]
     for i in range(len(TREE)):
-        seq = torch.cat((x[:, :28], cands[:, _path(i)]), 1)
+        seq = torch.cat((x[:, :28], cands[:, path_to(i, TREE)]), 1)
         path_want = own_window_logits(model, windowed, seq, rule(seq.shape[1]))[:, -1]
         torch.testing.assert_close(got[:, i], path_want, **close, msg=lambda m: f"tree node {i}: {m}")
 
