@@ -383,6 +383,11 @@ class InplaceState:
     sinks: int = 0              # ... and `sinks`
     start: str | None = None    # a ring: the symbol of its first row in the buffer (in kv_lengths)
 
+    @property
+    def keep(self) -> int:
+        """A ring's rows (window + sinks); 0 for an append state."""
+        return self.window_rows + self.sinks if self.window is not None else 0
+
 
 def inplace_states(graph) -> list[InplaceState]:
     """The graph's `append` and `ring` states of rank 4 whose past is read only by its cache_append and whose

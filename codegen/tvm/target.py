@@ -323,8 +323,8 @@ class TvmRunner(Runner):
             result[j] = torch.from_dlpack(o)
         for k, buf, start, rows in kv:   # the state outputs: views of the buffers the call appended to in place
             buf.filled = start + rows
-            if k.window is not None and rows > k.window_rows + k.sinks:   # a ring slid (module.py)
-                start, rows = start + rows - k.window_rows - k.sinks, k.window_rows + k.sinks
+            if k.keep and rows > k.keep:   # a ring slid (module.py)
+                start, rows = start + rows - k.keep, k.keep
                 if k.sinks:
                     buf.gen += 1    # its sink rows overwrote rows the past view showed (torch_kv rule 2)
                 buf, start = _ring_moved(buf, start, rows)   # after a long prompt: keep the ring, not the prompt
@@ -352,8 +352,7 @@ class TvmRunner(Runner):
             if lengths.setdefault(k.length, rows) != rows:
                 raise ValueError(f"symbol {k.length}: state inputs of {lengths[k.length]} and {rows} rows")
             new = k.new_rows if isinstance(k.new_rows, int) else tensors[k.new_rows[0]].shape[k.new_rows[1]]
-            buf, start = _kv_buffer(past, k.axis, rows, new, taken,    # taken: one tensor given for two states
-                                    k.window_rows + k.sinks if k.window is not None else 0)
+            buf, start = _kv_buffer(past, k.axis, rows, new, taken, k.keep)   # taken: one tensor, two states
             taken.add(id(buf))
             ins[k.input] = buf.tvm
             if k.start is not None:
