@@ -341,3 +341,22 @@ def test_distillation_needs_linear_attention(model):
     c = compile_(model, "torch", pipeline="canonicalize,dce", randomize=False)
     with pytest.raises(DistillationError, match="no linear_attention op \\(2 softmax"):
         slimgraph.distill_attention(c, ids=ids(40).view(2, 20))
+
+
+def test_the_end_to_end_stage_lowers_the_models_heldout_kl_from_softmax_attention(model):
+    # stage 1 alone, then the same budget with half of it spent end to end: the second stage trains every
+    # feature map together on the model's output (KL from the softmax model's logits) and must improve it
+    c1, r1 = _distilled(model, 0, steps=20, time_budget_s=None, lr=3e-2)
+    c2, r2 = _distilled(model, 0, steps=40, time_budget_s=None, lr=3e-2, end_to_end=0.5, e2e_lr=1e-2)
+    assert r1.e2e_steps == 0 and r2.e2e_steps == 20 and r2.steps == 40
+    assert r2.heldout_kl < 0.9 * r2.heldout_kl_before        # measured after stage 1: the second stage helped
+    assert "end to end: 20 steps" in str(r2)
+    assert not torch.equal(c1.graph.weights["linear_attention.0.wq"].tensor,
+                           c2.graph.weights["linear_attention.0.wq"].tensor)
+
+
+def test_the_end_to_end_fraction_is_checked(model):
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
+    with pytest.raises(DistillationError, match="end_to_end is the fraction of the budget.*got 1.0"):
+        slimgraph.distill_attention(c, ids=ids(96).view(2, 48), end_to_end=1.0)
