@@ -48,7 +48,8 @@ Design decisions:
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
   target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
   keys (`position_band`). Padding (left pads are masked out) and tree
-  verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
+  verification work; with left padding, the decoder's prefill moves a padded row's pads to just after its
+  first S tokens (ir/causal_lm.py sinks_first), so the sink rows are the row's own tokens.
 - Eager attention (HF's eager layers get 0 / dtype-min biases) reads where(~%attention_mask, min, 0): the
   pass reads the bool mask instead (`bool_decoder_masks`; a dtype-min bias weighs a key 0, as False does).
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir.causal_lm import INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask
+from .ir.causal_lm import (INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask,
+                           ring_sinks, sinks_first)
 from .ir.state import initial_state
 
 __all__ = ["Decoder", "DecoderError", "causal_lm_inputs"]
@@ -71,6 +72,9 @@ class Decoder:
         # moves it into the mask, by position (no `window` attr is left): trees then run past it
         self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
                                 if n.op == "attention" and n.attrs.get("window")), default=None)
+        self._sinks = ring_sinks(graph)     # a padded prompt's pads go after its first S tokens (prefill)
+        seq = next(v for v in graph.inputs if v.name == "input_ids").type.shape[1]
+        self._per_position = {v.name for v in graph.outputs if len(v.type.shape) > 1 and v.type.shape[1] == seq}
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
         from .signature import index_limits
         self._limits = index_limits(graph.inputs)   # ids and learned positions must stay inside their tables
@@ -102,8 +106,16 @@ class Decoder:
             raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
         if not bool(valid[:, -1].all()):
             raise DecoderError("prefill(): pad on the left (the last position of every row must be a token)")
+        order = sinks_first(valid, self._sinks) if self._sinks else None
+        if order is not None:       # the cache holds each row's first S tokens as its sinks (ir/causal_lm.py)
+            ids, valid = ids.gather(1, order), valid.gather(1, order)
         positions, local = prompt_positions_and_mask(valid)
-        return self._forward(ids, positions, local, valid)
+        out = self._forward(ids, positions, local, valid)
+        if order is None:
+            return out
+        back = order.argsort(1)     # outputs per prompt position come back in the caller's order
+        return {k: v.gather(1, back.view(*back.shape, *[1] * (v.dim() - 2)).expand(-1, -1, *v.shape[2:]))
+                if k in self._per_position else v for k, v in out.items()}
 
     def step(self, tokens: torch.Tensor) -> dict:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""

@@ -121,6 +121,27 @@ def test_targets_agree_with_the_interpreter_on_a_left_padded_batch(model, w):
 
 
 @pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
+def test_a_left_padded_batch_with_sinks_decodes_each_prompt_as_alone(model, target):
+    """The hybrid's ring keeps its first 2 rows as sinks: the decoder puts a padded row's pads after its first
+    2 tokens (ir/causal_lm.py sinks_first), so the sinks are its own and the pads are never folded in."""
+    c = compile_(model, target, 6, s=2)
+    prompts = [ids(n, seed=50 + n) for n in (4, 17, 9)]
+    more = ids(12, seed=55)
+    n = 17
+    x, valid = torch.zeros(3, n, dtype=torch.long), torch.ones(3, n, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        x[r, n - p.shape[1]:], valid[r, :n - p.shape[1]] = p[0], 0
+    dec = c.decoder(batch=3)
+    dec.prefill(x, attention_mask=valid)
+    got = torch.cat([dec.step(more[0, i].expand(3))["logits"] for i in range(more.shape[1])], 1)
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        alone.prefill(p)
+        want = torch.cat([alone.step(more[:, i])["logits"] for i in range(more.shape[1])], 1)
+        torch.testing.assert_close(got[r:r + 1], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"row {r}: {m}")
+
+
+@pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 def test_a_window_covering_the_sequence_is_softmax_attention_exactly(model, target):
     x = ids(12, seed=4)
     full = compile_(model, target, pipeline="canonicalize,dce", randomize=False).decoder().prefill(x)["logits"]
