@@ -259,6 +259,16 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
     def loss_fn():
         return kl(int(torch.randint(0, n_train, (1,), generator=gen)))
 
+    # a short probe: some gradient must reach the feature maps (quantize-activations rounds with zero gradient)
+    probe = min(ids.shape[1], 2 * max(n.attrs["window"] + n.attrs["sinks"] for n in nodes) + 16)
+    logp = F.log_softmax(_logits(_decoder(graph, student.run).prefill(ids[:1, :probe])).float(), -1)
+    grads = torch.autograd.grad(F.kl_div(logp, teacher_logp[:1, :probe].float(), log_target=True),
+                                [p for pair in ws for p in pair], allow_unused=True)
+    if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+        raise DistillationError(
+            "distill_attention(end_to_end=...): no gradient reaches the feature maps through this graph's "
+            "outputs (quantize-activations rounds activations, with zero gradient); distill with end_to_end=0, "
+            "or on a pipeline without quantize-activations")
     has_heldout = len(ids) > n_train
     before = heldout_kl() if has_heldout else float("nan")
     opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)

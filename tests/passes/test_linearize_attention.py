@@ -381,3 +381,15 @@ def test_the_end_to_end_fraction_is_checked(model):
                            pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
     with pytest.raises(DistillationError, match="end_to_end is the fraction of the budget.*got 1.0"):
         slimgraph.distill_attention(c, ids=ids(96).view(2, 48), end_to_end=1.0)
+
+
+def test_the_end_to_end_stage_refuses_a_graph_whose_outputs_no_gradient_connects_to_the_maps():
+    m = tiny_llama()
+    with torch.no_grad():
+        for layer in m.model.layers:        # attention's output never reaches the logits
+            layer.self_attn.o_proj.weight.zero_()
+    c = slimgraph.optimize(m, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
+    with pytest.raises(DistillationError, match="no gradient reaches the feature maps"):
+        slimgraph.distill_attention(c, ids=ids(6 * 48, seed=11).view(6, 48), steps=4, time_budget_s=None,
+                                    end_to_end=0.5, progress=False)
