@@ -21,7 +21,12 @@ Recognition (the chains torch.export produces):
         the "eager" spelling (HF eager_attention_forward, GPT-2, BERT): the scale as mul or div on the
         scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax. One
         difference, by design: a query row whose every key is masked with -inf gives NaN in the chain and
-        0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf
+        0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf.
+        Masking is peeled off the scores in any order: float masks or biases added (padding, ALiBi: MPT)
+        and masked_fills of a constant <= -1e4 (MPT's where(m, min, s)), which become one additive mask
+        where(m, fill, sum of the added ones) (a filled score and a fill added to it both weigh the key 0)
+    matmul(softmax(c * tanh(q k^T * s / c) [+ m]), v)            -> attention(q, k, v, m){scale=s, softcap=c}
+        Gemma 2's attention logit soft-capping, applied before the mask as the op defines it
     attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
         the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py),
         also in the additive form eager attention gets: where(~(m & band), min, 0)
@@ -290,20 +295,103 @@ def _transposed(g, v):
     return x if dims == list(range(len(dims))) else g.op("permute", x, dims=dims)
 
 
+def _softcapped(v):
+    """(x, cap) where v = cap * tanh(x / cap) (or x * (1/cap)) by a positive scalar constant cap: Gemma 2's
+    attention logit soft-capping; else (v, 0.0)."""
+    node = v.producer
+    if node is None or node.op != "mul":
+        return v, 0.0
+    for t, c in (node.inputs, node.inputs[::-1]):
+        cap, th = const_value(c), t.producer
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 and th is not None and \
+                th.op == "tanh" and t.type.shape == v.type.shape:
+            x, f = _scaled(th.inputs[0])
+            if math.isclose(f * cap, 1.0, rel_tol=1e-6) and x.type.shape == v.type.shape:
+                return x, float(cap)
+    return v, 0.0
+
+
+# a masked_fill value: the dtype's minimum (HF, MPT) or -inf, or BERT-era -1e4 and below (exp() of it is 0 in
+# every float dtype, so filling the score or adding it to the score weighs the key 0 alike)
+_FILL_AT_MOST = -1e4
+
+
+def _filled(v):
+    """(x, masked, fill) where v = where(masked, fill, x) or where(keep, x, fill) (masked_fill of scores
+    with a very negative scalar constant; masked = ~keep for the second), else None."""
+    node = v.producer
+    if node is None or node.op != "where" or node.inputs[0].type.dtype != "bool":
+        return None
+    cond, a, b = node.inputs
+    for fill, x, masked in ((a, b, True), (b, a, False)):
+        c = const_value(fill)
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and c <= _FILL_AT_MOST and \
+                x.type.shape == v.type.shape and x.type.dtype == v.type.dtype:
+            return x, (cond, fill, masked)
+    return None
+
+
+def _masked_scores(scores):
+    """(raw scores, additive terms, fills) peeling the masking of eager attention off its scores: adds of
+    float masks or biases (padding, ALiBi) and masked_fills of a very negative constant, in any order, above
+    the product (scaled, maybe soft-capped). None when no matmul is under them."""
+    terms, fills, cur = [], [], scores
+    for _ in range(8):
+        if _core_matmul(cur) is not None:
+            return cur, terms, fills
+        node = cur.producer
+        filled = _filled(cur)
+        if filled is not None:
+            cur = filled[0]
+            fills.append(filled[1])
+            continue
+        if node is None or node.op != "add":
+            return None
+        for a, b in (node.inputs, node.inputs[::-1]):
+            if a.type.shape == cur.type.shape and b.type.dtype in FLOAT_DTYPES and _reaches_scores(a):
+                cur = a
+                terms.append(b)
+                break
+        else:
+            return None
+    return None
+
+
+def _core_matmul(v):
+    """The matmul under v = matmul * c, or cap * tanh(matmul * c / cap), else None."""
+    raw, _ = _scaled(_softcapped(v)[0])
+    raw, _ = _scaled(raw)
+    return raw.producer if raw.producer is not None and raw.producer.op == "matmul" else None
+
+
+def _reaches_scores(v, depth=8):
+    if _core_matmul(v) is not None:
+        return True
+    node = v.producer
+    if depth == 0 or node is None:
+        return False
+    filled = _filled(v)
+    if filled is not None:
+        return _reaches_scores(filled[0], depth - 1)
+    return node.op == "add" and any(_reaches_scores(a, depth - 1) for a in node.inputs if a.type.shape == v.type.shape)
+
+
 def _attention_eager(g, root):
     probs, v = root.inputs
     sm = _through_casts(probs).producer
     if sm is None or sm.op != "softmax" or sm.attrs["dim"] % sm.output.type.rank != sm.output.type.rank - 1:
         return None
-    scores, mask = _through_casts(sm.inputs[0]), None
-    node = scores.producer
-    if node is not None and node.op == "add":
-        for a, b in (node.inputs, node.inputs[::-1]):
-            if a.type.shape == scores.type.shape and b.type.dtype in FLOAT_DTYPES and \
-                    _scaled(a)[0].producer is not None and _scaled(a)[0].producer.op == "matmul":
-                scores, mask = a, b
-                break
+    peeled = _masked_scores(_through_casts(sm.inputs[0]))
+    if peeled is None:
+        return None
+    scores, terms, fills = peeled
+    capped, softcap = _softcapped(scores)
+    if softcap:
+        scores = capped
     raw, factor = _scaled(scores)
+    if softcap and raw.producer is not None and raw.producer.op in ("mul", "div"):
+        raw, more = _scaled(raw)   # Gemma 2: (q k^T * scaling) / cap, tanh, * cap
+        factor *= more
     mm = raw.producer
     if mm is None or mm.op != "matmul":
         return None
@@ -321,7 +409,17 @@ def _attention_eager(g, root):
         return "dtype or head count changes between q and the output"
     k = _transposed(g, kt)
     scale = factor * q_factor
-    return g.op("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale)
+    mask = None
+    for t in terms:
+        mask = t if mask is None else g.op("add", mask, t)
+    for cond, fill, masked in fills:   # a filled score weighs its key 0, as the fill added to it does
+        if mask is None:
+            mask = g.op("constant", value=0.0, dtype=fill.type.dtype)
+        mask = g.op("where", cond, fill, mask) if masked else g.op("where", cond, mask, fill)
+    if mask is not None and mask.type.rank == 0:
+        return "the mask is a scalar"
+    attrs = {"causal": False, "scale": scale} | ({"softcap": softcap} if softcap else {})
+    return g.op("attention", q, k, v, *([mask] if mask is not None else []), **attrs)
 
 
 def _window_of(keep, lq, lk):
