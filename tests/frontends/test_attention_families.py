@@ -57,7 +57,12 @@ DECODERS = {
     "glm4": ("Glm4Config", dict(GQA, head_dim=16), "Glm4ForCausalLM", SDPA_EAGER),
     "exaone4": ("Exaone4Config", dict(GQA, sliding_window=64), "Exaone4ForCausalLM", SDPA_EAGER),
     "cohere2": ("Cohere2Config", dict(GQA, sliding_window=64), "Cohere2ForCausalLM", SDPA_EAGER),
+    "olmo3": ("Olmo3Config", dict(GQA, sliding_window=64), "Olmo3ForCausalLM", SDPA_EAGER),
+    "ministral": ("MinistralConfig", dict(GQA, head_dim=16, sliding_window=64), "MinistralForCausalLM", SDPA_EAGER),
+    "vaultgemma": ("VaultGemmaConfig", dict(GQA, head_dim=16), "VaultGemmaForCausalLM", EAGER),   # Gemma 2's cap
+    "diffllama": ("DiffLlamaConfig", GQA, "DiffLlamaForCausalLM", SDPA_EAGER),   # two softmax maps per layer
 }
+ATTENTION_PER_LAYER = {"diffllama": 2}
 ENCODERS = {
     "roberta": ("RobertaConfig", dict(COMMON, pad_token_id=1), "RobertaModel", SDPA_EAGER),
     "distilbert": ("DistilBertConfig", dict(vocab_size=256, dim=64, hidden_dim=128, n_layers=2, n_heads=4),
@@ -101,7 +106,7 @@ def test_every_family_member_has_one_attention_op_per_layer_and_matches_transfor
     model = build(arch, impl)
     fast = optimize(model, encoder)
     ops = fast.graph.op_counts()
-    assert ops.get("attention") == 2 and "softmax" not in ops, ops
+    assert ops.get("attention") == 2 * ATTENTION_PER_LAYER.get(arch, 1) and "softmax" not in ops, ops
     with torch.no_grad():
         if encoder:
             want = model(input_ids=IDS, attention_mask=MASK).last_hidden_state
@@ -144,6 +149,27 @@ def test_mpt_alibi_bias_and_masked_fill_become_one_additive_mask():
                                   for n in attn)
     got = fast.generate(IDS, max_new_tokens=30, eos_token_id=None)
     want = model.generate(IDS, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert got.tolist() == want.tolist()
+
+
+MIXED = ["sliding_attention", "full_attention"]
+OWN_WINDOW = [("gemma2", "eager", MIXED)] + [
+    pytest.param(a, i, types, marks=pytest.mark.slow) for a, i, types in (
+        ("cohere2", "sdpa", MIXED), ("cohere2", "eager", MIXED), ("exaone4", "eager", MIXED), ("olmo3", "sdpa", MIXED),
+        ("ministral", "eager", None), ("starcoder2", "eager", None), ("phi3", "sdpa", None))]
+
+
+@pytest.mark.parametrize("arch,impl,types", OWN_WINDOW)
+def test_models_with_their_own_window_decode_like_transformers_past_it(arch, impl, types):
+    """A window of 8 and 30 generated tokens: Gemma 2 (soft-capped and windowed), Cohere2, EXAONE 4 and OLMo3
+    (sliding and full layers), Ministral, Starcoder2 and Phi3 (every layer) give transformers' tokens."""
+    model = build(arch, impl, sliding_window=8, **({"layer_types": types} if types else {}))
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(2))
+    fast = optimize(model)
+    windows = sorted(n.attrs["window"] for n in fast.graph.nodes if n.op == "attention")
+    assert windows == ([0, 7] if types else [7, 7]), windows
+    got = fast.generate(ids, max_new_tokens=30, eos_token_id=None)
+    want = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert got.tolist() == want.tolist()
 
 
