@@ -5,6 +5,7 @@ is never dropped):
     reshape(x) / expand(x) / cast(x) to x's own type     -> x
     permute(x, [0,1,..])  /  slice(x, start=0, step=1) over the whole dim -> x
     x+0, 0+x, x-0, x*1, 1*x, x/1                          -> x   (x+0 turns -0.0 into 0.0: equal)
+    x + full(0) (a zeros tensor that broadcasts to x)     -> x
 Folds:
     permute(permute(x, p), q)     -> permute(x, p[q])    (identity removed next)
     reshape(reshape(x), s)        -> reshape(x, s)
@@ -24,7 +25,8 @@ Recognition (the chains torch.export produces):
         0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf.
         Masking is peeled off the scores in any order: float masks or biases added (padding, ALiBi: MPT)
         and masked_fills of a constant <= -1e4 (MPT's where(m, min, s)), which become one additive mask
-        where(m, fill, sum of the added ones) (a filled score and a fill added to it both weigh the key 0)
+        where(m, fill, sum of the added ones) (a filled score and a fill added to it both weigh the key 0).
+        The product may be taken over [batch * heads, ...] and reshaped back (GPT-2's reorder_and_upcast_attn)
     matmul(softmax(c * tanh(q k^T * s / c) [+ m]), v)            -> attention(q, k, v, m){scale=s, softcap=c}
         Gemma 2's attention logit soft-capping, applied before the mask as the op defines it
     attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
@@ -55,6 +57,10 @@ def _noop_permute(root, x):
     return x if [d % max(rank, 1) for d in root.attrs["dims"]] == list(range(rank)) else None
 
 
+def _add_zeros(root, x, z):
+    return _same_type(root, x) if z.producer.attrs["value"] == 0 else None
+
+
 def _noop_slice(root, x):
     a = root.attrs
     return _same_type(root, x) if a["start"] == 0 and a["step"] == 1 else None
@@ -65,6 +71,7 @@ identities = RuleSet([
     (P("permute", X), _noop_permute, "noop-permute"),
     (P("slice", X), _noop_slice, "noop-slice"),
     (P("add", X, C(0)), _same_type, "add-zero"),
+    (P("add", X, P("full", name="z")), _add_zeros, "add-zeros"),
     (P("sub", X, C(0)), _same_type, "sub-zero"),
     (P("mul", X, C(1)), _same_type, "mul-one"),
     (P("div", X, C(1)), _same_type, "div-one"),
@@ -337,7 +344,7 @@ def _masked_scores(scores):
     the product (scaled, maybe soft-capped). None when no matmul is under them."""
     terms, fills, cur = [], [], scores
     for _ in range(8):
-        if _core_matmul(cur) is not None:
+        if _product(cur) is not None:
             return cur, terms, fills
         node = cur.producer
         filled = _filled(cur)
@@ -357,15 +364,58 @@ def _masked_scores(scores):
     return None
 
 
-def _core_matmul(v):
-    """The matmul under v = matmul * c, or cap * tanh(matmul * c / cap), else None."""
-    raw, _ = _scaled(_softcapped(v)[0])
-    raw, _ = _scaled(raw)
-    return raw.producer if raw.producer is not None and raw.producer.op == "matmul" else None
+def _product(v):
+    """(q, kt, factor, softcap, k) where v = (q @ kt) * factor, or softcap * tanh((q @ kt) * factor / softcap), by
+    scalar constants, k None; the product may be taken over [batch * heads, ...] and reshaped to [batch, heads,
+    ...] (GPT-2's reorder_and_upcast_attn, GPT-NeoX-Japanese), q and kt then the 4-d values flattened into it,
+    or, where the keys were flattened before their transpose, k the 4-d keys and kt None. Else None."""
+    v, softcap = _softcapped(v)
+    factor, lead = 1.0, None
+    for _ in range(4):
+        v, f = _scaled(v)
+        factor *= f
+        node = v.producer
+        if node is None:
+            return None
+        if node.op == "matmul":
+            break
+        if node.op != "reshape" or lead is not None or v.type.rank != 4 or node.inputs[0].type.rank != 3:
+            return None
+        x = node.inputs[0]
+        b, h, *rest = v.type.shape
+        if not (symbolic.equal(x.type.shape[0], symbolic.mul(b, h))
+                and all(symbolic.equal(p, r) for p, r in zip(x.type.shape[1:], rest))):
+            return None
+        v, lead = x, (b, h)
+    else:
+        return None
+    q, kt = node.inputs
+    k = None
+    if lead is not None:
+        q, kt4 = _unflattened(q, lead), _unflattened(kt, lead)
+        t = kt.producer
+        if kt4 is None and t is not None and t.op == "permute" and [d % 3 for d in t.attrs["dims"]] == [0, 2, 1]:
+            k = _unflattened(t.inputs[0], lead)   # (k flattened)^T
+        if q is None or (kt4 is None and k is None):
+            return None
+        kt = kt4
+    return q, kt, factor, softcap, k
+
+
+def _unflattened(x, lead):
+    """The 4-d [*lead, m, n] value that x [lead[0] * lead[1], m, n] is a reshape of, else None."""
+    node = x.producer
+    if node is None or node.op != "reshape" or node.inputs[0].type.rank != 4:
+        return None
+    src = node.inputs[0]
+    shape = src.type.shape
+    if all(symbolic.equal(a, b) for a, b in zip(shape, (*lead, *x.type.shape[1:]))):
+        return src
+    return None
 
 
 def _reaches_scores(v, depth=8):
-    if _core_matmul(v) is not None:
+    if _product(v) is not None:
         return True
     node = v.producer
     if depth == 0 or node is None:
@@ -385,29 +435,20 @@ def _attention_eager(g, root):
     if peeled is None:
         return None
     scores, terms, fills = peeled
-    capped, softcap = _softcapped(scores)
-    if softcap:
-        scores = capped
-    raw, factor = _scaled(scores)
-    if softcap and raw.producer is not None and raw.producer.op in ("mul", "div"):
-        raw, more = _scaled(raw)   # Gemma 2: (q k^T * scaling) / cap, tanh, * cap
-        factor *= more
-    mm = raw.producer
-    if mm is None or mm.op != "matmul":
-        return None
-    q, kt = mm.inputs
+    q, kt, factor, softcap, k = _product(scores)
     q, q_factor = _scaled(q)
-    if q.type.rank != 4 or kt.type.rank != 4 or v.type.rank != 4:
+    if q.type.rank != 4 or (k if kt is None else kt).type.rank != 4 or v.type.rank != 4:
         return "not q @ k^T over [batch, heads, seq, dim]"
-    if kt.producer is None or kt.producer.op != "permute":
+    if kt is not None and (kt.producer is None or kt.producer.op != "permute"):
         return "the key operand is not a transpose"
-    if not (symbolic.equal(kt.type.shape[-1], v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], kt.type.shape[-2])):
+    k_len, k_dim = (kt.type.shape[-1], kt.type.shape[-2]) if kt is not None else k.type.shape[-2:]
+    if not (symbolic.equal(k_len, v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], k_dim)):
         return "k and v lengths or q and k dims differ"
-    hq, hk, hv = q.type.shape[-3], kt.type.shape[-3], v.type.shape[-3]
+    hq, hk, hv = q.type.shape[-3], (k if kt is None else kt).type.shape[-3], v.type.shape[-3]
     if q.type.dtype != root.output.type.dtype or not symbolic.equal(hk, hv) or \
             not (symbolic.equal(hq, hv) or hv == 1):   # k/v heads broadcast over q's: multi-query = GQA
         return "dtype or head count changes between q and the output"
-    k = _transposed(g, kt)
+    k = _transposed(g, kt) if kt is not None else k
     scale = factor * q_factor
     mask = None
     for t in terms:

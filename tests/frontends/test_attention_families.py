@@ -8,6 +8,8 @@ transformers computes. The kinds these members add:
     every target that lowers `attention` (the C target refuses it by name);
   * ALiBi spelled as a bias added to the scores and a masked_fill of the dtype's minimum (MPT): one additive
     mask where(masked, min, bias);
+  * scores computed over [batch * heads, ...] by baddbmm and reshaped back (GPT-2's reorder_and_upcast_attn,
+    GPT-NeoX-Japanese, whose keys are flattened before their transpose);
   * multi-query (GPTBigCode, Falcon), partial rotary (Phi, GPT-NeoX, GPT-J, CodeGen), q/k norms (Qwen3,
     OLMo2, Cohere), scaled attention (Granite's attention_multiplier), parallel blocks, learned positions.
 
@@ -61,6 +63,16 @@ DECODERS = {
     "ministral": ("MinistralConfig", dict(GQA, head_dim=16, sliding_window=64), "MinistralForCausalLM", SDPA_EAGER),
     "vaultgemma": ("VaultGemmaConfig", dict(GQA, head_dim=16), "VaultGemmaForCausalLM", EAGER),   # Gemma 2's cap
     "diffllama": ("DiffLlamaConfig", GQA, "DiffLlamaForCausalLM", SDPA_EAGER),   # two softmax maps per layer
+    # scores over [batch * heads, ...] (baddbmm) reshaped back to [batch, heads, ...]
+    "gpt2-reorder": ("GPT2Config", dict(GPT, reorder_and_upcast_attn=True), "GPT2LMHeadModel", SDPA_EAGER),
+    "gpt-neox-japanese": ("GPTNeoXJapaneseConfig", dict(COMMON, intermediate_multiple_size=2),
+                          "GPTNeoXJapaneseForCausalLM", EAGER),
+    "gpt2-layer-scaled": ("GPT2Config", dict(GPT, scale_attn_by_inverse_layer_idx=True), "GPT2LMHeadModel",
+                          SDPA_EAGER),
+    "jais2": ("Jais2Config", GQA, "Jais2ForCausalLM", SDPA_EAGER),
+    "bitnet": ("BitNetConfig", GQA, "BitNetForCausalLM", SDPA_EAGER),
+    "helium": ("HeliumConfig", dict(GQA, head_dim=16), "HeliumForCausalLM", SDPA_EAGER),
+    "nanochat": ("NanoChatConfig", GQA, "NanoChatForCausalLM", SDPA_EAGER),
 }
 ATTENTION_PER_LAYER = {"diffllama": 2}
 ENCODERS = {
@@ -70,8 +82,8 @@ ENCODERS = {
     "electra": ("ElectraConfig", dict(COMMON, embedding_size=32), "ElectraModel", SDPA_EAGER),
 }
 # the default run: the kinds this module adds, multi-query, and the encoders (~1 s each); the rest are slow
-FAST = {("gemma2", "eager"), ("mpt", "eager"), ("gpt-bigcode", "eager"), ("opt", "sdpa"), ("distilbert", "eager"),
-        ("roberta", "sdpa")}
+FAST = {("gemma2", "eager"), ("mpt", "eager"), ("gpt2-reorder", "eager"), ("gpt-bigcode", "eager"), ("opt", "sdpa"),
+        ("distilbert", "eager"), ("roberta", "sdpa")}
 
 
 def build(arch, impl, **overrides):
