@@ -24,7 +24,7 @@ Recognition (the chains torch.export produces):
         difference, by design: a query row whose every key is masked with -inf gives NaN in the chain and
         0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf.
         Masking is peeled off the scores in any order: float masks or biases added (padding, ALiBi: MPT)
-        and masked_fills of a constant <= -1e4 (MPT's where(m, min, s)), which become one additive mask
+        and masked_fills of -inf or the dtype's minimum (MPT's where(m, min, s)), which become one additive mask
         where(m, fill, sum of the added ones) (a filled score and a fill added to it both weigh the key 0).
         The product may be taken over [batch * heads, ...] and reshaped back (GPT-2's reorder_and_upcast_attn)
     matmul(softmax(c * tanh(q k^T * s / c) [+ m]), v)            -> attention(q, k, v, m){scale=s, softcap=c}
@@ -318,21 +318,23 @@ def _softcapped(v):
     return v, 0.0
 
 
-# a masked_fill value: the dtype's minimum (HF, MPT) or -inf, or BERT-era -1e4 and below (exp() of it is 0 in
-# every float dtype, so filling the score or adding it to the score weighs the key 0 alike)
-_FILL_AT_MOST = -1e4
+# a masked_fill value read as a mask: -inf or at most half the dtype's minimum (HF's and MPT's fill is the minimum).
+# Filled or added to a score, it weighs the key 0 alike, and a row with every key masked is uniform both ways
+# (score + min rounds to min); a milder fill (BERT-era -1e4) is left to the chain, which computes it exactly
+_DTYPE_MIN = {"f16": -65504.0, "bf16": -3.3895313892515355e38, "f32": -3.4028234663852886e38,
+              "f64": -1.7976931348623157e308}
 
 
 def _filled(v):
-    """(x, masked, fill) where v = where(masked, fill, x) or where(keep, x, fill) (masked_fill of scores
-    with a very negative scalar constant; masked = ~keep for the second), else None."""
+    """(x, (cond, fill, masked)) where v = where(cond, fill, x) (masked) or where(cond, x, fill) (cond keeps):
+    a masked_fill of the scores with -inf or their dtype's minimum (a scalar constant); else None."""
     node = v.producer
     if node is None or node.op != "where" or node.inputs[0].type.dtype != "bool":
         return None
     cond, a, b = node.inputs
     for fill, x, masked in ((a, b, True), (b, a, False)):
         c = const_value(fill)
-        if isinstance(c, (int, float)) and not isinstance(c, bool) and c <= _FILL_AT_MOST and \
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and c <= _DTYPE_MIN.get(v.type.dtype, 0) / 2 and \
                 x.type.shape == v.type.shape and x.type.dtype == v.type.dtype:
             return x, (cond, fill, masked)
     return None
