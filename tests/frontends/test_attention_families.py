@@ -232,6 +232,23 @@ def test_softcapped_attention_on_every_target_is_the_written_out_definition(targ
     assert not torch.allclose(uncapped, want, atol=1e-2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["onnx", "cpu"])
+def test_gemma2_decodes_like_transformers_on_the_onnx_and_cpu_targets(target):
+    """The capped attention over the KV cache (the cpu target's in-place buffers included)."""
+    pytest.importorskip("onnxruntime" if target == "onnx" else "tvm")
+    model = build("gemma2", "eager", attn_logit_softcapping=0.5, query_pre_attn_scalar=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = slimgraph.optimize(model, (IDS,), target=target)
+    dec = fast.decoder()
+    with torch.no_grad():
+        torch.testing.assert_close(dec.prefill(IDS)["logits"], model(IDS).logits, rtol=1e-4, atol=1e-4)
+        nxt = torch.tensor([[5]])
+        want = model(torch.cat((IDS, nxt), 1)).logits[:, -1:]
+        torch.testing.assert_close(dec.step(nxt)["logits"], want, rtol=1e-4, atol=1e-4)
+
+
 def test_the_c_target_refuses_a_softcap_by_name():
     from slimgraph.targets.base import get_target
     with pytest.raises(Exception, match="soft-cap.*softcap=2.0"):
