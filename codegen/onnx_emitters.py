@@ -314,6 +314,8 @@ def _fused_attention(ex, node, ins):
     f32/f16 4-d q/k/v with static head counts. ORT runs it as one kernel instead of ~20 ops."""
     q, k, v = node.inputs[:3]
     hq, hk = q.type.shape[-3], k.type.shape[-3]
+    if node.attrs.get("softcap"):   # the explicit chain below caps the scores
+        return None
     if not (q.type.rank == k.type.rank == v.type.rank == 4 and q.type.dtype in ("f32", "f16")
             and k.type.dtype == v.type.dtype == q.type.dtype and isinstance(hq, int) and isinstance(hk, int)
             and hq % hk == 0 and (len(ins) < 4 or 2 <= node.inputs[3].type.rank <= 4)):
@@ -352,6 +354,9 @@ def _attention(ex, node, ins):
     scale = node.attrs["scale"] or 1.0 / math.sqrt(q.type.shape[-1])
     perm = list(range(k.type.rank - 2)) + [k.type.rank - 1, k.type.rank - 2]
     scores = ex.one("Mul", ex.one("MatMul", ins[0], ex.one("Transpose", kn, perm=perm)), ex.scalar(scale, dtype))
+    if node.attrs.get("softcap"):   # softcap * tanh(scores / softcap)
+        cap = ex.scalar(float(node.attrs["softcap"]), dtype)
+        scores = ex.one("Mul", ex.one("Tanh", ex.one("Div", scores, cap)), cap)
     neg_inf = ex.scalar(-math.inf, dtype)
     if len(ins) > 3:
         mask = node.inputs[3]

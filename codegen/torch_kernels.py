@@ -132,12 +132,16 @@ def _all_true(mask: torch.Tensor) -> bool:
 
 
 @lowering("torch", "attention")
-def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0):
+def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
     """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
     of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
     the mask is shared by the heads; no mask is built where causality is trivial (one query), nor a
     window band where every key is inside it (decoding over a ring state: kv_len <= window + sinks + 1),
-    and an all-True bool mask (no padding) is dropped."""
+    and an all-True bool mask (no padding) is dropped. A soft-capped one (`softcap`) runs the reference's
+    explicit scores (SDPA has no logit cap)."""
+    if softcap:
+        return nn_ref.attention(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks,
+                                softcap=softcap)
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
     if mask is not None and mask.dtype == torch.bool and _all_true(mask):

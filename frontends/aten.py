@@ -379,11 +379,14 @@ def _matmul(cx, a):
 
 @rule("addmm.default", "baddbmm.default")
 def _addmm(cx, a):
-    """beta*self + alpha*(mat1 @ mat2); GPT-2's Conv1D emits this with a [in, out] weight."""
+    """beta*self + alpha*(mat1 @ mat2); GPT-2's Conv1D emits this with a [in, out] weight. With beta = 0 torch
+    ignores self (its NaN and inf too): GPT-2's reorder_and_upcast_attn scores, baddbmm(empty, q, k, beta=0)."""
     m1, m2 = (a["mat1"], a["mat2"]) if "mat1" in a else (a["batch1"], a["batch2"])
     prod = cx.op("matmul", cx.value(m1), cx.value(m2))
     if a["alpha"] != 1:
         prod = cx.op("mul", prod, cx.value(a["alpha"]))
+    if a["beta"] == 0:
+        return prod
     bias = cx.value(a["self"]) if a["beta"] == 1 else cx.op("mul", cx.value(a["self"]), cx.value(a["beta"]))
     return cx.op("add", prod, bias)
 

@@ -5,6 +5,7 @@ is never dropped):
     reshape(x) / expand(x) / cast(x) to x's own type     -> x
     permute(x, [0,1,..])  /  slice(x, start=0, step=1) over the whole dim -> x
     x+0, 0+x, x-0, x*1, 1*x, x/1                          -> x   (x+0 turns -0.0 into 0.0: equal)
+    x + full(0) (a zeros tensor that broadcasts to x)     -> x
 Folds:
     permute(permute(x, p), q)     -> permute(x, p[q])    (identity removed next)
     reshape(reshape(x), s)        -> reshape(x, s)
@@ -21,7 +22,13 @@ Recognition (the chains torch.export produces):
         the "eager" spelling (HF eager_attention_forward, GPT-2, BERT): the scale as mul or div on the
         scores or on q, a float additive mask m (ALiBi biases, padding), casts around the softmax. One
         difference, by design: a query row whose every key is masked with -inf gives NaN in the chain and
-        0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf
+        0 in `attention` (as torch's SDPA defines it); HF's masks use the dtype's minimum, never -inf.
+        Masking is peeled off the scores in any order: float masks or biases added (padding, ALiBi: MPT)
+        and masked_fills of -inf or the dtype's minimum (MPT's where(m, min, s)), which become one additive mask
+        where(m, fill, sum of the added ones) (a filled score and a fill added to it both weigh the key 0).
+        The product may be taken over [batch * heads, ...] and reshaped back (GPT-2's reorder_and_upcast_attn)
+    matmul(softmax(c * tanh(q k^T * s / c) [+ m]), v)            -> attention(q, k, v, m){scale=s, softcap=c}
+        Gemma 2's attention logit soft-capping, applied before the mask as the op defines it
     attention(q, k, v, m & (key_idx > query_idx - W))         -> attention{window=W-1}(q, k, v, m)
         the sliding-window band HF's Mistral/Gemma/Qwen2 layers and-ed into the mask (frontends/hf.py),
         also in the additive form eager attention gets: where(~(m & band), min, 0)
@@ -50,6 +57,10 @@ def _noop_permute(root, x):
     return x if [d % max(rank, 1) for d in root.attrs["dims"]] == list(range(rank)) else None
 
 
+def _add_zeros(root, x, z):
+    return _same_type(root, x) if z.producer.attrs["value"] == 0 else None
+
+
 def _noop_slice(root, x):
     a = root.attrs
     return _same_type(root, x) if a["start"] == 0 and a["step"] == 1 else None
@@ -60,6 +71,7 @@ identities = RuleSet([
     (P("permute", X), _noop_permute, "noop-permute"),
     (P("slice", X), _noop_slice, "noop-slice"),
     (P("add", X, C(0)), _same_type, "add-zero"),
+    (P("add", X, P("full", name="z")), _add_zeros, "add-zeros"),
     (P("sub", X, C(0)), _same_type, "sub-zero"),
     (P("mul", X, C(1)), _same_type, "mul-one"),
     (P("div", X, C(1)), _same_type, "div-one"),
@@ -290,38 +302,167 @@ def _transposed(g, v):
     return x if dims == list(range(len(dims))) else g.op("permute", x, dims=dims)
 
 
+def _softcapped(v):
+    """(x, cap) where v = cap * tanh(x / cap) (or x * (1/cap)) by a positive scalar constant cap: Gemma 2's
+    attention logit soft-capping; else (v, 0.0)."""
+    node = v.producer
+    if node is None or node.op != "mul":
+        return v, 0.0
+    for t, c in (node.inputs, node.inputs[::-1]):
+        cap, th = const_value(c), t.producer
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 and th is not None and \
+                th.op == "tanh" and t.type.shape == v.type.shape:
+            x, f = _scaled(th.inputs[0])
+            if math.isclose(f * cap, 1.0, rel_tol=1e-6) and x.type.shape == v.type.shape:
+                return x, float(cap)
+    return v, 0.0
+
+
+# a masked_fill value read as a mask: -inf or at most half the dtype's minimum (HF's and MPT's fill is the minimum).
+# Filled or added to a score, it weighs the key 0 alike, and a row with every key masked is uniform both ways
+# (score + min rounds to min); a milder fill (BERT-era -1e4) is left to the chain, which computes it exactly
+_DTYPE_MIN = {"f16": -65504.0, "bf16": -3.3895313892515355e38, "f32": -3.4028234663852886e38,
+              "f64": -1.7976931348623157e308}
+
+
+def _filled(v):
+    """(x, (cond, fill, masked)) where v = where(cond, fill, x) (masked) or where(cond, x, fill) (cond keeps):
+    a masked_fill of the scores with -inf or their dtype's minimum (a scalar constant); else None."""
+    node = v.producer
+    if node is None or node.op != "where" or node.inputs[0].type.dtype != "bool":
+        return None
+    cond, a, b = node.inputs
+    for fill, x, masked in ((a, b, True), (b, a, False)):
+        c = const_value(fill)
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and c <= _DTYPE_MIN.get(v.type.dtype, 0) / 2 and \
+                x.type.shape == v.type.shape and x.type.dtype == v.type.dtype:
+            return x, (cond, fill, masked)
+    return None
+
+
+def _masked_scores(scores):
+    """(raw scores, additive terms, fills) peeling the masking of eager attention off its scores: adds of
+    float masks or biases (padding, ALiBi) and masked_fills of a very negative constant, in any order, above
+    the product (scaled, maybe soft-capped). None when no matmul is under them."""
+    terms, fills, cur = [], [], scores
+    for _ in range(8):
+        if _product(cur) is not None:
+            return cur, terms, fills
+        node = cur.producer
+        filled = _filled(cur)
+        if filled is not None:
+            cur = filled[0]
+            fills.append(filled[1])
+            continue
+        if node is None or node.op != "add":
+            return None
+        for a, b in (node.inputs, node.inputs[::-1]):
+            if a.type.shape == cur.type.shape and b.type.dtype in FLOAT_DTYPES and _reaches_scores(a):
+                cur = a
+                terms.append(b)
+                break
+        else:
+            return None
+    return None
+
+
+def _product(v):
+    """(q, kt, factor, softcap, k) where v = (q @ kt) * factor, or softcap * tanh((q @ kt) * factor / softcap), by
+    scalar constants, k None; the product may be taken over [batch * heads, ...] and reshaped to [batch, heads,
+    ...] (GPT-2's reorder_and_upcast_attn, GPT-NeoX-Japanese), q and kt then the 4-d values flattened into it,
+    or, where the keys were flattened before their transpose, k the 4-d keys and kt None. Else None."""
+    v, softcap = _softcapped(v)
+    factor, lead = 1.0, None
+    for _ in range(4):
+        v, f = _scaled(v)
+        factor *= f
+        node = v.producer
+        if node is None:
+            return None
+        if node.op == "matmul":
+            break
+        if node.op != "reshape" or lead is not None or v.type.rank != 4 or node.inputs[0].type.rank != 3:
+            return None
+        x = node.inputs[0]
+        b, h, *rest = v.type.shape
+        if not (symbolic.equal(x.type.shape[0], symbolic.mul(b, h))
+                and all(symbolic.equal(p, r) for p, r in zip(x.type.shape[1:], rest))):
+            return None
+        v, lead = x, (b, h)
+    else:
+        return None
+    q, kt = node.inputs
+    k = None
+    if lead is not None:
+        q, kt4 = _unflattened(q, lead), _unflattened(kt, lead)
+        t = kt.producer
+        if kt4 is None and t is not None and t.op == "permute" and [d % 3 for d in t.attrs["dims"]] == [0, 2, 1]:
+            k = _unflattened(t.inputs[0], lead)   # (k flattened)^T
+        if q is None or (kt4 is None and k is None):
+            return None
+        kt = kt4
+    return q, kt, factor, softcap, k
+
+
+def _unflattened(x, lead):
+    """The 4-d [*lead, m, n] value that x [lead[0] * lead[1], m, n] is a reshape of, else None."""
+    node = x.producer
+    if node is None or node.op != "reshape" or node.inputs[0].type.rank != 4:
+        return None
+    src = node.inputs[0]
+    shape = src.type.shape
+    if all(symbolic.equal(a, b) for a, b in zip(shape, (*lead, *x.type.shape[1:]))):
+        return src
+    return None
+
+
+def _reaches_scores(v, depth=8):
+    if _product(v) is not None:
+        return True
+    node = v.producer
+    if depth == 0 or node is None:
+        return False
+    filled = _filled(v)
+    if filled is not None:
+        return _reaches_scores(filled[0], depth - 1)
+    return node.op == "add" and any(_reaches_scores(a, depth - 1) for a in node.inputs if a.type.shape == v.type.shape)
+
+
 def _attention_eager(g, root):
     probs, v = root.inputs
     sm = _through_casts(probs).producer
     if sm is None or sm.op != "softmax" or sm.attrs["dim"] % sm.output.type.rank != sm.output.type.rank - 1:
         return None
-    scores, mask = _through_casts(sm.inputs[0]), None
-    node = scores.producer
-    if node is not None and node.op == "add":
-        for a, b in (node.inputs, node.inputs[::-1]):
-            if a.type.shape == scores.type.shape and b.type.dtype in FLOAT_DTYPES and \
-                    _scaled(a)[0].producer is not None and _scaled(a)[0].producer.op == "matmul":
-                scores, mask = a, b
-                break
-    raw, factor = _scaled(scores)
-    mm = raw.producer
-    if mm is None or mm.op != "matmul":
+    peeled = _masked_scores(_through_casts(sm.inputs[0]))
+    if peeled is None:
         return None
-    q, kt = mm.inputs
+    scores, terms, fills = peeled
+    q, kt, factor, softcap, k = _product(scores)
     q, q_factor = _scaled(q)
-    if q.type.rank != 4 or kt.type.rank != 4 or v.type.rank != 4:
+    if q.type.rank != 4 or (k if kt is None else kt).type.rank != 4 or v.type.rank != 4:
         return "not q @ k^T over [batch, heads, seq, dim]"
-    if kt.producer is None or kt.producer.op != "permute":
+    if kt is not None and (kt.producer is None or kt.producer.op != "permute"):
         return "the key operand is not a transpose"
-    if not (symbolic.equal(kt.type.shape[-1], v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], kt.type.shape[-2])):
+    k_len, k_dim = (kt.type.shape[-1], kt.type.shape[-2]) if kt is not None else k.type.shape[-2:]
+    if not (symbolic.equal(k_len, v.type.shape[-2]) and symbolic.equal(q.type.shape[-1], k_dim)):
         return "k and v lengths or q and k dims differ"
-    hq, hk, hv = q.type.shape[-3], kt.type.shape[-3], v.type.shape[-3]
+    hq, hk, hv = q.type.shape[-3], (k if kt is None else kt).type.shape[-3], v.type.shape[-3]
     if q.type.dtype != root.output.type.dtype or not symbolic.equal(hk, hv) or \
             not (symbolic.equal(hq, hv) or hv == 1):   # k/v heads broadcast over q's: multi-query = GQA
         return "dtype or head count changes between q and the output"
-    k = _transposed(g, kt)
+    k = _transposed(g, kt) if kt is not None else k
     scale = factor * q_factor
-    return g.op("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale)
+    mask = None
+    for t in terms:
+        mask = t if mask is None else g.op("add", mask, t)
+    for cond, fill, masked in fills:   # a filled score weighs its key 0, as the fill added to it does
+        if mask is None:
+            mask = g.op("constant", value=0.0, dtype=fill.type.dtype)
+        mask = g.op("where", cond, fill, mask) if masked else g.op("where", cond, mask, fill)
+    if mask is not None and mask.type.rank == 0:
+        return "the mask is a scalar"
+    attrs = {"causal": False, "scale": scale} | ({"softcap": softcap} if softcap else {})
+    return g.op("attention", q, k, v, *([mask] if mask is not None else []), **attrs)
 
 
 def _window_of(keep, lq, lk):

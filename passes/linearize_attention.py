@@ -92,6 +92,10 @@ class LinearizeAttention(Pass):
                     f"only its last {node.attrs.get('window')} keys: bound its KV cache with sparsify-attention{{window=W,sinks=S}} instead (the "
                     f"model's window is kept, and-ed with the ring's: with W >= {node.attrs.get('window')} the "
                     f"windowed layers compute what they did), or linearize a model without its own window")
+            if node.attrs.get("softcap"):
+                raise PassError(f"{where}: {node!r} soft-caps its logits (softcap={node.attrs['softcap']}, Gemma 2's "
+                                "attn_logit_softcapping); linear attention's feature maps cannot reproduce tanh-capped "
+                                "scores, so linearize-attention takes uncapped attention only")
             if len(node.inputs) > 3 and node.inputs[3].type.dtype != "bool":
                 raise PassError(f"{where}: {node!r} has a {node.inputs[3].type} mask; linear attention takes the "
                                 f"causal-LM convention's bool %{MASK_INPUT} [b, 1, seq, L + seq]")

@@ -201,7 +201,8 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
             f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)"
             + (f"; its {softmaxes} softmax op(s) are not recognized as attention by canonicalize (SDPA and the plain "
-               f"eager chain are; attention logit soft-capping, e.g. Gemma 2's attn_logit_softcapping, is not)"
+               f"eager chain are, soft-capped and ALiBi-biased too; learned per-head sink logits concatenated to the "
+               f"scores, e.g. gpt-oss's, are not)"
                if softmaxes and not attns else ""))
     return attns, targets
 

@@ -192,6 +192,9 @@ def attention(em, node):
     dv = sv[-1]
     if hq % hk:
         raise Unsupported(f"{hq} query heads are not a multiple of {hk} key heads")
+    if node.attrs.get("softcap"):
+        raise Unsupported(f"attention with a logit soft-cap (softcap={node.attrs['softcap']}, Gemma 2): the C "
+                          "kernel has no tanh cap; use the torch, onnx or cpu target")
     bsz = math.prod(sq[:-3])
     kind, ms = 0, [0, 0, 0, 0]
     if mask is not None:

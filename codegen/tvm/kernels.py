@@ -901,6 +901,8 @@ def attention_ok(node) -> bool:
     or [b or 1, 1, lq or 1, lk]. A mask's last dim may be spelled differently from the keys' (a ring's mask is
     Min(ctx - seq, W + S) + seq, its keys past + seq): `attention` checks at run time that they agree."""
     q, k, v = (x.type for x in node.inputs[:3])
+    if node.attrs.get("softcap"):   # the Relax ops of relax_lower.py cap the scores
+        return False
     if not (q.rank == k.rank == v.rank == 4 and q.dtype == k.dtype == v.dtype == "f32"):
         return False
     hq, hk, d = q.shape[1], k.shape[1], q.shape[3]

@@ -445,6 +445,9 @@ def _attention(lw, node, args):
         scale = 1.0 / math.sqrt(qt.shape[-1])
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     s = R.multiply(R.matmul(q, R.permute_dims(k, perm)), lw.const(scale, dt))
+    if node.attrs.get("softcap"):   # softcap * tanh(s / softcap)
+        cap = lw.const(float(node.attrs["softcap"]), dt)
+        s = R.multiply(R.tanh(R.divide(s, cap)), cap)
     lq, lk = lw.dim(qt.shape[-2]), lw.dim(kt.shape[-2])
     keep = None
     if node.attrs["causal"] or node.attrs["window"]:

@@ -127,22 +127,41 @@ def _attention_type(ts, attrs):
 
 @register_op("attention", inputs="q k v mask?",
              attrs={"causal": Attr("bool", False), "scale": Attr("float", None),
-                    "window": Attr("int", 0), "sinks": Attr("int", 0)}, infer=_attention_type)
-def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0):
+                    "window": Attr("int", 0), "sinks": Attr("int", 0), "softcap": Attr("float", 0.0)},
+             infer=_attention_type)
+def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0, softcap=0.0):
     """softmax(q k^T * scale + mask) v over [..., heads, seq, dim]; k/v may have fewer heads (GQA).
     `causal` aligns the causal diagonal to the end (query i sees keys <= i + kv_len - q_len).
     `window` > 0 (a sliding window with attention sinks, StreamingLLM, arXiv:2309.17453): query i sees
     key j only if j < `sinks` or (i + kv_len - q_len) - j <= window, i.e. the first `sinks` keys and the
     `window` keys before its end-aligned diagonal; this composes (and) with `mask` and `causal`. Over a
     `ring` state (ir/state.py) the keys are the ring's rows followed by the new ones, and the rule keeps
-    exactly what a full-length cache would show."""
+    exactly what a full-length cache would show.
+    `softcap` > 0 (Gemma 2's attention logit soft-capping) bounds the scaled scores before the mask:
+    softmax(softcap * tanh(q k^T * scale / softcap) + mask) v."""
     groups = q.shape[-3] // k.shape[-3]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     if causal:
         mask = and_mask(mask, causal_keep(q.shape[-2], k.shape[-2], q.device))
     if window:
         mask = and_mask(mask, window_keep(q.shape[-2], k.shape[-2], window, sinks, q.device))
+    if softcap:
+        return softcapped_attention(q, k, v, mask, scale, softcap)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def softcapped_attention(q, k, v, mask, scale, softcap):
+    """softmax(softcap * tanh(q k^T * scale / softcap) + mask) v over k/v with q's head count; a bool `mask`
+    keeps where True; a query row with every key masked gives 0 (as SDPA's does)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    s = torch.tanh(s / softcap) * softcap
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = p.masked_fill((s == float("-inf")).all(-1, keepdim=True), 0.0)
+    return torch.matmul(p, v)
 
 
 def window_keep(lq: int, lk: int, window: int, sinks: int, device=None):

@@ -114,6 +114,21 @@ def test_scalars_become_typed_constants_and_promotion_matches_torch():
         assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+def test_baddbmm_with_beta_zero_ignores_its_input_as_torch_does():
+    """torch.baddbmm(input, a, b, beta=0) ignores input, NaN and inf included (GPT-2's reorder_and_upcast_attn
+    passes an uninitialized torch.empty): not 0 * input, which is NaN where input is."""
+    class Scores(nn.Module):
+        def forward(self, x, a, b):
+            return torch.baddbmm(x, a, b, beta=0, alpha=0.5), torch.baddbmm(x, a, b, beta=2.0)
+
+    x = torch.full((2, 3, 5), float("nan"))
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    imp = import_module(Scores(), (x, a, b))
+    got, want = run(imp, x, a, b), Scores()(x, a, b)
+    torch.testing.assert_close(got[0], want[0])
+    assert not got[0].isnan().any() and got[1].isnan().all()
+
+
 def test_symbolic_arithmetic_on_sizes():
     class Sizes(nn.Module):
         def forward(self, x, y):

@@ -205,8 +205,12 @@ def _check(q, k, v, mask):
 
 
 @lowering("triton", "attention")
-def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0):
-    """The `attention` op: decode kernel for Lq <= DECODE_MAX_Q, else prefill (module docstring)."""
+def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0, softcap=0.0):
+    """The `attention` op: decode kernel for Lq <= DECODE_MAX_Q, else prefill (module docstring); a
+    soft-capped one (Gemma 2) runs the reference (the kernels have no tanh cap)."""
+    if softcap:
+        return fallback("attention", "a logit soft-cap", q, k, v, mask, causal=causal, scale=scale, window=window,
+                        sinks=sinks, softcap=softcap)
     why = _check(q, k, v, mask)
     mask4 = None
     if why is None and mask is not None:
@@ -215,7 +219,8 @@ def attention(q, k, v, mask=None, *, causal=False, scale=None, window=0, sinks=0
         except RuntimeError:
             why = f"mask {tuple(mask.shape)} does not broadcast to the scores"
     if why is not None:
-        return fallback("attention", why, q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks)
+        return fallback("attention", why, q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks,
+                        softcap=softcap)
     lead, (h, lq, d), (hk, lk, dv) = q.shape[:-3], q.shape[-3:], v.shape[-3:]
     q4, k4, v4 = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
     kind = 0
