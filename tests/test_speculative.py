@@ -332,6 +332,24 @@ def test_eagle_reads_a_quantized_embedding_table():
     torch.testing.assert_close(embedding_table(c.graph), m.model.embed_tokens.weight.detach(), rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_a_bf16_model_trains_its_heads_in_its_own_dtype_and_decodes_identically(kind):
+    """A model traced in bf16: the heads (and the lm_head they share) are bf16 weights; training reads the
+    lm_head at the model's dtype, trains in float, stores the heads back in bf16, and decoding stays greedy."""
+    c = slimgraph.optimize(tiny_llama().to(torch.bfloat16), (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=f"canonicalize,insert-draft-heads{{num_heads=2,kind={kind}}}")
+    before = {n: w.tensor.clone() for n, w in c.graph.weights.items() if n.startswith("draft_heads.")}
+    report = slimgraph.train_draft_heads(c, prompts=prompts(8, seed=5), new_tokens=12, steps=20,
+                                         time_budget_s=None, seed=0, progress=False)
+    assert report.steps == 20
+    heads = {n: w.tensor for n, w in c.graph.weights.items() if n.startswith("draft_heads.")}
+    assert all(heads[n].dtype == before[n].dtype for n in before)
+    assert any(not torch.equal(heads[n], before[n]) for n in before if heads[n].is_floating_point())
+    p = prompts(1, seed=7)
+    want = generate(c, p, 16, speculative=False)
+    assert torch.equal(generate(c, p, 16, speculative="chain"), want)
+
+
 # --- prompt lookup drafting (slimgraph.speculative.NgramIndex) ---------------------------------------------
 
 def test_ngram_index_drafts_what_followed_the_last_occurrence_of_the_longest_suffix():
