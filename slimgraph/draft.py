@@ -194,7 +194,7 @@ def _bar(total, desc, progress):
     if not progress:
         return None
     from .ir import progress as bars
-    return None if bars.quiet() else bars.bar(total, desc, enabled=True, delay=0)
+    return None if bars.quiet() else bars.bar(total, desc, delay=0)   # ir/progress.py: on a terminal only
 
 
 def self_distillation_data(compiled, prompts: torch.Tensor, new_tokens: int, *, gen_batch: int = 16,
