@@ -341,3 +341,15 @@ def test_distillation_needs_linear_attention(model):
     c = compile_(model, "torch", pipeline="canonicalize,dce", randomize=False)
     with pytest.raises(DistillationError, match="no linear_attention op \\(2 softmax"):
         slimgraph.distill_attention(c, ids=ids(40).view(2, 20))
+
+
+def test_distillation_refuses_data_that_cannot_train_the_feature_maps(model):
+    """Sequences no longer than window + sinks + 1 keep every key in the softmax window (no key is ever linear):
+    the feature maps would get no gradient, and the report would show a held-out error of 0 -> 0. Ids that are not
+    int64 name their dtype."""
+    c = compile_(model, "torch", w=6, s=2)
+    with pytest.raises(DistillationError, match="9 tokens.*window 6 \\+ 2 sinks.*longer than 9"):
+        slimgraph.distill_attention(c, ids=ids(27).view(3, 9), steps=2, progress=False)
+    slimgraph.distill_attention(c, ids=ids(30).view(3, 10), steps=0, progress=False)   # 10 tokens: one linear key
+    with pytest.raises(DistillationError, match="torch.int32"):
+        slimgraph.distill_attention(c, ids=ids(30).view(3, 10).int(), steps=2, progress=False)
