@@ -59,7 +59,9 @@ an `append` state, so decode memory still grows. A model's own window is and-ed 
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
-kind, and a graph with no attention over an append KV state (naming how many attention ops it has).
+kind, an option of the other kind (window/sinks with kind=block_sparse, block/local/globals with
+kind=sliding_window: it would be ignored; refused when the pipeline is parsed), and a graph with no
+attention over an append KV state (naming how many attention ops it has).
 """
 from __future__ import annotations
 
@@ -83,8 +85,25 @@ class SparsifyAttention(Pass):
     globals: int = 1    # block_sparse: ... and the first `globals` blocks
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
+    _KIND_OPTIONS = {"sliding_window": ("window", "sinks"), "block_sparse": ("block", "local", "globals")}
+
     def introduced_ops(self) -> tuple[str, ...]:
         return ("cache_window",) if self.kind == "sliding_window" else ()   # block_sparse only masks
+
+    def validate(self) -> None:
+        """An unknown kind, or an option of the other kind (it would be ignored: kind=block_sparse has no
+        window or sinks, kind=sliding_window no blocks), fails when the pipeline is parsed."""
+        if self.kind not in KINDS:
+            raise PassError(f"sparsify-attention: unknown kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        defaults = type(self)()
+        for other, names in self._KIND_OPTIONS.items():
+            given = [n for n in names if getattr(self, n) != getattr(defaults, n)]
+            if other != self.kind and given:
+                opts = ", ".join(f"{n}={getattr(self, n)}" for n in given)
+                raise PassError(f"sparsify-attention: {opts} {'is an option' if len(given) == 1 else 'are options'} "
+                                f"of kind={other}; kind={self.kind} takes "
+                                f"{', '.join(self._KIND_OPTIONS[self.kind])} (and would ignore it): drop "
+                                f"{'it' if len(given) == 1 else 'them'} or write kind={other}")
 
     def run(self, graph) -> PassResult:
         if self.kind == "block_sparse":

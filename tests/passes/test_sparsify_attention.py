@@ -270,6 +270,21 @@ def test_block_sparse_prefill_matches_the_hf_oracle_and_decode_applies_the_same_
     torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("opts,match", [
+    ("kind=sliding_window,window=8,block=16", "block=16 is an option of kind=block_sparse; kind=sliding_window"),
+    ("window=8,sinks=2,local=2,globals=0", "local=2, globals=0 are options of kind=block_sparse"),
+    ("kind=block_sparse,block=8,window=16", "window=16 is an option of kind=sliding_window; kind=block_sparse"),
+    ("kind=block_sparse,block=8,sinks=0", "sinks=0 is an option of kind=sliding_window"),
+])
+def test_options_of_the_other_kind_are_refused_not_ignored(opts, match):
+    """kind=block_sparse has no window or sinks, kind=sliding_window no blocks: such an option would be silently
+    ignored (a user asking for block_sparse with window=16 would get no window), so the pipeline is refused
+    when it is parsed, before the model is imported."""
+    from slimgraph.passes.pipeline import parse_pipeline
+    with pytest.raises(PassError, match=match):
+        parse_pipeline(f"sparsify-attention{{{opts}}}")
+
+
 def test_block_sparse_bad_options(model):
     with pytest.raises(PassError, match="block and local must be >= 1"):
         compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=0}")
