@@ -461,6 +461,8 @@ def test_generate_refuses_a_tree_argument_it_would_ignore(random_heads):
         generate(random_heads, prompts(1), 4, tree=[(0,)])
     with pytest.raises(GenerateError, match="ranks must be in"):
         generate(random_heads, prompts(1), 4, speculative="tree", tree=[(0,), (VOCAB + 5,)])
+    with pytest.raises(GenerateError, match="give 1..63 paths, got 0"):     # not silently the default tree
+        generate(random_heads, prompts(1), 4, speculative="tree", tree=[])
 
 
 def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():
