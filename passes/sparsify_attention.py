@@ -47,14 +47,16 @@ Design decisions:
       %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
   target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
-  keys (`position_band`). Padding (left pads are masked out) and tree
-  verification work; with left padding the pad slots occupy the sink rows of shorter prompts.
+  keys (`position_band`). Padding (pads are masked out) and tree verification work. A padded prompt's
+  pads must not take a row's sink slots: the decoder (slimgraph/decoder.py `_sink_layout`) puts each row's
+  first S tokens in the first slots and its pads after them, so a row keeps its own sinks.
 - Eager attention (HF's eager layers get 0 / dtype-min biases) reads where(~%attention_mask, min, 0): the
   pass reads the bool mask instead (`bool_decoder_masks`; a dtype-min bias weighs a key 0, as False does).
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
-mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above; the cache stays
+mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above and counted from
+each row's first token (a left-padded row's pads are not its first block: `row_pads`); the cache stays
 an `append` state, so decode memory still grows. A model's own window is and-ed in by position as above.
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
@@ -162,8 +164,14 @@ class SparsifyAttention(Pass):
         first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
         with graph.inserting_before(first):
             past, new = slots(graph, seq, ctx, where)
+            # blocks count from each row's first token: a slot minus the row's left pads (`row_pads`), so a
+            # left-padded row gets the blocks it gets alone (pad keys fall in blocks < 0, masked out anyway)
+            pads = row_pads(graph, new, seq, where)
+            past = graph.op("sub", graph.op("unsqueeze", past, dim=0), pads)          # [b, L]
+            new = graph.op("sub", new, pads)
             b = graph.op("constant", value=self.block, dtype="i64")
             q, kpast, knew = _slot_grid(graph, past, new)
+            kpast = graph.op("unsqueeze", graph.op("unsqueeze", kpast, dim=1), dim=1)   # [b, 1, 1, L]
 
             def keep(kslot):     # query block - key block < local, or a global key block
                 qb = graph.op("floor_divide", q, b)
@@ -319,9 +327,11 @@ def slots(graph, seq, ctx, where: str):
     A new token's slot is L + (its position_ids entry - the call's first one): L + i for a chain (a decode
     step, a chain verify), L + depth for a candidate tree (slimgraph/decoder.py verify(): node i's position is
     the next position + its depth, its first node is a root), i.e. the slot it has on its own path. A prefill
-    (L = 0) counts by index, L + i: its left pads share position 0, and the ring keeps its first slots as
-    the sinks (a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks
-    compare these slots, so a tree candidate sees what the same tokens decoded as a chain would see."""
+    (L = 0) counts by index, L + i: its pads share a position, and the ring keeps its first slots as the
+    sinks (the decoder lays a padded prompt out with each row's first `sinks` tokens there, its pads after
+    them; a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks compare
+    these slots (blocks minus each row's pads, `row_pads`), so a tree candidate sees what the same tokens
+    decoded as a chain would see."""
     length, depth = call_depth(graph, seq, ctx, where)
     return graph.op("arange", end=symbolic.canon(f"{ctx}-({seq})")), graph.op("add", length, depth)
 
@@ -339,6 +349,19 @@ def call_depth(graph, seq, ctx, where: str):
     depth = graph.op("sub", pos, graph.op("slice", pos, dim=1, start=0, end=1))
     prefill = graph.op("eq", length, graph.op("constant", value=0, dtype="i64"))
     return length, graph.op("where", prefill, graph.op("arange", end=seq), depth)
+
+
+def row_pads(graph, new, seq, where: str):
+    """[b, 1]: each row's cache slots before its first token (a left-padded prompt's pads): the slot of the
+    call's last new token (`slots`; never a pad) minus its position id (positions count real tokens only)."""
+    pos = next((v for v in graph.inputs if v.name == "position_ids"), None)
+    if pos is None or pos.type.rank != 2:
+        raise PassError(f"{where}: graph @{graph.name} has no input %position_ids [b, seq] (the causal-LM "
+                        f"convention, ir/causal_lm.py); blocks are placed by position")
+    pos = pos if pos.type.dtype == "i64" else graph.op("cast", pos, dtype="i64")
+    last = symbolic.canon(f"({seq})-1")
+    return graph.op("sub", graph.op("slice", new, dim=1, start=last, end=seq),
+                    graph.op("slice", pos, dim=1, start=last, end=seq))
 
 
 def own_window(node):

@@ -21,7 +21,9 @@ accepted tokens from it (one more forward of n tokens).
 
 Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
 to itself alone (a row with no key would make softmax NaN, and NaN would reach real rows through the
-values). Each sequence of a padded batch then computes what it computes alone, up to float rounding.
+values). Each sequence of a padded batch then computes what it computes alone, up to float rounding. Over ring
+states with sinks the prompt's cache slots are reordered per row (`_sink_layout`: its first `sinks` tokens, its
+pads, the rest; the outputs come back in the caller's layout), so pads never take a row's sink slots.
 """
 from __future__ import annotations
 from dataclasses import dataclass
@@ -69,6 +71,7 @@ class Decoder:
         # a model's own sliding window (canonicalize: `attention{window}`) places query i at key index L + i, not
         # at L + depth: the smallest window + sinks such an op has, if any (see verify()). sparsify-attention
         # moves it into the mask, by position (no `window` attr is left): trees then run past it
+        self._sinks = max((s.attrs["sinks"] for s in graph.states if s.kind == "ring"), default=0)
         self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
                                 if n.op == "attention" and n.attrs.get("window")), default=None)
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
@@ -102,8 +105,38 @@ class Decoder:
             raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
         if not bool(valid[:, -1].all()):
             raise DecoderError("prefill(): pad on the left (the last position of every row must be a token)")
+        order = self._sink_layout(valid)
+        if order is None:
+            positions, local = prompt_positions_and_mask(valid)
+            return self._forward(ids, positions, local, valid)
+        ids, valid = ids.gather(1, order), valid.gather(1, order)
         positions, local = prompt_positions_and_mask(valid)
-        return self._forward(ids, positions, local, valid)
+        out = self._forward(ids, positions, local, valid)
+        back = order.argsort(1)     # the outputs in the caller's left-padded layout
+        return {k: v.gather(1, back.view(*back.shape, *[1] * (v.dim() - 2)).expand_as(v))
+                if isinstance(v, torch.Tensor) and v.dim() >= 2 and tuple(v.shape[:2]) == tuple(ids.shape)
+                else v for k, v in out.items()}
+
+    def _sink_layout(self, valid):
+        """The cache slot order of a left-padded prompt over ring states with sinks, or None (keep it).
+
+        A ring keeps its first `sinks` cache slots (ir/state.py), and at L = 0 the graph counts slots by index
+        (passes/sparsify_attention.py `slots`): left pads would take a shorter prompt's sink slots, and its own
+        first tokens would leave the ring with the window. So each row puts its first `sinks` tokens first, then
+        its pads, then the rest: the keys keep their order and their slot distances past the sinks, the sinks
+        sit in the ring's first slots, and the row computes what it computes alone. A row of at most `sinks`
+        tokens keeps its left pads (its later tokens would have been sinks: the pads hold those slots)."""
+        sinks = self._sinks
+        if not sinks or bool(valid.all()):
+            return None
+        b, n = valid.shape
+        pads = (~valid).sum(1)
+        idx = torch.arange(n, device=valid.device).expand(b, n)
+        lead = (pads + sinks < n)[:, None]                          # rows with more than `sinks` tokens
+        first = idx < sinks                                        # slot j < sinks: token j of the row
+        src = torch.where(first, idx + pads[:, None],             # its first tokens ...
+                          torch.where(idx < sinks + pads[:, None], idx - sinks, idx))   # ... its pads, the rest
+        return torch.where(lead, src, idx)
 
     def step(self, tokens: torch.Tensor) -> dict:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""

@@ -585,3 +585,39 @@ def test_an_unmasked_attention_with_its_own_window_composes_by_index_or_is_a_cle
     assert [(n.attrs["window"], n.attrs["sinks"]) for n in g.nodes if n.op == "attention"] == [(5, 0)] * 2
     with pytest.raises(PassError, match="has its own sliding window \\(window=9, sinks=0\\) and no mask"):
         parse_pipeline("sparsify-attention{window=8,sinks=2}")[0].run(graph(9))
+
+
+@pytest.mark.parametrize("pipeline", [
+    "canonicalize,sparsify-attention{window=8,sinks=2},dce",
+    "canonicalize,linearize-attention{feature_map=hedgehog,window=6,sinks=3},dce",
+    "canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},dce",
+])
+def test_a_left_padded_batch_keeps_each_rows_own_sinks_and_blocks(model, pipeline):
+    """A ring keeps the first `sinks` cache slots: with plain left padding those are a shorter prompt's pads, and
+    its real first tokens, the attention sinks, were dropped once they left the window (StreamingLLM without
+    sinks). The decoder lays a padded prompt out with each row's first `sinks` tokens in the first slots, its pads
+    after them: each row then computes what it computes alone, through the prefill and past the window, and the
+    outputs keep the caller's left-padded layout. Blocks (block_sparse) are counted from each row's first
+    token, not from the first pad."""
+    c = compile_(model, "torch", pipeline=pipeline)
+    prompts = [ids(n, seed=40 + n) for n in (5, 19, 12)]
+    more = ids(14, seed=43)
+    width = max(p.shape[1] for p in prompts)
+    x = torch.zeros(3, width, dtype=torch.long)
+    valid = torch.ones_like(x)
+    for r, p in enumerate(prompts):
+        x[r, width - p.shape[1]:], valid[r, :width - p.shape[1]] = p[0], 0
+    dec = c.decoder(batch=3)
+    first = dec.prefill(x, attention_mask=valid)["logits"]
+    got = torch.cat([first[:, -1:]] + [dec.step(more[0, i].expand(3))["logits"] for i in range(more.shape[1])], 1)
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        pre = alone.prefill(p)["logits"]
+        torch.testing.assert_close(first[r:r + 1, width - p.shape[1]:], pre, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"row {r} prefill: {m}")
+        want = [pre[:, -1:]] + [alone.step(more[:, i])["logits"] for i in range(more.shape[1])]
+        torch.testing.assert_close(got[r:r + 1], torch.cat(want, 1), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"row {r}: {m}")
+    out = c.generate(x, 12, attention_mask=valid)
+    for r, p in enumerate(prompts):
+        assert torch.equal(out[r, width - p.shape[1]:], c.generate(p, 12)[0]), f"row {r}"
