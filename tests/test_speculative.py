@@ -350,6 +350,17 @@ def test_a_bf16_model_trains_its_heads_in_its_own_dtype_and_decodes_identically(
     assert torch.equal(generate(c, p, 16, speculative="chain"), want)
 
 
+def test_a_tokenizers_all_ones_attention_mask_is_no_padding(random_heads):
+    """tokenizer(...) returns an attention_mask of ones with the ids: passing it along (as with HF generate) is
+    one unpadded prompt, so the tree, lookup and auto mode decode speculatively as without it."""
+    p = prompts(1)
+    ones = torch.ones_like(p)
+    want = generate(random_heads, p, 12, speculative=False)
+    for kw in (dict(speculative="tree"), dict(lookup=3), {}):
+        assert torch.equal(generate(random_heads, p, 12, attention_mask=ones, **kw), want), kw
+        assert random_heads.last_generate_stats.speculative, kw
+
+
 # --- prompt lookup drafting (slimgraph.speculative.NgramIndex) ---------------------------------------------
 
 def test_ngram_index_drafts_what_followed_the_last_occurrence_of_the_longest_suffix():
