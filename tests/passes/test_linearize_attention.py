@@ -353,3 +353,20 @@ def test_distillation_refuses_data_that_cannot_train_the_feature_maps(model):
     slimgraph.distill_attention(c, ids=ids(30).view(3, 10), steps=0, progress=False)   # 10 tokens: one linear key
     with pytest.raises(DistillationError, match="torch.int32"):
         slimgraph.distill_attention(c, ids=ids(30).view(3, 10).int(), steps=2, progress=False)
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+def test_a_bf16_model_linearizes_in_its_own_dtype(target):
+    """The feature maps and window factors are weights of the model's dtype (f32 ones made a bf16 model's
+    window scores f32, and the op failed on f32 @ bf16); the rewrite decodes, distils and keeps its dtype."""
+    model = tiny_llama().to(torch.bfloat16)
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
+                           pipeline="canonicalize,linearize-attention{feature_map=hedgehog,window=6,sinks=2},dce")
+    assert {str(w.type.dtype) for n, w in c.graph.weights.items() if n.startswith("linear_attention.")} == {"bf16"}
+    slimgraph.distill_attention(c, ids=ids(48).view(3, 16), steps=3, time_budget_s=None, progress=False)
+    x = ids(20, seed=3)
+    full = c.decoder().prefill(x)["logits"]
+    assert full.dtype == torch.bfloat16
+    dec = c.decoder()
+    steps = [dec.prefill(x[:, :4])["logits"]] + [dec.step(x[:, i])["logits"] for i in range(4, 20)]
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), rtol=0.05, atol=0.05)
