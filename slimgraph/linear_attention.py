@@ -127,7 +127,11 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
             raise DistillationError("distill_attention(): pass `ids` (token ids) or a `tokenizer` for `texts`")
         from .evaluate import token_ids
         text = texts if isinstance(texts, str) or texts is None else "\n\n".join(texts)
-        ids = token_ids(tokenizer, split="calib", n=num_seqs, seq=seq_len, text=text)
+        try:
+            ids = token_ids(tokenizer, split="calib", n=num_seqs, seq=seq_len, text=text)
+        except ValueError as e:
+            raise DistillationError(f"distill_attention(): {e}; pass more text, or fewer or shorter sequences "
+                                    f"(num_seqs={num_seqs}, seq_len={seq_len})") from None
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long or len(ids) <= heldout:
         got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise DistillationError(f"distill_attention(): ids must be an int64 tensor [n, seq] with n > heldout "

@@ -354,6 +354,12 @@ def test_distillation_refuses_data_that_cannot_train_the_feature_maps(model):
     with pytest.raises(DistillationError, match="torch.int32"):
         slimgraph.distill_attention(c, ids=ids(30).view(3, 10).int(), steps=2, progress=False)
 
+    class CharTokenizer:     # one token per character
+        def __call__(self, text, return_tensors=None):
+            return type("Enc", (), {"input_ids": torch.tensor([[ord(ch) % 96 for ch in text]])})()
+    with pytest.raises(DistillationError, match="the given text has 11 tokens; 16 x 512 requested.*num_seqs"):
+        slimgraph.distill_attention(c, texts="hello there", tokenizer=CharTokenizer(), progress=False)
+
 
 @pytest.mark.parametrize("target", ["reference", "torch"])
 def test_a_bf16_model_linearizes_in_its_own_dtype(target):
