@@ -438,7 +438,10 @@ def _windowed_masks(graph, nodes, window, sinks):
         grid = _slot_grid(graph, graph.op("cache_window", past, axis=0, window=window, sinks=sinks), new)
         ring = graph.op("logical_and", kept, _band_keep(graph, *grid, window, sinks))
         by_window = {}
-        for w, s in sorted({own_window(n) for n in nodes if len(n.inputs) > 3 and own_window(n)}):
+        owns = sorted({own_window(n) for n in nodes if len(n.inputs) > 3 and own_window(n)})
+        if owns and sinks:   # the decoder puts a padded row's pads after its sinks: compare positions
+            grid = _sink_layout_positions(graph, grid, new, seq, sinks)
+        for w, s in owns:
             inside = s == 0 and w <= window
             by_window[(w, s)] = graph.op("logical_and", kept if inside else ring, _band_keep(graph, *grid, w, s))
     graph.rename(kept, graph.fresh_name("ring_mask_cols"))
@@ -446,6 +449,17 @@ def _windowed_masks(graph, nodes, window, sinks):
     for (w, s), m in by_window.items():
         graph.rename(m, graph.fresh_name(f"ring_mask_window{w}" + (f"_sinks{s}" if s else "")))
     return {n: by_window[own_window(n)] if own_window(n) else ring for n in nodes if len(n.inputs) > 3}
+
+
+def _sink_layout_positions(graph, grid, new, seq, sinks):
+    """The slot grid (`_slot_grid`) as positions under the decoder's sink layout (slimgraph/decoder.py
+    `_sink_layout`: a padded row's first `sinks` tokens, then its pads, then the rest): a slot below `sinks` is
+    its own position, a later one is the slot minus the row's pads (`row_pads`). Slot differences past the sinks
+    are position differences already; a distance to a sink is not, and a model's own window measures it."""
+    pads = row_pads(graph, new, seq, "sparsify-attention")
+    pads = graph.op("unsqueeze", graph.op("unsqueeze", pads, dim=2), dim=3)          # [b, 1, 1, 1]
+    first = graph.op("constant", value=sinks, dtype="i64")
+    return tuple(graph.op("where", graph.op("ge", x, first), graph.op("sub", x, pads), x) for x in grid)
 
 
 def _to_ring(graph, st, window, sinks):

@@ -532,11 +532,13 @@ def test_soft_capped_attention_is_named_when_no_attention_op_is_found():
         compile_(t.Gemma2ForCausalLM(cfg).eval(), pipeline=PIPE.format(w=8, s=2))
 
 
-def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone():
-    """Slots count pads, positions do not: both windows compare slot differences, which pads do not change.
-    Sinks = 0: with sinks, a padded row's first slots (its sink rows) are pads (module docstring)."""
+@pytest.mark.parametrize("sinks", [0, OWN_S])
+def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone(sinks):
+    """Slots count pads, positions do not: both windows compare slot differences, which left pads do not change.
+    With sinks the decoder puts a row's pads after its sinks (decoder.py `_sink_layout`): the model's own window
+    then compares positions (a slot past the sinks minus the row's pads), so a sink leaves it when it would alone."""
     model, _ = own_model("gemma3", 10)
-    c = compile_(model, "torch", OWN_W, 0)
+    c = compile_(model, "torch", OWN_W, sinks)
     prompts = [ids(n, seed=30 + n) for n in (6, 19, 12)]
     more = ids(14, seed=33)
     x = torch.zeros(3, 19, dtype=torch.long)
