@@ -6,6 +6,7 @@
                                                      # sliding window (--linear: linear attention) vs full (fp32,
                                                      # int4; cpu: also W4A8), on one target
     python benchmarks/bench_attention.py ppl-linear --window=64 --sinks=4 [--budget=900] [--full] [--threads=1]
+                                   [--e2e=0.5 --e2e-lr=3e-3] [--cpu-budget]  # end-to-end stage; CPU-s budget
                                                      # linearize-attention + distillation (--window=0: pure linear)
     python benchmarks/bench_attention.py ppl-window --window=64 --sinks=4   # the hybrid's softmax part alone
     python benchmarks/bench_attention.py rss-linear  # peak RSS 512 vs 4096: full vs linear hybrid (W=64 + 4 sinks) vs pure
@@ -236,8 +237,9 @@ def _ppl_of(c, ids):
 
 
 def ppl_linear(window=64, sinks=0, budget_s=900.0, full=False, seq=1024, windows=4, train_seqs=16, train_len=512,
-               check=200):
-    """Perplexity of linearize-attention{window,sinks} before and after `budget_s` s of attention distillation."""
+               check=200, e2e=0.0, cpu=False, e2e_lr=3e-3):
+    """Perplexity of linearize-attention{window,sinks} before and after `budget_s` s of attention distillation
+    (CPU seconds with `cpu`, else wall), `e2e` of it in the end-to-end stage (distill_attention(end_to_end=))."""
     model, tok = zoo.load("smollm2-135m")
     ids = tok(evaluate.load_text("eval"), return_tensors="pt").input_ids[0][:seq * windows].view(windows, seq)
     if full:
@@ -246,7 +248,8 @@ def ppl_linear(window=64, sinks=0, budget_s=900.0, full=False, seq=1024, windows
     c = compile_(model, f"canonicalize,linearize-attention{{feature_map=hedgehog,window={window},sinks={sinks}}},cse,dce")
     print(f"{name:24s} ppl {_ppl_of(c, ids)[0]:.3f} before distillation (identity feature maps)", flush=True)
     report = slimgraph.distill_attention(c, tokenizer=tok, num_seqs=train_seqs, seq_len=train_len,
-                                         time_budget_s=budget_s, seed=0)
+                                         time_budget_s=None if cpu else budget_s, cpu_budget_s=budget_s if cpu else None,
+                                         seed=0, end_to_end=e2e, e2e_lr=e2e_lr)
     print(f"  {report}", flush=True)
     print(f"  held-out relative MSE per layer: before {[round(x, 3) for x in report.heldout_rel_mse_before]}\n"
           f"                                   after  {[round(x, 3) for x in report.heldout_rel_mse]}", flush=True)
@@ -272,7 +275,8 @@ if __name__ == "__main__":
     elif cmd == "ppl-linear":
         torch.set_num_threads(_opt("threads", torch.get_num_threads()))
         ppl_linear(window=_opt("window", 64), sinks=_opt("sinks", 0), budget_s=_opt("budget", 900.0), full="--full" in sys.argv,
-                   train_seqs=_opt("train-seqs", 16), train_len=_opt("train-len", 512), windows=_opt("windows", 4))
+                   train_seqs=_opt("train-seqs", 16), train_len=_opt("train-len", 512), windows=_opt("windows", 4),
+                   e2e=_opt("e2e", 0.0), cpu="--cpu-budget" in sys.argv, e2e_lr=_opt("e2e-lr", 3e-3))
     elif cmd == "ppl-window":      # the sliding window alone at the hybrid's window + sinks (no linear part)
         torch.set_num_threads(_opt("threads", torch.get_num_threads()))
         w, s = _opt("window", 64), _opt("sinks", 4)

@@ -40,6 +40,20 @@ HEADROOM = 128      # spare rows of a new buffer, at least; it grows by 1.5x whe
 _GQA_REPEAT = ("unsqueeze", "expand", "reshape")   # HF repeat_kv between the cache and attention
 
 
+def ring_capacity(keep: int) -> int:
+    """Rows of a ring's own buffer: its `keep` = window + sinks rows and the next one, and as many again (at
+    least HEADROOM) of room: single steps slide the ring through it, one copy of the sinks per step."""
+    return keep + 1 + max(HEADROOM, keep + 1)
+
+
+def ring_outgrown(buffer_rows: int, keep: int) -> bool:
+    """Whether a ring of `keep` rows sits in a buffer of more than twice `ring_capacity(keep)` rows (a long
+    prompt or chunk passed through it): then it moves to a buffer of its own size, one copy of its rows, so the
+    call's other rows are not kept alive behind it for as many steps as they number. One rule for every target
+    that keeps rings in place (here and codegen/tvm/target.py)."""
+    return buffer_rows > 2 * ring_capacity(keep)
+
+
 class StaleStateError(RuntimeError):
     pass
 
@@ -114,11 +128,9 @@ def window_in_place(x: torch.Tensor, *, axis: int, window: int, sinks: int) -> t
         return cache_window(x, axis=axis, window=window, sinks=sinks)
     lo = start + rows - window - sinks
     keep = window + sinks
-    if buf.data.shape[d] - lo > 2 * (keep + HEADROOM):
-        # a long prompt's (or chunk's) buffer: move the ring to one of its own size, so the prompt's rows are
-        # not kept alive behind it for as many steps as they number (one copy of window + sinks rows, once)
+    if ring_outgrown(buf.data.shape[d], keep):     # a long prompt's (or chunk's) buffer: the ring moves out
         shape = list(x.shape)
-        shape[d] = keep + max(HEADROOM, keep)
+        shape[d] = ring_capacity(keep)
         data = torch.empty(shape, dtype=x.dtype, device=x.device)
         data.narrow(d, 0, sinks).copy_(x.narrow(d, 0, sinks))
         data.narrow(d, sinks, window).copy_(x.narrow(d, rows - window, window))

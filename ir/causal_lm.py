@@ -42,10 +42,55 @@ def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.
     return positions, local
 
 
+def ring_sinks(graph) -> int:
+    """The attention sinks S every `ring` state of `graph` keeps (0: no ring, or rings without sinks).
+    Raises CausalLMInputError when rings keep different numbers (sinks_first below needs one S)."""
+    got = {s.attrs["sinks"] for s in graph.states if s.kind == "ring"}
+    if len(got) > 1:
+        raise CausalLMInputError(f"graph @{graph.name}: its ring states keep different numbers of sinks "
+                                 f"{sorted(got)}; a left-padded batch needs one")
+    return got.pop() if got else 0
+
+
+def sinks_first(valid: torch.Tensor, sinks: int) -> torch.Tensor | None:
+    """For a left-padded prompt batch (`valid` [batch, n] bool) over ring states with `sinks` = S > 0: the
+    order [batch, n] (for gather along dim 1) that moves each padded row's pads to just after its first S
+    tokens, or None when no row is padded.
+
+    A ring keeps its first S rows (the sinks, StreamingLLM) and its last W rows by index: with the pads in
+    front, a padded row's sinks would be pads, and it would decode differently from the same prompt alone.
+    With the pads after the first S tokens, the sinks are the row's first S tokens, every later token keeps
+    its index distance to the others (the window is exact), and positions (counting tokens) are unchanged.
+    Raises CausalLMInputError for a padded row of S tokens or fewer (its sinks would take generated tokens
+    that come after the batch's longest prompt)."""
+    n = valid.shape[1]
+    pads = (~valid).sum(1)
+    if not bool(pads.any()):
+        return None
+    tokens = n - pads
+    short = ((tokens <= sinks) & (pads > 0)).nonzero().flatten().tolist()
+    if short:
+        raise CausalLMInputError(
+            f"left-padded prompt row(s) {short} have {tokens[short[0]].item()} token(s), not more than the "
+            f"{sinks} attention sinks the model's ring KV states keep: their sinks would be pads or later "
+            f"tokens, so they would decode differently from the prompt alone; give such prompts alone or in "
+            f"a batch of equal-length prompts")
+    i = torch.arange(n, device=valid.device)[None, :]
+    p, s = pads[:, None], min(sinks, n)
+    # the sink tokens (at p .. p+S-1), then the pads (0 .. p-1), then the rest (p+S ..)
+    return torch.where(i < s, i + p, torch.where(i < s + p, i - s, i))
+
+
 def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
     """The graph inputs of one forward over `input_ids` [batch, seq] from empty state: `model(input_ids)`."""
     ids = check_ids(input_ids)
     valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+    sinks = ring_sinks(graph)
+    if sinks and valid.shape == ids.shape and not bool(valid.all()):
+        raise CausalLMInputError(
+            f"graph @{graph.name} keeps {sinks} attention sinks in ring KV states: a left-padded batch in one "
+            f"call would make a padded row's sinks pads; decode it with .generate() or slimgraph.decoder."
+            f"Decoder, whose prefill places each row's sinks")
     positions, local = prompt_positions_and_mask(valid)
     feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": local[:, None]}
     feeds |= {s.input.name: initial_state(graph, s, ids.shape[0], ids.device) for s in graph.states}

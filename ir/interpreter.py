@@ -75,6 +75,8 @@ def last_uses(graph) -> dict[int, list]:
 
 
 class Interpreter:
+    grad = False        # record autograd (a subclass that trains some weights through the graph sets it)
+
     def __init__(self, graph):
         self.graph = graph
         self._free = last_uses(graph)
@@ -85,7 +87,7 @@ class Interpreter:
         env = {id(v): t for v, t in zip(g.inputs, inputs)}
         for w in g.weights.values():
             env[id(w)] = w.tensor
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
             for i, node in enumerate(g.nodes):
                 env.update(zip(map(id, node.outputs), self.run_node(node, [env[id(v)] for v in node.inputs], symbols)))
                 for v in self._free.get(i, ()):

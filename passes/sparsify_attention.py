@@ -47,9 +47,9 @@ Design decisions:
       %ring_mask = concat(cache_window(%attention_mask[..., :ctx-seq]), %attention_mask[..., ctx-seq:])
   The mask input's last dim becomes its own symbol `ctx` (it no longer equals past + seq), so every
   target binds it from the call; then it is and-ed with the window band over the ring's rows + the new
-  keys (`position_band`). Padding (pads are masked out) and tree verification work. A padded prompt's
-  pads must not take a row's sink slots: the decoder (slimgraph/decoder.py `_sink_layout`) puts each row's
-  first S tokens in the first slots and its pads after them, so a row keeps its own sinks.
+  keys (`position_band`). Padding (left pads are masked out) and tree
+  verification work; with left padding, the decoder's prefill moves a padded row's pads to just after its
+  first S tokens (ir/causal_lm.py sinks_first), so the sink rows are the row's own tokens.
 - Eager attention (HF's eager layers get 0 / dtype-min biases) reads where(~%attention_mask, min, 0): the
   pass reads the bool mask instead (`bool_decoder_masks`; a dtype-min bias weighs a key 0, as False does).
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
@@ -452,8 +452,8 @@ def _windowed_masks(graph, nodes, window, sinks):
 
 
 def _sink_layout_positions(graph, grid, new, seq, sinks):
-    """The slot grid (`_slot_grid`) as positions under the decoder's sink layout (slimgraph/decoder.py
-    `_sink_layout`: a padded row's first `sinks` tokens, then its pads, then the rest): a slot below `sinks` is
+    """The slot grid (`_slot_grid`) as positions under the decoder's sink layout (ir/causal_lm.py
+    `sinks_first`: a padded row's first `sinks` tokens, then its pads, then the rest): a slot below `sinks` is
     its own position, a later one is the slot minus the row's pads (`row_pads`). Slot differences past the sinks
     are position differences already; a distance to a sink is not, and a model's own window measures it."""
     pads = row_pads(graph, new, seq, "sparsify-attention")

@@ -22,7 +22,7 @@ accepted tokens from it (one more forward of n tokens).
 Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
 to itself alone (a row with no key would make softmax NaN, and NaN would reach real rows through the
 values). Each sequence of a padded batch then computes what it computes alone, up to float rounding. Over ring
-states with sinks the prompt's cache slots are reordered per row (`_sink_layout`: its first `sinks` tokens, its
+states with sinks the prompt's cache slots are reordered per row (ir/causal_lm.py `sinks_first`: its first S tokens, its
 pads, the rest; the outputs come back in the caller's layout), so pads never take a row's sink slots.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir.causal_lm import INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask
+from .ir.causal_lm import (INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask,
+                           ring_sinks, sinks_first)
 from .ir.state import initial_state
 
 __all__ = ["Decoder", "DecoderError", "causal_lm_inputs"]
@@ -71,9 +72,11 @@ class Decoder:
         # a model's own sliding window (canonicalize: `attention{window}`) places query i at key index L + i, not
         # at L + depth: the smallest window + sinks such an op has, if any (see verify()). sparsify-attention
         # moves it into the mask, by position (no `window` attr is left): trees then run past it
-        self._sinks = max((s.attrs["sinks"] for s in graph.states if s.kind == "ring"), default=0)
         self._index_band = min((n.attrs["window"] + n.attrs.get("sinks", 0) for n in graph.nodes
                                 if n.op == "attention" and n.attrs.get("window")), default=None)
+        self._sinks = ring_sinks(graph)     # a padded prompt's pads go after its first S tokens (prefill)
+        seq = next(v for v in graph.inputs if v.name == "input_ids").type.shape[1]
+        self._per_position = {v.name for v in graph.outputs if len(v.type.shape) > 1 and v.type.shape[1] == seq}
         self.device = torch.device(device or getattr(self.runner, "device", None) or "cpu")
         from .signature import index_limits
         self._limits = index_limits(graph.inputs)   # ids and learned positions must stay inside their tables
@@ -105,38 +108,16 @@ class Decoder:
             raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
         if not bool(valid[:, -1].all()):
             raise DecoderError("prefill(): pad on the left (the last position of every row must be a token)")
-        order = self._sink_layout(valid)
-        if order is None:
-            positions, local = prompt_positions_and_mask(valid)
-            return self._forward(ids, positions, local, valid)
-        ids, valid = ids.gather(1, order), valid.gather(1, order)
+        order = sinks_first(valid, self._sinks) if self._sinks else None
+        if order is not None:       # the cache holds each row's first S tokens as its sinks (ir/causal_lm.py)
+            ids, valid = ids.gather(1, order), valid.gather(1, order)
         positions, local = prompt_positions_and_mask(valid)
         out = self._forward(ids, positions, local, valid)
-        back = order.argsort(1)     # the outputs in the caller's left-padded layout
-        return {k: v.gather(1, back.view(*back.shape, *[1] * (v.dim() - 2)).expand_as(v))
-                if isinstance(v, torch.Tensor) and v.dim() >= 2 and tuple(v.shape[:2]) == tuple(ids.shape)
-                else v for k, v in out.items()}
-
-    def _sink_layout(self, valid):
-        """The cache slot order of a left-padded prompt over ring states with sinks, or None (keep it).
-
-        A ring keeps its first `sinks` cache slots (ir/state.py), and at L = 0 the graph counts slots by index
-        (passes/sparsify_attention.py `slots`): left pads would take a shorter prompt's sink slots, and its own
-        first tokens would leave the ring with the window. So each row puts its first `sinks` tokens first, then
-        its pads, then the rest: the keys keep their order and their slot distances past the sinks, the sinks
-        sit in the ring's first slots, and the row computes what it computes alone. A row of at most `sinks`
-        tokens keeps its left pads (its later tokens would have been sinks: the pads hold those slots)."""
-        sinks = self._sinks
-        if not sinks or bool(valid.all()):
-            return None
-        b, n = valid.shape
-        pads = (~valid).sum(1)
-        idx = torch.arange(n, device=valid.device).expand(b, n)
-        lead = (pads + sinks < n)[:, None]                          # rows with more than `sinks` tokens
-        first = idx < sinks                                        # slot j < sinks: token j of the row
-        src = torch.where(first, idx + pads[:, None],             # its first tokens ...
-                          torch.where(idx < sinks + pads[:, None], idx - sinks, idx))   # ... its pads, the rest
-        return torch.where(lead, src, idx)
+        if order is None:
+            return out
+        back = order.argsort(1)     # outputs per prompt position come back in the caller's order
+        return {k: v.gather(1, back.view(*back.shape, *[1] * (v.dim() - 2)).expand(-1, -1, *v.shape[2:]))
+                if k in self._per_position else v for k, v in out.items()}
 
     def step(self, tokens: torch.Tensor) -> dict:
         """Append `tokens` ([batch] or [batch, n]) after the cache; returns the outputs by name."""

@@ -14,6 +14,14 @@ weights (`wq`, `wk` of each node) and the per-head window factors (`wf`, LoLCATs
 chunked causal kernel (codegen/torch_linear_attention.py), all layers in one step (they are independent
 given the recorded inputs). The trained weights are written into `compiled.graph` and the runner is rebuilt.
 
+Optional second stage (`end_to_end` > 0, a fraction of the budget): the same weights, all layers together,
+train through the whole model (the reference interpreter with autograd, every other weight frozen) to
+minimise the KL divergence from the softmax model's next-token distribution on the same sequences
+(self-distillation of the logits, as in Hedgehog's conversion experiments, Zhang et al. 2024 sec. 5.3;
+LoLCATs' stage 2 trains LoRA adapters instead, which this keeps out: only the feature maps and window
+factors change). Layer-by-layer MSE leaves each layer's error small but lets them compound; the second
+stage spends its budget on what the model outputs.
+
 Deterministic for a given seed (sequences are drawn from a seeded generator; single-threaded math is
 reproducible, multi-threaded reductions may differ in the last bits). Memory: the records take about
 (2 hq + 2 hk) x d x 2 bytes (bf16) per token per layer (SmolLM2-135M: 92 KB per token).
@@ -48,6 +56,10 @@ class DistillReport:
     loss: list[float] = field(default_factory=list)               # per step: summed MSE over layers
     heldout_rel_mse: list[float] = field(default_factory=list)    # per layer: MSE / mean(target^2), after
     heldout_rel_mse_before: list[float] = field(default_factory=list)
+    e2e_steps: int = 0             # end-to-end stage: updates, CPU seconds, held-out KL (nats/token) before/after
+    e2e_cpu_seconds: float = 0.0
+    heldout_kl_before: float = float("nan")
+    heldout_kl: float = float("nan")
 
     def __str__(self):
         def mean(x):
@@ -55,7 +67,9 @@ class DistillReport:
         return (f"attention distillation: {self.layers} layers, {self.sequences} sequences ({self.tokens} tokens), "
                 f"{self.steps} steps ({self.tokens_seen} tokens seen) in {self.seconds:.0f} s wall / "
                 f"{self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s teacher); held-out relative MSE "
-                f"{mean(self.heldout_rel_mse_before):.4f} -> {mean(self.heldout_rel_mse):.4f} (mean over layers)")
+                f"{mean(self.heldout_rel_mse_before):.4f} -> {mean(self.heldout_rel_mse):.4f} (mean over layers)"
+                + (f"; end to end: {self.e2e_steps} steps in {self.e2e_cpu_seconds:.0f} s CPU, held-out KL "
+                   f"{self.heldout_kl_before:.4f} -> {self.heldout_kl:.4f} nats/token" if self.e2e_steps else ""))
 
 
 def linear_attention_nodes(graph) -> list:
@@ -87,38 +101,75 @@ class _Teacher(Interpreter):
         return out, kv, z
 
 
-def teacher_records(compiled, ids: torch.Tensor, nodes, progress: bool = True):
-    """Per node: (q, k, v, softmax out) stacked over the sequences of `ids` [n, seq], bf16."""
+class _Student(Interpreter):
+    """The reference interpreter with autograd on and every linear_attention node run by the torch target's
+    kernel on trainable feature-map weights (`params`: id(node) -> (wq, wk, wf) Parameters)."""
+    grad = True
+
+    def __init__(self, graph, params: dict, kernel):
+        super().__init__(graph)
+        self.params, self.kernel = params, kernel
+
+    def run_node(self, node, args, symbols):
+        if node.op != "linear_attention":
+            return super().run_node(node, args, symbols)
+        a = node.attrs
+        return self.kernel(*args[:5], *self.params[id(node)], *args[8:], feature_map=a["feature_map"],
+                           window=a["window"], sinks=a["sinks"], scale=a["scale"])
+
+
+def _decoder(graph, run):
     from types import SimpleNamespace
     from .decoder import Decoder
+    return Decoder(SimpleNamespace(graph=graph, runner=run))
+
+
+def teacher_records(compiled, ids: torch.Tensor, nodes, progress: bool = True, logits: bool = False):
+    """Per node: (q, k, v, softmax out) stacked over the sequences of `ids` [n, seq], bf16; with `logits`,
+    also the softmax model's next-token log-probabilities [n, seq, vocab] (bf16) as a second result."""
     teacher = _Teacher(compiled.graph)
-    dec = Decoder(SimpleNamespace(graph=compiled.graph, runner=teacher.run))
+    dec = _decoder(compiled.graph, teacher.run)
     per = {id(n): [] for n in nodes}
+    logp = []
     bar = _bar(len(ids), "attention teacher", "seq", progress)
     for row in ids:
         teacher.records = {}
-        dec.prefill(row[None])
+        out = dec.prefill(row[None])
         for n in nodes:
             per[id(n)].append(teacher.records[id(n)])
+        if logits:
+            logp.append(F.log_softmax(_logits(out).float(), -1).to(torch.bfloat16))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return [tuple(torch.cat(x) for x in zip(*per[id(n)])) for n in nodes]
+    records = [tuple(torch.cat(x) for x in zip(*per[id(n)])) for n in nodes]
+    return (records, torch.cat(logp)) if logits else records
+
+
+def _logits(out: dict) -> torch.Tensor:
+    if "logits" not in out:
+        raise DistillationError(f"distill_attention(end_to_end=...): the graph has no `logits` output "
+                                f"(outputs: {sorted(out)}); the end-to-end stage needs a language model")
+    return out["logits"]
 
 
 def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor | None = None,
                       num_seqs: int = 16, seq_len: int = 512, steps: int = 100_000,
                       time_budget_s: float | None = 300.0, cpu_budget_s: float | None = None,
-                      lr: float = 3e-2, seed: int = 0, heldout: int = 1, progress: bool = True) -> DistillReport:
+                      lr: float = 3e-2, seed: int = 0, heldout: int = 1, progress: bool = True,
+                      end_to_end: float = 0.0, e2e_lr: float = 3e-3) -> DistillReport:
     """Train the feature maps of `compiled` (a CompiledModel whose pipeline ran linearize-attention).
 
     Data: `ids` i64[n, seq], or `num_seqs` windows of `seq_len` tokens of `texts` (str or list of str; default
     the shipped calibration split, slimgraph/data/calib.txt) tokenized with `tokenizer`; the last `heldout`
     sequences are held out (relative MSE before/after, per layer). Stops after `steps` updates,
     `time_budget_s` wall seconds or `cpu_budget_s` CPU seconds (time.process_time: the fair budget on a
-    shared machine) of updates, whichever comes first; the teacher forwards are not counted. Returns a
-    DistillReport. Raises DistillationError when the graph has no linear_attention or no data is given."""
+    shared machine) of updates, whichever comes first; the teacher forwards are not counted. `end_to_end`
+    in [0, 1): the fraction of the budget (and of `steps`) given to the second, end-to-end stage (module
+    docstring; KL from the softmax model's logits, Adam at `e2e_lr`, early-stopped on the held-out KL).
+    Returns a DistillReport. Raises DistillationError when the graph has no linear_attention, no data is
+    given, or `end_to_end` is out of range or set on a graph without a `logits` output."""
     from .draft import _optimize, rebuild_runner
     graph = compiled.graph
     nodes = linear_attention_nodes(graph)
@@ -144,8 +195,12 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
                                 f"softmax part (window {w} + {s} sinks, and the query itself): no key is ever linear, "
                                 f"so the feature maps would not train; use sequences longer than {w + s + 1} tokens "
                                 f"(seq_len=, or wider ids)")
+    if not 0.0 <= end_to_end < 1.0:
+        raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
+                                f"end-to-end stage, in [0, 1); got {end_to_end}")
     t0 = time.perf_counter()
-    records = teacher_records(compiled, ids, nodes, progress)
+    records = teacher_records(compiled, ids, nodes, progress, logits=end_to_end > 0)
+    records, teacher_logp = records if end_to_end > 0 else (records, None)
     data_s = time.perf_counter() - t0
     n_train = len(ids) - heldout
     ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
@@ -175,16 +230,57 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         rows = torch.randint(0, n_train, (1,), generator=gen)
         return sum(F.mse_loss(layer_out(i, node, rows), records[i][3][rows].float()) for i, node in enumerate(nodes))
 
+    def share(x, part):
+        return None if x is None else x * part
+
+    first = 1.0 - end_to_end
     opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)
-    losses, step, seconds, cpu, _ = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
-                                           _bar(steps if time_budget_s is None and cpu_budget_s is None else None,
+    n1 = max(1, int(steps * first))
+    losses, step, seconds, cpu, _ = _optimize(opt, loss_fn, n1, share(time_budget_s, first),
+                                           share(cpu_budget_s, first),
+                                           _bar(n1 if time_budget_s is None and cpu_budget_s is None else None,
                                                 "attention distillation", "step", progress))
+    e2e = (0, 0.0, float("nan"), float("nan"))
+    if end_to_end > 0:
+        e2e = _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, max(1, steps - n1),
+                          share(time_budget_s, end_to_end), share(cpu_budget_s, end_to_end), e2e_lr, progress)
+        seconds, cpu = seconds + e2e[4], cpu + e2e[1]
     for node, trained in zip(nodes, ws):
         for v, w in zip(node.inputs[5:8], trained):
             v.tensor = w.detach().to(v.tensor.dtype).clone()
     rebuild_runner(compiled)
-    return DistillReport(len(nodes), n_train, n_train * ids.shape[1], step, seconds, data_s, cpu,
-                         step * ids.shape[1], losses, rel_mse(held) if heldout else [], before)
+    return DistillReport(len(nodes), n_train, n_train * ids.shape[1], step + e2e[0], seconds, data_s, cpu,
+                         (step + e2e[0]) * ids.shape[1], losses, rel_mse(held) if heldout else [], before,
+                         *e2e[:4])
+
+
+def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_budget_s, cpu_budget_s, lr,
+                progress):
+    """The second stage (module docstring): (steps, CPU s, held-out KL before, after, wall s)."""
+    from .draft import _optimize
+    student = _Student(graph, {id(n): w for n, w in zip(nodes, ws)}, _kernel())
+
+    def kl(row: int) -> torch.Tensor:
+        logp = F.log_softmax(_logits(_decoder(graph, student.run).prefill(ids[row:row + 1])).float(), -1)
+        want = teacher_logp[row:row + 1].float()
+        return F.kl_div(logp, want, log_target=True, reduction="none").sum(-1).mean()
+
+    def heldout_kl() -> float:
+        with torch.no_grad():
+            return sum(float(kl(r)) for r in range(n_train, len(ids))) / max(1, len(ids) - n_train)
+
+    def loss_fn():
+        return kl(int(torch.randint(0, n_train, (1,), generator=gen)))
+
+    has_heldout = len(ids) > n_train
+    before = heldout_kl() if has_heldout else float("nan")
+    opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)
+    _, step, seconds, cpu, _ = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
+                                         _bar(steps if time_budget_s is None and cpu_budget_s is None else None,
+                                              "end-to-end distillation", "step", progress),
+                                         heldout_loss=heldout_kl if has_heldout else None, every=10)
+    after = heldout_kl() if has_heldout else float("nan")
+    return step, cpu, before, after, seconds
 
 
 def _kernel():

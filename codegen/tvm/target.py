@@ -30,7 +30,7 @@ import torch
 
 from ...cache import atomic_write, cache_dir as _cache_dir
 from ..contract import Products, ProductsError, Runner
-from ..torch_kv import HEADROOM, _Buffer, _owner, _view, keep_state, truncate
+from ..torch_kv import HEADROOM, _Buffer, _owner, _view, keep_state, ring_capacity, ring_outgrown, truncate
 
 LIBRARY, SOURCE = "cpu_module.so", "cpu_module.relax.py"
 
@@ -217,31 +217,25 @@ def _kv_buffer(past: torch.Tensor, axis: int, rows: int, new: int, taken=(), kee
     `past` at row 0 (torch_kv rule 1: a shorter view, a second branch from one past, is never written over). A
     ring's buffer has room for its rows again: it slides forward one buffer length per that many steps; but a
     call longer than that (a long prompt: its rows are dropped once the ring slides) gets no headroom, and the
-    runner then moves the ring to a buffer of `_ring_rows(keep)` (`_ring_moved`): a ring never holds more than
+    runner then moves the ring to a buffer of `ring_capacity(keep)` (`_ring_moved`): a ring never holds more than
     twice that many rows between calls, nor twice the call's rows during one."""
     buf, start = _owner(past, axis)
     if isinstance(buf, _KvBuffer) and (start == 0 or keep) and buf.filled == start + rows \
             and start + rows + new <= buf.data.shape[axis] and id(buf) not in taken:
         return buf, start
     capacity = rows + new + max(HEADROOM, rows + new if keep else (rows + new) // 2)
-    if keep and capacity > 2 * _ring_rows(keep):
+    if keep and ring_outgrown(capacity, keep):
         capacity = rows + new
     return _new_kv_buffer(past.narrow(axis, 0, rows), axis, capacity), 0
 
 
-def _ring_rows(keep: int) -> int:
-    """The rows of a ring's buffer that single steps slide through: its `keep` = window + sinks rows and the
-    next one, and as many again (at least HEADROOM) of room (_kv_buffer's size for such a step)."""
-    return keep + 1 + max(HEADROOM, keep + 1)
-
-
 def _ring_moved(buf: _KvBuffer, start: int, keep: int) -> tuple[_KvBuffer, int]:
-    """A ring that a call left in a buffer of more than twice `_ring_rows(keep)` rows (a long prompt or chunk
-    passed through it): its `keep` rows [start, start + keep) copied into a buffer of that size (one copy of the
-    ring, once), so the call's other rows are freed with the old buffer."""
-    if buf.data.shape[buf.dim] <= 2 * _ring_rows(keep):
+    """A ring that a call left in an outgrown buffer (torch_kv.ring_outgrown: a long prompt or chunk passed
+    through it): its `keep` rows [start, start + keep) copied into a buffer of `ring_capacity(keep)` rows (one
+    copy of the ring, once), so the call's other rows are freed with the old buffer."""
+    if not ring_outgrown(buf.data.shape[buf.dim], keep):
         return buf, start
-    return _new_kv_buffer(buf.data.narrow(buf.dim, start, keep), buf.dim, _ring_rows(keep)), 0
+    return _new_kv_buffer(buf.data.narrow(buf.dim, start, keep), buf.dim, ring_capacity(keep)), 0
 
 
 def _new_kv_buffer(rows: torch.Tensor, axis: int, capacity: int) -> _KvBuffer:

@@ -121,6 +121,27 @@ def test_targets_agree_with_the_interpreter_on_a_left_padded_batch(model, w):
 
 
 @pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
+def test_a_left_padded_batch_with_sinks_decodes_each_prompt_as_alone(model, target):
+    """The hybrid's ring keeps its first 2 rows as sinks: the decoder puts a padded row's pads after its first
+    2 tokens (ir/causal_lm.py sinks_first), so the sinks are its own and the pads are never folded in."""
+    c = compile_(model, target, 6, s=2)
+    prompts = [ids(n, seed=50 + n) for n in (4, 17, 9)]
+    more = ids(12, seed=55)
+    n = 17
+    x, valid = torch.zeros(3, n, dtype=torch.long), torch.ones(3, n, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        x[r, n - p.shape[1]:], valid[r, :n - p.shape[1]] = p[0], 0
+    dec = c.decoder(batch=3)
+    dec.prefill(x, attention_mask=valid)
+    got = torch.cat([dec.step(more[0, i].expand(3))["logits"] for i in range(more.shape[1])], 1)
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        alone.prefill(p)
+        want = torch.cat([alone.step(more[:, i])["logits"] for i in range(more.shape[1])], 1)
+        torch.testing.assert_close(got[r:r + 1], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"row {r}: {m}")
+
+
+@pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 def test_a_window_covering_the_sequence_is_softmax_attention_exactly(model, target):
     x = ids(12, seed=4)
     full = compile_(model, target, pipeline="canonicalize,dce", randomize=False).decoder().prefill(x)["logits"]
@@ -376,3 +397,22 @@ def test_a_bf16_model_linearizes_in_its_own_dtype(target):
     dec = c.decoder()
     steps = [dec.prefill(x[:, :4])["logits"]] + [dec.step(x[:, i])["logits"] for i in range(4, 20)]
     torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), rtol=0.05, atol=0.05)
+
+
+def test_the_end_to_end_stage_lowers_the_models_heldout_kl_from_softmax_attention(model):
+    # stage 1 alone, then the same budget with half of it spent end to end: the second stage trains every
+    # feature map together on the model's output (KL from the softmax model's logits) and must improve it
+    c1, r1 = _distilled(model, 0, steps=20, time_budget_s=None, lr=3e-2)
+    c2, r2 = _distilled(model, 0, steps=40, time_budget_s=None, lr=3e-2, end_to_end=0.5, e2e_lr=1e-2)
+    assert r1.e2e_steps == 0 and r2.e2e_steps == 20 and r2.steps == 40
+    assert r2.heldout_kl < 0.9 * r2.heldout_kl_before        # measured after stage 1: the second stage helped
+    assert "end to end: 20 steps" in str(r2)
+    assert not torch.equal(c1.graph.weights["linear_attention.0.wq"].tensor,
+                           c2.graph.weights["linear_attention.0.wq"].tensor)
+
+
+def test_the_end_to_end_fraction_is_checked(model):
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
+    with pytest.raises(DistillationError, match="end_to_end is the fraction of the budget.*got 1.0"):
+        slimgraph.distill_attention(c, ids=ids(96).view(2, 48), end_to_end=1.0)

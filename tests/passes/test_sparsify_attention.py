@@ -532,10 +532,54 @@ def test_soft_capped_attention_is_named_when_no_attention_op_is_found():
         compile_(t.Gemma2ForCausalLM(cfg).eval(), pipeline=PIPE.format(w=8, s=2))
 
 
+def _padded(prompts):
+    n = max(p.shape[1] for p in prompts)
+    x = torch.zeros(len(prompts), n, dtype=torch.long)
+    valid = torch.ones_like(x)
+    for r, p in enumerate(prompts):
+        x[r, n - p.shape[1]:], valid[r, :n - p.shape[1]] = p[0], 0
+    return x, valid
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_left_padded_batch_over_a_ring_with_sinks_decodes_each_prompt_as_it_decodes_alone(model, target):
+    """The ring's sinks are its first S rows. The decoder's prefill moves a padded row's pads to just after its
+    first S tokens (ir/causal_lm.py sinks_first), so those rows are the row's own first tokens, not pads, and
+    every later token keeps its slot distance to the others; the prefill's logits come back in prompt order.
+    Before, a padded row's sinks were pads: it decoded differently from the same prompt alone."""
+    c = compile_(model, target, 8, 2)
+    prompts = [ids(n, seed=40 + n) for n in (5, 19, 3, 12)]
+    more = ids(16, seed=45)
+    x, valid = _padded(prompts)
+    dec = c.decoder(batch=4)
+    first = dec.prefill(x, attention_mask=valid)["logits"]
+    got = torch.cat([dec.step(more[0, i].expand(4))["logits"] for i in range(more.shape[1])], 1)
+    tol = 1e-4 if target == "cpu" else 2e-5
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        head = alone.prefill(p)["logits"]
+        torch.testing.assert_close(first[r:r + 1, x.shape[1] - p.shape[1]:], head, rtol=tol, atol=tol,
+                                   msg=lambda m: f"prefill row {r}: {m}")
+        want = torch.cat([alone.step(more[:, i])["logits"] for i in range(more.shape[1])], 1)
+        torch.testing.assert_close(got[r:r + 1], want, rtol=tol, atol=tol, msg=lambda m: f"row {r}: {m}")
+
+
+def test_a_padded_prompt_no_longer_than_the_sinks_is_a_clear_error(model):
+    c = compile_(model, "torch", 8, 2)
+    x, valid = _padded([ids(2, seed=46), ids(9, seed=47)])
+    with pytest.raises(DecoderError, match=r"row\(s\) \[0\] have 2 token\(s\), not more than the 2 attention sinks"):
+        c.decoder(batch=2).prefill(x, attention_mask=valid)
+    # one call from empty state cannot place the sinks: it refuses a padded batch and names the way that can
+    with pytest.raises(Exception, match="keeps 2 attention sinks in ring KV states.*generate"):
+        c(x, attention_mask=valid)
+    x, valid = _padded([ids(3, seed=46), ids(3, seed=47)])        # not padded: one call runs it
+    assert c(x, attention_mask=valid) is not None
+
+
 @pytest.mark.parametrize("sinks", [0, OWN_S])
 def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone(sinks):
     """Slots count pads, positions do not: both windows compare slot differences, which left pads do not change.
-    With sinks the decoder puts a row's pads after its sinks (decoder.py `_sink_layout`): the model's own window
+    With sinks the decoder puts a row's pads after its sinks (ir/causal_lm.py `sinks_first`): the model's own window
     then compares positions (a slot past the sinks minus the row's pads), so a sink leaves it when it would alone."""
     model, _ = own_model("gemma3", 10)
     c = compile_(model, "torch", OWN_W, sinks)
