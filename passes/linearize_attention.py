@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import symbolic
+from ..ir.dtypes import to_torch
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
@@ -122,10 +123,11 @@ class LinearizeAttention(Pass):
                 raise PassError(f"{where}: {node!r}: heads and head dims must be static; got q {q.type}, "
                                 f"k {k_all.type}, v {v_all.type}")
             f = feature_dim(self.feature_map, d)
-            eye = torch.eye(d)
+            dt = to_torch(q.type.dtype)     # the model's dtype: a bf16 model's scores stay bf16
+            eye = torch.eye(d, dtype=dt)
             wq = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wq"), eye.expand(hq, d, d).clone())
             wk = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wk"), eye.expand(hk, d, d).clone())
-            wf = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wf"), torch.zeros(hq))
+            wf = graph.add_weight(graph.fresh_name(f"linear_attention.{i}.wf"), torch.zeros(hq, dtype=dt))
             kv_in = graph.add_input(graph.fresh_name(f"past_kv_{i}"), TensorType(q.type.dtype, (batch, hk, f, dv)))
             z_in = graph.add_input(graph.fresh_name(f"past_z_{i}"), TensorType(q.type.dtype, (batch, hk, f)))
             scale = node.attrs.get("scale") or d ** -0.5

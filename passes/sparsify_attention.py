@@ -55,12 +55,15 @@ Design decisions:
 - Rolling back: ring states are replayed from a snapshot by the decoder (verify/accept), not narrowed.
 
 `{kind=block_sparse,block=B,local=L,globals=G}` (BigBird/Longformer-style local + global blocks): a
-mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above; the cache stays
+mask-only rewrite (see `_block_sparse`), blocks of cache slots placed by position as above and counted from
+each row's first token (a left-padded row's pads are not its first block: `row_pads`); the cache stays
 an `append` state, so decode memory still grows. A model's own window is and-ed in by position as above.
 
 Errors (PassError naming the pass): window < 1, sinks < 0, sinks > window, window + sinks >= the context
 limit (`context`, filled from the model's max_position_embeddings by slimgraph.optimize), an unknown
-kind, and a graph with no attention over an append KV state (naming how many attention ops it has).
+kind, an option of the other kind (window/sinks with kind=block_sparse, block/local/globals with
+kind=sliding_window: it would be ignored; refused when the pipeline is parsed), and a graph with no
+attention over an append KV state (naming how many attention ops it has).
 """
 from __future__ import annotations
 
@@ -84,8 +87,25 @@ class SparsifyAttention(Pass):
     globals: int = 1    # block_sparse: ... and the first `globals` blocks
     context: int = 0    # the model's context limit (0: unknown, not checked); optimize() fills it
 
+    _KIND_OPTIONS = {"sliding_window": ("window", "sinks"), "block_sparse": ("block", "local", "globals")}
+
     def introduced_ops(self) -> tuple[str, ...]:
         return ("cache_window",) if self.kind == "sliding_window" else ()   # block_sparse only masks
+
+    def validate(self) -> None:
+        """An unknown kind, or an option of the other kind (it would be ignored: kind=block_sparse has no
+        window or sinks, kind=sliding_window no blocks), fails when the pipeline is parsed."""
+        if self.kind not in KINDS:
+            raise PassError(f"sparsify-attention: unknown kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        defaults = type(self)()
+        for other, names in self._KIND_OPTIONS.items():
+            given = [n for n in names if getattr(self, n) != getattr(defaults, n)]
+            if other != self.kind and given:
+                opts = ", ".join(f"{n}={getattr(self, n)}" for n in given)
+                raise PassError(f"sparsify-attention: {opts} {'is an option' if len(given) == 1 else 'are options'} "
+                                f"of kind={other}; kind={self.kind} takes "
+                                f"{', '.join(self._KIND_OPTIONS[self.kind])} (and would ignore it): drop "
+                                f"{'it' if len(given) == 1 else 'them'} or write kind={other}")
 
     def run(self, graph) -> PassResult:
         if self.kind == "block_sparse":
@@ -144,8 +164,14 @@ class SparsifyAttention(Pass):
         first = next(n for n in graph.nodes if any(i is mask for i in n.inputs))
         with graph.inserting_before(first):
             past, new = slots(graph, seq, ctx, where)
+            # blocks count from each row's first token: a slot minus the row's left pads (`row_pads`), so a
+            # left-padded row gets the blocks it gets alone (pad keys fall in blocks < 0, masked out anyway)
+            pads = row_pads(graph, new, seq, where)
+            past = graph.op("sub", graph.op("unsqueeze", past, dim=0), pads)          # [b, L]
+            new = graph.op("sub", new, pads)
             b = graph.op("constant", value=self.block, dtype="i64")
             q, kpast, knew = _slot_grid(graph, past, new)
+            kpast = graph.op("unsqueeze", graph.op("unsqueeze", kpast, dim=1), dim=1)   # [b, 1, 1, L]
 
             def keep(kslot):     # query block - key block < local, or a global key block
                 qb = graph.op("floor_divide", q, b)
@@ -302,9 +328,11 @@ def slots(graph, seq, ctx, where: str):
     A new token's slot is L + (its position_ids entry - the call's first one): L + i for a chain (a decode
     step, a chain verify), L + depth for a candidate tree (slimgraph/decoder.py verify(): node i's position is
     the next position + its depth, its first node is a root), i.e. the slot it has on its own path. A prefill
-    (L = 0) counts by index, L + i: its left pads share position 0, and the ring keeps its first slots as
-    the sinks (a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks
-    compare these slots, so a tree candidate sees what the same tokens decoded as a chain would see."""
+    (L = 0) counts by index, L + i: its pads share a position, and the ring keeps its first slots as the
+    sinks (the decoder lays a padded prompt out with each row's first `sinks` tokens there, its pads after
+    them; a candidate tree on an empty cache is refused by the decoder). Windows, sinks and blocks compare
+    these slots (blocks minus each row's pads, `row_pads`), so a tree candidate sees what the same tokens
+    decoded as a chain would see."""
     length, depth = call_depth(graph, seq, ctx, where)
     return graph.op("arange", end=symbolic.canon(f"{ctx}-({seq})")), graph.op("add", length, depth)
 
@@ -322,6 +350,19 @@ def call_depth(graph, seq, ctx, where: str):
     depth = graph.op("sub", pos, graph.op("slice", pos, dim=1, start=0, end=1))
     prefill = graph.op("eq", length, graph.op("constant", value=0, dtype="i64"))
     return length, graph.op("where", prefill, graph.op("arange", end=seq), depth)
+
+
+def row_pads(graph, new, seq, where: str):
+    """[b, 1]: each row's cache slots before its first token (a left-padded prompt's pads): the slot of the
+    call's last new token (`slots`; never a pad) minus its position id (positions count real tokens only)."""
+    pos = next((v for v in graph.inputs if v.name == "position_ids"), None)
+    if pos is None or pos.type.rank != 2:
+        raise PassError(f"{where}: graph @{graph.name} has no input %position_ids [b, seq] (the causal-LM "
+                        f"convention, ir/causal_lm.py); blocks are placed by position")
+    pos = pos if pos.type.dtype == "i64" else graph.op("cast", pos, dtype="i64")
+    last = symbolic.canon(f"({seq})-1")
+    return graph.op("sub", graph.op("slice", new, dim=1, start=last, end=seq),
+                    graph.op("slice", pos, dim=1, start=last, end=seq))
 
 
 def own_window(node):
@@ -398,7 +439,10 @@ def _windowed_masks(graph, nodes, window, sinks):
         grid = _slot_grid(graph, graph.op("cache_window", past, axis=0, window=window, sinks=sinks), new)
         ring = graph.op("logical_and", kept, _band_keep(graph, *grid, window, sinks))
         by_window = {}
-        for w, s in sorted({own_window(n) for n in nodes if len(n.inputs) > 3 and own_window(n)}):
+        owns = sorted({own_window(n) for n in nodes if len(n.inputs) > 3 and own_window(n)})
+        if owns and sinks:   # the decoder puts a padded row's pads after its sinks: compare positions
+            grid = _sink_layout_positions(graph, grid, new, seq, sinks)
+        for w, s in owns:
             inside = s == 0 and w <= window
             by_window[(w, s)] = graph.op("logical_and", kept if inside else ring, _band_keep(graph, *grid, w, s))
     graph.rename(kept, graph.fresh_name("ring_mask_cols"))
@@ -406,6 +450,17 @@ def _windowed_masks(graph, nodes, window, sinks):
     for (w, s), m in by_window.items():
         graph.rename(m, graph.fresh_name(f"ring_mask_window{w}" + (f"_sinks{s}" if s else "")))
     return {n: by_window[own_window(n)] if own_window(n) else ring for n in nodes if len(n.inputs) > 3}
+
+
+def _sink_layout_positions(graph, grid, new, seq, sinks):
+    """The slot grid (`_slot_grid`) as positions under the decoder's sink layout (ir/causal_lm.py
+    `sinks_first`: a padded row's first `sinks` tokens, then its pads, then the rest): a slot below `sinks` is
+    its own position, a later one is the slot minus the row's pads (`row_pads`). Slot differences past the sinks
+    are position differences already; a distance to a sink is not, and a model's own window measures it."""
+    pads = row_pads(graph, new, seq, "sparsify-attention")
+    pads = graph.op("unsqueeze", graph.op("unsqueeze", pads, dim=2), dim=3)          # [b, 1, 1, 1]
+    first = graph.op("constant", value=sinks, dtype="i64")
+    return tuple(graph.op("where", graph.op("ge", x, first), graph.op("sub", x, pads), x) for x in grid)
 
 
 def _to_ring(graph, st, window, sinks):

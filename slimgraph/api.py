@@ -239,7 +239,8 @@ def _check_target_runs_pipeline(tgt, spec, allow_fallback):
             raise OptimizeError(f"pass {p.spec()} makes op{'s' if len(missing) > 1 else ''} {', '.join(missing)}, "
                                 f"which target {tgt.name!r} does not run (`slimgraph ops --target {tgt.name}`); "
                                 f"use target={' or '.join(repr(n) for n in able) or 'none'} for this pipeline, drop "
-                                f"the pass, or pass allow_fallback=True to run it on the 'torch' target")
+                                f"the pass, or allow the fallback to the 'torch' target (allow_fallback=True; "
+                                f"`slimgraph compile --allow-fallback`)")
 
 
 def _with_calibration(spec, model, calibration):
@@ -335,8 +336,9 @@ def _compile(tgt, graph, allow_fallback, report, source=None):
             where = f" (from {source})" if source else ""
             raise OptimizeError(f"target {tgt.name!r} could not compile graph @{graph.name}{where}: "
                                 f"{type(e).__name__}: {e}" + ("" if tgt.name == "torch" else
-                                                              "\n  pass allow_fallback=True to run on the "
-                                                              "'torch' target instead")) from e
+                                                              "\n  pass allow_fallback=True (`slimgraph compile "
+                                                              "--allow-fallback`) to run on the 'torch' target "
+                                                              "instead")) from e
         from .targets.base import get_target
         report.notes.append(f"target {tgt.name!r} failed ({type(e).__name__}: {e}); fell back to 'torch'")
         report.target = "torch"

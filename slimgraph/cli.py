@@ -45,7 +45,7 @@ def cmd_compile(args) -> None:
     model, example_inputs = load_source(args.source)
     t0 = time.perf_counter()
     compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline,
-                                  calibration=calibration)
+                                  calibration=calibration, allow_fallback=args.allow_fallback)
     took = time.perf_counter() - t0
     replaced = out.exists()
     compiled.save(out)
@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                    " (default for a zoo/transformers causal LM: the shipped calibration text)")
     c.add_argument("-o", "--output", required=True, help="output directory (writes DIR/model.sg) or DIR.sg")
     c.add_argument("--force", action="store_true", help="replace the artifact if it already exists")
+    c.add_argument("--allow-fallback", action="store_true",
+                   help="compile for the 'torch' target when --target cannot run the pipeline's ops or build the "
+                        "graph (the report says so)")
     c.set_defaults(fn=cmd_compile)
 
     i = sub.add_parser("inspect", parents=[debug], help="summarize an artifact")

@@ -21,7 +21,9 @@ accepted tokens from it (one more forward of n tokens).
 
 Left padding: positions count real tokens only, and no query attends to a pad key. A pad query attends
 to itself alone (a row with no key would make softmax NaN, and NaN would reach real rows through the
-values). Each sequence of a padded batch then computes what it computes alone, up to float rounding.
+values). Each sequence of a padded batch then computes what it computes alone, up to float rounding. Over ring
+states with sinks the prompt's cache slots are reordered per row (ir/causal_lm.py `sinks_first`: its first S tokens, its
+pads, the rest; the outputs come back in the caller's layout), so pads never take a row's sink slots.
 """
 from __future__ import annotations
 from dataclasses import dataclass
@@ -168,17 +170,30 @@ class Decoder:
         return out
 
     def accept(self, n: int | None = None, path=None) -> None:
-        """Keep the first `n` verified candidates (a chain), or the candidates at indices `path` (a root-to-leaf
-        path of the tree, in order); the rest leave the cache as if never run."""
+        """Keep the first `n` verified candidates (a chain), or the candidates at indices `path` (a root-to-node
+        path of the tree, in order: each one's ancestors are the ones before it); the rest leave the cache as if
+        never run. Answers the verify() just before it: any call in between keeps all the candidates."""
         p = self._pending
         if p is None:
-            raise DecoderError("accept() follows verify(); there is nothing to accept")
+            raise DecoderError("accept() follows verify() (with no other call between them: a step or verify "
+                               "after verify keeps its candidates); there is nothing to accept")
+        if n is None and path is None:
+            raise DecoderError("accept() needs n (keep the first n candidates of a chain) or path (the candidates "
+                               "on one root-to-node path of the tree)")
+        if n is not None and path is not None:
+            raise DecoderError(f"accept({n}, path={list(path)}): give either n or path")
         k = p.tokens.shape[1]
         idx = list(range(n)) if path is None else [int(i) for i in path]
         if path is None and not 0 <= n <= k:
             raise DecoderError(f"accept({n}): verify ran {k} candidates")
         if any(not 0 <= i < k for i in idx) or len(set(idx)) != len(idx):
             raise DecoderError(f"accept(path={idx}): indices must be distinct and in 0..{k - 1}")
+        seen = (torch.ones(k, k, dtype=torch.bool).tril() if p.tree_mask is None else p.tree_mask.bool().cpu())
+        for j, i in enumerate(idx):   # node i's ancestors (and itself) must be exactly the path up to it
+            if set(seen[i].nonzero().flatten().tolist()) != set(idx[:j + 1]):
+                what = "chain (its paths are its prefixes: accept(n))" if p.tree_mask is None else "tree"
+                raise DecoderError(f"accept(path={idx}): not a root-to-node path of the verified {what}: candidate "
+                                   f"{i} was verified after candidates {seen[i].nonzero().flatten().tolist()[:-1]}")
         self._pending = None
         if self.replays:    # ring / fixed states: replay the accepted tokens from the state before verify
             self.states, self.key_valid, self.next_pos = list(p.snapshot), p.key_valid, p.next_pos
@@ -211,6 +226,7 @@ class Decoder:
     # ---- one forward -----------------------------------------------------------------------------
     def _forward(self, ids, positions, local, new_valid) -> dict:
         b, n = ids.shape
+        self._pending = None    # a call after verify() keeps its candidates: nothing is left to accept
         if b != self.batch:
             raise DecoderError(f"this decoder holds {self.batch} sequences; got tokens for {b}")
         added = n    # positions the call adds per sequence: n, or the valid ones of a padded prompt

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .ir.registry import get_op
+from .ir.dtypes import to_torch
 
 
 class DraftTrainingError(ValueError):
@@ -171,9 +172,10 @@ def lm_head_matrix(graph):
     args = [_const(v) for v in node.inputs[1:]]
     op = get_op(node.op)
     d = node.inputs[0].type.shape[-1]
+    dt = to_torch(node.inputs[0].type.dtype)     # the head's own input dtype (a bf16 model's head is bf16)
     with torch.no_grad():
-        bias = op.run(torch.zeros(1, d), *args, **node.attrs)[0].float()
-        w = (op.run(torch.eye(d), *args, **node.attrs).float() - bias).T.contiguous()   # [vocab, hidden]
+        bias = op.run(torch.zeros(1, d, dtype=dt), *args, **node.attrs)[0].float()
+        w = (op.run(torch.eye(d, dtype=dt), *args, **node.attrs).float() - bias).T.contiguous()   # [vocab, hidden]
     return w, (bias if bool(bias.abs().max() > 0) else None)
 
 
@@ -192,7 +194,7 @@ def _bar(total, desc, progress):
     if not progress:
         return None
     from .ir import progress as bars
-    return None if bars.quiet() else bars.bar(total, desc, enabled=True, delay=0)
+    return None if bars.quiet() else bars.bar(total, desc, delay=0)   # ir/progress.py: on a terminal only
 
 
 def self_distillation_data(compiled, prompts: torch.Tensor, new_tokens: int, *, gen_batch: int = 16,

@@ -27,7 +27,7 @@ def token_ids(tokenizer, split: str = "calib", n: int = 32, seq: int = 256, text
     """n consecutive non-overlapping windows of `seq` tokens -> i64[n, seq] (calibration input)."""
     ids = tokenizer(text or load_text(split), return_tensors="pt").input_ids[0]
     if len(ids) < n * seq:
-        raise ValueError(f"the {split} text has {len(ids)} tokens; {n} x {seq} requested")
+        raise ValueError(f"the {split if text is None else 'given'} text has {len(ids)} tokens; {n} x {seq} requested")
     return ids[:n * seq].view(n, seq).clone()
 
 

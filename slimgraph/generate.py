@@ -71,6 +71,9 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     beside the heads' (greedy, batch 1); on a model without draft heads, the only draft (no training).
     """
     _check_args(compiled, input_ids, max_new_tokens, temperature, top_k)
+    if (isinstance(attention_mask, torch.Tensor) and attention_mask.shape == input_ids.shape
+            and bool(attention_mask.bool().all())):
+        attention_mask = None    # no pads (a tokenizer's mask of ones): one plain prompt per row, as without it
     _check_positions(compiled, input_ids, max_new_tokens, attention_mask)
     mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup)
     if tree is not None and mode != "tree":
@@ -120,6 +123,11 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     return ids[:, :prompt_len + n].contiguous()  # a copy only when stopped early with batch > 1
 
 
+def _rows(input_ids, attention_mask) -> str:
+    b = input_ids.shape[0]
+    return f"batch {b}" + (" with left padding (attention_mask)" if attention_mask is not None else "")
+
+
 def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0):
     from .speculative import num_heads
     import operator
@@ -138,8 +146,8 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
         if do_sample:
             raise GenerateError("generate(): lookup drafting is greedy only; use do_sample=False or lookup=0")
         if input_ids.shape[0] != 1 or attention_mask is not None:
-            raise GenerateError(f"generate(): lookup drafting runs one prompt (batch 1, no attention_mask), got "
-                                f"batch {input_ids.shape[0]}")
+            raise GenerateError(f"generate(): lookup drafting runs one prompt (batch 1, no padding), got "
+                                f"{_rows(input_ids, attention_mask)}")
     if speculative is None:
         plain = (input_ids.shape[0] != 1 or attention_mask is not None
                  or not (num_heads(compiled.graph) or lookup))
@@ -153,8 +161,8 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
         raise GenerateError("generate(): sampling (do_sample=True) verifies a chain of drafts; use "
                             "speculative='chain' (the tree is greedy only)")
     if mode == "tree" and (input_ids.shape[0] != 1 or attention_mask is not None):
-        raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no attention_mask), got "
-                            f"batch {input_ids.shape[0]}; a batch verifies chains: use speculative='chain'")
+        raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no padding), got "
+                            f"{_rows(input_ids, attention_mask)}; a batch verifies chains: use speculative='chain'")
     if not num_heads(compiled.graph) and not (lookup and mode == "chain"):
         if lookup:
             raise GenerateError("generate(): speculative='tree' needs draft heads; lookup alone drafts a chain: "

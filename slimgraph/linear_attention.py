@@ -178,10 +178,23 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
             raise DistillationError("distill_attention(): pass `ids` (token ids) or a `tokenizer` for `texts`")
         from .evaluate import token_ids
         text = texts if isinstance(texts, str) or texts is None else "\n\n".join(texts)
-        ids = token_ids(tokenizer, split="calib", n=num_seqs, seq=seq_len, text=text)
+        try:
+            ids = token_ids(tokenizer, split="calib", n=num_seqs, seq=seq_len, text=text)
+        except ValueError as e:
+            raise DistillationError(f"distill_attention(): {e}; pass more text, or fewer or shorter sequences "
+                                    f"(num_seqs={num_seqs}, seq_len={seq_len})") from None
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long or len(ids) <= heldout:
+        got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise DistillationError(f"distill_attention(): ids must be an int64 tensor [n, seq] with n > heldout "
-                                f"({heldout}); got {getattr(ids, 'shape', type(ids))}")
+                                f"({heldout}); got {got}")
+    hybrid = [(n.attrs["window"], n.attrs["sinks"]) for n in nodes if n.attrs["window"]]
+    w, s = min(hybrid, key=sum) if len(hybrid) == len(nodes) else (0, 0)   # pure linear: every key
+    if w and ids.shape[1] <= w + s + 1:
+        # query p reads key j through the feature maps only when j >= sinks and p - j > window
+        raise DistillationError(f"distill_attention(): sequences of {ids.shape[1]} tokens keep every key in the "
+                                f"softmax part (window {w} + {s} sinks, and the query itself): no key is ever linear, "
+                                f"so the feature maps would not train; use sequences longer than {w + s + 1} tokens "
+                                f"(seq_len=, or wider ids)")
     if not 0.0 <= end_to_end < 1.0:
         raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
                                 f"end-to-end stage, in [0, 1); got {end_to_end}")

@@ -250,7 +250,7 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
             raise SpeculativeError("sampling (do_sample=True) verifies a chain; use speculative='chain' (the tree "
                                    "rejection rule is not implemented)")
         vocab = {v.name: v for v in dec.graph.outputs}["logits"].type.shape[-1]
-        t = tree if isinstance(tree, Tree) else Tree(tree or [p for p in DEFAULT_TREE if len(p) <= k], k,
+        t = tree if isinstance(tree, Tree) else Tree([p for p in DEFAULT_TREE if len(p) <= k] if tree is None else tree, k,
                                                      vocab if isinstance(vocab, int) else None)
         if t.depth > k:
             raise SpeculativeError(f"tree depth {t.depth} > {k} draft heads")

@@ -271,3 +271,16 @@ def test_bench_eval_ppl(tmp_path):
                     "--tokenizer", tmp_path / "tok", "--eval-tokens", "600").stdout
     ppl = float(next(line for line in out.splitlines() if line.startswith("perplexity:")).split()[1])
     assert 1 < ppl < 1e4
+
+
+def test_a_pass_the_target_cannot_run_names_the_command_line_fallback(tmp_path):
+    """The refusal names the fix in the caller's spelling: `--allow-fallback` on the command line, which then
+    compiles for the 'torch' target and says so."""
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    pipe = "canonicalize,linearize-attention{feature_map=elu,window=4},dce"
+    p = slimgraph("compile", src, "--target", "onnx", "--pipeline", pipe, "-o", tmp_path / "a.sg", check=False)
+    assert p.returncode == 2 and "linear_attention" in p.stderr and "--allow-fallback" in p.stderr
+    assert not (tmp_path / "a.sg").exists()
+    p = slimgraph("compile", src, "--target", "onnx", "--pipeline", pipe, "--allow-fallback", "-o", tmp_path / "a.sg")
+    assert "wrote" in p.stdout
+    assert json.loads((tmp_path / "a.sg" / "manifest.json").read_text())["target"] == "torch"

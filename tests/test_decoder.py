@@ -1,5 +1,7 @@
 """slimgraph.decoder: verify = k single steps; accept/truncate = a fresh decode of what was kept; left-padded
 batches = each prompt alone. On a tiny random Llama (every target) and on the real SmolLM2 (slow)."""
+import re
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import slimgraph
 from slimgraph.decoder import DecoderError
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import tiny_llama  # noqa: E402
+from tiny_lm import tiny_llama, tree_mask  # noqa: E402
 TOL = 1e-5
 
 
@@ -153,3 +155,39 @@ def test_output_names_survive_a_rewriting_pipeline():
     assert names[1:] == [s.output.name for s in fast.graph.states] == \
         [f"present_{k}_{i}" for i in range(2) for k in ("key", "value")]
     assert fast.generate(ids(5), max_new_tokens=4).shape == (1, 9)
+
+
+@pytest.mark.parametrize("pipeline", ["canonicalize,cse,dce",   # append KV states: accept narrows the cache
+                                      "canonicalize,sparsify-attention{kind=sliding_window,window=6,sinks=2},dce"])
+def test_accept_takes_only_what_the_last_verify_ran_and_only_its_paths(pipeline):
+    """accept() answers the verify() just before it: a step or another call in between makes the verified
+    candidates part of the sequence (accept then has nothing to accept), and a path must be a path of what
+    ran (a chain's prefix, a tree's root-to-node path): keeping other candidates would keep keys computed
+    with the wrong tokens before them (append states) or replay them as if they were a chain (ring states)."""
+    model = tiny_llama()
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=pipeline)
+    dec = fast.decoder()
+    dec.prefill(ids(8))
+    dec.verify(ids(3, seed=2))
+    dec.step(ids(1, seed=3))                          # the 3 candidates stay: the cache holds 8 + 3 + 1
+    assert dec.length == 12
+    with pytest.raises(DecoderError, match="accept\\(\\) follows verify"):
+        dec.accept(1)
+    dec.verify(ids(3, seed=2))
+    with pytest.raises(DecoderError, match="accept\\(path=\\[0, 2\\]\\): not a root-to-node path of the verified chain"):
+        dec.accept(path=[0, 2])
+    with pytest.raises(DecoderError, match="accept\\(\\) needs n .* or path"):
+        dec.accept()
+    with pytest.raises(DecoderError, match="either n or path"):
+        dec.accept(1, path=[0])
+    dec.accept(path=[0, 1])                           # a chain's prefix as a path is accept(2)
+    assert dec.length == 14
+    tm = tree_mask([-1, 0, 0, 1])                     # node 3's path is 0, 1, 3
+    for bad in ([0, 3], [1, 3], [3], [0, 2, 3]):
+        dec.verify(ids(4, seed=4), tree_mask=tm)
+        with pytest.raises(DecoderError, match=re.escape(f"accept(path={bad}): not a root-to-node path of the verified tree")):
+            dec.accept(path=bad)
+        dec.accept(0)                                 # a refused accept leaves the verify to accept: drop it
+    dec.verify(ids(4, seed=4), tree_mask=tm)
+    dec.accept(path=[0, 1, 3])
+    assert dec.length == 17

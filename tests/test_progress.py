@@ -47,3 +47,12 @@ def test_onnx_export_counts_weights_and_nodes(monkeypatch):
     g.set_outputs([y])
     export_onnx(g)
     assert seen == [("onnx export", len(g.weights) + len(g.nodes))]
+
+
+def test_training_bars_follow_the_terminal_rule(monkeypatch):
+    """train_draft_heads and distill_attention show their bars by the same rules: not when stderr is not a
+    terminal (a log file, CI, pytest's capture), however many steps they run."""
+    from slimgraph import draft, linear_attention
+    monkeypatch.delenv(progress.ENV, raising=False)
+    for bar in (draft._bar(10, "draft heads", True), linear_attention._bar(10, "attention", "step", True)):
+        assert bar is None or bar.disable

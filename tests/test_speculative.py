@@ -332,6 +332,35 @@ def test_eagle_reads_a_quantized_embedding_table():
     torch.testing.assert_close(embedding_table(c.graph), m.model.embed_tokens.weight.detach(), rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_a_bf16_model_trains_its_heads_in_its_own_dtype_and_decodes_identically(kind):
+    """A model traced in bf16: the heads (and the lm_head they share) are bf16 weights; training reads the
+    lm_head at the model's dtype, trains in float, stores the heads back in bf16, and decoding stays greedy."""
+    c = slimgraph.optimize(tiny_llama().to(torch.bfloat16), (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=f"canonicalize,insert-draft-heads{{num_heads=2,kind={kind}}}")
+    before = {n: w.tensor.clone() for n, w in c.graph.weights.items() if n.startswith("draft_heads.")}
+    report = slimgraph.train_draft_heads(c, prompts=prompts(8, seed=5), new_tokens=12, steps=20,
+                                         time_budget_s=None, seed=0, progress=False)
+    assert report.steps == 20
+    heads = {n: w.tensor for n, w in c.graph.weights.items() if n.startswith("draft_heads.")}
+    assert all(heads[n].dtype == before[n].dtype for n in before)
+    assert any(not torch.equal(heads[n], before[n]) for n in before if heads[n].is_floating_point())
+    p = prompts(1, seed=7)
+    want = generate(c, p, 16, speculative=False)
+    assert torch.equal(generate(c, p, 16, speculative="chain"), want)
+
+
+def test_a_tokenizers_all_ones_attention_mask_is_no_padding(random_heads):
+    """tokenizer(...) returns an attention_mask of ones with the ids: passing it along (as with HF generate) is
+    one unpadded prompt, so the tree, lookup and auto mode decode speculatively as without it."""
+    p = prompts(1)
+    ones = torch.ones_like(p)
+    want = generate(random_heads, p, 12, speculative=False)
+    for kw in (dict(speculative="tree"), dict(lookup=3), {}):
+        assert torch.equal(generate(random_heads, p, 12, attention_mask=ones, **kw), want), kw
+        assert random_heads.last_generate_stats.speculative, kw
+
+
 # --- prompt lookup drafting (slimgraph.speculative.NgramIndex) ---------------------------------------------
 
 def test_ngram_index_drafts_what_followed_the_last_occurrence_of_the_longest_suffix():
@@ -443,6 +472,8 @@ def test_generate_refuses_a_tree_argument_it_would_ignore(random_heads):
         generate(random_heads, prompts(1), 4, tree=[(0,)])
     with pytest.raises(GenerateError, match="ranks must be in"):
         generate(random_heads, prompts(1), 4, speculative="tree", tree=[(0,), (VOCAB + 5,)])
+    with pytest.raises(GenerateError, match="give 1..63 paths, got 0"):     # not silently the default tree
+        generate(random_heads, prompts(1), 4, speculative="tree", tree=[])
 
 
 def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():

@@ -149,7 +149,7 @@ def test_speculative_medusa_tree_is_token_identical_to_plain_greedy(model, kind,
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_left_padded_batch_prefill_still_counts_slots_by_index(model, kind):
-    """At L = 0 slots are indices (the pads share position 0 and occupy the first slots, the ring's sinks):
+    """At L = 0 slots are indices (the pads share a position; the decoder puts them after each row's sinks):
     a left-padded batch's prefill over the whole sequence equals its prefill of the prompts + decode steps."""
     c = compile_(model, kind, "torch")
     prompts = [ids(n, seed=n) for n in (5, 17, 11)]

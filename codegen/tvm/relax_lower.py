@@ -462,6 +462,10 @@ def _attention(lw, node, args):
             if node.attrs["sinks"]:
                 win = R.logical_or(win, R.less(j, lw.const(node.attrs["sinks"], "i64")))
             keep = win if keep is None else R.logical_and(keep, win)
+    if mask is not None and node.inputs[3].type.shape[3] != kt.shape[2]:
+        # the keys' length spelled two ways (a ring's mask: Min(ctx - seq, W + S) + seq, its keys past + seq):
+        # one spelling, checked when run (as the fused kernel's `attention`), or the scores would have no shape
+        mask = lw.conform(mask, [*lw.shape(node.inputs[3])[:3], lk])
     if mask is not None and _dtype(mask) == "bool":
         keep = mask if keep is None else R.logical_and(mask, keep)
     elif mask is not None:

@@ -364,6 +364,41 @@ def test_distillation_needs_linear_attention(model):
         slimgraph.distill_attention(c, ids=ids(40).view(2, 20))
 
 
+def test_distillation_refuses_data_that_cannot_train_the_feature_maps(model):
+    """Sequences no longer than window + sinks + 1 keep every key in the softmax window (no key is ever linear):
+    the feature maps would get no gradient, and the report would show a held-out error of 0 -> 0. Ids that are not
+    int64 name their dtype."""
+    c = compile_(model, "torch", w=6, s=2)
+    with pytest.raises(DistillationError, match="9 tokens.*window 6 \\+ 2 sinks.*longer than 9"):
+        slimgraph.distill_attention(c, ids=ids(27).view(3, 9), steps=2, progress=False)
+    slimgraph.distill_attention(c, ids=ids(30).view(3, 10), steps=0, progress=False)   # 10 tokens: one linear key
+    with pytest.raises(DistillationError, match="torch.int32"):
+        slimgraph.distill_attention(c, ids=ids(30).view(3, 10).int(), steps=2, progress=False)
+
+    class CharTokenizer:     # one token per character
+        def __call__(self, text, return_tensors=None):
+            return type("Enc", (), {"input_ids": torch.tensor([[ord(ch) % 96 for ch in text]])})()
+    with pytest.raises(DistillationError, match="the given text has 11 tokens; 16 x 512 requested.*num_seqs"):
+        slimgraph.distill_attention(c, texts="hello there", tokenizer=CharTokenizer(), progress=False)
+
+
+@pytest.mark.parametrize("target", ["reference", "torch"])
+def test_a_bf16_model_linearizes_in_its_own_dtype(target):
+    """The feature maps and window factors are weights of the model's dtype (f32 ones made a bf16 model's
+    window scores f32, and the op failed on f32 @ bf16); the rewrite decodes, distils and keeps its dtype."""
+    model = tiny_llama().to(torch.bfloat16)
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
+                           pipeline="canonicalize,linearize-attention{feature_map=hedgehog,window=6,sinks=2},dce")
+    assert {str(w.type.dtype) for n, w in c.graph.weights.items() if n.startswith("linear_attention.")} == {"bf16"}
+    slimgraph.distill_attention(c, ids=ids(48).view(3, 16), steps=3, time_budget_s=None, progress=False)
+    x = ids(20, seed=3)
+    full = c.decoder().prefill(x)["logits"]
+    assert full.dtype == torch.bfloat16
+    dec = c.decoder()
+    steps = [dec.prefill(x[:, :4])["logits"]] + [dec.step(x[:, i])["logits"] for i in range(4, 20)]
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), rtol=0.05, atol=0.05)
+
+
 def test_the_end_to_end_stage_lowers_the_models_heldout_kl_from_softmax_attention(model):
     # stage 1 alone, then the same budget with half of it spent end to end: the second stage trains every
     # feature map together on the model's output (KL from the softmax model's logits) and must improve it

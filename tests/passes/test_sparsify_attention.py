@@ -270,6 +270,21 @@ def test_block_sparse_prefill_matches_the_hf_oracle_and_decode_applies_the_same_
     torch.testing.assert_close(steps, full[:, 3:], rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("opts,match", [
+    ("kind=sliding_window,window=8,block=16", "block=16 is an option of kind=block_sparse; kind=sliding_window"),
+    ("window=8,sinks=2,local=2,globals=0", "local=2, globals=0 are options of kind=block_sparse"),
+    ("kind=block_sparse,block=8,window=16", "window=16 is an option of kind=sliding_window; kind=block_sparse"),
+    ("kind=block_sparse,block=8,sinks=0", "sinks=0 is an option of kind=sliding_window"),
+])
+def test_options_of_the_other_kind_are_refused_not_ignored(opts, match):
+    """kind=block_sparse has no window or sinks, kind=sliding_window no blocks: such an option would be silently
+    ignored (a user asking for block_sparse with window=16 would get no window), so the pipeline is refused
+    when it is parsed, before the model is imported."""
+    from slimgraph.passes.pipeline import parse_pipeline
+    with pytest.raises(PassError, match=match):
+        parse_pipeline(f"sparsify-attention{{{opts}}}")
+
+
 def test_block_sparse_bad_options(model):
     with pytest.raises(PassError, match="block and local must be >= 1"):
         compile_(model, pipeline="sparsify-attention{kind=block_sparse,block=0}")
@@ -562,11 +577,13 @@ def test_a_padded_prompt_no_longer_than_the_sinks_is_a_clear_error(model):
     assert c(x, attention_mask=valid) is not None
 
 
-def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone():
-    """Slots count pads, positions do not: both windows compare slot differences, which pads do not change.
-    (Sinks = 0 here; with sinks, the padded-batch test above.)"""
+@pytest.mark.parametrize("sinks", [0, OWN_S])
+def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone(sinks):
+    """Slots count pads, positions do not: both windows compare slot differences, which left pads do not change.
+    With sinks the decoder puts a row's pads after its sinks (ir/causal_lm.py `sinks_first`): the model's own window
+    then compares positions (a slot past the sinks minus the row's pads), so a sink leaves it when it would alone."""
     model, _ = own_model("gemma3", 10)
-    c = compile_(model, "torch", OWN_W, 0)
+    c = compile_(model, "torch", OWN_W, sinks)
     prompts = [ids(n, seed=30 + n) for n in (6, 19, 12)]
     more = ids(14, seed=33)
     x = torch.zeros(3, 19, dtype=torch.long)
@@ -615,3 +632,57 @@ def test_an_unmasked_attention_with_its_own_window_composes_by_index_or_is_a_cle
     assert [(n.attrs["window"], n.attrs["sinks"]) for n in g.nodes if n.op == "attention"] == [(5, 0)] * 2
     with pytest.raises(PassError, match="has its own sliding window \\(window=9, sinks=0\\) and no mask"):
         parse_pipeline("sparsify-attention{window=8,sinks=2}")[0].run(graph(9))
+
+
+@pytest.mark.parametrize("pipeline", [
+    "canonicalize,sparsify-attention{window=8,sinks=2},dce",
+    "canonicalize,linearize-attention{feature_map=hedgehog,window=6,sinks=3},dce",
+    "canonicalize,sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},dce",
+])
+def test_a_left_padded_batch_keeps_each_rows_own_sinks_and_blocks(model, pipeline):
+    """A ring keeps the first `sinks` cache slots: with plain left padding those are a shorter prompt's pads, and
+    its real first tokens, the attention sinks, were dropped once they left the window (StreamingLLM without
+    sinks). The decoder lays a padded prompt out with each row's first `sinks` tokens in the first slots, its pads
+    after them: each row then computes what it computes alone, through the prefill and past the window, and the
+    outputs keep the caller's left-padded layout. Blocks (block_sparse) are counted from each row's first
+    token, not from the first pad."""
+    c = compile_(model, "torch", pipeline=pipeline)
+    prompts = [ids(n, seed=40 + n) for n in (5, 19, 12)]
+    more = ids(14, seed=43)
+    width = max(p.shape[1] for p in prompts)
+    x = torch.zeros(3, width, dtype=torch.long)
+    valid = torch.ones_like(x)
+    for r, p in enumerate(prompts):
+        x[r, width - p.shape[1]:], valid[r, :width - p.shape[1]] = p[0], 0
+    dec = c.decoder(batch=3)
+    first = dec.prefill(x, attention_mask=valid)["logits"]
+    got = torch.cat([first[:, -1:]] + [dec.step(more[0, i].expand(3))["logits"] for i in range(more.shape[1])], 1)
+    for r, p in enumerate(prompts):
+        alone = c.decoder()
+        pre = alone.prefill(p)["logits"]
+        torch.testing.assert_close(first[r:r + 1, width - p.shape[1]:], pre, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"row {r} prefill: {m}")
+        want = [pre[:, -1:]] + [alone.step(more[:, i])["logits"] for i in range(more.shape[1])]
+        torch.testing.assert_close(got[r:r + 1], torch.cat(want, 1), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"row {r}: {m}")
+    out = c.generate(x, 12, attention_mask=valid)
+    for r, p in enumerate(prompts):
+        assert torch.equal(out[r, width - p.shape[1]:], c.generate(p, 12)[0]), f"row {r}"
+
+
+def test_a_bf16_ring_runs_on_the_cpu_target():
+    """bf16 attention takes the cpu target's unfused path (the fused kernel is f32): there the ring's mask
+    (last dim Min(ctx - seq, W + S) + seq) and the keys (past + seq) are the same length spelled two ways, cast
+    to one (checked when run) as the fused kernel does, instead of a TVM assertion at compile time."""
+    pytest.importorskip("tvm", reason="the cpu target needs apache-tvm")
+    model = tiny_llama().to(torch.bfloat16)
+    pipe = "canonicalize,sparsify-attention{window=8,sinks=2},dce"
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="reference", pipeline=pipe)
+    x = ids(24, seed=11)
+    got, want = c.decoder(), ref.decoder()
+    outs = [(got.prefill(x[:, :6])["logits"], want.prefill(x[:, :6])["logits"])]
+    outs += [(got.step(x[:, i])["logits"], want.step(x[:, i])["logits"]) for i in range(6, 24)]
+    for a, b in outs:
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
