@@ -114,7 +114,8 @@ class _Student(Interpreter):
         if node.op != "linear_attention":
             return super().run_node(node, args, symbols)
         a = node.attrs
-        return self.kernel(*args[:5], *self.params[id(node)], *args[8:], feature_map=a["feature_map"],
+        ws = [w.to(args[0].dtype) for w in self.params[id(node)]]     # a bf16 model's maps: its dtype
+        return self.kernel(*args[:5], *ws, *args[8:], feature_map=a["feature_map"],
                            window=a["window"], sinks=a["sinks"], scale=a["scale"])
 
 

@@ -390,7 +390,9 @@ def test_a_bf16_model_linearizes_in_its_own_dtype(target):
     c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target=target,
                            pipeline="canonicalize,linearize-attention{feature_map=hedgehog,window=6,sinks=2},dce")
     assert {str(w.type.dtype) for n, w in c.graph.weights.items() if n.startswith("linear_attention.")} == {"bf16"}
-    slimgraph.distill_attention(c, ids=ids(48).view(3, 16), steps=3, time_budget_s=None, progress=False)
+    r = slimgraph.distill_attention(c, ids=ids(48).view(3, 16), steps=4, time_budget_s=None, progress=False,
+                                    end_to_end=0.5)         # the whole-model stage runs in bf16 too
+    assert r.e2e_steps == 2 and r.heldout_kl == r.heldout_kl
     x = ids(20, seed=3)
     full = c.decoder().prefill(x)["logits"]
     assert full.dtype == torch.bfloat16
