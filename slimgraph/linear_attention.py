@@ -126,8 +126,8 @@ def _decoder(graph, run):
 
 
 def teacher_records(compiled, ids: torch.Tensor, nodes, progress: bool = True, logits: bool = False):
-    """Per node: (q, k, v, softmax out) stacked over the sequences of `ids` [n, seq], bf16; with `logits`,
-    also the softmax model's next-token log-probabilities [n, seq, vocab] (bf16) as a second result."""
+    """(per node: (q, k, v, softmax out) stacked over the sequences of `ids` [n, seq], bf16; with `logits` the
+    softmax model's next-token log-probabilities [n, seq, vocab] (bf16), else None)."""
     teacher = _Teacher(compiled.graph)
     dec = _decoder(compiled.graph, teacher.run)
     per = {id(n): [] for n in nodes}
@@ -144,8 +144,7 @@ def teacher_records(compiled, ids: torch.Tensor, nodes, progress: bool = True, l
             bar.update(1)
     if bar is not None:
         bar.close()
-    records = [tuple(torch.cat(x) for x in zip(*per[id(n)])) for n in nodes]
-    return (records, torch.cat(logp)) if logits else records
+    return [tuple(torch.cat(x) for x in zip(*per[id(n)])) for n in nodes], (torch.cat(logp) if logits else None)
 
 
 def _logits(out: dict) -> torch.Tensor:
@@ -200,8 +199,7 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
                                 f"end-to-end stage, in [0, 1); got {end_to_end}")
     t0 = time.perf_counter()
-    records = teacher_records(compiled, ids, nodes, progress, logits=end_to_end > 0)
-    records, teacher_logp = records if end_to_end > 0 else (records, None)
+    records, teacher_logp = teacher_records(compiled, ids, nodes, progress, logits=end_to_end > 0)
     data_s = time.perf_counter() - t0
     n_train = len(ids) - heldout
     ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
@@ -260,10 +258,12 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
     """The second stage (module docstring): (steps, CPU s, held-out KL before, after, wall s)."""
     from .draft import _optimize
     student = _Student(graph, {id(n): w for n, w in zip(nodes, ws)}, _kernel())
+    params = [p for pair in ws for p in pair]
 
-    def kl(row: int) -> torch.Tensor:
-        logp = F.log_softmax(_logits(_decoder(graph, student.run).prefill(ids[row:row + 1])).float(), -1)
-        want = teacher_logp[row:row + 1].float()
+    def kl(row: int, length: int | None = None) -> torch.Tensor:
+        """KL(teacher || student) per token over sequence `row` (its first `length` tokens)."""
+        logp = F.log_softmax(_logits(_decoder(graph, student.run).prefill(ids[row:row + 1, :length])).float(), -1)
+        want = teacher_logp[row:row + 1, :length].float()
         return F.kl_div(logp, want, log_target=True, reduction="none").sum(-1).mean()
 
     def heldout_kl() -> float:
@@ -275,9 +275,7 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
 
     # a short probe: some gradient must reach the feature maps (quantize-activations rounds with zero gradient)
     probe = min(ids.shape[1], 2 * max(n.attrs["window"] + n.attrs["sinks"] for n in nodes) + 16)
-    logp = F.log_softmax(_logits(_decoder(graph, student.run).prefill(ids[:1, :probe])).float(), -1)
-    grads = torch.autograd.grad(F.kl_div(logp, teacher_logp[:1, :probe].float(), log_target=True),
-                                [p for pair in ws for p in pair], allow_unused=True)
+    grads = torch.autograd.grad(kl(0, probe), params, allow_unused=True)
     if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
         raise DistillationError(
             "distill_attention(end_to_end=...): no gradient reaches the feature maps through this graph's "
@@ -285,7 +283,7 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
             "or on a pipeline without quantize-activations")
     has_heldout = len(ids) > n_train
     before = heldout_kl() if has_heldout else float("nan")
-    opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)
+    opt = torch.optim.Adam(params, lr=lr)
     _, step, seconds, cpu, _ = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                          _bar(steps if time_budget_s is None and cpu_budget_s is None else None,
                                               "end-to-end distillation", "step", progress),
