@@ -58,6 +58,14 @@ def _from_4d(y, rank):
 
 
 # ---- convolution --------------------------------------------------------------------------------
+def _channel_bias(lw, node, args, y, dt):
+    """y [N, C, H, W] + the optional bias input args[2] [C] (C = the output's channels), else y."""
+    if len(args) <= 2:
+        return y
+    c = node.output.type.shape[1]
+    return R.add(y, R.reshape(_cast(args[2], dt), relax.ShapeExpr([1, lw.dim(c), 1, 1])))
+
+
 @lowering("cpu", "conv2d")
 def _conv2d(lw, node, args):
     a = node.attrs
@@ -66,10 +74,7 @@ def _conv2d(lw, node, args):
     ph, pw = a["padding"]
     y = R.nn.conv2d(x, w, strides=list(a["stride"]), padding=[ph, pw, ph, pw], dilation=list(a["dilation"]),
                     groups=a["groups"])
-    if len(args) > 2:
-        c = node.inputs[1].type.shape[0]
-        y = R.add(y, R.reshape(_cast(args[2], dt), relax.ShapeExpr([1, lw.dim(c), 1, 1])))
-    return _out(lw, node, y)
+    return _out(lw, node, _channel_bias(lw, node, args, y, dt))
 
 
 @lowering("cpu", "conv_transpose2d")
@@ -83,10 +88,7 @@ def _conv_transpose2d(lw, node, args):
                             f"at node {node!r}")
     y = R.nn.conv2d_transpose(x, w, strides=list(a["stride"]), padding=[ph, pw, ph, pw],
                               output_padding=list(a["output_padding"]), dilation=list(a["dilation"]))
-    if len(args) > 2:
-        c = node.output.type.shape[1]
-        y = R.add(y, R.reshape(_cast(args[2], dt), relax.ShapeExpr([1, lw.dim(c), 1, 1])))
-    return _out(lw, node, y)
+    return _out(lw, node, _channel_bias(lw, node, args, y, dt))
 
 
 # ---- pooling --------------------------------------------------------------------------------------
