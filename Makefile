@@ -12,8 +12,12 @@ ifeq ($(origin PYTHON),undefined)
   endif
 endif
 PIP ?= $(PYTHON) -m pip
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 # pytest's default progress (a line per file, percent done); PYTEST_ARGS='-m "not slow"' for the fast loop.
 PYTEST_ARGS ?=
+# pytest-xdist workers (one torch thread each, tests/conftest.py): the suite takes ~14 min on 2 cores with 2
+# workers, ~29 min in one process; PYTEST_WORKERS=0 runs in one process (pdb, -x that stops at once)
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast demo bench clean
 
@@ -34,17 +38,20 @@ setup:
 	# the ONNX corpus (tests/frontends/onnx_corpus.py): real .onnx files inside these wheels, ~118 MB
 	$(PIP) install --no-deps rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3 ddddocr==1.6.1
 	# export runtimes (tests/export): compressed-tensors (torch already satisfied above) and llama.cpp's
-	# Python bindings, built from source (~15 min on 2 cores)
-	$(PIP) install compressed-tensors==0.20.1 llama-cpp-python==0.3.36
+	# Python bindings, built from source (~15 min on 2 cores) for this CPU but without ggml's AMX backend:
+	# on Sapphire Rapids (AMX_INT8) its matmul segfaults in the first decode (ggml-org/llama.cpp#20824; here
+	# on the tiny export of tests/export/test_gguf.py); --no-cache-dir so a cached AMX build is not reused
+	$(PIP) install compressed-tensors==0.20.1
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(PIP) install --no-cache-dir llama-cpp-python==0.3.36
 	# the `cpu` target (codegen/tvm): TVM's wheel needs numpy, ml_dtypes and apache-tvm-ffi, not torch
 	$(PIP) install apache-tvm==0.27.0.post1
 
 test: setup
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # the quick loop: everything but the ~18 slow real-model tests (a few minutes instead of ~15)
 test-fast: setup
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) examples/smollm2_demo.py

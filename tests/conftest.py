@@ -4,6 +4,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`-n N`, what `make test` runs) each worker is one process on one core: one intra-op
+# thread each, so N workers do not oversubscribe N cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+    torch.set_num_threads(1)
 # Where torch sees no GPU, Triton kernels (the `cuda` target's) run in Triton's CPU interpreter. Set before
 # anything imports a kernel: triton reads the variable when @triton.jit decorates one.
 if os.environ.get("TRITON_INTERPRET") is None:
