@@ -131,6 +131,57 @@ def _all_true(mask: torch.Tensor) -> bool:
     return memo[1]
 
 
+STEP_ROWS = 64     # at most this many queries after a cache run one by one, each as a decode step would
+
+
+def _rows_as_steps(q, k, v, mask, causal, scale):
+    """Attention of lq queries that follow a cache (a speculative `verify` of candidates, a short chunk),
+    computed row by row, each row exactly as the one-token decode step at its place computes it: the same
+    SDPA call on the same keys in the same order (the cache's, then the row's visible new rows: its
+    predecessors in a chain, its ancestors in a tree), the same padding mask. SDPA's arithmetic depends on
+    the number of query rows and of keys (blocking, vector tails): batched, a row differs from its step by
+    ~1e-7, which a bf16 activation rounding downstream (torch's int4/int8 kernels) turns into logit
+    differences of 0.1-0.4 and flipped near-tied argmaxes. The torch target's other kernels are row-invariant
+    (per-row norms and elementwise ops, the int4/int8 packed matmuls; fp32 GEMMs are not, ~1e-5), so on a
+    quantized base a verify gives the greedy tokens of plain decoding exactly (tests/test_speculative.py).
+    Cost: one SDPA call per row instead of one per call (~8% of a 9-token verify of SmolLM2 int4 at 128
+    keys), and for a tree one copy of the cache per call. None when the mask is not that shape (a new row seeing a later one, rows or heads seeing different new
+    rows): the caller's batched path runs."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    past = lk - lq
+    new = torch.ones(lq, lq, dtype=torch.bool, device=q.device).tril() if causal else None
+    if mask is not None:
+        m = mask[..., past:]
+        first = m.reshape(-1, lq, lq)[0]
+        if not bool((m == first).all()):
+            return None
+        new = first if new is None else new & first
+    if new is None or not bool(new.diagonal().all()) or bool(new.triu(1).any()):
+        return None
+    if mask is not None and _all_true(mask[..., :past]):
+        mask = None         # no padding in the cache: every step's mask is all True, which the step drops
+    chain = int(new.sum()) == lq * (lq + 1) // 2     # every row sees all the rows before it
+    if not chain:           # a tree: node i's keys are the cache then its path, copied after a copy of the cache
+        seen = new.sum(1)
+        kb, vb = (torch.empty(*t.shape[:-2], past + int(seen.max()), t.shape[-1], dtype=t.dtype, device=t.device)
+                  for t in (k, v))
+        kb[..., :past, :], vb[..., :past, :] = k[..., :past, :], v[..., :past, :]
+    outs = []
+    for i in range(lq):
+        if chain:           # the cache and the rows before it: a view, as the step's cache is
+            n = past + i + 1
+            ki, vi = k[..., :n, :], v[..., :n, :]
+            mi = None if mask is None else mask[..., i:i + 1, :n]
+        else:
+            path = past + new[i].nonzero().flatten()
+            n = past + int(seen[i])
+            kb[..., past:n, :], vb[..., past:n, :] = k[..., path, :], v[..., path, :]
+            ki, vi = kb[..., :n, :], vb[..., :n, :]
+            mi = None if mask is None else torch.cat((mask[..., i:i + 1, :past], mask[..., i:i + 1, path]), -1)
+        outs.append(attention(q[..., i:i + 1, :], ki, vi, mi, causal=False, scale=scale))
+    return torch.cat(outs, -2)
+
+
 @lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
     """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
@@ -144,6 +195,10 @@ def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0
                                 softcap=softcap)
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
+    if 1 < lq <= STEP_ROWS and lk > lq and not window and (mask is None or mask.dtype == torch.bool):
+        out = _rows_as_steps(q, k, v, mask, causal, scale)
+        if out is not None:
+            return out
     if mask is not None and mask.dtype == torch.bool and _all_true(mask):
         mask = None         # a decode step without padding: SDPA without a mask skips converting and repeating it
     if window and lk > window + sinks + 1:

@@ -9,7 +9,7 @@ import slimgraph
 from slimgraph.decoder import DecoderError
 
 transformers = pytest.importorskip("transformers")
-from tiny_lm import tiny_llama, tree_mask  # noqa: E402
+from tiny_lm import path_to, tiny_llama, tree_mask  # noqa: E402
 TOL = 1e-5
 
 
@@ -191,3 +191,35 @@ def test_accept_takes_only_what_the_last_verify_ran_and_only_its_paths(pipeline)
     dec.verify(ids(4, seed=4), tree_mask=tm)
     dec.accept(path=[0, 1, 3])
     assert dec.length == 17
+
+
+INT4 = ("canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
+        "fuse-dequant-matmul,merge-sibling-linears,cse,dce")   # every matmul a packed-int kernel, as in SmolLM2 int4
+
+
+def _steps(fast, prompt, tokens):
+    """Logits [k, vocab] of decoding `tokens` one step at a time after `prompt`: plain greedy decoding's."""
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    return torch.cat([dec.step(torch.tensor([t]))["logits"][0] for t in tokens])
+
+
+@pytest.mark.parametrize("past", [5, 17, 40, 97])
+def test_verify_rows_on_a_quantized_base_are_bit_identical_to_single_steps(past):
+    """The greedy contract exactly: on the torch target with packed int4 weights (row-invariant kernels, bf16
+    activations that turn a last-bit difference into a 0.1 logit jump), each row of a chain or tree verify is
+    bit for bit the one-token step at its place, at any cache length (codegen/torch_kernels._rows_as_steps)."""
+    model = tiny_llama(layers=3, hidden_size=128, intermediate_size=256, num_attention_heads=8)
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=INT4)
+    prompt, cands = ids(past), ids(9, seed=3)[0].tolist()
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    got = dec.verify(torch.tensor([cands]))["logits"][0]
+    assert torch.equal(got, _steps(fast, prompt, cands))
+    parents = [-1, 0, 0, 1, 1, 2, 3, 5, 7]               # a tree: node 3 = 0 -> 1 -> 3, node 8 = 0 -> 2 -> 5 -> 7 -> 8
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    got = dec.verify(torch.tensor([cands]), tree_mask=tree_mask(parents))["logits"][0]
+    for leaf in (4, 6, 8):
+        path = path_to(leaf, parents)
+        assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (leaf, path)

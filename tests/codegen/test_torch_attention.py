@@ -1,0 +1,49 @@
+"""The torch target's `attention` kernel (codegen/torch_kernels.py): a call over a cache (a speculative verify)
+computes each query row bit for bit as the one-token decode step at its place computes it, and what the
+reference computes up to rounding."""
+import pytest
+import torch
+
+from slimgraph.codegen.torch_kernels import attention
+from slimgraph.ir.opset import nn as ref
+
+HK, G, HD = 3, 3, 64        # SmolLM2's attention: 9 query heads over 3 key/value heads of 64
+
+
+def _step(q, k, v, mask, pos, keys):
+    """The decode step of query row `pos`: its own call, over the keys `keys` (indices) in order."""
+    m = None if mask is None else mask[..., pos:pos + 1, keys]
+    return attention(q[..., pos:pos + 1, :], k[..., keys, :], v[..., keys, :], m, causal=False, scale=HD ** -0.5)
+
+
+@pytest.mark.parametrize("past", [1, 7, 13, 40, 46, 61, 130])
+@pytest.mark.parametrize("n", [2, 5, 9])
+def test_chain_verify_rows_are_bit_identical_to_steps(past, n):
+    torch.manual_seed(past * 10 + n)
+    q, k, v = torch.randn(1, HK * G, n, HD), torch.randn(1, HK, past + n, HD), torch.randn(1, HK, past + n, HD)
+    mask = torch.ones(1, 1, n, past + n, dtype=torch.bool).tril(past)      # the decoder's verify mask
+    got = attention(q, k, v, mask, causal=True, scale=HD ** -0.5)
+    for i in range(n):
+        assert torch.equal(got[..., i:i + 1, :], _step(q, k, v, None, i, list(range(past + i + 1)))), i
+    torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=True, scale=HD ** -0.5))
+
+
+@pytest.mark.parametrize("past", [7, 46])
+def test_tree_and_padded_verify_rows_are_bit_identical_to_steps(past):
+    """A tree (node i sees the cache and its ancestors) over a batch with a left-padded row."""
+    torch.manual_seed(past)
+    parents = [-1, 0, 0, 1, 2, 4]
+    n = len(parents)
+    local = torch.eye(n, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        while p >= 0:
+            local[i, p], p = True, parents[p]
+    q, k, v = torch.randn(2, HK * G, n, HD), torch.randn(2, HK, past + n, HD), torch.randn(2, HK, past + n, HD)
+    mask = torch.ones(2, 1, n, past + n, dtype=torch.bool)
+    mask[..., past:] = local
+    mask[1, ..., :3] = False                                                  # row 1: three left pads
+    got = attention(q, k, v, mask, causal=False, scale=HD ** -0.5)
+    for i in range(n):
+        keys = list(range(past)) + [past + j for j in range(n) if local[i, j]]
+        assert torch.equal(got[..., i:i + 1, :], _step(q, k, v, mask, i, keys)), i
+    torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=False, scale=HD ** -0.5))
