@@ -41,7 +41,7 @@ import torch.fx as fx
 from ..ir import symbolic
 from ..ir.dtypes import promote, to_torch
 from ..ir.registry import get_op
-from . import torch_kv
+from . import torch_kernels, torch_kv
 from .contract import Products, ProductsError, Runner
 from .lowering import get_lowering
 from .torch_kernels import SlowPath
@@ -226,9 +226,10 @@ class _Builder:
             self.env[id(v)] = self.fx.placeholder(_ident(v.name))
         self._bind_symbols()
         late = torch_kv.in_place_windows(self.ir) - set(self.fused)
+        batched = not torch_kernels.verify_as_steps(self.ir)   # float GEMMs: a verify is not exact anyway
         for node in self.ir.nodes:
             if id(node) not in late:
-                self._emit(node)
+                self._emit(node, torch_kernels.attention_batched if batched and node.op == "attention" else None)
         for node in (n for n in self.ir.nodes if id(n) in late):   # after attention read the rows they overwrite
             self._emit(node, torch_kv.window_in_place)
         self.fx.output(tuple(self._arg(v, None) for v in self.ir.outputs))

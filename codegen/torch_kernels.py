@@ -178,13 +178,36 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
             kb[..., past:n, :], vb[..., past:n, :] = k[..., path, :], v[..., path, :]
             ki, vi = kb[..., :n, :], vb[..., :n, :]
             mi = None if mask is None else torch.cat((mask[..., i:i + 1, :past], mask[..., i:i + 1, path]), -1)
-        outs.append(attention(q[..., i:i + 1, :], ki, vi, mi, causal=False, scale=scale))
+        outs.append(attention_batched(q[..., i:i + 1, :], ki, vi, mi, causal=False, scale=scale))
     return torch.cat(outs, -2)
 
 
 @lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
-    """The reference `attention`, faster on CPU. GQA folds each group of query heads into the rows
+    """The reference `attention`, faster on CPU (`attention_batched`); up to STEP_ROWS queries that follow a
+    cache (a speculative verify) run row by row as the decode steps at their places would (`_rows_as_steps`)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    if 1 < lq <= STEP_ROWS and lk > lq and not window and not softcap and (mask is None or mask.dtype == torch.bool):
+        out = _rows_as_steps(q, k, v, mask, causal, scale)
+        if out is not None:
+            return out
+    return attention_batched(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+
+
+# ops whose torch kernels are float GEMMs: a k-row product rounds differently from k 1-row products (~1e-5)
+FLOAT_GEMMS = frozenset({"linear", "matmul", "einsum", "conv2d", "conv_transpose2d"})
+
+
+def verify_as_steps(graph) -> bool:
+    """Whether computing a verify's attention rows as steps (`attention`) makes the whole verify bit-identical to
+    steps: only where no float GEMM runs (those differ anyway, and the row-by-row attention costs ~5-10% of a
+    verify); the codegen (codegen/torch_fx.py) emits `attention_batched` otherwise. An int4/int8 `qlinear`
+    whose prepack takes the slow path (a float GEMM of the dequantized weight) is not detected."""
+    return not any(n.op in FLOAT_GEMMS for n in graph.nodes)
+
+
+def attention_batched(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
+    """`attention` with all the query rows in one SDPA call. GQA folds each group of query heads into the rows
     of its key/value head (SDPA's enable_gqa path and repeat_interleave are both much slower), when
     the mask is shared by the heads; no mask is built where causality is trivial (one query), nor a
     window band where every key is inside it (decoding over a ring state: kv_len <= window + sinks + 1),
@@ -195,10 +218,6 @@ def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0
                                 softcap=softcap)
     hq, hk = q.shape[-3], k.shape[-3]
     lq, lk = q.shape[-2], k.shape[-2]
-    if 1 < lq <= STEP_ROWS and lk > lq and not window and (mask is None or mask.dtype == torch.bool):
-        out = _rows_as_steps(q, k, v, mask, causal, scale)
-        if out is not None:
-            return out
     if mask is not None and mask.dtype == torch.bool and _all_true(mask):
         mask = None         # a decode step without padding: SDPA without a mask skips converting and repeating it
     if window and lk > window + sinks + 1:

@@ -8,8 +8,11 @@ Each iteration verifies, in ONE forward (`Decoder.verify`), the base model's nex
 the heads' guesses, then keeps the longest prefix the base model agrees with (its argmax at each
 candidate) plus one bonus token (the base's argmax after the last kept candidate), and rolls the rest
 back (`Decoder.accept`). Every emitted token is an argmax of the base model given exactly the tokens
-before it, so the output is the plain greedy output (up to float rounding between a k-token forward
-and k one-token forwards; the tests check token identity).
+before it, so the output is the plain greedy output. Exactly so where the target computes each verified
+row as the step at its place would: the `torch` target's attention runs a verify row by row as steps, and
+its packed int4/int8 matmuls are row-invariant, so on a quantized base the tokens are identical bit for
+bit; float GEMMs (an fp32 base) differ between a k-row and a 1-row product by ~1e-5, which can flip only an
+argmax tied that closely (tests/test_decoder.py, benchmarks/RESULTS.md).
 
 - chain: candidate j + 1 is head j's top-1 (head j guesses the token j + 1 after the next one).
 - tree (Medusa, Cai et al. 2024, arXiv:2401.10774, section 2.1.2): nodes are paths of top-k ranks, e.g.

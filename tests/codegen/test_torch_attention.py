@@ -47,3 +47,22 @@ def test_tree_and_padded_verify_rows_are_bit_identical_to_steps(past):
         keys = list(range(past)) + [past + j for j in range(n) if local[i, j]]
         assert torch.equal(got[..., i:i + 1, :], _step(q, k, v, mask, i, keys)), i
     torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=False, scale=HD ** -0.5))
+
+
+def test_the_row_by_row_verify_runs_only_where_it_makes_the_verify_exact():
+    """Float GEMMs round a k-row product differently from k 1-row ones anyway: there the codegen emits the
+    batched kernel (one SDPA call), and the row-by-row one only where every matmul is a packed int kernel."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import slimgraph
+    from slimgraph.codegen import torch_kernels
+    from tiny_lm import tiny_llama
+    ex = (torch.zeros(1, 4, dtype=torch.long),)
+    fp32 = slimgraph.optimize(tiny_llama(), ex, target="torch")
+    int4 = slimgraph.optimize(tiny_llama(), ex, target="torch", pipeline=(
+        "canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
+        "fuse-dequant-matmul,cse,dce"))
+    assert not torch_kernels.verify_as_steps(fp32.graph) and torch_kernels.verify_as_steps(int4.graph)
+    code = {name: c.runner.code for name, c in (("fp32", fp32), ("int4", int4))}
+    assert "attention_batched" in code["fp32"] and "attention_batched" not in code["int4"], code
