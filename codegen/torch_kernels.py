@@ -166,6 +166,13 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
         kb, vb = (torch.empty(*t.shape[:-2], past + int(seen.max()), t.shape[-1], dtype=t.dtype, device=t.device)
                   for t in (k, v))
         kb[..., :past, :], vb[..., :past, :] = k[..., :past, :], v[..., :past, :]
+    hq, hk, hd = q.shape[-3], k.shape[-3], q.shape[-1]
+    if chain and mask is None and hq != hk:
+        # the common verify (no padding, GQA): the step's call, `attention_batched` for one query, inlined
+        rows = q.reshape(*q.shape[:-3], hk, hq // hk, lq, hd)
+        outs = [F.scaled_dot_product_attention(rows[..., i, :], k[..., :past + i + 1, :], v[..., :past + i + 1, :],
+                                               scale=scale) for i in range(lq)]
+        return torch.stack(outs, -2).reshape(*q.shape[:-1], v.shape[-1])
     outs = []
     for i in range(lq):
         if chain:           # the cache and the rows before it: a view, as the step's cache is
