@@ -52,7 +52,9 @@ def main():
     ap.add_argument("--heads", type=int, default=4, help="Medusa heads")
     ap.add_argument("--eagle-steps", type=int, default=5, help="EAGLE draft steps (chain length)")
     ap.add_argument("--prompts", type=int, default=20)
-    ap.add_argument("--lookup", type=int, default=8, help="prompt-lookup draft tokens per verify (modes with lookup)")
+    ap.add_argument("--lookup", default="8", help="prompt-lookup draft tokens per verify (modes with lookup); a "
+                    "comma-separated list runs the `lookup` mode once per value (lookup7, lookup11, ...), the "
+                    "`+lookup` modes with the first")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--bases", default="fp32,int4", help=f"comma-separated of {sorted(BASES)}")
@@ -63,7 +65,9 @@ def main():
     ap.add_argument("--train-only", action="store_true", help="stop after training (with --heads-dir: saved)")
     ap.add_argument("--heads-dir", default=None, help="save trained models here / load them when present")
     args = ap.parse_args()
-    modes = args.modes.split(",")
+    lookups = [int(k) for k in args.lookup.split(",")]
+    modes = [m2 for m in args.modes.split(",")
+             for m2 in ([f"lookup{k}" for k in lookups] if m == "lookup" and len(lookups) > 1 else [m])]
     if args.target != "torch" and any(m.startswith(("medusa", "eagle")) for m in modes):
         ap.error(f"--target {args.target}: the draft-head modes train on the torch target; use --modes plain,lookup")
     if args.threads:
@@ -128,10 +132,10 @@ def main():
             for mode in modes:
                 kind, _, how = mode.partition("-")
                 how, plus, _ = how.partition("+")
-                if kind == "lookup":          # prompt lookup alone, on the base without heads
-                    c, spec, lookup = plain, "chain", args.lookup
+                if kind.startswith("lookup"):  # prompt lookup alone, on the base without heads
+                    c, spec, lookup = plain, "chain", int(kind[len("lookup"):] or lookups[0])
                 else:
-                    c, spec, lookup = compiled[kind], how or False, args.lookup if plus else 0
+                    c, spec, lookup = compiled[kind], how or False, lookups[0] if plus else 0
                 out = generate(c, p[None], args.new, eos_token_id=None, speculative=spec, lookup=lookup)
                 st = c.last_generate_stats
                 outs[mode] = out
