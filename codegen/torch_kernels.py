@@ -151,6 +151,10 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
     past = lk - lq
     new = torch.ones(lq, lq, dtype=torch.bool, device=q.device).tril() if causal else None
     if mask is not None:
+        if mask.dim() < 2:
+            return None
+        if mask.shape[-2] != lq:    # a mask broadcast over the queries (padding only: [b, 1, 1, lk])
+            mask = mask.expand(*mask.shape[:-2], lq, lk)
         m = mask[..., past:]
         first = m.reshape(-1, lq, lq)[0]
         if not bool((m == first).all()):
@@ -208,9 +212,23 @@ FLOAT_GEMMS = frozenset({"linear", "matmul", "einsum", "conv2d", "conv_transpose
 def verify_as_steps(graph) -> bool:
     """Whether computing a verify's attention rows as steps (`attention`) makes the whole verify bit-identical to
     steps: only where no float GEMM runs (those differ anyway, and the row-by-row attention costs ~5-10% of a
-    verify); the codegen (codegen/torch_fx.py) emits `attention_batched` otherwise. An int4/int8 `qlinear`
-    whose prepack takes the slow path (a float GEMM of the dequantized weight) is not detected."""
-    return not any(n.op in FLOAT_GEMMS for n in graph.nodes)
+    verify); the codegen (codegen/torch_fx.py) emits `attention_batched` otherwise. Only the GEMMs that the base
+    model's outputs (logits, states) depend on count: Medusa draft heads (`draft_logits_*`, float `linear`s on the
+    last hidden state) choose the candidates, never the verified tokens. An int4/int8 `qlinear` whose prepack
+    takes the slow path (a float GEMM of the dequantized weight) is not detected."""
+    from ..passes.draft_heads import draft_outputs
+    drafts = {id(v) for v in draft_outputs(graph)}
+    need = [v for v in graph.outputs if id(v) not in drafts]
+    seen, producer = set(), {id(o): n for n in graph.nodes for o in n.outputs}
+    while need:
+        node = producer.get(id(need.pop()))
+        if node is None or id(node) in seen:
+            continue
+        if node.op in FLOAT_GEMMS:
+            return False
+        seen.add(id(node))
+        need.extend(node.inputs)
+    return True
 
 
 def attention_batched(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
@@ -245,7 +263,7 @@ def attention_batched(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, s
         k, v = nn_ref.repeat_kv(k, g), nn_ref.repeat_kv(v, g)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
-    if mask is not None:
+    if mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:   # one mask row per query: one per folded row
         mask = mask.repeat(*[1] * (mask.dim() - 2), g, 1)
     out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask, scale=scale)
     return out.reshape(*q.shape[:-1], v.shape[-1])

@@ -66,3 +66,43 @@ def test_the_row_by_row_verify_runs_only_where_it_makes_the_verify_exact():
     assert not torch_kernels.verify_as_steps(fp32.graph) and torch_kernels.verify_as_steps(int4.graph)
     code = {name: c.runner.code for name, c in (("fp32", fp32), ("int4", int4))}
     assert "attention_batched" in code["fp32"] and "attention_batched" not in code["int4"], code
+
+
+def test_float_medusa_heads_on_a_quantized_base_keep_the_verify_row_by_row():
+    """Medusa heads are float `linear`s on the last hidden state: they pick the candidates, but the verified
+    tokens (the base's logits) and the cache never depend on them, so an int4 base with float heads still
+    verifies row by row (exact); a float GEMM the logits depend on (an fp32 lm_head) still turns it off."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import slimgraph
+    from slimgraph.codegen import torch_kernels
+    from tiny_lm import tiny_llama
+    ex = (torch.zeros(1, 4, dtype=torch.long),)
+    heads = "insert-draft-heads{num_heads=2}"
+    int4 = slimgraph.optimize(tiny_llama(), ex, target="torch", pipeline=(
+        "canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
+        f"fuse-dequant-matmul,cse,dce,{heads}"))
+    assert any(n.op == "linear" for n in int4.graph.nodes)            # the heads' float GEMMs
+    assert torch_kernels.verify_as_steps(int4.graph) and "attention_batched" not in int4.runner.code
+    float_lm_head = slimgraph.optimize(tiny_llama(), ex, target="torch", pipeline=(
+        f"canonicalize,quantize-weights{{bits=4,group=32}},fuse-dequant-matmul,cse,dce,{heads}"))
+    assert not torch_kernels.verify_as_steps(float_lm_head.graph)
+
+
+@pytest.mark.parametrize("hq,hk", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("b", [1, 3])
+def test_a_padding_mask_broadcast_over_the_queries_computes_what_the_reference_does(hq, hk, causal, b):
+    """A graph's own padding mask [b, 1, 1, keys] or [1, keys] (broadcast over the query rows, as HF builds one), over
+    a cache of past keys: every path of the kernel (rows as steps, the one-call GQA fold) broadcasts it as the
+    reference does; it crashed (reshape of a [b, 1, 1, lq] slice to [lq, lq]) or, where b x lq happened to be a
+    multiple of lq x lq, read the batch axis as query rows (wrong outputs)."""
+    torch.manual_seed(b * 10 + hk)
+    lq, lk = 3, 11
+    q, k, v = torch.randn(b, hq, lq, HD), torch.randn(b, hk, lk, HD), torch.randn(b, hk, lk, HD)
+    pad = torch.ones(b, 1, 1, lk, dtype=torch.bool)
+    pad[0, ..., :2] = False                                                   # row 0: two left pads
+    for mask in (pad, pad[0, 0]):
+        got = attention(q, k, v, mask, causal=causal, scale=HD ** -0.5)
+        torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=causal, scale=HD ** -0.5))
