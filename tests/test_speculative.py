@@ -490,3 +490,27 @@ def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():
     p = repetitive_prompt()
     want = generate(c, p, 40, speculative=False)
     assert torch.equal(generate(c, p, 40, speculative="chain", lookup=6), want)     # runs past the window
+
+
+def test_bench_speculative_lookup_list_and_modes_are_checked_before_any_model_loads():
+    """benchmarks/bench_speculative.py --lookup 7,11 runs the `lookup` mode once per draft length; a length that
+    is not a positive integer, a repeated one (its rows would be counted twice) or an unknown mode is an
+    argument error naming the fix (it was a ValueError traceback, or a KeyError after loading and training)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py"
+    spec = importlib.util.spec_from_file_location("bench_speculative", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_modes("plain,lookup,medusa-tree+lookup", "7,11") == (
+        [7, 11], ["plain", "lookup7", "lookup11", "medusa-tree+lookup"])
+    assert bench.parse_modes("plain,lookup", "8") == ([8], ["plain", "lookup"])
+    assert bench.parse_modes("lookup3,lookup", "5")[1] == ["lookup3", "lookup"]
+    for modes, lookup, match in (("lookup", "7,", "comma-separated positive integers"),
+                                 ("lookup", "seven", "comma-separated positive integers"),
+                                 ("lookup", "0", "distinct positive integers"),
+                                 ("lookup", "7,7", "distinct positive integers"),
+                                 ("plain,medusa-trees", "8", "unknown medusa-trees"),
+                                 ("lookup,lookup7", "7,11", "listed twice")):
+        with pytest.raises(ValueError, match=match):
+            bench.parse_modes(modes, lookup)
