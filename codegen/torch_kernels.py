@@ -134,7 +134,7 @@ def _all_true(mask: torch.Tensor) -> bool:
 STEP_ROWS = 64     # at most this many queries after a cache run one by one, each as a decode step would
 
 
-def _rows_as_steps(q, k, v, mask, causal, scale):
+def _rows_as_steps(q, k, v, mask, causal, scale, ring=False):
     """Attention of lq queries that follow a cache (a speculative `verify` of candidates, a short chunk),
     computed row by row, each row exactly as the one-token decode step at its place computes it: the same
     SDPA call on the same keys in the same order (the cache's, then the row's visible new rows: its
@@ -146,7 +146,12 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
     quantized base a verify gives the greedy tokens of plain decoding exactly (tests/test_speculative.py).
     Cost: one SDPA call per row instead of one per call (~8% of a 9-token verify of SmolLM2 int4 at 128
     keys), and for a tree one copy of the cache per call. None when the mask is not that shape (a new row seeing a later one, rows or heads seeing different new
-    rows): the caller's batched path runs."""
+    rows): the caller's batched path runs.
+
+    `ring`: the cache is a ring state's rows (sinks, then the last window, chronological: codegen/torch_kv.py),
+    which the step at row i's place sees after the ring slid by i: the cache rows that row 0 sees and row i no
+    longer does (they left its window) are gone from its keys, not masked. Rows hidden from row 0 too (pads)
+    stay masked, as in a step; where that would differ between the rows of a padded batch, None."""
     lq, lk = q.shape[-2], k.shape[-2]
     past = lk - lq
     new = torch.ones(lq, lq, dtype=torch.bool, device=q.device).tril() if causal else None
@@ -162,6 +167,8 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
         new = first if new is None else new & first
     if new is None or not bool(new.diagonal().all()) or bool(new.triu(1).any()):
         return None
+    if ring and mask is not None and not _all_true(mask[..., :past]):
+        return _ring_rows(q, k, v, mask, new, scale)
     if mask is not None and _all_true(mask[..., :past]):
         mask = None         # no padding in the cache: every step's mask is all True, which the step drops
     chain = int(new.sum()) == lq * (lq + 1) // 2     # every row sees all the rows before it
@@ -193,16 +200,42 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
     return torch.cat(outs, -2)
 
 
+def _ring_rows(q, k, v, mask, new, scale):
+    """`_rows_as_steps` over a ring (see there): row i's keys are the cache rows it sees or row 0 does not see,
+    then its visible new rows, gathered in order."""
+    lq, past = q.shape[-2], k.shape[-2] - q.shape[-2]
+    seen = mask[..., :past].reshape(-1, lq, past)
+    keep = seen | ~seen[:, :1]
+    if not bool((keep == keep[:1]).all()):
+        return None
+    outs = []
+    for i in range(lq):
+        idx = torch.cat((keep[0, i].nonzero().flatten(), past + new[i].nonzero().flatten()))
+        outs.append(attention_batched(q[..., i:i + 1, :], k.index_select(-2, idx), v.index_select(-2, idx),
+                                      mask[..., i:i + 1, :].index_select(-1, idx), causal=False, scale=scale))
+    return torch.cat(outs, -2)
+
+
+def _attention(q, k, v, mask, causal, scale, window, sinks, softcap, ring):
+    lq, lk = q.shape[-2], k.shape[-2]
+    if 1 < lq <= STEP_ROWS and lk > lq and not window and not softcap and (mask is None or mask.dtype == torch.bool):
+        out = _rows_as_steps(q, k, v, mask, causal, scale, ring)
+        if out is not None:
+            return out
+    return attention_batched(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+
+
 @lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
     """The reference `attention`, faster on CPU (`attention_batched`); up to STEP_ROWS queries that follow a
     cache (a speculative verify) run row by row as the decode steps at their places would (`_rows_as_steps`)."""
-    lq, lk = q.shape[-2], k.shape[-2]
-    if 1 < lq <= STEP_ROWS and lk > lq and not window and not softcap and (mask is None or mask.dtype == torch.bool):
-        out = _rows_as_steps(q, k, v, mask, causal, scale)
-        if out is not None:
-            return out
-    return attention_batched(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+    return _attention(q, k, v, mask, causal, scale, window, sinks, softcap, False)
+
+
+def attention_ring(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
+    """`attention` whose keys are a ring state's rows then the new ones (the codegen emits it for those:
+    torch_kv.ring_attention): a verified row's step sees the ring after it slid (`_rows_as_steps`, ring)."""
+    return _attention(q, k, v, mask, causal, scale, window, sinks, softcap, True)
 
 
 # ops whose torch kernels are float GEMMs: a k-row product rounds differently from k 1-row products (~1e-5)

@@ -106,3 +106,28 @@ def test_a_padding_mask_broadcast_over_the_queries_computes_what_the_reference_d
     for mask in (pad, pad[0, 0]):
         got = attention(q, k, v, mask, causal=causal, scale=HD ** -0.5)
         torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=causal, scale=HD ** -0.5))
+
+
+def own_attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
+    """Another target's attention kernel (as the triton target's is), for the test below."""
+    return ref.attention(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+
+
+@pytest.mark.parametrize("pipeline", ["canonicalize", "canonicalize,sparsify-attention{window=8,sinks=2}"])
+def test_a_target_that_reuses_the_torch_codegen_keeps_its_own_attention_kernel(pipeline):
+    """torch_fx.build(graph, lower=...) (the triton target's build) emits the given target's attention kernel: the
+    torch kernel's variants (the one-call `attention_batched` where float GEMMs run, the ring rows) replace the
+    torch kernel only; they replaced any target's (an fp32 graph on the cuda target lost its triton attention)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import slimgraph
+    from slimgraph.codegen import torch_fx
+    from slimgraph.codegen.lowering import Lowering, get_lowering
+    from tiny_lm import tiny_llama
+    graph = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                               pipeline=pipeline).graph
+    mine = Lowering("other", "attention", own_attention)
+    code = torch_fx.build(graph, lower=lambda op: mine if op == "attention" else get_lowering("torch", op))
+    src = code.read_bytes(torch_fx.SOURCE).decode()
+    assert "own_attention" in src and "attention_batched" not in src and "attention_ring" not in src, src
