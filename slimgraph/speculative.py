@@ -39,6 +39,9 @@ from .passes.draft_heads import draft_outputs, head_kind
 DEFAULT_TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (2, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0),
                 (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 0, 0))
 MAX_TREE_NODES = 64
+# candidates per verify, at most: the torch target computes up to this many rows after a cache as the decode steps
+# at their places (codegen/torch_kernels.STEP_ROWS), which makes greedy speculative decoding exact on a quantized base
+MAX_VERIFY = 64
 
 
 class SpeculativeError(ValueError):
@@ -290,7 +293,8 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
                 depth = min(k, room - 1)
                 tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
             heads = drafter.draft_tree(tt) if tt is not None else ()
-            looked = [ngrams.draft(min(lookup, room - 1))] if ngrams is not None and room > 1 else []
+            cap = min(lookup, room - 1, MAX_VERIFY - 1 - len(heads))   # the verify's candidates stay <= MAX_VERIFY
+            looked = [ngrams.draft(cap)] if ngrams is not None and cap > 0 else []
             c = Candidates(token, tt, heads, looked)
             if not c.is_chain and t is None and not dec.tree_ok(len(c.ids)):
                 # chain mode on a model whose window cannot take a tree now: one chain, the lookup's when it
