@@ -131,3 +131,30 @@ def test_a_target_that_reuses_the_torch_codegen_keeps_its_own_attention_kernel(p
     code = torch_fx.build(graph, lower=lambda op: mine if op == "attention" else get_lowering("torch", op))
     src = code.read_bytes(torch_fx.SOURCE).decode()
     assert "own_attention" in src and "attention_batched" not in src and "attention_ring" not in src, src
+
+
+@pytest.mark.parametrize("pads", [0, 2])
+def test_ring_rows_compute_what_the_reference_does(pads):
+    """`attention_ring` (a verify over a ring state: sinks, then the window, then the new rows) drops from each
+    row's keys the ring rows that left its window (as its step's slid ring has), which changes no value: it
+    computes the reference's attention, for a chain and a tree, with and without a left-padded batch row."""
+    from slimgraph.codegen.torch_kernels import attention_ring
+    torch.manual_seed(pads)
+    S, W, n = 2, 6, 5                                    # a full ring of S + W rows, 5 new rows
+    past = S + W
+    pos = torch.arange(past + n) + 20                    # ring rows: 2 sinks at 0, 1 then positions 22..27
+    pos[:S] = torch.arange(S)
+    for parents in ([-1, 0, 1, 2, 3], [-1, 0, 0, 1, 2]):
+        local = torch.eye(n, dtype=torch.bool)
+        depth = torch.zeros(n, dtype=torch.long)
+        for i, p in enumerate(parents):
+            depth[i] = 0 if p < 0 else depth[p] + 1
+            while p >= 0:
+                local[i, p], p = True, parents[p]
+        qpos = past + 20 + depth
+        keep = (pos[None, :past] < S) | (qpos[:, None] - pos[None, :past] <= W)
+        mask = torch.cat((keep, local), 1)[None, None].repeat(2, 1, 1, 1)
+        mask[1, ..., S:S + pads] = False                 # batch row 1: pads after its sinks
+        q, k, v = torch.randn(2, HK * G, n, HD), torch.randn(2, HK, past + n, HD), torch.randn(2, HK, past + n, HD)
+        got = attention_ring(q, k, v, mask, causal=False, scale=HD ** -0.5)
+        torch.testing.assert_close(got, ref.attention(q, k, v, mask, causal=False, scale=HD ** -0.5))
