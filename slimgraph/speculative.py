@@ -11,8 +11,11 @@ back (`Decoder.accept`). Every emitted token is an argmax of the base model give
 before it, so the output is the plain greedy output. Exactly so where the target computes each verified
 row as the step at its place would: the `torch` target's attention runs a verify row by row as steps, and
 its packed int4/int8 matmuls are row-invariant, so on a quantized base the tokens are identical bit for
-bit; float GEMMs (an fp32 base) differ between a k-row and a 1-row product by ~1e-5, which can flip only an
-argmax tied that closely (tests/test_decoder.py, benchmarks/RESULTS.md).
+bit (float Medusa heads do not count: they feed only the drafts; over a ring state, a row's keys are the ring
+as its step would have slid it). Not exact: float GEMMs (an fp32 base) differ between a k-row and a 1-row
+product by ~1e-5, which can flip only an argmax tied that closely (tests/test_decoder.py, benchmarks/RESULTS.md);
+attention with the model's own `window` or a `softcap` (Mistral, Qwen2, Gemma 2/3 before sparsify-attention)
+and a left-padded batch over a ring take the one-call attention (~1e-7 off the steps before the bf16 rounding).
 
 - chain: candidate j + 1 is head j's top-1 (head j guesses the token j + 1 after the next one).
 - tree (Medusa, Cai et al. 2024, arXiv:2401.10774, section 2.1.2): nodes are paths of top-k ranks, e.g.
