@@ -42,6 +42,26 @@ MODES = ("plain", "lookup", "medusa-chain", "medusa-tree", "medusa-tree+lookup",
          "eagle-tree+lookup")
 
 
+def parse_modes(modes: str, lookup: str):
+    """--modes and --lookup -> (draft lengths, modes): `lookup` runs once per length (lookup7, lookup11, ...) when
+    --lookup lists several. ValueError (before any model loads) for a length that is not a positive integer, a
+    repeated one, or a mode not in MODES nor lookupN."""
+    try:
+        lookups = [int(k) for k in lookup.split(",")]
+    except ValueError:
+        raise ValueError(f"--lookup {lookup!r}: give draft lengths as comma-separated positive integers, e.g. 7,11") from None
+    if min(lookups) < 1 or len(set(lookups)) != len(lookups):
+        raise ValueError(f"--lookup {lookup!r}: draft lengths must be distinct positive integers, e.g. 7,11")
+    out = [m2 for m in modes.split(",")
+           for m2 in ([f"lookup{k}" for k in lookups] if m == "lookup" and len(lookups) > 1 else [m])]
+    bad = [m for m in out if m not in MODES and not (m.startswith("lookup") and m[len("lookup"):].isdigit()
+                                                     and int(m[len("lookup"):]) > 0)]
+    if bad or len(set(out)) != len(out):
+        raise ValueError(f"--modes {modes!r}: {'unknown ' + ', '.join(bad) if bad else 'a mode is listed twice'}; "
+                         f"choose from {', '.join(MODES)} or lookupN (N draft tokens)")
+    return lookups, out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-s", type=float, default=None, help="wall seconds of head updates per head (default: none)")
@@ -65,9 +85,10 @@ def main():
     ap.add_argument("--train-only", action="store_true", help="stop after training (with --heads-dir: saved)")
     ap.add_argument("--heads-dir", default=None, help="save trained models here / load them when present")
     args = ap.parse_args()
-    lookups = [int(k) for k in args.lookup.split(",")]
-    modes = [m2 for m in args.modes.split(",")
-             for m2 in ([f"lookup{k}" for k in lookups] if m == "lookup" and len(lookups) > 1 else [m])]
+    try:
+        lookups, modes = parse_modes(args.modes, args.lookup)
+    except ValueError as e:
+        ap.error(str(e))
     if args.target != "torch" and any(m.startswith(("medusa", "eagle")) for m in modes):
         ap.error(f"--target {args.target}: the draft-head modes train on the torch target; use --modes plain,lookup")
     if args.threads:

@@ -226,10 +226,14 @@ class _Builder:
             self.env[id(v)] = self.fx.placeholder(_ident(v.name))
         self._bind_symbols()
         late = torch_kv.in_place_windows(self.ir) - set(self.fused)
-        batched = not torch_kernels.verify_as_steps(self.ir)   # float GEMMs: a verify is not exact anyway
+        low = self.lower("attention")   # the torch kernel's variants replace it, not another target's kernel
+        ours = low is not None and low.fn is torch_kernels.attention
+        batched = ours and not torch_kernels.verify_as_steps(self.ir)   # float GEMMs: a verify is not exact anyway
+        rings = torch_kv.ring_attention(self.ir) if ours and not batched else set()
         for node in self.ir.nodes:
             if id(node) not in late:
-                self._emit(node, torch_kernels.attention_batched if batched and node.op == "attention" else None)
+                self._emit(node, torch_kernels.attention_batched if batched and node.op == "attention" else
+                           torch_kernels.attention_ring if id(node) in rings else None)
         for node in (n for n in self.ir.nodes if id(n) in late):   # after attention read the rows they overwrite
             self._emit(node, torch_kv.window_in_place)
         self.fx.output(tuple(self._arg(v, None) for v in self.ir.outputs))

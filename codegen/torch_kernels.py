@@ -134,7 +134,7 @@ def _all_true(mask: torch.Tensor) -> bool:
 STEP_ROWS = 64     # at most this many queries after a cache run one by one, each as a decode step would
 
 
-def _rows_as_steps(q, k, v, mask, causal, scale):
+def _rows_as_steps(q, k, v, mask, causal, scale, ring=False):
     """Attention of lq queries that follow a cache (a speculative `verify` of candidates, a short chunk),
     computed row by row, each row exactly as the one-token decode step at its place computes it: the same
     SDPA call on the same keys in the same order (the cache's, then the row's visible new rows: its
@@ -145,12 +145,23 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
     (per-row norms and elementwise ops, the int4/int8 packed matmuls; fp32 GEMMs are not, ~1e-5), so on a
     quantized base a verify gives the greedy tokens of plain decoding exactly (tests/test_speculative.py).
     Cost: one SDPA call per row instead of one per call (~8% of a 9-token verify of SmolLM2 int4 at 128
-    keys), and for a tree one copy of the cache per call. None when the mask is not that shape (a new row seeing a later one, rows or heads seeing different new
-    rows): the caller's batched path runs."""
+    keys), and for a tree one copy of the cache per call. It grows with the cache: each row reads every key
+    (a 4-layer 576-wide int4 model at 1500 keys: a 15-node tree verify 1.7x, a 32-token chunk step of a batch
+    of 4 1.8x the one-call attention; 2.3-2.5x with 8 KV heads of 8). None when the mask is not that shape (a new row seeing a later one, rows or heads seeing different new
+    rows): the caller's batched path runs.
+
+    `ring`: the cache is a ring state's rows (sinks, then the last window, chronological: codegen/torch_kv.py),
+    which the step at row i's place sees after the ring slid by i: the cache rows that row 0 sees and row i no
+    longer does (they left its window) are gone from its keys, not masked. Rows hidden from row 0 too (pads)
+    stay masked, as in a step; where that would differ between the rows of a padded batch, None."""
     lq, lk = q.shape[-2], k.shape[-2]
     past = lk - lq
     new = torch.ones(lq, lq, dtype=torch.bool, device=q.device).tril() if causal else None
     if mask is not None:
+        if mask.dim() < 2:
+            return None
+        if mask.shape[-2] != lq:    # a mask broadcast over the queries (padding only: [b, 1, 1, lk])
+            mask = mask.expand(*mask.shape[:-2], lq, lk)
         m = mask[..., past:]
         first = m.reshape(-1, lq, lq)[0]
         if not bool((m == first).all()):
@@ -158,6 +169,8 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
         new = first if new is None else new & first
     if new is None or not bool(new.diagonal().all()) or bool(new.triu(1).any()):
         return None
+    if ring and mask is not None and not _all_true(mask[..., :past]):
+        return _ring_rows(q, k, v, mask, new, scale)
     if mask is not None and _all_true(mask[..., :past]):
         mask = None         # no padding in the cache: every step's mask is all True, which the step drops
     chain = int(new.sum()) == lq * (lq + 1) // 2     # every row sees all the rows before it
@@ -189,16 +202,42 @@ def _rows_as_steps(q, k, v, mask, causal, scale):
     return torch.cat(outs, -2)
 
 
+def _ring_rows(q, k, v, mask, new, scale):
+    """`_rows_as_steps` over a ring (see there): row i's keys are the cache rows it sees or row 0 does not see,
+    then its visible new rows, gathered in order."""
+    lq, past = q.shape[-2], k.shape[-2] - q.shape[-2]
+    seen = mask[..., :past].reshape(-1, lq, past)
+    keep = seen | ~seen[:, :1]
+    if not bool((keep == keep[:1]).all()):
+        return None
+    outs = []
+    for i in range(lq):
+        idx = torch.cat((keep[0, i].nonzero().flatten(), past + new[i].nonzero().flatten()))
+        outs.append(attention_batched(q[..., i:i + 1, :], k.index_select(-2, idx), v.index_select(-2, idx),
+                                      mask[..., i:i + 1, :].index_select(-1, idx), causal=False, scale=scale))
+    return torch.cat(outs, -2)
+
+
+def _attention(q, k, v, mask, causal, scale, window, sinks, softcap, ring):
+    lq, lk = q.shape[-2], k.shape[-2]
+    if 1 < lq <= STEP_ROWS and lk > lq and not window and not softcap and (mask is None or mask.dtype == torch.bool):
+        out = _rows_as_steps(q, k, v, mask, causal, scale, ring)
+        if out is not None:
+            return out
+    return attention_batched(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+
+
 @lowering("torch", "attention")
 def attention(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
     """The reference `attention`, faster on CPU (`attention_batched`); up to STEP_ROWS queries that follow a
     cache (a speculative verify) run row by row as the decode steps at their places would (`_rows_as_steps`)."""
-    lq, lk = q.shape[-2], k.shape[-2]
-    if 1 < lq <= STEP_ROWS and lk > lq and not window and not softcap and (mask is None or mask.dtype == torch.bool):
-        out = _rows_as_steps(q, k, v, mask, causal, scale)
-        if out is not None:
-            return out
-    return attention_batched(q, k, v, mask, causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
+    return _attention(q, k, v, mask, causal, scale, window, sinks, softcap, False)
+
+
+def attention_ring(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
+    """`attention` whose keys are a ring state's rows then the new ones (the codegen emits it for those:
+    torch_kv.ring_attention): a verified row's step sees the ring after it slid (`_rows_as_steps`, ring)."""
+    return _attention(q, k, v, mask, causal, scale, window, sinks, softcap, True)
 
 
 # ops whose torch kernels are float GEMMs: a k-row product rounds differently from k 1-row products (~1e-5)
@@ -208,9 +247,23 @@ FLOAT_GEMMS = frozenset({"linear", "matmul", "einsum", "conv2d", "conv_transpose
 def verify_as_steps(graph) -> bool:
     """Whether computing a verify's attention rows as steps (`attention`) makes the whole verify bit-identical to
     steps: only where no float GEMM runs (those differ anyway, and the row-by-row attention costs ~5-10% of a
-    verify); the codegen (codegen/torch_fx.py) emits `attention_batched` otherwise. An int4/int8 `qlinear`
-    whose prepack takes the slow path (a float GEMM of the dequantized weight) is not detected."""
-    return not any(n.op in FLOAT_GEMMS for n in graph.nodes)
+    verify); the codegen (codegen/torch_fx.py) emits `attention_batched` otherwise. Only the GEMMs that the base
+    model's outputs (logits, states) depend on count: Medusa draft heads (`draft_logits_*`, float `linear`s on the
+    last hidden state) choose the candidates, never the verified tokens. An int4/int8 `qlinear` whose prepack
+    takes the slow path (a float GEMM of the dequantized weight) is not detected."""
+    from ..passes.draft_heads import draft_outputs
+    drafts = {id(v) for v in draft_outputs(graph)}
+    need = [v for v in graph.outputs if id(v) not in drafts]
+    seen, producer = set(), {id(o): n for n in graph.nodes for o in n.outputs}
+    while need:
+        node = producer.get(id(need.pop()))
+        if node is None or id(node) in seen:
+            continue
+        if node.op in FLOAT_GEMMS:
+            return False
+        seen.add(id(node))
+        need.extend(node.inputs)
+    return True
 
 
 def attention_batched(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, softcap=0.0):
@@ -245,7 +298,7 @@ def attention_batched(q, k, v, mask=None, *, causal, scale, window=0, sinks=0, s
         k, v = nn_ref.repeat_kv(k, g), nn_ref.repeat_kv(v, g)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     rows = q.reshape(*q.shape[:-3], hk, g * lq, q.shape[-1])  # row r*lq+i = query i of head kv*g+r
-    if mask is not None:
+    if mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:   # one mask row per query: one per folded row
         mask = mask.repeat(*[1] * (mask.dim() - 2), g, 1)
     out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask, scale=scale)
     return out.reshape(*q.shape[:-1], v.shape[-1])

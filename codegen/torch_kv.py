@@ -143,6 +143,18 @@ def window_in_place(x: torch.Tensor, *, axis: int, window: int, sinks: int) -> t
     return _view(buf, lo, keep)
 
 
+def ring_attention(graph) -> set[int]:
+    """ids of the attention nodes whose keys are a ring state's rows and the new ones: k is (through GQA repeat
+    ops) a `cache_append` output that a `cache_window` slides."""
+    def ring(v) -> bool:
+        n = v.producer
+        while n is not None and n.op in _GQA_REPEAT:
+            n = n.inputs[0].producer
+        return n is not None and n.op == "cache_append" and any(u.op == "cache_window" for u in n.output.users)
+
+    return {id(n) for n in graph.nodes if n.op == "attention" and ring(n.inputs[1])}
+
+
 def in_place_windows(graph) -> set[int]:
     """ids of the `cache_window` nodes that `window_in_place` may compute when emitted after every other
     node (rule 3): input produced by cache_append and read otherwise only by attention ops (through GQA

@@ -66,7 +66,8 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     slimgraph.speculative.DEFAULT_TREE) ask for it; False never. Greedy: the output is the greedy output
     either way. Sampling (chain): the rejection rule keeps the distribution of plain sampling
     (slimgraph/speculative.py).
-    `lookup`: up to this many tokens per verify drafted by prompt lookup (slimgraph.speculative.NgramIndex:
+    `lookup`: up to this many tokens per verify (and a verify's candidates at most speculative.MAX_VERIFY = 64)
+    drafted by prompt lookup (slimgraph.speculative.NgramIndex:
     what followed the last earlier occurrence of the context's final n-gram), one more candidate branch
     beside the heads' (greedy, batch 1); on a model without draft heads, the only draft (no training).
     """

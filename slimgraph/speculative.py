@@ -11,8 +11,11 @@ back (`Decoder.accept`). Every emitted token is an argmax of the base model give
 before it, so the output is the plain greedy output. Exactly so where the target computes each verified
 row as the step at its place would: the `torch` target's attention runs a verify row by row as steps, and
 its packed int4/int8 matmuls are row-invariant, so on a quantized base the tokens are identical bit for
-bit; float GEMMs (an fp32 base) differ between a k-row and a 1-row product by ~1e-5, which can flip only an
-argmax tied that closely (tests/test_decoder.py, benchmarks/RESULTS.md).
+bit (float Medusa heads do not count: they feed only the drafts; over a ring state, a row's keys are the ring
+as its step would have slid it). Not exact: float GEMMs (an fp32 base) differ between a k-row and a 1-row
+product by ~1e-5, which can flip only an argmax tied that closely (tests/test_decoder.py, benchmarks/RESULTS.md);
+attention with the model's own `window` or a `softcap` (Mistral, Qwen2, Gemma 2/3 before sparsify-attention)
+and a left-padded batch over a ring take the one-call attention (~1e-7 off the steps before the bf16 rounding).
 
 - chain: candidate j + 1 is head j's top-1 (head j guesses the token j + 1 after the next one).
 - tree (Medusa, Cai et al. 2024, arXiv:2401.10774, section 2.1.2): nodes are paths of top-k ranks, e.g.
@@ -39,6 +42,9 @@ from .passes.draft_heads import draft_outputs, head_kind
 DEFAULT_TREE = ((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (2, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0),
                 (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 0, 0))
 MAX_TREE_NODES = 64
+# candidates per verify, at most: the torch target computes up to this many rows after a cache as the decode steps
+# at their places (codegen/torch_kernels.STEP_ROWS), which makes greedy speculative decoding exact on a quantized base
+MAX_VERIFY = 64
 
 
 class SpeculativeError(ValueError):
@@ -290,7 +296,8 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
                 depth = min(k, room - 1)
                 tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
             heads = drafter.draft_tree(tt) if tt is not None else ()
-            looked = [ngrams.draft(min(lookup, room - 1))] if ngrams is not None and room > 1 else []
+            cap = min(lookup, room - 1, MAX_VERIFY - 1 - len(heads))   # the verify's candidates stay <= MAX_VERIFY
+            looked = [ngrams.draft(cap)] if ngrams is not None and cap > 0 else []
             c = Candidates(token, tt, heads, looked)
             if not c.is_chain and t is None and not dec.tree_ok(len(c.ids)):
                 # chain mode on a model whose window cannot take a tree now: one chain, the lookup's when it

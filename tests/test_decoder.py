@@ -223,3 +223,46 @@ def test_verify_rows_on_a_quantized_base_are_bit_identical_to_single_steps(past)
     for leaf in (4, 6, 8):
         path = path_to(leaf, parents)
         assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (leaf, path)
+
+
+def test_verify_rows_with_float_medusa_heads_on_a_quantized_base_are_bit_identical_to_single_steps():
+    """Medusa heads are float linears on the last hidden state: they choose candidates but feed neither the logits
+    nor the cache, so the verify stays exact with them (SmolLM2's attention shape: 9 heads of 64 over 3; the
+    one-call attention that float GEMMs select differs from the steps here at 4 candidates after 12 tokens)."""
+    model = tiny_llama(layers=2, hidden_size=576, intermediate_size=1152, num_attention_heads=9, num_key_value_heads=3)
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                              pipeline=INT4 + ",insert-draft-heads{num_heads=2}")
+    g = torch.Generator().manual_seed(0)
+    for past, k in ((12, 2), (12, 4), (12, 9), (30, 4), (30, 15)):
+        prompt = torch.randint(0, 96, (1, past), generator=g)
+        cands = torch.randint(0, 96, (k,), generator=g).tolist()
+        dec = fast.decoder()
+        dec.prefill(prompt)
+        assert torch.equal(dec.verify(torch.tensor([cands]))["logits"][0], _steps(fast, prompt, cands)), (past, k)
+
+
+@pytest.mark.parametrize("pipe", ["sparsify-attention{window=8,sinks=2}", "sparsify-attention{window=8,sinks=0}"])
+def test_verify_rows_over_a_ring_state_on_a_quantized_base_are_bit_identical_to_single_steps(pipe):
+    """Over a ring state (a sliding window with sinks) the step at a verified row's place sees the ring after
+    it slid: the rows that left the window are gone from its keys, not masked. The verify computes each chain
+    or tree row over exactly those keys (codegen/torch_kernels._ring_rows), so it is bit for bit the steps; with
+    the rows masked instead, past the window, logits differed by ~1e-2 and greedy lookup decoding diverged."""
+    model = tiny_llama(layers=2, hidden_size=576, intermediate_size=1152, num_attention_heads=9, num_key_value_heads=3)
+    fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                              pipeline=INT4.replace("canonicalize,", f"canonicalize,{pipe},"))
+    assert [s.kind for s in fast.graph.states] == ["ring"] * 4
+    g = torch.Generator().manual_seed(0)
+    parents = [-1, 0, 0, 1, 1, 2, 3, 5, 7]
+    for past, k in ((3, 4), (20, 9), (40, 20)):
+        prompt = torch.randint(0, 96, (1, past), generator=g)
+        cands = torch.randint(0, 96, (k,), generator=g).tolist()
+        dec = fast.decoder()
+        dec.prefill(prompt)
+        assert torch.equal(dec.verify(torch.tensor([cands]))["logits"][0], _steps(fast, prompt, cands)), (past, k)
+        if k == 9:
+            dec = fast.decoder()
+            dec.prefill(prompt)
+            got = dec.verify(torch.tensor([cands]), tree_mask=tree_mask(parents))["logits"][0]
+            for leaf in (4, 6, 8):
+                path = path_to(leaf, parents)
+                assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (past, leaf)

@@ -490,3 +490,48 @@ def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():
     p = repetitive_prompt()
     want = generate(c, p, 40, speculative=False)
     assert torch.equal(generate(c, p, 40, speculative="chain", lookup=6), want)     # runs past the window
+
+
+def test_bench_speculative_lookup_list_and_modes_are_checked_before_any_model_loads():
+    """benchmarks/bench_speculative.py --lookup 7,11 runs the `lookup` mode once per draft length; a length that
+    is not a positive integer, a repeated one (its rows would be counted twice) or an unknown mode is an
+    argument error naming the fix (it was a ValueError traceback, or a KeyError after loading and training)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py"
+    spec = importlib.util.spec_from_file_location("bench_speculative", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_modes("plain,lookup,medusa-tree+lookup", "7,11") == (
+        [7, 11], ["plain", "lookup7", "lookup11", "medusa-tree+lookup"])
+    assert bench.parse_modes("plain,lookup", "8") == ([8], ["plain", "lookup"])
+    assert bench.parse_modes("lookup3,lookup", "5")[1] == ["lookup3", "lookup"]
+    for modes, lookup, match in (("lookup", "7,", "comma-separated positive integers"),
+                                 ("lookup", "seven", "comma-separated positive integers"),
+                                 ("lookup", "0", "distinct positive integers"),
+                                 ("lookup", "7,7", "distinct positive integers"),
+                                 ("plain,medusa-trees", "8", "unknown medusa-trees"),
+                                 ("lookup,lookup7", "7,11", "listed twice")):
+        with pytest.raises(ValueError, match=match):
+            bench.parse_modes(modes, lookup)
+
+
+def test_a_long_lookup_draft_is_cut_to_the_rows_a_verify_runs_as_steps(monkeypatch):
+    """lookup=100 asks for up to 100 drafted tokens, but a verify runs at most MAX_VERIFY (64) candidates: the torch
+    target computes that many rows after a cache as the decode steps at their places (codegen/torch_kernels.
+    STEP_ROWS), so on a quantized base the greedy output stays the plain greedy output bit for bit; a 65-row
+    verify ran the one-call attention (logits ~1e-2 off the steps)."""
+    from slimgraph import speculative
+    from slimgraph.decoder import Decoder
+    c = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=(
+        "canonicalize,quantize-weights{bits=4,group=32},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
+        "fuse-dequant-matmul,cse,dce"))
+    p = prompts(1, seed=2)
+    want = generate(c, p, 90, speculative=False)
+    monkeypatch.setattr(speculative.NgramIndex, "draft", lambda self, k: [int(t) for t in want[0, -k:]] if k else [])
+    sizes = []
+    verify = Decoder.verify
+    monkeypatch.setattr(Decoder, "verify", lambda self, cands, **kw: sizes.append(cands.shape[1]) or verify(self, cands, **kw))
+    assert torch.equal(generate(c, p, 90, lookup=100), want)
+    assert max(sizes) == 64, sizes
+    assert speculative.MAX_VERIFY == 64
