@@ -35,8 +35,24 @@ from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
 QK = 32          # weights per block in Q4_0 / Q4_1 / Q8_0
-ARCHS = {"llama": "llama", "mistral": "llama"}   # transformers model_type -> GGUF architecture
-PERMUTED = {"llama"}                             # archs whose q/k rows llama.cpp permutes
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How one transformers model type lands in llama.cpp (what convert_hf_to_gguf.py does for it)."""
+    gguf: str                        # gguf.MODEL_ARCH member: tensor names (gguf.get_tensor_name_map), keys
+    permute_qk: bool = False         # q/k rows in llama.cpp's rotary layout (LlamaModel.permute): llama only
+    norm_offset: float = 0.0         # added to every RMSNorm weight (Gemma computes x * (1 + w); ggml x * w)
+
+
+ARCHS = {   # transformers model_type -> how it is written
+    "llama": Arch("LLAMA", permute_qk=True),
+    "mistral": Arch("LLAMA", permute_qk=True),
+    "qwen2": Arch("QWEN2"),          # q/k/v biases, rotary in HF's layout
+    "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
+    "phi3": Arch("PHI3"),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
+    "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
+}
 
 
 def _gguf():
@@ -260,13 +276,15 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
     src = Source.of(source)
     reader = gguf.GGUFReader(str(src.gguf_path)) if src.gguf_path else None
     hp = _hparams(reader) if reader is not None else _config_hparams(src.config)
-    arch_name = ARCHS.get(hp["model_type"])
-    if arch_name is None:
-        raise ExportError(f"export: GGUF export supports model types {', '.join(ARCHS)}; source {src} is "
-                          f"{hp['model_type']!r}")
-    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    spec = _arch(gguf, hp["model_type"], src)
+    arch = getattr(gguf.MODEL_ARCH, spec.gguf)
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
     weights = model_weights(model)
     names = gguf.get_tensor_name_map(arch, hp["layers"])
+    if not hp["tied"] and gguf.MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[arch]:
+        raise ExportError(f"export: llama.cpp's {arch_name} architecture has no output.weight (it reads the "
+                          f"logits off the embedding), but source {src} has an untied lm_head; tie it to "
+                          f"model.embed_tokens or export to another format")
     plan = _plan(weights, names, hp["tied"], reader)
 
     path = Path(path)
@@ -284,10 +302,12 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         with progress.bar(len(plan), f"gguf: {t.name} blocks", "tensor") as bar:
             for gguf_name, hf_name, tied in plan:
                 w = find(weights, hf_name, tied)
-                if arch_name in PERMUTED and ".attn_q." in gguf_name:
+                if spec.permute_qk and ".attn_q." in gguf_name:
                     w = _llama_permute(w, heads)
-                elif arch_name in PERMUTED and ".attn_k." in gguf_name:
+                elif spec.permute_qk and ".attn_k." in gguf_name:
                     w = _llama_permute(w, kv_heads)
+                if spec.norm_offset and _is_norm(gguf_name):
+                    w = w.float() + spec.norm_offset
                 data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
                 writer.add_tensor(gguf_name, data, raw_dtype=raw)
                 bar.update(1)
@@ -302,6 +322,30 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def supported_archs(gguf=None) -> str:
+    """'llama, mistral, ... (GGUF architectures llama, ...)', for messages."""
+    gguf = gguf or _gguf()
+    g = dict.fromkeys(gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] for a in ARCHS.values())
+    return f"{', '.join(ARCHS)} (GGUF architectures {', '.join(g)})"
+
+
+def _arch(gguf, model_type: str, src) -> Arch:
+    """The Arch of a transformers model type (Hugging Face source) or GGUF architecture (GGUF source)."""
+    if model_type in ARCHS:
+        return ARCHS[model_type]
+    for a in ARCHS.values():
+        if gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] == model_type:
+            return a
+    raise ExportError(f"export: GGUF export supports the model types {supported_archs(gguf)}; source {src} is "
+                      f"{model_type!r}. Export it with --format gptq or compressed-tensors instead, or "
+                      f"add its llama.cpp layout to ARCHS in slimgraph/export/gguf.py")
+
+
+def _is_norm(gguf_name: str) -> bool:
+    """An RMSNorm weight (attn_norm, ffn_norm, output_norm, attn_q_norm, post_ffw_norm, ...)."""
+    return gguf_name.endswith("norm.weight")
 
 
 def _hparams(reader) -> dict:

@@ -45,23 +45,67 @@ def _tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_source(tmp_path_factory):
-    """(model, tokenizer, directory): a seeded 2-layer GQA Llama (hidden 64, tied embeddings)."""
+def tiny_tokenizer():
     tok = _tokenizer()
     assert len(tok) == VOCAB
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    return tok
+
+
+TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+            tie_word_embeddings=True)
+# model_type -> (config class, its own settings); each architecture's additions to Llama (biases, norms)
+# are made non-trivial (random) so that a missed or misplaced tensor shows in the logits
+TINY_ARCHS = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {}),                                  # q/k/v biases
+    "qwen3": ("Qwen3Config", {"head_dim": 32}),                    # q/k norms; head_dim != hidden / heads
+    "phi3": ("Phi3Config", {"pad_token_id": 0}),                   # fused qkv_proj and gate_up_proj
+    "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
+}
+
+
+def _tiny_model(model_type: str, seed: int = 0):
+    cls, extra = TINY_ARCHS[model_type]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cls)(**{**TINY, **extra})
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():   # larger-than-init weights so that quantization errors show in the logits
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.2)
-    d = tmp_path_factory.mktemp("tiny_llama")
+            elif model_type != "llama":   # biases and norms away from their 0 / 1 init: each one counts
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _save(model, tok, d):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return model, tok, d
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_tokenizer, tmp_path_factory):
+    """(model, tokenizer, directory): a seeded 2-layer GQA Llama (hidden 64, tied embeddings)."""
+    return _save(_tiny_model("llama"), tiny_tokenizer, tmp_path_factory.mktemp("tiny_llama"))
+
+
+_arch_sources = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_arch_source(tiny_tokenizer, tmp_path_factory):
+    """tiny_arch_source("qwen2") -> (model, tokenizer, directory): tiny_source's shapes and tokenizer in
+    another architecture (TINY_ARCHS), with random biases / norms where it has them."""
+    def get(model_type: str):
+        if model_type not in _arch_sources:
+            # a directory name without the model type: it becomes general.name, and llama.cpp's vocab
+            # loader special-cases names like "phi3" (looks up "<|end|>", which the tiny vocab lacks)
+            _arch_sources[model_type] = _save(_tiny_model(model_type), tiny_tokenizer,
+                                              tmp_path_factory.mktemp("tiny_arch"))
+        return _arch_sources[model_type]
+    return get
 
 
 _compiled = {}

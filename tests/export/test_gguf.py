@@ -168,3 +168,83 @@ def test_export_shows_progress(tiny_source, compile_tiny, tmp_path, monkeypatch)
     n = len(gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors)
     assert ("gguf: q4_0 blocks", n) in seen
     assert any(d == "checkpoint: packing" and t > 0 for d, t in seen)
+
+
+# ---- architectures beyond Llama ----------------------------------------------------------------
+ARCH_TENSORS = {   # model_type -> (GGUF architecture, tensors of its own that must be written)
+    "qwen2": ("qwen2", ["blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.1.attn_v.bias"]),
+    "qwen3": ("qwen3", ["blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"]),
+    "phi3": ("phi3", ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight"]),
+    "gemma": ("gemma", ["blk.0.ffn_gate.weight"]),
+}
+_arch_compiled = {}
+
+
+def _compile_arch(tiny_arch_source, model_type, opts):
+    if (model_type, opts) not in _arch_compiled:
+        import slimgraph
+        _arch_compiled[model_type, opts] = slimgraph.optimize(
+            tiny_arch_source(model_type)[0],
+            pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
+    return _arch_compiled[model_type, opts]
+
+
+@pytest.mark.parametrize("model_type", list(ARCH_TENSORS))
+def test_llama_cpp_runs_other_archs(llama_cpp, tiny_arch_source, tmp_path, model_type):
+    """Each architecture's export loads in llama.cpp and computes what slimgraph computes: a missed
+    bias or q/k norm, a llama-style q/k permutation, or Gemma's norms without their +1 all put the
+    logits 0.2 to 1.0 off (relative), well past the tolerances."""
+    model, tok, d = tiny_arch_source(model_type)
+    ids = tok("The build system configures the project.").input_ids[:12]
+    arch, own = ARCH_TENSORS[model_type]
+    for opts, gtype, tol in [(INT8, "q8_0", 0.05), (SYM, "q4_0", 0.1)]:
+        compiled = _compile_arch(tiny_arch_source, model_type, opts)
+        path = to_gguf(compiled, tmp_path / f"m.{gtype}.gguf", type=gtype, source=d, float_type="f32")
+        r, tensors = read(path)
+        assert r.fields["general.architecture"].contents() == arch
+        assert set(own) <= set(tensors), f"{model_type}: missing {set(own) - set(tensors)}"
+        llm = _llama(llama_cpp, path, logits_all=True)
+        llm.eval(ids)
+        got = torch.tensor(np.array(llm.scores[:len(ids)]))
+        want = _slimgraph_logits(compiled, ids).detach()
+        rel = float((got - want).norm() / want.norm())
+        assert rel < tol, f"{model_type} {gtype}: llama.cpp logits differ from slimgraph's by {rel:.3f} (relative)"
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
+
+
+def test_arch_layouts(tiny_arch_source, tmp_path):
+    """What differs per architecture in the file: no q/k permutation but biases for qwen2, head_dim
+    as key/value length for qwen3, Gemma's norms stored as 1 + w; a GGUF source of each names its arch."""
+    for model_type in ("qwen2", "qwen3", "gemma"):
+        compiled = _compile_arch(tiny_arch_source, model_type, SYM)
+        path = to_gguf(compiled, tmp_path / f"{model_type}.gguf", type="q4_0", source=tiny_arch_source(model_type)[2])
+        r, tensors = read(path)
+        weights = model_weights(compiled)
+        attn = "model.layers.0.self_attn"
+        if model_type == "qwen2":   # q rows as slimgraph has them (llama would permute), bias as is
+            want_q = f16_scales(weights[f"{attn}.q_proj.weight"]).dequantize()
+            torch.testing.assert_close(gguf_weight(tensors["blk.0.attn_q.weight"]), want_q, rtol=0, atol=0)
+            torch.testing.assert_close(torch.from_numpy(np.array(tensors["blk.0.attn_q.bias"].data)),
+                                       weights[f"{attn}.q_proj.bias"].float())
+        if model_type == "qwen3":
+            assert r.fields["qwen3.attention.key_length"].contents() == 32
+            assert r.fields["qwen3.attention.head_count"].contents() == 4
+            assert tensors["blk.0.attn_q.weight"].shape.tolist() == [64, 128]   # 4 heads x 32
+        if model_type == "gemma":
+            torch.testing.assert_close(torch.from_numpy(np.array(tensors["blk.0.attn_norm.weight"].data)),
+                                       weights["model.layers.0.input_layernorm.weight"].float() + 1)
+            assert "output.weight" not in tensors
+        # the file as a source: its architecture is read back and the same tensors are written
+        again = to_gguf(compiled, tmp_path / f"{model_type}.again.gguf", type="q4_0", source=path)
+        assert [t.name for t in read(again)[0].tensors] == [t.name for t in r.tensors]
+
+
+def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4).save_pretrained(gpt2)
+    with pytest.raises(ExportError, match=r"supports the model types llama, mistral, qwen2, qwen3, phi3, gemma "
+                                          r"\(GGUF architectures llama, qwen2, qwen3, phi3, gemma\); source .*gpt2.* "
+                                          r"is 'gpt2'.*--format gptq or compressed-tensors"):
+        to_gguf(compile_tiny(SYM), tmp_path / "x.gguf", type="q4_0", source=gpt2)
+    assert not (tmp_path / "x.gguf").exists()
