@@ -43,6 +43,32 @@ class Arch:
     gguf: str                        # gguf.MODEL_ARCH member: tensor names (gguf.get_tensor_name_map), keys
     permute_qk: bool = False         # q/k rows in llama.cpp's rotary layout (LlamaModel.permute): llama only
     norm_offset: float = 0.0         # added to every RMSNorm weight (Gemma computes x * (1 + w); ggml x * w)
+    params: Optional[Callable] = None   # (writer, cfg) -> None: the architecture's own keys and checks
+    output_required: bool = False    # llama.cpp's loader needs output.weight: a tied model writes a copy
+
+
+def _granite_params(writer, cfg):
+    """Granite's four multipliers (llama.cpp reads them all; 1.0 is not the default of each)."""
+    writer.add_embedding_scale(float(cfg.embedding_multiplier))
+    writer.add_residual_scale(float(cfg.residual_multiplier))
+    writer.add_attention_scale(float(cfg.attention_multiplier))
+    writer.add_logit_scale(float(cfg.logits_scaling))
+
+
+def _gemma2_params(writer, cfg):
+    """Soft-capping and the sliding window; llama.cpp scales queries by 1/sqrt(head_dim) (by
+    1/sqrt(hidden/heads) for the 46-layer 27B), so another query_pre_attn_scalar would compute other logits."""
+    head_dim = cfg.head_dim
+    want = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == 46 else head_dim
+    if cfg.query_pre_attn_scalar != want:
+        raise ExportError(f"export: gemma2 with query_pre_attn_scalar {cfg.query_pre_attn_scalar} (head_dim "
+                          f"{head_dim}, {cfg.num_hidden_layers} layers): llama.cpp's gemma2 scales queries by "
+                          f"1/sqrt({want}) and reads no scalar from the file; this model cannot be run there")
+    if cfg.attn_logit_softcapping is not None:
+        writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
+    if cfg.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    writer.add_sliding_window(int(cfg.sliding_window))
 
 
 ARCHS = {   # transformers model_type -> how it is written
@@ -52,6 +78,9 @@ ARCHS = {   # transformers model_type -> how it is written
     "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
     "phi3": Arch("PHI3"),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
     "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
+    "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
+    "granite": Arch("GRANITE", permute_qk=True, params=_granite_params),
+    "olmo2": Arch("OLMO2", output_required=True),   # norms after attention / MLP only, q/k norms over all heads
 }
 
 
@@ -217,10 +246,11 @@ def _copy_metadata(gguf, writer, reader):
         writer.add_key_value(key, field.contents(), vtype, sub)
 
 
-def _config_metadata(gguf, writer, cfg, src: Source):
+def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rope = getattr(cfg, "rope_parameters", None) or {}
+    rotary = rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     if rope.get("rope_type", "default") not in ("default", None):
         raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
@@ -234,10 +264,12 @@ def _config_metadata(gguf, writer, cfg, src: Source):
     writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or heads)
     writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * rotary))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_vocab_size(cfg.vocab_size)
+    if spec.params is not None:
+        spec.params(writer, cfg)
     if (src.directory / "tokenizer.json").is_file() or (src.directory / "vocab.json").is_file():
         _hf_tokenizer(gguf, writer, src.directory)
 
@@ -285,7 +317,7 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         raise ExportError(f"export: llama.cpp's {arch_name} architecture has no output.weight (it reads the "
                           f"logits off the embedding), but source {src} has an untied lm_head; tie it to "
                           f"model.embed_tokens or export to another format")
-    plan = _plan(weights, names, hp["tied"], reader)
+    plan = _plan(weights, names, hp["tied"], reader, output=not hp["tied"] or spec.output_required)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +327,7 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         if reader is not None:
             _copy_metadata(gguf, writer, reader)
         else:
-            _config_metadata(gguf, writer, src.config, src)
+            _config_metadata(gguf, writer, src.config, src, spec)
         writer.add_file_type(getattr(gguf.LlamaFileType, t.file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         heads, kv_heads = hp["heads"], hp["kv_heads"]
@@ -366,8 +398,9 @@ def _config_hparams(cfg) -> dict:
             "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
 
 
-def _plan(weights, names, tied: bool, reader) -> list[tuple[str, str, Optional[str]]]:
-    """(gguf name, parameter name, tied twin) for each tensor to write, in the source GGUF's order."""
+def _plan(weights, names, tied: bool, reader, output: bool) -> list[tuple[str, str, Optional[str]]]:
+    """(gguf name, parameter name, tied twin) for each tensor to write, in the source GGUF's order
+    (output: write output.weight, a copy of the tied embedding where the architecture needs one)."""
     hf_of = {}
     for hf_name in weights:
         g = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -377,7 +410,7 @@ def _plan(weights, names, tied: bool, reader) -> list[tuple[str, str, Optional[s
         wanted = [t.name for t in reader.tensors]
     else:
         wanted = ["token_embd.weight"] + [g for g in hf_of if g not in ("token_embd.weight", "output.weight")]
-        if not tied:
+        if output:
             wanted.append("output.weight")
     plan = []
     for g in wanted:

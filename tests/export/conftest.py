@@ -62,6 +62,11 @@ TINY_ARCHS = {
     "qwen3": ("Qwen3Config", {"head_dim": 32}),                    # q/k norms; head_dim != hidden / heads
     "phi3": ("Phi3Config", {"pad_token_id": 0}),                   # fused qkv_proj and gate_up_proj
     "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16,   # + post norms, soft-capping
+                                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+    "granite": ("GraniteConfig", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5,   # multipliers
+                                  "attention_multiplier": 0.3, "logits_scaling": 1.5}),
+    "olmo2": ("Olmo2Config", {}),                                  # post-norms only; q/k norms over all heads
 }
 
 

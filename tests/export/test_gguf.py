@@ -176,6 +176,9 @@ ARCH_TENSORS = {   # model_type -> (GGUF architecture, tensors of its own that m
     "qwen3": ("qwen3", ["blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"]),
     "phi3": ("phi3", ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight"]),
     "gemma": ("gemma", ["blk.0.ffn_gate.weight"]),
+    "gemma2": ("gemma2", ["blk.0.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"]),
+    "granite": ("granite", ["blk.0.attn_q.weight"]),
+    "olmo2": ("olmo2", ["blk.0.attn_q_norm.weight", "blk.1.post_ffw_norm.weight", "output.weight"]),
 }
 _arch_compiled = {}
 
@@ -192,8 +195,9 @@ def _compile_arch(tiny_arch_source, model_type, opts):
 @pytest.mark.parametrize("model_type", list(ARCH_TENSORS))
 def test_llama_cpp_runs_other_archs(llama_cpp, tiny_arch_source, tmp_path, model_type):
     """Each architecture's export loads in llama.cpp and computes what slimgraph computes: a missed
-    bias or q/k norm, a llama-style q/k permutation, or Gemma's norms without their +1 all put the
-    logits 0.2 to 1.0 off (relative), well past the tolerances."""
+    bias or q/k norm, a wrong q/k permutation (either way), Gemma's norms without their +1, Gemma2's
+    soft-capping left out all put the logits 0.2 to 1.0 off (relative), well past the tolerances;
+    Granite without its multipliers or OLMo2 without output.weight do not load."""
     model, tok, d = tiny_arch_source(model_type)
     ids = tok("The build system configures the project.").input_ids[:12]
     arch, own = ARCH_TENSORS[model_type]
@@ -243,8 +247,25 @@ def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
     gpt2 = tmp_path / "gpt2"
     transformers = pytest.importorskip("transformers")
     transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4).save_pretrained(gpt2)
-    with pytest.raises(ExportError, match=r"supports the model types llama, mistral, qwen2, qwen3, phi3, gemma "
-                                          r"\(GGUF architectures llama, qwen2, qwen3, phi3, gemma\); source .*gpt2.* "
-                                          r"is 'gpt2'.*--format gptq or compressed-tensors"):
+    archs = "qwen2, qwen3, phi3, gemma, gemma2, granite, olmo2"
+    with pytest.raises(ExportError, match=rf"supports the model types llama, mistral, {archs} \(GGUF architectures "
+                                          rf"llama, {archs}\); source .*gpt2.* is 'gpt2'.*--format gptq or "
+                                          rf"compressed-tensors"):
         to_gguf(compile_tiny(SYM), tmp_path / "x.gguf", type="q4_0", source=gpt2)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_arch_checks(tiny_arch_source, tmp_path):
+    """Gemma2 with a query scaling llama.cpp does not apply is refused; OLMo2, whose llama.cpp loader
+    needs output.weight, gets the tied embedding's copy."""
+    model, tok, d = tiny_arch_source("gemma2")
+    cfg = model.config.__class__.from_pretrained(d)
+    cfg.query_pre_attn_scalar = 7
+    cfg.save_pretrained(tmp_path / "g2")
+    tok.save_pretrained(tmp_path / "g2")
+    with pytest.raises(ExportError, match=r"gemma2 with query_pre_attn_scalar 7 \(head_dim 16, 2 layers\).*1/sqrt\(16\)"):
+        to_gguf(_compile_arch(tiny_arch_source, "gemma2", SYM), tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+    compiled = _compile_arch(tiny_arch_source, "olmo2", SYM)
+    _, tensors = read(to_gguf(compiled, tmp_path / "o.gguf", type="q4_0", source=tiny_arch_source("olmo2")[2]))
+    torch.testing.assert_close(gguf_weight(tensors["output.weight"]), gguf_weight(tensors["token_embd.weight"]))
