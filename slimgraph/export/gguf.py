@@ -270,25 +270,47 @@ def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
     writer.add_vocab_size(cfg.vocab_size)
     if spec.params is not None:
         spec.params(writer, cfg)
-    if (src.directory / "tokenizer.json").is_file() or (src.directory / "vocab.json").is_file():
-        _hf_tokenizer(gguf, writer, src.directory)
+    if any((src.directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        _hf_tokenizer(gguf, writer, src.directory, cfg.vocab_size)
 
 
-def _hf_tokenizer(gguf, writer, directory: Path):
+def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
+    """A GPT-2 style BPE (tokenizer.json / vocab.json: llama.cpp's "gpt2" model) or a SentencePiece
+    tokenizer.model ("llama": Llama-2, Phi-3, Gemma), padded to the embedding's n_vocab rows with
+    unused [PAD<i>] tokens as convert_hf_to_gguf.py pads (llama.cpp wants one token per row)."""
     try:
-        vocab = gguf.vocab.BpeVocab(directory)
+        vocab, model = gguf.vocab.BpeVocab(directory), "gpt2"
     except FileNotFoundError:
-        raise ExportError(f"export: {directory}'s tokenizer is not a GPT-2 style BPE; only those are carried "
-                          f"into GGUF from a Hugging Face source (export from a GGUF source instead)") from None
-    tokens, types = [], []
-    for text, _, ttype in vocab.all_tokens():
+        if not (directory / "tokenizer.model").is_file():
+            raise ExportError(f"export: {directory}'s tokenizer is neither a GPT-2 style BPE (tokenizer.json with "
+                              f"a ByteLevel decoder, or vocab.json) nor a SentencePiece tokenizer.model; only those "
+                              f"are carried into GGUF from a Hugging Face source (export from a GGUF source "
+                              f"instead)") from None
+        try:
+            vocab, model = gguf.vocab.SentencePieceVocab(directory), "llama"
+        except RuntimeError as e:   # sentencepiece is not installed
+            raise ExportError(f"export: {directory}'s tokenizer.model needs the sentencepiece package ({e}): "
+                              f"pip install sentencepiece") from None
+    tokens, scores, types = [], [], []
+    for text, score, ttype in vocab.all_tokens():
         tokens.append(text if isinstance(text, str) else text.decode("utf-8"))
+        scores.append(float(score))
         types.append(ttype)
-    writer.add_tokenizer_model("gpt2")
+    if len(tokens) > n_vocab:
+        raise ExportError(f"export: {directory}'s tokenizer has {len(tokens)} tokens but the model's embedding "
+                          f"only {n_vocab} rows (config vocab_size); llama.cpp needs one row per token")
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
+    if model == "llama":
+        writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.vocab.SpecialVocab(directory, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    gguf.vocab.SpecialVocab(directory, load_merges=model == "gpt2", n_vocab=len(tokens)).add_to_gguf(
+        writer, quiet=True)
 
 
 # ---- entry point --------------------------------------------------------------------------------

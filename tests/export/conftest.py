@@ -58,7 +58,8 @@ TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_
 # are made non-trivial (random) so that a missed or misplaced tensor shows in the logits
 TINY_ARCHS = {
     "llama": ("LlamaConfig", {}),
-    "qwen2": ("Qwen2Config", {}),                                  # q/k/v biases
+    "qwen2": ("Qwen2Config", {"vocab_size": VOCAB + 16}),          # q/k/v biases; embedding rows past the
+                                                                   # tokenizer's (Qwen2.5 pads 151665 to 151936)
     "qwen3": ("Qwen3Config", {"head_dim": 32}),                    # q/k norms; head_dim != hidden / heads
     "phi3": ("Phi3Config", {"pad_token_id": 0}),                   # fused qkv_proj and gate_up_proj
     "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
@@ -70,10 +71,10 @@ TINY_ARCHS = {
 }
 
 
-def _tiny_model(model_type: str, seed: int = 0):
+def _tiny_model(model_type: str, seed: int = 0, **config):
     cls, extra = TINY_ARCHS[model_type]
     torch.manual_seed(seed)
-    cfg = getattr(transformers, cls)(**{**TINY, **extra})
+    cfg = getattr(transformers, cls)(**{**TINY, **extra, **config})
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():   # larger-than-init weights so that quantization errors show in the logits
         for name, p in model.named_parameters():
@@ -127,3 +128,22 @@ def compile_tiny(tiny_source):
                 model, pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
         return _compiled[opts]
     return get
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_source(tmp_path_factory):
+    """(model, sentencepiece processor, directory): a tiny Phi-3 whose tokenizer is a SentencePiece
+    tokenizer.model with byte fallback (as Llama-2, Phi-3 and Gemma ship), 384 pieces for a 400-row
+    embedding; no tokenizer.json."""
+    import io
+    spm = require("sentencepiece")
+    from slimgraph.evaluate import load_text
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(load_text("calib")[:20000].splitlines()), model_writer=buf,
+                                   vocab_size=384, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
+                                   eos_id=2, num_threads=1, minloglevel=2)
+    d = tmp_path_factory.mktemp("tiny_spm")
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    model = _tiny_model("phi3", vocab_size=400, bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(d)
+    return model, spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")), d

@@ -185,10 +185,7 @@ _arch_compiled = {}
 
 def _compile_arch(tiny_arch_source, model_type, opts):
     if (model_type, opts) not in _arch_compiled:
-        import slimgraph
-        _arch_compiled[model_type, opts] = slimgraph.optimize(
-            tiny_arch_source(model_type)[0],
-            pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
+        _arch_compiled[model_type, opts] = slimgraph_compile(tiny_arch_source(model_type)[0], opts)
     return _arch_compiled[model_type, opts]
 
 
@@ -269,3 +266,34 @@ def test_arch_checks(tiny_arch_source, tmp_path):
     compiled = _compile_arch(tiny_arch_source, "olmo2", SYM)
     _, tensors = read(to_gguf(compiled, tmp_path / "o.gguf", type="q4_0", source=tiny_arch_source("olmo2")[2]))
     torch.testing.assert_close(gguf_weight(tensors["output.weight"]), gguf_weight(tensors["token_embd.weight"]))
+
+
+def test_tokenizers_fill_the_embedding(llama_cpp, sentencepiece_source, tiny_arch_source, tmp_path):
+    """A SentencePiece tokenizer.model is carried as llama.cpp's "llama" tokenizer (llama.cpp then
+    tokenizes as sentencepiece does, byte fallback included), and a tokenizer with fewer tokens than
+    the embedding has rows is padded with unused [PAD<i>] tokens (else llama.cpp refuses the file)."""
+    model, sp, d = sentencepiece_source
+    compiled = slimgraph_compile(model, INT8)
+    path = to_gguf(compiled, tmp_path / "spm.gguf", type="q8_0", source=d, float_type="f32")
+    r, _ = read(path)
+    assert r.fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == 400 and tokens[383] == sp.id_to_piece(383) and tokens[384:] == [f"[PAD{i}]" for i in
+                                                                                          range(384, 400)]
+    llm = _llama(llama_cpp, path, logits_all=True)
+    text = "The build system configures the project: café, 42 Ω!"
+    assert llm.tokenize(text.encode(), add_bos=False) == sp.encode(text)
+    ids = sp.encode(text)[:12]
+    llm.eval(ids)
+    got, want = torch.tensor(np.array(llm.scores[:len(ids)])), _slimgraph_logits(compiled, ids).detach()
+    assert float((got - want).norm() / want.norm()) < 0.05
+    # the BPE tokenizer of the tiny qwen2: 320 tokens, 336 embedding rows
+    r, _ = read(to_gguf(_compile_arch(tiny_arch_source, "qwen2", SYM), tmp_path / "q.gguf", type="q4_0",
+                        source=tiny_arch_source("qwen2")[2]))
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == 336 and tokens[320:] == [f"[PAD{i}]" for i in range(320, 336)]
+
+
+def slimgraph_compile(model, opts):
+    import slimgraph
+    return slimgraph.optimize(model, pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
