@@ -16,10 +16,16 @@ is an error naming the types it fits.
 
 Norms and other 1-D tensors are written as F32; float matrices slimgraph did not quantize (the
 embedding, excluded layers) as `float_type`. Metadata and tokenizer come from the source: a source
-GGUF's key/values are copied (file type updated); a Hugging Face source (Llama family) gets its
-hyper-parameters from config.json and a GPT-2 BPE tokenizer from tokenizer.json. Llama's q/k rows
-are permuted to llama.cpp's rotary layout (convert_hf_to_gguf.py `permute`), the inverse of what
-transformers' GGUF loader undoes.
+GGUF's key/values are copied (file type updated); a Hugging Face source gets its hyper-parameters
+from config.json and its tokenizer from tokenizer.json / vocab.json (GPT-2 BPE) or tokenizer.model
+(SentencePiece), padded to the embedding's rows.
+
+Architectures (ARCHS, by transformers model_type): llama, mistral, qwen2, qwen3, phi3, gemma, gemma2,
+granite, olmo2. Tensor names come from gguf.get_tensor_name_map for llama.cpp's architecture, keys
+from GGUFWriter.add_*; what convert_hf_to_gguf.py does beyond renaming is in each Arch: llama's
+(and granite's) q/k rows are permuted to llama.cpp's rotary layout (`permute`, the inverse of what
+transformers' GGUF loader undoes), Gemma's RMSNorm weights are stored as 1 + w, and an architecture's
+own keys (Gemma2's soft-capping, Granite's multipliers) are written by its `params`.
 """
 from __future__ import annotations
 import sys
