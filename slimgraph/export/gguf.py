@@ -21,11 +21,12 @@ from config.json and its tokenizer from tokenizer.json / vocab.json (GPT-2 BPE) 
 (SentencePiece), padded to the embedding's rows.
 
 Architectures (ARCHS, by transformers model_type): llama, mistral, qwen2, qwen3, phi3, gemma, gemma2,
-granite, olmo2. Tensor names come from gguf.get_tensor_name_map for llama.cpp's architecture, keys
+gemma3_text, granite, olmo2. Tensor names come from gguf.get_tensor_name_map for llama.cpp's architecture, keys
 from GGUFWriter.add_*; what convert_hf_to_gguf.py does beyond renaming is in each Arch: llama's
 (and granite's) q/k rows are permuted to llama.cpp's rotary layout (`permute`, the inverse of what
 transformers' GGUF loader undoes), Gemma's RMSNorm weights are stored as 1 + w, and an architecture's
-own keys (Gemma2's soft-capping, Granite's multipliers) are written by its `params`.
+own keys (Gemma2's soft-capping, Gemma3's sliding layers, Granite's multipliers) are written and the
+settings llama.cpp hard-codes (Gemma2/3 query scaling, Gemma3's layer pattern) checked by its `params`.
 """
 from __future__ import annotations
 import sys
@@ -61,20 +62,42 @@ def _granite_params(writer, cfg):
     writer.add_logit_scale(float(cfg.logits_scaling))
 
 
-def _gemma2_params(writer, cfg):
-    """Soft-capping and the sliding window; llama.cpp scales queries by 1/sqrt(head_dim) (by
-    1/sqrt(hidden/heads) for the 46-layer 27B), so another query_pre_attn_scalar would compute other logits."""
+def _check_query_scale(cfg, arch: str, layers_27b: int):
+    """llama.cpp's gemma2/gemma3 scale queries by 1/sqrt(head_dim), by 1/sqrt(hidden/heads) for the 27B
+    (known by its layer count), and read no scalar from the file: another query_pre_attn_scalar would
+    compute other logits."""
     head_dim = cfg.head_dim
-    want = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == 46 else head_dim
+    want = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == layers_27b else head_dim
     if cfg.query_pre_attn_scalar != want:
-        raise ExportError(f"export: gemma2 with query_pre_attn_scalar {cfg.query_pre_attn_scalar} (head_dim "
-                          f"{head_dim}, {cfg.num_hidden_layers} layers): llama.cpp's gemma2 scales queries by "
+        raise ExportError(f"export: {arch} with query_pre_attn_scalar {cfg.query_pre_attn_scalar} (head_dim "
+                          f"{head_dim}, {cfg.num_hidden_layers} layers): llama.cpp's {arch} scales queries by "
                           f"1/sqrt({want}) and reads no scalar from the file; this model cannot be run there")
+
+
+def _gemma2_params(writer, cfg):
+    """Soft-capping and the sliding window (every other layer, as llama.cpp's gemma2 has it)."""
+    _check_query_scale(cfg, "gemma2", 46)
     if cfg.attn_logit_softcapping is not None:
         writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
     if cfg.final_logit_softcapping is not None:
         writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
     writer.add_sliding_window(int(cfg.sliding_window))
+
+
+def _gemma3_params(writer, cfg):
+    """Sliding layers: their window, their rope base (rope.freq_base_swa) and where they are; llama.cpp's
+    gemma3 has every 6th layer global, so another pattern is refused."""
+    _check_query_scale(cfg, "gemma3", 62)
+    layer_types = getattr(cfg, "layer_types", None) or []
+    want = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
+    if layer_types and list(layer_types) != want:
+        raise ExportError(f"export: gemma3 with layer_types {list(layer_types)}: llama.cpp's gemma3 makes every "
+                          f"6th layer global attention ({want}); this model cannot be run there")
+    if cfg.final_logit_softcapping is not None or cfg.attn_logit_softcapping is not None:
+        raise ExportError("export: gemma3 with logit soft-capping: llama.cpp's gemma3 applies none")
+    writer.add_sliding_window(int(cfg.sliding_window))
+    local = _rope(cfg, "sliding_attention")
+    writer.add_rope_freq_base_swa(float(local.get("rope_theta", getattr(cfg, "rope_local_base_freq", 10000.0))))
 
 
 ARCHS = {   # transformers model_type -> how it is written
@@ -85,6 +108,7 @@ ARCHS = {   # transformers model_type -> how it is written
     "phi3": Arch("PHI3"),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
     "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
     "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
+    "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params),   # + q/k norms (also 1 + w)
     "granite": Arch("GRANITE", permute_qk=True, params=_granite_params),
     "olmo2": Arch("OLMO2", output_required=True),   # norms after attention / MLP only, q/k norms over all heads
 }
@@ -255,12 +279,9 @@ def _copy_metadata(gguf, writer, reader):
 def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope = _rope(cfg, "full_attention")
     rotary = rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
-                          f"export from a GGUF source, or a model with default rope")
     writer.add_name(getattr(cfg, "_name_or_path", "") or src.directory.name)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -278,6 +299,18 @@ def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
         spec.params(writer, cfg)
     if any((src.directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
         _hf_tokenizer(gguf, writer, src.directory, cfg.vocab_size)
+
+
+def _rope(cfg, layer_type: str) -> dict:
+    """The rope parameters of `layer_type`'s layers (transformers 5 nests them per layer type where
+    they differ, e.g. Gemma3's {"sliding_attention": ..., "full_attention": ...}); rope scaling refused."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rope.get(layer_type), dict):
+        rope = rope[layer_type]
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
+                          f"export from a GGUF source, or a model with default rope")
+    return rope
 
 
 def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):

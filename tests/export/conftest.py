@@ -65,6 +65,10 @@ TINY_ARCHS = {
     "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
     "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16,   # + post norms, soft-capping
                                 "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "num_hidden_layers": 6,
+                                         "rope_parameters": {   # layer 5 global, 0-4 sliding
+        "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},   # far from 10000 and each other
+        "full_attention": {"rope_type": "default", "rope_theta": 500.0}}}),   # so that rope shows in 12 tokens
     "granite": ("GraniteConfig", {"embedding_multiplier": 2.0, "residual_multiplier": 0.5,   # multipliers
                                   "attention_multiplier": 0.3, "logits_scaling": 1.5}),
     "olmo2": ("Olmo2Config", {}),                                  # post-norms only; q/k norms over all heads

@@ -177,6 +177,7 @@ ARCH_TENSORS = {   # model_type -> (GGUF architecture, tensors of its own that m
     "phi3": ("phi3", ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight"]),
     "gemma": ("gemma", ["blk.0.ffn_gate.weight"]),
     "gemma2": ("gemma2", ["blk.0.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"]),
+    "gemma3_text": ("gemma3", ["blk.0.attn_q_norm.weight", "blk.5.post_ffw_norm.weight"]),
     "granite": ("granite", ["blk.0.attn_q.weight"]),
     "olmo2": ("olmo2", ["blk.0.attn_q_norm.weight", "blk.1.post_ffw_norm.weight", "output.weight"]),
 }
@@ -193,7 +194,8 @@ def _compile_arch(tiny_arch_source, model_type, opts):
 def test_llama_cpp_runs_other_archs(llama_cpp, tiny_arch_source, tmp_path, model_type):
     """Each architecture's export loads in llama.cpp and computes what slimgraph computes: a missed
     bias or q/k norm, a wrong q/k permutation (either way), Gemma's norms without their +1, Gemma2's
-    soft-capping left out all put the logits 0.2 to 1.0 off (relative), well past the tolerances;
+    soft-capping or Gemma3's sliding-layer rope base left out all put the logits 0.2 to 1.0 off
+    (relative), well past the tolerances (Gemma3's one global layer with the sliding base: 0.06);
     Granite without its multipliers or OLMo2 without output.weight do not load."""
     model, tok, d = tiny_arch_source(model_type)
     ids = tok("The build system configures the project.").input_ids[:12]
@@ -244,10 +246,10 @@ def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
     gpt2 = tmp_path / "gpt2"
     transformers = pytest.importorskip("transformers")
     transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4).save_pretrained(gpt2)
-    archs = "qwen2, qwen3, phi3, gemma, gemma2, granite, olmo2"
-    with pytest.raises(ExportError, match=rf"supports the model types llama, mistral, {archs} \(GGUF architectures "
-                                          rf"llama, {archs}\); source .*gpt2.* is 'gpt2'.*--format gptq or "
-                                          rf"compressed-tensors"):
+    with pytest.raises(ExportError, match=r"supports the model types llama, mistral, qwen2, qwen3, phi3, gemma, "
+                                          r"gemma2, gemma3_text, granite, olmo2 \(GGUF architectures llama, qwen2, "
+                                          r"qwen3, phi3, gemma, gemma2, gemma3, granite, olmo2\); source .*gpt2.* is "
+                                          r"'gpt2'.*--format gptq or compressed-tensors"):
         to_gguf(compile_tiny(SYM), tmp_path / "x.gguf", type="q4_0", source=gpt2)
     assert not (tmp_path / "x.gguf").exists()
 
