@@ -30,6 +30,7 @@ settings llama.cpp hard-codes (Gemma2/3 query scaling, Gemma3's layer pattern) c
 """
 from __future__ import annotations
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -100,12 +101,24 @@ def _gemma3_params(writer, cfg):
     writer.add_rope_freq_base_swa(float(local.get("rope_theta", getattr(cfg, "rope_local_base_freq", 10000.0))))
 
 
+def _phi3_params(writer, cfg):
+    """Phi-3's sliding window (Phi-3-mini-4k: 2047): llama.cpp's phi3 (llama-cpp-python 0.3.36) attends to
+    the whole context with or without phi3.attention.sliding_window in the file (tests/export: a tiny
+    Phi-3 with window 5 matches slimgraph for 5 positions, is ~100% off after), so it is not written and
+    the difference is said."""
+    window = getattr(cfg, "sliding_window", None)
+    if window and window < cfg.max_position_embeddings:
+        warnings.warn(f"export: phi3 source with sliding_window {window}: llama.cpp's phi3 attends to the whole "
+                      f"context, so past {window} tokens its logits differ from transformers' and slimgraph's "
+                      f"(convert_hf_to_gguf.py's files share this)", stacklevel=3)
+
+
 ARCHS = {   # transformers model_type -> how it is written
     "llama": Arch("LLAMA", permute_qk=True),
     "mistral": Arch("LLAMA", permute_qk=True),
     "qwen2": Arch("QWEN2"),          # q/k/v biases, rotary in HF's layout
     "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
-    "phi3": Arch("PHI3"),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
+    "phi3": Arch("PHI3", params=_phi3_params),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
     "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
     "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
     "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params),   # + q/k norms (also 1 + w)

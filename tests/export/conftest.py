@@ -61,7 +61,7 @@ TINY_ARCHS = {
     "qwen2": ("Qwen2Config", {"vocab_size": VOCAB + 16}),          # q/k/v biases; embedding rows past the
                                                                    # tokenizer's (Qwen2.5 pads 151665 to 151936)
     "qwen3": ("Qwen3Config", {"head_dim": 32}),                    # q/k norms; head_dim != hidden / heads
-    "phi3": ("Phi3Config", {"pad_token_id": 0}),                   # fused qkv_proj and gate_up_proj
+    "phi3": ("Phi3Config", {"pad_token_id": 0, "sliding_window": None}),   # fused qkv_proj and gate_up_proj
     "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
     "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16,   # + post norms, soft-capping
                                 "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),

@@ -255,8 +255,9 @@ def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
 
 
 def test_arch_checks(tiny_arch_source, tmp_path):
-    """Gemma2 with a query scaling llama.cpp does not apply is refused; OLMo2, whose llama.cpp loader
-    needs output.weight, gets the tied embedding's copy."""
+    """Gemma2 with a query scaling llama.cpp does not apply is refused; Phi-3's sliding window, which
+    llama.cpp's phi3 ignores, is warned of; OLMo2, whose llama.cpp loader needs output.weight, gets the
+    tied embedding's copy."""
     model, tok, d = tiny_arch_source("gemma2")
     cfg = model.config.__class__.from_pretrained(d)
     cfg.query_pre_attn_scalar = 7
@@ -265,6 +266,13 @@ def test_arch_checks(tiny_arch_source, tmp_path):
     with pytest.raises(ExportError, match=r"gemma2 with query_pre_attn_scalar 7 \(head_dim 16, 2 layers\).*1/sqrt\(16\)"):
         to_gguf(_compile_arch(tiny_arch_source, "gemma2", SYM), tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+    model, tok, d = tiny_arch_source("phi3")   # llama.cpp's phi3 has no sliding window: said, not hidden
+    cfg = model.config.__class__.from_pretrained(d)
+    cfg.sliding_window = 5
+    cfg.save_pretrained(tmp_path / "p3")
+    tok.save_pretrained(tmp_path / "p3")
+    with pytest.warns(UserWarning, match=r"phi3 source with sliding_window 5: llama.cpp's phi3 attends to the whole"):
+        to_gguf(_compile_arch(tiny_arch_source, "phi3", SYM), tmp_path / "p3.gguf", type="q4_0", source=tmp_path / "p3")
     compiled = _compile_arch(tiny_arch_source, "olmo2", SYM)
     _, tensors = read(to_gguf(compiled, tmp_path / "o.gguf", type="q4_0", source=tiny_arch_source("olmo2")[2]))
     torch.testing.assert_close(gguf_weight(tensors["output.weight"]), gguf_weight(tensors["token_embd.weight"]))
