@@ -63,9 +63,11 @@ TINY_ARCHS = {
     "qwen3": ("Qwen3Config", {"head_dim": 32}),                    # q/k norms; head_dim != hidden / heads
     "phi3": ("Phi3Config", {"pad_token_id": 0, "sliding_window": None}),   # fused qkv_proj and gate_up_proj
     "gemma": ("GemmaConfig", {"head_dim": 16}),                    # (1 + w) norms, scaled embedding, gelu
-    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16,   # + post norms, soft-capping
-                                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+    "gemma2": ("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16,   # + post norms, soft-capping,
+                                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0,
+                                "sliding_window": 5}),   # a window that acts within 12 tokens (0.4 off if lost)
     "gemma3_text": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "num_hidden_layers": 6,
+                                         "sliding_window": 5,
                                          "rope_parameters": {   # layer 5 global, 0-4 sliding
         "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},   # far from 10000 and each other
         "full_attention": {"rope_type": "default", "rope_theta": 500.0}}}),   # so that rope shows in 12 tokens

@@ -194,9 +194,9 @@ def _compile_arch(tiny_arch_source, model_type, opts):
 def test_llama_cpp_runs_other_archs(llama_cpp, tiny_arch_source, tmp_path, model_type):
     """Each architecture's export loads in llama.cpp and computes what slimgraph computes: a missed
     bias or q/k norm, a wrong q/k permutation (either way), Gemma's norms without their +1, Gemma2's
-    soft-capping or Gemma3's sliding-layer rope base left out all put the logits 0.2 to 1.0 off
-    (relative), well past the tolerances (Gemma3's one global layer with the sliding base: 0.06);
-    Granite without its multipliers or OLMo2 without output.weight do not load."""
+    soft-capping, Gemma2/3's sliding window (5 here) or Gemma3's sliding-layer rope base left out all
+    put the logits 0.2 to 1.0 off (relative), well past the tolerances (Gemma3's one global layer with
+    the sliding base: 0.06); Granite without its multipliers or OLMo2 without output.weight do not load."""
     model, tok, d = tiny_arch_source(model_type)
     ids = tok("The build system configures the project.").input_ids[:12]
     arch, own = ARCH_TENSORS[model_type]
