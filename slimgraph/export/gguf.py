@@ -75,9 +75,20 @@ def _check_query_scale(cfg, arch: str, layers_27b: int):
                           f"1/sqrt({want}) and reads no scalar from the file; this model cannot be run there")
 
 
+def _check_layer_types(cfg, arch: str, period: int):
+    """llama.cpp's gemma2/gemma3 make every `period`-th layer global and the others sliding, whatever
+    the file says: another transformers layer_types would attend over other spans."""
+    layer_types = list(getattr(cfg, "layer_types", None) or [])
+    want = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
+    if layer_types and layer_types != want:
+        raise ExportError(f"export: {arch} with layer_types {layer_types}: llama.cpp's {arch} makes the last "
+                          f"layer of every {period} global ({want}); this model cannot be run there")
+
+
 def _gemma2_params(writer, cfg):
     """Soft-capping and the sliding window (every other layer, as llama.cpp's gemma2 has it)."""
     _check_query_scale(cfg, "gemma2", 46)
+    _check_layer_types(cfg, "gemma2", 2)
     if cfg.attn_logit_softcapping is not None:
         writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
     if cfg.final_logit_softcapping is not None:
@@ -89,11 +100,7 @@ def _gemma3_params(writer, cfg):
     """Sliding layers: their window, their rope base (rope.freq_base_swa) and where they are; llama.cpp's
     gemma3 has every 6th layer global, so another pattern is refused."""
     _check_query_scale(cfg, "gemma3", 62)
-    layer_types = getattr(cfg, "layer_types", None) or []
-    want = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
-    if layer_types and list(layer_types) != want:
-        raise ExportError(f"export: gemma3 with layer_types {list(layer_types)}: llama.cpp's gemma3 makes every "
-                          f"6th layer global attention ({want}); this model cannot be run there")
+    _check_layer_types(cfg, "gemma3", 6)
     if cfg.final_logit_softcapping is not None or cfg.attn_logit_softcapping is not None:
         raise ExportError("export: gemma3 with logit soft-capping: llama.cpp's gemma3 applies none")
     writer.add_sliding_window(int(cfg.sliding_window))
@@ -118,7 +125,7 @@ ARCHS = {   # transformers model_type -> how it is written
     "mistral": Arch("LLAMA", permute_qk=True),
     "qwen2": Arch("QWEN2"),          # q/k/v biases, rotary in HF's layout
     "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
-    "phi3": Arch("PHI3", params=_phi3_params),            # qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up (llama.cpp splits)
+    "phi3": Arch("PHI3", params=_phi3_params),   # fused qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up
     "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
     "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
     "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params),   # + q/k norms (also 1 + w)

@@ -255,17 +255,24 @@ def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
 
 
 def test_arch_checks(tiny_arch_source, tmp_path):
-    """Gemma2 with a query scaling llama.cpp does not apply is refused; Phi-3's sliding window, which
-    llama.cpp's phi3 ignores, is warned of; OLMo2, whose llama.cpp loader needs output.weight, gets the
-    tied embedding's copy."""
+    """Gemma2 with a query scaling or layer pattern llama.cpp does not apply is refused; Phi-3's sliding
+    window, which llama.cpp's phi3 ignores, is warned of; OLMo2, whose llama.cpp loader needs
+    output.weight, gets the tied embedding's copy."""
     model, tok, d = tiny_arch_source("gemma2")
     cfg = model.config.__class__.from_pretrained(d)
     cfg.query_pre_attn_scalar = 7
     cfg.save_pretrained(tmp_path / "g2")
     tok.save_pretrained(tmp_path / "g2")
-    with pytest.raises(ExportError, match=r"gemma2 with query_pre_attn_scalar 7 \(head_dim 16, 2 layers\).*1/sqrt\(16\)"):
-        to_gguf(_compile_arch(tiny_arch_source, "gemma2", SYM), tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
+    compiled = _compile_arch(tiny_arch_source, "gemma2", SYM)
+    with pytest.raises(ExportError, match=r"gemma2 with query_pre_attn_scalar 7 \(head_dim 16, 2 layers\).*"
+                                          r"1/sqrt\(16\)"):
+        to_gguf(compiled, tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+    cfg.query_pre_attn_scalar, cfg.layer_types = 16, ["full_attention", "sliding_attention"]
+    cfg.save_pretrained(tmp_path / "g2")
+    with pytest.raises(ExportError, match=r"gemma2 with layer_types \['full_attention', 'sliding_attention'\]: "
+                                          r"llama.cpp's gemma2 makes the last layer of every 2 global"):
+        to_gguf(compiled, tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
     model, tok, d = tiny_arch_source("phi3")   # llama.cpp's phi3 has no sliding window: said, not hidden
     cfg = model.config.__class__.from_pretrained(d)
     cfg.sliding_window = 5
