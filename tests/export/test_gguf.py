@@ -304,11 +304,14 @@ def test_tokenizers_fill_the_embedding(llama_cpp, sentencepiece_source, tiny_arc
     llm.eval(ids)
     got, want = torch.tensor(np.array(llm.scores[:len(ids)])), _slimgraph_logits(compiled, ids).detach()
     assert float((got - want).norm() / want.norm()) < 0.05
-    # the BPE tokenizer of the tiny qwen2: 320 tokens, 336 embedding rows
-    r, _ = read(to_gguf(_compile_arch(tiny_arch_source, "qwen2", SYM), tmp_path / "q.gguf", type="q4_0",
-                        source=tiny_arch_source("qwen2")[2]))
-    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    # the BPE tokenizer of the tiny qwen2: 320 tokens, 336 embedding rows; llama.cpp tokenizes as transformers
+    _, tok, d = tiny_arch_source("qwen2")
+    path = to_gguf(_compile_arch(tiny_arch_source, "qwen2", SYM), tmp_path / "q.gguf", type="q4_0", source=d)
+    tokens = read(path)[0].fields["tokenizer.ggml.tokens"].contents()
     assert len(tokens) == 336 and tokens[320:] == [f"[PAD{i}]" for i in range(320, 336)]
+    llm = _llama(llama_cpp, path, vocab_only=True)
+    for text in [text, "  two  spaces\nnew line 12345 it's"]:
+        assert llm.tokenize(text.encode(), add_bos=False) == tok(text, add_special_tokens=False).input_ids
 
 
 def slimgraph_compile(model, opts):
