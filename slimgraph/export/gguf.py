@@ -16,13 +16,21 @@ is an error naming the types it fits.
 
 Norms and other 1-D tensors are written as F32; float matrices slimgraph did not quantize (the
 embedding, excluded layers) as `float_type`. Metadata and tokenizer come from the source: a source
-GGUF's key/values are copied (file type updated); a Hugging Face source (Llama family) gets its
-hyper-parameters from config.json and a GPT-2 BPE tokenizer from tokenizer.json. Llama's q/k rows
-are permuted to llama.cpp's rotary layout (convert_hf_to_gguf.py `permute`), the inverse of what
-transformers' GGUF loader undoes.
+GGUF's key/values are copied (file type updated); a Hugging Face source gets its hyper-parameters
+from config.json and its tokenizer from tokenizer.json / vocab.json (GPT-2 BPE) or tokenizer.model
+(SentencePiece), padded to the embedding's rows.
+
+Architectures (ARCHS, by transformers model_type): llama, mistral, qwen2, qwen3, phi3, gemma, gemma2,
+gemma3_text, granite, olmo2. Tensor names come from gguf.get_tensor_name_map for llama.cpp's architecture, keys
+from GGUFWriter.add_*; what convert_hf_to_gguf.py does beyond renaming is in each Arch: llama's
+(and granite's) q/k rows are permuted to llama.cpp's rotary layout (`permute`, the inverse of what
+transformers' GGUF loader undoes), Gemma's RMSNorm weights are stored as 1 + w, and an architecture's
+own keys (Gemma2's soft-capping, Gemma3's sliding layers, Granite's multipliers) are written and the
+settings llama.cpp hard-codes (Gemma2/3 query scaling, Gemma3's layer pattern) checked by its `params`.
 """
 from __future__ import annotations
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,8 +43,95 @@ from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
 QK = 32          # weights per block in Q4_0 / Q4_1 / Q8_0
-ARCHS = {"llama": "llama", "mistral": "llama"}   # transformers model_type -> GGUF architecture
-PERMUTED = {"llama"}                             # archs whose q/k rows llama.cpp permutes
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How one transformers model type lands in llama.cpp (what convert_hf_to_gguf.py does for it)."""
+    gguf: str                        # gguf.MODEL_ARCH member: tensor names (gguf.get_tensor_name_map), keys
+    permute_qk: bool = False         # q/k rows in llama.cpp's rotary layout (LlamaModel.permute): llama only
+    norm_offset: float = 0.0         # added to every RMSNorm weight (Gemma computes x * (1 + w); ggml x * w)
+    params: Optional[Callable] = None   # (writer, cfg) -> None: the architecture's own keys and checks
+    output_required: bool = False    # llama.cpp's loader needs output.weight: a tied model writes a copy
+
+
+def _granite_params(writer, cfg):
+    """Granite's four multipliers (llama.cpp reads them all; 1.0 is not the default of each)."""
+    writer.add_embedding_scale(float(cfg.embedding_multiplier))
+    writer.add_residual_scale(float(cfg.residual_multiplier))
+    writer.add_attention_scale(float(cfg.attention_multiplier))
+    writer.add_logit_scale(float(cfg.logits_scaling))
+
+
+def _check_query_scale(cfg, arch: str, layers_27b: int):
+    """llama.cpp's gemma2/gemma3 scale queries by 1/sqrt(head_dim), by 1/sqrt(hidden/heads) for the 27B
+    (known by its layer count), and read no scalar from the file: another query_pre_attn_scalar would
+    compute other logits."""
+    head_dim = cfg.head_dim
+    want = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == layers_27b else head_dim
+    if cfg.query_pre_attn_scalar != want:
+        raise ExportError(f"export: {arch} with query_pre_attn_scalar {cfg.query_pre_attn_scalar} (head_dim "
+                          f"{head_dim}, {cfg.num_hidden_layers} layers): llama.cpp's {arch} scales queries by "
+                          f"1/sqrt({want}) and reads no scalar from the file; this model cannot be run there")
+
+
+def _check_layer_types(cfg, arch: str, period: int):
+    """llama.cpp's gemma2/gemma3 make every `period`-th layer global and the others sliding, whatever
+    the file says: another transformers layer_types would attend over other spans."""
+    layer_types = list(getattr(cfg, "layer_types", None) or [])
+    want = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
+    if layer_types and layer_types != want:
+        raise ExportError(f"export: {arch} with layer_types {layer_types}: llama.cpp's {arch} makes the last "
+                          f"layer of every {period} global ({want}); this model cannot be run there")
+
+
+def _gemma2_params(writer, cfg):
+    """Soft-capping and the sliding window (every other layer, as llama.cpp's gemma2 has it)."""
+    _check_query_scale(cfg, "gemma2", 46)
+    _check_layer_types(cfg, "gemma2", 2)
+    if cfg.attn_logit_softcapping is not None:
+        writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
+    if cfg.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    writer.add_sliding_window(int(cfg.sliding_window))
+
+
+def _gemma3_params(writer, cfg):
+    """Sliding layers: their window, their rope base (rope.freq_base_swa) and where they are; llama.cpp's
+    gemma3 has every 6th layer global, so another pattern is refused."""
+    _check_query_scale(cfg, "gemma3", 62)
+    _check_layer_types(cfg, "gemma3", 6)
+    if cfg.final_logit_softcapping is not None or cfg.attn_logit_softcapping is not None:
+        raise ExportError("export: gemma3 with logit soft-capping: llama.cpp's gemma3 applies none")
+    writer.add_sliding_window(int(cfg.sliding_window))
+    local = _rope(cfg, "sliding_attention")
+    writer.add_rope_freq_base_swa(float(local.get("rope_theta", getattr(cfg, "rope_local_base_freq", 10000.0))))
+
+
+def _phi3_params(writer, cfg):
+    """Phi-3's sliding window (Phi-3-mini-4k: 2047): llama.cpp's phi3 (llama-cpp-python 0.3.36) attends to
+    the whole context with or without phi3.attention.sliding_window in the file (tests/export: a tiny
+    Phi-3 with window 5 matches slimgraph for 5 positions, is ~100% off after), so it is not written and
+    the difference is said."""
+    window = getattr(cfg, "sliding_window", None)
+    if window and window < cfg.max_position_embeddings:
+        warnings.warn(f"export: phi3 source with sliding_window {window}: llama.cpp's phi3 attends to the whole "
+                      f"context, so past {window} tokens its logits differ from transformers' and slimgraph's "
+                      f"(convert_hf_to_gguf.py's files share this)", stacklevel=3)
+
+
+ARCHS = {   # transformers model_type -> how it is written
+    "llama": Arch("LLAMA", permute_qk=True),
+    "mistral": Arch("LLAMA", permute_qk=True),
+    "qwen2": Arch("QWEN2"),          # q/k/v biases, rotary in HF's layout
+    "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
+    "phi3": Arch("PHI3", params=_phi3_params),   # fused qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up
+    "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
+    "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
+    "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params),   # + q/k norms (also 1 + w)
+    "granite": Arch("GRANITE", permute_qk=True, params=_granite_params),
+    "olmo2": Arch("OLMO2", output_required=True),   # norms after attention / MLP only, q/k norms over all heads
+}
 
 
 def _gguf():
@@ -201,14 +296,12 @@ def _copy_metadata(gguf, writer, reader):
         writer.add_key_value(key, field.contents(), vtype, sub)
 
 
-def _config_metadata(gguf, writer, cfg, src: Source):
+def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope = _rope(cfg, "full_attention")
+    rotary = rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
-                          f"export from a GGUF source, or a model with default rope")
     writer.add_name(getattr(cfg, "_name_or_path", "") or src.directory.name)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
@@ -218,29 +311,65 @@ def _config_metadata(gguf, writer, cfg, src: Source):
     writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or heads)
     writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * rotary))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_vocab_size(cfg.vocab_size)
-    if (src.directory / "tokenizer.json").is_file() or (src.directory / "vocab.json").is_file():
-        _hf_tokenizer(gguf, writer, src.directory)
+    if spec.params is not None:
+        spec.params(writer, cfg)
+    if any((src.directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        _hf_tokenizer(gguf, writer, src.directory, cfg.vocab_size)
 
 
-def _hf_tokenizer(gguf, writer, directory: Path):
+def _rope(cfg, layer_type: str) -> dict:
+    """The rope parameters of `layer_type`'s layers (transformers 5 nests them per layer type where
+    they differ, e.g. Gemma3's {"sliding_attention": ..., "full_attention": ...}); rope scaling refused."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rope.get(layer_type), dict):
+        rope = rope[layer_type]
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
+                          f"export from a GGUF source, or a model with default rope")
+    return rope
+
+
+def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
+    """A GPT-2 style BPE (tokenizer.json / vocab.json: llama.cpp's "gpt2" model) or a SentencePiece
+    tokenizer.model ("llama": Llama-2, Phi-3, Gemma), padded to the embedding's n_vocab rows with
+    unused [PAD<i>] tokens as convert_hf_to_gguf.py pads (llama.cpp wants one token per row)."""
     try:
-        vocab = gguf.vocab.BpeVocab(directory)
+        vocab, model = gguf.vocab.BpeVocab(directory), "gpt2"
     except FileNotFoundError:
-        raise ExportError(f"export: {directory}'s tokenizer is not a GPT-2 style BPE; only those are carried "
-                          f"into GGUF from a Hugging Face source (export from a GGUF source instead)") from None
-    tokens, types = [], []
-    for text, _, ttype in vocab.all_tokens():
+        if not (directory / "tokenizer.model").is_file():
+            raise ExportError(f"export: {directory}'s tokenizer is neither a GPT-2 style BPE (tokenizer.json with "
+                              f"a ByteLevel decoder, or vocab.json) nor a SentencePiece tokenizer.model; only those "
+                              f"are carried into GGUF from a Hugging Face source (export from a GGUF source "
+                              f"instead)") from None
+        try:
+            vocab, model = gguf.vocab.SentencePieceVocab(directory), "llama"
+        except RuntimeError as e:   # sentencepiece is not installed
+            raise ExportError(f"export: {directory}'s tokenizer.model needs the sentencepiece package ({e}): "
+                              f"pip install sentencepiece") from None
+    tokens, scores, types = [], [], []
+    for text, score, ttype in vocab.all_tokens():
         tokens.append(text if isinstance(text, str) else text.decode("utf-8"))
+        scores.append(float(score))
         types.append(ttype)
-    writer.add_tokenizer_model("gpt2")
+    if len(tokens) > n_vocab:
+        raise ExportError(f"export: {directory}'s tokenizer has {len(tokens)} tokens but the model's embedding "
+                          f"only {n_vocab} rows (config vocab_size); llama.cpp needs one row per token")
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
+    if model == "llama":
+        writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.vocab.SpecialVocab(directory, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    gguf.vocab.SpecialVocab(directory, load_merges=model == "gpt2", n_vocab=len(tokens)).add_to_gguf(
+        writer, quiet=True)
 
 
 # ---- entry point --------------------------------------------------------------------------------
@@ -260,14 +389,16 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
     src = Source.of(source)
     reader = gguf.GGUFReader(str(src.gguf_path)) if src.gguf_path else None
     hp = _hparams(reader) if reader is not None else _config_hparams(src.config)
-    arch_name = ARCHS.get(hp["model_type"])
-    if arch_name is None:
-        raise ExportError(f"export: GGUF export supports model types {', '.join(ARCHS)}; source {src} is "
-                          f"{hp['model_type']!r}")
-    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    spec = _arch(gguf, hp["model_type"], src)
+    arch = getattr(gguf.MODEL_ARCH, spec.gguf)
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
     weights = model_weights(model)
     names = gguf.get_tensor_name_map(arch, hp["layers"])
-    plan = _plan(weights, names, hp["tied"], reader)
+    if not hp["tied"] and gguf.MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[arch]:
+        raise ExportError(f"export: llama.cpp's {arch_name} architecture has no output.weight (it reads the "
+                          f"logits off the embedding), but source {src} has an untied lm_head; tie it to "
+                          f"model.embed_tokens or export to another format")
+    plan = _plan(weights, names, hp["tied"], reader, output=not hp["tied"] or spec.output_required)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,17 +408,19 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         if reader is not None:
             _copy_metadata(gguf, writer, reader)
         else:
-            _config_metadata(gguf, writer, src.config, src)
+            _config_metadata(gguf, writer, src.config, src, spec)
         writer.add_file_type(getattr(gguf.LlamaFileType, t.file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         heads, kv_heads = hp["heads"], hp["kv_heads"]
         with progress.bar(len(plan), f"gguf: {t.name} blocks", "tensor") as bar:
             for gguf_name, hf_name, tied in plan:
                 w = find(weights, hf_name, tied)
-                if arch_name in PERMUTED and ".attn_q." in gguf_name:
+                if spec.permute_qk and ".attn_q." in gguf_name:
                     w = _llama_permute(w, heads)
-                elif arch_name in PERMUTED and ".attn_k." in gguf_name:
+                elif spec.permute_qk and ".attn_k." in gguf_name:
                     w = _llama_permute(w, kv_heads)
+                if spec.norm_offset and _is_norm(gguf_name):
+                    w = w.float() + spec.norm_offset
                 data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
                 writer.add_tensor(gguf_name, data, raw_dtype=raw)
                 bar.update(1)
@@ -302,6 +435,30 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def supported_archs(gguf=None) -> str:
+    """'llama, mistral, ... (GGUF architectures llama, ...)', for messages."""
+    gguf = gguf or _gguf()
+    g = dict.fromkeys(gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] for a in ARCHS.values())
+    return f"{', '.join(ARCHS)} (GGUF architectures {', '.join(g)})"
+
+
+def _arch(gguf, model_type: str, src) -> Arch:
+    """The Arch of a transformers model type (Hugging Face source) or GGUF architecture (GGUF source)."""
+    if model_type in ARCHS:
+        return ARCHS[model_type]
+    for a in ARCHS.values():
+        if gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] == model_type:
+            return a
+    raise ExportError(f"export: GGUF export supports the model types {supported_archs(gguf)}; source {src} is "
+                      f"{model_type!r}. Export it with --format gptq or compressed-tensors instead, or "
+                      f"add its llama.cpp layout to ARCHS in slimgraph/export/gguf.py")
+
+
+def _is_norm(gguf_name: str) -> bool:
+    """An RMSNorm weight (attn_norm, ffn_norm, output_norm, attn_q_norm, post_ffw_norm, ...)."""
+    return gguf_name.endswith("norm.weight")
 
 
 def _hparams(reader) -> dict:
@@ -322,8 +479,9 @@ def _config_hparams(cfg) -> dict:
             "tied": bool(getattr(cfg, "tie_word_embeddings", False))}
 
 
-def _plan(weights, names, tied: bool, reader) -> list[tuple[str, str, Optional[str]]]:
-    """(gguf name, parameter name, tied twin) for each tensor to write, in the source GGUF's order."""
+def _plan(weights, names, tied: bool, reader, output: bool) -> list[tuple[str, str, Optional[str]]]:
+    """(gguf name, parameter name, tied twin) for each tensor to write, in the source GGUF's order
+    (output: write output.weight, a copy of the tied embedding where the architecture needs one)."""
     hf_of = {}
     for hf_name in weights:
         g = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -333,7 +491,7 @@ def _plan(weights, names, tied: bool, reader) -> list[tuple[str, str, Optional[s
         wanted = [t.name for t in reader.tensors]
     else:
         wanted = ["token_embd.weight"] + [g for g in hf_of if g not in ("token_embd.weight", "output.weight")]
-        if not tied:
+        if output:
             wanted.append("output.weight")
     plan = []
     for g in wanted:

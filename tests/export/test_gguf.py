@@ -168,3 +168,152 @@ def test_export_shows_progress(tiny_source, compile_tiny, tmp_path, monkeypatch)
     n = len(gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors)
     assert ("gguf: q4_0 blocks", n) in seen
     assert any(d == "checkpoint: packing" and t > 0 for d, t in seen)
+
+
+# ---- architectures beyond Llama ----------------------------------------------------------------
+ARCH_TENSORS = {   # model_type -> (GGUF architecture, tensors of its own that must be written)
+    "qwen2": ("qwen2", ["blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.1.attn_v.bias"]),
+    "qwen3": ("qwen3", ["blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"]),
+    "phi3": ("phi3", ["blk.0.attn_qkv.weight", "blk.1.ffn_up.weight"]),
+    "gemma": ("gemma", ["blk.0.ffn_gate.weight"]),
+    "gemma2": ("gemma2", ["blk.0.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"]),
+    "gemma3_text": ("gemma3", ["blk.0.attn_q_norm.weight", "blk.5.post_ffw_norm.weight"]),
+    "granite": ("granite", ["blk.0.attn_q.weight"]),
+    "olmo2": ("olmo2", ["blk.0.attn_q_norm.weight", "blk.1.post_ffw_norm.weight", "output.weight"]),
+}
+_arch_compiled = {}
+
+
+def _compile_arch(tiny_arch_source, model_type, opts):
+    if (model_type, opts) not in _arch_compiled:
+        _arch_compiled[model_type, opts] = slimgraph_compile(tiny_arch_source(model_type)[0], opts)
+    return _arch_compiled[model_type, opts]
+
+
+@pytest.mark.parametrize("model_type", list(ARCH_TENSORS))
+def test_llama_cpp_runs_other_archs(llama_cpp, tiny_arch_source, tmp_path, model_type):
+    """Each architecture's export loads in llama.cpp and computes what slimgraph computes: a missed
+    bias or q/k norm, a wrong q/k permutation (either way), Gemma's norms without their +1, Gemma2's
+    soft-capping, Gemma2/3's sliding window (5 here) or Gemma3's sliding-layer rope base left out all
+    put the logits 0.2 to 1.0 off (relative), well past the tolerances (Gemma3's one global layer with
+    the sliding base: 0.06); Granite without its multipliers or OLMo2 without output.weight do not load."""
+    model, tok, d = tiny_arch_source(model_type)
+    ids = tok("The build system configures the project.").input_ids[:12]
+    arch, own = ARCH_TENSORS[model_type]
+    for opts, gtype, tol in [(INT8, "q8_0", 0.05), (SYM, "q4_0", 0.1)]:
+        compiled = _compile_arch(tiny_arch_source, model_type, opts)
+        path = to_gguf(compiled, tmp_path / f"m.{gtype}.gguf", type=gtype, source=d, float_type="f32")
+        r, tensors = read(path)
+        assert r.fields["general.architecture"].contents() == arch
+        assert set(own) <= set(tensors), f"{model_type}: missing {set(own) - set(tensors)}"
+        llm = _llama(llama_cpp, path, logits_all=True)
+        llm.eval(ids)
+        got = torch.tensor(np.array(llm.scores[:len(ids)]))
+        want = _slimgraph_logits(compiled, ids).detach()
+        rel = float((got - want).norm() / want.norm())
+        assert rel < tol, f"{model_type} {gtype}: llama.cpp logits differ from slimgraph's by {rel:.3f} (relative)"
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
+
+
+def test_arch_layouts(tiny_arch_source, tmp_path):
+    """What differs per architecture in the file: no q/k permutation but biases for qwen2, head_dim
+    as key/value length for qwen3, Gemma's norms stored as 1 + w; a GGUF source of each names its arch."""
+    for model_type in ("qwen2", "qwen3", "gemma"):
+        compiled = _compile_arch(tiny_arch_source, model_type, SYM)
+        path = to_gguf(compiled, tmp_path / f"{model_type}.gguf", type="q4_0", source=tiny_arch_source(model_type)[2])
+        r, tensors = read(path)
+        weights = model_weights(compiled)
+        attn = "model.layers.0.self_attn"
+        if model_type == "qwen2":   # q rows as slimgraph has them (llama would permute), bias as is
+            want_q = f16_scales(weights[f"{attn}.q_proj.weight"]).dequantize()
+            torch.testing.assert_close(gguf_weight(tensors["blk.0.attn_q.weight"]), want_q, rtol=0, atol=0)
+            torch.testing.assert_close(torch.from_numpy(np.array(tensors["blk.0.attn_q.bias"].data)),
+                                       weights[f"{attn}.q_proj.bias"].float())
+        if model_type == "qwen3":
+            assert r.fields["qwen3.attention.key_length"].contents() == 32
+            assert r.fields["qwen3.attention.head_count"].contents() == 4
+            assert tensors["blk.0.attn_q.weight"].shape.tolist() == [64, 128]   # 4 heads x 32
+        if model_type == "gemma":
+            torch.testing.assert_close(torch.from_numpy(np.array(tensors["blk.0.attn_norm.weight"].data)),
+                                       weights["model.layers.0.input_layernorm.weight"].float() + 1)
+            assert "output.weight" not in tensors
+        # the file as a source: its architecture is read back and the same tensors are written
+        again = to_gguf(compiled, tmp_path / f"{model_type}.again.gguf", type="q4_0", source=path)
+        assert [t.name for t in read(again)[0].tensors] == [t.name for t in r.tensors]
+
+
+def test_unsupported_arch_is_refused(compile_tiny, tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4).save_pretrained(gpt2)
+    with pytest.raises(ExportError, match=r"supports the model types llama, mistral, qwen2, qwen3, phi3, gemma, "
+                                          r"gemma2, gemma3_text, granite, olmo2 \(GGUF architectures llama, qwen2, "
+                                          r"qwen3, phi3, gemma, gemma2, gemma3, granite, olmo2\); source .*gpt2.* is "
+                                          r"'gpt2'.*--format gptq or compressed-tensors"):
+        to_gguf(compile_tiny(SYM), tmp_path / "x.gguf", type="q4_0", source=gpt2)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_arch_checks(tiny_arch_source, tmp_path):
+    """Gemma2 with a query scaling or layer pattern llama.cpp does not apply is refused; Phi-3's sliding
+    window, which llama.cpp's phi3 ignores, is warned of; OLMo2, whose llama.cpp loader needs
+    output.weight, gets the tied embedding's copy."""
+    model, tok, d = tiny_arch_source("gemma2")
+    cfg = model.config.__class__.from_pretrained(d)
+    cfg.query_pre_attn_scalar = 7
+    cfg.save_pretrained(tmp_path / "g2")
+    tok.save_pretrained(tmp_path / "g2")
+    compiled = _compile_arch(tiny_arch_source, "gemma2", SYM)
+    with pytest.raises(ExportError, match=r"gemma2 with query_pre_attn_scalar 7 \(head_dim 16, 2 layers\).*"
+                                          r"1/sqrt\(16\)"):
+        to_gguf(compiled, tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+    cfg.query_pre_attn_scalar, cfg.layer_types = 16, ["full_attention", "sliding_attention"]
+    cfg.save_pretrained(tmp_path / "g2")
+    with pytest.raises(ExportError, match=r"gemma2 with layer_types \['full_attention', 'sliding_attention'\]: "
+                                          r"llama.cpp's gemma2 makes the last layer of every 2 global"):
+        to_gguf(compiled, tmp_path / "x.gguf", type="q4_0", source=tmp_path / "g2")
+    model, tok, d = tiny_arch_source("phi3")   # llama.cpp's phi3 has no sliding window: said, not hidden
+    cfg = model.config.__class__.from_pretrained(d)
+    cfg.sliding_window = 5
+    cfg.save_pretrained(tmp_path / "p3")
+    tok.save_pretrained(tmp_path / "p3")
+    with pytest.warns(UserWarning, match=r"phi3 source with sliding_window 5: llama.cpp's phi3 attends to the whole"):
+        to_gguf(_compile_arch(tiny_arch_source, "phi3", SYM), tmp_path / "p3.gguf", type="q4_0", source=tmp_path / "p3")
+    compiled = _compile_arch(tiny_arch_source, "olmo2", SYM)
+    _, tensors = read(to_gguf(compiled, tmp_path / "o.gguf", type="q4_0", source=tiny_arch_source("olmo2")[2]))
+    torch.testing.assert_close(gguf_weight(tensors["output.weight"]), gguf_weight(tensors["token_embd.weight"]))
+
+
+def test_tokenizers_fill_the_embedding(llama_cpp, sentencepiece_source, tiny_arch_source, tmp_path):
+    """A SentencePiece tokenizer.model is carried as llama.cpp's "llama" tokenizer (llama.cpp then
+    tokenizes as sentencepiece does, byte fallback included), and a tokenizer with fewer tokens than
+    the embedding has rows is padded with unused [PAD<i>] tokens (else llama.cpp refuses the file)."""
+    model, sp, d = sentencepiece_source
+    compiled = slimgraph_compile(model, INT8)
+    path = to_gguf(compiled, tmp_path / "spm.gguf", type="q8_0", source=d, float_type="f32")
+    r, _ = read(path)
+    assert r.fields["tokenizer.ggml.model"].contents() == "llama"
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == 400 and tokens[383] == sp.id_to_piece(383) and tokens[384:] == [f"[PAD{i}]" for i in
+                                                                                          range(384, 400)]
+    llm = _llama(llama_cpp, path, logits_all=True)
+    text = "The build system configures the project: café, 42 Ω!"
+    assert llm.tokenize(text.encode(), add_bos=False) == sp.encode(text)
+    ids = sp.encode(text)[:12]
+    llm.eval(ids)
+    got, want = torch.tensor(np.array(llm.scores[:len(ids)])), _slimgraph_logits(compiled, ids).detach()
+    assert float((got - want).norm() / want.norm()) < 0.05
+    # the BPE tokenizer of the tiny qwen2: 320 tokens, 336 embedding rows; llama.cpp tokenizes as transformers
+    _, tok, d = tiny_arch_source("qwen2")
+    path = to_gguf(_compile_arch(tiny_arch_source, "qwen2", SYM), tmp_path / "q.gguf", type="q4_0", source=d)
+    tokens = read(path)[0].fields["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == 336 and tokens[320:] == [f"[PAD{i}]" for i in range(320, 336)]
+    llm = _llama(llama_cpp, path, vocab_only=True)
+    for text in [text, "  two  spaces\nnew line 12345 it's"]:
+        assert llm.tokenize(text.encode(), add_bos=False) == tok(text, add_special_tokens=False).input_ids
+
+
+def slimgraph_compile(model, opts):
+    import slimgraph
+    return slimgraph.optimize(model, pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
