@@ -204,6 +204,20 @@ def _steps(fast, prompt, tokens):
     return torch.cat([dec.step(torch.tensor([t]))["logits"][0] for t in tokens])
 
 
+def _verified(fast, prompt, cands, parents=None):
+    """Logits [k, vocab] of ONE verify of `cands` (a chain, or the tree of `parents`) after `prompt`."""
+    dec = fast.decoder()
+    dec.prefill(prompt)
+    return dec.verify(torch.tensor([cands]), tree_mask=None if parents is None else tree_mask(parents))["logits"][0]
+
+
+def _assert_tree_rows_are_steps(fast, prompt, cands, parents, leaves):
+    got = _verified(fast, prompt, cands, parents)
+    for leaf in leaves:
+        path = path_to(leaf, parents)
+        assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (prompt.shape[1], leaf, path)
+
+
 @pytest.mark.parametrize("past", [5, 17, 40, 97])
 def test_verify_rows_on_a_quantized_base_are_bit_identical_to_single_steps(past):
     """The greedy contract exactly: on the torch target with packed int4 weights (row-invariant kernels, bf16
@@ -212,17 +226,9 @@ def test_verify_rows_on_a_quantized_base_are_bit_identical_to_single_steps(past)
     model = tiny_llama(layers=3, hidden_size=128, intermediate_size=256, num_attention_heads=8)
     fast = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=INT4)
     prompt, cands = ids(past), ids(9, seed=3)[0].tolist()
-    dec = fast.decoder()
-    dec.prefill(prompt)
-    got = dec.verify(torch.tensor([cands]))["logits"][0]
-    assert torch.equal(got, _steps(fast, prompt, cands))
-    parents = [-1, 0, 0, 1, 1, 2, 3, 5, 7]               # a tree: node 3 = 0 -> 1 -> 3, node 8 = 0 -> 2 -> 5 -> 7 -> 8
-    dec = fast.decoder()
-    dec.prefill(prompt)
-    got = dec.verify(torch.tensor([cands]), tree_mask=tree_mask(parents))["logits"][0]
-    for leaf in (4, 6, 8):
-        path = path_to(leaf, parents)
-        assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (leaf, path)
+    assert torch.equal(_verified(fast, prompt, cands), _steps(fast, prompt, cands))
+    # a tree: node 3 = 0 -> 1 -> 3, node 8 = 0 -> 2 -> 5 -> 7 -> 8
+    _assert_tree_rows_are_steps(fast, prompt, cands, [-1, 0, 0, 1, 1, 2, 3, 5, 7], (4, 6, 8))
 
 
 def test_verify_rows_with_float_medusa_heads_on_a_quantized_base_are_bit_identical_to_single_steps():
@@ -236,9 +242,7 @@ def test_verify_rows_with_float_medusa_heads_on_a_quantized_base_are_bit_identic
     for past, k in ((12, 2), (12, 4), (12, 9), (30, 4), (30, 15)):
         prompt = torch.randint(0, 96, (1, past), generator=g)
         cands = torch.randint(0, 96, (k,), generator=g).tolist()
-        dec = fast.decoder()
-        dec.prefill(prompt)
-        assert torch.equal(dec.verify(torch.tensor([cands]))["logits"][0], _steps(fast, prompt, cands)), (past, k)
+        assert torch.equal(_verified(fast, prompt, cands), _steps(fast, prompt, cands)), (past, k)
 
 
 @pytest.mark.parametrize("pipe", ["sparsify-attention{window=8,sinks=2}", "sparsify-attention{window=8,sinks=0}"])
@@ -256,13 +260,6 @@ def test_verify_rows_over_a_ring_state_on_a_quantized_base_are_bit_identical_to_
     for past, k in ((3, 4), (20, 9), (40, 20)):
         prompt = torch.randint(0, 96, (1, past), generator=g)
         cands = torch.randint(0, 96, (k,), generator=g).tolist()
-        dec = fast.decoder()
-        dec.prefill(prompt)
-        assert torch.equal(dec.verify(torch.tensor([cands]))["logits"][0], _steps(fast, prompt, cands)), (past, k)
+        assert torch.equal(_verified(fast, prompt, cands), _steps(fast, prompt, cands)), (past, k)
         if k == 9:
-            dec = fast.decoder()
-            dec.prefill(prompt)
-            got = dec.verify(torch.tensor([cands]), tree_mask=tree_mask(parents))["logits"][0]
-            for leaf in (4, 6, 8):
-                path = path_to(leaf, parents)
-                assert torch.equal(got[path], _steps(fast, prompt, [cands[i] for i in path])), (past, leaf)
+            _assert_tree_rows_are_steps(fast, prompt, cands, parents, (4, 6, 8))
