@@ -169,10 +169,10 @@ def _rows_as_steps(q, k, v, mask, causal, scale, ring=False):
         new = first if new is None else new & first
     if new is None or not bool(new.diagonal().all()) or bool(new.triu(1).any()):
         return None
-    if ring and mask is not None and not _all_true(mask[..., :past]):
-        return _ring_rows(q, k, v, mask, new, scale)
     if mask is not None and _all_true(mask[..., :past]):
         mask = None         # no padding in the cache: every step's mask is all True, which the step drops
+    if ring and mask is not None:
+        return _ring_rows(q, k, v, mask, new, scale)
     chain = int(new.sum()) == lq * (lq + 1) // 2     # every row sees all the rows before it
     if not chain:           # a tree: node i's keys are the cache then its path, copied after a copy of the cache
         seen = new.sum(1)
@@ -254,9 +254,9 @@ def verify_as_steps(graph) -> bool:
     from ..passes.draft_heads import draft_outputs
     drafts = {id(v) for v in draft_outputs(graph)}
     need = [v for v in graph.outputs if id(v) not in drafts]
-    seen, producer = set(), {id(o): n for n in graph.nodes for o in n.outputs}
+    seen = set()
     while need:
-        node = producer.get(id(need.pop()))
+        node = need.pop().producer
         if node is None or id(node) in seen:
             continue
         if node.op in FLOAT_GEMMS:
