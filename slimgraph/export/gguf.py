@@ -391,7 +391,7 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
     hp = _hparams(reader) if reader is not None else _config_hparams(src.config)
     spec = _arch(gguf, hp["model_type"], src)
     arch = getattr(gguf.MODEL_ARCH, spec.gguf)
-    arch_name = gguf.MODEL_ARCH_NAMES[arch]
+    arch_name = _arch_name(gguf, spec)
     weights = model_weights(model)
     names = gguf.get_tensor_name_map(arch, hp["layers"])
     if not hp["tied"] and gguf.MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[arch]:
@@ -440,8 +440,13 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
 def supported_archs(gguf=None) -> str:
     """'llama, mistral, ... (GGUF architectures llama, ...)', for messages."""
     gguf = gguf or _gguf()
-    g = dict.fromkeys(gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] for a in ARCHS.values())
+    g = dict.fromkeys(_arch_name(gguf, a) for a in ARCHS.values())
     return f"{', '.join(ARCHS)} (GGUF architectures {', '.join(g)})"
+
+
+def _arch_name(gguf, a: Arch) -> str:
+    """The GGUF architecture name llama.cpp reads (general.architecture), e.g. 'qwen2'."""
+    return gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)]
 
 
 def _arch(gguf, model_type: str, src) -> Arch:
@@ -449,7 +454,7 @@ def _arch(gguf, model_type: str, src) -> Arch:
     if model_type in ARCHS:
         return ARCHS[model_type]
     for a in ARCHS.values():
-        if gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, a.gguf)] == model_type:
+        if _arch_name(gguf, a) == model_type:
             return a
     raise ExportError(f"export: GGUF export supports the model types {supported_archs(gguf)}; source {src} is "
                       f"{model_type!r}. Export it with --format gptq or compressed-tensors instead, or "
