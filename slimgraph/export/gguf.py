@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..ir import progress
+from . import gguf_pre
 from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
@@ -362,8 +363,13 @@ def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
+    pre = "default"          # SentencePiece: llama.cpp's "llama" model has no pre-tokenizer
+    if model == "gpt2":
+        pre, why = gguf_pre.detect(directory)
+        if why:
+            warnings.warn(why, stacklevel=4)
     writer.add_tokenizer_model(model)
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     if model == "llama":
         writer.add_token_scores(scores)
