@@ -18,7 +18,11 @@ Norms and other 1-D tensors are written as F32; float matrices slimgraph did not
 embedding, excluded layers) as `float_type`. Metadata and tokenizer come from the source: a source
 GGUF's key/values are copied (file type updated); a Hugging Face source gets its hyper-parameters
 from config.json and its tokenizer from tokenizer.json / vocab.json (GPT-2 BPE) or tokenizer.model
-(SentencePiece), padded to the embedding's rows.
+(SentencePiece), padded to the embedding's rows. A BPE tokenizer's tokenizer.ggml.pre (the regexes
+llama.cpp splits text with) is read off its tokenizer.json pre_tokenizer (gguf_pre.py: gpt-2, smollm,
+llama-bpe, qwen2); one that matches none is written as "default" with a warning. Rope scaling
+(`_rope_scaling`) is written as convert_hf_to_gguf.py writes it: linear and yarn as rope.scaling.* keys,
+Llama 3's as a rope_freqs tensor; other types, and YaRN settings llama.cpp has no key for, are refused.
 
 Architectures (ARCHS, by transformers model_type): llama, mistral, qwen2, qwen3, phi3, gemma, gemma2,
 gemma3_text, granite, olmo2. Tensor names come from gguf.get_tensor_name_map for llama.cpp's architecture, keys
@@ -29,6 +33,7 @@ own keys (Gemma2's soft-capping, Gemma3's sliding layers, Granite's multipliers)
 settings llama.cpp hard-codes (Gemma2/3 query scaling, Gemma3's layer pattern) checked by its `params`.
 """
 from __future__ import annotations
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 
 from ..ir import progress
+from . import gguf_pre
 from .source import Source
 from .weights import ExportError, Packed, find, model_weights
 
@@ -53,6 +59,8 @@ class Arch:
     norm_offset: float = 0.0         # added to every RMSNorm weight (Gemma computes x * (1 + w); ggml x * w)
     params: Optional[Callable] = None   # (writer, cfg) -> None: the architecture's own keys and checks
     output_required: bool = False    # llama.cpp's loader needs output.weight: a tied model writes a copy
+    rope_scaling: tuple = ("linear", "yarn")   # transformers rope_types written (see _rope_scaling); llama3
+                                     # needs llama.cpp's llama graph, the only one that reads rope_freqs
 
 
 def _granite_params(writer, cfg):
@@ -105,6 +113,9 @@ def _gemma3_params(writer, cfg):
         raise ExportError("export: gemma3 with logit soft-capping: llama.cpp's gemma3 applies none")
     writer.add_sliding_window(int(cfg.sliding_window))
     local = _rope(cfg, "sliding_attention")
+    if _rope_type(local) != "default":
+        raise ExportError(f"export: gemma3 with rope scaling {_rope_type(local)!r} on its sliding layers is not "
+                          f"carried into GGUF; export from a GGUF source, or a model with default rope there")
     writer.add_rope_freq_base_swa(float(local.get("rope_theta", getattr(cfg, "rope_local_base_freq", 10000.0))))
 
 
@@ -121,14 +132,14 @@ def _phi3_params(writer, cfg):
 
 
 ARCHS = {   # transformers model_type -> how it is written
-    "llama": Arch("LLAMA", permute_qk=True),
-    "mistral": Arch("LLAMA", permute_qk=True),
+    "llama": Arch("LLAMA", permute_qk=True, rope_scaling=("linear", "yarn", "llama3")),
+    "mistral": Arch("LLAMA", permute_qk=True, rope_scaling=("linear", "yarn", "llama3")),
     "qwen2": Arch("QWEN2"),          # q/k/v biases, rotary in HF's layout
     "qwen3": Arch("QWEN3"),          # q_norm/k_norm per head, head_dim free of hidden/heads
     "phi3": Arch("PHI3", params=_phi3_params),   # fused qkv_proj / gate_up_proj stay fused: attn_qkv, ffn_up
     "gemma": Arch("GEMMA", norm_offset=1.0),   # tied only; llama.cpp scales the embedding by sqrt(n_embd)
-    "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params),   # + post norms, soft-capping
-    "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params),   # + q/k norms (also 1 + w)
+    "gemma2": Arch("GEMMA2", norm_offset=1.0, params=_gemma2_params, rope_scaling=()),   # + post norms, soft-capping
+    "gemma3_text": Arch("GEMMA3", norm_offset=1.0, params=_gemma3_params, rope_scaling=()),   # + q/k norms (also 1 + w)
     "granite": Arch("GRANITE", permute_qk=True, params=_granite_params),
     "olmo2": Arch("OLMO2", output_required=True),   # norms after attention / MLP only, q/k norms over all heads
 }
@@ -296,7 +307,9 @@ def _copy_metadata(gguf, writer, reader):
         writer.add_key_value(key, field.contents(), vtype, sub)
 
 
-def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
+def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch) -> dict:
+    """Write the config's keys and tokenizer; returns the extra tensors the metadata implies
+    (gguf name -> f32 array: llama3's rope_freqs)."""
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rope = _rope(cfg, "full_attention")
@@ -317,20 +330,89 @@ def _config_metadata(gguf, writer, cfg, src: Source, spec: Arch):
     writer.add_vocab_size(cfg.vocab_size)
     if spec.params is not None:
         spec.params(writer, cfg)
+    extra = _rope_scaling(gguf, writer, cfg, spec, rope, int(head_dim * rotary), float(theta), src)
     if any((src.directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
         _hf_tokenizer(gguf, writer, src.directory, cfg.vocab_size)
+    return extra
 
 
 def _rope(cfg, layer_type: str) -> dict:
     """The rope parameters of `layer_type`'s layers (transformers 5 nests them per layer type where
-    they differ, e.g. Gemma3's {"sliding_attention": ..., "full_attention": ...}); rope scaling refused."""
-    rope = getattr(cfg, "rope_parameters", None) or {}
+    they differ, e.g. Gemma3's {"sliding_attention": ..., "full_attention": ...})."""
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if isinstance(rope.get(layer_type), dict):
         rope = rope[layer_type]
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ExportError(f"export: rope scaling {rope.get('rope_type')!r} is not carried into GGUF yet; "
-                          f"export from a GGUF source, or a model with default rope")
     return rope
+
+
+def _rope_type(rope: dict) -> str:
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention factor for `factor` (transformers' get_mscale; with mscale 1 llama.cpp's rope_yarn
+    computes the same)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _rope_scaling(gguf, writer, cfg, spec: Arch, rope: dict, dim: int, theta: float, src) -> dict:
+    """Rope scaling as convert_hf_to_gguf.py writes it; returns the extra tensors (llama3's rope_freqs).
+
+    linear: rope.scaling.type linear + factor (llama.cpp divides every frequency by it, as transformers).
+    yarn:   rope.scaling.type yarn + factor + original_context_length; llama.cpp's YaRN uses beta_fast 32,
+            beta_slow 1, a truncated correction range and attention factor 0.1 ln(factor) + 1, as
+            transformers does by default: other values are refused (llama's and qwen2's graphs read no keys
+            for them).
+    llama3: no keys; a rope_freqs tensor of per-frequency divisors (1 for short wavelengths, factor for long
+            ones, smoothed between), which llama.cpp's llama graph divides the frequencies by."""
+    kind = _rope_type(rope)
+    if kind == "default":
+        return {}
+    where = f"source {src.directory} (config.json rope_parameters {rope})"
+    if kind not in spec.rope_scaling:
+        how = (f"llama.cpp's {_arch_name(gguf, spec)} graph takes {', '.join(spec.rope_scaling)}"
+               if spec.rope_scaling else f"llama.cpp's {_arch_name(gguf, spec)} graph takes none here")
+        raise ExportError(f"export: rope scaling {kind!r} of {where} cannot be written to GGUF ({how}; slimgraph "
+                          f"writes linear, yarn and llama3). Export from a GGUF source made by llama.cpp's "
+                          f"convert_hf_to_gguf.py, or use another format (--format gptq or compressed-tensors)")
+    factor = rope.get("factor")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(factor))
+        return {}
+    orig = rope.get("original_max_position_embeddings")
+    if kind == "yarn":
+        orig = orig or cfg.max_position_embeddings
+        factor = factor or cfg.max_position_embeddings / orig
+        attention = rope.get("attention_factor")   # None: transformers infers it as below
+        if attention is None and rope.get("mscale") and rope.get("mscale_all_dim"):
+            attention = _yarn_mscale(factor, rope["mscale"]) / _yarn_mscale(factor, rope["mscale_all_dim"])
+        if attention is None:
+            attention = _yarn_mscale(factor)
+        odd = {k: v for k, v, want in [("beta_fast", rope.get("beta_fast") or 32, 32),
+                                        ("beta_slow", rope.get("beta_slow") or 1, 1),
+                                        ("truncate", rope.get("truncate", True), True)] if v != want}
+        if abs(attention - _yarn_mscale(factor)) > 1e-6:
+            odd["attention_factor"] = attention
+        if odd:
+            raise ExportError(f"export: yarn rope scaling of {where} with {odd}: llama.cpp's "
+                              f"{_arch_name(gguf, spec)} graph computes YaRN with beta_fast 32, beta_slow 1, a "
+                              f"truncated range and attention factor 0.1 ln(factor) + 1 "
+                              f"({_yarn_mscale(factor):.4f}) and reads no keys for others; export from a GGUF "
+                              f"source, or use another format")
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(factor))
+        writer.add_rope_scaling_orig_ctx_len(int(orig))
+        return {}
+    # llama3
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    orig = float(orig or 8192)
+    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    wavelen = 2 * math.pi / freqs
+    smooth = (orig / wavelen - low) / (high - low)
+    divisor = np.where(wavelen < orig / high, 1.0,
+                       np.where(wavelen > orig / low, float(factor), 1.0 / ((1 - smooth) / factor + smooth)))
+    return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": divisor.astype(np.float32)}
 
 
 def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
@@ -362,8 +444,13 @@ def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
+    pre = "default"          # SentencePiece: llama.cpp's "llama" model has no pre-tokenizer
+    if model == "gpt2":
+        pre, why = gguf_pre.detect(directory)
+        if why:
+            warnings.warn(why, stacklevel=4)
     writer.add_tokenizer_model(model)
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     if model == "llama":
         writer.add_token_scores(scores)
@@ -405,14 +492,17 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch_name)
     try:
+        # tensors that come from the source's config or file, not from the model (llama3's rope_freqs)
         if reader is not None:
             _copy_metadata(gguf, writer, reader)
+            extra = {t.name: t for t in reader.tensors if t.name == "rope_freqs.weight"}
         else:
-            _config_metadata(gguf, writer, src.config, src, spec)
+            extra = _config_metadata(gguf, writer, src.config, src, spec)
         writer.add_file_type(getattr(gguf.LlamaFileType, t.file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         heads, kv_heads = hp["heads"], hp["kv_heads"]
-        with progress.bar(len(plan), f"gguf: {t.name} blocks", "tensor") as bar:
+        plan = [step for step in plan if step[0] not in extra]
+        with progress.bar(len(plan) + len(extra), f"gguf: {t.name} blocks", "tensor") as bar:
             for gguf_name, hf_name, tied in plan:
                 w = find(weights, hf_name, tied)
                 if spec.permute_qk and ".attn_q." in gguf_name:
@@ -423,6 +513,10 @@ def to_gguf(model, path, *, type: str = "q4_0", source=None, float_type: str = "
                     w = w.float() + spec.norm_offset
                 data, raw = _tensor_data(gguf, w, hf_name, t, float_type)
                 writer.add_tensor(gguf_name, data, raw_dtype=raw)
+                bar.update(1)
+            for gguf_name, data in extra.items():   # llama3's rope_freqs (a source GGUF's: copied as it is)
+                data = np.asarray(data if isinstance(data, np.ndarray) else data.data, dtype=np.float32)
+                writer.add_tensor(gguf_name, data)
                 bar.update(1)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -153,3 +153,12 @@ def sentencepiece_source(tmp_path_factory):
     model = _tiny_model("phi3", vocab_size=400, bos_token_id=1, eos_token_id=2)
     model.save_pretrained(d)
     return model, spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")), d
+
+
+@pytest.fixture(scope="session")
+def tiny_config_source(tiny_tokenizer, tmp_path_factory):
+    """tiny_config_source("llama", rope_parameters=...) -> (model, tokenizer, directory): tiny_arch_source's
+    model with config settings of its own (same seed, so the same weights for the same shapes)."""
+    def get(model_type: str, **config):
+        return _save(_tiny_model(model_type, **config), tiny_tokenizer, tmp_path_factory.mktemp("tiny_cfg"))
+    return get

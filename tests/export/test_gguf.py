@@ -317,3 +317,85 @@ def test_tokenizers_fill_the_embedding(llama_cpp, sentencepiece_source, tiny_arc
 def slimgraph_compile(model, opts):
     import slimgraph
     return slimgraph.optimize(model, pipeline=f"canonicalize,cse,dce,quantize-weights{{{opts}}},fuse-dequant-matmul")
+
+
+# ---- rope scaling --------------------------------------------------------------------------------
+# Tiny models whose scaling acts within the prompt: rope_theta 100 gives wavelengths of 6 to 350
+# positions over head_dim 16, and an original context of 16-32 puts most of them in the scaled band.
+ROPE_SCALINGS = {   # name -> (model_type, config, what the file carries)
+    "llama3": ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 100.0, "factor": 8.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 32}}, "rope_freqs.weight"),
+    "linear": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0}},
+               "llama.rope.scaling.type"),
+    "yarn": ("qwen2", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0,
+                                           "original_max_position_embeddings": 16}, "max_position_embeddings": 64},
+             "qwen2.rope.scaling.original_context_length"),
+}
+LONG_TEXT = ("The build system configures the project, then the compiler reads each source file and the "
+             "linker joins the objects into one program that the tests run twice.")
+
+
+def _rel(llama_cpp, path, ids, want):
+    llm = _llama(llama_cpp, path, logits_all=True)
+    llm.eval(ids)
+    got = torch.tensor(np.array(llm.scores[:len(ids)]))
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+def test_llama_cpp_runs_rope_scaling(llama_cpp, tiny_config_source, tmp_path, kind):
+    """llama3 (rope_freqs), linear and yarn (rope.scaling.* keys) scaled models compute in llama.cpp what
+    slimgraph computes over 40 positions; the same export without the scaling is clearly off."""
+    model_type, config, carried = ROPE_SCALINGS[kind]
+    model, tok, d = tiny_config_source(model_type, **config)
+    ids = tok(LONG_TEXT).input_ids[:40]
+    assert len(ids) == 40
+    compiled = slimgraph_compile(model, INT8)
+    want = _slimgraph_logits(compiled, ids).detach()
+    path = to_gguf(compiled, tmp_path / "m.gguf", type="q8_0", source=d, float_type="f32")
+    r, tensors = read(path)
+    assert carried in set(r.fields) | set(tensors)
+    rel = _rel(llama_cpp, path, ids, want)
+    assert rel < 0.05, f"{kind}: llama.cpp logits differ from slimgraph's by {rel:.3f} (relative)"
+    if kind == "llama3":   # the file as a source: its rope_freqs is copied (no model weight of that name)
+        again = to_gguf(compiled, tmp_path / "again.gguf", type="q8_0", source=path, float_type="f32")
+        np.testing.assert_array_equal(np.array(read(again)[1][carried].data), np.array(tensors[carried].data))
+        assert not np.allclose(np.array(tensors[carried].data), 1.0)
+    # the same weights with the config's rope left unscaled (what a file without the keys computes)
+    plain = tmp_path / "plain"
+    cfg = model.config.__class__.from_pretrained(d)
+    cfg.rope_parameters = {"rope_type": "default", "rope_theta": 100.0}
+    cfg.save_pretrained(plain)
+    tok.save_pretrained(plain)
+    unscaled = to_gguf(compiled, tmp_path / "plain.gguf", type="q8_0", source=plain, float_type="f32")
+    r, tensors = read(unscaled)
+    assert carried not in set(r.fields) | set(tensors)
+    off = _rel(llama_cpp, unscaled, ids, want)
+    assert off > 4 * rel and off > 0.1, f"{kind}: without the scaling llama.cpp is only {off:.3f} off ({rel:.3f} with)"
+
+
+def test_rope_scaling_refusals(tiny_config_source, tiny_arch_source, tmp_path):
+    """Scalings llama.cpp cannot be told about are refused by name, with the file and the way out."""
+    compiled = _compile_arch(tiny_arch_source, "qwen2", SYM)
+    for model_type, rope, match in [
+            ("qwen2", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 32}, r"rope scaling 'llama3' of source .* cannot be written "
+                                                                r"to GGUF \(llama.cpp's qwen2 graph takes linear, yarn"),
+            ("qwen2", {"rope_type": "dynamic", "factor": 2.0}, r"rope scaling 'dynamic'.*convert_hf_to_gguf.py"),
+            ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 8},
+             r"yarn rope scaling of source .* with \{'beta_fast': 8\}: llama.cpp's qwen2 graph computes YaRN with "
+             r"beta_fast 32")]:
+        _, tok, d = tiny_arch_source(model_type)
+        cfg = transformers_config(d)
+        cfg.rope_parameters = {**rope, "rope_theta": 100.0}
+        cfg.save_pretrained(tmp_path / "x")
+        tok.save_pretrained(tmp_path / "x")
+        with pytest.raises(ExportError, match=match):
+            to_gguf(compiled, tmp_path / "x.gguf", type="q4_0", source=tmp_path / "x")
+        assert not (tmp_path / "x.gguf").exists()
+
+
+def transformers_config(d):
+    import transformers
+    return transformers.AutoConfig.from_pretrained(d)
