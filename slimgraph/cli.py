@@ -3,6 +3,7 @@
     slimgraph compile examples/tiny_mlp.py --target torch --pipeline canonicalize,dce -o out/
     slimgraph compile smollm2-135m -o out/              # a zoo model name
     slimgraph compile m.py --pipeline 'quantize-weights{method=gptq}' --calibration ids.pt -o out/
+    slimgraph compile smollm2-135m --pipeline 'canonicalize,linearize-attention{window=64}' --train-budget 600 -o out/
     slimgraph inspect out/model.sg [--graph]
     slimgraph bench out/model.sg [--prompt-len 32 --new-tokens 64]
     slimgraph export out/model.sg --format gguf --type q4_0 --source smollm2-135m -o model.Q4_0.gguf
@@ -11,6 +12,11 @@
 A compile source is a Python file exposing `get_model()` that returns `(model, example_inputs)`
 (or just the model, with `example_inputs` defined next to it in the file), or a zoo name.
 `compile -o` refuses to replace an existing artifact unless `--force` is given.
+Passes that insert trainable components (linearize-attention's feature maps, insert-draft-heads' heads;
+slimgraph/trainable.py) get them trained by compile after optimizing, `--train-budget` CPU seconds in all
+(default 300; 0: written untrained, with a warning), on `--calibration` or the training functions' defaults
+with the source's tokenizer; without a tokenizer and without token ids that is an error before optimizing.
+`inspect` lists untrained components.
 Errors print a message (no traceback) and exit with status 2; `--debug` (anywhere on the command
 line) shows the traceback instead. `--help`, `inspect`, `ops` and `passes` do not import torch
 (`ops`/`passes` read a listing cached per source version; see _cached_listing).
@@ -60,6 +66,11 @@ def cmd_compile(args) -> None:
     import slimgraph
     model, example_inputs, tokenizer = load_source(args.source)
     if trainable and args.train_budget > 0:    # what training will need: checked before minutes of optimizing
+        from .api import _check_target_runs_pipeline     # (after what optimize checks first: the target)
+        from .targets.base import get_target
+        tgt = get_target(args.target)
+        tgt.check_available()
+        _check_target_runs_pipeline(tgt, args.pipeline, args.allow_fallback)
         tokenizer = _training_tokenizer(args, model, tokenizer, calibration, [p.spec() for p in trainable])
         _check_training_ids(args, calibration, trainable)
     t0 = time.perf_counter()
@@ -591,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's); "
                    "`slimgraph passes` lists the passes and their options")
     c.add_argument("--calibration", metavar="FILE", default=None,
-                   help="calibration data for gptq/awq/select-precision: " + CALIBRATION_FORMATS +
+                   help="calibration data for gptq/awq/select-precision and for training inserted components "
+                   "(--train-budget): " + CALIBRATION_FORMATS +
                    " (default for a zoo/transformers causal LM: the shipped calibration text)")
     c.add_argument("--train-budget", metavar="SECONDS", type=float, default=DEFAULT_TRAIN_BUDGET,
                    help="CPU seconds of training for the trainable components the pipeline inserts "
