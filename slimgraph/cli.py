@@ -384,6 +384,9 @@ def cmd_bench(args) -> None:
     import torch
     torch.manual_seed(0)
     compiled = _load_artifact(args.artifact)
+    from .trainable import untrained_components
+    for c in untrained_components(compiled):    # the numbers below are of placeholder values
+        print(f"note: {args.artifact} holds UNTRAINED {c}", file=sys.stderr)
     if args.eval == "ppl" and getattr(compiled, "kv", None) is None:
         raise CliError("--eval ppl needs a causal LM artifact (one compiled from a transformers causal LM)")
     tokenizer = _load_tokenizer(args.tokenizer) if args.eval == "ppl" else None

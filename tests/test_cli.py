@@ -332,6 +332,8 @@ def test_train_budget_0_writes_untrained_maps_loudly_and_inspect_lists_them(llam
     assert torch.equal(wq, torch.eye(8).expand_as(wq))
     out = slimgraph("inspect", tmp_path / "la.sg").stdout
     assert "UNTRAINED: attention feature maps of linearize-attention{window=8" in out
+    p = slimgraph("bench", tmp_path / "la.sg", "--prompt-len", 8, "--new-tokens", 4, "--repeat", 1)
+    assert "holds UNTRAINED attention feature maps" in p.stderr and "decode:" in p.stdout
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle"])
