@@ -22,6 +22,7 @@ import warnings
 
 from .compiled import CompiledModel, OptimizeReport
 from .signature import Signature
+from .trainable import inserted_specs
 
 
 class OptimizeError(RuntimeError):
@@ -57,6 +58,7 @@ def optimize(model, example_inputs=(), *, example_kwargs=None, target: str = "to
     report = OptimizeReport(target, "", weight_bytes_before=graph.weight_bytes(), ops_before=graph.op_counts())
     report.notes = import_notes + notes
     report.pipeline = _run_passes(graph, spec, verify, flat_example, report)
+    report.untrained = inserted_specs(report.passes)   # placeholders to train (slimgraph/trainable.py)
     _check_state(graph, report.pipeline)
     runner = _compile(tgt, graph, allow_fallback, report, _source(model))
     if verify == "numerics" and flat_example is not None:

@@ -3,6 +3,7 @@
     slimgraph compile examples/tiny_mlp.py --target torch --pipeline canonicalize,dce -o out/
     slimgraph compile smollm2-135m -o out/              # a zoo model name
     slimgraph compile m.py --pipeline 'quantize-weights{method=gptq}' --calibration ids.pt -o out/
+    slimgraph compile smollm2-135m --pipeline 'canonicalize,linearize-attention{window=64}' --train-budget 600 -o out/
     slimgraph inspect out/model.sg [--graph]
     slimgraph bench out/model.sg [--prompt-len 32 --new-tokens 64]
     slimgraph export out/model.sg --format gguf --type q4_0 --source smollm2-135m -o model.Q4_0.gguf
@@ -11,6 +12,11 @@
 A compile source is a Python file exposing `get_model()` that returns `(model, example_inputs)`
 (or just the model, with `example_inputs` defined next to it in the file), or a zoo name.
 `compile -o` refuses to replace an existing artifact unless `--force` is given.
+Passes that insert trainable components (linearize-attention's feature maps, insert-draft-heads' heads;
+slimgraph/trainable.py) get them trained by compile after optimizing, `--train-budget` CPU seconds in all
+(default 300; 0: written untrained, with a warning), on `--calibration` or the training functions' defaults
+with the source's tokenizer; without a tokenizer and without token ids that is an error before optimizing.
+`inspect` lists untrained components.
 Errors print a message (no traceback) and exit with status 2; `--debug` (anywhere on the command
 line) shows the traceback instead. `--help`, `inspect`, `ops` and `passes` do not import torch
 (`ops`/`passes` read a listing cached per source version; see _cached_listing).
@@ -33,24 +39,137 @@ class CliError(Exception):
 
 
 # --- compile ----------------------------------------------------------------------------------
+# --train-budget's default: the CPU seconds of training updates that distill_attention / train_draft_heads get
+# when the pipeline inserted their components (split between them when it inserted both). 300 s is both
+# functions' own default budget, and what the measured runs used (benchmarks/RESULTS.md: SmolLM2 Medusa heads
+# 300 CPU-s -> held-out top-1 of head 0 0.22 from 0.05, the EAGLE layer 0.42 from 0.06); feature maps keep
+# improving well past it (15 CPU-minutes with the end-to-end stage), so it is a floor, not an optimum, that
+# keeps a compile within minutes. Data preparation (teacher forwards, greedy continuations) comes on top.
+DEFAULT_TRAIN_BUDGET = 300.0
+DISTILL_ROWS = 16       # distill_attention's default num_seqs: token-id calibration rows it trains on at most
+DRAFT_PROMPTS, DRAFT_PROMPT_TOKENS = 64, 32   # train_draft_heads' default prompts: windows cut from the rows
+
+
 def cmd_compile(args) -> None:
     out = artifact_path(args.output)
     if out.exists() and not args.force:   # checked first: no minutes of optimizing before refusing
         raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
+    if not args.train_budget >= 0:
+        raise CliError(f"--train-budget {args.train_budget}: give CPU seconds >= 0 (0: write inserted trainable "
+                       f"components untrained)")
     calibration = load_calibration(args.calibration) if args.calibration else None
+    trainable = []
     if args.pipeline:   # a typo in the pipeline fails before the model is loaded
         from .passes.pipeline import parse_pipeline
-        parse_pipeline(args.pipeline)
+        from .trainable import TRAINABLE
+        trainable = [p for p in parse_pipeline(args.pipeline) if p.name in TRAINABLE]
     import slimgraph
-    model, example_inputs = load_source(args.source)
+    model, example_inputs, tokenizer = load_source(args.source)
+    if trainable and args.train_budget > 0:    # what training will need: checked before minutes of optimizing
+        from .api import _check_target_runs_pipeline     # (after what optimize checks first: the target)
+        from .targets.base import get_target
+        tgt = get_target(args.target)
+        tgt.check_available()
+        _check_target_runs_pipeline(tgt, args.pipeline, args.allow_fallback)
+        tokenizer = _training_tokenizer(args, model, tokenizer, calibration, [p.spec() for p in trainable])
+        _check_training_ids(args, calibration, trainable)
     t0 = time.perf_counter()
     compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline,
                                   calibration=calibration, allow_fallback=args.allow_fallback)
     took = time.perf_counter() - t0
+    trained = ""
+    if compiled.report.untrained and args.train_budget > 0:
+        t1 = time.perf_counter()
+        tokenizer = _training_tokenizer(args, model, tokenizer, calibration, compiled.report.untrained)
+        train_components(compiled, tokenizer, calibration, args.train_budget, args.calibration)
+        trained = f", trained in {time.perf_counter() - t1:.2f} s"
     replaced = out.exists()
-    compiled.save(out)
+    import warnings
+    from .trainable import UntrainedWarning, untrained_components
+    with warnings.catch_warnings():     # the CLI says it below, with the command line's way to train
+        warnings.simplefilter("ignore", UntrainedWarning)
+        compiled.save(out)
     print(_report_text(compiled))
-    print(f"optimized in {took:.2f} s; wrote {out}" + (" (replaced the artifact that was there)" if replaced else ""))
+    print(f"optimized in {took:.2f} s{trained}; wrote {out}" +
+          (" (replaced the artifact that was there)" if replaced else ""))
+    untrained = untrained_components(compiled)
+    if untrained:
+        print(f"WARNING: {out} holds UNTRAINED components (--train-budget 0): " + "; ".join(untrained) + ". "
+              f"They still have their initial values (a linearized model's perplexity is far worse than the "
+              f"source's; untrained draft heads only slow decoding). Train them: compile again with "
+              f"--train-budget SECONDS (default {DEFAULT_TRAIN_BUDGET:.0f}), or in Python load the artifact, "
+              f"call the function named and save it again.", file=sys.stderr)
+
+
+def _training_tokenizer(args, model, tokenizer, calibration, specs):
+    """The tokenizer training needs (None when --calibration gave token ids), or a CliError saying what to pass."""
+    import torch
+    if isinstance(calibration, torch.Tensor):
+        return tokenizer
+    if tokenizer is None:
+        from .api import _is_hf, _tokenizer
+        tokenizer = _tokenizer(model) if _is_hf(model) else None
+    if tokenizer is None:
+        what = (f"--calibration {args.calibration} is text, and" if calibration is not None else
+                "no --calibration was given, and")
+        raise CliError(
+            f"the pipeline inserts trainable components ({', '.join(specs)}) that compile trains (--train-budget "
+            f"{args.train_budget:g} CPU s); {what} {args.source} has no tokenizer (a get_model() file's model has one "
+            f"only when it is a transformers model whose tokenizer loads offline from its name_or_path): pass "
+            f"--calibration ids.pt with token ids of real text (a .pt/.npy tensor, or a text file of integer ids), "
+            f"or --train-budget 0 to write the artifact untrained")
+    return tokenizer
+
+
+def _check_training_ids(args, calibration, trainable) -> None:
+    """Token-id calibration rows that cannot train a linearize-attention's feature maps: refused up front."""
+    import torch
+    if not isinstance(calibration, torch.Tensor):
+        return
+    for p in trainable:
+        if p.name == "linearize-attention":
+            need = p.window + p.sinks + 2 if p.window else 2
+            if calibration.shape[1] < need or len(calibration) < 2:
+                raise CliError(
+                    f"--calibration {args.calibration}: {len(calibration)} row(s) of {calibration.shape[1]} tokens "
+                    f"cannot train {p.spec()}'s feature maps: distillation needs at least 2 rows (one is held out) "
+                    f"of at least {need} tokens (longer than window + sinks + 1, so some key is outside the "
+                    f"softmax window); a 1-D .pt/.npy is cut into rows of 256 tokens")
+
+
+def train_components(compiled, tokenizer, calibration, budget_s: float, calibration_name: str | None = None):
+    """Train what the pipeline inserted (compiled.report.untrained), feature maps before draft heads (the draft
+    heads learn the final base model's tokens), `budget_s` CPU seconds of updates split between them. Data:
+    token ids `calibration` (rows; feature maps take the first DISTILL_ROWS, draft heads prompts of
+    DRAFT_PROMPT_TOKENS cut from them), text `calibration` with `tokenizer`, or the training functions' own
+    defaults (the calibration split; the standard library's docstrings) with `tokenizer`."""
+    import torch
+    import slimgraph
+    from .draft import DraftTrainingError
+    from .linear_attention import DistillationError
+    from .trainable import TRAINABLE, pass_name
+    names = [n for n in TRAINABLE if any(pass_name(s) == n for s in compiled.report.untrained)]
+    per = budget_s / max(1, len(names))
+    ids = calibration if isinstance(calibration, torch.Tensor) else None
+    text = calibration if isinstance(calibration, str) else None
+    for name in names:
+        try:
+            if name == "linearize-attention":
+                data = {"ids": ids[:DISTILL_ROWS]} if ids is not None else {"tokenizer": tokenizer, "texts": text}
+                slimgraph.distill_attention(compiled, time_budget_s=None, cpu_budget_s=per, **data)
+            else:
+                if ids is not None:
+                    n = ids.shape[1] // DRAFT_PROMPT_TOKENS * DRAFT_PROMPT_TOKENS
+                    prompts = ids[:, :n].reshape(-1, DRAFT_PROMPT_TOKENS) if n else ids
+                    data = {"prompts": prompts[:DRAFT_PROMPTS].contiguous()}
+                else:   # a text as one document: prompt windows at seeded offsets (train_draft_heads.prompt_ids)
+                    data = {"tokenizer": tokenizer, "texts": [text] if text is not None else None}
+                slimgraph.train_draft_heads(compiled, time_budget_s=None, cpu_budget_s=per, **data)
+        except (DistillationError, DraftTrainingError) as e:
+            src = f"--calibration {calibration_name}" if calibration_name else "the default training text"
+            raise CliError(f"training the {TRAINABLE[name].what} of {name} failed (nothing was written): {e}\n"
+                           f"  data: {src}; give other --calibration data, or --train-budget 0 to write the "
+                           f"artifact untrained") from None
 
 
 CALIBRATION_FORMATS = ".pt (a torch tensor of token ids), .npy (a numpy array of token ids), or a text file: " \
@@ -114,12 +233,13 @@ def _token_rows(data, path: str, seq: int = 256):
 
 
 def load_source(source: str):
-    """(model, example_inputs) from a Python file with get_model() or from a zoo model name."""
+    """(model, example_inputs, tokenizer) from a Python file with get_model() (tokenizer None) or from a zoo
+    model name (its tokenizer)."""
     path = Path(source)
     if path.suffix == ".py":
         if not path.is_file():
             raise CliError(f"no such file {source!r}")
-        return _from_python_file(path)
+        return (*_from_python_file(path), None)
     from . import zoo
     if source not in zoo.MODELS:
         raise CliError(f"{source!r} is neither a .py file nor a zoo model; "
@@ -150,8 +270,8 @@ def _from_zoo(name: str):
     model, tokenizer = zoo.load(name)
     ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")
     if zoo.MODELS[name].kind == "causal-lm":
-        return model, (ids.input_ids,)
-    return model, (ids.input_ids, ids.attention_mask)
+        return model, (ids.input_ids,), tokenizer
+    return model, (ids.input_ids, ids.attention_mask), tokenizer
 
 
 def artifact_path(output: str) -> Path:
@@ -264,6 +384,9 @@ def cmd_bench(args) -> None:
     import torch
     torch.manual_seed(0)
     compiled = _load_artifact(args.artifact)
+    from .trainable import untrained_components
+    for c in untrained_components(compiled):    # the numbers below are of placeholder values
+        print(f"note: {args.artifact} holds UNTRAINED {c}", file=sys.stderr)
     if args.eval == "ppl" and getattr(compiled, "kv", None) is None:
         raise CliError("--eval ppl needs a causal LM artifact (one compiled from a transformers causal LM)")
     tokenizer = _load_tokenizer(args.tokenizer) if args.eval == "ppl" else None
@@ -482,8 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pipeline", default=None, help="pass pipeline string (default: the target's); "
                    "`slimgraph passes` lists the passes and their options")
     c.add_argument("--calibration", metavar="FILE", default=None,
-                   help="calibration data for gptq/awq/select-precision: " + CALIBRATION_FORMATS +
+                   help="calibration data for gptq/awq/select-precision and for training inserted components "
+                   "(--train-budget): " + CALIBRATION_FORMATS +
                    " (default for a zoo/transformers causal LM: the shipped calibration text)")
+    c.add_argument("--train-budget", metavar="SECONDS", type=float, default=DEFAULT_TRAIN_BUDGET,
+                   help="CPU seconds of training for the trainable components the pipeline inserts "
+                   "(linearize-attention's feature maps, insert-draft-heads' heads), split between them; data "
+                   "preparation comes on top; data: --calibration, else the shipped defaults with the model's "
+                   f"tokenizer (default: {DEFAULT_TRAIN_BUDGET:.0f}; 0 writes them untrained, with a warning)")
     c.add_argument("-o", "--output", required=True, help="output directory (writes DIR/model.sg) or DIR.sg")
     c.add_argument("--force", action="store_true", help="replace the artifact if it already exists")
     c.add_argument("--allow-fallback", action="store_true",

@@ -25,6 +25,10 @@ class OptimizeReport:
     ops_after: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0                                # optimize() wall time
     notes: list[str] = field(default_factory=list)      # skipped passes, fallbacks, ...
+    # inserted trainable components (slimgraph/trainable.py): specs of the passes whose components still hold
+    # their initial values, and what each training function did (filled by slimgraph.trainable.mark_trained)
+    untrained: list[str] = field(default_factory=list)
+    trained: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +51,9 @@ class OptimizeReport:
         if changed:
             lines.append("  ops changed: " + ", ".join(changed))
         lines += [f"  note: {n}" for n in self.notes]
+        from .trainable import describe_trained, untrained_components
+        lines += [f"  {describe_trained(t)}" for t in self.trained]
+        lines += [f"  UNTRAINED: {c}" for c in untrained_components(self)]
         return "\n".join(lines)
 
 
@@ -114,7 +121,14 @@ class CompiledModel:
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def save(self, path) -> None:
+        """Write the artifact (slimgraph/artifact.py). Warns (UntrainedWarning, once) when inserted trainable
+        components were never trained (slimgraph/trainable.py), naming them and the function to call."""
         from .artifact import save
+        from .trainable import UntrainedWarning, untrained_components, untrained_message
+        untrained = untrained_components(self)
+        if untrained:
+            import warnings
+            warnings.warn(untrained_message(untrained, f"saving {path}: "), UntrainedWarning, stacklevel=2)
         save(self, path)
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .ir.registry import get_op
 from .ir.dtypes import to_torch
+from .trainable import mark_trained
 
 
 class DraftTrainingError(ValueError):
@@ -278,6 +279,7 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
                              lr=lr, seed=seed, heldout=heldout, progress=progress, draft_vocab=draft_vocab,
                              batch_positions=batch_positions)
         rebuild_runner(compiled)
+        mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)
         return report
     # targets[n, t, i] = token at t + i + 2 for t >= p - 1 (the continuation), else ignored (-100)
     targets = torch.full((len(seqs), total, k), -100, dtype=torch.long)
@@ -343,8 +345,10 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     for i, n in enumerate(names):
         graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
-    return DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, top1(held),
-                            before, kept)
+    report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, top1(held),
+                              before, kept)
+    mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)   # the model's report says so
+    return report
 
 
 def rebuild_runner(compiled) -> None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .ir.interpreter import Interpreter
 from .ir.registry import get_op
+from .trainable import mark_trained
 
 __all__ = ["distill_attention", "DistillReport", "DistillationError"]
 
@@ -248,9 +249,11 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         for v, w in zip(node.inputs[5:8], trained):
             v.tensor = w.detach().to(v.tensor.dtype).clone()
     rebuild_runner(compiled)
-    return DistillReport(len(nodes), n_train, n_train * ids.shape[1], step + e2e[0], seconds, data_s, cpu,
-                         (step + e2e[0]) * ids.shape[1], losses, rel_mse(held) if heldout else [], before,
-                         *e2e[:4])
+    report = DistillReport(len(nodes), n_train, n_train * ids.shape[1], step + e2e[0], seconds, data_s, cpu,
+                           (step + e2e[0]) * ids.shape[1], losses, rel_mse(held) if heldout else [], before,
+                           *e2e[:4])
+    mark_trained(compiled, "linearize-attention", report, tokens=report.tokens)   # the model's report says so
+    return report
 
 
 def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_budget_s, cpu_budget_s, lr,

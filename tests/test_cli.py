@@ -281,6 +281,111 @@ def test_a_pass_the_target_cannot_run_names_the_command_line_fallback(tmp_path):
     p = slimgraph("compile", src, "--target", "onnx", "--pipeline", pipe, "-o", tmp_path / "a.sg", check=False)
     assert p.returncode == 2 and "linear_attention" in p.stderr and "--allow-fallback" in p.stderr
     assert not (tmp_path / "a.sg").exists()
-    p = slimgraph("compile", src, "--target", "onnx", "--pipeline", pipe, "--allow-fallback", "-o", tmp_path / "a.sg")
+    # --train-budget 0: this source has no tokenizer to train the inserted feature maps with (not the subject here)
+    p = slimgraph("compile", src, "--target", "onnx", "--pipeline", pipe, "--allow-fallback", "--train-budget", 0,
+                  "-o", tmp_path / "a.sg")
     assert "wrote" in p.stdout
     assert json.loads((tmp_path / "a.sg" / "manifest.json").read_text())["target"] == "torch"
+
+
+# ---- trainable components the pipeline inserts (slimgraph/trainable.py): compile trains them ----------------
+LINEARIZE = "canonicalize,linearize-attention{window=8}"
+
+
+@pytest.fixture(scope="module")
+def llama_ids(tmp_path_factory):
+    """A tiny random Llama source (no tokenizer) and token ids for it: 4 rows of 48 tokens."""
+    import torch
+    d = tmp_path_factory.mktemp("train")
+    torch.save(torch.randint(0, 64, (4, 48), generator=torch.Generator().manual_seed(1)), d / "ids.pt")
+    return write(d / "llama.py", TINY_LLAMA), d / "ids.pt"
+
+
+def _weights(artifact):
+    from safetensors.torch import load_file
+    return load_file(str(artifact / "weights.safetensors"))
+
+
+def test_compile_trains_linearized_attention_and_reports_it(llama_ids, tmp_path):
+    import torch
+    src, ids = llama_ids
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", ids, "--train-budget", 2,
+                  "-o", tmp_path / "la.sg")
+    line = next(x for x in p.stdout.splitlines() if "trained attention feature maps" in x)
+    assert "slimgraph.distill_attention" in line and "(144 tokens)" in line     # 3 training rows x 48 tokens
+    assert "held-out relative MSE" in line and "trained in" in p.stdout
+    assert "UNTRAINED" not in p.stdout + p.stderr and "WARNING" not in p.stderr
+    wq = _weights(tmp_path / "la.sg")["linear_attention.0.wq"]
+    assert not torch.equal(wq, torch.eye(8).expand_as(wq))                     # the maps left the identity
+    out = slimgraph("inspect", tmp_path / "la.sg").stdout
+    assert "trained attention feature maps" in out and "UNTRAINED" not in out
+
+
+def test_train_budget_0_writes_untrained_maps_loudly_and_inspect_lists_them(llama_ids, tmp_path):
+    import torch
+    src, _ = llama_ids          # no tokenizer and no --calibration: fine, nothing is trained
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--train-budget", 0, "-o", tmp_path / "la.sg")
+    assert "WARNING" in p.stderr and "UNTRAINED" in p.stderr and "--train-budget" in p.stderr
+    assert "slimgraph.distill_attention" in p.stderr
+    assert p.stderr.count("UNTRAINED") == 1                # the CLI's warning, not save()'s as well
+    wq = _weights(tmp_path / "la.sg")["linear_attention.0.wq"]
+    assert torch.equal(wq, torch.eye(8).expand_as(wq))
+    out = slimgraph("inspect", tmp_path / "la.sg").stdout
+    assert "UNTRAINED: attention feature maps of linearize-attention{window=8" in out
+    p = slimgraph("bench", tmp_path / "la.sg", "--prompt-len", 8, "--new-tokens", 4, "--repeat", 1)
+    assert "holds UNTRAINED attention feature maps" in p.stderr and "decode:" in p.stdout
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_compile_trains_draft_heads(llama_ids, tmp_path, kind):
+    import torch
+    src, ids = llama_ids
+    pipe = f"canonicalize,insert-draft-heads{{num_heads=2,kind={kind}}}"
+    p = slimgraph("compile", src, "--pipeline", pipe, "--train-budget", 0, "-o", tmp_path / "untrained.sg")
+    assert "UNTRAINED" in p.stderr and "slimgraph.train_draft_heads" in p.stderr
+    assert "UNTRAINED: draft heads" in slimgraph("inspect", tmp_path / "untrained.sg").stdout
+    p = slimgraph("compile", src, "--pipeline", pipe, "--calibration", ids, "--train-budget", 2,
+                  "-o", tmp_path / "trained.sg")
+    line = next(x for x in p.stdout.splitlines() if "trained draft heads" in x)
+    assert "slimgraph.train_draft_heads" in line and "positions" in line and "held-out top-1" in line
+    assert "UNTRAINED" not in p.stdout + p.stderr
+    assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "trained.sg").stdout
+    before, after = _weights(tmp_path / "untrained.sg"), _weights(tmp_path / "trained.sg")
+    name = "draft_heads.0.weight" if kind == "medusa" else "draft_heads.eagle.fc.weight"
+    assert not torch.equal(before[name], after[name])
+    if kind == "medusa":
+        assert not torch.equal(after[name], torch.zeros_like(after[name]))
+
+
+def test_training_without_a_tokenizer_or_ids_is_an_error_before_optimizing(llama_ids, tmp_path):
+    src, _ = llama_ids
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "-o", tmp_path / "la.sg", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "no tokenizer" in p.stderr and "--calibration ids.pt" in p.stderr and "--train-budget 0" in p.stderr
+    assert "optimized" not in p.stdout and not (tmp_path / "la.sg").exists()
+    (tmp_path / "prose.txt").write_text("Some calibration prose for a model without a tokenizer.\n")
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "prose.txt",
+                  "-o", tmp_path / "la.sg", check=False)
+    assert p.returncode == 2 and "is text" in p.stderr and "no tokenizer" in p.stderr
+
+
+def test_calibration_rows_too_short_to_train_the_maps_are_refused_up_front(tmp_path):
+    import torch
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    torch.save(torch.randint(0, 64, (4, 9)), tmp_path / "short.pt")
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "short.pt",
+                  "-o", tmp_path / "la.sg", check=False)
+    assert p.returncode == 2 and "4 row(s) of 9 tokens" in p.stderr and "at least 10 tokens" in p.stderr
+    assert "optimized" not in p.stdout
+    p = slimgraph("compile", src, "--train-budget", -1, "-o", tmp_path / "x.sg", check=False)
+    assert p.returncode == 2 and "--train-budget -1" in p.stderr
+
+
+def test_a_pipeline_without_trainable_passes_compiles_as_before(llama_ids, tmp_path):
+    import json
+    src, _ = llama_ids          # no tokenizer, no --calibration, a training budget: none of it matters here
+    p = slimgraph("compile", src, "--pipeline", "canonicalize,cse,dce", "--train-budget", 5, "-o", tmp_path / "a.sg")
+    assert "trained" not in p.stdout and "UNTRAINED" not in p.stdout and p.stderr.strip() == ""
+    report = json.loads((tmp_path / "a.sg" / "manifest.json").read_text())["report"]
+    assert report["untrained"] == [] and report["trained"] == []
+    assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "a.sg").stdout
