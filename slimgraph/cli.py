@@ -94,7 +94,9 @@ def cmd_compile(args) -> None:
           (" (replaced the artifact that was there)" if replaced else ""))
     untrained = untrained_components(compiled)
     if untrained:
-        print(f"WARNING: {out} holds UNTRAINED components (--train-budget 0): " + "; ".join(untrained) + ". "
+        why = ("--train-budget 0" if args.train_budget == 0 else
+               f"--train-budget {args.train_budget:g}: no training update fit in that budget")
+        print(f"WARNING: {out} holds UNTRAINED components ({why}): " + "; ".join(untrained) + ". "
               f"They still have their initial values (a linearized model's perplexity is far worse than the "
               f"source's; untrained draft heads only slow decoding). Train them: compile again with "
               f"--train-budget SECONDS (default {DEFAULT_TRAIN_BUDGET:.0f}), or in Python load the artifact, "

@@ -357,6 +357,15 @@ def test_compile_trains_draft_heads(llama_ids, tmp_path, kind):
         assert not torch.equal(after[name], torch.zeros_like(after[name]))
 
 
+def test_a_budget_too_small_for_one_update_writes_them_untrained_and_says_why(llama_ids, tmp_path):
+    src, ids = llama_ids
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", ids, "--train-budget", "1e-9",
+                  "-o", tmp_path / "la.sg")
+    assert "WARNING" in p.stderr and "--train-budget 1e-09: no training update fit in that budget" in p.stderr
+    assert "trained attention feature maps" not in p.stdout
+    assert "UNTRAINED: attention feature maps" in slimgraph("inspect", tmp_path / "la.sg").stdout
+
+
 def test_training_without_a_tokenizer_or_ids_is_an_error_before_optimizing(llama_ids, tmp_path):
     src, _ = llama_ids
     p = slimgraph("compile", src, "--pipeline", LINEARIZE, "-o", tmp_path / "la.sg", check=False)
