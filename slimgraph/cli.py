@@ -47,6 +47,7 @@ class CliError(Exception):
 # keeps a compile within minutes. Data preparation (teacher forwards, greedy continuations) comes on top.
 DEFAULT_TRAIN_BUDGET = 300.0
 DISTILL_ROWS = 16       # distill_attention's default num_seqs: token-id calibration rows it trains on at most
+TEXT_ROW_TOKENS = 512   # distill_attention's default seq_len: a text --calibration is cut into rows of this length
 DRAFT_PROMPTS, DRAFT_PROMPT_TOKENS = 64, 32   # train_draft_heads' default prompts: windows cut from the rows
 
 
@@ -58,6 +59,7 @@ def cmd_compile(args) -> None:
         raise CliError(f"--train-budget {args.train_budget}: give CPU seconds >= 0 (0: write inserted trainable "
                        f"components untrained)")
     calibration = load_calibration(args.calibration) if args.calibration else None
+    train_data = calibration     # what training reads: token-id rows (a text calibration is tokenized first)
     trainable = []
     if args.pipeline:   # a typo in the pipeline fails before the model is loaded
         from .passes.pipeline import parse_pipeline
@@ -72,7 +74,8 @@ def cmd_compile(args) -> None:
         tgt.check_available()
         _check_target_runs_pipeline(tgt, args.pipeline, args.allow_fallback)
         tokenizer = _training_tokenizer(args, model, tokenizer, calibration, [p.spec() for p in trainable])
-        _check_training_ids(args, calibration, trainable)
+        train_data = _text_training_rows(tokenizer, calibration) if isinstance(calibration, str) else calibration
+        _check_training_ids(args, train_data, trainable, text=isinstance(calibration, str))
     t0 = time.perf_counter()
     compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline,
                                   calibration=calibration, allow_fallback=args.allow_fallback)
@@ -80,8 +83,10 @@ def cmd_compile(args) -> None:
     trained = ""
     if compiled.report.untrained and args.train_budget > 0:
         t1 = time.perf_counter()
-        tokenizer = _training_tokenizer(args, model, tokenizer, calibration, compiled.report.untrained)
-        train_components(compiled, tokenizer, calibration, args.train_budget, args.calibration)
+        if train_data is None or isinstance(train_data, str):
+            tokenizer = _training_tokenizer(args, model, tokenizer, calibration, compiled.report.untrained)
+            train_data = _text_training_rows(tokenizer, calibration) if isinstance(calibration, str) else None
+        train_components(compiled, tokenizer, train_data, args.train_budget, args.calibration)
         trained = f", trained in {time.perf_counter() - t1:.2f} s"
     replaced = out.exists()
     import warnings
@@ -123,7 +128,17 @@ def _training_tokenizer(args, model, tokenizer, calibration, specs):
     return tokenizer
 
 
-def _check_training_ids(args, calibration, trainable) -> None:
+def _text_training_rows(tokenizer, text: str, seq: int = TEXT_ROW_TOKENS):
+    """A text --calibration as training rows: its tokens cut into DISTILL_ROWS-or-more rows of `seq` tokens, or
+    into 2 rows of half its length when it is shorter (distillation holds one row out), so that a text of
+    any length trains the way token ids do (distill_attention's own text path wants 16 x 512 tokens)."""
+    import torch
+    ids = torch.as_tensor(tokenizer(text).input_ids, dtype=torch.int64).flatten()
+    seq = max(1, min(seq, len(ids) // 2))
+    return ids[:len(ids) // seq * seq].view(-1, seq).contiguous()
+
+
+def _check_training_ids(args, calibration, trainable, text: bool = False) -> None:
     """Token-id calibration rows that cannot train a linearize-attention's feature maps: refused up front."""
     import torch
     if not isinstance(calibration, torch.Tensor):
@@ -132,11 +147,15 @@ def _check_training_ids(args, calibration, trainable) -> None:
         if p.name == "linearize-attention":
             need = p.window + p.sinks + 2 if p.window else 2
             if calibration.shape[1] < need or len(calibration) < 2:
+                have = (f"a text of {calibration.numel()} tokens (cut into {len(calibration)} row(s) of "
+                        f"{calibration.shape[1]})" if text else
+                        f"{len(calibration)} row(s) of {calibration.shape[1]} tokens")
                 raise CliError(
-                    f"--calibration {args.calibration}: {len(calibration)} row(s) of {calibration.shape[1]} tokens "
-                    f"cannot train {p.spec()}'s feature maps: distillation needs at least 2 rows (one is held out) "
-                    f"of at least {need} tokens (longer than window + sinks + 1, so some key is outside the "
-                    f"softmax window); a 1-D .pt/.npy is cut into rows of 256 tokens")
+                    f"--calibration {args.calibration}: {have} cannot train {p.spec()}'s feature maps: "
+                    f"distillation needs at least 2 rows (one is held out) of at least {need} tokens (longer than "
+                    f"window + sinks + 1, so some key is outside the softmax window); " +
+                    (f"give a text of at least {2 * need} tokens" if text else
+                     "a 1-D .pt/.npy is cut into rows of 256 tokens"))
 
 
 def train_components(compiled, tokenizer, calibration, budget_s: float, calibration_name: str | None = None):

@@ -398,3 +398,49 @@ def test_a_pipeline_without_trainable_passes_compiles_as_before(llama_ids, tmp_p
     report = json.loads((tmp_path / "a.sg" / "manifest.json").read_text())["report"]
     assert report["untrained"] == [] and report["trained"] == []
     assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "a.sg").stdout
+
+
+TOKENIZED_LLAMA = """
+import torch, transformers
+
+def get_model():
+    return transformers.AutoModelForCausalLM.from_pretrained({d!r}).eval(), (torch.randint(0, 64, (1, 5)),)
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_with_tokenizer(tmp_path_factory):
+    """A tiny random Llama saved with a small byte-level BPE tokenizer: a source whose tokenizer loads offline."""
+    import torch
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+    from slimgraph.evaluate import load_text
+    d = tmp_path_factory.mktemp("tokenized")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([load_text("calib")[:20000]], vocab_size=320, min_frequency=2,
+                            special_tokens=["<|endoftext|>"])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return write(d / "llama.py", TOKENIZED_LLAMA.format(d=str(d / "model"))), tok
+
+
+def test_a_text_calibration_of_any_length_trains_the_maps(llama_with_tokenizer, tmp_path):
+    """A text --calibration shorter than distill_attention's own 16 x 512 tokens is cut into rows and trains;
+    one too short for the window is refused before optimizing, in tokens of text."""
+    from slimgraph.evaluate import load_text
+    src, tok = llama_with_tokenizer
+    text = load_text("calib")[:3000]
+    assert 200 < len(tok(text).input_ids) < 16 * 512
+    (tmp_path / "prose.txt").write_text(text)
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "prose.txt",
+                  "--train-budget", 1, "-o", tmp_path / "la.sg")
+    assert "trained attention feature maps" in p.stdout and "UNTRAINED" not in p.stdout + p.stderr
+    (tmp_path / "short.txt").write_text("a b c d e f g h")
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "short.txt",
+                  "-o", tmp_path / "short.sg", check=False)
+    assert p.returncode == 2 and "short.txt: a text of" in p.stderr and "give a text of at least 20 tokens" in p.stderr
+    assert "optimized" not in p.stdout and not (tmp_path / "short.sg").exists()
