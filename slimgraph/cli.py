@@ -67,6 +67,12 @@ def cmd_compile(args) -> None:
         trainable = [p for p in parse_pipeline(args.pipeline) if p.name in TRAINABLE]
     import slimgraph
     model, example_inputs, tokenizer = load_source(args.source)
+    from .api import out_of_vocab
+    bad = out_of_vocab(model, calibration)     # GPTQ and training index the embedding with them
+    if bad:
+        raise CliError(f"--calibration {args.calibration}: holds token id {bad[0]}, but {args.source}'s model has "
+                       f"{bad[1]} embedding rows (ids 0..{bad[1] - 1}): these ids are not of its tokenizer; give ids "
+                       f"made with the model's own tokenizer, or the text itself")
     if trainable and args.train_budget > 0:    # what training will need: checked before minutes of optimizing
         from .api import _check_target_runs_pipeline     # (after what optimize checks first: the target)
         from .targets.base import get_target

@@ -390,6 +390,17 @@ def test_calibration_rows_too_short_to_train_the_maps_are_refused_up_front(tmp_p
     assert p.returncode == 2 and "--train-budget -1" in p.stderr
 
 
+@pytest.mark.parametrize("pipe", [LINEARIZE, "canonicalize,quantize-weights{bits=4,group=32,method=gptq}"])
+def test_calibration_ids_past_the_vocabulary_are_refused_up_front(tmp_path, pipe):
+    import torch
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    torch.save(torch.randint(64, 100, (4, 48)), tmp_path / "other.pt")      # ids of another tokenizer
+    p = slimgraph("compile", src, "--pipeline", pipe, "--calibration", tmp_path / "other.pt",
+                  "-o", tmp_path / "x.sg", check=False)
+    assert p.returncode == 2 and "other.pt: holds token id" in p.stderr and "has 64 embedding rows" in p.stderr
+    assert "optimized" not in p.stdout and "Traceback" not in p.stderr
+
+
 def test_a_pipeline_without_trainable_passes_compiles_as_before(llama_ids, tmp_path):
     import json
     src, _ = llama_ids          # no tokenizer, no --calibration, a training budget: none of it matters here
