@@ -682,10 +682,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _short_warnings(command: str) -> None:
+    """slimgraph's own warnings (an export's tokenizer.ggml.pre fallback, ...) read like its errors: the message,
+    not the library file and line that raised it (--debug keeps Python's form); others are left as they are."""
+    import warnings
+    package = str(Path(__file__).resolve().parent)
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"slimgraph {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:   # every bar in slimgraph follows this setting (ir/progress.py; no import here: start-up)
         os.environ["SLIMGRAPH_PROGRESS"] = "0"
+    if not args.debug:
+        _short_warnings(args.command)
     try:
         args.fn(args)
     except BrokenPipeError:  # e.g. `slimgraph ops | head`

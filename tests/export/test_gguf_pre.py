@@ -191,3 +191,23 @@ def test_tokenizers_llama_cpp_cannot_read_are_refused_by_what_they_are(tiny_mode
     (d / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(ExportError, match=r"gap's BPE tokenizer cannot be carried into GGUF: Expected the 1 added"):
         to_gguf(tiny_model, d / "m.gguf", type="f32", source=d)
+
+
+def test_the_command_line_shows_the_warning_as_its_own_line(tiny_model, tmp_path):
+    """`slimgraph export` prints slimgraph's warnings like its errors: no library file, line number or code."""
+    import subprocess
+    import sys
+    import slimgraph
+    pt = tokenizers.pre_tokenizers
+    d = tmp_path / "src"
+    tiny_model.save_pretrained(d)
+    _train(pt.Sequence([pt.ByteLevel(add_prefix_space=False, use_regex=True), pt.Digits(individual_digits=True)]),
+           False).save_pretrained(d)
+    slimgraph.optimize(tiny_model).save(tmp_path / "m.sg")
+    p = subprocess.run([sys.executable, "-m", "slimgraph.cli", "export", tmp_path / "m.sg", "--format", "gguf",
+                        "--type", "f32", "--source", d, "-o", tmp_path / "m.gguf"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("slimgraph export: warning: export: ") and "written as 'default'" in line
+    assert "UserWarning" not in p.stderr and ".py:" not in p.stderr
