@@ -53,8 +53,7 @@ DRAFT_PROMPTS, DRAFT_PROMPT_TOKENS = 64, 32   # train_draft_heads' default promp
 
 def cmd_compile(args) -> None:
     out = artifact_path(args.output)
-    if out.exists() and not args.force:   # checked first: no minutes of optimizing before refusing
-        raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
+    _check_output(out, args)   # checked first: no minutes of optimizing (and training) before refusing
     if not args.train_budget >= 0:
         raise CliError(f"--train-budget {args.train_budget}: give CPU seconds >= 0 (0: write inserted trainable "
                        f"components untrained)")
@@ -112,6 +111,25 @@ def cmd_compile(args) -> None:
               f"source's; untrained draft heads only slow decoding). Train them: compile again with "
               f"--train-budget SECONDS (default {DEFAULT_TRAIN_BUDGET:.0f}), or in Python load the artifact, "
               f"call the function named and save it again.", file=sys.stderr)
+
+
+def _check_output(out: Path, args) -> None:
+    """What save would refuse after optimizing: an existing artifact without --force, a path that exists and
+    is not an artifact (--force replaces artifacts only), or a file where a folder of the path must go."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"-o {args.output}: {parent} is a file, but the artifact {out} is a folder that "
+                               f"must go inside it; choose another -o")
+            break
+    if not out.exists():
+        return
+    from .artifact import MANIFEST
+    if not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise CliError(f"-o {args.output}: {out} exists and is not a slimgraph artifact (no manifest.json); "
+                       f"--force replaces artifacts only: choose another -o, or move it away")
+    if not args.force:
+        raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
 
 
 def _training_tokenizer(args, model, tokenizer, calibration, specs):

@@ -159,6 +159,25 @@ def test_compile_refuses_to_replace_without_force(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["pipeline"] == "canonicalize,dce"
 
 
+def test_an_output_save_would_refuse_is_refused_before_optimizing(tmp_path):
+    """-o at a file, under a file, or at a folder that is not an artifact (even with --force): refused before
+    the model is loaded (optimizing and training can take minutes), naming -o."""
+    src = write(tmp_path / "mlp.py", TINY_MLP.replace("def get_model():", "def get_model():\n    raise SystemExit(9)"))
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "folder.sg").mkdir()
+    (tmp_path / "folder.sg" / "notes.txt").write_text("mine")
+    for out, says in [(tmp_path / "file.txt", "file.txt is a file, but the artifact"),
+                      (tmp_path / "file.txt" / "sub" / "m.sg", "file.txt is a file, but the artifact"),
+                      (tmp_path / "folder.sg", "folder.sg exists and is not a slimgraph artifact"),
+                      (tmp_path / "file.sg", None)]:
+        if says is None:
+            (tmp_path / "file.sg").write_text("mine")
+            says = "file.sg exists and is not a slimgraph artifact"
+        p = slimgraph("compile", src, "-o", out, "--force", check=False)
+        assert p.returncode == 2 and f"-o {out}" in p.stderr and says in p.stderr, p.stderr
+    assert (tmp_path / "file.txt").read_text() == "mine" and (tmp_path / "folder.sg" / "notes.txt").is_file()
+
+
 GPTQ16 = "canonicalize,quantize-weights{bits=4,group=16,method=gptq},fuse-dequant-matmul"
 
 
