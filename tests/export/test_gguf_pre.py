@@ -211,3 +211,16 @@ def test_the_command_line_shows_the_warning_as_its_own_line(tiny_model, tmp_path
     (line,) = p.stderr.strip().splitlines()
     assert line.startswith("slimgraph export: warning: export: ") and "written as 'default'" in line
     assert "UserWarning" not in p.stderr and ".py:" not in p.stderr
+
+
+def test_an_output_path_no_writer_can_use_is_refused_before_any_work(tiny_model, tmp_path):
+    from slimgraph.export import ExportError, export
+    tiny_model.save_pretrained(tmp_path / "src")
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ExportError, match=r"folder is a folder, and a GGUF model is one file.*folder/model.gguf"):
+        to_gguf(tiny_model, tmp_path / "folder", type="f32", source=tmp_path / "src")
+    for fmt in ("gguf", "compressed-tensors", "gptq"):
+        with pytest.raises(ExportError, match=r"file.txt is a file, so .* cannot be written under it"):
+            export(tiny_model, tmp_path / "file.txt" / "out", format=fmt, source=tmp_path / "src")
+    assert (tmp_path / "file.txt").read_text() == "mine" and list((tmp_path / "folder").iterdir()) == []
