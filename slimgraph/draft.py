@@ -53,14 +53,17 @@ class DraftTrainReport:
     reverted: bool = False         # Medusa: the trained heads had a lower held-out top-1 than the initial ones
                                    # (full-vocabulary argmax; the loss runs over the training vocabulary only),
                                    # so the initial parameters were kept
+    kind: str = "medusa"           # "eagle": one draft layer run `heads` times (heldout_top1: its next token)
 
     def __str__(self):
         acc = ", ".join(f"{a:.2f}" for a in self.heldout_top1)
         before = ", ".join(f"{a:.2f}" for a in self.heldout_top1_before)
-        return (f"draft heads: {self.heads} heads, {self.sequences} sequences ({self.positions} positions), "
+        what, per = ((f"an EAGLE layer drafting {self.heads} tokens", "of its next-token draft")
+                     if self.kind == "eagle" else (f"{self.heads} heads", "per head"))
+        return (f"draft heads: {what}, {self.sequences} sequences ({self.positions} positions), "
                 f"{self.steps} steps in {self.seconds:.0f} s wall / {self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s "
                 f"wall / {self.data_cpu_seconds:.0f} s CPU data); held-out top-1 "
-                f"per head [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
+                f"{per} [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
                 ("kept the initial parameters: the trained ones had a lower held-out top-1 (the loss ranks only "
                  "the tokens of the base's continuations; more varied prompts help)" if self.reverted else
                  f"kept the parameters of step {self.kept_step} (best held-out loss)")
@@ -483,4 +486,4 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
     graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
-                            top1(held), before, kept)
+                            top1(held), before, kept, kind="eagle")

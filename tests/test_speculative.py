@@ -205,6 +205,7 @@ def trained_eagle():
 def test_eagle_training_is_deterministic_improves_and_survives_save_load(trained_eagle, tmp_path):
     c, report = trained_eagle
     assert report.steps == 150 and report.cpu_seconds > 0
+    assert "an EAGLE layer drafting 3 tokens" in str(report) and "top-1 of its next-token draft" in str(report)
     assert report.heldout_top1[0] > report.heldout_top1_before[0] + 0.1
     assert report.loss[-1] < report.loss[0]
     assert int(c.graph.weights["draft_heads.eagle.config"].tensor[2]) == 64       # the draft vocabulary
