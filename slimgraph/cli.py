@@ -490,7 +490,10 @@ def _bench_causal_lm(compiled, args) -> None:
     print(f"causal LM, batch 1, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, "
           f"median of {args.repeat}")
     print(f"prefill: {prefill:.1f} ms")
-    print(f"decode:  {decode:.1f} tokens/s")
+    mode = runs[0].speculative     # a graph with draft heads decodes speculatively (generate's default)
+    print(f"decode:  {decode:.1f} tokens/s" + (
+        f" (speculative, {mode}: {statistics.median(s.mean_acceptance for s in runs):.2f} tokens per verify "
+        f"forward, the draft heads' acceptance)" if mode else ""))
 
 
 def _bench_plain(compiled, args) -> None:

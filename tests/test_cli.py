@@ -87,7 +87,7 @@ def test_compile_inspect_bench_causal_lm(tmp_path):
     out = slimgraph("bench", tmp_path / "llama.sg", "--prompt-len", "8", "--new-tokens", "8", "--repeat", "1").stdout
     assert "prefill:" in out and "tokens/s" in out
     decode = float(next(line for line in out.splitlines() if line.startswith("decode:")).split()[1])
-    assert decode > 0
+    assert decode > 0 and "speculative" not in out
 
 
 def test_ops_and_passes_listings():
@@ -369,6 +369,8 @@ def test_compile_trains_draft_heads(llama_ids, tmp_path, kind):
     assert "slimgraph.train_draft_heads" in line and "positions" in line and "held-out top-1" in line
     assert "UNTRAINED" not in p.stdout + p.stderr
     assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "trained.sg").stdout
+    out = slimgraph("bench", tmp_path / "trained.sg", "--prompt-len", 8, "--new-tokens", 8, "--repeat", 1).stdout
+    assert "(speculative, chain: " in out and "tokens per verify forward" in out     # what decode: measured
     before, after = _weights(tmp_path / "untrained.sg"), _weights(tmp_path / "trained.sg")
     name = "draft_heads.0.weight" if kind == "medusa" else "draft_heads.eagle.fc.weight"
     assert not torch.equal(before[name], after[name])
