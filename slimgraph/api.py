@@ -262,9 +262,33 @@ def _with_calibration(spec, model, calibration):
     return passes, ctx
 
 
+def vocab_rows(model):
+    """The number of rows of a torch model's input embedding (the ids it can take), or None."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return None
+    return getattr(emb, "num_embeddings", None)
+
+
+def out_of_vocab(model, ids):
+    """(the largest id, the vocabulary size) when token ids `ids` index past the model's embedding, else None."""
+    import torch
+    rows = vocab_rows(model)
+    if rows is None or not isinstance(ids, torch.Tensor) or ids.numel() == 0 or int(ids.max()) < rows:
+        return None
+    return int(ids.max()), rows
+
+
 def _calibration_ids(model, calibration, who):
     import torch
     if calibration is not None and not isinstance(calibration, str):
+        bad = out_of_vocab(model, calibration)
+        if bad:
+            raise OptimizeError(f"{who}: calibration= holds token id {bad[0]}, but the model's embedding has "
+                                f"{bad[1]} rows (ids 0..{bad[1] - 1}): these ids are not of this model's tokenizer; "
+                                f"tokenize the calibration text with the model's own tokenizer")
         return calibration          # token ids, or a passes.calibration.Calibration
     tok = _tokenizer(model) if _is_causal_lm(model) else None
     if tok is None:

@@ -47,17 +47,18 @@ class CliError(Exception):
 # keeps a compile within minutes. Data preparation (teacher forwards, greedy continuations) comes on top.
 DEFAULT_TRAIN_BUDGET = 300.0
 DISTILL_ROWS = 16       # distill_attention's default num_seqs: token-id calibration rows it trains on at most
+TEXT_ROW_TOKENS = 512   # distill_attention's default seq_len: a text --calibration is cut into rows of this length
 DRAFT_PROMPTS, DRAFT_PROMPT_TOKENS = 64, 32   # train_draft_heads' default prompts: windows cut from the rows
 
 
 def cmd_compile(args) -> None:
     out = artifact_path(args.output)
-    if out.exists() and not args.force:   # checked first: no minutes of optimizing before refusing
-        raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
+    _check_output(out, args)   # checked first: no minutes of optimizing (and training) before refusing
     if not args.train_budget >= 0:
         raise CliError(f"--train-budget {args.train_budget}: give CPU seconds >= 0 (0: write inserted trainable "
                        f"components untrained)")
     calibration = load_calibration(args.calibration) if args.calibration else None
+    train_data = calibration     # what training reads: token-id rows (a text calibration is tokenized first)
     trainable = []
     if args.pipeline:   # a typo in the pipeline fails before the model is loaded
         from .passes.pipeline import parse_pipeline
@@ -65,6 +66,12 @@ def cmd_compile(args) -> None:
         trainable = [p for p in parse_pipeline(args.pipeline) if p.name in TRAINABLE]
     import slimgraph
     model, example_inputs, tokenizer = load_source(args.source)
+    from .api import out_of_vocab
+    bad = out_of_vocab(model, calibration)     # GPTQ and training index the embedding with them
+    if bad:
+        raise CliError(f"--calibration {args.calibration}: holds token id {bad[0]}, but {args.source}'s model has "
+                       f"{bad[1]} embedding rows (ids 0..{bad[1] - 1}): these ids are not of its tokenizer; give ids "
+                       f"made with the model's own tokenizer, or the text itself")
     if trainable and args.train_budget > 0:    # what training will need: checked before minutes of optimizing
         from .api import _check_target_runs_pipeline     # (after what optimize checks first: the target)
         from .targets.base import get_target
@@ -72,7 +79,8 @@ def cmd_compile(args) -> None:
         tgt.check_available()
         _check_target_runs_pipeline(tgt, args.pipeline, args.allow_fallback)
         tokenizer = _training_tokenizer(args, model, tokenizer, calibration, [p.spec() for p in trainable])
-        _check_training_ids(args, calibration, trainable)
+        train_data = _text_training_rows(tokenizer, calibration) if isinstance(calibration, str) else calibration
+        _check_training_ids(args, train_data, trainable, text=isinstance(calibration, str))
     t0 = time.perf_counter()
     compiled = slimgraph.optimize(model, example_inputs, target=args.target, pipeline=args.pipeline,
                                   calibration=calibration, allow_fallback=args.allow_fallback)
@@ -80,8 +88,10 @@ def cmd_compile(args) -> None:
     trained = ""
     if compiled.report.untrained and args.train_budget > 0:
         t1 = time.perf_counter()
-        tokenizer = _training_tokenizer(args, model, tokenizer, calibration, compiled.report.untrained)
-        train_components(compiled, tokenizer, calibration, args.train_budget, args.calibration)
+        if train_data is None or isinstance(train_data, str):
+            tokenizer = _training_tokenizer(args, model, tokenizer, calibration, compiled.report.untrained)
+            train_data = _text_training_rows(tokenizer, calibration) if isinstance(calibration, str) else None
+        train_components(compiled, tokenizer, train_data, args.train_budget, args.calibration)
         trained = f", trained in {time.perf_counter() - t1:.2f} s"
     replaced = out.exists()
     import warnings
@@ -94,11 +104,32 @@ def cmd_compile(args) -> None:
           (" (replaced the artifact that was there)" if replaced else ""))
     untrained = untrained_components(compiled)
     if untrained:
-        print(f"WARNING: {out} holds UNTRAINED components (--train-budget 0): " + "; ".join(untrained) + ". "
+        why = ("--train-budget 0" if args.train_budget == 0 else
+               f"--train-budget {args.train_budget:g}: no training update fit in that budget")
+        print(f"WARNING: {out} holds UNTRAINED components ({why}): " + "; ".join(untrained) + ". "
               f"They still have their initial values (a linearized model's perplexity is far worse than the "
               f"source's; untrained draft heads only slow decoding). Train them: compile again with "
               f"--train-budget SECONDS (default {DEFAULT_TRAIN_BUDGET:.0f}), or in Python load the artifact, "
               f"call the function named and save it again.", file=sys.stderr)
+
+
+def _check_output(out: Path, args) -> None:
+    """What save would refuse after optimizing: an existing artifact without --force, a path that exists and
+    is not an artifact (--force replaces artifacts only), or a file where a folder of the path must go."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"-o {args.output}: {parent} is a file, but the artifact {out} is a folder that "
+                               f"must go inside it; choose another -o")
+            break
+    if not out.exists():
+        return
+    from .artifact import MANIFEST
+    if not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise CliError(f"-o {args.output}: {out} exists and is not a slimgraph artifact (no manifest.json); "
+                       f"--force replaces artifacts only: choose another -o, or move it away")
+    if not args.force:
+        raise CliError(f"{out} already exists; pass --force to replace it (or choose another -o)")
 
 
 def _training_tokenizer(args, model, tokenizer, calibration, specs):
@@ -121,7 +152,17 @@ def _training_tokenizer(args, model, tokenizer, calibration, specs):
     return tokenizer
 
 
-def _check_training_ids(args, calibration, trainable) -> None:
+def _text_training_rows(tokenizer, text: str, seq: int = TEXT_ROW_TOKENS):
+    """A text --calibration as training rows: its tokens cut into DISTILL_ROWS-or-more rows of `seq` tokens, or
+    into 2 rows of half its length when it is shorter (distillation holds one row out), so that a text of
+    any length trains the way token ids do (distill_attention's own text path wants 16 x 512 tokens)."""
+    import torch
+    ids = torch.as_tensor(tokenizer(text).input_ids, dtype=torch.int64).flatten()
+    seq = max(1, min(seq, len(ids) // 2))
+    return ids[:len(ids) // seq * seq].view(-1, seq).contiguous()
+
+
+def _check_training_ids(args, calibration, trainable, text: bool = False) -> None:
     """Token-id calibration rows that cannot train a linearize-attention's feature maps: refused up front."""
     import torch
     if not isinstance(calibration, torch.Tensor):
@@ -130,11 +171,15 @@ def _check_training_ids(args, calibration, trainable) -> None:
         if p.name == "linearize-attention":
             need = p.window + p.sinks + 2 if p.window else 2
             if calibration.shape[1] < need or len(calibration) < 2:
+                have = (f"a text of {calibration.numel()} tokens (cut into {len(calibration)} row(s) of "
+                        f"{calibration.shape[1]})" if text else
+                        f"{len(calibration)} row(s) of {calibration.shape[1]} tokens")
                 raise CliError(
-                    f"--calibration {args.calibration}: {len(calibration)} row(s) of {calibration.shape[1]} tokens "
-                    f"cannot train {p.spec()}'s feature maps: distillation needs at least 2 rows (one is held out) "
-                    f"of at least {need} tokens (longer than window + sinks + 1, so some key is outside the "
-                    f"softmax window); a 1-D .pt/.npy is cut into rows of 256 tokens")
+                    f"--calibration {args.calibration}: {have} cannot train {p.spec()}'s feature maps: "
+                    f"distillation needs at least 2 rows (one is held out) of at least {need} tokens (longer than "
+                    f"window + sinks + 1, so some key is outside the softmax window); " +
+                    (f"give a text of at least {2 * need} tokens" if text else
+                     "a 1-D .pt/.npy is cut into rows of 256 tokens"))
 
 
 def train_components(compiled, tokenizer, calibration, budget_s: float, calibration_name: str | None = None):
@@ -445,7 +490,10 @@ def _bench_causal_lm(compiled, args) -> None:
     print(f"causal LM, batch 1, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, "
           f"median of {args.repeat}")
     print(f"prefill: {prefill:.1f} ms")
-    print(f"decode:  {decode:.1f} tokens/s")
+    mode = runs[0].speculative     # a graph with draft heads decodes speculatively (generate's default)
+    print(f"decode:  {decode:.1f} tokens/s" + (
+        f" (speculative, {mode}: {statistics.median(s.mean_acceptance for s in runs):.2f} tokens per verify "
+        f"forward, the draft heads' acceptance)" if mode else ""))
 
 
 def _bench_plain(compiled, args) -> None:
@@ -655,10 +703,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _short_warnings(command: str) -> None:
+    """slimgraph's own warnings (an export's tokenizer.ggml.pre fallback, ...) read like its errors: the message,
+    not the library file and line that raised it (--debug keeps Python's form); others are left as they are."""
+    import warnings
+    package = str(Path(__file__).resolve().parent)
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"slimgraph {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:   # every bar in slimgraph follows this setting (ir/progress.py; no import here: start-up)
         os.environ["SLIMGRAPH_PROGRESS"] = "0"
+    if not args.debug:
+        _short_warnings(args.command)
     try:
         args.fn(args)
     except BrokenPipeError:  # e.g. `slimgraph ops | head`

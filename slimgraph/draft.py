@@ -50,15 +50,23 @@ class DraftTrainReport:
     heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: untrained)
     heldout_top1_before: list[float] = field(default_factory=list)
     kept_step: int = 0             # the step whose parameters were kept (early stopping on held-out loss)
+    reverted: bool = False         # Medusa: the trained heads had a lower held-out top-1 than the initial ones
+                                   # (full-vocabulary argmax; the loss runs over the training vocabulary only),
+                                   # so the initial parameters were kept
+    kind: str = "medusa"           # "eagle": one draft layer run `heads` times (heldout_top1: its next token)
 
     def __str__(self):
         acc = ", ".join(f"{a:.2f}" for a in self.heldout_top1)
         before = ", ".join(f"{a:.2f}" for a in self.heldout_top1_before)
-        return (f"draft heads: {self.heads} heads, {self.sequences} sequences ({self.positions} positions), "
+        what, per = ((f"an EAGLE layer drafting {self.heads} tokens", "of its next-token draft")
+                     if self.kind == "eagle" else (f"{self.heads} heads", "per head"))
+        return (f"draft heads: {what}, {self.sequences} sequences ({self.positions} positions), "
                 f"{self.steps} steps in {self.seconds:.0f} s wall / {self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s "
                 f"wall / {self.data_cpu_seconds:.0f} s CPU data); held-out top-1 "
-                f"per head [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; kept the "
-                f"parameters of step {self.kept_step} (best held-out loss)"
+                f"{per} [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
+                ("kept the initial parameters: the trained ones had a lower held-out top-1 (the loss ranks only "
+                 "the tokens of the base's continuations; more varied prompts help)" if self.reverted else
+                 f"kept the parameters of step {self.kept_step} (best held-out loss)")
                 if self.loss else f"draft heads: no training steps ran")
 
 
@@ -237,8 +245,10 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
 
     The softmax of the loss runs over a training vocabulary: the tokens the base emitted as targets, capped
     at the `draft_vocab` most frequent (every target is in it unless capped); held-out accuracy is measured
-    with the full lm_head, as decoding argmaxes. `heldout`: the fraction of SEQUENCES held out (positions of
-    one continuation are not independent samples).
+    with the full lm_head, as decoding argmaxes; Medusa heads whose held-out top-1 ends below the initial
+    heads' (tokens outside a small training vocabulary rising above it) are reset to the initial ones
+    (`report.reverted`). `heldout`: the fraction of SEQUENCES held out (positions of one continuation are
+    not independent samples).
     EAGLE heads (`kind=eagle`): see `train_eagle` (`draft_vocab` = size of its draft vocabulary).
     `data`: (sequences, hidden states) from `self_distillation_data` of the same base, to reuse (e.g. for
     Medusa and EAGLE heads on one base); `prompts` must then be the prompts it was made from."""
@@ -339,14 +349,23 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
         logits = F.linear(heads_hidden(h_all[held_idx]), w_sub, b_sub)
         return float(F.cross_entropy(logits.reshape(-1, nv), y_sub[held_idx].reshape(-1), ignore_index=-100))
 
+    initial = ws.detach().clone()
     losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps, "draft heads", progress),
                                            heldout_loss if len(held_idx) else None)
+    after = top1(held)
+    # the loss ranks only the training vocabulary: when it is small, tokens outside it can come to win the
+    # full-vocabulary argmax that decoding runs, and heads can end worse than they began: keep the initial ones
+    reverted = bool(after and sum(after) < sum(before))
+    if reverted:
+        with torch.no_grad():
+            ws.copy_(initial)
+        after, kept = top1(held), 0
     for i, n in enumerate(names):
         graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
-    report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, top1(held),
-                              before, kept)
+    report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, after,
+                              before, kept, reverted)
     mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)   # the model's report says so
     return report
 
@@ -467,4 +486,4 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
     graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
-                            top1(held), before, kept)
+                            top1(held), before, kept, kind="eagle")

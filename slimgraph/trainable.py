@@ -13,7 +13,8 @@ The record is the model's OptimizeReport (slimgraph/compiled.py), which the arti
 `report.untrained`; the training functions call `mark_trained`, which moves it to `report.trained` with what
 the training did (tokens, steps, CPU seconds, the held-out figure). A marker, not a look at the values:
 the EAGLE layer's seeded initialization is not recognisable by value, and a weight that happens to stay at
-its initial value (early stopping that kept step 0) is still a trained one. Artifacts written before the
+its initial value (early stopping that kept step 0) is still a trained one; a training that ran no update
+at all (a budget spent before the first step) is not. Artifacts written before the
 record existed have neither field and list nothing (as before).
 
 `untrained_components(x)` (a CompiledModel, an OptimizeReport or a manifest's report dict) is the one
@@ -82,11 +83,17 @@ def untrained_message(components: list[str], where: str = "") -> str:
 def mark_trained(compiled, name: str, report, *, tokens: int) -> None:
     """Record on `compiled.report` that the components `name` (a TRAINABLE pass name) inserted were trained
     by `report` (a DistillReport or DraftTrainReport): the spec leaves `untrained`, and `trained` gets
-    what the training did. Called by the training functions; a model without a report is left alone."""
+    what the training did. A report of 0 steps (the budget ran out before the first update) changes nothing:
+    the components still hold their initial values. Called by the training functions; a model without a
+    report is left alone."""
     r = getattr(compiled, "report", None)
     if r is None or not hasattr(r, "untrained"):
         return
+    if int(getattr(report, "steps", 0)) <= 0:
+        return      # no update ran (a budget spent before the first step): the values are the initial ones
     specs = [s for s in r.untrained if pass_name(s) == name]
+    # trained again (the spec already left `untrained`): the record names the pass as optimize ran it
+    specs = specs or [s for s in inserted_specs(r.passes) if pass_name(s) == name]
     r.untrained = [s for s in r.untrained if pass_name(s) != name]
     t = TRAINABLE[name]
     r.trained.append({"component": t.what, "spec": ", ".join(specs) or name, "function": t.function,

@@ -222,3 +222,15 @@ def test_block_sparse_attention_is_not_refused_on_the_cpu_target():
     from slimgraph.passes.pipeline import parse_pipeline
     assert parse_pipeline("sparsify-attention{kind=block_sparse}")[0].introduced_ops() == ()
     assert parse_pipeline("sparsify-attention{kind=sliding_window}")[0].introduced_ops() == ("cache_window",)
+
+
+def test_calibration_ids_past_the_vocabulary_are_refused_before_any_pass(tiny_llama):
+    """Token ids of another tokenizer (here past the 96-row embedding) name the model's vocabulary, not an
+    IndexError from inside GPTQ."""
+    model = tiny_llama[0]
+    rows = model.get_input_embeddings().num_embeddings
+    ids = torch.full((2, 16), rows + 3, dtype=torch.long)
+    with pytest.raises(OptimizeError, match=rf"calibration= holds token id {rows + 3}, but the model's embedding "
+                                            rf"has {rows} rows.*model's own tokenizer"):
+        slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline="canonicalize,quantize-weights{bits=4,group=32,method=gptq}", calibration=ids)

@@ -87,7 +87,7 @@ def test_compile_inspect_bench_causal_lm(tmp_path):
     out = slimgraph("bench", tmp_path / "llama.sg", "--prompt-len", "8", "--new-tokens", "8", "--repeat", "1").stdout
     assert "prefill:" in out and "tokens/s" in out
     decode = float(next(line for line in out.splitlines() if line.startswith("decode:")).split()[1])
-    assert decode > 0
+    assert decode > 0 and "speculative" not in out
 
 
 def test_ops_and_passes_listings():
@@ -157,6 +157,25 @@ def test_compile_refuses_to_replace_without_force(tmp_path):
     p = slimgraph("compile", src, "--pipeline", "canonicalize,dce", "-o", out, "--force")
     assert "replaced the artifact that was there" in p.stdout
     assert json.loads((out / "manifest.json").read_text())["pipeline"] == "canonicalize,dce"
+
+
+def test_an_output_save_would_refuse_is_refused_before_optimizing(tmp_path):
+    """-o at a file, under a file, or at a folder that is not an artifact (even with --force): refused before
+    the model is loaded (optimizing and training can take minutes), naming -o."""
+    src = write(tmp_path / "mlp.py", TINY_MLP.replace("def get_model():", "def get_model():\n    raise SystemExit(9)"))
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "folder.sg").mkdir()
+    (tmp_path / "folder.sg" / "notes.txt").write_text("mine")
+    for out, says in [(tmp_path / "file.txt", "file.txt is a file, but the artifact"),
+                      (tmp_path / "file.txt" / "sub" / "m.sg", "file.txt is a file, but the artifact"),
+                      (tmp_path / "folder.sg", "folder.sg exists and is not a slimgraph artifact"),
+                      (tmp_path / "file.sg", None)]:
+        if says is None:
+            (tmp_path / "file.sg").write_text("mine")
+            says = "file.sg exists and is not a slimgraph artifact"
+        p = slimgraph("compile", src, "-o", out, "--force", check=False)
+        assert p.returncode == 2 and f"-o {out}" in p.stderr and says in p.stderr, p.stderr
+    assert (tmp_path / "file.txt").read_text() == "mine" and (tmp_path / "folder.sg" / "notes.txt").is_file()
 
 
 GPTQ16 = "canonicalize,quantize-weights{bits=4,group=16,method=gptq},fuse-dequant-matmul"
@@ -350,11 +369,22 @@ def test_compile_trains_draft_heads(llama_ids, tmp_path, kind):
     assert "slimgraph.train_draft_heads" in line and "positions" in line and "held-out top-1" in line
     assert "UNTRAINED" not in p.stdout + p.stderr
     assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "trained.sg").stdout
+    out = slimgraph("bench", tmp_path / "trained.sg", "--prompt-len", 8, "--new-tokens", 8, "--repeat", 1).stdout
+    assert "(speculative, chain: " in out and "tokens per verify forward" in out     # what decode: measured
     before, after = _weights(tmp_path / "untrained.sg"), _weights(tmp_path / "trained.sg")
     name = "draft_heads.0.weight" if kind == "medusa" else "draft_heads.eagle.fc.weight"
     assert not torch.equal(before[name], after[name])
     if kind == "medusa":
         assert not torch.equal(after[name], torch.zeros_like(after[name]))
+
+
+def test_a_budget_too_small_for_one_update_writes_them_untrained_and_says_why(llama_ids, tmp_path):
+    src, ids = llama_ids
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", ids, "--train-budget", "1e-9",
+                  "-o", tmp_path / "la.sg")
+    assert "WARNING" in p.stderr and "--train-budget 1e-09: no training update fit in that budget" in p.stderr
+    assert "trained attention feature maps" not in p.stdout
+    assert "UNTRAINED: attention feature maps" in slimgraph("inspect", tmp_path / "la.sg").stdout
 
 
 def test_training_without_a_tokenizer_or_ids_is_an_error_before_optimizing(llama_ids, tmp_path):
@@ -381,6 +411,17 @@ def test_calibration_rows_too_short_to_train_the_maps_are_refused_up_front(tmp_p
     assert p.returncode == 2 and "--train-budget -1" in p.stderr
 
 
+@pytest.mark.parametrize("pipe", [LINEARIZE, "canonicalize,quantize-weights{bits=4,group=32,method=gptq}"])
+def test_calibration_ids_past_the_vocabulary_are_refused_up_front(tmp_path, pipe):
+    import torch
+    src = write(tmp_path / "llama.py", TINY_LLAMA)
+    torch.save(torch.randint(64, 100, (4, 48)), tmp_path / "other.pt")      # ids of another tokenizer
+    p = slimgraph("compile", src, "--pipeline", pipe, "--calibration", tmp_path / "other.pt",
+                  "-o", tmp_path / "x.sg", check=False)
+    assert p.returncode == 2 and "other.pt: holds token id" in p.stderr and "has 64 embedding rows" in p.stderr
+    assert "optimized" not in p.stdout and "Traceback" not in p.stderr
+
+
 def test_a_pipeline_without_trainable_passes_compiles_as_before(llama_ids, tmp_path):
     import json
     src, _ = llama_ids          # no tokenizer, no --calibration, a training budget: none of it matters here
@@ -389,3 +430,49 @@ def test_a_pipeline_without_trainable_passes_compiles_as_before(llama_ids, tmp_p
     report = json.loads((tmp_path / "a.sg" / "manifest.json").read_text())["report"]
     assert report["untrained"] == [] and report["trained"] == []
     assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "a.sg").stdout
+
+
+TOKENIZED_LLAMA = """
+import torch, transformers
+
+def get_model():
+    return transformers.AutoModelForCausalLM.from_pretrained({d!r}).eval(), (torch.randint(0, 64, (1, 5)),)
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_with_tokenizer(tmp_path_factory):
+    """A tiny random Llama saved with a small byte-level BPE tokenizer: a source whose tokenizer loads offline."""
+    import torch
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+    from slimgraph.evaluate import load_text
+    d = tmp_path_factory.mktemp("tokenized")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([load_text("calib")[:20000]], vocab_size=320, min_frequency=2,
+                            special_tokens=["<|endoftext|>"])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return write(d / "llama.py", TOKENIZED_LLAMA.format(d=str(d / "model"))), tok
+
+
+def test_a_text_calibration_of_any_length_trains_the_maps(llama_with_tokenizer, tmp_path):
+    """A text --calibration shorter than distill_attention's own 16 x 512 tokens is cut into rows and trains;
+    one too short for the window is refused before optimizing, in tokens of text."""
+    from slimgraph.evaluate import load_text
+    src, tok = llama_with_tokenizer
+    text = load_text("calib")[:3000]
+    assert 200 < len(tok(text).input_ids) < 16 * 512
+    (tmp_path / "prose.txt").write_text(text)
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "prose.txt",
+                  "--train-budget", 1, "-o", tmp_path / "la.sg")
+    assert "trained attention feature maps" in p.stdout and "UNTRAINED" not in p.stdout + p.stderr
+    (tmp_path / "short.txt").write_text("a b c d e f g h")
+    p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", tmp_path / "short.txt",
+                  "-o", tmp_path / "short.sg", check=False)
+    assert p.returncode == 2 and "short.txt: a text of" in p.stderr and "give a text of at least 20 tokens" in p.stderr
+    assert "optimized" not in p.stdout and not (tmp_path / "short.sg").exists()

@@ -205,6 +205,7 @@ def trained_eagle():
 def test_eagle_training_is_deterministic_improves_and_survives_save_load(trained_eagle, tmp_path):
     c, report = trained_eagle
     assert report.steps == 150 and report.cpu_seconds > 0
+    assert "an EAGLE layer drafting 3 tokens" in str(report) and "top-1 of its next-token draft" in str(report)
     assert report.heldout_top1[0] > report.heldout_top1_before[0] + 0.1
     assert report.loss[-1] < report.loss[0]
     assert int(c.graph.weights["draft_heads.eagle.config"].tensor[2]) == 64       # the draft vocabulary
@@ -535,3 +536,16 @@ def test_a_long_lookup_draft_is_cut_to_the_rows_a_verify_runs_as_steps(monkeypat
     assert torch.equal(generate(c, p, 90, lookup=100), want)
     assert max(sizes) == 64, sizes
     assert speculative.MAX_VERIFY == 64
+
+
+def test_training_never_leaves_medusa_heads_worse_than_it_found_them():
+    """The loss ranks only the tokens of the base's continuations (the training vocabulary); on a model that
+    keeps repeating itself that is a handful of tokens, and the heads learn to order them while tokens outside
+    rise above them in the full-vocabulary argmax that decoding runs. The initial heads are then kept."""
+    c = compile_("torch", heads=2)
+    p = torch.randint(0, VOCAB, (8, 4), generator=torch.Generator().manual_seed(0))
+    report = slimgraph.train_draft_heads(c, prompts=p, new_tokens=48, steps=300, time_budget_s=None, progress=False)
+    assert report.heldout_top1_before == [1.0, 1.0]               # zero heads: the base repeats its next token
+    assert sum(report.heldout_top1) >= sum(report.heldout_top1_before)
+    assert report.reverted and report.kept_step == 0 and "kept the initial parameters" in str(report)
+    assert all(not c.graph.weights[f"draft_heads.{i}.weight"].tensor.any() for i in range(2))

@@ -81,3 +81,30 @@ def test_a_pipeline_without_trainable_passes_records_nothing(model, tmp_path):
 def test_a_report_without_the_record_lists_nothing():
     """Artifacts written before the record existed: their manifest's report has no `untrained` key."""
     assert untrained_components({"target": "torch", "pipeline": "linearize-attention{window=4}"}) == []
+
+
+@pytest.mark.parametrize("pipeline", ["canonicalize,linearize-attention{window=4}",
+                                      "canonicalize,insert-draft-heads{num_heads=2}",
+                                      "canonicalize,insert-draft-heads{num_heads=2,kind=eagle}"])
+def test_a_training_that_ran_no_update_leaves_the_components_untrained(model, pipeline):
+    """A budget spent before the first update (what `compile --train-budget 1e-9` gives each function) leaves
+    the initial values in place: the record must still say UNTRAINED, not 'trained in 0 steps'."""
+    c = compile_(model, pipeline)
+    before = untrained_components(c)
+    if "linearize" in pipeline:
+        r = slimgraph.distill_attention(c, ids=ids(24, 3), time_budget_s=None, cpu_budget_s=0,
+                                         progress=False)
+    else:
+        r = slimgraph.train_draft_heads(c, prompts=ids(6, 4), new_tokens=8, time_budget_s=None, cpu_budget_s=0,
+                                        progress=False)
+    assert r.steps == 0
+    assert untrained_components(c) == before and c.report.trained == []
+
+
+def test_training_again_records_the_pass_spec(model):
+    """A second training of already-trained components names the pass as optimize ran it (not the bare name)."""
+    c = compile_(model, "canonicalize,linearize-attention{window=4}")
+    for _ in range(2):
+        slimgraph.distill_attention(c, ids=ids(24, 3), steps=2, time_budget_s=None, progress=False)
+    assert [e["spec"] for e in c.report.trained] == [c.report.passes[1]["spec"]] * 2
+    assert c.report.trained[1]["spec"].startswith("linearize-attention{window=4")

@@ -30,21 +30,39 @@ def writer(format: str):
     return getattr(importlib.import_module(f".{module}", __name__), fn)
 
 
+def check_output(path, format: str) -> None:
+    """Refuse, before any work, an output path no writer can use: one under a file, or (GGUF, one file) an
+    existing folder. (The checkpoint writers refuse an existing path that is not a checkpoint themselves.)"""
+    from pathlib import Path
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"export: {parent} is a file, so {path} cannot be written under it; choose "
+                                  f"another output path")
+            break
+    if format == "gguf" and path.is_dir():
+        raise ExportError(f"export: {path} is a folder, and a GGUF model is one file: give a file path "
+                          f"(e.g. {path / 'model.gguf'})")
+
+
 def export(model, path, *, format: str, **options):
     """Write `model` in `format` (a FORMATS key) to `path`; options go to that format's writer."""
-    return writer(format)(model, path, **options)
+    write = writer(format)
+    check_output(path, format)
+    return write(model, path, **options)
 
 
 def to_gguf(model, path, **options):
-    return writer("gguf")(model, path, **options)
+    return export(model, path, format="gguf", **options)
 
 
 def to_compressed_tensors(model, path, **options):
-    return writer("compressed-tensors")(model, path, **options)
+    return export(model, path, format="compressed-tensors", **options)
 
 
 def to_gptq(model, path, **options):
-    return writer("gptq")(model, path, **options)
+    return export(model, path, format="gptq", **options)
 
 
 to_gguf.__doc__ = "GGUF for llama.cpp; see slimgraph.export.gguf.to_gguf."

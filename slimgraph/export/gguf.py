@@ -415,18 +415,52 @@ def _rope_scaling(gguf, writer, cfg, spec: Arch, rope: dict, dim: int, theta: fl
     return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": divisor.astype(np.float32)}
 
 
+def _not_gpt2_bpe(directory: Path) -> Optional[str]:
+    """Why `directory`'s tokenizer.json is not the GPT-2 style byte-level BPE llama.cpp's "gpt2" model reads
+    (what gguf's BpeVocab takes), or None when it is one, or when there is a vocab.json / no tokenizer.json."""
+    import json
+    path = directory / "tokenizer.json"
+    if (directory / "vocab.json").is_file() or not path.is_file():
+        return None
+    try:
+        tj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{path} is not a JSON tokenizer file ({e})"
+    model = tj.get("model") if isinstance(tj, dict) else None
+    kind = model.get("type") if isinstance(model, dict) else None
+    pre = (tj.get("pre_tokenizer") or {}).get("type")
+    decoder = (tj.get("decoder") or {}).get("type")
+    if kind != "BPE":
+        what = {"WordPiece": " (a BERT-style tokenizer)", "Unigram": " (a SentencePiece unigram model)"}.get(kind, "")
+        return f"{path} holds a {kind} model{what}, not BPE"
+    if model.get("byte_fallback") or pre == "Metaspace" or decoder in ("Metaspace", "Sequence"):
+        return (f"{path} is a SentencePiece-style BPE (pre_tokenizer {pre}, decoder {decoder}, byte_fallback "
+                f"{bool(model.get('byte_fallback'))}), which llama.cpp reads from the model's tokenizer.model: put "
+                f"that file next to it")
+    if decoder != "ByteLevel":
+        return (f"{path} is a BPE with decoder {decoder}, not ByteLevel: llama.cpp's gpt2 model decodes tokens "
+                f"as GPT-2's byte-level alphabet, so its text would come out garbled")
+    return None
+
+
 def _hf_tokenizer(gguf, writer, directory: Path, n_vocab: int):
     """A GPT-2 style BPE (tokenizer.json / vocab.json: llama.cpp's "gpt2" model) or a SentencePiece
     tokenizer.model ("llama": Llama-2, Phi-3, Gemma), padded to the embedding's n_vocab rows with
     unused [PAD<i>] tokens as convert_hf_to_gguf.py pads (llama.cpp wants one token per row)."""
+    not_bpe = _not_gpt2_bpe(directory)
     try:
+        if not_bpe:
+            raise FileNotFoundError(not_bpe)
         vocab, model = gguf.vocab.BpeVocab(directory), "gpt2"
+    except ValueError as e:     # gguf's BpeVocab: added tokens that do not follow the vocabulary
+        raise ExportError(f"export: {directory}'s BPE tokenizer cannot be carried into GGUF: {e} (llama.cpp needs "
+                          f"one id per token, in order); export from a GGUF source instead") from None
     except FileNotFoundError:
         if not (directory / "tokenizer.model").is_file():
             raise ExportError(f"export: {directory}'s tokenizer is neither a GPT-2 style BPE (tokenizer.json with "
-                              f"a ByteLevel decoder, or vocab.json) nor a SentencePiece tokenizer.model; only those "
-                              f"are carried into GGUF from a Hugging Face source (export from a GGUF source "
-                              f"instead)") from None
+                              f"a ByteLevel decoder, or vocab.json) nor a SentencePiece tokenizer.model" +
+                              (f" ({not_bpe})" if not_bpe else "") + "; only those are carried into GGUF from a "
+                              "Hugging Face source (export from a GGUF source instead)") from None
         try:
             vocab, model = gguf.vocab.SentencePieceVocab(directory), "llama"
         except RuntimeError as e:   # sentencepiece is not installed

@@ -89,12 +89,37 @@ def graph_of(model):
     return graph
 
 
+# ops that change what attention computes and that no export format can say: (the op, the pass that makes it)
+UNEXPORTABLE = {"linear_attention": "linearize-attention (linear attention with trained feature maps)",
+                "cache_window": "sparsify-attention or linearize-attention{window} (a sliding-window KV ring)"}
+
+
+def check_exportable(graph) -> None:
+    """Refuse a graph whose attention the formats cannot express (UNEXPORTABLE): the exported weights would
+    run with the source's full softmax attention, a different model from the artifact. Draft heads
+    (insert-draft-heads) are extra outputs no format holds: they are left out, with a warning."""
+    import warnings
+    ops = {n.op for n in graph.nodes}
+    bad = [what for op, what in UNEXPORTABLE.items() if op in ops][:1]   # linear attention says it all
+    if bad:
+        raise ExportError(f"export: the graph runs {'; '.join(bad)}, which GGUF, compressed-tensors and GPTQ "
+                          f"checkpoints cannot express: llama.cpp, transformers and vLLM would run the source's "
+                          f"full softmax attention instead, a different model from this artifact. Export an "
+                          f"artifact compiled without that pass (the same --pipeline without it)")
+    if any(v.name.startswith("draft_logits") for v in graph.outputs) or any(
+            name.startswith("draft_heads.") for name in graph.weights):
+        warnings.warn("export: the artifact's draft heads (insert-draft-heads) are not written: the exported "
+                      "files hold the base model only (speculative decoding with the heads needs the slimgraph "
+                      "artifact)", stacklevel=4)
+
+
 def model_weights(model) -> dict[str, "torch.Tensor | Packed"]:
     """Parameter name -> float tensor or Packed, for every weight of the compiled graph (or, for a
     torch module such as the float source model, its floating-point state dict)."""
     if isinstance(model, torch.nn.Module):
         return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
     graph = graph_of(model)
+    check_exportable(graph)
     out: dict[str, torch.Tensor | Packed] = {}
     packed_parts: set[str] = set()
     for node in graph.nodes:

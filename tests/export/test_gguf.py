@@ -399,3 +399,31 @@ def test_rope_scaling_refusals(tiny_config_source, tiny_arch_source, tmp_path):
 def transformers_config(d):
     import transformers
     return transformers.AutoConfig.from_pretrained(d)
+
+
+@pytest.mark.parametrize("extra, refused", [
+    ("linearize-attention{window=4}", r"runs linearize-attention \(linear attention with trained feature maps\)"),
+    ("sparsify-attention{window=4}", r"runs sparsify-attention or linearize-attention\{window\} \(a sliding-window"),
+    ("insert-draft-heads{num_heads=2}", None)])
+def test_attention_no_format_can_express_is_refused_and_draft_heads_are_left_out_loudly(tiny_source, tmp_path,
+                                                                                       extra, refused):
+    """A linearized or windowed artifact exported as plain weights would run the source's full softmax attention
+    in llama.cpp / transformers: a different model, refused by name in every format. Draft heads are extra
+    outputs no format holds: the base model is written, with a warning."""
+    import warnings
+    import slimgraph
+    from slimgraph.export import export
+    model, _, d = tiny_source
+    compiled = slimgraph.optimize(model, pipeline=f"canonicalize,quantize-weights{{{SYM}}},fuse-dequant-matmul,{extra}")
+    for fmt in ("gguf", "compressed-tensors", "gptq"):
+        out = tmp_path / fmt
+        if refused:
+            with pytest.raises(ExportError, match=refused + r".*a different model from this artifact.*without that "
+                                                            r"pass"):
+                export(compiled, out, format=fmt, source=d)
+            assert not out.exists()
+        else:
+            with pytest.warns(UserWarning, match=r"draft heads \(insert-draft-heads\) are not written: the exported "
+                                                  r"files hold the base model only"):
+                export(compiled, out, format=fmt, source=d)
+            assert out.exists()

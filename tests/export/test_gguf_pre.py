@@ -150,3 +150,77 @@ def test_smollm2_tokenizer(llama_cpp, tmp_path):
     assert _mismatches(ours, tok) == [] and _mismatches(shipped, tok) == []
     for p in PROBES:
         assert ours.tokenize(p.encode(), add_bos=False) == shipped.tokenize(p.encode(), add_bos=False)
+
+
+def _tokenizer_of(model, pre, decoder, special):
+    from slimgraph.evaluate import load_text
+    t = tokenizers.Tokenizer(model)
+    t.pre_tokenizer, t.decoder = pre, decoder
+    trainer = (tokenizers.trainers.WordPieceTrainer if isinstance(model, tokenizers.models.WordPiece)
+               else tokenizers.trainers.BpeTrainer)(vocab_size=400, special_tokens=special, show_progress=False)
+    t.train_from_iterator([load_text("calib")[:5000]], trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, unk_token=special[0])
+
+
+def test_tokenizers_llama_cpp_cannot_read_are_refused_by_what_they_are(tiny_model, tmp_path):
+    """A tokenizer.json that is not a GPT-2 style byte-level BPE (and no tokenizer.model beside it) is refused
+    with the file and what it is, never a TypeError from inside gguf's reader."""
+    from slimgraph.export.weights import ExportError
+    pt, dec, models = tokenizers.pre_tokenizers, tokenizers.decoders, tokenizers.models
+    cases = {
+        "wordpiece": (_tokenizer_of(models.WordPiece(unk_token="[UNK]"), pt.BertPreTokenizer(), dec.WordPiece(),
+                                    ["[UNK]", "[CLS]", "[SEP]"]), r"holds a WordPiece model \(a BERT-style tokenizer\)"),
+        "metaspace": (_tokenizer_of(models.BPE(unk_token="<unk>"), pt.Metaspace(), dec.Metaspace(), ["<unk>"]),
+                      r"SentencePiece-style BPE \(pre_tokenizer Metaspace.*put that file next to it"),
+        "no_decoder": (_tokenizer_of(models.BPE(), pt.ByteLevel(add_prefix_space=False), None, ["<|endoftext|>"]),
+                       r"a BPE with decoder None, not ByteLevel"),
+    }
+    for name, (tok, match) in cases.items():
+        d = tmp_path / name
+        with pytest.raises(ExportError, match=r"tokenizer is neither a GPT-2 style BPE.*" + match +
+                                               r".*export from a GGUF source instead"):
+            _export(tiny_model, tok, d)
+        assert not (d / "m.gguf").exists()
+    # added tokens whose ids leave a gap after the vocabulary: gguf's ValueError, as an ExportError
+    d = tmp_path / "gap"
+    tok = _train(pt.ByteLevel(add_prefix_space=False, use_regex=True), False)
+    tiny_model.save_pretrained(d)
+    tok.save_pretrained(d)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    tj["added_tokens"].append({**tj["added_tokens"][0], "id": 820, "content": "<|gap|>"})
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(ExportError, match=r"gap's BPE tokenizer cannot be carried into GGUF: Expected the 1 added"):
+        to_gguf(tiny_model, d / "m.gguf", type="f32", source=d)
+
+
+def test_the_command_line_shows_the_warning_as_its_own_line(tiny_model, tmp_path):
+    """`slimgraph export` prints slimgraph's warnings like its errors: no library file, line number or code."""
+    import subprocess
+    import sys
+    import slimgraph
+    pt = tokenizers.pre_tokenizers
+    d = tmp_path / "src"
+    tiny_model.save_pretrained(d)
+    _train(pt.Sequence([pt.ByteLevel(add_prefix_space=False, use_regex=True), pt.Digits(individual_digits=True)]),
+           False).save_pretrained(d)
+    slimgraph.optimize(tiny_model).save(tmp_path / "m.sg")
+    p = subprocess.run([sys.executable, "-m", "slimgraph.cli", "export", tmp_path / "m.sg", "--format", "gguf",
+                        "--type", "f32", "--source", d, "-o", tmp_path / "m.gguf"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("slimgraph export: warning: export: ") and "written as 'default'" in line
+    assert "UserWarning" not in p.stderr and ".py:" not in p.stderr
+
+
+def test_an_output_path_no_writer_can_use_is_refused_before_any_work(tiny_model, tmp_path):
+    from slimgraph.export import ExportError, export
+    tiny_model.save_pretrained(tmp_path / "src")
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ExportError, match=r"folder is a folder, and a GGUF model is one file.*folder/model.gguf"):
+        to_gguf(tiny_model, tmp_path / "folder", type="f32", source=tmp_path / "src")
+    for fmt in ("gguf", "compressed-tensors", "gptq"):
+        with pytest.raises(ExportError, match=r"file.txt is a file, so .* cannot be written under it"):
+            export(tiny_model, tmp_path / "file.txt" / "out", format=fmt, source=tmp_path / "src")
+    assert (tmp_path / "file.txt").read_text() == "mine" and list((tmp_path / "folder").iterdir()) == []
