@@ -14,7 +14,7 @@ weights (`wq`, `wk` of each node) and the per-head window factors (`wf`, LoLCATs
 chunked causal kernel (codegen/torch_linear_attention.py), all layers in one step (they are independent
 given the recorded inputs). The trained weights are written into `compiled.graph` and the runner is rebuilt.
 
-Optional second stage (`end_to_end` > 0, a fraction of the budget): the same weights, all layers together,
+Second stage (`end_to_end`, a fraction of the budget; by default 60% for a language model): the same weights, all layers together,
 train through the whole model (the reference interpreter with autograd, every other weight frozen) to
 minimise the KL divergence from the softmax model's next-token distribution on the same sequences
 (self-distillation of the logits, as in Hedgehog's conversion experiments, Zhang et al. 2024 sec. 5.3;
@@ -156,10 +156,10 @@ def _logits(out: dict) -> torch.Tensor:
 
 
 def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor | None = None,
-                      num_seqs: int = 16, seq_len: int = 512, steps: int = 100_000,
+                      num_seqs: int = 12, seq_len: int = 1024, steps: int = 100_000,
                       time_budget_s: float | None = 300.0, cpu_budget_s: float | None = None,
                       lr: float = 3e-2, seed: int = 0, heldout: int = 1, progress: bool = True,
-                      end_to_end: float = 0.0, e2e_lr: float = 3e-3) -> DistillReport:
+                      end_to_end: float | None = None, e2e_lr: float = 1e-2) -> DistillReport:
     """Train the feature maps of `compiled` (a CompiledModel whose pipeline ran linearize-attention).
 
     Data: `ids` i64[n, seq], or `num_seqs` windows of `seq_len` tokens of `texts` (str or list of str; default
@@ -168,9 +168,15 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
     `time_budget_s` wall seconds or `cpu_budget_s` CPU seconds (time.process_time: the fair budget on a
     shared machine) of updates, whichever comes first; the teacher forwards are not counted. `end_to_end`
     in [0, 1): the fraction of the budget (and of `steps`) given to the second, end-to-end stage (module
-    docstring; KL from the softmax model's logits, Adam at `e2e_lr`, early-stopped on the held-out KL).
+    docstring; KL from the softmax model's logits, Adam at `e2e_lr`, early-stopped on the held-out KL);
+    None (the default) is E2E_DEFAULT for a language model whose feature maps a gradient from the logits
+    reaches, else 0 (stage 1 only). The defaults (12 x 1024 tokens, 60% end to end at Adam 1e-2) are the
+    best measured on SmolLM2-135M (benchmarks/RESULTS.md, issue 17: at 300 CPU-s perplexity +49% vs +79%
+    for stage 1 alone; sequences of 1024 tokens beat 512). Memory: the records (module docstring) plus the
+    teacher's log-probabilities, seq x vocab x 2 bytes per sequence (SmolLM2: 100 MB per 1024 tokens).
     Returns a DistillReport. Raises DistillationError when the graph has no linear_attention, no data is
-    given, or `end_to_end` is out of range or set on a graph without a `logits` output."""
+    given, or an explicit `end_to_end` is out of range or set on a graph without a `logits` output or
+    whose outputs no gradient connects to the feature maps."""
     from .draft import _optimize, rebuild_runner
     graph = compiled.graph
     nodes = linear_attention_nodes(graph)
@@ -196,14 +202,21 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
                                 f"softmax part (window {w} + {s} sinks, and the query itself): no key is ever linear, "
                                 f"so the feature maps would not train; use sequences longer than {w + s + 1} tokens "
                                 f"(seq_len=, or wider ids)")
-    if not 0.0 <= end_to_end < 1.0:
+    if end_to_end is not None and not 0.0 <= end_to_end < 1.0:
         raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
                                 f"end-to-end stage, in [0, 1); got {end_to_end}")
+    ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
+    if end_to_end is None:       # auto: the second stage where it can train (a language model, maps reachable)
+        end_to_end = E2E_DEFAULT if _reaches_the_maps(graph, nodes, ws, ids) else 0.0
+    elif end_to_end > 0 and not _reaches_the_maps(graph, nodes, ws, ids, explain=True):
+        raise DistillationError(   # _reaches_the_maps(explain=True) raised for a graph without logits
+            "distill_attention(end_to_end=...): no gradient reaches the feature maps through this graph's "
+            "outputs (quantize-activations rounds activations, with zero gradient); distill with end_to_end=0, "
+            "or on a pipeline without quantize-activations")
     t0 = time.perf_counter()
     records, teacher_logp = teacher_records(compiled, ids, nodes, progress, logits=end_to_end > 0)
     data_s = time.perf_counter() - t0
     n_train = len(ids) - heldout
-    ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
     kernel = _kernel()
 
     def layer_out(i, node, rows):
@@ -276,14 +289,6 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
     def loss_fn():
         return kl(int(torch.randint(0, n_train, (1,), generator=gen)))
 
-    # a short probe: some gradient must reach the feature maps (quantize-activations rounds with zero gradient)
-    probe = min(ids.shape[1], 2 * max(n.attrs["window"] + n.attrs["sinks"] for n in nodes) + 16)
-    grads = torch.autograd.grad(kl(0, probe), params, allow_unused=True)
-    if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
-        raise DistillationError(
-            "distill_attention(end_to_end=...): no gradient reaches the feature maps through this graph's "
-            "outputs (quantize-activations rounds activations, with zero gradient); distill with end_to_end=0, "
-            "or on a pipeline without quantize-activations")
     has_heldout = len(ids) > n_train
     before = heldout_kl() if has_heldout else float("nan")
     opt = torch.optim.Adam(params, lr=lr)
@@ -293,6 +298,25 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
                                          heldout_loss=heldout_kl if has_heldout else None, every=10)
     after = heldout_kl() if has_heldout else float("nan")
     return step, cpu, before, after, seconds
+
+
+E2E_DEFAULT = 0.6     # the end-to-end stage's share of the budget when distill_attention picks it (end_to_end=None)
+
+
+def _reaches_the_maps(graph, nodes, ws, ids, explain: bool = False) -> bool:
+    """Whether the graph has a `logits` output and a gradient from it reaches the feature maps (a short probe:
+    one forward and backward over the first tokens of the first sequence; quantize-activations rounds with
+    zero gradient). `explain`: a graph without `logits` raises the error that names its outputs."""
+    if "logits" not in {v.name for v in graph.outputs}:
+        if explain:
+            _logits({v.name: None for v in graph.outputs})
+        return False
+    student = _Student(graph, {id(n): w for n, w in zip(nodes, ws)}, _kernel())
+    probe = min(ids.shape[1], 2 * max(n.attrs["window"] + n.attrs["sinks"] for n in nodes) + 16)
+    logits = _logits(_decoder(graph, student.run).prefill(ids[:1, :probe])).float()
+    grads = torch.autograd.grad(F.log_softmax(logits, -1)[..., 0].sum(), [p for pair in ws for p in pair],
+                                allow_unused=True)
+    return any(g is not None and bool(g.abs().sum() > 0) for g in grads)
 
 
 def _kernel():

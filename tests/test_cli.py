@@ -461,7 +461,7 @@ def llama_with_tokenizer(tmp_path_factory):
 
 
 def test_a_text_calibration_of_any_length_trains_the_maps(llama_with_tokenizer, tmp_path):
-    """A text --calibration shorter than distill_attention's own 16 x 512 tokens is cut into rows and trains;
+    """A text --calibration shorter than distill_attention's own 12 x 1024 tokens is cut into rows and trains;
     one too short for the window is refused before optimizing, in tokens of text."""
     from slimgraph.evaluate import load_text
     src, tok = llama_with_tokenizer
