@@ -2,6 +2,7 @@
 
     cache_dir("tvm-cpu")              # Path: <root>/tvm-cpu (not created)
     atomic_write(path, data)          # path holds the old bytes or the new ones, never a mix
+    blocking_file(path)               # the file standing where a folder of `path` must go, or None
 
 The root is the first of:
 
@@ -36,6 +37,15 @@ def cache_dir(kind: str) -> Path:
         root = os.path.join(xdg, "slimgraph") if xdg and os.path.isabs(xdg) \
             else os.path.join(os.path.expanduser("~"), ".cache", "slimgraph")
     return Path(root) / kind
+
+
+def blocking_file(path: str | os.PathLike) -> Path | None:
+    """The nearest existing ancestor folder of `path` when it is not a folder (so nothing can be written at
+    `path`: an output path under a file), else None. Checked before long work that ends in a write."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:

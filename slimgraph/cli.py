@@ -116,12 +116,11 @@ def cmd_compile(args) -> None:
 def _check_output(out: Path, args) -> None:
     """What save would refuse after optimizing: an existing artifact without --force, a path that exists and
     is not an artifact (--force replaces artifacts only), or a file where a folder of the path must go."""
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CliError(f"-o {args.output}: {parent} is a file, but the artifact {out} is a folder that "
-                               f"must go inside it; choose another -o")
-            break
+    from .cache import blocking_file
+    parent = blocking_file(out)
+    if parent is not None:
+        raise CliError(f"-o {args.output}: {parent} is a file, but the artifact {out} is a folder that "
+                       f"must go inside it; choose another -o")
     if not out.exists():
         return
     from .artifact import MANIFEST

@@ -35,12 +35,11 @@ def check_output(path, format: str) -> None:
     existing folder. (The checkpoint writers refuse an existing path that is not a checkpoint themselves.)"""
     from pathlib import Path
     path = Path(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ExportError(f"export: {parent} is a file, so {path} cannot be written under it; choose "
-                                  f"another output path")
-            break
+    from ..cache import blocking_file
+    parent = blocking_file(path)
+    if parent is not None:
+        raise ExportError(f"export: {parent} is a file, so {path} cannot be written under it; choose "
+                          f"another output path")
     if format == "gguf" and path.is_dir():
         raise ExportError(f"export: {path} is a folder, and a GGUF model is one file: give a file path "
                           f"(e.g. {path / 'model.gguf'})")
