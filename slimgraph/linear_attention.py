@@ -206,10 +206,13 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
                                 f"end-to-end stage, in [0, 1); got {end_to_end}")
     ws = [tuple(torch.nn.Parameter(v.tensor.detach().float().clone()) for v in n.inputs[5:8]) for n in nodes]
+    has_logits = "logits" in {v.name for v in graph.outputs}
     if end_to_end is None:       # auto: the second stage where it can train (a language model, maps reachable)
-        end_to_end = E2E_DEFAULT if _reaches_the_maps(graph, nodes, ws, ids) else 0.0
-    elif end_to_end > 0 and not _reaches_the_maps(graph, nodes, ws, ids, explain=True):
-        raise DistillationError(   # _reaches_the_maps(explain=True) raised for a graph without logits
+        end_to_end = E2E_DEFAULT if has_logits and _reaches_the_maps(graph, nodes, ws, ids) else 0.0
+    elif end_to_end > 0 and not has_logits:
+        _logits(dict.fromkeys(v.name for v in graph.outputs))      # raises: names the graph's outputs
+    elif end_to_end > 0 and not _reaches_the_maps(graph, nodes, ws, ids):
+        raise DistillationError(
             "distill_attention(end_to_end=...): no gradient reaches the feature maps through this graph's "
             "outputs (quantize-activations rounds activations, with zero gradient); distill with end_to_end=0, "
             "or on a pipeline without quantize-activations")
@@ -303,14 +306,9 @@ def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_b
 E2E_DEFAULT = 0.6     # the end-to-end stage's share of the budget when distill_attention picks it (end_to_end=None)
 
 
-def _reaches_the_maps(graph, nodes, ws, ids, explain: bool = False) -> bool:
-    """Whether the graph has a `logits` output and a gradient from it reaches the feature maps (a short probe:
-    one forward and backward over the first tokens of the first sequence; quantize-activations rounds with
-    zero gradient). `explain`: a graph without `logits` raises the error that names its outputs."""
-    if "logits" not in {v.name for v in graph.outputs}:
-        if explain:
-            _logits({v.name: None for v in graph.outputs})
-        return False
+def _reaches_the_maps(graph, nodes, ws, ids) -> bool:
+    """Whether a gradient from the graph's `logits` reaches the feature maps (a short probe: one forward and
+    backward over the first tokens of the first sequence; quantize-activations rounds with zero gradient)."""
     student = _Student(graph, {id(n): w for n, w in zip(nodes, ws)}, _kernel())
     probe = min(ids.shape[1], 2 * max(n.attrs["window"] + n.attrs["sinks"] for n in nodes) + 16)
     logits = _logits(_decoder(graph, student.run).prefill(ids[:1, :probe])).float()
