@@ -443,3 +443,14 @@ def test_by_default_a_language_model_gets_the_end_to_end_stage(model):
     _, r = _distilled(model, 0, steps=10, time_budget_s=None)
     assert r.e2e_steps == round(10 * E2E_DEFAULT) and r.steps == 10
     assert r.heldout_kl == r.heldout_kl and "end to end" in str(r)
+
+
+def test_the_end_to_end_stage_needs_a_logits_output_and_by_default_is_left_out_without_one(model):
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="hedgehog", w=4, s=1))
+    next(v for v in c.graph.outputs if v.name == "logits").name = "scores"     # not a language model's output
+    with pytest.raises(DistillationError, match="no `logits` output.*scores"):
+        slimgraph.distill_attention(c, ids=ids(6 * 48, seed=11).view(6, 48), steps=2, end_to_end=0.5, progress=False)
+    r = slimgraph.distill_attention(c, ids=ids(6 * 48, seed=11).view(6, 48), steps=2, time_budget_s=None,
+                                    progress=False)
+    assert r.steps == 2 and r.e2e_steps == 0
