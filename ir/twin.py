@@ -29,7 +29,6 @@ _DEQUANT = {"qlinear": "linear", "qembedding": "embedding", "dequantize": None}
 def float_twin(graph: Graph, dtype: str = "bf16", outputs: list[str] | None = None) -> Graph:
     """The float twin of `graph` in `dtype` (module docstring). `outputs`: the graph outputs to keep (by
     name; state outputs are always kept), others and the nodes only they need are dropped."""
-    from ..passes.dce import DeadCodeElimination
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"float_twin(): dtype {dtype!r} is not a float dtype ({', '.join(sorted(FLOAT_DTYPES))})")
     names = {v.name for v in graph.outputs}
@@ -46,13 +45,19 @@ def float_twin(graph: Graph, dtype: str = "bf16", outputs: list[str] | None = No
 
     for v in graph.inputs:
         m[v] = g.add_input(v.name, ty(v.type))
-    consumed = _packed_operands(graph)
-    for name, w in graph.weights.items():
-        if w in consumed:
-            continue
-        t = w.tensor
-        m[w] = g.add_weight(name, t.to(tdt) if t.is_floating_point() else t)
+    state_outs = {s.output for s in graph.states}
+    keep = [v for v in graph.outputs if outputs is None or v.name in outputs or v in state_outs]
+    needed = _needed_nodes(keep)
+
+    def val(v):                                     # a weight enters the twin when a kept node first reads it
+        if v not in m and v.is_weight:
+            t = v.tensor
+            m[v] = g.add_weight(v.name, t.to(tdt) if t.is_floating_point() else t)
+        return m[v]
+
     for node in graph.nodes:
+        if node not in needed:
+            continue
         op = get_op(node.op)
         attrs = {k: (dtype if op.attrs.get(k) is not None and op.attrs[k].kind == "dtype" and v in FLOAT_DTYPES
                      else v) for k, v in node.attrs.items()}
@@ -60,15 +65,15 @@ def float_twin(graph: Graph, dtype: str = "bf16", outputs: list[str] | None = No
             w = _dequantized(g, node, tdt)
             if node.op == "qlinear":
                 bias = _qlinear_bias(node)
-                out = g.op("linear", m[node.inputs[0]], w, *([m[bias]] if bias is not None else []))
+                out = g.op("linear", val(node.inputs[0]), w, *([val(bias)] if bias is not None else []))
             elif node.op == "qembedding":
-                out = g.op("embedding", w, m[node.inputs[0]])
+                out = g.op("embedding", w, val(node.inputs[0]))
             else:
                 out = w
         elif node.op == "quantize_activation":
-            out = m[node.inputs[0]]
+            out = val(node.inputs[0])
         else:
-            n2 = g.add_node(node.op, [m[v] for v in node.inputs], attrs,
+            n2 = g.add_node(node.op, [val(v) for v in node.inputs], attrs,
                             names=[g.fresh_name(o.name) for o in node.outputs])
             n2.meta = dict(node.meta)
             for o, o2 in zip(node.outputs, n2.outputs):
@@ -77,32 +82,21 @@ def float_twin(graph: Graph, dtype: str = "bf16", outputs: list[str] | None = No
         if out.kind == "node" and not g.has_name(node.output.name):
             g.rename(out, node.output.name)
         m[node.output] = out
-    state_outs = {s.output for s in graph.states}
-    keep = [v for v in graph.outputs if outputs is None or v.name in outputs or v in state_outs]
-    g.set_outputs([m[v] for v in keep])
+    g.set_outputs([val(v) for v in keep])
     for s in graph.states:
         g.declare_state(s.name, m[s.input], m[s.output], s.kind, **s.attrs)
-    DeadCodeElimination().run(g)
-    for name, w in list(g.weights.items()):        # read only by dropped nodes (e.g. draft heads)
-        if w.unused and not g.is_output(w):
-            g.remove_weight(name)
     return g
 
 
-def _packed_operands(graph) -> set:
-    """Weights read only as packed operands of qlinear/qembedding/dequantize (replaced by float weights)."""
-    packed = {}
-    for node in graph.nodes:
-        if node.op in _DEQUANT:
-            first = 0 if node.op == "dequantize" else 1
-            ops = node.inputs[first:first + _n_packed(node)]
-            for v in ops:
-                packed[v] = packed.get(v, True)
-    for node in graph.nodes:                        # read elsewhere too (e.g. a bias): keep it
-        for i, v in enumerate(node.inputs):
-            if v in packed and not (node.op in _DEQUANT and v in _packed_slice(node)):
-                packed[v] = False
-    return {v for v, only in packed.items() if only and v.is_weight}
+def _needed_nodes(outputs) -> set:
+    """The nodes whose results `outputs` depend on (what the twin replays; the rest, e.g. draft heads, is left out)."""
+    seen, stack = set(), [v.producer for v in outputs if v.producer is not None]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(v.producer for v in n.inputs if v.producer is not None and v.producer not in seen)
+    return seen
 
 
 def _n_packed(node) -> int:
