@@ -38,8 +38,10 @@ FP32 = "canonicalize,cse,dce"
 # w4a8: int8 activations (cpu: VNNI); w4a16: int16 activations (cpu: VNNI on two int8 halves: a verify runs 2k rows)
 BASES = {"fp32": FP32, "int4": INT4, "w4a8": INT4 + ",quantize-activations",
          "w4a16": INT4 + ",quantize-activations{bits=16}"}
-MODES = ("plain", "lookup", "medusa-chain", "medusa-tree", "medusa-tree+lookup", "eagle-chain", "eagle-tree",
-         "eagle-tree+lookup")
+# "-dynamic": speculative="tree", tree="dynamic" (slimgraph/dynamic_tree.py: cost-aware, sized per verify)
+MODES = ("plain", "lookup", "lookup-dynamic", "medusa-chain", "medusa-tree", "medusa-tree+lookup", "medusa-dynamic",
+         "medusa-dynamic+lookup", "eagle-chain", "eagle-tree", "eagle-tree+lookup", "eagle-dynamic",
+         "eagle-dynamic+lookup")
 
 
 def parse_modes(modes: str, lookup: str):
@@ -154,10 +156,12 @@ def main():
                 kind, _, how = mode.partition("-")
                 how, plus, _ = how.partition("+")
                 if kind.startswith("lookup"):  # prompt lookup alone, on the base without heads
-                    c, spec, lookup = plain, "chain", int(kind[len("lookup"):] or lookups[0])
+                    c, spec, lookup = plain, how or "chain", int(kind[len("lookup"):] or lookups[0])
                 else:
                     c, spec, lookup = compiled[kind], how or False, lookups[0] if plus else 0
-                out = generate(c, p[None], args.new, eos_token_id=None, speculative=spec, lookup=lookup)
+                tree = "dynamic" if spec == "dynamic" else None
+                out = generate(c, p[None], args.new, eos_token_id=None, speculative="tree" if tree else spec,
+                               tree=tree, lookup=lookup)
                 st = c.last_generate_stats
                 outs[mode] = out
                 r = rows[mode]

@@ -24,9 +24,12 @@ print(slimgraph.train_draft_heads(fast, tokenizer=tok, num_prompts=16, new_token
 ids = tok("The three most important ideas in computer science are", return_tensors="pt").input_ids
 plain = fast.generate(ids, 64, speculative=False)
 plain_s = fast.last_generate_stats.decode_s
-for mode, lookup in (("chain", 0), ("tree", 0), ("tree", 8)):
-    out = fast.generate(ids, 64, speculative=mode, lookup=lookup)
+FIXED = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 0, 0)]      # a Medusa-style tree of top-k ranks
+for mode, tree, lookup in (("chain", None, 0), ("tree", FIXED, 0), ("tree", "dynamic", 0), ("tree", "dynamic", 8)):
+    # the dynamic tree (the default) verifies only what pays off at this model's measured verify cost
+    out = fast.generate(ids, 64, speculative=mode, tree=tree, lookup=lookup)
     st = fast.last_generate_stats
-    print(f"{st.speculative}: same tokens as greedy: {torch.equal(out, plain)}, {st.mean_acceptance:.2f} tokens per forward, "
+    label = st.speculative + (" (dynamic)" if tree == "dynamic" else " (fixed)" if tree else "")
+    print(f"{label}: same tokens as greedy: {torch.equal(out, plain)}, {st.mean_acceptance:.2f} tokens per forward, "
           f"decode {plain_s / st.decode_s:.2f}x plain")
 print(tok.decode(out[0]))

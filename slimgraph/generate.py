@@ -61,9 +61,12 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
     Timing is stored on `compiled.last_generate_stats` (a GenerateStats).
 
     `speculative`: None (default) decodes speculatively with the graph's draft heads when it has them
-    (Medusa `draft_logits_*` outputs or EAGLE weights, passes/draft_heads.py) for batch 1 (else plainly);
-    "chain" or True, "tree" (greedy only; with `tree`, paths of top-k ranks, default
-    slimgraph.speculative.DEFAULT_TREE) ask for it; False never. Greedy: the output is the greedy output
+    (Medusa `draft_logits_*` outputs or EAGLE weights, passes/draft_heads.py) for batch 1 (else plainly):
+    greedy, a dynamic tree; sampled, a chain. "chain" or True, "tree" (greedy only) ask for it; False never.
+    `tree`: "dynamic" (the default) sizes each verify's tree from the drafts' confidences and this model's
+    measured verify cost (slimgraph/dynamic_tree.py: on a CPU, where every verified row costs, a tree the
+    drafts cannot pay for shrinks to plain steps), or a fixed tree as paths of top-k ranks
+    (slimgraph.speculative.DEFAULT_TREE is a Medusa-style one). Greedy: the output is the greedy output
     either way. Sampling (chain): the rejection rule keeps the distribution of plain sampling
     (slimgraph/speculative.py).
     `lookup`: up to this many tokens per verify (and a verify's candidates at most speculative.MAX_VERIFY = 64)
@@ -76,7 +79,7 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
             and bool(attention_mask.bool().all())):
         attention_mask = None    # no pads (a tokenizer's mask of ones): one plain prompt per row, as without it
     _check_positions(compiled, input_ids, max_new_tokens, attention_mask)
-    mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup)
+    mode = _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup, tree)
     if tree is not None and mode != "tree":
         raise GenerateError(f"generate(): tree= is used by speculative='tree' only (this call decodes "
                             f"{'plainly' if mode is None else 'a chain'}); pass speculative='tree' or drop tree=")
@@ -85,8 +88,9 @@ def generate(compiled, input_ids: torch.Tensor, max_new_tokens: int, *, do_sampl
         if input_ids.shape[0] > 1 or attention_mask is not None:
             return _generate_speculative_batch(compiled, input_ids, max_new_tokens, attention_mask, eos_token_id,
                                                streamer, sample)
-        return _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample,
-                                     lookup)
+        return _generate_speculative(compiled, input_ids, max_new_tokens, mode,
+                                     "dynamic" if mode == "tree" and tree is None else tree, eos_token_id, streamer,
+                                     sample, lookup)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     batch, prompt_len = input_ids.shape
     ids = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
@@ -129,7 +133,7 @@ def _rows(input_ids, attention_mask) -> str:
     return f"batch {b}" + (" with left padding (attention_mask)" if attention_mask is not None else "")
 
 
-def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0):
+def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0, tree=None):
     from .speculative import num_heads
     import operator
     try:
@@ -152,7 +156,7 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     if speculative is None:
         plain = (input_ids.shape[0] != 1 or attention_mask is not None
                  or not (num_heads(compiled.graph) or lookup))
-        return None if plain else "chain"
+        return None if plain else ("tree" if num_heads(compiled.graph) and not do_sample else "chain")
     if speculative is False:
         return None
     mode = "chain" if speculative is True else speculative
@@ -164,14 +168,18 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     if mode == "tree" and (input_ids.shape[0] != 1 or attention_mask is not None):
         raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no padding), got "
                             f"{_rows(input_ids, attention_mask)}; a batch verifies chains: use speculative='chain'")
-    if not num_heads(compiled.graph) and not (lookup and mode == "chain"):
+    if not num_heads(compiled.graph) and not (lookup and (mode == "chain" or _is_dynamic(tree))):
         if lookup:
-            raise GenerateError("generate(): speculative='tree' needs draft heads; lookup alone drafts a chain: "
-                                "use speculative=None or 'chain'")
+            raise GenerateError("generate(): a speculative tree of ranks needs draft heads; lookup alone drafts a "
+                                "chain or a dynamic tree: use speculative='chain', or tree='dynamic'")
         raise GenerateError("generate(): speculative decoding needs draft heads: compile with a pipeline "
                             "containing 'insert-draft-heads{num_heads=4}' and train them (slimgraph.train_draft_heads)"
                             + ("" if mode == "tree" else ", or draft by prompt lookup (lookup=8)"))
     return mode
+
+
+def _is_dynamic(tree) -> bool:
+    return isinstance(tree, str) and tree == "dynamic"
 
 
 def _generate_speculative(compiled, input_ids, max_new_tokens, mode, tree, eos_token_id, streamer, sample=None,

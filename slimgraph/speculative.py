@@ -22,6 +22,9 @@ and a left-padded batch over a ring take the one-call attention (~1e-7 off the s
   (0, 1) = head 0's best then head 1's second best; all nodes run in one forward under a tree mask in
   which each node sees its ancestors; the deepest accepted node's path is kept (`accept(path=...)`).
 
+- dynamic tree (`tree="dynamic"`, slimgraph/dynamic_tree.py): the drafter's nodes scored by confidence
+  (EAGLE-2, Li et al. 2024, arXiv:2406.16858) and lookup drafts scored by their learned acceptance, then
+  as many as maximise expected tokens per second under the verify cost measured on this model.
 - EAGLE heads (`kind=eagle`, slimgraph/eagle.py) draft the same chains and trees autoregressively: the
   token of node (r1, .., rd) is the r_d-th best guess after the drafted path (r1, .., r_{d-1}).
 - Sampling (do_sample=True, chain): drafts are sampled from the heads' distributions q and verified with
@@ -118,6 +121,10 @@ class MedusaDrafter:
         drafts = torch.stack([self.row[d].topk(tree.topk).indices for d in range(tree.depth)])
         return [int(drafts[len(p) - 1, p[-1]]) for p in tree.paths[1:]]
 
+    def draft_scored(self, depth, width, topk, floor=0.0):
+        from .dynamic_tree import medusa_scored
+        return medusa_scored(self.row, depth, width, topk, floor)
+
     def sample_chain(self, depth, warp, generator=None):
         q = warp(torch.stack(self.row[:depth])) if depth else torch.zeros(0, 1)
         toks = [int(torch.multinomial(q[j], 1, generator=generator)) for j in range(depth)]
@@ -142,6 +149,9 @@ class EagleDrafter:
 
     def draft_tree(self, tree):
         return self.impl.draft_tree(tree)
+
+    def draft_scored(self, depth, width, topk, floor=0.0):
+        return self.impl.draft_scored(depth, width, topk, floor)
 
     def sample_chain(self, depth, warp, generator=None):
         return self.impl.sample_chain(depth, warp, generator)
@@ -186,14 +196,28 @@ class NgramIndex:
                 self.after[tuple(self.tokens[i - n:i])] = i
             self.tokens.append(int(tok))
 
-    def draft(self, k: int) -> list[int]:
-        """Up to k tokens for a match of nmax tokens, half as many per token shorter (fewer, or none, when the
-        context ends first or no suffix n-gram occurred before)."""
+    def match(self, k: int, extend: int = 0) -> tuple[list[int], int]:
+        """(up to k tokens that followed the most recent earlier occurrence of the context's longest suffix
+        n-gram, n); ([], 0) when no suffix n-gram of nmin..nmax tokens occurred before. With `extend`, a
+        match of nmax tokens is followed further back, and n is how many tokens before the occurrence
+        agree with the context's end (up to `extend`): a long agreement is a repeat or a loop, whose
+        continuation is far more often right than a short one's (slimgraph/dynamic_tree.py keys on it)."""
         for n in range(min(self.nmax, len(self.tokens)), self.nmin - 1, -1):
             start = self.after.get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start:start + max(1, k >> (self.nmax - n))] if k > 0 else []
-        return []
+                toks = self.tokens[start:start + max(k, 0)]
+                if n == self.nmax:
+                    t = self.tokens
+                    while n < extend and start - 1 - n >= 0 and t[start - 1 - n] == t[-1 - n]:
+                        n += 1
+                return toks, n
+        return [], 0
+
+    def draft(self, k: int) -> list[int]:
+        """Up to k tokens for a match of nmax tokens, half as many per token shorter (fewer, or none, when the
+        context ends first or no suffix n-gram occurred before)."""
+        toks, n = self.match(k)
+        return toks[:max(1, k >> (self.nmax - n))] if n and k > 0 else []
 
 
 class Candidates:
@@ -254,7 +278,16 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
     drafter = drafter_for(dec.graph) if num_heads(dec.graph) or not lookup else None
     k = drafter.depth if drafter is not None else 0
     t = None
-    if mode == "tree":
+    policy = None
+    if mode == "tree" and isinstance(tree, str):
+        if tree != "dynamic":
+            raise SpeculativeError(f"tree={tree!r}: give 'dynamic' (cost-aware, slimgraph/dynamic_tree.py) or a list "
+                                   f"of paths of top-k ranks")
+        if sample is not None:
+            raise SpeculativeError("sampling (do_sample=True) verifies a chain; use speculative='chain'")
+        from . import dynamic_tree
+        policy = dynamic_tree.policy_of(dec.compiled, MAX_VERIFY)
+    elif mode == "tree":
         if sample is not None:
             raise SpeculativeError("sampling (do_sample=True) verifies a chain; use speculative='chain' (the tree "
                                    "rejection rule is not implemented)")
@@ -290,6 +323,8 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         room = max_new_tokens - len(new)                 # tokens still allowed; a verify emits <= its length
         if sample is not None:
             path, kept, res = _sampled_round(dec, drafter, token, min(k, room - 1), *sample)
+        elif policy is not None:
+            path, kept, res = _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup)
         else:
             tt = t
             if tt is None:
@@ -317,6 +352,59 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         if drafter is not None:
             drafter.accepted(res, path, kept)
         token = kept[-1]
+
+
+# dynamic trees: each depth expands the DYNAMIC_WIDTH best nodes with their DYNAMIC_TOPK best tokens; nodes whose
+# confidence is under DYNAMIC_FLOOR are not expanded (their children could not pay for their rows)
+DYNAMIC_WIDTH, DYNAMIC_TOPK, DYNAMIC_FLOOR = 4, 4, 0.02
+# lookup matches are followed back up to this many tokens; their acceptance is learned per match length in
+# buckets 1, 2, 3, 4-7, 8-15, 16+ (a long agreement with an earlier passage is a repeat, often a loop)
+LOOKUP_EXTEND = 16
+
+
+def _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup):
+    """One verify of a dynamic, cost-aware tree (slimgraph/dynamic_tree.py): (accepted path, emitted tokens,
+    outputs). The verify is timed into the compiled model's VerifyClock."""
+    import time
+    from .dynamic_tree import Scored
+    t0 = time.perf_counter()
+    depth = min(k, room - 1)
+    looked, n_match = ngrams.match(min(lookup, room - 1), LOOKUP_EXTEND) if ngrams is not None else ([], 0)
+    n_match = n_match if n_match < 4 else 4 << min(2, (n_match.bit_length() - 3))   # buckets 1 2 3 4 8 16
+    heads = bool(drafter and depth and policy.heads_worth(bool(looked)))
+    th = time.perf_counter()
+    scored = drafter.draft_scored(depth, DYNAMIC_WIDTH, DYNAMIC_TOPK, policy.floor(DYNAMIC_FLOOR)) if heads else Scored()
+    draft_s = time.perf_counter() - t0
+    parents, tokens, info = policy.select(scored, looked, n_match, draft_s, room)
+    if heads:
+        policy.heads_drafted(bool(looked), time.perf_counter() - th, max(scored.depth, default=1), info)
+    c = Candidates(token)
+    children: dict = {}
+    for p, tok in zip(parents, tokens):
+        c._add(tok, p, children)
+    n = len(c.ids)
+    c.is_chain = all(c.parent[i] == i - 1 for i in range(1, n))
+    if not c.is_chain and not dec.tree_ok(n):
+        # a model whose own window cannot take a tree now: the best-valued node's path as a chain
+        best = max(range(1, n), key=lambda i: (info[i - 1][2], -i))
+        keep = []
+        while best > 0:
+            keep.append(best)
+            best = c.parent[best]
+        keep = keep[::-1]
+        c = Candidates(token, None, (), [[c.ids[i] for i in keep]])
+        info = [info[i - 1] for i in keep]
+        n = len(c.ids)
+    c.mask = None if c.is_chain else ancestor_mask(c.parent)
+    t1 = time.perf_counter()
+    res = _host(dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask))
+    base = res["logits"][0].argmax(-1).tolist()
+    t2 = time.perf_counter()
+    policy.clock.observe(n, t2 - t1)
+    path = c.accepted_path(base)[:room]
+    policy.observe(len(path), t2 - t0)
+    policy.learn(info, set(path[1:]), n_match, len(looked))
+    return path, [c.ids[i] for i in path[1:]] + [base[path[-1]]], res
 
 
 def _host(outputs: dict) -> dict:

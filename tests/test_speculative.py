@@ -46,17 +46,23 @@ def trained():
     return c, report
 
 
-def check_identical(c, ps, new=24, **kw):
+def check_identical(c, ps, new=24, tree=None):
+    """Chain, fixed tree (`tree`, default the Medusa-style DEFAULT_TREE cut to the heads) and dynamic tree
+    decoding equal plain greedy decoding; returns the chain's and the fixed tree's acceptance lengths (the
+    dynamic tree's depends on timing: it verifies what pays off on this machine)."""
+    from slimgraph.speculative import DEFAULT_TREE, num_heads
+    fixed = tree or [t for t in DEFAULT_TREE if len(t) <= num_heads(c.graph)]
     acc = []
     for p in ps:
         want = generate(c, p[None], new, speculative=False)
-        for mode in ("chain", "tree"):
-            got = generate(c, p[None], new, speculative=mode, **(kw if mode == "tree" else {}))
-            assert torch.equal(got, want), (mode, p)
+        for mode, t in (("chain", None), ("tree", fixed), ("tree", "dynamic")):
+            got = generate(c, p[None], new, speculative=mode, tree=t)
+            assert torch.equal(got, want), (mode, t, p)
             st = c.last_generate_stats
             assert st.speculative == mode and st.new_tokens == new and st.verifies >= 1
             assert 1.0 <= st.mean_acceptance <= 1 + 3      # at most the bonus + all 3 heads per verify
-            acc.append(st.mean_acceptance)
+            if t != "dynamic":
+                acc.append(st.mean_acceptance)
     return acc
 
 
@@ -113,7 +119,9 @@ def test_eos_and_max_new_tokens_match_plain_decoding(random_heads):
 def test_auto_mode_uses_the_heads_for_greedy_batch_1_only(random_heads):
     c = random_heads
     generate(c, prompts(1), 10)
-    assert c.last_generate_stats.speculative == "chain"
+    assert c.last_generate_stats.speculative == "tree"            # greedy: the dynamic tree
+    generate(c, prompts(1), 10, do_sample=True)
+    assert c.last_generate_stats.speculative == "chain"           # sampled: a chain (the rejection rule)
     generate(c, prompts(2), 10)
     assert c.last_generate_stats.speculative is None
 
@@ -180,7 +188,7 @@ def test_eagle_drafter_cache_matches_a_full_recomputation():
     P, (steps, heads, _) = E.params(g), E.config(g)
     torch.manual_seed(0)
     feats, toks = torch.randn(9, 64), torch.randint(0, VOCAB, (9,))
-    d = E.EagleDrafter(g)
+    d = E.EagleDrafter(g, dtype=torch.float32)     # the cache logic, exactly (drafting defaults to bf16)
     d.extend(feats[:4], toks[:4])
     d.extend(feats[4:], toks[4:])
     got = d.draft_tree(chain(3))
@@ -470,7 +478,9 @@ def test_training_and_prompt_options_that_cannot_work_are_clear_errors():
 
 def test_generate_refuses_a_tree_argument_it_would_ignore(random_heads):
     with pytest.raises(GenerateError, match="speculative='tree' only"):
-        generate(random_heads, prompts(1), 4, tree=[(0,)])
+        generate(random_heads, prompts(1), 4, speculative="chain", tree=[(0,)])
+    with pytest.raises(GenerateError, match="speculative='tree' only"):
+        generate(random_heads, prompts(2), 4, tree=[(0,)])            # a batch decodes plainly by default
     with pytest.raises(GenerateError, match="ranks must be in"):
         generate(random_heads, prompts(1), 4, speculative="tree", tree=[(0,), (VOCAB + 5,)])
     with pytest.raises(GenerateError, match="give 1..63 paths, got 0"):     # not silently the default tree
@@ -491,6 +501,7 @@ def test_lookup_with_heads_on_an_index_windowed_model_falls_back_to_one_chain():
     p = repetitive_prompt()
     want = generate(c, p, 40, speculative=False)
     assert torch.equal(generate(c, p, 40, speculative="chain", lookup=6), want)     # runs past the window
+    assert torch.equal(generate(c, p, 40, lookup=6), want)                          # the dynamic tree too
 
 
 def test_bench_speculative_lookup_list_and_modes_are_checked_before_any_model_loads():
