@@ -31,6 +31,7 @@ import slimgraph
 from slimgraph import evaluate, zoo
 from slimgraph.draft import prompt_ids, self_distillation_data
 from slimgraph.generate import generate
+from slimgraph.speculative import DEFAULT_TREE, num_heads
 
 INT4 = ("canonicalize,quantize-weights{bits=4,group=64},quantize-weights{bits=8,group=0,include=[lm_head.weight]},"
         "fuse-dequant-matmul,merge-sibling-linears,cse,dce")
@@ -159,7 +160,9 @@ def main():
                     c, spec, lookup = plain, how or "chain", int(kind[len("lookup"):] or lookups[0])
                 else:
                     c, spec, lookup = compiled[kind], how or False, lookups[0] if plus else 0
-                tree = "dynamic" if spec == "dynamic" else None
+                # "-tree": the fixed Medusa-style DEFAULT_TREE (cut to the heads' depth); "-dynamic": the default
+                tree = ("dynamic" if spec == "dynamic" else
+                        [t for t in DEFAULT_TREE if len(t) <= num_heads(c.graph)] if spec == "tree" else None)
                 out = generate(c, p[None], args.new, eos_token_id=None, speculative="tree" if tree else spec,
                                tree=tree, lookup=lookup)
                 st = c.last_generate_stats
