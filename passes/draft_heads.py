@@ -71,6 +71,9 @@ def eagle_shapes(graph, hidden: int) -> dict:
         if ".layers.0.mlp." in name and ("gate_proj" in name or "up_proj" in name or "fc1" in name) \
                 and w.type.rank == 2 and not name.endswith((".scales", ".zeros")):
             ffn = int(w.type.shape[0])
+            # gate and up as one matrix [2 x ffn, d]: merged by merge-sibling-linears, or Phi-3's own gate_up_proj
+            if "gate_up_proj" in name or ("gate_proj" in name and ".merged" in name):
+                ffn //= 2
             break
     heads = max(1, hidden // EAGLE_HEAD_DIM)
     if hidden % heads:

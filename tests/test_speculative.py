@@ -241,6 +241,16 @@ def test_eagle_on_an_int4_base_and_dce_keeps_its_weights():
     assert "draft_heads.eagle.fc.weight" in g.weights
 
 
+@pytest.mark.parametrize("pipeline", ["canonicalize,", "canonicalize,merge-sibling-linears,",
+                                      "canonicalize,quantize-weights{bits=4,group=32},fuse-dequant-matmul,"
+                                      "merge-sibling-linears,"])
+def test_the_eagle_layer_takes_the_models_own_mlp_width(pipeline):
+    """tiny_llama's MLP is 128 wide: also after merge-sibling-linears made gate and up one [256, 64] matrix."""
+    g = compile_eagle("reference", pipeline=pipeline).graph
+    assert tuple(g.weights["draft_heads.eagle.gate.weight"].type.shape) == (128, 64)
+    assert tuple(g.weights["draft_heads.eagle.down.weight"].type.shape) == (64, 128)
+
+
 # ---- sampling: the rejection rule keeps the distribution ---------------------------------------------------
 def exact_joint(c, prompt, n, temperature, top_k):
     """P(first n new tokens) of plain sampling, by enumeration: {tuple: prob}."""
