@@ -390,9 +390,12 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
 
 
 def rebuild_runner(compiled) -> None:
-    """Build the compiled model's target again from its (changed) graph weights."""
+    """Build the compiled model's target again from its (changed) graph weights. What speculative decoding
+    learned about the old heads and runner (slimgraph/dynamic_tree.py: verify timings, draft calibration)
+    is dropped with it."""
     from .targets.base import get_target
     compiled.runner = get_target(compiled.target).compile(compiled.graph)
+    compiled.__dict__.pop("_dynamic_tree", None)
 
 
 def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar, heldout_loss=None, every: int = 50):

@@ -31,6 +31,7 @@ SLOPE = 0.25
 WINDOW = 9                        # timings of m rows kept per m (their median is the estimate)
 PRIOR = 4.0                       # pseudo-observations behind each calibration or lookup-acceptance prior
 RATE_DECAY = 0.98                 # weight of the past in the running tokens-per-second rate, per verify
+STATS_DECAY = 0.998               # per verify, on the calibration and lookup counts (a memory of ~500 verifies)
 HEAD_EMA = 0.1                    # weight of a round in the running means of the heads' gain and seconds
 EXPLORE = 16                      # the heads draft at least every EXPLORE-th round, even when not worth it
 LOOKUP_PRIOR = 0.6                # prior chance that a lookup token after a matched n-gram is accepted
@@ -103,8 +104,8 @@ class Policy:
         self.clock, self.max_rows = clock, max_rows
         self.pred: dict[int, float] = {}     # depth -> sum of predicted values of verified nodes
         self.hit: dict[int, float] = {}      # depth -> accepted verified nodes
-        self.tries: dict[tuple, int] = {}    # (n, j) -> lookup tokens j verified after tokens 0..j-1 were accepted
-        self.wins: dict[tuple, int] = {}     # ... and accepted
+        self.tries: dict[tuple, float] = {}  # (n, j) -> lookup tokens j verified after tokens 0..j-1 were accepted
+        self.wins: dict[tuple, float] = {}   # ... and accepted (both decayed by STATS_DECAY per verify)
         self.tokens = self.seconds = 0.0     # decayed sums of emitted tokens and their seconds (for `rate`)
         self.head_gain: dict[bool, float] = {}   # lookup matched? -> running mean of the heads' expected tokens
         self.head_s: float | None = None         # running mean of the heads' drafting seconds
@@ -223,6 +224,9 @@ class Policy:
     def learn(self, info, accepted: set, n_match: int, looked_len: int) -> None:
         """Update the calibration and lookup statistics from one verify: info as `select` returned it,
         accepted = the kept positions (1-based, into the kept list) on the accepted path."""
+        for d in (self.pred, self.hit, self.tries, self.wins):      # older verifies weigh less (a drafter or
+            for key in d:                                            # a text that changes is followed)
+                d[key] *= STATS_DECAY
         for r, (tree_node, j, value, depth) in enumerate(info, start=1):
             ok = r in accepted
             if tree_node:
@@ -230,8 +234,8 @@ class Policy:
                 self.hit[depth] = self.hit.get(depth, 0.0) + ok
             if j >= 0:
                 key = (n_match, j)
-                self.tries[key] = self.tries.get(key, 0) + 1
-                self.wins[key] = self.wins.get(key, 0) + ok
+                self.tries[key] = self.tries.get(key, 0.0) + 1
+                self.wins[key] = self.wins.get(key, 0.0) + ok
 
 
 def medusa_scored(rows: list[torch.Tensor], depth: int, width: int, topk: int, floor: float) -> Scored:

@@ -89,6 +89,9 @@ def test_dynamic_trees_keep_the_greedy_output(kind, target):
             st = c.last_generate_stats
             assert st.new_tokens == 24 and 1.0 <= st.mean_acceptance
     assert c._dynamic_tree.clock.seconds                             # every verify was timed into the model's clock
+    from slimgraph.draft import rebuild_runner
+    rebuild_runner(c)                                                # new weights or runner: what was learned goes
+    assert "_dynamic_tree" not in c.__dict__
 
 
 def test_lookup_alone_drafts_a_dynamic_tree_and_keeps_the_greedy_output():
