@@ -109,10 +109,14 @@ def _static(graph) -> dict:
     """What drafting reads from the graph, made once per graph and set of EAGLE weights (dequantizing a
     quantized lm_head and embedding table takes ~1 s on SmolLM2): the layer's float weights, the embedding
     table, the lm_head rows of the draft vocabulary and the config. Cached on the graph, keyed by the
-    identity and version of the EAGLE tensors (training replaces them, and the cache with them)."""
+    identity of every weight's data and the version of the EAGLE tensors (training replaces them, and the
+    cache with them)."""
     from .draft import lm_head_matrix
-    key = tuple((id(t), -1 if t.is_inference() else t._version)        # inference tensors have no version
-                for t in (graph.weights[EAGLE + n].tensor for n in (*PARAMS, "vocab", "config")))
+    # every weight's storage object (a replaced tensor, e.g. the base's embedding or lm_head, changes it; read
+    # without loading a lazily stored weight), and the EAGLE tensors' versions (edited in place)
+    key = (tuple(id(w._data) for w in graph.weights.values()),
+           tuple(-1 if t.is_inference() else t._version     # inference tensors have no version
+                 for t in (graph.weights[EAGLE + n].tensor for n in (*PARAMS, "vocab", "config"))))
     hit = graph.__dict__.get("_eagle_static")
     if hit is not None and hit[0] == key:
         return hit[1]

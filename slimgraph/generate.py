@@ -136,6 +136,7 @@ def _rows(input_ids, attention_mask) -> str:
 def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mask, lookup=0, tree=None):
     from .speculative import num_heads
     import operator
+    given = lookup
     try:
         if isinstance(lookup, bool):
             raise TypeError
@@ -143,8 +144,11 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     except TypeError:
         lookup = -1
     if lookup < 0:
-        raise GenerateError(f"generate(): lookup={lookup!r}; give the number of prompt-lookup draft tokens "
+        raise GenerateError(f"generate(): lookup={given!r}; give the number of prompt-lookup draft tokens "
                             f"per verify (an int >= 0, e.g. 8; 0 = off)")
+    if tree is not None and (input_ids.shape[0] != 1 or attention_mask is not None):
+        raise GenerateError(f"generate(): tree= is for one prompt (batch 1, no padding), got "
+                            f"{_rows(input_ids, attention_mask)}; a batch verifies chains: drop tree=")
     if lookup:
         if speculative is False:
             raise GenerateError("generate(): lookup drafting is speculative decoding; drop speculative=False")
@@ -156,7 +160,10 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     if speculative is None:
         plain = (input_ids.shape[0] != 1 or attention_mask is not None
                  or not (num_heads(compiled.graph) or lookup))
-        return None if plain else ("tree" if num_heads(compiled.graph) and not do_sample else "chain")
+        if plain:
+            return None
+        # greedy: a tree (the dynamic one unless `tree` says otherwise); lookup alone: a chain unless a tree is asked
+        return "tree" if not do_sample and (num_heads(compiled.graph) or tree is not None) else "chain"
     if speculative is False:
         return None
     mode = "chain" if speculative is True else speculative
@@ -168,7 +175,7 @@ def _speculative_mode(compiled, speculative, do_sample, input_ids, attention_mas
     if mode == "tree" and (input_ids.shape[0] != 1 or attention_mask is not None):
         raise GenerateError(f"generate(): the speculative tree runs one prompt (batch 1, no padding), got "
                             f"{_rows(input_ids, attention_mask)}; a batch verifies chains: use speculative='chain'")
-    if not num_heads(compiled.graph) and not (lookup and (mode == "chain" or _is_dynamic(tree))):
+    if not num_heads(compiled.graph) and not (lookup and (mode == "chain" or tree is None or _is_dynamic(tree))):
         if lookup:
             raise GenerateError("generate(): a speculative tree of ranks needs draft heads; lookup alone drafts a "
                                 "chain or a dynamic tree: use speculative='chain', or tree='dynamic'")

@@ -37,6 +37,8 @@ Batch 1.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .passes.draft_heads import draft_outputs, head_kind
@@ -77,7 +79,13 @@ class Tree:
     """A candidate tree: `paths` (tuples of top-k ranks, one per depth) -> node order, parents, mask."""
 
     def __init__(self, paths, heads: int, vocab: int | None = None):
-        paths = [tuple(int(r) for r in p) for p in paths]
+        try:
+            if isinstance(paths, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in paths):
+                raise TypeError
+            paths = [tuple(operator.index(r) for r in p) for p in paths]
+        except TypeError:
+            raise SpeculativeError(f"tree={paths!r}: give 'dynamic' or a list of paths of top-k ranks, e.g. "
+                                   f"[(0,), (1,), (0, 0)]") from None
         if not paths or len(paths) + 1 > MAX_TREE_NODES:
             raise SpeculativeError(f"tree: give 1..{MAX_TREE_NODES - 1} paths, got {len(paths)}")
         have = set(paths)

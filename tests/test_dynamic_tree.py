@@ -111,3 +111,44 @@ def test_dynamic_tree_errors_name_the_fix():
         generate(c, prompts(1), 4, speculative="tree", tree="dynamo")
     with pytest.raises(GenerateError, match="chain"):
         generate(c, prompts(1), 4, speculative="tree", tree="dynamic", do_sample=True)
+
+
+def test_tree_and_lookup_arguments_that_cannot_work_name_the_fix():
+    c = compile_("reference")
+    p = prompts(1)
+    for bad in (["dynamic"], 123, b"dynamic", ("dynamic",)):
+        with pytest.raises(GenerateError, match="give 'dynamic' or a list of paths"):
+            generate(c, p, 5, tree=bad)
+    with pytest.raises(GenerateError, match="lookup=True"):                    # the value given, not a placeholder
+        generate(c, p, 5, lookup=True)
+    with pytest.raises(GenerateError, match="batch 1, no padding.*drop tree="):
+        generate(c, prompts(2), 5, tree="dynamic")
+
+
+def test_lookup_alone_takes_the_dynamic_tree_however_it_is_asked_for():
+    import slimgraph
+    c = slimgraph.optimize(tiny_llama(), (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                           pipeline="canonicalize")
+    p = repetitive_prompt()
+    want = generate(c, p, 12)
+    for kw in (dict(tree="dynamic"), dict(speculative="tree"), dict(speculative="tree", tree="dynamic")):
+        assert torch.equal(generate(c, p, 12, lookup=3, **kw), want), kw
+
+
+def test_the_eagle_drafters_tables_follow_a_replaced_lm_head_or_embedding():
+    from slimgraph import eagle as E
+    from slimgraph.speculative import chain
+    g = compile_eagle("reference").graph
+
+    def drafts():
+        d = E.EagleDrafter(g, dtype=torch.float32)
+        torch.manual_seed(0)
+        d.extend(torch.randn(6, 64), torch.arange(6))
+        return d.draft_tree(chain(3))
+    before = drafts()
+    torch.manual_seed(1)
+    for n in ("lm_head.weight", "model.embed_tokens.weight"):
+        g.weights[n].tensor = torch.randn_like(g.weights[n].tensor)
+    after = drafts()
+    g.__dict__.pop("_eagle_static")
+    assert after == drafts() and after != before                   # the cache was rebuilt, not reused
