@@ -489,10 +489,11 @@ def _bench_causal_lm(compiled, args) -> None:
     print(f"causal LM, batch 1, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, "
           f"median of {args.repeat}")
     print(f"prefill: {prefill:.1f} ms")
-    mode = runs[0].speculative     # a graph with draft heads decodes speculatively (generate's default)
-    print(f"decode:  {decode:.1f} tokens/s" + (
-        f" (speculative, {mode}: {statistics.median(s.mean_acceptance for s in runs):.2f} tokens per verify "
-        f"forward, the draft heads' acceptance)" if mode else ""))
+    mode = runs[0].speculative     # a graph with draft heads decodes speculatively (generate's default: greedy,
+    print(f"decode:  {decode:.1f} tokens/s" + (    # the dynamic tree, which drafts only where drafts pay off)
+        f" (speculative, {'dynamic ' if mode == 'tree' else ''}{mode}: "
+        f"{statistics.median(s.mean_acceptance for s in runs):.2f} tokens per verify forward; the tree verifies "
+        f"the heads' drafts only where their measured acceptance pays for the verify's extra rows)" if mode else ""))
 
 
 def _bench_plain(compiled, args) -> None:

@@ -370,7 +370,7 @@ def test_compile_trains_draft_heads(llama_ids, tmp_path, kind):
     assert "UNTRAINED" not in p.stdout + p.stderr
     assert "UNTRAINED" not in slimgraph("inspect", tmp_path / "trained.sg").stdout
     out = slimgraph("bench", tmp_path / "trained.sg", "--prompt-len", 8, "--new-tokens", 8, "--repeat", 1).stdout
-    assert "(speculative, chain: " in out and "tokens per verify forward" in out     # what decode: measured
+    assert "(speculative, dynamic tree: " in out and "tokens per verify forward" in out   # what decode measured
     before, after = _weights(tmp_path / "untrained.sg"), _weights(tmp_path / "trained.sg")
     name = "draft_heads.0.weight" if kind == "medusa" else "draft_heads.eagle.fc.weight"
     assert not torch.equal(before[name], after[name])
