@@ -14,7 +14,8 @@ Per base pipeline (fp32; int4 g64 RTN + int8 tied head, as in bench_runtime.py),
 2. measure the cost of verifying k tokens in one forward relative to one decode step (`verify_cost`);
 3. on `--prompts` windows of the eval split (slimgraph/data/eval.txt; never trained on) x `--new` new
    tokens (no early stop), decode plainly (the base without heads: what runs without speculation),
-   with the Medusa chain and tree, and the EAGLE chain and tree, prompt lookup alone (n-gram drafts
+   with the Medusa chain and (fixed) tree, and the EAGLE chain and tree, the dynamic trees of either (`-dynamic`:
+   generate's default, slimgraph/dynamic_tree.py), prompt lookup alone (n-gram drafts
    from the context, no heads: `lookup`) and each tree with a lookup branch (`+lookup`), interleaved
    per prompt so the load hits all alike. Reports token identity vs plain greedy, mean acceptance length (tokens per verify
    forward) and decode wall-clock speedup (sum of decode seconds, prefill excluded).
