@@ -46,23 +46,18 @@ class VerifyClock:
 
     def __init__(self):
         self.times: dict[int, deque] = {}
+        self.seconds: dict[int, float] = {}     # {rows: median seconds} of the counts timed so far
+        self._ratio = 1.0                       # the timed counts' median ratio to the prior shape
 
     def observe(self, rows: int, seconds: float) -> None:
-        self.times.setdefault(rows, deque(maxlen=WINDOW)).append(float(seconds))
-
-    @property
-    def seconds(self) -> dict[int, float]:
-        """{rows: median seconds} of the counts timed so far."""
-        return {m: statistics.median(t) for m, t in self.times.items()}
+        t = self.times.setdefault(rows, deque(maxlen=WINDOW))
+        t.append(float(seconds))
+        self.seconds[rows] = statistics.median(t)        # estimates are read per candidate count: keep them ready
+        self._ratio = statistics.median(s / (1 + SLOPE * (m - 1)) for m, s in self.seconds.items())
 
     def __call__(self, rows: int) -> float:
-        t = self.times.get(rows)
-        if t:
-            return statistics.median(t)
-        if not self.times:
-            return 1 + SLOPE * (rows - 1)
-        ratio = statistics.median(s / (1 + SLOPE * (m - 1)) for m, s in self.seconds.items())
-        return ratio * (1 + SLOPE * (rows - 1))
+        s = self.seconds.get(rows)
+        return s if s is not None else self._ratio * (1 + SLOPE * (rows - 1))
 
 
 def policy_of(compiled, max_rows: int) -> "Policy":
@@ -97,8 +92,9 @@ class Scored:
 
 
 class Policy:
-    """Per-generation state of the dynamic tree: the calibration of draft confidences per depth and the
-    acceptance of lookup tokens per (match length n, index j), both learned from the verifies so far."""
+    """The dynamic tree's state for one compiled model (policy_of): its VerifyClock, the calibration of draft
+    confidences per depth, the acceptance of lookup tokens per (match length n, index j), the running rate and
+    the heads' gain and cost, all learned from the verifies so far."""
 
     def __init__(self, clock: VerifyClock, max_rows: int):
         self.clock, self.max_rows = clock, max_rows
@@ -157,25 +153,30 @@ class Policy:
     def calibration(self, depth: int) -> float:
         return (self.hit.get(depth, 0.0) + PRIOR) / (self.pred.get(depth, 0.0) + PRIOR)
 
-    def lookup_value(self, n: int, j: int) -> float:
-        """Chance that lookup token j (0-based) after a match of n tokens is accepted: the product of the
-        acceptance rates of tokens 0..j given the ones before them. Each rate is estimated from its own
+    def lookup_values(self, n: int, count: int) -> list[float]:
+        """Chances that lookup tokens 0..count-1 after a match of n tokens are accepted: products of the
+        acceptance rates of each token given the ones before it. Each rate is estimated from its own
         verifies, shrunk towards the rate of the token before it (LOOKUP_PRIOR for the first), so a draft
         longer than any verified so far inherits the rate of the longest one: a match that has held for a
         while tends to go on holding (a repeat, a loop), which a single rate for all j would miss."""
-        value, rate = 1.0, LOOKUP_PRIOR
-        for i in range(j + 1):
-            key = (n, i)
+        values, value, rate = [], 1.0, LOOKUP_PRIOR
+        for j in range(count):
+            key = (n, j)
             rate = (self.wins.get(key, 0) + PRIOR * rate) / (self.tries.get(key, 0) + PRIOR)
             value *= rate
-        return value
+            values.append(value)
+        return values
+
+    def lookup_value(self, n: int, j: int) -> float:
+        """The chance that lookup token j after a match of n tokens is accepted (see lookup_values)."""
+        return self.lookup_values(n, j + 1)[j]
 
     def select(self, scored: Scored, looked: list[int], n_match: int, draft_s: float, room: int):
         """Choose the candidates of one verify. scored: the drafter's nodes; looked: the lookup draft (token
         ids continuing the root) after a match of n_match tokens; draft_s: seconds spent drafting; room:
         the most tokens the verify may emit. Returns (parent list, token list, node info) for the nodes
         kept after the root: parents index the kept list (0 = root), and info[i] = (tree node or 0,
-        lookup index or -1, value) for the later `learn`."""
+        lookup index or -1, value, depth) for the later `learn`."""
         # merge the lookup chain into the scored tree as a trie, node values = max of the two estimates
         value = [min(1.0, v * self.calibration(d)) for v, d in zip(scored.value, scored.depth)]
         parent, token, depth = list(scored.parent), list(scored.token), list(scored.depth)
@@ -183,8 +184,7 @@ class Policy:
         look_j = [-1] * len(scored)
         children = {(p, t): i + 1 for i, (p, t) in enumerate(zip(parent, token))}
         node = 0
-        for j, tok in enumerate(looked):
-            v = self.lookup_value(n_match, j)
+        for j, (tok, v) in enumerate(zip(looked, self.lookup_values(n_match, len(looked)))):
             nxt = children.get((node, int(tok)))
             if nxt is None:
                 parent.append(node)
@@ -221,7 +221,7 @@ class Policy:
         info = [(tree_node[i], look_j[i], value[i], depth[i]) for i in keep]
         return parents, [token[i] for i in keep], info
 
-    def learn(self, info, accepted: set, n_match: int, looked_len: int) -> None:
+    def learn(self, info, accepted: set, n_match: int) -> None:
         """Update the calibration and lookup statistics from one verify: info as `select` returned it,
         accepted = the kept positions (1-based, into the kept list) on the accepted path."""
         for d in (self.pred, self.hit, self.tries, self.wins):      # older verifies weigh less (a drafter or

@@ -54,9 +54,13 @@ def _rope(x, pos):
     cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]
-    half = hd // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return x * cos + rot * sin
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x, cos, sin):
+    """Rotate-half RoPE of x [.., hd] by cos/sin tables broadcast to it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
 def fuse(P, feats, emb):
@@ -168,9 +172,7 @@ class EagleDrafter:
         y = _rms(x, self.P["ln1.weight"])
         q, k, v = F.linear(y.to(self.dtype), w["qkv"]).float().view(B, n, 3, H, hd).permute(2, 0, 3, 1, 4)
         cos, sin = self._rope_table(int(pos.max()) + 1)
-        cos, sin, half = cos[pos], sin[pos], hd // 2
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
+        q, k = _rotate(q, cos[pos], sin[pos]), _rotate(k, cos[pos], sin[pos])
         K, V = torch.cat((past[0], k), 2), torch.cat((past[1], v), 2)
         a = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
         x = x + F.linear(a.transpose(1, 2).reshape(B, n, d).to(self.dtype), w["o"]).float()

@@ -233,12 +233,15 @@ class Candidates:
     node sees its ancestors) or None for a chain. Built from a draft tree and extra token chains merged
     into it as a trie (a chain that starts like a tree path shares its nodes)."""
 
-    def __init__(self, token: int, tree: Tree | None = None, tree_ids=(), chains=()):
+    def __init__(self, token: int, tree: Tree | None = None, tree_ids=(), chains=(), nodes=()):
+        """nodes: (parent, token id) pairs after the tree's, parents first (a dynamic tree's kept nodes)."""
         self.ids, self.parent, self.depth = [int(token)], [-1], [0]
         children: dict[tuple, int] = {}
         if tree is not None:
             for i, tok in enumerate(tree_ids, start=1):
                 self._add(int(tok), tree.parent[i], children)
+        for parent, tok in nodes:
+            self._add(int(tok), parent, children)
         for seq in chains:
             node = 0
             for tok in seq:
@@ -386,12 +389,8 @@ def _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup):
     parents, tokens, info = policy.select(scored, looked, n_match, draft_s, room)
     if heads:
         policy.heads_drafted(bool(looked), time.perf_counter() - th, max(scored.depth, default=1), info)
-    c = Candidates(token)
-    children: dict = {}
-    for p, tok in zip(parents, tokens):
-        c._add(tok, p, children)
+    c = Candidates(token, nodes=zip(parents, tokens))
     n = len(c.ids)
-    c.is_chain = all(c.parent[i] == i - 1 for i in range(1, n))
     if not c.is_chain and not dec.tree_ok(n):
         # a model whose own window cannot take a tree now: the best-valued node's path as a chain
         best = max(range(1, n), key=lambda i: (info[i - 1][2], -i))
@@ -403,7 +402,6 @@ def _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup):
         c = Candidates(token, None, (), [[c.ids[i] for i in keep]])
         info = [info[i - 1] for i in keep]
         n = len(c.ids)
-    c.mask = None if c.is_chain else ancestor_mask(c.parent)
     t1 = time.perf_counter()
     res = _host(dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask))
     base = res["logits"][0].argmax(-1).tolist()
@@ -411,7 +409,7 @@ def _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup):
     policy.clock.observe(n, t2 - t1)
     path = c.accepted_path(base)[:room]
     policy.observe(len(path), t2 - t0)
-    policy.learn(info, set(path[1:]), n_match, len(looked))
+    policy.learn(info, set(path[1:]), n_match)
     return path, [c.ids[i] for i in path[1:]] + [base[path[-1]]], res
 
 

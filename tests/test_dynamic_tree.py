@@ -59,10 +59,10 @@ def test_policy_merges_a_lookup_chain_and_learns_from_the_verify():
     assert tokens == [11, 20, 21] and parents == [0, 1, 2]          # the shared first token is one node
     assert info[0][2] == pytest.approx(max(0.3 * p.calibration(1), p.lookup_value(3, 0)))
     before = p.lookup_value(3, 1)
-    p.learn(info, accepted={1, 2, 3}, n_match=3, looked_len=3)     # all accepted: lookup after 3-gram trusted more
+    p.learn(info, accepted={1, 2, 3}, n_match=3)     # all accepted: lookup after 3-gram trusted more
     assert p.lookup_value(3, 1) > before and p.calibration(1) > 1.0
-    p.learn(info, accepted=set(), n_match=3, looked_len=3)
-    p.learn(info, accepted=set(), n_match=3, looked_len=3)
+    p.learn(info, accepted=set(), n_match=3)
+    p.learn(info, accepted=set(), n_match=3)
     assert p.calibration(1) < 1.0
 
 
