@@ -137,6 +137,7 @@ def main():
                                                   progress=False)
                 print(base, name, rep, flush=True)
                 info[name] = {"training": str(rep), "heldout_top1": rep.heldout_top1, "steps": rep.steps,
+                              "heldout_chain": rep.heldout_chain,
                               "train_s": rep.seconds, "train_cpu_s": rep.cpu_seconds}
             if saved:
                 os.makedirs(args.heads_dir, exist_ok=True)

@@ -54,6 +54,15 @@ class DraftTrainReport:
                                    # (full-vocabulary argmax; the loss runs over the training vocabulary only),
                                    # so the initial parameters were kept
     kind: str = "medusa"           # "eagle": one draft layer run `heads` times (heldout_top1: its next token)
+    heldout_chain: list[float] = field(default_factory=list)  # per depth j: held-out fraction of greedy chains
+                                   # whose first j drafted tokens all equal the base's (cumulative acceptance)
+
+    @property
+    def heldout_tokens_per_verify(self) -> float:
+        """Expected tokens emitted per verify of a greedy chain of every head/drafting step, on held-out
+        sequences (1 + the cumulative acceptances: the bonus token plus the accepted drafts). Decoding
+        measures its own (generate's acceptance), on the compiled base rather than its training twin."""
+        return 1.0 + sum(self.heldout_chain)
 
     def __str__(self):
         acc = ", ".join(f"{a:.2f}" for a in self.heldout_top1)
@@ -63,7 +72,10 @@ class DraftTrainReport:
         return (f"draft heads: {what}, {self.sequences} sequences ({self.positions} positions), "
                 f"{self.steps} steps in {self.seconds:.0f} s wall / {self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s "
                 f"wall / {self.data_cpu_seconds:.0f} s CPU data); held-out top-1 "
-                f"{per} [{acc}] (untrained [{before}]); loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
+                f"{per} [{acc}] (untrained [{before}]); " +
+                (f"held-out greedy chain: {self.heldout_tokens_per_verify:.2f} tokens per verify; "
+                 if self.heldout_chain else "") +
+                f"loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
                 ("kept the initial parameters: the trained ones had a lower held-out top-1 (the loss ranks only "
                  "the tokens of the base's continuations; more varied prompts help)" if self.reverted else
                  f"kept the parameters of step {self.kept_step} (best held-out loss)")
@@ -248,7 +260,7 @@ def twin_model(compiled, dtype: str = "bf16", target: str = "torch"):
 def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Tensor | None = None,
                       num_prompts: int = 64, prompt_tokens: int = 32, new_tokens: int = 96,
                       steps: int = 2000, time_budget_s: float | None = 300.0, cpu_budget_s: float | None = None,
-                      batch_positions: int = 256,
+                      batch_positions: int | None = None,
                       lr: float = 1e-3, seed: int = 0, heldout: float = 0.1, progress: bool = True,
                       draft_vocab: int = 8192, data=None) -> DraftTrainReport:
     """Self-distil the draft heads of `compiled` (a CompiledModel whose pipeline ran insert-draft-heads).
@@ -306,7 +318,7 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
         data = (seqs, hidden, p, time.perf_counter() - t0, time.process_time() - c0)
         report = train_eagle(graph, *data, steps=steps, time_budget_s=time_budget_s, cpu_budget_s=cpu_budget_s,
                              lr=lr, seed=seed, heldout=heldout, progress=progress, draft_vocab=draft_vocab,
-                             batch_positions=batch_positions)
+                             batch_positions=batch_positions or 1024)
         rebuild_runner(compiled)
         mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)
         return report
@@ -348,18 +360,22 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     def heads_hidden(h):                                       # [B, d] -> [B, k, d]
         return h[:, None] + F.silu(torch.einsum("bd,ked->bke", h, ws))
 
-    def top1(idx):                                             # full-vocabulary argmax, as decoding runs it
+    def top1(idx, chain=False):                                # full-vocabulary argmax, as decoding runs it
         if len(idx) == 0:
             return []
         idx = idx[:4096]
         with torch.no_grad():
             pred = F.linear(heads_hidden(h_all[idx]), w, bias).argmax(-1)        # [B, k]
             y = y_all[idx]
+            if chain:                          # cumulative: heads 1..i all right, where every target exists
+                full = (y >= 0).all(1)
+                return ((pred == y)[full].long().cumprod(1).float().mean(0).tolist() if bool(full.any())
+                        else [0.0] * k)
             return [float((pred[:, i] == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
 
     before = top1(held)
     def loss_fn():
-        idx = train[torch.randint(0, len(train), (batch_positions,), generator=gen)]
+        idx = train[torch.randint(0, len(train), (batch_positions or 256,), generator=gen)]
         logits = F.linear(heads_hidden(h_all[idx]), w_sub, b_sub)              # [B, k, nv]
         return F.cross_entropy(logits.reshape(-1, nv), y_sub[idx].reshape(-1), ignore_index=-100)
 
@@ -384,7 +400,7 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
         graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
     report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, after,
-                              before, kept, reverted)
+                              before, kept, reverted, heldout_chain=top1(held, chain=True))
     mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)   # the model's report says so
     return report
 
@@ -441,7 +457,8 @@ def _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s, bar, heldout_los
 
 
 def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, time_budget_s, cpu_budget_s, lr,
-                seed, heldout, progress, draft_vocab=8192, batch_positions=256, w_ce=0.1) -> DraftTrainReport:
+                seed, heldout, progress, draft_vocab=8192, batch_positions=1024, w_ce=0.01,
+                dtype: torch.dtype | None = torch.bfloat16) -> DraftTrainReport:
     """Train the EAGLE layer (slimgraph/eagle.py) teacher forced on the base's own sequences.
 
     seqs i64[n, T] (prompt + the base's greedy continuation), hidden [n, T, d] (the base's last hidden
@@ -450,7 +467,14 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     its lm_head logits against the base's greedy token seqs_{t+2} (continuation positions only; the
     prompt's tokens are text, not the base's choice). The draft vocabulary is the `draft_vocab` most
     frequent tokens of `seqs` (then lowest ids); the lm_head and the embedding stay frozen. Batches are
-    whole sequences (about `batch_positions` positions), drawn with a seeded generator: deterministic."""
+    whole sequences (about `batch_positions` positions), drawn with a seeded generator: deterministic.
+
+    `dtype` (default bf16, as `EagleDrafter` drafts): the matmuls' precision (torch.autocast; None: float32).
+    Measured on SmolLM2-135M's data, 480 CPU-s each (benchmarks/RESULTS.md): float32 at 256 positions per
+    batch 2.45 held-out tokens per verify of a 5-token chain, bf16 at 512 2.92, bf16 at 1024 3.58: within a
+    CPU budget, throughput and larger batches matter most. Reported: held-out top-1 of the next-token draft
+    and the held-out greedy chain's cumulative acceptance per depth (`eagle.unrolled`: the drafts of every
+    depth as decoding makes them, from every position at once)."""
     from . import eagle as E
     from .passes.draft_heads import EAGLE
     n, T = seqs.shape
@@ -467,7 +491,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     inv[ids] = torch.arange(nv)
     wd, bd = w[ids].contiguous(), (None if b is None else b[ids])
 
-    x_in = torch.cat((hidden[:, :-1], emb[seqs[:, 1:]]), -1)       # [n, T-1, 2d]
+    feats, emb_next = hidden[:, :-1], seqs[:, 1:]                   # read at position t: (hidden_t, seqs_{t+1})
     y_feat = hidden[:, 1:]                                          # [n, T-1, d]
     y_tok = torch.full((n, T - 1), -100, dtype=torch.long)
     y_tok[:, prompt_len - 2:T - 2] = inv[seqs[:, prompt_len:]]       # position t predicts seqs[t + 2]
@@ -477,27 +501,37 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     held, train = perm[:n_held], perm[n_held:]
     pos = torch.arange(T - 1)
     bs = max(1, batch_positions // (T - 1))
+    cast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype not in (None, torch.float32) else \
+        (lambda: torch.autocast("cpu", enabled=False))
+
+    def head(o):
+        return F.linear(o, wd, bd)
 
     def forward(idx):
-        x = F.linear(x_in[idx], P["fc.weight"], P["fc.bias"])
+        x = E.fuse(P, feats[idx].float(), emb[emb_next[idx]])
         return E.layer(P, heads, x, pos)[0]
 
-    def top1(idx):
+    def evaluate(idx):
+        """(top-1 of the next-token draft, cumulative chain acceptance per depth) on sequences idx."""
         if len(idx) == 0:
-            return []
-        with torch.no_grad():
-            pred = F.linear(forward(idx), wd, bd).argmax(-1)
-            y = y_tok[idx]
-            return [float((pred == y)[y >= 0].float().mean())]
+            return [], []
+        idx = idx[:256]
+        with torch.no_grad(), cast():
+            outs = E.unrolled(P, heads, feats[idx].float(), emb[emb_next[idx]], depth)
+            chain = E.chain_acceptance(outs, head, y_tok[idx], prompt_len - 1)
+            pred, y = head(outs[0]).argmax(-1), y_tok[idx]
+        return [float((pred == y)[y >= 0].float().mean())], chain
 
-    before = top1(held)
+    before = evaluate(held)[0]
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
     def loss_fn(idx=None):
         idx = train[torch.randint(0, len(train), (bs,), generator=gen)] if idx is None else idx
-        pred = forward(idx)
-        reg = F.smooth_l1_loss(pred, y_feat[idx])
-        y = y_tok[idx]
-        ce = F.cross_entropy(F.linear(pred[y >= 0], wd, bd), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
+        with cast():
+            pred = forward(idx)
+            y = y_tok[idx]
+            logits = head(pred[y >= 0])
+        reg = F.smooth_l1_loss(pred.float(), y_feat[idx].float())
+        ce = F.cross_entropy(logits.float(), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
         return reg + w_ce * ce
 
     losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
@@ -507,5 +541,6 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
     graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
+    after, chain = evaluate(held)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
-                            top1(held), before, kept, kind="eagle")
+                            after, before, kept, kind="eagle", heldout_chain=chain)

@@ -88,6 +88,58 @@ def layer(P, heads: int, x, pos, mask=None, past=None):
     return x, k, v
 
 
+def unrolled(P, heads: int, feats, emb_next, depth: int) -> list:
+    """Greedy chain drafting from every position at once, teacher forced on the drafted tokens (the tokens a
+    chain must have drafted for the next one to count): the layer run `depth` times as decoding runs it.
+
+    feats [B, n, d]: the base's features f_0..f_{n-1}; emb_next [B, n, d]: embeddings of x_1..x_n (the token
+    after each). Returns `depth` tensors [B, n, d]: entry j-1 at position p is the predicted feature after
+    j - 1 drafted steps from the real context f_0..f_{p-j+1}, i.e. the prediction of f_{p+1} (whose lm_head
+    argmax is the j-th drafted token, x_{p+2}). Step j's row p reads (step j-1's output at p - 1, x_{p+1})
+    and attends to the real rows <= p - j + 1 and to its own chain's rows of steps 2..j (step k at
+    p - j + k), as `EagleDrafter` lays them out; rows p < j - 1 have no real context and mean nothing."""
+    B, n, d = feats.shape
+    pos = torch.arange(n)
+    outs, K, V = [], [], []
+    x_feat = feats
+    for j in range(1, depth + 1):
+        x = fuse(P, x_feat, emb_next)
+        if j == 1:
+            o, k, v = layer(P, heads, x, pos)
+        else:
+            mask = torch.zeros(n, j * n, dtype=torch.bool)
+            mask[:, :n] = pos[None, :] <= pos[:, None] - (j - 1)          # real rows
+            for s in range(2, j + 1):                                    # step s's row of this chain
+                src = pos - (j - s)
+                ok = src >= 0
+                mask[pos[ok], (s - 1) * n + src[ok]] = True
+            o, k, v = layer(P, heads, x, pos, mask[None, None], (torch.cat(K, 2), torch.cat(V, 2)))
+        K.append(k)
+        V.append(v)
+        outs.append(o)
+        x_feat = F.pad(o, (0, 0, 1, 0))[:, :n]                           # step j's output at p - 1, read at p
+    return outs
+
+
+def chain_acceptance(outs, head, targets, first: int) -> list[float]:
+    """Per depth j, the fraction of chains from real positions i >= `first` whose drafted tokens 1..j all
+    equal the base's (cumulative acceptance; 1 + their sum is the expected tokens per verify of a greedy
+    chain). outs: `unrolled`'s list; head: a function [.., d] -> logits [.., V']; targets i64[B, n] with
+    targets[:, p] = the base's token x_{p+2} in the head's index for p <= n - 2 (-100: outside the head's
+    vocabulary, never matched); chains are counted from the starts whose every target exists."""
+    n = targets.shape[1]
+    ok = []
+    for j, o in enumerate(outs, 1):
+        m = head(o).argmax(-1) == targets
+        ok.append(F.pad(m, (0, j - 1), value=False)[:, j - 1:])             # aligned to the chain's start i
+    ok = torch.stack(ok, -1).long().cumprod(-1)                             # [B, n, depth]
+    starts = torch.arange(n)
+    valid = (starts >= first) & (starts + len(outs) <= n - 1)               # every target of the chain exists
+    if not bool(valid.any()):
+        return [0.0] * len(outs)
+    return ok[:, valid].float().mean((0, 1)).tolist()
+
+
 def embedding_table(graph) -> torch.Tensor:
     """The model's token embedding [vocab, d] (float): the lookup op reading `input_ids` (`embedding`, or a
     quantized table's lookup, e.g. a tied int8 head's) run on every token id, its other inputs being weights."""

@@ -203,6 +203,42 @@ def test_eagle_drafter_cache_matches_a_full_recomputation():
     assert got == want
 
 
+def test_unrolled_training_drafts_equal_the_drafters_chains_from_every_start():
+    """eagle.unrolled (all chains at once, as training measures them) drafts what EagleDrafter drafts:
+    from every real start i, step j's argmax at position i + j - 1 is the chain's j-th token, when the
+    chain's own drafted tokens are fed as the tokens after (teacher forcing on an accepted path)."""
+    from slimgraph import eagle as E
+    from slimgraph.speculative import chain
+    c = compile_eagle("reference", steps=4)
+    randomize_eagle = torch.Generator().manual_seed(3)
+    for name in E.PARAMS:                           # larger random weights: drafts that vary with the context
+        w = c.graph.weights[E.EAGLE + name]
+        w.tensor = w.tensor + torch.randn(w.type.shape, generator=randomize_eagle) * 0.2
+    g = c.graph
+    P, (steps, heads, _) = E.params(g), E.config(g)
+    torch.manual_seed(0)
+    feats, toks = torch.randn(10, 64), torch.randint(0, VOCAB, (10,))
+    seen = set()
+    for i in range(1, 6):
+        d = E.EagleDrafter(g, dtype=torch.float32)
+        d.extend(feats[:i + 1], toks[:i + 1])
+        drafted = d.draft_tree(chain(4))
+        seen.add(tuple(drafted))
+        nxt = torch.cat((toks[:i + 1], torch.tensor(drafted[:3]), toks[i + 4:]))   # x_{t+1} read at t
+        outs = E.unrolled(P, heads, feats[None], d.embed[nxt][None], 4)
+        got = [int(d.vocab_ids[d.logits(outs[j][0, i + j:i + j + 1]).argmax()]) for j in range(4)]
+        assert got == drafted, i
+        # chain_acceptance counts the whole chain from start i when the base's tokens are the drafted ones;
+        # a later start s reaches a missing target (-100) within 4 steps: only start i accepts 4 tokens
+        targets = torch.full((1, 10), -100, dtype=torch.long)
+        inv = {int(t): r for r, t in enumerate(d.vocab_ids.tolist())}
+        for j in range(4):
+            targets[0, i + j] = inv[drafted[j]]
+        per = E.chain_acceptance(outs, lambda o: d.logits(o.reshape(-1, 64)).view(*o.shape[:-1], -1), targets, i)
+        assert per[-1] == pytest.approx(1 / (6 - i))      # starts i..5 have all 4 targets in 10 positions
+    assert len(seen) > 1                            # the starts drafted different chains
+
+
 @pytest.fixture(scope="module")
 def trained_eagle():
     c = compile_eagle("torch", steps=3)
