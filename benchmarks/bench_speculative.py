@@ -21,6 +21,7 @@ Per base pipeline (fp32; int4 g64 RTN + int8 tied head, as in bench_runtime.py),
    forward) and decode wall-clock speedup (sum of decode seconds, prefill excluded).
 """
 import argparse
+import ast
 import json
 import os
 import platform
@@ -87,6 +88,8 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--train-only", action="store_true", help="stop after training (with --heads-dir: saved)")
+    ap.add_argument("--tree", default=None, help="the -tree modes' fixed tree as a Python literal list of rank "
+                    "paths, e.g. '[(0,), (1,), (0, 0)]' (default: slimgraph.speculative.DEFAULT_TREE)")
     ap.add_argument("--heads-dir", default=None, help="save trained models here / load them when present")
     args = ap.parse_args()
     try:
@@ -95,6 +98,10 @@ def main():
         ap.error(str(e))
     if args.target != "torch" and any(m.startswith(("medusa", "eagle")) for m in modes):
         ap.error(f"--target {args.target}: the draft-head modes train on the torch target; use --modes plain,lookup")
+    try:
+        fixed_tree = DEFAULT_TREE if args.tree is None else [tuple(t) for t in ast.literal_eval(args.tree)]
+    except (ValueError, SyntaxError, TypeError) as e:
+        ap.error(f"--tree {args.tree!r}: not a list of rank paths ({e})")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -162,9 +169,10 @@ def main():
                     c, spec, lookup = plain, how or "chain", int(kind[len("lookup"):] or lookups[0])
                 else:
                     c, spec, lookup = compiled[kind], how or False, lookups[0] if plus else 0
-                # "-tree": the fixed Medusa-style DEFAULT_TREE (cut to the heads' depth); "-dynamic": the default
+                # "-tree": the fixed tree (--tree, default the Medusa-style DEFAULT_TREE) cut to the heads' depth;
+                # "-dynamic": the default
                 tree = ("dynamic" if spec == "dynamic" else
-                        [t for t in DEFAULT_TREE if len(t) <= num_heads(c.graph)] if spec == "tree" else None)
+                        [t for t in fixed_tree if len(t) <= num_heads(c.graph)] if spec == "tree" else None)
                 out = generate(c, p[None], args.new, eos_token_id=None, speculative="tree" if tree else spec,
                                tree=tree, lookup=lookup)
                 st = c.last_generate_stats

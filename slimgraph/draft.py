@@ -470,9 +470,11 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     whole sequences (about `batch_positions` positions), drawn with a seeded generator: deterministic.
 
     `dtype` (default bf16, as `EagleDrafter` drafts): the matmuls' precision (torch.autocast; None: float32).
-    Measured on SmolLM2-135M's data, 480 CPU-s each (benchmarks/RESULTS.md): float32 at 256 positions per
-    batch 2.45 held-out tokens per verify of a 5-token chain, bf16 at 512 2.92, bf16 at 1024 3.58: within a
-    CPU budget, throughput and larger batches matter most. Reported: held-out top-1 of the next-token draft
+    Measured on SmolLM2-135M (2048 sequences, 480 CPU-s each, a 5-token greedy chain's tokens per verify on
+    64 eval-corpus continuations; benchmarks/RESULTS.md): float32 at 256 positions per batch 2.45, bf16 at
+    512 2.92, bf16 at 1024 3.58 (2048: 3.35, too few steps), and at 1024 `w_ce` 0.1 / 0.03 / 0.01 / 0:
+    3.58 / 3.95 / 4.04 / 3.76 (0.5: 2.21, the drafted features drift and deep drafts collapse). Within a
+    CPU budget, throughput and the feature regression matter most. Reported: held-out top-1 of the next-token draft
     and the held-out greedy chain's cumulative acceptance per depth (`eagle.unrolled`: the drafts of every
     depth as decoding makes them, from every position at once)."""
     from . import eagle as E
