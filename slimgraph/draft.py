@@ -32,6 +32,9 @@ from .ir.dtypes import to_torch
 from .trainable import mark_trained
 
 
+EVAL_POSITIONS = 2048        # positions per pass of the held-out EAGLE chain evaluation
+
+
 class DraftTrainingError(ValueError):
     pass
 
@@ -518,7 +521,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         if len(idx) == 0:
             return [], []
         idx = idx[:256]
-        chunk = max(1, 2048 // (T - 1))          # sequences per pass: the unrolled attention is [.., n, depth * n]
+        chunk = max(1, EVAL_POSITIONS // (T - 1))   # sequences per pass: the unrolled attention is [.., n, depth * n]
         right = seen = 0
         chain = torch.zeros(depth)
         with torch.no_grad(), cast():

@@ -269,6 +269,21 @@ def test_eagle_training_is_deterministic_improves_and_survives_save_load(trained
     assert back.last_generate_stats.verifies == c.last_generate_stats.verifies
 
 
+def test_the_held_out_chain_does_not_depend_on_the_evaluation_chunks(monkeypatch):
+    """Held-out EAGLE evaluation runs in chunks of sequences (memory); the figures are those of one pass."""
+    import slimgraph.draft as D
+    reports = []
+    for positions in (141, 10**9):                  # 3 sequences per chunk (47 positions each; 20 held out), or one pass
+        monkeypatch.setattr(D, "EVAL_POSITIONS", positions)
+        c = compile_eagle("torch", steps=3)
+        reports.append(slimgraph.train_draft_heads(c, prompts=prompts(40, seed=5), new_tokens=40, steps=20,
+                                                   time_budget_s=None, lr=3e-3, seed=0, progress=False,
+                                                   draft_vocab=64, heldout=0.5))
+    a, b = reports
+    assert a.heldout_top1 == pytest.approx(b.heldout_top1) and a.heldout_chain == pytest.approx(b.heldout_chain)
+    assert len(a.heldout_chain) == 3 and a.heldout_tokens_per_verify == pytest.approx(1 + sum(b.heldout_chain))
+
+
 def test_eagle_on_an_int4_base_and_dce_keeps_its_weights():
     c = compile_eagle("torch", pipeline="quantize-weights{bits=4,group=32},fuse-dequant-matmul,")
     check_identical(c, prompts(2, seed=3), new=24)
