@@ -496,7 +496,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     inv[ids] = torch.arange(nv)
     wd, bd = w[ids].contiguous(), (None if b is None else b[ids])
 
-    feats, emb_next = hidden[:, :-1], seqs[:, 1:]                   # read at position t: (hidden_t, seqs_{t+1})
+    feats, next_ids = hidden[:, :-1], seqs[:, 1:]                   # read at position t: (hidden_t, seqs_{t+1})
     y_feat = hidden[:, 1:]                                          # [n, T-1, d]
     y_tok = torch.full((n, T - 1), -100, dtype=torch.long)
     y_tok[:, prompt_len - 2:T - 2] = inv[seqs[:, prompt_len:]]       # position t predicts seqs[t + 2]
@@ -513,7 +513,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         return F.linear(o, wd, bd)
 
     def forward(idx):
-        x = E.fuse(P, feats[idx].float(), emb[emb_next[idx]])
+        x = E.fuse(P, feats[idx].float(), emb[next_ids[idx]])
         return E.layer(P, heads, x, pos)[0]
 
     def evaluate(idx):
@@ -527,7 +527,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         with torch.no_grad(), cast():
             for i in range(0, len(idx), chunk):
                 part = idx[i:i + chunk]
-                outs = E.unrolled(P, heads, feats[part].float(), emb[emb_next[part]], depth)
+                outs = E.unrolled(P, heads, feats[part].float(), emb[next_ids[part]], depth)
                 # equal-length sequences: every chunk has the same number of chains per sequence
                 chain += torch.tensor(E.chain_acceptance(outs, head, y_tok[part], prompt_len - 1)) * len(part)
                 pred, y = head(outs[0]).argmax(-1), y_tok[part]
