@@ -363,20 +363,20 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     def heads_hidden(h):                                       # [B, d] -> [B, k, d]
         return h[:, None] + F.silu(torch.einsum("bd,ked->bke", h, ws))
 
-    def top1(idx, chain=False):                                # full-vocabulary argmax, as decoding runs it
+    def top1(idx):
+        """(per head top-1, cumulative chain acceptance: heads 1..i all right, where every target exists) on
+        positions idx, with the full-vocabulary argmax, as decoding runs it."""
         if len(idx) == 0:
-            return []
+            return [], []
         idx = idx[:4096]
         with torch.no_grad():
             pred = F.linear(heads_hidden(h_all[idx]), w, bias).argmax(-1)        # [B, k]
             y = y_all[idx]
-            if chain:                          # cumulative: heads 1..i all right, where every target exists
-                full = (y >= 0).all(1)
-                return ((pred == y)[full].long().cumprod(1).float().mean(0).tolist() if bool(full.any())
-                        else [0.0] * k)
-            return [float((pred[:, i] == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)]
+        full = (y >= 0).all(1)
+        chain = (pred == y)[full].long().cumprod(1).float().mean(0).tolist() if bool(full.any()) else [0.0] * k
+        return [float((pred[:, i] == y[:, i])[y[:, i] >= 0].float().mean()) for i in range(k)], chain
 
-    before = top1(held)
+    before = top1(held)[0]
     def loss_fn():
         idx = train[torch.randint(0, len(train), (batch_positions or 256,), generator=gen)]
         logits = F.linear(heads_hidden(h_all[idx]), w_sub, b_sub)              # [B, k, nv]
@@ -391,19 +391,19 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps, "draft heads", progress),
                                            heldout_loss if len(held_idx) else None)
-    after = top1(held)
+    after, chain = top1(held)
     # the loss ranks only the training vocabulary: when it is small, tokens outside it can come to win the
     # full-vocabulary argmax that decoding runs, and heads can end worse than they began: keep the initial ones
     reverted = bool(after and sum(after) < sum(before))
     if reverted:
         with torch.no_grad():
             ws.copy_(initial)
-        after, kept = top1(held), 0
+        (after, chain), kept = top1(held), 0
     for i, n in enumerate(names):
         graph.weights[n].tensor = ws[i].detach().to(graph.weights[n].tensor.dtype).clone()
     rebuild_runner(compiled)
     report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, after,
-                              before, kept, reverted, heldout_chain=top1(held, chain=True))
+                              before, kept, reverted, heldout_chain=chain)
     mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)   # the model's report says so
     return report
 
@@ -506,8 +506,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     held, train = perm[:n_held], perm[n_held:]
     pos = torch.arange(T - 1)
     bs = max(1, batch_positions // (T - 1))
-    cast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype not in (None, torch.float32) else \
-        (lambda: torch.autocast("cpu", enabled=False))
+    autocast = {"device_type": "cpu", "dtype": dtype or torch.float32, "enabled": dtype not in (None, torch.float32)}
 
     def head(o):
         return F.linear(o, wd, bd)
@@ -524,7 +523,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         chunk = max(1, EVAL_POSITIONS // (T - 1))   # sequences per pass: the unrolled attention is [.., n, depth * n]
         right = seen = 0
         chain = torch.zeros(depth)
-        with torch.no_grad(), cast():
+        with torch.no_grad(), torch.autocast(**autocast):
             for i in range(0, len(idx), chunk):
                 part = idx[i:i + chunk]
                 outs = E.unrolled(P, heads, feats[part].float(), emb[next_ids[part]], depth)
@@ -538,7 +537,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
     def loss_fn(idx=None):
         idx = train[torch.randint(0, len(train), (bs,), generator=gen)] if idx is None else idx
-        with cast():
+        with torch.autocast(**autocast):
             pred = forward(idx)
             y = y_tok[idx]
             logits = head(pred[y >= 0])
