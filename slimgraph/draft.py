@@ -472,7 +472,8 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     frequent tokens of `seqs` (then lowest ids); the lm_head and the embedding stay frozen. Batches are
     whole sequences (about `batch_positions` positions), drawn with a seeded generator: deterministic.
 
-    `dtype` (default bf16, as `EagleDrafter` drafts): the matmuls' precision (torch.autocast; None: float32).
+    `dtype` (default bf16, as `EagleDrafter` drafts): the matmuls' precision (`eagle.weights`, and the draft
+    vocabulary's logits; norms, attention and the residual stream are float32, as in drafting; None: float32).
     Measured on SmolLM2-135M (2048 sequences, 480 CPU-s each, a 5-token greedy chain's tokens per verify on
     64 eval-corpus continuations; benchmarks/RESULTS.md): float32 at 256 positions per batch 2.45, bf16 at
     512 2.92, bf16 at 1024 3.58 (2048: 3.35, too few steps), and at 1024 `w_ce` 0.1 / 0.03 / 0.01 / 0:
@@ -506,14 +507,16 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     held, train = perm[:n_held], perm[n_held:]
     pos = torch.arange(T - 1)
     bs = max(1, batch_positions // (T - 1))
-    autocast = {"device_type": "cpu", "dtype": dtype or torch.float32, "enabled": dtype not in (None, torch.float32)}
+    dt = dtype or torch.float32                                     # the matmuls' precision, as drafting runs them
+    wd_dt = wd.to(dt)
 
-    def head(o):
-        return F.linear(o, wd, bd)
+    def head(o):                                                    # draft-vocabulary logits, float32
+        out = F.linear(o.to(dt), wd_dt).float()
+        return out if bd is None else out + bd
 
     def forward(idx):
-        x = E.fuse(P, feats[idx].float(), emb[next_ids[idx]])
-        return E.layer(P, heads, x, pos)[0]
+        W = E.weights(P, dt)                                        # differentiable casts of the float32 P
+        return E.layer(W, heads, E.fuse(W, feats[idx].float(), emb[next_ids[idx]]), pos)[0]
 
     def evaluate(idx):
         """(top-1 of the next-token draft, cumulative chain acceptance per depth) on sequences idx."""
@@ -523,10 +526,11 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         chunk = max(1, EVAL_POSITIONS // (T - 1))   # sequences per pass: the unrolled attention is [.., n, depth * n]
         right = seen = 0
         chain = torch.zeros(depth)
-        with torch.no_grad(), torch.autocast(**autocast):
+        with torch.no_grad():
+            W = E.weights(P, dt)
             for i in range(0, len(idx), chunk):
                 part = idx[i:i + chunk]
-                outs = E.unrolled(P, heads, feats[part].float(), emb[next_ids[part]], depth)
+                outs = E.unrolled(W, heads, feats[part].float(), emb[next_ids[part]], depth)
                 # equal-length sequences: every chunk has the same number of chains per sequence
                 chain += torch.tensor(E.chain_acceptance(outs, head, y_tok[part], prompt_len - 1)) * len(part)
                 pred, y = head(outs[0]).argmax(-1), y_tok[part]
@@ -537,12 +541,9 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
     def loss_fn(idx=None):
         idx = train[torch.randint(0, len(train), (bs,), generator=gen)] if idx is None else idx
-        with torch.autocast(**autocast):
-            pred = forward(idx)
-            y = y_tok[idx]
-            logits = head(pred[y >= 0])
-        reg = F.smooth_l1_loss(pred.float(), y_feat[idx].float())
-        ce = F.cross_entropy(logits.float(), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
+        pred, y = forward(idx), y_tok[idx]
+        reg = F.smooth_l1_loss(pred, y_feat[idx].float())
+        ce = F.cross_entropy(head(pred[y >= 0]), y[y >= 0]) if bool((y >= 0).any()) else pred.sum() * 0
         return reg + w_ce * ce
 
     losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,

@@ -15,8 +15,9 @@ temporary K/V during one drafting round and are dropped after it, so nothing eve
 Each round costs one layer over the newly accepted rows plus one layer call per tree depth (all the
 nodes of a depth at once, under a tree mask), and lm_head over the *draft vocabulary* (the frequent
 tokens chosen by training, `draft_heads.eagle.vocab`; EAGLE-3 reduces its draft vocabulary likewise).
-Everything here is torch (float32) outside the compiled graph: verification is by the base model alone,
-so the drafter can only change the speed, never the output.
+Everything here is torch outside the compiled graph, float32 but for the matmuls (bf16 when drafting, by the
+weights' dtype; by torch.autocast in training): verification is by the base model alone, so the drafter can
+only change the speed, never the output.
 """
 from __future__ import annotations
 
@@ -42,19 +43,33 @@ def config(graph) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
+def weights(P, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The layer's weights as `fuse` and `layer` read them, from `params`-style P: the matmuls' weights in
+    `dtype` (q/k/v fused into one `qkv` matrix, gate/up into `gu`), the norms and the fc bias as given.
+    Differentiable in P (training makes them every step under torch.autocast; the drafter once, in bf16)."""
+    return {"fc": P["fc.weight"].to(dtype), "fc.bias": P["fc.bias"], "ln1": P["ln1.weight"],
+            "qkv": torch.cat([P[n] for n in ("q.weight", "k.weight", "v.weight")]).to(dtype),
+            "o": P["o.weight"].to(dtype), "ln2": P["ln2.weight"],
+            "gu": torch.cat((P["gate.weight"], P["up.weight"])).to(dtype), "down": P["down.weight"].to(dtype)}
+
+
 def _rms(x, w):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w
 
 
-def _rope(x, pos):
-    """x [B, H, n, hd], pos [n] (or [B, n]) integer positions: rotate-half RoPE."""
-    hd = x.shape[-1]
-    inv = 1.0 / (ROPE_THETA ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-    ang = pos.to(torch.float32)[..., None] * inv                    # [.., n, hd/2]
-    cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
-    if cos.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    return _rotate(x, cos, sin)
+_ROPE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _rope_table(hd: int, n: int):
+    """(cos, sin) [>= n, hd] of rotate-half RoPE for head size hd, grown by doubling and kept per hd."""
+    cos, sin = _ROPE.get(hd, (torch.zeros(0, hd), None))
+    if cos.shape[0] < n:
+        n = max(n, 2 * cos.shape[0], 256)
+        inv = 1.0 / (ROPE_THETA ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        ang = torch.arange(n, dtype=torch.float32)[:, None] * inv
+        cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+        _ROPE[hd] = (cos, sin)
+    return cos, sin
 
 
 def _rotate(x, cos, sin):
@@ -63,36 +78,37 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
-def fuse(P, feats, emb):
-    """fc(concat(f, e)): [.., d] x [.., d] -> [.., d]."""
-    return F.linear(torch.cat((feats, emb), -1), P["fc.weight"], P["fc.bias"])
+def fuse(W, feats, emb):
+    """fc(concat(f, e)): [.., d] x [.., d] -> [.., d] float32. W: `weights`."""
+    return F.linear(torch.cat((feats, emb), -1).to(W["fc"].dtype), W["fc"]).float() + W["fc.bias"]
 
 
-def layer(P, heads: int, x, pos, mask=None, past=None):
-    """One decoder layer. x [B, n, d]; pos [n] positions; mask bool [B|1, 1, n, L + n] (True = may attend;
+def layer(W, heads: int, x, pos, mask=None, past=None):
+    """One decoder layer. W: `weights` (the matmuls run in its dtype, everything else in float32);
+    x [B, n, d] float32; pos [n] integer positions; mask bool [B|1, 1, n, L + n] (True = may attend;
     None = causal, only without `past`); past (K, V) [B, H, L, hd] of earlier positions.
     Returns (out [B, n, d], k, v) with this call's rotated keys and values [B, H, n, hd]."""
     B, n, d = x.shape
-    hd = d // heads
-    y = _rms(x, P["ln1.weight"])
-    q, k, v = (F.linear(y, P[w]).view(B, n, heads, hd).transpose(1, 2) for w in ("q.weight", "k.weight", "v.weight"))
-    q, k = _rope(q, pos), _rope(k, pos)
+    hd, dt = d // heads, W["qkv"].dtype
+    y = _rms(x, W["ln1"])
+    q, k, v = F.linear(y.to(dt), W["qkv"]).float().view(B, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    cos, sin = _rope_table(hd, int(pos.max()) + 1)
+    q, k = _rotate(q, cos[pos], sin[pos]), _rotate(k, cos[pos], sin[pos])
     K, V = (k, v) if past is None else (torch.cat((past[0], k), 2), torch.cat((past[1], v), 2))
     if mask is None and past is None:
         a = F.scaled_dot_product_attention(q, K, V, is_causal=True)
     else:
         a = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
-    x = x + F.linear(a.transpose(1, 2).reshape(B, n, d), P["o.weight"])
-    y = _rms(x, P["ln2.weight"])
-    x = x + F.linear(F.silu(F.linear(y, P["gate.weight"])) * F.linear(y, P["up.weight"]), P["down.weight"])
-    return x, k, v
+    x = x + F.linear(a.transpose(1, 2).reshape(B, n, d).to(dt), W["o"]).float()
+    g, u = F.linear(_rms(x, W["ln2"]).to(dt), W["gu"]).chunk(2, -1)
+    return x + F.linear(F.silu(g) * u, W["down"]).float(), k, v
 
 
-def unrolled(P, heads: int, feats, emb_next, depth: int) -> list:
+def unrolled(W, heads: int, feats, emb_next, depth: int) -> list:
     """Greedy chain drafting from every position at once, teacher forced on the drafted tokens (the tokens a
     chain must have drafted for the next one to count): the layer run `depth` times as decoding runs it.
 
-    feats [B, n, d]: the base's features f_0..f_{n-1}; emb_next [B, n, d]: embeddings of x_1..x_n (the token
+    W: `weights`; feats [B, n, d]: the base's features f_0..f_{n-1}; emb_next [B, n, d]: embeddings of x_1..x_n (the token
     after each). Returns `depth` tensors [B, n, d]: entry j-1 at position p is the predicted feature after
     j - 1 drafted steps from the real context f_0..f_{p-j+1}, i.e. the prediction of f_{p+1} (whose lm_head
     argmax is the j-th drafted token, x_{p+2}). Step j's row p reads (step j-1's output at p - 1, x_{p+1})
@@ -103,9 +119,9 @@ def unrolled(P, heads: int, feats, emb_next, depth: int) -> list:
     outs, K, V = [], [], []
     x_feat = feats
     for j in range(1, depth + 1):
-        x = fuse(P, x_feat, emb_next)
+        x = fuse(W, x_feat, emb_next)
         if j == 1:
-            o, k, v = layer(P, heads, x, pos)
+            o, k, v = layer(W, heads, x, pos)
         else:
             mask = torch.zeros(n, j * n, dtype=torch.bool)
             mask[:, :n] = pos[None, :] <= pos[:, None] - (j - 1)          # real rows
@@ -113,7 +129,7 @@ def unrolled(P, heads: int, feats, emb_next, depth: int) -> list:
                 src = pos - (j - s)
                 ok = src >= 0
                 mask[pos[ok], (s - 1) * n + src[ok]] = True
-            o, k, v = layer(P, heads, x, pos, mask[None, None], (torch.cat(K, 2), torch.cat(V, 2)))
+            o, k, v = layer(W, heads, x, pos, mask[None, None], (torch.cat(K, 2), torch.cat(V, 2)))
         K.append(k)
         V.append(v)
         outs.append(o)
@@ -196,41 +212,11 @@ class EagleDrafter:
         st = _static(graph)
         self.P, self.steps, self.heads, self.embed = st["P"], st["steps"], st["heads"], st["embed"]
         self.vocab_ids, self.vocab, self.W, self.b = st["vocab_ids"], st["vocab"], st["W"], st["b"]
-        d = self.W.shape[1]
-        self.hd = d // self.heads
+        self.hd = self.W.shape[1] // self.heads
         self.dtype = dtype
-        P = self.P
-        self._w = {"fc": P["fc.weight"].to(dtype), "qkv": torch.cat([P[n] for n in ("q.weight", "k.weight", "v.weight")]).to(dtype),
-                   "o": P["o.weight"].to(dtype), "gu": torch.cat((P["gate.weight"], P["up.weight"])).to(dtype),
-                   "down": P["down.weight"].to(dtype), "lm": self.W.to(dtype)}
-        self._cos = self._sin = torch.zeros(0, self.hd)
+        self._w = weights(self.P, dtype)
+        self._lm = self.W.to(dtype)
         self.reset()
-
-    def _rope_table(self, n: int):
-        if self._cos.shape[0] < n:
-            n = max(n, 2 * self._cos.shape[0], 256)
-            inv = 1.0 / (ROPE_THETA ** (torch.arange(0, self.hd, 2, dtype=torch.float32) / self.hd))
-            ang = torch.arange(n, dtype=torch.float32)[:, None] * inv
-            self._cos, self._sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
-        return self._cos, self._sin
-
-    def _fuse(self, feats, emb):
-        return F.linear(torch.cat((feats, emb), -1).to(self.dtype), self._w["fc"]).float() + self.P["fc.bias"]
-
-    def _layer(self, x, pos, mask, past):
-        """`layer` with the prepared weights: x [1, n, d], pos [n], mask bool [1, 1, n, L + n], past (K, V)."""
-        B, n, d = x.shape
-        H, hd, w = self.heads, self.hd, self._w
-        y = _rms(x, self.P["ln1.weight"])
-        q, k, v = F.linear(y.to(self.dtype), w["qkv"]).float().view(B, n, 3, H, hd).permute(2, 0, 3, 1, 4)
-        cos, sin = self._rope_table(int(pos.max()) + 1)
-        q, k = _rotate(q, cos[pos], sin[pos]), _rotate(k, cos[pos], sin[pos])
-        K, V = torch.cat((past[0], k), 2), torch.cat((past[1], v), 2)
-        a = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
-        x = x + F.linear(a.transpose(1, 2).reshape(B, n, d).to(self.dtype), w["o"]).float()
-        g, u = F.linear(_rms(x, self.P["ln2.weight"]).to(self.dtype), w["gu"]).chunk(2, -1)
-        x = x + F.linear(F.silu(g) * u, w["down"]).float()
-        return x, k, v
 
     def reset(self):
         self.k = torch.zeros(1, self.heads, 0, self.hd)
@@ -256,16 +242,16 @@ class EagleDrafter:
         ids = torch.cat([i for _, i in self._pending])
         self._pending = []
         n, L = feats.shape[0], self.k.shape[2]
-        x = self._fuse(feats.float(), self.embed[ids])[None]
+        x = fuse(self._w, feats.float(), self.embed[ids])[None]
         mask = torch.ones(n, L + n, dtype=torch.bool)
         mask[:, L:] = torch.ones(n, n, dtype=torch.bool).tril()
-        out, k, v = self._layer(x, torch.arange(L, L + n), mask[None, None], (self.k, self.v))
+        out, k, v = layer(self._w, self.heads, x, torch.arange(L, L + n), mask[None, None], (self.k, self.v))
         self.k, self.v = torch.cat((self.k, k), 2), torch.cat((self.v, v), 2)
         self.last = out[0, -1]
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits [m, V'] of predicted features [m, d]."""
-        out = F.linear(feats.to(self.dtype), self._w["lm"]).float()
+        out = F.linear(feats.to(self.dtype), self._lm).float()
         return out if self.b is None else out + self.b
 
     def full_probs(self, logits: torch.Tensor, warp) -> torch.Tensor:
@@ -302,7 +288,7 @@ class EagleDrafter:
             # the next level's features: one layer call over the nodes that have children
             grow = [c for c in nxt if children[c]]
             if grow:
-                x = self._fuse(torch.stack([feats[tree.parent[c]] for c in grow]),
+                x = fuse(self._w, torch.stack([feats[tree.parent[c]] for c in grow]),
                          self.embed[torch.tensor([tokens[c] for c in grow])])[None]
                 m = len(grow)
                 mask = torch.zeros(m, L + len(dnodes) + m, dtype=torch.bool)
@@ -312,7 +298,7 @@ class EagleDrafter:
                         mask[r, L + j] = bool(tree.mask[c, dn])
                     mask[r, L + len(dnodes) + r] = True
                 pos = torch.tensor([L + len(tree.paths[c]) - 1 for c in grow])
-                out, k, v = self._layer(x, pos, mask[None, None], (dk, dv))
+                out, k, v = layer(self._w, self.heads, x, pos, mask[None, None], (dk, dv))
                 dk, dv = torch.cat((dk, k), 2), torch.cat((dv, v), 2)
                 dnodes += grow
                 for r, c in enumerate(grow):
@@ -348,7 +334,7 @@ class EagleDrafter:
                 break
             # one layer call: node n's row reads (its parent's feature, its token) at position L + depth - 1
             # and attends to the real rows, its drafted ancestors' rows and itself
-            x = self._fuse(torch.stack([feat[s.parent[n - 1]] for n in front]),
+            x = fuse(self._w, torch.stack([feat[s.parent[n - 1]] for n in front]),
                      self.embed[torch.tensor([s.token[n - 1] for n in front])])[None]
             m = len(front)
             mask = torch.zeros(m, L + len(rows) + m, dtype=torch.bool)
@@ -362,7 +348,7 @@ class EagleDrafter:
                     mask[r, L + j] = dn in anc
                 mask[r, L + len(rows) + r] = True
             pos = torch.full((m,), L + d)
-            out, k, v = self._layer(x, pos, mask[None, None], (dk, dv))
+            out, k, v = layer(self._w, self.heads, x, pos, mask[None, None], (dk, dv))
             dk, dv = torch.cat((dk, k), 2), torch.cat((dv, v), 2)
             rows += front
             for r, n in enumerate(front):
@@ -382,9 +368,9 @@ class EagleDrafter:
             toks.append(t)
             qs.append(q)
             if j + 1 < depth:
-                x = self._fuse(f[None], self.embed[t][None])[None]
+                x = fuse(self._w, f[None], self.embed[t][None])[None]
                 mask = torch.ones(1, 1, 1, dk.shape[2] + 1, dtype=torch.bool)
-                out, k, v = self._layer(x, torch.tensor([L + j]), mask, (dk, dv))
+                out, k, v = layer(self._w, self.heads, x, torch.tensor([L + j]), mask, (dk, dv))
                 dk, dv = torch.cat((dk, k), 2), torch.cat((dv, v), 2)
                 f = out[0, 0]
         return toks, torch.stack(qs) if qs else torch.zeros(0, self.vocab)

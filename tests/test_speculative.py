@@ -179,6 +179,37 @@ def test_eagle_speculative_output_equals_plain_greedy(random_eagle):
     check_identical(random_eagle, prompts(1, seed=8), new=24, tree=[(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])
 
 
+def test_eagle_layer_is_a_llama_decoder_layer():
+    """eagle.layer (q/k/v and gate/up fused, as training and drafting both run it) computes transformers'
+    LlamaDecoderLayer with the same weights (RMSNorm eps 1e-6, RoPE theta 10000, SwiGLU, no biases): the
+    independent oracle for the layer's math, in float32 and, within bf16 rounding, in the drafter's bf16."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+    from slimgraph import eagle as E
+    g = compile_eagle("reference").graph
+    gen = torch.Generator().manual_seed(0)
+    P = {n: t + torch.randn(t.shape, generator=gen) * 0.1 for n, t in E.params(g).items()}
+    _, heads, _ = E.config(g)
+    d, inter = P["q.weight"].shape[1], P["gate.weight"].shape[0]
+    cfg = LlamaConfig(hidden_size=d, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=heads,
+                      rms_norm_eps=E.EPS, rope_theta=E.ROPE_THETA, attn_implementation="sdpa")
+    hf = LlamaDecoderLayer(cfg, 0).eval()
+    names = {"input_layernorm.weight": "ln1.weight", "post_attention_layernorm.weight": "ln2.weight",
+             "self_attn.q_proj.weight": "q.weight", "self_attn.k_proj.weight": "k.weight",
+             "self_attn.v_proj.weight": "v.weight", "self_attn.o_proj.weight": "o.weight",
+             "mlp.gate_proj.weight": "gate.weight", "mlp.up_proj.weight": "up.weight",
+             "mlp.down_proj.weight": "down.weight"}
+    hf.load_state_dict({k: P[v] for k, v in names.items()})
+    x, pos = torch.randn(1, 7, d, generator=gen), torch.arange(3, 10)
+    with torch.no_grad():
+        want = hf(x, position_embeddings=LlamaRotaryEmbedding(cfg)(x, pos[None]))
+        want = want[0] if isinstance(want, tuple) else want
+        got = E.layer(E.weights(P), heads, x, pos)[0]
+        got16 = E.layer(E.weights(P, torch.bfloat16), heads, x, pos)[0]
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), float((got - want).abs().max())
+    assert float((got16 - want).abs().max()) < 0.05 * float(want.abs().max())
+
+
 def test_eagle_drafter_cache_matches_a_full_recomputation():
     """Drafting with the drafter's KV cache (extend in pieces, then a chain) equals recomputing the layer
     over the whole sequence each step (slimgraph/eagle.py's math, no cache)."""
@@ -186,7 +217,7 @@ def test_eagle_drafter_cache_matches_a_full_recomputation():
     from slimgraph.speculative import chain
     c = compile_eagle("reference")
     g = c.graph
-    P, (steps, heads, _) = E.params(g), E.config(g)
+    W, (steps, heads, _) = E.weights(E.params(g)), E.config(g)
     torch.manual_seed(0)
     feats, toks = torch.randn(9, 64), torch.randint(0, VOCAB, (9,))
     d = E.EagleDrafter(g, dtype=torch.float32)     # the cache logic, exactly (drafting defaults to bf16)
@@ -195,7 +226,7 @@ def test_eagle_drafter_cache_matches_a_full_recomputation():
     got = d.draft_tree(chain(3))
     f, t, want = feats, toks, []
     for _ in range(3):
-        out = E.layer(P, heads, E.fuse(P, f, d.embed[t])[None], torch.arange(len(t)))[0][0]
+        out = E.layer(W, heads, E.fuse(W, f, d.embed[t])[None], torch.arange(len(t)))[0][0]
         nxt = int(d.logits(out[-1:]).argmax())
         want.append(nxt)
         f, t = torch.cat((f, out[-1:])), torch.cat((t, torch.tensor([nxt])))
@@ -215,7 +246,7 @@ def test_unrolled_training_drafts_equal_the_drafters_chains_from_every_start():
         w = c.graph.weights[E.EAGLE + name]
         w.tensor = w.tensor + torch.randn(w.type.shape, generator=randomize_eagle) * 0.2
     g = c.graph
-    P, (steps, heads, _) = E.params(g), E.config(g)
+    W, (steps, heads, _) = E.weights(E.params(g)), E.config(g)
     torch.manual_seed(0)
     feats, toks = torch.randn(10, 64), torch.randint(0, VOCAB, (10,))
     seen = set()
@@ -225,7 +256,7 @@ def test_unrolled_training_drafts_equal_the_drafters_chains_from_every_start():
         drafted = d.draft_tree(chain(4))
         seen.add(tuple(drafted))
         nxt = torch.cat((toks[:i + 1], torch.tensor(drafted[:3]), toks[i + 4:]))   # x_{t+1} read at t
-        outs = E.unrolled(P, heads, feats[None], d.embed[nxt][None], 4)
+        outs = E.unrolled(W, heads, feats[None], d.embed[nxt][None], 4)
         got = [int(d.vocab_ids[d.logits(outs[j][0, i + j:i + j + 1]).argmax()]) for j in range(4)]
         assert got == drafted, i
         # chain_acceptance counts the whole chain from start i when the base's tokens are the drafted ones;
