@@ -186,6 +186,28 @@ def test_int4_verify_equals_single_steps_bit_for_bit_so_speculative_decoding_is_
     assert torch.equal(spec, plain) and fast.last_generate_stats.verifies < 24
 
 
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_draft_heads_decode_on_the_cpu_target_as_plain_greedy_does(model, kind):
+    """insert-draft-heads compiles for `cpu` (the heads' logits and the hidden state are graph outputs like any
+    other): its draft outputs equal the reference target's, and chain, fixed-tree and dynamic-tree speculative
+    decoding give plain greedy decoding's tokens."""
+    from slimgraph.generate import generate
+    pipe = "canonicalize,insert-draft-heads{num_heads=3" + (",kind=eagle}" if kind == "eagle" else "}")
+    fast = slimgraph.optimize(model, EXAMPLE, target="cpu", pipeline=pipe)
+    ref = slimgraph.optimize(model, EXAMPLE, target="reference", pipeline=pipe)
+    ids = torch.tensor([[3, 17, 5, 60, 9, 17, 5]])
+    got, want = fast.decoder().prefill(ids), ref.decoder().prefill(ids)
+    names = [n for n in want if n.startswith(("draft_logits", "hidden_states"))]
+    assert "hidden_states" in names and (kind == "eagle" or "draft_logits_2" in names), sorted(want)
+    for name in names:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=name)
+    plain = generate(fast, ids, 20, speculative=False)
+    assert torch.equal(plain, generate(ref, ids, 20, speculative=False))
+    for mode, tree in (("chain", None), ("tree", [(0,), (1,), (0, 0), (0, 1), (0, 0, 0)]), ("tree", "dynamic")):
+        assert torch.equal(generate(fast, ids, 20, speculative=mode, tree=tree), plain), (mode, tree)
+        assert fast.last_generate_stats.speculative == mode
+
+
 @pytest.mark.parametrize("quant", ["", "quantize-weights{bits=4,group=32},fuse-dequant-matmul,quantize-activations{bits=16},"],
                          ids=["fp32", "w4a16"])
 def test_sliding_window_with_sinks_decodes_in_a_bounded_ring_and_speculates_exactly(model, quant, tmp_path):
