@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from ..ir.causal_lm import INPUTS as CAUSAL_LM_INPUTS, is_causal_lm
 from ..ir.dtypes import to_torch
 from .base import Pass, PassError, PassResult, register_pass
 
@@ -148,6 +149,10 @@ class InsertDraftHeads(Pass):
         if "logits" not in outs:
             raise PassError(f"{who}: graph @{graph.name} has no output named 'logits' (outputs: "
                             f"{[v.name for v in graph.outputs][:6]}); draft heads need a causal LM's logits")
+        if not is_causal_lm(graph):
+            raise PassError(f"{who}: graph @{graph.name} is not a causal LM with a KV cache (declared state and the "
+                            f"inputs {', '.join(CAUSAL_LM_INPUTS)}); draft heads guess the next tokens of autoregressive "
+                            f"decoding, which a masked LM or an encoder (e.g. BERT) does not do")
         if draft_outputs(graph) or any(n.startswith("draft_heads.") for n in graph.weights):
             raise PassError(f"{who}: graph @{graph.name} already has draft heads; insert them once")
         head = outs["logits"].producer

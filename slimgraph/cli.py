@@ -105,7 +105,8 @@ def cmd_compile(args) -> None:
     untrained = untrained_components(compiled)
     if untrained:
         why = ("--train-budget 0" if args.train_budget == 0 else
-               f"--train-budget {args.train_budget:g}: no training update fit in that budget")
+               f"--train-budget {args.train_budget:g}: no update fit in that budget, or training kept the initial "
+               f"values, see its warning above")
         print(f"WARNING: {out} holds UNTRAINED components ({why}): " + "; ".join(untrained) + ". "
               f"They still have their initial values (a linearized model's perplexity is far worse than the "
               f"source's; untrained draft heads only slow decoding). Train them: compile again with "

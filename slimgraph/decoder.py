@@ -127,6 +127,12 @@ class Decoder:
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
         return self._forward(ids, positions, local, None)
 
+    @property
+    def index_window(self) -> int | None:
+        """The keys (window + sinks) of the model's own index-placed sliding window (`attention{window}`), the
+        sequence length up to which `verify` takes candidate trees; None: no such window (trees run anywhere)."""
+        return self._index_band
+
     def tree_ok(self, k: int) -> bool:
         """Whether `verify` takes a candidate TREE of k nodes now (a chain always runs): not on an empty
         cache, nor past a model's own index-placed sliding window (see verify)."""
@@ -157,7 +163,7 @@ class Decoder:
                 and not bool((depth == torch.arange(k, device=depth.device)).all())):
             # past the band, node i at depth < i would lose keys between L + depth - window and L + i - window
             raise DecoderError(f"verify(): a candidate tree past the model's own sliding window (attention{{window}}, "
-                               f"{self._index_band} keys with its sinks, placed by index; the cache holds "
+                               f"a query sees the {self._index_band} keys before it, sinks included, placed by index; the cache holds "
                                f"{self.length} + {k} candidates) would drop keys its nodes see; verify a chain "
                                f"(tree_mask=None) on this model, or compile it with sparsify-attention, which places the model's "
                                f"window by position)")

@@ -22,6 +22,7 @@ Costs: one greedy generation over the prompts plus one batched forward per chunk
 """
 from __future__ import annotations
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +51,8 @@ class DraftTrainReport:
     cpu_seconds: float = 0.0       # CPU seconds of this process (all threads, time.process_time) for the updates
     data_cpu_seconds: float = 0.0  # ... and for data preparation
     loss: list[float] = field(default_factory=list)          # per step: mean over the batch's (position, head) targets
-    heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: untrained)
+    heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: as the heads
+                                                                # were when this call began)
     heldout_top1_before: list[float] = field(default_factory=list)
     kept_step: int = 0             # the step whose parameters were kept (early stopping on held-out loss)
     reverted: bool = False         # Medusa: the trained heads had a lower held-out top-1 than the initial ones
@@ -74,14 +76,18 @@ class DraftTrainReport:
                      if self.kind == "eagle" else (f"{self.heads} heads", "per head"))
         return (f"draft heads: {what}, {self.sequences} sequences ({self.positions} positions), "
                 f"{self.steps} steps in {self.seconds:.0f} s wall / {self.cpu_seconds:.0f} s CPU (+{self.data_seconds:.0f} s "
-                f"wall / {self.data_cpu_seconds:.0f} s CPU data); held-out top-1 "
-                f"{per} [{acc}] (untrained [{before}]); " +
+                f"wall / {self.data_cpu_seconds:.0f} s CPU data); " +
+                (f"held-out top-1 {per} [{acc}] (before this training [{before}]); " if self.heldout_top1 else
+                 "no held-out sequences; ") +
                 (f"held-out greedy chain: {self.heldout_tokens_per_verify:.2f} tokens per verify; "
                  if self.heldout_chain else "") +
                 f"loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
                 ("kept the initial parameters: the trained ones had a lower held-out top-1 (the loss ranks only "
                  "the tokens of the base's continuations; more varied prompts help)" if self.reverted else
-                 f"kept the parameters of step {self.kept_step} (best held-out loss)")
+                 "kept the initial parameters (the held-out loss was best before the first update)"
+                 if self.kept_step == 0 else
+                 f"kept the parameters of step {self.kept_step} (best held-out loss)" if self.heldout_top1 else
+                 "kept the last step's parameters")
                 if self.loss else f"draft heads: no training steps ran")
 
 
@@ -294,6 +300,15 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     if not 0 <= heldout < 1:
         raise DraftTrainingError(f"train_draft_heads(): heldout={heldout} is the fraction of sequences held out; "
                                  f"give 0 <= heldout < 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise DraftTrainingError(f"train_draft_heads(): steps={steps!r}; give the number of updates, an int >= 0")
+    for name, v in (("time_budget_s", time_budget_s), ("cpu_budget_s", cpu_budget_s)):
+        if v is not None and not (isinstance(v, (int, float)) and v >= 0):
+            raise DraftTrainingError(f"train_draft_heads(): {name}={v!r}; give seconds >= 0, or None for no limit")
+    if batch_positions is not None and (isinstance(batch_positions, bool) or not isinstance(batch_positions, int)
+                                        or batch_positions < 1):
+        raise DraftTrainingError(f"train_draft_heads(): batch_positions={batch_positions!r}; give an int >= 1, or "
+                                 f"None for the head kind's default (Medusa 256, EAGLE 1024)")
     if int(draft_vocab) < 2:
         raise DraftTrainingError(f"train_draft_heads(): draft_vocab={draft_vocab}; the training softmax needs at "
                                  f"least 2 tokens (default 8192)")
@@ -306,13 +321,22 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
         if tokenizer is None:
             raise DraftTrainingError("train_draft_heads(): pass `prompts` (token ids) or a `tokenizer` for `texts`")
         prompts = prompt_ids(tokenizer, texts, n=num_prompts, prompt_tokens=prompt_tokens)
-    if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.dtype != torch.long:
-        raise DraftTrainingError("train_draft_heads(): prompts must be an int64 tensor [n, prompt_tokens]")
+    if (not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.dtype != torch.long
+            or 0 in prompts.shape):
+        got = (f"{prompts.dtype} tensor of shape {tuple(prompts.shape)}" if isinstance(prompts, torch.Tensor)
+               else type(prompts).__name__)
+        raise DraftTrainingError(f"train_draft_heads(): prompts must be an int64 tensor [n, prompt_tokens] with "
+                                 f"n >= 1 and prompt_tokens >= 1, got {got}")
     eagle = names == ["draft_heads.eagle.config"]
     if eagle and prompts.shape[1] < 2:
         raise DraftTrainingError(f"train_draft_heads(): EAGLE training needs prompts of >= 2 tokens, got "
                                  f"{prompts.shape[1]}")
     k = len(names)
+    new = new_tokens if data is None else data[0].shape[1] - prompts.shape[1]
+    if not eagle and new < k + 1:
+        raise DraftTrainingError(f"train_draft_heads(): {new} new tokens per continuation give head {k} no target "
+                                 f"(head i learns the token i + 2 steps ahead): give new_tokens >= {k + 1} for "
+                                 f"{k} heads (default 96)")
     t0, c0 = time.perf_counter(), time.process_time()
     seqs, hidden = data if data is not None else self_distillation_data(compiled, prompts, new_tokens,
                                                                          progress=progress)
@@ -323,7 +347,7 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
                              lr=lr, seed=seed, heldout=heldout, progress=progress, draft_vocab=draft_vocab,
                              batch_positions=batch_positions or 1024)
         rebuild_runner(compiled)
-        mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)
+        _record(compiled, report)
         return report
     # targets[n, t, i] = token at t + i + 2 for t >= p - 1 (the continuation), else ignored (-100)
     targets = torch.full((len(seqs), total, k), -100, dtype=torch.long)
@@ -404,8 +428,19 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     rebuild_runner(compiled)
     report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, after,
                               before, kept, reverted, heldout_chain=chain)
-    mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)   # the model's report says so
+    _record(compiled, report)
     return report
+
+
+def _record(compiled, report) -> None:
+    """Mark the heads trained on the model's report, unless the call ended with the parameters it began with
+    (reverted, or the held-out loss best before the first update): then say so, and the report keeps what it
+    said before (UNTRAINED heads stay UNTRAINED)."""
+    if report.steps and (report.reverted or report.kept_step == 0):
+        warnings.warn(f"train_draft_heads(): the heads keep the parameters they had before this call ({report}); "
+                      f"train longer or on more varied prompts", stacklevel=3)
+        return
+    mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)
 
 
 def rebuild_runner(compiled) -> None:

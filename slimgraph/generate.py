@@ -9,6 +9,8 @@ matches `model.generate(..., do_sample=False)` of the source model (same argmax,
 a left-padded batch generates what each prompt generates alone.
 """
 from __future__ import annotations
+
+import math
 import time
 from dataclasses import dataclass
 
@@ -263,10 +265,10 @@ def _check_args(compiled, input_ids, max_new_tokens, temperature, top_k):
                             "use tokenizer(..., return_tensors='pt').input_ids")
     if input_ids.shape[1] == 0:
         raise GenerateError("generate(): the prompt is empty; pass at least one token")
-    if max_new_tokens < 0:
-        raise GenerateError(f"generate(): max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature <= 0:
-        raise GenerateError(f"generate(): temperature must be > 0, got {temperature}; "
+    if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__") or max_new_tokens < 0:
+        raise GenerateError(f"generate(): max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise GenerateError(f"generate(): temperature must be a finite number > 0, got {temperature!r}; "
                             "use do_sample=False for greedy decoding")
     if top_k is not None and top_k < 1:
         raise GenerateError(f"generate(): top_k must be >= 1 or None, got {top_k}")

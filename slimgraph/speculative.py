@@ -106,6 +106,14 @@ class Tree:
         self.depth = max(len(p) for p in self.paths)
         self.topk = max(r for p in paths for r in p) + 1
 
+    def cut(self, depth: int) -> "Tree | None":
+        """This tree without the nodes deeper than `depth` (None for depth 0): near max_new_tokens a verify
+        emits at most depth + 1 tokens, and its positions stay within those plain decoding reaches."""
+        if depth >= self.depth:
+            return self
+        keep = [p for p in self.paths[1:] if len(p) <= depth]
+        return Tree(keep, depth) if keep else None
+
     def candidates(self, token: int, drafts: torch.Tensor) -> torch.Tensor:
         """drafts [heads, topk] (token ids by rank) -> candidate ids [1, nodes]."""
         ids = [token] + [int(drafts[len(p) - 1, p[-1]]) for p in self.paths[1:]]
@@ -307,7 +315,15 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
                                                      vocab if isinstance(vocab, int) else None)
         if t.depth > k:
             raise SpeculativeError(f"tree depth {t.depth} > {k} draft heads")
-    chains = {}
+        band, reach = dec.index_window, input_ids.shape[1] + max_new_tokens - 2   # cache + candidates - 1, at most
+        if band is not None and reach > band:
+            raise SpeculativeError(
+                f"tree={tree!r}: this model has its own sliding window (attention{{window}}: a query sees the {band} "
+                f"keys before it, sinks included, placed by index), and a candidate tree cannot be verified once the "
+                f"sequence passes it ({input_ids.shape[1]} prompt tokens + max_new_tokens {max_new_tokens} do); use speculative='chain' or tree='dynamic' (one chain per verify past the "
+                f"window), or compile with sparsify-attention{{kind=sliding_window,...}}, which places the window by "
+                f"position")
+    chains, cuts = {}, {}
     eos_set = set() if eos is None else {int(e) for e in eos.tolist()}
     new: list[int] = []
 
@@ -337,10 +353,11 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
         elif policy is not None:
             path, kept, res = _dynamic_round(dec, drafter, policy, token, k, room, ngrams, lookup)
         else:
-            tt = t
+            tt, depth = t, min(k, room - 1)
             if tt is None:
-                depth = min(k, room - 1)
                 tt = chains.get(depth) or chains.setdefault(depth, chain(depth)) if depth else None
+            elif tt.depth > depth:          # near max_new_tokens: no node past the positions plain decoding reaches
+                tt = cuts[depth] if depth in cuts else cuts.setdefault(depth, tt.cut(depth))
             heads = drafter.draft_tree(tt) if tt is not None else ()
             cap = min(lookup, room - 1, MAX_VERIFY - 1 - len(heads))   # the verify's candidates stay <= MAX_VERIFY
             looked = [ngrams.draft(cap)] if ngrams is not None and cap > 0 else []

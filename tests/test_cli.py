@@ -382,7 +382,7 @@ def test_a_budget_too_small_for_one_update_writes_them_untrained_and_says_why(ll
     src, ids = llama_ids
     p = slimgraph("compile", src, "--pipeline", LINEARIZE, "--calibration", ids, "--train-budget", "1e-9",
                   "-o", tmp_path / "la.sg")
-    assert "WARNING" in p.stderr and "--train-budget 1e-09: no training update fit in that budget" in p.stderr
+    assert "WARNING" in p.stderr and "--train-budget 1e-09: no update fit in that budget" in p.stderr
     assert "trained attention feature maps" not in p.stdout
     assert "UNTRAINED: attention feature maps" in slimgraph("inspect", tmp_path / "la.sg").stdout
 

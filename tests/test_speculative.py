@@ -653,3 +653,56 @@ def test_training_never_leaves_medusa_heads_worse_than_it_found_them():
     assert sum(report.heldout_top1) >= sum(report.heldout_top1_before)
     assert report.reverted and report.kept_step == 0 and "kept the initial parameters" in str(report)
     assert all(not c.graph.weights[f"draft_heads.{i}.weight"].tensor.any() for i in range(2))
+
+
+def test_a_fixed_tree_is_cut_near_a_learned_position_tables_end():
+    """GPT-2's positions are a table (n_positions): plain decoding fills it exactly, and a fixed tree deeper
+    than the tokens still allowed is cut to them, so no verify reads a position past the table."""
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32,
+                                  bos_token_id=None, eos_token_id=None)
+    c = slimgraph.optimize(transformers.GPT2LMHeadModel(cfg).eval(), (torch.zeros(1, 4, dtype=torch.long),),
+                           target="torch", pipeline="canonicalize,insert-draft-heads{num_heads=4}")
+    p = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8]])
+    want = generate(c, p, 24, speculative=False)                      # positions up to 30 of 0..31
+    for tree in ([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)], [(0,), (1,), (0, 0), (1, 0), (0, 0, 0)]):
+        assert torch.equal(generate(c, p, 24, speculative="tree", tree=tree), want), tree
+        assert torch.equal(generate(c, p, 24, speculative="tree", tree=tree, lookup=4), want), tree
+
+
+def test_generate_refuses_a_non_integer_token_count_and_a_non_finite_temperature(random_heads):
+    for bad in (1.5, True, "3"):
+        with pytest.raises(GenerateError, match="max_new_tokens must be an int >= 0"):
+            generate(random_heads, prompts(1), bad)
+    for t in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(GenerateError, match="temperature must be a finite number > 0"):
+            generate(random_heads, prompts(1), 4, do_sample=True, temperature=t)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"new_tokens": 3}, r"give head 3 no target .* new_tokens >= 4 for 3 heads"),
+    ({"prompts": torch.zeros(0, 8, dtype=torch.long)}, r"prompts must be .* got torch.int64 tensor of shape \(0, 8\)"),
+    ({"prompts": torch.zeros(4, 0, dtype=torch.long)}, r"prompts must be .* shape \(4, 0\)"),
+    ({"steps": -1}, "steps=-1"), ({"steps": 2.5}, "steps=2.5"),
+    ({"time_budget_s": -1}, "time_budget_s=-1"), ({"cpu_budget_s": -0.5}, "cpu_budget_s=-0.5"),
+    ({"batch_positions": 0}, "batch_positions=0"), ({"batch_positions": -3}, "batch_positions=-3"),
+])
+def test_training_arguments_that_cannot_work_are_refused_before_any_work(random_heads, kwargs, match):
+    args = {"prompts": prompts(4), "new_tokens": 8, "steps": 2, "time_budget_s": None, "progress": False, **kwargs}
+    with pytest.raises(DraftTrainingError, match=match):
+        slimgraph.train_draft_heads(random_heads, **args)
+
+
+def test_heads_that_end_as_they_began_stay_marked_untrained(recwarn):
+    """Training that keeps the initial heads (reverted: they lost held-out top-1; or the held-out loss was
+    best before the first update) warns and leaves the model's report saying UNTRAINED, as a budget too small
+    for one update does."""
+    from slimgraph.trainable import untrained_components
+    c = compile_("torch", heads=3)
+    assert untrained_components(c)
+    report = slimgraph.train_draft_heads(c, prompts=prompts(12, seed=5), new_tokens=12, steps=40,
+                                         time_budget_s=None, lr=10.0, seed=0, progress=False)
+    assert report.reverted or report.kept_step == 0, str(report)      # lr 10 wrecks the heads
+    assert untrained_components(c), str(report)
+    assert any("keep the parameters they had before this call" in str(w.message) for w in recwarn)

@@ -98,6 +98,20 @@ def test_a_graph_without_logits_is_refused():
         run_pipeline(g, "insert-draft-heads{num_heads=2}")
 
 
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_a_masked_lm_is_refused_it_has_logits_but_no_kv_cache(kind):
+    """BERT's masked-LM head gives `logits` too, but nothing decodes it token by token: refused by the pass,
+    not later by training or generate()."""
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    bert = transformers.BertForMaskedLM(cfg).eval()
+    g = slimgraph.optimize(bert, (torch.zeros(1, 6, dtype=torch.long),), target="reference", pipeline="").graph
+    with pytest.raises(PassError, match="is not a causal LM with a KV cache.*masked LM or an encoder"):
+        run_pipeline(g, f"canonicalize,insert-draft-heads{{num_heads=2,kind={kind}}}")
+
+
 def test_training_refuses_a_quantized_head_instead_of_shifting_the_others(model):
     """include=[draft_heads.0.weight] packs head 0; train_draft_heads listed the float heads only, so it trained
     draft_heads.1 as head 0 (the token 2 ahead instead of 3) and left head 0 at zero, silently."""
