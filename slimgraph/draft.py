@@ -55,7 +55,7 @@ class DraftTrainReport:
                                                                 # were when this call began)
     heldout_top1_before: list[float] = field(default_factory=list)
     kept_step: int = 0             # the step whose parameters were kept (early stopping on held-out loss)
-    reverted: bool = False         # Medusa: the trained heads had a lower held-out top-1 than the initial ones
+    reverted: bool = False         # the trained heads had a lower held-out top-1 than the initial ones
                                    # (full-vocabulary argmax; the loss runs over the training vocabulary only),
                                    # so the initial parameters were kept
     kind: str = "medusa"           # "eagle": one draft layer run `heads` times (heldout_top1: its next token)
@@ -82,8 +82,9 @@ class DraftTrainReport:
                 (f"held-out greedy chain: {self.heldout_tokens_per_verify:.2f} tokens per verify; "
                  if self.heldout_chain else "") +
                 f"loss {self.loss[0]:.2f} -> {self.loss[-1]:.2f}; " +
-                ("kept the initial parameters: the trained ones had a lower held-out top-1 (the loss ranks only "
-                 "the tokens of the base's continuations; more varied prompts help)" if self.reverted else
+                ("kept the initial parameters: the trained ones had a lower held-out top-1" +
+                 (" (the loss ranks only the tokens of the base's continuations; more varied prompts help)"
+                  if self.kind == "medusa" else "") if self.reverted else
                  "kept the initial parameters (the held-out loss was best before the first update)"
                  if self.kept_step == 0 else
                  f"kept the parameters of step {self.kept_step} (best held-out loss)" if self.heldout_top1 else
@@ -287,8 +288,8 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     at the `draft_vocab` most frequent (every target is in it unless capped); held-out accuracy is measured
     with the full lm_head, as decoding argmaxes; Medusa heads whose held-out top-1 ends below the initial
     heads' (tokens outside a small training vocabulary rising above it) are reset to the initial ones
-    (`report.reverted`). `heldout`: the fraction of SEQUENCES held out (positions of one continuation are
-    not independent samples).
+    (`report.reverted`; an EAGLE layer likewise, by its next-token top-1). `heldout`: the fraction of SEQUENCES
+    held out (positions of one continuation are not independent samples).
     EAGLE heads (`kind=eagle`): see `train_eagle` (`draft_vocab` = size of its draft vocabulary).
     `data`: (sequences, hidden states) from `self_distillation_data` of the same base, to reuse (e.g. for
     Medusa and EAGLE heads on one base); `prompts` must then be the prompts it was made from."""
@@ -573,6 +574,7 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
         return [right / max(seen, 1)], (chain / len(idx)).tolist()
 
     before = evaluate(held)[0]
+    initial = {k: v.detach().clone() for k, v in P.items()}
     opt = torch.optim.AdamW(P.values(), lr=lr, weight_decay=0.0)
     def loss_fn(idx=None):
         idx = train[torch.randint(0, len(train), (bs,), generator=gen)] if idx is None else idx
@@ -584,10 +586,17 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
     losses, step, seconds, cpu, kept = _optimize(opt, loss_fn, steps, time_budget_s, cpu_budget_s,
                                            _bar(steps, "eagle head", progress),
                                            (lambda: float(loss_fn(held[:64]))) if len(held) else None)
+    after, chain = evaluate(held)
+    # as for Medusa heads: a layer that drafts worse than it began (held-out top-1) is put back as it was
+    reverted = bool(after and after[0] < before[0])
+    if reverted:
+        with torch.no_grad():
+            for k, v in P.items():
+                v.copy_(initial[k])
+        (after, chain), kept = evaluate(held), 0
     for k, v in P.items():
         graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
     graph.weights[EAGLE + "vocab"].tensor = order.clone()
     graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
-    after, chain = evaluate(held)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
-                            after, before, kept, kind="eagle", heldout_chain=chain)
+                            after, before, kept, reverted, kind="eagle", heldout_chain=chain)

@@ -694,12 +694,13 @@ def test_training_arguments_that_cannot_work_are_refused_before_any_work(random_
         slimgraph.train_draft_heads(random_heads, **args)
 
 
-def test_heads_that_end_as_they_began_stay_marked_untrained(recwarn):
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_heads_that_end_as_they_began_stay_marked_untrained(recwarn, kind):
     """Training that keeps the initial heads (reverted: they lost held-out top-1; or the held-out loss was
     best before the first update) warns and leaves the model's report saying UNTRAINED, as a budget too small
     for one update does."""
     from slimgraph.trainable import untrained_components
-    c = compile_("torch", heads=3)
+    c = compile_("torch", heads=3) if kind == "medusa" else compile_eagle("torch")
     assert untrained_components(c)
     report = slimgraph.train_draft_heads(c, prompts=prompts(12, seed=5), new_tokens=12, steps=40,
                                          time_budget_s=None, lr=10.0, seed=0, progress=False)
