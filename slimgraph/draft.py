@@ -51,9 +51,8 @@ class DraftTrainReport:
     cpu_seconds: float = 0.0       # CPU seconds of this process (all threads, time.process_time) for the updates
     data_cpu_seconds: float = 0.0  # ... and for data preparation
     loss: list[float] = field(default_factory=list)          # per step: mean over the batch's (position, head) targets
-    heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions (before: as the heads
-                                                                # were when this call began)
-    heldout_top1_before: list[float] = field(default_factory=list)
+    heldout_top1: list[float] = field(default_factory=list)  # per head, on held-out positions
+    heldout_top1_before: list[float] = field(default_factory=list)  # the same, of the heads as this call found them
     kept_step: int = 0             # the step whose parameters were kept (early stopping on held-out loss)
     reverted: bool = False         # the trained heads had a lower held-out top-1 than the initial ones
                                    # (full-vocabulary argmax; the loss runs over the training vocabulary only),
