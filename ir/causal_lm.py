@@ -32,6 +32,21 @@ def check_ids(t) -> torch.Tensor:
     return t
 
 
+def check_left_padding(valid: torch.Tensor, where: str) -> None:
+    """Raises CausalLMInputError unless every row of the prompt mask `valid` [batch, n] (bool) is left
+    padding: its zeros (if any) a prefix of the row, then at least one token. A zero anywhere else is a
+    hole the convention has no meaning for (sinks_first would take it for a pad and reorder real tokens)."""
+    later = valid.cumsum(1) > 0     # True from each row's first token on
+    bad = ((later & ~valid).any(1) | ~valid[:, -1]).nonzero().flatten().tolist()
+    if bad:
+        row = valid[bad[0]].to(torch.int).tolist()
+        shown = row if len(row) <= 16 else row[:8] + ["..."] + row[-8:]
+        raise CausalLMInputError(
+            f"{where}: attention_mask row {bad[0]} is {shown}: masks must be left padding (0s only before "
+            f"a row's first token, then 1s to the end of the row, at least one token per row); pad on the "
+            f"left, and drop or fill the positions a 0 marks inside or at the end of a row")
+
+
 def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For a left-padded prompt (`valid` [batch, n] bool, False = pad): position ids [batch, n] counting real
     tokens, and the causal mask [batch, n, n] in which nobody attends to a pad and a pad attends to itself."""
@@ -85,6 +100,8 @@ def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """The graph inputs of one forward over `input_ids` [batch, seq] from empty state: `model(input_ids)`."""
     ids = check_ids(input_ids)
     valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+    if valid.shape == ids.shape:
+        check_left_padding(valid, "model(input_ids, attention_mask)")
     sinks = ring_sinks(graph)
     if sinks and valid.shape == ids.shape and not bool(valid.all()):
         raise CausalLMInputError(

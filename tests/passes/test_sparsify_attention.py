@@ -577,6 +577,28 @@ def test_a_padded_prompt_no_longer_than_the_sinks_is_a_clear_error(model):
     assert c(x, attention_mask=valid) is not None
 
 
+@pytest.mark.parametrize("pipeline", [PIPE.format(w=40, s=2), "canonicalize,linearize-attention{window=40,sinks=2},dce",
+                                      "canonicalize,dce"])
+def test_a_mask_that_is_not_left_padding_is_refused_by_every_entry_point(model, pipeline):
+    """The convention has left pads only (0s before a row's first token). A 0 inside a row was taken for a
+    pad: with sinks, sinks_first reordered the row's real tokens around it (silently wrong logits); a 0 at
+    the end of a row, or a row of 0s, has no token to decode from. prefill, generate and model() refuse them."""
+    c = compile_(model, "reference", pipeline=pipeline)
+    x = ids(12, seed=5, batch=2)
+    hole, right, empty = (torch.ones(2, 12, dtype=torch.long) for _ in range(3))
+    hole[1, 5], right[1, -2:], empty[1] = 0, 0, 0
+    for mask in (hole, right, empty):
+        with pytest.raises(DecoderError, match=r"prefill\(\): attention_mask row 1 is .*masks must be left padding"):
+            c.decoder(batch=2).prefill(x, attention_mask=mask)
+        with pytest.raises(DecoderError, match="row 1 .*masks must be left padding"):
+            generate(c, x, 3, attention_mask=mask)
+        with pytest.raises(Exception, match=r"model\(input_ids, attention_mask\): attention_mask row 1 .*left padding"):
+            c(x, attention_mask=mask)
+    left = torch.ones(2, 12, dtype=torch.long)
+    left[1, :3] = 0
+    assert c.decoder(batch=2).prefill(x, attention_mask=left)["logits"].shape[:2] == (2, 12)
+
+
 @pytest.mark.parametrize("sinks", [0, OWN_S])
 def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone(sinks):
     """Slots count pads, positions do not: both windows compare slot differences, which left pads do not change.
