@@ -81,6 +81,24 @@ def test_pure_rewrite_drops_the_kv_cache(model):
     assert {s.name: s.input.type.shape for s in g.states}["kv_1"] == ("batch", 2, 16, 16)   # f = 16 (elu)
 
 
+@pytest.mark.parametrize("w", [6, 0])
+def test_past_key_values_is_none_when_the_state_is_not_a_kv_cache(model, w):
+    """model(ids).past_key_values is the KV cache as (key, value) pairs per layer. The linear states kv/z
+    are no keys and values, and a hybrid's ring alone is not its cache: None (the Decoder holds every state).
+    Before, the states were paired blindly: (kv, z) labelled as (key, value), 4 pairs for 2 layers."""
+    x = ids(10)
+    assert compile_(model, w=w)(x).past_key_values is None
+    plain = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                               pipeline="canonicalize,insert-draft-heads{num_heads=2},dce")
+    pkv = plain(x).past_key_values      # draft heads' outputs are no pair either
+    names = [v.name for v in plain.graph.outputs]
+    assert len(pkv) == 2 and all(k.shape == v.shape == (1, 2, 10, 16) for k, v in pkv)
+    dec = plain.decoder()
+    dec.prefill(x)
+    for (k, v), (dk, dv) in zip(pkv, zip(dec.states[::2], dec.states[1::2])):
+        assert torch.equal(k, dk) and torch.equal(v, dv), names
+
+
 @pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 @pytest.mark.parametrize("w,fm,s", [(6, "hedgehog", 0), (6, "hedgehog", 2), (0, "hedgehog", 0), (4, "elu", 3),
                                     (0, "relu2", 0)])
