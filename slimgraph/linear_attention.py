@@ -166,8 +166,9 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
     the shipped calibration split, slimgraph/data/calib.txt) tokenized with `tokenizer`; the last `heldout`
     sequences are held out (relative MSE before/after, per layer). Stops after `steps` updates,
     `time_budget_s` wall seconds or `cpu_budget_s` CPU seconds (time.process_time: the fair budget on a
-    shared machine) of updates, whichever comes first; the teacher forwards are not counted. `end_to_end`
-    in [0, 1): the fraction of the budget (and of `steps`) given to the second, end-to-end stage (module
+    shared machine) of updates, whichever comes first (the default 300 wall seconds applies with a
+    `cpu_budget_s` too: pass time_budget_s=None to budget CPU seconds alone); the teacher forwards are not
+    counted. `end_to_end` in [0, 1): the fraction of the budget (and of `steps`) given to the second, end-to-end stage (module
     docstring; KL from the softmax model's logits, Adam at `e2e_lr`, early-stopped on the held-out KL);
     None (the default) is E2E_DEFAULT for a language model whose feature maps a gradient from the logits
     reaches, else 0 (stage 1 only). The defaults (12 x 1024 tokens, 60% end to end at Adam 1e-2) are the
