@@ -57,6 +57,47 @@ def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.
     return positions, local
 
 
+def context_dim(graph) -> str | None:
+    """The symbol of %attention_mask's last dim when a pass made it one of its own (sparsify-attention and
+    linearize-attention rebind `past + seq` to `ctx`: after them the state's rows no longer count the
+    positions), else None. It is still the positions before the call + seq (`check_context`)."""
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    if mask is None or mask.type.rank != 4 or not isinstance(mask.type.shape[3], str):
+        return None
+    d = mask.type.shape[3]
+    return d if d.isidentifier() else None
+
+
+def check_context(graph, dims: dict[str, int]) -> None:
+    """Raises CausalLMInputError when binding `dims` (symbol -> int, every symbol the graph uses) gives the
+    context symbol (`context_dim`) a value no call has: ctx = L + seq, where L (the positions before the
+    call) is the rows of each `append` state and min(L, window + sinks) rows of each `ring` state."""
+    from . import symbolic
+    ctx = context_dim(graph)
+    if ctx is None or ctx not in dims:
+        return
+    mask = next(v for v in graph.inputs if v.name == "attention_mask")
+    states = [st for st in graph.states if st.kind in ("append", "ring")]
+    try:
+        seq = symbolic.evaluate(mask.type.shape[2], dims)
+        held = [symbolic.evaluate(st.input.type.shape[st.axis], dims) for st in states]
+    except (KeyError, ValueError, TypeError):
+        return      # a symbol left unbound: specialize names it
+    past = dims[ctx] - seq
+    for st, rows in zip(states, held):
+        keep = st.attrs["window"] + st.attrs["sinks"] if st.kind == "ring" else None
+        if past >= 0 and rows == (past if keep is None else min(past, keep)):
+            continue
+        raise CausalLMInputError(
+            f"{ctx}={dims[ctx]} does not fit graph @{graph.name}: %attention_mask [batch, 1, seq, {ctx}] has a "
+            f"column per position before the call and per new token, so {ctx} = the positions before the call "
+            f"+ seq, and state {st.name} ({st.kind}) holds {rows} row(s) before the call with seq={seq}: "
+            f"bind {ctx}={rows + seq}")
+    if past < 0:
+        raise CausalLMInputError(f"{ctx}={dims[ctx]} does not fit graph @{graph.name}: {ctx} = the positions "
+                                 f"before the call + seq >= seq = {seq}: bind {ctx}={seq} for a call from empty state")
+
+
 def ring_sinks(graph) -> int:
     """The attention sinks S every `ring` state of `graph` keeps (0: no ring, or rings without sinks).
     Raises CausalLMInputError when rings keep different numbers (sinks_first below needs one S)."""

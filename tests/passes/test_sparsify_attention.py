@@ -577,6 +577,28 @@ def test_a_padded_prompt_no_longer_than_the_sinks_is_a_clear_error(model):
     assert c(x, attention_mask=valid) is not None
 
 
+def test_the_c_target_says_how_to_bind_the_mask_columns_and_a_ctx_no_call_has_is_refused(model):
+    """sparsify-attention makes the mask's columns a dim of its own, ctx = positions before the call + seq. It
+    exists only after the pass, so the c target's advice is a second bind-shapes after it; a ctx that does not
+    fit the bound state (or a ctx bound before the pass) is a clear error, not a crash in the build."""
+    bind, rewrite = "bind-shapes{dims=[batch=1,past=0,seq=16]},canonicalize,", "sparsify-attention{window=8,sinks=2}"
+    x = torch.zeros(1, 16, dtype=torch.long)
+    with pytest.raises(Exception, match=r"exists only after that pass.*<the pass that made ctx>,"
+                                        r"bind-shapes\{dims=\[ctx=16\]\},dce"):
+        slimgraph.optimize(model, (x,), target="c", pipeline=f"{bind}{rewrite},dce")
+    with pytest.raises(PassError, match=r"has no dim ctx .*bind it in a second bind-shapes after that pass"):
+        slimgraph.optimize(model, (x,), target="reference", pipeline=f"bind-shapes{{dims=[ctx=16]}},{bind}{rewrite}")
+    for ctx, fix in [(1, 16), (17, 16)]:
+        with pytest.raises(PassError, match=rf"ctx={ctx} does not fit .*ctx = the positions before the call \+ "
+                                            rf"seq.*bind ctx={fix}"):
+            slimgraph.optimize(model, (x,), target="reference",
+                               pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx={ctx}]}}")
+    c = slimgraph.optimize(model, (x,), target="reference",
+                           pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx=16]}},dce")
+    p = ids(16)
+    torch.testing.assert_close(c(p).logits, compile_(model, "reference", 8, 2)(p).logits)
+
+
 @pytest.mark.parametrize("pipeline", [PIPE.format(w=40, s=2), "canonicalize,linearize-attention{window=40,sinks=2},dce",
                                       "canonicalize,dce"])
 def test_a_mask_that_is_not_left_padding_is_refused_by_every_entry_point(model, pipeline):
