@@ -108,6 +108,10 @@ class SparsifyAttention(Pass):
                                 f"{'it' if len(given) == 1 else 'them'} or write kind={other}")
 
     def run(self, graph) -> PassResult:
+        linear = sum(1 for n in graph.nodes if n.op == "linear_attention")
+        if linear:
+            raise PassError(f"sparsify-attention{{kind={self.kind}}}: graph @{graph.name} runs linearize-attention "
+                            f"({linear} linear_attention op(s)): " + NO_COMBINATION)
         if self.kind == "block_sparse":
             return self._block_sparse(graph)
         self._check_options()
@@ -207,6 +211,10 @@ class SparsifyAttention(Pass):
             raise PassError(f"{where}: window + sinks = {self.window + self.sinks} >= the model's context limit "
                             f"{self.context}: every position would be kept; use a window below "
                             f"{self.context - self.sinks} or leave full attention")
+
+
+NO_COMBINATION = ("sparsify-attention and linearize-attention do not combine, in either order: use one of them "
+                  "(linearize-attention{window=W,sinks=S} keeps a softmax window with sinks of its own)")
 
 
 def kv_attention(graph, where: str, windowed_hint: str = ""):

@@ -215,7 +215,9 @@ def test_composes_with_quantize_weights(model):
 @pytest.mark.parametrize("opts,match", [
     ("feature_map=cosformer", "unknown feature_map 'cosformer'; valid: hedgehog, elu, relu2"),
     ("window=250,sinks=6", "window 250 \\+ sinks 6 >= the model's context limit 256: every key would stay in "
-                           "the softmax window of its 2 attention op"),
+                           "the softmax window of its 2 attention op.*use a window below 250 with 6 sinks"),
+    ("window=252,sinks=4", "use a window below 252 with 4 sinks"),      # 252 < 256 is what was refused
+    ("window=256", "window 256 \\+ sinks 0 >= .*use a window below 256 \\("),
     ("window=0,sinks=4", "sinks must be >= 0, and 0 without a window"),
     ("window=-1", "window must be >= 0"),
 ])
@@ -224,10 +226,21 @@ def test_bad_options_are_clear_errors(model, opts, match):
         compile_(model, pipeline=f"canonicalize,linearize-attention{{{opts}}}", randomize=False)
 
 
-def test_already_windowed_attention_is_an_error(model):
-    with pytest.raises(PassError, match="already windowed"):
-        compile_(model, pipeline="canonicalize,sparsify-attention{window=8,sinks=2},linearize-attention{window=4}",
-                 randomize=False)
+@pytest.mark.parametrize("pipeline,match", [
+    ("sparsify-attention{window=8,sinks=2},linearize-attention{window=4}", "linearize-attention.*ran sparsify-attention"
+                                                                          " \\(a KV ring\\)"),
+    ("sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},linearize-attention{window=4}",
+     "linearize-attention.*ran sparsify-attention \\(a block-sparse mask\\)"),
+    ("linearize-attention{window=4},sparsify-attention{window=8}", "sparsify-attention.*runs linearize-attention"),
+    ("linearize-attention{window=0},sparsify-attention{kind=block_sparse,block=4,local=2,globals=1}",
+     "sparsify-attention.*runs linearize-attention"),
+])
+def test_sparsify_and_linearize_attention_do_not_combine_in_either_order(model, pipeline, match):
+    """Each pass rewrites the softmax attention over an `append` KV cache. Before, linearize after sparsify said
+    "run linearize-attention before sparsify-attention", and that order failed with "0 attention op(s)"."""
+    with pytest.raises(PassError, match=match + ".*sparsify-attention and linearize-attention do not combine, "
+                                                "in either order"):
+        compile_(model, pipeline=f"canonicalize,{pipeline}", randomize=False)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3"])
