@@ -389,6 +389,49 @@ def test_distillation_stops_at_its_time_budget(model):
     assert 0 < r.steps < 10_000 and r.seconds < 5
 
 
+def test_steps_caps_the_updates_of_both_stages_and_0_trains_nothing(model):
+    """`steps` is the number of updates at most, stage 1 and the end-to-end stage together. Before, each stage
+    ran max(1, its share): steps=0, 1 and 2 all ran 2 updates, and steps=0 marked the maps trained."""
+    for steps, e2e in [(0, 0.6), (1, 0.6), (2, 0.6), (5, 0.6), (0, 0.0), (3, 0.0)]:
+        c, r = _distilled(model, 0, steps=steps, time_budget_s=None, end_to_end=e2e)
+        assert r.steps == steps, (steps, e2e, r.steps, r.e2e_steps)
+        if steps == 0:
+            assert c.report.untrained, "no update ran: the maps still hold their initial values"
+        if e2e == 0.0 and steps:
+            assert not c.report.untrained
+    c, r = _distilled(model, 0, steps=5, time_budget_s=None, end_to_end=0.6)
+    assert (r.steps - r.e2e_steps, r.e2e_steps) == (2, 3)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"heldout": -1}, "heldout=-1: how many of the sequences .* an int >= 0"),
+    ({"heldout": 0.5}, "heldout=0.5: how many of the sequences"),
+    ({"heldout": 6}, "n > heldout \\(6\\)"),
+    ({"steps": -1}, "steps=-1: the number of updates at most, an int >= 0"),
+    ({"lr": 0}, "lr=0: a learning rate, a number > 0"),
+    ({"e2e_lr": -1e-3}, "e2e_lr=-0.001: a learning rate"),
+    ({"cpu_budget_s": -5}, "cpu_budget_s=-5: seconds >= 0, or None"),
+    ({"time_budget_s": "300"}, "time_budget_s='300': seconds >= 0"),
+])
+def test_distillation_arguments_out_of_range_are_clear_errors(model, kw, match):
+    """heldout=-1 was a bare RuntimeError from torch.arange; the others trained with nonsense or failed deep."""
+    with pytest.raises(DistillationError, match=match):
+        _distilled(model, 0, **{"steps": 2, **kw})
+
+
+def test_data_or_updates_that_change_nothing_leave_the_maps_untrained(model):
+    """One-token sequences through pure linear attention: each query reads only its own key, weighed 1 whatever
+    the maps (relative MSE 0 -> 0, the maps were marked trained): refused, like sequences within the hybrid's
+    softmax window. An end-to-end update that early stopping undoes leaves the initial maps: not trained."""
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="elu", w=0, s=0))
+    with pytest.raises(DistillationError, match="sequences of 1 token give each query only its own key.*2 tokens"):
+        slimgraph.distill_attention(c, ids=ids(3).view(3, 1), steps=3, time_budget_s=None, progress=False)
+    c, r = _distilled(model, 0, steps=1, end_to_end=0.6, e2e_lr=1e3, time_budget_s=None)   # a step that hurts
+    assert r.e2e_steps == 1 and not r.heldout_kl < r.heldout_kl_before
+    assert c.report.untrained
+
+
 def test_distillation_needs_linear_attention(model):
     c = compile_(model, "torch", pipeline="canonicalize,dce", randomize=False)
     with pytest.raises(DistillationError, match="no linear_attention op \\(2 softmax"):
