@@ -103,7 +103,11 @@ SOURCE_MASK_OPS = {"bitwise_not", "where", "full", "constant"}
 
 def computed_mask(graph) -> str | None:
     """What is refused about the first attention whose mask is not the source's (None: every mask is): the
-    mask's producers must be SOURCE_MASK_OPS over %attention_mask and nothing else."""
+    mask's producers must be SOURCE_MASK_OPS over %attention_mask and nothing else. Graphs outside the
+    causal-LM convention (ir/causal_lm.py; their masks come from the traced model itself) are not checked."""
+    from ..ir.causal_lm import is_causal_lm
+    if not is_causal_lm(graph):
+        return None
     for node in graph.nodes:
         if node.op != "attention" or len(node.inputs) < 4:
             continue
