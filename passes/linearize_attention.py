@@ -48,8 +48,8 @@ from ..ir.dtypes import to_torch
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import (MASK_INPUT, NO_COMBINATION, _ring_mask, _to_ring, bool_decoder_masks, call_depth, decoder_mask,
-                                 kv_attention)
+from .sparsify_attention import (MASK_INPUT, NO_COMBINATION, _ring_mask, _to_ring, bool_decoder_masks, call_depth,
+                                 decoder_mask, kv_attention)
 
 
 @register_pass("linearize-attention")
