@@ -32,6 +32,21 @@ def check_ids(t) -> torch.Tensor:
     return t
 
 
+def check_left_padding(valid: torch.Tensor, where: str) -> None:
+    """Raises CausalLMInputError unless every row of the prompt mask `valid` [batch, n] (bool) is left
+    padding: its zeros (if any) a prefix of the row, then at least one token. A zero anywhere else is a
+    hole the convention has no meaning for (sinks_first would take it for a pad and reorder real tokens)."""
+    later = valid.cumsum(1) > 0     # True from each row's first token on
+    bad = ((later & ~valid).any(1) | ~valid[:, -1]).nonzero().flatten().tolist()
+    if bad:
+        row = valid[bad[0]].to(torch.int).tolist()
+        shown = row if len(row) <= 16 else row[:8] + ["..."] + row[-8:]
+        raise CausalLMInputError(
+            f"{where}: attention_mask row {bad[0]} is {shown}: masks must be left padding (0s only before "
+            f"a row's first token, then 1s to the end of the row, at least one token per row); pad on the "
+            f"left, and drop or fill the positions a 0 marks inside or at the end of a row")
+
+
 def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For a left-padded prompt (`valid` [batch, n] bool, False = pad): position ids [batch, n] counting real
     tokens, and the causal mask [batch, n, n] in which nobody attends to a pad and a pad attends to itself."""
@@ -40,6 +55,47 @@ def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.
     eye = torch.eye(n, dtype=torch.bool, device=valid.device)
     local = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril() & (valid[:, None, :] | eye)
     return positions, local
+
+
+def context_dim(graph) -> str | None:
+    """The symbol of %attention_mask's last dim when a pass made it one of its own (sparsify-attention and
+    linearize-attention rebind `past + seq` to `ctx`: after them the state's rows no longer count the
+    positions), else None. It is still the positions before the call + seq (`check_context`)."""
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    if mask is None or mask.type.rank != 4 or not isinstance(mask.type.shape[3], str):
+        return None
+    d = mask.type.shape[3]
+    return d if d.isidentifier() else None
+
+
+def check_context(graph, dims: dict[str, int]) -> None:
+    """Raises CausalLMInputError when binding `dims` (symbol -> int, every symbol the graph uses) gives the
+    context symbol (`context_dim`) a value no call has: ctx = L + seq, where L (the positions before the
+    call) is the rows of each `append` state and min(L, window + sinks) rows of each `ring` state."""
+    from . import symbolic
+    ctx = context_dim(graph)
+    if ctx is None or ctx not in dims:
+        return
+    mask = next(v for v in graph.inputs if v.name == "attention_mask")
+    states = [st for st in graph.states if st.kind in ("append", "ring")]
+    try:
+        seq = symbolic.evaluate(mask.type.shape[2], dims)
+        held = [symbolic.evaluate(st.input.type.shape[st.axis], dims) for st in states]
+    except (KeyError, ValueError, TypeError):
+        return      # a symbol left unbound: specialize names it
+    past = dims[ctx] - seq
+    for st, rows in zip(states, held):
+        keep = st.attrs["window"] + st.attrs["sinks"] if st.kind == "ring" else None
+        if past >= 0 and rows == (past if keep is None else min(past, keep)):
+            continue
+        raise CausalLMInputError(
+            f"{ctx}={dims[ctx]} does not fit graph @{graph.name}: %attention_mask [batch, 1, seq, {ctx}] has a "
+            f"column per position before the call and per new token, so {ctx} = the positions before the call "
+            f"+ seq, and state {st.name} ({st.kind}) holds {rows} row(s) before the call with seq={seq}: "
+            f"bind {ctx}={rows + seq}")
+    if past < 0:
+        raise CausalLMInputError(f"{ctx}={dims[ctx]} does not fit graph @{graph.name}: {ctx} = the positions "
+                                 f"before the call + seq >= seq = {seq}: bind {ctx}={seq} for a call from empty state")
 
 
 def ring_sinks(graph) -> int:
@@ -85,6 +141,8 @@ def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """The graph inputs of one forward over `input_ids` [batch, seq] from empty state: `model(input_ids)`."""
     ids = check_ids(input_ids)
     valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
+    if valid.shape == ids.shape:
+        check_left_padding(valid, "model(input_ids, attention_mask)")
     sinks = ring_sinks(graph)
     if sinks and valid.shape == ids.shape and not bool(valid.all()):
         raise CausalLMInputError(

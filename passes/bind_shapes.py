@@ -11,6 +11,7 @@ only inputs of exactly those shapes.
 from __future__ import annotations
 from dataclasses import dataclass, field
 
+from ..ir.causal_lm import check_context
 from ..ir.specialize import free_dims, specialize
 from .base import Pass, PassError, PassResult, register_pass
 
@@ -41,6 +42,16 @@ class BindShapes(Pass):
     def run(self, graph) -> PassResult:
         env = parse_dims(self.dims)
         before = free_dims(graph)
+        if "ctx" in env and "ctx" not in before:
+            raise PassError(f"bind-shapes: graph @{graph.name} has no dim ctx (its dims are "
+                            f"{', '.join(sorted(before)) or 'all static'}): sparsify-attention and linearize-attention "
+                            f"make it, the attention mask's columns; bind it in a second bind-shapes after that "
+                            f"pass, to past + seq (e.g. ...,sparsify-attention{{...}},bind-shapes{{dims=[ctx=16]}} "
+                            f"after bind-shapes{{dims=[batch=1,past=0,seq=16]}})")
+        try:
+            check_context(graph, env)
+        except ValueError as e:
+            raise PassError(f"bind-shapes: {e}") from None
         try:
             specialize(graph, env)
         except ValueError as e:

@@ -48,8 +48,8 @@ from ..ir.dtypes import to_torch
 from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
-from .sparsify_attention import (MASK_INPUT, _ring_mask, _to_ring, bool_decoder_masks, call_depth, decoder_mask,
-                                 kv_attention)
+from .sparsify_attention import (MASK_INPUT, NO_COMBINATION, _ring_mask, _to_ring, bool_decoder_masks, call_depth,
+                                 decoder_mask, kv_attention)
 
 
 @register_pass("linearize-attention")
@@ -77,8 +77,15 @@ class LinearizeAttention(Pass):
             raise PassError(f"{where}: window {self.window} + sinks {self.sinks} >= the model's context limit "
                             f"{self.context}: every "
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
-                            f"window below {self.context} (LoLCATs uses 64)")
-        _, targets = kv_attention(graph, where, " (run linearize-attention before sparsify-attention)")
+                            f"window below {self.context - self.sinks}"
+                            + (f" with {self.sinks} sinks" if self.sinks else "") + " (LoLCATs uses 64)")
+        sparsified = [n for n in graph.nodes if n.op == "cache_window" or (
+            n.op == "attention" and len(n.inputs) > 3 and n.inputs[3].name.startswith("block_sparse_mask"))]
+        if sparsified:
+            raise PassError(f"{where}: graph @{graph.name} ran sparsify-attention (a "
+                            f"{'KV ring' if sparsified[0].op == 'cache_window' else 'block-sparse mask'}): "
+                            + NO_COMBINATION)
+        _, targets = kv_attention(graph, where)
         bool_decoder_masks(graph, [n for n, _, _ in targets])    # eager attention's additive mask
         for node, _, _ in targets:
             if node.attrs.get("window") or node.attrs.get("sinks"):

@@ -108,6 +108,10 @@ class SparsifyAttention(Pass):
                                 f"{'it' if len(given) == 1 else 'them'} or write kind={other}")
 
     def run(self, graph) -> PassResult:
+        linear = sum(1 for n in graph.nodes if n.op == "linear_attention")
+        if linear:
+            raise PassError(f"sparsify-attention{{kind={self.kind}}}: graph @{graph.name} runs linearize-attention "
+                            f"({linear} linear_attention op(s)): " + NO_COMBINATION)
         if self.kind == "block_sparse":
             return self._block_sparse(graph)
         self._check_options()
@@ -209,7 +213,11 @@ class SparsifyAttention(Pass):
                             f"{self.context - self.sinks} or leave full attention")
 
 
-def kv_attention(graph, where: str, windowed_hint: str = ""):
+NO_COMBINATION = ("sparsify-attention and linearize-attention do not combine, in either order: use one of them "
+                  "(linearize-attention{window=W,sinks=S} keeps a softmax window with sinks of its own)")
+
+
+def kv_attention(graph, where: str):
     """(every attention node, [(node, key state, value state)] for those reading `append` KV states); a
     PassError naming `where` and the attention count when there are none."""
     attns = [n for n in graph.nodes if n.op == "attention"]
@@ -223,7 +231,7 @@ def kv_attention(graph, where: str, windowed_hint: str = ""):
         softmaxes = sum(1 for n in graph.nodes if n.op == "softmax")
         raise PassError(
             f"{where}: graph @{graph.name} has {len(attns)} attention op(s), "
-            f"{'of which ' + str(already) + ' already windowed' + windowed_hint + ', and ' if already else ''}none "
+            f"{'of which ' + str(already) + ' already windowed, and ' if already else ''}none "
             f"reads its keys and values from an `append` KV state; the pass needs a causal LM exported with "
             f"declared state (slimgraph.optimize(transformers_model, ...) or frontends.hf.export_causal_lm)"
             + (f"; its {softmaxes} softmax op(s) are not recognized as attention by canonicalize (SDPA and the plain "

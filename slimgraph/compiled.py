@@ -110,7 +110,7 @@ class CompiledModel:
 
     def __call__(self, *args, **kwargs) -> Any:
         flat = self.signature.flatten_call(args, kwargs, self.graph)
-        return self.signature.unflatten_outputs(self.run(*flat))
+        return self.signature.unflatten_outputs(self.run(*flat), self.graph)
 
     def generate(self, input_ids, max_new_tokens: int = 32, **kwargs):
         """Greedy (or sampled) decoding with the KV cache; see slimgraph.generate.generate.

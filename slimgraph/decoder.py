@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .ir.causal_lm import (INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, prompt_positions_and_mask,
-                           ring_sinks, sinks_first)
+from .ir.causal_lm import (INPUTS, CausalLMInputError, causal_lm_inputs, check_ids, check_left_padding,
+                           prompt_positions_and_mask, ring_sinks, sinks_first)
 from .ir.state import initial_state
 
 __all__ = ["Decoder", "DecoderError", "causal_lm_inputs"]
@@ -106,8 +106,7 @@ class Decoder:
             attention_mask.to(self.device, torch.bool)
         if valid.shape != ids.shape:
             raise DecoderError(f"prefill(): attention_mask {tuple(valid.shape)} must have input_ids' shape {tuple(ids.shape)}")
-        if not bool(valid[:, -1].all()):
-            raise DecoderError("prefill(): pad on the left (the last position of every row must be a token)")
+        check_left_padding(valid, "prefill()")
         order = sinks_first(valid, self._sinks) if self._sinks else None
         if order is not None:       # the cache holds each row's first S tokens as its sinks (ir/causal_lm.py)
             ids, valid = ids.gather(1, order), valid.gather(1, order)

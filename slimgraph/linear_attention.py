@@ -164,20 +164,25 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
 
     Data: `ids` i64[n, seq], or `num_seqs` windows of `seq_len` tokens of `texts` (str or list of str; default
     the shipped calibration split, slimgraph/data/calib.txt) tokenized with `tokenizer`; the last `heldout`
-    sequences are held out (relative MSE before/after, per layer). Stops after `steps` updates,
-    `time_budget_s` wall seconds or `cpu_budget_s` CPU seconds (time.process_time: the fair budget on a
-    shared machine) of updates, whichever comes first; the teacher forwards are not counted. `end_to_end`
-    in [0, 1): the fraction of the budget (and of `steps`) given to the second, end-to-end stage (module
-    docstring; KL from the softmax model's logits, Adam at `e2e_lr`, early-stopped on the held-out KL);
-    None (the default) is E2E_DEFAULT for a language model whose feature maps a gradient from the logits
-    reaches, else 0 (stage 1 only). The defaults (12 x 1024 tokens, 60% end to end at Adam 1e-2) are the
-    best measured on SmolLM2-135M (benchmarks/RESULTS.md, issue 17: at 300 CPU-s perplexity +49% vs +79%
-    for stage 1 alone; sequences of 1024 tokens beat 512). Memory: the records (module docstring) plus the
-    teacher's log-probabilities, seq x vocab x 2 bytes per sequence (SmolLM2: 100 MB per 1024 tokens).
-    Returns a DistillReport. Raises DistillationError when the graph has no linear_attention, no data is
+    sequences are held out (relative MSE before/after, per layer). Stops after `steps` updates (of both
+    stages together; 0 runs none), `time_budget_s` wall seconds or `cpu_budget_s` CPU seconds
+    (time.process_time: the fair budget on a shared machine) of updates, whichever comes first (the default
+    300 wall seconds applies with a `cpu_budget_s` too: pass time_budget_s=None to budget CPU seconds
+    alone); the teacher forwards are not counted. `end_to_end` in [0, 1): the fraction of the budget (and of
+    `steps`) given to the second, end-to-end stage (module docstring; KL from the softmax model's logits,
+    Adam at `e2e_lr`, early-stopped on the held-out KL); None (the default) is E2E_DEFAULT for a language
+    model whose feature maps a gradient from the logits reaches, else 0 (stage 1 only). The defaults
+    (12 x 1024 tokens, 60% end to end at Adam 1e-2) are the best measured on SmolLM2-135M
+    (benchmarks/RESULTS.md, issue 17: at 300 CPU-s perplexity +49% vs +79% for stage 1 alone; sequences of
+    1024 tokens beat 512). Memory: the records (module docstring) plus the teacher's log-probabilities,
+    seq x vocab x 2 bytes per sequence (SmolLM2: 100 MB per 1024 tokens). The model's report marks the maps
+    trained only when an update changed them. Returns a DistillReport. Raises DistillationError when an
+    argument is out of its range (`_check_arguments`), the graph has no linear_attention, no data is
     given, or an explicit `end_to_end` is out of range or set on a graph without a `logits` output or
     whose outputs no gradient connects to the feature maps."""
     from .draft import _optimize, rebuild_runner
+    _check_arguments(steps=steps, heldout=heldout, lr=lr, e2e_lr=e2e_lr, time_budget_s=time_budget_s,
+                     cpu_budget_s=cpu_budget_s, num_seqs=num_seqs, seq_len=seq_len)
     graph = compiled.graph
     nodes = linear_attention_nodes(graph)
     if ids is None:
@@ -202,6 +207,11 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
                                 f"softmax part (window {w} + {s} sinks, and the query itself): no key is ever linear, "
                                 f"so the feature maps would not train; use sequences longer than {w + s + 1} tokens "
                                 f"(seq_len=, or wider ids)")
+    if not w and ids.shape[1] < 2:
+        # pure linear: a query that reads one key (its own) weighs it 1 whatever the maps
+        raise DistillationError(f"distill_attention(): sequences of {ids.shape[1]} token give each query only its "
+                                f"own key, whose normalized weight is 1 whatever the feature maps: they would not "
+                                f"train; use sequences of 2 tokens or more (seq_len=, or wider ids)")
     if end_to_end is not None and not 0.0 <= end_to_end < 1.0:
         raise DistillationError(f"distill_attention(): end_to_end is the fraction of the budget for the "
                                 f"end-to-end stage, in [0, 1); got {end_to_end}")
@@ -250,15 +260,16 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
         return None if x is None else x * part
 
     first = 1.0 - end_to_end
+    initial = [p.detach().clone() for pair in ws for p in pair]
     opt = torch.optim.Adam([p for pair in ws for p in pair], lr=lr)
-    n1 = max(1, int(steps * first))
+    n1 = steps if end_to_end == 0 else round(steps * first)     # `steps` caps the updates of both stages
     losses, step, seconds, cpu, _ = _optimize(opt, loss_fn, n1, share(time_budget_s, first),
                                            share(cpu_budget_s, first),
                                            _bar(n1 if time_budget_s is None and cpu_budget_s is None else None,
                                                 "attention distillation", "step", progress))
     e2e = (0, 0.0, float("nan"), float("nan"))
-    if end_to_end > 0:
-        e2e = _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, max(1, steps - n1),
+    if end_to_end > 0 and steps > n1:
+        e2e = _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps - n1,
                           share(time_budget_s, end_to_end), share(cpu_budget_s, end_to_end), e2e_lr, progress)
         seconds, cpu = seconds + e2e[4], cpu + e2e[1]
     for node, trained in zip(nodes, ws):
@@ -268,8 +279,34 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
     report = DistillReport(len(nodes), n_train, n_train * ids.shape[1], step + e2e[0], seconds, data_s, cpu,
                            (step + e2e[0]) * ids.shape[1], losses, rel_mse(held) if heldout else [], before,
                            *e2e[:4])
-    mark_trained(compiled, "linearize-attention", report, tokens=report.tokens)   # the model's report says so
+    changed = any(not torch.equal(p.detach(), p0) for p, p0 in zip((p for pair in ws for p in pair), initial))
+    if changed:     # no update, or updates that moved nothing (data with no gradient): the maps stay untrained
+        mark_trained(compiled, "linearize-attention", report, tokens=report.tokens)   # the model's report says so
     return report
+
+
+def _check_arguments(*, steps, heldout, lr, e2e_lr, time_budget_s, cpu_budget_s, num_seqs, seq_len) -> None:
+    """distill_attention's numeric arguments, each with the range it takes (DistillationError naming it)."""
+    def integer(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    bad = []
+    if not (integer(steps) and steps >= 0):
+        bad.append(f"steps={steps!r}: the number of updates at most, an int >= 0 (0: no training)")
+    if not (integer(heldout) and heldout >= 0):
+        bad.append(f"heldout={heldout!r}: how many of the sequences (the last ones) are held out, an int >= 0 "
+                   f"and below their number")
+    for name, v in (("lr", lr), ("e2e_lr", e2e_lr)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
+            bad.append(f"{name}={v!r}: a learning rate, a number > 0")
+    for name, v in (("time_budget_s", time_budget_s), ("cpu_budget_s", cpu_budget_s)):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+            bad.append(f"{name}={v!r}: seconds >= 0, or None for no limit")
+    for name, v in (("num_seqs", num_seqs), ("seq_len", seq_len)):
+        if not (integer(v) and v >= 1):
+            bad.append(f"{name}={v!r}: an int >= 1")
+    if bad:
+        raise DistillationError("distill_attention(): " + "; ".join(bad))
 
 
 def _end_to_end(graph, nodes, ws, ids, teacher_logp, n_train, gen, steps, time_budget_s, cpu_budget_s, lr,

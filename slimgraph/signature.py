@@ -9,7 +9,9 @@ inputs, and the graph's flat outputs back to the source's output structure:
                forward's parameter names.
 - "causal-lm": `model(input_ids, attention_mask=None)` runs from empty state (slimgraph.decoder builds
                the positions and the mask; left padding allowed) and returns an object with `.logits`
-               (and `.past_key_values`, the presents as (key, value) pairs).
+               and `.past_key_values`: the KV cache after the call as (key, value) pairs per layer (a
+               ring's: its sinks and last window positions), or None when the state is not only a KV
+               cache (linearize-attention's kv/z states; the Decoder's `.states` hold them, see _kv_pairs).
 
 Pytree specs are stored as JSON trees; a class (ModelOutput, namedtuple) is recorded by import
 path and field names and rebuilt by importing it, falling back to a dict (fields) or a
@@ -185,9 +187,9 @@ class Signature:
         """A readable name for each leaf of `leaves(args, kwargs)` (for guard messages)."""
         return leaf_names(*self._bind(args, kwargs), self.param_names)
 
-    def unflatten_outputs(self, outs: list[torch.Tensor]):
+    def unflatten_outputs(self, outs: list[torch.Tensor], graph=None):
         if self.kind == "causal-lm":
-            return _causal_lm_output(outs)
+            return _causal_lm_output(outs, graph)
         if self.kind == "flat" or self.out_spec is None:
             return outs[0] if len(outs) == 1 else tuple(outs)
         return pytree.tree_unflatten(outs, self.out_spec)
@@ -254,8 +256,26 @@ def _causal_lm_inputs(args, kwargs, graph):
         raise SignatureError(str(e)) from None
 
 
-def _causal_lm_output(outs):
-    presents = tuple((outs[i], outs[i + 1]) for i in range(1, len(outs) - 1, 2))
+def _kv_pairs(outs, graph):
+    """The graph's KV cache after the call as (key, value) pairs per layer (its `key_<i>` / `value_<i>`
+    states, append or ring, by the order declared), or None when its state is not only a KV cache:
+    linearize-attention's kv/z states (`fixed`) are no keys and values, and a hybrid's ring alone is not
+    its cache. slimgraph.decoder.Decoder (compiled.decoder()) holds every state: `.states`, in the order
+    of graph.states."""
+    at = {id(v): i for i, v in enumerate(graph.outputs)}
+    states = list(graph.states)
+    if len(states) % 2 or any(s.kind not in ("append", "ring") for s in states):
+        return None
+    pairs = []
+    for k, v in zip(states[::2], states[1::2]):
+        if not (k.name.startswith("key_") and v.name == "value_" + k.name[4:]):
+            return None
+        pairs.append((outs[at[id(k.output)]], outs[at[id(v.output)]]))
+    return tuple(pairs)
+
+
+def _causal_lm_output(outs, graph):
+    presents = _kv_pairs(outs, graph)
     try:
         from transformers.modeling_outputs import CausalLMOutputWithPast
     except ImportError:

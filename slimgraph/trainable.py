@@ -75,9 +75,9 @@ def untrained_components(x) -> list[str]:
 def untrained_message(components: list[str], where: str = "") -> str:
     return (f"{where}the model carries UNTRAINED inserted components, which still hold their initial values: "
             + "; ".join(components) + ". Train them after optimize, before saving: "
-            "slimgraph.distill_attention(compiled, tokenizer=tok, cpu_budget_s=300) for feature maps, "
-            "slimgraph.train_draft_heads(compiled, tokenizer=tok, cpu_budget_s=300) for draft heads "
-            "(or compile with `slimgraph compile ... --train-budget SECONDS`)")
+            "slimgraph.distill_attention(compiled, tokenizer=tok, time_budget_s=None, cpu_budget_s=300) for "
+            "feature maps, slimgraph.train_draft_heads(compiled, tokenizer=tok, time_budget_s=None, "
+            "cpu_budget_s=300) for draft heads (or compile with `slimgraph compile ... --train-budget SECONDS`)")
 
 
 def mark_trained(compiled, name: str, report, *, tokens: int) -> None:

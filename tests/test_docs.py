@@ -35,3 +35,17 @@ def test_cited_markdown_files_exist():
             if not ((ROOT / name).exists() or (f.parent / name).exists()):
                 missing.append(f"{f.relative_to(ROOT)} cites {name}")
     assert not missing, missing
+
+
+def test_examples_that_budget_cpu_seconds_lift_the_default_wall_budget():
+    """distill_attention / train_draft_heads stop at time_budget_s (default 300 wall seconds) or cpu_budget_s,
+    whichever comes first: an example that asks for CPU seconds without time_budget_s=None (or its own wall
+    budget) would stop at 300 wall seconds, not at the CPU seconds it shows."""
+    short = []
+    for f in files("*.md", "*.py"):
+        if {"tests", "benchmarks"} & set(f.relative_to(ROOT).parts):     # benchmarks: records of past runs
+            continue
+        for call in re.findall(r"(?:distill_attention|train_draft_heads)\([^()]*\)", f.read_text(encoding="utf-8")):
+            if "cpu_budget_s=" in call and "time_budget_s=" not in call:
+                short.append(f"{f.relative_to(ROOT)}: {call}")
+    assert not short, short

@@ -67,11 +67,26 @@ def _runtime(name: str) -> bytes:
 
 
 def _check_static(graph):
+    from ...ir.causal_lm import context_dim
     from ...ir.specialize import free_dims
     syms = sorted(free_dims(graph))
     if not syms:
         return
     users = [f"%{v.name}: {v.type}" for v in graph.inputs if not v.type.is_static]
+    ctx = context_dim(graph)
+    if ctx is not None:     # made by sparsify-/linearize-attention: it exists only after them, and = past + seq
+        first = [s for s in syms if s != ctx]
+        example = ",".join(f"{s}={128 if s == 'seq' else 0 if s == 'past' else 1}" for s in first)
+        mask = next(v for v in graph.inputs if v.name == "attention_mask")
+        seq = mask.type.shape[2] if isinstance(mask.type.shape[2], int) else 128
+        pipe = (f"bind-shapes{{dims=[{example}]}},canonicalize,...," if example else "...,") + \
+            f"<the pass that made {ctx}>,bind-shapes{{dims=[{ctx}={seq}]}},dce"
+        raise CTargetError(
+            f"the c target supports only static shapes: graph @{graph.name} has symbolic dims {', '.join(syms)} "
+            f"({', '.join(users[:4])}{', ...' if len(users) > 4 else ''}). {ctx} is the attention mask's "
+            f"columns, which sparsify-attention / linearize-attention make a dim of its own: it exists only after "
+            f"that pass, so bind it with a second bind-shapes after it, to the positions before the call + seq "
+            f"({ctx}={seq} for a call from empty state, past=0): pipeline='{pipe}'")
     example = ",".join(f"{s}={128 if s == 'seq' else 0 if s == 'past' else 1}" for s in syms)
     raise CTargetError(
         f"the c target supports only static shapes: graph @{graph.name} has symbolic dims {', '.join(syms)} "

@@ -404,12 +404,15 @@ def transformers_config(d):
 @pytest.mark.parametrize("extra, refused", [
     ("linearize-attention{window=4}", r"runs linearize-attention \(linear attention with trained feature maps\)"),
     ("sparsify-attention{window=4}", r"runs sparsify-attention or linearize-attention\{window\} \(a sliding-window"),
+    ("sparsify-attention{kind=block_sparse,block=4,local=2,globals=1}",
+     r"runs sparsify-attention\{kind=block_sparse\} \(a block-sparse attention mask"),
     ("insert-draft-heads{num_heads=2}", None)])
 def test_attention_no_format_can_express_is_refused_and_draft_heads_are_left_out_loudly(tiny_source, tmp_path,
                                                                                        extra, refused):
-    """A linearized or windowed artifact exported as plain weights would run the source's full softmax attention
-    in llama.cpp / transformers: a different model, refused by name in every format. Draft heads are extra
-    outputs no format holds: the base model is written, with a warning."""
+    """A linearized, windowed or block-sparse artifact exported as plain weights would run the source's full
+    softmax attention in llama.cpp / transformers: a different model, refused by name in every format (block
+    sparsity only changes the attention mask: any mask the source does not compute is refused). Draft heads
+    are extra outputs no format holds: the base model is written, with a warning."""
     import warnings
     import slimgraph
     from slimgraph.export import export

@@ -81,6 +81,24 @@ def test_pure_rewrite_drops_the_kv_cache(model):
     assert {s.name: s.input.type.shape for s in g.states}["kv_1"] == ("batch", 2, 16, 16)   # f = 16 (elu)
 
 
+@pytest.mark.parametrize("w", [6, 0])
+def test_past_key_values_is_none_when_the_state_is_not_a_kv_cache(model, w):
+    """model(ids).past_key_values is the KV cache as (key, value) pairs per layer. The linear states kv/z
+    are no keys and values, and a hybrid's ring alone is not its cache: None (the Decoder holds every state).
+    Before, the states were paired blindly: (kv, z) labelled as (key, value), 4 pairs for 2 layers."""
+    x = ids(10)
+    assert compile_(model, w=w)(x).past_key_values is None
+    plain = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="reference",
+                               pipeline="canonicalize,insert-draft-heads{num_heads=2},dce")
+    pkv = plain(x).past_key_values      # draft heads' outputs are no pair either
+    names = [v.name for v in plain.graph.outputs]
+    assert len(pkv) == 2 and all(k.shape == v.shape == (1, 2, 10, 16) for k, v in pkv)
+    dec = plain.decoder()
+    dec.prefill(x)
+    for (k, v), (dk, dv) in zip(pkv, zip(dec.states[::2], dec.states[1::2])):
+        assert torch.equal(k, dk) and torch.equal(v, dv), names
+
+
 @pytest.mark.parametrize("target", ["reference", "torch", "cpu"])
 @pytest.mark.parametrize("w,fm,s", [(6, "hedgehog", 0), (6, "hedgehog", 2), (0, "hedgehog", 0), (4, "elu", 3),
                                     (0, "relu2", 0)])
@@ -197,7 +215,9 @@ def test_composes_with_quantize_weights(model):
 @pytest.mark.parametrize("opts,match", [
     ("feature_map=cosformer", "unknown feature_map 'cosformer'; valid: hedgehog, elu, relu2"),
     ("window=250,sinks=6", "window 250 \\+ sinks 6 >= the model's context limit 256: every key would stay in "
-                           "the softmax window of its 2 attention op"),
+                           "the softmax window of its 2 attention op.*use a window below 250 with 6 sinks"),
+    ("window=252,sinks=4", "use a window below 252 with 4 sinks"),      # 252 < 256 is what was refused
+    ("window=256", "window 256 \\+ sinks 0 >= .*use a window below 256 \\("),
     ("window=0,sinks=4", "sinks must be >= 0, and 0 without a window"),
     ("window=-1", "window must be >= 0"),
 ])
@@ -206,10 +226,21 @@ def test_bad_options_are_clear_errors(model, opts, match):
         compile_(model, pipeline=f"canonicalize,linearize-attention{{{opts}}}", randomize=False)
 
 
-def test_already_windowed_attention_is_an_error(model):
-    with pytest.raises(PassError, match="already windowed"):
-        compile_(model, pipeline="canonicalize,sparsify-attention{window=8,sinks=2},linearize-attention{window=4}",
-                 randomize=False)
+@pytest.mark.parametrize("pipeline,match", [
+    ("sparsify-attention{window=8,sinks=2},linearize-attention{window=4}", "linearize-attention.*ran sparsify-attention"
+                                                                          " \\(a KV ring\\)"),
+    ("sparsify-attention{kind=block_sparse,block=4,local=2,globals=1},linearize-attention{window=4}",
+     "linearize-attention.*ran sparsify-attention \\(a block-sparse mask\\)"),
+    ("linearize-attention{window=4},sparsify-attention{window=8}", "sparsify-attention.*runs linearize-attention"),
+    ("linearize-attention{window=0},sparsify-attention{kind=block_sparse,block=4,local=2,globals=1}",
+     "sparsify-attention.*runs linearize-attention"),
+])
+def test_sparsify_and_linearize_attention_do_not_combine_in_either_order(model, pipeline, match):
+    """Each pass rewrites the softmax attention over an `append` KV cache. Before, linearize after sparsify said
+    "run linearize-attention before sparsify-attention", and that order failed with "0 attention op(s)"."""
+    with pytest.raises(PassError, match=match + ".*sparsify-attention and linearize-attention do not combine, "
+                                                "in either order"):
+        compile_(model, pipeline=f"canonicalize,{pipeline}", randomize=False)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3"])
@@ -356,6 +387,49 @@ def test_distillation_lowers_the_heldout_error_is_seeded_and_saved(model, tmp_pa
 def test_distillation_stops_at_its_time_budget(model):
     _, r = _distilled(model, 0, steps=10_000, time_budget_s=0.5)
     assert 0 < r.steps < 10_000 and r.seconds < 5
+
+
+def test_steps_caps_the_updates_of_both_stages_and_0_trains_nothing(model):
+    """`steps` is the number of updates at most, stage 1 and the end-to-end stage together. Before, each stage
+    ran max(1, its share): steps=0, 1 and 2 all ran 2 updates, and steps=0 marked the maps trained."""
+    for steps, e2e in [(0, 0.6), (1, 0.6), (2, 0.6), (5, 0.6), (0, 0.0), (3, 0.0)]:
+        c, r = _distilled(model, 0, steps=steps, time_budget_s=None, end_to_end=e2e)
+        assert r.steps == steps, (steps, e2e, r.steps, r.e2e_steps)
+        if steps == 0:
+            assert c.report.untrained, "no update ran: the maps still hold their initial values"
+        if e2e == 0.0 and steps:
+            assert not c.report.untrained
+    c, r = _distilled(model, 0, steps=5, time_budget_s=None, end_to_end=0.6)
+    assert (r.steps - r.e2e_steps, r.e2e_steps) == (2, 3)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"heldout": -1}, "heldout=-1: how many of the sequences .* an int >= 0"),
+    ({"heldout": 0.5}, "heldout=0.5: how many of the sequences"),
+    ({"heldout": 6}, "n > heldout \\(6\\)"),
+    ({"steps": -1}, "steps=-1: the number of updates at most, an int >= 0"),
+    ({"lr": 0}, "lr=0: a learning rate, a number > 0"),
+    ({"e2e_lr": -1e-3}, "e2e_lr=-0.001: a learning rate"),
+    ({"cpu_budget_s": -5}, "cpu_budget_s=-5: seconds >= 0, or None"),
+    ({"time_budget_s": "300"}, "time_budget_s='300': seconds >= 0"),
+])
+def test_distillation_arguments_out_of_range_are_clear_errors(model, kw, match):
+    """heldout=-1 was a bare RuntimeError from torch.arange; the others trained with nonsense or failed deep."""
+    with pytest.raises(DistillationError, match=match):
+        _distilled(model, 0, **{"steps": 2, **kw})
+
+
+def test_data_or_updates_that_change_nothing_leave_the_maps_untrained(model):
+    """One-token sequences through pure linear attention: each query reads only its own key, weighed 1 whatever
+    the maps (relative MSE 0 -> 0, the maps were marked trained): refused, like sequences within the hybrid's
+    softmax window. An end-to-end update that early stopping undoes leaves the initial maps: not trained."""
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch",
+                           pipeline=PIPE.format(fm="elu", w=0, s=0))
+    with pytest.raises(DistillationError, match="sequences of 1 token give each query only its own key.*2 tokens"):
+        slimgraph.distill_attention(c, ids=ids(3).view(3, 1), steps=3, time_budget_s=None, progress=False)
+    c, r = _distilled(model, 0, steps=1, end_to_end=0.6, e2e_lr=1e3, time_budget_s=None)   # a step that hurts
+    assert r.e2e_steps == 1 and not r.heldout_kl < r.heldout_kl_before
+    assert c.report.untrained
 
 
 def test_distillation_needs_linear_attention(model):

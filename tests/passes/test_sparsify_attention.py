@@ -577,6 +577,50 @@ def test_a_padded_prompt_no_longer_than_the_sinks_is_a_clear_error(model):
     assert c(x, attention_mask=valid) is not None
 
 
+def test_the_c_target_says_how_to_bind_the_mask_columns_and_a_ctx_no_call_has_is_refused(model):
+    """sparsify-attention makes the mask's columns a dim of its own, ctx = positions before the call + seq. It
+    exists only after the pass, so the c target's advice is a second bind-shapes after it; a ctx that does not
+    fit the bound state (or a ctx bound before the pass) is a clear error, not a crash in the build."""
+    bind, rewrite = "bind-shapes{dims=[batch=1,past=0,seq=16]},canonicalize,", "sparsify-attention{window=8,sinks=2}"
+    x = torch.zeros(1, 16, dtype=torch.long)
+    with pytest.raises(Exception, match=r"exists only after that pass.*<the pass that made ctx>,"
+                                        r"bind-shapes\{dims=\[ctx=16\]\},dce"):
+        slimgraph.optimize(model, (x,), target="c", pipeline=f"{bind}{rewrite},dce")
+    with pytest.raises(PassError, match=r"has no dim ctx .*bind it in a second bind-shapes after that pass"):
+        slimgraph.optimize(model, (x,), target="reference", pipeline=f"bind-shapes{{dims=[ctx=16]}},{bind}{rewrite}")
+    for ctx, fix in [(1, 16), (17, 16)]:
+        with pytest.raises(PassError, match=rf"ctx={ctx} does not fit .*ctx = the positions before the call \+ "
+                                            rf"seq.*bind ctx={fix}"):
+            slimgraph.optimize(model, (x,), target="reference",
+                               pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx={ctx}]}}")
+    c = slimgraph.optimize(model, (x,), target="reference",
+                           pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx=16]}},dce")
+    p = ids(16)
+    torch.testing.assert_close(c(p).logits, compile_(model, "reference", 8, 2)(p).logits)
+
+
+@pytest.mark.parametrize("pipeline", [PIPE.format(w=40, s=2), "canonicalize,linearize-attention{window=40,sinks=2},dce",
+                                      "canonicalize,dce"])
+def test_a_mask_that_is_not_left_padding_is_refused_by_every_entry_point(model, pipeline):
+    """The convention has left pads only (0s before a row's first token). A 0 inside a row was taken for a
+    pad: with sinks, sinks_first reordered the row's real tokens around it (silently wrong logits); a 0 at
+    the end of a row, or a row of 0s, has no token to decode from. prefill, generate and model() refuse them."""
+    c = compile_(model, "reference", pipeline=pipeline)
+    x = ids(12, seed=5, batch=2)
+    hole, right, empty = (torch.ones(2, 12, dtype=torch.long) for _ in range(3))
+    hole[1, 5], right[1, -2:], empty[1] = 0, 0, 0
+    for mask in (hole, right, empty):
+        with pytest.raises(DecoderError, match=r"prefill\(\): attention_mask row 1 is .*masks must be left padding"):
+            c.decoder(batch=2).prefill(x, attention_mask=mask)
+        with pytest.raises(DecoderError, match="row 1 .*masks must be left padding"):
+            generate(c, x, 3, attention_mask=mask)
+        with pytest.raises(Exception, match=r"model\(input_ids, attention_mask\): attention_mask row 1 .*left padding"):
+            c(x, attention_mask=mask)
+    left = torch.ones(2, 12, dtype=torch.long)
+    left[1, :3] = 0
+    assert c.decoder(batch=2).prefill(x, attention_mask=left)["logits"].shape[:2] == (2, 12)
+
+
 @pytest.mark.parametrize("sinks", [0, OWN_S])
 def test_a_left_padded_batch_over_a_models_own_window_and_the_ring_equals_each_prompt_alone(sinks):
     """Slots count pads, positions do not: both windows compare slot differences, which left pads do not change.
