@@ -32,19 +32,24 @@ def check_ids(t) -> torch.Tensor:
     return t
 
 
-def check_left_padding(valid: torch.Tensor, where: str) -> None:
+def check_left_padding(valid: torch.Tensor, where: str, right: bool = False) -> None:
     """Raises CausalLMInputError unless every row of the prompt mask `valid` [batch, n] (bool) is left
     padding: its zeros (if any) a prefix of the row, then at least one token. A zero anywhere else is a
-    hole the convention has no meaning for (sinks_first would take it for a pad and reorder real tokens)."""
-    later = valid.cumsum(1) > 0     # True from each row's first token on
-    bad = ((later & ~valid).any(1) | ~valid[:, -1]).nonzero().flatten().tolist()
+    hole the convention has no meaning for (sinks_first would take it for a pad and reorder real tokens).
+    `right`: zeros may also end a row (one forward, `model(ids, mask)`: HF's right padding, whose pads no
+    real token attends to; decoding continues rows from their last column, so it needs left padding)."""
+    later = valid.cumsum(1) > 0                                  # True from each row's first token on
+    before_end = valid.flip(1).cumsum(1).flip(1) > 0             # True up to each row's last token
+    inside = (later & ~valid & (before_end if right else True)).any(1) | ~valid.any(1)
+    bad = (inside if right else inside | ~valid[:, -1]).nonzero().flatten().tolist()
     if bad:
         row = valid[bad[0]].to(torch.int).tolist()
         shown = row if len(row) <= 16 else row[:8] + ["..."] + row[-8:]
+        allowed = "before a row's first token or after its last" if right else "before a row's first token"
         raise CausalLMInputError(
-            f"{where}: attention_mask row {bad[0]} is {shown}: masks must be left padding (0s only before "
-            f"a row's first token, then 1s to the end of the row, at least one token per row); pad on the "
-            f"left, and drop or fill the positions a 0 marks inside or at the end of a row")
+            f"{where}: attention_mask row {bad[0]} is {shown}: 0s may only stand {allowed} (padding), with at "
+            f"least one token per row; drop or fill the positions a 0 marks inside a row" +
+            ("" if right else "; decoding needs left padding (tokenizer.padding_side = 'left')"))
 
 
 def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +91,10 @@ def check_context(graph, dims: dict[str, int]) -> None:
     past = dims[ctx] - seq
     for st, rows in zip(states, held):
         keep = st.attrs["window"] + st.attrs["sinks"] if st.kind == "ring" else None
+        if keep is not None and rows > keep:
+            raise CausalLMInputError(
+                f"state {st.name} of graph @{graph.name} is a ring of window + sinks = {keep} rows, bound to hold "
+                f"{rows}: a ring never holds more; bind the rows before the call (e.g. past) to at most {keep}")
         if past >= 0 and rows == (past if keep is None else min(past, keep)):
             continue
         raise CausalLMInputError(
@@ -140,9 +149,13 @@ def sinks_first(valid: torch.Tensor, sinks: int) -> torch.Tensor | None:
 def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
     """The graph inputs of one forward over `input_ids` [batch, seq] from empty state: `model(input_ids)`."""
     ids = check_ids(input_ids)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != ids.shape):
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise CausalLMInputError(f"model(input_ids, attention_mask): attention_mask must have input_ids' shape "
+                                 f"[batch, seq] = {list(ids.shape)} (1 = token, 0 = padding), got {got}")
     valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
-    if valid.shape == ids.shape:
-        check_left_padding(valid, "model(input_ids, attention_mask)")
+    check_left_padding(valid, "model(input_ids, attention_mask)", right=True)
     sinks = ring_sinks(graph)
     if sinks and valid.shape == ids.shape and not bool(valid.all()):
         raise CausalLMInputError(

@@ -126,12 +126,6 @@ class Decoder:
         local = None if n == 1 else torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
         return self._forward(ids, positions, local, None)
 
-    @property
-    def index_window(self) -> int | None:
-        """The keys (window + sinks) of the model's own index-placed sliding window (`attention{window}`), the
-        sequence length up to which `verify` takes candidate trees; None: no such window (trees run anywhere)."""
-        return self._index_band
-
     def tree_ok(self, k: int) -> bool:
         """Whether `verify` takes a candidate TREE of k nodes now (a chain always runs): not on an empty
         cache, nor past a model's own index-placed sliding window (see verify)."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .ir.registry import get_op
 from .ir.dtypes import to_torch
-from .trainable import mark_trained
+from .trainable import is_amount, is_count, mark_trained
 
 
 EVAL_POSITIONS = 2048        # positions per pass of the held-out EAGLE chain evaluation
@@ -300,13 +300,14 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     if not 0 <= heldout < 1:
         raise DraftTrainingError(f"train_draft_heads(): heldout={heldout} is the fraction of sequences held out; "
                                  f"give 0 <= heldout < 1")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_count(steps):
         raise DraftTrainingError(f"train_draft_heads(): steps={steps!r}; give the number of updates, an int >= 0")
+    if not is_amount(lr, positive=True):
+        raise DraftTrainingError(f"train_draft_heads(): lr={lr!r}; give a learning rate, a finite number > 0")
     for name, v in (("time_budget_s", time_budget_s), ("cpu_budget_s", cpu_budget_s)):
-        if v is not None and not (isinstance(v, (int, float)) and v >= 0):
+        if v is not None and not is_amount(v):
             raise DraftTrainingError(f"train_draft_heads(): {name}={v!r}; give seconds >= 0, or None for no limit")
-    if batch_positions is not None and (isinstance(batch_positions, bool) or not isinstance(batch_positions, int)
-                                        or batch_positions < 1):
+    if batch_positions is not None and not is_count(batch_positions, 1):
         raise DraftTrainingError(f"train_draft_heads(): batch_positions={batch_positions!r}; give an int >= 1, or "
                                  f"None for the head kind's default (Medusa 256, EAGLE 1024)")
     if int(draft_vocab) < 2:
@@ -593,9 +594,11 @@ def train_eagle(graph, seqs, hidden, prompt_len, data_s, data_cpu, *, steps, tim
             for k, v in P.items():
                 v.copy_(initial[k])
         (after, chain), kept = evaluate(held), 0
-    for k, v in P.items():
-        graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
-    graph.weights[EAGLE + "vocab"].tensor = order.clone()
-    graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
+    if kept:        # the parameters of an update, with the draft vocabulary they were trained for; else (none ran,
+        # or reverted) the layer stays exactly as it was, vocabulary and config included
+        for k, v in P.items():
+            graph.weights[EAGLE + k].tensor = v.detach().to(graph.weights[EAGLE + k].tensor.dtype).clone()
+        graph.weights[EAGLE + "vocab"].tensor = order.clone()
+        graph.weights[EAGLE + "config"].tensor = torch.tensor([depth, heads, nv], dtype=torch.long)
     return DraftTrainReport(depth, n, int((y_tok >= 0).sum()), step, seconds, data_s, cpu, data_cpu, losses,
                             after, before, kept, reverted, kind="eagle", heldout_chain=chain)

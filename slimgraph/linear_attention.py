@@ -287,23 +287,21 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
 
 def _check_arguments(*, steps, heldout, lr, e2e_lr, time_budget_s, cpu_budget_s, num_seqs, seq_len) -> None:
     """distill_attention's numeric arguments, each with the range it takes (DistillationError naming it)."""
-    def integer(x):
-        return isinstance(x, int) and not isinstance(x, bool)
-
+    from .trainable import is_amount, is_count
     bad = []
-    if not (integer(steps) and steps >= 0):
+    if not is_count(steps):
         bad.append(f"steps={steps!r}: the number of updates at most, an int >= 0 (0: no training)")
-    if not (integer(heldout) and heldout >= 0):
+    if not is_count(heldout):
         bad.append(f"heldout={heldout!r}: how many of the sequences (the last ones) are held out, an int >= 0 "
                    f"and below their number")
     for name, v in (("lr", lr), ("e2e_lr", e2e_lr)):
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
-            bad.append(f"{name}={v!r}: a learning rate, a number > 0")
+        if not is_amount(v, positive=True):
+            bad.append(f"{name}={v!r}: a learning rate, a finite number > 0")
     for name, v in (("time_budget_s", time_budget_s), ("cpu_budget_s", cpu_budget_s)):
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+        if v is not None and not is_amount(v):
             bad.append(f"{name}={v!r}: seconds >= 0, or None for no limit")
     for name, v in (("num_seqs", num_seqs), ("seq_len", seq_len)):
-        if not (integer(v) and v >= 1):
+        if not is_count(v, 1):
             bad.append(f"{name}={v!r}: an int >= 1")
     if bad:
         raise DistillationError("distill_attention(): " + "; ".join(bad))

@@ -315,14 +315,6 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
                                                      vocab if isinstance(vocab, int) else None)
         if t.depth > k:
             raise SpeculativeError(f"tree depth {t.depth} > {k} draft heads")
-        band, reach = dec.index_window, input_ids.shape[1] + max_new_tokens - 2   # cache + candidates - 1, at most
-        if band is not None and reach > band:
-            raise SpeculativeError(
-                f"tree={tree!r}: this model has its own sliding window (attention{{window}}: a query sees the {band} "
-                f"keys before it, sinks included, placed by index), and a candidate tree cannot be verified once the "
-                f"sequence passes it ({input_ids.shape[1]} prompt tokens + max_new_tokens {max_new_tokens} do); use speculative='chain' or tree='dynamic' (one chain per verify past the "
-                f"window), or compile with sparsify-attention{{kind=sliding_window,...}}, which places the window by "
-                f"position")
     chains, cuts = {}, {}
     eos_set = set() if eos is None else {int(e) for e in eos.tolist()}
     new: list[int] = []
@@ -362,10 +354,11 @@ def run(dec, input_ids: torch.Tensor, max_new_tokens: int, *, mode: str, tree=No
             cap = min(lookup, room - 1, MAX_VERIFY - 1 - len(heads))   # the verify's candidates stay <= MAX_VERIFY
             looked = [ngrams.draft(cap)] if ngrams is not None and cap > 0 else []
             c = Candidates(token, tt, heads, looked)
-            if not c.is_chain and t is None and not dec.tree_ok(len(c.ids)):
-                # chain mode on a model whose window cannot take a tree now: one chain, the lookup's when it
-                # found a match (it is usually the longer accepted one), else the heads'
-                c = Candidates(token, None, (), looked) if looked and looked[0] else Candidates(token, tt, heads)
+            if not c.is_chain and not dec.tree_ok(len(c.ids)):
+                # past a model's own index-placed window no tree verifies: one chain, the lookup's when it found a
+                # match (it is usually the longer accepted one), else the heads' greedy path (rank 0 at each depth)
+                greedy = [h for p, h in zip(tt.paths[1:], heads) if not any(p)] if tt is not None else []
+                c = Candidates(token, None, (), looked if looked and looked[0] else [greedy])
             res = _host(dec.verify(torch.tensor([c.ids], dtype=torch.long), tree_mask=c.mask))
             base = res["logits"][0].argmax(-1).tolist()
             path = c.accepted_path(base)[:room]          # never emit past max_new_tokens

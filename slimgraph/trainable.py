@@ -21,6 +21,8 @@ record existed have neither field and list nothing (as before).
 question the CLI (`compile`, `inspect`) and `CompiledModel.save` ask.
 """
 from __future__ import annotations
+import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -40,6 +42,19 @@ TRAINABLE: dict[str, Trainable] = {
                                      "identity feature maps"),
     "insert-draft-heads": Trainable("draft heads", "slimgraph.train_draft_heads", "zero Medusa heads"),
 }
+
+
+def is_count(x, least: int = 0) -> bool:
+    """Whether a training argument is an integer (Python or numpy, not bool) >= `least`."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= least
+
+
+def is_amount(x, positive: bool = False) -> bool:
+    """Whether a training argument is a real number (not bool, not NaN) >= 0, or > 0 and finite when `positive`
+    (a learning rate); budgets may be inf (no limit)."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool) or math.isnan(x):
+        return False
+    return (x > 0 and math.isfinite(x)) if positive else x >= 0
 
 
 def _initial(spec: str, t: Trainable) -> str:

@@ -687,11 +687,21 @@ def test_generate_refuses_a_non_integer_token_count_and_a_non_finite_temperature
     ({"steps": -1}, "steps=-1"), ({"steps": 2.5}, "steps=2.5"),
     ({"time_budget_s": -1}, "time_budget_s=-1"), ({"cpu_budget_s": -0.5}, "cpu_budget_s=-0.5"),
     ({"batch_positions": 0}, "batch_positions=0"), ({"batch_positions": -3}, "batch_positions=-3"),
+    ({"lr": float("inf")}, "lr=inf"), ({"lr": 0}, "lr=0"), ({"cpu_budget_s": float("nan")}, "cpu_budget_s=nan"),
 ])
 def test_training_arguments_that_cannot_work_are_refused_before_any_work(random_heads, kwargs, match):
     args = {"prompts": prompts(4), "new_tokens": 8, "steps": 2, "time_budget_s": None, "progress": False, **kwargs}
     with pytest.raises(DraftTrainingError, match=match):
         slimgraph.train_draft_heads(random_heads, **args)
+
+
+def test_numpy_numbers_are_training_arguments_too():
+    import numpy as np
+    c = compile_("torch", heads=2)
+    r = slimgraph.train_draft_heads(c, prompts=prompts(6), new_tokens=np.int64(8), steps=np.int64(3),
+                                    lr=np.float32(1e-3), time_budget_s=None, cpu_budget_s=np.float64(60),
+                                    batch_positions=np.int32(64), progress=False)
+    assert r.steps == 3
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle"])
@@ -702,8 +712,11 @@ def test_heads_that_end_as_they_began_stay_marked_untrained(recwarn, kind):
     from slimgraph.trainable import untrained_components
     c = compile_("torch", heads=3) if kind == "medusa" else compile_eagle("torch")
     assert untrained_components(c)
+    began = {n: w.tensor.clone() for n, w in c.graph.weights.items() if n.startswith("draft_heads.")}
     report = slimgraph.train_draft_heads(c, prompts=prompts(12, seed=5), new_tokens=12, steps=40,
-                                         time_budget_s=None, lr=10.0, seed=0, progress=False)
+                                         time_budget_s=None, lr=10.0, seed=0, progress=False, draft_vocab=16)
     assert report.reverted or report.kept_step == 0, str(report)      # lr 10 wrecks the heads
     assert untrained_components(c), str(report)
+    for n, t in began.items():                      # exactly as they began: EAGLE's draft vocabulary and config too
+        assert torch.equal(c.graph.weights[n].tensor, t), n
     assert any("keep the parameters they had before this call" in str(w.message) for w in recwarn)

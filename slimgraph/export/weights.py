@@ -94,56 +94,42 @@ UNEXPORTABLE = {"linear_attention": "linearize-attention (linear attention with 
                 "cache_window": "sparsify-attention or linearize-attention{window} (a sliding-window KV ring)"}
 
 
-# What the source architecture computes on the caller's bool mask %attention_mask (frontends/hf.py): nothing
-# (sdpa) or, for an eager model, the additive mask where(~mask, -inf, 0). Anything else in front of an
-# attention's mask is a rule of its own that no format can hold (sparsify-attention{kind=block_sparse}).
-MASK_INPUT = "attention_mask"
-SOURCE_MASK_OPS = {"bitwise_not", "where", "full", "constant"}
+# sparsify-attention{kind=block_sparse} changes attention by its mask alone (no op of its own): the pass names
+# the masks it builds `block_sparse_mask*`, and an attention reading one runs a rule no format can hold. (Other
+# computed masks are the source's own: a model's sliding window before canonicalize folds it, an eager mask.)
+BLOCK_SPARSE_MASK = "block_sparse_mask"
 
 
-def computed_mask(graph) -> str | None:
-    """What is refused about the first attention whose mask is not the source's (None: every mask is): the
-    mask's producers must be SOURCE_MASK_OPS over %attention_mask and nothing else. Graphs outside the
-    causal-LM convention (ir/causal_lm.py; their masks come from the traced model itself) are not checked."""
-    from ..ir.causal_lm import is_causal_lm
-    if not is_causal_lm(graph):
-        return None
+def block_sparse_attention(graph) -> str | None:
+    """What is refused about the first attention whose mask derives from a block-sparse mask the
+    sparsify-attention pass built (None: no such attention)."""
     for node in graph.nodes:
         if node.op != "attention" or len(node.inputs) < 4:
             continue
-        mask = node.inputs[3]
-        seen, ops, reads, stack = set(), set(), set(), [mask]
+        seen, stack = set(), [node.inputs[3]]
         while stack:
             v = stack.pop()
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            if v.producer is None:
-                if not v.is_weight:
-                    reads.add(v.name)
-                continue
-            ops.add(v.producer.op)
-            stack += v.producer.inputs
-        if ops <= SOURCE_MASK_OPS and reads <= {MASK_INPUT}:
-            continue
-        if mask.name.startswith("block_sparse_mask"):
-            return ("sparsify-attention{kind=block_sparse} (a block-sparse attention mask, which the "
-                    "source model does not compute)")
-        return (f"an attention mask of its own (%{mask.name}, computed by {', '.join(sorted(ops - SOURCE_MASK_OPS))}"
-                f" from {', '.join('%' + r for r in sorted(reads))}: the source attends by %{MASK_INPUT} alone)")
+            if v.name.startswith(BLOCK_SPARSE_MASK):
+                return ("sparsify-attention{kind=block_sparse} (a block-sparse attention mask, which the "
+                        "source model does not compute)")
+            if v.producer is not None:
+                stack += v.producer.inputs
     return None
 
 
 def check_exportable(graph) -> None:
-    """Refuse a graph whose attention the formats cannot express (UNEXPORTABLE, or a mask the source does not
-    compute: computed_mask): the exported weights would run with the source's attention, a different model
+    """Refuse a graph whose attention the formats cannot express (UNEXPORTABLE, or a block-sparse mask:
+    block_sparse_attention): the exported weights would run with the source's attention, a different model
     from the artifact. Draft heads (insert-draft-heads) are extra outputs no format holds: they are left out,
     with a warning."""
     import warnings
     ops = {n.op for n in graph.nodes}
     bad = [what for op, what in UNEXPORTABLE.items() if op in ops][:1]   # linear attention says it all
     if not bad:
-        bad = [m for m in [computed_mask(graph)] if m]
+        bad = [m for m in [block_sparse_attention(graph)] if m]
     if bad:
         raise ExportError(f"export: the graph runs {'; '.join(bad)}, which GGUF, compressed-tensors and GPTQ "
                           f"checkpoints cannot express: llama.cpp, transformers and vLLM would run the source's "

@@ -401,6 +401,24 @@ def transformers_config(d):
     return transformers.AutoConfig.from_pretrained(d)
 
 
+@pytest.mark.parametrize("pipeline", [f"quantize-weights{{{SYM}}}", f"canonicalize,quantize-weights{{{SYM}}}"])
+def test_a_models_own_sliding_window_exports_with_or_without_canonicalize(tmp_path, pipeline):
+    """Mistral's own window is the source's: before canonicalize folds it into attention{window} it is a mask
+    computed from %attention_mask by ordinary ops, and the export must not take it for a rewrite."""
+    import transformers
+    import slimgraph
+    from slimgraph.export import to_gguf
+    cfg = transformers.MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=256, sliding_window=4, bos_token_id=0,
+                                     eos_token_id=0, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "src")
+    c = slimgraph.optimize(model, (torch.zeros(1, 4, dtype=torch.long),), target="torch", pipeline=pipeline)
+    to_gguf(c, tmp_path / "m.gguf", source=tmp_path / "src")
+    assert (tmp_path / "m.gguf").stat().st_size > 0
+
+
 @pytest.mark.parametrize("extra, refused", [
     ("linearize-attention{window=4}", r"runs linearize-attention \(linear attention with trained feature maps\)"),
     ("sparsify-attention{window=4}", r"runs sparsify-attention or linearize-attention\{window\} \(a sliding-window"),
@@ -411,8 +429,8 @@ def test_attention_no_format_can_express_is_refused_and_draft_heads_are_left_out
                                                                                        extra, refused):
     """A linearized, windowed or block-sparse artifact exported as plain weights would run the source's full
     softmax attention in llama.cpp / transformers: a different model, refused by name in every format (block
-    sparsity only changes the attention mask: any mask the source does not compute is refused). Draft heads
-    are extra outputs no format holds: the base model is written, with a warning."""
+    sparsity only changes the attention mask: the pass's mask is refused by name). Draft heads are extra outputs
+    no format holds: the base model is written, with a warning."""
     import warnings
     import slimgraph
     from slimgraph.export import export

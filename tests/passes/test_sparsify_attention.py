@@ -593,6 +593,11 @@ def test_the_c_target_says_how_to_bind_the_mask_columns_and_a_ctx_no_call_has_is
                                             rf"seq.*bind ctx={fix}"):
             slimgraph.optimize(model, (x,), target="reference",
                                pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx={ctx}]}}")
+    # a ring holds at most window + sinks rows: a larger bound past is refused whatever ctx (not advised in a loop)
+    for ctx in (21, 11):
+        with pytest.raises(PassError, match=r"ring of window \+ sinks = 10 rows, bound to hold 20.*at most 10"):
+            slimgraph.optimize(model, (x,), target="reference", pipeline=f"bind-shapes{{dims=[batch=1,past=20,seq=1]}},"
+                               f"canonicalize,{rewrite},bind-shapes{{dims=[ctx={ctx}]}}")
     c = slimgraph.optimize(model, (x,), target="reference",
                            pipeline=f"{bind}{rewrite},bind-shapes{{dims=[ctx=16]}},dce")
     p = ids(16)
@@ -602,20 +607,33 @@ def test_the_c_target_says_how_to_bind_the_mask_columns_and_a_ctx_no_call_has_is
 @pytest.mark.parametrize("pipeline", [PIPE.format(w=40, s=2), "canonicalize,linearize-attention{window=40,sinks=2},dce",
                                       "canonicalize,dce"])
 def test_a_mask_that_is_not_left_padding_is_refused_by_every_entry_point(model, pipeline):
-    """The convention has left pads only (0s before a row's first token). A 0 inside a row was taken for a
-    pad: with sinks, sinks_first reordered the row's real tokens around it (silently wrong logits); a 0 at
-    the end of a row, or a row of 0s, has no token to decode from. prefill, generate and model() refuse them."""
+    """The decoding convention has left pads only (0s before a row's first token). A 0 inside a row was taken
+    for a pad: with sinks, sinks_first reordered the row's real tokens around it (silently wrong logits); a 0
+    at the end of a row, or a row of 0s, has no token to decode from. prefill and generate refuse them;
+    model() (one forward) refuses holes and empty rows and takes HF's right padding where no sinks are kept,
+    with transformers' logits on the real positions."""
     c = compile_(model, "reference", pipeline=pipeline)
     x = ids(12, seed=5, batch=2)
     hole, right, empty = (torch.ones(2, 12, dtype=torch.long) for _ in range(3))
     hole[1, 5], right[1, -2:], empty[1] = 0, 0, 0
     for mask in (hole, right, empty):
-        with pytest.raises(DecoderError, match=r"prefill\(\): attention_mask row 1 is .*masks must be left padding"):
+        with pytest.raises(DecoderError, match=r"prefill\(\): attention_mask row 1 is .*0s may only stand before "
+                                               r"a row's first token .*left padding"):
             c.decoder(batch=2).prefill(x, attention_mask=mask)
-        with pytest.raises(DecoderError, match="row 1 .*masks must be left padding"):
+        with pytest.raises(DecoderError, match="row 1 .*0s may only stand before a row's first token"):
             generate(c, x, 3, attention_mask=mask)
-        with pytest.raises(Exception, match=r"model\(input_ids, attention_mask\): attention_mask row 1 .*left padding"):
+    for mask in (hole, empty):
+        with pytest.raises(Exception, match=r"model\(input_ids, attention_mask\): attention_mask row 1 .*0s may only "
+                                            r"stand before a row's first token or after its last"):
             c(x, attention_mask=mask)
+    if "sinks" in pipeline:
+        with pytest.raises(Exception, match="keeps 2 attention sinks"):
+            c(x, attention_mask=right)
+    else:
+        with torch.no_grad():
+            want = model(x, attention_mask=right).logits
+        got = c(x, attention_mask=right).logits
+        torch.testing.assert_close(got[right.bool()], want[right.bool()], rtol=1e-4, atol=1e-4)
     left = torch.ones(2, 12, dtype=torch.long)
     left[1, :3] = 0
     assert c.decoder(batch=2).prefill(x, attention_mask=left)["logits"].shape[:2] == (2, 12)
