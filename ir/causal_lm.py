@@ -49,7 +49,7 @@ def check_left_padding(valid: torch.Tensor, where: str, right: bool = False) -> 
         raise CausalLMInputError(
             f"{where}: attention_mask row {bad[0]} is {shown}: 0s may only stand {allowed} (padding), with at "
             f"least one token per row; drop or fill the positions a 0 marks inside a row" +
-            ("" if right else "; decoding needs left padding (tokenizer.padding_side = 'left')"))
+            ("" if right else "; decoding needs left padding: pad on the left (tokenizer.padding_side = 'left')"))
 
 
 def prompt_positions_and_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
