@@ -157,7 +157,7 @@ def causal_lm_inputs(graph, input_ids: torch.Tensor, attention_mask: torch.Tenso
     valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool)
     check_left_padding(valid, "model(input_ids, attention_mask)", right=True)
     sinks = ring_sinks(graph)
-    if sinks and valid.shape == ids.shape and not bool(valid.all()):
+    if sinks and not bool(valid.all()):
         raise CausalLMInputError(
             f"graph @{graph.name} keeps {sinks} attention sinks in ring KV states: a left-padded batch in one "
             f"call would make a padded row's sinks pads; decode it with .generate() or slimgraph.decoder."

@@ -49,7 +49,7 @@ from ..ir.opset.linear_attention import FEATURE_MAPS, feature_dim
 from ..ir.types import TensorType
 from .base import Pass, PassError, PassResult, register_pass
 from .sparsify_attention import (MASK_INPUT, NO_COMBINATION, _ring_mask, _to_ring, bool_decoder_masks, call_depth,
-                                 decoder_mask, kv_attention)
+                                 decoder_mask, kv_attention, reads_block_sparse_mask)
 
 
 @register_pass("linearize-attention")
@@ -79,8 +79,7 @@ class LinearizeAttention(Pass):
                             f"key would stay in the softmax window of its {len(attns)} attention op(s); use a "
                             f"window below {self.context - self.sinks}"
                             + (f" with {self.sinks} sinks" if self.sinks else "") + " (LoLCATs uses 64)")
-        sparsified = [n for n in graph.nodes if n.op == "cache_window" or (
-            n.op == "attention" and len(n.inputs) > 3 and n.inputs[3].name.startswith("block_sparse_mask"))]
+        sparsified = [n for n in graph.nodes if n.op == "cache_window" or reads_block_sparse_mask(n)]
         if sparsified:
             raise PassError(f"{where}: graph @{graph.name} ran sparsify-attention (a "
                             f"{'KV ring' if sparsified[0].op == 'cache_window' else 'block-sparse mask'}): "

@@ -188,9 +188,9 @@ class SparsifyAttention(Pass):
             own_masks = {}   # a model's own window, by position too (canonicalize placed it by index)
             for w in sorted({own_window(n) for n in targets if own_window(n)}):
                 own_masks[w] = graph.op("logical_and", new_mask, _band_keep(graph, q, kpast, knew, *w))
-        graph.rename(new_mask, graph.fresh_name("block_sparse_mask"))
+        graph.rename(new_mask, graph.fresh_name(BLOCK_SPARSE_MASK))
         for (w, s), m in own_masks.items():
-            graph.rename(m, graph.fresh_name(f"block_sparse_mask_window{w}" + (f"_sinks{s}" if s else "")))
+            graph.rename(m, graph.fresh_name(f"{BLOCK_SPARSE_MASK}_window{w}" + (f"_sinks{s}" if s else "")))
         for n in targets:
             own = own_window(n)
             n.set_input(3, own_masks[own] if own else new_mask)
@@ -211,6 +211,28 @@ class SparsifyAttention(Pass):
             raise PassError(f"{where}: window + sinks = {self.window + self.sinks} >= the model's context limit "
                             f"{self.context}: every position would be kept; use a window below "
                             f"{self.context - self.sinks} or leave full attention")
+
+
+# kind=block_sparse changes attention by its mask alone (no op of its own): the masks it builds carry this name,
+# which later passes and the exporters read (reads_block_sparse_mask)
+BLOCK_SPARSE_MASK = "block_sparse_mask"
+
+
+def reads_block_sparse_mask(node) -> bool:
+    """Whether attention `node`'s mask derives from a mask kind=block_sparse built."""
+    if node.op != "attention" or len(node.inputs) < 4:
+        return False
+    seen, stack = set(), [node.inputs[3]]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.name.startswith(BLOCK_SPARSE_MASK):
+            return True
+        if v.producer is not None:
+            stack += v.producer.inputs
+    return False
 
 
 NO_COMBINATION = ("sparsify-attention and linearize-attention do not combine, in either order: use one of them "

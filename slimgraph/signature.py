@@ -187,7 +187,7 @@ class Signature:
         """A readable name for each leaf of `leaves(args, kwargs)` (for guard messages)."""
         return leaf_names(*self._bind(args, kwargs), self.param_names)
 
-    def unflatten_outputs(self, outs: list[torch.Tensor], graph=None):
+    def unflatten_outputs(self, outs: list[torch.Tensor], graph):
         if self.kind == "causal-lm":
             return _causal_lm_output(outs, graph)
         if self.kind == "flat" or self.out_spec is None:

@@ -73,13 +73,16 @@ def _check_static(graph):
     if not syms:
         return
     users = [f"%{v.name}: {v.type}" for v in graph.inputs if not v.type.is_static]
+
+    def example(dims):
+        return ",".join(f"{s}={128 if s == 'seq' else 0 if s == 'past' else 1}" for s in dims)
+
     ctx = context_dim(graph)
     if ctx is not None:     # made by sparsify-/linearize-attention: it exists only after them, and = past + seq
-        first = [s for s in syms if s != ctx]
-        example = ",".join(f"{s}={128 if s == 'seq' else 0 if s == 'past' else 1}" for s in first)
+        first = example([s for s in syms if s != ctx])
         mask = next(v for v in graph.inputs if v.name == "attention_mask")
         seq = mask.type.shape[2] if isinstance(mask.type.shape[2], int) else 128
-        pipe = (f"bind-shapes{{dims=[{example}]}},canonicalize,...," if example else "...,") + \
+        pipe = (f"bind-shapes{{dims=[{first}]}},canonicalize,...," if first else "...,") + \
             f"<the pass that made {ctx}>,bind-shapes{{dims=[{ctx}={seq}]}},dce"
         raise CTargetError(
             f"the c target supports only static shapes: graph @{graph.name} has symbolic dims {', '.join(syms)} "
@@ -87,11 +90,11 @@ def _check_static(graph):
             f"columns, which sparsify-attention / linearize-attention make a dim of its own: it exists only after "
             f"that pass, so bind it with a second bind-shapes after it, to the positions before the call + seq "
             f"({ctx}={seq} for a call from empty state, past=0): pipeline='{pipe}'")
-    example = ",".join(f"{s}={128 if s == 'seq' else 0 if s == 'past' else 1}" for s in syms)
+    every = example(syms)
     raise CTargetError(
         f"the c target supports only static shapes: graph @{graph.name} has symbolic dims {', '.join(syms)} "
         f"({', '.join(users[:4])}{', ...' if len(users) > 4 else ''}). Bind them before building: start the "
-        f"pipeline with the pass bind-shapes{{dims=[{example}]}} (e.g. pipeline='bind-shapes{{dims=[{example}]}},"
+        f"pipeline with the pass bind-shapes{{dims=[{every}]}} (e.g. pipeline='bind-shapes{{dims=[{every}]}},"
         f"canonicalize,cse,dce', or `slimgraph compile ... --target c --pipeline ...`), or call "
         f"slimgraph.codegen.c.build(graph, shapes={{...}})")
 

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..ir import quant_format as Q
+from ..passes.sparsify_attention import reads_block_sparse_mask
 
 QUANT_OPS = {"dequantize": 0, "qlinear": 1, "qembedding": 1}   # op -> index of its qweight input
 
@@ -94,42 +95,17 @@ UNEXPORTABLE = {"linear_attention": "linearize-attention (linear attention with 
                 "cache_window": "sparsify-attention or linearize-attention{window} (a sliding-window KV ring)"}
 
 
-# sparsify-attention{kind=block_sparse} changes attention by its mask alone (no op of its own): the pass names
-# the masks it builds `block_sparse_mask*`, and an attention reading one runs a rule no format can hold. (Other
-# computed masks are the source's own: a model's sliding window before canonicalize folds it, an eager mask.)
-BLOCK_SPARSE_MASK = "block_sparse_mask"
-
-
-def block_sparse_attention(graph) -> str | None:
-    """What is refused about the first attention whose mask derives from a block-sparse mask the
-    sparsify-attention pass built (None: no such attention)."""
-    for node in graph.nodes:
-        if node.op != "attention" or len(node.inputs) < 4:
-            continue
-        seen, stack = set(), [node.inputs[3]]
-        while stack:
-            v = stack.pop()
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            if v.name.startswith(BLOCK_SPARSE_MASK):
-                return ("sparsify-attention{kind=block_sparse} (a block-sparse attention mask, which the "
-                        "source model does not compute)")
-            if v.producer is not None:
-                stack += v.producer.inputs
-    return None
-
-
 def check_exportable(graph) -> None:
-    """Refuse a graph whose attention the formats cannot express (UNEXPORTABLE, or a block-sparse mask:
-    block_sparse_attention): the exported weights would run with the source's attention, a different model
-    from the artifact. Draft heads (insert-draft-heads) are extra outputs no format holds: they are left out,
-    with a warning."""
+    """Refuse a graph whose attention the formats cannot express (UNEXPORTABLE, or a block-sparse mask, which
+    changes attention without an op of its own): the exported weights would run with the source's attention,
+    a different model from the artifact. Draft heads (insert-draft-heads) are extra outputs no format holds:
+    they are left out, with a warning."""
     import warnings
     ops = {n.op for n in graph.nodes}
     bad = [what for op, what in UNEXPORTABLE.items() if op in ops][:1]   # linear attention says it all
-    if not bad:
-        bad = [m for m in [block_sparse_attention(graph)] if m]
+    if not bad and any(reads_block_sparse_mask(n) for n in graph.nodes):
+        bad = ["sparsify-attention{kind=block_sparse} (a block-sparse attention mask, which the source model does "
+               "not compute)"]
     if bad:
         raise ExportError(f"export: the graph runs {'; '.join(bad)}, which GGUF, compressed-tensors and GPTQ "
                           f"checkpoints cannot express: llama.cpp, transformers and vLLM would run the source's "
