@@ -348,7 +348,8 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
                              lr=lr, seed=seed, heldout=heldout, progress=progress, draft_vocab=draft_vocab,
                              batch_positions=batch_positions or 1024)
         rebuild_runner(compiled)
-        _record(compiled, report)
+        mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions, changed=not report.reverted
+                     and report.kept_step != 0)      # reverted or kept step 0: the initial layer, UNTRAINED
         return report
     # targets[n, t, i] = token at t + i + 2 for t >= p - 1 (the continuation), else ignored (-100)
     targets = torch.full((len(seqs), total, k), -100, dtype=torch.long)
@@ -429,19 +430,8 @@ def train_draft_heads(compiled, texts=None, *, tokenizer=None, prompts: torch.Te
     rebuild_runner(compiled)
     report = DraftTrainReport(k, len(seqs), len(h_all), step, seconds, data_s, cpu, data_cpu, losses, after,
                               before, kept, reverted, heldout_chain=chain)
-    _record(compiled, report)
+    mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions, changed=not reverted and kept != 0)
     return report
-
-
-def _record(compiled, report) -> None:
-    """Mark the heads trained on the model's report, unless the call ended with the parameters it began with
-    (reverted, or the held-out loss best before the first update): then say so, and the report keeps what it
-    said before (UNTRAINED heads stay UNTRAINED)."""
-    if report.steps and (report.reverted or report.kept_step == 0):
-        warnings.warn(f"train_draft_heads(): the heads keep the parameters they had before this call ({report}); "
-                      f"train longer or on more varied prompts", stacklevel=3)
-        return
-    mark_trained(compiled, "insert-draft-heads", report, tokens=report.positions)
 
 
 def rebuild_runner(compiled) -> None:

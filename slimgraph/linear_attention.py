@@ -280,8 +280,8 @@ def distill_attention(compiled, texts=None, *, tokenizer=None, ids: torch.Tensor
                            (step + e2e[0]) * ids.shape[1], losses, rel_mse(held) if heldout else [], before,
                            *e2e[:4])
     changed = any(not torch.equal(p.detach(), p0) for p, p0 in zip((p for pair in ws for p in pair), initial))
-    if changed:     # no update, or updates that moved nothing (data with no gradient): the maps stay untrained
-        mark_trained(compiled, "linearize-attention", report, tokens=report.tokens)   # the model's report says so
+    # no update, or updates that moved nothing (data with no gradient): the maps stay untrained
+    mark_trained(compiled, "linearize-attention", report, tokens=report.tokens, changed=changed)
     return report
 
 

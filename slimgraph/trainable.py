@@ -11,10 +11,11 @@ feature maps has perplexity ~187 instead of ~12; zero Medusa heads only slow spe
 The record is the model's OptimizeReport (slimgraph/compiled.py), which the artifact's manifest keeps (and
 `slimgraph inspect` reads without torch): `optimize` lists the spec of every pass of TRAINABLE that ran in
 `report.untrained`; the training functions call `mark_trained`, which moves it to `report.trained` with what
-the training did (tokens, steps, CPU seconds, the held-out figure). A marker, not a look at the values:
-the EAGLE layer's seeded initialization is not recognisable by value, and a weight that happens to stay at
-its initial value (early stopping that kept step 0) is still a trained one; a training that ran no update
-at all (a budget spent before the first step) is not. Artifacts written before the
+the training did (tokens, steps, CPU seconds, the held-out figure). A marker, not a look at the values (the
+EAGLE layer's seeded initialization is not recognisable by value): the training function says whether its
+call changed the components, and one that ended with the values it began with (no update ran, updates that
+moved nothing, early stopping that kept step 0, a revert to the initial heads) leaves them UNTRAINED, with a
+warning when updates ran. Artifacts written before the
 record existed have neither field and list nothing (as before).
 
 `untrained_components(x)` (a CompiledModel, an OptimizeReport or a manifest's report dict) is the one
@@ -23,6 +24,7 @@ question the CLI (`compile`, `inspect`) and `CompiledModel.save` ask.
 from __future__ import annotations
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
 
@@ -95,22 +97,26 @@ def untrained_message(components: list[str], where: str = "") -> str:
             "cpu_budget_s=300) for draft heads (or compile with `slimgraph compile ... --train-budget SECONDS`)")
 
 
-def mark_trained(compiled, name: str, report, *, tokens: int) -> None:
+def mark_trained(compiled, name: str, report, *, tokens: int, changed: bool = True) -> None:
     """Record on `compiled.report` that the components `name` (a TRAINABLE pass name) inserted were trained
     by `report` (a DistillReport or DraftTrainReport): the spec leaves `untrained`, and `trained` gets
-    what the training did. A report of 0 steps (the budget ran out before the first update) changes nothing:
-    the components still hold their initial values. Called by the training functions; a model without a
-    report is left alone."""
+    what the training did. `changed`: whether the call left the components with other values than it found
+    (the training function knows: compared tensors, a revert, early stopping at step 0). A call that changed
+    nothing records nothing (the components keep what they had, UNTRAINED ones stay so), and warns when
+    updates ran (report.steps > 0), naming the training function. Called by the training functions; a model
+    without a report is left alone."""
+    t = TRAINABLE[name]
+    steps = int(getattr(report, "steps", 0))
+    if steps > 0 and not changed:
+        warnings.warn(f"{t.function}(): the {t.what} keep the parameters they had before this call ({report}); "
+                      f"train longer or on more varied data", stacklevel=3)
     r = getattr(compiled, "report", None)
-    if r is None or not hasattr(r, "untrained"):
+    if r is None or not hasattr(r, "untrained") or steps <= 0 or not changed:
         return
-    if int(getattr(report, "steps", 0)) <= 0:
-        return      # no update ran (a budget spent before the first step): the values are the initial ones
     specs = [s for s in r.untrained if pass_name(s) == name]
     # trained again (the spec already left `untrained`): the record names the pass as optimize ran it
     specs = specs or [s for s in inserted_specs(r.passes) if pass_name(s) == name]
     r.untrained = [s for s in r.untrained if pass_name(s) != name]
-    t = TRAINABLE[name]
     r.trained.append({"component": t.what, "spec": ", ".join(specs) or name, "function": t.function,
                       "tokens": int(tokens), "steps": int(getattr(report, "steps", 0)),
                       "cpu_seconds": round(float(getattr(report, "cpu_seconds", 0.0)), 3),
