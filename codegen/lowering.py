@@ -50,7 +50,8 @@ LOWERING_MODULES: dict[str, list[str]] = {
                "slimgraph.codegen.triton.kernels.rope", "slimgraph.codegen.triton.kernels.attention",
                "slimgraph.codegen.triton.generators"],
     "c": ["slimgraph.codegen.c.lower_elementwise", "slimgraph.codegen.c.lower_nn", "slimgraph.codegen.c.lower_shape"],
-    "cpu": ["slimgraph.codegen.tvm.relax_lower", "slimgraph.codegen.tvm.relax_lower_more"],
+    "cpu": ["slimgraph.codegen.tvm.relax_lower", "slimgraph.codegen.tvm.relax_lower_more",
+            "slimgraph.codegen.tvm.relax_lower_index"],
 }
 
 _TABLES: dict[str, dict[str, Lowering]] = {}

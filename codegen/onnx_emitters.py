@@ -613,7 +613,11 @@ def _einsum(ex, node, ins):
 
 @lowering("onnx", "tile")
 def _tile(ex, node, ins):
-    return [ex.one("Tile", ins[0], ex.ints(node.attrs["repeats"]))]
+    reps, x = node.attrs["repeats"], ins[0]
+    extra = len(reps) - node.inputs[0].type.rank
+    if extra > 0:                          # ONNX Tile wants one repeat per dim: torch's new leading dims first
+        x = ex.one("Unsqueeze", x, ex.ints(list(range(extra))))
+    return [ex.one("Tile", x, ex.ints(reps))]
 
 
 # ---- quantized weights -------------------------------------------------------------------------------------

@@ -327,12 +327,25 @@ def _reduce(cx, a):
     return cx.op(op, x, dims=reduce_dims(a), keepdim=bool(a.get("keepdim", False)))
 
 
-@rule("var.correction", "var.dim", "std.correction", "std.dim")
-def _var(cx, a):
+def _variance(cx, a):
+    """var (or std, for the aten.std* overloads) of a["self"] with the overload's correction."""
     corr = a.get("correction", None)
     corr = (1 if a.get("unbiased", True) else 0) if corr is None else int(corr)
-    v = cx.op("var", cx.value(a["self"]), dims=reduce_dims(a), keepdim=bool(a["keepdim"]), correction=corr)
+    v = cx.op("var", cx.value(a["self"]), dims=reduce_dims(a), keepdim=bool(a.get("keepdim", False)), correction=corr)
     return cx.op("sqrt", v) if cx.target.startswith("aten.std") else v
+
+
+@rule("var.correction", "var.dim", "std.correction", "std.dim")
+def _var(cx, a):
+    return _variance(cx, a)
+
+
+@rule("var_mean.correction", "var_mean.dim", "std_mean.correction", "std_mean.dim")
+def _var_mean(cx, a):
+    """(var or std, mean) in one call (InstanceNorm, some LayerNorm spellings): torch's decomposition of these
+    is prims-level, which the converter does not take."""
+    return _variance(cx, a), cx.op("mean", cx.value(a["self"]), dims=reduce_dims(a),
+                                   keepdim=bool(a.get("keepdim", False)))
 
 
 @rule("max.dim", "min.dim")
@@ -448,12 +461,17 @@ def _sdpa(cx, a):
     return cx.op("attention", *ins, causal=causal, scale=scale)
 
 
-@rule("conv2d.default", "convolution.default", "conv1d.default")
+@rule("conv2d.default", "convolution.default", "conv1d.default", "conv_transpose1d.default",
+      "conv_transpose2d.input")
 def _conv2d(cx, a):
-    """2-d convolution; a 1-d one ([N, C, L], wav2vec2's feature encoder, Whisper) runs as a 2-d one
-    over [N, C, 1, L] with a [O, C/g, 1, K] weight."""
-    if a.get("transposed") or len(a["stride"]) not in (1, 2):
-        raise cx.unsupported(f"{cx.target} other than a plain 1-d or 2-d convolution")
+    """2-d convolution, or transposed convolution (decoders, U-Nets, vocoders); a 1-d one ([N, C, L],
+    wav2vec2's feature encoder, Whisper) runs as a 2-d one over [N, C, 1, L] with a [O, C/g, 1, K] weight
+    ([C, O/g, 1, K] when transposed). 3-d convolutions are refused naming the rank."""
+    transposed = bool(a.get("transposed")) or "conv_transpose" in cx.target
+    rank = cx.value(a["input"]).type.rank
+    if rank not in (3, 4) or len(a["stride"]) not in (1, 2):
+        raise cx.unsupported(f"{cx.target}: a {rank - 2}-d {'transposed ' if transposed else ''}convolution "
+                             f"(1-d and 2-d are supported)")
     pad = a["padding"]
     one_d = cx.value(a["input"]).type.rank == 3
     if isinstance(pad, str):
@@ -466,11 +484,17 @@ def _conv2d(cx, a):
         w = cx.op("unsqueeze", w, dim=2)
         lift = lambda v, fill: [fill] + list(v)[-1:]  # noqa: E731
         stride, pad, dil = lift(a["stride"], 1), lift(pad, 0), lift(a["dilation"], 1)
+        out_pad = lift(a.get("output_padding") or [0], 0)
     else:
         two = lambda v: list(v) * 2 if len(v) == 1 else list(v)  # noqa: E731
         stride, pad, dil = two(a["stride"]), two(pad), two(a["dilation"])
+        out_pad = two(a.get("output_padding") or [0])
     ins = [x, w] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
-    y = cx.op("conv2d", *ins, stride=stride, padding=pad, dilation=dil, groups=a["groups"])
+    if transposed:
+        y = cx.op("conv_transpose2d", *ins, stride=stride, padding=pad, output_padding=out_pad, dilation=dil,
+                  groups=a["groups"])
+    else:
+        y = cx.op("conv2d", *ins, stride=stride, padding=pad, dilation=dil, groups=a["groups"])
     return cx.op("squeeze", y, dims=[2]) if one_d else y
 
 

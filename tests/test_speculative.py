@@ -94,7 +94,10 @@ def test_trained_heads_survive_an_artifact_round_trip(trained, tmp_path):
         name = f"draft_heads.{i}.weight"
         assert torch.equal(back.graph.weights[name].tensor, c.graph.weights[name].tensor)
     p = prompts(1, seed=11)
-    assert torch.equal(generate(back, p, 30, speculative="tree"), generate(c, p, 30, speculative="tree"))
+    # a fixed tree: the dynamic one sizes its verifies from measured timings, so its verify count varies by run
+    tree = [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
+    assert torch.equal(generate(back, p, 30, speculative="tree", tree=tree),
+                       generate(c, p, 30, speculative="tree", tree=tree))
     assert back.last_generate_stats.verifies == c.last_generate_stats.verifies
 
 
@@ -296,7 +299,10 @@ def test_eagle_training_is_deterministic_improves_and_survives_save_load(trained
     c.save(tmp_path / "e.sg")
     back = slimgraph.load(tmp_path / "e.sg")
     p = prompts(1, seed=11)
-    assert torch.equal(generate(back, p, 30, speculative="tree"), generate(c, p, 30, speculative="tree"))
+    # a fixed tree: the dynamic one sizes its verifies from measured timings, so its verify count varies by run
+    tree = [(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
+    assert torch.equal(generate(back, p, 30, speculative="tree", tree=tree),
+                       generate(c, p, 30, speculative="tree", tree=tree))
     assert back.last_generate_stats.verifies == c.last_generate_stats.verifies
 
 

@@ -490,7 +490,7 @@ def to_relax(graph):
         raise LoweringError(f"target 'cpu' has no lowering for op{'s' if len(missing) > 1 else ''} {what} "
                             f"(graph @{graph.name}); `slimgraph ops --target cpu` lists what it lowers, or use "
                             "target='torch'")
-    from . import relax_lower, relax_lower_more  # noqa: F401  (fill the table; also done by LOWERING_MODULES)
+    from . import relax_lower, relax_lower_index, relax_lower_more  # noqa: F401  (fill the table; also done by LOWERING_MODULES)
     return Lowerer(graph).build()
 
 

@@ -2,7 +2,8 @@
 detectors, magika's byte CNN), beside relax_lower.py's transformer ops. Registered the same way, listed in
 codegen/lowering.py's LOWERING_MODULES["cpu"].
 
-    conv2d, conv_transpose2d      Relax nn ops (groups, dilation, stride, symmetric padding), bias added after
+    conv2d, conv_transpose2d      Relax nn ops (groups, dilation, stride, symmetric padding), bias added after;
+                                  a grouped transposed one as one per group, concatenated
     max_pool2d, avg_pool2d        torch semantics (ir/opset/nn.py): symmetric padding, count_include_pad
     pool_nd                       ONNX MaxPool / AveragePool / LpPool over 1-3 trailing dims: begin/end pads,
                                   dilation, ceil_mode (a last window starting in the end padding is dropped),
@@ -83,11 +84,16 @@ def _conv_transpose2d(lw, node, args):
     dt = _need_float(node)
     x, w = _cast(args[0], dt), _cast(args[1], dt)
     ph, pw = a["padding"]
-    if a["groups"] != 1:
-        raise LoweringError(f"cpu target: conv_transpose2d with groups={a['groups']} (TVM lowers groups=1 only) "
-                            f"at node {node!r}")
-    y = R.nn.conv2d_transpose(x, w, strides=list(a["stride"]), padding=[ph, pw, ph, pw],
-                              output_padding=list(a["output_padding"]), dilation=list(a["dilation"]))
+    g = a["groups"]
+
+    def conv(x, w):
+        return R.nn.conv2d_transpose(x, w, strides=list(a["stride"]), padding=[ph, pw, ph, pw],
+                                     output_padding=list(a["output_padding"]), dilation=list(a["dilation"]))
+    if g == 1:
+        y = conv(x, w)
+    else:       # TVM's conv2d_transpose takes groups=1 only: one per group (weight [in, out/g, kh, kw]), concatenated
+        xs, ws = lw.bb.emit(R.split(x, g, 1)), lw.bb.emit(R.split(w, g, 0))
+        y = R.concat([conv(relax.TupleGetItem(xs, i), relax.TupleGetItem(ws, i)) for i in range(g)], 1)
     return _out(lw, node, _channel_bias(lw, node, args, y, dt))
 
 

@@ -65,9 +65,18 @@ def einsum(*xs, equation):
     return torch.einsum(equation, *xs)
 
 
-@register_op("tile", inputs="x", attrs={"repeats": Attr("ints")},
-             infer=lambda ts, a: ts[0].with_shape(tuple(S.mul(d, r) for d, r in zip(ts[0].shape, a["repeats"]))), traits="view")
+def _tile_type(ts, a):
+    x, reps = ts[0], list(a["repeats"])
+    if len(reps) < x.rank:
+        raise I.ShapeError(f"tile: {len(reps)} repeats for a rank-{x.rank} input (wants at least {x.rank})")
+    shape = (1,) * (len(reps) - x.rank) + tuple(x.shape)      # torch's repeat: more repeats add leading dims
+    return x.with_shape(tuple(S.mul(d, r) for d, r in zip(shape, reps)))
+
+
+@register_op("tile", inputs="x", attrs={"repeats": Attr("ints")}, infer=_tile_type, traits="view")
 def tile(x, repeats):
+    """torch's Tensor.repeat (ONNX Tile when len(repeats) == rank): x repeated repeats[i] times along dim i,
+    with len(repeats) - rank new leading dims."""
     return x.repeat(repeats)
 
 

@@ -66,6 +66,16 @@ FAMILIES = {
                             F.avg_pool3d(x.view(1, 1, 2, 3, 4), 2, stride=1, padding=1, count_include_pad=False),
                             F.max_pool3d(x.view(1, 2, 2, 2, 3), (2, 2, 1), stride=1, padding=(1, 0, 0)),
                             F.adaptive_avg_pool3d(x.view(1, 1, 2, 3, 4), (1, 2, 2))),
+    # torch's repeat with more repeats than dims (new leading dims), var_mean / std_mean (InstanceNorm), transposed
+    # convolutions 1-d and 2-d (strided, padded, grouped, dilated)
+    "repeat_norms": lambda x: (x.repeat(3, 1, 2), x.repeat(2, 2), *torch.var_mean(x, 1),
+                               *torch.std_mean(x, dim=0, correction=0, keepdim=True),
+                               F.instance_norm(x.view(1, 4, 2, 3))),
+    "conv_transpose": lambda x: (
+        F.conv_transpose1d(x[None], torch.linspace(-1, 1, 36).view(4, 3, 3), stride=2, padding=1,
+                           output_padding=1, dilation=2),
+        F.conv_transpose2d(x.view(1, 4, 2, 3), torch.linspace(-1, 1, 24).view(4, 1, 3, 2), torch.ones(2), stride=2,
+                           padding=1, output_padding=1, groups=2)),
     "embedding_bag": lambda x: (F.embedding_bag(torch.tensor([[0, 2], [1, 3]]), x, mode="sum"),
                                 F.embedding_bag(torch.tensor([0, 2, 1, 3, 3]), x, torch.tensor([0, 2]),
                                                 mode="mean"),

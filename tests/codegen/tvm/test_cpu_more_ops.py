@@ -80,12 +80,13 @@ def test_conv2d_groups_dilation_padding_stride_bias_over_symbolic_dims():
     check(g, [(1, 7, 9), (2, 10, 11), (1, 5, 8)], lambda s: (_x(s[:1] + (4,) + s[1:], sum(s)),))
 
 
-def test_conv_transpose2d_with_groups_is_refused_before_tvm():
+def test_conv_transpose2d_with_groups_runs_one_per_group():
     g = ir.Graph()
-    x = g.add_input("x", TensorType("f32", (1, 4, 5, 5)))
-    g.set_outputs([g.op("conv_transpose2d", x, _w(g, "t", 4, 1, 3, 3), groups=2)])
-    with pytest.raises(Exception, match=r"conv_transpose2d with groups=2"):
-        get_target("cpu").compile(g)
+    x = g.add_input("x", TensorType("f32", ("n", 4, "h", 5)))
+    g.set_outputs([g.op("conv_transpose2d", x, _w(g, "t", 4, 3, 3, 2), _w(g, "tb", 6), groups=2, stride=[2, 1],
+                        padding=[1, 0], output_padding=[1, 0]),
+                   g.op("conv_transpose2d", x, _w(g, "d", 4, 1, 3, 3), groups=4, dilation=[2, 1])])   # depthwise
+    check(g, [(1, 5), (2, 3)], lambda s: (_x((s[0], 4, s[1], 5), sum(s)),))
 
 
 # ---- pooling ---------------------------------------------------------------------------------------
