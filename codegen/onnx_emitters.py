@@ -692,7 +692,7 @@ def _dequantized(ex, node, packed, ins):
 @lowering("onnx", "index")
 def _index(ex, node, ins):
     if len(ins) != 2:
-        raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
+        return [_index_nd(ex, node, ins)]
     idx = node.inputs[1].type
     if idx.dtype == "bool":  # x[mask]: the True positions (NonZero), gathered
         if idx.rank != 1:
@@ -701,6 +701,33 @@ def _index(ex, node, ins):
         return [ex.one("Gather", ins[0], ex.one("Reshape", ex.one("NonZero", ins[1]), ex.ints([-1])),
                        axis=node.attrs["axes"][0])]
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
+
+
+def _index_nd(ex, node, ins):
+    """x[..., i0, ..., i1, ...] with several integer index tensors (torch advanced indexing), as GatherND: the
+    indexed axes transposed to the front, the indices broadcast to one shape B (by adding 0 * each other, which
+    also broadcasts symbolic dims) and stacked into [*B, k], then B moved to where torch puts it (at the first
+    indexed axis when the axes are adjacent, else in front). GatherND counts negative indices from the end."""
+    if any(v.type.dtype == "bool" for v in node.inputs[1:]):
+        raise OnnxExportError(f"op index with a bool mask beside other index tensors has no ONNX lowering "
+                              f"({node!r}); use target='torch'")
+    rank = node.inputs[0].type.rank
+    axes = [a % rank for a in node.attrs["axes"]]
+    rest = [d for d in range(rank) if d not in axes]
+    x = ins[0] if axes + rest == list(range(rank)) else ex.one("Transpose", ins[0], perm=axes + rest)
+    idx = [ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i in ins[1:]]
+    zero = ex.const(np.array(0, np.int64), "zero_i64")
+    z = ex.one("Mul", idx[0], zero)
+    for i in idx[1:]:
+        z = ex.one("Add", z, ex.one("Mul", i, zero))
+    nb = max(v.type.rank for v in node.inputs[1:])
+    cols = [ex.one("Unsqueeze", ex.one("Add", i, z), ex.ints([nb])) for i in idx]
+    y = ex.one("GatherND", x, ex.one("Concat", *cols, axis=-1))
+    first = min(axes)
+    if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
+        y = ex.one("Transpose", y, perm=[nb + j for j in range(first)] + list(range(nb)) +
+                   [nb + j for j in range(first, len(rest))])
+    return y
 
 
 def _group(a, k):

@@ -33,6 +33,12 @@ def _cast(x, dtype: str):
     return x if _dtype(x) == want else R.astype(x, want)
 
 
+def _rank(x) -> int:
+    if not hasattr(x.ty, "ndim"):
+        x = relax.BlockBuilder.current().normalize(x)
+    return int(x.ty.ndim)
+
+
 def _axis(d: int, rank: int) -> int:
     return d % rank if rank else 0
 
@@ -256,9 +262,23 @@ def _split(lw, node, args):
     return [relax.TupleGetItem(parts, i) for i in range(len(node.outputs))]
 
 
+def from_end(lw, idx, size):
+    """Integer index tensor `idx` as i64 with its negative entries counted from the end of a dim of `size` (an
+    IR dim, symbolic ones at run time), as torch's indexing (the ops' references) counts them: Relax's
+    index_tensor would read out of bounds (take has mode="wrap" for this)."""
+    idx = _cast(idx, "i64")
+    if isinstance(size, int):
+        n = relax.const(size, "int64")
+    else:       # a [1] tensor (a 0-d reshape of shape_to_tensor trips TVM 0.27's FuseTIR)
+        n = R.shape_to_tensor(relax.ShapeExpr([lw.dim(size)]))
+    y = R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, n), idx)
+    return y if isinstance(size, int) or _rank(idx) else R.reshape(y, relax.ShapeExpr([]))
+
+
 @lowering("cpu", "index_select")
 def _index_select(lw, node, args):
-    return R.take(args[0], args[1], _axis(node.attrs["dim"], node.inputs[0].type.rank), mode="clip")
+    # mode="wrap": a negative index counts from the end, as in the reference (torch indexing); "clip" made it 0
+    return R.take(args[0], args[1], _axis(node.attrs["dim"], node.inputs[0].type.rank), mode="wrap")
 
 
 @lowering("cpu", "index")
@@ -267,10 +287,16 @@ def _index(lw, node, args):
     Relax's index_tensor, and the broadcast index dims moved back to where torch puts them (at the first
     indexed axis when the indexed axes are adjacent, else in front)."""
     rank = node.inputs[0].type.rank
+    if any(v.type.dtype == "bool" for v in node.inputs[1:]):
+        raise LoweringError(f"cpu target: index with a boolean mask (its result's size depends on the data) has "
+                            f"no lowering; use target='torch': node {node!r}")
     axes = [_axis(a, rank) for a in node.attrs["axes"]]
+    if len(axes) == 1:      # one index tensor: its dims replace the axis, as take places them
+        return R.take(args[0], args[1], axes[0], mode="wrap")
     rest = [d for d in range(rank) if d not in axes]
     x = args[0] if axes == list(range(len(axes))) else R.permute_dims(args[0], axes + rest)
-    y = R.index_tensor(x, relax.Tuple(list(args[1:])))
+    shape = node.inputs[0].type.shape
+    y = R.index_tensor(x, relax.Tuple([from_end(lw, i, shape[a]) for a, i in zip(axes, args[1:])]))
     nb, first = node.output.type.rank - len(rest), min(axes)
     if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
         y = R.permute_dims(y, [nb + j for j in range(first)] + list(range(nb)) +

@@ -324,8 +324,8 @@ def _scatter(lw, node, args):
 
 
 def _normalized(lw, idx, dims):
-    """Index tensor `idx` [..., k] with negative entries of column j moved up by dims[j] (IR dims, symbolic
-    ones too: their run-time values through shape_to_tensor)."""
+    """Index tensor `idx` [..., k] with negative entries of column j counted from the end of dims[j] (IR dims,
+    symbolic ones at run time), as relax_lower.from_end does for one dim."""
     size = R.shape_to_tensor(relax.ShapeExpr([lw.dim(d) for d in dims]))
     return R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, size), idx)
 

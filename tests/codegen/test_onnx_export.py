@@ -283,3 +283,22 @@ def test_int4_accuracy_level_is_opt_in():
     assert {a.name: a.i for a in fast[0].attribute}["accuracy_level"] == 4
     with pytest.raises(OnnxExportError, match="accuracy_level"):
         export_onnx(g, int4_accuracy_level=7)
+
+
+def _advanced_index_graph():
+    """torch advanced indexing with several index tensors: adjacent axes (the broadcast index dims stay in place),
+    axes apart (they go in front), broadcast [2, 1] x [3] indices, negative entries, an i32 index."""
+    g = Graph("index")
+    x = g.add_input("x", TensorType("f32", ("b", 3, 4, 5)))
+    i = g.add_input("i", TensorType("i64", (2, 1)))
+    j = g.add_input("j", TensorType("i32", (3,)))
+    g.set_outputs([g.op("index", x, i, j, axes=[1, 3]), g.op("index", x, i, j, axes=[2, 3]),
+                   g.op("index", x, j, axes=[3]), g.op("index", x, i, j, axes=[1, 2])])
+    return g
+
+
+def test_advanced_indexing_with_several_index_tensors_exports_as_gathernd():
+    g = _advanced_index_graph()
+    for b in (1, 3):
+        assert_ort_matches_interpreter(g, torch.randn(b, 3, 4, 5), torch.tensor([[-1], [1]]),
+                                       torch.tensor([0, -2, 3], dtype=torch.int32))

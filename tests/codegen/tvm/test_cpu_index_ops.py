@@ -244,3 +244,25 @@ def test_plain_torch_models_that_need_these_ops_compile_for_cpu_and_equal_eager(
     for w, o in zip(want, got):
         assert w.dtype == o.dtype and w.shape == o.shape
         torch.testing.assert_close(o, w, rtol=1e-4, atol=1e-5)
+
+
+def test_index_and_index_select_count_negative_indices_from_the_end():
+    """Relax's take clips a negative index to 0 and index_tensor reads out of bounds: both silently wrong before."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("b", 3, "n", 5)))
+    i = g.add_input("i", TensorType("i64", (2, 1)))
+    j = g.add_input("j", TensorType("i32", (3,)))
+    g.set_outputs([g.op("index", x, i, j, axes=[1, 3]), g.op("index", x, i, j, axes=[2, 3]),
+                   g.op("index", x, j, axes=[2]), g.op("index_select", x, j, dim=-1),
+                   g.op("index_select", x, i, dim=2)])
+    i_v, j_v = torch.tensor([[-1], [1]]), torch.tensor([0, -2, 3], dtype=torch.int32)
+    check(g, (torch.randn(1, 3, 4, 5), i_v, j_v), (torch.randn(2, 3, 6, 5), i_v, j_v))
+
+
+def test_index_with_a_boolean_mask_is_refused_naming_it():
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (3, 4)))
+    m = g.add_input("m", TensorType("bool", (3,)))
+    g.set_outputs([g.op("index", x, m, axes=[0])])
+    with pytest.raises(Exception, match="index with a boolean mask"):
+        get_target("cpu").compile(g)
