@@ -522,6 +522,26 @@ def _avg_pool(cx, a):
                  ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
 
 
+@rule("adaptive_max_pool2d.default", "adaptive_max_pool1d.default")
+def _adaptive_max_pool(cx, a):
+    """Adaptive max pooling (torch's windows: rows floor(i H / oh) .. ceil((i + 1) H / oh)), separably: a max
+    over each row window, concatenated, then over each column window. Any static size (torch's own
+    decomposition takes only sizes that divide); the indices output is not produced (refused if used)."""
+    x = cx.value(a["self"])
+    size = [a["output_size"]] if isinstance(a["output_size"], int) else list(a["output_size"])
+    dims = list(range(x.type.rank - len(size), x.type.rank))
+    for d, o in zip(dims, size):
+        n = x.type.shape[d]
+        if not isinstance(n, int) or not isinstance(o, int):
+            raise cx.unsupported(f"{cx.target} over a symbolic size ({n} -> {o})")
+        if o == n:
+            continue
+        parts = [cx.op("amax", cx.op("slice", x, dim=d, start=(i * n) // o, end=-(-((i + 1) * n) // o), step=1),
+                       dims=[d], keepdim=True) for i in range(o)]
+        x = parts[0] if o == 1 else cx.op("concat", *parts, dim=d)
+    return x, None
+
+
 @rule("adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
 def _adaptive_avg_pool(cx, a):
     return cx.op("adaptive_avg_pool2d", cx.value(a["self"]), output_size=_pair(a["output_size"]))

@@ -321,6 +321,8 @@ class Converter:
     def _getitem(self, node):
         src, i = node.args
         got = self.env[src][i]
+        if got is None and not node.users:
+            return None     # an unused second output (F.adaptive_max_pool1d takes only the values)
         if got is None:
             raise self.unsupported(f"output {i} of {src.target} (only the first output is supported)")
         return got

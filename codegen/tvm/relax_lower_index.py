@@ -20,7 +20,8 @@ against on edge cases.
     var                           sum((x - mean)^2) / (N - correction), N counted by summing ones (symbolic
                                   dims need no shape arithmetic); the divisor is max(N - correction, 0), as torch's
     isinf, bit_shift              element tests / shifts with the reference's out-of-range rules
-    acos ... atanh, fmod, round   Relax ops (round is half to even, fmod truncates: both as torch)
+    acos ... atanh, fmod, round   Relax ops (round is half to even, fmod truncates: both as torch; an
+                                  integer fmod by 0, an error in torch, gives 0 rather than a SIGFPE)
     shape_tensor, dim_value       symbolic dims as i64 tensors (Relax shape_to_tensor)
     expm1, log1p                  exp/log with Goldberg's correction (exact near 0, where exp(x) - 1 is not)
     elu, selu, softplus, mish,    torch's formulas (softplus: x above its threshold 20, else log1p(exp(x)))
@@ -69,10 +70,13 @@ def _round(lw, node, args):
 @lowering("cpu", "fmod")
 def _fmod(lw, node, args):
     dt = node.output.type.dtype
-    if dt not in _FLOATS:
-        raise LoweringError(f"cpu target: fmod of {dt} has no lowering (an integer remainder by zero, which torch "
-                            f"refuses at run time, would be undefined here): node {node!r}")
-    return R.mod(*(_cast(a, dt) for a in args))        # truncated: the sign follows the dividend
+    a, b = (_cast(x, dt) for x in args)
+    if dt in _FLOATS:
+        return R.mod(a, b)                             # truncated: the sign follows the dividend
+    # integers (torch.roll's index arithmetic): a divisor of 0, which torch refuses at run time, gives 0 here
+    # instead of a SIGFPE that would kill the process
+    zero = R.equal(b, lw.const(0, dt))
+    return R.where(zero, R.zeros_like(R.add(a, b)), R.mod(a, R.where(zero, R.ones_like(b), b)))
 
 
 def _expm1(lw, x, dt):

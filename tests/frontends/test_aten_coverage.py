@@ -66,11 +66,13 @@ FAMILIES = {
                             F.avg_pool3d(x.view(1, 1, 2, 3, 4), 2, stride=1, padding=1, count_include_pad=False),
                             F.max_pool3d(x.view(1, 2, 2, 2, 3), (2, 2, 1), stride=1, padding=(1, 0, 0)),
                             F.adaptive_avg_pool3d(x.view(1, 1, 2, 3, 4), (1, 2, 2))),
-    # torch's repeat with more repeats than dims (new leading dims), var_mean / std_mean (InstanceNorm), transposed
-    # convolutions 1-d and 2-d (strided, padded, grouped, dilated)
+    # torch's repeat with more repeats than dims (new leading dims), var_mean / std_mean (InstanceNorm), adaptive
+    # max pooling to sizes that do not divide (torch's decomposition refuses them), transposed convolutions 1-d
+    # and 2-d (strided, padded, grouped, dilated)
     "repeat_norms": lambda x: (x.repeat(3, 1, 2), x.repeat(2, 2), *torch.var_mean(x, 1),
                                *torch.std_mean(x, dim=0, correction=0, keepdim=True),
-                               F.instance_norm(x.view(1, 4, 2, 3))),
+                               F.instance_norm(x.view(1, 4, 2, 3)), F.adaptive_max_pool2d(x[None], (3, 4)),
+                               F.adaptive_max_pool1d(x, 4)),
     "conv_transpose": lambda x: (
         F.conv_transpose1d(x[None], torch.linspace(-1, 1, 36).view(4, 3, 3), stride=2, padding=1,
                            output_padding=1, dilation=2),

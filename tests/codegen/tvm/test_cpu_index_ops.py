@@ -182,7 +182,8 @@ def test_round_half_even_fmod_signs_isinf_sides_and_shifts_past_the_width():
     g.set_outputs([g.op("round", x), g.op("fmod", x, y),
                    g.op("isinf", x), g.op("isinf", x, neg=False), g.op("isinf", x, pos=False),
                    g.op("isinf", x, pos=False, neg=False),
-                   g.op("bit_shift", a, s, left=True), g.op("bit_shift", a, s, left=False)])
+                   g.op("bit_shift", a, s, left=True), g.op("bit_shift", a, s, left=False),
+                   g.op("fmod", a, g.op("add", g.op("abs", s), g.op("constant", value=1, dtype="i32")))])
     check(g, (torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 5.5, -5.5, math.inf, -math.inf]),
               torch.tensor([1.0, 1.0, 2.0, 2.0, -2.0, 2.0, -2.0, 3.0, 3.0]),
               torch.tensor([1, -8, 7, -1, 3, 1 << 30, -5, 2, 9], dtype=torch.int32),
@@ -230,7 +231,16 @@ class _Routing(torch.nn.Module):
         return gate, pos, logits.argmax(-1), torch.gather(logits, -1, i)
 
 
+class _Shifted(torch.nn.Module):
+    """Swin's cyclic shift (torch.roll: index arithmetic with an integer fmod) and adaptive max pooling to sizes
+    that do not divide the input's."""
+
+    def forward(self, x):
+        return torch.roll(x, shifts=(-2, 3), dims=(2, 3)), torch.nn.functional.adaptive_max_pool2d(x, (2, 3))
+
+
 @pytest.mark.parametrize("model, make", [(_Mobile, lambda: (torch.randn(2, 3, 9, 7),)),
+                                         (_Shifted, lambda: (torch.randn(1, 2, 7, 8),)),
                                          (_Routing, lambda: (torch.randn(2, 5, 16),))])
 def test_plain_torch_models_that_need_these_ops_compile_for_cpu_and_equal_eager(model, make):
     import slimgraph
