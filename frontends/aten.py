@@ -503,13 +503,23 @@ def _pair(v):
     return v * 2 if len(v) == 1 else v
 
 
+def pool_nd(cx, x, kind, kernel, stride, padding, dilation, ceil_mode, count_include_pad=False):
+    """A torch max/avg pool over the len(kernel) trailing dims as the IR's `pool_nd` (ONNX pooling: the same
+    windows as torch for symmetric padding, dilation and ceil_mode, whose last window starting in the end
+    padding is dropped and whose extra border never counts in an average). The 2-d ops without ceil_mode or
+    dilation keep the simpler max_pool2d / avg_pool2d, which every target lowers."""
+    return cx.op("pool_nd", x, kind=kind, kernel=list(kernel), stride=list(stride), pads=list(padding) * 2,
+                 dilation=list(dilation), ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad))
+
+
 @rule("max_pool2d.default", "max_pool2d_with_indices.default")
 def _max_pool(cx, a):
-    if _pair(a["dilation"]) != [1, 1]:
-        raise cx.unsupported("max_pool2d with dilation")
-    y = cx.op("max_pool2d", cx.value(a["self"]), kernel=_pair(a["kernel_size"]),
-              stride=_pair(a["stride"]) if a["stride"] else None, padding=_pair(a["padding"]),
-              ceil_mode=bool(a["ceil_mode"]))
+    k, dil = _pair(a["kernel_size"]), _pair(a["dilation"])
+    stride = _pair(a["stride"]) if a["stride"] else k
+    if dil != [1, 1] or a["ceil_mode"]:
+        y = pool_nd(cx, cx.value(a["self"]), "max", k, stride, _pair(a["padding"]), dil, a["ceil_mode"])
+    else:
+        y = cx.op("max_pool2d", cx.value(a["self"]), kernel=k, stride=stride, padding=_pair(a["padding"]))
     return (y, None) if cx.target.endswith("with_indices.default") else y
 
 
@@ -517,9 +527,13 @@ def _max_pool(cx, a):
 def _avg_pool(cx, a):
     if a["divisor_override"] is not None:
         raise cx.unsupported("avg_pool2d with divisor_override")
-    return cx.op("avg_pool2d", cx.value(a["self"]), kernel=_pair(a["kernel_size"]),
-                 stride=_pair(a["stride"]) if a["stride"] else None, padding=_pair(a["padding"]),
-                 ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
+    k = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] else k
+    if a["ceil_mode"]:
+        return pool_nd(cx, cx.value(a["self"]), "avg", k, stride, _pair(a["padding"]), [1, 1], True,
+                       a["count_include_pad"])
+    return cx.op("avg_pool2d", cx.value(a["self"]), kernel=k, stride=stride, padding=_pair(a["padding"]),
+                 count_include_pad=bool(a["count_include_pad"]))
 
 
 @rule("adaptive_max_pool2d.default", "adaptive_max_pool1d.default")

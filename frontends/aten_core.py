@@ -8,11 +8,13 @@ Written from the ATen op semantics (torch docs); each composes existing IR ops u
     diagonal                         -> index with two aranges
     avg/max_pool3d, adaptive_avg_pool3d -> two 2-d pools ((H, W), then (D, 1)): exact, the window factorizes
     _pdist_forward, _embedding_bag, as_strided (contiguous), linalg_vector_norm, .item() as a 0-d tensor
+    bucketize / searchsorted (1-d boundaries) -> sum(x[..., None] > boundaries) over the new axis
 """
 from __future__ import annotations
 
 import torch
 
+from . import aten
 from .aten import reduce_dims, rule
 
 
@@ -128,17 +130,21 @@ def _avg_pool3d(cx, a):
     if a["divisor_override"] is not None:
         raise cx.unsupported("avg_pool3d with divisor_override")
     x, k = cx.value(a["self"]), _triple(a["kernel_size"])
-    return _pool3d(cx, x, "avg_pool2d", k, _triple(a["stride"]) if a["stride"] else k, _triple(a["padding"]),
-                   ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
+    stride = _triple(a["stride"]) if a["stride"] else k
+    if a["ceil_mode"]:
+        return aten.pool_nd(cx, x, "avg", k, stride, _triple(a["padding"]), [1, 1, 1], True, a["count_include_pad"])
+    return _pool3d(cx, x, "avg_pool2d", k, stride, _triple(a["padding"]),
+                   count_include_pad=bool(a["count_include_pad"]))
 
 
 @rule("max_pool3d_with_indices.default", "max_pool3d.default")
 def _max_pool3d(cx, a):
-    if _triple(a["dilation"]) != [1, 1, 1]:
-        raise cx.unsupported("max_pool3d with dilation")
-    x, k = cx.value(a["self"]), _triple(a["kernel_size"])
-    y = _pool3d(cx, x, "max_pool2d", k, _triple(a["stride"]) if a["stride"] else k, _triple(a["padding"]),
-                ceil_mode=bool(a["ceil_mode"]))
+    x, k, dil = cx.value(a["self"]), _triple(a["kernel_size"]), _triple(a["dilation"])
+    stride = _triple(a["stride"]) if a["stride"] else k
+    if dil != [1, 1, 1] or a["ceil_mode"]:
+        y = aten.pool_nd(cx, x, "max", k, stride, _triple(a["padding"]), dil, bool(a["ceil_mode"]))
+    else:
+        y = _pool3d(cx, x, "max_pool2d", k, stride, _triple(a["padding"]))
     return (y, None) if "indices" in cx.target else y
 
 
@@ -276,3 +282,24 @@ def _item(cx, a):
     Python control flow is data-dependent: refused where it is used."""
     x = cx.value(a["self"])
     return x if x.type.rank == 0 else cx.op("reshape", x, shape=[])
+
+
+@rule("bucketize.Tensor", "searchsorted.Tensor")
+def _bucketize(cx, a):
+    """torch.bucketize(x, boundaries) / torch.searchsorted(boundaries, x) with a 1-d boundaries tensor: the
+    count of boundaries below x (<= x with right=True, or side='right'), NaN last as torch sorts it, as
+    sum(compare(x[..., None], boundaries)) over the new axis; i64, or i32 with out_int32."""
+    if cx.target == "aten.searchsorted.Tensor":
+        b, x = cx.value(a["sorted_sequence"]), cx.value(a["self"])
+        if a.get("sorter") is not None:
+            raise cx.unsupported("searchsorted with a sorter")
+        right = bool(a.get("right")) or a.get("side") == "right"
+    else:
+        x, b, right = cx.value(a["self"]), cx.value(a["boundaries"]), bool(a.get("right"))
+    if b.type.rank != 1:
+        raise cx.unsupported(f"{cx.target} with {b.type.rank}-d boundaries (1-d are supported)")
+    below = cx.op("ge" if right else "gt", cx.op("unsqueeze", x, dim=-1), b)
+    n = cx.op("sum", cx.cast(below, "i64"), dims=[-1], keepdim=False)
+    if x.type.dtype in ("f16", "bf16", "f32", "f64"):
+        n = cx.op("where", cx.op("isnan", x), cx.op("dim_value", expr=b.type.shape[0]), n)
+    return cx.cast(n, "i32" if a.get("out_int32") else "i64")

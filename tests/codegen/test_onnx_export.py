@@ -302,3 +302,18 @@ def test_advanced_indexing_with_several_index_tensors_exports_as_gathernd():
     for b in (1, 3):
         assert_ort_matches_interpreter(g, torch.randn(b, 3, 4, 5), torch.tensor([[-1], [1]]),
                                        torch.tensor([0, -2, 3], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dilation", [[1, 1], [2, 1]])
+def test_average_pool_nd_exports_with_dilations_only_where_needed(dilation):
+    """AveragePool-18 has no dilations attribute (onnx.checker refused every average pool_nd); a dilated one
+    raises the model's opset to 19."""
+    g = Graph("pool")
+    x = g.add_input("x", TensorType("f32", (1, 2, 9, 8)))
+    g.set_outputs([g.op("pool_nd", x, kind="avg", kernel=[2, 3], stride=[1, 2], pads=[1, 0, 1, 1], dilation=dilation,
+                        ceil_mode=True, count_include_pad=False),
+                   g.op("pool_nd", x, kind="max", kernel=[3, 2], stride=[2, 2], pads=[1, 1, 1, 1], dilation=dilation,
+                        ceil_mode=True)])
+    model = export_onnx(g)
+    assert model.opset_import[0].version == (19 if dilation != [1, 1] else 18)
+    assert_ort_matches_interpreter(g, torch.randn(1, 2, 9, 8))

@@ -73,6 +73,18 @@ FAMILIES = {
                                *torch.std_mean(x, dim=0, correction=0, keepdim=True),
                                F.instance_norm(x.view(1, 4, 2, 3)), F.adaptive_max_pool2d(x[None], (3, 4)),
                                F.adaptive_max_pool1d(x, 4)),
+    # ceil_mode and dilated pools (GoogLeNet / SqueezeNet style), 1-d to 3-d: the IR's pool_nd
+    "pools_ceil_dilation": lambda x: (F.max_pool2d(x.view(1, 1, 4, 6), 3, 2, 1, ceil_mode=True),
+                                      F.max_pool2d(x.view(1, 1, 4, 6), 2, 1, 0, dilation=2),
+                                      F.avg_pool2d(x.view(1, 1, 4, 6), 3, 2, 1, ceil_mode=True),
+                                      F.avg_pool2d(x.view(1, 1, 4, 6), 2, 3, 0, ceil_mode=True, count_include_pad=False),
+                                      F.max_pool1d(x[None], 3, 2, ceil_mode=True),
+                                      F.max_pool3d(x.view(1, 1, 2, 3, 4), 2, 2, ceil_mode=True),
+                                      F.avg_pool3d(x.view(1, 1, 2, 3, 4), 2, 2, 1, ceil_mode=True)),
+    "bucketize": lambda x: (torch.bucketize(x, torch.tensor([-1.0, 0.0, 0.0, 1.0])),
+                            torch.bucketize(x.masked_fill(x > 1, float("nan")), torch.tensor([-0.5, 0.5]), right=True,
+                                            out_int32=True),
+                            torch.searchsorted(torch.tensor([-0.5, 0.5]), x, side="right")),
     "conv_transpose": lambda x: (
         F.conv_transpose1d(x[None], torch.linspace(-1, 1, 36).view(4, 3, 3), stride=2, padding=1,
                            output_padding=1, dilation=2),
