@@ -107,6 +107,9 @@ class Importer:
         self.graph = Graph(_clean(model.graph.name or "main"))
         self.env: dict[str, Value | Known] = {}
         self._materialized: dict[str, Value] = {}  # known values that run-time ops consumed
+        # ONNX names of run-time floats that are a Cast of shape arithmetic (YOLO's and DETR's
+        # `arange(float(w))`): the value stays a run-time op, but Range still reads its dims here
+        self.float_of_dims: dict[str, Known] = {}
         self.node = None  # the ONNX node being lowered (for error messages)
 
     # ---- errors -------------------------------------------------------------------------------------
@@ -136,6 +139,8 @@ class Importer:
     def dims(self, i: int, what: str) -> list:
         """Input i as a list of (possibly symbolic) ints; it must be known at import time."""
         k = self.known(i)
+        if k is None and self.has(i) and self.node.input[i] in self.float_of_dims:
+            k = self.float_of_dims[self.node.input[i]]
         if k is None:
             name = self.node.input[i]
             raise NeedsConstantError(str(self.error(

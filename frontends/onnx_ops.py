@@ -183,7 +183,17 @@ def _where(imp, a):
 
 @onnx_op("Cast")
 def _cast(imp, a):
-    return imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], "Cast to"))
+    out = imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], "Cast to"))
+    _note_float_of_dims(imp, out)
+    return out
+
+
+def _note_float_of_dims(imp, out):
+    """A symbolic shape value cast to a float (the folder keeps symbolic values integer) stays a
+    run-time value; its dims are remembered for ops that need them at import time (Range)."""
+    k = imp.known(0)
+    if k is not None and k.symbolic and out.type.dtype in ("f16", "bf16", "f32", "f64"):
+        imp.float_of_dims[imp.node.output[0]] = k
 
 
 @onnx_op("CastLike")
@@ -196,7 +206,9 @@ def _cast_like(imp, a):
         out = _cast([k], {"to": IR_TO_ONNX[dtype]})
         if out is not None:
             return out
-    return imp.op("cast", imp.value(0), dtype=dtype)
+    out = imp.op("cast", imp.value(0), dtype=dtype)
+    _note_float_of_dims(imp, out)
+    return out
 
 
 @onnx_op("Identity")
@@ -517,14 +529,26 @@ def _tile(imp, a):
 def _range(imp, a):
     start, limit, delta = (imp.dims(i, "Range bound")[0] for i in range(3))
     dtype = imp.type(0).dtype
-    if dtype not in ("i64", "i32", "i16") and not all(isinstance(v, int) for v in (start, limit, delta)):
-        raise imp.unsupported("a float Range needs constant bounds")
-    if dtype in ("f32", "f64", "f16"):
+    if dtype in ("i64", "i32", "i16"):
+        return imp.op("arange", start=start, end=limit, step=delta, dtype=dtype)
+    if all(isinstance(v, int) for v in (start, limit, delta)):  # constant float bounds
         k = [imp.known(i).array.item() for i in range(3)]
         n = max(int(math.ceil((k[1] - k[0]) / k[2])), 0)
-        idx = imp.op("arange", end=n, dtype=dtype)
-        return imp.op("add", imp.op("mul", idx, _scalar(imp, k[2], dtype)), _scalar(imp, k[0], dtype))
-    return imp.op("arange", start=start, end=limit, step=delta, dtype=dtype)
+    else:
+        # a float Range over shape arithmetic (`arange(float(w))` in YOLO/DETR heads): its length
+        # ceil((limit - start) / delta) is an exact dim when every bound is an integer value
+        vals = [imp.known(i).array.item() if isinstance(v, int) and imp.known(i) is not None else v
+                for i, v in enumerate((start, limit, delta))]
+        if any(isinstance(v, float) and not v.is_integer() for v in vals):
+            raise imp.unsupported("a float Range with a shape-dependent bound needs integer-valued "
+                                  f"start and delta (got start={vals[0]}, delta={vals[2]})")
+        s0, lim, d = (int(v) if isinstance(v, float) else v for v in vals)
+        if d == 0:
+            raise imp.error("Range delta is 0")
+        n = S.canon(f"ceiling(({lim} - ({s0})) / ({d}))")  # a dim is never negative: ORT's empty Range too
+        k = [s0, None, d]
+    idx = imp.op("arange", end=n, dtype=dtype)
+    return imp.op("add", imp.op("mul", idx, _scalar(imp, k[2], dtype)), _scalar(imp, k[0], dtype))
 
 
 @onnx_op("Trilu")

@@ -1,0 +1,98 @@
+"""ONNX shape arithmetic over symbolic (dim_param) dims, as real exporters write it; each graph runs at
+two input sizes, neither of which the import saw. Oracle: onnx.reference.ReferenceEvaluator."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="needs pip install 'slimgraph[onnx]'")
+from onnx import TensorProto as T, helper, numpy_helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+import slimgraph  # noqa: E402
+from slimgraph.frontends.onnx_import import UnsupportedOnnxFeature  # noqa: E402
+
+TARGETS = ("reference", "torch", "onnx")
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _const(name, value, dtype=np.float32):
+    return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+
+def _check(model, feeds_list, targets=TARGETS):
+    for target in targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = slimgraph.optimize(model, target=target)
+        for feeds in feeds_list:
+            want = ReferenceEvaluator(model).run(None, feeds)
+            got = fast.run(*[torch.from_numpy(v) for v in feeds.values()])
+            for w, g in zip(want, got):
+                assert g.shape == w.shape, (target, g.shape, w.shape)
+                np.testing.assert_allclose(g.numpy(), w, atol=1e-6, err_msg=target)
+
+
+# ---- float Range over a Cast of shape arithmetic (YOLOv5/v8 anchors, DETR/ViT position grids) ----------
+def _range_model(start, delta):
+    """y[i] = start + i * delta for i < ceil((float(W) - start) / delta), plus 0.5 (YOLOv8's anchor centres:
+    arange(float(w)) + 0.5), broadcast against x's last axis as the anchors are."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i3"], ["w"], axis=0),
+             helper.make_node("Cast", ["w"], ["wf"], to=T.FLOAT),
+             helper.make_node("Range", ["start", "wf", "delta"], ["r"]),
+             helper.make_node("Add", ["r", "half"], ["y"]),
+             helper.make_node("Shape", ["y"], ["ys"])]
+    inits = [_const("i3", 3, np.int64), _const("start", start), _const("delta", delta), _const("half", 0.5)]
+    return _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, ["b", 3, "h", "w"])],
+                  [helper.make_tensor_value_info("y", T.FLOAT, None),
+                   helper.make_tensor_value_info("ys", T.INT64, [1])], inits)
+
+
+@pytest.mark.parametrize("start,delta", [(0.0, 1.0), (1.0, 2.0), (-2.0, 3.0)])
+def test_float_range_of_a_cast_shape(start, delta):
+    feeds = [{"x": np.zeros((1, 3, 4, w), np.float32)} for w in (10, 7)]
+    _check(_range_model(start, delta), feeds)
+
+
+def test_float_range_with_a_fractional_step_over_a_shape_is_refused_by_name():
+    with pytest.raises(UnsupportedOnnxFeature, match=r"Range.*integer-valued start and delta"):
+        slimgraph.optimize(_range_model(0.0, 0.5), target="reference")
+
+
+def test_yolo_anchor_grid():
+    """The YOLOv8 head's anchor grid (nudenet's 320n.onnx, ultralytics' export): Range over the feature
+    map's height and width, Expand to [h, w], Stack, Reshape to [h*w, 2]."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i2"], ["h"], axis=0),
+             helper.make_node("Gather", ["s", "i3"], ["w"], axis=0),
+             helper.make_node("Cast", ["h"], ["hf"], to=T.FLOAT),
+             helper.make_node("Cast", ["w"], ["wf"], to=T.FLOAT),
+             helper.make_node("Range", ["zero", "wf", "one"], ["rw"]),
+             helper.make_node("Range", ["zero", "hf", "one"], ["rh"]),
+             helper.make_node("Add", ["rw", "half"], ["sx"]),
+             helper.make_node("Add", ["rh", "half"], ["sy"]),
+             helper.make_node("Unsqueeze", ["sy", "ax1"], ["sy1"]),
+             helper.make_node("Concat", ["h", "w"], ["hw"], axis=0),
+             helper.make_node("Expand", ["sx", "hw"], ["gx"]),
+             helper.make_node("Expand", ["sy1", "hw"], ["gy"]),
+             helper.make_node("Unsqueeze", ["gx", "ax2"], ["gx2"]),
+             helper.make_node("Unsqueeze", ["gy", "ax2"], ["gy2"]),
+             helper.make_node("Concat", ["gx2", "gy2"], ["g"], axis=-1),
+             helper.make_node("Reshape", ["g", "shape"], ["grid"]),
+             helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("Reshape", ["m", "flat"], ["mf"]),
+             helper.make_node("Mul", ["mf", "grid"], ["y"])]
+    inits = [_const("i2", [2], np.int64), _const("i3", [3], np.int64), _const("zero", 0.0), _const("one", 1.0),
+             _const("half", 0.5), _const("ax1", [1], np.int64), _const("ax2", [2], np.int64),
+             _const("shape", [-1, 2], np.int64), _const("flat", [-1, 1], np.int64)]
+    model = _model([n for n in nodes], [helper.make_tensor_value_info("x", T.FLOAT, [1, 3, "height", "width"])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)], inits, opset=17)
+    # ReduceMean takes axes as an attribute up to opset 17
+    rng = np.random.default_rng(0)
+    _check(model, [{"x": rng.standard_normal((1, 3, h, w)).astype(np.float32)} for h, w in ((4, 6), (5, 3))])
