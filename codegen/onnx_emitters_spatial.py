@@ -79,6 +79,10 @@ def _pool_nd(ex, node, ins):
         return [ex.one("LpPool", ins[0], p=int(a["p"]), ceil_mode=int(a["ceil_mode"]), **kw)]
     if a["kind"] == "max":
         return [ex.one("MaxPool", ins[0], ceil_mode=int(a["ceil_mode"]), **kw)]
+    if any(d != 1 for d in a["dilation"]):
+        ex.opset = max(ex.opset, 19)  # AveragePool takes dilations from opset 19
+    else:
+        del kw["dilations"]
     return [ex.one("AveragePool", ins[0], ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]), **kw)]
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto as T, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import slimgraph  # noqa: E402
-from slimgraph.frontends.onnx_import import UnsupportedOnnxFeature  # noqa: E402
+from slimgraph.frontends.onnx_import import OnnxImportError, UnsupportedOnnxFeature  # noqa: E402
 
 TARGETS = ("reference", "torch", "onnx")
 
@@ -96,3 +96,26 @@ def test_yolo_anchor_grid():
     # ReduceMean takes axes as an attribute up to opset 17
     rng = np.random.default_rng(0)
     _check(model, [{"x": rng.standard_normal((1, 3, h, w)).astype(np.float32)} for h, w in ((4, 6), (5, 3))])
+
+
+# ---- ceil_mode pooling over symbolic spatial dims (torch.onnx of MaxPool2d(ceil_mode=True)) --------------
+@pytest.mark.parametrize("op,kernel,stride,pads", [("MaxPool", 2, 2, 0), ("MaxPool", 3, 2, 1),
+                                                   ("AveragePool", 3, 2, 0), ("MaxPool", 3, 3, 0),
+                                                   ("AveragePool", 3, 2, 1)])
+def test_ceil_mode_pool_over_symbolic_dims(op, kernel, stride, pads):
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride],
+                            pads=[pads] * 4, ceil_mode=1)
+    model = _model([node], [helper.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    rng = np.random.default_rng(0)
+    _check(model, [{"x": rng.standard_normal((1, 2, h, w)).astype(np.float32)} for h, w in ((9, 8), (6, 11))])
+
+
+def test_ceil_mode_pool_whose_last_window_depends_on_the_size_is_refused_by_name():
+    """kernel 1, stride 2: ceil(7/2) = 4 windows for 7 but the 4th of 8 would start in the padding."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1, 1], strides=[2, 2], pads=[0, 0, 1, 1],
+                            ceil_mode=1)
+    model = _model([node], [helper.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(OnnxImportError, match=r"MaxPool.*ceil_mode.*static"):
+        slimgraph.optimize(model, target="reference")
