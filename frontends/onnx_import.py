@@ -278,15 +278,24 @@ def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, note
     which lets data-dependent parameters such as Slice starts or Reshape shapes fold.
     Models below opset 13 are converted first (`upgrade_opset`); what the importer did on the
     user's behalf (that conversion) is appended to `notes` when given, else warned."""
+    model = load_model(src, base_dir)
+    try:
+        return _import(model, bind, notes)
+    except OnnxImportError as e:  # name the file: optimize(path) errors say which model failed
+        if isinstance(src, (str, os.PathLike)) and e.args and not str(e.args[0]).startswith(os.fspath(src)):
+            e.args = (f"{os.fspath(src)}: {e.args[0]}",) + e.args[1:]
+        raise
+
+
+def _import(model, bind, notes) -> Graph:
     onnx = require_onnx()
     from .onnx_ops import ONNX_OPS, lower_node
-    model = load_model(src, base_dir)
     own_notes = [] if notes is None else notes
     model = upgrade_opset(model, own_notes)
     if notes is None:
         import warnings
         for n in own_notes:
-            warnings.warn(n, stacklevel=2)
+            warnings.warn(n, stacklevel=3)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is advisory; the IR infers its own types
@@ -308,7 +317,13 @@ def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, note
         imp.node = node
         if node.domain not in ("", "ai.onnx") and (node.domain, node.op_type) not in ONNX_OPS:
             raise imp.error(f"operator domain {node.domain!r} is not supported")
-        outs = lower_node(imp, node)
+        try:
+            outs = lower_node(imp, node)
+        except OnnxImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a handler's own bug: say which node and op it was lowering
+            raise imp.error(f"internal error while lowering this node ({type(e).__name__}: {e}); please report "
+                            f"it with the model") from e
         for name, v in zip(node.output, outs):
             if name:
                 imp.env[name] = v

@@ -1,5 +1,7 @@
-"""ONNX shape arithmetic over symbolic (dim_param) dims, as real exporters write it; each graph runs at
-two input sizes, neither of which the import saw. Oracle: onnx.reference.ReferenceEvaluator."""
+"""Patterns of real exporters' ONNX files that the corpus files do not cover (found by importing PyPI packages'
+models and fresh torch.onnx exports): shape arithmetic over symbolic (dim_param) dims, each graph run at two
+input sizes that the import never saw, and import errors that name the file, the node and the op.
+Oracle: onnx.reference.ReferenceEvaluator."""
 import warnings
 
 import numpy as np
@@ -119,3 +121,24 @@ def test_ceil_mode_pool_whose_last_window_depends_on_the_size_is_refused_by_name
                    [helper.make_tensor_value_info("y", T.FLOAT, None)])
     with pytest.raises(OnnxImportError, match=r"MaxPool.*ceil_mode.*static"):
         slimgraph.optimize(model, target="reference")
+
+
+# ---- import errors name the file, the node and the op -----------------------------------------------------
+def test_import_errors_name_the_file_node_and_op(tmp_path, monkeypatch):
+    node = helper.make_node("Loop", ["n", "", "x"], ["y"], name="the_loop",
+                            body=helper.make_graph([], "b", [], []))
+    model = _model([node], [helper.make_tensor_value_info("x", T.FLOAT, ["n"]),
+                            helper.make_tensor_value_info("n", T.INT64, [])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    path = tmp_path / "loopy.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(OnnxImportError, match=r"loopy\.onnx: node 'the_loop' \(Loop\)"):
+        slimgraph.optimize(str(path), target="reference")
+    # a handler's own bug (here: a KeyError) is an import error naming all three, not a bare KeyError
+    from slimgraph.frontends import onnx_ops
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="r")], [helper.make_tensor_value_info("x", T.FLOAT, [2])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    onnx.save(model, str(path))
+    monkeypatch.setitem(onnx_ops.ONNX_OPS, "Relu", lambda imp, a: a["missing"])
+    with pytest.raises(OnnxImportError, match=r"loopy\.onnx: node 'r' \(Relu\): internal error .*KeyError"):
+        slimgraph.optimize(path, target="reference")
