@@ -724,20 +724,33 @@ def _instance_norm(imp, a):
 
 
 # ---- convolution and pooling ------------------------------------------------------------------------
+def same_pads(imp, auto, sizes, kernel, strides, dilations) -> list:
+    """ONNX auto_pad SAME_UPPER/SAME_LOWER as explicit [begin..., end...] pads: the output is ceil(size /
+    stride) and the total pad (ceil(size / s) - 1) * s + span - size. With stride 1 that is span - 1 for
+    any size, so symbolic dims are fine there (PP-OCRv6's 2x2 stride-1 convs and pools); a larger stride
+    over a symbolic dim pads by its remainder, which no static pad expresses: refused."""
+    begin, end = [], []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations):
+        span = (k - 1) * d + 1
+        if s == 1:
+            total = span - 1
+        elif isinstance(size, int):
+            total = max((-(-size // s) - 1) * s + span - size, 0)
+        else:
+            raise imp.unsupported(f"auto_pad {auto} with stride {s} needs static spatial dims (the pad depends on "
+                                  f"the size modulo the stride; got {size})")
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
 def _pads_2d(imp, a, x_shape, kernel, strides, dilations):
     """(symmetric [ph, pw], asymmetric torch-order pads or None) from ONNX pads / auto_pad."""
     n = len(kernel)
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads_b, pads_e = [], []
-        for size, k, s, d in zip(x_shape[-n:], kernel, strides, dilations):
-            if not isinstance(size, int):
-                raise imp.unsupported("auto_pad SAME needs static spatial dims")
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            pads_b.append(small if auto == "SAME_UPPER" else big)
-            pads_e.append(big if auto == "SAME_UPPER" else small)
-        pads = pads_b + pads_e
+        pads = same_pads(imp, auto, x_shape[-n:], kernel, strides, dilations)
     elif auto == "VALID":
         pads = [0] * 2 * n
     else:
@@ -811,15 +824,7 @@ def general_pool(imp, a, x, kind, p=2.0):
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         if a.get("ceil_mode", 0):
             raise imp.unsupported("auto_pad SAME with ceil_mode is not supported")
-        begin, end = [], []
-        for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dil):
-            if not isinstance(size, int):
-                raise imp.unsupported("auto_pad SAME needs static spatial dims")
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            begin.append(small if auto == "SAME_UPPER" else big)
-            end.append(big if auto == "SAME_UPPER" else small)
-        pads = begin + end
+        pads = same_pads(imp, auto, x.type.shape[2:], kernel, strides, dil)
     else:
         pads = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
     return imp.op("pool_nd", x, kind=kind, kernel=list(kernel), stride=list(strides), pads=pads, dilation=list(dil),

@@ -123,6 +123,31 @@ def test_ceil_mode_pool_whose_last_window_depends_on_the_size_is_refused_by_name
         slimgraph.optimize(model, target="reference")
 
 
+# ---- auto_pad SAME over symbolic dims (Paddle2ONNX's PP-OCRv6 det/rec: 2x2 stride-1 Conv and MaxPool) -------
+@pytest.mark.parametrize("auto", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("op,kernel,dilation", [("Conv", 2, 1), ("Conv", 3, 2), ("MaxPool", 2, 1), ("AveragePool", 3, 1)])
+def test_auto_pad_same_with_stride_1_over_symbolic_dims(op, kernel, dilation, auto):
+    attrs = dict(kernel_shape=[kernel, kernel], strides=[1, 1], auto_pad=auto)
+    inits, ins = [], ["x"]
+    if op == "Conv":
+        attrs["dilations"] = [dilation, dilation]
+        inits = [_const("w", np.random.default_rng(1).standard_normal((3, 2, kernel, kernel)))]
+        ins = ["x", "w"]
+    model = _model([helper.make_node(op, ins, ["y"], **attrs)],
+                   [helper.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    rng = np.random.default_rng(0)
+    _check(model, [{"x": rng.standard_normal((1, 2, h, w)).astype(np.float32)} for h, w in ((7, 8), (5, 4))])
+
+
+def test_auto_pad_same_with_a_stride_over_a_symbolic_dim_is_refused_naming_the_stride():
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")
+    model = _model([node], [helper.make_tensor_value_info("x", T.FLOAT, ["n", 2, "h", "w"])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(UnsupportedOnnxFeature, match=r"MaxPool.*auto_pad SAME_UPPER with stride 2"):
+        slimgraph.optimize(model, target="reference")
+
+
 # ---- import errors name the file, the node and the op -----------------------------------------------------
 def test_import_errors_name_the_file_node_and_op(tmp_path, monkeypatch):
     node = helper.make_node("Loop", ["n", "", "x"], ["y"], name="the_loop",
