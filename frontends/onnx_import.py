@@ -111,6 +111,7 @@ class Importer:
         # `arange(float(w))`): the value stays a run-time op, but Range still reads its dims here
         self.float_of_dims: dict[str, Known] = {}
         self.node = None  # the ONNX node being lowered (for error messages)
+        self.producer: dict = {}  # ONNX value name -> the node that made it (If's refusal traces its condition)
 
     # ---- errors -------------------------------------------------------------------------------------
     def error(self, msg: str) -> OnnxImportError:
@@ -271,23 +272,27 @@ def load_model(src, base_dir: str | None = None):
     return model
 
 
-def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, notes: list | None = None) -> Graph:
+def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, notes: list | None = None,
+                dims: dict | None = None) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) as a slimgraph IR graph.
 
     `bind` maps graph-input names to arrays: those inputs become constants (specialization),
     which lets data-dependent parameters such as Slice starts or Reshape shapes fold.
+    `dims` maps symbolic input dims to sizes ({"sequence": 512}; a dim the file leaves unnamed is
+    `<input>_dim<i>`), as ONNX Runtime's free-dimension overrides do: shape tests on them (an If on
+    `x.size(2) == 1`) then fold.
     Models below opset 13 are converted first (`upgrade_opset`); what the importer did on the
     user's behalf (that conversion) is appended to `notes` when given, else warned."""
     model = load_model(src, base_dir)
     try:
-        return _import(model, bind, notes)
+        return _import(model, bind, notes, dims)
     except OnnxImportError as e:  # name the file: optimize(path) errors say which model failed
         if isinstance(src, (str, os.PathLike)) and e.args and not str(e.args[0]).startswith(os.fspath(src)):
             e.args = (f"{os.fspath(src)}: {e.args[0]}",) + e.args[1:]
         raise
 
 
-def _import(model, bind, notes) -> Graph:
+def _import(model, bind, notes, dims=None) -> Graph:
     onnx = require_onnx()
     from .onnx_ops import ONNX_OPS, lower_node
     own_notes = [] if notes is None else notes
@@ -312,9 +317,17 @@ def _import(model, bind, notes) -> Graph:
     for vi in model.graph.input:
         if vi.name in imp.env:  # an initializer that is also listed as an (overridable) input
             continue
-        imp.env[vi.name] = g.add_input(g.fresh_name(_clean(vi.name)), value_type(vi, f"graph input {vi.name!r}"))
+        imp.env[vi.name] = g.add_input(g.fresh_name(_clean(vi.name)), value_type(vi, f"graph input {vi.name!r}", dims))
+    unused = set(dims or ()) - {d for v in g.inputs for d in v.type.shape if isinstance(d, str)} - \
+        {d for vi in model.graph.input for d in _dim_names(vi)} - \
+        {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    if unused:
+        named = {vi.name: _dim_names(vi) for vi in model.graph.input}
+        raise OnnxImportError(f"dims: {sorted(unused)} name no symbolic dim of a graph input; the inputs' symbolic "
+                              f"dims are {named}")
     for node in model.graph.node:
         imp.node = node
+        imp.producer.update({o: node for o in node.output if o})
         if node.domain not in ("", "ai.onnx") and (node.domain, node.op_type) not in ONNX_OPS:
             raise imp.error(f"operator domain {node.domain!r} is not supported")
         try:
@@ -342,7 +355,15 @@ def _output(imp: Importer, vi) -> Value:
     return v
 
 
-def value_type(vi, where: str) -> TensorType:
+def _dim_names(vi) -> list:
+    """The symbolic dims of a graph input as the importer names them (value_type)."""
+    try:
+        return [d for d in value_type(vi, "").shape if isinstance(d, str)]
+    except OnnxImportError:
+        return []
+
+
+def value_type(vi, where: str, dims: dict | None = None) -> TensorType:
     if not vi.type.HasField("tensor_type"):
         raise OnnxImportError(f"{where}: only tensor values are supported (got {vi.type.WhichOneof('value')})")
     tt = vi.type.tensor_type
@@ -354,7 +375,9 @@ def value_type(vi, where: str) -> TensorType:
             shape.append(int(d.dim_value))
         else:
             named = d.dim_param if re.search(r"[A-Za-z0-9]", d.dim_param or "") and d.dim_param != "-1" else ""
-            shape.append(_clean_symbol(named or f"{vi.name}_dim{i}"))  # "?", "-1", "": a fresh symbol
+            sym = _clean_symbol(named or f"{vi.name}_dim{i}")  # "?", "-1", "": a fresh symbol
+            fixed = (dims or {}).get(sym, (dims or {}).get(d.dim_param))
+            shape.append(sym if fixed is None else int(fixed))
     return TensorType(ir_dtype(tt.elem_type, where), tuple(shape))
 
 

@@ -63,13 +63,13 @@ def _if(imp, a):
     replaced by the chosen branch's nodes; a data-dependent condition is refused."""
     k = imp.known(0)
     if k is None or k.symbolic or k.array.size != 1:
-        raise imp.unsupported("control flow (If) on a run-time condition is not supported; export the model "
-                              "with the branch constant-folded")
+        raise imp.unsupported("control flow (If) on a run-time condition is not supported; " + _if_hint(imp))
     branch = a["then_branch"] if bool(k.array.reshape(-1)[0]) else a["else_branch"]
     outer = imp.node
     try:
         for node in branch.node:
             imp.node = node
+            imp.producer.update({o: node for o in node.output if o})
             outs = lower_node(imp, node)
             for name, v in zip(node.output, outs):
                 if name:
@@ -80,6 +80,38 @@ def _if(imp, a):
     if missing:
         raise imp.error(f"If branch output(s) {missing} are produced by no node")
     return [imp.env[o.name] for o in branch.output]
+
+
+def _if_hint(imp) -> str:
+    """What the If's condition depends on, found by walking its ONNX producers back to the graph inputs:
+    their values (-> import_onnx(bind=...)) or, through Shape/Size, their symbolic dims (-> dims=...)."""
+    from .onnx_import import _dim_names
+    inputs = {vi.name: vi for vi in imp.model.graph.input}
+    values, shapes, seen = set(), set(), set()
+    stack = [(imp.node.input[0], False)]
+    while stack:
+        name, through_shape = stack.pop()
+        if (name, through_shape) in seen:
+            continue
+        seen.add((name, through_shape))
+        if name in inputs and not isinstance(imp.env.get(name), Known):
+            (shapes if through_shape else values).add(name)
+            continue
+        node = imp.producer.get(name)
+        if node is not None:
+            shape_op = through_shape or node.op_type in ("Shape", "Size")
+            stack.extend((i, shape_op) for i in node.input if i)
+    if values:
+        return (f"it depends on the values of graph input(s) {sorted(values)}: if they are settings (a sample rate, "
+                f"a flag), specialize the model on them with "
+                f"slimgraph.optimize(import_onnx(path, bind={{name: array}})), or export it with the branch "
+                f"constant-folded")
+    dims = sorted({d for n in shapes for d in _dim_names(inputs[n])})
+    if dims:
+        return (f"it depends on the symbolic dims {dims} of graph input(s) {sorted(shapes)}: fix them with "
+                f"slimgraph.optimize(import_onnx(path, dims={{{dims[0]!r}: size, ...}})), or export the model "
+                f"with static shapes")
+    return "export the model with the branch constant-folded"
 
 
 def _axis(a, key, rank, default=0):

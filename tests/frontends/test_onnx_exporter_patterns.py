@@ -148,6 +148,61 @@ def test_auto_pad_same_with_a_stride_over_a_symbolic_dim_is_refused_naming_the_s
         slimgraph.optimize(model, target="reference")
 
 
+# ---- If on a shape test or a setting input (torch.jit.script's `if x.size(2) == 1: squeeze`; silero-vad v5's
+# `if sr == 16000`): refused naming what the condition depends on, and imported once dims / the input are fixed ---
+def _squeeze_if_model():
+    then_g = helper.make_graph([helper.make_node("Squeeze", ["x", "ax"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", T.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", T.FLOAT, None)])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "ax0"], ["t_len"], axis=0),
+             helper.make_node("Equal", ["t_len", "one"], ["c"]),
+             helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Mul", ["y0", "k"], ["y"])]
+    inits = [_const("ax", [2], np.int64), _const("ax0", 2, np.int64), _const("one", 1, np.int64),
+             helper.make_tensor("k", T.FLOAT, [], [2.0])]
+    return _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 4, None]),
+                          helper.make_tensor_value_info("k", T.FLOAT, [])],
+                  [helper.make_tensor_value_info("y", T.FLOAT, None)], inits[:3])
+
+
+def test_if_on_a_shape_test_names_the_dims_and_imports_once_they_are_fixed():
+    from slimgraph.frontends.onnx_import import import_onnx
+    model = _squeeze_if_model()
+    with pytest.raises(UnsupportedOnnxFeature, match=r"If.*symbolic dims \['batch', 'x_dim2'\].*dims="):
+        slimgraph.optimize(model, target="reference")
+    for t_len in (1, 3):
+        x = np.random.default_rng(t_len).standard_normal((2, 4, t_len)).astype(np.float32)
+        want = ReferenceEvaluator(model).run(None, {"x": x, "k": np.float32(2.0)})[0]
+        for target in TARGETS:
+            fast = slimgraph.optimize(import_onnx(model, dims={"x_dim2": t_len}), target=target)
+            got = fast.run(torch.from_numpy(x), torch.tensor(2.0))[0]
+            assert got.shape == want.shape, (target, got.shape, want.shape)
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    with pytest.raises(OnnxImportError, match=r"dims: \['seq'\] name no symbolic dim.*x_dim2"):
+        import_onnx(model, dims={"seq": 3})
+
+
+def test_if_on_a_setting_input_names_it_and_imports_once_it_is_bound():
+    from slimgraph.frontends.onnx_import import import_onnx
+    then_g = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", T.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", T.FLOAT, None)])
+    nodes = [helper.make_node("Equal", ["sr", "rate"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, ["n"]),
+                           helper.make_tensor_value_info("sr", T.INT64, [])],
+                   [helper.make_tensor_value_info("y", T.FLOAT, None)],
+                   [_const("two", 2.0), _const("rate", 16000, np.int64)])
+    with pytest.raises(UnsupportedOnnxFeature, match=r"values of graph input\(s\) \['sr'\].*bind="):
+        slimgraph.optimize(model, target="reference")
+    x = np.arange(3, dtype=np.float32)
+    for sr, want in ((16000, 2 * x), (8000, -x)):
+        fast = slimgraph.optimize(import_onnx(model, bind={"sr": np.array(sr, np.int64)}), target="torch")
+        np.testing.assert_allclose(fast.run(torch.from_numpy(x))[0].numpy(), want)
+
+
 # ---- import errors name the file, the node and the op -----------------------------------------------------
 def test_import_errors_name_the_file_node_and_op(tmp_path, monkeypatch):
     node = helper.make_node("Loop", ["n", "", "x"], ["y"], name="the_loop",
