@@ -15,6 +15,9 @@ codegen/lowering.py's LOWERING_MODULES["cpu"].
                                   antialias are refused when lowering
     topk                          a stable argsort (ties keep the lower index first), sliced to k, then gathered
     einsum                        Relax's einsum
+    leaky_relu, hardswish,        elementwise Relax ops with torch's defaults (MobileNetV3, YOLO heads); softplus
+    hardsigmoid, elu, selu,       as max(x, 0) + log(1 + exp(-|x|)), so large |x| does not overflow
+    softplus, mish
 
 Every result is `lw.conform`ed to the IR's own shape: a conv output over a symbolic height is
 `floor((h - 1)/2) + 1` in the IR and `floordiv(h + 2 - 3, 2) + 1` in Relax; the later ops see the IR's spelling.
@@ -405,3 +408,39 @@ def _topk(lw, node, args):
 def _einsum(lw, node, args):
     dt = node.output.type.dtype
     return _out(lw, node, R.einsum(relax.Tuple([_cast(a, dt) for a in args]), node.attrs["equation"]))
+
+
+# ---- activations of vision models (MobileNetV3's hardswish/hardsigmoid, YOLOv3/v4's leaky_relu, ...) -----------
+# as elementwise Relax ops, with torch's defaults (ir/opset/elementwise.py: F.elu, F.selu, F.softplus, F.mish)
+def _act(fn):
+    def emit(lw, node, args):
+        dt = _need_float(node)
+        x = _cast(args[0], dt)
+        return fn(x, lambda v: lw.const(v, dt), node.attrs)
+    return emit
+
+
+def _relu6_shift(x, c):
+    """min(max(x + 3, 0), 6): hardswish's and hardsigmoid's ramp."""
+    return R.minimum(R.maximum(R.add(x, c(3.0)), c(0.0)), c(6.0))
+
+
+def _softplus(x, c):
+    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow; torch's threshold (x > 20 -> x) agrees
+    within f32 rounding."""
+    return R.add(R.maximum(x, c(0.0)), R.log(R.add(c(1.0), R.exp(R.negative(R.abs(x))))))
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+_ACTIVATIONS = {
+    "leaky_relu": lambda x, c, a: R.where(R.greater(x, c(0.0)), x, R.multiply(x, c(a["slope"]))),
+    "hardswish": lambda x, c, a: R.multiply(x, R.divide(_relu6_shift(x, c), c(6.0))),
+    "hardsigmoid": lambda x, c, a: R.divide(_relu6_shift(x, c), c(6.0)),
+    "elu": lambda x, c, a: R.where(R.greater(x, c(0.0)), x, R.subtract(R.exp(x), c(1.0))),
+    "selu": lambda x, c, a: R.multiply(c(_SELU_SCALE), R.where(R.greater(x, c(0.0)), x, R.multiply(
+        c(_SELU_ALPHA), R.subtract(R.exp(x), c(1.0))))),
+    "softplus": lambda x, c, a: _softplus(x, c),
+    "mish": lambda x, c, a: R.multiply(x, R.tanh(_softplus(x, c))),
+}
+for _name, _fn in _ACTIVATIONS.items():
+    lowering("cpu", _name)(_act(_fn))

