@@ -18,6 +18,7 @@ codegen/lowering.py's LOWERING_MODULES["cpu"].
     leaky_relu, hardswish,        elementwise Relax ops with torch's defaults (MobileNetV3, YOLO heads); softplus
     hardsigmoid, elu, selu,       as max(x, 0) + log(1 + exp(-|x|)), so large |x| does not overflow
     softplus, mish
+    var                           mean of squared deviations (InstanceNormalization, GroupNormalization, MVN)
 
 Every result is `lw.conform`ed to the IR's own shape: a conv output over a symbolic height is
 `floor((h - 1)/2) + 1` in the IR and `floordiv(h + 2 - 3, 2) + 1` in Relax; the later ops see the IR's spelling.
@@ -149,12 +150,16 @@ def _pool_nd(lw, node, args):
     outs = list(node.output.type.shape[2:])
     kernel, stride, dil, pads = list(a["kernel"]), list(a["stride"]), list(a["dilation"]), list(a["pads"])
     begin, end = pads[:n], pads[n:]
-    extra = [0] * n   # the ceil_mode border past the end pads (static dims: the IR type needs them for ceil_mode)
+    extra = [0] * n   # the ceil_mode border past the end pads
     if a["ceil_mode"]:
         for i in range(n):
-            if not all(isinstance(v, int) for v in (spatial[i], outs[i])):
-                raise LoweringError(f"cpu target: ceil_mode pool_nd over symbolic dims at node {node!r}")
-            extra[i] = max((outs[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 - (spatial[i] + begin[i] + end[i]), 0)
+            if all(isinstance(v, int) for v in (spatial[i], outs[i])):
+                extra[i] = max((outs[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 - (spatial[i] + begin[i] + end[i]), 0)
+            else:
+                # over a symbolic dim the IR takes ceil_mode only where the last window never starts in the end
+                # padding (ir/opset/spatial.py _pool_out): there stride - 1 more border cells (-inf, or 0 in the
+                # average's mask) make the floor count Relax computes the ceil count
+                extra[i] = stride[i] - 1
     x = args[0]
     if n == 1:   # [N, C, W] -> [N, C, 1, W]
         x = R.expand_dims(x, 2)
@@ -444,3 +449,24 @@ _ACTIVATIONS = {
 }
 for _name, _fn in _ACTIVATIONS.items():
     lowering("cpu", _name)(_act(_fn))
+
+
+# ---- var (ONNX InstanceNormalization, GroupNormalization, MeanVarianceNormalization) ---------------------------
+@lowering("cpu", "var")
+def _var(lw, node, args):
+    """mean((x - mean(x))^2) over `dims` (all when empty), times n / (n - correction) when correction is set (the
+    ONNX normalizations use 0; a correction over a symbolic count is refused)."""
+    dt = _need_float(node, "var")
+    rank = node.inputs[0].type.rank
+    axes = list(range(rank)) if not node.attrs["dims"] else [_axis(d, rank) for d in node.attrs["dims"]]
+    x = _cast(args[0], dt)
+    d = R.subtract(x, R.mean(x, axes, True))
+    v = R.mean(R.multiply(d, d), axes, node.attrs["keepdim"])
+    corr = node.attrs["correction"]
+    if corr:
+        sizes = [node.inputs[0].type.shape[a] for a in axes]
+        if not all(isinstance(s, int) for s in sizes):
+            raise LoweringError(f"cpu target: var with correction={corr} over symbolic dims at node {node!r}")
+        n = math.prod(sizes)
+        v = R.multiply(v, lw.const(n / (n - corr) if n > corr else float("nan"), dt))
+    return _out(lw, node, v)

@@ -55,7 +55,8 @@ def check(g, sizes, make, tol=TOL):
 
 
 TESTED = {"conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pool_nd", "batch_norm",
-          "pad", "resize", "topk", "einsum", "leaky_relu", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish"}
+          "pad", "resize", "topk", "einsum", "leaky_relu", "hardswish", "hardsigmoid", "elu", "selu", "softplus", "mish",
+          "var"}
 
 
 def test_every_op_of_the_module_is_tested():
@@ -132,6 +133,32 @@ def test_vision_activations():
     g.set_outputs([g.op("leaky_relu", x, slope=0.1)] + [g.op(op, x) for op in ("hardswish", "hardsigmoid", "elu",
                                                                                   "selu", "softplus", "mish")])
     check(g, [3, 5], lambda n: (torch.cat([4 * _x((n, 5), n), torch.tensor([[95.0]] * (n - 1) + [[-95.0]])], 1),))
+
+
+def test_var_of_the_onnx_normalizations():
+    """InstanceNormalization / GroupNormalization / MVN import as var{correction=0} over symbolic spatial dims
+    (a torch.onnx GroupNorm was refused on cpu); torch.var's correction=1 over static dims."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, 3, "h", "w")))
+    g.set_outputs([g.op("var", x, dims=[2, 3], keepdim=True, correction=0),
+                   g.op("var", x, dims=[1], keepdim=False, correction=1),
+                   g.op("var", x, dims=[-1], keepdim=True, correction=0)])
+    check(g, [(4, 5), (3, 7)], lambda s: (3 * _x((2, 3) + s, sum(s)) + 1,))
+
+
+def test_pool_nd_ceil_mode_over_symbolic_dims():
+    """torch's MaxPool2d(ceil_mode=True) exported with dynamic H/W (the IR takes it where the last window never
+    starts in the end padding); odd and even sizes, the average's border never counts."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (1, 2, "h", "w")))
+    outs = [g.op("pool_nd", x, kind="max", kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 0], dilation=[1, 1],
+                 ceil_mode=True),
+            g.op("pool_nd", x, kind="avg", kernel=[3, 3], stride=[2, 2], pads=[1, 0, 1, 0], dilation=[1, 1],
+                 ceil_mode=True),
+            g.op("pool_nd", g.op("reshape", x, shape=[1, 2, "h*w"]), kind="max", kernel=[3], stride=[3], pads=[0, 0],
+                 dilation=[1], ceil_mode=True)]
+    g.set_outputs(outs)
+    check(g, [(7, 9), (6, 8), (5, 4)], lambda s: (_x((1, 2) + s, sum(s)),))
 
 
 # ---- batch_norm, pad -------------------------------------------------------------------------------
