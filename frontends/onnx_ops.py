@@ -12,10 +12,11 @@ import numpy as np
 from ..ir import symbolic as S
 from ..ir.opset import infer as I
 from .onnx_fold import fold, should_fold
-from .onnx_import import Importer, Known, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
+from .onnx_import import Importer, Known, NeedsConstantError, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
 
 ONNX_OPS: dict = {}
-CONTROL_FLOW = ("Loop", "Scan", "SequenceMap")  # If is inlined when its condition is known (_if)
+CONTROL_FLOW = ("Scan", "SequenceMap")  # If is inlined when its condition is known (_if), Loop unrolled (_loop)
+MAX_UNROLL = 256
 
 
 def onnx_op(*op_types):
@@ -65,9 +66,19 @@ def _if(imp, a):
     if k is None or k.symbolic or k.array.size != 1:
         raise imp.unsupported("control flow (If) on a run-time condition is not supported; " + _if_hint(imp))
     branch = a["then_branch"] if bool(k.array.reshape(-1)[0]) else a["else_branch"]
+    return _run_subgraph(imp, branch, {})
+
+
+def _run_subgraph(imp, graph, bindings: dict) -> list:
+    """Lower a subgraph's nodes inline, its inputs bound to `bindings` (ONNX name -> Value | Known); returns its
+    outputs. Names the subgraph defines are re-bound on every call (a Loop iteration), so the importer's
+    cache of materialized constants forgets them first."""
     outer = imp.node
+    for name in list(bindings) + [o for n in graph.node for o in n.output]:
+        imp._materialized.pop(name, None)
+    imp.env.update(bindings)
     try:
-        for node in branch.node:
+        for node in graph.node:
             imp.node = node
             imp.producer.update({o: node for o in node.output if o})
             outs = lower_node(imp, node)
@@ -76,10 +87,52 @@ def _if(imp, a):
                     imp.env[name] = v
     finally:
         imp.node = outer
-    missing = [o.name for o in branch.output if o.name not in imp.env]
+    missing = [o.name for o in graph.output if o.name not in imp.env]
     if missing:
-        raise imp.error(f"If branch output(s) {missing} are produced by no node")
-    return [imp.env[o.name] for o in branch.output]
+        raise imp.error(f"subgraph output(s) {missing} are produced by no node")
+    return [imp.env[o.name] for o in graph.output]
+
+
+@onnx_op("Loop")
+def _loop(imp, a):
+    """A Loop whose trip count is known at import time (a constant, or computed from shapes) and whose
+    condition, if any, is decided at import time on every iteration, unrolled (at most MAX_UNROLL iterations);
+    scan outputs are stacked along a new axis 0. Other loops are refused, naming what the count depends on."""
+    body = a["body"]
+    n_state = len(imp.node.input) - 2
+    trip = imp.known(0) if imp.has(0) else None
+    if imp.has(0) and (trip is None or trip.symbolic or trip.array.size != 1):
+        raise NeedsConstantError(str(imp.error("a Loop whose trip count is computed at run time is not supported; "
+                                               + _if_hint(imp))), imp.node.input[0])
+    if not imp.has(0):
+        raise imp.unsupported("a Loop without a trip count (a while loop) is not supported")
+    count = int(trip.array.reshape(-1)[0])
+    if count > MAX_UNROLL:
+        raise imp.unsupported(f"a Loop of {count} iterations is not unrolled (at most {MAX_UNROLL})")
+    cond = imp.known(1) if imp.has(1) else Known(np.array(True), "bool")
+    if cond is None or cond.symbolic:
+        raise NeedsConstantError(str(imp.error("a Loop whose first condition is computed at run time is not "
+                                               "supported")), imp.node.input[1])
+    state = [imp.get(2 + i) for i in range(n_state)]
+    scans: list[list] = []
+    names = [vi.name for vi in body.input]
+    for i in range(count):
+        if not bool(cond.array.reshape(-1)[0]):
+            break
+        outs = _run_subgraph(imp, body, {names[0]: Known(np.array(i, np.int64), "i64"), names[1]: cond,
+                                         **{n: v for n, v in zip(names[2:], state)}})
+        cond, state = outs[0], outs[1:1 + n_state]
+        if not isinstance(cond, Known) or cond.symbolic:
+            raise imp.unsupported("a Loop whose condition is computed at run time is not supported")
+        for j, v in enumerate(outs[1 + n_state:]):
+            if i == 0:
+                scans.append([])
+            scans[j].append(imp.as_value(v, body.output[1 + n_state + j].name))
+    n_scan = len(body.output) - 1 - n_state
+    if n_scan and not scans:
+        raise imp.unsupported("a Loop with scan outputs that runs no iteration is not supported")
+    stacked = [imp.op("concat", *[imp.op("unsqueeze", v, dim=0) for v in vs], dim=0) for vs in scans]
+    return list(state) + stacked
 
 
 def _if_hint(imp) -> str:

@@ -203,6 +203,44 @@ def test_if_on_a_setting_input_names_it_and_imports_once_it_is_bound():
         np.testing.assert_allclose(fast.run(torch.from_numpy(x))[0].numpy(), want)
 
 
+# ---- Loop with a trip count known at import (torch.onnx of a scripted `for i in range(x.size(0))`) --------
+def _loop_model(rows, early_exit=False):
+    """acc += x[i] * i for i < rows (stop after i == 1 when early_exit); scan output: acc after each step."""
+    body_nodes = [helper.make_node("Gather", ["x", "i"], ["xi"], axis=0),
+                  helper.make_node("Cast", ["i"], ["fi"], to=T.FLOAT),
+                  helper.make_node("Mul", ["xi", "fi"], ["t"]),
+                  helper.make_node("Add", ["acc", "t"], ["acc2"]),
+                  helper.make_node("Identity", ["acc2"], ["step"]),
+                  (helper.make_node("Less", ["i", "one"], ["c2"]) if early_exit else
+                   helper.make_node("Identity", ["c"], ["c2"]))]
+    body = helper.make_graph(body_nodes, "body",
+                             [helper.make_tensor_value_info("i", T.INT64, []),
+                              helper.make_tensor_value_info("c", T.BOOL, []),
+                              helper.make_tensor_value_info("acc", T.FLOAT, None)],
+                             [helper.make_tensor_value_info("c2", T.BOOL, []),
+                              helper.make_tensor_value_info("acc2", T.FLOAT, None),
+                              helper.make_tensor_value_info("step", T.FLOAT, None)])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("ReduceSum", ["x", "ax0"], ["init"], keepdims=0),
+             helper.make_node("Loop", ["n", "true", "init"], ["acc_final", "steps"], body=body)]
+    inits = [_const("zero", 0, np.int64), _const("ax0", [0], np.int64), _const("one", 1, np.int64),
+             helper.make_tensor("true", T.BOOL, [], [True])]
+    return _model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, [rows, 3])],
+                  [helper.make_tensor_value_info("acc_final", T.FLOAT, None),
+                   helper.make_tensor_value_info("steps", T.FLOAT, None)], inits)
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_loop_with_a_known_trip_count_is_unrolled(early_exit):
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    _check(_loop_model(4, early_exit), [{"x": x}])
+
+
+def test_loop_over_a_symbolic_dim_is_refused_naming_it():
+    with pytest.raises(UnsupportedOnnxFeature, match=r"Loop.*trip count.*symbolic dims \['rows'\].*dims="):
+        slimgraph.optimize(_loop_model("rows"), target="reference")
+
+
 # ---- import errors name the file, the node and the op -----------------------------------------------------
 def test_import_errors_name_the_file_node_and_op(tmp_path, monkeypatch):
     node = helper.make_node("Loop", ["n", "", "x"], ["y"], name="the_loop",
