@@ -40,8 +40,8 @@ def attributes(node) -> dict:
 def lower_node(imp: Importer, node) -> list:
     op = node.op_type if node.domain in ("", "ai.onnx") else (node.domain, node.op_type)
     if op in CONTROL_FLOW:
-        raise imp.error("control flow (If/Loop/Scan) is not supported; export the model with the "
-                        "loop unrolled or the branch constant-folded")
+        raise imp.error(f"control flow ({node.op_type}) is not supported (If and Loop are, when their condition or "
+                        f"trip count is known at import); export the model with the loop unrolled")
     if op not in ONNX_OPS:
         raise imp.error(f"ONNX operator {node.op_type} is not supported. Supported: "
                         f"{', '.join(sorted(o for o in ONNX_OPS if isinstance(o, str)))}")
