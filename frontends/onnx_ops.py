@@ -12,10 +12,11 @@ import numpy as np
 from ..ir import symbolic as S
 from ..ir.opset import infer as I
 from .onnx_fold import fold, should_fold
-from .onnx_import import Importer, Known, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
+from .onnx_import import Importer, Known, NeedsConstantError, OnnxImportError, ONNX_DTYPES, ir_dtype, shape_known
 
 ONNX_OPS: dict = {}
-CONTROL_FLOW = ("Loop", "Scan", "SequenceMap")  # If is inlined when its condition is known (_if)
+CONTROL_FLOW = ("Scan", "SequenceMap")  # If is inlined when its condition is known (_if), Loop unrolled (_loop)
+MAX_UNROLL = 256
 
 
 def onnx_op(*op_types):
@@ -39,8 +40,8 @@ def attributes(node) -> dict:
 def lower_node(imp: Importer, node) -> list:
     op = node.op_type if node.domain in ("", "ai.onnx") else (node.domain, node.op_type)
     if op in CONTROL_FLOW:
-        raise imp.error("control flow (If/Loop/Scan) is not supported; export the model with the "
-                        "loop unrolled or the branch constant-folded")
+        raise imp.error(f"control flow ({node.op_type}) is not supported (If and Loop are, when their condition or "
+                        f"trip count is known at import); export the model with the loop unrolled")
     if op not in ONNX_OPS:
         raise imp.error(f"ONNX operator {node.op_type} is not supported. Supported: "
                         f"{', '.join(sorted(o for o in ONNX_OPS if isinstance(o, str)))}")
@@ -63,23 +64,107 @@ def _if(imp, a):
     replaced by the chosen branch's nodes; a data-dependent condition is refused."""
     k = imp.known(0)
     if k is None or k.symbolic or k.array.size != 1:
-        raise imp.unsupported("control flow (If) on a run-time condition is not supported; export the model "
-                              "with the branch constant-folded")
+        raise imp.unsupported("control flow (If) on a run-time condition is not supported; " + _if_hint(imp))
     branch = a["then_branch"] if bool(k.array.reshape(-1)[0]) else a["else_branch"]
+    return _run_subgraph(imp, branch, {})
+
+
+def _run_subgraph(imp, graph, bindings: dict) -> list:
+    """Lower a subgraph's nodes inline, its inputs bound to `bindings` (ONNX name -> Value | Known); returns its
+    outputs. Names the subgraph defines are re-bound on every call (a Loop iteration), so the importer's
+    cache of materialized constants forgets them first."""
     outer = imp.node
+    for name in list(bindings) + [o for n in graph.node for o in n.output]:
+        imp._materialized.pop(name, None)
+    imp.env.update(bindings)
     try:
-        for node in branch.node:
+        for node in graph.node:
             imp.node = node
+            imp.producer.update({o: node for o in node.output if o})
             outs = lower_node(imp, node)
             for name, v in zip(node.output, outs):
                 if name:
                     imp.env[name] = v
     finally:
         imp.node = outer
-    missing = [o.name for o in branch.output if o.name not in imp.env]
+    missing = [o.name for o in graph.output if o.name not in imp.env]
     if missing:
-        raise imp.error(f"If branch output(s) {missing} are produced by no node")
-    return [imp.env[o.name] for o in branch.output]
+        raise imp.error(f"subgraph output(s) {missing} are produced by no node")
+    return [imp.env[o.name] for o in graph.output]
+
+
+@onnx_op("Loop")
+def _loop(imp, a):
+    """A Loop whose trip count is known at import time (a constant, or computed from shapes) and whose
+    condition, if any, is decided at import time on every iteration, unrolled (at most MAX_UNROLL iterations);
+    scan outputs are stacked along a new axis 0. Other loops are refused, naming what the count depends on."""
+    body = a["body"]
+    n_state = len(imp.node.input) - 2
+    trip = imp.known(0) if imp.has(0) else None
+    if imp.has(0) and (trip is None or trip.symbolic or trip.array.size != 1):
+        raise NeedsConstantError(str(imp.error("a Loop whose trip count is computed at run time is not supported; "
+                                               + _if_hint(imp))), imp.node.input[0])
+    if not imp.has(0):
+        raise imp.unsupported("a Loop without a trip count (a while loop) is not supported")
+    count = int(trip.array.reshape(-1)[0])
+    if count > MAX_UNROLL:
+        raise imp.unsupported(f"a Loop of {count} iterations is not unrolled (at most {MAX_UNROLL})")
+    cond = imp.known(1) if imp.has(1) else Known(np.array(True), "bool")
+    if cond is None or cond.symbolic:
+        raise NeedsConstantError(str(imp.error("a Loop whose first condition is computed at run time is not "
+                                               "supported")), imp.node.input[1])
+    state = [imp.get(2 + i) for i in range(n_state)]
+    scans: list[list] = []
+    names = [vi.name for vi in body.input]
+    for i in range(count):
+        if not bool(cond.array.reshape(-1)[0]):
+            break
+        outs = _run_subgraph(imp, body, {names[0]: Known(np.array(i, np.int64), "i64"), names[1]: cond,
+                                         **{n: v for n, v in zip(names[2:], state)}})
+        cond, state = outs[0], outs[1:1 + n_state]
+        if not isinstance(cond, Known) or cond.symbolic:
+            raise imp.unsupported("a Loop whose condition is computed at run time is not supported")
+        for j, v in enumerate(outs[1 + n_state:]):
+            if i == 0:
+                scans.append([])
+            scans[j].append(imp.as_value(v, body.output[1 + n_state + j].name))
+    n_scan = len(body.output) - 1 - n_state
+    if n_scan and not scans:
+        raise imp.unsupported("a Loop with scan outputs that runs no iteration is not supported")
+    stacked = [imp.op("concat", *[imp.op("unsqueeze", v, dim=0) for v in vs], dim=0) for vs in scans]
+    return list(state) + stacked
+
+
+def _if_hint(imp) -> str:
+    """What the If's condition depends on, found by walking its ONNX producers back to the graph inputs:
+    their values (-> import_onnx(bind=...)) or, through Shape/Size, their symbolic dims (-> dims=...)."""
+    from .onnx_import import _dim_names
+    inputs = {vi.name: vi for vi in imp.model.graph.input}
+    values, shapes, seen = set(), set(), set()
+    stack = [(imp.node.input[0], False)]
+    while stack:
+        name, through_shape = stack.pop()
+        if (name, through_shape) in seen:
+            continue
+        seen.add((name, through_shape))
+        if name in inputs and not isinstance(imp.env.get(name), Known):
+            (shapes if through_shape else values).add(name)
+            continue
+        node = imp.producer.get(name)
+        if node is not None:
+            shape_op = through_shape or node.op_type in ("Shape", "Size")
+            stack.extend((i, shape_op) for i in node.input if i)
+    if values:
+        return (f"it depends on the values of graph input(s) {sorted(values)}: if they are settings (a sample rate, "
+                f"a flag), specialize the model on them with "
+                f"slimgraph.optimize(import_onnx(path, bind={{name: array}})), or export it with the branch "
+                f"constant-folded")
+    dims = sorted({d for n in shapes for d in _dim_names(inputs[n])})
+    if dims:
+        return (f"it depends on the symbolic dims {dims} of graph input(s) {sorted(shapes)}: fix them with "
+                f"slimgraph.optimize(import_onnx(path, dims={{{dims[0]!r}: size, ...}})), or export the model "
+                f"with static shapes")
+    return "export the model with the branch constant-folded"
 
 
 def _axis(a, key, rank, default=0):
@@ -183,7 +268,17 @@ def _where(imp, a):
 
 @onnx_op("Cast")
 def _cast(imp, a):
-    return imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], "Cast to"))
+    out = imp.op("cast", imp.value(0), dtype=ir_dtype(a["to"], "Cast to"))
+    _note_float_of_dims(imp, out)
+    return out
+
+
+def _note_float_of_dims(imp, out):
+    """A symbolic shape value cast to a float (the folder keeps symbolic values integer) stays a
+    run-time value; its dims are remembered for ops that need them at import time (Range)."""
+    k = imp.known(0)
+    if k is not None and k.symbolic and out.type.dtype in ("f16", "bf16", "f32", "f64"):
+        imp.float_of_dims[imp.node.output[0]] = k
 
 
 @onnx_op("CastLike")
@@ -196,7 +291,9 @@ def _cast_like(imp, a):
         out = _cast([k], {"to": IR_TO_ONNX[dtype]})
         if out is not None:
             return out
-    return imp.op("cast", imp.value(0), dtype=dtype)
+    out = imp.op("cast", imp.value(0), dtype=dtype)
+    _note_float_of_dims(imp, out)
+    return out
 
 
 @onnx_op("Identity")
@@ -517,14 +614,26 @@ def _tile(imp, a):
 def _range(imp, a):
     start, limit, delta = (imp.dims(i, "Range bound")[0] for i in range(3))
     dtype = imp.type(0).dtype
-    if dtype not in ("i64", "i32", "i16") and not all(isinstance(v, int) for v in (start, limit, delta)):
-        raise imp.unsupported("a float Range needs constant bounds")
-    if dtype in ("f32", "f64", "f16"):
+    if dtype in ("i64", "i32", "i16"):
+        return imp.op("arange", start=start, end=limit, step=delta, dtype=dtype)
+    if all(isinstance(v, int) for v in (start, limit, delta)):  # constant float bounds
         k = [imp.known(i).array.item() for i in range(3)]
         n = max(int(math.ceil((k[1] - k[0]) / k[2])), 0)
-        idx = imp.op("arange", end=n, dtype=dtype)
-        return imp.op("add", imp.op("mul", idx, _scalar(imp, k[2], dtype)), _scalar(imp, k[0], dtype))
-    return imp.op("arange", start=start, end=limit, step=delta, dtype=dtype)
+    else:
+        # a float Range over shape arithmetic (`arange(float(w))` in YOLO/DETR heads): its length
+        # ceil((limit - start) / delta) is an exact dim when every bound is an integer value
+        vals = [imp.known(i).array.item() if isinstance(v, int) and imp.known(i) is not None else v
+                for i, v in enumerate((start, limit, delta))]
+        if any(isinstance(v, float) and not v.is_integer() for v in vals):
+            raise imp.unsupported("a float Range with a shape-dependent bound needs integer-valued "
+                                  f"start and delta (got start={vals[0]}, delta={vals[2]})")
+        s0, lim, d = (int(v) if isinstance(v, float) else v for v in vals)
+        if d == 0:
+            raise imp.error("Range delta is 0")
+        n = S.canon(f"ceiling(({lim} - ({s0})) / ({d}))")  # a dim is never negative: ORT's empty Range too
+        k = [s0, None, d]
+    idx = imp.op("arange", end=n, dtype=dtype)
+    return imp.op("add", imp.op("mul", idx, _scalar(imp, k[2], dtype)), _scalar(imp, k[0], dtype))
 
 
 @onnx_op("Trilu")
@@ -700,20 +809,33 @@ def _instance_norm(imp, a):
 
 
 # ---- convolution and pooling ------------------------------------------------------------------------
+def same_pads(imp, auto, sizes, kernel, strides, dilations) -> list:
+    """ONNX auto_pad SAME_UPPER/SAME_LOWER as explicit [begin..., end...] pads: the output is ceil(size /
+    stride) and the total pad (ceil(size / s) - 1) * s + span - size. With stride 1 that is span - 1 for
+    any size, so symbolic dims are fine there (PP-OCRv6's 2x2 stride-1 convs and pools); a larger stride
+    over a symbolic dim pads by its remainder, which no static pad expresses: refused."""
+    begin, end = [], []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations):
+        span = (k - 1) * d + 1
+        if s == 1:
+            total = span - 1
+        elif isinstance(size, int):
+            total = max((-(-size // s) - 1) * s + span - size, 0)
+        else:
+            raise imp.unsupported(f"auto_pad {auto} with stride {s} needs static spatial dims (the pad depends on "
+                                  f"the size modulo the stride; got {size})")
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
 def _pads_2d(imp, a, x_shape, kernel, strides, dilations):
     """(symmetric [ph, pw], asymmetric torch-order pads or None) from ONNX pads / auto_pad."""
     n = len(kernel)
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads_b, pads_e = [], []
-        for size, k, s, d in zip(x_shape[-n:], kernel, strides, dilations):
-            if not isinstance(size, int):
-                raise imp.unsupported("auto_pad SAME needs static spatial dims")
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            pads_b.append(small if auto == "SAME_UPPER" else big)
-            pads_e.append(big if auto == "SAME_UPPER" else small)
-        pads = pads_b + pads_e
+        pads = same_pads(imp, auto, x_shape[-n:], kernel, strides, dilations)
     elif auto == "VALID":
         pads = [0] * 2 * n
     else:
@@ -787,15 +909,7 @@ def general_pool(imp, a, x, kind, p=2.0):
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         if a.get("ceil_mode", 0):
             raise imp.unsupported("auto_pad SAME with ceil_mode is not supported")
-        begin, end = [], []
-        for size, k, s, d in zip(x.type.shape[2:], kernel, strides, dil):
-            if not isinstance(size, int):
-                raise imp.unsupported("auto_pad SAME needs static spatial dims")
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            begin.append(small if auto == "SAME_UPPER" else big)
-            end.append(big if auto == "SAME_UPPER" else small)
-        pads = begin + end
+        pads = same_pads(imp, auto, x.type.shape[2:], kernel, strides, dil)
     else:
         pads = [0] * 2 * n if auto == "VALID" else list(a.get("pads", [0] * 2 * n))
     return imp.op("pool_nd", x, kind=kind, kernel=list(kernel), stride=list(strides), pads=pads, dilation=list(dil),

