@@ -321,6 +321,7 @@ def _fused_attention(ex, node, ins):
             and hq % hk == 0 and (len(ins) < 4 or 2 <= node.inputs[3].type.rank <= 4)):
         return None
     dtype = q.type.dtype
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
     mask = None
     if len(ins) > 3:
         mt = node.inputs[3].type
@@ -333,6 +334,11 @@ def _fused_attention(ex, node, ins):
             mask = ex.one("And", mask, keep)
         else:
             mask = ex.one("Where", keep, mask, ex.scalar(-math.inf, dtype))
+    if mask is not None and keep is None and tuple(node.inputs[3].type.shape[-2:]) != (lq, lk):
+        # ORT's Attention kernel takes a mask whose last two dims are exactly [q_len, kv_len] (the spec
+        # broadcasts; a key-padding mask [b, 1, 1, kv] or a [q, 1] mask fails at run time): expand them
+        rank = node.inputs[3].type.rank
+        mask = ex.one("Expand", mask, ex.dims([1] * (rank - 2) + [lq, lk]))
     scale = node.attrs["scale"] or 1.0 / math.sqrt(q.type.shape[-1])
     ex.opset = max(ex.opset, 23)
     return ex.one("Attention", ins[0], ins[1], ins[2], *([mask] if mask is not None else []), scale=float(scale))
