@@ -26,11 +26,16 @@ _PREDICATES = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater"
                "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor"}
 
 
+_BOOL_BITWISE = {"BitwiseAnd": "And", "BitwiseOr": "Or", "BitwiseXor": "Xor"}
+
+
 def _binary(op_type):
     def emit(ex, node, ins):
         dtype = _out(node).dtype
         if op_type == "Pow":  # ONNX Pow allows a different exponent type
             return [ex.one("Pow", ex.cast(ins[0], node.inputs[0].type.dtype, dtype), ins[1])]
+        if dtype == "bool" and op_type in _BOOL_BITWISE:  # mask & mask: ONNX Bitwise* have no bool kernels
+            return [ex.one(_BOOL_BITWISE[op_type], *_cast_ins(ex, node, ins, dtype))]
         return [ex.one(op_type, *_cast_ins(ex, node, ins, dtype))]
     return emit
 
@@ -694,7 +699,7 @@ def _dequantized(ex, node, packed, ins):
 @lowering("onnx", "index")
 def _index(ex, node, ins):
     if len(ins) != 2:
-        raise OnnxExportError(f"index with {len(ins) - 1} index tensors has no ONNX lowering yet ({node!r})")
+        return [_index_nd(ex, node, ins)]
     idx = node.inputs[1].type
     if idx.dtype == "bool":  # x[mask]: the True positions (NonZero), gathered
         if idx.rank != 1:
@@ -703,6 +708,32 @@ def _index(ex, node, ins):
         return [ex.one("Gather", ins[0], ex.one("Reshape", ex.one("NonZero", ins[1]), ex.ints([-1])),
                        axis=node.attrs["axes"][0])]
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
+
+
+def _index_nd(ex, node, ins):
+    """x[..., i0, i1, ...] with several integer index tensors (transformers' padding mask
+    `mask[batch_idx, kv_idx]`): the indices broadcast to one shape B, the indexed dims move to the front
+    (Transpose), one GatherND reads them; torch puts B where the indexed dims were when they are adjacent,
+    else first (the result of GatherND as it is)."""
+    x, idxs, axes = node.inputs[0], node.inputs[1:], list(node.attrs["axes"])
+    if any(t.type.dtype == "bool" for t in idxs):
+        raise OnnxExportError(f"index with a bool mask among {len(idxs)} index tensors has no ONNX lowering; "
+                              f"use target='torch' ({node!r})")
+    rank, n = x.type.rank, len(axes)
+    rest = [d for d in range(rank) if d not in axes]
+    data = ins[0] if axes + rest == list(range(rank)) else ex.one("Transpose", ins[0], perm=axes + rest)
+    i64 = [i if t.type.dtype == "i64" else ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i, t in zip(ins[1:], idxs)]
+    total = i64[0]
+    for i in i64[1:]:
+        total = ex.one("Add", total, i)
+    shape = ex.one("Shape", total)
+    cols = [ex.one("Unsqueeze", ex.one("Expand", i, shape), ex.ints([-1])) for i in i64]
+    out = ex.one("GatherND", data, ex.one("Concat", *cols, axis=-1))
+    nb = node.outputs[0].type.rank - (rank - n)
+    a = axes[0]
+    if axes == list(range(a, a + n)) and a > 0:   # adjacent: B goes back to the first indexed dim's place
+        out = ex.one("Transpose", out, perm=list(range(nb, nb + a)) + list(range(nb)) + list(range(nb + a, nb + rank - n)))
+    return out
 
 
 def _group(a, k):

@@ -101,7 +101,8 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
     ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
-    imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
+    with _no_hf_cache(model, args, kwargs, notes):
+        imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     from .guards import Guards
@@ -109,6 +110,41 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
     sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
                            [v.type for v in imported.graph.inputs])
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
+
+
+class _no_hf_cache:
+    """A transformers model that is not imported as a causal LM (a decoder's base model or its
+    ForSequenceClassification/ForTokenClassification head, an encoder-decoder) returns its KV cache, a
+    cache object torch.export cannot output, when `config.use_cache` is on and the call does not say
+    `use_cache`: export it with `use_cache=False` (its other outputs are the same; slimgraph decodes with a
+    KV cache only through a causal LM's own import) and say so in the report."""
+
+    def __init__(self, model, args, kwargs, notes):
+        self.configs = []
+        if not _is_hf(model) or "use_cache" not in _param_names(model):
+            return
+        bound = dict(zip(_param_names(model), args))
+        if bound.get("use_cache") is not None or kwargs.get("use_cache") is not None:
+            return
+        cfgs = {}   # every submodule's config: an encoder-decoder's decoder stack holds a copy of its own
+        for m in model.modules():
+            for c in (getattr(m, "config", None),) + ((m.config.get_text_config(),) if hasattr(
+                    getattr(m, "config", None), "get_text_config") else ()):
+                if c is not None and getattr(c, "use_cache", False) is True:
+                    cfgs[id(c)] = c
+        self.configs = list(cfgs.values())
+        if self.configs and notes is not None:
+            notes.append(f"{type(model).__name__}: exported with use_cache=False (its KV cache is not an "
+                         "output of the compiled model; a causal LM with an LM head decodes with one)")
+
+    def __enter__(self):
+        for c in self.configs:
+            c.use_cache = False
+
+    def __exit__(self, *exc):
+        for c in self.configs:
+            c.use_cache = True
+        return False
 
 
 def _is_onnx(model) -> bool:
