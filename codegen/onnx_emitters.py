@@ -710,30 +710,59 @@ def _index(ex, node, ins):
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
 
 
-def _index_nd(ex, node, ins):
-    """x[..., i0, i1, ...] with several integer index tensors (transformers' padding mask
-    `mask[batch_idx, kv_idx]`): the indices broadcast to one shape B, the indexed dims move to the front
-    (Transpose), one GatherND reads them; torch puts B where the indexed dims were when they are adjacent,
-    else first (the result of GatherND as it is)."""
-    x, idxs, axes = node.inputs[0], node.inputs[1:], list(node.attrs["axes"])
+def _nd_indices(ex, node, x, idxs, idx_ins, axes):
+    """(x with the indexed dims moved to the front, the [*B, n] i64 index tensor for GatherND/ScatterND,
+    perm, the permutation that puts B where torch's x[...] puts it or None): several integer index tensors
+    broadcast to one shape B (torch's advanced indexing)."""
     if any(t.type.dtype == "bool" for t in idxs):
-        raise OnnxExportError(f"index with a bool mask among {len(idxs)} index tensors has no ONNX lowering; "
+        raise OnnxExportError(f"{node.op} with a bool mask among {len(idxs)} index tensors has no ONNX lowering; "
                               f"use target='torch' ({node!r})")
     rank, n = x.type.rank, len(axes)
     rest = [d for d in range(rank) if d not in axes]
-    data = ins[0] if axes + rest == list(range(rank)) else ex.one("Transpose", ins[0], perm=axes + rest)
-    i64 = [i if t.type.dtype == "i64" else ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i, t in zip(ins[1:], idxs)]
+    front = list(axes) + rest
+    i64 = [i if t.type.dtype == "i64" else ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i, t in zip(idx_ins, idxs)]
     total = i64[0]
     for i in i64[1:]:
         total = ex.one("Add", total, i)
     shape = ex.one("Shape", total)
     cols = [ex.one("Unsqueeze", ex.one("Expand", i, shape), ex.ints([-1])) for i in i64]
-    out = ex.one("GatherND", data, ex.one("Concat", *cols, axis=-1))
-    nb = node.outputs[0].type.rank - (rank - n)
+    nb = max(t.type.rank for t in idxs)
     a = axes[0]
-    if axes == list(range(a, a + n)) and a > 0:   # adjacent: B goes back to the first indexed dim's place
-        out = ex.one("Transpose", out, perm=list(range(nb, nb + a)) + list(range(nb)) + list(range(nb + a, nb + rank - n)))
-    return out
+    back = None
+    if list(axes) == list(range(a, a + n)) and a > 0:   # adjacent: torch puts B at the first indexed dim
+        back = list(range(nb, nb + a)) + list(range(nb)) + list(range(nb + a, nb + rank - n))
+    return front, ex.one("Concat", *cols, axis=-1), back
+
+
+def _index_nd(ex, node, ins):
+    """x[..., i0, i1, ...] with several integer index tensors (transformers' padding mask
+    `mask[batch_idx, kv_idx]`): the indexed dims move to the front (Transpose), one GatherND reads them;
+    torch puts B where the indexed dims were when they are adjacent, else first."""
+    x, axes = node.inputs[0], list(node.attrs["axes"])
+    front, idx, back = _nd_indices(ex, node, x, node.inputs[1:], ins[1:], axes)
+    data = ins[0] if front == sorted(front) else ex.one("Transpose", ins[0], perm=front)
+    out = ex.one("GatherND", data, idx)
+    return ex.one("Transpose", out, perm=back) if back else out
+
+
+@lowering("onnx", "index_put")
+def _index_put(ex, node, ins):
+    """x[..., i0, i1, ...] = values (summed in with `accumulate`): ScatterND on x with the indexed dims in
+    front; `values` broadcast to the shape torch's x[...] has, then laid out as ScatterND's updates."""
+    x, axes = node.inputs[0], list(node.attrs["axes"])
+    front, idx, back = _nd_indices(ex, node, x, node.inputs[2:], ins[2:], axes)
+    data = ins[0] if front == sorted(front) else ex.one("Transpose", ins[0], perm=front)
+    ref = ex.one("GatherND", data, idx)                       # [*B, *rest]: the updates' shape
+    torch_shape = ex.one("Shape", ex.one("Transpose", ref, perm=back) if back else ref)
+    vals = ex.cast(ins[1], node.inputs[1].type.dtype, x.type.dtype)
+    vals = ex.one("Expand", vals, torch_shape)
+    if back:
+        vals = ex.one("Transpose", vals, perm=[back.index(i) for i in range(len(back))])
+    kw = {"reduction": "add"} if node.attrs["accumulate"] else {}
+    out = ex.one("ScatterND", data, idx, vals, **kw)
+    if front != sorted(front):
+        out = ex.one("Transpose", out, perm=[front.index(i) for i in range(len(front))])
+    return [out]
 
 
 def _group(a, k):
@@ -796,3 +825,23 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
 
 
 from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, ...)
+
+
+@lowering("onnx", "grouped_mm")
+def _grouped_mm(ex, node, ins):
+    """Each row's group g = #(offs <= row) (E: past offs[-1], a zero row); every group's matmul of every row,
+    [E, rows, out], kept where g matches (Where, so no 0 * inf) and summed over the groups: static shapes,
+    E times the FLOPs of the grouped kernel, E * rows * out floats of scratch (not rows * in * out)."""
+    x, w, offs = node.inputs
+    rows = x.type.shape[0]
+    n_groups = w.type.shape[0]
+    dtype = x.type.dtype
+    r = ex.one("Range", ex.scalar(0, "i64"), ex.one("Reshape", ex.dim(rows), ex.ints([])), ex.scalar(1, "i64"))
+    o = ins[2] if offs.type.dtype == "i64" else ex.one("Cast", ins[2], to=ONNX_DTYPES["i64"])
+    le = ex.one("LessOrEqual", ex.one("Unsqueeze", o, ex.ints([0])), ex.one("Unsqueeze", r, ex.ints([1])))  # [rows, E]
+    g = ex.one("ReduceSum", ex.one("Cast", le, to=ONNX_DTYPES["i64"]), ex.ints([1]), keepdims=0)         # [rows]
+    groups = ex.one("Range", ex.scalar(0, "i64"), ex.one("Reshape", ex.dim(n_groups), ex.ints([])), ex.scalar(1, "i64"))
+    pick = ex.one("Equal", ex.one("Unsqueeze", groups, ex.ints([1, 2])), ex.one("Unsqueeze", g, ex.ints([0, 2])))  # [E, rows, 1]
+    wt = ins[1] if w.type.dtype == dtype else ex.cast(ins[1], w.type.dtype, dtype)
+    prod = ex.one("MatMul", ex.one("Unsqueeze", ins[0], ex.ints([0])), wt)                            # [E, rows, out]
+    return [ex.one("ReduceSum", ex.one("Where", pick, prod, ex.scalar(0.0, dtype)), ex.ints([0]), keepdims=0)]
