@@ -335,6 +335,27 @@ def _var(cx, a):
     return cx.op("sqrt", v) if cx.target.startswith("aten.std") else v
 
 
+@rule("var_mean.correction", "var_mean.dim", "std_mean.correction", "std_mean.dim")
+def _var_mean(cx, a):
+    """(var or std, mean) over the same dims (nn.InstanceNorm's, torch.var_mean): the two reductions."""
+    x = cx.value(a["self"])
+    corr = a.get("correction", None)
+    corr = (1 if a.get("unbiased", True) else 0) if corr is None else int(corr)
+    kw = dict(dims=reduce_dims(a), keepdim=bool(a["keepdim"]))
+    v = cx.op("var", x, correction=corr, **kw)
+    return (cx.op("sqrt", v) if cx.target.startswith("aten.std") else v), cx.op("mean", x, **kw)
+
+
+@rule("cumprod.default")
+def _cumprod(cx, a):
+    x = cx.value(a["self"])
+    if a.get("dtype") is not None:
+        x = cx.cast(x, cx.out_dtype())
+    elif x.type.dtype != cx.out_dtype():   # torch widens bool/small ints to i64
+        x = cx.cast(x, cx.out_dtype())
+    return cx.op("cumprod", x, dim=a["dim"] % max(x.type.rank, 1))
+
+
 @rule("max.dim", "min.dim")
 def _max_dim(cx, a):
     x, kw = cx.value(a["self"]), dict(dim=a["dim"], keepdim=bool(a["keepdim"]))
@@ -448,12 +469,18 @@ def _sdpa(cx, a):
     return cx.op("attention", *ins, causal=causal, scale=scale)
 
 
-@rule("conv2d.default", "convolution.default", "conv1d.default")
+@rule("conv2d.default", "convolution.default", "conv1d.default", "conv_transpose2d.input", "conv_transpose1d.default")
 def _conv2d(cx, a):
     """2-d convolution; a 1-d one ([N, C, L], wav2vec2's feature encoder, Whisper) runs as a 2-d one
-    over [N, C, 1, L] with a [O, C/g, 1, K] weight."""
-    if a.get("transposed") or len(a["stride"]) not in (1, 2):
-        raise cx.unsupported(f"{cx.target} other than a plain 1-d or 2-d convolution")
+    over [N, C, 1, L] with a [O, C/g, 1, K] weight. Transposed (nn.ConvTranspose1d/2d: DPT's, U-Nets'
+    upsampling) likewise, as `conv_transpose2d`."""
+    transposed = bool(a.get("transposed")) or "conv_transpose" in cx.target
+    if len(a["stride"]) not in (1, 2) if not isinstance(a["stride"], int) else False:
+        raise cx.unsupported(f"{cx.target} other than a 1-d or 2-d convolution")
+    if isinstance(a["stride"], int):
+        a = dict(a, stride=[a["stride"]])
+    if transposed:
+        return _conv_transpose(cx, a)
     pad = a["padding"]
     one_d = cx.value(a["input"]).type.rank == 3
     if isinstance(pad, str):
@@ -471,6 +498,25 @@ def _conv2d(cx, a):
         stride, pad, dil = two(a["stride"]), two(pad), two(a["dilation"])
     ins = [x, w] + ([cx.value(a["bias"])] if a["bias"] is not None else [])
     y = cx.op("conv2d", *ins, stride=stride, padding=pad, dilation=dil, groups=a["groups"])
+    return cx.op("squeeze", y, dims=[2]) if one_d else y
+
+
+def _conv_transpose(cx, a):
+    x, w = cx.value(a["input"]), cx.value(a["weight"])
+    seq = lambda v: [v] if isinstance(v, int) else list(v)  # noqa: E731
+    one_d = x.type.rank == 3
+    stride, pad, outpad, dil = (seq(a.get(k, 0 if k != "stride" and k != "dilation" else 1))
+                                for k in ("stride", "padding", "output_padding", "dilation"))
+    if one_d:
+        x, w = cx.op("unsqueeze", x, dim=2), cx.op("unsqueeze", w, dim=2)
+        lift = lambda v, fill: [fill] + v[-1:]  # noqa: E731
+        stride, pad, outpad, dil = lift(stride, 1), lift(pad, 0), lift(outpad, 0), lift(dil, 1)
+    else:
+        two = lambda v: v * 2 if len(v) == 1 else v  # noqa: E731
+        stride, pad, outpad, dil = two(stride), two(pad), two(outpad), two(dil)
+    ins = [x, w] + ([cx.value(a["bias"])] if a.get("bias") is not None else [])
+    y = cx.op("conv_transpose2d", *ins, stride=stride, padding=pad, output_padding=outpad, dilation=dil,
+              groups=a["groups"])
     return cx.op("squeeze", y, dims=[2]) if one_d else y
 
 
