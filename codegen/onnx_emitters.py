@@ -745,11 +745,32 @@ def _index_nd(ex, node, ins):
     return ex.one("Transpose", out, perm=back) if back else out
 
 
+def _index_put_mask(ex, node, ins):
+    """x[mask] = v with one value for every selected element (a scalar or a 1-element tensor: `y[y > t] = t`,
+    masked_fill written as an assignment): Where(mask, v, x), the mask's dims lined up with x's from axes[0]."""
+    x, v, m = node.inputs[0], node.inputs[1], node.inputs[2]
+    if not (v.type.rank == 0 or all(d == 1 for d in v.type.shape)) or node.attrs["accumulate"]:
+        raise OnnxExportError(f"index_put by a bool mask with values per selected element (their count is known "
+                              f"only at run time) has no ONNX lowering; use target='torch' ({node!r})")
+    a = node.attrs["axes"][0]
+    mask = ins[2]
+    trailing = x.type.rank - a - m.type.rank
+    if trailing:
+        mask = ex.one("Unsqueeze", mask, ex.ints(list(range(m.type.rank, m.type.rank + trailing))))
+    val = ex.one("Reshape", ex.cast(ins[1], v.type.dtype, x.type.dtype), ex.ints([]))
+    if node.attrs["accumulate"]:
+        val = ex.one("Add", ins[0], val)
+    return ex.one("Where", mask, val, ins[0])
+
+
 @lowering("onnx", "index_put")
 def _index_put(ex, node, ins):
     """x[..., i0, i1, ...] = values (summed in with `accumulate`): ScatterND on x with the indexed dims in
     front; `values` broadcast to the shape torch's x[...] has, then laid out as ScatterND's updates."""
     x, axes = node.inputs[0], list(node.attrs["axes"])
+    masks = node.inputs[2:]
+    if len(masks) == 1 and masks[0].type.dtype == "bool":
+        return [_index_put_mask(ex, node, ins)]
     front, idx, back = _nd_indices(ex, node, x, node.inputs[2:], ins[2:], axes)
     data = ins[0] if front == sorted(front) else ex.one("Transpose", ins[0], perm=front)
     ref = ex.one("GatherND", data, idx)                       # [*B, *rest]: the updates' shape

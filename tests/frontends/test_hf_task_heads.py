@@ -70,3 +70,24 @@ def test_onnx_index_by_several_tensors():
     fast = slimgraph.optimize(Index(), (x, a, b, m), target="onnx")
     for got, want in zip(fast(x, a, b, m), Index()(x, a, b, m)):
         assert got.shape == want.shape and torch.equal(got, want)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("onnxruntime") is None, reason="needs onnxruntime")
+def test_onnx_index_put():
+    """x[i, j] = v (several integer index tensors, adjacent or not, accumulate with repeated indices; MoE
+    routing's index_put) and x[mask] = scalar (`y[y > t] = t`) on the onnx target (before: no lowering)."""
+    class Put(torch.nn.Module):
+        def forward(self, x, a, b, v):
+            y = x.clone()
+            y[a, b] = v[0, 0, 0]
+            z = torch.index_put(x, (torch.arange(3)[:, None, None], a, b), v[0, :2, :3, :1], accumulate=True)
+            w = torch.index_put(x, (a, torch.tensor([0, 1, 2]).expand(1, 3), b), v[0, 0, :1])
+            u = torch.index_put(x, (torch.tensor([1, 1, 2]),), v, accumulate=True)
+            t = x.clone()
+            t[t > 0.5] = 0.5
+            return y, z, w, u, t
+
+    x, a, b, v = torch.randn(3, 4, 5, 6), torch.tensor([[0], [2]]), torch.tensor([1, 3, 3]), torch.randn(3, 4, 5, 6)
+    fast = slimgraph.optimize(Put(), (x, a, b, v), target="onnx")
+    for got, want in zip(fast(x, a, b, v), Put()(x, a, b, v)):
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6)
