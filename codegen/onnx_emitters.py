@@ -212,10 +212,13 @@ def _np_value(value, dtype):
 @lowering("onnx", "arange")
 def _arange(ex, node, ins):
     a, dtype = node.attrs, node.attrs["dtype"]
+    # ONNX Range takes f32/f64/i16/i32/i64: others (u8: XLNet's arange(dtype=uint8), f16, bf16) count in
+    # i64 or f32 and are cast
+    run = dtype if dtype in ("f32", "f64", "i16", "i32", "i64") else "f32" if dtype in FLOAT_DTYPES else "i64"
 
     def bound(d):
-        return ex.cast(ex.one("Reshape", ex.dim(d), ex.ints([])), "i64", dtype)
-    return [ex.one("Range", bound(a["start"]), bound(a["end"]), bound(a["step"]))]
+        return ex.cast(ex.one("Reshape", ex.dim(d), ex.ints([])), "i64", run)
+    return [ex.cast(ex.one("Range", bound(a["start"]), bound(a["end"]), bound(a["step"])), run, dtype)]
 
 
 # ---- linear algebra and nn ---------------------------------------------------------------------------

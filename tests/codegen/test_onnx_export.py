@@ -283,3 +283,13 @@ def test_int4_accuracy_level_is_opt_in():
     assert {a.name: a.i for a in fast[0].attribute}["accuracy_level"] == 4
     with pytest.raises(OnnxExportError, match="accuracy_level"):
         export_onnx(g, int4_accuracy_level=7)
+
+
+def test_arange_of_any_dtype():
+    """ONNX Range takes f32/f64/i16/i32/i64 only: an arange of u8 (XLNet), i8 or f16 counts in i64/f32 and is
+    cast (before: ONNX Runtime refused the model at session creation)."""
+    g = Graph("ar")
+    x = g.add_input("x", TensorType("f32", ("seq",)))
+    outs = [g.op("arange", start=0, end="seq", dtype=d) for d in ("u8", "i8", "f16", "i32")]
+    g.set_outputs(outs + [g.op("add", x, g.op("cast", outs[0], dtype="f32"))])
+    assert_ort_matches_interpreter(g, torch.randn(7))
