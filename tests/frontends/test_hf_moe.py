@@ -65,3 +65,17 @@ def test_histc_and_grouped_mm_semantics():
     out = grouped_mm(xs, w, torch.tensor([2, 2, 5]))
     assert torch.allclose(out[:2], xs[:2] @ w[0]) and torch.allclose(out[2:5], xs[2:5] @ w[2])
     assert not out[5:].any()
+
+
+def test_deepseek_v3_cache_of_two_shapes_is_refused_by_name():
+    """DeepSeek V3 (MoE + multi-head latent attention) caches keys and values of different head dims: optimize
+    refuses it naming both shapes (before: a concatenation error from inside the export, under a hint about
+    ALiBi masks)."""
+    cfg = transformers.DeepseekV3Config(**dict(DEC, num_key_value_heads=4), moe_intermediate_size=32, n_routed_experts=4,
+                                        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                                        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                        v_head_dim=16, n_group=1, topk_group=1)
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(cfg).eval()
+    with pytest.raises(NotImplementedError, match="multi-head latent attention"):
+        slimgraph.optimize(model, (torch.randint(2, V, (1, 5)),), target="torch")
