@@ -102,10 +102,11 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
         raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
+    no_cache = _no_hf_cache(model, args, kwargs, notes)
     while True:
         ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
         try:
-            with _no_hf_cache(model, args, kwargs, notes):
+            with no_cache:
                 imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
             break
         except Exception as e:  # noqa: BLE001 - torch.export failing on the dims slimgraph chose is retried
