@@ -26,11 +26,16 @@ _PREDICATES = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater"
                "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor"}
 
 
+_BOOL_BITWISE = {"BitwiseAnd": "And", "BitwiseOr": "Or", "BitwiseXor": "Xor"}
+
+
 def _binary(op_type):
     def emit(ex, node, ins):
         dtype = _out(node).dtype
         if op_type == "Pow":  # ONNX Pow allows a different exponent type
             return [ex.one("Pow", ex.cast(ins[0], node.inputs[0].type.dtype, dtype), ins[1])]
+        if dtype == "bool" and op_type in _BOOL_BITWISE:  # mask & mask: ONNX Bitwise* have no bool kernels
+            return [ex.one(_BOOL_BITWISE[op_type], *_cast_ins(ex, node, ins, dtype))]
         return [ex.one(op_type, *_cast_ins(ex, node, ins, dtype))]
     return emit
 
@@ -207,10 +212,13 @@ def _np_value(value, dtype):
 @lowering("onnx", "arange")
 def _arange(ex, node, ins):
     a, dtype = node.attrs, node.attrs["dtype"]
+    # ONNX Range takes f32/f64/i16/i32/i64: others (u8: XLNet's arange(dtype=uint8), f16, bf16) count in
+    # i64 or f32 and are cast
+    run = dtype if dtype in ("f32", "f64", "i16", "i32", "i64") else "f32" if dtype in FLOAT_DTYPES else "i64"
 
     def bound(d):
-        return ex.cast(ex.one("Reshape", ex.dim(d), ex.ints([])), "i64", dtype)
-    return [ex.one("Range", bound(a["start"]), bound(a["end"]), bound(a["step"]))]
+        return ex.cast(ex.one("Reshape", ex.dim(d), ex.ints([])), "i64", run)
+    return [ex.cast(ex.one("Range", bound(a["start"]), bound(a["end"]), bound(a["step"])), run, dtype)]
 
 
 # ---- linear algebra and nn ---------------------------------------------------------------------------
@@ -321,6 +329,7 @@ def _fused_attention(ex, node, ins):
             and hq % hk == 0 and (len(ins) < 4 or 2 <= node.inputs[3].type.rank <= 4)):
         return None
     dtype = q.type.dtype
+    lq, lk = q.type.shape[-2], k.type.shape[-2]
     mask = None
     if len(ins) > 3:
         mt = node.inputs[3].type
@@ -333,6 +342,11 @@ def _fused_attention(ex, node, ins):
             mask = ex.one("And", mask, keep)
         else:
             mask = ex.one("Where", keep, mask, ex.scalar(-math.inf, dtype))
+    if mask is not None and keep is None and tuple(node.inputs[3].type.shape[-2:]) != (lq, lk):
+        # ORT's Attention kernel takes a mask whose last two dims are exactly [q_len, kv_len] (the spec
+        # broadcasts; a key-padding mask [b, 1, 1, kv] or a [q, 1] mask fails at run time): expand them
+        rank = node.inputs[3].type.rank
+        mask = ex.one("Expand", mask, ex.dims([1] * (rank - 2) + [lq, lk]))
     scale = node.attrs["scale"] or 1.0 / math.sqrt(q.type.shape[-1])
     ex.opset = max(ex.opset, 23)
     return ex.one("Attention", ins[0], ins[1], ins[2], *([mask] if mask is not None else []), scale=float(scale))
@@ -703,31 +717,81 @@ def _index(ex, node, ins):
     return [ex.one("Gather", ins[0], ins[1], axis=node.attrs["axes"][0])]
 
 
-def _index_nd(ex, node, ins):
-    """x[..., i0, ..., i1, ...] with several integer index tensors (torch advanced indexing), as GatherND: the
-    indexed axes transposed to the front, the indices broadcast to one shape B (by adding 0 * each other, which
-    also broadcasts symbolic dims) and stacked into [*B, k], then B moved to where torch puts it (at the first
-    indexed axis when the axes are adjacent, else in front). GatherND counts negative indices from the end."""
-    if any(v.type.dtype == "bool" for v in node.inputs[1:]):
-        raise OnnxExportError(f"op index with a bool mask beside other index tensors has no ONNX lowering "
-                              f"({node!r}); use target='torch'")
-    rank = node.inputs[0].type.rank
-    axes = [a % rank for a in node.attrs["axes"]]
+def _nd_indices(ex, node, x, idxs, idx_ins, axes):
+    """(x with the indexed dims moved to the front, the [*B, n] i64 index tensor for GatherND/ScatterND,
+    perm, the permutation that puts B where torch's x[...] puts it or None): several integer index tensors
+    broadcast to one shape B (torch's advanced indexing)."""
+    if any(t.type.dtype == "bool" for t in idxs):
+        raise OnnxExportError(f"{node.op} with a bool mask among {len(idxs)} index tensors has no ONNX lowering; "
+                              f"use target='torch' ({node!r})")
+    rank, n = x.type.rank, len(axes)
+    axes = [d % rank for d in axes]
     rest = [d for d in range(rank) if d not in axes]
-    x = ins[0] if axes + rest == list(range(rank)) else ex.one("Transpose", ins[0], perm=axes + rest)
-    idx = [ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i in ins[1:]]
-    zero = ex.const(np.array(0, np.int64), "zero_i64")
-    z = ex.one("Mul", idx[0], zero)
-    for i in idx[1:]:
-        z = ex.one("Add", z, ex.one("Mul", i, zero))
-    nb = max(v.type.rank for v in node.inputs[1:])
-    cols = [ex.one("Unsqueeze", ex.one("Add", i, z), ex.ints([nb])) for i in idx]
-    y = ex.one("GatherND", x, ex.one("Concat", *cols, axis=-1))
-    first = min(axes)
-    if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
-        y = ex.one("Transpose", y, perm=[nb + j for j in range(first)] + list(range(nb)) +
-                   [nb + j for j in range(first, len(rest))])
-    return y
+    front = list(axes) + rest
+    i64 = [i if t.type.dtype == "i64" else ex.one("Cast", i, to=ONNX_DTYPES["i64"]) for i, t in zip(idx_ins, idxs)]
+    total = i64[0]
+    for i in i64[1:]:
+        total = ex.one("Add", total, i)
+    shape = ex.one("Shape", total)
+    cols = [ex.one("Unsqueeze", ex.one("Expand", i, shape), ex.ints([-1])) for i in i64]
+    nb = max(t.type.rank for t in idxs)
+    a = axes[0]
+    back = None
+    if list(axes) == list(range(a, a + n)) and a > 0:   # adjacent: torch puts B at the first indexed dim
+        back = list(range(nb, nb + a)) + list(range(nb)) + list(range(nb + a, nb + rank - n))
+    return front, ex.one("Concat", *cols, axis=-1), back
+
+
+def _index_nd(ex, node, ins):
+    """x[..., i0, i1, ...] with several integer index tensors (transformers' padding mask
+    `mask[batch_idx, kv_idx]`): the indexed dims move to the front (Transpose), one GatherND reads them;
+    torch puts B where the indexed dims were when they are adjacent, else first."""
+    x, axes = node.inputs[0], list(node.attrs["axes"])
+    front, idx, back = _nd_indices(ex, node, x, node.inputs[1:], ins[1:], axes)
+    data = ins[0] if front == sorted(front) else ex.one("Transpose", ins[0], perm=front)
+    out = ex.one("GatherND", data, idx)
+    return ex.one("Transpose", out, perm=back) if back else out
+
+
+def _index_put_mask(ex, node, ins):
+    """x[mask] = v with one value for every selected element (a scalar or a 1-element tensor: `y[y > t] = t`,
+    masked_fill written as an assignment): Where(mask, v, x), the mask's dims lined up with x's from axes[0]."""
+    x, v, m = node.inputs[0], node.inputs[1], node.inputs[2]
+    if not (v.type.rank == 0 or all(d == 1 for d in v.type.shape)) or node.attrs["accumulate"]:
+        raise OnnxExportError(f"index_put by a bool mask with values per selected element (their count is known "
+                              f"only at run time) has no ONNX lowering; use target='torch' ({node!r})")
+    a = node.attrs["axes"][0]
+    mask = ins[2]
+    trailing = x.type.rank - a - m.type.rank
+    if trailing:
+        mask = ex.one("Unsqueeze", mask, ex.ints(list(range(m.type.rank, m.type.rank + trailing))))
+    val = ex.one("Reshape", ex.cast(ins[1], v.type.dtype, x.type.dtype), ex.ints([]))
+    if node.attrs["accumulate"]:
+        val = ex.one("Add", ins[0], val)
+    return ex.one("Where", mask, val, ins[0])
+
+
+@lowering("onnx", "index_put")
+def _index_put(ex, node, ins):
+    """x[..., i0, i1, ...] = values (summed in with `accumulate`): ScatterND on x with the indexed dims in
+    front; `values` broadcast to the shape torch's x[...] has, then laid out as ScatterND's updates."""
+    x, axes = node.inputs[0], list(node.attrs["axes"])
+    masks = node.inputs[2:]
+    if len(masks) == 1 and masks[0].type.dtype == "bool":
+        return [_index_put_mask(ex, node, ins)]
+    front, idx, back = _nd_indices(ex, node, x, node.inputs[2:], ins[2:], axes)
+    data = ins[0] if front == sorted(front) else ex.one("Transpose", ins[0], perm=front)
+    ref = ex.one("GatherND", data, idx)                       # [*B, *rest]: the updates' shape
+    torch_shape = ex.one("Shape", ex.one("Transpose", ref, perm=back) if back else ref)
+    vals = ex.cast(ins[1], node.inputs[1].type.dtype, x.type.dtype)
+    vals = ex.one("Expand", vals, torch_shape)
+    if back:
+        vals = ex.one("Transpose", vals, perm=[back.index(i) for i in range(len(back))])
+    kw = {"reduction": "add"} if node.attrs["accumulate"] else {}
+    out = ex.one("ScatterND", data, idx, vals, **kw)
+    if front != sorted(front):
+        out = ex.one("Transpose", out, perm=[front.index(i) for i in range(len(front))])
+    return [out]
 
 
 def _group(a, k):
@@ -790,3 +854,23 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
 
 
 from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, ...)
+
+
+@lowering("onnx", "grouped_mm")
+def _grouped_mm(ex, node, ins):
+    """Each row's group g = #(offs <= row) (E: past offs[-1], a zero row); every group's matmul of every row,
+    [E, rows, out], kept where g matches (Where, so no 0 * inf) and summed over the groups: static shapes,
+    E times the FLOPs of the grouped kernel, E * rows * out floats of scratch (not rows * in * out)."""
+    x, w, offs = node.inputs
+    rows = x.type.shape[0]
+    n_groups = w.type.shape[0]
+    dtype = x.type.dtype
+    r = ex.one("Range", ex.scalar(0, "i64"), ex.one("Reshape", ex.dim(rows), ex.ints([])), ex.scalar(1, "i64"))
+    o = ins[2] if offs.type.dtype == "i64" else ex.one("Cast", ins[2], to=ONNX_DTYPES["i64"])
+    le = ex.one("LessOrEqual", ex.one("Unsqueeze", o, ex.ints([0])), ex.one("Unsqueeze", r, ex.ints([1])))  # [rows, E]
+    g = ex.one("ReduceSum", ex.one("Cast", le, to=ONNX_DTYPES["i64"]), ex.ints([1]), keepdims=0)         # [rows]
+    groups = ex.one("Range", ex.scalar(0, "i64"), ex.one("Reshape", ex.dim(n_groups), ex.ints([])), ex.scalar(1, "i64"))
+    pick = ex.one("Equal", ex.one("Unsqueeze", groups, ex.ints([1, 2])), ex.one("Unsqueeze", g, ex.ints([0, 2])))  # [E, rows, 1]
+    wt = ins[1] if w.type.dtype == dtype else ex.cast(ins[1], w.type.dtype, dtype)
+    prod = ex.one("MatMul", ex.one("Unsqueeze", ins[0], ex.ints([0])), wt)                            # [E, rows, out]
+    return [ex.one("ReduceSum", ex.one("Where", pick, prod, ex.scalar(0.0, dtype)), ex.ints([0]), keepdims=0)]

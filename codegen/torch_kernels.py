@@ -160,7 +160,7 @@ def _rows_as_steps(q, k, v, mask, causal, scale, ring=False):
     if mask is not None:
         if mask.dim() < 2:
             return None
-        if mask.shape[-2] != lq:    # a mask broadcast over the queries (padding only: [b, 1, 1, lk])
+        if tuple(mask.shape[-2:]) != (lq, lk):   # broadcast over the queries ([b, 1, 1, lk]) or the keys ([.., lq, 1])
             mask = mask.expand(*mask.shape[:-2], lq, lk)
         m = mask[..., past:]
         first = m.reshape(-1, lq, lq)[0]

@@ -348,6 +348,16 @@ def _var_mean(cx, a):
                                    keepdim=bool(a.get("keepdim", False)))
 
 
+@rule("cumprod.default")
+def _cumprod(cx, a):
+    x = cx.value(a["self"])
+    if a.get("dtype") is not None:
+        x = cx.cast(x, cx.out_dtype())
+    elif x.type.dtype != cx.out_dtype():   # torch widens bool/small ints to i64
+        x = cx.cast(x, cx.out_dtype())
+    return cx.op("cumprod", x, dim=a["dim"] % max(x.type.rank, 1))
+
+
 @rule("max.dim", "min.dim")
 def _max_dim(cx, a):
     x, kw = cx.value(a["self"]), dict(dim=a["dim"], keepdim=bool(a["keepdim"]))
@@ -468,6 +478,8 @@ def _conv2d(cx, a):
     wav2vec2's feature encoder, Whisper) runs as a 2-d one over [N, C, 1, L] with a [O, C/g, 1, K] weight
     ([C, O/g, 1, K] when transposed). 3-d convolutions are refused naming the rank."""
     transposed = bool(a.get("transposed")) or "conv_transpose" in cx.target
+    seq = lambda v: [v] if isinstance(v, int) else v  # noqa: E731  (the conv_transpose1d schema's int defaults)
+    a = dict(a, **{k: seq(a[k]) for k in ("stride", "padding", "dilation", "output_padding") if k in a})
     rank = cx.value(a["input"]).type.rank
     if rank not in (3, 4) or len(a["stride"]) not in (1, 2):
         raise cx.unsupported(f"{cx.target}: a {rank - 2}-d {'transposed ' if transposed else ''}convolution "

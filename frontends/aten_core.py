@@ -303,3 +303,40 @@ def _bucketize(cx, a):
     if x.type.dtype in ("f16", "bf16", "f32", "f64"):
         n = cx.op("where", cx.op("isnan", x), cx.op("dim_value", expr=b.type.shape[0]), n)
     return cx.cast(n, "i32" if a.get("out_int32") else "i64")
+
+
+# ---- mixtures of experts (transformers >= 5 `grouped_mm_experts_forward`) -------------------------
+@rule("histc.default")
+def _histc(cx, a):
+    """torch.histc(x, bins, min, max) with min < max given (torch's CPU rule: bin = int((x - min) / (max -
+    min) * bins), x == max in the last bin, values outside [min, max] not counted): a one-hot per element
+    against arange(bins), summed. A MoE router's tokens per expert."""
+    lo, hi, bins = float(a["min"]), float(a["max"]), int(a["bins"])
+    if not lo < hi:
+        raise cx.unsupported("histc with min >= max (the range taken from the data)")
+    x = cx.value(a["self"])
+    flat = cx.op("reshape", x, shape=[-1])
+    dt = x.type.dtype
+    pos = cx.op("mul", cx.op("div", cx.op("sub", flat, cx.value(lo, dt)), cx.value(hi - lo, dt)), cx.value(float(bins), dt))
+    pos = cx.op("clamp", cx.op("cast", cx.op("floor", pos), dtype="i64"), max=bins - 1)   # x == max: the last bin
+    inside = cx.op("logical_and", cx.op("ge", flat, cx.value(lo, dt)), cx.op("le", flat, cx.value(hi, dt)))
+    hit = cx.op("logical_and", cx.op("eq", cx.op("unsqueeze", pos, dim=1), cx.op("arange", end=bins)),
+                cx.op("unsqueeze", inside, dim=1))
+    return cx.op("sum", cx.op("cast", hit, dtype=cx.out_dtype()), dims=[0])
+
+
+def _grouped_mm(cx, a):
+    x, w = cx.value(a.get("input", a.get("self"))), cx.value(a.get("weight", a.get("mat2")))
+    offs = a.get("offs")
+    if offs is None or a.get("bias") is not None or x.type.rank != 2 or w.type.rank != 3:
+        raise cx.unsupported(f"{cx.target} other than x [rows, in] by w [groups, in, out] with offsets, no bias")
+    out = cx.op("grouped_mm", x, w, cx.value(offs))
+    return cx.cast(out, cx.out_dtype())
+
+
+rule("_grouped_mm.default")(_grouped_mm)
+try:   # transformers' CPU fallback, a custom op (transformers/integrations/moe.py), when transformers is loaded
+    from .aten import RULES as _RULES
+    _RULES["transformers.grouped_mm_fallback.default"] = _grouped_mm
+except Exception:  # noqa: BLE001
+    pass

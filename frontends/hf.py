@@ -84,6 +84,13 @@ def _checked_layout(model, kv: KVLayout) -> KVLayout:
         raise
     except Exception as e:  # noqa: BLE001 - the model's forward rejects the causal-LM convention
         raise _convention_error(model, e) from e
+    if len(presents) >= 2 and presents[0].dim() == presents[1].dim() == 4 and \
+            (presents[0].shape[1], presents[0].shape[3]) != (presents[1].shape[1], presents[1].shape[3]):
+        k, v = presents[0].shape, presents[1].shape
+        raise NotImplementedError(
+            f"{type(model).__name__}: its cache keeps keys of {k[1]} heads x {k[3]} and values of {v[1]} heads x "
+            f"{v[3]} (multi-head latent attention: DeepSeek V2/V3 and their kin); slimgraph's KV cache has one "
+            "head count and head_dim for both, so it cannot compile this model as a causal LM yet")
     if presents and presents[0].dim() == 4:
         import dataclasses
         kv = dataclasses.replace(kv, num_layers=len(presents) // 2, num_kv_heads=presents[0].shape[1],

@@ -86,6 +86,7 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
         flat = sig.flatten_call(args, kwargs, imported.graph) if (args or kwargs) else None
         return imported.graph, sig, kv, flat
     zeros_like = {}
+    auto_dims = False   # dynamic_shapes made here, not given: dims torch.export specializes become static
     if _is_hf(model):
         if not args and not kwargs:
             kwargs = _hf_example(model)
@@ -96,12 +97,33 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
                 kwargs = {**kwargs, "token_type_ids": torch.zeros_like(bound.get("input_ids", kwargs.get("input_ids")))}
         if dynamic_shapes is None:
             dynamic_shapes = _hf_dynamic_shapes(model, args, kwargs)
+            auto_dims = dynamic_shapes is not None
     elif not args and not kwargs and _needs_inputs(model):
         raise OptimizeError(f"optimize({type(model).__name__}): pass example_inputs (and example_kwargs) that "
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
-    ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
-    imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
+    no_cache = _no_hf_cache(model, args, kwargs, notes)
+    while True:
+        ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
+        try:
+            with no_cache:
+                imported = import_module(model, ex_args, ex_kwargs, dynamic_shapes)
+            break
+        except Exception as e:  # noqa: BLE001 - torch.export failing on the dims slimgraph chose is retried
+            from .frontends.torch_export import ConversionError
+            if not auto_dims or isinstance(e, ConversionError):
+                raise
+            named = _specialized_dims(e)
+            fewer = _without_dims(dynamic_shapes, named) if named else None
+            if fewer is None or fewer == dynamic_shapes:   # not a named dim: the whole example's shapes
+                fewer, named = _without_dims(dynamic_shapes, None), {"batch", "seq"}
+            if fewer == dynamic_shapes:
+                raise
+            dynamic_shapes = fewer
+            if notes is not None:
+                notes.append(f"{type(model).__name__}: torch.export could not keep the {' and '.join(sorted(named))} "
+                             f"dim(s) dynamic ({type(e).__name__}: {str(e).splitlines()[0][:160]}): compiled for "
+                             "the example's sizes only")
     sig = Signature("pytree", imported.in_spec, imported.out_spec, _param_names(model),
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     from .guards import Guards
@@ -109,6 +131,41 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
     sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
                            [v.type for v in imported.graph.inputs])
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
+
+
+class _no_hf_cache:
+    """A transformers model that is not imported as a causal LM (a decoder's base model or its
+    ForSequenceClassification/ForTokenClassification head, an encoder-decoder) returns its KV cache, a
+    cache object torch.export cannot output, when `config.use_cache` is on and the call does not say
+    `use_cache`: export it with `use_cache=False` (its other outputs are the same; slimgraph decodes with a
+    KV cache only through a causal LM's own import) and say so in the report."""
+
+    def __init__(self, model, args, kwargs, notes):
+        self.configs = []
+        if not _is_hf(model) or "use_cache" not in _param_names(model):
+            return
+        bound = dict(zip(_param_names(model), args))
+        if bound.get("use_cache") is not None or kwargs.get("use_cache") is not None:
+            return
+        cfgs = {}   # every submodule's config: an encoder-decoder's decoder stack holds a copy of its own
+        for m in model.modules():
+            for c in (getattr(m, "config", None),) + ((m.config.get_text_config(),) if hasattr(
+                    getattr(m, "config", None), "get_text_config") else ()):
+                if c is not None and getattr(c, "use_cache", False) is True:
+                    cfgs[id(c)] = c
+        self.configs = list(cfgs.values())
+        if self.configs and notes is not None:
+            notes.append(f"{type(model).__name__}: exported with use_cache=False (its KV cache is not an "
+                         "output of the compiled model; a causal LM with an LM head decodes with one)")
+
+    def __enter__(self):
+        for c in self.configs:
+            c.use_cache = False
+
+    def __exit__(self, *exc):
+        for c in self.configs:
+            c.use_cache = True
+        return False
 
 
 def _is_onnx(model) -> bool:
@@ -182,6 +239,30 @@ def _hf_dynamic_shapes(model, args, kwargs) -> dict:
     return out
 
 
+def _specialized_dims(exc) -> set[str] | None:
+    """The dims named by torch.export's "Constraints violated (seq)! ... specialized it to be a constant"
+    error: the dims slimgraph made dynamic for a transformers model whose code needs them fixed (Funnel's
+    pooling, CANINE's downsampling)."""
+    import re
+    msg = str(exc)
+    m = re.search(r"Constraints violated \(([^)]*)\)", msg)
+    if m is None:
+        return None
+    return {n.strip() for n in m.group(1).split(",") if n.strip()} or None
+
+
+def _without_dims(dynamic_shapes, names: set[str]):
+    """`dynamic_shapes` (by argument name, as _hf_dynamic_shapes makes it) with the Dims `names` (None:
+    every one) static."""
+    out = {}
+    for k, dims in dynamic_shapes.items():
+        if isinstance(dims, dict):
+            dims = {d: spec for d, spec in dims.items()
+                    if names is not None and getattr(spec, "__name__", None) not in names} or None
+        out[k] = dims
+    return out
+
+
 def _export_copies(args, kwargs, dynamic_shapes, model):
     """The example with every dim that `dynamic_shapes` marks dynamic but has size 1 doubled (the
     tensor concatenated with itself along it): torch.export specializes dims of size 0 or 1, so a
@@ -210,7 +291,7 @@ def _export_copies(args, kwargs, dynamic_shapes, model):
 
 def _max_positions(model) -> int | None:
     n = getattr(model.config, "max_position_embeddings", None)
-    return int(n) if n else None
+    return int(n) if isinstance(n, int) and n > 1 else None   # XLNet's is -1: no table, no bound
 
 
 # ---- passes and codegen -------------------------------------------------------------------------

@@ -225,3 +225,29 @@ def adaptive_avg_pool2d(x, *, output_size):
     return F.adaptive_avg_pool2d(x, output_size)
 
 
+
+
+def _grouped_mm_type(ts, attrs):
+    x, w, offs = ts
+    if x.rank != 2 or w.rank != 3 or offs.rank != 1:
+        raise I.ShapeError(f"grouped_mm takes x [rows, in], w [groups, in, out], offs [groups]; got {x}, {w}, {offs}")
+    if offs.dtype not in ("i32", "i64"):
+        raise I.ShapeError(f"grouped_mm: offs must be i32/i64, got {offs}")
+    if isinstance(x.shape[1], int) and isinstance(w.shape[1], int) and x.shape[1] != w.shape[1]:
+        raise I.ShapeError(f"grouped_mm: x {x} does not match w {w} (in={w.shape[1]})")
+    return TensorType(x.dtype, (x.shape[0], w.shape[2]))
+
+
+@register_op("grouped_mm", inputs="x w offs", infer=_grouped_mm_type)
+def grouped_mm(x, w, offs):
+    """Rows sorted by group: rows [offs[g-1], offs[g]) of `x` times `w[g]` (offs: cumulative row counts, as
+    torch._grouped_mm and transformers' MoE experts take them); rows past offs[-1] are zero. A mixture of
+    experts' expert matmuls (Mixtral, Qwen3-MoE, OLMoE, ... in transformers >= 5: grouped_mm_experts_forward)."""
+    out = torch.zeros(x.shape[0], w.shape[2], dtype=x.dtype, device=x.device)
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        end = min(max(int(end), start), x.shape[0])
+        if end > start:
+            out[start:end] = x[start:end] @ w[g].to(x.dtype)
+        start = end
+    return out

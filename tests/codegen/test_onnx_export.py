@@ -317,3 +317,13 @@ def test_average_pool_nd_exports_with_dilations_only_where_needed(dilation):
     model = export_onnx(g)
     assert model.opset_import[0].version == (19 if dilation != [1, 1] else 18)
     assert_ort_matches_interpreter(g, torch.randn(1, 2, 9, 8))
+
+
+def test_arange_of_any_dtype():
+    """ONNX Range takes f32/f64/i16/i32/i64 only: an arange of u8 (XLNet), i8 or f16 counts in i64/f32 and is
+    cast (before: ONNX Runtime refused the model at session creation)."""
+    g = Graph("ar")
+    x = g.add_input("x", TensorType("f32", ("seq",)))
+    outs = [g.op("arange", start=0, end="seq", dtype=d) for d in ("u8", "i8", "f16", "i32")]
+    g.set_outputs(outs + [g.op("add", x, g.op("cast", outs[0], dtype="f32"))])
+    assert_ort_matches_interpreter(g, torch.randn(7))

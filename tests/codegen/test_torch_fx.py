@@ -96,6 +96,8 @@ CASES = {
     "where": lambda g, x, i, b, n: g.op("where", b, x, g.op("neg", x)),
     "gelu": lambda g, x, i, b, n: g.op("gelu", x, approximate="tanh"),
     "cumprod": lambda g, x, i, b, n: g.op("cumprod", x, dim=1),
+    "grouped_mm": lambda g, x, i, b, n: g.op("grouped_mm", g.op("reshape", x, shape=["2*seq", 4]), _w(g, "gw", 2, 4, 3),
+                                             g.op("cast", g.op("shape_tensor", dims=["seq-1", "2*seq-1"]), dtype="i32")),
     "topk": lambda g, x, i, b, n: g.op("topk", x, k="seq-1", dim=1),
     "cache_append": lambda g, x, i, b, n: g.op("cache_append", x, g.op("neg", x), axis=1),
     "cache_window": lambda g, x, i, b, n: g.op("cache_window", g.op("concat", x, x, dim=1), axis=1, window=3, sinks=1),

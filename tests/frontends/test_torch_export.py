@@ -283,6 +283,15 @@ OP_CASES = {
     "norms_and_activations": lambda x: (_F.layer_norm(x, (6,)), _F.log_softmax(x, 1), _F.hardtanh(x),
                                         _F.relu6(x), _F.leaky_relu(x, 0.2), x.clamp(min=-0.5), _F.elu(x),
                                         _F.silu(x), _F.gelu(x), torch.erf(x), x.sigmoid()),
+    # var_mean/std_mean (nn.InstanceNorm), cumprod (an IR op without an ATen rule before), histc (MoE routers)
+    "var_mean_cumprod_histc": lambda x: (*torch.var_mean(x, 1), *torch.std_mean(x, 0, correction=0, keepdim=True),
+                                         x.cumprod(1), (x > 0).cumprod(0), torch.histc(x, bins=5, min=-1, max=1)),
+    # transposed convolutions (nn.ConvTranspose1d/2d: DPT, U-Nets), grouped, strided, dilated, output_padding
+    "conv_transpose": lambda x: (_F.conv_transpose2d(x.reshape(1, 4, 2, 3), torch.ones(4, 3, 3, 2) / 7, torch.ones(6),
+                                                     stride=2, padding=1, output_padding=1, groups=2),
+                                 _F.conv_transpose2d(x.reshape(1, 4, 2, 3), torch.ones(4, 2, 2, 3) / 5, stride=(2, 1),
+                                                     dilation=(1, 2)),
+                                 _F.conv_transpose1d(x.reshape(1, 4, 6), torch.ones(4, 5, 4) / 3, stride=3, padding=1)),
     "constructors": lambda x: (x.new_zeros(2, 3), torch.full_like(x, 7),
                                torch.ones_like(x, dtype=torch.int32), torch.arange(1, 9, 3),
                                x + torch.arange(6)),
