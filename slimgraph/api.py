@@ -103,6 +103,7 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
                             "the model can be called with; torch.export traces the model on them")
     from .frontends.torch_export import import_module
     no_cache = _no_hf_cache(model, args, kwargs, notes)
+    chosen = dynamic_shapes
     while True:
         ex_args, ex_kwargs = _export_copies(args, kwargs, dynamic_shapes, model)
         try:
@@ -128,8 +129,10 @@ def _import(model, args, kwargs, dynamic_shapes, notes=None):
                     list(imported.input_names), list(imported.tensor_leaves), zeros_like)
     from .guards import Guards
     leaves = sig.leaves(args, kwargs)
+    forced = {k: set(dims) - set((dynamic_shapes or {}).get(k) or {}) for k, dims in (chosen or {}).items()
+              if isinstance(dims, dict)} if auto_dims else {}    # {argument: the automatic dynamic dims dropped}
     sig.guards = Guards.of(leaves, sig.leaf_names(args, kwargs), imported.constant_leaves, sig.tensor_leaves,
-                           [v.type for v in imported.graph.inputs])
+                           [v.type for v in imported.graph.inputs], forced)
     return imported.graph, sig, None, sig.flatten_call(args, kwargs)
 
 

@@ -22,6 +22,9 @@ torch = LazyModule("torch")
 pytree = LazyModule("torch.utils._pytree")
 
 
+FORCED = "the model's code fixes it: torch.export could not keep it dynamic (see the report's notes)"
+
+
 class GuardError(TypeError):   # a call the compiled model was not compiled for (as SignatureError)
     """A call differs from what the compiled model specialized on."""
 
@@ -37,9 +40,10 @@ class Guards:
 
     @staticmethod
     def of(leaves: list, names: list[str], constant_leaves: dict[int, Any], tensor_leaves: list[int],
-           input_types: list) -> Guards:
+           input_types: list, forced: dict | None = None) -> Guards:
         """Guards for an export on `leaves` (the flattened example call): the baked-in constants, and for
-        each tensor leaf its graph input's static dims and dtype."""
+        each tensor leaf its graph input's static dims and dtype. `forced`: {argument name: dims} that torch.export
+        could not keep dynamic (the model's code fixes them): their error says to compile for the shape."""
         g = Guards()
         for i, v in constant_leaves.items():
             g.constants[i] = (names[i], v if isinstance(v, _JSONABLE) else {"repr": repr(v)})
@@ -49,7 +53,8 @@ class Guards:
             fixed = {}
             for d, (dim, size) in enumerate(zip(t.shape, ex.shape)):
                 if isinstance(dim, int):
-                    why = ("the example's size: torch.export fixes dims of size 0 or 1" if size <= 1 else
+                    why = (FORCED if d in (forced or {}).get(names[i], ()) else
+                           "the example's size: torch.export fixes dims of size 0 or 1" if size <= 1 else
                            "as in the example: no dynamic_shapes entry makes it dynamic")
                     fixed[d] = (int(size), why)
             if fixed:
@@ -76,6 +81,11 @@ class Guards:
             if not isinstance(t, torch.Tensor):
                 continue
             for d, (size, why) in fixed.items():
+                if d < t.dim() and t.shape[d] != size and why == FORCED:
+                    raise GuardError(
+                        f"argument {name!r} dim {d} was compiled for size {size} ({why}), got shape "
+                        f"{tuple(t.shape)}. Compile again with an example of this shape (pad or cut the input to "
+                        f"{size} along dim {d}, or keep one compiled model per size).")
                 if d < t.dim() and t.shape[d] != size:
                     raise GuardError(
                         f"argument {name!r} dim {d} was compiled for size {size} ({why}), got shape "
