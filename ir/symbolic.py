@@ -38,10 +38,32 @@ def _canon_str(s: str) -> Dim:
 
 
 def _canon_expr(e) -> Dim:
-    e = sympy.simplify(e) if not e.is_Symbol else e
+    e = _simplify(e) if not e.is_Symbol else e
     if e.is_Integer:
         return int(e)
     return str(e).replace(" ", "")
+
+
+def _simplify(e):
+    """sympy.simplify, except that floors and ceilings are simplified from the inside out: each outermost one
+    has its argument simplified (recursively) and stands as a placeholder symbol while the rest, a rational
+    function of the placeholders, is simplified, then put back. sympy.simplify on a deep CNN's nested floors
+    took up to a second per dim (a YOLO file's import spent 20-100 s in it); this gives the same forms in
+    milliseconds (sympy applies floor's own rules, floor(x + 1) = floor(x) + 1, when it builds the floor)."""
+    if not e.has(sympy.floor, sympy.ceiling):
+        return sympy.simplify(e)
+    atoms = {}
+
+    def hide(x):
+        if isinstance(x, (sympy.floor, sympy.ceiling)):
+            key = type(x)(_simplify(x.args[0]))
+            if not isinstance(key, (sympy.floor, sympy.ceiling)):
+                return hide(key) if key.has(sympy.floor, sympy.ceiling) else key
+            if key not in atoms:
+                atoms[key] = sympy.Symbol(f"_sg_atom{len(atoms)}", integer=True)
+            return atoms[key]
+        return x.func(*[hide(a) for a in x.args]) if x.args else x
+    return sympy.simplify(hide(e)).xreplace({v: k for k, v in atoms.items()})
 
 
 def free_symbols(d: Dim) -> set[str]:
