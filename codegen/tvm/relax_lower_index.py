@@ -100,27 +100,21 @@ def _log1p(lw, x, dt):
     return R.where(small, near, R.log(u))
 
 
-@lowering("cpu", "expm1")
-def _expm1_op(lw, node, args):
-    dt = _need_float(node)
-    return _expm1(lw, _cast(args[0], dt), dt)
-
-
-@lowering("cpu", "log1p")
-def _log1p_op(lw, node, args):
-    dt = _need_float(node)
-    return _log1p(lw, _cast(args[0], dt), dt)
-
-
 def _softplus(lw, x, dt):
     """torch.nn.functional.softplus(beta=1, threshold=20): x where x > 20, else log1p(exp(x))."""
     return R.where(R.greater(x, lw.const(20.0, dt)), x, _log1p(lw, R.exp(x), dt))
 
 
-@lowering("cpu", "softplus")
-def _softplus_op(lw, node, args):
-    dt = _need_float(node)
-    return _softplus(lw, _cast(args[0], dt), dt)
+def _of_float(fn):
+    """The lowering of a unary float op computed by fn(lw, x, dtype)."""
+    def emit(lw, node, args):
+        dt = _need_float(node)
+        return fn(lw, _cast(args[0], dt), dt)
+    return emit
+
+
+for _name, _fn in {"expm1": _expm1, "log1p": _log1p, "softplus": _softplus}.items():
+    lowering("cpu", _name)(_of_float(_fn))
 
 
 @lowering("cpu", "mish")
