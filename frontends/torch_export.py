@@ -31,6 +31,10 @@ from .aten_decomp import decompose_unsupported
 __all__ = ["Imported", "import_module", "import_exported_program", "ConversionError", "UnsupportedOpError"]
 
 
+class TraceError(RuntimeError):
+    """torch.export itself failed on the model (its error is chained as __cause__ and quoted whole)."""
+
+
 class ConversionError(RuntimeError):
     """An ATen node could not be converted; the message names the node and the user's source line."""
 
@@ -74,9 +78,17 @@ def import_module(model: torch.nn.Module, args=(), kwargs=None, dynamic_shapes=N
     """torch.export `model` on example inputs and convert the result. `options` go to
     `import_exported_program` (input_names, output_names, strip_prefix)."""
     kwargs = kwargs or {}
-    with torch.no_grad():
-        ep = torch.export.export(model, tuple(args), kwargs=kwargs, dynamic_shapes=dynamic_shapes,
-                                 strict=strict)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, tuple(args), kwargs=kwargs, dynamic_shapes=dynamic_shapes,
+                                     strict=strict)
+    except Exception as e:  # noqa: BLE001 - torch's own error, kept whole (and chained), with the model and a way out
+        raise TraceError(
+            f"torch.export could not trace {type(model).__name__} on the example inputs (before any slimgraph "
+            f"conversion): {type(e).__name__}: {e}\n  slimgraph converts what torch.export traces. Usual fixes: "
+            "Python control flow on tensor values -> torch.where or torch.cond; a dim the model's code fixes -> a "
+            "static example (no dynamic_shapes entry for it); or export to ONNX (torch.onnx.export) and optimize "
+            "the .onnx file") from e
     names = user_dim_names(model, tuple(args), kwargs, dynamic_shapes)
     return import_exported_program(ep, dim_names=names, **options)
 

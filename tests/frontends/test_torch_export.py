@@ -329,3 +329,17 @@ def test_nodes_record_the_source_line_they_came_from():
     imp = import_module(MLP().eval(), (torch.randn(3, 16),))
     softmax = next(n for n in imp.graph.nodes if n.op == "softmax")
     assert "test_torch_export.py" in softmax.meta["source"] and "torch.softmax" in softmax.meta["source"]
+
+
+def test_a_model_torch_export_cannot_trace_gets_an_error_naming_it_and_a_way_out():
+    """Before: torch's own error (a data-dependent guard here) with no word of which model or what to do."""
+    import slimgraph
+    from slimgraph.frontends.torch_export import TraceError
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x - 1     # Python control flow on a tensor's value
+
+    with pytest.raises(TraceError, match=r"(?s)torch.export could not trace Branchy.*torch.where or torch.cond") as info:
+        slimgraph.optimize(Branchy(), (torch.randn(3),), target="torch")
+    assert info.value.__cause__ is not None and str(info.value.__cause__) in str(info.value)
