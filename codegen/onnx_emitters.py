@@ -766,8 +766,6 @@ def _index_put_mask(ex, node, ins):
     if trailing:
         mask = ex.one("Unsqueeze", mask, ex.ints(list(range(m.type.rank, m.type.rank + trailing))))
     val = ex.one("Reshape", ex.cast(ins[1], v.type.dtype, x.type.dtype), ex.ints([]))
-    if node.attrs["accumulate"]:
-        val = ex.one("Add", ins[0], val)
     return ex.one("Where", mask, val, ins[0])
 
 
@@ -853,9 +851,6 @@ def _dequantize_linear(ex, node, ins, qw, sc, zeros, n, k, dtype=None):
     return ex.cast(w, sc.type.dtype, dtype or node.inputs[0].type.dtype)
 
 
-from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, ...)
-
-
 @lowering("onnx", "grouped_mm")
 def _grouped_mm(ex, node, ins):
     """Each row's group g = #(offs <= row) (E: past offs[-1], a zero row); every group's matmul of every row,
@@ -874,3 +869,6 @@ def _grouped_mm(ex, node, ins):
     wt = ins[1] if w.type.dtype == dtype else ex.cast(ins[1], w.type.dtype, dtype)
     prod = ex.one("MatMul", ex.one("Unsqueeze", ins[0], ex.ints([0])), wt)                            # [E, rows, out]
     return [ex.one("ReduceSum", ex.one("Where", pick, prod, ex.scalar(0.0, dtype)), ex.ints([0]), keepdims=0)]
+
+
+from . import onnx_emitters_spatial  # noqa: E402,F401  (resize, conv_transpose2d, grid_sample, lstm, ...)

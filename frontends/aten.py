@@ -327,17 +327,13 @@ def _reduce(cx, a):
     return cx.op(op, x, dims=reduce_dims(a), keepdim=bool(a.get("keepdim", False)))
 
 
+@rule("var.correction", "var.dim", "std.correction", "std.dim")
 def _variance(cx, a):
     """var (or std, for the aten.std* overloads) of a["self"] with the overload's correction."""
     corr = a.get("correction", None)
     corr = (1 if a.get("unbiased", True) else 0) if corr is None else int(corr)
     v = cx.op("var", cx.value(a["self"]), dims=reduce_dims(a), keepdim=bool(a.get("keepdim", False)), correction=corr)
     return cx.op("sqrt", v) if cx.target.startswith("aten.std") else v
-
-
-@rule("var.correction", "var.dim", "std.correction", "std.dim")
-def _var(cx, a):
-    return _variance(cx, a)
 
 
 @rule("var_mean.correction", "var_mean.dim", "std_mean.correction", "std_mean.dim")
@@ -351,9 +347,7 @@ def _var_mean(cx, a):
 @rule("cumprod.default")
 def _cumprod(cx, a):
     x = cx.value(a["self"])
-    if a.get("dtype") is not None:
-        x = cx.cast(x, cx.out_dtype())
-    elif x.type.dtype != cx.out_dtype():   # torch widens bool/small ints to i64
+    if x.type.dtype != cx.out_dtype():      # a dtype argument, or torch widening bool/small ints to i64
         x = cx.cast(x, cx.out_dtype())
     return cx.op("cumprod", x, dim=a["dim"] % max(x.type.rank, 1))
 
@@ -485,7 +479,7 @@ def _conv2d(cx, a):
         raise cx.unsupported(f"{cx.target}: a {rank - 2}-d {'transposed ' if transposed else ''}convolution "
                              f"(1-d and 2-d are supported)")
     pad = a["padding"]
-    one_d = cx.value(a["input"]).type.rank == 3
+    one_d = rank == 3
     if isinstance(pad, str):
         if pad != "valid":
             raise cx.unsupported(f"conv padding={pad!r}")

@@ -335,8 +335,5 @@ def _grouped_mm(cx, a):
 
 
 rule("_grouped_mm.default")(_grouped_mm)
-try:   # transformers' CPU fallback, a custom op (transformers/integrations/moe.py), when transformers is loaded
-    from .aten import RULES as _RULES
-    _RULES["transformers.grouped_mm_fallback.default"] = _grouped_mm
-except Exception:  # noqa: BLE001
-    pass
+# transformers' CPU fallback, a custom op (transformers/integrations/moe.py): by name, as `rule` checks torch.ops.aten
+aten.RULES["transformers.grouped_mm_fallback.default"] = _grouped_mm

@@ -28,7 +28,8 @@ from ..ir.dtypes import FLOAT_DTYPES
 from . import aten
 from .aten_decomp import decompose_unsupported
 
-__all__ = ["Imported", "import_module", "import_exported_program", "ConversionError", "UnsupportedOpError"]
+__all__ = ["Imported", "import_module", "import_exported_program", "TraceError", "ConversionError",
+           "UnsupportedOpError"]
 
 
 class TraceError(RuntimeError):

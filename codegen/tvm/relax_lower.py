@@ -262,17 +262,19 @@ def _split(lw, node, args):
     return [relax.TupleGetItem(parts, i) for i in range(len(node.outputs))]
 
 
-def from_end(lw, idx, size):
-    """Integer index tensor `idx` as i64 with its negative entries counted from the end of a dim of `size` (an
-    IR dim, symbolic ones at run time), as torch's indexing (the ops' references) counts them: Relax's
-    index_tensor would read out of bounds (take has mode="wrap" for this)."""
+def from_end(lw, idx, sizes):
+    """Integer index tensor `idx` as i64 with its negative entries counted from the end, as torch's indexing
+    (the ops' references) counts them: of sizes[0] when there is one size (any index shape), else of sizes[j]
+    for column j of an index [..., k] (gather_nd / scatter_nd). IR dims, symbolic ones at run time. Relax's
+    index_tensor, gather_nd and scatter_nd would read or write out of bounds (take has mode="wrap" for this)."""
+    import numpy as np
     idx = _cast(idx, "i64")
-    if isinstance(size, int):
-        n = relax.const(size, "int64")
-    else:       # a [1] tensor (a 0-d reshape of shape_to_tensor trips TVM 0.27's FuseTIR)
-        n = R.shape_to_tensor(relax.ShapeExpr([lw.dim(size)]))
+    if all(isinstance(s, int) for s in sizes):
+        n = relax.const(np.array(sizes, dtype="int64"), "int64")
+    else:       # a [k] tensor (a 0-d reshape of shape_to_tensor trips TVM 0.27's FuseTIR)
+        n = R.shape_to_tensor(relax.ShapeExpr([lw.dim(s) for s in sizes]))
     y = R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, n), idx)
-    return y if isinstance(size, int) or _rank(idx) else R.reshape(y, relax.ShapeExpr([]))
+    return y if _rank(idx) else R.reshape(y, relax.ShapeExpr([]))
 
 
 @lowering("cpu", "index_select")
@@ -296,7 +298,7 @@ def _index(lw, node, args):
     rest = [d for d in range(rank) if d not in axes]
     x = args[0] if axes == list(range(len(axes))) else R.permute_dims(args[0], axes + rest)
     shape = node.inputs[0].type.shape
-    y = R.index_tensor(x, relax.Tuple([from_end(lw, i, shape[a]) for a, i in zip(axes, args[1:])]))
+    y = R.index_tensor(x, relax.Tuple([from_end(lw, i, [shape[a]]) for a, i in zip(axes, args[1:])]))
     nb, first = node.output.type.rank - len(rest), min(axes)
     if sorted(axes) == list(range(first, first + len(axes))) and first > 0:
         y = R.permute_dims(y, [nb + j for j in range(first)] + list(range(nb)) +

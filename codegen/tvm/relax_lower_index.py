@@ -30,12 +30,13 @@ against on edge cases.
 """
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
 from ..lowering import lowering
 from .module import LoweringError, tvm_dtype
-from .relax_lower import _axis, _cast
+from .relax_lower import _axis, _cast, from_end
 
 _FLOATS = ("f32", "f64", "f16", "bf16")
 
@@ -276,7 +277,7 @@ def _gather_nd(lw, node, args):
     k = idx.type.shape[-1]
     if not isinstance(k, int):
         raise LoweringError(f"cpu target: gather_nd with a symbolic index depth: node {node!r}")
-    i = _normalized(lw, _cast(args[1], "i64"), x.type.shape[b:b + k])    # TVM's gather_nd takes no negatives
+    i = from_end(lw, args[1], x.type.shape[b:b + k])    # TVM's gather_nd takes no negatives
     return R.gather_nd(args[0], i, b)
 
 
@@ -321,13 +322,6 @@ def _scatter(lw, node, args):
     return R.where(written, R.divide(total, count), x)
 
 
-def _normalized(lw, idx, dims):
-    """Index tensor `idx` [..., k] with negative entries of column j counted from the end of dims[j] (IR dims,
-    symbolic ones at run time), as relax_lower.from_end does for one dim."""
-    size = R.shape_to_tensor(relax.ShapeExpr([lw.dim(d) for d in dims]))
-    return R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, size), idx)
-
-
 @lowering("cpu", "scatter_nd")
 def _scatter_nd(lw, node, args):
     reduce = node.attrs["reduce"]
@@ -338,7 +332,7 @@ def _scatter_nd(lw, node, args):
     k = idx.type.shape[-1]
     if not isinstance(k, int):
         raise LoweringError(f"cpu target: scatter_nd with a symbolic index depth: node {node!r}")
-    i = _normalized(lw, _cast(args[1], "i64"), x.type.shape[:k])
+    i = from_end(lw, args[1], x.type.shape[:k])
     return R.scatter_nd(args[0], i, _cast(args[2], node.output.type.dtype), red)
 
 
@@ -361,7 +355,7 @@ def _index_put(lw, node, args):
     bdims = [lw.dim(s) for s in bshape]
     idx = [R.broadcast_to(_cast(a, "i64"), relax.ShapeExpr(bdims)) for a in args[2:]]
     stacked = R.stack(idx, axis=len(bdims)) if len(idx) > 1 else R.expand_dims(idx[0], len(bdims))
-    stacked = _normalized(lw, stacked, [x.type.shape[a] for a in axes])
+    stacked = from_end(lw, stacked, [x.type.shape[a] for a in axes])
     vshape = bdims + [lw.dim(x.type.shape[d]) for d in rest]
     vals = R.broadcast_to(_cast(args[1], dt), relax.ShapeExpr(vshape))
     y = R.scatter_nd(y, stacked, vals, "add" if node.attrs["accumulate"] else "update")
@@ -376,7 +370,7 @@ def _index_put(lw, node, args):
 def _shape_tensor(lw, node, args):
     dims = node.attrs["dims"]
     if not dims:
-        return relax.const(__import__("numpy").zeros((0,), dtype="int64"), "int64")
+        return relax.const(np.zeros((0,), dtype="int64"), "int64")
     return R.shape_to_tensor(relax.ShapeExpr([lw.dim(d) for d in dims]))
 
 

@@ -225,8 +225,6 @@ def adaptive_avg_pool2d(x, *, output_size):
     return F.adaptive_avg_pool2d(x, output_size)
 
 
-
-
 def _grouped_mm_type(ts, attrs):
     x, w, offs = ts
     if x.rank != 2 or w.rank != 3 or offs.rank != 1:
